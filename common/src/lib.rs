@@ -1,0 +1,25 @@
+//! ferry's wire protocol, shared by the export server and the clients.
+//!
+//! A tour of the modules:
+//!
+//! - [`proto`]: the messages. A connection opens with [`proto::Hello`] /
+//!   [`proto::HandshakeReply`]; after that every [`proto::Request`] carries an id and
+//!   the server answers each with a [`proto::Response`] of the same id, in any order.
+//! - [`frame`]: how a message travels: a little-endian `u32` length, then a bincode
+//!   payload. The length is checked against [`frame::MAX_FRAME`] before anything is
+//!   allocated, and every decode runs under the same limit.
+//! - [`attr`]: file attributes and filesystem statistics as they cross the wire.
+//! - [`errno`]: errors travel as errno values so the FUSE side can hand them
+//!   straight to the kernel.
+//! - [`path`]: paths relative to the export root, and the checks every
+//!   component must pass before the server looks at it.
+
+pub mod attr;
+pub mod errno;
+pub mod frame;
+pub mod path;
+pub mod proto;
+
+pub use attr::{Attr, FileKind, StatFs, Timestamp};
+pub use errno::Errno;
+pub use path::RelPath;

@@ -1,0 +1,231 @@
+//! The messages of ferry's protocol.
+//!
+//! A connection starts with a handshake: the client sends [`Hello`], the server
+//! answers [`HandshakeReply`]. From then on the client sends [`Request`]s, each with
+//! an id of its choosing, and the server answers every one with a [`Response`]
+//! carrying the same id. Many requests may be in flight on one connection and the
+//! server answers them in whatever order they finish, so a slow request (a 1 MiB
+//! read, an fsync) never holds up a quick one (a getattr).
+//!
+//! Nodes are named by [`RelPath`] (relative to the export root); open files by a
+//! server-side handle that lives as long as the connection.
+
+use crate::attr::{Attr, StatFs, Timestamp};
+use crate::errno::Errno;
+use crate::path::RelPath;
+use serde::{Deserialize, Serialize};
+
+/// The first bytes of every [`Hello`]: tells a ferry peer from anything else.
+pub const MAGIC: [u8; 8] = *b"ferry\0\r\n";
+/// Bumped on every incompatible change of the messages below.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The client's opening message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub magic: [u8; 8],
+    pub version: u32,
+    /// Feature bits the client understands; none are defined yet.
+    pub capabilities: u64,
+    /// Room for authentication (a token, a signed challenge); servers today ignore it.
+    pub auth: Option<serde_bytes::ByteBuf>,
+}
+
+impl Hello {
+    pub fn new() -> Hello {
+        Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            capabilities: 0,
+            auth: None,
+        }
+    }
+}
+
+impl Default for Hello {
+    fn default() -> Self {
+        Hello::new()
+    }
+}
+
+/// What the server says it is and allows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub version: u32,
+    /// The largest read or write a single request may carry.
+    pub max_chunk: u32,
+    /// Every mutation answers EROFS.
+    pub read_only: bool,
+    pub capabilities: u64,
+    /// Attributes of the export root.
+    pub root: Attr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HandshakeReply {
+    Welcome(Welcome),
+    /// The connection is closed after this; `message` says why, for a person.
+    Refused { message: String },
+}
+
+/// Who asked for a node to be created, so that a server running as root can give
+/// the new node that owner, as a local filesystem would.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A time to set: the server's clock, or a given instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetTime {
+    Now,
+    At(Timestamp),
+}
+
+/// The changes a `SetAttr` makes; `None` leaves that attribute alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttrChanges {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// One request, numbered by the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub id: u64,
+    pub op: Op,
+}
+
+/// An operation on the export. Paths never follow a symlink: the client (the
+/// kernel) resolves symlinks itself, one component at a time, with `ReadLink`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// `lstat` → [`Reply::Attr`].
+    Stat { path: RelPath },
+    /// One page of a directory's entries with their attributes, starting at entry
+    /// number `start` (`.` and `..` are not listed) → [`Reply::Entries`].
+    ReadDir { path: RelPath, start: u64 },
+    /// → [`Reply::Target`].
+    ReadLink { path: RelPath },
+    /// Opens an existing file with `open(2)` flags (`O_CREAT` is refused; use
+    /// `Create`) → [`Reply::Opened`].
+    Open { path: RelPath, flags: i32 },
+    /// Creates and opens a file → [`Reply::Opened`].
+    Create {
+        path: RelPath,
+        flags: i32,
+        mode: u32,
+        owner: Option<Owner>,
+    },
+    /// → [`Reply::Data`], shorter than `len` only at end of file.
+    Read { handle: u64, offset: u64, len: u32 },
+    /// → [`Reply::Written`].
+    Write {
+        handle: u64,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Data (and metadata unless `datasync`) reaches the server's disk → [`Reply::Done`].
+    Fsync { handle: u64, datasync: bool },
+    /// Closes a handle → [`Reply::Done`].
+    Close { handle: u64 },
+    /// chmod, chown, truncate, utimens in one step → [`Reply::Attr`] (the new attributes).
+    /// With a handle, truncation uses the open file (which may be unlinked).
+    SetAttr {
+        path: RelPath,
+        handle: Option<u64>,
+        changes: AttrChanges,
+    },
+    /// → [`Reply::Attr`] of the new directory.
+    Mkdir {
+        path: RelPath,
+        mode: u32,
+        owner: Option<Owner>,
+    },
+    /// A FIFO, socket or device node (as the server's privileges allow) → [`Reply::Attr`].
+    Mknod {
+        path: RelPath,
+        mode: u32,
+        rdev: u64,
+        owner: Option<Owner>,
+    },
+    /// A symlink at `path` whose text is `target`, stored as given → [`Reply::Attr`].
+    Symlink {
+        path: RelPath,
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+        owner: Option<Owner>,
+    },
+    /// A hard link `path` to the existing `existing` → [`Reply::Attr`].
+    Link { existing: RelPath, path: RelPath },
+    /// → [`Reply::Done`].
+    Unlink { path: RelPath },
+    /// → [`Reply::Done`].
+    Rmdir { path: RelPath },
+    /// `renameat2` with its flags (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`) → [`Reply::Done`].
+    Rename {
+        from: RelPath,
+        to: RelPath,
+        flags: u32,
+    },
+    /// Statistics of the export's filesystem → [`Reply::StatFs`].
+    StatFs,
+}
+
+impl Op {
+    /// Whether the operation changes the export (refused with EROFS on a
+    /// read-only export). Opening for writing counts.
+    pub fn is_mutation(&self) -> bool {
+        match self {
+            Op::Stat { .. }
+            | Op::ReadDir { .. }
+            | Op::ReadLink { .. }
+            | Op::Read { .. }
+            | Op::Fsync { .. }
+            | Op::Close { .. }
+            | Op::StatFs => false,
+            Op::Open { flags, .. } => {
+                flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+            }
+            _ => true,
+        }
+    }
+}
+
+/// One directory entry with its attributes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    pub attr: Attr,
+}
+
+/// A successful answer; which variant depends on the operation (see [`Op`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Done,
+    Attr(Attr),
+    Entries {
+        entries: Vec<DirEntry>,
+        /// More entries follow from `start + entries.len()`.
+        more: bool,
+    },
+    Target(#[serde(with = "serde_bytes")] Vec<u8>),
+    Opened { handle: u64, attr: Attr },
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    Written(u32),
+    StatFs(StatFs),
+}
+
+/// The answer to the request with the same id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub id: u64,
+    pub result: Result<Reply, Errno>,
+}
