@@ -1,1 +1,18 @@
+//! ferry's clients.
+//!
+//! - [`client`]: `RemoteClient`, one pipelined connection to a server.
+//! - [`inode`]: `InodeTable`, the kernel's inode numbers ↔ remote paths.
+//! - [`fs`]: `FerryFs`, the `fuser::Filesystem` adapter over a `RemoteClient`.
+//! - [`mount`]: mounting, the mountpoint checks, signals and clean unmounting.
+//! - [`cli`]: the plain `ls`/`get`/`put` client, no mount needed.
+//! - [`convert`]: translations between wire types and fuser's.
 
+pub mod cli;
+pub mod client;
+pub mod convert;
+pub mod fs;
+pub mod inode;
+pub mod mount;
+
+pub use client::RemoteClient;
+pub use fs::{FerryFs, FsOptions};

@@ -1,0 +1,662 @@
+//! `FerryFs`: the `fuser::Filesystem` adapter.
+//!
+//! Each kernel request becomes one remote operation. The adapter resolves the
+//! inode to a path (see [`InodeTable`]), submits the operation, and answers the
+//! kernel from the completion callback, on the connection's reader thread; a FUSE
+//! worker thread is therefore never tied up waiting for the network, and the
+//! kernel can keep many requests in flight. Only directory listing, which may take
+//! several round trips, is done synchronously.
+
+use crate::client::{OpResult, RemoteClient};
+use crate::convert::{errno, file_attr, file_type, set_time};
+use crate::inode::{InodeTable, ROOT_INO};
+use ferry_common::frame::MAX_CHUNK;
+use ferry_common::proto::{AttrChanges, DirEntry, Op, Owner, Reply};
+use ferry_common::{Attr, Errno, FileKind, RelPath, Timestamp};
+use fuser::{
+    BsdFileFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+/// Inode numbers are never reused, so every entry has generation 0.
+const GENERATION: Generation = Generation(0);
+
+/// How the mount behaves; set from the command line.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// How long the kernel may trust attributes and entries without asking again.
+    pub attr_timeout: Duration,
+    pub read_only: bool,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions { attr_timeout: Duration::from_secs(1), read_only: false }
+    }
+}
+
+/// One open directory: the listing is taken when reading starts at offset 0
+/// (opendir or rewinddir) and served from memory, so offsets stay stable while
+/// the directory changes.
+struct OpenDir {
+    path: RelPath,
+    entries: Arc<Vec<DirEntry>>,
+}
+
+pub struct FerryFs {
+    client: RemoteClient,
+    inodes: Arc<Mutex<InodeTable>>,
+    opts: FsOptions,
+    dirs: Mutex<HashMap<u64, OpenDir>>,
+    next_dir: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections are single table updates that leave consistent data even
+    // if a panic interrupted another thread, so poisoning is ignored.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A stand-in for `.` and `..` in readdirplus: the kernel skips both names
+/// without reading their attributes.
+fn dot_attr() -> Attr {
+    let t = Timestamp { secs: 0, nanos: 0 };
+    Attr {
+        kind: FileKind::Directory,
+        perm: 0o755,
+        nlink: 2,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        blocks: 0,
+        atime: t,
+        mtime: t,
+        ctime: t,
+        rdev: 0,
+        blksize: 4096,
+        ino: 0,
+    }
+}
+
+fn owner(req: &Request) -> Option<Owner> {
+    Some(Owner { uid: req.uid(), gid: req.gid() })
+}
+
+impl FerryFs {
+    pub fn new(client: RemoteClient, opts: FsOptions) -> FerryFs {
+        FerryFs {
+            client,
+            inodes: Arc::new(Mutex::new(InodeTable::new())),
+            opts,
+            dirs: Mutex::new(HashMap::new()),
+            next_dir: AtomicU64::new(1),
+        }
+    }
+
+    fn path_of(&self, ino: INodeNo) -> Result<RelPath, Errno> {
+        lock(&self.inodes).path(ino.0).cloned().ok_or(Errno::ENOENT)
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<RelPath, Errno> {
+        self.path_of(parent)?.join(name)
+    }
+
+    /// Submits an operation whose answer is an entry for `path` (lookup, mkdir,
+    /// symlink, ...): the inode is counted only when the kernel receives it.
+    fn entry_op(&self, path: RelPath, op: Op, reply: ReplyEntry) {
+        let inodes = self.inodes.clone();
+        let ttl = self.opts.attr_timeout;
+        self.client.submit(op, move |r| match r {
+            Ok(Reply::Attr(attr)) => {
+                let ino = lock(&inodes).remember(&path);
+                reply.entry(&ttl, &file_attr(ino, &attr), GENERATION);
+            }
+            Ok(_) => reply.error(errno(Errno::EPROTO)),
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+
+    /// Submits an operation answered with nothing but success or an errno;
+    /// `on_success` updates local state before the kernel hears of it.
+    fn empty_op(
+        &self,
+        op: Op,
+        reply: ReplyEmpty,
+        on_success: impl FnOnce(&mut InodeTable) + Send + 'static,
+    ) {
+        let inodes = self.inodes.clone();
+        self.client.submit(op, move |r| match r {
+            Ok(_) => {
+                on_success(&mut lock(&inodes));
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+
+    fn attr_op(&self, ino: INodeNo, op: Op, reply: ReplyAttr) {
+        let ttl = self.opts.attr_timeout;
+        let inodes = self.inodes.clone();
+        self.client.submit(op, move |r| match r {
+            Ok(Reply::Attr(attr)) => {
+                lock(&inodes).note_content(ino.0, &attr);
+                reply.attr(&ttl, &file_attr(ino.0, &attr));
+            }
+            Ok(_) => reply.error(errno(Errno::EPROTO)),
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+
+    /// Reads the whole directory, page by page.
+    fn list(&self, path: &RelPath) -> Result<Vec<DirEntry>, Errno> {
+        let mut all = Vec::new();
+        loop {
+            let op = Op::ReadDir { path: path.clone(), start: all.len() as u64 };
+            match self.client.call(op)? {
+                Reply::Entries { entries, more } => {
+                    let got = entries.len();
+                    all.extend(entries);
+                    if !more || got == 0 {
+                        return Ok(all);
+                    }
+                }
+                _ => return Err(Errno::EPROTO),
+            }
+        }
+    }
+
+    /// The listing of an open directory, fetched afresh when reading restarts.
+    fn listing(&self, fh: FileHandle, offset: u64) -> Result<(RelPath, Arc<Vec<DirEntry>>), Errno> {
+        let path = {
+            let dirs = lock(&self.dirs);
+            let dir = dirs.get(&fh.0).ok_or(Errno::EBADF)?;
+            if offset != 0 {
+                return Ok((dir.path.clone(), dir.entries.clone()));
+            }
+            dir.path.clone()
+        };
+        let entries = Arc::new(self.list(&path)?);
+        if let Some(dir) = lock(&self.dirs).get_mut(&fh.0) {
+            dir.entries = entries.clone();
+        }
+        Ok((path, entries))
+    }
+
+    fn parent_ino(&self, path: &RelPath) -> u64 {
+        path.split_last()
+            .and_then(|(parent, _)| lock(&self.inodes).ino_of(&parent))
+            .unwrap_or(ROOT_INO)
+    }
+}
+
+impl Filesystem for FerryFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Ask for what makes a network filesystem fast; each is optional, so a
+        // kernel that lacks one still mounts.
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_BIG_WRITES,
+            InitFlags::FUSE_ASYNC_READ,
+            InitFlags::FUSE_ASYNC_DIO,
+        ] {
+            if let Err(missing) = config.add_capabilities(cap) {
+                log::info!("the kernel does not offer {missing:?}");
+            }
+        }
+        let _ = config.set_max_write(MAX_CHUNK);
+        // The kernel caps this at what it offered (128 KiB); the mount's bdi
+        // read_ahead_kb is raised after mounting.
+        if let Err(max) = config.set_max_readahead(MAX_CHUNK) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.child(parent, name) {
+            Ok(path) => self.entry_op(path.clone(), Op::Stat { path }, reply),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        lock(&self.inodes).forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let path = self.path_of(ino);
+        let op = match (path, fh) {
+            // With a handle the server stats the open file, which may be unlinked.
+            (path, Some(fh)) => Op::SetAttr {
+                path: path.unwrap_or_default(),
+                handle: Some(fh.0),
+                changes: AttrChanges::default(),
+            },
+            (Ok(path), None) => Op::Stat { path },
+            (Err(e), None) => return reply.error(errno(e)),
+        };
+        self.attr_op(ino, op, reply);
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let changes = AttrChanges {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+        };
+        let path = match self.path_of(ino) {
+            Ok(path) => path,
+            // A detached (unlinked) file can still be truncated through its handle;
+            // anything else would need a path that no longer names it.
+            Err(e) => match fh {
+                Some(_) if changes.mode.is_none() && changes.uid.is_none() && changes.gid.is_none() && changes.atime.is_none() && changes.mtime.is_none() => {
+                    RelPath::root()
+                }
+                _ => return reply.error(errno(e)),
+            },
+        };
+        self.attr_op(ino, Op::SetAttr { path, handle: fh.map(|h| h.0), changes }, reply);
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let path = match self.path_of(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(errno(e)),
+        };
+        self.client.submit(Op::ReadLink { path }, move |r| match r {
+            Ok(Reply::Target(t)) => reply.data(&t),
+            Ok(_) => reply.error(errno(Errno::EPROTO)),
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.child(parent, name) {
+            Ok(path) => {
+                let op = Op::Mknod { path: path.clone(), mode, rdev: u64::from(rdev), owner: owner(req) };
+                self.entry_op(path, op, reply)
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.child(parent, name) {
+            Ok(path) => {
+                let op = Op::Mkdir { path: path.clone(), mode, owner: owner(req) };
+                self.entry_op(path, op, reply)
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.child(parent, name) {
+            Ok(path) => self.empty_op(Op::Unlink { path: path.clone() }, reply, move |t| t.detach(&path)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.child(parent, name) {
+            Ok(path) => self.empty_op(Op::Rmdir { path: path.clone() }, reply, move |t| t.detach(&path)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        match self.child(parent, link_name) {
+            Ok(path) => {
+                let op = Op::Symlink {
+                    path: path.clone(),
+                    target: target.as_os_str().as_bytes().to_vec(),
+                    owner: owner(req),
+                };
+                self.entry_op(path, op, reply)
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (from, to) = match (self.child(parent, name), self.child(newparent, newname)) {
+            (Ok(from), Ok(to)) => (from, to),
+            (Err(e), _) | (_, Err(e)) => return reply.error(errno(e)),
+        };
+        let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+        let op = Op::Rename { from: from.clone(), to: to.clone(), flags: flags.bits() };
+        self.empty_op(op, reply, move |t| {
+            if exchange {
+                t.exchange(&from, &to)
+            } else {
+                t.rename(&from, &to)
+            }
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match (self.path_of(ino), self.child(newparent, newname)) {
+            (Ok(existing), Ok(path)) => {
+                self.entry_op(path.clone(), Op::Link { existing, path }, reply)
+            }
+            (Err(e), _) | (_, Err(e)) => reply.error(errno(e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let path = match self.path_of(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let inodes = self.inodes.clone();
+        self.client.submit(Op::Open { path, flags: flags.0 }, move |r| match r {
+            Ok(Reply::Opened { handle, attr }) => {
+                // Close-to-open consistency: keep cached pages only when the file
+                // is unchanged since it was last opened.
+                let unchanged = lock(&inodes).note_open(ino.0, &attr);
+                let fopen = if unchanged { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                reply.opened(FileHandle(handle), fopen);
+            }
+            Ok(_) => reply.error(errno(Errno::EPROTO)),
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let op = Op::Read { handle: fh.0, offset, len: size.min(MAX_CHUNK) };
+        self.client.submit(op, move |r| match r {
+            Ok(Reply::Data(data)) => reply.data(&data),
+            Ok(_) => reply.error(errno(Errno::EPROTO)),
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let op = Op::Write { handle: fh.0, offset, data: data.to_vec() };
+        self.client.submit(op, move |r| match r {
+            Ok(Reply::Written(n)) => reply.written(n),
+            Ok(_) => reply.error(errno(Errno::EPROTO)),
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Every write was acknowledged by the server before the kernel was told it
+        // succeeded, so nothing is pending here.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        // close(2) has already returned to the application and release errors go
+        // nowhere, so the kernel need not wait for the server.
+        self.client.submit(Op::Close { handle: fh.0 }, |r| {
+            if let Err(e) = r {
+                log::debug!("closing a remote file: {e}");
+            }
+        });
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        self.empty_op(Op::Fsync { handle: fh.0, datasync }, reply, |_| {});
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let path = match self.path_of(ino) {
+            Ok(p) => p,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);
+        lock(&self.dirs).insert(fh, OpenDir { path, entries: Arc::new(Vec::new()) });
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let (path, entries) = match self.listing(fh, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno(e)),
+        };
+        // Offsets name the *next* entry: index 0 is ".", 1 is "..", then the listing.
+        let total = entries.len() as u64 + 2;
+        for index in offset..total {
+            let full = match index {
+                0 => reply.add(ino, 1, fuser::FileType::Directory, "."),
+                1 => reply.add(INodeNo(self.parent_ino(&path)), 2, fuser::FileType::Directory, ".."),
+                _ => {
+                    let entry = &entries[(index - 2) as usize];
+                    // d_ino is informational; the kernel looks the name up for the real one.
+                    let ino = path
+                        .join(OsStr::from_bytes(&entry.name))
+                        .ok()
+                        .and_then(|p| lock(&self.inodes).ino_of(&p))
+                        .unwrap_or(entry.attr.ino.max(2));
+                    reply.add(INodeNo(ino), index + 1, file_type(entry.attr.kind), OsStr::from_bytes(&entry.name))
+                }
+            };
+            if full {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let (path, entries) = match self.listing(fh, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let ttl = self.opts.attr_timeout;
+        let total = entries.len() as u64 + 2;
+        for index in offset..total {
+            let full = match index {
+                0 => reply.add(ino, 1, ".", &ttl, &file_attr(ino.0, &dot_attr()), GENERATION),
+                1 => {
+                    let parent = self.parent_ino(&path);
+                    reply.add(INodeNo(parent), 2, "..", &ttl, &file_attr(parent, &dot_attr()), GENERATION)
+                }
+                _ => {
+                    let entry = &entries[(index - 2) as usize];
+                    let name = OsStr::from_bytes(&entry.name);
+                    let Ok(child) = path.join(name) else { continue };
+                    // Every entry but . and .. counts as a lookup, so it is counted
+                    // here and uncounted if it does not fit in this reply.
+                    let child_ino = lock(&self.inodes).remember(&child);
+                    let full = reply.add(
+                        INodeNo(child_ino),
+                        index + 1,
+                        name,
+                        &ttl,
+                        &file_attr(child_ino, &entry.attr),
+                        GENERATION,
+                    );
+                    if full {
+                        lock(&self.inodes).forget(child_ino, 1);
+                    }
+                    full
+                }
+            };
+            if full {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        lock(&self.dirs).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // Directory operations are synchronous on the server: each has completed
+        // (and reached the server's filesystem) before the kernel heard of it.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.client.submit(Op::StatFs, move |r| match r {
+            Ok(Reply::StatFs(s)) => {
+                reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize)
+            }
+            Ok(_) => reply.error(errno(Errno::EPROTO)),
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let path = match self.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let inodes = self.inodes.clone();
+        let ttl = self.opts.attr_timeout;
+        let op = Op::Create { path: path.clone(), flags, mode, owner: owner(req) };
+        self.client.submit(op, move |r: OpResult| match r {
+            Ok(Reply::Opened { handle, attr }) => {
+                let ino = {
+                    let mut t = lock(&inodes);
+                    let ino = t.remember(&path);
+                    t.note_open(ino, &attr);
+                    ino
+                };
+                reply.created(&ttl, &file_attr(ino, &attr), GENERATION, FileHandle(handle), FopenFlags::empty());
+            }
+            Ok(_) => reply.error(errno(Errno::EPROTO)),
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+}

@@ -1,0 +1,343 @@
+//! One client connection: the handshake, then many requests at once.
+//!
+//! ```text
+//!  socket ─► reader (this task) ─► spawn_blocking: Session::handle, encode ─┐
+//!               │ waits for budget                                          │ mpsc
+//!               └──────── budget comes back once the reply is written ◄─ writer task ─► socket
+//! ```
+//!
+//! The reader decodes frames and starts each request on tokio's blocking pool, as
+//! file system calls block: a slow fsync or a 1 MiB read never holds up a quick
+//! stat. Replies go, in whatever order they finish, through a channel to a single
+//! writer task, which writes everything queued at that moment with one system call.
+//!
+//! Before reading the next request the reader takes a share of the connection's
+//! budget (a number of requests and of bytes in flight), which the writer gives
+//! back when the reply is on the wire; a client that sends faster than it reads
+//! therefore stalls itself and cannot make the server hoard memory.
+//!
+//! Anything malformed (a frame that does not decode, an oversized or truncated
+//! frame) ends this connection only; other clients never notice.
+
+use crate::dispatch::Session;
+use crate::export::ExportRoot;
+use ferry_common::frame::{self, FrameError, MAX_CHUNK};
+use ferry_common::proto::{
+    HandshakeReply, Hello, Op, Request, Response, Welcome, MAGIC, PROTOCOL_VERSION,
+};
+use ferry_common::Errno;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::timeout;
+
+/// How long a new connection may take to send its `Hello`.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Once the first byte of a frame has arrived, the rest must follow within this.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(120);
+/// A client that does not take its replies for this long is given up on.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Requests of one connection being handled or waiting to be written.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Bytes (requests plus expected replies) in flight on one connection, counted in KiB.
+const IN_FLIGHT_KIB: u32 = 32 * 1024;
+/// What a directory page is charged before its size is known.
+const READDIR_COST: usize = 64 * 1024;
+/// Replies at least this big are written on their own rather than copied into the batch.
+const LARGE_FRAME: usize = 64 * 1024;
+/// The writer sends its batch once it holds this much.
+const BATCH_LIMIT: usize = 256 * 1024;
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Serves one client until it leaves, breaks the protocol, or `stop` turns true.
+/// An `Err` says why the connection was closed early.
+pub async fn serve(
+    stream: TcpStream,
+    export: Arc<ExportRoot>,
+    read_only: bool,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), FrameError> {
+    stream.set_nodelay(true)?;
+    if let Err(e) = set_keepalive(&stream) {
+        log::debug!("cannot enable TCP keepalive: {e}");
+    }
+    let (read_half, mut write_half) = stream.into_split();
+    let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
+
+    if !handshake(&mut reader, &mut write_half, &export, read_only).await? {
+        return Ok(());
+    }
+
+    let session = Arc::new(Session::new(export, read_only));
+    let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(write_replies(write_half, rx));
+    let requests = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let bytes = Arc::new(Semaphore::new(IN_FLIGHT_KIB as usize));
+
+    let outcome = loop {
+        // Each wait below also ends when the server stops or the writer is gone.
+        let slot = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopped| *stopped) => break Ok(()),
+            _ = tx.closed() => break Ok(()),
+            slot = requests.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break Ok(()),
+            },
+        };
+        let read = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopped| *stopped) => break Ok(()),
+            _ = tx.closed() => break Ok(()),
+            read = next_frame(&mut reader) => read,
+        };
+        let payload = match read {
+            Ok(Some(payload)) => payload,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        };
+        let request: Request = match frame::decode(&payload) {
+            Ok(request) => request,
+            Err(e) => break Err(e),
+        };
+        let cost = cost_kib(payload.len(), &request.op);
+        drop(payload);
+        let share = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopped| *stopped) => break Ok(()),
+            _ = tx.closed() => break Ok(()),
+            share = bytes.clone().acquire_many_owned(cost) => match share {
+                Ok(share) => share,
+                Err(_) => break Ok(()),
+            },
+        };
+        let session = Arc::clone(&session);
+        let tx = tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let frame = answer(&session, request);
+            // If the writer is gone the connection is closing; the reply has no reader.
+            let _ = tx.blocking_send(Outgoing {
+                frame,
+                budget: (slot, share),
+            });
+        });
+    };
+
+    // Requests already started still get their replies: the writer ends once the
+    // last of them has sent its reply and dropped its sender.
+    drop(tx);
+    let written = match writer.await {
+        Ok(result) => result.map_err(FrameError::from),
+        Err(e) => Err(FrameError::Io(io::Error::other(format!(
+            "the reply writer failed: {e}"
+        )))),
+    };
+    outcome.and(written)
+}
+
+/// Reads `Hello` and answers it. `Ok(true)`: the client is welcome; `Ok(false)`:
+/// it left or was refused, and the connection ends.
+async fn handshake(
+    reader: &mut BufReader<OwnedReadHalf>,
+    writer: &mut OwnedWriteHalf,
+    export: &Arc<ExportRoot>,
+    read_only: bool,
+) -> Result<bool, FrameError> {
+    let payload = match timeout(HANDSHAKE_TIMEOUT, frame::read_frame_async(reader)).await {
+        Err(_) => {
+            return Err(FrameError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs()),
+            )))
+        }
+        Ok(read) => match read? {
+            Some(payload) => payload,
+            None => return Ok(false),
+        },
+    };
+    let hello: Hello = frame::decode(&payload)?;
+    let refusal = if hello.magic != MAGIC {
+        Some("this is a ferry server and the peer does not speak the ferry protocol".to_string())
+    } else if hello.version != PROTOCOL_VERSION {
+        Some(format!(
+            "this server speaks ferry protocol version {PROTOCOL_VERSION} and the client \
+             version {}; use the same ferry release on both sides",
+            hello.version
+        ))
+    } else {
+        None
+    };
+    let reply = match refusal {
+        Some(message) => HandshakeReply::Refused { message },
+        None => {
+            let export = Arc::clone(export);
+            let root = tokio::task::spawn_blocking(move || export.root_attr())
+                .await
+                .unwrap_or(Err(Errno::EIO));
+            match root {
+                Ok(root) => HandshakeReply::Welcome(Welcome {
+                    version: PROTOCOL_VERSION,
+                    max_chunk: MAX_CHUNK,
+                    read_only,
+                    capabilities: 0,
+                    root,
+                }),
+                Err(e) => HandshakeReply::Refused {
+                    message: format!("the server cannot read its export directory: {e}"),
+                },
+            }
+        }
+    };
+    write_timed(writer, &frame::encode(&reply)?).await?;
+    match reply {
+        HandshakeReply::Welcome(_) => Ok(true),
+        HandshakeReply::Refused { message } => {
+            log::info!("refused a client: {message}");
+            let _ = writer.shutdown().await;
+            Ok(false)
+        }
+    }
+}
+
+/// The next request frame; `Ok(None)` when the client closed between frames.
+/// Waiting for a frame to start takes as long as the client likes (an idle mount),
+/// but once it has started the rest must arrive within [`FRAME_TIMEOUT`].
+async fn next_frame(reader: &mut BufReader<OwnedReadHalf>) -> Result<Option<Vec<u8>>, FrameError> {
+    if reader.fill_buf().await?.is_empty() {
+        return Ok(None);
+    }
+    match timeout(FRAME_TIMEOUT, frame::read_frame_async(reader)).await {
+        Ok(read) => read,
+        Err(_) => Err(FrameError::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "a request frame did not complete within {} s",
+                FRAME_TIMEOUT.as_secs()
+            ),
+        ))),
+    }
+}
+
+/// What a request costs of the byte budget, in KiB: its own size plus the reply
+/// it will produce, as far as that is known up front.
+fn cost_kib(request_len: usize, op: &Op) -> u32 {
+    let reply = match op {
+        Op::Read { len, .. } => (*len).min(MAX_CHUNK) as usize,
+        Op::ReadDir { .. } => READDIR_COST,
+        _ => 0,
+    };
+    let kib = (request_len + reply) / 1024 + 1;
+    u32::try_from(kib).unwrap_or(u32::MAX).min(IN_FLIGHT_KIB)
+}
+
+/// Handles one request and encodes its reply frame. Runs on the blocking pool.
+fn answer(session: &Session, request: Request) -> Vec<u8> {
+    let id = request.id;
+    // A bug in one operation must not leave its request unanswered.
+    let result = panic::catch_unwind(AssertUnwindSafe(|| session.handle(request.op)))
+        .unwrap_or_else(|_| {
+            log::error!("request {id} panicked; answering EIO");
+            Err(Errno::EIO)
+        });
+    match frame::encode(&Response { id, result }) {
+        Ok(frame) => frame,
+        Err(e) => {
+            log::warn!("the reply to request {id} cannot be encoded ({e}); answering EIO");
+            frame::encode(&Response {
+                id,
+                result: Err(Errno::EIO),
+            })
+            .unwrap_or_default()
+        }
+    }
+}
+
+/// An encoded reply, and the budget its request held, given back once it is written.
+struct Outgoing {
+    frame: Vec<u8>,
+    budget: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+}
+
+/// Writes replies as they come. Whatever is queued when the writer wakes goes out
+/// in one batch, so a burst of small replies costs one system call, not one each.
+async fn write_replies(
+    mut sink: OwnedWriteHalf,
+    mut replies: mpsc::Receiver<Outgoing>,
+) -> io::Result<()> {
+    let mut batch = Vec::with_capacity(BATCH_LIMIT);
+    let mut written = Vec::new();
+    while let Some(first) = replies.recv().await {
+        let mut next = Some(first);
+        while let Some(Outgoing { frame, budget }) = next {
+            if frame.len() >= LARGE_FRAME {
+                // A big reply is written as it is rather than copied into the batch.
+                flush(&mut sink, &mut batch).await?;
+                write_timed(&mut sink, &frame).await?;
+            } else {
+                batch.extend_from_slice(&frame);
+                if batch.len() >= BATCH_LIMIT {
+                    flush(&mut sink, &mut batch).await?;
+                }
+            }
+            written.push(budget);
+            next = replies.try_recv().ok();
+        }
+        flush(&mut sink, &mut batch).await?;
+        written.clear();
+    }
+    // The client may be gone already; there is nothing left to tell it either way.
+    let _ = sink.shutdown().await;
+    Ok(())
+}
+
+async fn flush(sink: &mut OwnedWriteHalf, batch: &mut Vec<u8>) -> io::Result<()> {
+    if !batch.is_empty() {
+        write_timed(sink, batch).await?;
+        batch.clear();
+    }
+    Ok(())
+}
+
+async fn write_timed(sink: &mut OwnedWriteHalf, bytes: &[u8]) -> io::Result<()> {
+    match timeout(WRITE_TIMEOUT, sink.write_all(bytes)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the client took no data for {} s", WRITE_TIMEOUT.as_secs()),
+        )),
+    }
+}
+
+/// Lets the kernel notice a client that vanished (a laptop put to sleep, a cable
+/// pulled) after a few minutes, so its open files and its slot are given back.
+fn set_keepalive(stream: &TcpStream) -> io::Result<()> {
+    let fd = stream.as_raw_fd();
+    for (level, name, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 60),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 15),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4),
+    ] {
+        let value: libc::c_int = value;
+        // SAFETY: a valid socket and a pointer to one c_int with its size.
+        let ret = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if ret != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

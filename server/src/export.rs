@@ -1,0 +1,589 @@
+//! The export: a confined view of one local directory.
+//!
+//! [`ExportRoot`] is the server's storage interface. Its methods are plain file
+//! system operations named by [`RelPath`] and returning `Result<T, Errno>`; they know
+//! nothing of the network, so the same interface could later be backed by something
+//! other than a local disk. Every file system call the server makes lives below
+//! this module.
+//!
+//! # Confinement
+//!
+//! No operation may reach anything outside the export root. The rules:
+//!
+//! - Every path is checked with [`RelPath::validate`] (paths decoded from the wire
+//!   have not been).
+//! - An operation on `a/b/c` opens the parent `a/b` with `openat2(2)` and
+//!   `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS` relative to the
+//!   root's descriptor, so no component may be `..`-like or a symlink, then acts on
+//!   the single name `c` with a `*at` call that does not follow it either. The root
+//!   itself is reached as `.` in the root's descriptor.
+//! - The server never follows a symlink: the client's kernel resolves symlinks with
+//!   `ReadLink`, so every path it sends is physical. Symlinks are created and read
+//!   back exactly as stored.
+//! - `chmod`, `truncate`, `utimens` and `stat` of a FIFO, socket or device act on
+//!   the node without opening it; `Open` refuses such nodes outright (ENXIO), as
+//!   opening one would reach the server's own driver or block on a FIFO.
+
+mod sys;
+
+#[cfg(test)]
+mod tests;
+
+use ferry_common::proto::{AttrChanges, DirEntry, Owner, SetTime};
+use ferry_common::{Attr, Errno, RelPath, StatFs};
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use sys::{attr_from_stat, is_kind, Time};
+
+/// The `open(2)` flags a client may pass; everything else is dropped. `O_CREAT`
+/// is not among them: files are created only through [`ExportRoot::create`].
+const OPEN_FLAGS: i32 = libc::O_ACCMODE
+    | libc::O_APPEND
+    | libc::O_TRUNC
+    | libc::O_SYNC
+    | libc::O_DSYNC
+    | libc::O_NOATIME
+    | libc::O_DIRECTORY;
+
+/// How often `create` goes round when the file keeps appearing and vanishing
+/// between its exclusive create and its plain open.
+const CREATE_RETRIES: usize = 8;
+
+/// The exported directory, held open for the life of the server.
+#[derive(Debug)]
+pub struct ExportRoot {
+    /// `O_PATH | O_DIRECTORY` descriptor every path is resolved beneath.
+    root: OwnedFd,
+    path: PathBuf,
+    /// A server running as root gives new nodes the owner the client names.
+    chown_new_nodes: bool,
+}
+
+/// A node as an operation reaches it: its parent directory, held open, and its
+/// last name. The root is `.` in the root's own descriptor.
+struct Node<'a> {
+    parent: Parent<'a>,
+    name: CString,
+}
+
+enum Parent<'a> {
+    Root(BorrowedFd<'a>),
+    Opened(OwnedFd),
+}
+
+impl Node<'_> {
+    fn dir(&self) -> BorrowedFd<'_> {
+        match &self.parent {
+            Parent::Root(fd) => *fd,
+            Parent::Opened(fd) => fd.as_fd(),
+        }
+    }
+}
+
+impl ExportRoot {
+    /// Opens `path` as the export root. Fails if it is not a directory, or if the
+    /// kernel cannot confine paths (`openat2`, Linux 5.6 and later).
+    pub fn open(path: &Path) -> io::Result<ExportRoot> {
+        let shown = path.display();
+        let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cannot export {shown}: the path contains a NUL byte"),
+            )
+        })?;
+        // SAFETY: a valid C string; O_PATH opens nothing but a reference.
+        let fd = unsafe {
+            libc::open(
+                c_path.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            let err = io::Error::last_os_error();
+            let why = match err.raw_os_error() {
+                Some(libc::ENOTDIR) => "it is not a directory".to_string(),
+                Some(libc::ENOENT) => "no such directory".to_string(),
+                _ => err.to_string(),
+            };
+            return Err(io::Error::new(
+                err.kind(),
+                format!("cannot export {shown}: {why}"),
+            ));
+        }
+        // SAFETY: a new descriptor nothing else owns.
+        let root = unsafe { OwnedFd::from_raw_fd(fd) };
+        if let Err(e) = sys::openat2(root.as_fd(), c".", libc::O_PATH | libc::O_DIRECTORY, 0) {
+            let why = if e.code() == libc::ENOSYS {
+                "this kernel lacks openat2(2), which ferry needs to keep clients inside \
+                 the export (Linux 5.6 or later)"
+                    .to_string()
+            } else {
+                e.to_string()
+            };
+            return Err(io::Error::new(
+                io::Error::from(e).kind(),
+                format!("cannot export {shown}: {why}"),
+            ));
+        }
+        Ok(ExportRoot {
+            root,
+            path: path.to_path_buf(),
+            // SAFETY: geteuid cannot fail.
+            chown_new_nodes: unsafe { libc::geteuid() } == 0,
+        })
+    }
+
+    /// The directory as given to [`ExportRoot::open`].
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Attributes of the root itself.
+    pub fn root_attr(&self) -> Result<Attr, Errno> {
+        Ok(attr_from_stat(&sys::fstat(self.root.as_fd())?))
+    }
+
+    /// `lstat`.
+    pub fn stat(&self, path: &RelPath) -> Result<Attr, Errno> {
+        let node = self.locate(path)?;
+        Ok(attr_from_stat(&sys::fstatat(node.dir(), &node.name)?))
+    }
+
+    /// Up to `max` entries of a directory, skipping the first `start` (`.` and `..`
+    /// are never listed), in the file system's own order, which is stable while the
+    /// directory does not change. The flag says whether entries follow this page.
+    pub fn read_dir(
+        &self,
+        path: &RelPath,
+        start: u64,
+        max: usize,
+    ) -> Result<(Vec<DirEntry>, bool), Errno> {
+        let fd = self.open_beneath(path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW)?;
+        let mut dir = sys::Dir::from_fd(fd)?;
+        let start = usize::try_from(start).unwrap_or(usize::MAX);
+        let end = start.saturating_add(max);
+        let mut names = Vec::new();
+        let mut index = 0usize;
+        let mut more = false;
+        while let Some(name) = dir.next_name()? {
+            if name == b"." || name == b".." {
+                continue;
+            }
+            if index >= end {
+                more = true;
+                break;
+            }
+            if index >= start {
+                names.push(name);
+            }
+            index += 1;
+        }
+        let mut entries = Vec::with_capacity(names.len());
+        for name in names {
+            let c_name = sys::cstring(&name)?;
+            match sys::fstatat(dir.fd(), &c_name) {
+                Ok(st) => entries.push(DirEntry {
+                    name,
+                    attr: attr_from_stat(&st),
+                }),
+                // Removed since it was listed.
+                Err(e) if e == Errno::ENOENT => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((entries, more))
+    }
+
+    /// The text of a symlink, exactly as stored.
+    pub fn read_link(&self, path: &RelPath) -> Result<Vec<u8>, Errno> {
+        let node = self.locate(path)?;
+        sys::readlinkat(node.dir(), &node.name)
+    }
+
+    /// Opens an existing regular file or directory. Flags outside a safe set
+    /// (`O_CREAT`, `O_PATH`, `O_DIRECT`, ...) are dropped; a symlink is ELOOP, any
+    /// other kind of node ENXIO.
+    pub fn open_file(&self, path: &RelPath, flags: i32) -> Result<(OpenFile, Attr), Errno> {
+        let node = self.locate(path)?;
+        // Look before opening: opening a device would reach the server's own
+        // driver, and opening a FIFO can block.
+        check_openable(&sys::fstatat(node.dir(), &node.name)?)?;
+        let (fd, st) = open_node(&node, flags & OPEN_FLAGS, 0)?;
+        Ok((OpenFile::new(fd), attr_from_stat(&st)))
+    }
+
+    /// Creates and opens a regular file with permission bits `mode`. Without
+    /// `O_EXCL` in `flags` an existing file is opened instead (and keeps its mode
+    /// and owner).
+    pub fn create(
+        &self,
+        path: &RelPath,
+        flags: i32,
+        mode: u32,
+        owner: Option<Owner>,
+    ) -> Result<(OpenFile, Attr), Errno> {
+        let node = self.locate(path)?;
+        let exclusive = flags & libc::O_EXCL != 0;
+        let flags = flags & OPEN_FLAGS;
+        let mut last = Errno::EEXIST;
+        // Creating exclusively first tells a new file (which gets the requested
+        // mode and owner) from an existing one (which must not).
+        for _ in 0..CREATE_RETRIES {
+            match open_node(&node, flags | libc::O_CREAT | libc::O_EXCL, mode) {
+                Ok((fd, _)) => {
+                    let st = self.settle_new_node(fd.as_fd(), Some(mode), owner)?;
+                    return Ok((OpenFile::new(fd), attr_from_stat(&st)));
+                }
+                Err(e) if e == Errno::EEXIST && !exclusive => {}
+                Err(e) => return Err(e),
+            }
+            match sys::fstatat(node.dir(), &node.name) {
+                Ok(st) => check_openable(&st)?,
+                Err(e) if e == Errno::ENOENT => {
+                    last = e;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            match open_node(&node, flags, 0) {
+                Ok((fd, st)) => return Ok((OpenFile::new(fd), attr_from_stat(&st))),
+                Err(e) if e == Errno::ENOENT => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// `mkdir` → the new directory's attributes.
+    pub fn mkdir(&self, path: &RelPath, mode: u32, owner: Option<Owner>) -> Result<Attr, Errno> {
+        let node = self.locate(path)?;
+        sys::mkdirat(node.dir(), &node.name, mode)?;
+        self.settle_created(&node, Some(mode), owner)
+    }
+
+    /// `mknod`: a FIFO, socket, device node (as the server's privileges allow) or
+    /// empty regular file; `mode` carries the kind.
+    pub fn mknod(
+        &self,
+        path: &RelPath,
+        mode: u32,
+        rdev: u64,
+        owner: Option<Owner>,
+    ) -> Result<Attr, Errno> {
+        let node = self.locate(path)?;
+        sys::mknodat(node.dir(), &node.name, mode, rdev)?;
+        self.settle_created(&node, Some(mode), owner)
+    }
+
+    /// A symlink at `path` whose text is `target`, stored as given.
+    pub fn symlink(
+        &self,
+        path: &RelPath,
+        target: &[u8],
+        owner: Option<Owner>,
+    ) -> Result<Attr, Errno> {
+        let node = self.locate(path)?;
+        let target = sys::cstring(target)?;
+        sys::symlinkat(&target, node.dir(), &node.name)?;
+        self.settle_created(&node, None, owner)
+    }
+
+    /// A hard link `path` to `existing` (a symlink is linked itself).
+    pub fn link(&self, existing: &RelPath, path: &RelPath) -> Result<Attr, Errno> {
+        let from = self.locate(existing)?;
+        let to = self.locate(path)?;
+        sys::linkat(from.dir(), &from.name, to.dir(), &to.name)?;
+        Ok(attr_from_stat(&sys::fstatat(to.dir(), &to.name)?))
+    }
+
+    pub fn unlink(&self, path: &RelPath) -> Result<(), Errno> {
+        let node = self.locate(path)?;
+        sys::unlinkat(node.dir(), &node.name, false)
+    }
+
+    pub fn rmdir(&self, path: &RelPath) -> Result<(), Errno> {
+        let node = self.locate(path)?;
+        sys::unlinkat(node.dir(), &node.name, true)
+    }
+
+    /// `renameat2`; of its flags only `RENAME_NOREPLACE` and `RENAME_EXCHANGE` are
+    /// accepted (EINVAL otherwise).
+    pub fn rename(&self, from: &RelPath, to: &RelPath, flags: u32) -> Result<(), Errno> {
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let old = self.locate(from)?;
+        let new = self.locate(to)?;
+        sys::renameat2(old.dir(), &old.name, new.dir(), &new.name, flags)
+    }
+
+    /// chown, then chmod (so that set-id bits survive, as with `chown; chmod`),
+    /// then truncate, then times; returns the new attributes. Acts on the node
+    /// itself, never opening it and never following a symlink (a symlink's mode
+    /// cannot change: EOPNOTSUPP).
+    pub fn set_attr(&self, path: &RelPath, changes: &AttrChanges) -> Result<Attr, Errno> {
+        let node = self.locate(path)?;
+        let target = sys::openat2(node.dir(), &node.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let fd = target.as_fd();
+        let st = sys::fstat(fd)?;
+        if changes.uid.is_some() || changes.gid.is_some() {
+            sys::chown_fd(fd, changes.uid, changes.gid)?;
+        }
+        if let Some(mode) = changes.mode {
+            if is_kind(&st, libc::S_IFLNK) {
+                return Err(Errno::ENOTSUP);
+            }
+            sys::chmod_fd(fd, mode)?;
+        }
+        if let Some(size) = changes.size {
+            if is_kind(&st, libc::S_IFDIR) {
+                return Err(Errno::EISDIR);
+            }
+            if !is_kind(&st, libc::S_IFREG) {
+                return Err(Errno::EINVAL);
+            }
+            sys::truncate_fd(fd, size)?;
+        }
+        if changes.atime.is_some() || changes.mtime.is_some() {
+            sys::utimensat(
+                node.dir(),
+                &node.name,
+                &time(changes.atime),
+                &time(changes.mtime),
+            )?;
+        }
+        Ok(attr_from_stat(&sys::fstat(fd)?))
+    }
+
+    /// Statistics of the file system holding the export.
+    pub fn statfs(&self) -> Result<StatFs, Errno> {
+        let sv = sys::fstatvfs(self.root.as_fd())?;
+        #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+        Ok(StatFs {
+            blocks: sv.f_blocks as u64,
+            bfree: sv.f_bfree as u64,
+            bavail: sv.f_bavail as u64,
+            files: sv.f_files as u64,
+            ffree: sv.f_ffree as u64,
+            bsize: u32::try_from(sv.f_bsize as u64).unwrap_or(u32::MAX),
+            namelen: u32::try_from(sv.f_namemax as u64).unwrap_or(u32::MAX),
+            frsize: u32::try_from(sv.f_frsize as u64).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Checks `path` and opens its parent beneath the root.
+    fn locate(&self, path: &RelPath) -> Result<Node<'_>, Errno> {
+        path.validate()?;
+        let Some((parent, name)) = path.split_last() else {
+            return Ok(Node {
+                parent: Parent::Root(self.root.as_fd()),
+                name: c".".to_owned(),
+            });
+        };
+        let name = sys::cstring_os(name)?;
+        let parent = if parent.is_root() {
+            Parent::Root(self.root.as_fd())
+        } else {
+            let c_parent = sys::cstring(parent.as_bytes())?;
+            Parent::Opened(sys::openat2(
+                self.root.as_fd(),
+                &c_parent,
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+            )?)
+        };
+        Ok(Node { parent, name })
+    }
+
+    /// Checks `path` and opens it, whole, beneath the root.
+    fn open_beneath(&self, path: &RelPath, flags: i32) -> Result<OwnedFd, Errno> {
+        path.validate()?;
+        let c_path = if path.is_root() {
+            c".".to_owned()
+        } else {
+            sys::cstring(path.as_bytes())?
+        };
+        sys::openat2(self.root.as_fd(), &c_path, flags, 0)
+    }
+
+    /// Finishes a node just made by mkdir, mknod or symlink; see [`Self::settle_new_node`].
+    fn settle_created(
+        &self,
+        node: &Node<'_>,
+        mode: Option<u32>,
+        owner: Option<Owner>,
+    ) -> Result<Attr, Errno> {
+        let fd = sys::openat2(node.dir(), &node.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        Ok(attr_from_stat(&self.settle_new_node(
+            fd.as_fd(),
+            mode,
+            owner,
+        )?))
+    }
+
+    /// Gives a new node the owner the client named (when the server runs as root)
+    /// and exactly the permission bits it asked for: the client's kernel already
+    /// applied the caller's umask, and the server's own umask must not apply a
+    /// second time. Both are best effort: the node exists either way.
+    fn settle_new_node(
+        &self,
+        fd: BorrowedFd<'_>,
+        mode: Option<u32>,
+        owner: Option<Owner>,
+    ) -> Result<libc::stat, Errno> {
+        let mut st = sys::fstat(fd)?;
+        if let (true, Some(owner)) = (self.chown_new_nodes, owner) {
+            if st.st_uid != owner.uid || st.st_gid != owner.gid {
+                match sys::chown_fd(fd, Some(owner.uid), Some(owner.gid)) {
+                    Ok(()) => st = sys::fstat(fd)?,
+                    Err(e) => {
+                        log::debug!("cannot give a new node to {}:{}: {e}", owner.uid, owner.gid)
+                    }
+                }
+            }
+        }
+        if let Some(mode) = mode {
+            if !is_kind(&st, libc::S_IFLNK) {
+                let mut wanted = mode & 0o7777;
+                if is_kind(&st, libc::S_IFDIR) {
+                    // Inherited from a set-group-id parent, as mkdir(2) keeps it.
+                    wanted |= st.st_mode & libc::S_ISGID;
+                }
+                if st.st_mode & 0o7777 != wanted {
+                    match sys::chmod_fd(fd, wanted) {
+                        Ok(()) => st = sys::fstat(fd)?,
+                        Err(e) => log::debug!("cannot set mode {wanted:o} on a new node: {e}"),
+                    }
+                }
+            }
+        }
+        Ok(st)
+    }
+}
+
+/// Opens `node` (its last name never followed, nothing below the root reached)
+/// and checks what was opened. `O_NONBLOCK` during the open means a FIFO swapped
+/// in at the last moment cannot block us.
+fn open_node(node: &Node<'_>, flags: i32, mode: u32) -> Result<(OwnedFd, libc::stat), Errno> {
+    let fd = sys::openat2(
+        node.dir(),
+        &node.name,
+        flags | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY,
+        mode,
+    )?;
+    let st = sys::fstat(fd.as_fd())?;
+    check_openable(&st)?;
+    // Regular files ignore O_NONBLOCK, but a file system below us might not.
+    sys::set_status_flags(fd.as_fd(), flags & !libc::O_NONBLOCK)?;
+    Ok((fd, st))
+}
+
+/// Only regular files and directories are opened by the server.
+fn check_openable(st: &libc::stat) -> Result<(), Errno> {
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG | libc::S_IFDIR => Ok(()),
+        libc::S_IFLNK => Err(Errno::ELOOP),
+        _ => Err(Errno::new(libc::ENXIO)),
+    }
+}
+
+fn time(t: Option<SetTime>) -> Time {
+    match t {
+        None => Time::Omit,
+        Some(SetTime::Now) => Time::Now,
+        Some(SetTime::At(ts)) => Time::At(ts),
+    }
+}
+
+/// An open regular file or directory of the export, read and written at offsets
+/// (`pread`/`pwrite`), so many requests can use it at once.
+#[derive(Debug)]
+pub struct OpenFile {
+    file: File,
+}
+
+impl OpenFile {
+    fn new(fd: OwnedFd) -> OpenFile {
+        OpenFile {
+            file: File::from(fd),
+        }
+    }
+
+    /// `fstat`: the file may have been unlinked since it was opened.
+    pub fn attr(&self) -> Result<Attr, Errno> {
+        Ok(attr_from_stat(&sys::fstat(self.file.as_fd())?))
+    }
+
+    /// Up to `len` bytes at `offset`; fewer only at the end of the file.
+    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, Errno> {
+        let mut buf = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            let at = offset.checked_add(got as u64).ok_or(Errno::EINVAL)?;
+            match self.file.read_at(&mut buf[got..], at) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    /// Writes all of `data` at `offset` and returns its length; if the disk fails
+    /// part way, the count written so far (as `pwrite` would), or the error if
+    /// nothing was written.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<usize, Errno> {
+        let mut done = 0;
+        while done < data.len() {
+            let at = offset.checked_add(done as u64).ok_or(Errno::EINVAL)?;
+            match self.file.write_at(&data[done..], at) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if done == 0 => return Err(e.into()),
+                Err(_) => break,
+            }
+        }
+        if done == 0 && !data.is_empty() {
+            return Err(Errno::EIO);
+        }
+        Ok(done)
+    }
+
+    /// `fsync`, or `fdatasync` when `data_only`.
+    pub fn sync(&self, data_only: bool) -> Result<(), Errno> {
+        let result = if data_only {
+            self.file.sync_data()
+        } else {
+            self.file.sync_all()
+        };
+        result.map_err(Errno::from)
+    }
+
+    /// [`ExportRoot::set_attr`] through the open file, which may be unlinked.
+    /// Truncation needs the file open for writing.
+    pub fn set_attr(&self, changes: &AttrChanges) -> Result<Attr, Errno> {
+        let fd = self.file.as_fd();
+        if changes.uid.is_some() || changes.gid.is_some() {
+            sys::chown_fd(fd, changes.uid, changes.gid)?;
+        }
+        if let Some(mode) = changes.mode {
+            sys::fchmod(fd, mode)?;
+        }
+        if let Some(size) = changes.size {
+            sys::ftruncate(fd, size)?;
+        }
+        if changes.atime.is_some() || changes.mtime.is_some() {
+            sys::futimens(fd, &time(changes.atime), &time(changes.mtime))?;
+        }
+        self.attr()
+    }
+}

@@ -1,0 +1,436 @@
+//! Thin, safe wrappers around the `*at` system calls the export uses.
+//!
+//! Every wrapper takes a directory descriptor and a single, already-checked name
+//! (or a descriptor alone) and never follows a symlink; the confinement rules
+//! themselves live in the parent module. Failures are the call's errno.
+
+use ferry_common::{Attr, Errno, FileKind, Timestamp};
+use std::ffi::{CStr, CString, OsStr};
+use std::mem::{self, MaybeUninit};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::ptr::NonNull;
+
+/// How `openat2` resolves every path: below the starting directory, through no
+/// symlink at all (in any component), and through no `/proc` magic link.
+const RESOLVE: u64 =
+    libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+
+/// `openat2` answers EAGAIN when a concurrent rename makes it unsure the walk
+/// stayed beneath; a few retries settle it.
+const OPENAT2_RETRIES: usize = 8;
+
+fn cvt(ret: libc::c_int) -> Result<libc::c_int, Errno> {
+    if ret == -1 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cvt_long(ret: libc::c_long) -> Result<libc::c_long, Errno> {
+    if ret == -1 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// A name or relative path as a C string; a NUL inside is EINVAL (the path checks
+/// refuse it earlier, this is the last fence).
+pub fn cstring(bytes: &[u8]) -> Result<CString, Errno> {
+    CString::new(bytes).map_err(|_| Errno::EINVAL)
+}
+
+pub fn cstring_os(name: &OsStr) -> Result<CString, Errno> {
+    cstring(name.as_bytes())
+}
+
+/// `openat2(dir, path, flags, mode)` confined by [`RESOLVE`]. `O_CLOEXEC` is always added.
+pub fn openat2(dir: BorrowedFd<'_>, path: &CStr, flags: i32, mode: u32) -> Result<OwnedFd, Errno> {
+    let flags = flags | libc::O_CLOEXEC;
+    // SAFETY: open_how is plain data; all-zero is a valid value.
+    let mut how: libc::open_how = unsafe { mem::zeroed() };
+    // The flags are a bit set: reinterpret, never sign-extend.
+    how.flags = u64::from(flags as u32);
+    // The kernel refuses a mode without O_CREAT / O_TMPFILE.
+    how.mode = if flags & libc::O_CREAT != 0 {
+        u64::from(mode & 0o7777)
+    } else {
+        0
+    };
+    how.resolve = RESOLVE;
+    let mut tries = 0;
+    loop {
+        // SAFETY: `path` is NUL-terminated and `how` lives across the call; the size
+        // passed is the size of the struct pointed to.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const libc::open_how,
+                mem::size_of::<libc::open_how>(),
+            )
+        };
+        if ret >= 0 {
+            // SAFETY: the kernel returned a new descriptor that nothing else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) });
+        }
+        let err = Errno::last();
+        tries += 1;
+        match err.code() {
+            libc::EINTR => continue,
+            libc::EAGAIN if tries < OPENAT2_RETRIES => continue,
+            _ => return Err(err),
+        }
+    }
+}
+
+pub fn fstat(fd: BorrowedFd<'_>) -> Result<libc::stat, Errno> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is a valid out-pointer for one `struct stat`.
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded and filled it.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `lstat` of `name` in `dir`.
+pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> Result<libc::stat, Errno> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: valid C string and out-pointer.
+    cvt(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: fstatat succeeded and filled it.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<(), Errno> {
+    // SAFETY: valid C string.
+    cvt(unsafe {
+        libc::mkdirat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            (mode & 0o7777) as libc::mode_t,
+        )
+    })?;
+    Ok(())
+}
+
+pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> Result<(), Errno> {
+    // SAFETY: valid C string.
+    cvt(unsafe {
+        libc::mknodat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            mode as libc::mode_t,
+            rdev as libc::dev_t,
+        )
+    })?;
+    Ok(())
+}
+
+pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
+    // SAFETY: valid C strings.
+    cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })?;
+    Ok(())
+}
+
+/// The text of the symlink `name` in `dir`, exactly as stored.
+pub fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> Result<Vec<u8>, Errno> {
+    // Linux keeps symlink texts below PATH_MAX; grow anyway rather than truncate.
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: the pointer and length describe `buf`.
+        let n = unsafe {
+            libc::readlinkat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(Errno::last());
+        }
+        let n = n as usize;
+        if n < buf.len() || buf.len() >= 1 << 16 {
+            buf.truncate(n);
+            return Ok(buf);
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+}
+
+/// `linkat` with flags 0: a symlink is linked itself, never followed.
+pub fn linkat(
+    old_dir: BorrowedFd<'_>,
+    old_name: &CStr,
+    new_dir: BorrowedFd<'_>,
+    new_name: &CStr,
+) -> Result<(), Errno> {
+    // SAFETY: valid C strings.
+    cvt(unsafe {
+        libc::linkat(
+            old_dir.as_raw_fd(),
+            old_name.as_ptr(),
+            new_dir.as_raw_fd(),
+            new_name.as_ptr(),
+            0,
+        )
+    })?;
+    Ok(())
+}
+
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, remove_dir: bool) -> Result<(), Errno> {
+    let flags = if remove_dir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
+    Ok(())
+}
+
+/// `renameat2` through the raw system call, so that older C libraries work too.
+pub fn renameat2(
+    old_dir: BorrowedFd<'_>,
+    old_name: &CStr,
+    new_dir: BorrowedFd<'_>,
+    new_name: &CStr,
+    flags: u32,
+) -> Result<(), Errno> {
+    // SAFETY: valid C strings; renameat2 takes plain integers otherwise.
+    cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            old_dir.as_raw_fd(),
+            old_name.as_ptr(),
+            new_dir.as_raw_fd(),
+            new_name.as_ptr(),
+            flags,
+        )
+    })?;
+    Ok(())
+}
+
+/// Changes the owner of exactly the node behind `fd` (an `O_PATH` descriptor is
+/// fine; a symlink's own owner changes). `None` leaves that id alone.
+pub fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> Result<(), Errno> {
+    let uid = uid.unwrap_or(u32::MAX) as libc::uid_t;
+    let gid = gid.unwrap_or(u32::MAX) as libc::gid_t;
+    // SAFETY: valid (empty) C string; AT_EMPTY_PATH makes the call act on `fd` itself.
+    cvt(unsafe { libc::fchownat(fd.as_raw_fd(), c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) })?;
+    Ok(())
+}
+
+/// Changes the mode of exactly the node behind `fd`, which may be an `O_PATH`
+/// descriptor of a FIFO or device: nothing is opened. Never call it on a symlink
+/// (the caller checks): the `/proc` fallback would follow it.
+pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> Result<(), Errno> {
+    let mode = (mode & 0o7777) as libc::mode_t;
+    // fchmodat2 (Linux 6.6) acts on the descriptor itself with AT_EMPTY_PATH.
+    // SAFETY: valid (empty) C string.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_fchmodat2,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            mode,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if ret == 0 {
+        return Ok(());
+    }
+    let err = Errno::last();
+    if err.code() != libc::ENOSYS {
+        return Err(err);
+    }
+    // Older kernels: the /proc magic link names the same inode, without opening it.
+    let proc_path = proc_fd_path(fd)?;
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::chmod(proc_path.as_ptr(), mode) })?;
+    Ok(())
+}
+
+/// Truncates exactly the regular file behind the `O_PATH` descriptor `fd`
+/// without opening it (a FIFO would answer EINVAL, never block).
+pub fn truncate_fd(fd: BorrowedFd<'_>, size: u64) -> Result<(), Errno> {
+    let size = libc::off_t::try_from(size).map_err(|_| Errno::EINVAL)?;
+    let proc_path = proc_fd_path(fd)?;
+    // SAFETY: valid C string.
+    cvt(unsafe { libc::truncate(proc_path.as_ptr(), size) })?;
+    Ok(())
+}
+
+fn proc_fd_path(fd: BorrowedFd<'_>) -> Result<CString, Errno> {
+    cstring(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes())
+}
+
+/// A time for `utimensat`: leave it, the clock now, or a given instant.
+pub enum Time {
+    Omit,
+    Now,
+    At(Timestamp),
+}
+
+fn timespec(t: &Time) -> libc::timespec {
+    // SAFETY: timespec is plain data; all-zero is valid.
+    let mut ts: libc::timespec = unsafe { mem::zeroed() };
+    match t {
+        Time::Omit => ts.tv_nsec = libc::UTIME_OMIT,
+        Time::Now => ts.tv_nsec = libc::UTIME_NOW,
+        Time::At(at) => {
+            ts.tv_sec = at.secs as libc::time_t;
+            ts.tv_nsec = at.nanos.min(999_999_999) as libc::c_long;
+        }
+    }
+    ts
+}
+
+/// `utimensat` on `name` in `dir`, never following a symlink.
+pub fn utimensat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    atime: &Time,
+    mtime: &Time,
+) -> Result<(), Errno> {
+    let times = [timespec(atime), timespec(mtime)];
+    // SAFETY: valid C string and a two-element timespec array.
+    cvt(unsafe {
+        libc::utimensat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(())
+}
+
+/// `futimens` on an open (not `O_PATH`) descriptor.
+pub fn futimens(fd: BorrowedFd<'_>, atime: &Time, mtime: &Time) -> Result<(), Errno> {
+    let times = [timespec(atime), timespec(mtime)];
+    // SAFETY: a two-element timespec array.
+    cvt(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) })?;
+    Ok(())
+}
+
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> Result<(), Errno> {
+    // SAFETY: plain integers.
+    cvt(unsafe { libc::fchmod(fd.as_raw_fd(), (mode & 0o7777) as libc::mode_t) })?;
+    Ok(())
+}
+
+pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> Result<(), Errno> {
+    let size = libc::off_t::try_from(size).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: plain integers.
+    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size) })?;
+    Ok(())
+}
+
+/// Sets the file status flags (`O_APPEND`, `O_NONBLOCK`, `O_NOATIME`, ...) of an open descriptor.
+pub fn set_status_flags(fd: BorrowedFd<'_>, flags: i32) -> Result<(), Errno> {
+    // SAFETY: plain integers.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) })?;
+    Ok(())
+}
+
+pub fn fstatvfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs, Errno> {
+    let mut st = MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: valid out-pointer.
+    cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatvfs succeeded and filled it.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// An open directory stream (`fdopendir`), read entry by entry.
+pub struct Dir(NonNull<libc::DIR>);
+
+impl Dir {
+    /// Takes ownership of `fd`, a directory opened for reading.
+    pub fn from_fd(fd: OwnedFd) -> Result<Dir, Errno> {
+        let raw = fd.into_raw_fd();
+        // SAFETY: `raw` is an open descriptor we own; on success the stream owns it.
+        let ptr = unsafe { libc::fdopendir(raw) };
+        match NonNull::new(ptr) {
+            Some(ptr) => Ok(Dir(ptr)),
+            None => {
+                let err = Errno::last();
+                // SAFETY: fdopendir failed, so the descriptor is still ours to close.
+                drop(unsafe { OwnedFd::from_raw_fd(raw) });
+                Err(err)
+            }
+        }
+    }
+
+    /// The next entry's name, `.` and `..` included; `None` at the end.
+    pub fn next_name(&mut self) -> Result<Option<Vec<u8>>, Errno> {
+        // readdir reports errors only through errno, so clear it first.
+        // SAFETY: errno is thread-local.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: the stream is open; the entry stays valid until the next call.
+        let entry = unsafe { libc::readdir(self.0.as_ptr()) };
+        if entry.is_null() {
+            // SAFETY: as above.
+            let code = unsafe { *libc::__errno_location() };
+            return if code == 0 {
+                Ok(None)
+            } else {
+                Err(Errno::new(code))
+            };
+        }
+        // SAFETY: d_name is NUL-terminated within the entry.
+        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
+        Ok(Some(name.to_bytes().to_vec()))
+    }
+
+    /// The stream's descriptor, for `fstatat` on its entries.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the descriptor stays open as long as the stream, which `self` borrows.
+        unsafe { BorrowedFd::borrow_raw(libc::dirfd(self.0.as_ptr())) }
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        // SAFETY: the stream is open and closed exactly once.
+        unsafe { libc::closedir(self.0.as_ptr()) };
+    }
+}
+
+pub fn is_kind(st: &libc::stat, kind: libc::mode_t) -> bool {
+    st.st_mode & libc::S_IFMT == kind
+}
+
+fn timestamp(secs: i64, nanos: i64) -> Timestamp {
+    Timestamp {
+        secs,
+        nanos: nanos.clamp(0, 999_999_999) as u32,
+    }
+}
+
+/// The wire attributes of a `struct stat`. The field types differ between
+/// architectures, hence the casts.
+#[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+pub fn attr_from_stat(st: &libc::stat) -> Attr {
+    Attr {
+        kind: FileKind::from_mode(st.st_mode as u32),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: u32::try_from(st.st_nlink as u64).unwrap_or(u32::MAX),
+        uid: st.st_uid as u32,
+        gid: st.st_gid as u32,
+        size: (st.st_size as i64).max(0) as u64,
+        blocks: (st.st_blocks as i64).max(0) as u64,
+        atime: timestamp(st.st_atime as i64, st.st_atime_nsec as i64),
+        mtime: timestamp(st.st_mtime as i64, st.st_mtime_nsec as i64),
+        ctime: timestamp(st.st_ctime as i64, st.st_ctime_nsec as i64),
+        rdev: st.st_rdev as u64,
+        blksize: u32::try_from((st.st_blksize as i64).max(0)).unwrap_or(u32::MAX),
+        ino: st.st_ino as u64,
+    }
+}

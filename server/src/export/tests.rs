@@ -1,0 +1,677 @@
+//! The export on a real temporary directory: confinement first, then the operations.
+
+use super::*;
+use ferry_common::frame;
+use ferry_common::proto::{AttrChanges, Owner, SetTime};
+use ferry_common::{FileKind, Timestamp};
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+use tempfile::TempDir;
+
+struct Fixture {
+    tmp: TempDir,
+    export: ExportRoot,
+}
+
+impl Fixture {
+    fn export_dir(&self) -> PathBuf {
+        self.tmp.path().join("export")
+    }
+}
+
+/// `export/` with escape hatches, beside an `outside/` that must stay untouched:
+///
+/// ```text
+/// export/file            "hello"
+/// export/inner/file      "inner"
+/// export/inner/up     -> ../..
+/// export/up           -> ..
+/// export/root         -> /
+/// export/out          -> ../outside
+/// export/abs          -> /etc
+/// outside/secret         "top secret", mode 0600
+/// outside/dir/
+/// ```
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let export = tmp.path().join("export");
+    let outside = tmp.path().join("outside");
+    fs::create_dir(&export).unwrap();
+    fs::create_dir(&outside).unwrap();
+    fs::create_dir(outside.join("dir")).unwrap();
+    fs::write(outside.join("secret"), "top secret").unwrap();
+    fs::set_permissions(outside.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(export.join("file"), "hello").unwrap();
+    fs::create_dir(export.join("inner")).unwrap();
+    fs::write(export.join("inner/file"), "inner").unwrap();
+    symlink("../..", export.join("inner/up")).unwrap();
+    symlink("..", export.join("up")).unwrap();
+    symlink("/", export.join("root")).unwrap();
+    symlink("../outside", export.join("out")).unwrap();
+    symlink("/etc", export.join("abs")).unwrap();
+    let root = ExportRoot::open(&export).unwrap();
+    Fixture { tmp, export: root }
+}
+
+fn p(s: &str) -> RelPath {
+    RelPath::parse(s).unwrap()
+}
+
+/// A `RelPath` holding any bytes at all, as a hostile peer could send it: serde
+/// decoding does not run the path checks.
+fn raw(bytes: &[u8]) -> RelPath {
+    let encoded = frame::encode(&bytes.to_vec()).unwrap();
+    let path: RelPath = frame::decode(&encoded[4..]).unwrap();
+    assert_eq!(path.as_bytes(), bytes);
+    path
+}
+
+/// Everything observable about a tree: per path, kind, mode, owner, size,
+/// mtime, ctime and file contents.
+type Observed = (u32, u32, u32, u64, i64, i64, i64, i64, Vec<u8>);
+
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Observed> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let md = fs::symlink_metadata(&path).unwrap();
+        let content = if md.is_file() {
+            fs::read(&path).unwrap()
+        } else {
+            Vec::new()
+        };
+        if md.is_dir() {
+            for entry in fs::read_dir(&path).unwrap() {
+                stack.push(entry.unwrap().path());
+            }
+        }
+        out.insert(
+            path,
+            (
+                md.mode(),
+                md.uid(),
+                md.gid(),
+                md.size(),
+                md.mtime(),
+                md.mtime_nsec(),
+                md.ctime(),
+                md.ctime_nsec(),
+                content,
+            ),
+        );
+    }
+    out
+}
+
+/// What lies outside the export and must not change: the sibling `outside/`, the
+/// temp dir's own listing, and a few system files the symlinks point at.
+fn outside_world(fx: &Fixture) -> Vec<String> {
+    let mut seen = vec![format!("{:?}", snapshot(&fx.tmp.path().join("outside")))];
+    let mut names: Vec<_> = fs::read_dir(fx.tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    seen.push(format!("{names:?}"));
+    for sys in ["/etc/passwd", "/etc", "/"] {
+        let md = fs::symlink_metadata(sys).unwrap();
+        seen.push(format!(
+            "{sys} {} {} {} {} {} {}",
+            md.mode(),
+            md.uid(),
+            md.size(),
+            md.mtime(),
+            md.mtime_nsec(),
+            md.ctime_nsec()
+        ));
+    }
+    seen
+}
+
+fn all_changes() -> Vec<AttrChanges> {
+    vec![
+        AttrChanges {
+            mode: Some(0o777),
+            ..AttrChanges::default()
+        },
+        AttrChanges {
+            size: Some(0),
+            ..AttrChanges::default()
+        },
+        AttrChanges {
+            uid: Some(4321),
+            gid: Some(4321),
+            ..AttrChanges::default()
+        },
+        AttrChanges {
+            atime: Some(SetTime::At(Timestamp { secs: 1, nanos: 0 })),
+            mtime: Some(SetTime::Now),
+            ..AttrChanges::default()
+        },
+    ]
+}
+
+/// Runs every operation that names `path` (in each of its roles) and asserts
+/// that all of them fail.
+fn assert_every_op_fails(export: &ExportRoot, path: &RelPath) {
+    let owner = Some(Owner { uid: 0, gid: 0 });
+    let file = p("file");
+    let what = format!("{path:?}");
+    assert!(export.stat(path).is_err(), "stat {what}");
+    assert!(export.read_dir(path, 0, 100).is_err(), "readdir {what}");
+    assert!(export.read_link(path).is_err(), "readlink {what}");
+    for flags in [
+        libc::O_RDONLY,
+        libc::O_RDWR | libc::O_TRUNC,
+        libc::O_WRONLY | libc::O_CREAT,
+    ] {
+        assert!(
+            export.open_file(path, flags).is_err(),
+            "open {what} {flags:o}"
+        );
+    }
+    for flags in [
+        libc::O_RDWR,
+        libc::O_RDWR | libc::O_EXCL,
+        libc::O_WRONLY | libc::O_TRUNC,
+    ] {
+        assert!(
+            export.create(path, flags, 0o666, owner).is_err(),
+            "create {what} {flags:o}"
+        );
+    }
+    assert!(export.mkdir(path, 0o777, owner).is_err(), "mkdir {what}");
+    assert!(
+        export.mknod(path, libc::S_IFIFO | 0o666, 0, owner).is_err(),
+        "mknod {what}"
+    );
+    assert!(
+        export.mknod(path, libc::S_IFREG | 0o666, 0, owner).is_err(),
+        "mknod {what}"
+    );
+    assert!(
+        export.symlink(path, b"/etc/passwd", owner).is_err(),
+        "symlink {what}"
+    );
+    assert!(export.unlink(path).is_err(), "unlink {what}");
+    assert!(export.rmdir(path).is_err(), "rmdir {what}");
+    assert!(
+        export.rename(path, &p("moved"), 0).is_err(),
+        "rename from {what}"
+    );
+    assert!(export.rename(&file, path, 0).is_err(), "rename to {what}");
+    assert!(
+        export.rename(&file, path, libc::RENAME_EXCHANGE).is_err(),
+        "exchange {what}"
+    );
+    assert!(export.link(path, &p("linked")).is_err(), "link from {what}");
+    assert!(export.link(&file, path).is_err(), "link to {what}");
+    for changes in all_changes() {
+        assert!(
+            export.set_attr(path, &changes).is_err(),
+            "setattr {what} {changes:?}"
+        );
+    }
+}
+
+const ESCAPES: &[&str] = &[
+    "up/outside/secret",
+    "up/outside/dir",
+    "up/outside/new",
+    "up/outside/dir/new",
+    "inner/up/outside/secret",
+    "inner/up/outside/new",
+    "root/etc/passwd",
+    "root/etc",
+    "root/tmp/ferry-escape",
+    "out/secret",
+    "out/dir",
+    "out/new",
+    "abs/passwd",
+    "abs/ferry-escape",
+];
+
+#[test]
+fn symlinks_in_any_component_are_never_followed() {
+    let fx = fixture();
+    let before = outside_world(&fx);
+    for escape in ESCAPES {
+        assert_every_op_fails(&fx.export, &p(escape));
+    }
+    assert_eq!(outside_world(&fx), before);
+    assert!(fs::read_dir(fx.export_dir()).unwrap().all(|e| {
+        let name = e.unwrap().file_name();
+        name != "moved" && name != "linked"
+    }));
+}
+
+#[test]
+fn hostile_wire_paths_are_refused() {
+    let fx = fixture();
+    let before = outside_world(&fx);
+    let hostile: &[&[u8]] = &[
+        b"..",
+        b"../outside/secret",
+        b"../outside/new",
+        b"inner/../../outside/secret",
+        b"inner/../..",
+        b"/etc/passwd",
+        b"/tmp/ferry-escape",
+        b"/",
+        b".",
+        b"./file",
+        b"file/",
+        b"inner//file",
+        b"file\0/../../outside/secret",
+        b"\0",
+        b"inner/./file",
+    ];
+    for bytes in hostile {
+        let path = raw(bytes);
+        assert_eq!(path.validate().err(), Some(Errno::EINVAL), "{path:?}");
+        assert_every_op_fails(&fx.export, &path);
+        assert_eq!(fx.export.stat(&path), Err(Errno::EINVAL));
+    }
+    let long = raw(&vec![b'x'; 300]);
+    assert_eq!(fx.export.stat(&long), Err(Errno::ENAMETOOLONG));
+    assert_eq!(outside_world(&fx), before);
+}
+
+#[test]
+fn a_symlink_as_the_last_name_is_the_link_itself() {
+    let fx = fixture();
+    let before = outside_world(&fx);
+    let export = &fx.export;
+    for name in ["up", "root", "out", "abs"] {
+        let path = p(name);
+        assert_eq!(export.stat(&path).unwrap().kind, FileKind::Symlink);
+        assert!(export.open_file(&path, libc::O_RDONLY).is_err());
+        assert!(export
+            .open_file(&path, libc::O_RDWR | libc::O_TRUNC)
+            .is_err());
+        assert!(export.create(&path, libc::O_RDWR, 0o666, None).is_err());
+        assert!(export.read_dir(&path, 0, 10).is_err());
+        let chmod = AttrChanges {
+            mode: Some(0o777),
+            ..AttrChanges::default()
+        };
+        assert_eq!(export.set_attr(&path, &chmod), Err(Errno::ENOTSUP));
+        let truncate = AttrChanges {
+            size: Some(0),
+            ..AttrChanges::default()
+        };
+        assert_eq!(export.set_attr(&path, &truncate), Err(Errno::EINVAL));
+        // Owner and times change on the link, not on what it points at.
+        let times = AttrChanges {
+            atime: Some(SetTime::At(Timestamp { secs: 7, nanos: 0 })),
+            mtime: Some(SetTime::At(Timestamp { secs: 7, nanos: 0 })),
+            uid: Some(4321),
+            ..AttrChanges::default()
+        };
+        let attr = export.set_attr(&path, &times).unwrap();
+        assert_eq!(
+            (attr.kind, attr.mtime.secs, attr.uid),
+            (FileKind::Symlink, 7, 4321)
+        );
+        // A hard link to a symlink is another symlink.
+        let linked = p(&format!("{name}-link"));
+        assert_eq!(export.link(&path, &linked).unwrap().kind, FileKind::Symlink);
+        assert!(export.open_file(&linked, libc::O_RDONLY).is_err());
+    }
+    assert_eq!(export.read_link(&p("abs")).unwrap(), b"/etc");
+    export.rename(&p("out"), &p("out2"), 0).unwrap();
+    export.unlink(&p("out2")).unwrap();
+    assert_eq!(outside_world(&fx), before);
+}
+
+#[test]
+fn a_symlink_created_through_the_export_is_stored_not_followed() {
+    let fx = fixture();
+    let before = outside_world(&fx);
+    let export = &fx.export;
+    let attr = export
+        .symlink(&p("evil"), b"../outside/secret", None)
+        .unwrap();
+    assert_eq!(attr.kind, FileKind::Symlink);
+    assert_eq!(attr.size, b"../outside/secret".len() as u64);
+    assert_eq!(export.read_link(&p("evil")).unwrap(), b"../outside/secret");
+    assert_eq!(
+        export.open_file(&p("evil"), libc::O_RDONLY).err(),
+        Some(Errno::ELOOP)
+    );
+    assert!(export
+        .create(&p("evil"), libc::O_WRONLY | libc::O_TRUNC, 0o644, None)
+        .is_err());
+    // Text with a NUL cannot be a symlink; an empty one neither.
+    assert_eq!(export.symlink(&p("nul"), b"a\0b", None), Err(Errno::EINVAL));
+    assert!(export.symlink(&p("empty"), b"", None).is_err());
+    assert_eq!(outside_world(&fx), before);
+}
+
+#[test]
+fn files_are_created_read_written_and_truncated() {
+    let fx = fixture();
+    let export = &fx.export;
+    let path = p("inner/new.txt");
+    let (file, attr) = export
+        .create(&path, libc::O_RDWR | libc::O_EXCL, 0o640, None)
+        .unwrap();
+    assert_eq!(
+        (attr.kind, attr.perm, attr.size),
+        (FileKind::File, 0o640, 0)
+    );
+    assert_eq!(file.write_at(0, b"hello world").unwrap(), 11);
+    assert_eq!(file.write_at(20, b"!").unwrap(), 1);
+    assert_eq!(file.read_at(0, 5).unwrap(), b"hello");
+    assert_eq!(file.read_at(6, 100).unwrap().len(), 15);
+    assert_eq!(file.read_at(100, 10).unwrap(), b"");
+    file.sync(false).unwrap();
+    file.sync(true).unwrap();
+    assert_eq!(file.attr().unwrap().size, 21);
+    assert_eq!(
+        export
+            .create(&path, libc::O_RDWR | libc::O_EXCL, 0o640, None)
+            .err(),
+        Some(Errno::EEXIST)
+    );
+    // Without O_EXCL the existing file is opened and keeps its mode.
+    let (again, attr) = export.create(&path, libc::O_RDONLY, 0o600, None).unwrap();
+    assert_eq!((attr.perm, attr.size), (0o640, 21));
+    assert_eq!(again.read_at(0, 5).unwrap(), b"hello");
+    // O_CREAT on Open is dropped: a missing file stays missing.
+    assert_eq!(
+        export
+            .open_file(&p("missing"), libc::O_RDWR | libc::O_CREAT)
+            .err(),
+        Some(Errno::ENOENT)
+    );
+    // Truncate by path and by handle.
+    let shrink = AttrChanges {
+        size: Some(5),
+        ..AttrChanges::default()
+    };
+    assert_eq!(export.set_attr(&path, &shrink).unwrap().size, 5);
+    let grow = AttrChanges {
+        size: Some(4096),
+        ..AttrChanges::default()
+    };
+    assert_eq!(file.set_attr(&grow).unwrap().size, 4096);
+    // A handle outlives its name.
+    export.unlink(&path).unwrap();
+    assert_eq!(file.read_at(0, 5).unwrap(), b"hello");
+    assert_eq!(file.set_attr(&shrink).unwrap().size, 5);
+    assert_eq!(export.stat(&path), Err(Errno::ENOENT));
+    // A read-only handle cannot write.
+    assert!(again.write_at(0, b"x").is_err());
+}
+
+#[test]
+fn new_nodes_get_exactly_the_mode_asked_for() {
+    // The client's kernel applied the caller's umask already; the server's own
+    // (022 or so) must not strip bits a second time. Changing the umask here would
+    // disturb the tests running beside this one, so ask for bits it usually masks.
+    let fx = fixture();
+    let export = &fx.export;
+    let (_, file) = export
+        .create(&p("f"), libc::O_WRONLY | libc::O_EXCL, 0o666, None)
+        .unwrap();
+    let dir = export.mkdir(&p("d"), 0o777, None).unwrap();
+    let fifo = export
+        .mknod(&p("fifo"), libc::S_IFIFO | 0o666, 0, None)
+        .unwrap();
+    assert_eq!(file.perm, 0o666);
+    assert_eq!((dir.kind, dir.perm), (FileKind::Directory, 0o777));
+    assert_eq!((fifo.kind, fifo.perm), (FileKind::Fifo, 0o666));
+    assert_eq!(
+        fs::metadata(fx.export_dir().join("f")).unwrap().mode() & 0o7777,
+        0o666
+    );
+    assert_eq!(
+        fs::metadata(fx.export_dir().join("d")).unwrap().mode() & 0o7777,
+        0o777
+    );
+}
+
+#[test]
+fn a_server_running_as_root_gives_new_nodes_their_owner() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let fx = fixture();
+    let export = &fx.export;
+    let owner = Some(Owner {
+        uid: 1234,
+        gid: 5678,
+    });
+    let (_, file) = export
+        .create(&p("f"), libc::O_WRONLY, 0o4755, owner)
+        .unwrap();
+    // chown before chmod: the set-user-id bit survives.
+    assert_eq!((file.uid, file.gid, file.perm), (1234, 5678, 0o4755));
+    assert_eq!(export.mkdir(&p("d"), 0o755, owner).unwrap().uid, 1234);
+    assert_eq!(export.symlink(&p("l"), b"f", owner).unwrap().gid, 5678);
+    assert_eq!(
+        export
+            .mknod(&p("n"), libc::S_IFIFO | 0o600, 0, owner)
+            .unwrap()
+            .uid,
+        1234
+    );
+    // setattr: chown, then chmod keeps set-id bits.
+    let changes = AttrChanges {
+        uid: Some(42),
+        gid: Some(43),
+        mode: Some(0o6755),
+        ..AttrChanges::default()
+    };
+    let attr = export.set_attr(&p("f"), &changes).unwrap();
+    assert_eq!((attr.uid, attr.gid, attr.perm), (42, 43, 0o6755));
+}
+
+#[test]
+fn directories_are_listed_in_stable_pages() {
+    let fx = fixture();
+    let export = &fx.export;
+    export.mkdir(&p("many"), 0o755, None).unwrap();
+    for i in 0..25 {
+        fs::write(fx.export_dir().join(format!("many/f{i:02}")), [b'x'; 3]).unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut start = 0;
+    loop {
+        let (entries, more) = export.read_dir(&p("many"), start, 10).unwrap();
+        assert!(entries.len() <= 10);
+        start += entries.len() as u64;
+        seen.extend(entries.into_iter().map(|e| {
+            assert_eq!((e.attr.kind, e.attr.size), (FileKind::File, 3));
+            String::from_utf8(e.name).unwrap()
+        }));
+        if !more {
+            break;
+        }
+    }
+    seen.sort();
+    let expected: Vec<_> = (0..25).map(|i| format!("f{i:02}")).collect();
+    assert_eq!(seen, expected);
+    assert_eq!(
+        export.read_dir(&p("many"), 25, 10).unwrap(),
+        (Vec::new(), false)
+    );
+    assert_eq!(
+        export.read_dir(&p("many"), u64::MAX, 10).unwrap(),
+        (Vec::new(), false)
+    );
+    // The root lists its own entries, symlinks as symlinks.
+    let (root, more) = export.read_dir(&RelPath::root(), 0, 100).unwrap();
+    assert!(!more);
+    let up = root.iter().find(|e| e.name == b"up").unwrap();
+    assert_eq!(up.attr.kind, FileKind::Symlink);
+    assert_eq!(root.len(), 7);
+    assert_eq!(
+        export.read_dir(&p("file"), 0, 10).err(),
+        Some(Errno::ENOTDIR)
+    );
+}
+
+#[test]
+fn rename_link_unlink_and_rmdir_stay_inside() {
+    let fx = fixture();
+    let export = &fx.export;
+    export.mkdir(&p("a"), 0o755, None).unwrap();
+    export.rename(&p("file"), &p("a/file"), 0).unwrap();
+    assert_eq!(export.stat(&p("a/file")).unwrap().size, 5);
+    assert_eq!(
+        export.link(&p("a/file"), &p("inner/hard")).unwrap().nlink,
+        2
+    );
+    assert_eq!(
+        export.rename(&p("inner/hard"), &p("a/file"), libc::RENAME_NOREPLACE),
+        Err(Errno::EEXIST)
+    );
+    export
+        .rename(&p("inner/file"), &p("a/file"), libc::RENAME_EXCHANGE)
+        .unwrap();
+    assert_eq!(fs::read(fx.export_dir().join("a/file")).unwrap(), b"inner");
+    assert_eq!(export.rename(&p("a"), &p("b"), 4), Err(Errno::EINVAL));
+    assert_eq!(export.rmdir(&p("a")), Err(Errno::ENOTEMPTY));
+    export.unlink(&p("a/file")).unwrap();
+    export.rmdir(&p("a")).unwrap();
+    assert_eq!(export.unlink(&p("inner")), Err(Errno::EISDIR));
+    // The root cannot be removed, renamed or replaced.
+    assert!(export.rmdir(&RelPath::root()).is_err());
+    assert!(export.rename(&RelPath::root(), &p("x"), 0).is_err());
+    assert!(export.rename(&p("inner"), &RelPath::root(), 0).is_err());
+    assert!(export.unlink(&RelPath::root()).is_err());
+    assert!(export.mkdir(&RelPath::root(), 0o755, None).is_err());
+    assert_eq!(
+        export.stat(&RelPath::root()).unwrap().kind,
+        FileKind::Directory
+    );
+    assert_eq!(
+        export.root_attr().unwrap(),
+        export.stat(&RelPath::root()).unwrap()
+    );
+    assert!(export.statfs().unwrap().bsize > 0);
+}
+
+/// Runs `f` on another thread and fails if it does not finish in time: an
+/// operation that opens a FIFO would block forever.
+fn within_seconds<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(secs))
+        .expect("the operation blocked")
+}
+
+#[test]
+fn fifos_are_changed_without_being_opened() {
+    within_seconds(20, || {
+        let fx = fixture();
+        let export = &fx.export;
+        let fifo = p("inner/fifo");
+        export.mknod(&fifo, libc::S_IFIFO | 0o644, 0, None).unwrap();
+        assert_eq!(export.stat(&fifo).unwrap().kind, FileKind::Fifo);
+        let chmod = AttrChanges {
+            mode: Some(0o600),
+            ..AttrChanges::default()
+        };
+        assert_eq!(export.set_attr(&fifo, &chmod).unwrap().perm, 0o600);
+        let times = AttrChanges {
+            atime: Some(SetTime::At(Timestamp {
+                secs: 1000,
+                nanos: 5,
+            })),
+            mtime: Some(SetTime::At(Timestamp {
+                secs: 2000,
+                nanos: 6,
+            })),
+            ..AttrChanges::default()
+        };
+        let attr = export.set_attr(&fifo, &times).unwrap();
+        assert_eq!(
+            (attr.atime.secs, attr.mtime),
+            (
+                1000,
+                Timestamp {
+                    secs: 2000,
+                    nanos: 6
+                }
+            )
+        );
+        let truncate = AttrChanges {
+            size: Some(0),
+            ..AttrChanges::default()
+        };
+        assert_eq!(export.set_attr(&fifo, &truncate), Err(Errno::EINVAL));
+        for flags in [libc::O_RDONLY, libc::O_WRONLY, libc::O_RDWR] {
+            assert_eq!(
+                export.open_file(&fifo, flags).err(),
+                Some(Errno::new(libc::ENXIO))
+            );
+            assert_eq!(
+                export.create(&fifo, flags, 0o644, None).err(),
+                Some(Errno::new(libc::ENXIO))
+            );
+        }
+        export.rename(&fifo, &p("fifo2"), 0).unwrap();
+        export.link(&p("fifo2"), &p("fifo3")).unwrap();
+        let (entries, _) = export.read_dir(&RelPath::root(), 0, 100).unwrap();
+        assert!(entries
+            .iter()
+            .any(|e| e.name == b"fifo3" && e.attr.kind == FileKind::Fifo));
+        export.unlink(&p("fifo2")).unwrap();
+    });
+}
+
+#[test]
+fn device_nodes_are_never_opened() {
+    within_seconds(20, || {
+        let fx = fixture();
+        let export = &fx.export;
+        // /dev/null's numbers: 1, 3. Creating it needs privilege.
+        let rdev = libc::makedev(1, 3);
+        match export.mknod(&p("null"), libc::S_IFCHR | 0o666, rdev, None) {
+            Ok(attr) => assert_eq!(attr.kind, FileKind::CharDevice),
+            Err(e) => {
+                eprintln!("skipped: cannot create a device node: {e}");
+                return;
+            }
+        }
+        assert_eq!(
+            export.open_file(&p("null"), libc::O_RDONLY).err(),
+            Some(Errno::new(libc::ENXIO))
+        );
+        let chmod = AttrChanges {
+            mode: Some(0o600),
+            ..AttrChanges::default()
+        };
+        assert_eq!(export.set_attr(&p("null"), &chmod).unwrap().perm, 0o600);
+    });
+}
+
+#[test]
+fn opening_the_root_or_a_missing_root_fails_clearly() {
+    let fx = fixture();
+    let err = ExportRoot::open(&fx.export_dir().join("file")).unwrap_err();
+    assert!(err.to_string().contains("not a directory"), "{err}");
+    let err = ExportRoot::open(&fx.export_dir().join("nope")).unwrap_err();
+    assert!(err.to_string().contains("no such directory"), "{err}");
+    let (dir, attr) = fx
+        .export
+        .open_file(&RelPath::root(), libc::O_RDONLY)
+        .unwrap();
+    assert_eq!(attr.kind, FileKind::Directory);
+    assert!(dir.read_at(0, 10).is_err());
+    assert_eq!(
+        fx.export.open_file(&p("inner"), libc::O_WRONLY).err(),
+        Some(Errno::EISDIR)
+    );
+}

@@ -1,0 +1,67 @@
+//! The open files of one connection, by handle number.
+//!
+//! Handles are numbered from 1 and never reused on a connection, so a late
+//! request with a closed handle gets EBADF instead of reaching another file.
+//! Each file sits behind an `Arc`: `Close` removes it from the table while a read
+//! already running keeps its own reference, and the descriptor is closed when the
+//! last user lets go. Dropping the table (the connection ended) closes them all.
+
+use crate::export::OpenFile;
+use ferry_common::Errno;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// How many files one connection may hold open; beyond it `Open` answers EMFILE,
+/// so one client cannot take all of the server's descriptors.
+pub const MAX_OPEN_FILES: usize = 16_384;
+
+#[derive(Debug, Default)]
+pub struct HandleTable {
+    // A std mutex, not tokio's: it is held for a map operation only, never across
+    // an await, and the callers are blocking-pool threads.
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    last: u64,
+    files: HashMap<u64, Arc<OpenFile>>,
+}
+
+impl HandleTable {
+    pub fn new() -> HandleTable {
+        HandleTable::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the map half-changed, so a
+        // poisoned lock is still good to use.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stores `file` and returns its new handle.
+    pub fn insert(&self, file: OpenFile) -> Result<u64, Errno> {
+        let mut inner = self.lock();
+        if inner.files.len() >= MAX_OPEN_FILES {
+            return Err(Errno::new(libc::EMFILE));
+        }
+        inner.last += 1;
+        let handle = inner.last;
+        inner.files.insert(handle, Arc::new(file));
+        Ok(handle)
+    }
+
+    pub fn get(&self, handle: u64) -> Result<Arc<OpenFile>, Errno> {
+        self.lock().files.get(&handle).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// Forgets `handle`; the file closes once no request still uses it.
+    pub fn remove(&self, handle: u64) -> Result<(), Errno> {
+        let file = self.lock().files.remove(&handle).ok_or(Errno::EBADF)?;
+        // Dropped outside the lock: the close(2) it may trigger can take a while.
+        drop(file);
+        Ok(())
+    }
+}

@@ -1,0 +1,740 @@
+//! The server over a real TCP connection: the handshake, hostile input,
+//! pipelining, read-only exports and confinement, byte for byte as a client sends them.
+
+use ferry_common::frame::{self, MAX_CHUNK, MAX_FRAME};
+use ferry_common::proto::{
+    AttrChanges, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, PROTOCOL_VERSION,
+};
+use ferry_common::{Errno, FileKind, RelPath};
+use ferry_server::{spawn_test_server, ServerHandle};
+use std::collections::HashMap;
+use std::fs;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// A client speaking the protocol by hand, one request at a time unless told otherwise.
+struct Client {
+    stream: TcpStream,
+    next_id: u64,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Client { stream, next_id: 1 }
+    }
+
+    fn hello(&mut self, hello: &Hello) -> HandshakeReply {
+        frame::write_frame(&mut self.stream, hello).unwrap();
+        let payload = frame::read_frame(&mut self.stream)
+            .unwrap()
+            .expect("a handshake reply");
+        frame::decode(&payload).unwrap()
+    }
+
+    fn welcomed(addr: SocketAddr) -> (Client, Welcome) {
+        let mut client = Client::connect(addr);
+        match client.hello(&Hello::new()) {
+            HandshakeReply::Welcome(welcome) => (client, welcome),
+            other => panic!("not welcome: {other:?}"),
+        }
+    }
+
+    fn call(&mut self, op: Op) -> Result<Reply, Errno> {
+        let id = self.next_id;
+        self.next_id += 1;
+        frame::write_frame(&mut self.stream, &Request { id, op }).unwrap();
+        let payload = frame::read_frame(&mut self.stream)
+            .unwrap()
+            .expect("a response");
+        let response: Response = frame::decode(&payload).unwrap();
+        assert_eq!(response.id, id);
+        response.result
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        // The server may already have closed; that is what the tests look for next.
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// Asserts that the server closes the connection (EOF or reset), promptly.
+    fn assert_closed(mut self) {
+        let started = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("the connection was not closed: {e}"),
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}
+
+fn p(s: &str) -> RelPath {
+    RelPath::parse(s).unwrap()
+}
+
+/// A path with any bytes, bypassing the checks, as a hostile client can send it.
+fn raw(bytes: &[u8]) -> RelPath {
+    let encoded = frame::encode(&bytes.to_vec()).unwrap();
+    frame::decode(&encoded[4..]).unwrap()
+}
+
+/// A 3 MiB file whose byte at offset `i` is `pattern(i)`.
+fn pattern(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+/// `tmp/export` (with `big`, `file`, the symlinks `up -> ..` and `out -> ../outside`)
+/// beside `tmp/outside/secret`, and a server for the export.
+fn setup(read_only: bool) -> (TempDir, ServerHandle) {
+    let tmp = tempfile::tempdir().unwrap();
+    let export = tmp.path().join("export");
+    fs::create_dir(&export).unwrap();
+    fs::create_dir(tmp.path().join("outside")).unwrap();
+    fs::write(tmp.path().join("outside/secret"), "top secret").unwrap();
+    fs::write(export.join("file"), "hello").unwrap();
+    let big: Vec<u8> = (0..3 * MAX_CHUNK as u64).map(pattern).collect();
+    fs::write(export.join("big"), big).unwrap();
+    symlink("..", export.join("up")).unwrap();
+    symlink("../outside", export.join("out")).unwrap();
+    let server = spawn_test_server(&export, read_only).unwrap();
+    (tmp, server)
+}
+
+#[test]
+fn a_ferry_client_is_welcomed() {
+    let (_tmp, server) = setup(false);
+    let (mut client, welcome) = Client::welcomed(server.addr());
+    assert_eq!(welcome.version, PROTOCOL_VERSION);
+    assert_eq!(welcome.max_chunk, MAX_CHUNK);
+    assert!(!welcome.read_only);
+    assert_eq!(welcome.root.kind, FileKind::Directory);
+    match client.call(Op::Stat { path: p("file") }) {
+        Ok(Reply::Attr(attr)) => assert_eq!((attr.kind, attr.size), (FileKind::File, 5)),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(client.call(Op::StatFs), Ok(Reply::StatFs(_))));
+    assert_eq!(
+        client.call(Op::Stat { path: p("missing") }),
+        Err(Errno::ENOENT)
+    );
+}
+
+#[test]
+fn a_wrong_magic_is_refused() {
+    let (_tmp, server) = setup(false);
+    let mut client = Client::connect(server.addr());
+    let hello = Hello {
+        magic: *b"notferry",
+        ..Hello::new()
+    };
+    match client.hello(&hello) {
+        HandshakeReply::Refused { message } => assert!(message.contains("ferry"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    client.assert_closed();
+}
+
+#[test]
+fn a_wrong_version_is_refused() {
+    let (_tmp, server) = setup(false);
+    let mut client = Client::connect(server.addr());
+    let hello = Hello {
+        version: PROTOCOL_VERSION + 1,
+        ..Hello::new()
+    };
+    match client.hello(&hello) {
+        HandshakeReply::Refused { message } => assert!(message.contains("version"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    client.assert_closed();
+}
+
+#[test]
+fn garbage_closes_only_its_own_connection() {
+    let (_tmp, server) = setup(false);
+    let (mut bystander, _) = Client::welcomed(server.addr());
+
+    // Before the handshake: "GET " read as a length is far over the limit.
+    let mut http = Client::connect(server.addr());
+    http.send_raw(b"GET / HTTP/1.1\r\nHost: ferry\r\n\r\n");
+    http.assert_closed();
+
+    // A handshake that does not decode.
+    let mut bad_hello = Client::connect(server.addr());
+    let mut frame = 8u32.to_le_bytes().to_vec();
+    frame.extend_from_slice(&[0xff; 8]);
+    bad_hello.send_raw(&frame);
+    bad_hello.assert_closed();
+
+    // After the handshake: a well-sized frame full of noise.
+    let (mut noisy, _) = Client::welcomed(server.addr());
+    let mut frame = 64u32.to_le_bytes().to_vec();
+    frame.extend((0..64u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 0x80));
+    noisy.send_raw(&frame);
+    noisy.assert_closed();
+
+    // An operation number no server knows.
+    let (mut unknown, _) = Client::welcomed(server.addr());
+    unknown.send_raw(&[2, 0, 0, 0, 1, 200]);
+    unknown.assert_closed();
+
+    assert!(matches!(
+        bystander.call(Op::Stat { path: p("file") }),
+        Ok(Reply::Attr(_))
+    ));
+    let (mut newcomer, _) = Client::welcomed(server.addr());
+    assert!(matches!(
+        newcomer.call(Op::Stat { path: p("file") }),
+        Ok(Reply::Attr(_))
+    ));
+}
+
+#[test]
+fn an_oversized_frame_is_refused_without_waiting_for_it() {
+    let (_tmp, server) = setup(false);
+    for len in [u32::MAX, (MAX_FRAME + 1) as u32] {
+        // Nothing but the header is sent: the server must not wait for (or
+        // allocate) the announced gigabytes before closing.
+        let (mut client, _) = Client::welcomed(server.addr());
+        client.send_raw(&len.to_le_bytes());
+        client.assert_closed();
+
+        let mut early = Client::connect(server.addr());
+        early.send_raw(&len.to_le_bytes());
+        early.assert_closed();
+    }
+    let (mut client, _) = Client::welcomed(server.addr());
+    assert!(client.call(Op::StatFs).is_ok());
+}
+
+#[test]
+fn a_truncated_frame_closes_the_connection() {
+    let (_tmp, server) = setup(false);
+    let request = frame::encode(&Request {
+        id: 1,
+        op: Op::Stat { path: p("file") },
+    })
+    .unwrap();
+    for cut in [1, 3, 4, request.len() - 1] {
+        let (mut client, _) = Client::welcomed(server.addr());
+        client.send_raw(&request[..cut]);
+        client.stream.shutdown(Shutdown::Write).unwrap();
+        client.assert_closed();
+    }
+    let mut client = Client::connect(server.addr());
+    let hello = frame::encode(&Hello::new()).unwrap();
+    client.send_raw(&hello[..hello.len() - 2]);
+    client.stream.shutdown(Shutdown::Write).unwrap();
+    client.assert_closed();
+}
+
+/// Somewhere in the 3 MiB file, different for each request.
+fn chunk_offset(id: u64) -> u64 {
+    id * 40_009 % (3 * MAX_CHUNK as u64)
+}
+
+#[test]
+fn pipelined_requests_are_all_answered() {
+    let (tmp, server) = setup(false);
+    let (mut client, _) = Client::welcomed(server.addr());
+    let handle = match client.call(Op::Open {
+        path: p("big"),
+        flags: libc::O_RDONLY,
+    }) {
+        Ok(Reply::Opened { handle, .. }) => handle,
+        other => panic!("{other:?}"),
+    };
+    let scratch = match client.call(Op::Create {
+        path: p("scratch"),
+        flags: libc::O_RDWR | libc::O_EXCL,
+        mode: 0o644,
+        owner: None,
+    }) {
+        Ok(Reply::Opened { handle, .. }) => handle,
+        other => panic!("{other:?}"),
+    };
+
+    // Requests of every speed, sent without waiting for any answer; a writer
+    // thread sends while this one reads, as a real client does.
+    const N: u64 = 400;
+    let op_for = move |id: u64| -> Op {
+        match id % 5 {
+            0 => Op::Read {
+                handle,
+                offset: chunk_offset(id),
+                len: MAX_CHUNK,
+            },
+            1 => Op::Stat { path: p("file") },
+            2 => Op::Write {
+                handle: scratch,
+                offset: id * 16,
+                data: id.to_le_bytes().repeat(2),
+            },
+            3 => Op::ReadDir {
+                path: RelPath::root(),
+                start: 0,
+            },
+            _ => Op::Read {
+                handle,
+                offset: id,
+                len: 17,
+            },
+        }
+    };
+    let mut sender = client.stream.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let mut buf = Vec::new();
+        for id in 1000..1000 + N {
+            frame::encode_into(&Request { id, op: op_for(id) }, &mut buf).unwrap();
+            if buf.len() > 1 << 16 {
+                sender.write_all(&buf).unwrap();
+                buf.clear();
+            }
+        }
+        sender.write_all(&buf).unwrap();
+    });
+    let mut answers = HashMap::new();
+    let mut order = Vec::new();
+    for _ in 0..N {
+        let payload = frame::read_frame(&mut client.stream)
+            .unwrap()
+            .expect("a response");
+        let response: Response = frame::decode(&payload).unwrap();
+        order.push(response.id);
+        assert!(
+            answers.insert(response.id, response.result).is_none(),
+            "answered twice"
+        );
+    }
+    writer.join().unwrap();
+    for id in 1000..1000 + N {
+        let result = answers
+            .remove(&id)
+            .unwrap_or_else(|| panic!("no answer for {id}"));
+        match (id % 5, result) {
+            (0, Ok(Reply::Data(data))) => {
+                let offset = chunk_offset(id);
+                let expected = (3 * MAX_CHUNK as u64 - offset).min(MAX_CHUNK as u64);
+                assert_eq!(data.len() as u64, expected);
+                assert!(data
+                    .iter()
+                    .enumerate()
+                    .all(|(i, b)| *b == pattern(offset + i as u64)));
+            }
+            (1, Ok(Reply::Attr(attr))) => assert_eq!(attr.size, 5),
+            (2, Ok(Reply::Written(n))) => assert_eq!(n, 16),
+            (3, Ok(Reply::Entries { entries, more })) => assert!(entries.len() == 5 && !more),
+            (4, Ok(Reply::Data(data))) => {
+                assert_eq!(data, (id..id + 17).map(pattern).collect::<Vec<_>>())
+            }
+            (_, other) => panic!("request {id}: {other:?}"),
+        }
+    }
+    let mut sorted = order.clone();
+    sorted.sort();
+    if order == sorted {
+        eprintln!("note: every answer came in request order this time");
+    }
+    // Every write landed where it was aimed.
+    let written = fs::read(tmp.path().join("export/scratch")).unwrap();
+    for id in (1000..1000 + N).filter(|id| id % 5 == 2) {
+        let at = (id * 16) as usize;
+        assert_eq!(&written[at..at + 16], &id.to_le_bytes().repeat(2)[..]);
+    }
+}
+
+#[test]
+fn reads_are_capped_at_one_chunk_and_exact_at_the_end() {
+    let (_tmp, server) = setup(false);
+    let (mut client, _) = Client::welcomed(server.addr());
+    let handle = match client.call(Op::Open {
+        path: p("big"),
+        flags: libc::O_RDONLY,
+    }) {
+        Ok(Reply::Opened { handle, attr }) => {
+            assert_eq!(attr.size, 3 * MAX_CHUNK as u64);
+            handle
+        }
+        other => panic!("{other:?}"),
+    };
+    let read = |client: &mut Client, offset: u64, len: u32| match client.call(Op::Read {
+        handle,
+        offset,
+        len,
+    }) {
+        Ok(Reply::Data(data)) => data,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(read(&mut client, 0, u32::MAX).len(), MAX_CHUNK as usize);
+    let end = 3 * MAX_CHUNK as u64;
+    assert_eq!(
+        read(&mut client, end - 10, 100),
+        (end - 10..end).map(pattern).collect::<Vec<_>>()
+    );
+    assert_eq!(read(&mut client, end, 100), b"");
+    assert_eq!(read(&mut client, 1 << 40, 100), b"");
+    assert!(client
+        .call(Op::Read {
+            handle,
+            offset: u64::MAX,
+            len: 1
+        })
+        .is_err());
+    // Writes through a handle opened read-only fail; closed handles are gone.
+    assert!(client
+        .call(Op::Write {
+            handle,
+            offset: 0,
+            data: vec![1]
+        })
+        .is_err());
+    assert_eq!(client.call(Op::Close { handle }), Ok(Reply::Done));
+    assert_eq!(client.call(Op::Close { handle }), Err(Errno::EBADF));
+    assert_eq!(
+        client.call(Op::Read {
+            handle,
+            offset: 0,
+            len: 1
+        }),
+        Err(Errno::EBADF)
+    );
+    assert_eq!(
+        client.call(Op::Fsync {
+            handle: 999,
+            datasync: true
+        }),
+        Err(Errno::EBADF)
+    );
+}
+
+#[test]
+fn a_full_chunk_travels_both_ways() {
+    let (tmp, server) = setup(false);
+    let (mut client, _) = Client::welcomed(server.addr());
+    let handle = match client.call(Op::Create {
+        path: p("chunk"),
+        flags: libc::O_RDWR,
+        mode: 0o600,
+        owner: None,
+    }) {
+        Ok(Reply::Opened { handle, .. }) => handle,
+        other => panic!("{other:?}"),
+    };
+    let data: Vec<u8> = (0..MAX_CHUNK as u64).map(|i| pattern(i * 7)).collect();
+    let written = client.call(Op::Write {
+        handle,
+        offset: 10,
+        data: data.clone(),
+    });
+    assert_eq!(written, Ok(Reply::Written(MAX_CHUNK)));
+    assert_eq!(
+        client.call(Op::Fsync {
+            handle,
+            datasync: false
+        }),
+        Ok(Reply::Done)
+    );
+    assert_eq!(
+        client.call(Op::Read {
+            handle,
+            offset: 10,
+            len: MAX_CHUNK
+        }),
+        Ok(Reply::Data(data.clone()))
+    );
+    // Truncation through the handle.
+    let changes = AttrChanges {
+        size: Some(3),
+        ..AttrChanges::default()
+    };
+    match client.call(Op::SetAttr {
+        path: p("chunk"),
+        handle: Some(handle),
+        changes,
+    }) {
+        Ok(Reply::Attr(attr)) => assert_eq!(attr.size, 3),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        fs::read(tmp.path().join("export/chunk")).unwrap(),
+        vec![0; 3]
+    );
+}
+
+#[test]
+fn a_read_only_export_refuses_every_change() {
+    let (tmp, server) = setup(true);
+    let (mut client, welcome) = Client::welcomed(server.addr());
+    assert!(welcome.read_only);
+    let before = fs::read_dir(tmp.path().join("export")).unwrap().count();
+    let mutations = [
+        Op::Create {
+            path: p("new"),
+            flags: libc::O_WRONLY,
+            mode: 0o644,
+            owner: None,
+        },
+        Op::Open {
+            path: p("file"),
+            flags: libc::O_WRONLY,
+        },
+        Op::Open {
+            path: p("file"),
+            flags: libc::O_RDWR,
+        },
+        Op::Open {
+            path: p("file"),
+            flags: libc::O_RDONLY | libc::O_TRUNC,
+        },
+        Op::Mkdir {
+            path: p("dir"),
+            mode: 0o755,
+            owner: None,
+        },
+        Op::Mknod {
+            path: p("fifo"),
+            mode: libc::S_IFIFO | 0o644,
+            rdev: 0,
+            owner: None,
+        },
+        Op::Symlink {
+            path: p("link"),
+            target: b"file".to_vec(),
+            owner: None,
+        },
+        Op::Link {
+            existing: p("file"),
+            path: p("hard"),
+        },
+        Op::Unlink { path: p("file") },
+        Op::Rmdir { path: p("up") },
+        Op::Rename {
+            from: p("file"),
+            to: p("moved"),
+            flags: 0,
+        },
+        Op::SetAttr {
+            path: p("file"),
+            handle: None,
+            changes: AttrChanges {
+                mode: Some(0o777),
+                ..AttrChanges::default()
+            },
+        },
+        Op::Write {
+            handle: 1,
+            offset: 0,
+            data: b"x".to_vec(),
+        },
+    ];
+    for op in mutations {
+        assert_eq!(client.call(op.clone()), Err(Errno::EROFS), "{op:?}");
+    }
+    assert_eq!(
+        fs::read_dir(tmp.path().join("export")).unwrap().count(),
+        before
+    );
+    assert_eq!(fs::read(tmp.path().join("export/file")).unwrap(), b"hello");
+    let handle = match client.call(Op::Open {
+        path: p("file"),
+        flags: libc::O_RDONLY,
+    }) {
+        Ok(Reply::Opened { handle, .. }) => handle,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        client.call(Op::Read {
+            handle,
+            offset: 0,
+            len: 100
+        }),
+        Ok(Reply::Data(b"hello".to_vec()))
+    );
+    let listing = client.call(Op::ReadDir {
+        path: RelPath::root(),
+        start: 0,
+    });
+    assert!(matches!(listing, Ok(Reply::Entries { .. })), "{listing:?}");
+}
+
+#[test]
+fn requests_cannot_leave_the_export() {
+    let (tmp, server) = setup(false);
+    let secret = tmp.path().join("outside/secret");
+    let (mut client, _) = Client::welcomed(server.addr());
+    let chmod = AttrChanges {
+        mode: Some(0o777),
+        ..AttrChanges::default()
+    };
+    let escapes = [
+        Op::Stat {
+            path: p("up/outside/secret"),
+        },
+        Op::Open {
+            path: p("out/secret"),
+            flags: libc::O_RDONLY,
+        },
+        Op::Open {
+            path: raw(b"../outside/secret"),
+            flags: libc::O_RDONLY,
+        },
+        Op::Open {
+            path: raw(b"/etc/passwd"),
+            flags: libc::O_RDONLY,
+        },
+        Op::ReadDir {
+            path: p("out"),
+            start: 0,
+        },
+        Op::ReadDir {
+            path: raw(b".."),
+            start: 0,
+        },
+        Op::Create {
+            path: raw(b"../outside/new"),
+            flags: libc::O_RDWR,
+            mode: 0o644,
+            owner: None,
+        },
+        Op::Create {
+            path: p("up/outside/new"),
+            flags: libc::O_RDWR,
+            mode: 0o644,
+            owner: None,
+        },
+        Op::SetAttr {
+            path: p("out/secret"),
+            handle: None,
+            changes: chmod,
+        },
+        Op::SetAttr {
+            path: raw(b"up/../../outside/secret"),
+            handle: None,
+            changes: chmod,
+        },
+        Op::Rename {
+            from: p("file"),
+            to: p("out/stolen"),
+            flags: 0,
+        },
+        Op::Rename {
+            from: p("out/secret"),
+            to: p("stolen"),
+            flags: 0,
+        },
+        Op::Link {
+            existing: p("up/outside/secret"),
+            path: p("stolen"),
+        },
+        Op::Unlink {
+            path: p("out/secret"),
+        },
+        Op::Symlink {
+            path: raw(b"file\0x"),
+            target: b"x".to_vec(),
+            owner: None,
+        },
+    ];
+    for op in escapes {
+        assert!(client.call(op.clone()).is_err(), "{op:?}");
+    }
+    // A symlink pointing out can be made and read back, never followed.
+    let evil = Op::Symlink {
+        path: p("evil"),
+        target: b"../outside/secret".to_vec(),
+        owner: None,
+    };
+    assert!(matches!(client.call(evil), Ok(Reply::Attr(_))));
+    assert_eq!(
+        client.call(Op::ReadLink { path: p("evil") }),
+        Ok(Reply::Target(b"../outside/secret".to_vec()))
+    );
+    assert_eq!(
+        client.call(Op::Open {
+            path: p("evil"),
+            flags: libc::O_RDONLY
+        }),
+        Err(Errno::ELOOP)
+    );
+    assert_eq!(fs::read(&secret).unwrap(), b"top secret");
+    let mut outside: Vec<_> = fs::read_dir(tmp.path().join("outside"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    outside.sort();
+    assert_eq!(outside, ["secret"]);
+    assert!(!tmp.path().join("export/stolen").exists());
+}
+
+/// Descriptors of this process (the test server runs in it) open on `path`.
+fn descriptors_on(path: &Path) -> usize {
+    fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target == path)
+        .count()
+}
+
+#[test]
+fn open_files_close_with_their_connection() {
+    let (tmp, server) = setup(false);
+    let marker = tmp.path().join("export/marker");
+    fs::write(&marker, "m").unwrap();
+    let (mut client, _) = Client::welcomed(server.addr());
+    for _ in 0..10 {
+        let opened = client.call(Op::Open {
+            path: p("marker"),
+            flags: libc::O_RDONLY,
+        });
+        assert!(matches!(opened, Ok(Reply::Opened { .. })));
+    }
+    assert_eq!(descriptors_on(&marker), 10);
+    drop(client);
+    let started = Instant::now();
+    while descriptors_on(&marker) > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "handles still open"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn dropping_the_server_closes_its_connections() {
+    let (_tmp, server) = setup(false);
+    let (mut client, _) = Client::welcomed(server.addr());
+    assert!(client.call(Op::StatFs).is_ok());
+    let addr = server.addr();
+    let started = Instant::now();
+    drop(server);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    client.assert_closed();
+    assert!(TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn a_file_is_no_export_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("file");
+    fs::write(&file, "x").unwrap();
+    let err = spawn_test_server(&file, false).unwrap_err();
+    assert!(err.to_string().contains("not a directory"), "{err}");
+}

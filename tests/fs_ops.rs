@@ -1,0 +1,390 @@
+//! Every filesystem operation through a real mount, checked against the
+//! server's disk, with the errno an application must see on failure.
+
+mod common;
+
+use common::{assert_errno, Setup};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{symlink, DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[test]
+fn create_write_read_at_offsets() {
+    let f = fixture!();
+    let path = f.m("a.txt");
+    fs::write(&path, b"hello world").unwrap();
+    assert_eq!(fs::read(f.e("a.txt")).unwrap(), b"hello world");
+    assert_eq!(fs::read(&path).unwrap(), b"hello world");
+
+    let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    file.write_all_at(b"WORLD", 6).unwrap();
+    file.write_all_at(b"!", 20).unwrap(); // past the end: a hole of zeros
+    let mut buf = [0u8; 5];
+    file.read_exact_at(&mut buf, 6).unwrap();
+    assert_eq!(&buf, b"WORLD");
+    drop(file);
+    let mut expected = b"hello WORLD".to_vec();
+    expected.resize(20, 0);
+    expected.push(b'!');
+    assert_eq!(fs::read(f.e("a.txt")).unwrap(), expected);
+    assert_eq!(fs::metadata(&path).unwrap().len(), 21);
+}
+
+#[test]
+fn large_sequential_write_and_read_back() {
+    let f = fixture!();
+    let data: Vec<u8> = (0..(24u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    fs::write(f.m("big"), &data).unwrap();
+    assert_eq!(fs::metadata(f.e("big")).unwrap().len(), data.len() as u64);
+    assert!(fs::read(f.e("big")).unwrap() == data, "server copy differs");
+    assert!(fs::read(f.m("big")).unwrap() == data, "read back through the mount differs");
+}
+
+#[test]
+fn sparse_file_beyond_4_gib() {
+    let f = fixture!();
+    let offset = 5u64 << 30;
+    let file = OpenOptions::new().create(true).read(true).write(true).open(f.m("sparse")).unwrap();
+    file.write_all_at(b"far away", offset).unwrap();
+    file.sync_all().unwrap();
+    let mut buf = [0u8; 8];
+    file.read_exact_at(&mut buf, offset).unwrap();
+    assert_eq!(&buf, b"far away");
+    let mut zeros = [1u8; 16];
+    file.read_exact_at(&mut zeros, 1 << 32).unwrap();
+    assert_eq!(zeros, [0; 16]);
+    drop(file);
+    assert_eq!(fs::metadata(f.m("sparse")).unwrap().len(), offset + 8);
+    assert_eq!(fs::metadata(f.e("sparse")).unwrap().len(), offset + 8);
+}
+
+#[test]
+fn seek_and_append() {
+    let f = fixture!();
+    fs::write(f.m("log"), b"one\n").unwrap();
+    let mut a = OpenOptions::new().append(true).open(f.m("log")).unwrap();
+    a.write_all(b"two\n").unwrap();
+    drop(a);
+    let mut r = File::open(f.m("log")).unwrap();
+    r.seek(SeekFrom::Start(4)).unwrap();
+    let mut s = String::new();
+    r.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "two\n");
+}
+
+#[test]
+fn truncate_grow_and_shrink() {
+    let f = fixture!();
+    fs::write(f.m("t"), b"0123456789").unwrap();
+    let file = OpenOptions::new().write(true).open(f.m("t")).unwrap();
+    file.set_len(4).unwrap();
+    assert_eq!(fs::read(f.e("t")).unwrap(), b"0123");
+    file.set_len(8).unwrap();
+    assert_eq!(fs::read(f.e("t")).unwrap(), b"0123\0\0\0\0");
+    drop(file);
+    // truncate by path, and O_TRUNC
+    OpenOptions::new().write(true).truncate(true).open(f.m("t")).unwrap();
+    assert_eq!(fs::metadata(f.e("t")).unwrap().len(), 0);
+}
+
+#[test]
+fn mkdir_readdir_rmdir() {
+    let f = fixture!();
+    fs::create_dir(f.m("d")).unwrap();
+    for i in 0..50 {
+        fs::write(f.m(&format!("d/f{i:02}")), i.to_string()).unwrap();
+    }
+    fs::create_dir(f.m("d/sub")).unwrap();
+    let mut names: Vec<String> =
+        fs::read_dir(f.m("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names.len(), 51);
+    assert_eq!(names[0], "f00");
+    assert_eq!(names[50], "sub");
+    let sub = fs::read_dir(f.m("d")).unwrap().map(|e| e.unwrap()).find(|e| e.file_name() == "sub").unwrap();
+    assert!(sub.file_type().unwrap().is_dir());
+
+    assert_errno(fs::remove_dir(f.m("d")), libc::ENOTEMPTY);
+    assert_errno(fs::create_dir(f.m("d")), libc::EEXIST);
+    fs::remove_dir(f.m("d/sub")).unwrap();
+    assert!(!f.e("d/sub").exists());
+    fs::remove_dir_all(f.m("d")).unwrap();
+    assert!(!f.e("d").exists());
+}
+
+#[test]
+fn a_directory_of_thousands_lists_completely() {
+    let f = fixture!();
+    fs::create_dir(f.e("many")).unwrap();
+    for i in 0..5000 {
+        File::create(f.e(&format!("many/entry-with-a-longish-name-{i:05}"))).unwrap();
+    }
+    let n = fs::read_dir(f.m("many")).unwrap().count();
+    assert_eq!(n, 5000);
+    // and ls -l (readdirplus + attributes) agrees
+    let out = common::run(std::process::Command::new("ls").arg("-l").arg(f.m("many")));
+    assert_eq!(out.lines().filter(|l| l.contains("entry-with")).count(), 5000);
+}
+
+#[test]
+fn errors_reach_the_application() {
+    let f = fixture!();
+    assert_errno(fs::metadata(f.m("missing")), libc::ENOENT);
+    assert_errno(File::open(f.m("missing")), libc::ENOENT);
+    fs::write(f.m("file"), b"x").unwrap();
+    assert_errno(fs::metadata(f.m("file/below")), libc::ENOTDIR);
+    assert_errno(fs::create_dir(f.m("file")), libc::EEXIST);
+    assert_errno(OpenOptions::new().write(true).create_new(true).open(f.m("file")), libc::EEXIST);
+    fs::create_dir(f.m("dir")).unwrap();
+    assert_errno(OpenOptions::new().write(true).open(f.m("dir")), libc::EISDIR);
+    assert_errno(fs::remove_dir(f.m("file")), libc::ENOTDIR);
+    assert_errno(fs::remove_file(f.m("dir")), libc::EISDIR);
+    assert_errno(fs::remove_file(f.m("missing")), libc::ENOENT);
+    assert_errno(fs::rename(f.m("dir"), f.m("file")), libc::ENOTDIR);
+    fs::write(f.m("dir/inside"), b"").unwrap();
+    fs::create_dir(f.m("dir2")).unwrap();
+    fs::write(f.m("dir2/x"), b"").unwrap();
+    assert_errno(fs::rename(f.m("dir"), f.m("dir2")), libc::ENOTEMPTY);
+    let long = "n".repeat(256);
+    assert_errno(fs::write(f.m(&long), b""), libc::ENAMETOOLONG);
+}
+
+#[test]
+fn permission_denied_for_other_users() {
+    let f = fixture!();
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("needs root to switch users; checked under CI");
+        return;
+    }
+    fs::write(f.m("private"), b"secret").unwrap();
+    fs::set_permissions(f.m("private"), fs::Permissions::from_mode(0o600)).unwrap();
+    // `cat` as nobody: the kernel (default_permissions) must refuse.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(f.m("private"))
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&out.stderr).contains("Permission denied") {
+        return;
+    }
+    // allow_other is off, so other users are refused even earlier (EACCES on the mount)
+    assert!(!out.status.success(), "nobody read a 0600 root file: {:?}", out);
+}
+
+#[test]
+fn rename_files_and_directories() {
+    let f = fixture!();
+    fs::write(f.m("a"), b"A").unwrap();
+    fs::write(f.m("b"), b"B").unwrap();
+    fs::rename(f.m("a"), f.m("b")).unwrap(); // over an existing file
+    assert_eq!(fs::read(f.m("b")).unwrap(), b"A");
+    assert!(!f.m("a").exists());
+    assert_eq!(fs::read(f.e("b")).unwrap(), b"A");
+
+    fs::create_dir_all(f.m("x/y")).unwrap();
+    fs::write(f.m("x/y/z"), b"Z").unwrap();
+    let z_before = fs::metadata(f.m("x/y/z")).unwrap().ino();
+    fs::rename(f.m("x"), f.m("w")).unwrap();
+    assert_eq!(fs::read(f.m("w/y/z")).unwrap(), b"Z");
+    assert_eq!(fs::metadata(f.m("w/y/z")).unwrap().ino(), z_before, "moved inode keeps its number");
+    assert!(!f.m("x").exists());
+    fs::create_dir(f.m("empty")).unwrap();
+    fs::rename(f.m("w"), f.m("empty")).unwrap(); // directory over an empty directory
+    assert_eq!(fs::read(f.e("empty/y/z")).unwrap(), b"Z");
+}
+
+#[test]
+fn rename_over_an_open_file_keeps_it_readable() {
+    let f = fixture!();
+    fs::write(f.m("victim"), b"old contents").unwrap();
+    fs::write(f.m("new"), b"new contents").unwrap();
+    let mut open = File::open(f.m("victim")).unwrap();
+    fs::rename(f.m("new"), f.m("victim")).unwrap();
+    let mut s = String::new();
+    open.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "old contents", "the open file still reads its own data");
+    assert_eq!(fs::read(f.m("victim")).unwrap(), b"new contents");
+    // fstat on the open, replaced file still works
+    assert_eq!(open.metadata().unwrap().len(), 12);
+}
+
+#[test]
+fn unlinked_open_file_stays_usable() {
+    let f = fixture!();
+    let mut file = OpenOptions::new().create(true).read(true).write(true).open(f.m("tmp")).unwrap();
+    fs::remove_file(f.m("tmp")).unwrap();
+    assert!(!f.e("tmp").exists());
+    file.write_all(b"still here").unwrap();
+    file.seek(SeekFrom::Start(0)).unwrap();
+    let mut s = String::new();
+    file.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "still here");
+    file.set_len(5).unwrap();
+    assert_eq!(file.metadata().unwrap().len(), 5);
+}
+
+#[test]
+fn symlinks_are_stored_and_read_as_written() {
+    let f = fixture!();
+    fs::write(f.m("target"), b"T").unwrap();
+    symlink("target", f.m("rel")).unwrap();
+    symlink("/etc/hostname", f.m("abs")).unwrap();
+    symlink("../../outside", f.m("dangling")).unwrap();
+    assert_eq!(fs::read_link(f.m("rel")).unwrap().to_str(), Some("target"));
+    assert_eq!(fs::read_link(f.e("abs")).unwrap().to_str(), Some("/etc/hostname"));
+    assert_eq!(fs::read_link(f.m("dangling")).unwrap().to_str(), Some("../../outside"));
+    assert_eq!(fs::read(f.m("rel")).unwrap(), b"T");
+    assert!(fs::symlink_metadata(f.m("abs")).unwrap().file_type().is_symlink());
+    // A symlink to a directory is followed by the client's kernel, inside the mount.
+    fs::create_dir(f.m("d")).unwrap();
+    fs::write(f.m("d/inner"), b"I").unwrap();
+    symlink("d", f.m("dlink")).unwrap();
+    assert_eq!(fs::read(f.m("dlink/inner")).unwrap(), b"I");
+    fs::remove_file(f.m("rel")).unwrap();
+    assert!(f.m("target").exists());
+}
+
+#[test]
+fn hard_links() {
+    let f = fixture!();
+    fs::write(f.m("orig"), b"data").unwrap();
+    fs::hard_link(f.m("orig"), f.m("link")).unwrap();
+    assert_eq!(fs::read(f.m("link")).unwrap(), b"data");
+    assert_eq!(fs::metadata(f.e("orig")).unwrap().nlink(), 2);
+    assert_eq!(fs::metadata(f.m("link")).unwrap().nlink(), 2);
+    assert_eq!(fs::metadata(f.e("orig")).unwrap().ino(), fs::metadata(f.e("link")).unwrap().ino());
+    assert_errno(fs::hard_link(f.m("orig"), f.m("link")), libc::EEXIST);
+}
+
+#[test]
+fn chmod_utimens_chown() {
+    let f = fixture!();
+    fs::write(f.m("f"), b"x").unwrap();
+    fs::set_permissions(f.m("f"), fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(fs::metadata(f.e("f")).unwrap().mode() & 0o7777, 0o640);
+    assert_eq!(fs::metadata(f.m("f")).unwrap().mode() & 0o7777, 0o640);
+
+    let when = UNIX_EPOCH + Duration::new(1_234_567_890, 123_456_789);
+    let file = File::options().write(true).open(f.m("f")).unwrap();
+    file.set_times(fs::FileTimes::new().set_modified(when).set_accessed(when)).unwrap();
+    drop(file);
+    let m = fs::metadata(f.e("f")).unwrap();
+    assert_eq!((m.mtime(), m.mtime_nsec()), (1_234_567_890, 123_456_789));
+    assert_eq!(fs::metadata(f.m("f")).unwrap().modified().unwrap(), when);
+
+    // touch (utimens with "now")
+    common::run(std::process::Command::new("touch").arg(f.m("f")));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((fs::metadata(f.e("f")).unwrap().mtime() - now).abs() < 60);
+
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(f.m("f"), Some(1234), Some(5678)).unwrap();
+        let m = fs::metadata(f.e("f")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (1234, 5678));
+    } else {
+        assert_errno(std::os::unix::fs::chown(f.m("f"), Some(0), None), libc::EPERM);
+    }
+}
+
+#[test]
+fn special_files_on_the_server_do_not_block() {
+    let f = fixture!();
+    let fifo = f.e("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let m = fs::symlink_metadata(f.m("fifo")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()));
+    fs::set_permissions(f.m("fifo"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(fs::metadata(f.e("fifo")).unwrap().mode() & 0o777, 0o600);
+    common::run(std::process::Command::new("touch").arg("-h").arg(f.m("fifo")));
+    fs::rename(f.m("fifo"), f.m("fifo2")).unwrap();
+    assert!(f.e("fifo2").exists());
+    // mkfifo through the mount, too
+    let c = std::ffi::CString::new(f.m("made").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "{}", std::io::Error::last_os_error());
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&fs::metadata(f.e("made")).unwrap().file_type()));
+}
+
+#[test]
+fn statfs_shows_the_servers_filesystem() {
+    let f = fixture!();
+    let out = common::run(std::process::Command::new("df").arg("-P").arg(&f.mnt));
+    let line = out.lines().nth(1).expect("a df line");
+    let total: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let server = common::run(std::process::Command::new("df").arg("-P").arg(&f.export));
+    let server_total: u64 =
+        server.lines().nth(1).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(total > 0);
+    assert_eq!(total, server_total);
+}
+
+#[test]
+fn fsync_and_fdatasync() {
+    let f = fixture!();
+    let mut file = File::create(f.m("durable")).unwrap();
+    file.write_all(b"important").unwrap();
+    file.sync_all().unwrap();
+    file.sync_data().unwrap();
+    assert_eq!(fs::read(f.e("durable")).unwrap(), b"important");
+    fs::create_dir(f.m("d")).unwrap();
+    File::open(f.m("d")).unwrap().sync_all().unwrap();
+}
+
+#[test]
+fn changes_on_the_server_appear_after_the_attribute_timeout() {
+    let f = fixture!(Setup { attr_timeout: Duration::from_millis(200), ..Setup::default() });
+    fs::write(f.m("shared"), b"v1").unwrap();
+    assert_eq!(fs::read(f.m("shared")).unwrap(), b"v1");
+    std::thread::sleep(Duration::from_millis(20));
+    fs::write(f.e("shared"), b"version 2").unwrap();
+    fs::write(f.e("born-on-server"), b"hi").unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(fs::read(f.m("shared")).unwrap(), b"version 2");
+    assert_eq!(fs::read(f.m("born-on-server")).unwrap(), b"hi");
+    fs::remove_file(f.e("born-on-server")).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(!f.m("born-on-server").exists());
+}
+
+#[test]
+fn read_only_server_answers_erofs() {
+    let f = fixture!(Setup { read_only_server: true, ..Setup::default() });
+    fs::write(f.e("existing"), b"x").unwrap();
+    assert_eq!(fs::read(f.m("existing")).unwrap(), b"x");
+    assert_errno(fs::write(f.m("new"), b""), libc::EROFS);
+    assert_errno(fs::create_dir(f.m("d")), libc::EROFS);
+    assert_errno(fs::remove_file(f.m("existing")), libc::EROFS);
+    assert_errno(OpenOptions::new().write(true).open(f.m("existing")), libc::EROFS);
+    assert_eq!(fs::read(f.e("existing")).unwrap(), b"x");
+}
+
+#[test]
+fn read_only_server_refuses_writes_from_a_read_write_client() {
+    // Even a client that does not mount read-only (here: speaking to the server
+    // directly) gets EROFS; the mount adds RO on top.
+    let f = fixture!(Setup { read_only_server: true, ..Setup::default() });
+    let client = ferry_fusefs::RemoteClient::connect(&f.addr()).unwrap();
+    let r = client.call(ferry_common::proto::Op::Mkdir {
+        path: ferry_common::RelPath::parse("d").unwrap(),
+        mode: 0o755,
+        owner: None,
+    });
+    assert_eq!(r, Err(ferry_common::Errno::EROFS));
+}
+
+#[test]
+fn mode_bits_are_created_as_asked() {
+    let f = fixture!();
+    let file = OpenOptions::new().write(true).create(true).mode(0o664).open(f.m("g")).unwrap();
+    drop(file);
+    // The kernel applies the process umask (022 under cargo): 0664 & !022 = 0644.
+    let umask = unsafe {
+        let u = libc::umask(0);
+        libc::umask(u);
+        u
+    };
+    assert_eq!(fs::metadata(f.e("g")).unwrap().mode() & 0o777, 0o664 & !umask);
+    fs::DirBuilder::new().mode(0o750).create(f.m("dd")).unwrap();
+    assert_eq!(fs::metadata(f.e("dd")).unwrap().mode() & 0o777, 0o750 & !umask);
+}
