@@ -17,7 +17,11 @@ use std::time::Duration;
 const DAEMON_CHILD_ENV: &str = "FERRY_DAEMON_CHILD";
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "Export a directory over the network and mount it elsewhere as an ordinary folder")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Export a directory over the network and mount it elsewhere as an ordinary folder"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -99,13 +103,31 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> Result<(), String> {
     match cmd {
-        Cmd::Serve { dir, listen, read_only, max_connections } => serve(dir, &listen, read_only, max_connections),
-        Cmd::Mount { addr, mountpoint, daemon, attr_timeout, read_only, allow_other, threads } => {
+        Cmd::Serve {
+            dir,
+            listen,
+            read_only,
+            max_connections,
+        } => serve(dir, &listen, read_only, max_connections),
+        Cmd::Mount {
+            addr,
+            mountpoint,
+            daemon,
+            attr_timeout,
+            read_only,
+            allow_other,
+            threads,
+        } => {
             if !(attr_timeout.is_finite() && attr_timeout >= 0.0) {
-                return Err(format!("--attr-timeout must be a number of seconds, not {attr_timeout}"));
+                return Err(format!(
+                    "--attr-timeout must be a number of seconds, not {attr_timeout}"
+                ));
             }
             let opts = MountOptions {
-                fs: FsOptions { attr_timeout: Duration::from_secs_f64(attr_timeout), read_only },
+                fs: FsOptions {
+                    attr_timeout: Duration::from_secs_f64(attr_timeout),
+                    read_only,
+                },
                 threads,
                 allow_other,
             };
@@ -114,13 +136,23 @@ fn run(cmd: Cmd) -> Result<(), String> {
             }
             mount_foreground(&addr, &mountpoint, &opts)
         }
-        Cmd::Ls { addr, path } => cli::ls(&addr, &path, &mut io::stdout().lock()).map_err(|e| e.to_string()),
-        Cmd::Get { addr, remote, local } => {
-            cli::get(&addr, &remote, local.as_deref()).map(|_| ()).map_err(|e| e.to_string())
+        Cmd::Ls { addr, path } => {
+            cli::ls(&addr, &path, &mut io::stdout().lock()).map_err(|e| e.to_string())
         }
-        Cmd::Put { addr, local, remote } => {
-            cli::put(&addr, &local, remote.as_deref()).map(|_| ()).map_err(|e| e.to_string())
-        }
+        Cmd::Get {
+            addr,
+            remote,
+            local,
+        } => cli::get(&addr, &remote, local.as_deref())
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Cmd::Put {
+            addr,
+            local,
+            remote,
+        } => cli::put(&addr, &local, remote.as_deref())
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
         Cmd::Demo { dir } => demo(&dir),
     }
 }
@@ -132,15 +164,25 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the server's runtime: {e}"))
 }
 
-fn serve(dir: PathBuf, listen: &str, read_only: bool, max_connections: usize) -> Result<(), String> {
+fn serve(
+    dir: PathBuf,
+    listen: &str,
+    read_only: bool,
+    max_connections: usize,
+) -> Result<(), String> {
     let listen: SocketAddr = listen
         .parse()
         .map_err(|_| format!("--listen takes IP:PORT (like 127.0.0.1:7070), not {listen:?}"))?;
     let rt = runtime()?;
     rt.block_on(async {
-        let server = Server::bind(ServerConfig { root: dir.clone(), listen, read_only, max_connections })
-            .await
-            .map_err(|e| e.to_string())?;
+        let server = Server::bind(ServerConfig {
+            root: dir.clone(),
+            listen,
+            read_only,
+            max_connections,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
         let shown = std::fs::canonicalize(&dir).unwrap_or(dir);
         println!(
             "ferry: exporting {} on {}{}",
@@ -148,14 +190,20 @@ fn serve(dir: PathBuf, listen: &str, read_only: bool, max_connections: usize) ->
             server.local_addr(),
             if read_only { " (read-only)" } else { "" }
         );
-        server.run(shutdown_signal()).await.map_err(|e| format!("server failed: {e}"))
+        server
+            .run(shutdown_signal())
+            .await
+            .map_err(|e| format!("server failed: {e}"))
     })
 }
 
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
         (Ok(mut int), Ok(mut term)) => {
             tokio::select! {
                 _ = int.recv() => {}
@@ -171,13 +219,20 @@ async fn shutdown_signal() {
 fn mount_foreground(addr: &str, mountpoint: &Path, opts: &MountOptions) -> Result<(), String> {
     let mountpoint = mount::check_mountpoint(mountpoint)?;
     let client = RemoteClient::connect(addr).map_err(|e| e.to_string())?;
-    let mounted = mount::mount(client, &mountpoint, opts).map_err(|e| mount_error(&mountpoint, e))?;
+    let mounted =
+        mount::mount(client, &mountpoint, opts).map_err(|e| mount_error(&mountpoint, e))?;
     if std::env::var_os(DAEMON_CHILD_ENV).is_some() {
         detach_from_parent();
     } else {
-        eprintln!("ferry: mounted {addr} at {} — Ctrl-C or `fusermount3 -u {}` to unmount", mountpoint.display(), mountpoint.display());
+        eprintln!(
+            "ferry: mounted {addr} at {} — Ctrl-C or `fusermount3 -u {}` to unmount",
+            mountpoint.display(),
+            mountpoint.display()
+        );
     }
-    mounted.run_until_signalled().map_err(|e| format!("unmounting {}: {e}", mountpoint.display()))
+    mounted
+        .run_until_signalled()
+        .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()))
 }
 
 fn mount_error(mountpoint: &Path, e: io::Error) -> String {
@@ -194,8 +249,12 @@ fn mount_error(mountpoint: &Path, e: io::Error) -> String {
 /// `mount --daemon`: starts this same command again in the background and
 /// returns once the child reports the mount ready (or fails, with its message).
 fn daemonize() -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the ferry executable: {e}"))?;
-    let args: Vec<_> = std::env::args_os().skip(1).filter(|a| a != "--daemon").collect();
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the ferry executable: {e}"))?;
+    let args: Vec<_> = std::env::args_os()
+        .skip(1)
+        .filter(|a| a != "--daemon")
+        .collect();
     let mut cmd = Command::new(exe);
     cmd.args(args)
         .env(DAEMON_CHILD_ENV, "1")
@@ -210,7 +269,9 @@ fn daemonize() -> Result<(), String> {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start the background mount: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the background mount: {e}"))?;
     let mut line = String::new();
     if let Some(out) = child.stdout.take() {
         let _ = BufReader::new(out).read_line(&mut line);
@@ -225,7 +286,11 @@ fn daemonize() -> Result<(), String> {
     }
     let _ = child.wait();
     let err = err.trim().trim_start_matches("ferry: ").to_string();
-    Err(if err.is_empty() { "the background mount exited without mounting".into() } else { err })
+    Err(if err.is_empty() {
+        "the background mount exited without mounting".into()
+    } else {
+        err
+    })
 }
 
 /// In the daemon child: tell the parent the mount is ready, then let go of the
@@ -253,8 +318,11 @@ fn demo(base: &Path) -> Result<(), String> {
     }
     let hello = export.join("hello.txt");
     if !hello.exists() {
-        std::fs::write(&hello, "Hello from ferry! This file lives in the exported directory.\n")
-            .map_err(|e| format!("cannot write {}: {e}", hello.display()))?;
+        std::fs::write(
+            &hello,
+            "Hello from ferry! This file lives in the exported directory.\n",
+        )
+        .map_err(|e| format!("cannot write {}: {e}", hello.display()))?;
     }
     let mountpoint = mount::check_mountpoint(&mnt)?;
     let rt = runtime()?;
@@ -273,13 +341,22 @@ fn demo(base: &Path) -> Result<(), String> {
     }));
     let result = (|| {
         let client = RemoteClient::connect(&addr.to_string()).map_err(|e| e.to_string())?;
-        let mounted =
-            mount::mount(client, &mountpoint, &MountOptions::default()).map_err(|e| mount_error(&mountpoint, e))?;
-        println!("ferry demo: {} is exported on {addr} and mounted at {}", export.display(), mountpoint.display());
-        println!("  try:  ls -l {0}   cat {0}/hello.txt   cp -r /usr/include/linux {0}/", mountpoint.display());
+        let mounted = mount::mount(client, &mountpoint, &MountOptions::default())
+            .map_err(|e| mount_error(&mountpoint, e))?;
+        println!(
+            "ferry demo: {} is exported on {addr} and mounted at {}",
+            export.display(),
+            mountpoint.display()
+        );
+        println!(
+            "  try:  ls -l {0}   cat {0}/hello.txt   cp -r /usr/include/linux {0}/",
+            mountpoint.display()
+        );
         println!("  from another terminal: ferry ls {addr}");
         println!("Press Ctrl-C to unmount and stop.");
-        mounted.run_until_signalled().map_err(|e| format!("unmounting {}: {e}", mountpoint.display()))
+        mounted
+            .run_until_signalled()
+            .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()))
     })();
     let _ = stop_tx.send(());
     let _ = rt.block_on(serving);

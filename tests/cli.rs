@@ -30,16 +30,29 @@ impl Served {
             .spawn()
             .expect("start ferry serve");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         // "ferry: exporting /abs/dir on 127.0.0.1:PORT"
-        assert!(line.starts_with("ferry: exporting "), "unexpected first line: {line:?}");
-        let addr = line.split(" on ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+        assert!(
+            line.starts_with("ferry: exporting "),
+            "unexpected first line: {line:?}"
+        );
+        let addr = line
+            .split(" on ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
         Served { child, addr }
     }
 
     fn terminate(mut self) -> std::process::ExitStatus {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = wait_timeout(&mut self.child, Duration::from_secs(10)).expect("serve exits on SIGTERM");
+        let status =
+            wait_timeout(&mut self.child, Duration::from_secs(10)).expect("serve exits on SIGTERM");
         std::mem::forget(self);
         status
     }
@@ -83,10 +96,18 @@ fn wait_mounted(p: &Path, want: bool) -> bool {
 }
 
 fn fuse_usable() -> bool {
-    if fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").is_ok() {
+    if fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok()
+    {
         return true;
     }
-    assert!(std::env::var_os("CI").is_none(), "FUSE is required under CI");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "FUSE is required under CI"
+    );
     eprintln!("SKIPPED: /dev/fuse is unavailable");
     false
 }
@@ -102,7 +123,10 @@ impl Drop for MountGuard {
 }
 
 fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("ferry-cli-").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("ferry-cli-")
+        .tempdir()
+        .unwrap()
 }
 
 #[test]
@@ -117,43 +141,82 @@ fn ls_get_put_round_trip_with_a_100_mib_file() {
     let out = ferry().args(["ls", &served.addr, "docs"]).output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.lines().any(|l| l.starts_with("-rw") && l.contains(" 5 ") && l.ends_with("a.txt")), "{text}");
-    assert!(text.lines().any(|l| l.starts_with('l') && l.ends_with("link -> a.txt")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("-rw") && l.contains(" 5 ") && l.ends_with("a.txt")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with('l') && l.ends_with("link -> a.txt")),
+        "{text}"
+    );
     let root = ferry().args(["ls", &served.addr]).output().unwrap();
-    assert!(String::from_utf8_lossy(&root.stdout).lines().any(|l| l.starts_with('d') && l.ends_with("docs")));
+    assert!(String::from_utf8_lossy(&root.stdout)
+        .lines()
+        .any(|l| l.starts_with('d') && l.ends_with("docs")));
 
     // 100 MiB of non-repeating data up and down
     let big = t.path().join("big.bin");
-    let data: Vec<u8> = (0..(100u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..(100u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     fs::write(&big, &data).unwrap();
-    let put = ferry().args(["put", &served.addr]).arg(&big).arg("docs").output().unwrap();
+    let put = ferry()
+        .args(["put", &served.addr])
+        .arg(&big)
+        .arg("docs")
+        .output()
+        .unwrap();
     assert!(put.status.success(), "{put:?}");
-    assert!(put.stdout.is_empty(), "no progress bar when stdout is not a terminal");
+    assert!(
+        put.stdout.is_empty(),
+        "no progress bar when stdout is not a terminal"
+    );
     assert!(fs::read(export.join("docs/big.bin")).unwrap() == data);
     let leftovers: Vec<_> = fs::read_dir(export.join("docs"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.contains("ferry-part"))
         .collect();
-    assert!(leftovers.is_empty(), "temporary upload files left: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "temporary upload files left: {leftovers:?}"
+    );
 
     let down = t.path().join("down.bin");
-    let get = ferry().args(["get", &served.addr, "docs/big.bin"]).arg(&down).output().unwrap();
+    let get = ferry()
+        .args(["get", &served.addr, "docs/big.bin"])
+        .arg(&down)
+        .output()
+        .unwrap();
     assert!(get.status.success(), "{get:?}");
     assert!(fs::read(&down).unwrap() == data);
 
     // get with no LOCAL writes ./basename
     let cwd = t.path().join("cwd");
     fs::create_dir(&cwd).unwrap();
-    let get = ferry().current_dir(&cwd).args(["get", &served.addr, "/docs/a.txt"]).output().unwrap();
+    let get = ferry()
+        .current_dir(&cwd)
+        .args(["get", &served.addr, "/docs/a.txt"])
+        .output()
+        .unwrap();
     assert!(get.status.success(), "{get:?}");
     assert_eq!(fs::read_to_string(cwd.join("a.txt")).unwrap(), "alpha");
 
     // put to an explicit new name replaces atomically
     fs::write(t.path().join("v2"), "beta").unwrap();
-    let put = ferry().args(["put", &served.addr]).arg(t.path().join("v2")).arg("docs/a.txt").output().unwrap();
+    let put = ferry()
+        .args(["put", &served.addr])
+        .arg(t.path().join("v2"))
+        .arg("docs/a.txt")
+        .output()
+        .unwrap();
     assert!(put.status.success(), "{put:?}");
-    assert_eq!(fs::read_to_string(export.join("docs/a.txt")).unwrap(), "beta");
+    assert_eq!(
+        fs::read_to_string(export.join("docs/a.txt")).unwrap(),
+        "beta"
+    );
     assert!(served.terminate().success());
 }
 
@@ -164,21 +227,34 @@ fn clear_errors_and_nonzero_exit() {
     fs::create_dir(&export).unwrap();
     let served = Served::start(&export, &[]);
 
-    let out = ferry().current_dir(t.path()).args(["get", &served.addr, "docs/x.txt"]).output().unwrap();
+    let out = ferry()
+        .current_dir(t.path())
+        .args(["get", &served.addr, "docs/x.txt"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no such remote file: docs/x.txt"), "{err}");
-    assert!(!t.path().join("x.txt").exists(), "nothing is created locally on failure");
+    assert!(
+        !t.path().join("x.txt").exists(),
+        "nothing is created locally on failure"
+    );
 
     let out = ferry().args(["ls", &served.addr, "nope"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such remote path: nope"));
 
-    let out = ferry().args(["put", &served.addr, "/definitely/not/here"]).output().unwrap();
+    let out = ferry()
+        .args(["put", &served.addr, "/definitely/not/here"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /definitely/not/here"));
 
-    let out = ferry().args(["get", &served.addr, "../etc/passwd"]).output().unwrap();
+    let out = ferry()
+        .args(["get", &served.addr, "../etc/passwd"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid remote path"));
     drop(served);
@@ -187,9 +263,18 @@ fn clear_errors_and_nonzero_exit() {
     let out = ferry().args(["ls", "127.0.0.1:1"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot reach 127.0.0.1:1: connection refused — is `ferry serve` running there?"), "{err}");
+    assert!(
+        err.contains(
+            "cannot reach 127.0.0.1:1: connection refused — is `ferry serve` running there?"
+        ),
+        "{err}"
+    );
 
-    let out = ferry().args(["serve"]).arg(t.path().join("missing-dir")).output().unwrap();
+    let out = ferry()
+        .args(["serve"])
+        .arg(t.path().join("missing-dir"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot export"));
 }
@@ -201,9 +286,16 @@ fn read_only_serve_refuses_put() {
     fs::create_dir(&export).unwrap();
     let served = Served::start(&export, &["--read-only"]);
     fs::write(t.path().join("f"), "x").unwrap();
-    let out = ferry().args(["put", &served.addr]).arg(t.path().join("f")).output().unwrap();
+    let out = ferry()
+        .args(["put", &served.addr])
+        .arg(t.path().join("f"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("read-only"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("read-only"),
+        "{out:?}"
+    );
     assert!(fs::read_dir(&export).unwrap().next().is_none());
 }
 
@@ -220,7 +312,12 @@ fn mount_in_the_foreground_and_stop_with_sigterm() {
     fs::write(export.join("hello"), "hi").unwrap();
     let served = Served::start(&export, &[]);
     let _guard = MountGuard(mnt.clone());
-    let mut child = ferry().args(["mount", &served.addr]).arg(&mnt).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = ferry()
+        .args(["mount", &served.addr])
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     assert!(wait_mounted(&mnt, true), "the mount did not appear");
     assert_eq!(fs::read_to_string(mnt.join("hello")).unwrap(), "hi");
     fs::write(mnt.join("back"), "written through the binary's mount").unwrap();
@@ -244,7 +341,11 @@ fn mount_daemon_returns_when_ready_and_exits_on_unmount() {
     fs::write(export.join("hello"), "hi").unwrap();
     let served = Served::start(&export, &[]);
     let _guard = MountGuard(mnt.clone());
-    let out = ferry().args(["mount", "--daemon", &served.addr]).arg(&mnt).output().unwrap();
+    let out = ferry()
+        .args(["mount", "--daemon", &served.addr])
+        .arg(&mnt)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     // Ready means ready: no waiting needed.
     assert!(is_mounted(&mnt));
@@ -265,12 +366,30 @@ fn mount_refuses_a_bad_mountpoint() {
     let full = t.path().join("full");
     fs::create_dir(&full).unwrap();
     fs::write(full.join("x"), "").unwrap();
-    let out = ferry().args(["mount", &served.addr]).arg(&full).output().unwrap();
+    let out = ferry()
+        .args(["mount", &served.addr])
+        .arg(&full)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is not an empty directory"), "{out:?}");
-    let out = ferry().args(["mount", &served.addr]).arg(t.path().join("absent")).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not an empty directory"),
+        "{out:?}"
+    );
+    let out = ferry()
+        .args(["mount", &served.addr])
+        .arg(t.path().join("absent"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"), "{out:?}");
-    let out = ferry().args(["mount", "127.0.0.1:1"]).arg(t.path().join("full")).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+        "{out:?}"
+    );
+    let out = ferry()
+        .args(["mount", "127.0.0.1:1"])
+        .arg(t.path().join("full"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
 }

@@ -6,7 +6,9 @@ mod common;
 use common::{assert_errno, Setup};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{symlink, DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{
+    symlink, DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt,
+};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[test]
@@ -17,7 +19,11 @@ fn create_write_read_at_offsets() {
     assert_eq!(fs::read(f.e("a.txt")).unwrap(), b"hello world");
     assert_eq!(fs::read(&path).unwrap(), b"hello world");
 
-    let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
     file.write_all_at(b"WORLD", 6).unwrap();
     file.write_all_at(b"!", 20).unwrap(); // past the end: a hole of zeros
     let mut buf = [0u8; 5];
@@ -34,18 +40,29 @@ fn create_write_read_at_offsets() {
 #[test]
 fn large_sequential_write_and_read_back() {
     let f = fixture!();
-    let data: Vec<u8> = (0..(24u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let data: Vec<u8> = (0..(24u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
     fs::write(f.m("big"), &data).unwrap();
     assert_eq!(fs::metadata(f.e("big")).unwrap().len(), data.len() as u64);
     assert!(fs::read(f.e("big")).unwrap() == data, "server copy differs");
-    assert!(fs::read(f.m("big")).unwrap() == data, "read back through the mount differs");
+    assert!(
+        fs::read(f.m("big")).unwrap() == data,
+        "read back through the mount differs"
+    );
 }
 
 #[test]
 fn sparse_file_beyond_4_gib() {
     let f = fixture!();
     let offset = 5u64 << 30;
-    let file = OpenOptions::new().create(true).read(true).write(true).open(f.m("sparse")).unwrap();
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(f.m("sparse"))
+        .unwrap();
     file.write_all_at(b"far away", offset).unwrap();
     file.sync_all().unwrap();
     let mut buf = [0u8; 8];
@@ -84,7 +101,11 @@ fn truncate_grow_and_shrink() {
     assert_eq!(fs::read(f.e("t")).unwrap(), b"0123\0\0\0\0");
     drop(file);
     // truncate by path, and O_TRUNC
-    OpenOptions::new().write(true).truncate(true).open(f.m("t")).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(f.m("t"))
+        .unwrap();
     assert_eq!(fs::metadata(f.e("t")).unwrap().len(), 0);
 }
 
@@ -96,13 +117,19 @@ fn mkdir_readdir_rmdir() {
         fs::write(f.m(&format!("d/f{i:02}")), i.to_string()).unwrap();
     }
     fs::create_dir(f.m("d/sub")).unwrap();
-    let mut names: Vec<String> =
-        fs::read_dir(f.m("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = fs::read_dir(f.m("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     assert_eq!(names.len(), 51);
     assert_eq!(names[0], "f00");
     assert_eq!(names[50], "sub");
-    let sub = fs::read_dir(f.m("d")).unwrap().map(|e| e.unwrap()).find(|e| e.file_name() == "sub").unwrap();
+    let sub = fs::read_dir(f.m("d"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.file_name() == "sub")
+        .unwrap();
     assert!(sub.file_type().unwrap().is_dir());
 
     assert_errno(fs::remove_dir(f.m("d")), libc::ENOTEMPTY);
@@ -124,7 +151,10 @@ fn a_directory_of_thousands_lists_completely() {
     assert_eq!(n, 5000);
     // and ls -l (readdirplus + attributes) agrees
     let out = common::run(std::process::Command::new("ls").arg("-l").arg(f.m("many")));
-    assert_eq!(out.lines().filter(|l| l.contains("entry-with")).count(), 5000);
+    assert_eq!(
+        out.lines().filter(|l| l.contains("entry-with")).count(),
+        5000
+    );
 }
 
 #[test]
@@ -135,9 +165,18 @@ fn errors_reach_the_application() {
     fs::write(f.m("file"), b"x").unwrap();
     assert_errno(fs::metadata(f.m("file/below")), libc::ENOTDIR);
     assert_errno(fs::create_dir(f.m("file")), libc::EEXIST);
-    assert_errno(OpenOptions::new().write(true).create_new(true).open(f.m("file")), libc::EEXIST);
+    assert_errno(
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(f.m("file")),
+        libc::EEXIST,
+    );
     fs::create_dir(f.m("dir")).unwrap();
-    assert_errno(OpenOptions::new().write(true).open(f.m("dir")), libc::EISDIR);
+    assert_errno(
+        OpenOptions::new().write(true).open(f.m("dir")),
+        libc::EISDIR,
+    );
     assert_errno(fs::remove_dir(f.m("file")), libc::ENOTDIR);
     assert_errno(fs::remove_file(f.m("dir")), libc::EISDIR);
     assert_errno(fs::remove_file(f.m("missing")), libc::ENOENT);
@@ -169,7 +208,11 @@ fn permission_denied_for_other_users() {
         return;
     }
     // allow_other is off, so other users are refused even earlier (EACCES on the mount)
-    assert!(!out.status.success(), "nobody read a 0600 root file: {:?}", out);
+    assert!(
+        !out.status.success(),
+        "nobody read a 0600 root file: {:?}",
+        out
+    );
 }
 
 #[test]
@@ -187,7 +230,11 @@ fn rename_files_and_directories() {
     let z_before = fs::metadata(f.m("x/y/z")).unwrap().ino();
     fs::rename(f.m("x"), f.m("w")).unwrap();
     assert_eq!(fs::read(f.m("w/y/z")).unwrap(), b"Z");
-    assert_eq!(fs::metadata(f.m("w/y/z")).unwrap().ino(), z_before, "moved inode keeps its number");
+    assert_eq!(
+        fs::metadata(f.m("w/y/z")).unwrap().ino(),
+        z_before,
+        "moved inode keeps its number"
+    );
     assert!(!f.m("x").exists());
     fs::create_dir(f.m("empty")).unwrap();
     fs::rename(f.m("w"), f.m("empty")).unwrap(); // directory over an empty directory
@@ -212,7 +259,13 @@ fn rename_over_an_open_file_keeps_it_readable() {
 #[test]
 fn unlinked_open_file_stays_usable() {
     let f = fixture!();
-    let mut file = OpenOptions::new().create(true).read(true).write(true).open(f.m("tmp")).unwrap();
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(f.m("tmp"))
+        .unwrap();
     fs::remove_file(f.m("tmp")).unwrap();
     assert!(!f.e("tmp").exists());
     file.write_all(b"still here").unwrap();
@@ -232,10 +285,19 @@ fn symlinks_are_stored_and_read_as_written() {
     symlink("/etc/hostname", f.m("abs")).unwrap();
     symlink("../../outside", f.m("dangling")).unwrap();
     assert_eq!(fs::read_link(f.m("rel")).unwrap().to_str(), Some("target"));
-    assert_eq!(fs::read_link(f.e("abs")).unwrap().to_str(), Some("/etc/hostname"));
-    assert_eq!(fs::read_link(f.m("dangling")).unwrap().to_str(), Some("../../outside"));
+    assert_eq!(
+        fs::read_link(f.e("abs")).unwrap().to_str(),
+        Some("/etc/hostname")
+    );
+    assert_eq!(
+        fs::read_link(f.m("dangling")).unwrap().to_str(),
+        Some("../../outside")
+    );
     assert_eq!(fs::read(f.m("rel")).unwrap(), b"T");
-    assert!(fs::symlink_metadata(f.m("abs")).unwrap().file_type().is_symlink());
+    assert!(fs::symlink_metadata(f.m("abs"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
     // A symlink to a directory is followed by the client's kernel, inside the mount.
     fs::create_dir(f.m("d")).unwrap();
     fs::write(f.m("d/inner"), b"I").unwrap();
@@ -253,7 +315,10 @@ fn hard_links() {
     assert_eq!(fs::read(f.m("link")).unwrap(), b"data");
     assert_eq!(fs::metadata(f.e("orig")).unwrap().nlink(), 2);
     assert_eq!(fs::metadata(f.m("link")).unwrap().nlink(), 2);
-    assert_eq!(fs::metadata(f.e("orig")).unwrap().ino(), fs::metadata(f.e("link")).unwrap().ino());
+    assert_eq!(
+        fs::metadata(f.e("orig")).unwrap().ino(),
+        fs::metadata(f.e("link")).unwrap().ino()
+    );
     assert_errno(fs::hard_link(f.m("orig"), f.m("link")), libc::EEXIST);
 }
 
@@ -267,7 +332,8 @@ fn chmod_utimens_chown() {
 
     let when = UNIX_EPOCH + Duration::new(1_234_567_890, 123_456_789);
     let file = File::options().write(true).open(f.m("f")).unwrap();
-    file.set_times(fs::FileTimes::new().set_modified(when).set_accessed(when)).unwrap();
+    file.set_times(fs::FileTimes::new().set_modified(when).set_accessed(when))
+        .unwrap();
     drop(file);
     let m = fs::metadata(f.e("f")).unwrap();
     assert_eq!((m.mtime(), m.mtime_nsec()), (1_234_567_890, 123_456_789));
@@ -275,7 +341,10 @@ fn chmod_utimens_chown() {
 
     // touch (utimens with "now")
     common::run(std::process::Command::new("touch").arg(f.m("f")));
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     assert!((fs::metadata(f.e("f")).unwrap().mtime() - now).abs() < 60);
 
     if unsafe { libc::geteuid() } == 0 {
@@ -283,7 +352,10 @@ fn chmod_utimens_chown() {
         let m = fs::metadata(f.e("f")).unwrap();
         assert_eq!((m.uid(), m.gid()), (1234, 5678));
     } else {
-        assert_errno(std::os::unix::fs::chown(f.m("f"), Some(0), None), libc::EPERM);
+        assert_errno(
+            std::os::unix::fs::chown(f.m("f"), Some(0), None),
+            libc::EPERM,
+        );
     }
 }
 
@@ -297,13 +369,24 @@ fn special_files_on_the_server_do_not_block() {
     assert!(std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()));
     fs::set_permissions(f.m("fifo"), fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(fs::metadata(f.e("fifo")).unwrap().mode() & 0o777, 0o600);
-    common::run(std::process::Command::new("touch").arg("-h").arg(f.m("fifo")));
+    common::run(
+        std::process::Command::new("touch")
+            .arg("-h")
+            .arg(f.m("fifo")),
+    );
     fs::rename(f.m("fifo"), f.m("fifo2")).unwrap();
     assert!(f.e("fifo2").exists());
     // mkfifo through the mount, too
     let c = std::ffi::CString::new(f.m("made").to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "{}", std::io::Error::last_os_error());
-    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&fs::metadata(f.e("made")).unwrap().file_type()));
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &fs::metadata(f.e("made")).unwrap().file_type()
+    ));
 }
 
 #[test]
@@ -313,8 +396,15 @@ fn statfs_shows_the_servers_filesystem() {
     let line = out.lines().nth(1).expect("a df line");
     let total: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     let server = common::run(std::process::Command::new("df").arg("-P").arg(&f.export));
-    let server_total: u64 =
-        server.lines().nth(1).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let server_total: u64 = server
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(total > 0);
     assert_eq!(total, server_total);
 }
@@ -333,7 +423,10 @@ fn fsync_and_fdatasync() {
 
 #[test]
 fn changes_on_the_server_appear_after_the_attribute_timeout() {
-    let f = fixture!(Setup { attr_timeout: Duration::from_millis(200), ..Setup::default() });
+    let f = fixture!(Setup {
+        attr_timeout: Duration::from_millis(200),
+        ..Setup::default()
+    });
     fs::write(f.m("shared"), b"v1").unwrap();
     assert_eq!(fs::read(f.m("shared")).unwrap(), b"v1");
     std::thread::sleep(Duration::from_millis(20));
@@ -349,13 +442,19 @@ fn changes_on_the_server_appear_after_the_attribute_timeout() {
 
 #[test]
 fn read_only_server_answers_erofs() {
-    let f = fixture!(Setup { read_only_server: true, ..Setup::default() });
+    let f = fixture!(Setup {
+        read_only_server: true,
+        ..Setup::default()
+    });
     fs::write(f.e("existing"), b"x").unwrap();
     assert_eq!(fs::read(f.m("existing")).unwrap(), b"x");
     assert_errno(fs::write(f.m("new"), b""), libc::EROFS);
     assert_errno(fs::create_dir(f.m("d")), libc::EROFS);
     assert_errno(fs::remove_file(f.m("existing")), libc::EROFS);
-    assert_errno(OpenOptions::new().write(true).open(f.m("existing")), libc::EROFS);
+    assert_errno(
+        OpenOptions::new().write(true).open(f.m("existing")),
+        libc::EROFS,
+    );
     assert_eq!(fs::read(f.e("existing")).unwrap(), b"x");
 }
 
@@ -363,7 +462,10 @@ fn read_only_server_answers_erofs() {
 fn read_only_server_refuses_writes_from_a_read_write_client() {
     // Even a client that does not mount read-only (here: speaking to the server
     // directly) gets EROFS; the mount adds RO on top.
-    let f = fixture!(Setup { read_only_server: true, ..Setup::default() });
+    let f = fixture!(Setup {
+        read_only_server: true,
+        ..Setup::default()
+    });
     let client = ferry_fusefs::RemoteClient::connect(&f.addr()).unwrap();
     let r = client.call(ferry_common::proto::Op::Mkdir {
         path: ferry_common::RelPath::parse("d").unwrap(),
@@ -376,7 +478,13 @@ fn read_only_server_refuses_writes_from_a_read_write_client() {
 #[test]
 fn mode_bits_are_created_as_asked() {
     let f = fixture!();
-    let file = OpenOptions::new().write(true).create(true).mode(0o664).open(f.m("g")).unwrap();
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o664)
+        .open(f.m("g"))
+        .unwrap();
     drop(file);
     // The kernel applies the process umask (022 under cargo): 0664 & !022 = 0644.
     let umask = unsafe {
@@ -384,7 +492,13 @@ fn mode_bits_are_created_as_asked() {
         libc::umask(u);
         u
     };
-    assert_eq!(fs::metadata(f.e("g")).unwrap().mode() & 0o777, 0o664 & !umask);
+    assert_eq!(
+        fs::metadata(f.e("g")).unwrap().mode() & 0o777,
+        0o664 & !umask
+    );
     fs::DirBuilder::new().mode(0o750).create(f.m("dd")).unwrap();
-    assert_eq!(fs::metadata(f.e("dd")).unwrap().mode() & 0o777, 0o750 & !umask);
+    assert_eq!(
+        fs::metadata(f.e("dd")).unwrap().mode() & 0o777,
+        0o750 & !umask
+    );
 }

@@ -10,7 +10,10 @@ use std::process::Command;
 /// A real tree with a few thousand files: /usr/include where it exists.
 fn source_tree() -> &'static Path {
     let p = Path::new("/usr/include");
-    assert!(p.is_dir(), "/usr/include is needed as a real tree (apt-get install libc6-dev)");
+    assert!(
+        p.is_dir(),
+        "/usr/include is needed as a real tree (apt-get install libc6-dev)"
+    );
     p
 }
 
@@ -19,15 +22,30 @@ fn copy_a_real_tree_in_and_out_byte_for_byte() {
     let f = fixture!();
     let src = source_tree();
     run(Command::new("cp").arg("-a").arg(src).arg(f.m("include")));
-    let files = run(Command::new("find").arg(f.m("include")).args(["-type", "f"]));
-    assert!(files.lines().count() > 2000, "expected thousands of files, got {}", files.lines().count());
+    let files = run(Command::new("find")
+        .arg(f.m("include"))
+        .args(["-type", "f"]));
+    assert!(
+        files.lines().count() > 2000,
+        "expected thousands of files, got {}",
+        files.lines().count()
+    );
     // Byte for byte, symlinks compared as links, on the mount and on the server's disk.
-    run(Command::new("diff").args(["-r", "--no-dereference"]).arg(src).arg(f.m("include")));
-    run(Command::new("diff").args(["-r", "--no-dereference"]).arg(src).arg(f.e("include")));
+    run(Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(src)
+        .arg(f.m("include")));
+    run(Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(src)
+        .arg(f.e("include")));
     // and back out of the mount
     let out = f.temp().join("out");
     run(Command::new("cp").arg("-a").arg(f.m("include")).arg(&out));
-    run(Command::new("diff").args(["-r", "--no-dereference"]).arg(src).arg(&out));
+    run(Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(src)
+        .arg(&out));
     run(Command::new("rm").arg("-rf").arg(f.m("include")));
     assert!(!f.e("include").exists());
 }
@@ -36,8 +54,17 @@ fn copy_a_real_tree_in_and_out_byte_for_byte() {
 fn tar_extract_and_create() {
     let f = fixture!();
     let archive = f.temp().join("tree.tar");
-    run(Command::new("tar").arg("-C").arg("/usr/include").arg("-cf").arg(&archive).args(["linux", "asm-generic"]));
-    run(Command::new("tar").arg("-C").arg(&f.mnt).arg("-xpf").arg(&archive));
+    run(Command::new("tar")
+        .arg("-C")
+        .arg("/usr/include")
+        .arg("-cf")
+        .arg(&archive)
+        .args(["linux", "asm-generic"]));
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&f.mnt)
+        .arg("-xpf")
+        .arg(&archive));
     let listing = |dir: &Path| {
         run(Command::new("sh").arg("-c").arg(format!(
             "cd {} && tar --sort=name --mtime=@0 --owner=0 --group=0 -cf - linux asm-generic | md5sum",
@@ -46,7 +73,10 @@ fn tar_extract_and_create() {
     };
     assert_eq!(listing(&f.mnt), listing(Path::new("/usr/include")));
     // mtimes survive (tar sets them with utimensat)
-    let a = fs::metadata("/usr/include/linux/fs.h").unwrap().modified().unwrap();
+    let a = fs::metadata("/usr/include/linux/fs.h")
+        .unwrap()
+        .modified()
+        .unwrap();
     let b = fs::metadata(f.m("linux/fs.h")).unwrap().modified().unwrap();
     assert_eq!(a, b);
 }
@@ -60,14 +90,25 @@ fn git_init_add_commit_status_log() {
         run(Command::new("git")
             .arg("-C")
             .arg(&repo)
-            .args(["-c", "user.name=ferry", "-c", "user.email=ferry@example.invalid", "-c", "init.defaultBranch=main"])
+            .args([
+                "-c",
+                "user.name=ferry",
+                "-c",
+                "user.email=ferry@example.invalid",
+                "-c",
+                "init.defaultBranch=main",
+            ])
             .args(args))
     };
     git(&["init", "-q"]);
     fs::write(repo.join("README"), "hello\n").unwrap();
     fs::create_dir(repo.join("src")).unwrap();
     for i in 0..30 {
-        fs::write(repo.join(format!("src/m{i}.rs")), format!("pub fn f{i}() {{}}\n")).unwrap();
+        fs::write(
+            repo.join(format!("src/m{i}.rs")),
+            format!("pub fn f{i}() {{}}\n"),
+        )
+        .unwrap();
     }
     git(&["add", "-A"]);
     git(&["commit", "-q", "-m", "first"]);
@@ -79,7 +120,10 @@ fn git_init_add_commit_status_log() {
     git(&["gc", "-q"]);
     git(&["fsck", "--full"]);
     // the server's copy is a valid repository too
-    run(Command::new("git").arg("-C").arg(f.e("repo")).args(["fsck", "--full"]));
+    run(Command::new("git")
+        .arg("-C")
+        .arg(f.e("repo"))
+        .args(["fsck", "--full"]));
 }
 
 #[test]
@@ -93,6 +137,8 @@ fn editors_save_by_writing_a_temp_file_and_renaming() {
     )));
     assert_eq!(fs::read_to_string(f.e("doc.txt")).unwrap(), "draft 2\n");
     // sed -i does the same dance
-    run(Command::new("sed").args(["-i", "s/draft/final/"]).arg(f.m("doc.txt")));
+    run(Command::new("sed")
+        .args(["-i", "s/draft/final/"])
+        .arg(f.m("doc.txt")));
     assert_eq!(fs::read_to_string(f.m("doc.txt")).unwrap(), "final 2\n");
 }

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 #[test]
 fn two_mounts_see_each_others_changes_after_the_attribute_timeout() {
-    let setup = Setup { attr_timeout: Duration::from_millis(300), ..Setup::default() };
+    let setup = Setup {
+        attr_timeout: Duration::from_millis(300),
+        ..Setup::default()
+    };
     let mut f = fixture!(setup.clone());
     let other = f.second_mount("mnt2", setup);
     fs::write(f.m("note"), b"from one").unwrap();
@@ -36,11 +39,15 @@ fn many_threads_at_once() {
                 for i in 0..100 {
                     let p = dir.join(format!("f{i}"));
                     let mut file = fs::File::create(&p).unwrap();
-                    file.write_all(format!("{t}-{i}").repeat(100).as_bytes()).unwrap();
+                    file.write_all(format!("{t}-{i}").repeat(100).as_bytes())
+                        .unwrap();
                 }
                 for i in 0..100 {
                     let p = dir.join(format!("f{i}"));
-                    assert_eq!(fs::read_to_string(&p).unwrap(), format!("{t}-{i}").repeat(100));
+                    assert_eq!(
+                        fs::read_to_string(&p).unwrap(),
+                        format!("{t}-{i}").repeat(100)
+                    );
                 }
             })
         })

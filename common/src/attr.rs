@@ -132,9 +132,18 @@ mod tests {
     fn timestamps_round_trip_before_and_after_the_epoch() {
         for ts in [
             Timestamp { secs: 0, nanos: 0 },
-            Timestamp { secs: 1_700_000_000, nanos: 123_456_789 },
-            Timestamp { secs: -1, nanos: 500_000_000 },
-            Timestamp { secs: -86_400, nanos: 0 },
+            Timestamp {
+                secs: 1_700_000_000,
+                nanos: 123_456_789,
+            },
+            Timestamp {
+                secs: -1,
+                nanos: 500_000_000,
+            },
+            Timestamp {
+                secs: -86_400,
+                nanos: 0,
+            },
         ] {
             assert_eq!(Timestamp::from_system_time(ts.to_system_time()), ts);
         }
@@ -142,8 +151,14 @@ mod tests {
 
     #[test]
     fn kinds_come_from_mode_bits() {
-        assert_eq!(FileKind::from_mode(libc::S_IFDIR | 0o755), FileKind::Directory);
-        assert_eq!(FileKind::from_mode(libc::S_IFLNK | 0o777), FileKind::Symlink);
+        assert_eq!(
+            FileKind::from_mode(libc::S_IFDIR | 0o755),
+            FileKind::Directory
+        );
+        assert_eq!(
+            FileKind::from_mode(libc::S_IFLNK | 0o777),
+            FileKind::Symlink
+        );
         assert_eq!(FileKind::from_mode(libc::S_IFREG | 0o644), FileKind::File);
         assert_eq!(FileKind::from_mode(libc::S_IFIFO), FileKind::Fifo);
     }

@@ -50,9 +50,14 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FrameError::Io(e) => write!(f, "{e}"),
-            FrameError::Truncated => f.write_str("the connection closed in the middle of a message"),
+            FrameError::Truncated => {
+                f.write_str("the connection closed in the middle of a message")
+            }
             FrameError::TooLarge(n) => {
-                write!(f, "a message of {n} bytes is over the limit of {MAX_FRAME} bytes")
+                write!(
+                    f,
+                    "a message of {n} bytes is over the limit of {MAX_FRAME} bytes"
+                )
             }
             FrameError::Corrupt(why) => write!(f, "a message could not be decoded: {why}"),
         }
@@ -173,7 +178,10 @@ mod tests {
     use std::io::Cursor;
 
     fn attr() -> Attr {
-        let t = Timestamp { secs: 1_700_000_000, nanos: 42 };
+        let t = Timestamp {
+            secs: 1_700_000_000,
+            nanos: 42,
+        };
         Attr {
             kind: FileKind::File,
             perm: 0o644,
@@ -212,8 +220,15 @@ mod tests {
         let path = RelPath::parse("dir/file").unwrap();
         for op in [
             Op::Stat { path: path.clone() },
-            Op::ReadDir { path: RelPath::root(), start: 4096 },
-            Op::Write { handle: 3, offset: 5 << 30, data: vec![7; 1 << 20] },
+            Op::ReadDir {
+                path: RelPath::root(),
+                start: 4096,
+            },
+            Op::Write {
+                handle: 3,
+                offset: 5 << 30,
+                data: vec![7; 1 << 20],
+            },
             Op::SetAttr {
                 path: path.clone(),
                 handle: Some(1),
@@ -225,17 +240,30 @@ mod tests {
                     ..AttrChanges::default()
                 },
             },
-            Op::Rename { from: path.clone(), to: RelPath::parse("x").unwrap(), flags: 1 },
+            Op::Rename {
+                from: path.clone(),
+                to: RelPath::parse("x").unwrap(),
+                flags: 1,
+            },
             Op::StatFs,
         ] {
             round_trip(Request { id: 9, op });
         }
-        round_trip(Response { id: 1, result: Err(Errno::ENOTEMPTY) });
-        round_trip(Response { id: u64::MAX, result: Ok(Reply::Data(vec![1, 2, 3])) });
+        round_trip(Response {
+            id: 1,
+            result: Err(Errno::ENOTEMPTY),
+        });
+        round_trip(Response {
+            id: u64::MAX,
+            result: Ok(Reply::Data(vec![1, 2, 3])),
+        });
         round_trip(Response {
             id: 2,
             result: Ok(Reply::Entries {
-                entries: vec![DirEntry { name: b"a".to_vec(), attr: attr() }],
+                entries: vec![DirEntry {
+                    name: b"a".to_vec(),
+                    attr: attr(),
+                }],
                 more: false,
             }),
         });
@@ -245,21 +273,35 @@ mod tests {
     fn file_data_travels_as_raw_bytes() {
         // A sequence of u8 elements would cost up to two bytes per byte under varint
         // encoding; raw bytes cost one plus a small length prefix.
-        let frame = encode(&Op::Write { handle: 1, offset: 0, data: vec![0xff; 65536] }).unwrap();
+        let frame = encode(&Op::Write {
+            handle: 1,
+            offset: 0,
+            data: vec![0xff; 65536],
+        })
+        .unwrap();
         assert!(frame.len() < 65536 + 32, "{} bytes", frame.len());
     }
 
     #[test]
     fn clean_eof_between_frames_is_not_an_error() {
-        assert!(read_frame(&mut Cursor::new(Vec::<u8>::new())).unwrap().is_none());
+        assert!(read_frame(&mut Cursor::new(Vec::<u8>::new()))
+            .unwrap()
+            .is_none());
     }
 
     #[test]
     fn eof_inside_a_frame_is_truncation() {
-        let frame = encode(&Request { id: 1, op: Op::StatFs }).unwrap();
+        let frame = encode(&Request {
+            id: 1,
+            op: Op::StatFs,
+        })
+        .unwrap();
         for cut in 1..frame.len() {
             let err = read_frame(&mut Cursor::new(&frame[..cut])).unwrap_err();
-            assert!(matches!(err, FrameError::Truncated), "cut at {cut}: {err:?}");
+            assert!(
+                matches!(err, FrameError::Truncated),
+                "cut at {cut}: {err:?}"
+            );
         }
     }
 
@@ -293,7 +335,10 @@ mod tests {
             let _ = decode::<Response>(&payload);
             let _ = decode::<Hello>(&payload);
         }
-        assert!(matches!(decode::<Request>(&[0xff; 8]), Err(FrameError::Corrupt(_))));
+        assert!(matches!(
+            decode::<Request>(&[0xff; 8]),
+            Err(FrameError::Corrupt(_))
+        ));
     }
 
     #[test]
@@ -305,28 +350,55 @@ mod tests {
         payload.push(5); // Reply::Data
         payload.push(253);
         payload.extend_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(decode::<Response>(&payload), Err(FrameError::Corrupt(_))));
+        assert!(matches!(
+            decode::<Response>(&payload),
+            Err(FrameError::Corrupt(_))
+        ));
     }
 
     #[test]
     fn trailing_bytes_are_corrupt() {
-        let mut frame = encode(&Request { id: 1, op: Op::StatFs }).unwrap();
+        let mut frame = encode(&Request {
+            id: 1,
+            op: Op::StatFs,
+        })
+        .unwrap();
         frame.push(0);
-        assert!(matches!(decode::<Request>(&frame[HEADER..]), Err(FrameError::Corrupt(_))));
+        assert!(matches!(
+            decode::<Request>(&frame[HEADER..]),
+            Err(FrameError::Corrupt(_))
+        ));
     }
 
     #[test]
     fn unknown_operation_is_corrupt() {
         let mut payload = vec![1u8]; // id
         payload.push(200); // no such Op variant
-        assert!(matches!(decode::<Request>(&payload), Err(FrameError::Corrupt(_))));
+        assert!(matches!(
+            decode::<Request>(&payload),
+            Err(FrameError::Corrupt(_))
+        ));
     }
 
     #[test]
     fn several_frames_share_a_buffer() {
         let mut buf = Vec::new();
-        encode_into(&Request { id: 1, op: Op::StatFs }, &mut buf).unwrap();
-        encode_into(&Request { id: 2, op: Op::StatFs }, &mut buf).unwrap();
+        encode_into(
+            &Request {
+                id: 1,
+                op: Op::StatFs,
+            },
+            &mut buf,
+        )
+        .unwrap();
+        encode_into(
+            &Request {
+                id: 2,
+                op: Op::StatFs,
+            },
+            &mut buf,
+        )
+        .unwrap();
         let mut cur = Cursor::new(buf);
         let a: Request = decode(&read_frame(&mut cur).unwrap().unwrap()).unwrap();
         let b: Request = decode(&read_frame(&mut cur).unwrap().unwrap()).unwrap();

@@ -98,7 +98,10 @@ impl RelPath {
             return None;
         }
         match self.0.iter().rposition(|b| *b == b'/') {
-            Some(i) => Some((RelPath(self.0[..i].to_vec()), OsStr::from_bytes(&self.0[i + 1..]))),
+            Some(i) => Some((
+                RelPath(self.0[..i].to_vec()),
+                OsStr::from_bytes(&self.0[i + 1..]),
+            )),
             None => Some((RelPath::root(), OsStr::from_bytes(&self.0))),
         }
     }
@@ -195,7 +198,10 @@ mod tests {
         }
         assert!(RelPath::from_wire(b"a/b c/.hidden/..x".to_vec()).is_ok());
         assert!(RelPath::from_wire(Vec::new()).unwrap().is_root());
-        assert_eq!(RelPath::from_wire(vec![b'x'; 256]), Err(Errno::ENAMETOOLONG));
+        assert_eq!(
+            RelPath::from_wire(vec![b'x'; 256]),
+            Err(Errno::ENAMETOOLONG)
+        );
     }
 
     #[test]

@@ -65,7 +65,9 @@ pub struct Welcome {
 pub enum HandshakeReply {
     Welcome(Welcome),
     /// The connection is closed after this; `message` says why, for a person.
-    Refused { message: String },
+    Refused {
+        message: String,
+    },
 }
 
 /// Who asked for a node to be created, so that a server running as root can give
@@ -217,7 +219,10 @@ pub enum Reply {
         more: bool,
     },
     Target(#[serde(with = "serde_bytes")] Vec<u8>),
-    Opened { handle: u64, attr: Attr },
+    Opened {
+        handle: u64,
+        attr: Attr,
+    },
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Written(u32),
     StatFs(StatFs),

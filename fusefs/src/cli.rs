@@ -44,7 +44,9 @@ impl From<ConnectError> for CliError {
 fn remote_err(what: &str, path: &RelPath, e: Errno) -> CliError {
     match e {
         Errno::ENOENT => CliError(format!("no such remote {what}: {path}")),
-        Errno::EACCES | Errno::EPERM => CliError(format!("permission denied on the server: {path}")),
+        Errno::EACCES | Errno::EPERM => {
+            CliError(format!("permission denied on the server: {path}"))
+        }
         Errno::EROFS => CliError(format!("the server exports read-only; cannot write {path}")),
         Errno::ENOSPC => CliError(format!("the server's disk is full; cannot write {path}")),
         _ => CliError(format!("remote {what} {path}: {e}")),
@@ -81,7 +83,10 @@ fn expect_attr(r: Result<Reply, Errno>) -> Result<Attr, Errno> {
 pub fn list_dir(client: &RemoteClient, path: &RelPath) -> Result<Vec<DirEntry>, Errno> {
     let mut all = Vec::new();
     loop {
-        match client.call(Op::ReadDir { path: path.clone(), start: all.len() as u64 })? {
+        match client.call(Op::ReadDir {
+            path: path.clone(),
+            start: all.len() as u64,
+        })? {
             Reply::Entries { entries, more } => {
                 let got = entries.len();
                 all.extend(entries);
@@ -98,7 +103,11 @@ fn mode_string(attr: &Attr) -> String {
     let mut s = String::with_capacity(10);
     s.push(attr.kind.letter());
     let p = attr.perm;
-    for (shift, special, lower, upper) in [(6, 0o4000, 's', 'S'), (3, 0o2000, 's', 'S'), (0, 0o1000, 't', 'T')] {
+    for (shift, special, lower, upper) in [
+        (6, 0o4000, 's', 'S'),
+        (3, 0o2000, 's', 'S'),
+        (0, 0o1000, 't', 'T'),
+    ] {
         let bits = (p >> shift) & 7;
         s.push(if bits & 4 != 0 { 'r' } else { '-' });
         s.push(if bits & 2 != 0 { 'w' } else { '-' });
@@ -146,14 +155,17 @@ pub fn ls(addr: &str, path: &str, out: &mut dyn Write) -> Result<(), CliError> {
         .map_err(|e| remote_err("path", &path, e))?;
     let write_err = |e: io::Error| CliError(format!("cannot write the listing: {e}"));
     if attr.kind != FileKind::Directory {
-        let (dir, _) = path.split_last().unwrap_or((RelPath::root(), OsStr::new("")));
+        let (dir, _) = path
+            .split_last()
+            .unwrap_or((RelPath::root(), OsStr::new("")));
         let line = ls_line(&client, &dir, path.file_name().as_bytes(), &attr);
         return writeln!(out, "{line}").map_err(write_err);
     }
     let mut entries = list_dir(&client, &path).map_err(|e| remote_err("directory", &path, e))?;
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     for entry in &entries {
-        writeln!(out, "{}", ls_line(&client, &path, &entry.name, &entry.attr)).map_err(write_err)?;
+        writeln!(out, "{}", ls_line(&client, &path, &entry.name, &entry.attr))
+            .map_err(write_err)?;
     }
     client.shutdown();
     Ok(())
@@ -168,7 +180,10 @@ fn opened(r: Result<Reply, Errno>) -> Result<(u64, Attr), Errno> {
 
 /// A name beside `dest` that no one else uses, for writing before the final rename.
 fn temp_name_beside(dest: &Path) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     dest.with_file_name(format!(".{name}.ferry-part-{}", std::process::id()))
 }
 
@@ -177,16 +192,25 @@ pub fn get(addr: &str, remote: &str, local: Option<&Path>) -> Result<PathBuf, Cl
     let client = RemoteClient::connect(addr)?;
     let path = parse_remote(remote)?;
     if path.is_root() {
-        return Err(CliError("the export root is a directory; name a file to get".into()));
+        return Err(CliError(
+            "the export root is a directory; name a file to get".into(),
+        ));
     }
-    let (handle, attr) = opened(client.call(Op::Open { path: path.clone(), flags: libc::O_RDONLY }))
-        .map_err(|e| match e {
-            Errno::EISDIR => CliError(format!("{path} is a directory on the server; ferry get copies files")),
-            e => remote_err("file", &path, e),
-        })?;
+    let (handle, attr) = opened(client.call(Op::Open {
+        path: path.clone(),
+        flags: libc::O_RDONLY,
+    }))
+    .map_err(|e| match e {
+        Errno::EISDIR => CliError(format!(
+            "{path} is a directory on the server; ferry get copies files"
+        )),
+        e => remote_err("file", &path, e),
+    })?;
     if attr.kind != FileKind::File {
         client.submit(Op::Close { handle }, |_| {});
-        return Err(CliError(format!("{path} is not a regular file on the server")));
+        return Err(CliError(format!(
+            "{path} is not a regular file on the server"
+        )));
     }
     let name = Path::new(path.file_name());
     let dest = match local {
@@ -204,8 +228,10 @@ pub fn get(addr: &str, remote: &str, local: Option<&Path>) -> Result<PathBuf, Cl
     let outcome = download(&client, handle, attr.size, &file);
     client.submit(Op::Close { handle }, |_| {});
     let finished = outcome.and_then(|()| {
-        file.sync_all().map_err(|e| CliError(format!("cannot write {}: {e}", dest.display())))?;
-        fs::rename(&temp, &dest).map_err(|e| CliError(format!("cannot create {}: {e}", dest.display())))
+        file.sync_all()
+            .map_err(|e| CliError(format!("cannot write {}: {e}", dest.display())))?;
+        fs::rename(&temp, &dest)
+            .map_err(|e| CliError(format!("cannot create {}: {e}", dest.display())))
     });
     if let Err(e) = finished {
         let _ = fs::remove_file(&temp);
@@ -227,9 +253,16 @@ fn download(client: &RemoteClient, handle: u64, size: u64, file: &File) -> Resul
             let len = (size - next).min(u64::from(MAX_CHUNK)) as u32;
             let tx = tx.clone();
             let offset = next;
-            client.submit(Op::Read { handle, offset, len }, move |r| {
-                let _ = tx.send((offset, len, r));
-            });
+            client.submit(
+                Op::Read {
+                    handle,
+                    offset,
+                    len,
+                },
+                move |r| {
+                    let _ = tx.send((offset, len, r));
+                },
+            );
             next += u64::from(len);
             in_flight += 1;
         }
@@ -245,11 +278,13 @@ fn download(client: &RemoteClient, handle: u64, size: u64, file: &File) -> Resul
             Ok(_) => return Err(CliError("remote read: unexpected answer".into())),
             Err(e) => return Err(CliError(format!("remote read failed: {e}"))),
         };
-        file.write_all_at(&data, offset).map_err(|e| CliError(format!("cannot write: {e}")))?;
+        file.write_all_at(&data, offset)
+            .map_err(|e| CliError(format!("cannot write: {e}")))?;
         bar.inc(data.len() as u64);
         if data.len() < len as usize {
             // The file shrank on the server while we read it: keep what exists.
-            file.set_len(offset + data.len() as u64).map_err(|e| CliError(format!("cannot write: {e}")))?;
+            file.set_len(offset + data.len() as u64)
+                .map_err(|e| CliError(format!("cannot write: {e}")))?;
             next = next.min(offset + data.len() as u64);
         }
     }
@@ -260,10 +295,16 @@ fn download(client: &RemoteClient, handle: u64, size: u64, file: &File) -> Resul
 /// `ferry put ADDR LOCAL [REMOTE]`: uploads a file; returns its remote path.
 /// REMOTE may name an existing remote directory to put the file into.
 pub fn put(addr: &str, local: &Path, remote: Option<&str>) -> Result<RelPath, CliError> {
-    let file = File::open(local).map_err(|e| CliError(format!("cannot read {}: {e}", local.display())))?;
-    let meta = file.metadata().map_err(|e| CliError(format!("cannot read {}: {e}", local.display())))?;
+    let file =
+        File::open(local).map_err(|e| CliError(format!("cannot read {}: {e}", local.display())))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| CliError(format!("cannot read {}: {e}", local.display())))?;
     if !meta.is_file() {
-        return Err(CliError(format!("{} is not a regular file", local.display())));
+        return Err(CliError(format!(
+            "{} is not a regular file",
+            local.display()
+        )));
     }
     let base = local
         .file_name()
@@ -278,31 +319,53 @@ pub fn put(addr: &str, local: &Path, remote: Option<&str>) -> Result<RelPath, Cl
         Ok(a) if a.kind == FileKind::Directory
     );
     if is_dir {
-        dest = dest.join(base).map_err(|_| CliError(format!("{} is not a valid remote name", base.to_string_lossy())))?;
+        dest = dest.join(base).map_err(|_| {
+            CliError(format!(
+                "{} is not a valid remote name",
+                base.to_string_lossy()
+            ))
+        })?;
     }
     let (parent, name) = dest
         .split_last()
         .ok_or_else(|| CliError("cannot replace the export root".into()))?;
-    let temp_name = format!(".{}.ferry-part-{}", name.to_string_lossy(), std::process::id());
+    let temp_name = format!(
+        ".{}.ferry-part-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    );
     let temp = parent
         .join(OsStr::new(&temp_name))
         .map_err(|_| CliError(format!("the name {} is too long", name.to_string_lossy())))?;
     let mode = meta.permissions().mode() & 0o7777;
     let flags = libc::O_WRONLY | libc::O_EXCL;
-    let (handle, _) = opened(client.call(Op::Create { path: temp.clone(), flags, mode, owner: None }))
-        .map_err(|e| match e {
-            Errno::ENOENT => CliError(format!("no such remote directory: {parent}")),
-            e => remote_err("file", &temp, e),
-        })?;
-    let outcome = upload(&client, handle, &file, meta.len())
-        .and_then(|()| match client.call(Op::Fsync { handle, datasync: false }) {
+    let (handle, _) = opened(client.call(Op::Create {
+        path: temp.clone(),
+        flags,
+        mode,
+        owner: None,
+    }))
+    .map_err(|e| match e {
+        Errno::ENOENT => CliError(format!("no such remote directory: {parent}")),
+        e => remote_err("file", &temp, e),
+    })?;
+    let outcome = upload(&client, handle, &file, meta.len()).and_then(|()| {
+        match client.call(Op::Fsync {
+            handle,
+            datasync: false,
+        }) {
             Ok(_) => Ok(()),
             Err(e) => Err(remote_err("file", &temp, e)),
-        });
+        }
+    });
     let _ = client.call(Op::Close { handle });
     let renamed = outcome.and_then(|()| {
         client
-            .call(Op::Rename { from: temp.clone(), to: dest.clone(), flags: 0 })
+            .call(Op::Rename {
+                from: temp.clone(),
+                to: dest.clone(),
+                flags: 0,
+            })
             .map(|_| ())
             .map_err(|e| remote_err("file", &dest, e))
     });
@@ -341,9 +404,16 @@ fn upload(client: &RemoteClient, handle: u64, file: &File, size: u64) -> Result<
             buf.truncate(filled);
             let tx = tx.clone();
             let offset = next;
-            client.submit(Op::Write { handle, offset, data: buf }, move |r| {
-                let _ = tx.send((filled, r));
-            });
+            client.submit(
+                Op::Write {
+                    handle,
+                    offset,
+                    data: buf,
+                },
+                move |r| {
+                    let _ = tx.send((filled, r));
+                },
+            );
             next += filled as u64;
             in_flight += 1;
         }
@@ -356,7 +426,9 @@ fn upload(client: &RemoteClient, handle: u64, file: &File, size: u64) -> Result<
         in_flight -= 1;
         match r {
             Ok(Reply::Written(n)) if n as usize == len => bar.inc(len as u64),
-            Ok(Reply::Written(_)) => return Err(CliError("the server wrote less than it was sent".into())),
+            Ok(Reply::Written(_)) => {
+                return Err(CliError("the server wrote less than it was sent".into()))
+            }
             Ok(_) => return Err(CliError("remote write: unexpected answer".into())),
             Err(Errno::ENOSPC) => return Err(CliError("the server's disk is full".into())),
             Err(e) => return Err(CliError(format!("remote write failed: {e}"))),

@@ -50,7 +50,10 @@ impl fmt::Display for ConnectError {
                     io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timed out".to_string(),
                     _ => source.to_string(),
                 };
-                write!(f, "cannot reach {addr}: {why} — is `ferry serve` running there?")
+                write!(
+                    f,
+                    "cannot reach {addr}: {why} — is `ferry serve` running there?"
+                )
             }
             ConnectError::Refused { addr, message } => {
                 write!(f, "{addr} refused the connection: {message}")
@@ -94,9 +97,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl RemoteClient {
     /// Connects to `addr` (HOST:PORT) and performs the handshake.
     pub fn connect(addr: &str) -> Result<RemoteClient, ConnectError> {
-        let unreachable = |source| ConnectError::Unreachable { addr: addr.to_string(), source };
-        let protocol = |detail: String| ConnectError::Protocol { addr: addr.to_string(), detail };
-        let mut last_err = io::Error::new(io::ErrorKind::NotFound, "the address resolves to nothing");
+        let unreachable = |source| ConnectError::Unreachable {
+            addr: addr.to_string(),
+            source,
+        };
+        let protocol = |detail: String| ConnectError::Protocol {
+            addr: addr.to_string(),
+            detail,
+        };
+        let mut last_err =
+            io::Error::new(io::ErrorKind::NotFound, "the address resolves to nothing");
         let mut stream = None;
         for sa in addr.to_socket_addrs().map_err(unreachable)? {
             match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
@@ -111,7 +121,9 @@ impl RemoteClient {
         stream.set_nodelay(true).map_err(unreachable)?;
 
         // The handshake runs under a read timeout so a silent peer cannot hang us.
-        stream.set_read_timeout(Some(CONNECT_TIMEOUT)).map_err(unreachable)?;
+        stream
+            .set_read_timeout(Some(CONNECT_TIMEOUT))
+            .map_err(unreachable)?;
         frame::write_frame(&mut stream, &Hello::new()).map_err(|e| protocol(e.to_string()))?;
         let payload = match frame::read_frame(&mut stream) {
             Ok(Some(p)) => p,
@@ -121,20 +133,28 @@ impl RemoteClient {
         let welcome = match frame::decode::<HandshakeReply>(&payload) {
             Ok(HandshakeReply::Welcome(w)) => w,
             Ok(HandshakeReply::Refused { message }) => {
-                return Err(ConnectError::Refused { addr: addr.to_string(), message })
+                return Err(ConnectError::Refused {
+                    addr: addr.to_string(),
+                    message,
+                })
             }
             Err(e) => return Err(protocol(e.to_string())),
         };
         stream.set_read_timeout(None).map_err(unreachable)?;
         // A server that stops reading must not block writers forever: a write that
         // cannot progress for this long breaks the connection instead.
-        stream.set_write_timeout(Some(DEFAULT_TIMEOUT)).map_err(unreachable)?;
+        stream
+            .set_write_timeout(Some(DEFAULT_TIMEOUT))
+            .map_err(unreachable)?;
 
         let reader = stream.try_clone().map_err(unreachable)?;
         let inner = Arc::new(Inner {
             addr: addr.to_string(),
             stream: Mutex::new(stream),
-            pending: Mutex::new(Pending { waiting: HashMap::new(), broken: false }),
+            pending: Mutex::new(Pending {
+                waiting: HashMap::new(),
+                broken: false,
+            }),
             next_id: AtomicU64::new(1),
             welcome,
         });
@@ -181,7 +201,9 @@ impl RemoteClient {
                 drop(pending);
                 return done(Err(Errno::EIO));
             }
-            pending.waiting.insert(id, (Instant::now() + timeout, Box::new(done)));
+            pending
+                .waiting
+                .insert(id, (Instant::now() + timeout, Box::new(done)));
         }
         // Registered before writing, so a fast answer always finds its callback.
         let mut stream = lock(&self.inner.stream);
@@ -279,7 +301,9 @@ fn sweep_loop(inner: std::sync::Weak<Inner>) {
                 .filter(|(_, (deadline, _))| *deadline <= now)
                 .map(|(id, _)| *id)
                 .collect();
-            ids.into_iter().filter_map(|id| pending.waiting.remove(&id)).collect()
+            ids.into_iter()
+                .filter_map(|id| pending.waiting.remove(&id))
+                .collect()
         };
         for (_, done) in expired {
             log::warn!("a request to {} timed out", inner.addr);

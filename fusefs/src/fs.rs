@@ -14,10 +14,10 @@ use ferry_common::frame::MAX_CHUNK;
 use ferry_common::proto::{AttrChanges, DirEntry, Op, Owner, Reply};
 use ferry_common::{Attr, Errno, FileKind, RelPath, Timestamp};
 use fuser::{
-    BsdFileFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, Request, TimeOrNow, WriteFlags,
+    BsdFileFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+    TimeOrNow, WriteFlags,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -40,7 +40,10 @@ pub struct FsOptions {
 
 impl Default for FsOptions {
     fn default() -> Self {
-        FsOptions { attr_timeout: Duration::from_secs(1), read_only: false }
+        FsOptions {
+            attr_timeout: Duration::from_secs(1),
+            read_only: false,
+        }
     }
 }
 
@@ -88,7 +91,10 @@ fn dot_attr() -> Attr {
 }
 
 fn owner(req: &Request) -> Option<Owner> {
-    Some(Owner { uid: req.uid(), gid: req.gid() })
+    Some(Owner {
+        uid: req.uid(),
+        gid: req.gid(),
+    })
 }
 
 impl FerryFs {
@@ -104,6 +110,17 @@ impl FerryFs {
 
     fn path_of(&self, ino: INodeNo) -> Result<RelPath, Errno> {
         lock(&self.inodes).path(ino.0).cloned().ok_or(Errno::ENOENT)
+    }
+
+    /// The path of `ino`, and the handle to use for it: the kernel's, when it
+    /// gave one, or any open handle when the inode no longer names a path.
+    fn locate(
+        &self,
+        ino: INodeNo,
+        fh: Option<FileHandle>,
+    ) -> Result<(RelPath, Option<u64>), Errno> {
+        let (path, handle) = lock(&self.inodes).locate(ino.0)?;
+        Ok((path, fh.map(|h| h.0).or(handle)))
     }
 
     fn child(&self, parent: INodeNo, name: &OsStr) -> Result<RelPath, Errno> {
@@ -160,7 +177,10 @@ impl FerryFs {
     fn list(&self, path: &RelPath) -> Result<Vec<DirEntry>, Errno> {
         let mut all = Vec::new();
         loop {
-            let op = Op::ReadDir { path: path.clone(), start: all.len() as u64 };
+            let op = Op::ReadDir {
+                path: path.clone(),
+                start: all.len() as u64,
+            };
             match self.client.call(op)? {
                 Reply::Entries { entries, more } => {
                     let got = entries.len();
@@ -238,16 +258,15 @@ impl Filesystem for FerryFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        let path = self.path_of(ino);
-        let op = match (path, fh) {
-            // With a handle the server stats the open file, which may be unlinked.
-            (path, Some(fh)) => Op::SetAttr {
-                path: path.unwrap_or_default(),
-                handle: Some(fh.0),
+        // With a handle the server stats the open file, which may be unlinked.
+        let op = match (self.locate(ino, fh), fh) {
+            (Ok((path, handle @ Some(_))), _) => Op::SetAttr {
+                path,
+                handle,
                 changes: AttrChanges::default(),
             },
-            (Ok(path), None) => Op::Stat { path },
-            (Err(e), None) => return reply.error(errno(e)),
+            (Ok((path, None)), _) => Op::Stat { path },
+            (Err(e), _) => return reply.error(errno(e)),
         };
         self.attr_op(ino, op, reply);
     }
@@ -278,18 +297,20 @@ impl Filesystem for FerryFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         };
-        let path = match self.path_of(ino) {
-            Ok(path) => path,
-            // A detached (unlinked) file can still be truncated through its handle;
-            // anything else would need a path that no longer names it.
-            Err(e) => match fh {
-                Some(_) if changes.mode.is_none() && changes.uid.is_none() && changes.gid.is_none() && changes.atime.is_none() && changes.mtime.is_none() => {
-                    RelPath::root()
-                }
-                _ => return reply.error(errno(e)),
-            },
-        };
-        self.attr_op(ino, Op::SetAttr { path, handle: fh.map(|h| h.0), changes }, reply);
+        // With a handle (given, or the only way left to a detached inode) every
+        // change goes through the open file.
+        match self.locate(ino, fh) {
+            Ok((path, handle)) => self.attr_op(
+                ino,
+                Op::SetAttr {
+                    path,
+                    handle,
+                    changes,
+                },
+                reply,
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -316,7 +337,12 @@ impl Filesystem for FerryFs {
     ) {
         match self.child(parent, name) {
             Ok(path) => {
-                let op = Op::Mknod { path: path.clone(), mode, rdev: u64::from(rdev), owner: owner(req) };
+                let op = Op::Mknod {
+                    path: path.clone(),
+                    mode,
+                    rdev: u64::from(rdev),
+                    owner: owner(req),
+                };
                 self.entry_op(path, op, reply)
             }
             Err(e) => reply.error(errno(e)),
@@ -334,7 +360,11 @@ impl Filesystem for FerryFs {
     ) {
         match self.child(parent, name) {
             Ok(path) => {
-                let op = Op::Mkdir { path: path.clone(), mode, owner: owner(req) };
+                let op = Op::Mkdir {
+                    path: path.clone(),
+                    mode,
+                    owner: owner(req),
+                };
                 self.entry_op(path, op, reply)
             }
             Err(e) => reply.error(errno(e)),
@@ -343,14 +373,18 @@ impl Filesystem for FerryFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self.child(parent, name) {
-            Ok(path) => self.empty_op(Op::Unlink { path: path.clone() }, reply, move |t| t.detach(&path)),
+            Ok(path) => self.empty_op(Op::Unlink { path: path.clone() }, reply, move |t| {
+                t.detach(&path)
+            }),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self.child(parent, name) {
-            Ok(path) => self.empty_op(Op::Rmdir { path: path.clone() }, reply, move |t| t.detach(&path)),
+            Ok(path) => self.empty_op(Op::Rmdir { path: path.clone() }, reply, move |t| {
+                t.detach(&path)
+            }),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -391,7 +425,11 @@ impl Filesystem for FerryFs {
             (Err(e), _) | (_, Err(e)) => return reply.error(errno(e)),
         };
         let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
-        let op = Op::Rename { from: from.clone(), to: to.clone(), flags: flags.bits() };
+        let op = Op::Rename {
+            from: from.clone(),
+            to: to.clone(),
+            flags: flags.bits(),
+        };
         self.empty_op(op, reply, move |t| {
             if exchange {
                 t.exchange(&from, &to)
@@ -423,17 +461,31 @@ impl Filesystem for FerryFs {
             Err(e) => return reply.error(errno(e)),
         };
         let inodes = self.inodes.clone();
-        self.client.submit(Op::Open { path, flags: flags.0 }, move |r| match r {
-            Ok(Reply::Opened { handle, attr }) => {
-                // Close-to-open consistency: keep cached pages only when the file
-                // is unchanged since it was last opened.
-                let unchanged = lock(&inodes).note_open(ino.0, &attr);
-                let fopen = if unchanged { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
-                reply.opened(FileHandle(handle), fopen);
-            }
-            Ok(_) => reply.error(errno(Errno::EPROTO)),
-            Err(e) => reply.error(errno(e)),
-        });
+        self.client.submit(
+            Op::Open {
+                path,
+                flags: flags.0,
+            },
+            move |r| match r {
+                Ok(Reply::Opened { handle, attr }) => {
+                    // Close-to-open consistency: keep cached pages only when the file
+                    // is unchanged since it was last opened.
+                    let unchanged = {
+                        let mut t = lock(&inodes);
+                        t.add_handle(ino.0, handle);
+                        t.note_open(ino.0, &attr)
+                    };
+                    let fopen = if unchanged {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(handle), fopen);
+                }
+                Ok(_) => reply.error(errno(Errno::EPROTO)),
+                Err(e) => reply.error(errno(e)),
+            },
+        );
     }
 
     fn read(
@@ -447,7 +499,11 @@ impl Filesystem for FerryFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let op = Op::Read { handle: fh.0, offset, len: size.min(MAX_CHUNK) };
+        let op = Op::Read {
+            handle: fh.0,
+            offset,
+            len: size.min(MAX_CHUNK),
+        };
         self.client.submit(op, move |r| match r {
             Ok(Reply::Data(data)) => reply.data(&data),
             Ok(_) => reply.error(errno(Errno::EPROTO)),
@@ -467,7 +523,11 @@ impl Filesystem for FerryFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let op = Op::Write { handle: fh.0, offset, data: data.to_vec() };
+        let op = Op::Write {
+            handle: fh.0,
+            offset,
+            data: data.to_vec(),
+        };
         self.client.submit(op, move |r| match r {
             Ok(Reply::Written(n)) => reply.written(n),
             Ok(_) => reply.error(errno(Errno::EPROTO)),
@@ -491,7 +551,7 @@ impl Filesystem for FerryFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -500,6 +560,7 @@ impl Filesystem for FerryFs {
     ) {
         // close(2) has already returned to the application and release errors go
         // nowhere, so the kernel need not wait for the server.
+        lock(&self.inodes).remove_handle(ino.0, fh.0);
         self.client.submit(Op::Close { handle: fh.0 }, |r| {
             if let Err(e) = r {
                 log::debug!("closing a remote file: {e}");
@@ -508,8 +569,22 @@ impl Filesystem for FerryFs {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        self.empty_op(Op::Fsync { handle: fh.0, datasync }, reply, |_| {});
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.empty_op(
+            Op::Fsync {
+                handle: fh.0,
+                datasync,
+            },
+            reply,
+            |_| {},
+        );
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -518,7 +593,13 @@ impl Filesystem for FerryFs {
             Err(e) => return reply.error(errno(e)),
         };
         let fh = self.next_dir.fetch_add(1, Ordering::Relaxed);
-        lock(&self.dirs).insert(fh, OpenDir { path, entries: Arc::new(Vec::new()) });
+        lock(&self.dirs).insert(
+            fh,
+            OpenDir {
+                path,
+                entries: Arc::new(Vec::new()),
+            },
+        );
         reply.opened(FileHandle(fh), FopenFlags::empty());
     }
 
@@ -539,7 +620,12 @@ impl Filesystem for FerryFs {
         for index in offset..total {
             let full = match index {
                 0 => reply.add(ino, 1, fuser::FileType::Directory, "."),
-                1 => reply.add(INodeNo(self.parent_ino(&path)), 2, fuser::FileType::Directory, ".."),
+                1 => reply.add(
+                    INodeNo(self.parent_ino(&path)),
+                    2,
+                    fuser::FileType::Directory,
+                    "..",
+                ),
                 _ => {
                     let entry = &entries[(index - 2) as usize];
                     // d_ino is informational; the kernel looks the name up for the real one.
@@ -548,7 +634,12 @@ impl Filesystem for FerryFs {
                         .ok()
                         .and_then(|p| lock(&self.inodes).ino_of(&p))
                         .unwrap_or(entry.attr.ino.max(2));
-                    reply.add(INodeNo(ino), index + 1, file_type(entry.attr.kind), OsStr::from_bytes(&entry.name))
+                    reply.add(
+                        INodeNo(ino),
+                        index + 1,
+                        file_type(entry.attr.kind),
+                        OsStr::from_bytes(&entry.name),
+                    )
                 }
             };
             if full {
@@ -574,10 +665,24 @@ impl Filesystem for FerryFs {
         let total = entries.len() as u64 + 2;
         for index in offset..total {
             let full = match index {
-                0 => reply.add(ino, 1, ".", &ttl, &file_attr(ino.0, &dot_attr()), GENERATION),
+                0 => reply.add(
+                    ino,
+                    1,
+                    ".",
+                    &ttl,
+                    &file_attr(ino.0, &dot_attr()),
+                    GENERATION,
+                ),
                 1 => {
                     let parent = self.parent_ino(&path);
-                    reply.add(INodeNo(parent), 2, "..", &ttl, &file_attr(parent, &dot_attr()), GENERATION)
+                    reply.add(
+                        INodeNo(parent),
+                        2,
+                        "..",
+                        &ttl,
+                        &file_attr(parent, &dot_attr()),
+                        GENERATION,
+                    )
                 }
                 _ => {
                     let entry = &entries[(index - 2) as usize];
@@ -607,12 +712,26 @@ impl Filesystem for FerryFs {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         lock(&self.dirs).remove(&fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         // Directory operations are synchronous on the server: each has completed
         // (and reached the server's filesystem) before the kernel heard of it.
         reply.ok();
@@ -620,9 +739,9 @@ impl Filesystem for FerryFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         self.client.submit(Op::StatFs, move |r| match r {
-            Ok(Reply::StatFs(s)) => {
-                reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize)
-            }
+            Ok(Reply::StatFs(s)) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
             Ok(_) => reply.error(errno(Errno::EPROTO)),
             Err(e) => reply.error(errno(e)),
         });
@@ -644,16 +763,28 @@ impl Filesystem for FerryFs {
         };
         let inodes = self.inodes.clone();
         let ttl = self.opts.attr_timeout;
-        let op = Op::Create { path: path.clone(), flags, mode, owner: owner(req) };
+        let op = Op::Create {
+            path: path.clone(),
+            flags,
+            mode,
+            owner: owner(req),
+        };
         self.client.submit(op, move |r: OpResult| match r {
             Ok(Reply::Opened { handle, attr }) => {
                 let ino = {
                     let mut t = lock(&inodes);
                     let ino = t.remember(&path);
                     t.note_open(ino, &attr);
+                    t.add_handle(ino, handle);
                     ino
                 };
-                reply.created(&ttl, &file_attr(ino, &attr), GENERATION, FileHandle(handle), FopenFlags::empty());
+                reply.created(
+                    &ttl,
+                    &file_attr(ino, &attr),
+                    GENERATION,
+                    FileHandle(handle),
+                    FopenFlags::empty(),
+                );
             }
             Ok(_) => reply.error(errno(Errno::EPROTO)),
             Err(e) => reply.error(errno(e)),

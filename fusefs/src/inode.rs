@@ -26,6 +26,8 @@ struct Node {
     lookups: u64,
     /// The file's attributes when it was last opened, for close-to-open caching.
     opened_as: Option<Attr>,
+    /// Server handles open on this inode: a detached inode is reached through one.
+    handles: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -46,11 +48,20 @@ impl InodeTable {
         let mut nodes = HashMap::new();
         nodes.insert(
             ROOT_INO,
-            Node { path: Some(RelPath::root()), lookups: 1, opened_as: None },
+            Node {
+                path: Some(RelPath::root()),
+                lookups: 1,
+                opened_as: None,
+                handles: Vec::new(),
+            },
         );
         let mut by_path = HashMap::new();
         by_path.insert(RelPath::root(), ROOT_INO);
-        InodeTable { nodes, by_path, next: ROOT_INO + 1 }
+        InodeTable {
+            nodes,
+            by_path,
+            next: ROOT_INO + 1,
+        }
     }
 
     /// The path an inode names; `None` for an unknown or detached inode.
@@ -74,7 +85,15 @@ impl InodeTable {
         }
         let ino = self.next;
         self.next += 1;
-        self.nodes.insert(ino, Node { path: Some(path.clone()), lookups: 1, opened_as: None });
+        self.nodes.insert(
+            ino,
+            Node {
+                path: Some(path.clone()),
+                lookups: 1,
+                opened_as: None,
+                handles: Vec::new(),
+            },
+        );
         self.by_path.insert(path.clone(), ino);
         ino
     }
@@ -84,7 +103,9 @@ impl InodeTable {
         if ino == ROOT_INO {
             return;
         }
-        let Some(node) = self.nodes.get_mut(&ino) else { return };
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
         node.lookups = node.lookups.saturating_sub(n);
         if node.lookups == 0 {
             if let Some(node) = self.nodes.remove(&ino) {
@@ -99,8 +120,12 @@ impl InodeTable {
 
     /// The node at `path` (and anything below it) was removed on the server.
     pub fn detach(&mut self, path: &RelPath) {
-        let gone: Vec<RelPath> =
-            self.by_path.keys().filter(|p| p.starts_with(path)).cloned().collect();
+        let gone: Vec<RelPath> = self
+            .by_path
+            .keys()
+            .filter(|p| p.starts_with(path))
+            .cloned()
+            .collect();
         for p in gone {
             if let Some(ino) = self.by_path.remove(&p) {
                 if let Some(node) = self.nodes.get_mut(&ino) {
@@ -138,10 +163,18 @@ impl InodeTable {
 
     /// `a` and `b` swapped places (RENAME_EXCHANGE).
     pub fn exchange(&mut self, a: &RelPath, b: &RelPath) {
-        let a_side: Vec<(RelPath, u64)> =
-            self.by_path.iter().filter(|(p, _)| p.starts_with(a)).map(|(p, i)| (p.clone(), *i)).collect();
-        let b_side: Vec<(RelPath, u64)> =
-            self.by_path.iter().filter(|(p, _)| p.starts_with(b)).map(|(p, i)| (p.clone(), *i)).collect();
+        let a_side: Vec<(RelPath, u64)> = self
+            .by_path
+            .iter()
+            .filter(|(p, _)| p.starts_with(a))
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
+        let b_side: Vec<(RelPath, u64)> = self
+            .by_path
+            .iter()
+            .filter(|(p, _)| p.starts_with(b))
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
         for (p, _) in a_side.iter().chain(b_side.iter()) {
             self.by_path.remove(p);
         }
@@ -163,7 +196,9 @@ impl InodeTable {
     /// content is unchanged since the previous open (so the kernel may keep its
     /// cached pages).
     pub fn note_open(&mut self, ino: u64, attr: &Attr) -> bool {
-        let Some(node) = self.nodes.get_mut(&ino) else { return false };
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return false;
+        };
         let unchanged = node.opened_as.is_some_and(|old| old.same_content(attr));
         node.opened_as = Some(*attr);
         unchanged
@@ -176,6 +211,32 @@ impl InodeTable {
             if node.opened_as.is_some() {
                 node.opened_as = Some(*attr);
             }
+        }
+    }
+
+    /// A server handle was opened on `ino`.
+    pub fn add_handle(&mut self, ino: u64, handle: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.handles.push(handle);
+        }
+    }
+
+    /// The handle was closed.
+    pub fn remove_handle(&mut self, ino: u64, handle: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.handles.retain(|h| *h != handle);
+        }
+    }
+
+    /// How to reach `ino` on the server: its path, and a handle to use instead
+    /// when the inode is detached (unlinked or renamed over while open).
+    /// `Err(ENOENT)` when neither exists.
+    pub fn locate(&self, ino: u64) -> Result<(RelPath, Option<u64>), ferry_common::Errno> {
+        let node = self.nodes.get(&ino).ok_or(ferry_common::Errno::ENOENT)?;
+        match (&node.path, node.handles.first()) {
+            (Some(path), _) => Ok((path.clone(), None)),
+            (None, Some(&h)) => Ok((RelPath::root(), Some(h))),
+            (None, None) => Err(ferry_common::Errno::ENOENT),
         }
     }
 
@@ -245,7 +306,11 @@ mod tests {
         assert_eq!(t.path(d), Some(&p("e")));
         assert_eq!(t.path(f), Some(&p("e/sub/f")));
         assert_eq!(t.path(victim), None, "the old occupant is detached");
-        assert_eq!(t.lookups(victim), Some(1), "but keeps its number until forgotten");
+        assert_eq!(
+            t.lookups(victim),
+            Some(1),
+            "but keeps its number until forgotten"
+        );
         assert_eq!(t.path(bystander), Some(&p("dd")));
         assert_eq!(t.ino_of(&p("e")), Some(d));
         assert_eq!(t.ino_of(&p("d")), None);
@@ -264,6 +329,18 @@ mod tests {
         assert_ne!(f, g);
         t.forget(f, 1);
         assert_eq!(t.ino_of(&p("f")), Some(g));
+    }
+
+    #[test]
+    fn a_detached_inode_is_reached_through_an_open_handle() {
+        let mut t = InodeTable::new();
+        let f = t.remember(&p("f"));
+        t.add_handle(f, 7);
+        assert_eq!(t.locate(f).unwrap(), (p("f"), None));
+        t.detach(&p("f"));
+        assert_eq!(t.locate(f).unwrap().1, Some(7));
+        t.remove_handle(f, 7);
+        assert!(t.locate(f).is_err());
     }
 
     #[test]

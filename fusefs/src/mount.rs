@@ -23,7 +23,11 @@ pub struct MountOptions {
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { fs: FsOptions::default(), threads: 4, allow_other: false }
+        MountOptions {
+            fs: FsOptions::default(),
+            threads: 4,
+            allow_other: false,
+        }
     }
 }
 
@@ -34,7 +38,9 @@ const READ_AHEAD_KB: u32 = 1024;
 pub fn check_mountpoint(path: &Path) -> Result<PathBuf, String> {
     let shown = path.display();
     let meta = fs::metadata(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => format!("{shown} does not exist — create it with `mkdir -p {shown}`"),
+        io::ErrorKind::NotFound => {
+            format!("{shown} does not exist — create it with `mkdir -p {shown}`")
+        }
         _ => format!("cannot use {shown} as a mountpoint: {e}"),
     })?;
     if !meta.is_dir() {
@@ -79,15 +85,24 @@ pub fn mount(client: RemoteClient, mountpoint: &Path, opts: &MountOptions) -> io
     fs_opts.read_only = read_only;
     let session = fuser::spawn_mount(FerryFs::new(client, fs_opts), mountpoint, &config)?;
     raise_readahead(mountpoint);
-    Ok(Mount { session: Some(session), mountpoint: mountpoint.to_path_buf() })
+    Ok(Mount {
+        session: Some(session),
+        mountpoint: mountpoint.to_path_buf(),
+    })
 }
 
 /// fuser cannot ask the kernel for more than its 128 KiB readahead offer, but the
 /// mount's backing device info can be raised afterwards (as root).
 fn raise_readahead(mountpoint: &Path) {
-    let Ok(meta) = fs::metadata(mountpoint) else { return };
+    let Ok(meta) = fs::metadata(mountpoint) else {
+        return;
+    };
     let dev = meta.dev();
-    let path = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
     if let Err(e) = fs::write(&path, READ_AHEAD_KB.to_string()) {
         log::debug!("cannot raise readahead through {path}: {e}");
     }
@@ -101,7 +116,9 @@ impl Mount {
     /// Whether the kernel still serves this mount (false once someone ran
     /// `fusermount3 -u` on it, or the session failed).
     pub fn is_alive(&self) -> bool {
-        self.session.as_ref().is_some_and(|s| !s.guard.is_finished())
+        self.session
+            .as_ref()
+            .is_some_and(|s| !s.guard.is_finished())
     }
 
     /// Unmounts and waits for the session to end. A busy mount is detached
@@ -111,13 +128,18 @@ impl Mount {
     }
 
     fn unmount_now(&mut self) -> io::Result<()> {
-        let Some(session) = self.session.take() else { return Ok(()) };
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
         let alive = !session.guard.is_finished();
         match session.umount_and_join() {
             Ok(()) => Ok(()),
             Err(_) if !alive => Ok(()),
             Err(e) => {
-                log::warn!("unmounting {} failed ({e}); detaching it lazily", self.mountpoint.display());
+                log::warn!(
+                    "unmounting {} failed ({e}); detaching it lazily",
+                    self.mountpoint.display()
+                );
                 lazy_unmount(&self.mountpoint)
             }
         }
@@ -125,7 +147,9 @@ impl Mount {
 
     /// Runs until SIGINT or SIGTERM arrives, or the mount goes away, then unmounts.
     pub fn run_until_signalled(self) -> io::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         runtime.block_on(async {
             use tokio::signal::unix::{signal, SignalKind};
             let mut term = signal(SignalKind::terminate())?;
@@ -163,10 +187,16 @@ pub fn lazy_unmount(mountpoint: &Path) -> io::Result<()> {
     if rc == 0 {
         return Ok(());
     }
-    let status = std::process::Command::new("fusermount3").arg("-uz").arg(mountpoint).status()?;
+    let status = std::process::Command::new("fusermount3")
+        .arg("-uz")
+        .arg(mountpoint)
+        .status()?;
     if status.success() {
         Ok(())
     } else {
-        Err(io::Error::other(format!("fusermount3 -uz {} failed", mountpoint.display())))
+        Err(io::Error::other(format!(
+            "fusermount3 -uz {} failed",
+            mountpoint.display()
+        )))
     }
 }

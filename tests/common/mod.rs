@@ -33,7 +33,11 @@ pub struct Setup {
 
 impl Default for Setup {
     fn default() -> Self {
-        Setup { read_only_server: false, read_only_mount: false, attr_timeout: Duration::from_secs(1) }
+        Setup {
+            read_only_server: false,
+            read_only_mount: false,
+            attr_timeout: Duration::from_secs(1),
+        }
     }
 }
 
@@ -56,16 +60,29 @@ impl Fixture {
     }
 
     pub fn with(setup: Setup) -> Option<Fixture> {
-        if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+        if let Err(e) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+        {
             return unavailable(format!("cannot open /dev/fuse: {e}"));
         }
-        let dir = tempfile::Builder::new().prefix("ferry-test-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-test-")
+            .tempdir()
+            .expect("temp dir");
         let export = dir.path().join("export");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&export).expect("create export dir");
         std::fs::create_dir(&mnt).expect("create mount dir");
         let server = spawn_test_server(&export, setup.read_only_server).expect("start server");
-        let mut fixture = Fixture { mounts: Vec::new(), server: Some(server), export, mnt: mnt.clone(), dir };
+        let mut fixture = Fixture {
+            mounts: Vec::new(),
+            server: Some(server),
+            export,
+            mnt: mnt.clone(),
+            dir,
+        };
         match fixture.mount_at(&mnt, &setup) {
             Ok(m) => fixture.mounts.push(m),
             Err(e) => return unavailable(format!("mount failed: {e}")),
@@ -74,13 +91,19 @@ impl Fixture {
     }
 
     pub fn addr(&self) -> String {
-        self.server.as_ref().map(|s| s.addr().to_string()).unwrap_or_default()
+        self.server
+            .as_ref()
+            .map(|s| s.addr().to_string())
+            .unwrap_or_default()
     }
 
     fn mount_at(&self, mnt: &Path, setup: &Setup) -> std::io::Result<Mount> {
         let client = RemoteClient::connect(&self.addr()).map_err(std::io::Error::other)?;
         let opts = MountOptions {
-            fs: FsOptions { attr_timeout: setup.attr_timeout, read_only: setup.read_only_mount },
+            fs: FsOptions {
+                attr_timeout: setup.attr_timeout,
+                read_only: setup.read_only_mount,
+            },
             ..MountOptions::default()
         };
         mount::mount(client, mnt, &opts)
@@ -159,7 +182,9 @@ pub fn assert_errno<T: std::fmt::Debug>(r: std::io::Result<T>, errno: i32) {
 /// Runs a command and returns its stdout; panics with its stderr on failure.
 #[track_caller]
 pub fn run(cmd: &mut std::process::Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\n{}\n{}",
