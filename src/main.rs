@@ -127,6 +127,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
                 fs: FsOptions {
                     attr_timeout: Duration::from_secs_f64(attr_timeout),
                     read_only,
+                    ..FsOptions::default()
                 },
                 threads,
                 allow_other,

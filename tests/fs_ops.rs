@@ -189,30 +189,110 @@ fn errors_reach_the_application() {
     assert_errno(fs::write(f.m(&long), b""), libc::ENAMETOOLONG);
 }
 
+/// Runs `cmd` as the user `nobody` and returns whether it succeeded and its stderr.
+fn as_nobody(cmd: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(cmd)
+        .output()
+        .expect("run setpriv");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
-fn permission_denied_for_other_users() {
-    let f = fixture!();
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("needs root to switch users; checked under CI");
+fn permissions_are_checked_against_the_remote_owner_and_mode() {
+    if !common::require_root() {
         return;
     }
+    let f = fixture!(Setup {
+        allow_other: true,
+        ..Setup::default()
+    });
+    // nobody must be able to reach the mount's parent directories
+    fs::set_permissions(f.temp(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(f.m("private"), b"secret").unwrap();
     fs::set_permissions(f.m("private"), fs::Permissions::from_mode(0o600)).unwrap();
-    // `cat` as nobody: the kernel (default_permissions) must refuse.
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
-        .arg(f.m("private"))
-        .output()
-        .unwrap();
-    if String::from_utf8_lossy(&out.stderr).contains("Permission denied") {
+    fs::write(f.m("public"), b"open").unwrap();
+    fs::set_permissions(f.m("public"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(&f.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+
+    let private = f.m("private");
+    let (ok, err) = as_nobody(&["cat", private.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("Permission denied"),
+        "nobody read a 0600 root file: {err}"
+    );
+    let public = f.m("public");
+    let (ok, err) = as_nobody(&["cat", public.to_str().unwrap()]);
+    assert!(ok, "nobody could not read a 0644 file: {err}");
+    let new = f.m("new-by-nobody");
+    let (ok, err) = as_nobody(&["touch", new.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("Permission denied"),
+        "nobody wrote into a 0755 root dir: {err}"
+    );
+    assert!(!f.e("new-by-nobody").exists());
+
+    // In a directory nobody may write to, the new file belongs to nobody.
+    fs::create_dir(f.m("drop")).unwrap();
+    fs::set_permissions(f.m("drop"), fs::Permissions::from_mode(0o777)).unwrap();
+    let theirs = f.m("drop/theirs");
+    let (ok, err) = as_nobody(&["touch", theirs.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(fs::metadata(f.e("drop/theirs")).unwrap().uid(), 65534);
+}
+
+#[test]
+fn a_full_disk_is_enospc() {
+    if !common::require_root() {
         return;
     }
-    // allow_other is off, so other users are refused even earlier (EACCES on the mount)
-    assert!(
-        !out.status.success(),
-        "nobody read a 0600 root file: {:?}",
-        out
-    );
+    // A 1 MiB tmpfs as the export.
+    let small = tempfile::Builder::new()
+        .prefix("ferry-small-")
+        .tempdir()
+        .unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "ferry-test-tmpfs"])
+        .arg(small.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "cannot mount a tmpfs for the test");
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(small.path());
+    {
+        let f = fixture!(Setup {
+            export: Some(small.path().to_path_buf()),
+            ..Setup::default()
+        });
+        let mut file = File::create(f.m("fill")).unwrap();
+        let chunk = vec![1u8; 256 << 10];
+        let mut result = Ok(());
+        for _ in 0..16 {
+            result = file.write_all(&chunk);
+            if result.is_err() {
+                break;
+            }
+        }
+        let result = result.and_then(|()| file.sync_all());
+        assert_errno(result, libc::ENOSPC);
+        drop(file);
+        // the filesystem still works, and freeing space lets writes succeed again
+        fs::remove_file(f.m("fill")).unwrap();
+        fs::write(f.m("small"), b"fits").unwrap();
+        assert_eq!(fs::read(f.m("small")).unwrap(), b"fits");
+    }
 }
 
 #[test]
@@ -473,6 +553,59 @@ fn read_only_server_refuses_writes_from_a_read_write_client() {
         owner: None,
     });
     assert_eq!(r, Err(ferry_common::Errno::EROFS));
+}
+
+#[test]
+fn read_only_mount_refuses_changes() {
+    let f = fixture!(Setup {
+        read_only_mount: true,
+        ..Setup::default()
+    });
+    fs::write(f.e("existing"), b"x").unwrap();
+    assert_eq!(fs::read(f.m("existing")).unwrap(), b"x");
+    assert_errno(fs::write(f.m("new"), b""), libc::EROFS);
+    assert_errno(
+        OpenOptions::new().write(true).open(f.m("existing")),
+        libc::EROFS,
+    );
+    assert_errno(fs::remove_file(f.m("existing")), libc::EROFS);
+    assert_errno(
+        fs::set_permissions(f.m("existing"), fs::Permissions::from_mode(0o600)),
+        libc::EROFS,
+    );
+}
+
+#[test]
+fn plain_readdir_without_readdirplus() {
+    let f = fixture!(Setup {
+        readdirplus: false,
+        ..Setup::default()
+    });
+    fs::create_dir(f.e("d")).unwrap();
+    for i in 0..3000 {
+        fs::write(f.e(&format!("d/file-{i:04}")), i.to_string()).unwrap();
+    }
+    std::os::unix::fs::symlink("file-0000", f.e("d/link")).unwrap();
+    fs::create_dir(f.e("d/sub")).unwrap();
+    let mut names = Vec::new();
+    for e in fs::read_dir(f.m("d")).unwrap() {
+        let e = e.unwrap();
+        let kind = e.file_type().unwrap();
+        let name = e.file_name().into_string().unwrap();
+        match name.as_str() {
+            "link" => assert!(kind.is_symlink()),
+            "sub" => assert!(kind.is_dir()),
+            _ => assert!(kind.is_file()),
+        }
+        names.push(name);
+    }
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 3002);
+    let out = common::run(std::process::Command::new("ls").arg("-la").arg(f.m("d")));
+    assert!(out.lines().any(|l| l.ends_with(" .")));
+    assert!(out.lines().any(|l| l.ends_with(" ..")));
+    assert_eq!(fs::read_to_string(f.m("d/file-2999")).unwrap(), "2999");
 }
 
 #[test]

@@ -36,6 +36,9 @@ pub struct FsOptions {
     /// How long the kernel may trust attributes and entries without asking again.
     pub attr_timeout: Duration,
     pub read_only: bool,
+    /// Ask the kernel for readdirplus (names with attributes in one round trip).
+    /// Off only to exercise the plain readdir path.
+    pub readdirplus: bool,
 }
 
 impl Default for FsOptions {
@@ -43,6 +46,7 @@ impl Default for FsOptions {
         FsOptions {
             attr_timeout: Duration::from_secs(1),
             read_only: false,
+            readdirplus: true,
         }
     }
 }
@@ -222,8 +226,12 @@ impl Filesystem for FerryFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Ask for what makes a network filesystem fast; each is optional, so a
         // kernel that lacks one still mounts.
+        if self.opts.readdirplus {
+            if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
+                log::info!("the kernel does not offer {missing:?}");
+            }
+        }
         for cap in [
-            InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_AUTO_INVAL_DATA,
             InitFlags::FUSE_ATOMIC_O_TRUNC,

@@ -29,6 +29,10 @@ pub struct Setup {
     pub read_only_server: bool,
     pub read_only_mount: bool,
     pub attr_timeout: Duration,
+    pub readdirplus: bool,
+    pub allow_other: bool,
+    /// Export this directory instead of a fresh empty one.
+    pub export: Option<PathBuf>,
 }
 
 impl Default for Setup {
@@ -37,6 +41,9 @@ impl Default for Setup {
             read_only_server: false,
             read_only_mount: false,
             attr_timeout: Duration::from_secs(1),
+            readdirplus: true,
+            allow_other: false,
+            export: None,
         }
     }
 }
@@ -71,9 +78,15 @@ impl Fixture {
             .prefix("ferry-test-")
             .tempdir()
             .expect("temp dir");
-        let export = dir.path().join("export");
+        let export = match &setup.export {
+            Some(e) => e.clone(),
+            None => {
+                let e = dir.path().join("export");
+                std::fs::create_dir(&e).expect("create export dir");
+                e
+            }
+        };
         let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&export).expect("create export dir");
         std::fs::create_dir(&mnt).expect("create mount dir");
         let server = spawn_test_server(&export, setup.read_only_server).expect("start server");
         let mut fixture = Fixture {
@@ -103,7 +116,9 @@ impl Fixture {
             fs: FsOptions {
                 attr_timeout: setup.attr_timeout,
                 read_only: setup.read_only_mount,
+                readdirplus: setup.readdirplus,
             },
+            allow_other: setup.allow_other,
             ..MountOptions::default()
         };
         mount::mount(client, mnt, &opts)
@@ -163,6 +178,24 @@ macro_rules! fixture {
             None => return,
         }
     };
+}
+
+/// Whether this process is root (some tests need to switch users or mount).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// For tests that need root: skip locally, fail under CI (which runs as root).
+pub fn require_root() -> bool {
+    if is_root() {
+        return true;
+    }
+    if in_ci() {
+        panic!("this test needs root, and CI runs as root");
+    }
+    eprintln!("SKIPPED: needs root");
+    false
 }
 
 /// The errno of an io::Error, for assertions.
