@@ -299,19 +299,48 @@ fn read_only_serve_refuses_put() {
     assert!(fs::read_dir(&export).unwrap().next().is_none());
 }
 
+/// An export holding `hello`, served by the binary, and an empty mountpoint
+/// that is unmounted on drop whatever happens.
+struct Mountable {
+    t: tempfile::TempDir,
+    export: PathBuf,
+    mnt: PathBuf,
+    served: Served,
+    _guard: MountGuard,
+}
+
+impl Mountable {
+    fn new() -> Mountable {
+        let t = tmp();
+        let export = t.path().join("export");
+        let mnt = t.path().join("mnt");
+        fs::create_dir(&export).unwrap();
+        fs::create_dir(&mnt).unwrap();
+        fs::write(export.join("hello"), "hi").unwrap();
+        let served = Served::start(&export, &[]);
+        let _guard = MountGuard(mnt.clone());
+        Mountable {
+            t,
+            export,
+            mnt,
+            served,
+            _guard,
+        }
+    }
+}
+
 #[test]
 fn mount_in_the_foreground_and_stop_with_sigterm() {
     if !fuse_usable() {
         return;
     }
-    let t = tmp();
-    let export = t.path().join("export");
-    let mnt = t.path().join("mnt");
-    fs::create_dir(&export).unwrap();
-    fs::create_dir(&mnt).unwrap();
-    fs::write(export.join("hello"), "hi").unwrap();
-    let served = Served::start(&export, &[]);
-    let _guard = MountGuard(mnt.clone());
+    let Mountable {
+        t: _t,
+        export,
+        mnt,
+        served,
+        _guard,
+    } = Mountable::new();
     let mut child = ferry()
         .args(["mount", &served.addr])
         .arg(&mnt)
@@ -333,14 +362,13 @@ fn mount_daemon_returns_when_ready_and_exits_on_unmount() {
     if !fuse_usable() {
         return;
     }
-    let t = tmp();
-    let export = t.path().join("export");
-    let mnt = t.path().join("mnt");
-    fs::create_dir(&export).unwrap();
-    fs::create_dir(&mnt).unwrap();
-    fs::write(export.join("hello"), "hi").unwrap();
-    let served = Served::start(&export, &[]);
-    let _guard = MountGuard(mnt.clone());
+    let Mountable {
+        t: _t,
+        export: _,
+        mnt,
+        served,
+        _guard,
+    } = Mountable::new();
     let out = ferry()
         .args(["mount", "--daemon", &served.addr])
         .arg(&mnt)

@@ -104,6 +104,32 @@ pub struct Attr {
 }
 
 impl Attr {
+    /// All-zero attributes of the given kind (permissions 0o755 for a directory,
+    /// 0o644 otherwise): a stand-in where the kernel ignores the attributes, and
+    /// a base for tests.
+    pub fn blank(kind: FileKind) -> Attr {
+        let t = Timestamp { secs: 0, nanos: 0 };
+        Attr {
+            kind,
+            perm: if kind == FileKind::Directory {
+                0o755
+            } else {
+                0o644
+            },
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            blocks: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            rdev: 0,
+            blksize: 4096,
+            ino: 0,
+        }
+    }
+
     /// Whether the data of a file is unchanged between two observations
     /// (the test close-to-open consistency uses to keep the page cache).
     pub fn same_content(&self, other: &Attr) -> bool {

@@ -441,26 +441,11 @@ fn upload(client: &RemoteClient, handle: u64, file: &File, size: u64) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_common::Timestamp;
 
     #[test]
     fn mode_strings_match_ls() {
-        let t = Timestamp { secs: 0, nanos: 0 };
-        let mut a = Attr {
-            kind: FileKind::Directory,
-            perm: 0o1777,
-            nlink: 1,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            blocks: 0,
-            atime: t,
-            mtime: t,
-            ctime: t,
-            rdev: 0,
-            blksize: 4096,
-            ino: 1,
-        };
+        let mut a = Attr::blank(FileKind::Directory);
+        a.perm = 0o1777;
         assert_eq!(mode_string(&a), "drwxrwxrwt");
         a.kind = FileKind::File;
         a.perm = 0o4644;

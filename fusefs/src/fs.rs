@@ -12,7 +12,7 @@ use crate::convert::{errno, file_attr, file_type, set_time};
 use crate::inode::{InodeTable, ROOT_INO};
 use ferry_common::frame::MAX_CHUNK;
 use ferry_common::proto::{AttrChanges, DirEntry, Op, Owner, Reply};
-use ferry_common::{Attr, Errno, FileKind, RelPath, Timestamp};
+use ferry_common::{Attr, Errno, FileKind, RelPath};
 use fuser::{
     BsdFileFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
@@ -73,27 +73,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A stand-in for `.` and `..` in readdirplus: the kernel skips both names
-/// without reading their attributes.
-fn dot_attr() -> Attr {
-    let t = Timestamp { secs: 0, nanos: 0 };
-    Attr {
-        kind: FileKind::Directory,
-        perm: 0o755,
-        nlink: 2,
-        uid: 0,
-        gid: 0,
-        size: 0,
-        blocks: 0,
-        atime: t,
-        mtime: t,
-        ctime: t,
-        rdev: 0,
-        blksize: 4096,
-        ino: 0,
-    }
-}
-
 fn owner(req: &Request) -> Option<Owner> {
     Some(Owner {
         uid: req.uid(),
@@ -144,6 +123,21 @@ impl FerryFs {
             Ok(_) => reply.error(errno(Errno::EPROTO)),
             Err(e) => reply.error(errno(e)),
         });
+    }
+
+    /// Creates (or looks up) the entry `name` in `parent` with the operation
+    /// `make_op` builds from its path.
+    fn new_entry(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        reply: ReplyEntry,
+        make_op: impl FnOnce(RelPath) -> Op,
+    ) {
+        match self.child(parent, name) {
+            Ok(path) => self.entry_op(path.clone(), make_op(path), reply),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     /// Submits an operation answered with nothing but success or an errno;
@@ -255,10 +249,7 @@ impl Filesystem for FerryFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.child(parent, name) {
-            Ok(path) => self.entry_op(path.clone(), Op::Stat { path }, reply),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.new_entry(parent, name, reply, |path| Op::Stat { path });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -343,18 +334,13 @@ impl Filesystem for FerryFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        match self.child(parent, name) {
-            Ok(path) => {
-                let op = Op::Mknod {
-                    path: path.clone(),
-                    mode,
-                    rdev: u64::from(rdev),
-                    owner: owner(req),
-                };
-                self.entry_op(path, op, reply)
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+        let owner = owner(req);
+        self.new_entry(parent, name, reply, |path| Op::Mknod {
+            path,
+            mode,
+            rdev: u64::from(rdev),
+            owner,
+        });
     }
 
     fn mkdir(
@@ -366,17 +352,8 @@ impl Filesystem for FerryFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.child(parent, name) {
-            Ok(path) => {
-                let op = Op::Mkdir {
-                    path: path.clone(),
-                    mode,
-                    owner: owner(req),
-                };
-                self.entry_op(path, op, reply)
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+        let owner = owner(req);
+        self.new_entry(parent, name, reply, |path| Op::Mkdir { path, mode, owner });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -405,17 +382,13 @@ impl Filesystem for FerryFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        match self.child(parent, link_name) {
-            Ok(path) => {
-                let op = Op::Symlink {
-                    path: path.clone(),
-                    target: target.as_os_str().as_bytes().to_vec(),
-                    owner: owner(req),
-                };
-                self.entry_op(path, op, reply)
-            }
-            Err(e) => reply.error(errno(e)),
-        }
+        let target = target.as_os_str().as_bytes().to_vec();
+        let owner = owner(req);
+        self.new_entry(parent, link_name, reply, |path| Op::Symlink {
+            path,
+            target,
+            owner,
+        });
     }
 
     fn rename(
@@ -678,7 +651,7 @@ impl Filesystem for FerryFs {
                     1,
                     ".",
                     &ttl,
-                    &file_attr(ino.0, &dot_attr()),
+                    &file_attr(ino.0, &Attr::blank(FileKind::Directory)),
                     GENERATION,
                 ),
                 1 => {
@@ -688,7 +661,7 @@ impl Filesystem for FerryFs {
                         2,
                         "..",
                         &ttl,
-                        &file_attr(parent, &dot_attr()),
+                        &file_attr(parent, &Attr::blank(FileKind::Directory)),
                         GENERATION,
                     )
                 }
