@@ -64,6 +64,9 @@ enum Cmd {
         /// FUSE worker threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Seconds a request may wait for the server before failing with ETIMEDOUT (fsync: ten times that).
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
     },
     /// List a remote directory, like `ls -l`.
     Ls {
@@ -117,7 +120,13 @@ fn run(cmd: Cmd) -> Result<(), String> {
             read_only,
             allow_other,
             threads,
+            timeout,
         } => {
+            if !(timeout.is_finite() && timeout > 0.0) {
+                return Err(format!(
+                    "--timeout must be a positive number of seconds, not {timeout}"
+                ));
+            }
             if !(attr_timeout.is_finite() && attr_timeout >= 0.0) {
                 return Err(format!(
                     "--attr-timeout must be a number of seconds, not {attr_timeout}"
@@ -135,7 +144,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             if daemon && std::env::var_os(DAEMON_CHILD_ENV).is_none() {
                 return daemonize();
             }
-            mount_foreground(&addr, &mountpoint, &opts)
+            mount_foreground(&addr, &mountpoint, &opts, Duration::from_secs_f64(timeout))
         }
         Cmd::Ls { addr, path } => {
             cli::ls(&addr, &path, &mut io::stdout().lock()).map_err(|e| e.to_string())
@@ -217,9 +226,14 @@ async fn shutdown_signal() {
     }
 }
 
-fn mount_foreground(addr: &str, mountpoint: &Path, opts: &MountOptions) -> Result<(), String> {
+fn mount_foreground(
+    addr: &str,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    timeout: Duration,
+) -> Result<(), String> {
     let mountpoint = mount::check_mountpoint(mountpoint)?;
-    let client = RemoteClient::connect(addr).map_err(|e| e.to_string())?;
+    let client = RemoteClient::connect_with_timeout(addr, timeout).map_err(|e| e.to_string())?;
     let mounted =
         mount::mount(client, &mountpoint, opts).map_err(|e| mount_error(&mountpoint, e))?;
     if std::env::var_os(DAEMON_CHILD_ENV).is_some() {

@@ -10,6 +10,13 @@
 //! thread without tying up a FUSE worker) or by blocking ([`RemoteClient::call`]).
 //! No request waits forever: a sweeper fails any request past its deadline with
 //! ETIMEDOUT, and a broken connection fails every pending request with EIO.
+//!
+//! Connections break (a server restarts, a laptop sleeps). The next request after
+//! a break reconnects, at most once per [`RECONNECT_INTERVAL`]. Each connection
+//! is an *epoch*: server handles belong to the epoch that opened them, so a
+//! request carrying a handle is sent with [`RemoteClient::submit_in`] and fails
+//! (rather than reaching whatever file that number names on a new connection)
+//! when the epoch has changed; its owner re-opens the file by path.
 
 use ferry_common::frame;
 use ferry_common::proto::{HandshakeReply, Hello, Op, Reply, Request, Response, Welcome};
@@ -25,9 +32,12 @@ use std::time::{Duration, Instant};
 
 /// How long an ordinary request may take before it fails with ETIMEDOUT.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-/// fsync may legitimately take long on a busy disk.
-const FSYNC_TIMEOUT: Duration = Duration::from_secs(600);
+/// fsync may legitimately take long on a busy disk: it gets this many times the
+/// ordinary timeout.
+const FSYNC_TIMEOUT_FACTOR: u32 = 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a broken connection is tried again; requests in between fail at once.
+pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// What a caller gets back: the reply or the errno to hand on.
 pub type OpResult = Result<Reply, Errno>;
@@ -68,17 +78,30 @@ impl fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
-struct Pending {
-    waiting: HashMap<u64, (Instant, Callback)>,
-    /// Set once the connection is gone; every later request fails at once.
-    broken: bool,
+/// One live connection: the writing half (the reader thread owns a clone).
+struct Conn {
+    stream: TcpStream,
+    epoch: u64,
+}
+
+struct Waiter {
+    deadline: Instant,
+    epoch: u64,
+    done: Callback,
 }
 
 struct Inner {
     addr: String,
-    stream: Mutex<TcpStream>,
-    pending: Mutex<Pending>,
+    /// `None` while broken.
+    conn: Mutex<Option<Conn>>,
+    pending: Mutex<HashMap<u64, Waiter>>,
     next_id: AtomicU64,
+    /// The newest connection's number; 0 before the first.
+    epoch: AtomicU64,
+    /// When reconnecting was last tried.
+    last_attempt: Mutex<Instant>,
+    /// How long a request may wait for its answer.
+    timeout: Duration,
     welcome: Welcome,
 }
 
@@ -90,88 +113,108 @@ pub struct RemoteClient {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves consistent data behind
-    // (every critical section is a single map operation), so poisoning is ignored.
+    // (every critical section is a single map or slot update), so poisoning is ignored.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Opens a TCP connection and performs the handshake.
+fn handshake(addr: &str, timeout: Duration) -> Result<(TcpStream, Welcome), ConnectError> {
+    let unreachable = |source| ConnectError::Unreachable {
+        addr: addr.to_string(),
+        source,
+    };
+    let protocol = |detail: String| ConnectError::Protocol {
+        addr: addr.to_string(),
+        detail,
+    };
+    let mut last_err = io::Error::new(io::ErrorKind::NotFound, "the address resolves to nothing");
+    let mut stream = None;
+    for sa in addr.to_socket_addrs().map_err(unreachable)? {
+        match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_err = e,
+        }
+    }
+    let mut stream = stream.ok_or_else(|| unreachable(last_err))?;
+    stream.set_nodelay(true).map_err(unreachable)?;
+
+    // The handshake runs under a read timeout so a silent peer cannot hang us.
+    stream
+        .set_read_timeout(Some(CONNECT_TIMEOUT))
+        .map_err(unreachable)?;
+    frame::write_frame(&mut stream, &Hello::new()).map_err(|e| protocol(e.to_string()))?;
+    let payload = match frame::read_frame(&mut stream) {
+        Ok(Some(p)) => p,
+        Ok(None) => return Err(protocol("it closed the connection".into())),
+        Err(e) => return Err(protocol(e.to_string())),
+    };
+    let welcome = match frame::decode::<HandshakeReply>(&payload) {
+        Ok(HandshakeReply::Welcome(w)) => w,
+        Ok(HandshakeReply::Refused { message }) => {
+            return Err(ConnectError::Refused {
+                addr: addr.to_string(),
+                message,
+            })
+        }
+        Err(e) => return Err(protocol(e.to_string())),
+    };
+    stream.set_read_timeout(None).map_err(unreachable)?;
+    // A server that stops reading must not block writers forever: a write that
+    // cannot progress for this long breaks the connection instead.
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(unreachable)?;
+    Ok((stream, welcome))
 }
 
 impl RemoteClient {
     /// Connects to `addr` (HOST:PORT) and performs the handshake.
     pub fn connect(addr: &str) -> Result<RemoteClient, ConnectError> {
-        let unreachable = |source| ConnectError::Unreachable {
-            addr: addr.to_string(),
-            source,
-        };
-        let protocol = |detail: String| ConnectError::Protocol {
-            addr: addr.to_string(),
-            detail,
-        };
-        let mut last_err =
-            io::Error::new(io::ErrorKind::NotFound, "the address resolves to nothing");
-        let mut stream = None;
-        for sa in addr.to_socket_addrs().map_err(unreachable)? {
-            match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last_err = e,
-            }
-        }
-        let mut stream = stream.ok_or_else(|| unreachable(last_err))?;
-        stream.set_nodelay(true).map_err(unreachable)?;
+        RemoteClient::connect_with_timeout(addr, DEFAULT_TIMEOUT)
+    }
 
-        // The handshake runs under a read timeout so a silent peer cannot hang us.
-        stream
-            .set_read_timeout(Some(CONNECT_TIMEOUT))
-            .map_err(unreachable)?;
-        frame::write_frame(&mut stream, &Hello::new()).map_err(|e| protocol(e.to_string()))?;
-        let payload = match frame::read_frame(&mut stream) {
-            Ok(Some(p)) => p,
-            Ok(None) => return Err(protocol("it closed the connection".into())),
-            Err(e) => return Err(protocol(e.to_string())),
-        };
-        let welcome = match frame::decode::<HandshakeReply>(&payload) {
-            Ok(HandshakeReply::Welcome(w)) => w,
-            Ok(HandshakeReply::Refused { message }) => {
-                return Err(ConnectError::Refused {
-                    addr: addr.to_string(),
-                    message,
-                })
-            }
-            Err(e) => return Err(protocol(e.to_string())),
-        };
-        stream.set_read_timeout(None).map_err(unreachable)?;
-        // A server that stops reading must not block writers forever: a write that
-        // cannot progress for this long breaks the connection instead.
-        stream
-            .set_write_timeout(Some(DEFAULT_TIMEOUT))
-            .map_err(unreachable)?;
-
-        let reader = stream.try_clone().map_err(unreachable)?;
+    /// [`connect`](Self::connect), with requests failing with ETIMEDOUT after
+    /// `timeout` (fsync after ten times that).
+    pub fn connect_with_timeout(
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<RemoteClient, ConnectError> {
+        let timeout = timeout.max(Duration::from_millis(100));
+        let (stream, welcome) = handshake(addr, timeout)?;
         let inner = Arc::new(Inner {
             addr: addr.to_string(),
-            stream: Mutex::new(stream),
-            pending: Mutex::new(Pending {
-                waiting: HashMap::new(),
-                broken: false,
-            }),
+            conn: Mutex::new(None),
+            pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            epoch: AtomicU64::new(0),
+            last_attempt: Mutex::new(Instant::now()),
+            timeout,
             welcome,
         });
-        let weak = Arc::downgrade(&inner);
-        thread::Builder::new()
-            .name("ferry-reader".into())
-            .spawn(move || read_loop(reader, weak))
-            .map_err(unreachable)?;
+        {
+            let mut conn = lock(&inner.conn);
+            inner
+                .start(&mut conn, stream)
+                .map_err(|source| ConnectError::Unreachable {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+        }
         let weak = Arc::downgrade(&inner);
         thread::Builder::new()
             .name("ferry-sweeper".into())
             .spawn(move || sweep_loop(weak))
-            .map_err(unreachable)?;
+            .map_err(|source| ConnectError::Unreachable {
+                addr: addr.to_string(),
+                source,
+            })?;
         Ok(RemoteClient { inner })
     }
 
-    /// What the server said about itself in the handshake.
+    /// What the server said about itself in the first handshake.
     pub fn welcome(&self) -> &Welcome {
         &self.inner.welcome
     }
@@ -180,12 +223,34 @@ impl RemoteClient {
         &self.inner.addr
     }
 
+    /// The number of the live connection, reconnecting first if it is broken.
+    /// EIO when the server cannot be reached.
+    pub fn connected_epoch(&self) -> Result<u64, Errno> {
+        let mut conn = lock(&self.inner.conn);
+        self.inner.ensure(&mut conn).map(|c| c.epoch)
+    }
+
+    /// The number of the live connection, if there is one (never reconnects).
+    pub fn current_epoch(&self) -> Option<u64> {
+        lock(&self.inner.conn).as_ref().map(|c| c.epoch)
+    }
+
     /// Sends `op`; `done` runs exactly once, on the reader thread (or the caller's,
-    /// if the connection is already broken), with the server's answer.
+    /// when the request cannot be sent), with the server's answer.
     pub fn submit(&self, op: Op, done: impl FnOnce(OpResult) + Send + 'static) {
+        self.send(None, op, Box::new(done));
+    }
+
+    /// Like [`submit`](Self::submit) for an operation on a server handle opened in
+    /// connection `epoch`: fails with EIO if that connection is gone.
+    pub fn submit_in(&self, epoch: u64, op: Op, done: impl FnOnce(OpResult) + Send + 'static) {
+        self.send(Some(epoch), op, Box::new(done));
+    }
+
+    fn send(&self, epoch: Option<u64>, op: Op, done: Callback) {
         let timeout = match op {
-            Op::Fsync { .. } => FSYNC_TIMEOUT,
-            _ => DEFAULT_TIMEOUT,
+            Op::Fsync { .. } => self.inner.timeout * FSYNC_TIMEOUT_FACTOR,
+            _ => self.inner.timeout,
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let bytes = match frame::encode(&Request { id, op }) {
@@ -195,24 +260,28 @@ impl RemoteClient {
                 return done(Err(Errno::EINVAL));
             }
         };
-        {
-            let mut pending = lock(&self.inner.pending);
-            if pending.broken {
-                drop(pending);
+        let mut conn = lock(&self.inner.conn);
+        let live = match self.inner.ensure(&mut conn) {
+            Ok(c) if epoch.is_none_or(|e| e == c.epoch) => c,
+            Ok(_) | Err(_) => {
+                drop(conn);
                 return done(Err(Errno::EIO));
             }
-            pending
-                .waiting
-                .insert(id, (Instant::now() + timeout, Box::new(done)));
-        }
+        };
+        let live_epoch = live.epoch;
         // Registered before writing, so a fast answer always finds its callback.
-        let mut stream = lock(&self.inner.stream);
-        if let Err(e) = stream.write_all(&bytes) {
+        let waiter = Waiter {
+            deadline: Instant::now() + timeout,
+            epoch: live_epoch,
+            done,
+        };
+        lock(&self.inner.pending).insert(id, waiter);
+        if let Err(e) = live.stream.write_all(&bytes) {
             // A partly written frame leaves the stream unusable: close it.
-            let _ = stream.shutdown(Shutdown::Both);
-            drop(stream);
             log::warn!("lost the connection to {}: {e}", self.inner.addr);
-            self.inner.fail_all();
+            let failed = self.inner.break_conn(&mut conn, live_epoch);
+            drop(conn);
+            fail(failed);
         }
     }
 
@@ -222,42 +291,124 @@ impl RemoteClient {
         self.submit(op, move |r| {
             let _ = tx.send(r);
         });
+        self.wait(rx)
+    }
+
+    /// [`call`](Self::call) for an operation on a handle of connection `epoch`.
+    pub fn call_in(&self, epoch: u64, op: Op) -> OpResult {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit_in(epoch, op, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait(rx)
+    }
+
+    fn wait(&self, rx: mpsc::Receiver<OpResult>) -> OpResult {
         // The sweeper guarantees an answer by the deadline; the extra margin only
         // guards against a bug there turning into a hang.
-        rx.recv_timeout(FSYNC_TIMEOUT + Duration::from_secs(5))
-            .unwrap_or(Err(Errno::ETIMEDOUT))
+        let limit = self.inner.timeout * FSYNC_TIMEOUT_FACTOR + Duration::from_secs(5);
+        rx.recv_timeout(limit).unwrap_or(Err(Errno::ETIMEDOUT))
     }
 
     /// Closes the connection; pending requests fail with EIO.
     pub fn shutdown(&self) {
-        let _ = lock(&self.inner.stream).shutdown(Shutdown::Both);
-        self.inner.fail_all();
+        let epoch = self.inner.epoch.load(Ordering::Relaxed);
+        let failed = self.inner.break_conn(&mut lock(&self.inner.conn), epoch);
+        fail(failed);
     }
 }
 
 impl Inner {
+    /// Installs `stream` as the live connection of a new epoch and starts its reader.
+    fn start(self: &Arc<Self>, conn: &mut Option<Conn>, stream: TcpStream) -> io::Result<()> {
+        let reader = stream.try_clone()?;
+        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
+        let weak = Arc::downgrade(self);
+        thread::Builder::new()
+            .name(format!("ferry-reader-{epoch}"))
+            .spawn(move || read_loop(reader, epoch, weak))?;
+        *conn = Some(Conn { stream, epoch });
+        Ok(())
+    }
+
+    /// The live connection, reconnecting if it is broken and the last attempt is
+    /// old enough.
+    fn ensure<'a>(self: &Arc<Self>, conn: &'a mut Option<Conn>) -> Result<&'a mut Conn, Errno> {
+        if conn.is_none() {
+            let mut last = lock(&self.last_attempt);
+            if last.elapsed() < RECONNECT_INTERVAL {
+                return Err(Errno::EIO);
+            }
+            *last = Instant::now();
+            drop(last);
+            match handshake(&self.addr, self.timeout) {
+                Ok((stream, _)) => {
+                    self.start(conn, stream).map_err(Errno::from)?;
+                    log::warn!("reconnected to {}", self.addr);
+                }
+                Err(e) => {
+                    log::debug!("reconnecting: {e}");
+                    return Err(Errno::EIO);
+                }
+            }
+        }
+        conn.as_mut().ok_or(Errno::EIO)
+    }
+
     fn complete(&self, id: u64, result: OpResult) {
-        let waiter = lock(&self.pending).waiting.remove(&id);
+        let waiter = lock(&self.pending).remove(&id);
         match waiter {
-            Some((_, done)) => done(result),
+            Some(w) => (w.done)(result),
             None => log::debug!("an answer to request {id}, which nobody waits for (timed out?)"),
         }
     }
 
-    fn fail_all(&self) {
-        let waiting: Vec<_> = {
-            let mut pending = lock(&self.pending);
-            pending.broken = true;
-            pending.waiting.drain().collect()
-        };
-        for (_, (_, done)) in waiting {
-            done(Err(Errno::EIO));
+    /// Closes connection `epoch` if it is still the live one, and returns every
+    /// request that was sent on it, to be failed (by [`fail`]) once the caller has
+    /// released the connection lock: a callback may send a new request.
+    #[must_use]
+    fn break_conn(&self, conn: &mut Option<Conn>, epoch: u64) -> Vec<Waiter> {
+        if conn.as_ref().is_some_and(|c| c.epoch == epoch) {
+            if let Some(c) = conn.take() {
+                let _ = c.stream.shutdown(Shutdown::Both);
+            }
+            // The next attempt may come at once: the break may be a server restart.
+            *lock(&self.last_attempt) = Instant::now() - RECONNECT_INTERVAL;
+        }
+        let mut pending = lock(&self.pending);
+        let ids: Vec<u64> = pending
+            .iter()
+            .filter(|(_, w)| w.epoch == epoch)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| pending.remove(&id))
+            .collect()
+    }
+
+    /// Breaks connection `epoch` (from its reader thread) and fails its requests.
+    fn lose(&self, epoch: u64) {
+        let failed = self.break_conn(&mut lock(&self.conn), epoch);
+        fail(failed);
+    }
+}
+
+fn fail(waiters: Vec<Waiter>) {
+    for w in waiters {
+        (w.done)(Err(Errno::EIO));
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(c) = lock(&self.conn).take() {
+            let _ = c.stream.shutdown(Shutdown::Both);
         }
     }
 }
 
-fn read_loop(mut stream: TcpStream, inner: std::sync::Weak<Inner>) {
-    let mut reader = io::BufReader::with_capacity(256 * 1024, &mut stream);
+fn read_loop(stream: TcpStream, epoch: u64, inner: std::sync::Weak<Inner>) {
+    let mut reader = io::BufReader::with_capacity(256 * 1024, stream);
     loop {
         let outcome = frame::read_frame(&mut reader);
         let Some(inner) = inner.upgrade() else { return };
@@ -265,21 +416,18 @@ fn read_loop(mut stream: TcpStream, inner: std::sync::Weak<Inner>) {
             Ok(Some(p)) => p,
             Ok(None) => {
                 log::warn!("{} closed the connection", inner.addr);
-                return inner.fail_all();
+                return inner.lose(epoch);
             }
             Err(e) => {
-                if !lock(&inner.pending).broken {
-                    log::warn!("connection to {} failed: {e}", inner.addr);
-                }
-                return inner.fail_all();
+                log::warn!("connection to {} failed: {e}", inner.addr);
+                return inner.lose(epoch);
             }
         };
         match frame::decode::<Response>(&payload) {
             Ok(resp) => inner.complete(resp.id, resp.result),
             Err(e) => {
                 log::error!("{} sent an answer that cannot be decoded: {e}", inner.addr);
-                let _ = lock(&inner.stream).shutdown(Shutdown::Both);
-                return inner.fail_all();
+                return inner.lose(epoch);
             }
         }
     }
@@ -290,24 +438,20 @@ fn sweep_loop(inner: std::sync::Weak<Inner>) {
         thread::sleep(Duration::from_millis(500));
         let Some(inner) = inner.upgrade() else { return };
         let now = Instant::now();
-        let expired: Vec<_> = {
+        let expired: Vec<Waiter> = {
             let mut pending = lock(&inner.pending);
-            if pending.broken && pending.waiting.is_empty() {
-                return;
-            }
             let ids: Vec<u64> = pending
-                .waiting
                 .iter()
-                .filter(|(_, (deadline, _))| *deadline <= now)
+                .filter(|(_, w)| w.deadline <= now)
                 .map(|(id, _)| *id)
                 .collect();
             ids.into_iter()
-                .filter_map(|id| pending.waiting.remove(&id))
+                .filter_map(|id| pending.remove(&id))
                 .collect()
         };
-        for (_, done) in expired {
+        for w in expired {
             log::warn!("a request to {} timed out", inner.addr);
-            done(Err(Errno::ETIMEDOUT));
+            (w.done)(Err(Errno::ETIMEDOUT));
         }
     }
 }

@@ -9,6 +9,7 @@
 
 use crate::client::{OpResult, RemoteClient};
 use crate::convert::{errno, file_attr, file_type, set_time};
+use crate::files::{OpenFile, OpenFiles};
 use crate::inode::{InodeTable, ROOT_INO};
 use ferry_common::frame::MAX_CHUNK;
 use ferry_common::proto::{AttrChanges, DirEntry, Op, Owner, Reply};
@@ -63,6 +64,7 @@ pub struct FerryFs {
     client: RemoteClient,
     inodes: Arc<Mutex<InodeTable>>,
     opts: FsOptions,
+    files: Arc<Mutex<OpenFiles>>,
     dirs: Mutex<HashMap<u64, OpenDir>>,
     next_dir: AtomicU64,
 }
@@ -86,6 +88,7 @@ impl FerryFs {
             client,
             inodes: Arc::new(Mutex::new(InodeTable::new())),
             opts,
+            files: Arc::new(Mutex::new(OpenFiles::new())),
             dirs: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
         }
@@ -104,6 +107,47 @@ impl FerryFs {
     ) -> Result<(RelPath, Option<u64>), Errno> {
         let (path, handle) = lock(&self.inodes).locate(ino.0)?;
         Ok((path, fh.map(|h| h.0).or(handle)))
+    }
+
+    /// The server handle (and its connection epoch) behind the kernel's handle
+    /// `fh`. After a reconnect the file is first opened again by its path.
+    fn server_handle(&self, fh: u64) -> Result<(u64, u64), Errno> {
+        let epoch = self.client.connected_epoch()?;
+        let file = lock(&self.files).get(fh).ok_or(Errno::EBADF)?;
+        if file.epoch == epoch {
+            return Ok((epoch, file.handle));
+        }
+        // A file unlinked while open cannot be found again on a new connection.
+        let path = lock(&self.inodes)
+            .path(file.ino)
+            .cloned()
+            .ok_or(Errno::EIO)?;
+        let op = Op::Open {
+            path,
+            flags: file.reopen_flags(),
+        };
+        match self.client.call_in(epoch, op)? {
+            Reply::Opened { handle, .. } => {
+                log::info!("re-opened a file after reconnecting (handle {fh})");
+                lock(&self.files).reopened(fh, handle, epoch);
+                Ok((epoch, handle))
+            }
+            _ => Err(Errno::EPROTO),
+        }
+    }
+
+    /// An attribute operation on `ino`: through a server handle when the kernel
+    /// gave one or the inode is detached (then the path is not used), else by path.
+    fn attr_target(
+        &self,
+        ino: INodeNo,
+        fh: Option<FileHandle>,
+    ) -> Result<(RelPath, Option<(u64, u64)>), Errno> {
+        let (path, fh) = self.locate(ino, fh)?;
+        match fh {
+            Some(fh) => Ok((path, Some(self.server_handle(fh)?))),
+            None => Ok((path, None)),
+        }
     }
 
     fn child(&self, parent: INodeNo, name: &OsStr) -> Result<RelPath, Errno> {
@@ -158,17 +202,23 @@ impl FerryFs {
         });
     }
 
-    fn attr_op(&self, ino: INodeNo, op: Op, reply: ReplyAttr) {
+    /// Submits an operation answered with attributes; `epoch` pins it to the
+    /// connection of the server handle it carries.
+    fn attr_op(&self, ino: INodeNo, epoch: Option<u64>, op: Op, reply: ReplyAttr) {
         let ttl = self.opts.attr_timeout;
         let inodes = self.inodes.clone();
-        self.client.submit(op, move |r| match r {
+        let done = move |r: OpResult| match r {
             Ok(Reply::Attr(attr)) => {
                 lock(&inodes).note_content(ino.0, &attr);
                 reply.attr(&ttl, &file_attr(ino.0, &attr));
             }
             Ok(_) => reply.error(errno(Errno::EPROTO)),
             Err(e) => reply.error(errno(e)),
-        });
+        };
+        match epoch {
+            Some(epoch) => self.client.submit_in(epoch, op, done),
+            None => self.client.submit(op, done),
+        }
     }
 
     /// Reads the whole directory, page by page.
@@ -258,16 +308,19 @@ impl Filesystem for FerryFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         // With a handle the server stats the open file, which may be unlinked.
-        let op = match (self.locate(ino, fh), fh) {
-            (Ok((path, handle @ Some(_))), _) => Op::SetAttr {
-                path,
-                handle,
-                changes: AttrChanges::default(),
-            },
-            (Ok((path, None)), _) => Op::Stat { path },
-            (Err(e), _) => return reply.error(errno(e)),
+        let (epoch, op) = match self.attr_target(ino, fh) {
+            Ok((path, Some((epoch, handle)))) => (
+                Some(epoch),
+                Op::SetAttr {
+                    path,
+                    handle: Some(handle),
+                    changes: AttrChanges::default(),
+                },
+            ),
+            Ok((path, None)) => (None, Op::Stat { path }),
+            Err(e) => return reply.error(errno(e)),
         };
-        self.attr_op(ino, op, reply);
+        self.attr_op(ino, epoch, op, reply);
     }
 
     fn setattr(
@@ -298,16 +351,15 @@ impl Filesystem for FerryFs {
         };
         // With a handle (given, or the only way left to a detached inode) every
         // change goes through the open file.
-        match self.locate(ino, fh) {
-            Ok((path, handle)) => self.attr_op(
-                ino,
-                Op::SetAttr {
+        match self.attr_target(ino, fh) {
+            Ok((path, target)) => {
+                let op = Op::SetAttr {
                     path,
-                    handle,
+                    handle: target.map(|(_, h)| h),
                     changes,
-                },
-                reply,
-            ),
+                };
+                self.attr_op(ino, target.map(|(e, _)| e), op, reply)
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -441,32 +493,41 @@ impl Filesystem for FerryFs {
             Ok(p) => p,
             Err(e) => return reply.error(errno(e)),
         };
+        let epoch = match self.client.connected_epoch() {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(e)),
+        };
         let inodes = self.inodes.clone();
-        self.client.submit(
-            Op::Open {
-                path,
-                flags: flags.0,
-            },
-            move |r| match r {
-                Ok(Reply::Opened { handle, attr }) => {
-                    // Close-to-open consistency: keep cached pages only when the file
-                    // is unchanged since it was last opened.
-                    let unchanged = {
-                        let mut t = lock(&inodes);
-                        t.add_handle(ino.0, handle);
-                        t.note_open(ino.0, &attr)
-                    };
-                    let fopen = if unchanged {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    };
-                    reply.opened(FileHandle(handle), fopen);
-                }
-                Ok(_) => reply.error(errno(Errno::EPROTO)),
-                Err(e) => reply.error(errno(e)),
-            },
-        );
+        let files = self.files.clone();
+        let op = Op::Open {
+            path,
+            flags: flags.0,
+        };
+        self.client.submit_in(epoch, op, move |r| match r {
+            Ok(Reply::Opened { handle, attr }) => {
+                let fh = lock(&files).insert(OpenFile {
+                    ino: ino.0,
+                    flags: flags.0,
+                    handle,
+                    epoch,
+                });
+                // Close-to-open consistency: keep cached pages only when the file
+                // is unchanged since it was last opened.
+                let unchanged = {
+                    let mut t = lock(&inodes);
+                    t.add_handle(ino.0, fh);
+                    t.note_open(ino.0, &attr)
+                };
+                let fopen = if unchanged {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), fopen);
+            }
+            Ok(_) => reply.error(errno(Errno::EPROTO)),
+            Err(e) => reply.error(errno(e)),
+        });
     }
 
     fn read(
@@ -480,12 +541,16 @@ impl Filesystem for FerryFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let (epoch, handle) = match self.server_handle(fh.0) {
+            Ok(h) => h,
+            Err(e) => return reply.error(errno(e)),
+        };
         let op = Op::Read {
-            handle: fh.0,
+            handle,
             offset,
             len: size.min(MAX_CHUNK),
         };
-        self.client.submit(op, move |r| match r {
+        self.client.submit_in(epoch, op, move |r| match r {
             Ok(Reply::Data(data)) => reply.data(&data),
             Ok(_) => reply.error(errno(Errno::EPROTO)),
             Err(e) => reply.error(errno(e)),
@@ -504,12 +569,16 @@ impl Filesystem for FerryFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let (epoch, handle) = match self.server_handle(fh.0) {
+            Ok(h) => h,
+            Err(e) => return reply.error(errno(e)),
+        };
         let op = Op::Write {
-            handle: fh.0,
+            handle,
             offset,
             data: data.to_vec(),
         };
-        self.client.submit(op, move |r| match r {
+        self.client.submit_in(epoch, op, move |r| match r {
             Ok(Reply::Written(n)) => reply.written(n),
             Ok(_) => reply.error(errno(Errno::EPROTO)),
             Err(e) => reply.error(errno(e)),
@@ -542,11 +611,21 @@ impl Filesystem for FerryFs {
         // close(2) has already returned to the application and release errors go
         // nowhere, so the kernel need not wait for the server.
         lock(&self.inodes).remove_handle(ino.0, fh.0);
-        self.client.submit(Op::Close { handle: fh.0 }, |r| {
-            if let Err(e) = r {
-                log::debug!("closing a remote file: {e}");
-            }
-        });
+        let file = lock(&self.files).remove(fh.0);
+        // A handle of a connection that is gone was closed with it.
+        if let Some(file) = file.filter(|f| self.client.current_epoch() == Some(f.epoch)) {
+            self.client.submit_in(
+                file.epoch,
+                Op::Close {
+                    handle: file.handle,
+                },
+                |r| {
+                    if let Err(e) = r {
+                        log::debug!("closing a remote file: {e}");
+                    }
+                },
+            );
+        }
         reply.ok();
     }
 
@@ -558,14 +637,16 @@ impl Filesystem for FerryFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.empty_op(
-            Op::Fsync {
-                handle: fh.0,
-                datasync,
-            },
-            reply,
-            |_| {},
-        );
+        match self.server_handle(fh.0) {
+            Ok((epoch, handle)) => {
+                self.client
+                    .submit_in(epoch, Op::Fsync { handle, datasync }, move |r| match r {
+                        Ok(_) => reply.ok(),
+                        Err(e) => reply.error(errno(e)),
+                    })
+            }
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -777,7 +858,12 @@ impl Filesystem for FerryFs {
             Ok(p) => p,
             Err(e) => return reply.error(errno(e)),
         };
+        let epoch = match self.client.connected_epoch() {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(e)),
+        };
         let inodes = self.inodes.clone();
+        let files = self.files.clone();
         let ttl = self.opts.attr_timeout;
         let op = Op::Create {
             path: path.clone(),
@@ -785,25 +871,32 @@ impl Filesystem for FerryFs {
             mode,
             owner: owner(req),
         };
-        self.client.submit(op, move |r: OpResult| match r {
-            Ok(Reply::Opened { handle, attr }) => {
-                let ino = {
-                    let mut t = lock(&inodes);
-                    let ino = t.remember(&path);
-                    t.note_open(ino, &attr);
-                    t.add_handle(ino, handle);
-                    ino
-                };
-                reply.created(
-                    &ttl,
-                    &file_attr(ino, &attr),
-                    GENERATION,
-                    FileHandle(handle),
-                    FopenFlags::empty(),
-                );
-            }
-            Ok(_) => reply.error(errno(Errno::EPROTO)),
-            Err(e) => reply.error(errno(e)),
-        });
+        self.client
+            .submit_in(epoch, op, move |r: OpResult| match r {
+                Ok(Reply::Opened { handle, attr }) => {
+                    let (ino, fh) = {
+                        let mut t = lock(&inodes);
+                        let ino = t.remember(&path);
+                        t.note_open(ino, &attr);
+                        let fh = lock(&files).insert(OpenFile {
+                            ino,
+                            flags,
+                            handle,
+                            epoch,
+                        });
+                        t.add_handle(ino, fh);
+                        (ino, fh)
+                    };
+                    reply.created(
+                        &ttl,
+                        &file_attr(ino, &attr),
+                        GENERATION,
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    );
+                }
+                Ok(_) => reply.error(errno(Errno::EPROTO)),
+                Err(e) => reply.error(errno(e)),
+            });
     }
 }

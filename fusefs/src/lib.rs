@@ -2,6 +2,8 @@
 //!
 //! - [`client`]: `RemoteClient`, one pipelined connection to a server.
 //! - [`inode`]: `InodeTable`, the kernel's inode numbers ↔ remote paths.
+//! - [`files`]: `OpenFiles`, the kernel's file handles ↔ server handles, re-opened
+//!   by path after a reconnect.
 //! - [`fs`]: `FerryFs`, the `fuser::Filesystem` adapter over a `RemoteClient`.
 //! - [`mount`]: mounting, the mountpoint checks, signals and clean unmounting.
 //! - [`cli`]: the plain `ls`/`get`/`put` client, no mount needed.
@@ -10,6 +12,7 @@
 pub mod cli;
 pub mod client;
 pub mod convert;
+pub mod files;
 pub mod fs;
 pub mod inode;
 pub mod mount;

@@ -239,7 +239,7 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
-    /// Where the server listens (127.0.0.1 and a free port).
+    /// Where the server listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -261,12 +261,17 @@ impl Drop for ServerHandle {
 /// Starts a server for `root` on 127.0.0.1 with a free port, in its own thread
 /// and tokio runtime, and returns once it listens.
 pub fn spawn_test_server(root: &Path, read_only: bool) -> io::Result<ServerHandle> {
-    let config = ServerConfig {
+    spawn_server(ServerConfig {
         root: root.to_path_buf(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         read_only,
         max_connections: 64,
-    };
+    })
+}
+
+/// Starts a server with `config` in its own thread and tokio runtime, and returns
+/// once it listens (tests use it to restart a server on the same address).
+pub fn spawn_server(config: ServerConfig) -> io::Result<ServerHandle> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let thread = thread::Builder::new()

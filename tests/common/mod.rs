@@ -18,6 +18,8 @@ use tempfile::TempDir;
 pub struct Fixture {
     mounts: Vec<Mount>,
     server: Option<ServerHandle>,
+    addr: String,
+    read_only_server: bool,
     pub export: PathBuf,
     pub mnt: PathBuf,
     dir: TempDir,
@@ -33,6 +35,8 @@ pub struct Setup {
     pub allow_other: bool,
     /// Export this directory instead of a fresh empty one.
     pub export: Option<PathBuf>,
+    /// How long a request may wait for the server.
+    pub timeout: Duration,
 }
 
 impl Default for Setup {
@@ -44,6 +48,7 @@ impl Default for Setup {
             readdirplus: true,
             allow_other: false,
             export: None,
+            timeout: ferry_fusefs::client::DEFAULT_TIMEOUT,
         }
     }
 }
@@ -89,9 +94,12 @@ impl Fixture {
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("create mount dir");
         let server = spawn_test_server(&export, setup.read_only_server).expect("start server");
+        let addr = server.addr().to_string();
         let mut fixture = Fixture {
             mounts: Vec::new(),
             server: Some(server),
+            addr,
+            read_only_server: setup.read_only_server,
             export,
             mnt: mnt.clone(),
             dir,
@@ -104,14 +112,29 @@ impl Fixture {
     }
 
     pub fn addr(&self) -> String {
-        self.server
-            .as_ref()
-            .map(|s| s.addr().to_string())
-            .unwrap_or_default()
+        self.addr.clone()
+    }
+
+    /// Stops the server (the mounts stay).
+    pub fn stop_server(&mut self) {
+        self.server.take();
+    }
+
+    /// Starts the server again on the same address.
+    pub fn restart_server(&mut self) {
+        self.stop_server();
+        let config = ferry_server::ServerConfig {
+            root: self.export.clone(),
+            listen: self.addr.parse().expect("a socket address"),
+            read_only: self.read_only_server,
+            max_connections: 64,
+        };
+        self.server = Some(ferry_server::spawn_server(config).expect("restart the server"));
     }
 
     fn mount_at(&self, mnt: &Path, setup: &Setup) -> std::io::Result<Mount> {
-        let client = RemoteClient::connect(&self.addr()).map_err(std::io::Error::other)?;
+        let client = RemoteClient::connect_with_timeout(&self.addr(), setup.timeout)
+            .map_err(std::io::Error::other)?;
         let opts = MountOptions {
             fs: FsOptions {
                 attr_timeout: setup.attr_timeout,
