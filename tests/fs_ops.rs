@@ -665,3 +665,34 @@ fn extended_attributes_are_reported_unsupported() {
         Some(libc::EOPNOTSUPP)
     );
 }
+
+#[test]
+fn new_nodes_in_a_setgid_directory_keep_its_group() {
+    if !common::require_root() {
+        return;
+    }
+    let f = fixture!(Setup {
+        allow_other: true,
+        ..Setup::default()
+    });
+    fs::create_dir(f.e("shared")).unwrap();
+    std::os::unix::fs::chown(f.e("shared"), Some(0), Some(4242)).unwrap();
+    fs::set_permissions(f.e("shared"), fs::Permissions::from_mode(0o2777)).unwrap();
+    fs::set_permissions(f.temp(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&f.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    let file = f.m("shared/by-nobody");
+    let (ok, err) = as_nobody(&["touch", file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let dir = f.m("shared/dir-by-nobody");
+    let (ok, err) = as_nobody(&["mkdir", dir.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let m = fs::metadata(f.e("shared/by-nobody")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (65534, 4242));
+    let d = fs::metadata(f.e("shared/dir-by-nobody")).unwrap();
+    assert_eq!((d.uid(), d.gid()), (65534, 4242));
+    assert_ne!(
+        d.mode() & libc::S_ISGID,
+        0,
+        "directories inherit the setgid bit"
+    );
+}

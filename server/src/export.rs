@@ -237,7 +237,7 @@ impl ExportRoot {
         for _ in 0..CREATE_RETRIES {
             match open_node(&node, flags | libc::O_CREAT | libc::O_EXCL, mode) {
                 Ok((fd, _)) => {
-                    let st = self.settle_new_node(fd.as_fd(), Some(mode), owner)?;
+                    let st = self.settle_new_node(&node, fd.as_fd(), Some(mode), owner)?;
                     return Ok((OpenFile::new(fd), attr_from_stat(&st)));
                 }
                 Err(e) if e == Errno::EEXIST && !exclusive => {}
@@ -421,6 +421,7 @@ impl ExportRoot {
     ) -> Result<Attr, Errno> {
         let fd = sys::openat2(node.dir(), &node.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         Ok(attr_from_stat(&self.settle_new_node(
+            node,
             fd.as_fd(),
             mode,
             owner,
@@ -431,16 +432,22 @@ impl ExportRoot {
     /// and exactly the permission bits it asked for: the client's kernel already
     /// applied the caller's umask, and the server's own umask must not apply a
     /// second time. Both are best effort: the node exists either way.
+    ///
+    /// In a set-group-id directory the node keeps the group it inherited from
+    /// the directory, as on a local filesystem; only its user changes.
     fn settle_new_node(
         &self,
+        node: &Node<'_>,
         fd: BorrowedFd<'_>,
         mode: Option<u32>,
         owner: Option<Owner>,
     ) -> Result<libc::stat, Errno> {
         let mut st = sys::fstat(fd)?;
         if let (true, Some(owner)) = (self.chown_new_nodes, owner) {
-            if st.st_uid != owner.uid || st.st_gid != owner.gid {
-                match sys::chown_fd(fd, Some(owner.uid), Some(owner.gid)) {
+            let parent_setgid = sys::fstat(node.dir())?.st_mode & libc::S_ISGID != 0;
+            let gid = if parent_setgid { st.st_gid } else { owner.gid };
+            if st.st_uid != owner.uid || st.st_gid != gid {
+                match sys::chown_fd(fd, Some(owner.uid), Some(gid)) {
                     Ok(()) => st = sys::fstat(fd)?,
                     Err(e) => {
                         log::debug!("cannot give a new node to {}:{}: {e}", owner.uid, owner.gid)
