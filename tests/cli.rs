@@ -221,6 +221,40 @@ fn ls_get_put_round_trip_with_a_100_mib_file() {
 }
 
 #[test]
+fn progress_bar_on_a_terminal() {
+    // `script` runs the command on a pseudo-terminal, as a person would.
+    if Command::new("script").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "script (bsdutils) is needed under CI"
+        );
+        return;
+    }
+    let t = tmp();
+    let export = t.path().join("export");
+    fs::create_dir(&export).unwrap();
+    fs::write(export.join("f.bin"), vec![3u8; 20 << 20]).unwrap();
+    let served = Served::start(&export, &[]);
+    let cmd = format!(
+        "{} get {} f.bin {}",
+        env!("CARGO_BIN_EXE_ferry"),
+        served.addr,
+        t.path().join("out.bin").display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("MiB"), "no progress shown: {screen:?}");
+    assert_eq!(
+        fs::metadata(t.path().join("out.bin")).unwrap().len(),
+        20 << 20
+    );
+}
+
+#[test]
 fn clear_errors_and_nonzero_exit() {
     let t = tmp();
     let export = t.path().join("export");
