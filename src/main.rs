@@ -251,12 +251,23 @@ fn mount_foreground(
 }
 
 fn mount_error(mountpoint: &Path, e: io::Error) -> String {
-    let hint = if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOENT) {
-        " — is FUSE available? install fuse3 (apt-get install fuse3) and check /dev/fuse"
-    } else if e.kind() == io::ErrorKind::PermissionDenied {
-        " — as a non-root user this needs fusermount3 (apt-get install fuse3)"
+    // SAFETY: geteuid and access have no preconditions; the path is NUL-terminated.
+    let root = unsafe { libc::geteuid() } == 0;
+    let dev_fuse_usable =
+        unsafe { libc::access(c"/dev/fuse".as_ptr(), libc::R_OK | libc::W_OK) } == 0;
+    let hint = if !Path::new("/dev/fuse").exists() {
+        " — this machine has no /dev/fuse: load the fuse module (modprobe fuse)".to_string()
+    } else if !root && !dev_fuse_usable {
+        " — /dev/fuse is not readable and writable by you; Debian's default is mode 0666 \
+         (as root: chmod 666 /dev/fuse), and non-root mounts also need fusermount3 (apt-get install fuse3)"
+            .to_string()
+    } else if !root && e.kind() == io::ErrorKind::NotFound {
+        " — non-root mounts need fusermount3: apt-get install fuse3".to_string()
+    } else if !root {
+        " — check that you own the mountpoint and that fusermount3 is installed (apt-get install fuse3)"
+            .to_string()
     } else {
-        ""
+        String::new()
     };
     format!("cannot mount at {}: {e}{hint}", mountpoint.display())
 }
