@@ -194,6 +194,15 @@ fn serve(
         .await
         .map_err(|e| e.to_string())?;
         let shown = std::fs::canonicalize(&dir).unwrap_or(dir);
+        if !server.local_addr().ip().is_loopback() {
+            log::warn!(
+                "listening on {} without authentication or encryption: anyone who can reach \
+                 this port can read{} {}",
+                server.local_addr(),
+                if read_only { "" } else { " and change" },
+                shown.display()
+            );
+        }
         println!(
             "ferry: exporting {} on {}{}",
             shown.display(),
