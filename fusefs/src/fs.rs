@@ -128,9 +128,26 @@ impl FerryFs {
         };
         match self.client.call_in(epoch, op)? {
             Reply::Opened { handle, .. } => {
-                log::info!("re-opened a file after reconnecting (handle {fh})");
-                lock(&self.files).reopened(fh, handle, epoch);
-                Ok((epoch, handle))
+                let mut files = lock(&self.files);
+                match files.get(fh) {
+                    // Another thread re-opened it meanwhile: keep theirs, close ours.
+                    Some(theirs) if theirs.epoch == epoch => {
+                        drop(files);
+                        self.client.submit_in(epoch, Op::Close { handle }, |_| {});
+                        Ok((epoch, theirs.handle))
+                    }
+                    Some(_) => {
+                        log::info!("re-opened a file after reconnecting (handle {fh})");
+                        files.reopened(fh, handle, epoch);
+                        Ok((epoch, handle))
+                    }
+                    // Released meanwhile.
+                    None => {
+                        drop(files);
+                        self.client.submit_in(epoch, Op::Close { handle }, |_| {});
+                        Err(Errno::EBADF)
+                    }
+                }
             }
             _ => Err(Errno::EPROTO),
         }
