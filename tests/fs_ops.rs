@@ -696,3 +696,67 @@ fn new_nodes_in_a_setgid_directory_keep_its_group() {
         "directories inherit the setgid bit"
     );
 }
+
+fn renameat2(from: &std::path::Path, to: &std::path::Path, flags: u32) -> std::io::Result<()> {
+    let from = std::ffi::CString::new(from.to_str().unwrap()).unwrap();
+    let to = std::ffi::CString::new(to.to_str().unwrap()).unwrap();
+    // SAFETY: both paths are NUL-terminated and live across the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[test]
+fn rename_noreplace_and_exchange() {
+    let f = fixture!();
+    fs::write(f.m("a"), b"A").unwrap();
+    fs::write(f.m("b"), b"B").unwrap();
+    assert_errno(
+        renameat2(&f.m("a"), &f.m("b"), libc::RENAME_NOREPLACE),
+        libc::EEXIST,
+    );
+    assert_eq!(fs::read(f.e("b")).unwrap(), b"B");
+    renameat2(&f.m("a"), &f.m("c"), libc::RENAME_NOREPLACE).unwrap();
+    assert_eq!(fs::read(f.e("c")).unwrap(), b"A");
+
+    fs::create_dir(f.m("d")).unwrap();
+    fs::write(f.m("d/inner"), b"I").unwrap();
+    renameat2(&f.m("c"), &f.m("d"), libc::RENAME_EXCHANGE).unwrap();
+    assert_eq!(fs::read(f.m("d")).unwrap(), b"A", "the file now lives at d");
+    assert_eq!(
+        fs::read(f.m("c/inner")).unwrap(),
+        b"I",
+        "the directory now lives at c"
+    );
+    assert_eq!(fs::read(f.e("c/inner")).unwrap(), b"I");
+}
+
+#[test]
+fn unix_sockets_can_be_bound_inside_the_mount() {
+    let f = fixture!();
+    let path = f.m("sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let meta = fs::symlink_metadata(f.e("sock")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()));
+    let kind = fs::read_dir(&f.mnt)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.file_name() == "sock")
+        .unwrap()
+        .file_type()
+        .unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_socket(&kind));
+    drop(listener);
+    fs::remove_file(&path).unwrap();
+}

@@ -61,16 +61,35 @@ fn many_threads_at_once() {
 }
 
 #[test]
-fn a_slow_request_does_not_block_a_quick_one() {
-    // A 64 MiB file read in 1 MiB requests while another thread stats in a loop:
-    // both complete, and the stats do not wait for the whole read.
+fn quick_requests_are_answered_during_a_large_read() {
+    // A 256 MiB read in 1 MiB requests runs in one thread while another looks up
+    // names that do not exist (never cached, so each one reaches the server).
+    // Lookups must be answered while the read is still going, not after it.
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     let f = fixture!();
-    fs::write(f.e("big"), vec![7u8; 64 << 20]).unwrap();
-    fs::write(f.e("small"), b"s").unwrap();
+    fs::write(f.e("big"), vec![7u8; 256 << 20]).unwrap();
     let big = f.m("big");
-    let reader = std::thread::spawn(move || fs::read(big).unwrap().len());
-    for _ in 0..200 {
-        assert_eq!(fs::metadata(f.m("small")).unwrap().len(), 1);
+    let reading = Arc::new(AtomicBool::new(true));
+    let flag = reading.clone();
+    let reader = std::thread::spawn(move || {
+        let n = fs::read(big).unwrap().len();
+        flag.store(false, Ordering::SeqCst);
+        n
+    });
+    let mut answered_while_reading = 0;
+    for i in 0..2000 {
+        let err = fs::metadata(f.m(&format!("absent-{i}"))).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        if reading.load(Ordering::SeqCst) {
+            answered_while_reading += 1;
+        } else {
+            break;
+        }
     }
-    assert_eq!(reader.join().unwrap(), 64 << 20);
+    assert_eq!(reader.join().unwrap(), 256 << 20);
+    assert!(
+        answered_while_reading > 0,
+        "no lookup was answered while the read ran"
+    );
 }
