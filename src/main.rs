@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use ferry_fusefs::cli;
-use ferry_fusefs::mount::{self, MountOptions};
+use ferry_fusefs::mount::{self, MountOptions, StopSignals};
 use ferry_fusefs::{FsOptions, RemoteClient};
 use ferry_server::{Server, ServerConfig};
 use std::io::{self, BufRead, BufReader, Read};
@@ -243,6 +243,7 @@ fn mount_foreground(
 ) -> Result<(), String> {
     let mountpoint = mount::check_mountpoint(mountpoint)?;
     let client = RemoteClient::connect_with_timeout(addr, timeout).map_err(|e| e.to_string())?;
+    let signals = StopSignals::catch().map_err(|e| format!("cannot catch signals: {e}"))?;
     let mounted =
         mount::mount(client, &mountpoint, opts).map_err(|e| mount_error(&mountpoint, e))?;
     if std::env::var_os(DAEMON_CHILD_ENV).is_some() {
@@ -254,8 +255,8 @@ fn mount_foreground(
             mountpoint.display()
         );
     }
-    mounted
-        .run_until_signalled()
+    signals
+        .serve(mounted)
         .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()))
 }
 
@@ -376,6 +377,7 @@ fn demo(base: &Path) -> Result<(), String> {
     }));
     let result = (|| {
         let client = RemoteClient::connect(&addr.to_string()).map_err(|e| e.to_string())?;
+        let signals = StopSignals::catch().map_err(|e| format!("cannot catch signals: {e}"))?;
         let mounted = mount::mount(client, &mountpoint, &MountOptions::default())
             .map_err(|e| mount_error(&mountpoint, e))?;
         println!(
@@ -389,8 +391,8 @@ fn demo(base: &Path) -> Result<(), String> {
         );
         println!("  from another terminal: ferry ls {addr}");
         println!("Press Ctrl-C to unmount and stop.");
-        mounted
-            .run_until_signalled()
+        signals
+            .serve(mounted)
             .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()))
     })();
     let _ = stop_tx.send(());

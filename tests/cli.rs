@@ -364,7 +364,7 @@ impl Mountable {
 }
 
 #[test]
-fn mount_in_the_foreground_and_stop_with_sigterm() {
+fn mount_in_the_foreground_and_stop_with_sigterm_or_sigint() {
     if !fuse_usable() {
         return;
     }
@@ -375,20 +375,24 @@ fn mount_in_the_foreground_and_stop_with_sigterm() {
         served,
         _guard,
     } = Mountable::new();
-    let mut child = ferry()
-        .args(["mount", &served.addr])
-        .arg(&mnt)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(wait_mounted(&mnt, true), "the mount did not appear");
-    assert_eq!(fs::read_to_string(mnt.join("hello")).unwrap(), "hi");
-    fs::write(mnt.join("back"), "written through the binary's mount").unwrap();
-    assert!(export.join("back").exists());
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = wait_timeout(&mut child, Duration::from_secs(10)).expect("mount exits on SIGTERM");
-    assert!(status.success(), "{status:?}");
-    assert!(!is_mounted(&mnt), "SIGTERM must leave no mount behind");
+    for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        let mut child = ferry()
+            .args(["mount", &served.addr])
+            .arg(&mnt)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(wait_mounted(&mnt, true), "the mount did not appear");
+        assert_eq!(fs::read_to_string(mnt.join("hello")).unwrap(), "hi");
+        fs::write(mnt.join("back"), name).unwrap();
+        assert_eq!(fs::read_to_string(export.join("back")).unwrap(), name);
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = wait_timeout(&mut child, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("mount did not exit on {name}"));
+        assert!(status.success(), "{name}: {status:?}");
+        assert!(!is_mounted(&mnt), "{name} must leave no mount behind");
+    }
 }
 
 #[test]

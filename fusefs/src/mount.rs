@@ -144,29 +144,6 @@ impl Mount {
             }
         }
     }
-
-    /// Runs until SIGINT or SIGTERM arrives, or the mount goes away, then unmounts.
-    pub fn run_until_signalled(self) -> io::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate())?;
-            let mut int = signal(SignalKind::interrupt())?;
-            loop {
-                tokio::select! {
-                    _ = term.recv() => break,
-                    _ = int.recv() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                        if !self.is_alive() { break; }
-                    }
-                }
-            }
-            Ok::<(), io::Error>(())
-        })?;
-        self.unmount()
-    }
 }
 
 impl Drop for Mount {
@@ -174,6 +151,50 @@ impl Drop for Mount {
         if let Err(e) = self.unmount_now() {
             log::error!("could not unmount {}: {e}", self.mountpoint.display());
         }
+    }
+}
+
+/// SIGINT and SIGTERM, caught from the moment this is made. Make it before
+/// mounting: a signal that arrived while mounting would otherwise kill the
+/// process with the mount still in place.
+pub struct StopSignals {
+    runtime: tokio::runtime::Runtime,
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub fn catch() -> io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (int, term) = {
+            let _context = runtime.enter();
+            (
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            )
+        };
+        Ok(StopSignals { runtime, int, term })
+    }
+
+    /// Serves `mount` until a signal arrives or the mount goes away (someone ran
+    /// `fusermount3 -u`), then unmounts it.
+    pub fn serve(mut self, mount: Mount) -> io::Result<()> {
+        let StopSignals { runtime, int, term } = &mut self;
+        runtime.block_on(async {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                        if !mount.is_alive() { break; }
+                    }
+                }
+            }
+        });
+        mount.unmount()
     }
 }
 
