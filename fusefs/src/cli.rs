@@ -6,8 +6,8 @@
 //! place only when complete, so the remote file appears whole or not at all.
 
 use crate::client::{ConnectError, RemoteClient};
-use ferry_common::frame::{MAX_CHUNK, READDIR_PAGE};
-use ferry_common::proto::{DirEntry, Op, Reply};
+use ferry_common::frame::MAX_CHUNK;
+use ferry_common::proto::{Op, Reply};
 use ferry_common::{Attr, Errno, FileKind, RelPath};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::ffi::OsStr;
@@ -79,26 +79,6 @@ fn expect_attr(r: Result<Reply, Errno>) -> Result<Attr, Errno> {
     }
 }
 
-/// All entries of a remote directory.
-pub fn list_dir(client: &RemoteClient, path: &RelPath) -> Result<Vec<DirEntry>, Errno> {
-    let mut all = Vec::new();
-    loop {
-        match client.call(Op::ReadDir {
-            path: path.clone(),
-            start: all.len() as u64,
-        })? {
-            Reply::Entries { entries, more } => {
-                let got = entries.len();
-                all.extend(entries);
-                if !more || got == 0 || got > READDIR_PAGE {
-                    return Ok(all);
-                }
-            }
-            _ => return Err(Errno::EPROTO),
-        }
-    }
-}
-
 fn mode_string(attr: &Attr) -> String {
     let mut s = String::with_capacity(10);
     s.push(attr.kind.letter());
@@ -161,7 +141,9 @@ pub fn ls(addr: &str, path: &str, out: &mut dyn Write) -> Result<(), CliError> {
         let line = ls_line(&client, &dir, path.file_name().as_bytes(), &attr);
         return writeln!(out, "{line}").map_err(write_err);
     }
-    let mut entries = list_dir(&client, &path).map_err(|e| remote_err("directory", &path, e))?;
+    let mut entries = client
+        .list_dir(&path)
+        .map_err(|e| remote_err("directory", &path, e))?;
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     for entry in &entries {
         writeln!(out, "{}", ls_line(&client, &path, &entry.name, &entry.attr))
@@ -235,10 +217,7 @@ pub fn get(addr: &str, remote: &str, local: Option<&Path>) -> Result<PathBuf, Cl
     });
     if let Err(e) = finished {
         let _ = fs::remove_file(&temp);
-        return Err(match e.0.as_str() {
-            _ if e.0.starts_with("remote") => CliError(format!("{} while reading {path}", e.0)),
-            _ => e,
-        });
+        return Err(e);
     }
     Ok(dest)
 }
@@ -276,7 +255,7 @@ fn download(client: &RemoteClient, handle: u64, size: u64, file: &File) -> Resul
         let data = match r {
             Ok(Reply::Data(d)) => d,
             Ok(_) => return Err(CliError("remote read: unexpected answer".into())),
-            Err(e) => return Err(CliError(format!("remote read failed: {e}"))),
+            Err(e) => return Err(CliError(format!("reading the remote file failed: {e}"))),
         };
         file.write_all_at(&data, offset)
             .map_err(|e| CliError(format!("cannot write: {e}")))?;

@@ -19,7 +19,7 @@
 //! when the epoch has changed; its owner re-opens the file by path.
 
 use ferry_common::frame;
-use ferry_common::proto::{HandshakeReply, Hello, Op, Reply, Request, Response, Welcome};
+use ferry_common::proto::{DirEntry, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome};
 use ferry_common::Errno;
 use std::collections::HashMap;
 use std::fmt;
@@ -308,6 +308,27 @@ impl RemoteClient {
         // guards against a bug there turning into a hang.
         let limit = self.inner.timeout * FSYNC_TIMEOUT_FACTOR + Duration::from_secs(5);
         rx.recv_timeout(limit).unwrap_or(Err(Errno::ETIMEDOUT))
+    }
+
+    /// All entries of a remote directory, fetched page by page.
+    pub fn list_dir(&self, path: &ferry_common::RelPath) -> Result<Vec<DirEntry>, Errno> {
+        let mut all = Vec::new();
+        loop {
+            let op = Op::ReadDir {
+                path: path.clone(),
+                start: all.len() as u64,
+            };
+            match self.call(op)? {
+                Reply::Entries { entries, more } => {
+                    let got = entries.len();
+                    all.extend(entries);
+                    if !more || got == 0 {
+                        return Ok(all);
+                    }
+                }
+                _ => return Err(Errno::EPROTO),
+            }
+        }
     }
 
     /// Closes the connection; pending requests fail with EIO.

@@ -238,27 +238,6 @@ impl FerryFs {
         }
     }
 
-    /// Reads the whole directory, page by page.
-    fn list(&self, path: &RelPath) -> Result<Vec<DirEntry>, Errno> {
-        let mut all = Vec::new();
-        loop {
-            let op = Op::ReadDir {
-                path: path.clone(),
-                start: all.len() as u64,
-            };
-            match self.client.call(op)? {
-                Reply::Entries { entries, more } => {
-                    let got = entries.len();
-                    all.extend(entries);
-                    if !more || got == 0 {
-                        return Ok(all);
-                    }
-                }
-                _ => return Err(Errno::EPROTO),
-            }
-        }
-    }
-
     /// The listing of an open directory, fetched afresh when reading restarts.
     fn listing(&self, fh: FileHandle, offset: u64) -> Result<(RelPath, Arc<Vec<DirEntry>>), Errno> {
         let path = {
@@ -269,7 +248,7 @@ impl FerryFs {
             }
             dir.path.clone()
         };
-        let entries = Arc::new(self.list(&path)?);
+        let entries = Arc::new(self.client.list_dir(&path)?);
         if let Some(dir) = lock(&self.dirs).get_mut(&fh.0) {
             dir.entries = entries.clone();
         }
