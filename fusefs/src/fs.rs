@@ -153,6 +153,20 @@ impl FerryFs {
         }
     }
 
+    /// Submits the operation `make_op` builds for the server handle behind the
+    /// kernel's `fh`, on that handle's connection.
+    fn on_handle(
+        &self,
+        fh: FileHandle,
+        make_op: impl FnOnce(u64) -> Op,
+        done: impl FnOnce(OpResult) + Send + 'static,
+    ) {
+        match self.server_handle(fh.0) {
+            Ok((epoch, handle)) => self.client.submit_in(epoch, make_op(handle), done),
+            Err(e) => done(Err(e)),
+        }
+    }
+
     /// An attribute operation on `ino`: through a server handle when the kernel
     /// gave one or the inode is detached (then the path is not used), else by path.
     fn attr_target(
@@ -537,16 +551,13 @@ impl Filesystem for FerryFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let (epoch, handle) = match self.server_handle(fh.0) {
-            Ok(h) => h,
-            Err(e) => return reply.error(errno(e)),
-        };
-        let op = Op::Read {
+        let len = size.min(MAX_CHUNK);
+        let read = |handle| Op::Read {
             handle,
             offset,
-            len: size.min(MAX_CHUNK),
+            len,
         };
-        self.client.submit_in(epoch, op, move |r| match r {
+        self.on_handle(fh, read, move |r| match r {
             Ok(Reply::Data(data)) => reply.data(&data),
             Ok(_) => reply.error(errno(Errno::EPROTO)),
             Err(e) => reply.error(errno(e)),
@@ -565,16 +576,12 @@ impl Filesystem for FerryFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let (epoch, handle) = match self.server_handle(fh.0) {
-            Ok(h) => h,
-            Err(e) => return reply.error(errno(e)),
-        };
-        let op = Op::Write {
+        let write = |handle| Op::Write {
             handle,
             offset,
             data: data.to_vec(),
         };
-        self.client.submit_in(epoch, op, move |r| match r {
+        self.on_handle(fh, write, move |r| match r {
             Ok(Reply::Written(n)) => reply.written(n),
             Ok(_) => reply.error(errno(Errno::EPROTO)),
             Err(e) => reply.error(errno(e)),
@@ -633,16 +640,11 @@ impl Filesystem for FerryFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.server_handle(fh.0) {
-            Ok((epoch, handle)) => {
-                self.client
-                    .submit_in(epoch, Op::Fsync { handle, datasync }, move |r| match r {
-                        Ok(_) => reply.ok(),
-                        Err(e) => reply.error(errno(e)),
-                    })
-            }
+        let fsync = |handle| Op::Fsync { handle, datasync };
+        self.on_handle(fh, fsync, move |r| match r {
+            Ok(_) => reply.ok(),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
