@@ -65,14 +65,6 @@ impl OpenFiles {
     pub fn remove(&mut self, fh: u64) -> Option<OpenFile> {
         self.files.remove(&fh)
     }
-
-    pub fn len(&self) -> usize {
-        self.files.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -96,7 +88,7 @@ mod tests {
         assert_eq!(t.get(b).map(|f| (f.handle, f.epoch)), Some((1, 1)));
         assert!(t.remove(a).is_some());
         assert!(t.get(a).is_none());
-        assert_eq!(t.len(), 1);
+        assert_eq!(t.files.len(), 1);
     }
 
     #[test]

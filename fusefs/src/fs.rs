@@ -237,12 +237,8 @@ impl FerryFs {
     /// connection of the server handle it carries.
     fn attr_op(&self, ino: INodeNo, epoch: Option<u64>, op: Op, reply: ReplyAttr) {
         let ttl = self.opts.attr_timeout;
-        let inodes = self.inodes.clone();
         let done = move |r: OpResult| match r {
-            Ok(Reply::Attr(attr)) => {
-                lock(&inodes).note_content(ino.0, &attr);
-                reply.attr(&ttl, &file_attr(ino.0, &attr));
-            }
+            Ok(Reply::Attr(attr)) => reply.attr(&ttl, &file_attr(ino.0, &attr)),
             Ok(_) => reply.error(errno(Errno::EPROTO)),
             Err(e) => reply.error(errno(e)),
         };

@@ -204,16 +204,6 @@ impl InodeTable {
         unchanged
     }
 
-    /// Records the attributes after our own change of the content, so that our own
-    /// writes do not throw away the cache at the next open.
-    pub fn note_content(&mut self, ino: u64, attr: &Attr) {
-        if let Some(node) = self.nodes.get_mut(&ino) {
-            if node.opened_as.is_some() {
-                node.opened_as = Some(*attr);
-            }
-        }
-    }
-
     /// A server handle was opened on `ino`.
     pub fn add_handle(&mut self, ino: u64, handle: u64) {
         if let Some(node) = self.nodes.get_mut(&ino) {
@@ -238,15 +228,6 @@ impl InodeTable {
             (None, Some(&h)) => Ok((RelPath::root(), Some(h))),
             (None, None) => Err(ferry_common::Errno::ENOENT),
         }
-    }
-
-    /// How many inodes are known (for tests and diagnostics).
-    pub fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
     }
 
     /// The lookup count of an inode (for tests and diagnostics).

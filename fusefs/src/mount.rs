@@ -81,9 +81,7 @@ pub fn mount(client: RemoteClient, mountpoint: &Path, opts: &MountOptions) -> io
     }
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let mut fs_opts = opts.fs.clone();
-    fs_opts.read_only = read_only;
-    let session = fuser::spawn_mount(FerryFs::new(client, fs_opts), mountpoint, &config)?;
+    let session = fuser::spawn_mount(FerryFs::new(client, opts.fs.clone()), mountpoint, &config)?;
     raise_readahead(mountpoint);
     Ok(Mount {
         session: Some(session),
