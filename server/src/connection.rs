@@ -8,7 +8,8 @@
 //!
 //! The reader decodes frames and starts each request on tokio's blocking pool, as
 //! file system calls block: a slow fsync or a 1 MiB read never holds up a quick
-//! stat. Replies go, in whatever order they finish, through a channel to a single
+//! stat. Requests that change an open file run in arrival order per handle (see
+//! [`crate::sequencer`]). Replies go, in whatever order they finish, through a channel to a single
 //! writer task, which writes everything queued at that moment with one system call.
 //!
 //! Before reading the next request the reader takes a share of the connection's
@@ -21,6 +22,7 @@
 
 use crate::dispatch::Session;
 use crate::export::ExportRoot;
+use crate::sequencer::{ordering_key, Sequencer};
 use ferry_common::frame::{self, FrameError, MAX_CHUNK};
 use ferry_common::proto::{
     HandshakeReply, Hello, Op, Request, Response, Welcome, MAGIC, PROTOCOL_VERSION,
@@ -75,6 +77,7 @@ pub async fn serve(
     }
 
     let session = Arc::new(Session::new(export, read_only));
+    let sequencer = Arc::new(Sequencer::new());
     let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_replies(write_half, rx));
     let requests = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -119,14 +122,19 @@ pub async fn serve(
         };
         let session = Arc::clone(&session);
         let tx = tx.clone();
-        tokio::task::spawn_blocking(move || {
+        let key = ordering_key(&request.op);
+        let job = move || {
             let frame = answer(&session, request);
             // If the writer is gone the connection is closing; the reply has no reader.
             let _ = tx.blocking_send(Outgoing {
                 frame,
                 budget: (slot, share),
             });
-        });
+        };
+        match key {
+            Some(handle) => sequencer.run(handle, job),
+            None => drop(tokio::task::spawn_blocking(job)),
+        }
     };
 
     // Requests already started still get their replies: the writer ends once the
