@@ -6,14 +6,19 @@
 //! worker thread is therefore never tied up waiting for the network, and the
 //! kernel can keep many requests in flight. Only directory listing, which may take
 //! several round trips, is done synchronously.
+//!
+//! Writes, and the attribute changes that follow them, are answered before the
+//! server has (write-behind, see [`crate::writeback`]); their errors reach the
+//! application at close or fsync.
 
 use crate::client::{OpResult, RemoteClient};
 use crate::convert::{errno, file_attr, file_type, set_time};
 use crate::files::{OpenFile, OpenFiles};
 use crate::inode::{InodeTable, ROOT_INO};
+use crate::writeback::WriteBehind;
 use ferry_common::frame::MAX_CHUNK;
-use ferry_common::proto::{AttrChanges, DirEntry, Op, Owner, Reply};
-use ferry_common::{Attr, Errno, FileKind, RelPath};
+use ferry_common::proto::{AttrChanges, DirEntry, Op, Owner, Reply, SetTime};
+use ferry_common::{Attr, Errno, FileKind, RelPath, Timestamp};
 use fuser::{
     BsdFileFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
@@ -65,6 +70,7 @@ pub struct FerryFs {
     inodes: Arc<Mutex<InodeTable>>,
     opts: FsOptions,
     files: Arc<Mutex<OpenFiles>>,
+    writes: Arc<WriteBehind>,
     dirs: Mutex<HashMap<u64, OpenDir>>,
     next_dir: AtomicU64,
 }
@@ -73,6 +79,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections are single table updates that leave consistent data even
     // if a panic interrupted another thread, so poisoning is ignored.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether a file opened with `flags` may be written to.
+fn writable(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY
+}
+
+/// Whether writes through a file opened with `flags` must reach the server before
+/// `write(2)` returns: an appending write lands wherever the server's end of file
+/// is, which depends on the order of arrival, and a synchronous one promises the
+/// disk.
+fn writes_through(flags: i32) -> bool {
+    flags & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC) != 0
 }
 
 fn owner(req: &Request) -> Option<Owner> {
@@ -89,6 +108,7 @@ impl FerryFs {
             inodes: Arc::new(Mutex::new(InodeTable::new())),
             opts,
             files: Arc::new(Mutex::new(OpenFiles::new())),
+            writes: Arc::new(WriteBehind::new()),
             dirs: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
         }
@@ -248,6 +268,69 @@ impl FerryFs {
         }
     }
 
+    /// Sends an attribute change without waiting for the server, when it is safe:
+    /// the file is open for writing on this mount (so the change is ordered with
+    /// the writes and its error, if any, reaches the writer at close), it is not a
+    /// truncation, and it does not change the owner. The kernel has already checked
+    /// permissions (`default_permissions`), so the server can only fail it for
+    /// reasons close reports (a broken connection, a full or failing disk). This is
+    /// what `tar` and `cp -p` do to each file they write: `futimens`, `fchown` to
+    /// the owner it already has, `fchmod`. Returns the attributes to answer with.
+    fn defer_setattr(
+        &self,
+        ino: u64,
+        fh: Option<FileHandle>,
+        changes: AttrChanges,
+    ) -> Option<Attr> {
+        if changes.size.is_some() {
+            return None;
+        }
+        let writer = match fh {
+            Some(fh) if self.writes.is_writer(ino, fh.0) => fh.0,
+            _ => self.writes.any_writer(ino)?,
+        };
+        let (ticket, attr) = self.writes.begin_setattr(ino, writer, |attr| {
+            if changes.uid.is_some_and(|uid| uid != attr.uid)
+                || changes.gid.is_some_and(|gid| gid != attr.gid)
+            {
+                return false;
+            }
+            if let Some(mode) = changes.mode {
+                attr.perm = (mode & 0o7777) as u16;
+            }
+            let resolve = |t| match t {
+                SetTime::Now => Timestamp::from_system_time(SystemTime::now()),
+                SetTime::At(t) => t,
+            };
+            if let Some(t) = changes.atime {
+                attr.atime = resolve(t);
+            }
+            if let Some(t) = changes.mtime {
+                attr.mtime = resolve(t);
+            }
+            true
+        })?;
+        // The server ignores the path when given a handle; a detached inode has none.
+        let path = self
+            .path_of(INodeNo(ino))
+            .unwrap_or_else(|_| RelPath::root());
+        let writes = self.writes.clone();
+        let op = |handle| Op::SetAttr {
+            path,
+            handle: Some(handle),
+            changes,
+        };
+        self.on_handle(FileHandle(writer), op, move |r| {
+            let result = match r {
+                Ok(Reply::Attr(attr)) => Ok(Some(attr)),
+                Ok(_) => Err(Errno::EPROTO),
+                Err(e) => Err(e),
+            };
+            writes.finish(ticket, result);
+        });
+        Some(attr)
+    }
+
     /// The listing of an open directory, fetched afresh when reading restarts.
     fn listing(&self, fh: FileHandle, offset: u64) -> Result<(RelPath, Arc<Vec<DirEntry>>), Errno> {
         let path = {
@@ -313,6 +396,7 @@ impl Filesystem for FerryFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.writes.wait_idle(ino.0);
         // With a handle the server stats the open file, which may be unlinked.
         let (epoch, op) = match self.attr_target(ino, fh) {
             Ok((path, Some((epoch, handle)))) => (
@@ -355,6 +439,11 @@ impl Filesystem for FerryFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         };
+        if let Some(attr) = self.defer_setattr(ino.0, fh, changes) {
+            return reply.attr(&self.opts.attr_timeout, &file_attr(ino.0, &attr));
+        }
+        // A truncation must not overtake a write; nor may any answer predate them.
+        self.writes.wait_idle(ino.0);
         // With a handle (given, or the only way left to a detached inode) every
         // change goes through the open file.
         match self.attr_target(ino, fh) {
@@ -505,6 +594,7 @@ impl Filesystem for FerryFs {
         };
         let inodes = self.inodes.clone();
         let files = self.files.clone();
+        let writes = self.writes.clone();
         let op = Op::Open {
             path,
             flags: flags.0,
@@ -517,6 +607,9 @@ impl Filesystem for FerryFs {
                     handle,
                     epoch,
                 });
+                if writable(flags.0) {
+                    writes.opened_for_writing(ino.0, fh, &attr);
+                }
                 // Close-to-open consistency: keep cached pages only when the file
                 // is unchanged since it was last opened.
                 let unchanged = {
@@ -539,7 +632,7 @@ impl Filesystem for FerryFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -547,6 +640,8 @@ impl Filesystem for FerryFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        // The server must not be asked before it has this mount's writes.
+        self.writes.wait_idle(ino.0);
         let len = size.min(MAX_CHUNK);
         let read = |handle| Op::Read {
             handle,
@@ -563,38 +658,67 @@ impl Filesystem for FerryFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let len = data.len();
+        let ticket = self.writes.begin_write(ino.0, fh.0, offset, len);
+        let writes = self.writes.clone();
         let write = |handle| Op::Write {
             handle,
             offset,
             data: data.to_vec(),
         };
-        self.on_handle(fh, write, move |r| match r {
-            Ok(Reply::Written(n)) => reply.written(n),
-            Ok(_) => reply.error(errno(Errno::EPROTO)),
-            Err(e) => reply.error(errno(e)),
+        let written = move |r: OpResult| match r {
+            Ok(Reply::Written(n)) => Ok(n),
+            Ok(_) => Err(Errno::EPROTO),
+            Err(e) => Err(e),
+        };
+        if writes_through(flags.0) || !self.writes.is_writer(ino.0, fh.0) {
+            self.on_handle(fh, write, move |r| {
+                writes.finish(ticket, Ok(None));
+                match written(r) {
+                    Ok(n) => reply.written(n),
+                    Err(e) => reply.error(errno(e)),
+                }
+            });
+            return;
+        }
+        // Write-behind: the kernel hears of success now, a failure at flush or fsync.
+        self.on_handle(fh, write, move |r| {
+            let result = match written(r) {
+                Ok(n) if n as usize == len => Ok(None),
+                // A short write on a local disk means it is full.
+                Ok(_) => Err(Errno::ENOSPC),
+                Err(e) => Err(e),
+            };
+            writes.finish(ticket, result);
         });
+        reply.written(u32::try_from(len).unwrap_or(u32::MAX));
     }
 
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
+        ino: INodeNo,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Every write was acknowledged by the server before the kernel was told it
-        // succeeded, so nothing is pending here.
-        reply.ok();
+        // close(2) is where write-behind owes the application its errors.
+        if !self.writes.is_writer(ino.0, fh.0) {
+            return reply.ok();
+        }
+        match self.writes.drain(ino.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn release(
@@ -609,7 +733,10 @@ impl Filesystem for FerryFs {
     ) {
         // close(2) has already returned to the application and release errors go
         // nowhere, so the kernel need not wait for the server.
+        // Changes still in flight through this handle reach the server before its
+        // Close does: the server runs a handle's requests in order.
         lock(&self.inodes).remove_handle(ino.0, fh.0);
+        self.writes.released(ino.0, fh.0);
         let file = lock(&self.files).remove(fh.0);
         // A handle of a connection that is gone was closed with it.
         if let Some(file) = file.filter(|f| self.client.current_epoch() == Some(f.epoch)) {
@@ -631,11 +758,14 @@ impl Filesystem for FerryFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        if let Err(e) = self.writes.drain(ino.0) {
+            return reply.error(errno(e));
+        }
         let fsync = |handle| Op::Fsync { handle, datasync };
         self.on_handle(fh, fsync, move |r| match r {
             Ok(_) => reply.ok(),
@@ -858,6 +988,7 @@ impl Filesystem for FerryFs {
         };
         let inodes = self.inodes.clone();
         let files = self.files.clone();
+        let writes = self.writes.clone();
         let ttl = self.opts.attr_timeout;
         let op = Op::Create {
             path: path.clone(),
@@ -881,6 +1012,9 @@ impl Filesystem for FerryFs {
                         t.add_handle(ino, fh);
                         (ino, fh)
                     };
+                    if writable(flags) {
+                        writes.opened_for_writing(ino, fh, &attr);
+                    }
                     reply.created(
                         &ttl,
                         &file_attr(ino, &attr),

@@ -4,6 +4,8 @@
 //! - [`inode`]: `InodeTable`, the kernel's inode numbers ↔ remote paths.
 //! - [`files`]: `OpenFiles`, the kernel's file handles ↔ server handles, re-opened
 //!   by path after a reconnect.
+//! - [`writeback`]: `WriteBehind`, writes and attribute changes answered before
+//!   the server has, with their order, visibility and errors kept.
 //! - [`fs`]: `FerryFs`, the `fuser::Filesystem` adapter over a `RemoteClient`.
 //! - [`mount`]: mounting, the mountpoint checks, signals and clean unmounting.
 //! - [`cli`]: the plain `ls`/`get`/`put` client, no mount needed.
@@ -16,6 +18,7 @@ pub mod files;
 pub mod fs;
 pub mod inode;
 pub mod mount;
+pub mod writeback;
 
 pub use client::RemoteClient;
 pub use fs::{FerryFs, FsOptions};

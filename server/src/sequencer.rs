@@ -141,7 +141,11 @@ mod tests {
         drop(tx);
         let got: Vec<(u32, u32)> = rx.iter().collect();
         assert_eq!(got[0], (2, 0));
-        let ones: Vec<u32> = got.iter().filter(|(k, _)| *k == 1).map(|(_, i)| *i).collect();
+        let ones: Vec<u32> = got
+            .iter()
+            .filter(|(k, _)| *k == 1)
+            .map(|(_, i)| *i)
+            .collect();
         assert_eq!(ones, (0..50).collect::<Vec<_>>());
         // The workers remove their queues just after their last job.
         for _ in 0..500 {
