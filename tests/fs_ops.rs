@@ -760,3 +760,28 @@ fn unix_sockets_can_be_bound_inside_the_mount() {
     drop(listener);
     fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn inode_numbers_are_stable_and_shared_by_hard_links() {
+    if !common::require_root() {
+        return;
+    }
+    let f = fixture!();
+    fs::create_dir(f.m("d")).unwrap();
+    fs::write(f.m("d/a"), b"A").unwrap();
+    fs::hard_link(f.m("d/a"), f.m("d/b")).unwrap();
+    let dir = fs::metadata(f.m("d")).unwrap().ino();
+    let a = fs::metadata(f.m("d/a")).unwrap().ino();
+    assert_eq!(fs::metadata(f.m("d/b")).unwrap().ino(), a, "hard links");
+    assert_ne!(dir, a);
+    // Make the kernel forget every unused inode (it sends FORGET), then look again:
+    // tar, git and find expect the same numbers.
+    fs::write("/proc/sys/vm/drop_caches", b"2").unwrap();
+    assert_eq!(fs::metadata(f.m("d")).unwrap().ino(), dir);
+    assert_eq!(fs::metadata(f.m("d/b")).unwrap().ino(), a);
+    // A removed file's number is not handed to the next file.
+    fs::remove_file(f.m("d/a")).unwrap();
+    fs::remove_file(f.m("d/b")).unwrap();
+    fs::write(f.m("d/c"), b"C").unwrap();
+    assert_ne!(fs::metadata(f.m("d/c")).unwrap().ino(), a);
+}

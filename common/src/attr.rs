@@ -99,8 +99,11 @@ pub struct Attr {
     pub ctime: Timestamp,
     pub rdev: u64,
     pub blksize: u32,
-    /// The server's inode number: tells hard links apart, never used as the FUSE inode.
+    /// The server's inode number: with `dev`, what tells one file from another
+    /// (hard links share it). Never used as the FUSE inode number.
     pub ino: u64,
+    /// The server's device number of the filesystem holding the node.
+    pub dev: u64,
 }
 
 impl Attr {
@@ -127,6 +130,7 @@ impl Attr {
             rdev: 0,
             blksize: 4096,
             ino: 0,
+            dev: 0,
         }
     }
 

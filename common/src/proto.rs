@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of every [`Hello`]: tells a ferry peer from anything else.
 pub const MAGIC: [u8; 8] = *b"ferry\0\r\n";
 /// Bumped on every incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The client's opening message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@
 use crate::client::{OpResult, RemoteClient};
 use crate::convert::{errno, file_attr, file_type, set_time};
 use crate::files::{OpenFile, OpenFiles};
-use crate::inode::{InodeTable, ROOT_INO};
+use crate::inode::{FileId, InodeTable, ROOT_INO};
 use crate::writeback::WriteBehind;
 use ferry_common::frame::MAX_CHUNK;
 use ferry_common::proto::{AttrChanges, DirEntry, Op, Owner, Reply, SetTime};
@@ -103,9 +103,10 @@ fn owner(req: &Request) -> Option<Owner> {
 
 impl FerryFs {
     pub fn new(client: RemoteClient, opts: FsOptions) -> FerryFs {
+        let root = FileId::of(&client.welcome().root);
         FerryFs {
             client,
-            inodes: Arc::new(Mutex::new(InodeTable::new())),
+            inodes: Arc::new(Mutex::new(InodeTable::new(root))),
             opts,
             files: Arc::new(Mutex::new(OpenFiles::new())),
             writes: Arc::new(WriteBehind::new()),
@@ -212,11 +213,15 @@ impl FerryFs {
         let ttl = self.opts.attr_timeout;
         self.client.submit(op, move |r| match r {
             Ok(Reply::Attr(attr)) => {
-                let ino = lock(&inodes).remember(&path);
+                let ino = lock(&inodes).remember(&path, &attr);
+                log::trace!("entry {path:?} is inode {ino}");
                 reply.entry(&ttl, &file_attr(ino, &attr), GENERATION);
             }
             Ok(_) => reply.error(errno(Errno::EPROTO)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => {
+                log::trace!("entry {path:?}: {e}");
+                reply.error(errno(e))
+            }
         });
     }
 
@@ -392,6 +397,7 @@ impl Filesystem for FerryFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        log::trace!("forget inode {ino} by {nlookup}");
         lock(&self.inodes).forget(ino.0, nlookup);
     }
 
@@ -815,10 +821,8 @@ impl Filesystem for FerryFs {
                 _ => {
                     let entry = &entries[(index - 2) as usize];
                     // d_ino is informational; the kernel looks the name up for the real one.
-                    let ino = path
-                        .join(OsStr::from_bytes(&entry.name))
-                        .ok()
-                        .and_then(|p| lock(&self.inodes).ino_of(&p))
+                    let ino = lock(&self.inodes)
+                        .ino_of_file(&entry.attr)
                         .unwrap_or(entry.attr.ino.max(2));
                     reply.add(
                         INodeNo(ino),
@@ -876,7 +880,7 @@ impl Filesystem for FerryFs {
                     let Ok(child) = path.join(name) else { continue };
                     // Every entry but . and .. counts as a lookup, so it is counted
                     // here and uncounted if it does not fit in this reply.
-                    let child_ino = lock(&self.inodes).remember(&child);
+                    let child_ino = lock(&self.inodes).remember(&child, &entry.attr);
                     let full = reply.add(
                         INodeNo(child_ino),
                         index + 1,
@@ -1001,7 +1005,7 @@ impl Filesystem for FerryFs {
                 Ok(Reply::Opened { handle, attr }) => {
                     let (ino, fh) = {
                         let mut t = lock(&inodes);
-                        let ino = t.remember(&path);
+                        let ino = t.remember(&path, &attr);
                         t.note_open(ino, &attr);
                         let fh = lock(&files).insert(OpenFile {
                             ino,
