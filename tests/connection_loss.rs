@@ -63,6 +63,9 @@ fn a_file_truncated_at_open_is_not_truncated_again_on_reopen() {
         .open(f.m("t"))
         .unwrap();
     w.write_all(b"before").unwrap();
+    // On the server before it restarts (a write still in flight when the
+    // connection breaks fails, and close reports it).
+    w.sync_all().unwrap();
     f.restart_server();
     let mut ok = false;
     for _ in 0..40 {

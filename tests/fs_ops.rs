@@ -785,3 +785,42 @@ fn inode_numbers_are_stable_and_shared_by_hard_links() {
     fs::write(f.m("d/c"), b"C").unwrap();
     assert_ne!(fs::metadata(f.m("d/c")).unwrap().ino(), a);
 }
+
+#[test]
+fn missing_names_and_directory_changes_are_seen_correctly() {
+    let f = fixture!();
+    fs::create_dir(f.m("d")).unwrap();
+    // A name looked up in vain is created through the mount: seen at once.
+    assert_errno(fs::metadata(f.m("d/x")), libc::ENOENT);
+    fs::write(f.m("d/x"), b"x").unwrap();
+    assert_eq!(fs::read(f.m("d/x")).unwrap(), b"x");
+    // The directory's attributes right after a change are the server's.
+    for name in ["y", "z"] {
+        fs::write(f.m(&format!("d/{name}")), b"").unwrap();
+        let here = fs::metadata(f.m("d")).unwrap();
+        let there = fs::metadata(f.e("d")).unwrap();
+        assert_eq!(
+            (here.mtime(), here.mtime_nsec(), here.nlink()),
+            (there.mtime(), there.mtime_nsec(), there.nlink())
+        );
+    }
+    fs::remove_file(f.m("d/y")).unwrap();
+    let here = fs::metadata(f.m("d")).unwrap();
+    let there = fs::metadata(f.e("d")).unwrap();
+    assert_eq!(
+        (here.mtime(), here.mtime_nsec()),
+        (there.mtime(), there.mtime_nsec())
+    );
+    // A name created on the server behind the mount's back appears once the
+    // (1 s) entry timeout of the remembered miss has run out.
+    assert_errno(fs::metadata(f.m("d/late")), libc::ENOENT);
+    fs::write(f.e("d/late"), b"late").unwrap();
+    let start = std::time::Instant::now();
+    while fs::metadata(f.m("d/late")).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "a file created on the server stayed invisible"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

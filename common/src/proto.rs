@@ -117,7 +117,7 @@ pub enum Op {
     /// Opens an existing file with `open(2)` flags (`O_CREAT` is refused; use
     /// `Create`) → [`Reply::Opened`].
     Open { path: RelPath, flags: i32 },
-    /// Creates and opens a file → [`Reply::Opened`].
+    /// Creates and opens a file → [`Reply::Created`] (or [`Reply::Opened`]).
     Create {
         path: RelPath,
         flags: i32,
@@ -144,33 +144,36 @@ pub enum Op {
         handle: Option<u64>,
         changes: AttrChanges,
     },
-    /// → [`Reply::Attr`] of the new directory.
+    /// → [`Reply::Entry`] (or [`Reply::Attr`]) of the new directory.
     Mkdir {
         path: RelPath,
         mode: u32,
         owner: Option<Owner>,
     },
-    /// A FIFO, socket or device node (as the server's privileges allow) → [`Reply::Attr`].
+    /// A FIFO, socket or device node (as the server's privileges allow) → [`Reply::Entry`]
+    /// (or [`Reply::Attr`]).
     Mknod {
         path: RelPath,
         mode: u32,
         rdev: u64,
         owner: Option<Owner>,
     },
-    /// A symlink at `path` whose text is `target`, stored as given → [`Reply::Attr`].
+    /// A symlink at `path` whose text is `target`, stored as given → [`Reply::Entry`]
+    /// (or [`Reply::Attr`]).
     Symlink {
         path: RelPath,
         #[serde(with = "serde_bytes")]
         target: Vec<u8>,
         owner: Option<Owner>,
     },
-    /// A hard link `path` to the existing `existing` → [`Reply::Attr`].
+    /// A hard link `path` to the existing `existing` → [`Reply::Entry`] (or [`Reply::Attr`]).
     Link { existing: RelPath, path: RelPath },
-    /// → [`Reply::Done`].
+    /// → [`Reply::DirsChanged`] (or [`Reply::Done`]).
     Unlink { path: RelPath },
-    /// → [`Reply::Done`].
+    /// → [`Reply::DirsChanged`] (or [`Reply::Done`]).
     Rmdir { path: RelPath },
-    /// `renameat2` with its flags (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`) → [`Reply::Done`].
+    /// `renameat2` with its flags (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`) →
+    /// [`Reply::DirsChanged`] (or [`Reply::Done`]).
     Rename {
         from: RelPath,
         to: RelPath,
@@ -181,6 +184,30 @@ pub enum Op {
 }
 
 impl Op {
+    /// The operation's name, for logs and statistics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Stat { .. } => "stat",
+            Op::ReadDir { .. } => "readdir",
+            Op::ReadLink { .. } => "readlink",
+            Op::Open { .. } => "open",
+            Op::Create { .. } => "create",
+            Op::Read { .. } => "read",
+            Op::Write { .. } => "write",
+            Op::Fsync { .. } => "fsync",
+            Op::Close { .. } => "close",
+            Op::SetAttr { .. } => "setattr",
+            Op::Mkdir { .. } => "mkdir",
+            Op::Mknod { .. } => "mknod",
+            Op::Symlink { .. } => "symlink",
+            Op::Link { .. } => "link",
+            Op::Unlink { .. } => "unlink",
+            Op::Rmdir { .. } => "rmdir",
+            Op::Rename { .. } => "rename",
+            Op::StatFs => "statfs",
+        }
+    }
+
     /// Whether the operation changes the export (refused with EROFS on a
     /// read-only export). Opening for writing counts.
     pub fn is_mutation(&self) -> bool {
@@ -226,6 +253,42 @@ pub enum Reply {
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Written(u32),
     StatFs(StatFs),
+    /// A new node, with the attributes of its directory after the change, which
+    /// spares the client asking for them (the kernel wants them next, for its
+    /// permission checks).
+    Entry {
+        attr: Attr,
+        dir: Attr,
+    },
+    /// A created and opened file, with its directory's attributes after the change.
+    Created {
+        handle: u64,
+        attr: Attr,
+        dir: Attr,
+    },
+    /// A name was removed or moved: the attributes of the directories changed
+    /// (the parent; for a rename, the source's and then the target's parent).
+    DirsChanged(Vec<Attr>),
+}
+
+impl Reply {
+    /// The handle and attributes of an opened (or created) file.
+    pub fn opened(&self) -> Option<(u64, Attr)> {
+        match self {
+            Reply::Opened { handle, attr } | Reply::Created { handle, attr, .. } => {
+                Some((*handle, *attr))
+            }
+            _ => None,
+        }
+    }
+
+    /// The attributes of a new node (or any node, for `Stat` and `SetAttr`).
+    pub fn attr(&self) -> Option<Attr> {
+        match self {
+            Reply::Attr(attr) | Reply::Entry { attr, .. } => Some(*attr),
+            _ => None,
+        }
+    }
 }
 
 /// The answer to the request with the same id.

@@ -13,6 +13,7 @@
 
 use crate::client::{OpResult, RemoteClient};
 use crate::convert::{errno, file_attr, file_type, set_time};
+use crate::dirattrs::DirAttrs;
 use crate::files::{OpenFile, OpenFiles};
 use crate::inode::{FileId, InodeTable, ROOT_INO};
 use crate::writeback::WriteBehind;
@@ -71,6 +72,7 @@ pub struct FerryFs {
     opts: FsOptions,
     files: Arc<Mutex<OpenFiles>>,
     writes: Arc<WriteBehind>,
+    dir_attrs: Arc<DirAttrs>,
     dirs: Mutex<HashMap<u64, OpenDir>>,
     next_dir: AtomicU64,
 }
@@ -94,6 +96,16 @@ fn writes_through(flags: i32) -> bool {
     flags & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC) != 0
 }
 
+/// Keeps the directory attributes the server sent along with a change, for the
+/// directories this mount has numbers for.
+fn note_dirs(inodes: &Mutex<InodeTable>, dir_attrs: &DirAttrs, dirs: &[Attr]) {
+    for dir in dirs {
+        if let Some(ino) = lock(inodes).ino_of_file(dir) {
+            dir_attrs.store(ino, *dir);
+        }
+    }
+}
+
 fn owner(req: &Request) -> Option<Owner> {
     Some(Owner {
         uid: req.uid(),
@@ -104,12 +116,14 @@ fn owner(req: &Request) -> Option<Owner> {
 impl FerryFs {
     pub fn new(client: RemoteClient, opts: FsOptions) -> FerryFs {
         let root = FileId::of(&client.welcome().root);
+        let dir_attrs = Arc::new(DirAttrs::new(opts.attr_timeout));
         FerryFs {
             client,
             inodes: Arc::new(Mutex::new(InodeTable::new(root))),
             opts,
             files: Arc::new(Mutex::new(OpenFiles::new())),
             writes: Arc::new(WriteBehind::new()),
+            dir_attrs,
             dirs: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
         }
@@ -210,19 +224,33 @@ impl FerryFs {
     /// symlink, ...): the inode is counted only when the kernel receives it.
     fn entry_op(&self, path: RelPath, op: Op, reply: ReplyEntry) {
         let inodes = self.inodes.clone();
+        let dir_attrs = self.dir_attrs.clone();
         let ttl = self.opts.attr_timeout;
-        self.client.submit(op, move |r| match r {
-            Ok(Reply::Attr(attr)) => {
-                let ino = lock(&inodes).remember(&path, &attr);
-                log::trace!("entry {path:?} is inode {ino}");
-                reply.entry(&ttl, &file_attr(ino, &attr), GENERATION);
-            }
-            Ok(_) => reply.error(errno(Errno::EPROTO)),
-            Err(e) => {
-                log::trace!("entry {path:?}: {e}");
-                reply.error(errno(e))
-            }
-        });
+        // A name that does not exist is remembered by the kernel as a negative
+        // entry for as long as a positive one would be: compilers, git and shells
+        // look for the same missing files again and again.
+        let negative = matches!(op, Op::Stat { .. });
+        self.client
+            .submit(op, move |r| match r.map(|reply| (reply.attr(), reply)) {
+                Ok((Some(attr), reply_to_op)) => {
+                    if let Reply::Entry { dir, .. } = reply_to_op {
+                        note_dirs(&inodes, &dir_attrs, &[dir]);
+                    }
+                    let ino = lock(&inodes).remember(&path, &attr);
+                    log::trace!("entry {path:?} is inode {ino}");
+                    reply.entry(&ttl, &file_attr(ino, &attr), GENERATION);
+                }
+                Ok(_) => reply.error(errno(Errno::EPROTO)),
+                Err(Errno::ENOENT) if negative => {
+                    // Inode number 0 tells the kernel "no such entry, for ttl".
+                    let none = file_attr(0, &Attr::blank(FileKind::File));
+                    reply.entry(&ttl, &none, GENERATION);
+                }
+                Err(e) => {
+                    log::trace!("entry {path:?}: {e}");
+                    reply.error(errno(e))
+                }
+            });
     }
 
     /// Creates (or looks up) the entry `name` in `parent` with the operation
@@ -249,9 +277,13 @@ impl FerryFs {
         on_success: impl FnOnce(&mut InodeTable) + Send + 'static,
     ) {
         let inodes = self.inodes.clone();
+        let dir_attrs = self.dir_attrs.clone();
         self.client.submit(op, move |r| match r {
-            Ok(_) => {
+            Ok(answer) => {
                 on_success(&mut lock(&inodes));
+                if let Reply::DirsChanged(dirs) = answer {
+                    note_dirs(&inodes, &dir_attrs, &dirs);
+                }
                 reply.ok();
             }
             Err(e) => reply.error(errno(e)),
@@ -398,10 +430,15 @@ impl Filesystem for FerryFs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         log::trace!("forget inode {ino} by {nlookup}");
-        lock(&self.inodes).forget(ino.0, nlookup);
+        if lock(&self.inodes).forget(ino.0, nlookup) {
+            self.dir_attrs.drop_ino(ino.0);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        if let Some((attr, left)) = self.dir_attrs.fresh(ino.0) {
+            return reply.attr(&left, &file_attr(ino.0, &attr));
+        }
         self.writes.wait_idle(ino.0);
         // With a handle the server stats the open file, which may be unlinked.
         let (epoch, op) = match self.attr_target(ino, fh) {
@@ -450,6 +487,7 @@ impl Filesystem for FerryFs {
         }
         // A truncation must not overtake a write; nor may any answer predate them.
         self.writes.wait_idle(ino.0);
+        self.dir_attrs.drop_ino(ino.0);
         // With a handle (given, or the only way left to a detached inode) every
         // change goes through the open file.
         match self.attr_target(ino, fh) {
@@ -605,34 +643,35 @@ impl Filesystem for FerryFs {
             path,
             flags: flags.0,
         };
-        self.client.submit_in(epoch, op, move |r| match r {
-            Ok(Reply::Opened { handle, attr }) => {
-                let fh = lock(&files).insert(OpenFile {
-                    ino: ino.0,
-                    flags: flags.0,
-                    handle,
-                    epoch,
-                });
-                if writable(flags.0) {
-                    writes.opened_for_writing(ino.0, fh, &attr);
+        self.client
+            .submit_in(epoch, op, move |r| match r.map(|reply| reply.opened()) {
+                Ok(Some((handle, attr))) => {
+                    let fh = lock(&files).insert(OpenFile {
+                        ino: ino.0,
+                        flags: flags.0,
+                        handle,
+                        epoch,
+                    });
+                    if writable(flags.0) {
+                        writes.opened_for_writing(ino.0, fh, &attr);
+                    }
+                    // Close-to-open consistency: keep cached pages only when the file
+                    // is unchanged since it was last opened.
+                    let unchanged = {
+                        let mut t = lock(&inodes);
+                        t.add_handle(ino.0, fh);
+                        t.note_open(ino.0, &attr)
+                    };
+                    let fopen = if unchanged {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(fh), fopen);
                 }
-                // Close-to-open consistency: keep cached pages only when the file
-                // is unchanged since it was last opened.
-                let unchanged = {
-                    let mut t = lock(&inodes);
-                    t.add_handle(ino.0, fh);
-                    t.note_open(ino.0, &attr)
-                };
-                let fopen = if unchanged {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.opened(FileHandle(fh), fopen);
-            }
-            Ok(_) => reply.error(errno(Errno::EPROTO)),
-            Err(e) => reply.error(errno(e)),
-        });
+                Ok(_) => reply.error(errno(Errno::EPROTO)),
+                Err(e) => reply.error(errno(e)),
+            });
     }
 
     fn read(
@@ -993,6 +1032,7 @@ impl Filesystem for FerryFs {
         let inodes = self.inodes.clone();
         let files = self.files.clone();
         let writes = self.writes.clone();
+        let dir_attrs = self.dir_attrs.clone();
         let ttl = self.opts.attr_timeout;
         let op = Op::Create {
             path: path.clone(),
@@ -1002,7 +1042,10 @@ impl Filesystem for FerryFs {
         };
         self.client
             .submit_in(epoch, op, move |r: OpResult| match r {
-                Ok(Reply::Opened { handle, attr }) => {
+                Ok(Reply::Opened { handle, attr }) | Ok(Reply::Created { handle, attr, .. }) => {
+                    if let Ok(Reply::Created { dir, .. }) = r {
+                        note_dirs(&inodes, &dir_attrs, &[dir]);
+                    }
                     let (ino, fh) = {
                         let mut t = lock(&inodes);
                         let ino = t.remember(&path, &attr);

@@ -152,14 +152,14 @@ impl InodeTable {
         ino
     }
 
-    /// The kernel dropped `n` references to `ino`. The number stays reserved for
-    /// its file.
-    pub fn forget(&mut self, ino: u64, n: u64) {
+    /// The kernel dropped `n` references to `ino`; true when that was the last.
+    /// The number stays reserved for its file.
+    pub fn forget(&mut self, ino: u64, n: u64) -> bool {
         if ino == ROOT_INO {
-            return;
+            return false;
         }
         let Some(node) = self.nodes.get_mut(&ino) else {
-            return;
+            return false;
         };
         node.lookups = node.lookups.saturating_sub(n);
         if node.lookups == 0 {
@@ -170,7 +170,9 @@ impl InodeTable {
                     }
                 }
             }
+            return true;
         }
+        false
     }
 
     /// Takes `path` away from its inode. When that was the file's last known

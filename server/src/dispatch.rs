@@ -9,7 +9,7 @@ use crate::export::ExportRoot;
 use crate::handles::HandleTable;
 use ferry_common::frame::{MAX_CHUNK, READDIR_PAGE};
 use ferry_common::proto::{Op, Reply};
-use ferry_common::Errno;
+use ferry_common::{Attr, Errno, RelPath};
 use std::sync::Arc;
 
 pub struct Session {
@@ -25,6 +25,33 @@ impl Session {
             handles: HandleTable::new(),
             read_only,
         }
+    }
+
+    /// The attributes of the directory holding `path`, after a change to it; `None`
+    /// if they cannot be read (the change itself succeeded, so that is no error).
+    fn dir_of(&self, path: &RelPath) -> Option<Attr> {
+        let (dir, _) = path.split_last()?;
+        self.export.stat(&dir).ok()
+    }
+
+    fn entry(&self, path: &RelPath, attr: Attr) -> Reply {
+        match self.dir_of(path) {
+            Some(dir) => Reply::Entry { attr, dir },
+            None => Reply::Attr(attr),
+        }
+    }
+
+    /// The directories of `paths` after a change, in order (one directory once).
+    fn dirs_changed(&self, paths: &[&RelPath]) -> Reply {
+        let mut dirs: Vec<Attr> = Vec::new();
+        for path in paths {
+            match self.dir_of(path) {
+                Some(dir) if dirs.last() == Some(&dir) => {}
+                Some(dir) => dirs.push(dir),
+                None => return Reply::Done,
+            }
+        }
+        Reply::DirsChanged(dirs)
     }
 
     /// Carries out one operation.
@@ -53,7 +80,10 @@ impl Session {
             } => {
                 let (file, attr) = export.create(&path, flags, mode, owner)?;
                 let handle = self.handles.insert(file)?;
-                Ok(Reply::Opened { handle, attr })
+                Ok(match self.dir_of(&path) {
+                    Some(dir) => Reply::Created { handle, attr, dir },
+                    None => Reply::Opened { handle, attr },
+                })
             }
             Op::Read {
                 handle,
@@ -97,23 +127,42 @@ impl Session {
                 }
                 None => export.set_attr(&path, &changes).map(Reply::Attr),
             },
-            Op::Mkdir { path, mode, owner } => export.mkdir(&path, mode, owner).map(Reply::Attr),
+            Op::Mkdir { path, mode, owner } => {
+                let attr = export.mkdir(&path, mode, owner)?;
+                Ok(self.entry(&path, attr))
+            }
             Op::Mknod {
                 path,
                 mode,
                 rdev,
                 owner,
-            } => export.mknod(&path, mode, rdev, owner).map(Reply::Attr),
+            } => {
+                let attr = export.mknod(&path, mode, rdev, owner)?;
+                Ok(self.entry(&path, attr))
+            }
             Op::Symlink {
                 path,
                 target,
                 owner,
-            } => export.symlink(&path, &target, owner).map(Reply::Attr),
-            Op::Link { existing, path } => export.link(&existing, &path).map(Reply::Attr),
-            Op::Unlink { path } => export.unlink(&path).map(|()| Reply::Done),
-            Op::Rmdir { path } => export.rmdir(&path).map(|()| Reply::Done),
+            } => {
+                let attr = export.symlink(&path, &target, owner)?;
+                Ok(self.entry(&path, attr))
+            }
+            Op::Link { existing, path } => {
+                let attr = export.link(&existing, &path)?;
+                Ok(self.entry(&path, attr))
+            }
+            Op::Unlink { path } => {
+                export.unlink(&path)?;
+                Ok(self.dirs_changed(&[&path]))
+            }
+            Op::Rmdir { path } => {
+                export.rmdir(&path)?;
+                Ok(self.dirs_changed(&[&path]))
+            }
             Op::Rename { from, to, flags } => {
-                export.rename(&from, &to, flags).map(|()| Reply::Done)
+                export.rename(&from, &to, flags)?;
+                Ok(self.dirs_changed(&[&from, &to]))
             }
             Op::StatFs => export.statfs().map(Reply::StatFs),
         }
