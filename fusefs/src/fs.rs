@@ -294,8 +294,12 @@ impl FerryFs {
     /// connection of the server handle it carries.
     fn attr_op(&self, ino: INodeNo, epoch: Option<u64>, op: Op, reply: ReplyAttr) {
         let ttl = self.opts.attr_timeout;
+        let writes = self.writes.clone();
         let done = move |r: OpResult| match r {
-            Ok(Reply::Attr(attr)) => reply.attr(&ttl, &file_attr(ino.0, &attr)),
+            Ok(Reply::Attr(attr)) => {
+                writes.told(ino.0, &attr);
+                reply.attr(&ttl, &file_attr(ino.0, &attr))
+            }
             Ok(_) => reply.error(errno(Errno::EPROTO)),
             Err(e) => reply.error(errno(e)),
         };
@@ -438,6 +442,11 @@ impl Filesystem for FerryFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         if let Some((attr, left)) = self.dir_attrs.fresh(ino.0) {
             return reply.attr(&left, &file_attr(ino.0, &attr));
+        }
+        // A file this mount is writing: the server would only say what we know, or
+        // less (the kernel asks while changing the owner, after every write).
+        if let Some(attr) = self.writes.projected(ino.0, self.opts.attr_timeout) {
+            return reply.attr(&self.opts.attr_timeout, &file_attr(ino.0, &attr));
         }
         self.writes.wait_idle(ino.0);
         // With a handle the server stats the open file, which may be unlinked.

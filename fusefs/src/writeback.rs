@@ -28,7 +28,7 @@
 use ferry_common::{Attr, Errno, Timestamp};
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 /// File data in flight over the whole mount. Below the server's per-connection
 /// budget (32 MiB), so the server never stops reading because of write-behind.
@@ -61,6 +61,8 @@ struct FileState {
     /// The attributes the server will report once everything in flight has
     /// landed: its last answer with this mount's later changes applied.
     attr: Option<Attr>,
+    /// When the server last told us the attributes.
+    told_at: Option<Instant>,
     /// Kernel handles open for writing on this inode.
     writers: Vec<u64>,
 }
@@ -118,7 +120,34 @@ impl WriteBehind {
         // With changes in flight the projection is newer than the server's answer.
         if file.in_flight.is_empty() {
             file.attr = Some(*attr);
+            file.told_at = Some(Instant::now());
         }
+    }
+
+    /// The server answered with the attributes of `ino` (after a change this
+    /// mount waited for): they replace the projection unless changes are in flight.
+    pub fn told(&self, ino: u64, attr: &Attr) {
+        let mut state = self.lock();
+        if let Some(file) = state.files.get_mut(&ino) {
+            if file.in_flight.is_empty() && file.attr.is_some() {
+                file.attr = Some(*attr);
+                file.told_at = Some(Instant::now());
+            }
+        }
+    }
+
+    /// What `getattr` of `ino` can be answered with without asking the server:
+    /// the projection, while changes are in flight (the server's answer would be
+    /// older than what the kernel knows) or while the server's last word on them is
+    /// younger than `ttl`. Only for files this mount writes to.
+    pub fn projected(&self, ino: u64, ttl: Duration) -> Option<Attr> {
+        let state = self.lock();
+        let file = state.files.get(&ino)?;
+        let recent = file.told_at.is_some_and(|t| t.elapsed() < ttl);
+        if file.writers.is_empty() || !(recent || !file.in_flight.is_empty()) {
+            return None;
+        }
+        file.attr
     }
 
     /// Kernel handle `fh` of `ino` was released.
@@ -236,7 +265,10 @@ impl WriteBehind {
                     log::debug!("a write-behind change of inode {} failed: {e}", ticket.ino);
                     file.error.get_or_insert(e);
                 }
-                Ok(Some(attr)) if file.in_flight.is_empty() => file.attr = Some(attr),
+                Ok(Some(attr)) if file.in_flight.is_empty() => {
+                    file.attr = Some(attr);
+                    file.told_at = Some(Instant::now());
+                }
                 Ok(_) => {}
             }
         }
@@ -319,6 +351,30 @@ mod tests {
         wb.finish(t, Ok(None));
         wb.finish(s, Ok(None));
         assert_eq!(wb.drain(5), Ok(()));
+    }
+
+    #[test]
+    fn getattr_is_answered_from_the_projection_while_it_is_current() {
+        let wb = WriteBehind::new();
+        let ttl = Duration::from_millis(100);
+        assert!(wb.projected(5, ttl).is_none());
+        wb.opened_for_writing(5, 1, &attr());
+        assert_eq!(wb.projected(5, ttl).map(|a| a.size), Some(0));
+        let t = wb.begin_write(5, 1, 0, 10);
+        std::thread::sleep(Duration::from_millis(150));
+        // Old, but changes are in flight: the server knows less than we do.
+        assert_eq!(wb.projected(5, ttl).map(|a| a.size), Some(10));
+        wb.finish(t, Ok(None));
+        assert!(
+            wb.projected(5, ttl).is_none(),
+            "old and settled: ask the server"
+        );
+        let mut fresh = attr();
+        fresh.size = 10;
+        wb.told(5, &fresh);
+        assert_eq!(wb.projected(5, ttl).map(|a| a.size), Some(10));
+        wb.released(5, 1);
+        assert!(wb.projected(5, ttl).is_none());
     }
 
     #[test]
