@@ -144,7 +144,8 @@ impl WriteBehind {
         let state = self.lock();
         let file = state.files.get(&ino)?;
         let recent = file.told_at.is_some_and(|t| t.elapsed() < ttl);
-        if file.writers.is_empty() || !(recent || !file.in_flight.is_empty()) {
+        let settled = file.in_flight.is_empty();
+        if file.writers.is_empty() || (settled && !recent) {
             return None;
         }
         file.attr
