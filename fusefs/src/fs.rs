@@ -7,18 +7,22 @@
 //! kernel can keep many requests in flight. Only directory listing, which may take
 //! several round trips, is done synchronously.
 
+mod locking;
+mod xattr;
+
 use crate::client::{OpResult, RemoteClient};
 use crate::convert::{errno, file_attr, file_type, set_time};
 use crate::files::{OpenFile, OpenFiles};
 use crate::inode::{InodeTable, ROOT_INO};
+use crate::locks::LockOwners;
 use ferry_common::frame::MAX_CHUNK;
 use ferry_common::proto::{AttrChanges, DirEntry, Op, Owner, Reply};
 use ferry_common::{Attr, Errno, FileKind, RelPath};
 use fuser::{
     BsdFileFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -67,6 +71,9 @@ pub struct FerryFs {
     files: Arc<Mutex<OpenFiles>>,
     dirs: Mutex<HashMap<u64, OpenDir>>,
     next_dir: AtomicU64,
+    /// POSIX lock owners that may hold locks on the server.
+    lock_owners: Arc<LockOwners>,
+    capabilities: Arc<xattr::CapabilityCache>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -91,6 +98,8 @@ impl FerryFs {
             files: Arc::new(Mutex::new(OpenFiles::new())),
             dirs: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
+            lock_owners: Arc::new(LockOwners::new()),
+            capabilities: Arc::default(),
         }
     }
 
@@ -288,6 +297,9 @@ impl Filesystem for FerryFs {
             InitFlags::FUSE_BIG_WRITES,
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_ASYNC_DIO,
+            // Locks are taken on the server, so clients exclude each other.
+            InitFlags::FUSE_POSIX_LOCKS,
+            InitFlags::FUSE_FLOCK_LOCKS,
         ] {
             if let Err(missing) = config.add_capabilities(cap) {
                 log::info!("the kernel does not offer {missing:?}");
@@ -587,14 +599,14 @@ impl Filesystem for FerryFs {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         // Every write was acknowledged by the server before the kernel was told it
-        // succeeded, so nothing is pending here.
-        reply.ok();
+        // succeeded, so nothing is pending here but the closer's POSIX locks.
+        self.release_posix_locks(ino, fh, lock_owner, move || reply.ok());
     }
 
     fn release(
@@ -803,39 +815,61 @@ impl Filesystem for FerryFs {
         });
     }
 
-    // Extended attributes are not supported yet. ENOSYS (rather than fuser's
-    // default, which logs a warning each time) makes the kernel remember that and
-    // answer EOPNOTSUPP to applications without asking again.
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(errno(Errno::ENOSYS));
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.xattr_get(ino, name, size, reply);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(errno(Errno::ENOSYS));
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.xattr_list(req, ino, size, reply);
     }
 
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
-        _position: u32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno(Errno::ENOSYS));
+        self.xattr_set(ino, name, value, flags, position, reply);
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(Errno::ENOSYS));
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.xattr_remove(ino, name, reply);
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        self.lock_test(fh, lock_owner, start, end, typ, reply);
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let tid = req.pid();
+        self.lock_set(ino, fh, lock_owner, start, end, typ, tid, sleep, reply);
     }
 
     fn create(
@@ -859,6 +893,7 @@ impl Filesystem for FerryFs {
         let inodes = self.inodes.clone();
         let files = self.files.clone();
         let ttl = self.opts.attr_timeout;
+        let capabilities = self.capabilities.clone();
         let op = Op::Create {
             path: path.clone(),
             flags,
@@ -881,6 +916,7 @@ impl Filesystem for FerryFs {
                         t.add_handle(ino, fh);
                         (ino, fh)
                     };
+                    capabilities.note_new_file(ino, ttl);
                     reply.created(
                         &ttl,
                         &file_attr(ino, &attr),

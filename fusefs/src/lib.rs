@@ -4,6 +4,7 @@
 //! - [`inode`]: `InodeTable`, the kernel's inode numbers ↔ remote paths.
 //! - [`files`]: `OpenFiles`, the kernel's file handles ↔ server handles, re-opened
 //!   by path after a reconnect.
+//! - [`locks`]: file locks held by the server: flock detection, waiting.
 //! - [`fs`]: `FerryFs`, the `fuser::Filesystem` adapter over a `RemoteClient`.
 //! - [`mount`]: mounting, the mountpoint checks, signals and clean unmounting.
 //! - [`cli`]: the plain `ls`/`get`/`put` client, no mount needed.
@@ -15,6 +16,7 @@ pub mod convert;
 pub mod files;
 pub mod fs;
 pub mod inode;
+pub mod locks;
 pub mod mount;
 
 pub use client::RemoteClient;
