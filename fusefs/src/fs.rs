@@ -14,7 +14,7 @@ use crate::client::{OpResult, RemoteClient};
 use crate::convert::{errno, file_attr, file_type, set_time};
 use crate::files::{OpenFile, OpenFiles};
 use crate::inode::{InodeTable, ROOT_INO};
-use crate::locks::LockOwners;
+use crate::locks::{CacheInvalidator, LockOwners};
 use ferry_common::frame::MAX_CHUNK;
 use ferry_common::proto::{AttrChanges, DirEntry, Op, Owner, Reply};
 use ferry_common::{Attr, Errno, FileKind, RelPath};
@@ -74,6 +74,7 @@ pub struct FerryFs {
     /// POSIX lock owners that may hold locks on the server.
     lock_owners: Arc<LockOwners>,
     capabilities: Arc<xattr::CapabilityCache>,
+    invalidator: Arc<CacheInvalidator>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -100,7 +101,14 @@ impl FerryFs {
             next_dir: AtomicU64::new(1),
             lock_owners: Arc::new(LockOwners::new()),
             capabilities: Arc::default(),
+            invalidator: Arc::default(),
         }
+    }
+
+    /// Where the mount puts the session's notifier once mounted, so that taking
+    /// a lock can drop cached data (see [`CacheInvalidator`]).
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.invalidator.slot()
     }
 
     fn path_of(&self, ino: INodeNo) -> Result<RelPath, Errno> {

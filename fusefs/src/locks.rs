@@ -25,8 +25,9 @@
 use crate::client::{OpResult, RemoteClient};
 use ferry_common::proto::{FileLock, LockKind, LockType, Op, Reply, LOCK_TO_EOF};
 use ferry_common::Errno;
+use fuser::{INodeNo, Notifier};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -152,6 +153,74 @@ impl LockOwners {
     /// Forgets (`ino`, `owner`) and says whether its locks live on connection `epoch`.
     pub fn take(&self, ino: u64, owner: u64, epoch: u64) -> bool {
         self.map().remove(&(ino, owner)) == Some(epoch)
+    }
+}
+
+/// Work for the invalidation thread: an inode whose cached pages go, and what to
+/// do afterwards.
+type Job = (u64, Box<dyn FnOnce() + Send>);
+
+/// Drops the kernel's cached pages and attributes of a file whose lock was just
+/// taken, as NFS does: another client may have changed the file while this one
+/// did not hold the lock, and a database reading stale pages under its lock
+/// would corrupt itself. Writes need no counterpart on unlock, as every write
+/// has reached the server before `write(2)` returns.
+///
+/// The kernel carries out an invalidation before the notification's write
+/// returns, and may wait for a page whose read is still in flight — a read
+/// answered by the connection's reader thread, where lock replies arrive. So
+/// the work is done on a thread of its own, and the lock is granted after it.
+#[derive(Default)]
+pub struct CacheInvalidator {
+    /// Set once the session is mounted (the notifier exists only then).
+    notifier: Arc<OnceLock<Notifier>>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+}
+
+impl CacheInvalidator {
+    /// Where the mount puts the session's notifier.
+    pub fn slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// Invalidates `ino`'s cache, then runs `then`.
+    pub fn invalidate_then(&self, ino: u64, then: impl FnOnce() + Send + 'static) {
+        if self.notifier.get().is_none() {
+            return then();
+        }
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        if jobs.is_none() {
+            let (tx, rx) = mpsc::channel::<Job>();
+            let notifier = self.notifier.clone();
+            let started = thread::Builder::new()
+                .name("ferry-invalidate".into())
+                .spawn(move || {
+                    for (ino, then) in rx {
+                        if let Some(n) = notifier.get() {
+                            // The kernel may have forgotten the inode: nothing cached.
+                            if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
+                                log::debug!("invalidating inode {ino}: {e}");
+                            }
+                        }
+                        then();
+                    }
+                });
+            match started {
+                Ok(_) => *jobs = Some(tx),
+                Err(e) => {
+                    log::warn!("cannot start the cache invalidation thread: {e}");
+                    drop(jobs);
+                    return then();
+                }
+            }
+        }
+        if let Some(tx) = jobs.as_ref() {
+            if let Err(mpsc::SendError((_, then))) = tx.send((ino, Box::new(then))) {
+                *jobs = None;
+                drop(jobs);
+                then();
+            }
+        }
     }
 }
 

@@ -67,27 +67,24 @@ impl FerryFs {
             lock,
         };
         let owners = self.lock_owners.clone();
-        let taken = move |r: Result<(), Errno>| {
-            if r.is_ok() && kind == LockKind::Posix && lock.typ != LockType::Unlock {
-                owners.note(ino.0, owner.0, epoch);
+        let invalidator = self.invalidator.clone();
+        // Records a POSIX owner, and drops cached data before a lock is granted.
+        let finish = move |r: Result<(), Errno>| match r {
+            Ok(()) if lock.typ == LockType::Unlock => reply.ok(),
+            Ok(()) => {
+                if kind == LockKind::Posix {
+                    owners.note(ino.0, owner.0, epoch);
+                }
+                invalidator.invalidate_then(ino.0, move || reply.ok());
             }
-            r
+            Err(e) => reply.error(errno(e)),
         };
         let client = self.client.clone();
-        self.client.submit_in(epoch, op.clone(), move |r| {
-            let first = r.map(|_| ());
-            match first {
-                Err(e) if e.code() == libc::EAGAIN && sleep => {
-                    locks::wait_for_lock(client, epoch, op, tid, move |r| match taken(r) {
-                        Ok(()) => reply.ok(),
-                        Err(e) => reply.error(errno(e)),
-                    })
-                }
-                other => match taken(other) {
-                    Ok(()) => reply.ok(),
-                    Err(e) => reply.error(errno(e)),
-                },
+        self.client.submit_in(epoch, op.clone(), move |r| match r {
+            Err(e) if e.code() == libc::EAGAIN && sleep => {
+                locks::wait_for_lock(client, epoch, op, tid, finish)
             }
+            other => finish(other.map(|_| ())),
         });
     }
 
