@@ -552,6 +552,10 @@ impl Filesystem for FerryFs {
                 reply.opened(FileHandle(fh), fopen);
             }
             Ok(_) => reply.error(errno(Errno::EPROTO)),
+            // The name was cached by the kernel but is gone on the server (another
+            // client removed it): ESTALE makes the kernel look the name up again
+            // and retry, as for NFS, so an O_CREAT open then creates the file.
+            Err(e) if e == Errno::ENOENT => reply.error(errno(Errno::new(libc::ESTALE))),
             Err(e) => reply.error(errno(e)),
         });
     }
