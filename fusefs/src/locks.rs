@@ -61,11 +61,23 @@ pub fn lock_kind(tid: u32, lock: &FileLock) -> LockKind {
     if lock.start != 0 || lock.end < LOCK_TO_EOF || tid == 0 {
         return LockKind::Posix;
     }
-    match std::fs::read_to_string(format!("/proc/{tid}/syscall")) {
-        Ok(text) if syscall_number(&text) == Some(libc::SYS_flock) => LockKind::Flock,
-        _ => LockKind::Posix,
+    // The thread is between queueing its request and going to sleep for a
+    // moment ("running"); it is asleep in the system call soon after.
+    for _ in 0..SYSCALL_TRIES {
+        match std::fs::read_to_string(format!("/proc/{tid}/syscall")) {
+            Ok(text) => match syscall_number(&text) {
+                Some(libc::SYS_flock) => return LockKind::Flock,
+                Some(_) => return LockKind::Posix,
+                None => thread::sleep(Duration::from_micros(100)),
+            },
+            Err(_) => return LockKind::Posix,
+        }
     }
+    LockKind::Posix
 }
+
+/// How often [`lock_kind`] looks at a thread that is still running.
+const SYSCALL_TRIES: usize = 20;
 
 /// The first field of `/proc/<tid>/syscall`: the number of the system call the
 /// thread is blocked in ("running" or "-1 ..." otherwise).

@@ -15,7 +15,7 @@ use std::sync::Arc;
 pub struct Session {
     export: Arc<ExportRoot>,
     handles: HandleTable,
-    /// Declared after `handles`: POSIX locks are dropped after the handles close.
+    /// POSIX locks by file and lock owner (flocks live on the handles themselves).
     locks: LockTable,
     read_only: bool,
 }

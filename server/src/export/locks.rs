@@ -244,3 +244,77 @@ fn ofd_getlk(fd: BorrowedFd<'_>, lock: &FileLock) -> Result<Option<FileLock>, Er
     };
     Ok(Some(FileLock { typ, start, end }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::ExportRoot;
+    use super::*;
+    use ferry_common::RelPath;
+
+    fn lock(typ: LockType, start: u64, end: u64) -> FileLock {
+        FileLock { typ, start, end }
+    }
+
+    #[test]
+    fn owners_exclude_each_other_but_not_themselves() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), b"data").unwrap();
+        let export = ExportRoot::open(tmp.path()).unwrap();
+        let path = RelPath::parse("f").unwrap();
+        let (one, _) = export.open_file(&path, libc::O_RDWR).unwrap();
+        let (two, _) = export.open_file(&path, libc::O_RDONLY).unwrap();
+        let table = LockTable::new();
+        let write = lock(LockType::Write, 0, 9);
+        table.set(&one, 1, LockKind::Posix, write).unwrap();
+        // The same owner through another handle: no conflict.
+        table.set(&two, 1, LockKind::Posix, write).unwrap();
+        // Another owner: refused, and told who holds what.
+        let err = table.set(&two, 2, LockKind::Posix, lock(LockType::Read, 5, 5));
+        assert_eq!(err.unwrap_err().code(), libc::EAGAIN);
+        assert_eq!(
+            table
+                .test(&two, 2, lock(LockType::Read, 0, LOCK_TO_EOF))
+                .unwrap(),
+            Some(write)
+        );
+        assert_eq!(table.test(&two, 1, write).unwrap(), None);
+        table
+            .set(
+                &two,
+                2,
+                LockKind::Posix,
+                lock(LockType::Read, 10, LOCK_TO_EOF),
+            )
+            .unwrap();
+        // Releasing the owner frees everything it held.
+        table.release(&one, 1).unwrap();
+        table
+            .set(&one, 2, LockKind::Posix, lock(LockType::Write, 0, 9))
+            .unwrap();
+        // flocks are per handle and independent of POSIX locks.
+        table.set(&one, 1, LockKind::Flock, write).unwrap();
+        let err = table.set(
+            &two,
+            1,
+            LockKind::Flock,
+            lock(LockType::Read, 0, LOCK_TO_EOF),
+        );
+        assert_eq!(err.unwrap_err().code(), libc::EAGAIN);
+        table
+            .set(
+                &one,
+                1,
+                LockKind::Flock,
+                lock(LockType::Unlock, 0, LOCK_TO_EOF),
+            )
+            .unwrap();
+        table
+            .set(
+                &two,
+                1,
+                LockKind::Flock,
+                lock(LockType::Read, 0, LOCK_TO_EOF),
+            )
+            .unwrap();
+    }
+}
