@@ -404,3 +404,53 @@ fn locks_end_when_the_holders_connection_dies() {
     drop(mount);
     let _ = std::io::stdout().flush();
 }
+
+#[test]
+fn directory_locks_stay_local_and_never_reach_a_file() {
+    let mut f = fixture!();
+    let other = f.second_mount("mnt2", Setup::default());
+    fs::create_dir(f.m("dir")).unwrap();
+    fs::write(f.m("file"), b"data").unwrap();
+    // An open file and an open directory; their handle numbers may coincide.
+    let file = open_rw(&f.m("file"));
+    let dir = File::open(f.m("dir")).unwrap();
+    // The kernel keeps directory flocks to itself (FUSE has no directory locks).
+    flock(&dir, libc::LOCK_EX | libc::LOCK_NB).unwrap();
+    let dir2 = File::open(f.m("dir")).unwrap();
+    assert_errno(
+        flock(&dir2, libc::LOCK_EX | libc::LOCK_NB),
+        libc::EWOULDBLOCK,
+    );
+    // The file was not locked in the directory's stead.
+    let b = open_rw(&other.join("file"));
+    flock(&b, libc::LOCK_EX | libc::LOCK_NB).unwrap();
+    setlk(&b, libc::F_SETLK, libc::F_WRLCK, 0, 0).unwrap();
+    drop(file);
+}
+
+#[test]
+fn a_wait_longer_than_the_request_timeout_is_not_a_timeout() {
+    let short = Setup {
+        timeout: Duration::from_millis(500),
+        ..Setup::default()
+    };
+    let mut f = fixture!(short.clone());
+    let other = f.second_mount("mnt2", short);
+    fs::write(f.m("file"), b"data").unwrap();
+    let a = open_rw(&f.m("file"));
+    setlk(&a, libc::F_SETLK, libc::F_WRLCK, 0, 0).unwrap();
+    flock(&a, libc::LOCK_EX).unwrap();
+    let path = other.join("file");
+    let waiter = std::thread::spawn(move || {
+        let b = open_rw(&path);
+        setlk(&b, libc::F_SETLKW, libc::F_WRLCK, 0, 0)?;
+        flock(&b, libc::LOCK_EX)
+    });
+    // Several request timeouts pass while the other mount waits.
+    std::thread::sleep(Duration::from_millis(2000));
+    drop(a);
+    waiter
+        .join()
+        .expect("the waiter panicked")
+        .expect("a long wait must end with the lock, not ETIMEDOUT");
+}

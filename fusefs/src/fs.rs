@@ -855,7 +855,7 @@ impl Filesystem for FerryFs {
     fn getlk(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
@@ -864,7 +864,7 @@ impl Filesystem for FerryFs {
         _pid: u32,
         reply: ReplyLock,
     ) {
-        self.lock_test(fh, lock_owner, start, end, typ, reply);
+        self.lock_test(ino, fh, lock_owner, start, end, typ, reply);
     }
 
     fn setlk(

@@ -9,9 +9,17 @@ use ferry_common::Errno;
 use fuser::{FileHandle, INodeNo, LockOwner, ReplyEmpty, ReplyLock};
 
 impl FerryFs {
+    /// Whether `fh` is an open file of `ino`. Directories are not opened on the
+    /// server, so they have nothing to lock, and their handle numbers are
+    /// counted apart from files' (the same number may name an open file).
+    fn is_open_file(&self, ino: INodeNo, fh: FileHandle) -> bool {
+        guard(&self.files).get(fh.0).is_some_and(|f| f.ino == ino.0)
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn lock_test(
         &self,
+        ino: INodeNo,
         fh: FileHandle,
         owner: LockOwner,
         start: u64,
@@ -22,6 +30,9 @@ impl FerryFs {
         let Some(lock) = file_lock(typ, start, end) else {
             return reply.error(errno(Errno::EINVAL));
         };
+        if !self.is_open_file(ino, fh) {
+            return reply.error(errno(Errno::new(libc::ENOLCK)));
+        }
         let make = |handle| Op::GetLock {
             handle,
             owner: owner.0,
@@ -51,8 +62,7 @@ impl FerryFs {
         let Some(lock) = file_lock(typ, start, end) else {
             return reply.error(errno(Errno::EINVAL));
         };
-        // Directories are not opened on the server, so there is nothing to lock.
-        if guard(&self.files).get(fh.0).is_none() {
+        if !self.is_open_file(ino, fh) {
             return reply.error(errno(Errno::new(libc::ENOLCK)));
         }
         let kind = lock_kind(tid, &lock);
