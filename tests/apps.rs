@@ -1,5 +1,5 @@
-//! Real applications that depend on locks and exact metadata: sqlite with two
-//! writers on two mounts, git clone, a C build with make, rsync.
+//! Real applications that depend on locks and exact metadata: sqlite with
+//! writers on two mounts and on the server, git clone, a C build with make, rsync.
 
 mod common;
 
@@ -43,7 +43,7 @@ fn python_sqlite(script: &str, args: &[&str]) -> String {
 }
 
 #[test]
-fn sqlite_with_two_writers_on_two_mounts_stays_intact() {
+fn sqlite_with_writers_on_two_mounts_and_the_server_stays_intact() {
     let mut f = fixture!();
     let other = f.second_mount("mnt2", Setup::default());
     let db_a = f.m("shared.db");
@@ -65,9 +65,11 @@ fn sqlite_with_two_writers_on_two_mounts_stays_intact() {
             .spawn()
             .expect("python3 is needed")
     };
+    // Two mounts, and a local process on the server's own copy.
     let a = spawn(&db_a, "a");
     let b = spawn(&db_b, "b");
-    for (who, child) in [("a", a), ("b", b)] {
+    let local = spawn(&f.e("shared.db"), "local");
+    for (who, child) in [("a", a), ("b", b), ("local", local)] {
         let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),
@@ -76,7 +78,7 @@ fn sqlite_with_two_writers_on_two_mounts_stays_intact() {
         );
     }
     let check = "import sqlite3,sys\ncon=sqlite3.connect(sys.argv[1])\nprint(con.execute('PRAGMA integrity_check').fetchone()[0])\nprint(con.execute(\"SELECT count(*), count(DISTINCT who || '-' || n) FROM t\").fetchone())\n";
-    let expected = format!("ok\n({}, {})", 2 * ROWS, 2 * ROWS);
+    let expected = format!("ok\n({}, {})", 3 * ROWS, 3 * ROWS);
     // Through either mount and on the server's disk.
     assert_eq!(python_sqlite(check, &[db_a.to_str().unwrap()]), expected);
     assert_eq!(python_sqlite(check, &[db_b.to_str().unwrap()]), expected);
