@@ -637,36 +637,6 @@ fn mode_bits_are_created_as_asked() {
 }
 
 #[test]
-fn extended_attributes_are_reported_unsupported() {
-    let f = fixture!();
-    fs::write(f.m("x"), b"").unwrap();
-    let path = std::ffi::CString::new(f.m("x").to_str().unwrap()).unwrap();
-    let name = c"user.test";
-    for _ in 0..2 {
-        let mut buf = [0u8; 16];
-        let rc = unsafe {
-            libc::getxattr(
-                path.as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        assert_eq!(rc, -1);
-        assert_eq!(
-            std::io::Error::last_os_error().raw_os_error(),
-            Some(libc::EOPNOTSUPP)
-        );
-    }
-    let rc = unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), b"v".as_ptr().cast(), 1, 0) };
-    assert_eq!(rc, -1);
-    assert_eq!(
-        std::io::Error::last_os_error().raw_os_error(),
-        Some(libc::EOPNOTSUPP)
-    );
-}
-
-#[test]
 fn new_nodes_in_a_setgid_directory_keep_its_group() {
     if !common::require_root() {
         return;

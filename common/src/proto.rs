@@ -181,7 +181,80 @@ pub enum Op {
     },
     /// Statistics of the export's filesystem → [`Reply::StatFs`].
     StatFs,
+    /// The value of the extended attribute `name` → [`Reply::Xattr`]; ENODATA
+    /// when the node has no such attribute.
+    GetXattr {
+        path: RelPath,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    /// The names of the node's extended attributes, each followed by a NUL, as
+    /// `listxattr(2)` gives them → [`Reply::Xattr`].
+    ListXattr { path: RelPath },
+    /// `setxattr(2)`; `flags` is 0, `XATTR_CREATE` or `XATTR_REPLACE` → [`Reply::Done`].
+    SetXattr {
+        path: RelPath,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        flags: i32,
+    },
+    /// → [`Reply::Done`]; ENODATA when the node has no such attribute.
+    RemoveXattr {
+        path: RelPath,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    /// Takes, changes or drops a lock on the file behind `handle`, never waiting:
+    /// EAGAIN when a conflicting lock is held elsewhere (the client waits and
+    /// asks again) → [`Reply::Done`]. `owner` is the client's lock owner: POSIX
+    /// locks of one owner never conflict with each other.
+    SetLock {
+        handle: u64,
+        owner: u64,
+        kind: LockKind,
+        lock: FileLock,
+    },
+    /// The first POSIX lock held by another owner that conflicts with `lock`
+    /// → [`Reply::LockConflict`].
+    GetLock {
+        handle: u64,
+        owner: u64,
+        lock: FileLock,
+    },
+    /// Drops every POSIX lock `owner` holds on the file behind `handle`, as
+    /// closing any descriptor of a file does → [`Reply::Done`].
+    ReleaseLocks { handle: u64, owner: u64 },
 }
+
+/// Which family a lock belongs to. The two are independent, as on Linux.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockKind {
+    /// `fcntl` byte-range locks, owned by the lock owner (a process).
+    Posix,
+    /// `flock(2)` whole-file locks, owned by the open file.
+    Flock,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockType {
+    Read,
+    Write,
+    Unlock,
+}
+
+/// A byte range `start..=end` and what to do with it; `end` at or beyond
+/// [`LOCK_TO_EOF`] means "to the end of the file, however long it grows".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileLock {
+    pub typ: LockType,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// The kernel's `OFFSET_MAX`: a lock ending here covers the rest of the file.
+pub const LOCK_TO_EOF: u64 = i64::MAX as u64;
 
 impl Op {
     /// The operation's name, for logs and statistics.
@@ -205,6 +278,13 @@ impl Op {
             Op::Rmdir { .. } => "rmdir",
             Op::Rename { .. } => "rename",
             Op::StatFs => "statfs",
+            Op::GetXattr { .. } => "getxattr",
+            Op::ListXattr { .. } => "listxattr",
+            Op::SetXattr { .. } => "setxattr",
+            Op::RemoveXattr { .. } => "removexattr",
+            Op::SetLock { .. } => "setlock",
+            Op::GetLock { .. } => "getlock",
+            Op::ReleaseLocks { .. } => "releaselocks",
         }
     }
 
@@ -218,7 +298,12 @@ impl Op {
             | Op::Read { .. }
             | Op::Fsync { .. }
             | Op::Close { .. }
-            | Op::StatFs => false,
+            | Op::StatFs
+            | Op::GetXattr { .. }
+            | Op::ListXattr { .. }
+            | Op::SetLock { .. }
+            | Op::GetLock { .. }
+            | Op::ReleaseLocks { .. } => false,
             Op::Open { flags, .. } => {
                 flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
             }
@@ -269,6 +354,10 @@ pub enum Reply {
     /// A name was removed or moved: the attributes of the directories changed
     /// (the parent; for a rename, the source's and then the target's parent).
     DirsChanged(Vec<Attr>),
+    /// An extended attribute's value, or a list of names (see [`Op::ListXattr`]).
+    Xattr(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The answer to [`Op::GetLock`]: the conflicting lock, or `None`.
+    LockConflict(Option<FileLock>),
 }
 
 impl Reply {

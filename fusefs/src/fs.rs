@@ -11,11 +11,15 @@
 //! server has (write-behind, see [`crate::writeback`]); their errors reach the
 //! application at close or fsync.
 
+mod locking;
+mod xattr;
+
 use crate::client::{OpResult, RemoteClient};
 use crate::convert::{errno, file_attr, file_type, set_time};
 use crate::dirattrs::DirAttrs;
 use crate::files::{OpenFile, OpenFiles};
 use crate::inode::{FileId, InodeTable, ROOT_INO};
+use crate::locks::{CacheInvalidator, LockOwners};
 use crate::writeback::WriteBehind;
 use ferry_common::frame::MAX_CHUNK;
 use ferry_common::proto::{AttrChanges, DirEntry, Op, Owner, Reply, SetTime};
@@ -23,8 +27,8 @@ use ferry_common::{Attr, Errno, FileKind, RelPath, Timestamp};
 use fuser::{
     BsdFileFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -75,6 +79,10 @@ pub struct FerryFs {
     dir_attrs: Arc<DirAttrs>,
     dirs: Mutex<HashMap<u64, OpenDir>>,
     next_dir: AtomicU64,
+    /// POSIX lock owners that may hold locks on the server.
+    lock_owners: Arc<LockOwners>,
+    capabilities: Arc<xattr::CapabilityCache>,
+    invalidator: Arc<CacheInvalidator>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -126,7 +134,16 @@ impl FerryFs {
             dir_attrs,
             dirs: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
+            lock_owners: Arc::new(LockOwners::new()),
+            capabilities: Arc::default(),
+            invalidator: Arc::default(),
         }
+    }
+
+    /// Where the mount puts the session's notifier once mounted, so that taking
+    /// a lock can drop cached data (see [`CacheInvalidator`]).
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.invalidator.slot()
     }
 
     fn path_of(&self, ino: INodeNo) -> Result<RelPath, Errno> {
@@ -412,6 +429,9 @@ impl Filesystem for FerryFs {
             InitFlags::FUSE_BIG_WRITES,
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_ASYNC_DIO,
+            // Locks are taken on the server, so clients exclude each other.
+            InitFlags::FUSE_POSIX_LOCKS,
+            InitFlags::FUSE_FLOCK_LOCKS,
         ] {
             if let Err(missing) = config.add_capabilities(cap) {
                 log::info!("the kernel does not offer {missing:?}");
@@ -679,6 +699,10 @@ impl Filesystem for FerryFs {
                     reply.opened(FileHandle(fh), fopen);
                 }
                 Ok(_) => reply.error(errno(Errno::EPROTO)),
+                // The name was cached by the kernel but is gone on the server (another
+                // client removed it): ESTALE makes the kernel look the name up again
+                // and retry, as for NFS, so an O_CREAT open then creates the file.
+                Err(e) if e == Errno::ENOENT => reply.error(errno(Errno::new(libc::ESTALE))),
                 Err(e) => reply.error(errno(e)),
             });
     }
@@ -762,17 +786,20 @@ impl Filesystem for FerryFs {
         _req: &Request,
         ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // close(2) is where write-behind owes the application its errors.
-        if !self.writes.is_writer(ino.0, fh.0) {
-            return reply.ok();
-        }
-        match self.writes.drain(ino.0) {
+        // close(2) is where write-behind owes the application its errors; then
+        // the closer's POSIX locks go.
+        let written = if self.writes.is_writer(ino.0, fh.0) {
+            self.writes.drain(ino.0)
+        } else {
+            Ok(())
+        };
+        self.release_posix_locks(ino, fh, lock_owner, move || match written {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn release(
@@ -985,39 +1012,61 @@ impl Filesystem for FerryFs {
         });
     }
 
-    // Extended attributes are not supported yet. ENOSYS (rather than fuser's
-    // default, which logs a warning each time) makes the kernel remember that and
-    // answer EOPNOTSUPP to applications without asking again.
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(errno(Errno::ENOSYS));
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.xattr_get(ino, name, size, reply);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(errno(Errno::ENOSYS));
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.xattr_list(req, ino, size, reply);
     }
 
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
-        _position: u32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno(Errno::ENOSYS));
+        self.xattr_set(ino, name, value, flags, position, reply);
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(Errno::ENOSYS));
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.xattr_remove(ino, name, reply);
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        self.lock_test(ino, fh, lock_owner, start, end, typ, reply);
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let tid = req.pid();
+        self.lock_set(ino, fh, lock_owner, start, end, typ, tid, sleep, reply);
     }
 
     fn create(
@@ -1043,6 +1092,7 @@ impl Filesystem for FerryFs {
         let writes = self.writes.clone();
         let dir_attrs = self.dir_attrs.clone();
         let ttl = self.opts.attr_timeout;
+        let capabilities = self.capabilities.clone();
         let op = Op::Create {
             path: path.clone(),
             flags,
@@ -1071,6 +1121,7 @@ impl Filesystem for FerryFs {
                     if writable(flags) {
                         writes.opened_for_writing(ino, fh, &attr);
                     }
+                    capabilities.note_new_file(ino, ttl);
                     reply.created(
                         &ttl,
                         &file_attr(ino, &attr),

@@ -6,6 +6,7 @@
 //!   by path after a reconnect.
 //! - [`writeback`]: `WriteBehind`, writes and attribute changes answered before
 //!   the server has, with their order, visibility and errors kept.
+//! - [`locks`]: file locks held by the server: flock detection, waiting.
 //! - [`fs`]: `FerryFs`, the `fuser::Filesystem` adapter over a `RemoteClient`.
 //! - [`mount`]: mounting, the mountpoint checks, signals and clean unmounting.
 //! - [`cli`]: the plain `ls`/`get`/`put` client, no mount needed.
@@ -19,6 +20,7 @@ pub mod dirattrs;
 pub mod files;
 pub mod fs;
 pub mod inode;
+pub mod locks;
 pub mod mount;
 pub mod writeback;
 

@@ -136,6 +136,14 @@ impl WriteBehind {
         }
     }
 
+    /// Another client may have changed `ino` (this mount just took a lock on it):
+    /// the projection is no answer to `getattr` until the server has spoken again.
+    pub fn doubt(&self, ino: u64) {
+        if let Some(file) = self.lock().files.get_mut(&ino) {
+            file.told_at = None;
+        }
+    }
+
     /// What `getattr` of `ino` can be answered with without asking the server:
     /// the projection, while changes are in flight (the server's answer would be
     /// older than what the kernel knows) or while the server's last word on them is

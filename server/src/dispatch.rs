@@ -5,7 +5,7 @@
 //! connection's open files and whether the export is read-only. Its `handle` runs
 //! on a blocking-pool thread, as every branch makes file system calls.
 
-use crate::export::ExportRoot;
+use crate::export::{ExportRoot, LockTable};
 use crate::handles::HandleTable;
 use ferry_common::frame::{MAX_CHUNK, READDIR_PAGE};
 use ferry_common::proto::{Op, Reply};
@@ -15,6 +15,8 @@ use std::sync::Arc;
 pub struct Session {
     export: Arc<ExportRoot>,
     handles: HandleTable,
+    /// POSIX locks by file and lock owner (flocks live on the handles themselves).
+    locks: LockTable,
     read_only: bool,
 }
 
@@ -23,6 +25,7 @@ impl Session {
         Session {
             export,
             handles: HandleTable::new(),
+            locks: LockTable::new(),
             read_only,
         }
     }
@@ -165,6 +168,42 @@ impl Session {
                 Ok(self.dirs_changed(&[&from, &to]))
             }
             Op::StatFs => export.statfs().map(Reply::StatFs),
+            Op::GetXattr { path, name } => export.get_xattr(&path, &name).map(Reply::Xattr),
+            Op::ListXattr { path } => export.list_xattr(&path).map(Reply::Xattr),
+            Op::SetXattr {
+                path,
+                name,
+                value,
+                flags,
+            } => export
+                .set_xattr(&path, &name, &value, flags)
+                .map(|()| Reply::Done),
+            Op::RemoveXattr { path, name } => {
+                export.remove_xattr(&path, &name).map(|()| Reply::Done)
+            }
+            Op::SetLock {
+                handle,
+                owner,
+                kind,
+                lock,
+            } => {
+                let file = self.handles.get(handle)?;
+                self.locks
+                    .set(&file, owner, kind, lock)
+                    .map(|()| Reply::Done)
+            }
+            Op::GetLock {
+                handle,
+                owner,
+                lock,
+            } => {
+                let file = self.handles.get(handle)?;
+                self.locks.test(&file, owner, lock).map(Reply::LockConflict)
+            }
+            Op::ReleaseLocks { handle, owner } => {
+                let file = self.handles.get(handle)?;
+                self.locks.release(&file, owner).map(|()| Reply::Done)
+            }
         }
     }
 }

@@ -24,10 +24,14 @@
 //!   the node without opening it; `Open` refuses such nodes outright (ENXIO), as
 //!   opening one would reach the server's own driver or block on a FIFO.
 
+mod locks;
 mod sys;
+mod xattr;
 
 #[cfg(test)]
 mod tests;
+
+pub use locks::LockTable;
 
 use ferry_common::proto::{AttrChanges, DirEntry, Owner, SetTime};
 use ferry_common::{Attr, Errno, RelPath, StatFs};
@@ -520,6 +524,10 @@ impl OpenFile {
         OpenFile {
             file: File::from(fd),
         }
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
     }
 
     /// `fstat`: the file may have been unlinked since it was opened.
