@@ -794,3 +794,41 @@ fn missing_names_and_directory_changes_are_seen_correctly() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn attributes_after_a_change_match_the_server_at_once() {
+    let f = fixture!();
+    let same = |rel: &str| {
+        let here = fs::symlink_metadata(f.m(rel)).unwrap();
+        let there = fs::symlink_metadata(f.e(rel)).unwrap();
+        assert_eq!(
+            (here.nlink(), here.ctime(), here.ctime_nsec(), here.len()),
+            (
+                there.nlink(),
+                there.ctime(),
+                there.ctime_nsec(),
+                there.len()
+            ),
+            "{rel}"
+        );
+    };
+    fs::write(f.m("a"), b"data").unwrap();
+    fs::read(f.m("a")).unwrap();
+    same("a");
+    std::thread::sleep(Duration::from_millis(20));
+    fs::hard_link(f.m("a"), f.m("b")).unwrap();
+    same("a");
+    std::thread::sleep(Duration::from_millis(20));
+    fs::remove_file(f.m("b")).unwrap();
+    same("a");
+    std::thread::sleep(Duration::from_millis(20));
+    fs::rename(f.m("a"), f.m("c")).unwrap();
+    same("c");
+    std::thread::sleep(Duration::from_millis(20));
+    fs::set_permissions(f.m("c"), fs::Permissions::from_mode(0o600)).unwrap();
+    same("c");
+    let mut w = OpenOptions::new().append(true).open(f.m("c")).unwrap();
+    w.write_all(b"more").unwrap();
+    drop(w);
+    same("c");
+}

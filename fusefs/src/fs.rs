@@ -14,9 +14,9 @@
 mod locking;
 mod xattr;
 
+use crate::attrcache::AttrCache;
 use crate::client::{OpResult, RemoteClient};
 use crate::convert::{errno, file_attr, file_type, set_time};
-use crate::dirattrs::DirAttrs;
 use crate::files::{OpenFile, OpenFiles};
 use crate::inode::{FileId, InodeTable, ROOT_INO};
 use crate::locks::{CacheInvalidator, LockOwners};
@@ -76,7 +76,7 @@ pub struct FerryFs {
     opts: FsOptions,
     files: Arc<Mutex<OpenFiles>>,
     writes: Arc<WriteBehind>,
-    dir_attrs: Arc<DirAttrs>,
+    attrs: Arc<AttrCache>,
     dirs: Mutex<HashMap<u64, OpenDir>>,
     next_dir: AtomicU64,
     /// POSIX lock owners that may hold locks on the server.
@@ -106,10 +106,10 @@ fn writes_through(flags: i32) -> bool {
 
 /// Keeps the directory attributes the server sent along with a change, for the
 /// directories this mount has numbers for.
-fn note_dirs(inodes: &Mutex<InodeTable>, dir_attrs: &DirAttrs, dirs: &[Attr]) {
+fn note_dirs(inodes: &Mutex<InodeTable>, attrs: &AttrCache, dirs: &[Attr]) {
     for dir in dirs {
         if let Some(ino) = lock(inodes).ino_of_file(dir) {
-            dir_attrs.store(ino, *dir);
+            attrs.store(ino, *dir);
         }
     }
 }
@@ -124,14 +124,14 @@ fn owner(req: &Request) -> Option<Owner> {
 impl FerryFs {
     pub fn new(client: RemoteClient, opts: FsOptions) -> FerryFs {
         let root = FileId::of(&client.welcome().root);
-        let dir_attrs = Arc::new(DirAttrs::new(opts.attr_timeout));
+        let attrs = Arc::new(AttrCache::new(opts.attr_timeout));
         FerryFs {
             client,
             inodes: Arc::new(Mutex::new(InodeTable::new(root))),
             opts,
             files: Arc::new(Mutex::new(OpenFiles::new())),
             writes: Arc::new(WriteBehind::new()),
-            dir_attrs,
+            attrs,
             dirs: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
             lock_owners: Arc::new(LockOwners::new()),
@@ -241,7 +241,7 @@ impl FerryFs {
     /// symlink, ...): the inode is counted only when the kernel receives it.
     fn entry_op(&self, path: RelPath, op: Op, reply: ReplyEntry) {
         let inodes = self.inodes.clone();
-        let dir_attrs = self.dir_attrs.clone();
+        let attrs = self.attrs.clone();
         let ttl = self.opts.attr_timeout;
         // A name that does not exist is remembered by the kernel as a negative
         // entry for as long as a positive one would be: compilers, git and shells
@@ -251,9 +251,10 @@ impl FerryFs {
             .submit(op, move |r| match r.map(|reply| (reply.attr(), reply)) {
                 Ok((Some(attr), reply_to_op)) => {
                     if let Reply::Entry { dir, .. } = reply_to_op {
-                        note_dirs(&inodes, &dir_attrs, &[dir]);
+                        note_dirs(&inodes, &attrs, &[dir]);
                     }
                     let ino = lock(&inodes).remember(&path, &attr);
+                    attrs.store(ino, attr);
                     log::trace!("entry {path:?} is inode {ino}");
                     reply.entry(&ttl, &file_attr(ino, &attr), GENERATION);
                 }
@@ -286,20 +287,28 @@ impl FerryFs {
     }
 
     /// Submits an operation answered with nothing but success or an errno;
-    /// `on_success` updates local state before the kernel hears of it.
+    /// `on_success` updates local state before the kernel hears of it. The
+    /// cached attributes of the nodes at `changed` (their link count or ctime
+    /// changes) are dropped.
     fn empty_op(
         &self,
         op: Op,
+        changed: Vec<RelPath>,
         reply: ReplyEmpty,
         on_success: impl FnOnce(&mut InodeTable) + Send + 'static,
     ) {
         let inodes = self.inodes.clone();
-        let dir_attrs = self.dir_attrs.clone();
+        let attrs = self.attrs.clone();
         self.client.submit(op, move |r| match r {
             Ok(answer) => {
+                for path in &changed {
+                    if let Some(ino) = lock(&inodes).ino_of(path) {
+                        attrs.drop_ino(ino);
+                    }
+                }
                 on_success(&mut lock(&inodes));
                 if let Reply::DirsChanged(dirs) = answer {
-                    note_dirs(&inodes, &dir_attrs, &dirs);
+                    note_dirs(&inodes, &attrs, &dirs);
                 }
                 reply.ok();
             }
@@ -312,9 +321,11 @@ impl FerryFs {
     fn attr_op(&self, ino: INodeNo, epoch: Option<u64>, op: Op, reply: ReplyAttr) {
         let ttl = self.opts.attr_timeout;
         let writes = self.writes.clone();
+        let attrs = self.attrs.clone();
         let done = move |r: OpResult| match r {
             Ok(Reply::Attr(attr)) => {
                 writes.told(ino.0, &attr);
+                attrs.store(ino.0, attr);
                 reply.attr(&ttl, &file_attr(ino.0, &attr))
             }
             Ok(_) => reply.error(errno(Errno::EPROTO)),
@@ -455,18 +466,18 @@ impl Filesystem for FerryFs {
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         log::trace!("forget inode {ino} by {nlookup}");
         if lock(&self.inodes).forget(ino.0, nlookup) {
-            self.dir_attrs.drop_ino(ino.0);
+            self.attrs.drop_ino(ino.0);
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        if let Some((attr, left)) = self.dir_attrs.fresh(ino.0) {
-            return reply.attr(&left, &file_attr(ino.0, &attr));
-        }
         // A file this mount is writing: the server would only say what we know, or
         // less (the kernel asks while changing the owner, after every write).
         if let Some(attr) = self.writes.projected(ino.0, self.opts.attr_timeout) {
             return reply.attr(&self.opts.attr_timeout, &file_attr(ino.0, &attr));
+        }
+        if let Some((attr, left)) = self.attrs.fresh(ino.0) {
+            return reply.attr(&left, &file_attr(ino.0, &attr));
         }
         self.writes.wait_idle(ino.0);
         // With a handle the server stats the open file, which may be unlinked.
@@ -516,7 +527,7 @@ impl Filesystem for FerryFs {
         }
         // A truncation must not overtake a write; nor may any answer predate them.
         self.writes.wait_idle(ino.0);
-        self.dir_attrs.drop_ino(ino.0);
+        self.attrs.drop_ino(ino.0);
         // With a handle (given, or the only way left to a detached inode) every
         // change goes through the open file.
         match self.attr_target(ino, fh) {
@@ -578,18 +589,20 @@ impl Filesystem for FerryFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self.child(parent, name) {
-            Ok(path) => self.empty_op(Op::Unlink { path: path.clone() }, reply, move |t| {
-                t.detach(&path)
-            }),
+            Ok(path) => {
+                let op = Op::Unlink { path: path.clone() };
+                self.empty_op(op, vec![path.clone()], reply, move |t| t.detach(&path))
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self.child(parent, name) {
-            Ok(path) => self.empty_op(Op::Rmdir { path: path.clone() }, reply, move |t| {
-                t.detach(&path)
-            }),
+            Ok(path) => {
+                let op = Op::Rmdir { path: path.clone() };
+                self.empty_op(op, vec![path.clone()], reply, move |t| t.detach(&path))
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -631,7 +644,8 @@ impl Filesystem for FerryFs {
             to: to.clone(),
             flags: flags.bits(),
         };
-        self.empty_op(op, reply, move |t| {
+        let changed = vec![from.clone(), to.clone()];
+        self.empty_op(op, changed, reply, move |t| {
             if exchange {
                 t.exchange(&from, &to)
             } else {
@@ -668,6 +682,7 @@ impl Filesystem for FerryFs {
         let inodes = self.inodes.clone();
         let files = self.files.clone();
         let writes = self.writes.clone();
+        let attrs = self.attrs.clone();
         let op = Op::Open {
             path,
             flags: flags.0,
@@ -684,6 +699,7 @@ impl Filesystem for FerryFs {
                     if writable(flags.0) {
                         writes.opened_for_writing(ino.0, fh, &attr);
                     }
+                    attrs.store(ino.0, attr);
                     // Close-to-open consistency: keep cached pages only when the file
                     // is unchanged since it was last opened.
                     let unchanged = {
@@ -817,6 +833,10 @@ impl Filesystem for FerryFs {
         // Changes still in flight through this handle reach the server before its
         // Close does: the server runs a handle's requests in order.
         lock(&self.inodes).remove_handle(ino.0, fh.0);
+        if self.writes.is_writer(ino.0, fh.0) {
+            // What the server says now differs from what the kernel was last told.
+            self.attrs.drop_ino(ino.0);
+        }
         self.writes.released(ino.0, fh.0);
         let file = lock(&self.files).remove(fh.0);
         // A handle of a connection that is gone was closed with it.
@@ -956,6 +976,7 @@ impl Filesystem for FerryFs {
                     // Every entry but . and .. counts as a lookup, so it is counted
                     // here and uncounted if it does not fit in this reply.
                     let child_ino = lock(&self.inodes).remember(&child, &entry.attr);
+                    self.attrs.store(child_ino, entry.attr);
                     let full = reply.add(
                         INodeNo(child_ino),
                         index + 1,
@@ -1090,7 +1111,7 @@ impl Filesystem for FerryFs {
         let inodes = self.inodes.clone();
         let files = self.files.clone();
         let writes = self.writes.clone();
-        let dir_attrs = self.dir_attrs.clone();
+        let attrs = self.attrs.clone();
         let ttl = self.opts.attr_timeout;
         let capabilities = self.capabilities.clone();
         let op = Op::Create {
@@ -1103,11 +1124,12 @@ impl Filesystem for FerryFs {
             .submit_in(epoch, op, move |r: OpResult| match r {
                 Ok(Reply::Opened { handle, attr }) | Ok(Reply::Created { handle, attr, .. }) => {
                     if let Ok(Reply::Created { dir, .. }) = r {
-                        note_dirs(&inodes, &dir_attrs, &[dir]);
+                        note_dirs(&inodes, &attrs, &[dir]);
                     }
                     let (ino, fh) = {
                         let mut t = lock(&inodes);
                         let ino = t.remember(&path, &attr);
+                        attrs.store(ino, attr);
                         t.note_open(ino, &attr);
                         let fh = lock(&files).insert(OpenFile {
                             ino,

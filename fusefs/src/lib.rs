@@ -10,13 +10,13 @@
 //! - [`fs`]: `FerryFs`, the `fuser::Filesystem` adapter over a `RemoteClient`.
 //! - [`mount`]: mounting, the mountpoint checks, signals and clean unmounting.
 //! - [`cli`]: the plain `ls`/`get`/`put` client, no mount needed.
-//! - [`dirattrs`]: `DirAttrs`, directories' attributes sent along with changes.
+//! - [`attrcache`]: `AttrCache`, the server's last word on each inode's attributes.
 //! - [`convert`]: translations between wire types and fuser's.
 
+pub mod attrcache;
 pub mod cli;
 pub mod client;
 pub mod convert;
-pub mod dirattrs;
 pub mod files;
 pub mod fs;
 pub mod inode;

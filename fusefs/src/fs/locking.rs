@@ -84,6 +84,7 @@ impl FerryFs {
         let owners = self.lock_owners.clone();
         let invalidator = self.invalidator.clone();
         let writes = self.writes.clone();
+        let attrs = self.attrs.clone();
         // Records a POSIX owner, and drops cached data before a lock is granted.
         let finish = move |r: Result<(), Errno>| match r {
             Ok(()) if lock.typ == LockType::Unlock => reply.ok(),
@@ -92,6 +93,7 @@ impl FerryFs {
                     owners.note(ino.0, owner.0, epoch);
                 }
                 writes.doubt(ino.0);
+                attrs.drop_ino(ino.0);
                 invalidator.invalidate_then(ino.0, move || reply.ok());
             }
             Err(e) => reply.error(errno(e)),

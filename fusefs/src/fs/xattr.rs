@@ -173,12 +173,13 @@ impl FerryFs {
             self.capabilities.forget(ino.0);
         }
         let op = Op::SetXattr {
-            path,
+            path: path.clone(),
             name: name.as_bytes().to_vec(),
             value: value.to_vec(),
             flags,
         };
-        self.empty_op(op, reply, |_| {});
+        // The ctime changes: cached attributes go.
+        self.empty_op(op, vec![path], reply, |_| {});
     }
 
     pub(super) fn xattr_remove(&self, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -190,10 +191,10 @@ impl FerryFs {
             self.capabilities.forget(ino.0);
         }
         let op = Op::RemoveXattr {
-            path,
+            path: path.clone(),
             name: name.as_bytes().to_vec(),
         };
-        self.empty_op(op, reply, |_| {});
+        self.empty_op(op, vec![path], reply, |_| {});
     }
 }
 

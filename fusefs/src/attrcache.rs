@@ -1,14 +1,22 @@
-//! `DirAttrs`: the attributes of directories as the server reported them right
-//! after this mount changed them.
+//! `AttrCache`: the attributes the server last reported for each inode, for the
+//! attribute timeout.
 //!
-//! Every create, mkdir, unlink or rename makes the kernel drop the attributes it
-//! holds for the directory, and it needs them again at once: with
-//! `default_permissions` it checks search permission on the directory before the
-//! next name in it is looked up. Asking the server would cost a round trip per
-//! file in an untar or `rm -rf`; so the server sends the directory's attributes
-//! along with the change (like NFS's post-operation attributes), and `getattr`
-//! answers from here while they are younger than the attribute timeout — exactly
-//! as fresh as a `getattr` sent at that moment would have been.
+//! The kernel keeps attributes for that long itself, but throws them away early
+//! in two common cases, and then asks again at once:
+//!
+//! - after every create, mkdir, unlink or rename in a directory it drops the
+//!   directory's attributes, and with `default_permissions` it needs them for the
+//!   next name it looks up there. The server sends them along with the change
+//!   (like NFS's post-operation attributes), so an untar or `rm -rf` needs no
+//!   extra round trip per file;
+//! - after every read it drops the access time, and the next `stat` (tar's check
+//!   that a file did not change while it was read) needs it.
+//!
+//! Answering those from here is exactly as fresh as the kernel's own cache would
+//! have been. Where the kernel drops attributes because this mount changed the
+//! inode in a way the server's answer does not show (a write, an unlink of one
+//! of its names, a rename, an xattr change, a lock taken), the adapter drops the
+//! entry here too, so the next `getattr` reaches the server.
 
 use ferry_common::Attr;
 use std::collections::HashMap;
@@ -16,14 +24,14 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
-pub struct DirAttrs {
+pub struct AttrCache {
     ttl: Duration,
     entries: Mutex<HashMap<u64, (Attr, Instant)>>,
 }
 
-impl DirAttrs {
-    pub fn new(ttl: Duration) -> DirAttrs {
-        DirAttrs {
+impl AttrCache {
+    pub fn new(ttl: Duration) -> AttrCache {
+        AttrCache {
             ttl,
             entries: Mutex::new(HashMap::new()),
         }
@@ -34,8 +42,8 @@ impl DirAttrs {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records what the server said directory `ino` looks like now. Answers to
-    /// concurrent changes can arrive out of order: the older change is ignored.
+    /// Records what the server said `ino` looks like now. Answers to concurrent
+    /// changes can arrive out of order: the older change is ignored.
     pub fn store(&self, ino: u64, attr: Attr) {
         if self.ttl.is_zero() {
             return;
@@ -86,7 +94,7 @@ mod tests {
 
     #[test]
     fn fresh_until_the_timeout_and_newest_wins() {
-        let d = DirAttrs::new(Duration::from_millis(200));
+        let d = AttrCache::new(Duration::from_millis(200));
         assert!(d.fresh(2).is_none());
         d.store(2, dir(5));
         d.store(2, dir(4));
@@ -102,7 +110,7 @@ mod tests {
 
     #[test]
     fn a_zero_timeout_keeps_nothing() {
-        let d = DirAttrs::new(Duration::ZERO);
+        let d = AttrCache::new(Duration::ZERO);
         d.store(2, dir(5));
         assert!(d.fresh(2).is_none());
     }
