@@ -476,8 +476,11 @@ impl Filesystem for FerryFs {
         if let Some(attr) = self.writes.projected(ino.0, self.opts.attr_timeout) {
             return reply.attr(&self.opts.attr_timeout, &file_attr(ino.0, &attr));
         }
-        if let Some((attr, left)) = self.attrs.fresh(ino.0) {
-            return reply.attr(&left, &file_attr(ino.0, &attr));
+        // (What the server said before this mount's writes is no answer.)
+        if self.writes.any_writer(ino.0).is_none() {
+            if let Some((attr, left)) = self.attrs.fresh(ino.0) {
+                return reply.attr(&left, &file_attr(ino.0, &attr));
+            }
         }
         self.writes.wait_idle(ino.0);
         // With a handle the server stats the open file, which may be unlinked.

@@ -63,6 +63,8 @@ struct FileState {
     attr: Option<Attr>,
     /// When the server last told us the attributes.
     told_at: Option<Instant>,
+    /// Data was written since: the projected times are this machine's guesses.
+    guessed: bool,
     /// Kernel handles open for writing on this inode.
     writers: Vec<u64>,
 }
@@ -121,6 +123,7 @@ impl WriteBehind {
         if file.in_flight.is_empty() {
             file.attr = Some(*attr);
             file.told_at = Some(Instant::now());
+            file.guessed = false;
         }
     }
 
@@ -132,6 +135,7 @@ impl WriteBehind {
             if file.in_flight.is_empty() && file.attr.is_some() {
                 file.attr = Some(*attr);
                 file.told_at = Some(Instant::now());
+                file.guessed = false;
             }
         }
     }
@@ -146,14 +150,15 @@ impl WriteBehind {
 
     /// What `getattr` of `ino` can be answered with without asking the server:
     /// the projection, while changes are in flight (the server's answer would be
-    /// older than what the kernel knows) or while the server's last word on them is
-    /// younger than `ttl`. Only for files this mount writes to.
+    /// older than what the kernel knows), or while the server's last word on them
+    /// is younger than `ttl` and no data was written since (whose times would be
+    /// guesses). Only for files this mount writes to.
     pub fn projected(&self, ino: u64, ttl: Duration) -> Option<Attr> {
         let state = self.lock();
         let file = state.files.get(&ino)?;
         let recent = file.told_at.is_some_and(|t| t.elapsed() < ttl);
         let settled = file.in_flight.is_empty();
-        if file.writers.is_empty() || (settled && !recent) {
+        if file.writers.is_empty() || (settled && (!recent || file.guessed)) {
             return None;
         }
         file.attr
@@ -212,6 +217,7 @@ impl WriteBehind {
             end,
             bytes: len,
         });
+        file.guessed = true;
         if let Some(attr) = file.attr.as_mut() {
             attr.size = attr.size.max(end);
             let t = now();
@@ -277,6 +283,7 @@ impl WriteBehind {
                 Ok(Some(attr)) if file.in_flight.is_empty() => {
                     file.attr = Some(attr);
                     file.told_at = Some(Instant::now());
+                    file.guessed = false;
                 }
                 Ok(_) => {}
             }
@@ -378,6 +385,12 @@ mod tests {
             wb.projected(5, ttl).is_none(),
             "old and settled: ask the server"
         );
+        // Written since the server's answer: the times are guesses.
+        wb.told(5, &attr());
+        let t = wb.begin_write(5, 1, 0, 10);
+        assert!(wb.projected(5, ttl).is_some(), "in flight");
+        wb.finish(t, Ok(None));
+        assert!(wb.projected(5, ttl).is_none(), "settled with guessed times");
         let mut fresh = attr();
         fresh.size = 10;
         wb.told(5, &fresh);

@@ -9,7 +9,8 @@
 //! The reader decodes frames and starts each request on tokio's blocking pool, as
 //! file system calls block: a slow fsync or a 1 MiB read never holds up a quick
 //! stat. Requests that change an open file run in arrival order per handle (see
-//! [`crate::sequencer`]). Replies go, in whatever order they finish, through a channel to a single
+//! [`crate::sequencer`]). Metadata operations, which take microseconds, run on
+//! the reader itself (see [`runs_inline`]). Replies go, in whatever order they finish, through a channel to a single
 //! writer task, which writes everything queued at that moment with one system call.
 //!
 //! Before reading the next request the reader takes a share of the connection's
@@ -20,7 +21,7 @@
 //! Anything malformed (a frame that does not decode, an oversized or truncated
 //! frame) ends this connection only; other clients never notice.
 
-use crate::dispatch::Session;
+use crate::dispatch::{runs_inline, Session};
 use crate::export::ExportRoot;
 use crate::sequencer::{ordering_key, Sequencer};
 use ferry_common::frame::{self, FrameError, MAX_CHUNK};
@@ -120,9 +121,24 @@ pub async fn serve(
                 Err(_) => break Ok(()),
             },
         };
+        let key = ordering_key(&request.op);
+        // A quick operation is answered right here: handing it to another thread
+        // and its reply to the writer would cost two thread wake-ups, which on a
+        // VM take longer than the system call itself. Nothing of its handle may
+        // be queued, or it would overtake what came before it.
+        if runs_inline(&request.op) && key.is_none_or(|handle| sequencer.is_idle(handle)) {
+            let frame = answer(&session, request);
+            let reply = Outgoing {
+                frame,
+                budget: (slot, share),
+            };
+            if tx.send(reply).await.is_err() {
+                break Ok(());
+            }
+            continue;
+        }
         let session = Arc::clone(&session);
         let tx = tx.clone();
-        let key = ordering_key(&request.op);
         let job = move || {
             let frame = answer(&session, request);
             // If the writer is gone the connection is closing; the reply has no reader.

@@ -12,6 +12,38 @@ use ferry_common::proto::{Op, Reply};
 use ferry_common::{Attr, Errno, RelPath};
 use std::sync::Arc;
 
+/// Whether `op` is quick enough to run on the connection's reader task rather
+/// than tokio's blocking pool: metadata calls on a local disk take microseconds,
+/// less than the thread hand-off they would otherwise cost. Data transfer, fsync
+/// and directory listing (thousands of stats) can take long and go to the pool.
+pub fn runs_inline(op: &Op) -> bool {
+    match op {
+        Op::Read { .. } | Op::Write { .. } | Op::Fsync { .. } | Op::ReadDir { .. } => false,
+        // A truncation may free gigabytes of blocks.
+        Op::SetAttr { changes, .. } => changes.size.is_none(),
+        Op::Open { flags, .. } => flags & libc::O_TRUNC == 0,
+        Op::Stat { .. }
+        | Op::ReadLink { .. }
+        | Op::Create { .. }
+        | Op::Close { .. }
+        | Op::Mkdir { .. }
+        | Op::Mknod { .. }
+        | Op::Symlink { .. }
+        | Op::Link { .. }
+        | Op::Unlink { .. }
+        | Op::Rmdir { .. }
+        | Op::Rename { .. }
+        | Op::StatFs
+        | Op::GetXattr { .. }
+        | Op::ListXattr { .. }
+        | Op::SetXattr { .. }
+        | Op::RemoveXattr { .. }
+        | Op::GetLock { .. }
+        | Op::SetLock { .. }
+        | Op::ReleaseLocks { .. } => true,
+    }
+}
+
 pub struct Session {
     export: Arc<ExportRoot>,
     handles: HandleTable,

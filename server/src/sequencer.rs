@@ -49,6 +49,12 @@ impl Sequencer {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether nothing is queued or running under `key`. Only the caller of
+    /// [`run`](Self::run) adds work, so the answer holds until it adds some.
+    pub fn is_idle(&self, key: u64) -> bool {
+        !self.lock().contains_key(&key)
+    }
+
     /// Runs `job` after every job queued before it under `key`. Must be called
     /// within a tokio runtime.
     pub fn run(self: &Arc<Self>, key: u64, job: impl FnOnce() + Send + 'static) {
