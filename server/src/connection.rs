@@ -125,8 +125,13 @@ pub async fn serve(
         // A quick operation is answered right here: handing it to another thread
         // and its reply to the writer would cost two thread wake-ups, which on a
         // VM take longer than the system call itself. Nothing of its handle may
-        // be queued, or it would overtake what came before it.
-        if runs_inline(&request.op) && key.is_none_or(|handle| sequencer.is_idle(handle)) {
+        // be queued, or it would overtake what came before it. A small read is
+        // quick too, but may wait for the disk: it runs here only when no other
+        // request is waiting behind it (one read at a time, as at queue depth 1),
+        // so that reads sent together still go to the disk together.
+        let alone = reader.buffer().is_empty();
+        let inline = runs_inline(&request.op) || (alone && is_small_read(&request.op));
+        if inline && key.is_none_or(|handle| sequencer.is_idle(handle)) {
             let frame = answer(&session, request);
             let reply = Outgoing {
                 frame,
@@ -246,6 +251,11 @@ async fn next_frame(reader: &mut BufReader<OwnedReadHalf>) -> Result<Option<Vec<
             ),
         ))),
     }
+}
+
+/// A read small enough to answer on the reader when it is the only request.
+fn is_small_read(op: &Op) -> bool {
+    matches!(op, Op::Read { len, .. } if *len <= 64 * 1024)
 }
 
 /// What a request costs of the byte budget, in KiB: its own size plus the reply
