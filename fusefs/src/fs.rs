@@ -19,6 +19,7 @@ use crate::client::{OpResult, RemoteClient};
 use crate::convert::{errno, file_attr, file_type, set_time};
 use crate::files::{OpenFile, OpenFiles};
 use crate::inode::{FileId, InodeTable, ROOT_INO};
+use crate::known::KnownDirs;
 use crate::locks::{CacheInvalidator, LockOwners};
 use crate::writeback::WriteBehind;
 use ferry_common::frame::MAX_CHUNK;
@@ -36,7 +37,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Inode numbers are never reused, so every entry has generation 0.
 const GENERATION: Generation = Generation(0);
@@ -77,6 +78,7 @@ pub struct FerryFs {
     files: Arc<Mutex<OpenFiles>>,
     writes: Arc<WriteBehind>,
     attrs: Arc<AttrCache>,
+    known: Arc<KnownDirs>,
     dirs: Mutex<HashMap<u64, OpenDir>>,
     next_dir: AtomicU64,
     /// POSIX lock owners that may hold locks on the server.
@@ -125,6 +127,7 @@ impl FerryFs {
     pub fn new(client: RemoteClient, opts: FsOptions) -> FerryFs {
         let root = FileId::of(&client.welcome().root);
         let attrs = Arc::new(AttrCache::new(opts.attr_timeout));
+        let known_ttl = opts.attr_timeout;
         FerryFs {
             client,
             inodes: Arc::new(Mutex::new(InodeTable::new(root))),
@@ -132,6 +135,7 @@ impl FerryFs {
             files: Arc::new(Mutex::new(OpenFiles::new())),
             writes: Arc::new(WriteBehind::new()),
             attrs,
+            known: Arc::new(KnownDirs::new(known_ttl)),
             dirs: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
             lock_owners: Arc::new(LockOwners::new()),
@@ -247,6 +251,10 @@ impl FerryFs {
         // entry for as long as a positive one would be: compilers, git and shells
         // look for the same missing files again and again.
         let negative = matches!(op, Op::Stat { .. });
+        // A directory made here is known to be empty.
+        let made_dir = matches!(op, Op::Mkdir { .. });
+        let known = self.known.clone();
+        let asked = Instant::now();
         self.client
             .submit(op, move |r| match r.map(|reply| (reply.attr(), reply)) {
                 Ok((Some(attr), reply_to_op)) => {
@@ -255,6 +263,9 @@ impl FerryFs {
                     }
                     let ino = lock(&inodes).remember(&path, &attr);
                     attrs.store(ino, attr);
+                    if made_dir {
+                        known.learn(ino, asked, []);
+                    }
                     log::trace!("entry {path:?} is inode {ino}");
                     reply.entry(&ttl, &file_attr(ino, &attr), GENERATION);
                 }
@@ -281,7 +292,14 @@ impl FerryFs {
         make_op: impl FnOnce(RelPath) -> Op,
     ) {
         match self.child(parent, name) {
-            Ok(path) => self.entry_op(path.clone(), make_op(path), reply),
+            Ok(path) => {
+                let op = make_op(path.clone());
+                if !matches!(op, Op::Stat { .. }) {
+                    // Before the server has it, so no lookup can miss it.
+                    self.known.add(parent.0, name);
+                }
+                self.entry_op(path, op, reply)
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -401,7 +419,12 @@ impl FerryFs {
     }
 
     /// The listing of an open directory, fetched afresh when reading restarts.
-    fn listing(&self, fh: FileHandle, offset: u64) -> Result<(RelPath, Arc<Vec<DirEntry>>), Errno> {
+    fn listing(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+    ) -> Result<(RelPath, Arc<Vec<DirEntry>>), Errno> {
         let path = {
             let dirs = lock(&self.dirs);
             let dir = dirs.get(&fh.0).ok_or(Errno::EBADF)?;
@@ -410,7 +433,10 @@ impl FerryFs {
             }
             dir.path.clone()
         };
+        let asked = Instant::now();
         let entries = Arc::new(self.client.list_dir(&path)?);
+        self.known
+            .learn(ino.0, asked, entries.iter().map(|e| e.name.as_slice()));
         if let Some(dir) = lock(&self.dirs).get_mut(&fh.0) {
             dir.entries = entries.clone();
         }
@@ -460,6 +486,11 @@ impl Filesystem for FerryFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if let Some(left) = self.known.absent(parent.0, name) {
+            // Inode number 0: a negative entry, for as long as the knowledge lasts.
+            let none = file_attr(0, &Attr::blank(FileKind::File));
+            return reply.entry(&left, &none, GENERATION);
+        }
         self.new_entry(parent, name, reply, |path| Op::Stat { path });
     }
 
@@ -642,6 +673,7 @@ impl Filesystem for FerryFs {
             (Err(e), _) | (_, Err(e)) => return reply.error(errno(e)),
         };
         let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+        self.known.add(newparent.0, newname);
         let op = Op::Rename {
             from: from.clone(),
             to: to.clone(),
@@ -667,6 +699,7 @@ impl Filesystem for FerryFs {
     ) {
         match (self.path_of(ino), self.child(newparent, newname)) {
             (Ok(existing), Ok(path)) => {
+                self.known.add(newparent.0, newname);
                 self.entry_op(path.clone(), Op::Link { existing, path }, reply)
             }
             (Err(e), _) | (_, Err(e)) => reply.error(errno(e)),
@@ -901,7 +934,7 @@ impl Filesystem for FerryFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (path, entries) = match self.listing(fh, offset) {
+        let (path, entries) = match self.listing(ino, fh, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno(e)),
         };
@@ -945,7 +978,7 @@ impl Filesystem for FerryFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (path, entries) = match self.listing(fh, offset) {
+        let (path, entries) = match self.listing(ino, fh, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno(e)),
         };
@@ -1111,6 +1144,7 @@ impl Filesystem for FerryFs {
             Ok(e) => e,
             Err(e) => return reply.error(errno(e)),
         };
+        self.known.add(parent.0, name);
         let inodes = self.inodes.clone();
         let files = self.files.clone();
         let writes = self.writes.clone();

@@ -1,6 +1,7 @@
 //! ferry's clients.
 //!
 //! - [`client`]: `RemoteClient`, one pipelined connection to a server.
+//! - [`known`]: `KnownDirs`, directories whose every name is known, briefly.
 //! - [`inode`]: `InodeTable`, the kernel's inode numbers ↔ remote paths.
 //! - [`files`]: `OpenFiles`, the kernel's file handles ↔ server handles, re-opened
 //!   by path after a reconnect.
@@ -20,6 +21,7 @@ pub mod convert;
 pub mod files;
 pub mod fs;
 pub mod inode;
+pub mod known;
 pub mod locks;
 pub mod mount;
 pub mod writeback;
