@@ -105,9 +105,10 @@ def main():
         sys.exit("bench: needs root (mounts, drop_caches, sshd, untar with owners)")
     if not os.path.exists(cfg.ferry):
         sys.exit(f"bench: no ferry binary at {cfg.ferry}; build it with `cargo build --release` or use bench/run")
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGHUP, on_sigterm)
-    cfg.tmp = tempfile.mkdtemp(prefix="ferry-bench-", dir=cfg.workdir)
+    cfg.tmp = os.path.realpath(tempfile.mkdtemp(prefix="ferry-bench-", dir=cfg.workdir))
     logs = os.path.join(cfg.tmp, "logs")
     os.mkdir(logs)
     procs, table = Processes(logs), MountTable()
@@ -141,7 +142,7 @@ def main():
                 results[w.key][s.name] = m = measure(w, s, cfg, results)
                 print(("ok " if m.ok else "FAILED ") + describe(m), flush=True)
     except (KeyboardInterrupt, Terminated) as e:
-        print(f"\nbench: interrupted ({e or 'Ctrl-C'}); cleaning up", file=sys.stderr)
+        print(f"\nbench: interrupted ({str(e) or 'Ctrl-C'}); cleaning up", file=sys.stderr)
         status = 130
     except SetupError as e:
         print(f"\nbench: {e}", file=sys.stderr)
@@ -165,6 +166,8 @@ def main():
             json.dump(report, f, indent=1)
         print()
         print_table(report, WORKLOADS)
+        if status:
+            cfg.out = os.path.join(HERE, "out")  # an unfinished run never replaces the published results
         os.makedirs(cfg.out, exist_ok=True)
         with open(os.path.join(cfg.out, "results.md"), "w", encoding="utf-8") as f:
             f.write(markdown(report, WORKLOADS))
@@ -187,6 +190,8 @@ def measure(w, s, cfg, results):
         except SetupError as e2:
             m.errors.append(str(e2))
     m.cpu = ctx.cpu
+    if ctx.timed_out:
+        m.value = None  # an unfinished run has no rate
     return m
 
 

@@ -92,8 +92,12 @@ def fmt_value(m):
     return text if m["ok"] else f"FAILED ({text})"
 
 
-def fmt_ratio(r):
-    return "—" if r is None else f"{r:.2f}×"
+def fmt_ratio(r, mine=None, other=None, other_name=""):
+    if mine and not mine["ok"]:
+        return "ferry failed"
+    if r is None:
+        return "—"
+    return f"{r:.2f}×" + (f" ({other_name} had errors)" if other and not other["ok"] else "")
 
 
 def failures(res, limit=None):
@@ -128,8 +132,10 @@ def table_cells(report, workloads, plain):
         if plain:
             fails = [f.split(":")[0] for f in fails]
         out.append([title, fmt_value(res.get("local")), fmt_value(res.get("ferry")), fmt_value(res.get("sshfs")),
-                    fmt_ratio(ratio(w, res.get("ferry"), res.get("sshfs"))),
-                    fmt_ratio(ratio(w, res.get("ferry"), res.get("local"))),
+                    fmt_ratio(ratio(w, res.get("ferry"), res.get("sshfs")), res.get("ferry"), res.get("sshfs"),
+                              "sshfs"),
+                    fmt_ratio(ratio(w, res.get("ferry"), res.get("local")), res.get("ferry"), res.get("local"),
+                              "local"),
                     target_text(w), verdict(w, res), "; ".join(fails) or "none"])
     return out
 

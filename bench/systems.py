@@ -33,7 +33,9 @@ def mounts():
 
 
 def is_mounted(path):
-    return os.path.realpath(path) in mounts()
+    # abspath, not realpath: realpath would stat the mount point and hang on a dead server.
+    # The benchmark's paths are real already (its temp dir is resolved before anything is mounted).
+    return os.path.abspath(path) in mounts()
 
 
 def free_port(preferred=None):
@@ -87,6 +89,22 @@ def descendants(pid):
         except OSError:
             pass
     return out
+
+
+def session_cpu_seconds(sid):
+    """CPU seconds of the live processes in session `sid` (sshfs forks its ssh away from itself)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # field 6 (1-based) is the session id
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def tree_cpu_seconds(pid, skip_root=False):
@@ -147,13 +165,13 @@ class MountTable:
         self.fusectl_mounted_by_us = False
 
     def record(self, point):
-        info = mounts().get(os.path.realpath(point))
+        info = mounts().get(os.path.abspath(point))
         if info:
-            self.made[os.path.realpath(point)] = info[1]
+            self.made[os.path.abspath(point)] = info[1]
 
     def abort(self, point):
         """Abort the FUSE connection of one of our mounts (frees processes stuck on it)."""
-        dev = self.made.get(os.path.realpath(point))
+        dev = self.made.get(os.path.abspath(point))
         if not dev:
             return
         conns = "/sys/fs/fuse/connections"
@@ -169,7 +187,7 @@ class MountTable:
 
     def unmount(self, point, timeout=30):
         """True when `point` is no longer mounted."""
-        point = os.path.realpath(point)
+        point = os.path.abspath(point)
         if not is_mounted(point):
             self.made.pop(point, None)
             return True
@@ -363,7 +381,7 @@ class Sshfs(FuseSystem):
 
     def cpu(self):
         # client: sshfs and its ssh; server: the sshd session processes and sftp-server.
-        return {"client": tree_cpu_seconds(self.client.pid) if self.client else None,
+        return {"client": session_cpu_seconds(self.client.pid) if self.client else None,
                 "server": tree_cpu_seconds(self.sshd.proc.pid, skip_root=True)}
 
     def describe(self):

@@ -23,6 +23,7 @@ class Measurement:
         self.errors = list(errors or [])
         self.detail = dict(detail or {})
         self.cpu = None
+        self.timed_out = False
 
     @property
     def ok(self):
@@ -58,6 +59,7 @@ class Context:
         self.system, self.cfg, self.shared, self.timeout = system, cfg, shared, timeout
         self.root, self.export = system.root, system.export
         self.cpu = None
+        self.timed_out = False
 
     @property
     def is_local(self):
@@ -92,6 +94,7 @@ class Context:
             if out_f:
                 out_f.close()
         seconds = time.monotonic() - start
+        self.timed_out = self.timed_out or timed_out
         if cpu:
             after = self.system.cpu()
             self.cpu = {k: round(after[k] - before[k], 3) for k in before
@@ -242,10 +245,10 @@ def parallel_read(c):
 
 def untar(c):
     c.remount()
-    os.mkdir(os.path.join(c.root, "tree"))
+    prep = c.run(["mkdir", os.path.join(c.root, "tree")])  # untimed; a subprocess, so a hang times out
     r = c.run(["tar", "xf", c.cfg.tarball, "-C", os.path.join(c.root, "tree")])
     c.end()
-    errors = r.problems()
+    errors = prep.problems() + r.problems()
     have = count_tree(os.path.join(c.export, "tree"))
     if have != c.cfg.tree_entries:
         errors.append(f"the server has {have} entries, expected {c.cfg.tree_entries}")
@@ -336,11 +339,11 @@ print(time.perf_counter() - t)
 
 def create_files(c):
     c.remount()
-    os.mkdir(os.path.join(c.root, "many"))
+    prep = c.run(["mkdir", os.path.join(c.root, "many")])  # untimed
     n = c.cfg.files
     r = c.run(["python3", "-c", CREATE, os.path.join(c.root, "many"), str(n)])
     c.end()
-    errors = r.problems()
+    errors = prep.problems() + r.problems()
     try:
         seconds = float(r.out.strip())
     except ValueError:
