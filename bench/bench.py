@@ -45,6 +45,8 @@ def parse_args():
     p.add_argument("--out", help="write results.md / results.svg here (default: bench/ for a full run of "
                    "everything, bench/out/ otherwise)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, trees) for inspection")
+    p.add_argument("--render", metavar="JSON",
+                   help="only redraw results.md and results.svg from a raw result file of bench/out/")
     p.add_argument("--ferry", default=os.path.join(HERE, "..", "target", "release", "ferry"),
                    help="ferry binary (bench/run passes the one it built)")
     a = p.parse_args()
@@ -99,8 +101,22 @@ def prepare(cfg):
     shutil.rmtree(repo)
 
 
+def render(cfg):
+    with open(cfg.render, encoding="utf-8") as f:
+        report = json.load(f)
+    os.makedirs(cfg.out, exist_ok=True)
+    print_table(report, WORKLOADS)
+    with open(os.path.join(cfg.out, "results.md"), "w", encoding="utf-8") as f:
+        f.write(markdown(report, WORKLOADS))
+    write_svg(report, WORKLOADS, os.path.join(cfg.out, "results.svg"))
+    print(f"bench: wrote {os.path.join(cfg.out, 'results.md')} and {os.path.join(cfg.out, 'results.svg')}")
+    return 0
+
+
 def main():
     cfg = parse_args()
+    if cfg.render:
+        return render(cfg)
     if os.geteuid() != 0:
         sys.exit("bench: needs root (mounts, drop_caches, sshd, untar with owners)")
     if not os.path.exists(cfg.ferry):

@@ -28,7 +28,10 @@ def machine_info(cfg):
     with open("/proc/meminfo", encoding="utf-8") as f:
         mem_kib = int(f.readline().split()[1])
     repo = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-    commit = _first_line(["git", "-C", repo, "describe", "--always", "--dirty"])
+    # The last commit that changed ferry itself (anything outside bench/), and whether its code is modified.
+    commit = _first_line(["git", "-C", repo, "log", "-1", "--format=%h", "--", ".", ":!bench"])
+    dirty = subprocess.run(["git", "-C", repo, "diff", "--quiet", "HEAD", "--", ".", ":!bench"]).returncode
+    commit += "-dirty" if dirty else ""
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
@@ -293,7 +296,8 @@ def write_svg(report, workloads, path):
             out.append(f'<rect x="{x0:.1f}" y="{y + 11}" width="{max(x1 - x0, 1):.1f}" height="16" '
                        f'fill="{colour}"/>')
             label = f"{r:.2f}×" + ("" if (res.get("sshfs") or {}).get("ok", True) else " (sshfs had errors)")
-            out.append(_text(x1 + 4 if r >= 1 else x0 - 4, y + row_h / 2 + 4, label, 11,
+            right = max(x1, xa(w.target) if w.target else x1) + 5
+            out.append(_text(right if r >= 1 else x0 - 4, y + row_h / 2 + 4, label, 11,
                              "start" if r >= 1 else "end"))
         else:
             out.append(_text(xa(1) + 4, y + row_h / 2 + 4, "no sshfs figure", 11, fill="#777"))
