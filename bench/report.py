@@ -18,6 +18,14 @@ def _first_line(argv):
         return "?"
 
 
+def _version_line(argv, marker):
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return next((l.strip() for l in (r.stdout + r.stderr).splitlines() if marker in l), "?")
+
+
 def machine_info(cfg):
     cpu = "?"
     with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -36,7 +44,7 @@ def machine_info(cfg):
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
         "memory_gib": round(mem_kib / 2**20, 1), "load_start": os.getloadavg(),
-        "ferry_commit": commit, "sshfs": _first_line(["sshfs", "--version"]),
+        "ferry_commit": commit, "sshfs": _version_line(["sshfs", "--version"], "SSHFS version"),
         "fio": _first_line(["fio", "--version"]), "note": cfg.note, "quick": cfg.quick,
     }
 
@@ -100,7 +108,7 @@ def fmt_ratio(r, mine=None, other=None, other_name=""):
         return "ferry failed"
     if r is None:
         return "—"
-    return f"{r:.2f}×" + (f" ({other_name} had errors)" if other and not other["ok"] else "")
+    return f"{r:.2f}×" + (f" ({other_name} failed)" if other and not other["ok"] else "")
 
 
 def failures(res, limit=None):
@@ -131,7 +139,7 @@ HEADER = ["workload", "local", "ferry", "sshfs", "ferry vs sshfs", "ferry vs loc
 def table_cells(report, workloads, plain):
     out = []
     for w, title, res in rows(report, workloads):
-        fails = failures(res, limit=1)
+        fails = failures(res, limit=2)
         if plain:
             fails = [f.split(":")[0] for f in fails]
         out.append([title, fmt_value(res.get("local")), fmt_value(res.get("ferry")), fmt_value(res.get("sshfs")),
@@ -156,7 +164,8 @@ def cpu_rows(report):
 
         tot = f"{f['server'] + f['client']:.2f} s" if f.get("server") is not None and f.get("client") is not None \
             else "—"
-        out.append([f"{what} {report['config']['big_mib']} MiB", sec(f, "server"), sec(f, "client"), tot,
+        mib = report["config"]["big_mib"]
+        out.append([f"{what} {mib // 1024} GiB" if mib % 1024 == 0 else f"{what} {mib} MiB", sec(f, "server"), sec(f, "client"), tot,
                     sec(s, "server"), sec(s, "client")])
     return out
 
@@ -194,7 +203,7 @@ def md_escape(text):
 def markdown(report, workloads):
     m, c = report["machine"], report["config"]
     line, load = caption(report)
-    out = [f"Benchmark run of {line}; {load}." + (f" {m['note']}." if m.get("note") else ""), ""]
+    out = [f"Benchmark run of {line}; {load}." + (f" Note: {m['note']}." if m.get("note") else ""), ""]
     if m.get("quick"):
         out += ["**Quick run** (smaller files and tree): for development, not for comparison.", ""]
     out.append("Ratios are oriented so that above 1 means ferry is better (more per second, or less time).")
@@ -295,10 +304,9 @@ def write_svg(report, workloads, path):
             x0, x1 = sorted((xa(1), xa(r)))
             out.append(f'<rect x="{x0:.1f}" y="{y + 11}" width="{max(x1 - x0, 1):.1f}" height="16" '
                        f'fill="{colour}"/>')
-            label = f"{r:.2f}×" + ("" if (res.get("sshfs") or {}).get("ok", True) else " (sshfs had errors)")
+            label = f"{r:.2f}×" + ("" if (res.get("sshfs") or {}).get("ok", True) else " (sshfs failed)")
             right = max(x1, xa(w.target) if w.target else x1) + 5
-            out.append(_text(right if r >= 1 else x0 - 4, y + row_h / 2 + 4, label, 11,
-                             "start" if r >= 1 else "end"))
+            out.append(_text(right, y + row_h / 2 + 4, label, 11))
         else:
             out.append(_text(xa(1) + 4, y + row_h / 2 + 4, "no sshfs figure", 11, fill="#777"))
         if w.target:
