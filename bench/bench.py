@@ -198,10 +198,10 @@ def measure(w, s, cfg, results):
     ctx = Context(s, cfg, cfg.__dict__.setdefault("shared", {}), cfg.timeout)
     try:
         m = w.fn(ctx)
-    except SetupError:
-        raise
-    except (OSError, subprocess.SubprocessError, ValueError) as e:
-        m = Measurement(None, "", None, [f"{type(e).__name__}: {e}"])
+    except (SetupError, OSError, subprocess.SubprocessError, ValueError) as e:
+        # A mount that fails, a server that died, a file that is missing: this workload failed
+        # on this system; the run goes on.
+        m = Measurement(None, "", None, [str(e) if isinstance(e, SetupError) else f"{type(e).__name__}: {e}"])
         try:
             s.end()
         except SetupError as e2:

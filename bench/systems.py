@@ -285,8 +285,21 @@ class Ferry(FuseSystem):
     def __init__(self, base, procs, table, binary, port):
         super().__init__(base, procs, table)
         self.binary, self.port = binary, port
-        self.server = procs.start("ferry-serve", [binary, "serve", self.export, "--listen", f"127.0.0.1:{port}"])
-        wait_port(port, self.server, "ferry serve")
+        self.start_server()
+
+    def remount(self):
+        if self.server.poll() is not None:
+            # Restart it, so the next workload can run; this one fails with the reason.
+            status, log = self.server.returncode, self.procs.log_tail("ferry-serve")
+            self.end()
+            self.start_server()
+            raise SetupError(f"ferry serve had exited with status {status}: {log}")
+        super().remount()
+
+    def start_server(self):
+        self.server = self.procs.start("ferry-serve", [self.binary, "serve", self.export, "--listen",
+                                                        f"127.0.0.1:{self.port}"])
+        wait_port(self.port, self.server, "ferry serve")
 
     def mount_argv(self):
         # Foreground (no --daemon): the benchmark knows the client's pid for CPU accounting.
