@@ -125,6 +125,7 @@ def main():
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGHUP, on_sigterm)
+    cfg.shared = {}  # what one system's run leaves for the others (the local tree's md5)
     cfg.tmp = os.path.realpath(tempfile.mkdtemp(prefix="ferry-bench-", dir=cfg.workdir))
     logs = os.path.join(cfg.tmp, "logs")
     os.mkdir(logs)
@@ -195,7 +196,7 @@ def main():
 
 
 def measure(w, s, cfg, results):
-    ctx = Context(s, cfg, cfg.__dict__.setdefault("shared", {}), cfg.timeout)
+    ctx = Context(s, cfg, cfg.shared, cfg.timeout)
     try:
         m = w.fn(ctx)
     except (SetupError, OSError, subprocess.SubprocessError, ValueError) as e:
@@ -225,6 +226,9 @@ def describe(m):
 
 def cleanup(systems, sshd, procs, table, cfg):
     """Unmount and stop everything this run started; returns what could not be cleaned."""
+    # A second Ctrl-C must not cut the cleanup short (every step in it has a timeout).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for s in systems:
         try:
             s.end()

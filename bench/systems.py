@@ -354,11 +354,15 @@ LogLevel ERROR
         if not os.path.isdir("/run/sshd"):
             os.makedirs("/run/sshd", 0o755)
             self.created_privsep = True
-        check = subprocess.run(["/usr/sbin/sshd", "-t", "-f", config], capture_output=True, text=True)
-        if check.returncode != 0:
-            raise SetupError(f"sshd rejects its config {config}: {check.stderr.strip()}")
-        self.proc = procs.start("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", config])
-        wait_port(port, self.proc, "sshd")
+        try:
+            check = subprocess.run(["/usr/sbin/sshd", "-t", "-f", config], capture_output=True, text=True)
+            if check.returncode != 0:
+                raise SetupError(f"sshd rejects its config {config}: {check.stderr.strip()}")
+            self.proc = procs.start("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", config])
+            wait_port(port, self.proc, "sshd")
+        except BaseException:
+            self.remove_privsep()
+            raise
 
     def stop(self, procs):
         """Stop the listener once its sessions have ended, so none is left to init as a zombie."""
@@ -366,6 +370,9 @@ LogLevel ERROR
         while len(descendants(self.proc.pid)) > 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         procs.stop(self.proc)
+        self.remove_privsep()
+
+    def remove_privsep(self):
         if self.created_privsep:
             try:
                 os.rmdir("/run/sshd")
