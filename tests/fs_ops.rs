@@ -832,3 +832,56 @@ fn attributes_after_a_change_match_the_server_at_once() {
     drop(w);
     same("c");
 }
+
+#[test]
+fn setuid_and_setgid_are_dropped_as_on_a_local_disk() {
+    if !common::require_root() {
+        return;
+    }
+    let f = fixture!(Setup {
+        allow_other: true,
+        ..Setup::default()
+    });
+    // nobody must be able to reach the mount
+    fs::set_permissions(f.temp(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&f.mnt, fs::Permissions::from_mode(0o777)).unwrap();
+    let mode_here = |rel: &str| fs::metadata(f.m(rel)).unwrap().mode() & 0o7777;
+    let mode_there = |rel: &str| fs::metadata(f.e(rel)).unwrap().mode() & 0o7777;
+    let path = f.m("s");
+    let p = path.to_str().unwrap();
+    fs::write(&path, b"x").unwrap();
+
+    // A write by another user drops both (setgid because group-executable)...
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o6777)).unwrap();
+    let (ok, err) = as_nobody(&["sh", "-c", &format!("echo more >> {p}")]);
+    assert!(ok, "{err}");
+    assert_eq!((mode_here("s"), mode_there("s")), (0o777, 0o777));
+    // ...but setgid without group execute marks mandatory locking and stays.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o2767)).unwrap();
+    let (ok, err) = as_nobody(&["sh", "-c", &format!("echo more >> {p}")]);
+    assert!(ok, "{err}");
+    assert_eq!((mode_here("s"), mode_there("s")), (0o2767, 0o2767));
+    // Root (CAP_FSETID) keeps them when writing or truncating.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o4777)).unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(b"root")
+        .unwrap();
+    File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(1)
+        .unwrap();
+    assert_eq!((mode_here("s"), mode_there("s")), (0o4777, 0o4777));
+    // A truncation by another user drops setuid.
+    let (ok, err) = as_nobody(&["truncate", "-s", "0", p]);
+    assert!(ok, "{err}");
+    assert_eq!((mode_here("s"), mode_there("s")), (0o777, 0o777));
+    // chown drops them, even by root.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o4755)).unwrap();
+    std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+    assert_eq!((mode_here("s"), mode_there("s")), (0o755, 0o755));
+}

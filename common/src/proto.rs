@@ -94,6 +94,11 @@ pub struct AttrChanges {
     pub size: Option<u64>,
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
+    /// After the other changes, clear the setuid bit, and the setgid bit of a
+    /// group-executable file, of a regular file: what a write or truncation by a
+    /// user without CAP_FSETID does on a local disk (the server, running as root,
+    /// would otherwise keep them).
+    pub kill_suidgid: bool,
 }
 
 /// One request, numbered by the client.

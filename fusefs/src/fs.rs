@@ -93,6 +93,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// `perm` without what a write or chown by an unprivileged user drops: setuid,
+/// and setgid when group-executable, of a regular file.
+fn without_suidgid(kind: FileKind, perm: u16) -> u16 {
+    if kind != FileKind::File {
+        return perm;
+    }
+    let mut kept = perm & !(libc::S_ISUID as u16);
+    if perm & libc::S_IXGRP as u16 != 0 {
+        kept &= !(libc::S_ISGID as u16);
+    }
+    kept
+}
+
 /// Whether a file opened with `flags` may be written to.
 fn writable(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY
@@ -385,6 +398,10 @@ impl FerryFs {
             if let Some(mode) = changes.mode {
                 attr.perm = (mode & 0o7777) as u16;
             }
+            // A chown drops setuid/setgid on the server, as on a local disk.
+            if changes.kill_suidgid || changes.uid.is_some() || changes.gid.is_some() {
+                attr.perm = without_suidgid(attr.kind, attr.perm);
+            }
             let resolve = |t| match t {
                 SetTime::Now => Timestamp::from_system_time(SystemTime::now()),
                 SetTime::At(t) => t,
@@ -469,6 +486,11 @@ impl Filesystem for FerryFs {
             // Locks are taken on the server, so clients exclude each other.
             InitFlags::FUSE_POSIX_LOCKS,
             InitFlags::FUSE_FLOCK_LOCKS,
+            // setuid/setgid are dropped here on write, truncate and chown rather
+            // than by the kernel, which would otherwise ask for the file's
+            // security.capability before every write and refresh its attributes
+            // before every chown: two round trips to this process each time.
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             if let Err(missing) = config.add_capabilities(cap) {
                 log::info!("the kernel does not offer {missing:?}");
@@ -532,7 +554,7 @@ impl Filesystem for FerryFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -555,6 +577,9 @@ impl Filesystem for FerryFs {
             size,
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
+            // The kernel leaves this to the filesystem (FUSE_HANDLE_KILLPRIV_V2):
+            // a truncation by anyone but root drops setuid/setgid, as locally.
+            kill_suidgid: size.is_some() && req.uid() != 0,
         };
         if let Some(attr) = self.defer_setattr(ino.0, fh, changes) {
             return reply.attr(&self.opts.attr_timeout, &file_attr(ino.0, &attr));
@@ -792,12 +817,19 @@ impl Filesystem for FerryFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let len = data.len();
+        // A write by a user without CAP_FSETID drops setuid/setgid, after the
+        // write and through the same handle (FUSE_HANDLE_KILLPRIV_V2).
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            && self
+                .writes
+                .attr(ino.0)
+                .is_some_and(|a| without_suidgid(a.kind, a.perm) != a.perm);
         let ticket = self.writes.begin_write(ino.0, fh.0, offset, len);
         let writes = self.writes.clone();
         let write = |handle| Op::Write {
@@ -810,6 +842,19 @@ impl Filesystem for FerryFs {
             Ok(_) => Err(Errno::EPROTO),
             Err(e) => Err(e),
         };
+        let kill_after = |fs: &FerryFs| {
+            if kill {
+                let changes = AttrChanges {
+                    kill_suidgid: true,
+                    ..AttrChanges::default()
+                };
+                if fs.defer_setattr(ino.0, Some(fh), changes).is_none() {
+                    log::warn!("could not drop setuid/setgid of inode {ino} after a write");
+                }
+                // The kernel still holds the old mode.
+                fs.invalidator.invalidate_attrs(ino.0);
+            }
+        };
         if writes_through(flags.0) || !self.writes.is_writer(ino.0, fh.0) {
             self.on_handle(fh, write, move |r| {
                 writes.finish(ticket, Ok(None));
@@ -818,6 +863,7 @@ impl Filesystem for FerryFs {
                     Err(e) => reply.error(errno(e)),
                 }
             });
+            kill_after(self);
             return;
         }
         // Write-behind: the kernel hears of success now, a failure at flush or fsync.
@@ -830,6 +876,7 @@ impl Filesystem for FerryFs {
             };
             writes.finish(ticket, result);
         });
+        kill_after(self);
         reply.written(u32::try_from(len).unwrap_or(u32::MAX));
     }
 

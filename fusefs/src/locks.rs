@@ -175,8 +175,8 @@ type Job = (u64, Box<dyn FnOnce() + Send>);
 /// Drops the kernel's cached pages and attributes of a file whose lock was just
 /// taken, as NFS does: another client may have changed the file while this one
 /// did not hold the lock, and a database reading stale pages under its lock
-/// would corrupt itself. Writes need no counterpart on unlock, as every write
-/// has reached the server before `write(2)` returns.
+/// would corrupt itself. Writes need no counterpart on unlock: a lock is only
+/// set or released once this mount's writes have reached the server.
 ///
 /// The kernel carries out an invalidation before the notification's write
 /// returns, and may wait for a page whose read is still in flight — a read
@@ -193,6 +193,17 @@ impl CacheInvalidator {
     /// Where the mount puts the session's notifier.
     pub fn slot(&self) -> Arc<OnceLock<Notifier>> {
         self.notifier.clone()
+    }
+
+    /// Drops the kernel's cached attributes of `ino` (not its pages) at once. No
+    /// lock of the kernel's is taken for that, so this is safe from any thread,
+    /// even one answering a request on the same file.
+    pub fn invalidate_attrs(&self, ino: u64) {
+        if let Some(n) = self.notifier.get() {
+            if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
+                log::debug!("invalidating the attributes of inode {ino}: {e}");
+            }
+        }
     }
 
     /// Invalidates `ino`'s cache, then runs `then`.

@@ -140,6 +140,11 @@ impl WriteBehind {
         }
     }
 
+    /// The projected attributes of `ino`, whatever their age.
+    pub fn attr(&self, ino: u64) -> Option<Attr> {
+        self.lock().files.get(&ino).and_then(|f| f.attr)
+    }
+
     /// Another client may have changed `ino` (this mount just took a lock on it):
     /// the projection is no answer to `getattr` until the server has spoken again.
     pub fn doubt(&self, ino: u64) {

@@ -354,6 +354,9 @@ impl ExportRoot {
             }
             sys::truncate_fd(fd, size)?;
         }
+        if changes.kill_suidgid {
+            kill_suidgid(fd)?;
+        }
         if changes.atime.is_some() || changes.mtime.is_some() {
             sys::utimensat(
                 node.dir(),
@@ -596,9 +599,30 @@ impl OpenFile {
         if let Some(size) = changes.size {
             sys::ftruncate(fd, size)?;
         }
+        if changes.kill_suidgid {
+            kill_suidgid(fd)?;
+        }
         if changes.atime.is_some() || changes.mtime.is_some() {
             sys::futimens(fd, &time(changes.atime), &time(changes.mtime))?;
         }
         self.attr()
     }
+}
+
+/// Clears the setuid bit, and the setgid bit of a group-executable file, of the
+/// regular file `fd` (see [`AttrChanges::kill_suidgid`]).
+fn kill_suidgid(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    let st = sys::fstat(fd)?;
+    if !is_kind(&st, libc::S_IFREG) {
+        return Ok(());
+    }
+    let mode = st.st_mode & 0o7777;
+    let mut kept = mode & !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 {
+        kept &= !libc::S_ISGID;
+    }
+    if kept != mode {
+        sys::chmod_fd(fd, kept)?;
+    }
+    Ok(())
 }
