@@ -135,9 +135,15 @@ impl Attr {
     }
 
     /// Whether the data of a file is unchanged between two observations
-    /// (the test close-to-open consistency uses to keep the page cache).
+    /// (the test close-to-open consistency uses to keep the page cache). The
+    /// ctime tells a file apart from a new one that got the same inode number,
+    /// size and mtime (an untar does that).
     pub fn same_content(&self, other: &Attr) -> bool {
-        self.ino == other.ino && self.size == other.size && self.mtime == other.mtime
+        self.ino == other.ino
+            && self.dev == other.dev
+            && self.size == other.size
+            && self.mtime == other.mtime
+            && self.ctime == other.ctime
     }
 }
 

@@ -22,7 +22,7 @@ use crate::inode::{FileId, InodeTable, ROOT_INO};
 use crate::known::KnownDirs;
 use crate::locks::{CacheInvalidator, LockOwners};
 use crate::writeback::WriteBehind;
-use ferry_common::frame::MAX_CHUNK;
+use ferry_common::frame::{MAX_CHUNK, READDIR_PAGE};
 use ferry_common::proto::{AttrChanges, DirEntry, Op, Owner, Reply, SetTime};
 use ferry_common::{Attr, Errno, FileKind, RelPath, Timestamp};
 use fuser::{
@@ -267,6 +267,7 @@ impl FerryFs {
         // A directory made here is known to be empty.
         let made_dir = matches!(op, Op::Mkdir { .. });
         let known = self.known.clone();
+        let writes = self.writes.clone();
         let asked = Instant::now();
         self.client
             .submit(op, move |r| match r.map(|reply| (reply.attr(), reply)) {
@@ -276,6 +277,9 @@ impl FerryFs {
                     }
                     let ino = lock(&inodes).remember(&path, &attr);
                     attrs.store(ino, attr);
+                    // A new link of a file being written changes its link count.
+                    writes.adjust(ino, |projected| projected.nlink = attr.nlink);
+                    let attr = writes.overlay(ino, attr);
                     if made_dir {
                         known.learn(ino, asked, []);
                     }
@@ -284,6 +288,8 @@ impl FerryFs {
                 }
                 Ok(_) => reply.error(errno(Errno::EPROTO)),
                 Err(Errno::ENOENT) if negative => {
+                    // The name is gone (another client removed it).
+                    lock(&inodes).detach(&path);
                     // Inode number 0 tells the kernel "no such entry, for ttl".
                     let none = file_attr(0, &Attr::blank(FileKind::File));
                     reply.entry(&ttl, &none, GENERATION);
@@ -319,22 +325,28 @@ impl FerryFs {
 
     /// Submits an operation answered with nothing but success or an errno;
     /// `on_success` updates local state before the kernel hears of it. The
-    /// cached attributes of the nodes at `changed` (their link count or ctime
-    /// changes) are dropped.
+    /// cached attributes of the nodes at `changed` (their ctime changes, and
+    /// their link count where the flag says they lose a name) are dropped, and
+    /// the projection of a file being written is corrected.
     fn empty_op(
         &self,
         op: Op,
-        changed: Vec<RelPath>,
+        changed: Vec<(RelPath, bool)>,
         reply: ReplyEmpty,
         on_success: impl FnOnce(&mut InodeTable) + Send + 'static,
     ) {
         let inodes = self.inodes.clone();
         let attrs = self.attrs.clone();
+        let writes = self.writes.clone();
         self.client.submit(op, move |r| match r {
             Ok(answer) => {
-                for path in &changed {
+                for (path, loses_link) in &changed {
                     if let Some(ino) = lock(&inodes).ino_of(path) {
                         attrs.drop_ino(ino);
+                        if *loses_link {
+                            writes.adjust(ino, |a| a.nlink = a.nlink.saturating_sub(1));
+                        }
+                        writes.doubt(ino);
                     }
                 }
                 on_success(&mut lock(&inodes));
@@ -442,7 +454,7 @@ impl FerryFs {
         fh: FileHandle,
         offset: u64,
     ) -> Result<(RelPath, Arc<Vec<DirEntry>>), Errno> {
-        let path = {
+        let opened_as = {
             let dirs = lock(&self.dirs);
             let dir = dirs.get(&fh.0).ok_or(Errno::EBADF)?;
             if offset != 0 {
@@ -450,11 +462,20 @@ impl FerryFs {
             }
             dir.path.clone()
         };
+        // The directory's path now: it may have been renamed since opendir.
+        let path = self.path_of(ino).unwrap_or(opened_as);
         let asked = Instant::now();
         let entries = Arc::new(self.client.list_dir(&path)?);
-        self.known
-            .learn(ino.0, asked, entries.iter().map(|e| e.name.as_slice()));
+        // One page is one read of the directory on the server; between pages
+        // others may remove entries and shift the rest, so a longer listing is
+        // no proof of what is missing.
+        let whole = entries.len() < READDIR_PAGE;
+        if whole && lock(&self.inodes).ino_of(&path) == Some(ino.0) {
+            self.known
+                .learn(ino.0, asked, entries.iter().map(|e| e.name.as_slice()));
+        }
         if let Some(dir) = lock(&self.dirs).get_mut(&fh.0) {
+            dir.path = path.clone();
             dir.entries = entries.clone();
         }
         Ok((path, entries))
@@ -650,7 +671,9 @@ impl Filesystem for FerryFs {
         match self.child(parent, name) {
             Ok(path) => {
                 let op = Op::Unlink { path: path.clone() };
-                self.empty_op(op, vec![path.clone()], reply, move |t| t.detach(&path))
+                self.empty_op(op, vec![(path.clone(), true)], reply, move |t| {
+                    t.detach(&path)
+                })
             }
             Err(e) => reply.error(errno(e)),
         }
@@ -660,7 +683,9 @@ impl Filesystem for FerryFs {
         match self.child(parent, name) {
             Ok(path) => {
                 let op = Op::Rmdir { path: path.clone() };
-                self.empty_op(op, vec![path.clone()], reply, move |t| t.detach(&path))
+                self.empty_op(op, vec![(path.clone(), true)], reply, move |t| {
+                    t.detach(&path)
+                })
             }
             Err(e) => reply.error(errno(e)),
         }
@@ -704,7 +729,7 @@ impl Filesystem for FerryFs {
             to: to.clone(),
             flags: flags.bits(),
         };
-        let changed = vec![from.clone(), to.clone()];
+        let changed = vec![(from.clone(), false), (to.clone(), !exchange)];
         self.empty_op(op, changed, reply, move |t| {
             if exchange {
                 t.exchange(&from, &to)
@@ -736,6 +761,10 @@ impl Filesystem for FerryFs {
             Ok(p) => p,
             Err(e) => return reply.error(errno(e)),
         };
+        if flags.0 & libc::O_TRUNC != 0 {
+            // Truncating must not be overtaken by writes sent before it.
+            self.writes.wait_idle(ino.0);
+        }
         let epoch = match self.client.connected_epoch() {
             Ok(e) => e,
             Err(e) => return reply.error(errno(e)),
@@ -830,9 +859,20 @@ impl Filesystem for FerryFs {
                 .writes
                 .attr(ino.0)
                 .is_some_and(|a| without_suidgid(a.kind, a.perm) != a.perm);
+        let through = writes_through(flags.0) || !self.writes.is_writer(ino.0, fh.0);
+        if through {
+            // An appending write lands at the server's end of file: every write
+            // before it, through any handle, must be there first.
+            self.writes.wait_idle(ino.0);
+        }
+        // Fails at once (rather than at close) when the server is unreachable.
+        let (epoch, handle) = match self.server_handle(fh.0) {
+            Ok(h) => h,
+            Err(e) => return reply.error(errno(e)),
+        };
         let ticket = self.writes.begin_write(ino.0, fh.0, offset, len);
         let writes = self.writes.clone();
-        let write = |handle| Op::Write {
+        let op = Op::Write {
             handle,
             offset,
             data: data.to_vec(),
@@ -842,42 +882,39 @@ impl Filesystem for FerryFs {
             Ok(_) => Err(Errno::EPROTO),
             Err(e) => Err(e),
         };
-        let kill_after = |fs: &FerryFs| {
-            if kill {
-                let changes = AttrChanges {
-                    kill_suidgid: true,
-                    ..AttrChanges::default()
-                };
-                if fs.defer_setattr(ino.0, Some(fh), changes).is_none() {
-                    log::warn!("could not drop setuid/setgid of inode {ino} after a write");
-                }
-                // The kernel still holds the old mode.
-                fs.invalidator.invalidate_attrs(ino.0);
-            }
-        };
-        if writes_through(flags.0) || !self.writes.is_writer(ino.0, fh.0) {
-            self.on_handle(fh, write, move |r| {
+        if through {
+            self.client.submit_in(epoch, op, move |r| {
                 writes.finish(ticket, Ok(None));
                 match written(r) {
                     Ok(n) => reply.written(n),
                     Err(e) => reply.error(errno(e)),
                 }
             });
-            kill_after(self);
-            return;
+        } else {
+            // Write-behind: the kernel hears of success now, of a failure at
+            // flush or fsync.
+            self.client.submit_in(epoch, op, move |r| {
+                let result = match written(r) {
+                    Ok(n) if n as usize == len => Ok(None),
+                    // A short write on a local disk means it is full.
+                    Ok(_) => Err(Errno::ENOSPC),
+                    Err(e) => Err(e),
+                };
+                writes.finish(ticket, result);
+            });
+            reply.written(u32::try_from(len).unwrap_or(u32::MAX));
         }
-        // Write-behind: the kernel hears of success now, a failure at flush or fsync.
-        self.on_handle(fh, write, move |r| {
-            let result = match written(r) {
-                Ok(n) if n as usize == len => Ok(None),
-                // A short write on a local disk means it is full.
-                Ok(_) => Err(Errno::ENOSPC),
-                Err(e) => Err(e),
+        if kill {
+            let changes = AttrChanges {
+                kill_suidgid: true,
+                ..AttrChanges::default()
             };
-            writes.finish(ticket, result);
-        });
-        kill_after(self);
-        reply.written(u32::try_from(len).unwrap_or(u32::MAX));
+            if self.defer_setattr(ino.0, Some(fh), changes).is_none() {
+                log::warn!("could not drop setuid/setgid of inode {ino} after a write");
+            }
+            // The kernel still holds the old mode.
+            self.invalidator.invalidate_attrs(ino.0);
+        }
     }
 
     fn flush(
@@ -889,10 +926,12 @@ impl Filesystem for FerryFs {
         reply: ReplyEmpty,
     ) {
         // close(2) is where write-behind owes the application its errors; then
-        // the closer's POSIX locks go.
+        // the closer's POSIX locks go, once what was written under them is on
+        // the server (through any handle: locks belong to the process).
         let written = if self.writes.is_writer(ino.0, fh.0) {
-            self.writes.drain(ino.0)
+            self.writes.drain(ino.0, fh.0)
         } else {
+            self.writes.wait_idle(ino.0);
             Ok(())
         };
         self.release_posix_locks(ino, fh, lock_owner, move || match written {
@@ -947,7 +986,14 @@ impl Filesystem for FerryFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        if let Err(e) = self.writes.drain(ino.0) {
+        // Errors go to the handles that were writing; a read-only one only waits.
+        let written = if self.writes.is_writer(ino.0, fh.0) {
+            self.writes.drain(ino.0, fh.0)
+        } else {
+            self.writes.wait_idle(ino.0);
+            Ok(())
+        };
+        if let Err(e) = written {
             return reply.error(errno(e));
         }
         let fsync = |handle| Op::Fsync { handle, datasync };
@@ -1060,12 +1106,13 @@ impl Filesystem for FerryFs {
                     // here and uncounted if it does not fit in this reply.
                     let child_ino = lock(&self.inodes).remember(&child, &entry.attr);
                     self.attrs.store(child_ino, entry.attr);
+                    let attr = self.writes.overlay(child_ino, entry.attr);
                     let full = reply.add(
                         INodeNo(child_ino),
                         index + 1,
                         name,
                         &ttl,
-                        &file_attr(child_ino, &entry.attr),
+                        &file_attr(child_ino, &attr),
                         GENERATION,
                     );
                     if full {
@@ -1192,6 +1239,11 @@ impl Filesystem for FerryFs {
             Err(e) => return reply.error(errno(e)),
         };
         self.known.add(parent.0, name);
+        // The name may be a file this mount is writing (O_CREAT of an existing
+        // name, maybe with O_TRUNC): what was sent before comes first.
+        if let Some(ino) = lock(&self.inodes).ino_of(&path) {
+            self.writes.wait_idle(ino);
+        }
         let inodes = self.inodes.clone();
         let files = self.files.clone();
         let writes = self.writes.clone();

@@ -129,6 +129,12 @@ impl InodeTable {
             if let Some(node) = self.nodes.get_mut(&ino) {
                 if node.id == id {
                     node.lookups = node.lookups.saturating_add(1);
+                    // The name just confirmed is the one to reach it by (a hard
+                    // link's other names may be gone).
+                    if node.paths.last() != Some(path) {
+                        node.paths.retain(|p| p != path);
+                        node.paths.push(path.clone());
+                    }
                     return ino;
                 }
             }
@@ -360,6 +366,11 @@ mod tests {
         let a = t.remember(&p("a"), &f(10));
         assert_eq!(t.remember(&p("b"), &f(10)), a);
         assert_eq!(t.lookups(a), Some(2));
+        assert_eq!(t.path(a), Some(&p("b")));
+        // Looking a name up again makes it the one used.
+        t.remember(&p("a"), &f(10));
+        assert_eq!(t.path(a), Some(&p("a")));
+        t.remember(&p("b"), &f(10));
         t.detach(&p("b"));
         assert_eq!(t.path(a), Some(&p("a")));
         assert_eq!(t.ino_of_file(&f(10)), Some(a));

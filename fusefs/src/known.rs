@@ -56,8 +56,19 @@ impl KnownDirs {
             let ttl = self.ttl;
             dirs.retain(|_, k| k.since.elapsed() < ttl);
         }
-        let names = names.into_iter().map(<[u8]>::to_vec).collect();
-        dirs.insert(ino, Known { since, names });
+        let names = names.into_iter().map(<[u8]>::to_vec);
+        match dirs.get_mut(&ino) {
+            // Names this mount added meanwhile may be missing from a listing that
+            // was read before they were made: keep both.
+            Some(known) if known.since.elapsed() < self.ttl => {
+                known.names.extend(names);
+                known.since = known.since.max(since);
+            }
+            _ => {
+                let names = names.collect();
+                dirs.insert(ino, Known { since, names });
+            }
+        }
     }
 
     /// A name in `dir` may exist from now on (this mount created it, or tried to).

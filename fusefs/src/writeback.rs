@@ -14,9 +14,11 @@
 //! - **Visibility.** Anything that reads the file or its attributes from the
 //!   server (read, getattr, truncate, fsync) first waits until the inode has
 //!   nothing in flight, so it never sees the file older than the kernel does.
-//! - **No lost errors.** The first error of anything in flight is kept per inode
-//!   and handed to the application by the next `flush` (close) or `fsync` of a
-//!   handle that writes to it. fsync also waits, then asks the server to sync.
+//! - **No lost errors.** When anything in flight fails, every handle open for
+//!   writing on the inode at that moment gets the error, and hands it to the
+//!   application at its next `flush` (close) or `fsync` — once per open file, as
+//!   Linux reports writeback errors. fsync also waits, then asks the server to
+//!   sync.
 //! - **Bounded memory.** At most [`MAX_IN_FLIGHT_BYTES`] of data are in flight
 //!   for the whole mount; a writer beyond that waits, which slows the
 //!   application down to the server's pace instead of queueing without end.
@@ -56,8 +58,8 @@ struct InFlight {
 #[derive(Debug, Default)]
 struct FileState {
     in_flight: Vec<InFlight>,
-    /// The first failure the application has not been told of yet.
-    error: Option<Errno>,
+    /// Per writing handle, the first failure it has not passed on yet.
+    errors: HashMap<u64, Errno>,
     /// The attributes the server will report once everything in flight has
     /// landed: its last answer with this mount's later changes applied.
     attr: Option<Attr>,
@@ -140,6 +142,30 @@ impl WriteBehind {
         }
     }
 
+    /// What to tell the kernel of `ino` when the server answered `attr` (a
+    /// lookup, a listing): while changes are in flight the server's answer is
+    /// older than what the kernel knows, and would shrink the file it sees.
+    pub fn overlay(&self, ino: u64, attr: Attr) -> Attr {
+        let state = self.lock();
+        match state.files.get(&ino) {
+            Some(file) if !file.in_flight.is_empty() => file.attr.unwrap_or(attr),
+            _ => attr,
+        }
+    }
+
+    /// Applies a change the server made elsewhere (a link count) to the
+    /// projection of `ino`, if there is one.
+    pub fn adjust(&self, ino: u64, change: impl FnOnce(&mut Attr)) {
+        if let Some(attr) = self
+            .lock()
+            .files
+            .get_mut(&ino)
+            .and_then(|f| f.attr.as_mut())
+        {
+            change(attr);
+        }
+    }
+
     /// The projected attributes of `ino`, whatever their age.
     pub fn attr(&self, ino: u64) -> Option<Attr> {
         self.lock().files.get(&ino).and_then(|f| f.attr)
@@ -169,11 +195,15 @@ impl WriteBehind {
         file.attr
     }
 
-    /// Kernel handle `fh` of `ino` was released.
+    /// Kernel handle `fh` of `ino` was released. An error it did not pass on
+    /// (its close came before the failure) can only be logged now.
     pub fn released(&self, ino: u64, fh: u64) {
         let mut state = self.lock();
         if let Some(file) = state.files.get_mut(&ino) {
             file.writers.retain(|&w| w != fh);
+            if let Some(e) = file.errors.remove(&fh) {
+                log::warn!("a write to a file closed meanwhile failed: {e}");
+            }
         }
         Self::tidy(&mut state, ino);
     }
@@ -283,7 +313,9 @@ impl WriteBehind {
             match result {
                 Err(e) => {
                     log::debug!("a write-behind change of inode {} failed: {e}", ticket.ino);
-                    file.error.get_or_insert(e);
+                    for &fh in &file.writers {
+                        file.errors.entry(fh).or_insert(e);
+                    }
                 }
                 Ok(Some(attr)) if file.in_flight.is_empty() => {
                     file.attr = Some(attr);
@@ -312,22 +344,19 @@ impl WriteBehind {
     }
 
     /// Waits until nothing is in flight for `ino`, then hands over (and forgets)
-    /// the first error since the last drain.
-    pub fn drain(&self, ino: u64) -> Result<(), Errno> {
+    /// the first error that handle `fh` has not passed on yet.
+    pub fn drain(&self, ino: u64, fh: u64) -> Result<(), Errno> {
         self.wait_idle(ino);
         let mut state = self.lock();
-        let error = state.files.get_mut(&ino).and_then(|f| f.error.take());
+        let error = state.files.get_mut(&ino).and_then(|f| f.errors.remove(&fh));
         Self::tidy(&mut state, ino);
         error.map_or(Ok(()), Err)
     }
 
-    /// Drops the state of an inode nobody writes to any more. An error nobody
-    /// was told of can only be logged now.
+    /// Drops the state of an inode nobody writes to any more.
     fn tidy(state: &mut State, ino: u64) {
         if state.files.get(&ino).is_some_and(FileState::unused) {
-            if let Some(FileState { error: Some(e), .. }) = state.files.remove(&ino) {
-                log::warn!("a write to a file closed meanwhile failed: {e}");
-            }
+            state.files.remove(&ino);
         }
     }
 }
@@ -350,10 +379,17 @@ mod tests {
         wb.opened_for_writing(5, 1, &attr());
         let a = wb.begin_write(5, 1, 0, 10);
         let b = wb.begin_write(5, 1, 10, 10);
+        wb.opened_for_writing(5, 2, &attr());
         wb.finish(a, Err(Errno::ENOSPC));
         wb.finish(b, Err(Errno::EIO));
-        assert_eq!(wb.drain(5), Err(Errno::ENOSPC));
-        assert_eq!(wb.drain(5), Ok(()));
+        // Every writer hears of it, once.
+        assert_eq!(wb.drain(5, 1), Err(Errno::ENOSPC));
+        assert_eq!(wb.drain(5, 1), Ok(()));
+        assert_eq!(wb.drain(5, 2), Err(Errno::ENOSPC));
+        assert_eq!(wb.drain(5, 2), Ok(()));
+        // A handle opened after the failure does not.
+        wb.opened_for_writing(5, 3, &attr());
+        assert_eq!(wb.drain(5, 3), Ok(()));
         assert_eq!(wb.lock().bytes, 0);
     }
 
@@ -371,7 +407,7 @@ mod tests {
         assert_eq!((projected.size, projected.perm), (4196, 0o600));
         wb.finish(t, Ok(None));
         wb.finish(s, Ok(None));
-        assert_eq!(wb.drain(5), Ok(()));
+        assert_eq!(wb.drain(5, 1), Ok(()));
     }
 
     #[test]
@@ -447,7 +483,7 @@ mod tests {
         let late = waiter.join().expect("the waiter ends");
         wb.finish(late, Ok(None));
         wb.finish(apart, Ok(None));
-        assert_eq!(wb.drain(5), Ok(()));
+        assert_eq!(wb.drain(5, 1), Ok(()));
     }
 
     #[test]
@@ -470,7 +506,7 @@ mod tests {
         wb.opened_for_writing(5, 1, &attr());
         let t = wb.begin_write(5, 1, 0, 1);
         let wb2 = Arc::clone(&wb);
-        let drainer = thread::spawn(move || wb2.drain(5));
+        let drainer = thread::spawn(move || wb2.drain(5, 1));
         thread::sleep(Duration::from_millis(100));
         assert!(!drainer.is_finished());
         wb.finish(t, Err(Errno::EIO));

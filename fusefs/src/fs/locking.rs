@@ -67,10 +67,9 @@ impl FerryFs {
         }
         let kind = lock_kind(tid, &lock);
         // What was written under a lock must be on the server before the lock is
-        // let go (or changed): the next holder reads it from there.
-        if let Err(e) = self.writes.drain(ino.0) {
-            return reply.error(errno(e));
-        }
+        // let go (or changed): the next holder reads it from there. (A write
+        // error stays for close and fsync to report.)
+        self.writes.wait_idle(ino.0);
         let (epoch, handle) = match self.server_handle(fh.0) {
             Ok(h) => h,
             Err(e) => return reply.error(errno(e)),

@@ -188,6 +188,9 @@ impl FerryFs {
         if name.as_bytes() == CAPABILITY {
             self.capabilities.forget(ino.0);
         }
+        // By path, so not ordered with writes in flight: a write landing after
+        // it would make the server's kernel drop a capability just set.
+        self.writes.wait_idle(ino.0);
         let op = Op::SetXattr {
             path: path.clone(),
             name: name.as_bytes().to_vec(),
@@ -195,7 +198,7 @@ impl FerryFs {
             flags,
         };
         // The ctime changes: cached attributes go.
-        self.empty_op(op, vec![path], reply, |_| {});
+        self.empty_op(op, vec![(path, false)], reply, |_| {});
     }
 
     pub(super) fn xattr_remove(&self, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -206,11 +209,12 @@ impl FerryFs {
         if name.as_bytes() == CAPABILITY {
             self.capabilities.forget(ino.0);
         }
+        self.writes.wait_idle(ino.0);
         let op = Op::RemoveXattr {
             path: path.clone(),
             name: name.as_bytes().to_vec(),
         };
-        self.empty_op(op, vec![path], reply, |_| {});
+        self.empty_op(op, vec![(path, false)], reply, |_| {});
     }
 }
 
