@@ -101,6 +101,9 @@ pub struct Attr {
     pub blksize: u32,
     /// The server's inode number: tells hard links apart, never used as the FUSE inode.
     pub ino: u64,
+    /// The server's device number of the file system holding the node: with `ino`
+    /// it names one file, even in an export that spans several file systems.
+    pub dev: u64,
 }
 
 impl Attr {
@@ -127,6 +130,15 @@ impl Attr {
             rdev: 0,
             blksize: 4096,
             ino: 0,
+            dev: 0,
+        }
+    }
+
+    /// The server's identity of the node: equal for every hard link of a file.
+    pub fn file_id(&self) -> FileId {
+        FileId {
+            dev: self.dev,
+            ino: self.ino,
         }
     }
 
@@ -135,6 +147,13 @@ impl Attr {
     pub fn same_content(&self, other: &Attr) -> bool {
         self.ino == other.ino && self.size == other.size && self.mtime == other.mtime
     }
+}
+
+/// One file on the server, whatever its names: device and inode number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
 }
 
 /// What `statfs` reports for the export's filesystem.

@@ -196,6 +196,7 @@ mod tests {
             rdev: 0,
             blksize: 4096,
             ino: 77,
+            dev: 2049,
         }
     }
 

@@ -192,7 +192,7 @@ impl FerryFs {
         let ttl = self.opts.attr_timeout;
         self.client.submit(op, move |r| match r {
             Ok(Reply::Attr(attr)) => {
-                let ino = lock(&inodes).remember(&path);
+                let ino = lock(&inodes).remember(&path, &attr);
                 reply.entry(&ttl, &file_attr(ino, &attr), GENERATION);
             }
             Ok(_) => reply.error(errno(Errno::EPROTO)),
@@ -746,7 +746,7 @@ impl Filesystem for FerryFs {
                     let Ok(child) = path.join(name) else { continue };
                     // Every entry but . and .. counts as a lookup, so it is counted
                     // here and uncounted if it does not fit in this reply.
-                    let child_ino = lock(&self.inodes).remember(&child);
+                    let child_ino = lock(&self.inodes).remember(&child, &entry.attr);
                     let full = reply.add(
                         INodeNo(child_ino),
                         index + 1,
@@ -870,7 +870,7 @@ impl Filesystem for FerryFs {
                 Ok(Reply::Opened { handle, attr }) => {
                     let (ino, fh) = {
                         let mut t = lock(&inodes);
-                        let ino = t.remember(&path);
+                        let ino = t.remember(&path, &attr);
                         t.note_open(ino, &attr);
                         let fh = lock(&files).insert(OpenFile {
                             ino,

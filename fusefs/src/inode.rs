@@ -8,21 +8,33 @@
 //!   inode whose count reaches zero is dropped;
 //! - inode numbers are never reused within a mount, so a stale number can never
 //!   name another file;
-//! - a path maps to at most one inode. Rename moves the inode (and every inode
-//!   below it) to the new path; unlink and rename-over *detach* the inode that lived
-//!   at the path: it keeps its number until forgotten, but no longer names a path,
-//!   so nothing can reach the new occupant of that path through it. Open files stay
-//!   usable because the server holds them by handle.
+//! - one inode per server file: every hard link of a file (the same server device
+//!   and inode number, [`FileId`]) is the same inode, so `stat` shows one inode with
+//!   its link count and a change through one name is seen through all. An inode
+//!   therefore has one or more paths; a path maps to at most one inode. Directories
+//!   cannot be hard linked and always have exactly one path;
+//! - rename moves a path (and every path below it) to its new place; unlink and
+//!   rename-over remove the path from its inode. An inode left with no path is
+//!   *detached*: it keeps its number until forgotten, but nothing can reach the new
+//!   occupant of its old path through it. Open files stay usable because the server
+//!   holds them by handle;
+//! - a lookup that finds another server file at a known path (replaced by another
+//!   client) moves the path to a new inode rather than changing what the old
+//!   inode names.
 
-use ferry_common::{Attr, RelPath};
+use ferry_common::{Attr, Errno, FileId, FileKind, RelPath};
 use std::collections::HashMap;
 
 pub const ROOT_INO: u64 = 1;
 
 #[derive(Debug)]
 struct Node {
-    /// `None` once detached by unlink or rename-over.
-    path: Option<RelPath>,
+    /// The names of this node, the most recently confirmed first; empty once
+    /// detached by unlink or rename-over.
+    paths: Vec<RelPath>,
+    /// The server file; `None` only for the root.
+    id: Option<FileId>,
+    kind: FileKind,
     lookups: u64,
     /// The file's attributes when it was last opened, for close-to-open caching.
     opened_as: Option<Attr>,
@@ -34,6 +46,9 @@ struct Node {
 pub struct InodeTable {
     nodes: HashMap<u64, Node>,
     by_path: HashMap<RelPath, u64>,
+    /// Non-directory nodes that still have a path, by server file: how a new name
+    /// of a known file (a hard link) finds its inode.
+    by_id: HashMap<FileId, u64>,
     next: u64,
 }
 
@@ -49,7 +64,9 @@ impl InodeTable {
         nodes.insert(
             ROOT_INO,
             Node {
-                path: Some(RelPath::root()),
+                paths: vec![RelPath::root()],
+                id: None,
+                kind: FileKind::Directory,
                 lookups: 1,
                 opened_as: None,
                 handles: Vec::new(),
@@ -60,13 +77,15 @@ impl InodeTable {
         InodeTable {
             nodes,
             by_path,
+            by_id: HashMap::new(),
             next: ROOT_INO + 1,
         }
     }
 
-    /// The path an inode names; `None` for an unknown or detached inode.
+    /// The path an inode names (its most recently confirmed one); `None` for an
+    /// unknown or detached inode.
     pub fn path(&self, ino: u64) -> Option<&RelPath> {
-        self.nodes.get(&ino).and_then(|n| n.path.as_ref())
+        self.nodes.get(&ino).and_then(|n| n.paths.first())
     }
 
     /// The inode at `path` without counting a lookup.
@@ -74,13 +93,32 @@ impl InodeTable {
         self.by_path.get(path).copied()
     }
 
-    /// Hands an entry for `path` to the kernel: the existing inode or a new one,
-    /// with its lookup count raised by one.
-    pub fn remember(&mut self, path: &RelPath) -> u64 {
+    /// Hands an entry for `path`, whose attributes the server just gave as
+    /// `attr`, to the kernel: the inode of that server file (found by path, or by
+    /// its identity when `path` is another hard link of a known file) or a new
+    /// one, with its lookup count raised by one.
+    pub fn remember(&mut self, path: &RelPath, attr: &Attr) -> u64 {
+        let id = attr.file_id();
         if let Some(&ino) = self.by_path.get(path) {
             if let Some(node) = self.nodes.get_mut(&ino) {
-                node.lookups = node.lookups.saturating_add(1);
-                return ino;
+                if node.id.is_none_or(|known| known == id) && node.kind == attr.kind {
+                    node.id = Some(id);
+                    node.lookups = node.lookups.saturating_add(1);
+                    Self::confirm(node, path);
+                    return ino;
+                }
+            }
+            // Another file lives at this path now (replaced on the server).
+            self.detach(path);
+        }
+        if attr.kind != FileKind::Directory {
+            if let Some(&ino) = self.by_id.get(&id) {
+                if let Some(node) = self.nodes.get_mut(&ino).filter(|n| n.kind == attr.kind) {
+                    node.lookups = node.lookups.saturating_add(1);
+                    Self::confirm(node, path);
+                    self.by_path.insert(path.clone(), ino);
+                    return ino;
+                }
             }
         }
         let ino = self.next;
@@ -88,14 +126,26 @@ impl InodeTable {
         self.nodes.insert(
             ino,
             Node {
-                path: Some(path.clone()),
+                paths: vec![path.clone()],
+                id: Some(id),
+                kind: attr.kind,
                 lookups: 1,
                 opened_as: None,
                 handles: Vec::new(),
             },
         );
         self.by_path.insert(path.clone(), ino);
+        if attr.kind != FileKind::Directory {
+            self.by_id.insert(id, ino);
+        }
         ino
+    }
+
+    /// Puts `path` first among the node's paths: the name just seen to work is
+    /// the one to use.
+    fn confirm(node: &mut Node, path: &RelPath) {
+        node.paths.retain(|p| p != path);
+        node.paths.insert(0, path.clone());
     }
 
     /// The kernel dropped `n` references to `ino`.
@@ -109,16 +159,40 @@ impl InodeTable {
         node.lookups = node.lookups.saturating_sub(n);
         if node.lookups == 0 {
             if let Some(node) = self.nodes.remove(&ino) {
-                if let Some(path) = node.path {
+                for path in node.paths {
                     if self.by_path.get(&path) == Some(&ino) {
                         self.by_path.remove(&path);
                     }
                 }
+                self.unindex(ino, node.id);
             }
         }
     }
 
-    /// The node at `path` (and anything below it) was removed on the server.
+    fn unindex(&mut self, ino: u64, id: Option<FileId>) {
+        if let Some(id) = id {
+            if self.by_id.get(&id) == Some(&ino) {
+                self.by_id.remove(&id);
+            }
+        }
+    }
+
+    /// Removes `path` from the node it names, if any.
+    fn drop_path(&mut self, path: &RelPath) -> Option<u64> {
+        let ino = self.by_path.remove(path)?;
+        let node = self.nodes.get_mut(&ino)?;
+        node.paths.retain(|p| p != path);
+        if node.paths.is_empty() {
+            // Detached: a later lookup of another name of the file makes a new
+            // inode, so a server inode number reused for a new file is never
+            // confused with this one.
+            let id = node.id;
+            self.unindex(ino, id);
+        }
+        Some(ino)
+    }
+
+    /// The name at `path` (and anything below it) was removed on the server.
     pub fn detach(&mut self, path: &RelPath) {
         let gone: Vec<RelPath> = self
             .by_path
@@ -127,67 +201,59 @@ impl InodeTable {
             .cloned()
             .collect();
         for p in gone {
-            if let Some(ino) = self.by_path.remove(&p) {
-                if let Some(node) = self.nodes.get_mut(&ino) {
-                    node.path = None;
-                }
-            }
+            self.drop_path(&p);
         }
     }
 
+    /// Gives the node at `old` the path `new` instead.
+    fn move_path(&mut self, old: &RelPath, new: RelPath, ino: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            for p in node.paths.iter_mut().filter(|p| *p == old) {
+                *p = new.clone();
+            }
+        }
+        self.by_path.insert(new, ino);
+    }
+
+    /// The paths at or below `top`, with their inodes, taken out of `by_path`.
+    fn take_subtree(&mut self, top: &RelPath) -> Vec<(RelPath, u64)> {
+        let taken: Vec<(RelPath, u64)> = self
+            .by_path
+            .iter()
+            .filter(|(p, _)| p.starts_with(top))
+            .map(|(p, ino)| (p.clone(), *ino))
+            .collect();
+        for (p, _) in &taken {
+            self.by_path.remove(p);
+        }
+        taken
+    }
+
     /// `from` was renamed to `to` on the server: whatever lived at `to` is detached
-    /// and every inode at or below `from` moves along.
+    /// and every path at or below `from` moves along.
     pub fn rename(&mut self, from: &RelPath, to: &RelPath) {
         if from == to {
             return;
         }
         self.detach(to);
-        let moved: Vec<(RelPath, u64)> = self
-            .by_path
-            .iter()
-            .filter(|(p, _)| p.starts_with(from))
-            .map(|(p, ino)| (p.clone(), *ino))
-            .collect();
-        for (old, _) in &moved {
-            self.by_path.remove(old);
-        }
-        for (old, ino) in moved {
+        for (old, ino) in self.take_subtree(from) {
             if let Some(new) = old.rebase(from, to) {
-                if let Some(node) = self.nodes.get_mut(&ino) {
-                    node.path = Some(new.clone());
-                }
-                self.by_path.insert(new, ino);
+                self.move_path(&old, new, ino);
             }
         }
     }
 
     /// `a` and `b` swapped places (RENAME_EXCHANGE).
     pub fn exchange(&mut self, a: &RelPath, b: &RelPath) {
-        let a_side: Vec<(RelPath, u64)> = self
-            .by_path
-            .iter()
-            .filter(|(p, _)| p.starts_with(a))
-            .map(|(p, i)| (p.clone(), *i))
-            .collect();
-        let b_side: Vec<(RelPath, u64)> = self
-            .by_path
-            .iter()
-            .filter(|(p, _)| p.starts_with(b))
-            .map(|(p, i)| (p.clone(), *i))
-            .collect();
-        for (p, _) in a_side.iter().chain(b_side.iter()) {
-            self.by_path.remove(p);
-        }
+        let a_side = self.take_subtree(a);
+        let b_side = self.take_subtree(b);
         for (old, ino, from, to) in a_side
             .into_iter()
             .map(|(p, i)| (p, i, a, b))
             .chain(b_side.into_iter().map(|(p, i)| (p, i, b, a)))
         {
             if let Some(new) = old.rebase(from, to) {
-                if let Some(node) = self.nodes.get_mut(&ino) {
-                    node.path = Some(new.clone());
-                }
-                self.by_path.insert(new, ino);
+                self.move_path(&old, new, ino);
             }
         }
     }
@@ -221,12 +287,12 @@ impl InodeTable {
     /// How to reach `ino` on the server: its path, and a handle to use instead
     /// when the inode is detached (unlinked or renamed over while open).
     /// `Err(ENOENT)` when neither exists.
-    pub fn locate(&self, ino: u64) -> Result<(RelPath, Option<u64>), ferry_common::Errno> {
-        let node = self.nodes.get(&ino).ok_or(ferry_common::Errno::ENOENT)?;
-        match (&node.path, node.handles.first()) {
+    pub fn locate(&self, ino: u64) -> Result<(RelPath, Option<u64>), Errno> {
+        let node = self.nodes.get(&ino).ok_or(Errno::ENOENT)?;
+        match (node.paths.first(), node.handles.first()) {
             (Some(path), _) => Ok((path.clone(), None)),
             (None, Some(&h)) => Ok((RelPath::root(), Some(h))),
-            (None, None) => Err(ferry_common::Errno::ENOENT),
+            (None, None) => Err(Errno::ENOENT),
         }
     }
 
@@ -244,6 +310,29 @@ mod tests {
         RelPath::parse(s).unwrap()
     }
 
+    /// Attributes of the server file at `s` — a directory when its last name
+    /// starts with `d` or is `sub`, a regular file otherwise — with an inode
+    /// number of its own.
+    fn a(s: &str) -> Attr {
+        let last = s.rsplit('/').next().unwrap_or(s);
+        let kind = if last.starts_with('d') || last == "sub" {
+            FileKind::Directory
+        } else {
+            FileKind::File
+        };
+        let mut attr = Attr::blank(kind);
+        // Distinct paths, distinct files, unless a test says otherwise.
+        attr.ino = s
+            .bytes()
+            .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        attr
+    }
+
+    /// `remember` with the attributes of a distinct server file per path.
+    fn r(t: &mut InodeTable, s: &str) -> u64 {
+        t.remember(&p(s), &a(s))
+    }
+
     #[test]
     fn root_is_one_and_survives_forget() {
         let mut t = InodeTable::new();
@@ -255,8 +344,8 @@ mod tests {
     #[test]
     fn lookups_count_and_forget_saturates() {
         let mut t = InodeTable::new();
-        let a = t.remember(&p("a"));
-        assert_eq!(t.remember(&p("a")), a);
+        let a = r(&mut t, "a");
+        assert_eq!(r(&mut t, "a"), a);
         assert_eq!(t.lookups(a), Some(2));
         t.forget(a, 1);
         assert_eq!(t.path(a), Some(&p("a")));
@@ -269,9 +358,9 @@ mod tests {
     #[test]
     fn numbers_are_never_reused() {
         let mut t = InodeTable::new();
-        let a = t.remember(&p("a"));
+        let a = r(&mut t, "a");
         t.forget(a, 1);
-        let again = t.remember(&p("a"));
+        let again = r(&mut t, "a");
         assert_ne!(a, again);
         assert!(again > a);
     }
@@ -279,10 +368,10 @@ mod tests {
     #[test]
     fn rename_moves_the_subtree_and_detaches_the_target() {
         let mut t = InodeTable::new();
-        let d = t.remember(&p("d"));
-        let f = t.remember(&p("d/sub/f"));
-        let victim = t.remember(&p("e"));
-        let bystander = t.remember(&p("dd"));
+        let d = r(&mut t, "d");
+        let f = r(&mut t, "d/sub/f");
+        let victim = r(&mut t, "e");
+        let bystander = r(&mut t, "dd");
         t.rename(&p("d"), &p("e"));
         assert_eq!(t.path(d), Some(&p("e")));
         assert_eq!(t.path(f), Some(&p("e/sub/f")));
@@ -303,10 +392,10 @@ mod tests {
     #[test]
     fn unlink_detaches() {
         let mut t = InodeTable::new();
-        let f = t.remember(&p("f"));
+        let f = r(&mut t, "f");
         t.detach(&p("f"));
         assert_eq!(t.path(f), None);
-        let g = t.remember(&p("f"));
+        let g = r(&mut t, "f");
         assert_ne!(f, g);
         t.forget(f, 1);
         assert_eq!(t.ino_of(&p("f")), Some(g));
@@ -315,7 +404,7 @@ mod tests {
     #[test]
     fn a_detached_inode_is_reached_through_an_open_handle() {
         let mut t = InodeTable::new();
-        let f = t.remember(&p("f"));
+        let f = r(&mut t, "f");
         t.add_handle(f, 7);
         assert_eq!(t.locate(f).unwrap(), (p("f"), None));
         t.detach(&p("f"));
@@ -327,9 +416,9 @@ mod tests {
     #[test]
     fn exchange_swaps_both_subtrees() {
         let mut t = InodeTable::new();
-        let a = t.remember(&p("a"));
-        let ax = t.remember(&p("a/x"));
-        let b = t.remember(&p("b"));
+        let a = r(&mut t, "a");
+        let ax = r(&mut t, "a/x");
+        let b = r(&mut t, "b");
         t.exchange(&p("a"), &p("b"));
         assert_eq!(t.path(a), Some(&p("b")));
         assert_eq!(t.path(ax), Some(&p("b/x")));
@@ -337,14 +426,60 @@ mod tests {
     }
 
     #[test]
+    fn hard_links_share_one_inode() {
+        let mut t = InodeTable::new();
+        let f = r(&mut t, "f");
+        let link = t.remember(&p("g"), &a("f"));
+        assert_eq!(f, link, "another name of the same server file");
+        assert_eq!(t.lookups(f), Some(2));
+        assert_eq!(t.path(f), Some(&p("g")), "the newest name is used");
+        // Unlinking one name leaves the inode reachable through the other.
+        t.detach(&p("g"));
+        assert_eq!(t.path(f), Some(&p("f")));
+        assert_eq!(t.ino_of(&p("g")), None);
+        // Renaming one name moves only that name.
+        let h = t.remember(&p("h"), &a("f"));
+        assert_eq!(h, f);
+        t.rename(&p("h"), &p("k"));
+        assert_eq!(t.ino_of(&p("k")), Some(f));
+        assert_eq!(t.ino_of(&p("f")), Some(f));
+        // Once every name is gone, the file's identity no longer finds the inode.
+        t.detach(&p("f"));
+        t.detach(&p("k"));
+        assert_eq!(t.path(f), None);
+        assert_ne!(t.remember(&p("m"), &a("f")), f);
+    }
+
+    #[test]
+    fn a_path_replaced_on_the_server_gets_a_new_inode() {
+        let mut t = InodeTable::new();
+        let d = r(&mut t, "d");
+        let below = r(&mut t, "d/x");
+        let mut other = a("d");
+        other.ino += 1;
+        let d2 = t.remember(&p("d"), &other);
+        assert_ne!(d, d2);
+        assert_eq!(t.path(d), None, "the old directory is detached");
+        assert_eq!(t.path(below), None, "and so is everything below it");
+        assert_eq!(t.ino_of(&p("d")), Some(d2));
+    }
+
+    #[test]
+    fn directories_are_never_merged_by_identity() {
+        let mut t = InodeTable::new();
+        let d = r(&mut t, "d");
+        assert_ne!(t.remember(&p("dd"), &a("d")), d);
+    }
+
+    #[test]
     fn close_to_open_keeps_cache_only_when_unchanged() {
-        use ferry_common::{FileKind, Timestamp};
+        use ferry_common::Timestamp;
         let mut attr = Attr::blank(FileKind::File);
         attr.size = 10;
         attr.mtime = Timestamp { secs: 1, nanos: 0 };
         attr.ino = 5;
         let mut t = InodeTable::new();
-        let f = t.remember(&p("f"));
+        let f = r(&mut t, "f");
         assert!(!t.note_open(f, &attr), "first open has nothing cached");
         assert!(t.note_open(f, &attr));
         attr.mtime = Timestamp { secs: 2, nanos: 0 };

@@ -432,5 +432,6 @@ pub fn attr_from_stat(st: &libc::stat) -> Attr {
         rdev: st.st_rdev as u64,
         blksize: u32::try_from((st.st_blksize as i64).max(0)).unwrap_or(u32::MAX),
         ino: st.st_ino as u64,
+        dev: st.st_dev as u64,
     }
 }
