@@ -178,6 +178,27 @@ pub enum Op {
     },
     /// Statistics of the export's filesystem → [`Reply::StatFs`].
     StatFs,
+    /// `fallocate(2)` on an open file: `mode` 0 allocates (growing the file),
+    /// `FALLOC_FL_KEEP_SIZE`, `FALLOC_FL_PUNCH_HOLE` and `FALLOC_FL_ZERO_RANGE` as
+    /// in fallocate(2); other modes answer EOPNOTSUPP → [`Reply::Done`].
+    Fallocate {
+        handle: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    },
+    /// Copies up to `len` bytes between two open files of this connection on the
+    /// server (`copy_file_range(2)`, or reads and writes there when the files'
+    /// file systems cannot) → [`Reply::Written`]: how many bytes were copied,
+    /// fewer than asked at the end of the input or when `len` is above
+    /// [`MAX_COPY`](crate::frame::MAX_COPY).
+    CopyFileRange {
+        handle_in: u64,
+        offset_in: u64,
+        handle_out: u64,
+        offset_out: u64,
+        len: u64,
+    },
 }
 
 impl Op {

@@ -15,10 +15,10 @@ use ferry_common::frame::MAX_CHUNK;
 use ferry_common::proto::{AttrChanges, DirEntry, Op, Owner, Reply};
 use ferry_common::{Attr, Errno, FileKind, RelPath};
 use fuser::{
-    BsdFileFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    BsdFileFlags, CopyFileRangeFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -73,6 +73,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections are single table updates that leave consistent data even
     // if a panic interrupted another thread, so poisoning is ignored.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How the kernel should treat a file opened with `flags`. An `O_APPEND` file
+/// bypasses the page cache: through the cache the kernel splits a write that
+/// starts in a partly cached page into one request per page, and each request
+/// would be a separate append on the server, where another client's append can
+/// land in between. Uncached, every write(2) up to 1 MiB is one append (the
+/// server's descriptor has `O_APPEND`, so it lands at the real end of the file
+/// whatever this client believes the size to be).
+fn append_mode(flags: i32) -> FopenFlags {
+    if flags & libc::O_APPEND != 0 {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
+    }
 }
 
 fn owner(req: &Request) -> Option<Owner> {
@@ -288,6 +303,8 @@ impl Filesystem for FerryFs {
             InitFlags::FUSE_BIG_WRITES,
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_ASYNC_DIO,
+            // Shared mappings of files opened uncached (O_APPEND, see `append_mode`).
+            InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
         ] {
             if let Err(missing) = config.add_capabilities(cap) {
                 log::info!("the kernel does not offer {missing:?}");
@@ -529,6 +546,7 @@ impl Filesystem for FerryFs {
                 } else {
                     FopenFlags::empty()
                 };
+                let fopen = fopen | append_mode(flags.0);
                 reply.opened(FileHandle(fh), fopen);
             }
             Ok(_) => reply.error(errno(Errno::EPROTO)),
@@ -639,6 +657,74 @@ impl Filesystem for FerryFs {
         let fsync = |handle| Op::Fsync { handle, datasync };
         self.on_handle(fh, fsync, move |r| match r {
             Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let fallocate = |handle| Op::Fallocate {
+            handle,
+            offset,
+            len: length,
+            mode,
+        };
+        self.on_handle(fh, fallocate, move |r| match r {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        });
+    }
+
+    /// The copy is made on the server, between the two files' server handles, so
+    /// the data never crosses the network.
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // Both handles must belong to one connection; after a reconnect between
+        // the two look-ups, the first is looked up (re-opened) again.
+        let handles = || -> Result<(u64, u64, u64), Errno> {
+            let (epoch_in, handle_in) = self.server_handle(fh_in.0)?;
+            let (epoch_out, handle_out) = self.server_handle(fh_out.0)?;
+            if epoch_in == epoch_out {
+                return Ok((epoch_in, handle_in, handle_out));
+            }
+            match self.server_handle(fh_in.0)? {
+                (epoch, handle_in) if epoch == epoch_out => Ok((epoch, handle_in, handle_out)),
+                _ => Err(Errno::EIO),
+            }
+        };
+        let (epoch, handle_in, handle_out) = match handles() {
+            Ok(h) => h,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let op = Op::CopyFileRange {
+            handle_in,
+            offset_in,
+            handle_out,
+            offset_out,
+            len,
+        };
+        self.client.submit_in(epoch, op, move |r| match r {
+            Ok(Reply::Written(n)) => reply.written(n),
+            Ok(_) => reply.error(errno(Errno::EPROTO)),
             Err(e) => reply.error(errno(e)),
         });
     }
@@ -886,7 +972,7 @@ impl Filesystem for FerryFs {
                         &file_attr(ino, &attr),
                         GENERATION,
                         FileHandle(fh),
-                        FopenFlags::empty(),
+                        append_mode(flags),
                     );
                 }
                 Ok(_) => reply.error(errno(Errno::EPROTO)),

@@ -7,7 +7,7 @@
 
 use crate::export::ExportRoot;
 use crate::handles::HandleTable;
-use ferry_common::frame::{MAX_CHUNK, READDIR_PAGE};
+use ferry_common::frame::{MAX_CHUNK, MAX_COPY, READDIR_PAGE};
 use ferry_common::proto::{Op, Reply};
 use ferry_common::Errno;
 use std::sync::Arc;
@@ -116,6 +116,28 @@ impl Session {
                 export.rename(&from, &to, flags).map(|()| Reply::Done)
             }
             Op::StatFs => export.statfs().map(Reply::StatFs),
+            Op::Fallocate {
+                handle,
+                offset,
+                len,
+                mode,
+            } => {
+                self.handles.get(handle)?.allocate(mode, offset, len)?;
+                Ok(Reply::Done)
+            }
+            Op::CopyFileRange {
+                handle_in,
+                offset_in,
+                handle_out,
+                offset_out,
+                len,
+            } => {
+                let input = self.handles.get(handle_in)?;
+                let output = self.handles.get(handle_out)?;
+                let copied = input.copy_to(offset_in, &output, offset_out, len.min(MAX_COPY))?;
+                // MAX_COPY is far below 4 GiB, so this never saturates.
+                Ok(Reply::Written(u32::try_from(copied).unwrap_or(u32::MAX)))
+            }
         }
     }
 }
