@@ -524,3 +524,52 @@ fn special_files_have_their_types_in_stat_and_readdir() {
     writer.join().unwrap();
     assert_eq!(got, "through the pipe");
 }
+
+#[test]
+fn a_write_by_another_user_clears_the_set_id_bits() {
+    if !common::require_root() {
+        return;
+    }
+    let f = fixture!(Setup {
+        allow_other: true,
+        ..Setup::default()
+    });
+    // nobody must be able to reach the mount's parent directories
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(f.temp(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&f.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(f.m("prog"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(f.m("prog"), fs::Permissions::from_mode(0o6777)).unwrap();
+    assert_eq!(fs::metadata(f.e("prog")).unwrap().mode() & 0o7777, 0o6777);
+    fs::write(f.m("other"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(f.m("other"), fs::Permissions::from_mode(0o6777)).unwrap();
+    let as_nobody = |script: &str, file: &Path| {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["sh", "-c", script, "sh"])
+            .arg(file)
+            .output()
+            .expect("run setpriv");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // Appending (uncached writes) and writing in place (through the page cache).
+    as_nobody("echo 'echo changed' >> \"$1\"", &f.m("prog"));
+    as_nobody(
+        "printf X | dd of=\"$1\" conv=notrunc status=none",
+        &f.m("other"),
+    );
+    assert_eq!(fs::read(f.e("prog")).unwrap(), b"#!/bin/sh\necho changed\n");
+    assert_eq!(fs::read(f.e("other")).unwrap(), b"X!/bin/sh\n");
+    for name in ["prog", "other"] {
+        assert_eq!(
+            fs::metadata(f.e(name)).unwrap().mode() & 0o7777,
+            0o777,
+            "setuid and setgid of {name} are gone on the server"
+        );
+        assert_eq!(fs::metadata(f.m(name)).unwrap().mode() & 0o7777, 0o777);
+    }
+}

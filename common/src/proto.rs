@@ -199,6 +199,17 @@ pub enum Op {
         offset_out: u64,
         len: u64,
     },
+    /// A write from a caller without the privilege to keep set-id bits: first
+    /// clears the set-user-ID bit, and the set-group-ID bit of a
+    /// group-executable file, as a write does on a local disk (the server's own
+    /// writes, as root, would keep them), then writes as [`Op::Write`] →
+    /// [`Reply::Written`].
+    WriteClearingSetId {
+        handle: u64,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
 }
 
 impl Op {

@@ -585,15 +585,30 @@ impl Filesystem for FerryFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let write = |handle| Op::Write {
-            handle,
-            offset,
-            data: data.to_vec(),
+        // The kernel clears set-id bits itself before a cached write, but leaves
+        // it to the server for an uncached one (O_APPEND files) from a caller
+        // without CAP_FSETID.
+        let clear_set_id = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        let write = |handle| {
+            let data = data.to_vec();
+            if clear_set_id {
+                Op::WriteClearingSetId {
+                    handle,
+                    offset,
+                    data,
+                }
+            } else {
+                Op::Write {
+                    handle,
+                    offset,
+                    data,
+                }
+            }
         };
         self.on_handle(fh, write, move |r| match r {
             Ok(Reply::Written(n)) => reply.written(n),

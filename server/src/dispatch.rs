@@ -138,6 +138,17 @@ impl Session {
                 // MAX_COPY is far below 4 GiB, so this never saturates.
                 Ok(Reply::Written(u32::try_from(copied).unwrap_or(u32::MAX)))
             }
+            Op::WriteClearingSetId {
+                handle,
+                offset,
+                data,
+            } => {
+                let file = self.handles.get(handle)?;
+                file.clear_set_id()?;
+                let written = file.write_at(offset, &data)?;
+                // A frame is far below 4 GiB, so this never saturates.
+                Ok(Reply::Written(u32::try_from(written).unwrap_or(u32::MAX)))
+            }
         }
     }
 }

@@ -575,6 +575,22 @@ impl OpenFile {
         result.map_err(Errno::from)
     }
 
+    /// Clears the set-user-ID bit, and the set-group-ID bit when the group may
+    /// execute (otherwise it marks mandatory locking, which a write keeps), as
+    /// the kernel does when an unprivileged process writes to a file.
+    pub fn clear_set_id(&self) -> Result<(), Errno> {
+        let fd = self.file.as_fd();
+        let mode = sys::fstat(fd)?.st_mode;
+        let mut keep = mode & 0o7777 & !libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 {
+            keep &= !libc::S_ISGID;
+        }
+        if keep != mode & 0o7777 {
+            sys::fchmod(fd, keep)?;
+        }
+        Ok(())
+    }
+
     /// `fallocate(2)` with `mode` 0 (allocate, growing the file),
     /// `FALLOC_FL_KEEP_SIZE`, `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE` or
     /// `FALLOC_FL_ZERO_RANGE` (the modes FUSE passes on); others are EOPNOTSUPP.
