@@ -208,7 +208,8 @@ impl InodeTable {
     /// Gives the node at `old` the path `new` instead.
     fn move_path(&mut self, old: &RelPath, new: RelPath, ino: u64) {
         if let Some(node) = self.nodes.get_mut(&ino) {
-            for p in node.paths.iter_mut().filter(|p| *p == old) {
+            // One occurrence: exchanging two names of one file moves each once.
+            if let Some(p) = node.paths.iter_mut().find(|p| *p == old) {
                 *p = new.clone();
             }
         }
@@ -448,6 +449,16 @@ mod tests {
         t.detach(&p("k"));
         assert_eq!(t.path(f), None);
         assert_ne!(t.remember(&p("m"), &a("f")), f);
+    }
+
+    #[test]
+    fn exchanging_two_names_of_one_file_keeps_both() {
+        let mut t = InodeTable::new();
+        let f = r(&mut t, "a");
+        assert_eq!(t.remember(&p("b"), &a("a")), f);
+        t.exchange(&p("a"), &p("b"));
+        t.detach(&p("a"));
+        assert_eq!(t.path(f), Some(&p("b")));
     }
 
     #[test]
