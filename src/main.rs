@@ -244,6 +244,7 @@ fn mount_foreground(
     let mountpoint = mount::check_mountpoint(mountpoint)?;
     let client = RemoteClient::connect_with_timeout(addr, timeout).map_err(|e| e.to_string())?;
     let signals = StopSignals::catch().map_err(|e| format!("cannot catch signals: {e}"))?;
+    let counted = client.clone();
     let mounted =
         mount::mount(client, &mountpoint, opts).map_err(|e| mount_error(&mountpoint, e))?;
     if std::env::var_os(DAEMON_CHILD_ENV).is_some() {
@@ -255,9 +256,18 @@ fn mount_foreground(
             mountpoint.display()
         );
     }
-    signals
+    let served = signals
         .serve(mounted)
-        .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()))
+        .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()));
+    if std::env::var_os("FERRY_STATS").is_some() {
+        let counts: Vec<String> = counted
+            .sent()
+            .iter()
+            .map(|(op, n)| format!("{op} {n}"))
+            .collect();
+        eprintln!("ferry: requests sent to the server: {}", counts.join(", "));
+    }
+    served
 }
 
 fn mount_error(mountpoint: &Path, e: io::Error) -> String {

@@ -676,36 +676,6 @@ fn mode_bits_are_created_as_asked() {
 }
 
 #[test]
-fn extended_attributes_are_reported_unsupported() {
-    let f = fixture!();
-    fs::write(f.m("x"), b"").unwrap();
-    let path = std::ffi::CString::new(f.m("x").to_str().unwrap()).unwrap();
-    let name = c"user.test";
-    for _ in 0..2 {
-        let mut buf = [0u8; 16];
-        let rc = unsafe {
-            libc::getxattr(
-                path.as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        assert_eq!(rc, -1);
-        assert_eq!(
-            std::io::Error::last_os_error().raw_os_error(),
-            Some(libc::EOPNOTSUPP)
-        );
-    }
-    let rc = unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), b"v".as_ptr().cast(), 1, 0) };
-    assert_eq!(rc, -1);
-    assert_eq!(
-        std::io::Error::last_os_error().raw_os_error(),
-        Some(libc::EOPNOTSUPP)
-    );
-}
-
-#[test]
 fn new_nodes_in_a_setgid_directory_keep_its_group() {
     if !common::require_root() {
         return;
@@ -798,4 +768,159 @@ fn unix_sockets_can_be_bound_inside_the_mount() {
     assert!(std::os::unix::fs::FileTypeExt::is_socket(&kind));
     drop(listener);
     fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn inode_numbers_are_stable_and_shared_by_hard_links() {
+    if !common::require_root() {
+        return;
+    }
+    let f = fixture!();
+    fs::create_dir(f.m("d")).unwrap();
+    fs::write(f.m("d/a"), b"A").unwrap();
+    fs::hard_link(f.m("d/a"), f.m("d/b")).unwrap();
+    let dir = fs::metadata(f.m("d")).unwrap().ino();
+    let a = fs::metadata(f.m("d/a")).unwrap().ino();
+    assert_eq!(fs::metadata(f.m("d/b")).unwrap().ino(), a, "hard links");
+    assert_ne!(dir, a);
+    // Make the kernel forget every unused inode (it sends FORGET), then look again:
+    // tar, git and find expect the same numbers.
+    fs::write("/proc/sys/vm/drop_caches", b"2").unwrap();
+    assert_eq!(fs::metadata(f.m("d")).unwrap().ino(), dir);
+    assert_eq!(fs::metadata(f.m("d/b")).unwrap().ino(), a);
+    // A removed file's number is not handed to the next file.
+    fs::remove_file(f.m("d/a")).unwrap();
+    fs::remove_file(f.m("d/b")).unwrap();
+    fs::write(f.m("d/c"), b"C").unwrap();
+    assert_ne!(fs::metadata(f.m("d/c")).unwrap().ino(), a);
+}
+
+#[test]
+fn missing_names_and_directory_changes_are_seen_correctly() {
+    let f = fixture!();
+    fs::create_dir(f.m("d")).unwrap();
+    // A name looked up in vain is created through the mount: seen at once.
+    assert_errno(fs::metadata(f.m("d/x")), libc::ENOENT);
+    fs::write(f.m("d/x"), b"x").unwrap();
+    assert_eq!(fs::read(f.m("d/x")).unwrap(), b"x");
+    // The directory's attributes right after a change are the server's.
+    for name in ["y", "z"] {
+        fs::write(f.m(&format!("d/{name}")), b"").unwrap();
+        let here = fs::metadata(f.m("d")).unwrap();
+        let there = fs::metadata(f.e("d")).unwrap();
+        assert_eq!(
+            (here.mtime(), here.mtime_nsec(), here.nlink()),
+            (there.mtime(), there.mtime_nsec(), there.nlink())
+        );
+    }
+    fs::remove_file(f.m("d/y")).unwrap();
+    let here = fs::metadata(f.m("d")).unwrap();
+    let there = fs::metadata(f.e("d")).unwrap();
+    assert_eq!(
+        (here.mtime(), here.mtime_nsec()),
+        (there.mtime(), there.mtime_nsec())
+    );
+    // A name created on the server behind the mount's back appears once the
+    // (1 s) entry timeout of the remembered miss has run out.
+    assert_errno(fs::metadata(f.m("d/late")), libc::ENOENT);
+    fs::write(f.e("d/late"), b"late").unwrap();
+    let start = std::time::Instant::now();
+    while fs::metadata(f.m("d/late")).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "a file created on the server stayed invisible"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn attributes_after_a_change_match_the_server_at_once() {
+    let f = fixture!();
+    let same = |rel: &str| {
+        let here = fs::symlink_metadata(f.m(rel)).unwrap();
+        let there = fs::symlink_metadata(f.e(rel)).unwrap();
+        assert_eq!(
+            (here.nlink(), here.ctime(), here.ctime_nsec(), here.len()),
+            (
+                there.nlink(),
+                there.ctime(),
+                there.ctime_nsec(),
+                there.len()
+            ),
+            "{rel}"
+        );
+    };
+    fs::write(f.m("a"), b"data").unwrap();
+    fs::read(f.m("a")).unwrap();
+    same("a");
+    std::thread::sleep(Duration::from_millis(20));
+    fs::hard_link(f.m("a"), f.m("b")).unwrap();
+    same("a");
+    std::thread::sleep(Duration::from_millis(20));
+    fs::remove_file(f.m("b")).unwrap();
+    same("a");
+    std::thread::sleep(Duration::from_millis(20));
+    fs::rename(f.m("a"), f.m("c")).unwrap();
+    same("c");
+    std::thread::sleep(Duration::from_millis(20));
+    fs::set_permissions(f.m("c"), fs::Permissions::from_mode(0o600)).unwrap();
+    same("c");
+    let mut w = OpenOptions::new().append(true).open(f.m("c")).unwrap();
+    w.write_all(b"more").unwrap();
+    drop(w);
+    same("c");
+}
+
+#[test]
+fn setuid_and_setgid_are_dropped_as_on_a_local_disk() {
+    if !common::require_root() {
+        return;
+    }
+    let f = fixture!(Setup {
+        allow_other: true,
+        ..Setup::default()
+    });
+    // nobody must be able to reach the mount
+    fs::set_permissions(f.temp(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&f.mnt, fs::Permissions::from_mode(0o777)).unwrap();
+    let mode_here = |rel: &str| fs::metadata(f.m(rel)).unwrap().mode() & 0o7777;
+    let mode_there = |rel: &str| fs::metadata(f.e(rel)).unwrap().mode() & 0o7777;
+    let path = f.m("s");
+    let p = path.to_str().unwrap();
+    fs::write(&path, b"x").unwrap();
+
+    // A write by another user drops both (setgid because group-executable)...
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o6777)).unwrap();
+    let (ok, err) = as_nobody(&["sh", "-c", &format!("echo more >> {p}")]);
+    assert!(ok, "{err}");
+    assert_eq!((mode_here("s"), mode_there("s")), (0o777, 0o777));
+    // ...but setgid without group execute marks mandatory locking and stays.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o2767)).unwrap();
+    let (ok, err) = as_nobody(&["sh", "-c", &format!("echo more >> {p}")]);
+    assert!(ok, "{err}");
+    assert_eq!((mode_here("s"), mode_there("s")), (0o2767, 0o2767));
+    // Root (CAP_FSETID) keeps them when writing or truncating.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o4777)).unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(b"root")
+        .unwrap();
+    File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(1)
+        .unwrap();
+    assert_eq!((mode_here("s"), mode_there("s")), (0o4777, 0o4777));
+    // A truncation by another user drops setuid.
+    let (ok, err) = as_nobody(&["truncate", "-s", "0", p]);
+    assert!(ok, "{err}");
+    assert_eq!((mode_here("s"), mode_there("s")), (0o777, 0o777));
+    // chown drops them, even by root.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o4755)).unwrap();
+    std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+    assert_eq!((mode_here("s"), mode_there("s")), (0o755, 0o755));
 }

@@ -93,3 +93,33 @@ fn quick_requests_are_answered_during_a_large_read() {
         "no lookup was answered while the read ran"
     );
 }
+
+#[test]
+fn a_name_removed_by_another_mount_is_looked_up_again_on_open() {
+    // Long timeouts: the first mount trusts its cached entry throughout.
+    let setup = Setup {
+        attr_timeout: Duration::from_secs(60),
+        ..Setup::default()
+    };
+    let mut f = fixture!(setup.clone());
+    let other = f.second_mount("mnt2", setup);
+    fs::write(f.m("journal"), b"old").unwrap();
+    assert!(f.m("journal").exists());
+    fs::remove_file(other.join("journal")).unwrap();
+    // Without O_CREAT: ENOENT, as on a local disk (not ESTALE, not EIO).
+    let err = fs::File::open(f.m("journal")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    // With O_CREAT: a new file, although the cached entry said it existed.
+    fs::write(other.join("journal2"), b"old").unwrap();
+    assert!(f.m("journal2").exists());
+    fs::remove_file(other.join("journal2")).unwrap();
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(f.m("journal2"))
+        .unwrap();
+    file.write_all(b"new").unwrap();
+    drop(file);
+    assert_eq!(fs::read(f.e("journal2")).unwrap(), b"new");
+}

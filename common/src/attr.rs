@@ -99,10 +99,10 @@ pub struct Attr {
     pub ctime: Timestamp,
     pub rdev: u64,
     pub blksize: u32,
-    /// The server's inode number: tells hard links apart, never used as the FUSE inode.
+    /// The server's inode number: with `dev`, what tells one file from another
+    /// (hard links share it). Never used as the FUSE inode number.
     pub ino: u64,
-    /// The server's device number of the file system holding the node: with `ino`
-    /// it names one file, even in an export that spans several file systems.
+    /// The server's device number of the filesystem holding the node.
     pub dev: u64,
 }
 
@@ -134,26 +134,11 @@ impl Attr {
         }
     }
 
-    /// The server's identity of the node: equal for every hard link of a file.
-    pub fn file_id(&self) -> FileId {
-        FileId {
-            dev: self.dev,
-            ino: self.ino,
-        }
-    }
-
     /// Whether the data of a file is unchanged between two observations
     /// (the test close-to-open consistency uses to keep the page cache).
     pub fn same_content(&self, other: &Attr) -> bool {
         self.ino == other.ino && self.size == other.size && self.mtime == other.mtime
     }
-}
-
-/// One file on the server, whatever its names: device and inode number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FileId {
-    pub dev: u64,
-    pub ino: u64,
 }
 
 /// What `statfs` reports for the export's filesystem.

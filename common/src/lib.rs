@@ -20,6 +20,6 @@ pub mod frame;
 pub mod path;
 pub mod proto;
 
-pub use attr::{Attr, FileId, FileKind, StatFs, Timestamp};
+pub use attr::{Attr, FileKind, StatFs, Timestamp};
 pub use errno::Errno;
 pub use path::RelPath;

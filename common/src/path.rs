@@ -23,6 +23,14 @@ pub const PATH_MAX: usize = 4096;
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
 pub struct RelPath(#[serde(with = "serde_bytes")] Vec<u8>);
 
+/// Lets ordered maps of paths be searched by raw byte ranges (a subtree is the
+/// range between `dir/` and `dir0`); the order is the same, bytewise.
+impl std::borrow::Borrow<[u8]> for RelPath {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 impl RelPath {
     /// The export root.
     pub fn root() -> RelPath {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of every [`Hello`]: tells a ferry peer from anything else.
 pub const MAGIC: [u8; 8] = *b"ferry\0\r\n";
 /// Bumped on every incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The client's opening message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +94,11 @@ pub struct AttrChanges {
     pub size: Option<u64>,
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
+    /// After the other changes, clear the setuid bit, and the setgid bit of a
+    /// group-executable file, of a regular file: what a write or truncation by a
+    /// user without CAP_FSETID does on a local disk (the server, running as root,
+    /// would otherwise keep them).
+    pub kill_suidgid: bool,
 }
 
 /// One request, numbered by the client.
@@ -117,7 +122,7 @@ pub enum Op {
     /// Opens an existing file with `open(2)` flags (`O_CREAT` is refused; use
     /// `Create`) → [`Reply::Opened`].
     Open { path: RelPath, flags: i32 },
-    /// Creates and opens a file → [`Reply::Opened`].
+    /// Creates and opens a file → [`Reply::Created`] (or [`Reply::Opened`]).
     Create {
         path: RelPath,
         flags: i32,
@@ -144,33 +149,36 @@ pub enum Op {
         handle: Option<u64>,
         changes: AttrChanges,
     },
-    /// → [`Reply::Attr`] of the new directory.
+    /// → [`Reply::Entry`] (or [`Reply::Attr`]) of the new directory.
     Mkdir {
         path: RelPath,
         mode: u32,
         owner: Option<Owner>,
     },
-    /// A FIFO, socket or device node (as the server's privileges allow) → [`Reply::Attr`].
+    /// A FIFO, socket or device node (as the server's privileges allow) → [`Reply::Entry`]
+    /// (or [`Reply::Attr`]).
     Mknod {
         path: RelPath,
         mode: u32,
         rdev: u64,
         owner: Option<Owner>,
     },
-    /// A symlink at `path` whose text is `target`, stored as given → [`Reply::Attr`].
+    /// A symlink at `path` whose text is `target`, stored as given → [`Reply::Entry`]
+    /// (or [`Reply::Attr`]).
     Symlink {
         path: RelPath,
         #[serde(with = "serde_bytes")]
         target: Vec<u8>,
         owner: Option<Owner>,
     },
-    /// A hard link `path` to the existing `existing` → [`Reply::Attr`].
+    /// A hard link `path` to the existing `existing` → [`Reply::Entry`] (or [`Reply::Attr`]).
     Link { existing: RelPath, path: RelPath },
-    /// → [`Reply::Done`].
+    /// → [`Reply::DirsChanged`] (or [`Reply::Done`]).
     Unlink { path: RelPath },
-    /// → [`Reply::Done`].
+    /// → [`Reply::DirsChanged`] (or [`Reply::Done`]).
     Rmdir { path: RelPath },
-    /// `renameat2` with its flags (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`) → [`Reply::Done`].
+    /// `renameat2` with its flags (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`) →
+    /// [`Reply::DirsChanged`] (or [`Reply::Done`]).
     Rename {
         from: RelPath,
         to: RelPath,
@@ -178,6 +186,51 @@ pub enum Op {
     },
     /// Statistics of the export's filesystem → [`Reply::StatFs`].
     StatFs,
+    /// The value of the extended attribute `name` → [`Reply::Xattr`]; ENODATA
+    /// when the node has no such attribute.
+    GetXattr {
+        path: RelPath,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    /// The names of the node's extended attributes, each followed by a NUL, as
+    /// `listxattr(2)` gives them → [`Reply::Xattr`].
+    ListXattr { path: RelPath },
+    /// `setxattr(2)`; `flags` is 0, `XATTR_CREATE` or `XATTR_REPLACE` → [`Reply::Done`].
+    SetXattr {
+        path: RelPath,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        flags: i32,
+    },
+    /// → [`Reply::Done`]; ENODATA when the node has no such attribute.
+    RemoveXattr {
+        path: RelPath,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    /// Takes, changes or drops a lock on the file behind `handle`, never waiting:
+    /// EAGAIN when a conflicting lock is held elsewhere (the client waits and
+    /// asks again) → [`Reply::Done`]. `owner` is the client's lock owner: POSIX
+    /// locks of one owner never conflict with each other.
+    SetLock {
+        handle: u64,
+        owner: u64,
+        kind: LockKind,
+        lock: FileLock,
+    },
+    /// The first POSIX lock held by another owner that conflicts with `lock`
+    /// → [`Reply::LockConflict`].
+    GetLock {
+        handle: u64,
+        owner: u64,
+        lock: FileLock,
+    },
+    /// Drops every POSIX lock `owner` holds on the file behind `handle`, as
+    /// closing any descriptor of a file does → [`Reply::Done`].
+    ReleaseLocks { handle: u64, owner: u64 },
     /// `fallocate(2)` on an open file: `mode` 0 allocates (growing the file),
     /// `FALLOC_FL_KEEP_SIZE`, `FALLOC_FL_PUNCH_HOLE` and `FALLOC_FL_ZERO_RANGE` as
     /// in fallocate(2); other modes answer EOPNOTSUPP → [`Reply::Done`].
@@ -199,20 +252,70 @@ pub enum Op {
         offset_out: u64,
         len: u64,
     },
-    /// A write from a caller without the privilege to keep set-id bits: first
-    /// clears the set-user-ID bit, and the set-group-ID bit of a
-    /// group-executable file, as a write does on a local disk (the server's own
-    /// writes, as root, would keep them), then writes as [`Op::Write`] →
-    /// [`Reply::Written`].
-    WriteClearingSetId {
-        handle: u64,
-        offset: u64,
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
-    },
 }
 
+/// Which family a lock belongs to. The two are independent, as on Linux.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockKind {
+    /// `fcntl` byte-range locks, owned by the lock owner (a process).
+    Posix,
+    /// `flock(2)` whole-file locks, owned by the open file.
+    Flock,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LockType {
+    Read,
+    Write,
+    Unlock,
+}
+
+/// A byte range `start..=end` and what to do with it; `end` at or beyond
+/// [`LOCK_TO_EOF`] means "to the end of the file, however long it grows".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileLock {
+    pub typ: LockType,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// The kernel's `OFFSET_MAX`: a lock ending here covers the rest of the file.
+pub const LOCK_TO_EOF: u64 = i64::MAX as u64;
+
 impl Op {
+    /// The operation's name, for logs and statistics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Stat { .. } => "stat",
+            Op::ReadDir { .. } => "readdir",
+            Op::ReadLink { .. } => "readlink",
+            Op::Open { .. } => "open",
+            Op::Create { .. } => "create",
+            Op::Read { .. } => "read",
+            Op::Write { .. } => "write",
+            Op::Fsync { .. } => "fsync",
+            Op::Close { .. } => "close",
+            Op::SetAttr { .. } => "setattr",
+            Op::Mkdir { .. } => "mkdir",
+            Op::Mknod { .. } => "mknod",
+            Op::Symlink { .. } => "symlink",
+            Op::Link { .. } => "link",
+            Op::Unlink { .. } => "unlink",
+            Op::Rmdir { .. } => "rmdir",
+            Op::Rename { .. } => "rename",
+            Op::StatFs => "statfs",
+            Op::GetXattr { .. } => "getxattr",
+            Op::ListXattr { .. } => "listxattr",
+            Op::SetXattr { .. } => "setxattr",
+            Op::RemoveXattr { .. } => "removexattr",
+            Op::SetLock { .. } => "setlock",
+            Op::GetLock { .. } => "getlock",
+            Op::ReleaseLocks { .. } => "releaselocks",
+            Op::Fallocate { .. } => "fallocate",
+            Op::CopyFileRange { .. } => "copy_file_range",
+        }
+    }
+
     /// Whether the operation changes the export (refused with EROFS on a
     /// read-only export). Opening for writing counts.
     pub fn is_mutation(&self) -> bool {
@@ -223,7 +326,12 @@ impl Op {
             | Op::Read { .. }
             | Op::Fsync { .. }
             | Op::Close { .. }
-            | Op::StatFs => false,
+            | Op::StatFs
+            | Op::GetXattr { .. }
+            | Op::ListXattr { .. }
+            | Op::SetLock { .. }
+            | Op::GetLock { .. }
+            | Op::ReleaseLocks { .. } => false,
             Op::Open { flags, .. } => {
                 flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
             }
@@ -258,6 +366,46 @@ pub enum Reply {
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Written(u32),
     StatFs(StatFs),
+    /// A new node, with the attributes of its directory after the change, which
+    /// spares the client asking for them (the kernel wants them next, for its
+    /// permission checks).
+    Entry {
+        attr: Attr,
+        dir: Attr,
+    },
+    /// A created and opened file, with its directory's attributes after the change.
+    Created {
+        handle: u64,
+        attr: Attr,
+        dir: Attr,
+    },
+    /// A name was removed or moved: the attributes of the directories changed
+    /// (the parent; for a rename, the source's and then the target's parent).
+    DirsChanged(Vec<Attr>),
+    /// An extended attribute's value, or a list of names (see [`Op::ListXattr`]).
+    Xattr(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The answer to [`Op::GetLock`]: the conflicting lock, or `None`.
+    LockConflict(Option<FileLock>),
+}
+
+impl Reply {
+    /// The handle and attributes of an opened (or created) file.
+    pub fn opened(&self) -> Option<(u64, Attr)> {
+        match self {
+            Reply::Opened { handle, attr } | Reply::Created { handle, attr, .. } => {
+                Some((*handle, *attr))
+            }
+            _ => None,
+        }
+    }
+
+    /// The attributes of a new node (or any node, for `Stat` and `SetAttr`).
+    pub fn attr(&self) -> Option<Attr> {
+        match self {
+            Reply::Attr(attr) | Reply::Entry { attr, .. } => Some(*attr),
+            _ => None,
+        }
+    }
 }
 
 /// The answer to the request with the same id.

@@ -155,7 +155,7 @@ pub fn ls(addr: &str, path: &str, out: &mut dyn Write) -> Result<(), CliError> {
 
 fn opened(r: Result<Reply, Errno>) -> Result<(u64, Attr), Errno> {
     match r? {
-        Reply::Opened { handle, attr } => Ok((handle, attr)),
+        Reply::Opened { handle, attr } | Reply::Created { handle, attr, .. } => Ok((handle, attr)),
         _ => Err(Errno::EPROTO),
     }
 }

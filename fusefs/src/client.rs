@@ -21,7 +21,7 @@
 use ferry_common::frame;
 use ferry_common::proto::{DirEntry, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome};
 use ferry_common::Errno;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -104,6 +104,8 @@ struct Inner {
     /// How long a request may wait for its answer.
     timeout: Duration,
     welcome: Welcome,
+    /// Requests sent, by operation: what `FERRY_STATS` prints.
+    sent: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// A connection to a ferry server; cheap to clone (all clones share it).
@@ -194,6 +196,7 @@ impl RemoteClient {
             last_attempt: Mutex::new(Instant::now()),
             timeout,
             welcome,
+            sent: Mutex::new(BTreeMap::new()),
         });
         {
             let mut conn = lock(&inner.conn);
@@ -256,6 +259,7 @@ impl RemoteClient {
             _ => self.inner.timeout,
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.inner.sent).entry(op.name()).or_default() += 1;
         let bytes = match frame::encode(&Request { id, op }) {
             Ok(b) => b,
             Err(e) => {
@@ -332,6 +336,14 @@ impl RemoteClient {
                 _ => return Err(Errno::EPROTO),
             }
         }
+    }
+
+    /// How many requests of each operation were sent so far.
+    pub fn sent(&self) -> Vec<(&'static str, u64)> {
+        lock(&self.inner.sent)
+            .iter()
+            .map(|(name, n)| (*name, *n))
+            .collect()
     }
 
     /// Closes the connection; pending requests fail with EIO.

@@ -6,19 +6,30 @@
 //! worker thread is therefore never tied up waiting for the network, and the
 //! kernel can keep many requests in flight. Only directory listing, which may take
 //! several round trips, is done synchronously.
+//!
+//! Writes, and the attribute changes that follow them, are answered before the
+//! server has (write-behind, see [`crate::writeback`]); their errors reach the
+//! application at close or fsync.
 
+mod locking;
+mod xattr;
+
+use crate::attrcache::AttrCache;
 use crate::client::{OpResult, RemoteClient};
 use crate::convert::{errno, file_attr, file_type, set_time};
 use crate::files::{OpenFile, OpenFiles};
-use crate::inode::{InodeTable, ROOT_INO};
+use crate::inode::{FileId, InodeTable, ROOT_INO};
+use crate::known::KnownDirs;
+use crate::locks::{CacheInvalidator, LockOwners};
+use crate::writeback::WriteBehind;
 use ferry_common::frame::MAX_CHUNK;
-use ferry_common::proto::{AttrChanges, DirEntry, Op, Owner, Reply};
-use ferry_common::{Attr, Errno, FileKind, RelPath};
+use ferry_common::proto::{AttrChanges, DirEntry, Op, Owner, Reply, SetTime};
+use ferry_common::{Attr, Errno, FileKind, RelPath, Timestamp};
 use fuser::{
     BsdFileFlags, CopyFileRangeFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -26,7 +37,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Inode numbers are never reused, so every entry has generation 0.
 const GENERATION: Generation = Generation(0);
@@ -65,14 +76,47 @@ pub struct FerryFs {
     inodes: Arc<Mutex<InodeTable>>,
     opts: FsOptions,
     files: Arc<Mutex<OpenFiles>>,
+    writes: Arc<WriteBehind>,
+    attrs: Arc<AttrCache>,
+    known: Arc<KnownDirs>,
     dirs: Mutex<HashMap<u64, OpenDir>>,
     next_dir: AtomicU64,
+    /// POSIX lock owners that may hold locks on the server.
+    lock_owners: Arc<LockOwners>,
+    capabilities: Arc<xattr::CapabilityCache>,
+    invalidator: Arc<CacheInvalidator>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections are single table updates that leave consistent data even
     // if a panic interrupted another thread, so poisoning is ignored.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `perm` without what a write or chown by an unprivileged user drops: setuid,
+/// and setgid when group-executable, of a regular file.
+fn without_suidgid(kind: FileKind, perm: u16) -> u16 {
+    if kind != FileKind::File {
+        return perm;
+    }
+    let mut kept = perm & !(libc::S_ISUID as u16);
+    if perm & libc::S_IXGRP as u16 != 0 {
+        kept &= !(libc::S_ISGID as u16);
+    }
+    kept
+}
+
+/// Whether a file opened with `flags` may be written to.
+fn writable(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY
+}
+
+/// Whether writes through a file opened with `flags` must reach the server before
+/// `write(2)` returns: an appending write lands wherever the server's end of file
+/// is, which depends on the order of arrival, and a synchronous one promises the
+/// disk.
+fn writes_through(flags: i32) -> bool {
+    flags & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC) != 0
 }
 
 /// How the kernel should treat a file opened with `flags`. An `O_APPEND` file
@@ -90,6 +134,16 @@ fn append_mode(flags: i32) -> FopenFlags {
     }
 }
 
+/// Keeps the directory attributes the server sent along with a change, for the
+/// directories this mount has numbers for.
+fn note_dirs(inodes: &Mutex<InodeTable>, attrs: &AttrCache, dirs: &[Attr]) {
+    for dir in dirs {
+        if let Some(ino) = lock(inodes).ino_of_file(dir) {
+            attrs.store(ino, *dir);
+        }
+    }
+}
+
 fn owner(req: &Request) -> Option<Owner> {
     Some(Owner {
         uid: req.uid(),
@@ -99,14 +153,29 @@ fn owner(req: &Request) -> Option<Owner> {
 
 impl FerryFs {
     pub fn new(client: RemoteClient, opts: FsOptions) -> FerryFs {
+        let root = FileId::of(&client.welcome().root);
+        let attrs = Arc::new(AttrCache::new(opts.attr_timeout));
+        let known_ttl = opts.attr_timeout;
         FerryFs {
             client,
-            inodes: Arc::new(Mutex::new(InodeTable::new())),
+            inodes: Arc::new(Mutex::new(InodeTable::new(root))),
             opts,
             files: Arc::new(Mutex::new(OpenFiles::new())),
+            writes: Arc::new(WriteBehind::new()),
+            attrs,
+            known: Arc::new(KnownDirs::new(known_ttl)),
             dirs: Mutex::new(HashMap::new()),
             next_dir: AtomicU64::new(1),
+            lock_owners: Arc::new(LockOwners::new()),
+            capabilities: Arc::default(),
+            invalidator: Arc::default(),
         }
+    }
+
+    /// Where the mount puts the session's notifier once mounted, so that taking
+    /// a lock can drop cached data (see [`CacheInvalidator`]).
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.invalidator.slot()
     }
 
     fn path_of(&self, ino: INodeNo) -> Result<RelPath, Errno> {
@@ -204,15 +273,41 @@ impl FerryFs {
     /// symlink, ...): the inode is counted only when the kernel receives it.
     fn entry_op(&self, path: RelPath, op: Op, reply: ReplyEntry) {
         let inodes = self.inodes.clone();
+        let attrs = self.attrs.clone();
         let ttl = self.opts.attr_timeout;
-        self.client.submit(op, move |r| match r {
-            Ok(Reply::Attr(attr)) => {
-                let ino = lock(&inodes).remember(&path, &attr);
-                reply.entry(&ttl, &file_attr(ino, &attr), GENERATION);
-            }
-            Ok(_) => reply.error(errno(Errno::EPROTO)),
-            Err(e) => reply.error(errno(e)),
-        });
+        // A name that does not exist is remembered by the kernel as a negative
+        // entry for as long as a positive one would be: compilers, git and shells
+        // look for the same missing files again and again.
+        let negative = matches!(op, Op::Stat { .. });
+        // A directory made here is known to be empty.
+        let made_dir = matches!(op, Op::Mkdir { .. });
+        let known = self.known.clone();
+        let asked = Instant::now();
+        self.client
+            .submit(op, move |r| match r.map(|reply| (reply.attr(), reply)) {
+                Ok((Some(attr), reply_to_op)) => {
+                    if let Reply::Entry { dir, .. } = reply_to_op {
+                        note_dirs(&inodes, &attrs, &[dir]);
+                    }
+                    let ino = lock(&inodes).remember(&path, &attr);
+                    attrs.store(ino, attr);
+                    if made_dir {
+                        known.learn(ino, asked, []);
+                    }
+                    log::trace!("entry {path:?} is inode {ino}");
+                    reply.entry(&ttl, &file_attr(ino, &attr), GENERATION);
+                }
+                Ok(_) => reply.error(errno(Errno::EPROTO)),
+                Err(Errno::ENOENT) if negative => {
+                    // Inode number 0 tells the kernel "no such entry, for ttl".
+                    let none = file_attr(0, &Attr::blank(FileKind::File));
+                    reply.entry(&ttl, &none, GENERATION);
+                }
+                Err(e) => {
+                    log::trace!("entry {path:?}: {e}");
+                    reply.error(errno(e))
+                }
+            });
     }
 
     /// Creates (or looks up) the entry `name` in `parent` with the operation
@@ -225,23 +320,42 @@ impl FerryFs {
         make_op: impl FnOnce(RelPath) -> Op,
     ) {
         match self.child(parent, name) {
-            Ok(path) => self.entry_op(path.clone(), make_op(path), reply),
+            Ok(path) => {
+                let op = make_op(path.clone());
+                if !matches!(op, Op::Stat { .. }) {
+                    // Before the server has it, so no lookup can miss it.
+                    self.known.add(parent.0, name);
+                }
+                self.entry_op(path, op, reply)
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
 
     /// Submits an operation answered with nothing but success or an errno;
-    /// `on_success` updates local state before the kernel hears of it.
+    /// `on_success` updates local state before the kernel hears of it. The
+    /// cached attributes of the nodes at `changed` (their link count or ctime
+    /// changes) are dropped.
     fn empty_op(
         &self,
         op: Op,
+        changed: Vec<RelPath>,
         reply: ReplyEmpty,
         on_success: impl FnOnce(&mut InodeTable) + Send + 'static,
     ) {
         let inodes = self.inodes.clone();
+        let attrs = self.attrs.clone();
         self.client.submit(op, move |r| match r {
-            Ok(_) => {
+            Ok(answer) => {
+                for path in &changed {
+                    if let Some(ino) = lock(&inodes).ino_of(path) {
+                        attrs.drop_ino(ino);
+                    }
+                }
                 on_success(&mut lock(&inodes));
+                if let Reply::DirsChanged(dirs) = answer {
+                    note_dirs(&inodes, &attrs, &dirs);
+                }
                 reply.ok();
             }
             Err(e) => reply.error(errno(e)),
@@ -252,8 +366,14 @@ impl FerryFs {
     /// connection of the server handle it carries.
     fn attr_op(&self, ino: INodeNo, epoch: Option<u64>, op: Op, reply: ReplyAttr) {
         let ttl = self.opts.attr_timeout;
+        let writes = self.writes.clone();
+        let attrs = self.attrs.clone();
         let done = move |r: OpResult| match r {
-            Ok(Reply::Attr(attr)) => reply.attr(&ttl, &file_attr(ino.0, &attr)),
+            Ok(Reply::Attr(attr)) => {
+                writes.told(ino.0, &attr);
+                attrs.store(ino.0, attr);
+                reply.attr(&ttl, &file_attr(ino.0, &attr))
+            }
             Ok(_) => reply.error(errno(Errno::EPROTO)),
             Err(e) => reply.error(errno(e)),
         };
@@ -263,8 +383,80 @@ impl FerryFs {
         }
     }
 
+    /// Sends an attribute change without waiting for the server, when it is safe:
+    /// the file is open for writing on this mount (so the change is ordered with
+    /// the writes and its error, if any, reaches the writer at close), it is not a
+    /// truncation, and it does not change the owner. The kernel has already checked
+    /// permissions (`default_permissions`), so the server can only fail it for
+    /// reasons close reports (a broken connection, a full or failing disk). This is
+    /// what `tar` and `cp -p` do to each file they write: `futimens`, `fchown` to
+    /// the owner it already has, `fchmod`. Returns the attributes to answer with.
+    fn defer_setattr(
+        &self,
+        ino: u64,
+        fh: Option<FileHandle>,
+        changes: AttrChanges,
+    ) -> Option<Attr> {
+        if changes.size.is_some() {
+            return None;
+        }
+        let writer = match fh {
+            Some(fh) if self.writes.is_writer(ino, fh.0) => fh.0,
+            _ => self.writes.any_writer(ino)?,
+        };
+        let (ticket, attr) = self.writes.begin_setattr(ino, writer, |attr| {
+            if changes.uid.is_some_and(|uid| uid != attr.uid)
+                || changes.gid.is_some_and(|gid| gid != attr.gid)
+            {
+                return false;
+            }
+            if let Some(mode) = changes.mode {
+                attr.perm = (mode & 0o7777) as u16;
+            }
+            // A chown drops setuid/setgid on the server, as on a local disk.
+            if changes.kill_suidgid || changes.uid.is_some() || changes.gid.is_some() {
+                attr.perm = without_suidgid(attr.kind, attr.perm);
+            }
+            let resolve = |t| match t {
+                SetTime::Now => Timestamp::from_system_time(SystemTime::now()),
+                SetTime::At(t) => t,
+            };
+            if let Some(t) = changes.atime {
+                attr.atime = resolve(t);
+            }
+            if let Some(t) = changes.mtime {
+                attr.mtime = resolve(t);
+            }
+            true
+        })?;
+        // The server ignores the path when given a handle; a detached inode has none.
+        let path = self
+            .path_of(INodeNo(ino))
+            .unwrap_or_else(|_| RelPath::root());
+        let writes = self.writes.clone();
+        let op = |handle| Op::SetAttr {
+            path,
+            handle: Some(handle),
+            changes,
+        };
+        self.on_handle(FileHandle(writer), op, move |r| {
+            let result = match r {
+                Ok(Reply::Attr(attr)) => Ok(Some(attr)),
+                Ok(_) => Err(Errno::EPROTO),
+                Err(e) => Err(e),
+            };
+            writes.finish(ticket, result);
+        });
+        Some(attr)
+    }
+
     /// The listing of an open directory, fetched afresh when reading restarts.
-    fn listing(&self, fh: FileHandle, offset: u64) -> Result<(RelPath, Arc<Vec<DirEntry>>), Errno> {
+    fn listing(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+    ) -> Result<(RelPath, Arc<Vec<DirEntry>>), Errno> {
         let path = {
             let dirs = lock(&self.dirs);
             let dir = dirs.get(&fh.0).ok_or(Errno::EBADF)?;
@@ -273,7 +465,10 @@ impl FerryFs {
             }
             dir.path.clone()
         };
+        let asked = Instant::now();
         let entries = Arc::new(self.client.list_dir(&path)?);
+        self.known
+            .learn(ino.0, asked, entries.iter().map(|e| e.name.as_slice()));
         if let Some(dir) = lock(&self.dirs).get_mut(&fh.0) {
             dir.entries = entries.clone();
         }
@@ -303,6 +498,14 @@ impl Filesystem for FerryFs {
             InitFlags::FUSE_BIG_WRITES,
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_ASYNC_DIO,
+            // Locks are taken on the server, so clients exclude each other.
+            InitFlags::FUSE_POSIX_LOCKS,
+            InitFlags::FUSE_FLOCK_LOCKS,
+            // setuid/setgid are dropped here on write, truncate and chown rather
+            // than by the kernel, which would otherwise ask for the file's
+            // security.capability before every write and refresh its attributes
+            // before every chown: two round trips to this process each time.
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
             // Shared mappings of files opened uncached (O_APPEND, see `append_mode`).
             InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
         ] {
@@ -322,14 +525,34 @@ impl Filesystem for FerryFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if let Some(left) = self.known.absent(parent.0, name) {
+            // Inode number 0: a negative entry, for as long as the knowledge lasts.
+            let none = file_attr(0, &Attr::blank(FileKind::File));
+            return reply.entry(&left, &none, GENERATION);
+        }
         self.new_entry(parent, name, reply, |path| Op::Stat { path });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        lock(&self.inodes).forget(ino.0, nlookup);
+        log::trace!("forget inode {ino} by {nlookup}");
+        if lock(&self.inodes).forget(ino.0, nlookup) {
+            self.attrs.drop_ino(ino.0);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        // A file this mount is writing: the server would only say what we know, or
+        // less (the kernel asks while changing the owner, after every write).
+        if let Some(attr) = self.writes.projected(ino.0, self.opts.attr_timeout) {
+            return reply.attr(&self.opts.attr_timeout, &file_attr(ino.0, &attr));
+        }
+        // (What the server said before this mount's writes is no answer.)
+        if self.writes.any_writer(ino.0).is_none() {
+            if let Some((attr, left)) = self.attrs.fresh(ino.0) {
+                return reply.attr(&left, &file_attr(ino.0, &attr));
+            }
+        }
+        self.writes.wait_idle(ino.0);
         // With a handle the server stats the open file, which may be unlinked.
         let (epoch, op) = match self.attr_target(ino, fh) {
             Ok((path, Some((epoch, handle)))) => (
@@ -348,7 +571,7 @@ impl Filesystem for FerryFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -371,7 +594,16 @@ impl Filesystem for FerryFs {
             size,
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
+            // The kernel leaves this to the filesystem (FUSE_HANDLE_KILLPRIV_V2):
+            // a truncation by anyone but root drops setuid/setgid, as locally.
+            kill_suidgid: size.is_some() && req.uid() != 0,
         };
+        if let Some(attr) = self.defer_setattr(ino.0, fh, changes) {
+            return reply.attr(&self.opts.attr_timeout, &file_attr(ino.0, &attr));
+        }
+        // A truncation must not overtake a write; nor may any answer predate them.
+        self.writes.wait_idle(ino.0);
+        self.attrs.drop_ino(ino.0);
         // With a handle (given, or the only way left to a detached inode) every
         // change goes through the open file.
         match self.attr_target(ino, fh) {
@@ -433,18 +665,20 @@ impl Filesystem for FerryFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self.child(parent, name) {
-            Ok(path) => self.empty_op(Op::Unlink { path: path.clone() }, reply, move |t| {
-                t.detach(&path)
-            }),
+            Ok(path) => {
+                let op = Op::Unlink { path: path.clone() };
+                self.empty_op(op, vec![path.clone()], reply, move |t| t.detach(&path))
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self.child(parent, name) {
-            Ok(path) => self.empty_op(Op::Rmdir { path: path.clone() }, reply, move |t| {
-                t.detach(&path)
-            }),
+            Ok(path) => {
+                let op = Op::Rmdir { path: path.clone() };
+                self.empty_op(op, vec![path.clone()], reply, move |t| t.detach(&path))
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -481,12 +715,14 @@ impl Filesystem for FerryFs {
             (Err(e), _) | (_, Err(e)) => return reply.error(errno(e)),
         };
         let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+        self.known.add(newparent.0, newname);
         let op = Op::Rename {
             from: from.clone(),
             to: to.clone(),
             flags: flags.bits(),
         };
-        self.empty_op(op, reply, move |t| {
+        let changed = vec![from.clone(), to.clone()];
+        self.empty_op(op, changed, reply, move |t| {
             if exchange {
                 t.exchange(&from, &to)
             } else {
@@ -505,6 +741,7 @@ impl Filesystem for FerryFs {
     ) {
         match (self.path_of(ino), self.child(newparent, newname)) {
             (Ok(existing), Ok(path)) => {
+                self.known.add(newparent.0, newname);
                 self.entry_op(path.clone(), Op::Link { existing, path }, reply)
             }
             (Err(e), _) | (_, Err(e)) => reply.error(errno(e)),
@@ -522,42 +759,52 @@ impl Filesystem for FerryFs {
         };
         let inodes = self.inodes.clone();
         let files = self.files.clone();
+        let writes = self.writes.clone();
+        let attrs = self.attrs.clone();
         let op = Op::Open {
             path,
             flags: flags.0,
         };
-        self.client.submit_in(epoch, op, move |r| match r {
-            Ok(Reply::Opened { handle, attr }) => {
-                let fh = lock(&files).insert(OpenFile {
-                    ino: ino.0,
-                    flags: flags.0,
-                    handle,
-                    epoch,
-                });
-                // Close-to-open consistency: keep cached pages only when the file
-                // is unchanged since it was last opened.
-                let unchanged = {
-                    let mut t = lock(&inodes);
-                    t.add_handle(ino.0, fh);
-                    t.note_open(ino.0, &attr)
-                };
-                let fopen = if unchanged {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                let fopen = fopen | append_mode(flags.0);
-                reply.opened(FileHandle(fh), fopen);
-            }
-            Ok(_) => reply.error(errno(Errno::EPROTO)),
-            Err(e) => reply.error(errno(e)),
-        });
+        self.client
+            .submit_in(epoch, op, move |r| match r.map(|reply| reply.opened()) {
+                Ok(Some((handle, attr))) => {
+                    let fh = lock(&files).insert(OpenFile {
+                        ino: ino.0,
+                        flags: flags.0,
+                        handle,
+                        epoch,
+                    });
+                    if writable(flags.0) {
+                        writes.opened_for_writing(ino.0, fh, &attr);
+                    }
+                    attrs.store(ino.0, attr);
+                    // Close-to-open consistency: keep cached pages only when the file
+                    // is unchanged since it was last opened.
+                    let unchanged = {
+                        let mut t = lock(&inodes);
+                        t.add_handle(ino.0, fh);
+                        t.note_open(ino.0, &attr)
+                    };
+                    let fopen = if unchanged {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(fh), fopen | append_mode(flags.0));
+                }
+                Ok(_) => reply.error(errno(Errno::EPROTO)),
+                // The name was cached by the kernel but is gone on the server (another
+                // client removed it): ESTALE makes the kernel look the name up again
+                // and retry, as for NFS, so an O_CREAT open then creates the file.
+                Err(e) if e == Errno::ENOENT => reply.error(errno(Errno::new(libc::ESTALE))),
+                Err(e) => reply.error(errno(e)),
+            });
     }
 
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -565,6 +812,8 @@ impl Filesystem for FerryFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        // The server must not be asked before it has this mount's writes.
+        self.writes.wait_idle(ino.0);
         let len = size.min(MAX_CHUNK);
         let read = |handle| Op::Read {
             handle,
@@ -581,53 +830,92 @@ impl Filesystem for FerryFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
         write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        // The kernel clears set-id bits itself before a cached write, but leaves
-        // it to the server for an uncached one (O_APPEND files) from a caller
-        // without CAP_FSETID.
-        let clear_set_id = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        let write = |handle| {
-            let data = data.to_vec();
-            if clear_set_id {
-                Op::WriteClearingSetId {
-                    handle,
-                    offset,
-                    data,
+        let len = data.len();
+        // A write by a user without CAP_FSETID drops setuid/setgid, after the
+        // write and through the same handle (FUSE_HANDLE_KILLPRIV_V2).
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            && self
+                .writes
+                .attr(ino.0)
+                .is_some_and(|a| without_suidgid(a.kind, a.perm) != a.perm);
+        let ticket = self.writes.begin_write(ino.0, fh.0, offset, len);
+        let writes = self.writes.clone();
+        let write = |handle| Op::Write {
+            handle,
+            offset,
+            data: data.to_vec(),
+        };
+        let written = move |r: OpResult| match r {
+            Ok(Reply::Written(n)) => Ok(n),
+            Ok(_) => Err(Errno::EPROTO),
+            Err(e) => Err(e),
+        };
+        let kill_after = |fs: &FerryFs| {
+            if kill {
+                let changes = AttrChanges {
+                    kill_suidgid: true,
+                    ..AttrChanges::default()
+                };
+                if fs.defer_setattr(ino.0, Some(fh), changes).is_none() {
+                    log::warn!("could not drop setuid/setgid of inode {ino} after a write");
                 }
-            } else {
-                Op::Write {
-                    handle,
-                    offset,
-                    data,
-                }
+                // The kernel still holds the old mode.
+                fs.invalidator.invalidate_attrs(ino.0);
             }
         };
-        self.on_handle(fh, write, move |r| match r {
-            Ok(Reply::Written(n)) => reply.written(n),
-            Ok(_) => reply.error(errno(Errno::EPROTO)),
-            Err(e) => reply.error(errno(e)),
+        if writes_through(flags.0) || !self.writes.is_writer(ino.0, fh.0) {
+            self.on_handle(fh, write, move |r| {
+                writes.finish(ticket, Ok(None));
+                match written(r) {
+                    Ok(n) => reply.written(n),
+                    Err(e) => reply.error(errno(e)),
+                }
+            });
+            kill_after(self);
+            return;
+        }
+        // Write-behind: the kernel hears of success now, a failure at flush or fsync.
+        self.on_handle(fh, write, move |r| {
+            let result = match written(r) {
+                Ok(n) if n as usize == len => Ok(None),
+                // A short write on a local disk means it is full.
+                Ok(_) => Err(Errno::ENOSPC),
+                Err(e) => Err(e),
+            };
+            writes.finish(ticket, result);
         });
+        kill_after(self);
+        reply.written(u32::try_from(len).unwrap_or(u32::MAX));
     }
 
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Every write was acknowledged by the server before the kernel was told it
-        // succeeded, so nothing is pending here.
-        reply.ok();
+        // close(2) is where write-behind owes the application its errors; then
+        // the closer's POSIX locks go.
+        let written = if self.writes.is_writer(ino.0, fh.0) {
+            self.writes.drain(ino.0)
+        } else {
+            Ok(())
+        };
+        self.release_posix_locks(ino, fh, lock_owner, move || match written {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        });
     }
 
     fn release(
@@ -642,7 +930,14 @@ impl Filesystem for FerryFs {
     ) {
         // close(2) has already returned to the application and release errors go
         // nowhere, so the kernel need not wait for the server.
+        // Changes still in flight through this handle reach the server before its
+        // Close does: the server runs a handle's requests in order.
         lock(&self.inodes).remove_handle(ino.0, fh.0);
+        if self.writes.is_writer(ino.0, fh.0) {
+            // What the server says now differs from what the kernel was last told.
+            self.attrs.drop_ino(ino.0);
+        }
+        self.writes.released(ino.0, fh.0);
         let file = lock(&self.files).remove(fh.0);
         // A handle of a connection that is gone was closed with it.
         if let Some(file) = file.filter(|f| self.client.current_epoch() == Some(f.epoch)) {
@@ -664,11 +959,14 @@ impl Filesystem for FerryFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        if let Err(e) = self.writes.drain(ino.0) {
+            return reply.error(errno(e));
+        }
         let fsync = |handle| Op::Fsync { handle, datasync };
         self.on_handle(fh, fsync, move |r| match r {
             Ok(_) => reply.ok(),
@@ -679,22 +977,32 @@ impl Filesystem for FerryFs {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        // Writes still in flight land first, as they would on a local disk.
+        if let Err(e) = self.writes.drain(ino.0) {
+            return reply.error(errno(e));
+        }
         let fallocate = |handle| Op::Fallocate {
             handle,
             offset,
             len: length,
             mode,
         };
-        self.on_handle(fh, fallocate, move |r| match r {
-            Ok(_) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+        let (writes, attrs) = (self.writes.clone(), self.attrs.clone());
+        self.on_handle(fh, fallocate, move |r| {
+            // The size (mode 0) and ctime changed on the server.
+            writes.doubt(ino.0);
+            attrs.drop_ino(ino.0);
+            match r {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
         });
     }
 
@@ -703,16 +1011,22 @@ impl Filesystem for FerryFs {
     fn copy_file_range(
         &self,
         _req: &Request,
-        _ino_in: INodeNo,
+        ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        // The server copies what it has: writes in flight to either file land first.
+        for ino in [ino_in, ino_out] {
+            if let Err(e) = self.writes.drain(ino.0) {
+                return reply.error(errno(e));
+            }
+        }
         // Both handles must belong to one connection; after a reconnect between
         // the two look-ups, the first is looked up (re-opened) again.
         let handles = || -> Result<(u64, u64, u64), Errno> {
@@ -737,10 +1051,16 @@ impl Filesystem for FerryFs {
             offset_out,
             len,
         };
-        self.client.submit_in(epoch, op, move |r| match r {
-            Ok(Reply::Written(n)) => reply.written(n),
-            Ok(_) => reply.error(errno(Errno::EPROTO)),
-            Err(e) => reply.error(errno(e)),
+        let (writes, attrs) = (self.writes.clone(), self.attrs.clone());
+        self.client.submit_in(epoch, op, move |r| {
+            // The output's data, size and times changed on the server.
+            writes.doubt(ino_out.0);
+            attrs.drop_ino(ino_out.0);
+            match r {
+                Ok(Reply::Written(n)) => reply.written(n),
+                Ok(_) => reply.error(errno(Errno::EPROTO)),
+                Err(e) => reply.error(errno(e)),
+            }
         });
     }
 
@@ -768,7 +1088,7 @@ impl Filesystem for FerryFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (path, entries) = match self.listing(fh, offset) {
+        let (path, entries) = match self.listing(ino, fh, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno(e)),
         };
@@ -786,10 +1106,8 @@ impl Filesystem for FerryFs {
                 _ => {
                     let entry = &entries[(index - 2) as usize];
                     // d_ino is informational; the kernel looks the name up for the real one.
-                    let ino = path
-                        .join(OsStr::from_bytes(&entry.name))
-                        .ok()
-                        .and_then(|p| lock(&self.inodes).ino_of(&p))
+                    let ino = lock(&self.inodes)
+                        .ino_of_file(&entry.attr)
                         .unwrap_or(entry.attr.ino.max(2));
                     reply.add(
                         INodeNo(ino),
@@ -814,7 +1132,7 @@ impl Filesystem for FerryFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (path, entries) = match self.listing(fh, offset) {
+        let (path, entries) = match self.listing(ino, fh, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(errno(e)),
         };
@@ -848,6 +1166,7 @@ impl Filesystem for FerryFs {
                     // Every entry but . and .. counts as a lookup, so it is counted
                     // here and uncounted if it does not fit in this reply.
                     let child_ino = lock(&self.inodes).remember(&child, &entry.attr);
+                    self.attrs.store(child_ino, entry.attr);
                     let full = reply.add(
                         INodeNo(child_ino),
                         index + 1,
@@ -904,39 +1223,61 @@ impl Filesystem for FerryFs {
         });
     }
 
-    // Extended attributes are not supported yet. ENOSYS (rather than fuser's
-    // default, which logs a warning each time) makes the kernel remember that and
-    // answer EOPNOTSUPP to applications without asking again.
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(errno(Errno::ENOSYS));
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.xattr_get(ino, name, size, reply);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(errno(Errno::ENOSYS));
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.xattr_list(req, ino, size, reply);
     }
 
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
-        _position: u32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno(Errno::ENOSYS));
+        self.xattr_set(ino, name, value, flags, position, reply);
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(Errno::ENOSYS));
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.xattr_remove(ino, name, reply);
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        self.lock_test(ino, fh, lock_owner, start, end, typ, reply);
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let tid = req.pid();
+        self.lock_set(ino, fh, lock_owner, start, end, typ, tid, sleep, reply);
     }
 
     fn create(
@@ -957,9 +1298,13 @@ impl Filesystem for FerryFs {
             Ok(e) => e,
             Err(e) => return reply.error(errno(e)),
         };
+        self.known.add(parent.0, name);
         let inodes = self.inodes.clone();
         let files = self.files.clone();
+        let writes = self.writes.clone();
+        let attrs = self.attrs.clone();
         let ttl = self.opts.attr_timeout;
+        let capabilities = self.capabilities.clone();
         let op = Op::Create {
             path: path.clone(),
             flags,
@@ -968,10 +1313,14 @@ impl Filesystem for FerryFs {
         };
         self.client
             .submit_in(epoch, op, move |r: OpResult| match r {
-                Ok(Reply::Opened { handle, attr }) => {
+                Ok(Reply::Opened { handle, attr }) | Ok(Reply::Created { handle, attr, .. }) => {
+                    if let Ok(Reply::Created { dir, .. }) = r {
+                        note_dirs(&inodes, &attrs, &[dir]);
+                    }
                     let (ino, fh) = {
                         let mut t = lock(&inodes);
                         let ino = t.remember(&path, &attr);
+                        attrs.store(ino, attr);
                         t.note_open(ino, &attr);
                         let fh = lock(&files).insert(OpenFile {
                             ino,
@@ -982,6 +1331,10 @@ impl Filesystem for FerryFs {
                         t.add_handle(ino, fh);
                         (ino, fh)
                     };
+                    if writable(flags) {
+                        writes.opened_for_writing(ino, fh, &attr);
+                    }
+                    capabilities.note_new_file(ino, ttl);
                     reply.created(
                         &ttl,
                         &file_attr(ino, &attr),

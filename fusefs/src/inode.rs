@@ -6,35 +6,51 @@
 //! - every entry handed to the kernel (lookup, create, mkdir, readdirplus, ...)
 //!   adds one to that inode's lookup count; `forget` subtracts (saturating), and an
 //!   inode whose count reaches zero is dropped;
-//! - inode numbers are never reused within a mount, so a stale number can never
-//!   name another file;
-//! - one inode per server file: every hard link of a file (the same server device
-//!   and inode number, [`FileId`]) is the same inode, so `stat` shows one inode with
-//!   its link count and a change through one name is seen through all. An inode
-//!   therefore has one or more paths; a path maps to at most one inode. Directories
-//!   cannot be hard linked and always have exactly one path;
-//! - rename moves a path (and every path below it) to its new place; unlink and
-//!   rename-over remove the path from its inode. An inode left with no path is
-//!   *detached*: it keeps its number until forgotten, but nothing can reach the new
-//!   occupant of its old path through it. Open files stay usable because the server
-//!   holds them by handle;
-//! - a lookup that finds another server file at a known path (replaced by another
-//!   client) moves the path to a new inode rather than changing what the old
-//!   inode names.
+//! - a number stands for one server file, told apart by the server's device and
+//!   inode number ([`FileId`]), for the life of the mount: a file looked up again
+//!   after the kernel forgot it gets its old number back, and hard links share one.
+//!   The number is what `stat` shows as `st_ino` (fuser ties the two), and tools
+//!   rely on it staying put: tar refuses to finish a directory whose `st_ino`
+//!   changed while it was extracting into it;
+//! - a number is never given to another file: when this mount removes a file's
+//!   last known name, its server inode number (which the server's filesystem may
+//!   reuse) is dropped from the table, so a later file with that number gets a new
+//!   one. (A file removed by *another* client whose number the server reuses is
+//!   not seen; the kernel then sees the new file under the old number.)
+//! - a path maps to at most one inode. Rename moves the inode (and every inode
+//!   below it) to the new path; unlink and rename-over *detach* the path from its
+//!   inode: an inode with no name left keeps its number until forgotten, but no
+//!   path leads to it, so nothing can reach the new occupant of that path through
+//!   it. Open files stay usable because the server holds them by handle.
 
-use ferry_common::{Attr, Errno, FileId, FileKind, RelPath};
-use std::collections::HashMap;
+use ferry_common::{Attr, Errno, RelPath};
+use std::collections::{BTreeMap, HashMap};
 
 pub const ROOT_INO: u64 = 1;
 
+/// What tells server files apart: the device and inode number of the server's
+/// filesystem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    pub fn of(attr: &Attr) -> FileId {
+        FileId {
+            dev: attr.dev,
+            ino: attr.ino,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Node {
-    /// The names of this node, the most recently confirmed first; empty once
-    /// detached by unlink or rename-over.
+    id: FileId,
+    /// The names this mount knows for the node, newest last (more than one for
+    /// hard links); empty once detached by unlink or rename-over.
     paths: Vec<RelPath>,
-    /// The server file; `None` only for the root.
-    id: Option<FileId>,
-    kind: FileKind,
     lookups: u64,
     /// The file's attributes when it was last opened, for close-to-open caching.
     opened_as: Option<Attr>,
@@ -42,50 +58,56 @@ struct Node {
     handles: Vec<u64>,
 }
 
+impl Node {
+    fn new(id: FileId) -> Node {
+        Node {
+            id,
+            paths: Vec::new(),
+            lookups: 0,
+            opened_as: None,
+            handles: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct InodeTable {
     nodes: HashMap<u64, Node>,
-    by_path: HashMap<RelPath, u64>,
-    /// Non-directory nodes that still have a path, by server file: how a new name
-    /// of a known file (a hard link) finds its inode.
+    /// Ordered, so that a subtree is one range (see [`subtree`]).
+    by_path: BTreeMap<RelPath, u64>,
+    /// Every server file seen and not known to be gone, alive in the kernel or not.
     by_id: HashMap<FileId, u64>,
     next: u64,
 }
 
-impl Default for InodeTable {
-    fn default() -> Self {
-        InodeTable::new()
-    }
+/// The byte range of the paths strictly below `dir`: from `dir/` up to (not
+/// including) `dir0`, as `0` follows `/`.
+fn below(dir: &RelPath) -> (Vec<u8>, Vec<u8>) {
+    let mut low = dir.as_bytes().to_vec();
+    low.push(b'/');
+    let mut high = dir.as_bytes().to_vec();
+    high.push(b'/' + 1);
+    (low, high)
 }
 
 impl InodeTable {
-    pub fn new() -> InodeTable {
-        let mut nodes = HashMap::new();
-        nodes.insert(
-            ROOT_INO,
-            Node {
-                paths: vec![RelPath::root()],
-                id: None,
-                kind: FileKind::Directory,
-                lookups: 1,
-                opened_as: None,
-                handles: Vec::new(),
-            },
-        );
-        let mut by_path = HashMap::new();
-        by_path.insert(RelPath::root(), ROOT_INO);
+    /// A table holding only the root, which is the server file `root`.
+    pub fn new(root: FileId) -> InodeTable {
+        let mut node = Node::new(root);
+        node.paths.push(RelPath::root());
+        node.lookups = 1;
         InodeTable {
-            nodes,
-            by_path,
-            by_id: HashMap::new(),
+            nodes: HashMap::from([(ROOT_INO, node)]),
+            by_path: BTreeMap::from([(RelPath::root(), ROOT_INO)]),
+            by_id: HashMap::from([(root, ROOT_INO)]),
             next: ROOT_INO + 1,
         }
     }
 
-    /// The path an inode names (its most recently confirmed one); `None` for an
-    /// unknown or detached inode.
+    /// The path an inode names (its newest name); `None` for an unknown or
+    /// detached inode.
     pub fn path(&self, ino: u64) -> Option<&RelPath> {
-        self.nodes.get(&ino).and_then(|n| n.paths.first())
+        self.nodes.get(&ino).and_then(|n| n.paths.last())
     }
 
     /// The inode at `path` without counting a lookup.
@@ -93,68 +115,51 @@ impl InodeTable {
         self.by_path.get(path).copied()
     }
 
-    /// Hands an entry for `path`, whose attributes the server just gave as
-    /// `attr`, to the kernel: the inode of that server file (found by path, or by
-    /// its identity when `path` is another hard link of a known file) or a new
-    /// one, with its lookup count raised by one.
+    /// The number of a server file, if it has one, without counting a lookup.
+    pub fn ino_of_file(&self, attr: &Attr) -> Option<u64> {
+        self.by_id.get(&FileId::of(attr)).copied()
+    }
+
+    /// Hands an entry for `path`, which the server says is the file `attr`, to the
+    /// kernel: that file's number (new, or the one it had), with its lookup count
+    /// raised by one.
     pub fn remember(&mut self, path: &RelPath, attr: &Attr) -> u64 {
-        let id = attr.file_id();
+        let id = FileId::of(attr);
         if let Some(&ino) = self.by_path.get(path) {
             if let Some(node) = self.nodes.get_mut(&ino) {
-                if node.id.is_none_or(|known| known == id) && node.kind == attr.kind {
-                    node.id = Some(id);
+                if node.id == id {
                     node.lookups = node.lookups.saturating_add(1);
-                    Self::confirm(node, path);
                     return ino;
                 }
             }
-            // Another file lives at this path now (replaced on the server).
-            self.detach(path);
+            // The name leads to another file now (replaced by another client).
+            self.unbind(path);
         }
-        if attr.kind != FileKind::Directory {
-            if let Some(&ino) = self.by_id.get(&id) {
-                if let Some(node) = self.nodes.get_mut(&ino).filter(|n| n.kind == attr.kind) {
-                    node.lookups = node.lookups.saturating_add(1);
-                    Self::confirm(node, path);
-                    self.by_path.insert(path.clone(), ino);
-                    return ino;
-                }
+        let ino = match self.by_id.get(&id) {
+            Some(&ino) => ino,
+            None => {
+                let ino = self.next;
+                self.next += 1;
+                self.by_id.insert(id, ino);
+                ino
             }
-        }
-        let ino = self.next;
-        self.next += 1;
-        self.nodes.insert(
-            ino,
-            Node {
-                paths: vec![path.clone()],
-                id: Some(id),
-                kind: attr.kind,
-                lookups: 1,
-                opened_as: None,
-                handles: Vec::new(),
-            },
-        );
+        };
+        let node = self.nodes.entry(ino).or_insert_with(|| Node::new(id));
+        node.lookups = node.lookups.saturating_add(1);
+        node.paths.retain(|p| p != path);
+        node.paths.push(path.clone());
         self.by_path.insert(path.clone(), ino);
-        if attr.kind != FileKind::Directory {
-            self.by_id.insert(id, ino);
-        }
         ino
     }
 
-    /// Puts `path` first among the node's paths: the name just seen to work is
-    /// the one to use.
-    fn confirm(node: &mut Node, path: &RelPath) {
-        node.paths.retain(|p| p != path);
-        node.paths.insert(0, path.clone());
-    }
-
-    /// The kernel dropped `n` references to `ino`.
-    pub fn forget(&mut self, ino: u64, n: u64) {
+    /// The kernel dropped `n` references to `ino`; true when that was the last.
+    /// The number stays reserved for its file.
+    pub fn forget(&mut self, ino: u64, n: u64) -> bool {
         if ino == ROOT_INO {
-            return;
+            return false;
         }
         let Some(node) = self.nodes.get_mut(&ino) else {
-            return;
+            return false;
         };
         node.lookups = node.lookups.saturating_sub(n);
         if node.lookups == 0 {
@@ -164,99 +169,92 @@ impl InodeTable {
                         self.by_path.remove(&path);
                     }
                 }
-                self.unindex(ino, node.id);
             }
+            return true;
         }
+        false
     }
 
-    fn unindex(&mut self, ino: u64, id: Option<FileId>) {
-        if let Some(id) = id {
-            if self.by_id.get(&id) == Some(&ino) {
-                self.by_id.remove(&id);
-            }
-        }
-    }
-
-    /// Removes `path` from the node it names, if any.
-    fn drop_path(&mut self, path: &RelPath) -> Option<u64> {
-        let ino = self.by_path.remove(path)?;
-        let node = self.nodes.get_mut(&ino)?;
+    /// Takes `path` away from its inode. When that was the file's last known
+    /// name, the file is taken to be gone and its number retired.
+    fn unbind(&mut self, path: &RelPath) {
+        let Some(ino) = self.by_path.remove(path) else {
+            return;
+        };
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
         node.paths.retain(|p| p != path);
-        if node.paths.is_empty() {
-            // Detached: a later lookup of another name of the file makes a new
-            // inode, so a server inode number reused for a new file is never
-            // confused with this one.
-            let id = node.id;
-            self.unindex(ino, id);
+        if node.paths.is_empty() && ino != ROOT_INO && self.by_id.get(&node.id) == Some(&ino) {
+            self.by_id.remove(&node.id);
         }
-        Some(ino)
     }
 
-    /// The name at `path` (and anything below it) was removed on the server.
+    /// `path` and the known paths below it, with their inodes.
+    fn subtree(&self, path: &RelPath) -> Vec<(RelPath, u64)> {
+        let mut found: Vec<(RelPath, u64)> = Vec::new();
+        if path.is_root() {
+            return self.by_path.iter().map(|(p, i)| (p.clone(), *i)).collect();
+        }
+        if let Some(&ino) = self.by_path.get(path) {
+            found.push((path.clone(), ino));
+        }
+        let (low, high) = below(path);
+        found.extend(
+            self.by_path
+                .range::<[u8], _>((
+                    std::ops::Bound::Included(low.as_slice()),
+                    std::ops::Bound::Excluded(high.as_slice()),
+                ))
+                .map(|(p, i)| (p.clone(), *i)),
+        );
+        found
+    }
+
+    /// The node at `path` (and anything below it) was removed on the server.
     pub fn detach(&mut self, path: &RelPath) {
-        let gone: Vec<RelPath> = self
-            .by_path
-            .keys()
-            .filter(|p| p.starts_with(path))
-            .cloned()
-            .collect();
-        for p in gone {
-            self.drop_path(&p);
+        for (p, _) in self.subtree(path) {
+            self.unbind(&p);
         }
     }
 
-    /// Gives the node at `old` the path `new` instead.
-    fn move_path(&mut self, old: &RelPath, new: RelPath, ino: u64) {
-        if let Some(node) = self.nodes.get_mut(&ino) {
-            // One occurrence: exchanging two names of one file moves each once.
-            if let Some(p) = node.paths.iter_mut().find(|p| *p == old) {
-                *p = new.clone();
+    /// Moves every entry of `moved` from its old path to the one `rebase` gives.
+    fn relocate(
+        &mut self,
+        moved: Vec<(RelPath, u64)>,
+        rebase: impl Fn(&RelPath) -> Option<RelPath>,
+    ) {
+        for (old, _) in &moved {
+            self.by_path.remove(old);
+        }
+        for (old, ino) in moved {
+            let Some(new) = rebase(&old) else { continue };
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                match node.paths.iter_mut().find(|p| **p == old) {
+                    Some(p) => *p = new.clone(),
+                    None => node.paths.push(new.clone()),
+                }
             }
+            self.by_path.insert(new, ino);
         }
-        self.by_path.insert(new, ino);
-    }
-
-    /// The paths at or below `top`, with their inodes, taken out of `by_path`.
-    fn take_subtree(&mut self, top: &RelPath) -> Vec<(RelPath, u64)> {
-        let taken: Vec<(RelPath, u64)> = self
-            .by_path
-            .iter()
-            .filter(|(p, _)| p.starts_with(top))
-            .map(|(p, ino)| (p.clone(), *ino))
-            .collect();
-        for (p, _) in &taken {
-            self.by_path.remove(p);
-        }
-        taken
     }
 
     /// `from` was renamed to `to` on the server: whatever lived at `to` is detached
-    /// and every path at or below `from` moves along.
+    /// and every inode at or below `from` moves along.
     pub fn rename(&mut self, from: &RelPath, to: &RelPath) {
         if from == to {
             return;
         }
         self.detach(to);
-        for (old, ino) in self.take_subtree(from) {
-            if let Some(new) = old.rebase(from, to) {
-                self.move_path(&old, new, ino);
-            }
-        }
+        let moved = self.subtree(from);
+        self.relocate(moved, |p| p.rebase(from, to));
     }
 
     /// `a` and `b` swapped places (RENAME_EXCHANGE).
     pub fn exchange(&mut self, a: &RelPath, b: &RelPath) {
-        let a_side = self.take_subtree(a);
-        let b_side = self.take_subtree(b);
-        for (old, ino, from, to) in a_side
-            .into_iter()
-            .map(|(p, i)| (p, i, a, b))
-            .chain(b_side.into_iter().map(|(p, i)| (p, i, b, a)))
-        {
-            if let Some(new) = old.rebase(from, to) {
-                self.move_path(&old, new, ino);
-            }
-        }
+        let mut moved = self.subtree(a);
+        moved.extend(self.subtree(b));
+        self.relocate(moved, |p| p.rebase(a, b).or_else(|| p.rebase(b, a)));
     }
 
     /// Records the attributes a file had when it was opened; returns whether its
@@ -290,7 +288,7 @@ impl InodeTable {
     /// `Err(ENOENT)` when neither exists.
     pub fn locate(&self, ino: u64) -> Result<(RelPath, Option<u64>), Errno> {
         let node = self.nodes.get(&ino).ok_or(Errno::ENOENT)?;
-        match (node.paths.first(), node.handles.first()) {
+        match (node.paths.last(), node.handles.first()) {
             (Some(path), _) => Ok((path.clone(), None)),
             (None, Some(&h)) => Ok((RelPath::root(), Some(h))),
             (None, None) => Err(Errno::ENOENT),
@@ -306,37 +304,27 @@ impl InodeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_common::{FileKind, Timestamp};
 
     fn p(s: &str) -> RelPath {
         RelPath::parse(s).unwrap()
     }
 
-    /// Attributes of the server file at `s` — a directory when its last name
-    /// starts with `d` or is `sub`, a regular file otherwise — with an inode
-    /// number of its own.
-    fn a(s: &str) -> Attr {
-        let last = s.rsplit('/').next().unwrap_or(s);
-        let kind = if last.starts_with('d') || last == "sub" {
-            FileKind::Directory
-        } else {
-            FileKind::File
-        };
-        let mut attr = Attr::blank(kind);
-        // Distinct paths, distinct files, unless a test says otherwise.
-        attr.ino = s
-            .bytes()
-            .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-        attr
+    /// Attributes of server file number `n`.
+    fn f(n: u64) -> Attr {
+        let mut a = Attr::blank(FileKind::File);
+        a.dev = 1;
+        a.ino = n;
+        a
     }
 
-    /// `remember` with the attributes of a distinct server file per path.
-    fn r(t: &mut InodeTable, s: &str) -> u64 {
-        t.remember(&p(s), &a(s))
+    fn table() -> InodeTable {
+        InodeTable::new(FileId { dev: 1, ino: 2 })
     }
 
     #[test]
     fn root_is_one_and_survives_forget() {
-        let mut t = InodeTable::new();
+        let mut t = table();
         assert_eq!(t.path(ROOT_INO), Some(&RelPath::root()));
         t.forget(ROOT_INO, 1000);
         assert_eq!(t.path(ROOT_INO), Some(&RelPath::root()));
@@ -344,9 +332,9 @@ mod tests {
 
     #[test]
     fn lookups_count_and_forget_saturates() {
-        let mut t = InodeTable::new();
-        let a = r(&mut t, "a");
-        assert_eq!(r(&mut t, "a"), a);
+        let mut t = table();
+        let a = t.remember(&p("a"), &f(10));
+        assert_eq!(t.remember(&p("a"), &f(10)), a);
         assert_eq!(t.lookups(a), Some(2));
         t.forget(a, 1);
         assert_eq!(t.path(a), Some(&p("a")));
@@ -357,25 +345,67 @@ mod tests {
     }
 
     #[test]
-    fn numbers_are_never_reused() {
-        let mut t = InodeTable::new();
-        let a = r(&mut t, "a");
+    fn a_file_keeps_its_number_after_the_kernel_forgets_it() {
+        let mut t = table();
+        let a = t.remember(&p("d/a"), &f(10));
         t.forget(a, 1);
-        let again = r(&mut t, "a");
+        assert_eq!(t.lookups(a), None);
+        assert_eq!(t.remember(&p("d/a"), &f(10)), a);
+        assert_eq!(t.lookups(a), Some(1));
+    }
+
+    #[test]
+    fn hard_links_share_a_number_and_outlive_one_name() {
+        let mut t = table();
+        let a = t.remember(&p("a"), &f(10));
+        assert_eq!(t.remember(&p("b"), &f(10)), a);
+        assert_eq!(t.lookups(a), Some(2));
+        t.detach(&p("b"));
+        assert_eq!(t.path(a), Some(&p("a")));
+        assert_eq!(t.ino_of_file(&f(10)), Some(a));
+        // The same inode number on another device is another file.
+        let mut other = f(10);
+        other.dev = 9;
+        assert_ne!(t.remember(&p("c"), &other), a);
+    }
+
+    #[test]
+    fn numbers_of_removed_files_are_never_given_to_others() {
+        let mut t = table();
+        let a = t.remember(&p("a"), &f(10));
+        t.detach(&p("a"));
+        t.forget(a, 1);
+        // The server reused inode number 10 for a new file.
+        let again = t.remember(&p("a"), &f(10));
         assert_ne!(a, again);
         assert!(again > a);
     }
 
     #[test]
+    fn a_name_replaced_behind_our_back_leads_to_the_new_file() {
+        let mut t = table();
+        let a = t.remember(&p("a"), &f(10));
+        let b = t.remember(&p("a"), &f(11));
+        assert_ne!(a, b);
+        assert_eq!(t.path(a), None);
+        assert_eq!(t.ino_of(&p("a")), Some(b));
+        t.forget(a, 1);
+        assert_eq!(t.ino_of(&p("a")), Some(b));
+    }
+
+    #[test]
     fn rename_moves_the_subtree_and_detaches_the_target() {
-        let mut t = InodeTable::new();
-        let d = r(&mut t, "d");
-        let f = r(&mut t, "d/sub/f");
-        let victim = r(&mut t, "e");
-        let bystander = r(&mut t, "dd");
+        let mut t = table();
+        let d = t.remember(&p("d"), &f(10));
+        let sub = t.remember(&p("d/sub"), &f(11));
+        let x = t.remember(&p("d/sub/f"), &f(12));
+        let victim = t.remember(&p("e"), &f(13));
+        let bystander = t.remember(&p("dd"), &f(14));
+        let sibling = t.remember(&p("d0"), &f(15));
         t.rename(&p("d"), &p("e"));
         assert_eq!(t.path(d), Some(&p("e")));
-        assert_eq!(t.path(f), Some(&p("e/sub/f")));
+        assert_eq!(t.path(sub), Some(&p("e/sub")));
+        assert_eq!(t.path(x), Some(&p("e/sub/f")));
         assert_eq!(t.path(victim), None, "the old occupant is detached");
         assert_eq!(
             t.lookups(victim),
@@ -383,6 +413,7 @@ mod tests {
             "but keeps its number until forgotten"
         );
         assert_eq!(t.path(bystander), Some(&p("dd")));
+        assert_eq!(t.path(sibling), Some(&p("d0")));
         assert_eq!(t.ino_of(&p("e")), Some(d));
         assert_eq!(t.ino_of(&p("d")), None);
         // Forgetting the detached victim must not disturb the new occupant.
@@ -391,35 +422,39 @@ mod tests {
     }
 
     #[test]
-    fn unlink_detaches() {
-        let mut t = InodeTable::new();
-        let f = r(&mut t, "f");
+    fn unlink_detaches_only_the_subtree() {
+        let mut t = table();
+        let f1 = t.remember(&p("f"), &f(10));
+        let below = t.remember(&p("f/x"), &f(11));
+        let beside = t.remember(&p("f.txt"), &f(12));
         t.detach(&p("f"));
-        assert_eq!(t.path(f), None);
-        let g = r(&mut t, "f");
-        assert_ne!(f, g);
-        t.forget(f, 1);
+        assert_eq!(t.path(f1), None);
+        assert_eq!(t.path(below), None);
+        assert_eq!(t.path(beside), Some(&p("f.txt")));
+        let g = t.remember(&p("f"), &f(20));
+        assert_ne!(f1, g);
+        t.forget(f1, 1);
         assert_eq!(t.ino_of(&p("f")), Some(g));
     }
 
     #[test]
     fn a_detached_inode_is_reached_through_an_open_handle() {
-        let mut t = InodeTable::new();
-        let f = r(&mut t, "f");
-        t.add_handle(f, 7);
-        assert_eq!(t.locate(f).unwrap(), (p("f"), None));
+        let mut t = table();
+        let x = t.remember(&p("f"), &f(10));
+        t.add_handle(x, 7);
+        assert_eq!(t.locate(x).unwrap(), (p("f"), None));
         t.detach(&p("f"));
-        assert_eq!(t.locate(f).unwrap().1, Some(7));
-        t.remove_handle(f, 7);
-        assert!(t.locate(f).is_err());
+        assert_eq!(t.locate(x).unwrap().1, Some(7));
+        t.remove_handle(x, 7);
+        assert!(t.locate(x).is_err());
     }
 
     #[test]
     fn exchange_swaps_both_subtrees() {
-        let mut t = InodeTable::new();
-        let a = r(&mut t, "a");
-        let ax = r(&mut t, "a/x");
-        let b = r(&mut t, "b");
+        let mut t = table();
+        let a = t.remember(&p("a"), &f(10));
+        let ax = t.remember(&p("a/x"), &f(11));
+        let b = t.remember(&p("b"), &f(12));
         t.exchange(&p("a"), &p("b"));
         assert_eq!(t.path(a), Some(&p("b")));
         assert_eq!(t.path(ax), Some(&p("b/x")));
@@ -427,73 +462,15 @@ mod tests {
     }
 
     #[test]
-    fn hard_links_share_one_inode() {
-        let mut t = InodeTable::new();
-        let f = r(&mut t, "f");
-        let link = t.remember(&p("g"), &a("f"));
-        assert_eq!(f, link, "another name of the same server file");
-        assert_eq!(t.lookups(f), Some(2));
-        assert_eq!(t.path(f), Some(&p("g")), "the newest name is used");
-        // Unlinking one name leaves the inode reachable through the other.
-        t.detach(&p("g"));
-        assert_eq!(t.path(f), Some(&p("f")));
-        assert_eq!(t.ino_of(&p("g")), None);
-        // Renaming one name moves only that name.
-        let h = t.remember(&p("h"), &a("f"));
-        assert_eq!(h, f);
-        t.rename(&p("h"), &p("k"));
-        assert_eq!(t.ino_of(&p("k")), Some(f));
-        assert_eq!(t.ino_of(&p("f")), Some(f));
-        // Once every name is gone, the file's identity no longer finds the inode.
-        t.detach(&p("f"));
-        t.detach(&p("k"));
-        assert_eq!(t.path(f), None);
-        assert_ne!(t.remember(&p("m"), &a("f")), f);
-    }
-
-    #[test]
-    fn exchanging_two_names_of_one_file_keeps_both() {
-        let mut t = InodeTable::new();
-        let f = r(&mut t, "a");
-        assert_eq!(t.remember(&p("b"), &a("a")), f);
-        t.exchange(&p("a"), &p("b"));
-        t.detach(&p("a"));
-        assert_eq!(t.path(f), Some(&p("b")));
-    }
-
-    #[test]
-    fn a_path_replaced_on_the_server_gets_a_new_inode() {
-        let mut t = InodeTable::new();
-        let d = r(&mut t, "d");
-        let below = r(&mut t, "d/x");
-        let mut other = a("d");
-        other.ino += 1;
-        let d2 = t.remember(&p("d"), &other);
-        assert_ne!(d, d2);
-        assert_eq!(t.path(d), None, "the old directory is detached");
-        assert_eq!(t.path(below), None, "and so is everything below it");
-        assert_eq!(t.ino_of(&p("d")), Some(d2));
-    }
-
-    #[test]
-    fn directories_are_never_merged_by_identity() {
-        let mut t = InodeTable::new();
-        let d = r(&mut t, "d");
-        assert_ne!(t.remember(&p("dd"), &a("d")), d);
-    }
-
-    #[test]
     fn close_to_open_keeps_cache_only_when_unchanged() {
-        use ferry_common::Timestamp;
-        let mut attr = Attr::blank(FileKind::File);
+        let mut attr = f(5);
         attr.size = 10;
         attr.mtime = Timestamp { secs: 1, nanos: 0 };
-        attr.ino = 5;
-        let mut t = InodeTable::new();
-        let f = r(&mut t, "f");
-        assert!(!t.note_open(f, &attr), "first open has nothing cached");
-        assert!(t.note_open(f, &attr));
+        let mut t = table();
+        let x = t.remember(&p("f"), &attr);
+        assert!(!t.note_open(x, &attr), "first open has nothing cached");
+        assert!(t.note_open(x, &attr));
         attr.mtime = Timestamp { secs: 2, nanos: 0 };
-        assert!(!t.note_open(f, &attr), "changed on the server");
+        assert!(!t.note_open(x, &attr), "changed on the server");
     }
 }

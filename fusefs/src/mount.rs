@@ -81,7 +81,10 @@ pub fn mount(client: RemoteClient, mountpoint: &Path, opts: &MountOptions) -> io
     }
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let session = fuser::spawn_mount(FerryFs::new(client, opts.fs.clone()), mountpoint, &config)?;
+    let fs = FerryFs::new(client, opts.fs.clone());
+    let notifier = fs.notifier_slot();
+    let session = fuser::spawn_mount(fs, mountpoint, &config)?;
+    let _ = notifier.set(session.notifier());
     raise_readahead(mountpoint);
     Ok(Mount {
         session: Some(session),

@@ -8,7 +8,9 @@
 //!
 //! The reader decodes frames and starts each request on tokio's blocking pool, as
 //! file system calls block: a slow fsync or a 1 MiB read never holds up a quick
-//! stat. Replies go, in whatever order they finish, through a channel to a single
+//! stat. Requests that change an open file run in arrival order per handle (see
+//! [`crate::sequencer`]). Metadata operations, which take microseconds, run on
+//! the reader itself (see [`runs_inline`]). Replies go, in whatever order they finish, through a channel to a single
 //! writer task, which writes everything queued at that moment with one system call.
 //!
 //! Before reading the next request the reader takes a share of the connection's
@@ -19,8 +21,9 @@
 //! Anything malformed (a frame that does not decode, an oversized or truncated
 //! frame) ends this connection only; other clients never notice.
 
-use crate::dispatch::Session;
+use crate::dispatch::{runs_inline, Session};
 use crate::export::ExportRoot;
+use crate::sequencer::{ordering_key, Sequencer};
 use ferry_common::frame::{self, FrameError, MAX_CHUNK};
 use ferry_common::proto::{
     HandshakeReply, Hello, Op, Request, Response, Welcome, MAGIC, PROTOCOL_VERSION,
@@ -75,6 +78,7 @@ pub async fn serve(
     }
 
     let session = Arc::new(Session::new(export, read_only));
+    let sequencer = Arc::new(Sequencer::new());
     let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_replies(write_half, rx));
     let requests = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -117,16 +121,41 @@ pub async fn serve(
                 Err(_) => break Ok(()),
             },
         };
+        let key = ordering_key(&request.op);
+        // A quick operation is answered right here: handing it to another thread
+        // and its reply to the writer would cost two thread wake-ups, which on a
+        // VM take longer than the system call itself. Nothing of its handle may
+        // be queued, or it would overtake what came before it. A small read is
+        // quick too, but may wait for the disk: it runs here only when no other
+        // request is waiting behind it (one read at a time, as at queue depth 1),
+        // so that reads sent together still go to the disk together.
+        let alone = reader.buffer().is_empty();
+        let inline = runs_inline(&request.op) || (alone && is_small_read(&request.op));
+        if inline && key.is_none_or(|handle| sequencer.is_idle(handle)) {
+            let frame = answer(&session, request);
+            let reply = Outgoing {
+                frame,
+                budget: (slot, share),
+            };
+            if tx.send(reply).await.is_err() {
+                break Ok(());
+            }
+            continue;
+        }
         let session = Arc::clone(&session);
         let tx = tx.clone();
-        tokio::task::spawn_blocking(move || {
+        let job = move || {
             let frame = answer(&session, request);
             // If the writer is gone the connection is closing; the reply has no reader.
             let _ = tx.blocking_send(Outgoing {
                 frame,
                 budget: (slot, share),
             });
-        });
+        };
+        match key {
+            Some(handle) => sequencer.run(handle, job),
+            None => drop(tokio::task::spawn_blocking(job)),
+        }
     };
 
     // Requests already started still get their replies: the writer ends once the
@@ -222,6 +251,11 @@ async fn next_frame(reader: &mut BufReader<OwnedReadHalf>) -> Result<Option<Vec<
             ),
         ))),
     }
+}
+
+/// A read small enough to answer on the reader when it is the only request.
+fn is_small_read(op: &Op) -> bool {
+    matches!(op, Op::Read { len, .. } if *len <= 64 * 1024)
 }
 
 /// What a request costs of the byte budget, in KiB: its own size plus the reply

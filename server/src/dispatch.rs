@@ -5,16 +5,52 @@
 //! connection's open files and whether the export is read-only. Its `handle` runs
 //! on a blocking-pool thread, as every branch makes file system calls.
 
-use crate::export::ExportRoot;
+use crate::export::{ExportRoot, LockTable};
 use crate::handles::HandleTable;
 use ferry_common::frame::{MAX_CHUNK, MAX_COPY, READDIR_PAGE};
 use ferry_common::proto::{Op, Reply};
-use ferry_common::Errno;
+use ferry_common::{Attr, Errno, RelPath};
 use std::sync::Arc;
+
+/// Whether `op` is quick enough to run on the connection's reader task rather
+/// than tokio's blocking pool: metadata calls on a local disk take microseconds,
+/// less than the thread hand-off they would otherwise cost. Data transfer, fsync
+/// and directory listing (thousands of stats) can take long and go to the pool.
+pub fn runs_inline(op: &Op) -> bool {
+    match op {
+        Op::Read { .. } | Op::Write { .. } | Op::Fsync { .. } | Op::ReadDir { .. } => false,
+        // Allocating or copying gigabytes takes a while.
+        Op::Fallocate { .. } | Op::CopyFileRange { .. } => false,
+        // A truncation may free gigabytes of blocks.
+        Op::SetAttr { changes, .. } => changes.size.is_none(),
+        Op::Open { flags, .. } => flags & libc::O_TRUNC == 0,
+        Op::Stat { .. }
+        | Op::ReadLink { .. }
+        | Op::Create { .. }
+        | Op::Close { .. }
+        | Op::Mkdir { .. }
+        | Op::Mknod { .. }
+        | Op::Symlink { .. }
+        | Op::Link { .. }
+        | Op::Unlink { .. }
+        | Op::Rmdir { .. }
+        | Op::Rename { .. }
+        | Op::StatFs
+        | Op::GetXattr { .. }
+        | Op::ListXattr { .. }
+        | Op::SetXattr { .. }
+        | Op::RemoveXattr { .. }
+        | Op::GetLock { .. }
+        | Op::SetLock { .. }
+        | Op::ReleaseLocks { .. } => true,
+    }
+}
 
 pub struct Session {
     export: Arc<ExportRoot>,
     handles: HandleTable,
+    /// POSIX locks by file and lock owner (flocks live on the handles themselves).
+    locks: LockTable,
     read_only: bool,
 }
 
@@ -23,8 +59,36 @@ impl Session {
         Session {
             export,
             handles: HandleTable::new(),
+            locks: LockTable::new(),
             read_only,
         }
+    }
+
+    /// The attributes of the directory holding `path`, after a change to it; `None`
+    /// if they cannot be read (the change itself succeeded, so that is no error).
+    fn dir_of(&self, path: &RelPath) -> Option<Attr> {
+        let (dir, _) = path.split_last()?;
+        self.export.stat(&dir).ok()
+    }
+
+    fn entry(&self, path: &RelPath, attr: Attr) -> Reply {
+        match self.dir_of(path) {
+            Some(dir) => Reply::Entry { attr, dir },
+            None => Reply::Attr(attr),
+        }
+    }
+
+    /// The directories of `paths` after a change, in order (one directory once).
+    fn dirs_changed(&self, paths: &[&RelPath]) -> Reply {
+        let mut dirs: Vec<Attr> = Vec::new();
+        for path in paths {
+            match self.dir_of(path) {
+                Some(dir) if dirs.last() == Some(&dir) => {}
+                Some(dir) => dirs.push(dir),
+                None => return Reply::Done,
+            }
+        }
+        Reply::DirsChanged(dirs)
     }
 
     /// Carries out one operation.
@@ -53,7 +117,10 @@ impl Session {
             } => {
                 let (file, attr) = export.create(&path, flags, mode, owner)?;
                 let handle = self.handles.insert(file)?;
-                Ok(Reply::Opened { handle, attr })
+                Ok(match self.dir_of(&path) {
+                    Some(dir) => Reply::Created { handle, attr, dir },
+                    None => Reply::Opened { handle, attr },
+                })
             }
             Op::Read {
                 handle,
@@ -97,25 +164,80 @@ impl Session {
                 }
                 None => export.set_attr(&path, &changes).map(Reply::Attr),
             },
-            Op::Mkdir { path, mode, owner } => export.mkdir(&path, mode, owner).map(Reply::Attr),
+            Op::Mkdir { path, mode, owner } => {
+                let attr = export.mkdir(&path, mode, owner)?;
+                Ok(self.entry(&path, attr))
+            }
             Op::Mknod {
                 path,
                 mode,
                 rdev,
                 owner,
-            } => export.mknod(&path, mode, rdev, owner).map(Reply::Attr),
+            } => {
+                let attr = export.mknod(&path, mode, rdev, owner)?;
+                Ok(self.entry(&path, attr))
+            }
             Op::Symlink {
                 path,
                 target,
                 owner,
-            } => export.symlink(&path, &target, owner).map(Reply::Attr),
-            Op::Link { existing, path } => export.link(&existing, &path).map(Reply::Attr),
-            Op::Unlink { path } => export.unlink(&path).map(|()| Reply::Done),
-            Op::Rmdir { path } => export.rmdir(&path).map(|()| Reply::Done),
+            } => {
+                let attr = export.symlink(&path, &target, owner)?;
+                Ok(self.entry(&path, attr))
+            }
+            Op::Link { existing, path } => {
+                let attr = export.link(&existing, &path)?;
+                Ok(self.entry(&path, attr))
+            }
+            Op::Unlink { path } => {
+                export.unlink(&path)?;
+                Ok(self.dirs_changed(&[&path]))
+            }
+            Op::Rmdir { path } => {
+                export.rmdir(&path)?;
+                Ok(self.dirs_changed(&[&path]))
+            }
             Op::Rename { from, to, flags } => {
-                export.rename(&from, &to, flags).map(|()| Reply::Done)
+                export.rename(&from, &to, flags)?;
+                Ok(self.dirs_changed(&[&from, &to]))
             }
             Op::StatFs => export.statfs().map(Reply::StatFs),
+            Op::GetXattr { path, name } => export.get_xattr(&path, &name).map(Reply::Xattr),
+            Op::ListXattr { path } => export.list_xattr(&path).map(Reply::Xattr),
+            Op::SetXattr {
+                path,
+                name,
+                value,
+                flags,
+            } => export
+                .set_xattr(&path, &name, &value, flags)
+                .map(|()| Reply::Done),
+            Op::RemoveXattr { path, name } => {
+                export.remove_xattr(&path, &name).map(|()| Reply::Done)
+            }
+            Op::SetLock {
+                handle,
+                owner,
+                kind,
+                lock,
+            } => {
+                let file = self.handles.get(handle)?;
+                self.locks
+                    .set(&file, owner, kind, lock)
+                    .map(|()| Reply::Done)
+            }
+            Op::GetLock {
+                handle,
+                owner,
+                lock,
+            } => {
+                let file = self.handles.get(handle)?;
+                self.locks.test(&file, owner, lock).map(Reply::LockConflict)
+            }
+            Op::ReleaseLocks { handle, owner } => {
+                let file = self.handles.get(handle)?;
+                self.locks.release(&file, owner).map(|()| Reply::Done)
+            }
             Op::Fallocate {
                 handle,
                 offset,
@@ -137,17 +259,6 @@ impl Session {
                 let copied = input.copy_to(offset_in, &output, offset_out, len.min(MAX_COPY))?;
                 // MAX_COPY is far below 4 GiB, so this never saturates.
                 Ok(Reply::Written(u32::try_from(copied).unwrap_or(u32::MAX)))
-            }
-            Op::WriteClearingSetId {
-                handle,
-                offset,
-                data,
-            } => {
-                let file = self.handles.get(handle)?;
-                file.clear_set_id()?;
-                let written = file.write_at(offset, &data)?;
-                // A frame is far below 4 GiB, so this never saturates.
-                Ok(Reply::Written(u32::try_from(written).unwrap_or(u32::MAX)))
             }
         }
     }

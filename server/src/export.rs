@@ -24,10 +24,14 @@
 //!   the node without opening it; `Open` refuses such nodes outright (ENXIO), as
 //!   opening one would reach the server's own driver or block on a FIFO.
 
+mod locks;
 mod sys;
+mod xattr;
 
 #[cfg(test)]
 mod tests;
+
+pub use locks::LockTable;
 
 use ferry_common::proto::{AttrChanges, DirEntry, Owner, SetTime};
 use ferry_common::{Attr, Errno, RelPath, StatFs};
@@ -350,6 +354,9 @@ impl ExportRoot {
             }
             sys::truncate_fd(fd, size)?;
         }
+        if changes.kill_suidgid {
+            kill_suidgid(fd)?;
+        }
         if changes.atime.is_some() || changes.mtime.is_some() {
             sys::utimensat(
                 node.dir(),
@@ -522,6 +529,10 @@ impl OpenFile {
         }
     }
 
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
     /// `fstat`: the file may have been unlinked since it was opened.
     pub fn attr(&self) -> Result<Attr, Errno> {
         Ok(attr_from_stat(&sys::fstat(self.file.as_fd())?))
@@ -573,22 +584,6 @@ impl OpenFile {
             self.file.sync_all()
         };
         result.map_err(Errno::from)
-    }
-
-    /// Clears the set-user-ID bit, and the set-group-ID bit when the group may
-    /// execute (otherwise it marks mandatory locking, which a write keeps), as
-    /// the kernel does when an unprivileged process writes to a file.
-    pub fn clear_set_id(&self) -> Result<(), Errno> {
-        let fd = self.file.as_fd();
-        let mode = sys::fstat(fd)?.st_mode;
-        let mut keep = mode & 0o7777 & !libc::S_ISUID;
-        if mode & libc::S_IXGRP != 0 {
-            keep &= !libc::S_ISGID;
-        }
-        if keep != mode & 0o7777 {
-            sys::fchmod(fd, keep)?;
-        }
-        Ok(())
     }
 
     /// `fallocate(2)` with `mode` 0 (allocate, growing the file),
@@ -683,9 +678,30 @@ impl OpenFile {
         if let Some(size) = changes.size {
             sys::ftruncate(fd, size)?;
         }
+        if changes.kill_suidgid {
+            kill_suidgid(fd)?;
+        }
         if changes.atime.is_some() || changes.mtime.is_some() {
             sys::futimens(fd, &time(changes.atime), &time(changes.mtime))?;
         }
         self.attr()
     }
+}
+
+/// Clears the setuid bit, and the setgid bit of a group-executable file, of the
+/// regular file `fd` (see [`AttrChanges::kill_suidgid`]).
+fn kill_suidgid(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    let st = sys::fstat(fd)?;
+    if !is_kind(&st, libc::S_IFREG) {
+        return Ok(());
+    }
+    let mode = st.st_mode & 0o7777;
+    let mut kept = mode & !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 {
+        kept &= !libc::S_ISGID;
+    }
+    if kept != mode {
+        sys::chmod_fd(fd, kept)?;
+    }
+    Ok(())
 }

@@ -263,7 +263,7 @@ fn pipelined_requests_are_all_answered() {
         mode: 0o644,
         owner: None,
     }) {
-        Ok(Reply::Opened { handle, .. }) => handle,
+        Ok(Reply::Created { handle, .. }) => handle,
         other => panic!("{other:?}"),
     };
 
@@ -430,7 +430,7 @@ fn a_full_chunk_travels_both_ways() {
         mode: 0o600,
         owner: None,
     }) {
-        Ok(Reply::Opened { handle, .. }) => handle,
+        Ok(Reply::Created { handle, .. }) => handle,
         other => panic!("{other:?}"),
     };
     let data: Vec<u8> = (0..MAX_CHUNK as u64).map(|i| pattern(i * 7)).collect();
@@ -535,11 +535,6 @@ fn a_read_only_export_refuses_every_change() {
             },
         },
         Op::Write {
-            handle: 1,
-            offset: 0,
-            data: b"x".to_vec(),
-        },
-        Op::WriteClearingSetId {
             handle: 1,
             offset: 0,
             data: b"x".to_vec(),
@@ -675,7 +670,7 @@ fn requests_cannot_leave_the_export() {
         target: b"../outside/secret".to_vec(),
         owner: None,
     };
-    assert!(matches!(client.call(evil), Ok(Reply::Attr(_))));
+    assert!(matches!(client.call(evil), Ok(Reply::Entry { .. })));
     assert_eq!(
         client.call(Op::ReadLink { path: p("evil") }),
         Ok(Reply::Target(b"../outside/secret".to_vec()))
@@ -860,4 +855,59 @@ fn copies_between_handles_stay_on_the_server_and_are_capped() {
         }),
         Ok(Reply::Written(MAX_COPY as u32))
     );
+}
+
+#[test]
+fn changes_to_a_directory_come_with_its_new_attributes() {
+    let (tmp, server) = setup(false);
+    let (mut client, _) = Client::welcomed(server.addr());
+    let dir_attr = |path: &str| {
+        let md = fs::metadata(tmp.path().join("export").join(path)).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        (
+            md.ino(),
+            md.nlink() as u32,
+            md.mtime(),
+            md.mtime_nsec() as u32,
+        )
+    };
+    let seen = |a: &ferry_common::Attr| (a.ino, a.nlink, a.mtime.secs, a.mtime.nanos);
+    match client.call(Op::Mkdir {
+        path: p("d"),
+        mode: 0o755,
+        owner: None,
+    }) {
+        Ok(Reply::Entry { attr, dir }) => {
+            assert_eq!(attr.kind, FileKind::Directory);
+            assert_eq!(seen(&dir), dir_attr("."));
+        }
+        other => panic!("{other:?}"),
+    }
+    match client.call(Op::Create {
+        path: p("d/f"),
+        flags: libc::O_WRONLY,
+        mode: 0o644,
+        owner: None,
+    }) {
+        Ok(Reply::Created { dir, .. }) => assert_eq!(seen(&dir), dir_attr("d")),
+        other => panic!("{other:?}"),
+    }
+    match client.call(Op::Rename {
+        from: p("d/f"),
+        to: p("g"),
+        flags: 0,
+    }) {
+        Ok(Reply::DirsChanged(dirs)) => {
+            let dirs: Vec<_> = dirs.iter().map(seen).collect();
+            assert_eq!(dirs, vec![dir_attr("d"), dir_attr(".")]);
+        }
+        other => panic!("{other:?}"),
+    }
+    match client.call(Op::Unlink { path: p("g") }) {
+        Ok(Reply::DirsChanged(dirs)) => {
+            let dirs: Vec<_> = dirs.iter().map(seen).collect();
+            assert_eq!(dirs, vec![dir_attr(".")]);
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""ferry benchmark: the same workloads on a local directory, ferry and sshfs, in one run.
+
+Run it through bench/run (which installs the tools and builds ferry); see bench/README.md.
+Python 3 standard library only.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from report import machine_info, markdown, print_table, write_svg
+from systems import Ferry, Local, MountTable, Processes, SetupError, Sshd, Sshfs, free_port, is_mounted
+from workloads import WORKLOADS, Context, Measurement
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def parse_args():
+    p = argparse.ArgumentParser(
+        prog="bench/run",
+        description="Runs each workload on a local directory, ferry and sshfs (all on the same disk, "
+                    "over loopback) and prints one table with ferry's ratios and the issue's targets.")
+    p.add_argument("--quick", action="store_true",
+                   help="development run: 64 MiB files, /usr/include/linux as the tree, 2,000 files, 3 s fio")
+    p.add_argument("--size-mib", type=int, help="size of the sequential/fio file in MiB (default 1024)")
+    p.add_argument("--tree", help="directory tarred once and used as the tree (default /usr/include)")
+    p.add_argument("--files", type=int, help="files created in one directory (default 10000)")
+    p.add_argument("--fio-seconds", type=int, help="runtime of each fio job (default 10)")
+    p.add_argument("--timeout", type=int, default=300, help="seconds before a workload counts as hung (default 300)")
+    p.add_argument("--only", help="comma-separated workload keys: " + ",".join(w.key for w in WORKLOADS))
+    p.add_argument("--systems", default="local,ferry,sshfs", help="subset of local,ferry,sshfs")
+    p.add_argument("--workdir", default="/var/tmp",
+                   help="where the temp dir goes; all three systems keep their data there (default /var/tmp)")
+    p.add_argument("--ssh-port", type=int, default=2222, help="loopback port for the private sshd (default 2222, "
+                   "or a free one)")
+    p.add_argument("--note", default="", help="a line for the caption, e.g. 'machine shared with other jobs'")
+    p.add_argument("--out", help="write results.md / results.svg here (default: bench/ for a full run of "
+                   "everything, bench/out/ otherwise)")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, trees) for inspection")
+    p.add_argument("--render", metavar="JSON",
+                   help="only redraw results.md and results.svg from a raw result file of bench/out/")
+    p.add_argument("--ferry", default=os.path.join(HERE, "..", "target", "release", "ferry"),
+                   help="ferry binary (bench/run passes the one it built)")
+    a = p.parse_args()
+    # Only a full run of everything with the default sizes replaces the published results.
+    full = not (a.quick or a.only or a.size_mib or a.files or a.fio_seconds or a.tree) \
+        and a.systems == "local,ferry,sshfs"
+    a.big_mib = a.size_mib or (64 if a.quick else 1024)
+    a.tree = a.tree or ("/usr/include/linux" if a.quick else "/usr/include")
+    a.files = a.files or (2000 if a.quick else 10000)
+    a.fio_seconds = a.fio_seconds or (3 if a.quick else 10)
+    a.par_mib = max(1, a.big_mib // 4)
+    a.systems = [s.strip() for s in a.systems.split(",") if s.strip()]
+    unknown = set(a.systems) - {"local", "ferry", "sshfs"}
+    if unknown or "local" not in a.systems:
+        p.error("--systems: choose from local,ferry,sshfs; local is needed (it is the reference)")
+    keys = {w.key for w in WORKLOADS}
+    a.only = [k.strip() for k in a.only.split(",")] if a.only else None
+    if a.only and set(a.only) - keys:
+        p.error(f"--only: unknown workloads {sorted(set(a.only) - keys)}; known: {sorted(keys)}")
+    a.out = a.out or (HERE if full else os.path.join(HERE, "out"))
+    return a
+
+
+def human_size(mib):
+    return f"{mib // 1024} GiB" if mib % 1024 == 0 else f"{mib} MiB"
+
+
+class Terminated(Exception):
+    pass
+
+
+def on_sigterm(signum, frame):
+    raise Terminated(f"signal {signum}")
+
+
+def prepare(cfg):
+    """Tar the tree once, and make a git checkout of it as a tarball (both untimed)."""
+    cfg.tarball = os.path.join(cfg.tmp, "tree.tar")
+    parent, name = os.path.split(os.path.abspath(cfg.tree))
+    cfg.tree_name = name
+    subprocess.run(["tar", "cf", cfg.tarball, "-C", parent, name], check=True)
+    listing = subprocess.run(["tar", "tf", cfg.tarball], check=True, capture_output=True, text=True).stdout
+    cfg.tree_entries = len(listing.splitlines())
+    repo = os.path.join(cfg.tmp, "repo")
+    os.mkdir(repo)
+    subprocess.run(["tar", "xf", cfg.tarball, "-C", repo], check=True)
+    git = ["git", "-C", repo, "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    env = dict(os.environ, GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL="/dev/null")
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "tree"]):
+        subprocess.run(git + args, check=True, env=env, capture_output=True)
+    cfg.repo_tarball = os.path.join(cfg.tmp, "repo.tar")
+    subprocess.run(["tar", "cf", cfg.repo_tarball, "-C", cfg.tmp, "repo"], check=True)
+    shutil.rmtree(repo)
+
+
+def render(cfg):
+    with open(cfg.render, encoding="utf-8") as f:
+        report = json.load(f)
+    os.makedirs(cfg.out, exist_ok=True)
+    print_table(report, WORKLOADS)
+    with open(os.path.join(cfg.out, "results.md"), "w", encoding="utf-8") as f:
+        f.write(markdown(report, WORKLOADS))
+    write_svg(report, WORKLOADS, os.path.join(cfg.out, "results.svg"))
+    print(f"bench: wrote {os.path.join(cfg.out, 'results.md')} and {os.path.join(cfg.out, 'results.svg')}")
+    return 0
+
+
+def main():
+    cfg = parse_args()
+    if cfg.render:
+        return render(cfg)
+    if os.geteuid() != 0:
+        sys.exit("bench: needs root (mounts, drop_caches, sshd, untar with owners)")
+    if not os.path.exists(cfg.ferry):
+        sys.exit(f"bench: no ferry binary at {cfg.ferry}; build it with `cargo build --release` or use bench/run")
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGHUP, on_sigterm)
+    cfg.shared = {}  # what one system's run leaves for the others (the local tree's md5)
+    cfg.tmp = os.path.realpath(tempfile.mkdtemp(prefix="ferry-bench-", dir=cfg.workdir))
+    logs = os.path.join(cfg.tmp, "logs")
+    os.mkdir(logs)
+    procs, table = Processes(logs), MountTable()
+    systems, sshd = [], None
+    results = {}
+    started = datetime.datetime.now(datetime.timezone.utc)
+    info = machine_info(cfg)
+    status = 0
+    try:
+        print(f"bench: temp dir {cfg.tmp}; preparing the tree ({cfg.tree}) and a git checkout of it", flush=True)
+        prepare(cfg)
+        systems.append(Local(cfg.tmp))
+        if "ferry" in cfg.systems:
+            systems.append(Ferry(cfg.tmp, procs, table, os.path.abspath(cfg.ferry), free_port()))
+        if "sshfs" in cfg.systems:
+            sshd = Sshd(cfg.tmp, procs, free_port(cfg.ssh_port))
+            systems.append(Sshfs(cfg.tmp, procs, table, sshd))
+        info["systems"] = {s.name: s.describe() for s in systems}
+        for s in systems:
+            print(f"  {s.name}: {s.describe()}", flush=True)
+        labels = {"big": human_size(cfg.big_mib), "files": f"{cfg.files:,}", "par": human_size(cfg.par_mib),
+                  "tree": f"{cfg.tree} ({cfg.tree_entries:,} entries)"}
+        info["workloads"] = {}
+        for w in WORKLOADS:
+            if cfg.only and w.key not in cfg.only:
+                continue
+            info["workloads"][w.key] = w.title.format(**labels)
+            results[w.key] = {}
+            for s in systems:
+                print(f"{w.title.format(**labels)} — {s.name} ... ", end="", flush=True)
+                results[w.key][s.name] = m = measure(w, s, cfg, results)
+                print(("ok " if m.ok else "FAILED ") + describe(m), flush=True)
+    except (KeyboardInterrupt, Terminated) as e:
+        print(f"\nbench: interrupted ({str(e) or 'Ctrl-C'}); cleaning up", file=sys.stderr)
+        status = 130
+    except SetupError as e:
+        print(f"\nbench: {e}", file=sys.stderr)
+        status = 1
+    finally:
+        left = cleanup(systems, sshd, procs, table, cfg)
+        if left:
+            status = status or 1
+    info["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    info["load_end"] = os.getloadavg()
+    if results:
+        report = {"machine": info, "config": {k: getattr(cfg, k) for k in
+                                              ("big_mib", "par_mib", "tree", "tree_entries", "files",
+                                               "fio_seconds", "timeout", "systems")
+                                              if hasattr(cfg, k)},
+                  "results": {k: {s: m.as_json() for s, m in v.items()} for k, v in results.items()}}
+        os.makedirs(os.path.join(HERE, "out"), exist_ok=True)
+        stamp = started.strftime("%Y%m%dT%H%M%SZ")
+        raw = os.path.join(HERE, "out", f"results-{stamp}.json")
+        with open(raw, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
+        print()
+        print_table(report, WORKLOADS)
+        if status:
+            cfg.out = os.path.join(HERE, "out")  # an unfinished run never replaces the published results
+        os.makedirs(cfg.out, exist_ok=True)
+        with open(os.path.join(cfg.out, "results.md"), "w", encoding="utf-8") as f:
+            f.write(markdown(report, WORKLOADS))
+        write_svg(report, WORKLOADS, os.path.join(cfg.out, "results.svg"))
+        print(f"\nbench: wrote {os.path.join(cfg.out, 'results.md')}, {os.path.join(cfg.out, 'results.svg')} "
+              f"and {raw}")
+    return status
+
+
+def measure(w, s, cfg, results):
+    ctx = Context(s, cfg, cfg.shared, cfg.timeout)
+    try:
+        m = w.fn(ctx)
+    except (SetupError, OSError, subprocess.SubprocessError, ValueError) as e:
+        # A mount that fails, a server that died, a file that is missing: this workload failed
+        # on this system; the run goes on.
+        m = Measurement(None, "", None, [str(e) if isinstance(e, SetupError) else f"{type(e).__name__}: {e}"])
+        try:
+            s.end()
+        except SetupError as e2:
+            m.errors.append(str(e2))
+    m.cpu = ctx.cpu
+    if ctx.timed_out:
+        m.value = None  # an unfinished run has no rate
+    return m
+
+
+def describe(m):
+    text = "-" if m.value is None else f"{m.value:,.3g} {m.unit}"
+    if m.seconds is not None:
+        text += f" ({m.seconds:.2f} s)"
+    if m.cpu:
+        text += " cpu " + ", ".join(f"{k} {v:.2f} s" for k, v in m.cpu.items())
+    if m.errors:
+        text += " — " + "; ".join(m.errors)
+    return text
+
+
+def cleanup(systems, sshd, procs, table, cfg):
+    """Unmount and stop everything this run started; returns what could not be cleaned."""
+    # A second Ctrl-C must not cut the cleanup short (every step in it has a timeout).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for s in systems:
+        try:
+            s.end()
+        except SetupError as e:
+            print(f"bench: {e}", file=sys.stderr)
+    left = table.unmount_all()
+    if sshd:
+        sshd.stop(procs)
+    procs.stop_all()
+    for p in left:
+        print(f"bench: could not unmount {p}; run: umount -l {p}", file=sys.stderr)
+    logs = os.path.join(cfg.tmp, "logs")
+    if os.path.isdir(logs):
+        keep = os.path.join(HERE, "out", "logs-" + os.path.basename(cfg.tmp))
+        shutil.copytree(logs, keep, dirs_exist_ok=True)
+    mounted_inside = [s.root for s in systems if is_mounted(s.root)]
+    if cfg.keep or mounted_inside:
+        print(f"bench: kept {cfg.tmp}", file=sys.stderr)
+    else:
+        shutil.rmtree(cfg.tmp, ignore_errors=True)
+    return left + mounted_inside
+
+
+if __name__ == "__main__":
+    sys.exit(main())

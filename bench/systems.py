@@ -1,0 +1,409 @@
+"""The three systems under test, and the processes behind them.
+
+Every process the benchmark starts goes through `Processes.start`, so cleanup can
+stop exactly those (by pid, never by name). Every mount it makes is recorded, so
+cleanup can unmount it, and a hung one can be aborted through fusectl.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+
+class SetupError(Exception):
+    """A system could not be set up; the message says what failed."""
+
+
+def mounts():
+    """Mount points from /proc/self/mountinfo, mapped to (fstype, "major:minor").
+
+    Reading mountinfo never touches the mounted filesystem, so this cannot hang on
+    a dead FUSE server (unlike stat or `mountpoint`).
+    """
+    found = {}
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+            found[point] = (right.split()[0], fields[2])
+    return found
+
+
+def is_mounted(path):
+    # abspath, not realpath: realpath would stat the mount point and hang on a dead server.
+    # The benchmark's paths are real already (its temp dir is resolved before anything is mounted).
+    return os.path.abspath(path) in mounts()
+
+
+def free_port(preferred=None):
+    """`preferred` if nothing listens there on 127.0.0.1, else a port the kernel picks."""
+    if preferred:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", preferred))
+                return preferred
+            except OSError:
+                pass
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SetupError(f"{what} exited with status {proc.returncode} before listening on 127.0.0.1:{port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SetupError(f"{what} did not listen on 127.0.0.1:{port} within {timeout} s")
+
+
+def cpu_seconds(pid):
+    """user+system CPU seconds of one live process (all its threads), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    # After the command name: state is field 3, utime field 14, stime field 15 (1-based).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid):
+    """pid and all its live descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children", encoding="ascii") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def session_cpu_seconds(sid):
+    """CPU seconds of the live processes in session `sid` (sshfs forks its ssh away from itself)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # field 6 (1-based) is the session id
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def tree_cpu_seconds(pid, skip_root=False):
+    pids = descendants(pid)
+    if skip_root:
+        pids = pids[1:]
+    return sum(cpu_seconds(p) or 0.0 for p in pids)
+
+
+class Processes:
+    """The processes this run started, stopped in reverse order at the end."""
+
+    def __init__(self, log_dir):
+        self.log_dir = log_dir
+        self.started = []
+
+    def start(self, name, argv, **kw):
+        log = open(os.path.join(self.log_dir, f"{name}.log"), "ab")
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, **kw)
+        log.close()
+        proc.bench_name = name
+        self.started.append(proc)
+        return proc
+
+    def log_tail(self, name, lines=5):
+        try:
+            with open(os.path.join(self.log_dir, f"{name}.log"), encoding="utf-8", errors="replace") as f:
+                return " | ".join(f.read().strip().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, proc, timeout=10):
+        """SIGTERM, then SIGKILL, one process we started (and its process group)."""
+        if proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def stop_all(self):
+        for proc in reversed(self.started):
+            self.stop(proc)
+
+
+class MountTable:
+    """The mounts this run made; unmounts them, aborting a hung FUSE connection if need be."""
+
+    def __init__(self):
+        self.made = {}  # mountpoint -> "major:minor"
+        self.fusectl_mounted_by_us = False
+
+    def record(self, point):
+        info = mounts().get(os.path.abspath(point))
+        if info:
+            self.made[os.path.abspath(point)] = info[1]
+
+    def abort(self, point):
+        """Abort the FUSE connection of one of our mounts (frees processes stuck on it)."""
+        dev = self.made.get(os.path.abspath(point))
+        if not dev:
+            return
+        conns = "/sys/fs/fuse/connections"
+        if os.path.isdir(conns) and not os.listdir(conns):
+            if subprocess.run(["mount", "-t", "fusectl", "none", conns], capture_output=True).returncode == 0:
+                self.fusectl_mounted_by_us = True
+        minor = dev.split(":")[1]
+        try:
+            with open(f"{conns}/{minor}/abort", "w") as f:
+                f.write("1")
+        except OSError:
+            pass
+
+    def unmount(self, point, timeout=30):
+        """True when `point` is no longer mounted."""
+        point = os.path.abspath(point)
+        if not is_mounted(point):
+            self.made.pop(point, None)
+            return True
+        for argv in (["fusermount3", "-u", point], ["umount", point], ["umount", "-l", point]):
+            try:
+                subprocess.run(argv, capture_output=True, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.abort(point)
+            if not is_mounted(point):
+                break
+        if is_mounted(point):
+            self.abort(point)
+            subprocess.run(["umount", "-l", point], capture_output=True)
+        gone = not is_mounted(point)
+        if gone:
+            self.made.pop(point, None)
+        return gone
+
+    def unmount_all(self):
+        left = [p for p in list(self.made) if not self.unmount(p)]
+        if self.fusectl_mounted_by_us:
+            subprocess.run(["umount", "/sys/fs/fuse/connections"], capture_output=True)
+        return left
+
+
+class Local:
+    """A plain directory on the same disk: the ceiling."""
+
+    name = "local"
+
+    def __init__(self, base):
+        self.export = os.path.join(base, "local")
+        os.mkdir(self.export)
+        self.root = self.export
+
+    def remount(self):
+        pass
+
+    def end(self):
+        pass
+
+    def cpu(self):
+        return {}
+
+    def describe(self):
+        return f"local directory {self.export}"
+
+
+class FuseSystem:
+    """Shared mount handling of ferry and sshfs: a fresh mount per measurement."""
+
+    def __init__(self, base, procs, table):
+        self.export = os.path.join(base, f"{self.name}-export")
+        self.root = os.path.join(base, f"{self.name}-mnt")
+        os.mkdir(self.export)
+        os.mkdir(self.root)
+        self.procs, self.table = procs, table
+        self.client = None
+
+    def mount_argv(self):
+        raise NotImplementedError
+
+    def remount(self):
+        """Unmount if mounted and mount again: empty client caches, a new session."""
+        self.end()
+        self.client = self.procs.start(f"{self.name}-mount", self.mount_argv())
+        deadline = time.monotonic() + 30
+        while not is_mounted(self.root):
+            if self.client.poll() is not None:
+                raise SetupError(f"{self.name} mount exited with status {self.client.returncode}: "
+                                 f"{self.procs.log_tail(self.name + '-mount')}")
+            if time.monotonic() > deadline:
+                raise SetupError(f"{self.name} did not mount {self.root} within 30 s")
+            time.sleep(0.02)
+        self.table.record(self.root)
+
+    def end(self):
+        if self.client is None:
+            return
+        if not self.table.unmount(self.root):
+            raise SetupError(f"cannot unmount {self.root}; run: umount -l {self.root}")
+        try:
+            self.client.wait(15)
+        except subprocess.TimeoutExpired:
+            self.procs.stop(self.client)
+        self.client = None
+
+    def abort(self):
+        self.table.abort(self.root)
+
+
+class Ferry(FuseSystem):
+    name = "ferry"
+
+    def __init__(self, base, procs, table, binary, port):
+        super().__init__(base, procs, table)
+        self.binary, self.port = binary, port
+        self.start_server()
+
+    def remount(self):
+        if self.server.poll() is not None:
+            # Restart it, so the next workload can run; this one fails with the reason.
+            status, log = self.server.returncode, self.procs.log_tail("ferry-serve")
+            self.end()
+            self.start_server()
+            raise SetupError(f"ferry serve had exited with status {status}: {log}")
+        super().remount()
+
+    def start_server(self):
+        self.server = self.procs.start("ferry-serve", [self.binary, "serve", self.export, "--listen",
+                                                        f"127.0.0.1:{self.port}"])
+        wait_port(self.port, self.server, "ferry serve")
+
+    def mount_argv(self):
+        # Foreground (no --daemon): the benchmark knows the client's pid for CPU accounting.
+        return [self.binary, "mount", f"127.0.0.1:{self.port}", self.root]
+
+    def cpu(self):
+        return {"server": cpu_seconds(self.server.pid),
+                "client": cpu_seconds(self.client.pid) if self.client else None}
+
+    def describe(self):
+        return f"ferry serve (127.0.0.1:{self.port}) + ferry mount, default options"
+
+
+class Sshd:
+    """A private sshd on loopback with keys generated for this run."""
+
+    def __init__(self, base, procs, port):
+        self.dir = os.path.join(base, "ssh")
+        os.mkdir(self.dir, 0o700)
+        self.port = port
+        self.created_privsep = False
+        self.host_key = os.path.join(self.dir, "host_ed25519")
+        self.client_key = os.path.join(self.dir, "client_ed25519")
+        for key in (self.host_key, self.client_key):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ferry-bench", "-f", key],
+                           check=True, capture_output=True)
+        with open(self.client_key + ".pub", encoding="ascii") as f:
+            pub = f.read()
+        authorized = os.path.join(self.dir, "authorized_keys")
+        with open(authorized, "w", encoding="ascii") as f:
+            f.write(pub)
+        sftp = "/usr/lib/openssh/sftp-server"
+        if not os.path.exists(sftp):
+            sftp = "internal-sftp"
+        config = os.path.join(self.dir, "sshd_config")
+        with open(config, "w", encoding="ascii") as f:
+            f.write(f"""Port {port}
+ListenAddress 127.0.0.1
+HostKey {self.host_key}
+PidFile {os.path.join(self.dir, 'sshd.pid')}
+AuthorizedKeysFile {authorized}
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+Subsystem sftp {sftp}
+LogLevel ERROR
+""")
+        # sshd refuses to start without its privilege-separation directory.
+        if not os.path.isdir("/run/sshd"):
+            os.makedirs("/run/sshd", 0o755)
+            self.created_privsep = True
+        try:
+            check = subprocess.run(["/usr/sbin/sshd", "-t", "-f", config], capture_output=True, text=True)
+            if check.returncode != 0:
+                raise SetupError(f"sshd rejects its config {config}: {check.stderr.strip()}")
+            self.proc = procs.start("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", config])
+            wait_port(port, self.proc, "sshd")
+        except BaseException:
+            self.remove_privsep()
+            raise
+
+    def stop(self, procs):
+        """Stop the listener once its sessions have ended, so none is left to init as a zombie."""
+        deadline = time.monotonic() + 10
+        while len(descendants(self.proc.pid)) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        procs.stop(self.proc)
+        self.remove_privsep()
+
+    def remove_privsep(self):
+        if self.created_privsep:
+            try:
+                os.rmdir("/run/sshd")
+            except OSError:
+                pass
+            self.created_privsep = False
+
+
+SSHFS_OPTIONS = "StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,BatchMode=yes"
+
+
+class Sshfs(FuseSystem):
+    name = "sshfs"
+
+    def __init__(self, base, procs, table, sshd):
+        super().__init__(base, procs, table)
+        self.sshd = sshd
+
+    def options(self):
+        return f"IdentityFile={self.sshd.client_key},port={self.sshd.port},{SSHFS_OPTIONS}"
+
+    def mount_argv(self):
+        # -f: stay in the foreground, so the pid is ours; -F /dev/null: no user ssh config.
+        return ["sshfs", f"root@127.0.0.1:{self.export}", self.root, "-f", "-F", "/dev/null",
+                "-o", self.options()]
+
+    def cpu(self):
+        # client: sshfs and its ssh; server: the sshd session processes and sftp-server.
+        return {"client": session_cpu_seconds(self.client.pid) if self.client else None,
+                "server": tree_cpu_seconds(self.sshd.proc.pid, skip_root=True)}
+
+    def describe(self):
+        return (f"sshfs root@127.0.0.1:{self.export} -F /dev/null -o {self.options()} "
+                "(otherwise sshfs defaults; sshd with sftp-server on 127.0.0.1)")

@@ -1,0 +1,134 @@
+"""Unit tests of the benchmark's judgement: ratios, failures, verdicts, output.
+
+Run: python3 -m unittest discover -s bench   (no root, no mounts needed)
+"""
+
+import os
+import re
+import tempfile
+import unittest
+import xml.etree.ElementTree as ET
+
+import report
+from workloads import WORKLOADS, Run, dd_bytes, ls_entries
+
+BY_KEY = {w.key: w for w in WORKLOADS}
+
+
+def m(value, unit, ok=True, errors=None):
+    return {"value": value, "unit": unit, "seconds": 1.0, "ok": ok,
+            "errors": errors if errors is not None else ([] if ok else ["exit status 2"]), "detail": {},
+            "cpu": None}
+
+
+def sample_report(results):
+    return {
+        "machine": {"date": "2026-11-26T15:00:00+00:00", "nproc": 2, "cpu": "Test CPU", "kernel": "6.1",
+                    "memory_gib": 8.0, "load_start": [1.0, 1.0, 1.0], "load_end": [2.0, 2.0, 2.0],
+                    "ferry_commit": "abc1234", "sshfs": "SSHFS version 3.7.3", "fio": "fio-3.33", "note": "",
+                    "quick": False, "systems": {"sshfs": "sshfs a|b"},
+                    "workloads": {k: BY_KEY[k].title for k in results}},
+        "config": {"big_mib": 1024, "par_mib": 256, "tree": "/usr/include", "tree_entries": 10, "files": 10000,
+                   "fio_seconds": 10, "timeout": 300, "systems": ["local", "ferry", "sshfs"]},
+        "results": results,
+    }
+
+
+class Ratios(unittest.TestCase):
+    def test_throughput_ratio_above_one_when_ferry_moves_more(self):
+        w = BY_KEY["seq_read"]
+        self.assertAlmostEqual(report.ratio(w, m(600, "MB/s"), m(200, "MB/s")), 3.0)
+
+    def test_time_ratio_above_one_when_ferry_takes_less(self):
+        w = BY_KEY["tar_md5"]
+        self.assertAlmostEqual(report.ratio(w, m(2.0, "s"), m(6.0, "s")), 3.0)
+        self.assertAlmostEqual(report.ratio(w, m(6.0, "s"), m(2.0, "s")), 1 / 3)
+
+    def test_no_ratio_without_a_figure(self):
+        self.assertIsNone(report.ratio(BY_KEY["seq_read"], m(None, "MB/s", ok=False), m(200, "MB/s")))
+        self.assertIsNone(report.ratio(BY_KEY["seq_read"], m(200, "MB/s"), None))
+
+
+class Verdicts(unittest.TestCase):
+    def test_met_and_not_met(self):
+        w = BY_KEY["seq_read"]  # target 5 × sshfs
+        self.assertEqual(report.verdict(w, {"ferry": m(1000, "MB/s"), "sshfs": m(200, "MB/s")}), "met")
+        self.assertEqual(report.verdict(w, {"ferry": m(999, "MB/s"), "sshfs": m(200, "MB/s")}), "NOT MET")
+
+    def test_a_failed_ferry_never_counts_as_fast(self):
+        w = BY_KEY["untar"]
+        res = {"ferry": m(100000, "entries/s", ok=False), "sshfs": m(10, "entries/s")}
+        self.assertEqual(report.verdict(w, res), "NOT MET (ferry failed)")
+        self.assertEqual(report.fmt_ratio(report.ratio(w, res["ferry"], res["sshfs"]), res["ferry"]), "ferry failed")
+        self.assertTrue(report.fmt_value(res["ferry"]).startswith("FAILED"))
+
+    def test_write_needs_both_targets(self):
+        w = BY_KEY["seq_write"]  # ≥ 2 × sshfs and ≥ 0.8 × local
+        res = {"local": m(400, "MB/s"), "ferry": m(300, "MB/s"), "sshfs": m(100, "MB/s")}
+        self.assertEqual(report.verdict(w, res), "NOT MET")
+        res["ferry"] = m(320, "MB/s")
+        self.assertEqual(report.verdict(w, res), "met")
+
+    def test_no_sshfs_figure_is_not_a_pass(self):
+        w = BY_KEY["create"]
+        res = {"ferry": m(5000, "files/s"), "sshfs": m(None, "files/s", ok=False)}
+        self.assertTrue(report.verdict(w, res).startswith("n/a"))
+
+    def test_extra_workloads_have_no_target(self):
+        self.assertEqual(report.verdict(BY_KEY["git_again"], {"ferry": m(1, "s"), "sshfs": m(2, "s")}), "—")
+
+
+class Output(unittest.TestCase):
+    def setUp(self):
+        self.rep = sample_report({
+            "seq_read": {"local": m(2000, "MB/s"), "ferry": m(1000, "MB/s"), "sshfs": m(200, "MB/s")},
+            "untar": {"local": m(17000, "entries/s"), "ferry": m(2000, "entries/s", ok=False,
+                                                                  errors=["error output: tar: x|y"]),
+                      "sshfs": m(400, "entries/s")},
+        })
+
+    def test_markdown_marks_failures_and_escapes_pipes(self):
+        md = report.markdown(self.rep, WORKLOADS)
+        row = next(l for l in md.splitlines() if l.startswith("| untar"))
+        self.assertIn("FAILED (2,000 entries/s)", row)
+        self.assertIn("NOT MET (ferry failed)", row)
+        self.assertIn("tar: x\\|y", row)
+        self.assertEqual(len(re.findall(r"(?<!\\)\|", row)), len(report.HEADER) + 1)
+        self.assertIn("| sequential read 1 GiB", md.replace("{big}", "1 GiB"))
+
+    def test_svg_is_well_formed_and_shows_the_failure(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "r.svg")
+            report.write_svg(self.rep, WORKLOADS, path)
+            root = ET.parse(path).getroot()
+        texts = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
+        self.assertIn("ferry FAILED", texts)
+        self.assertIn("5.00×", texts)
+        self.assertTrue(any("Test CPU" in t and "2 cores" in t and "kernel 6.1" in t for t in texts))
+
+
+class Checks(unittest.TestCase):
+    def test_problems(self):
+        self.assertEqual(Run(0, "", "", 1.0, False).problems(), [])
+        self.assertEqual(Run(2, "", "", 1.0, False).problems(), ["exit status 2"])
+        self.assertEqual(Run(0, "", "", 300.0, True).problems(), ["timed out after 300 s"])
+        err = "1024+0 records in\n1024+0 records out\n1073741824 bytes (1.1 GB, 1.0 GiB) copied, 5 s, 215 MB/s\n"
+        self.assertEqual(Run(0, "", err, 1.0, False).problems(ignore=re.compile(
+            r"records (in|out)$|bytes .* copied|^\d+ bytes")), [])
+        self.assertEqual(dd_bytes(err), 1073741824)
+        warn = Run(0, "", "tar: a: Cannot utime: No such file or directory\n", 1.0, False).problems()
+        self.assertEqual(len(warn), 1)
+        self.assertIn("Cannot utime", warn[0])
+
+    def test_ls_entries_skips_headers_and_counts_unreadable_as_missing(self):
+        text = (b"/t:\ntotal 8\ndrwxr-xr-x 2 root root 4096 Jan 1 00:00 d\n"
+                b"lrwxrwxrwx 1 root root 3 Jan 1 00:00 l -> x\nl????????? ? ? ? ? ? bad\n\n"
+                b"/t/d:\ntotal 0\n-rw-r--r-- 1 root root 0 Jan 1 00:00 f\n")
+        with tempfile.NamedTemporaryFile() as f:
+            f.write(text)
+            f.flush()
+            self.assertEqual(ls_entries(f.name), 3)
+
+
+if __name__ == "__main__":
+    unittest.main()

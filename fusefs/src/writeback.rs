@@ -1,0 +1,479 @@
+//! `WriteBehind`: writes and attribute changes the kernel has been told succeeded
+//! while they are still on their way to the server.
+//!
+//! Waiting for the server's answer to every write costs a network round trip per
+//! 1 MiB, and per file in an untar (a write, then `futimens`, `fchown`, `fchmod`).
+//! So a write through a file opened for writing is answered as soon as it is
+//! sent, and so is an attribute change that cannot fail once the kernel has checked
+//! permissions (see `FerryFs::defer_setattr`). What makes that safe:
+//!
+//! - **Order.** The server applies the changes sent through one handle in the
+//!   order they were sent (its per-handle sequencer). Across handles of one inode
+//!   there is no such order, so a change waits here until no change through
+//!   *another* handle that it could conflict with is still in flight.
+//! - **Visibility.** Anything that reads the file or its attributes from the
+//!   server (read, getattr, truncate, fsync) first waits until the inode has
+//!   nothing in flight, so it never sees the file older than the kernel does.
+//! - **No lost errors.** The first error of anything in flight is kept per inode
+//!   and handed to the application by the next `flush` (close) or `fsync` of a
+//!   handle that writes to it. fsync also waits, then asks the server to sync.
+//! - **Bounded memory.** At most [`MAX_IN_FLIGHT_BYTES`] of data are in flight
+//!   for the whole mount; a writer beyond that waits, which slows the
+//!   application down to the server's pace instead of queueing without end.
+//!
+//! Waits block the FUSE worker thread that asks; answers arrive on the
+//! connection's reader thread, so a wait always ends (every request has a
+//! deadline).
+
+use ferry_common::{Attr, Errno, Timestamp};
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+/// File data in flight over the whole mount. Below the server's per-connection
+/// budget (32 MiB), so the server never stops reading because of write-behind.
+pub const MAX_IN_FLIGHT_BYTES: usize = 16 << 20;
+
+/// One change in flight; given back to [`WriteBehind::finish`].
+#[derive(Debug)]
+#[must_use = "every change begun must be finished"]
+pub struct Ticket {
+    ino: u64,
+    id: u64,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    id: u64,
+    /// The kernel handle it was sent through.
+    fh: u64,
+    start: u64,
+    /// Exclusive; `u64::MAX` for an attribute change, which conflicts with everything.
+    end: u64,
+    bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct FileState {
+    in_flight: Vec<InFlight>,
+    /// The first failure the application has not been told of yet.
+    error: Option<Errno>,
+    /// The attributes the server will report once everything in flight has
+    /// landed: its last answer with this mount's later changes applied.
+    attr: Option<Attr>,
+    /// When the server last told us the attributes.
+    told_at: Option<Instant>,
+    /// Data was written since: the projected times are this machine's guesses.
+    guessed: bool,
+    /// Kernel handles open for writing on this inode.
+    writers: Vec<u64>,
+}
+
+impl FileState {
+    fn conflicts(&self, fh: u64, start: u64, end: u64) -> bool {
+        self.in_flight
+            .iter()
+            .any(|f| f.fh != fh && f.start < end && start < f.end)
+    }
+
+    fn unused(&self) -> bool {
+        self.in_flight.is_empty() && self.writers.is_empty()
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    files: HashMap<u64, FileState>,
+    bytes: usize,
+    next_id: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct WriteBehind {
+    state: Mutex<State>,
+    /// Signalled whenever something in flight finishes.
+    finished: Condvar,
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_system_time(SystemTime::now())
+}
+
+impl WriteBehind {
+    pub fn new() -> WriteBehind {
+        WriteBehind::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the maps consistent, so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(&self, guard: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.finished.wait(guard).unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Kernel handle `fh` was opened for writing on `ino`; `attr` is what the
+    /// server answered the open with.
+    pub fn opened_for_writing(&self, ino: u64, fh: u64, attr: &Attr) {
+        let mut state = self.lock();
+        let file = state.files.entry(ino).or_default();
+        file.writers.push(fh);
+        // With changes in flight the projection is newer than the server's answer.
+        if file.in_flight.is_empty() {
+            file.attr = Some(*attr);
+            file.told_at = Some(Instant::now());
+            file.guessed = false;
+        }
+    }
+
+    /// The server answered with the attributes of `ino` (after a change this
+    /// mount waited for): they replace the projection unless changes are in flight.
+    pub fn told(&self, ino: u64, attr: &Attr) {
+        let mut state = self.lock();
+        if let Some(file) = state.files.get_mut(&ino) {
+            if file.in_flight.is_empty() && file.attr.is_some() {
+                file.attr = Some(*attr);
+                file.told_at = Some(Instant::now());
+                file.guessed = false;
+            }
+        }
+    }
+
+    /// The projected attributes of `ino`, whatever their age.
+    pub fn attr(&self, ino: u64) -> Option<Attr> {
+        self.lock().files.get(&ino).and_then(|f| f.attr)
+    }
+
+    /// Another client may have changed `ino` (this mount just took a lock on it):
+    /// the projection is no answer to `getattr` until the server has spoken again.
+    pub fn doubt(&self, ino: u64) {
+        if let Some(file) = self.lock().files.get_mut(&ino) {
+            file.told_at = None;
+        }
+    }
+
+    /// What `getattr` of `ino` can be answered with without asking the server:
+    /// the projection, while changes are in flight (the server's answer would be
+    /// older than what the kernel knows), or while the server's last word on them
+    /// is younger than `ttl` and no data was written since (whose times would be
+    /// guesses). Only for files this mount writes to.
+    pub fn projected(&self, ino: u64, ttl: Duration) -> Option<Attr> {
+        let state = self.lock();
+        let file = state.files.get(&ino)?;
+        let recent = file.told_at.is_some_and(|t| t.elapsed() < ttl);
+        let settled = file.in_flight.is_empty();
+        if file.writers.is_empty() || (settled && (!recent || file.guessed)) {
+            return None;
+        }
+        file.attr
+    }
+
+    /// Kernel handle `fh` of `ino` was released.
+    pub fn released(&self, ino: u64, fh: u64) {
+        let mut state = self.lock();
+        if let Some(file) = state.files.get_mut(&ino) {
+            file.writers.retain(|&w| w != fh);
+        }
+        Self::tidy(&mut state, ino);
+    }
+
+    /// Whether `fh` writes to `ino` through write-behind.
+    pub fn is_writer(&self, ino: u64, fh: u64) -> bool {
+        self.lock()
+            .files
+            .get(&ino)
+            .is_some_and(|f| f.writers.contains(&fh))
+    }
+
+    /// Some handle open for writing on `ino`, if any.
+    pub fn any_writer(&self, ino: u64) -> Option<u64> {
+        self.lock()
+            .files
+            .get(&ino)
+            .and_then(|f| f.writers.first().copied())
+    }
+
+    /// Registers a write of `len` bytes at `offset` through `fh`, once it can no
+    /// longer conflict with another handle's write and the mount's data in flight
+    /// leaves room for it.
+    pub fn begin_write(&self, ino: u64, fh: u64, offset: u64, len: usize) -> Ticket {
+        let end = offset.saturating_add(len as u64);
+        let mut state = self.lock();
+        loop {
+            let crowded = state.bytes > 0 && state.bytes + len > MAX_IN_FLIGHT_BYTES;
+            let conflict = state
+                .files
+                .get(&ino)
+                .is_some_and(|f| f.conflicts(fh, offset, end));
+            if !crowded && !conflict {
+                break;
+            }
+            state = self.wait(state);
+        }
+        state.bytes += len;
+        let id = state.next_id;
+        state.next_id += 1;
+        let file = state.files.entry(ino).or_default();
+        file.in_flight.push(InFlight {
+            id,
+            fh,
+            start: offset,
+            end,
+            bytes: len,
+        });
+        file.guessed = true;
+        if let Some(attr) = file.attr.as_mut() {
+            attr.size = attr.size.max(end);
+            let t = now();
+            attr.mtime = t;
+            attr.ctime = t;
+        }
+        Ticket { ino, id }
+    }
+
+    /// Registers an attribute change of `ino` through `fh`, once nothing in flight
+    /// through another handle remains: `change` applies it to the projected
+    /// attributes, which are returned. `None`, and nothing registered, when the
+    /// attributes are not known or `change` answers false (it cannot be projected).
+    pub fn begin_setattr(
+        &self,
+        ino: u64,
+        fh: u64,
+        change: impl FnOnce(&mut Attr) -> bool,
+    ) -> Option<(Ticket, Attr)> {
+        let mut state = self.lock();
+        loop {
+            let file = state.files.get(&ino)?;
+            file.attr?;
+            if !file.conflicts(fh, 0, u64::MAX) {
+                break;
+            }
+            state = self.wait(state);
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        let file = state.files.get_mut(&ino)?;
+        let mut projected = file.attr?;
+        if !change(&mut projected) {
+            return None;
+        }
+        projected.ctime = now();
+        file.attr = Some(projected);
+        file.in_flight.push(InFlight {
+            id,
+            fh,
+            start: 0,
+            end: u64::MAX,
+            bytes: 0,
+        });
+        Some((Ticket { ino, id }, projected))
+    }
+
+    /// The change `ticket` stands for has been answered. An error is kept for the
+    /// next flush or fsync; `server_attr`, when the server sent attributes and
+    /// nothing else is in flight, replaces the projection.
+    pub fn finish(&self, ticket: Ticket, result: Result<Option<Attr>, Errno>) {
+        let mut state = self.lock();
+        let mut freed = 0;
+        if let Some(file) = state.files.get_mut(&ticket.ino) {
+            if let Some(pos) = file.in_flight.iter().position(|f| f.id == ticket.id) {
+                freed = file.in_flight.swap_remove(pos).bytes;
+            }
+            match result {
+                Err(e) => {
+                    log::debug!("a write-behind change of inode {} failed: {e}", ticket.ino);
+                    file.error.get_or_insert(e);
+                }
+                Ok(Some(attr)) if file.in_flight.is_empty() => {
+                    file.attr = Some(attr);
+                    file.told_at = Some(Instant::now());
+                    file.guessed = false;
+                }
+                Ok(_) => {}
+            }
+        }
+        state.bytes -= freed;
+        Self::tidy(&mut state, ticket.ino);
+        drop(state);
+        self.finished.notify_all();
+    }
+
+    /// Waits until nothing is in flight for `ino`.
+    pub fn wait_idle(&self, ino: u64) {
+        let mut state = self.lock();
+        while state
+            .files
+            .get(&ino)
+            .is_some_and(|f| !f.in_flight.is_empty())
+        {
+            state = self.wait(state);
+        }
+    }
+
+    /// Waits until nothing is in flight for `ino`, then hands over (and forgets)
+    /// the first error since the last drain.
+    pub fn drain(&self, ino: u64) -> Result<(), Errno> {
+        self.wait_idle(ino);
+        let mut state = self.lock();
+        let error = state.files.get_mut(&ino).and_then(|f| f.error.take());
+        Self::tidy(&mut state, ino);
+        error.map_or(Ok(()), Err)
+    }
+
+    /// Drops the state of an inode nobody writes to any more. An error nobody
+    /// was told of can only be logged now.
+    fn tidy(state: &mut State, ino: u64) {
+        if state.files.get(&ino).is_some_and(FileState::unused) {
+            if let Some(FileState { error: Some(e), .. }) = state.files.remove(&ino) {
+                log::warn!("a write to a file closed meanwhile failed: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_common::FileKind;
+    use std::sync::Arc;
+    use std::thread;
+    use std::time::Duration;
+
+    fn attr() -> Attr {
+        Attr::blank(FileKind::File)
+    }
+
+    #[test]
+    fn errors_wait_for_the_next_drain_and_are_told_once() {
+        let wb = WriteBehind::new();
+        wb.opened_for_writing(5, 1, &attr());
+        let a = wb.begin_write(5, 1, 0, 10);
+        let b = wb.begin_write(5, 1, 10, 10);
+        wb.finish(a, Err(Errno::ENOSPC));
+        wb.finish(b, Err(Errno::EIO));
+        assert_eq!(wb.drain(5), Err(Errno::ENOSPC));
+        assert_eq!(wb.drain(5), Ok(()));
+        assert_eq!(wb.lock().bytes, 0);
+    }
+
+    #[test]
+    fn writes_grow_the_projected_size() {
+        let wb = WriteBehind::new();
+        wb.opened_for_writing(5, 1, &attr());
+        let t = wb.begin_write(5, 1, 4096, 100);
+        let (s, projected) = wb
+            .begin_setattr(5, 1, |a| {
+                a.perm = 0o600;
+                true
+            })
+            .expect("attributes are known");
+        assert_eq!((projected.size, projected.perm), (4196, 0o600));
+        wb.finish(t, Ok(None));
+        wb.finish(s, Ok(None));
+        assert_eq!(wb.drain(5), Ok(()));
+    }
+
+    #[test]
+    fn getattr_is_answered_from_the_projection_while_it_is_current() {
+        let wb = WriteBehind::new();
+        let ttl = Duration::from_millis(100);
+        assert!(wb.projected(5, ttl).is_none());
+        wb.opened_for_writing(5, 1, &attr());
+        assert_eq!(wb.projected(5, ttl).map(|a| a.size), Some(0));
+        let t = wb.begin_write(5, 1, 0, 10);
+        std::thread::sleep(Duration::from_millis(150));
+        // Old, but changes are in flight: the server knows less than we do.
+        assert_eq!(wb.projected(5, ttl).map(|a| a.size), Some(10));
+        wb.finish(t, Ok(None));
+        assert!(
+            wb.projected(5, ttl).is_none(),
+            "old and settled: ask the server"
+        );
+        // Written since the server's answer: the times are guesses.
+        wb.told(5, &attr());
+        let t = wb.begin_write(5, 1, 0, 10);
+        assert!(wb.projected(5, ttl).is_some(), "in flight");
+        wb.finish(t, Ok(None));
+        assert!(wb.projected(5, ttl).is_none(), "settled with guessed times");
+        let mut fresh = attr();
+        fresh.size = 10;
+        wb.told(5, &fresh);
+        assert_eq!(wb.projected(5, ttl).map(|a| a.size), Some(10));
+        wb.released(5, 1);
+        assert!(wb.projected(5, ttl).is_none());
+    }
+
+    #[test]
+    fn unknown_attributes_are_not_projected() {
+        let wb = WriteBehind::new();
+        assert!(wb.begin_setattr(5, 1, |_| true).is_none());
+        assert!(wb.lock().files.is_empty());
+        wb.opened_for_writing(5, 1, &attr());
+        assert!(wb.begin_setattr(5, 1, |_| false).is_none());
+        assert!(wb.lock().files[&5].in_flight.is_empty());
+    }
+
+    #[test]
+    fn state_goes_with_the_last_writer() {
+        let wb = WriteBehind::new();
+        wb.opened_for_writing(5, 1, &attr());
+        assert!(wb.is_writer(5, 1));
+        assert_eq!(wb.any_writer(5), Some(1));
+        let t = wb.begin_write(5, 1, 0, 1);
+        wb.released(5, 1);
+        // Still in flight: kept until answered.
+        assert!(wb.lock().files.contains_key(&5));
+        wb.finish(t, Ok(None));
+        assert!(wb.lock().files.is_empty());
+    }
+
+    #[test]
+    fn overlapping_writes_of_another_handle_wait() {
+        let wb = Arc::new(WriteBehind::new());
+        let first = wb.begin_write(5, 1, 0, 100);
+        // Same handle, or no overlap: no wait.
+        let same = wb.begin_write(5, 1, 50, 100);
+        let apart = wb.begin_write(5, 2, 200, 100);
+        let wb2 = Arc::clone(&wb);
+        let waiter = thread::spawn(move || wb2.begin_write(5, 2, 90, 20));
+        thread::sleep(Duration::from_millis(100));
+        assert!(!waiter.is_finished());
+        wb.finish(first, Ok(None));
+        thread::sleep(Duration::from_millis(100));
+        // Still overlaps `same`.
+        assert!(!waiter.is_finished());
+        wb.finish(same, Ok(None));
+        let late = waiter.join().expect("the waiter ends");
+        wb.finish(late, Ok(None));
+        wb.finish(apart, Ok(None));
+        assert_eq!(wb.drain(5), Ok(()));
+    }
+
+    #[test]
+    fn a_full_window_holds_the_next_write_back() {
+        let wb = Arc::new(WriteBehind::new());
+        let big = wb.begin_write(1, 1, 0, MAX_IN_FLIGHT_BYTES);
+        let wb2 = Arc::clone(&wb);
+        let waiter = thread::spawn(move || wb2.begin_write(2, 2, 0, 1));
+        thread::sleep(Duration::from_millis(100));
+        assert!(!waiter.is_finished());
+        wb.finish(big, Ok(None));
+        let t = waiter.join().expect("the waiter ends");
+        wb.finish(t, Ok(None));
+        assert_eq!(wb.lock().bytes, 0);
+    }
+
+    #[test]
+    fn drain_waits_for_everything_in_flight() {
+        let wb = Arc::new(WriteBehind::new());
+        wb.opened_for_writing(5, 1, &attr());
+        let t = wb.begin_write(5, 1, 0, 1);
+        let wb2 = Arc::clone(&wb);
+        let drainer = thread::spawn(move || wb2.drain(5));
+        thread::sleep(Duration::from_millis(100));
+        assert!(!drainer.is_finished());
+        wb.finish(t, Err(Errno::EIO));
+        assert_eq!(drainer.join().ok(), Some(Err(Errno::EIO)));
+    }
+}

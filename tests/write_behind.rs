@@ -1,0 +1,226 @@
+//! Write-behind keeps POSIX's promises: writes and the attribute changes after
+//! them land in order, reads see them at once, and a failure the kernel was not
+//! told of at write(2) is told at close(2) or fsync(2) — never lost.
+
+mod common;
+
+use common::Setup;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// close(2) with its result, which dropping a `File` throws away.
+fn close(file: File) -> std::io::Result<()> {
+    // SAFETY: the descriptor is owned by `file` and handed over here.
+    if unsafe { libc::close(file.into_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A 1 MiB tmpfs, unmounted when dropped.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn new() -> SmallDisk {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-small-")
+            .tempdir()
+            .unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "ferry-test-tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot mount a tmpfs for the test");
+        SmallDisk(dir)
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// Writes 4 MiB into a 1 MiB disk; returns the first write error, if any.
+fn overfill(file: &mut File) -> std::io::Result<()> {
+    let chunk = vec![7u8; 256 << 10];
+    for _ in 0..16 {
+        file.write_all(&chunk)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_failed_write_is_reported_at_close_at_the_latest() {
+    if !common::require_root() {
+        return;
+    }
+    let disk = SmallDisk::new();
+    let f = fixture!(Setup {
+        export: Some(disk.path().to_path_buf()),
+        ..Setup::default()
+    });
+    let mut file = File::create(f.m("fill")).unwrap();
+    let result = overfill(&mut file).and_then(|()| close(file));
+    common::assert_errno(result, libc::ENOSPC);
+    // Told once: the mount goes on working, and freed space is usable again.
+    fs::remove_file(f.m("fill")).unwrap();
+    let mut file = File::create(f.m("small")).unwrap();
+    file.write_all(b"fits").unwrap();
+    close(file).unwrap();
+    assert_eq!(fs::read(f.e("small")).unwrap(), b"fits");
+}
+
+#[test]
+fn a_failed_write_is_reported_by_fsync() {
+    if !common::require_root() {
+        return;
+    }
+    let disk = SmallDisk::new();
+    let f = fixture!(Setup {
+        export: Some(disk.path().to_path_buf()),
+        ..Setup::default()
+    });
+    let mut file = File::create(f.m("fill")).unwrap();
+    let result = overfill(&mut file).and_then(|()| file.sync_all());
+    common::assert_errno(result, libc::ENOSPC);
+    // The error was handed over once; after freeing space the file syncs again.
+    file.set_len(0).unwrap();
+    file.write_all_at(b"again", 0).unwrap();
+    file.sync_all().unwrap();
+    close(file).unwrap();
+    assert_eq!(fs::read(f.e("fill")).unwrap(), b"again");
+}
+
+#[test]
+fn a_lost_connection_fails_the_close_of_a_written_file() {
+    let mut f = fixture!();
+    let mut file = File::create(f.m("doomed")).unwrap();
+    file.write_all(b"first").unwrap();
+    f.stop_server();
+    // The write may fail at once (EIO) or be taken and fail later; either way
+    // the application hears of it before close returns.
+    let result = file
+        .write_all(&vec![1u8; 1 << 20])
+        .and_then(|()| close(file));
+    common::assert_errno(result, libc::EIO);
+}
+
+#[test]
+fn attribute_changes_land_after_the_writes_before_them() {
+    let f = fixture!();
+    let mtime = libc::timespec {
+        tv_sec: 1_000_000_000,
+        tv_nsec: 123_456_789,
+    };
+    // Big enough that the last write is still being written on the server when
+    // the changes after it arrive.
+    const SIZE: usize = (4 << 20) + 1000;
+    for round in 0..10 {
+        let name = format!("f{round}");
+        // What tar does to every file it extracts.
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(f.m(&name))
+            .unwrap();
+        (&file).write_all(&vec![b'x'; SIZE]).unwrap();
+        let times = [
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            mtime,
+        ];
+        // SAFETY: a valid descriptor and two timespecs.
+        assert_eq!(
+            unsafe { libc::futimens(file.as_raw_fd(), times.as_ptr()) },
+            0
+        );
+        let me = f.export.metadata().unwrap();
+        std::os::unix::fs::fchown(&file, Some(me.uid()), Some(me.gid())).unwrap();
+        file.set_permissions(fs::Permissions::from_mode(0o640))
+            .unwrap();
+        // The kernel's view right away...
+        let seen = fs::metadata(f.m(&name)).unwrap();
+        assert_eq!((seen.len(), seen.mode() & 0o7777), (SIZE as u64, 0o640));
+        assert_eq!(
+            (seen.mtime(), seen.mtime_nsec()),
+            (1_000_000_000, 123_456_789)
+        );
+        close(file).unwrap();
+        // ...and the server's after close: the write did not bump the mtime
+        // after futimens set it.
+        let server = fs::metadata(f.e(&name)).unwrap();
+        assert_eq!(server.len(), SIZE as u64);
+        assert_eq!(server.mode() & 0o7777, 0o640);
+        assert_eq!(
+            (server.mtime(), server.mtime_nsec()),
+            (1_000_000_000, 123_456_789),
+            "round {round}"
+        );
+    }
+}
+
+#[test]
+fn overlapping_writes_land_in_program_order() {
+    let f = fixture!();
+    let a = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(f.m("o"))
+        .unwrap();
+    let b = OpenOptions::new().write(true).open(f.m("o")).unwrap();
+    for round in 0..10u8 {
+        // Through one handle, then through another, over the same bytes.
+        a.write_all_at(&vec![round; 1 << 20], 0).unwrap();
+        a.write_all_at(&[b'A'; 100], 10).unwrap();
+        b.write_all_at(&vec![round + 100; 512 << 10], 256 << 10)
+            .unwrap();
+    }
+    close(a).unwrap();
+    close(b).unwrap();
+    let data = fs::read(f.e("o")).unwrap();
+    assert_eq!(data.len(), 1 << 20);
+    assert!(data[..10].iter().all(|&x| x == 9));
+    assert!(data[10..110].iter().all(|&x| x == b'A'));
+    assert!(data[110..256 << 10].iter().all(|&x| x == 9));
+    assert!(data[256 << 10..768 << 10].iter().all(|&x| x == 109));
+    assert!(data[768 << 10..].iter().all(|&x| x == 9));
+}
+
+#[test]
+fn reads_and_truncation_see_the_writes_before_them() {
+    let f = fixture!();
+    let w = File::create(f.m("r")).unwrap();
+    let data: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8).collect();
+    w.write_all_at(&data, 0).unwrap();
+    // O_DIRECT goes to the server, past the page cache.
+    let r = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(f.m("r"))
+        .unwrap();
+    let mut back = vec![0u8; data.len()];
+    r.read_exact_at(&mut back, 0).unwrap();
+    assert!(back == data, "a read overtook the writes before it");
+    // A truncation does not overtake a write either.
+    w.write_all_at(&[1u8; 4096], 8 << 20).unwrap();
+    w.set_len(5).unwrap();
+    close(w).unwrap();
+    assert_eq!(fs::read(f.e("r")).unwrap(), &data[..5]);
+}
