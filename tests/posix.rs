@@ -299,12 +299,21 @@ fn an_unlinked_file_stays_usable_while_open() {
     assert_eq!(file.metadata().unwrap().len(), 6);
     assert_eq!(fs::read(f.m("scratch")).unwrap(), b"the new one");
     assert_eq!(fs::read(other.join("scratch")).unwrap(), b"the new one");
+    // A file open for writing that gains a name shows its new link count.
+    let mut held = OpenOptions::new().write(true).open(f.m("scratch")).unwrap();
+    held.write_all(b"!").unwrap();
+    assert_eq!(held.metadata().unwrap().nlink(), 1);
+    fs::hard_link(f.m("scratch"), f.m("second-name")).unwrap();
+    assert_eq!(held.metadata().unwrap().nlink(), 2);
+    fs::remove_file(f.m("second-name")).unwrap();
+    assert_eq!(held.metadata().unwrap().nlink(), 1);
+    drop(held);
     // Unlinked by another client while open here: still readable here.
     let mut kept = File::open(f.m("scratch")).unwrap();
     fs::remove_file(other.join("scratch")).unwrap();
     let mut s = String::new();
     kept.read_to_string(&mut s).unwrap();
-    assert_eq!(s, "the new one");
+    assert_eq!(s, "!he new one");
 }
 
 /// A shared mapping of `len` bytes of `file`.
@@ -538,11 +547,14 @@ fn a_write_by_another_user_clears_the_set_id_bits() {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(f.temp(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(&f.mnt, fs::Permissions::from_mode(0o755)).unwrap();
-    fs::write(f.m("prog"), b"#!/bin/sh\n").unwrap();
-    fs::set_permissions(f.m("prog"), fs::Permissions::from_mode(0o6777)).unwrap();
-    assert_eq!(fs::metadata(f.e("prog")).unwrap().mode() & 0o7777, 0o6777);
-    fs::write(f.m("other"), b"#!/bin/sh\n").unwrap();
-    fs::set_permissions(f.m("other"), fs::Permissions::from_mode(0o6777)).unwrap();
+    // Changes reach the server by the next fsync at the latest (write-behind).
+    let settle = |name: &str| File::open(f.m(name)).unwrap().sync_all().unwrap();
+    for name in ["prog", "other"] {
+        fs::write(f.m(name), b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(f.m(name), fs::Permissions::from_mode(0o6777)).unwrap();
+        settle(name);
+        assert_eq!(fs::metadata(f.e(name)).unwrap().mode() & 0o7777, 0o6777);
+    }
     let as_nobody = |script: &str, file: &Path| {
         let out = std::process::Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -565,6 +577,7 @@ fn a_write_by_another_user_clears_the_set_id_bits() {
     assert_eq!(fs::read(f.e("prog")).unwrap(), b"#!/bin/sh\necho changed\n");
     assert_eq!(fs::read(f.e("other")).unwrap(), b"X!/bin/sh\n");
     for name in ["prog", "other"] {
+        settle(name);
         assert_eq!(
             fs::metadata(f.e(name)).unwrap().mode() & 0o7777,
             0o777,

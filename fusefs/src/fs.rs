@@ -274,6 +274,7 @@ impl FerryFs {
     fn entry_op(&self, path: RelPath, op: Op, reply: ReplyEntry) {
         let inodes = self.inodes.clone();
         let attrs = self.attrs.clone();
+        let writes = self.writes.clone();
         let ttl = self.opts.attr_timeout;
         // A name that does not exist is remembered by the kernel as a negative
         // entry for as long as a positive one would be: compilers, git and shells
@@ -281,6 +282,7 @@ impl FerryFs {
         let negative = matches!(op, Op::Stat { .. });
         // A directory made here is known to be empty.
         let made_dir = matches!(op, Op::Mkdir { .. });
+        let is_link = matches!(op, Op::Link { .. });
         let known = self.known.clone();
         let asked = Instant::now();
         self.client
@@ -291,6 +293,9 @@ impl FerryFs {
                     }
                     let ino = lock(&inodes).remember(&path, &attr);
                     attrs.store(ino, attr);
+                    if is_link {
+                        writes.links_changed(ino, Some(attr.nlink));
+                    }
                     if made_dir {
                         known.learn(ino, asked, []);
                     }
@@ -667,7 +672,13 @@ impl Filesystem for FerryFs {
         match self.child(parent, name) {
             Ok(path) => {
                 let op = Op::Unlink { path: path.clone() };
-                self.empty_op(op, vec![path.clone()], reply, move |t| t.detach(&path))
+                let writes = self.writes.clone();
+                self.empty_op(op, vec![path.clone()], reply, move |t| {
+                    if let Some(ino) = t.ino_of(&path) {
+                        writes.links_changed(ino, None);
+                    }
+                    t.detach(&path)
+                })
             }
             Err(e) => reply.error(errno(e)),
         }
@@ -722,10 +733,15 @@ impl Filesystem for FerryFs {
             flags: flags.bits(),
         };
         let changed = vec![from.clone(), to.clone()];
+        let writes = self.writes.clone();
         self.empty_op(op, changed, reply, move |t| {
             if exchange {
                 t.exchange(&from, &to)
             } else {
+                // The file renamed over lost a name (unless it is the same file).
+                if let Some(victim) = t.ino_of(&to).filter(|&v| Some(v) != t.ino_of(&from)) {
+                    writes.links_changed(victim, None);
+                }
                 t.rename(&from, &to)
             }
         });

@@ -153,6 +153,20 @@ impl WriteBehind {
         }
     }
 
+    /// The link count of `ino` changed (link, unlink, rename over it): `nlink`
+    /// when the server said it, else one fewer than projected. Unlike size and
+    /// times, the count does not depend on the writes in flight, so the
+    /// projection takes it at once; the ctime changed too, at a time only the
+    /// server knows, so once the writes have landed the server is asked again.
+    pub fn links_changed(&self, ino: u64, nlink: Option<u32>) {
+        if let Some(file) = self.lock().files.get_mut(&ino) {
+            if let Some(attr) = file.attr.as_mut() {
+                attr.nlink = nlink.unwrap_or(attr.nlink.saturating_sub(1));
+            }
+            file.told_at = None;
+        }
+    }
+
     /// What `getattr` of `ino` can be answered with without asking the server:
     /// the projection, while changes are in flight (the server's answer would be
     /// older than what the kernel knows), or while the server's last word on them

@@ -757,7 +757,7 @@ fn copies_between_handles_stay_on_the_server_and_are_capped() {
     let (tmp, server) = setup(false);
     let (mut client, _) = Client::welcomed(server.addr());
     let open = |client: &mut Client, op: Op| match client.call(op) {
-        Ok(Reply::Opened { handle, .. }) => handle,
+        Ok(Reply::Opened { handle, .. } | Reply::Created { handle, .. }) => handle,
         other => panic!("{other:?}"),
     };
     let input = open(
