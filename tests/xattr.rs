@@ -255,3 +255,22 @@ fn cp_preserves_xattrs_through_the_mount() {
         .arg(f.m("copy")));
     assert_eq!(get(&f.e("copy"), "user.kept").unwrap(), b"yes");
 }
+
+#[test]
+fn selinux_labels_are_not_supported_through_the_mount() {
+    let f = fixture!();
+    fs::write(f.m("file"), b"x").unwrap();
+    assert_errno(get(&f.m("file"), "security.selinux"), libc::EOPNOTSUPP);
+    assert_errno(
+        set(
+            &f.m("file"),
+            "security.selinux",
+            b"system_u:object_r:x:s0",
+            0,
+        ),
+        libc::EOPNOTSUPP,
+    );
+    // Other security.* names still pass through.
+    set(&f.m("file"), "user.kept", b"1", 0).unwrap();
+    assert!(!names(&f.m("file")).iter().any(|n| n == "security.selinux"));
+}

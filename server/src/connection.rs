@@ -128,9 +128,12 @@ pub async fn serve(
         // be queued, or it would overtake what came before it. A small read is
         // quick too, but may wait for the disk: it runs here only when no other
         // request is waiting behind it (one read at a time, as at queue depth 1),
-        // so that reads sent together still go to the disk together.
+        // so that reads sent together still go to the disk together. A small
+        // write only copies into the page cache.
         let alone = reader.buffer().is_empty();
-        let inline = runs_inline(&request.op) || (alone && is_small_read(&request.op));
+        let inline = runs_inline(&request.op)
+            || is_small_write(&request.op)
+            || (alone && is_small_read(&request.op));
         if inline && key.is_none_or(|handle| sequencer.is_idle(handle)) {
             let frame = answer(&session, request);
             let reply = Outgoing {
@@ -251,6 +254,11 @@ async fn next_frame(reader: &mut BufReader<OwnedReadHalf>) -> Result<Option<Vec<
             ),
         ))),
     }
+}
+
+/// A write small enough to carry out on the reader.
+fn is_small_write(op: &Op) -> bool {
+    matches!(op, Op::Write { data, .. } if data.len() <= 128 * 1024)
 }
 
 /// A read small enough to answer on the reader when it is the only request.

@@ -16,6 +16,15 @@
 //! capability when the server writes the file, and this mount is `nosuid`, so
 //! its kernel never reads capabilities to run a program.
 
+//!
+//! # `security.selinux`
+//!
+//! Answered "not supported" here, without asking: the client's kernel labels
+//! files of a FUSE mount by its own policy and never reads this attribute, and
+//! SELinux-aware tools (`ls -l` among them) ask for it once per file unless told
+//! it is unsupported — a round trip for every name listed. It is also left out
+//! of listings and cannot be set through the mount.
+
 use super::FerryFs;
 use crate::convert::errno;
 use ferry_common::proto::{Op, Reply};
@@ -29,6 +38,8 @@ use std::time::{Duration, Instant};
 
 /// The attribute whose answers are kept; see the module documentation.
 const CAPABILITY: &[u8] = b"security.capability";
+/// The SELinux label; see the module documentation.
+const SELINUX: &[u8] = b"security.selinux";
 /// Entries beyond this many make the cache drop its stale ones.
 const CACHE_PRUNE_AT: usize = 4096;
 
@@ -84,12 +95,12 @@ fn reply_sized(data: &[u8], size: u32, reply: ReplyXattr) {
     }
 }
 
-/// A listing without the `trusted.*` names, which only a privileged caller may
-/// see (as on a local filesystem).
-fn without_trusted(list: &[u8]) -> Vec<u8> {
+/// A listing as the caller may see it: without the `trusted.*` names unless
+/// privileged (as on a local filesystem), and never with `security.selinux`.
+fn visible(list: &[u8], privileged: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(list.len());
     for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        if !name.starts_with(b"trusted.") {
+        if (privileged || !name.starts_with(b"trusted.")) && name != SELINUX {
             out.extend_from_slice(name);
             out.push(0);
         }
@@ -99,6 +110,9 @@ fn without_trusted(list: &[u8]) -> Vec<u8> {
 
 impl FerryFs {
     pub(super) fn xattr_get(&self, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if name.as_bytes() == SELINUX {
+            return reply.error(errno(Errno::ENOTSUP));
+        }
         let ttl = self.opts.attr_timeout;
         let capability = name.as_bytes() == CAPABILITY;
         if capability {
@@ -145,8 +159,7 @@ impl FerryFs {
         let privileged = req.uid() == 0;
         self.client
             .submit(Op::ListXattr { path }, move |r| match r {
-                Ok(Reply::Xattr(list)) if privileged => reply_sized(&list, size, reply),
-                Ok(Reply::Xattr(list)) => reply_sized(&without_trusted(&list), size, reply),
+                Ok(Reply::Xattr(list)) => reply_sized(&visible(&list, privileged), size, reply),
                 Ok(_) => reply.error(errno(Errno::EPROTO)),
                 Err(e) => reply.error(errno(e)),
             });
@@ -164,6 +177,9 @@ impl FerryFs {
         // `position` is for macOS resource forks only.
         if position != 0 {
             return reply.error(errno(Errno::EINVAL));
+        }
+        if name.as_bytes() == SELINUX {
+            return reply.error(errno(Errno::ENOTSUP));
         }
         let path = match self.path_of(ino) {
             Ok(p) => p,
@@ -203,10 +219,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trusted_names_are_hidden() {
-        assert_eq!(
-            without_trusted(b"user.a\0trusted.b\0security.c\0"),
-            b"user.a\0security.c\0"
-        );
+    fn trusted_names_are_hidden_and_selinux_labels_never_listed() {
+        let list = b"user.a\0trusted.b\0security.c\0security.selinux\0";
+        assert_eq!(visible(list, false), b"user.a\0security.c\0");
+        assert_eq!(visible(list, true), b"user.a\0trusted.b\0security.c\0");
     }
 }
