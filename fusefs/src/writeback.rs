@@ -372,6 +372,27 @@ mod tests {
     }
 
     #[test]
+    fn link_counts_follow_at_once_even_with_writes_in_flight() {
+        let wb = WriteBehind::new();
+        wb.opened_for_writing(5, 1, &attr());
+        let t = wb.begin_write(5, 1, 0, 10);
+        wb.links_changed(5, Some(3));
+        assert_eq!(
+            wb.projected(5, Duration::from_secs(60)).map(|a| a.nlink),
+            Some(3)
+        );
+        wb.links_changed(5, None);
+        assert_eq!(
+            wb.projected(5, Duration::from_secs(60)).map(|a| a.nlink),
+            Some(2)
+        );
+        wb.finish(t, Ok(None));
+        // Settled: the ctime changed at a time only the server knows.
+        assert!(wb.projected(5, Duration::from_secs(60)).is_none());
+        assert_eq!(wb.drain(5), Ok(()));
+    }
+
+    #[test]
     fn writes_grow_the_projected_size() {
         let wb = WriteBehind::new();
         wb.opened_for_writing(5, 1, &attr());
