@@ -403,6 +403,45 @@ fn hard_links() {
 }
 
 #[test]
+fn hard_links_are_one_inode_in_the_mount() {
+    // The attribute timeout is long, so only a shared inode (not a fresh
+    // getattr) can show a change made through the other name.
+    let f = fixture!(Setup {
+        attr_timeout: Duration::from_secs(60),
+        ..Setup::default()
+    });
+    fs::write(f.m("orig"), b"data").unwrap();
+    let before = fs::symlink_metadata(f.m("orig")).unwrap();
+    assert_eq!(before.nlink(), 1);
+    std::thread::sleep(Duration::from_millis(20));
+    fs::hard_link(f.m("orig"), f.m("link")).unwrap();
+    let orig = fs::symlink_metadata(f.m("orig")).unwrap();
+    let link = fs::symlink_metadata(f.m("link")).unwrap();
+    assert_eq!(orig.ino(), link.ino(), "two names, one inode");
+    assert_eq!((orig.nlink(), link.nlink()), (2, 2));
+    assert!(
+        (orig.ctime(), orig.ctime_nsec()) > (before.ctime(), before.ctime_nsec()),
+        "link changes the file's ctime"
+    );
+    // A name learnt from a directory listing is the same inode too.
+    fs::hard_link(f.e("orig"), f.e("made-on-server")).unwrap();
+    let listed = fs::read_dir(&f.mnt)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.file_name() == "made-on-server")
+        .expect("listed");
+    assert_eq!(listed.metadata().unwrap().ino(), orig.ino());
+    fs::set_permissions(f.m("link"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(fs::metadata(f.m("orig")).unwrap().mode() & 0o7777, 0o600);
+    fs::remove_file(f.m("orig")).unwrap();
+    assert_eq!(fs::metadata(f.m("link")).unwrap().nlink(), 2);
+    assert_eq!(fs::read(f.m("link")).unwrap(), b"data");
+    fs::rename(f.m("link"), f.m("renamed")).unwrap();
+    assert_eq!(fs::metadata(f.m("renamed")).unwrap().ino(), orig.ino());
+    assert_eq!(fs::read(f.m("made-on-server")).unwrap(), b"data");
+}
+
+#[test]
 fn chmod_utimens_chown() {
     let f = fixture!();
     fs::write(f.m("f"), b"x").unwrap();

@@ -231,6 +231,27 @@ pub enum Op {
     /// Drops every POSIX lock `owner` holds on the file behind `handle`, as
     /// closing any descriptor of a file does → [`Reply::Done`].
     ReleaseLocks { handle: u64, owner: u64 },
+    /// `fallocate(2)` on an open file: `mode` 0 allocates (growing the file),
+    /// `FALLOC_FL_KEEP_SIZE`, `FALLOC_FL_PUNCH_HOLE` and `FALLOC_FL_ZERO_RANGE` as
+    /// in fallocate(2); other modes answer EOPNOTSUPP → [`Reply::Done`].
+    Fallocate {
+        handle: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    },
+    /// Copies up to `len` bytes between two open files of this connection on the
+    /// server (`copy_file_range(2)`, or reads and writes there when the files'
+    /// file systems cannot) → [`Reply::Written`]: how many bytes were copied,
+    /// fewer than asked at the end of the input or when `len` is above
+    /// [`MAX_COPY`](crate::frame::MAX_COPY).
+    CopyFileRange {
+        handle_in: u64,
+        offset_in: u64,
+        handle_out: u64,
+        offset_out: u64,
+        len: u64,
+    },
 }
 
 /// Which family a lock belongs to. The two are independent, as on Linux.
@@ -290,6 +311,8 @@ impl Op {
             Op::SetLock { .. } => "setlock",
             Op::GetLock { .. } => "getlock",
             Op::ReleaseLocks { .. } => "releaselocks",
+            Op::Fallocate { .. } => "fallocate",
+            Op::CopyFileRange { .. } => "copy_file_range",
         }
     }
 

@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 
 /// How long an ordinary request may take before it fails with ETIMEDOUT.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-/// fsync may legitimately take long on a busy disk: it gets this many times the
+/// fsync (and fallocate and a server-side copy, which also wait for the disk)
+/// may legitimately take long on a busy disk: they get this many times the
 /// ordinary timeout.
 const FSYNC_TIMEOUT_FACTOR: u32 = 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -252,7 +253,9 @@ impl RemoteClient {
 
     fn send(&self, epoch: Option<u64>, op: Op, done: Callback) {
         let timeout = match op {
-            Op::Fsync { .. } => self.inner.timeout * FSYNC_TIMEOUT_FACTOR,
+            Op::Fsync { .. } | Op::Fallocate { .. } | Op::CopyFileRange { .. } => {
+                self.inner.timeout * FSYNC_TIMEOUT_FACTOR
+            }
             _ => self.inner.timeout,
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);

@@ -26,10 +26,10 @@ use ferry_common::frame::{MAX_CHUNK, READDIR_PAGE};
 use ferry_common::proto::{AttrChanges, DirEntry, Op, Owner, Reply, SetTime};
 use ferry_common::{Attr, Errno, FileKind, RelPath, Timestamp};
 use fuser::{
-    BsdFileFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BsdFileFlags, CopyFileRangeFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -117,6 +117,21 @@ fn writable(flags: i32) -> bool {
 /// disk.
 fn writes_through(flags: i32) -> bool {
     flags & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC) != 0
+}
+
+/// How the kernel should treat a file opened with `flags`. An `O_APPEND` file
+/// bypasses the page cache: through the cache the kernel splits a write that
+/// starts in a partly cached page into one request per page, and each request
+/// would be a separate append on the server, where another client's append can
+/// land in between. Uncached, every write(2) up to 1 MiB is one append (the
+/// server's descriptor has `O_APPEND`, so it lands at the real end of the file
+/// whatever this client believes the size to be).
+fn append_mode(flags: i32) -> FopenFlags {
+    if flags & libc::O_APPEND != 0 {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
+    }
 }
 
 /// Keeps the directory attributes the server sent along with a change, for the
@@ -266,6 +281,7 @@ impl FerryFs {
         let negative = matches!(op, Op::Stat { .. });
         // A directory made here is known to be empty.
         let made_dir = matches!(op, Op::Mkdir { .. });
+        let is_link = matches!(op, Op::Link { .. });
         let known = self.known.clone();
         let writes = self.writes.clone();
         let asked = Instant::now();
@@ -277,8 +293,10 @@ impl FerryFs {
                     }
                     let ino = lock(&inodes).remember(&path, &attr);
                     attrs.store(ino, attr);
-                    // A new link of a file being written changes its link count.
-                    writes.adjust(ino, |projected| projected.nlink = attr.nlink);
+                    if is_link {
+                        // A file being written has one more name.
+                        writes.links_changed(ino, Some(attr.nlink));
+                    }
                     let attr = writes.overlay(ino, attr);
                     if made_dir {
                         known.learn(ino, asked, []);
@@ -344,9 +362,10 @@ impl FerryFs {
                     if let Some(ino) = lock(&inodes).ino_of(path) {
                         attrs.drop_ino(ino);
                         if *loses_link {
-                            writes.adjust(ino, |a| a.nlink = a.nlink.saturating_sub(1));
+                            writes.links_changed(ino, None);
+                        } else {
+                            writes.doubt(ino);
                         }
-                        writes.doubt(ino);
                     }
                 }
                 on_success(&mut lock(&inodes));
@@ -365,9 +384,10 @@ impl FerryFs {
         let ttl = self.opts.attr_timeout;
         let writes = self.writes.clone();
         let attrs = self.attrs.clone();
+        let mark = writes.mark();
         let done = move |r: OpResult| match r {
             Ok(Reply::Attr(attr)) => {
-                writes.told(ino.0, &attr);
+                writes.told(ino.0, &attr, mark);
                 attrs.store(ino.0, attr);
                 reply.attr(&ttl, &file_attr(ino.0, &attr))
             }
@@ -512,6 +532,8 @@ impl Filesystem for FerryFs {
             // security.capability before every write and refresh its attributes
             // before every chown: two round trips to this process each time.
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+            // Shared mappings of files opened uncached (O_APPEND, see `append_mode`).
+            InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
         ] {
             if let Err(missing) = config.add_capabilities(cap) {
                 log::info!("the kernel does not offer {missing:?}");
@@ -773,6 +795,7 @@ impl Filesystem for FerryFs {
         let files = self.files.clone();
         let writes = self.writes.clone();
         let attrs = self.attrs.clone();
+        let mark = writes.mark();
         let op = Op::Open {
             path,
             flags: flags.0,
@@ -787,7 +810,7 @@ impl Filesystem for FerryFs {
                         epoch,
                     });
                     if writable(flags.0) {
-                        writes.opened_for_writing(ino.0, fh, &attr);
+                        writes.opened_for_writing_since(ino.0, fh, &attr, mark);
                     }
                     attrs.store(ino.0, attr);
                     // Close-to-open consistency: keep cached pages only when the file
@@ -802,7 +825,7 @@ impl Filesystem for FerryFs {
                     } else {
                         FopenFlags::empty()
                     };
-                    reply.opened(FileHandle(fh), fopen);
+                    reply.opened(FileHandle(fh), fopen | append_mode(flags.0));
                 }
                 Ok(_) => reply.error(errno(Errno::EPROTO)),
                 // The name was cached by the kernel but is gone on the server (another
@@ -855,10 +878,7 @@ impl Filesystem for FerryFs {
         // A write by a user without CAP_FSETID drops setuid/setgid, after the
         // write and through the same handle (FUSE_HANDLE_KILLPRIV_V2).
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
-            && self
-                .writes
-                .attr(ino.0)
-                .is_some_and(|a| without_suidgid(a.kind, a.perm) != a.perm);
+            && self.writes.must_kill_suidgid(ino.0, fh.0);
         let through = writes_through(flags.0) || !self.writes.is_writer(ino.0, fh.0);
         if through {
             // An appending write lands at the server's end of file: every write
@@ -1000,6 +1020,93 @@ impl Filesystem for FerryFs {
         self.on_handle(fh, fsync, move |r| match r {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(errno(e)),
+        });
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        // Writes still in flight land first, as they would on a local disk.
+        self.writes.wait_idle(ino.0);
+        let fallocate = |handle| Op::Fallocate {
+            handle,
+            offset,
+            len: length,
+            mode,
+        };
+        let (writes, attrs) = (self.writes.clone(), self.attrs.clone());
+        self.on_handle(fh, fallocate, move |r| {
+            // The size (mode 0) and ctime changed on the server.
+            writes.doubt(ino.0);
+            attrs.drop_ino(ino.0);
+            match r {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    /// The copy is made on the server, between the two files' server handles, so
+    /// the data never crosses the network.
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // The server copies what it has: writes in flight to either file land first.
+        // (Their errors stay for close and fsync to report.)
+        for ino in [ino_in, ino_out] {
+            self.writes.wait_idle(ino.0);
+        }
+        // Both handles must belong to one connection; after a reconnect between
+        // the two look-ups, the first is looked up (re-opened) again.
+        let handles = || -> Result<(u64, u64, u64), Errno> {
+            let (epoch_in, handle_in) = self.server_handle(fh_in.0)?;
+            let (epoch_out, handle_out) = self.server_handle(fh_out.0)?;
+            if epoch_in == epoch_out {
+                return Ok((epoch_in, handle_in, handle_out));
+            }
+            match self.server_handle(fh_in.0)? {
+                (epoch, handle_in) if epoch == epoch_out => Ok((epoch, handle_in, handle_out)),
+                _ => Err(Errno::EIO),
+            }
+        };
+        let (epoch, handle_in, handle_out) = match handles() {
+            Ok(h) => h,
+            Err(e) => return reply.error(errno(e)),
+        };
+        let op = Op::CopyFileRange {
+            handle_in,
+            offset_in,
+            handle_out,
+            offset_out,
+            len,
+        };
+        let (writes, attrs) = (self.writes.clone(), self.attrs.clone());
+        self.client.submit_in(epoch, op, move |r| {
+            // The output's data, size and times changed on the server.
+            writes.doubt(ino_out.0);
+            attrs.drop_ino(ino_out.0);
+            match r {
+                Ok(Reply::Written(n)) => reply.written(n),
+                Ok(_) => reply.error(errno(Errno::EPROTO)),
+                Err(e) => reply.error(errno(e)),
+            }
         });
     }
 
@@ -1285,7 +1392,7 @@ impl Filesystem for FerryFs {
                         &file_attr(ino, &attr),
                         GENERATION,
                         FileHandle(fh),
-                        FopenFlags::empty(),
+                        append_mode(flags),
                     );
                 }
                 Ok(_) => reply.error(errno(Errno::EPROTO)),

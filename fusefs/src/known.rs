@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 /// Past this many directories, the ones known too long ago are dropped.
 const TIDY_AT: usize = 4096;
 
+/// The longest name Linux file systems hold (`NAME_MAX`).
+const NAME_MAX: usize = 255;
+
 #[derive(Debug)]
 struct Known {
     since: Instant,
@@ -79,7 +82,12 @@ impl KnownDirs {
     }
 
     /// Whether `name` is known not to be in `dir`; if so, for how much longer.
+    /// A name longer than a file system allows is never "absent": the server
+    /// answers ENAMETOOLONG for it.
     pub fn absent(&self, dir: u64, name: &OsStr) -> Option<Duration> {
+        if name.len() > NAME_MAX {
+            return None;
+        }
         let mut dirs = self.lock();
         let known = dirs.get(&dir)?;
         let left = self.ttl.checked_sub(known.since.elapsed());
@@ -136,5 +144,14 @@ mod tests {
         let k = KnownDirs::new(Duration::ZERO);
         k.learn(7, Instant::now(), []);
         assert!(k.absent(7, n("b")).is_none());
+    }
+
+    #[test]
+    fn a_name_too_long_is_left_to_the_server() {
+        let known = KnownDirs::new(Duration::from_secs(60));
+        known.learn(7, Instant::now(), []);
+        let long = "x".repeat(NAME_MAX + 1);
+        assert!(known.absent(7, n(&long)).is_none());
+        assert!(known.absent(7, n(&"x".repeat(NAME_MAX))).is_some());
     }
 }

@@ -27,7 +27,7 @@
 //! connection's reader thread, so a wait always ends (every request has a
 //! deadline).
 
-use ferry_common::{Attr, Errno, Timestamp};
+use ferry_common::{Attr, Errno, FileKind, Timestamp};
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -67,6 +67,8 @@ struct FileState {
     told_at: Option<Instant>,
     /// Data was written since: the projected times are this machine's guesses.
     guessed: bool,
+    /// Writing handles that have had setuid/setgid dropped once.
+    killed: Vec<u64>,
     /// Kernel handles open for writing on this inode.
     writers: Vec<u64>,
 }
@@ -86,6 +88,8 @@ impl FileState {
 #[derive(Debug, Default)]
 struct State {
     files: HashMap<u64, FileState>,
+    /// Changes answered so far, over all files (see [`WriteBehind::mark`]).
+    finishes: u64,
     bytes: usize,
     next_id: u64,
 }
@@ -115,31 +119,74 @@ impl WriteBehind {
         self.finished.wait(guard).unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A mark to take before asking the server for attributes: an answer is
+    /// only as new as the projection if nothing finished after the mark (answers
+    /// arrive in any order, so a change may land after the server made the
+    /// answer yet be heard of before it).
+    pub fn mark(&self) -> u64 {
+        self.lock().finishes
+    }
+
     /// Kernel handle `fh` was opened for writing on `ino`; `attr` is what the
     /// server answered the open with.
     pub fn opened_for_writing(&self, ino: u64, fh: u64, attr: &Attr) {
+        let mark = self.mark();
+        self.opened_for_writing_since(ino, fh, attr, mark);
+    }
+
+    /// [`opened_for_writing`](Self::opened_for_writing), with the open sent
+    /// after `mark`.
+    pub fn opened_for_writing_since(&self, ino: u64, fh: u64, attr: &Attr, mark: u64) {
         let mut state = self.lock();
+        let current = state.finishes == mark;
         let file = state.files.entry(ino).or_default();
         file.writers.push(fh);
-        // With changes in flight the projection is newer than the server's answer.
-        if file.in_flight.is_empty() {
+        // With changes in flight (or landed after the answer was made) the
+        // projection is newer than the server's answer.
+        if file.in_flight.is_empty() && current {
             file.attr = Some(*attr);
             file.told_at = Some(Instant::now());
             file.guessed = false;
+        } else if file.attr.is_none() {
+            file.attr = Some(*attr);
+            file.told_at = None;
         }
     }
 
-    /// The server answered with the attributes of `ino` (after a change this
-    /// mount waited for): they replace the projection unless changes are in flight.
-    pub fn told(&self, ino: u64, attr: &Attr) {
+    /// The server answered with the attributes of `ino`, asked after `mark`:
+    /// they replace the projection unless changes are in flight or landed since.
+    pub fn told(&self, ino: u64, attr: &Attr, mark: u64) {
         let mut state = self.lock();
+        let current = state.finishes == mark;
         if let Some(file) = state.files.get_mut(&ino) {
-            if file.in_flight.is_empty() && file.attr.is_some() {
+            if file.in_flight.is_empty() && file.attr.is_some() && current {
                 file.attr = Some(*attr);
                 file.told_at = Some(Instant::now());
                 file.guessed = false;
             }
         }
+    }
+
+    /// Whether a write through `fh` by a user without CAP_FSETID must ask the
+    /// server to drop setuid/setgid: when the projection shows them, or on the
+    /// first such write through the handle (the projection may predate a chmod
+    /// made elsewhere).
+    pub fn must_kill_suidgid(&self, ino: u64, fh: u64) -> bool {
+        let mut state = self.lock();
+        let Some(file) = state.files.get_mut(&ino) else {
+            return false;
+        };
+        let shown = file.attr.is_some_and(|a| {
+            a.kind == FileKind::File
+                && (a.perm & libc::S_ISUID as u16 != 0
+                    || a.perm & (libc::S_ISGID | libc::S_IXGRP) as u16
+                        == (libc::S_ISGID | libc::S_IXGRP) as u16)
+        });
+        let first = !file.killed.contains(&fh);
+        if first {
+            file.killed.push(fh);
+        }
+        shown || first
     }
 
     /// What to tell the kernel of `ino` when the server answered `attr` (a
@@ -153,19 +200,6 @@ impl WriteBehind {
         }
     }
 
-    /// Applies a change the server made elsewhere (a link count) to the
-    /// projection of `ino`, if there is one.
-    pub fn adjust(&self, ino: u64, change: impl FnOnce(&mut Attr)) {
-        if let Some(attr) = self
-            .lock()
-            .files
-            .get_mut(&ino)
-            .and_then(|f| f.attr.as_mut())
-        {
-            change(attr);
-        }
-    }
-
     /// The projected attributes of `ino`, whatever their age.
     pub fn attr(&self, ino: u64) -> Option<Attr> {
         self.lock().files.get(&ino).and_then(|f| f.attr)
@@ -175,6 +209,20 @@ impl WriteBehind {
     /// the projection is no answer to `getattr` until the server has spoken again.
     pub fn doubt(&self, ino: u64) {
         if let Some(file) = self.lock().files.get_mut(&ino) {
+            file.told_at = None;
+        }
+    }
+
+    /// The link count of `ino` changed (link, unlink, rename over it): `nlink`
+    /// when the server said it, else one fewer than projected. Unlike size and
+    /// times, the count does not depend on the writes in flight, so the
+    /// projection takes it at once; the ctime changed too, at a time only the
+    /// server knows, so once the writes have landed the server is asked again.
+    pub fn links_changed(&self, ino: u64, nlink: Option<u32>) {
+        if let Some(file) = self.lock().files.get_mut(&ino) {
+            if let Some(attr) = file.attr.as_mut() {
+                attr.nlink = nlink.unwrap_or(attr.nlink.saturating_sub(1));
+            }
             file.told_at = None;
         }
     }
@@ -197,13 +245,25 @@ impl WriteBehind {
 
     /// Kernel handle `fh` of `ino` was released. An error it did not pass on
     /// (its close came before the failure) can only be logged now.
+    ///
+    /// Waits until nothing sent (or about to be sent) through `fh` is in flight:
+    /// the caller forgets the handle next, and an attribute change another
+    /// thread registered on it must still find it.
     pub fn released(&self, ino: u64, fh: u64) {
         let mut state = self.lock();
         if let Some(file) = state.files.get_mut(&ino) {
             file.writers.retain(|&w| w != fh);
+            file.killed.retain(|&w| w != fh);
             if let Some(e) = file.errors.remove(&fh) {
                 log::warn!("a write to a file closed meanwhile failed: {e}");
             }
+        }
+        while state
+            .files
+            .get(&ino)
+            .is_some_and(|f| f.in_flight.iter().any(|i| i.fh == fh))
+        {
+            state = self.wait(state);
         }
         Self::tidy(&mut state, ino);
     }
@@ -276,6 +336,10 @@ impl WriteBehind {
         loop {
             let file = state.files.get(&ino)?;
             file.attr?;
+            // A released handle takes no more changes (see `released`).
+            if !file.writers.contains(&fh) {
+                return None;
+            }
             if !file.conflicts(fh, 0, u64::MAX) {
                 break;
             }
@@ -326,6 +390,7 @@ impl WriteBehind {
             }
         }
         state.bytes -= freed;
+        state.finishes += 1;
         Self::tidy(&mut state, ticket.ino);
         drop(state);
         self.finished.notify_all();
@@ -394,6 +459,27 @@ mod tests {
     }
 
     #[test]
+    fn link_counts_follow_at_once_even_with_writes_in_flight() {
+        let wb = WriteBehind::new();
+        wb.opened_for_writing(5, 1, &attr());
+        let t = wb.begin_write(5, 1, 0, 10);
+        wb.links_changed(5, Some(3));
+        assert_eq!(
+            wb.projected(5, Duration::from_secs(60)).map(|a| a.nlink),
+            Some(3)
+        );
+        wb.links_changed(5, None);
+        assert_eq!(
+            wb.projected(5, Duration::from_secs(60)).map(|a| a.nlink),
+            Some(2)
+        );
+        wb.finish(t, Ok(None));
+        // Settled: the ctime changed at a time only the server knows.
+        assert!(wb.projected(5, Duration::from_secs(60)).is_none());
+        assert_eq!(wb.drain(5, 1), Ok(()));
+    }
+
+    #[test]
     fn writes_grow_the_projected_size() {
         let wb = WriteBehind::new();
         wb.opened_for_writing(5, 1, &attr());
@@ -427,14 +513,14 @@ mod tests {
             "old and settled: ask the server"
         );
         // Written since the server's answer: the times are guesses.
-        wb.told(5, &attr());
+        wb.told(5, &attr(), wb.mark());
         let t = wb.begin_write(5, 1, 0, 10);
         assert!(wb.projected(5, ttl).is_some(), "in flight");
         wb.finish(t, Ok(None));
         assert!(wb.projected(5, ttl).is_none(), "settled with guessed times");
         let mut fresh = attr();
         fresh.size = 10;
-        wb.told(5, &fresh);
+        wb.told(5, &fresh, wb.mark());
         assert_eq!(wb.projected(5, ttl).map(|a| a.size), Some(10));
         wb.released(5, 1);
         assert!(wb.projected(5, ttl).is_none());
@@ -451,16 +537,22 @@ mod tests {
     }
 
     #[test]
-    fn state_goes_with_the_last_writer() {
-        let wb = WriteBehind::new();
+    fn state_goes_with_the_last_writer_once_its_changes_are_answered() {
+        let wb = Arc::new(WriteBehind::new());
         wb.opened_for_writing(5, 1, &attr());
         assert!(wb.is_writer(5, 1));
         assert_eq!(wb.any_writer(5), Some(1));
         let t = wb.begin_write(5, 1, 0, 1);
-        wb.released(5, 1);
-        // Still in flight: kept until answered.
+        let wb2 = Arc::clone(&wb);
+        let releaser = thread::spawn(move || wb2.released(5, 1));
+        thread::sleep(Duration::from_millis(100));
+        // Still in flight through the handle: release waits, the state stays.
+        assert!(!releaser.is_finished());
         assert!(wb.lock().files.contains_key(&5));
+        // No new change is taken through a handle being released.
+        assert!(wb.begin_setattr(5, 1, |_| true).is_none());
         wb.finish(t, Ok(None));
+        releaser.join().expect("release ends");
         assert!(wb.lock().files.is_empty());
     }
 

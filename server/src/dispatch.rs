@@ -7,7 +7,7 @@
 
 use crate::export::{ExportRoot, LockTable};
 use crate::handles::HandleTable;
-use ferry_common::frame::{MAX_CHUNK, READDIR_PAGE};
+use ferry_common::frame::{MAX_CHUNK, MAX_COPY, READDIR_PAGE};
 use ferry_common::proto::{Op, Reply};
 use ferry_common::{Attr, Errno, RelPath};
 use std::sync::Arc;
@@ -19,6 +19,8 @@ use std::sync::Arc;
 pub fn runs_inline(op: &Op) -> bool {
     match op {
         Op::Read { .. } | Op::Write { .. } | Op::Fsync { .. } | Op::ReadDir { .. } => false,
+        // Allocating or copying gigabytes takes a while.
+        Op::Fallocate { .. } | Op::CopyFileRange { .. } => false,
         // A truncation may free gigabytes of blocks.
         Op::SetAttr { changes, .. } => changes.size.is_none(),
         Op::Open { flags, .. } => flags & libc::O_TRUNC == 0,
@@ -235,6 +237,28 @@ impl Session {
             Op::ReleaseLocks { handle, owner } => {
                 let file = self.handles.get(handle)?;
                 self.locks.release(&file, owner).map(|()| Reply::Done)
+            }
+            Op::Fallocate {
+                handle,
+                offset,
+                len,
+                mode,
+            } => {
+                self.handles.get(handle)?.allocate(mode, offset, len)?;
+                Ok(Reply::Done)
+            }
+            Op::CopyFileRange {
+                handle_in,
+                offset_in,
+                handle_out,
+                offset_out,
+                len,
+            } => {
+                let input = self.handles.get(handle_in)?;
+                let output = self.handles.get(handle_out)?;
+                let copied = input.copy_to(offset_in, &output, offset_out, len.min(MAX_COPY))?;
+                // MAX_COPY is far below 4 GiB, so this never saturates.
+                Ok(Reply::Written(u32::try_from(copied).unwrap_or(u32::MAX)))
             }
         }
     }

@@ -586,6 +586,85 @@ impl OpenFile {
         result.map_err(Errno::from)
     }
 
+    /// `fallocate(2)` with `mode` 0 (allocate, growing the file),
+    /// `FALLOC_FL_KEEP_SIZE`, `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE` or
+    /// `FALLOC_FL_ZERO_RANGE` (the modes FUSE passes on); others are EOPNOTSUPP.
+    pub fn allocate(&self, mode: i32, offset: u64, len: u64) -> Result<(), Errno> {
+        const MODES: i32 =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !MODES != 0 {
+            return Err(Errno::ENOTSUP);
+        }
+        sys::fallocate(self.file.as_fd(), mode, offset, len)
+    }
+
+    /// Copies up to `len` bytes from this file at `offset_in` to `out` at
+    /// `offset_out`, on the server: with `copy_file_range(2)` (which may share
+    /// or offload the blocks), or by reading and writing here when the two files'
+    /// file systems cannot. Returns the bytes copied; fewer than `len` only at the
+    /// end of this file or when the output fails part way.
+    pub fn copy_to(
+        &self,
+        offset_in: u64,
+        out: &OpenFile,
+        offset_out: u64,
+        len: u64,
+    ) -> Result<u64, Errno> {
+        let (fd_in, fd_out) = (self.file.as_fd(), out.file.as_fd());
+        let mut done = 0u64;
+        while done < len {
+            let at_in = offset_in.checked_add(done).ok_or(Errno::EINVAL)?;
+            let at_out = offset_out.checked_add(done).ok_or(Errno::EINVAL)?;
+            match sys::copy_file_range(fd_in, at_in, fd_out, at_out, len - done) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e)
+                    if done == 0
+                        && [libc::EXDEV, libc::EOPNOTSUPP, libc::ENOSYS].contains(&e.code()) =>
+                {
+                    return self.copy_by_reading(offset_in, out, offset_out, len);
+                }
+                Err(e) if done == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(done)
+    }
+
+    /// [`Self::copy_to`] for files `copy_file_range(2)` cannot join: chunk by chunk.
+    fn copy_by_reading(
+        &self,
+        offset_in: u64,
+        out: &OpenFile,
+        offset_out: u64,
+        len: u64,
+    ) -> Result<u64, Errno> {
+        let mut done = 0u64;
+        while done < len {
+            let chunk = (len - done).min(u64::from(ferry_common::frame::MAX_CHUNK)) as usize;
+            let at_in = offset_in.checked_add(done).ok_or(Errno::EINVAL)?;
+            let data = match self.read_at(at_in, chunk) {
+                Ok(d) => d,
+                Err(e) if done == 0 => return Err(e),
+                Err(_) => break,
+            };
+            if data.is_empty() {
+                break;
+            }
+            let at_out = offset_out.checked_add(done).ok_or(Errno::EINVAL)?;
+            let written = match out.write_at(at_out, &data) {
+                Ok(n) => n,
+                Err(e) if done == 0 => return Err(e),
+                Err(_) => break,
+            };
+            done += written as u64;
+            if written < data.len() || data.len() < chunk {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
     /// [`ExportRoot::set_attr`] through the open file, which may be unlinked.
     /// Truncation needs the file open for writing.
     pub fn set_attr(&self, changes: &AttrChanges) -> Result<Attr, Errno> {

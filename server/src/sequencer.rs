@@ -22,6 +22,10 @@ pub fn ordering_key(op: &Op) -> Option<u64> {
         Op::Write { handle, .. }
         | Op::Fsync { handle, .. }
         | Op::Close { handle }
+        | Op::Fallocate { handle, .. }
+        | Op::CopyFileRange {
+            handle_out: handle, ..
+        }
         | Op::SetAttr {
             handle: Some(handle),
             ..

@@ -1,7 +1,7 @@
 //! The server over a real TCP connection: the handshake, hostile input,
 //! pipelining, read-only exports and confinement, byte for byte as a client sends them.
 
-use ferry_common::frame::{self, MAX_CHUNK, MAX_FRAME};
+use ferry_common::frame::{self, MAX_CHUNK, MAX_COPY, MAX_FRAME};
 use ferry_common::proto::{
     AttrChanges, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, PROTOCOL_VERSION,
 };
@@ -539,6 +539,19 @@ fn a_read_only_export_refuses_every_change() {
             offset: 0,
             data: b"x".to_vec(),
         },
+        Op::Fallocate {
+            handle: 1,
+            offset: 0,
+            len: 10,
+            mode: 0,
+        },
+        Op::CopyFileRange {
+            handle_in: 1,
+            offset_in: 0,
+            handle_out: 1,
+            offset_out: 10,
+            len: 10,
+        },
     ];
     for op in mutations {
         assert_eq!(client.call(op.clone()), Err(Errno::EROFS), "{op:?}");
@@ -737,6 +750,111 @@ fn a_file_is_no_export_root() {
     fs::write(&file, "x").unwrap();
     let err = spawn_test_server(&file, false).unwrap_err();
     assert!(err.to_string().contains("not a directory"), "{err}");
+}
+
+#[test]
+fn copies_between_handles_stay_on_the_server_and_are_capped() {
+    let (tmp, server) = setup(false);
+    let (mut client, _) = Client::welcomed(server.addr());
+    let open = |client: &mut Client, op: Op| match client.call(op) {
+        Ok(Reply::Opened { handle, .. } | Reply::Created { handle, .. }) => handle,
+        other => panic!("{other:?}"),
+    };
+    let input = open(
+        &mut client,
+        Op::Open {
+            path: p("big"),
+            flags: libc::O_RDONLY,
+        },
+    );
+    let output = open(
+        &mut client,
+        Op::Create {
+            path: p("copy"),
+            flags: libc::O_RDWR,
+            mode: 0o644,
+            owner: None,
+        },
+    );
+    let copy = |client: &mut Client, offset: u64, len: u64| {
+        client.call(Op::CopyFileRange {
+            handle_in: input,
+            offset_in: offset,
+            handle_out: output,
+            offset_out: offset,
+            len,
+        })
+    };
+    let size = 3 * u64::from(MAX_CHUNK);
+    assert_eq!(copy(&mut client, 0, 1000), Ok(Reply::Written(1000)));
+    // Asking for more than the file holds copies up to its end.
+    assert_eq!(
+        copy(&mut client, 1000, u64::MAX),
+        Ok(Reply::Written((size - 1000) as u32))
+    );
+    assert_eq!(copy(&mut client, size, 10), Ok(Reply::Written(0)));
+    let copied = fs::read(tmp.path().join("export/copy")).unwrap();
+    assert_eq!(copied.len() as u64, size);
+    assert!(copied
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == pattern(i as u64)));
+    // Unknown handles are EBADF; the read-only input cannot be allocated.
+    assert_eq!(
+        client.call(Op::CopyFileRange {
+            handle_in: input,
+            offset_in: 0,
+            handle_out: 999,
+            offset_out: 0,
+            len: 10,
+        }),
+        Err(Errno::EBADF)
+    );
+    assert_eq!(
+        client.call(Op::Fallocate {
+            handle: input,
+            offset: 0,
+            len: 10,
+            mode: 0,
+        }),
+        Err(Errno::EBADF)
+    );
+    assert_eq!(
+        client.call(Op::Fallocate {
+            handle: output,
+            offset: size,
+            len: 4096,
+            mode: 0,
+        }),
+        Ok(Reply::Done)
+    );
+    assert_eq!(
+        fs::metadata(tmp.path().join("export/copy")).unwrap().len(),
+        size + 4096
+    );
+    // One request copies at most MAX_COPY; the kernel hands the application a
+    // short count and it asks for the rest.
+    fs::File::create(tmp.path().join("export/sparse"))
+        .unwrap()
+        .set_len(MAX_COPY + 4096)
+        .unwrap();
+    let sparse = open(
+        &mut client,
+        Op::Open {
+            path: p("sparse"),
+            flags: libc::O_RDONLY,
+        },
+    );
+    assert_eq!(
+        client.call(Op::CopyFileRange {
+            handle_in: sparse,
+            offset_in: 0,
+            handle_out: output,
+            offset_out: 0,
+            len: u64::MAX,
+        }),
+        Ok(Reply::Written(MAX_COPY as u32))
+    );
 }
 
 #[test]

@@ -340,6 +340,53 @@ pub fn set_status_flags(fd: BorrowedFd<'_>, flags: i32) -> Result<(), Errno> {
     Ok(())
 }
 
+/// `fallocate(2)`, retried when a signal interrupts it.
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> Result<(), Errno> {
+    let offset = libc::off_t::try_from(offset).map_err(|_| Errno::new(libc::EFBIG))?;
+    let len = libc::off_t::try_from(len).map_err(|_| Errno::new(libc::EFBIG))?;
+    loop {
+        // SAFETY: plain integers.
+        match cvt(unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset, len) }) {
+            Err(e) if e.code() == libc::EINTR => continue,
+            other => return other.map(|_| ()),
+        }
+    }
+}
+
+/// One `copy_file_range(2)` call at explicit offsets (the descriptors' own
+/// offsets are neither used nor moved): the bytes copied, 0 at the end of the input.
+pub fn copy_file_range(
+    fd_in: BorrowedFd<'_>,
+    offset_in: u64,
+    fd_out: BorrowedFd<'_>,
+    offset_out: u64,
+    len: u64,
+) -> Result<u64, Errno> {
+    let mut off_in = libc::loff_t::try_from(offset_in).map_err(|_| Errno::new(libc::EFBIG))?;
+    let mut off_out = libc::loff_t::try_from(offset_out).map_err(|_| Errno::new(libc::EFBIG))?;
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    loop {
+        // SAFETY: the offsets are valid in/out pointers for the call's duration.
+        let n = unsafe {
+            libc::copy_file_range(
+                fd_in.as_raw_fd(),
+                &mut off_in,
+                fd_out.as_raw_fd(),
+                &mut off_out,
+                len,
+                0,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as u64);
+        }
+        let err = Errno::last();
+        if err.code() != libc::EINTR {
+            return Err(err);
+        }
+    }
+}
+
 pub fn fstatvfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs, Errno> {
     let mut st = MaybeUninit::<libc::statvfs>::uninit();
     // SAFETY: valid out-pointer.

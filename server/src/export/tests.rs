@@ -675,3 +675,39 @@ fn opening_the_root_or_a_missing_root_fails_clearly() {
         Some(Errno::EISDIR)
     );
 }
+
+#[test]
+fn fallocate_modes_and_copies_between_open_files() {
+    let fx = fixture();
+    let (out, _) = fx
+        .export
+        .create(&p("copy"), libc::O_RDWR, 0o644, None)
+        .unwrap();
+    out.allocate(0, 0, 8192).unwrap();
+    assert_eq!(out.attr().unwrap().size, 8192);
+    out.allocate(libc::FALLOC_FL_KEEP_SIZE, 8192, 4096).unwrap();
+    assert_eq!(out.attr().unwrap().size, 8192);
+    assert_eq!(
+        out.allocate(libc::FALLOC_FL_COLLAPSE_RANGE, 0, 4096),
+        Err(Errno::ENOTSUP),
+        "modes FUSE never passes are refused"
+    );
+    let (input, _) = fx.export.open_file(&p("file"), libc::O_RDONLY).unwrap();
+    assert_eq!(
+        input.copy_to(1, &out, 100, 1000).unwrap(),
+        4,
+        "up to the end of the input"
+    );
+    assert_eq!(
+        input.copy_to(5, &out, 0, 10).unwrap(),
+        0,
+        "nothing past the end"
+    );
+    // The fallback, for file systems copy_file_range cannot join.
+    assert_eq!(input.copy_by_reading(0, &out, 200, 1000).unwrap(), 5);
+    let data = fs::read(fx.export_dir().join("copy")).unwrap();
+    assert_eq!(&data[100..104], b"ello");
+    assert_eq!(&data[200..205], b"hello");
+    // A descriptor opened read-only cannot be written to.
+    assert_eq!(out.copy_to(0, &input, 0, 10), Err(Errno::EBADF));
+}
