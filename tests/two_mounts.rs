@@ -3,8 +3,9 @@
 mod common;
 
 use common::Setup;
-use std::fs;
+use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 #[test]
@@ -122,4 +123,49 @@ fn a_name_removed_by_another_mount_is_looked_up_again_on_open() {
     file.write_all(b"new").unwrap();
     drop(file);
     assert_eq!(fs::read(f.e("journal2")).unwrap(), b"new");
+}
+
+#[test]
+fn a_hard_link_stays_usable_when_another_client_removes_its_other_name() {
+    let mut f = fixture!();
+    let other = f.second_mount("other", Setup::default());
+    fs::write(f.m("a"), b"linked").unwrap();
+    fs::hard_link(f.m("a"), f.m("b")).unwrap();
+    // This mount knows both names, "b" the newest.
+    assert_eq!(fs::read(f.m("b")).unwrap(), b"linked");
+    assert_eq!(fs::read(f.m("a")).unwrap(), b"linked");
+    fs::remove_file(other.join("b")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(fs::read(f.m("a")).unwrap(), b"linked");
+    fs::set_permissions(f.m("a"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(fs::metadata(f.e("a")).unwrap().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn a_new_file_with_a_reused_inode_number_is_read_afresh() {
+    let f = fixture!();
+    let stamp = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    for round in 0..6 {
+        let old = format!("old{round}");
+        let new = format!("new{round}");
+        fs::write(f.e(&old), b"AAAA").unwrap();
+        File::options()
+            .write(true)
+            .open(f.e(&old))
+            .unwrap()
+            .set_modified(stamp)
+            .unwrap();
+        assert_eq!(fs::read(f.m(&old)).unwrap(), b"AAAA");
+        // Behind the mount's back: the server's filesystem may give the new
+        // file the old one's inode number; same size, same mtime.
+        fs::remove_file(f.e(&old)).unwrap();
+        fs::write(f.e(&new), b"BBBB").unwrap();
+        File::options()
+            .write(true)
+            .open(f.e(&new))
+            .unwrap()
+            .set_modified(stamp)
+            .unwrap();
+        assert_eq!(fs::read(f.m(&new)).unwrap(), b"BBBB", "round {round}");
+    }
 }

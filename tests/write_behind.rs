@@ -224,3 +224,157 @@ fn reads_and_truncation_see_the_writes_before_them() {
     close(w).unwrap();
     assert_eq!(fs::read(f.e("r")).unwrap(), &data[..5]);
 }
+
+// Regressions found in review: each of these lost data or an error once.
+
+#[test]
+fn an_appending_write_lands_after_other_handles_writes() {
+    let f = fixture!();
+    for round in 0..5 {
+        let name = format!("a{round}");
+        let plain = File::create(f.m(&name)).unwrap();
+        let appender = OpenOptions::new().append(true).open(f.m(&name)).unwrap();
+        for i in 0..4u64 {
+            plain.write_all_at(&vec![b'x'; 1 << 20], i << 20).unwrap();
+        }
+        (&appender).write_all(b"APPENDED").unwrap();
+        close(plain).unwrap();
+        close(appender).unwrap();
+        let data = fs::read(f.e(&name)).unwrap();
+        assert_eq!(data.len(), (4 << 20) + 8, "round {round}");
+        assert!(data.ends_with(b"APPENDED"), "round {round}");
+    }
+}
+
+#[test]
+fn a_truncating_open_lands_after_other_handles_writes() {
+    let f = fixture!();
+    for round in 0..5 {
+        let name = format!("t{round}");
+        let w = File::create(f.m(&name)).unwrap();
+        w.write_all_at(&vec![b'x'; 8 << 20], 0).unwrap();
+        let t = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(f.m(&name))
+            .unwrap();
+        close(w).unwrap();
+        close(t).unwrap();
+        assert_eq!(fs::metadata(f.e(&name)).unwrap().len(), 0, "round {round}");
+    }
+}
+
+#[test]
+fn every_writing_handle_hears_of_a_failure_once() {
+    if !common::require_root() {
+        return;
+    }
+    let disk = SmallDisk::new();
+    let f = fixture!(Setup {
+        export: Some(disk.path().to_path_buf()),
+        ..Setup::default()
+    });
+    let mut writer = File::create(f.m("fill")).unwrap();
+    let other = OpenOptions::new().write(true).open(f.m("fill")).unwrap();
+    let reader = File::open(f.m("fill")).unwrap();
+    let failed = overfill(&mut writer);
+    // A reader's fsync waits but takes nothing away; the other writer hears of
+    // it at its close; the writer still hears of it at its own.
+    reader.sync_all().unwrap();
+    common::assert_errno(close(other), libc::ENOSPC);
+    let result = failed.and_then(|()| close(writer));
+    common::assert_errno(result, libc::ENOSPC);
+}
+
+#[test]
+fn a_lock_is_released_even_after_a_failed_write() {
+    if !common::require_root() {
+        return;
+    }
+    let disk = SmallDisk::new();
+    let f = fixture!(Setup {
+        export: Some(disk.path().to_path_buf()),
+        ..Setup::default()
+    });
+    let mut writer = File::create(f.m("fill")).unwrap();
+    // SAFETY: flock on a valid descriptor.
+    assert_eq!(unsafe { libc::flock(writer.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let failed = overfill(&mut writer);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::flock(writer.as_raw_fd(), libc::LOCK_UN) }, 0);
+    let second = File::open(f.m("fill")).unwrap();
+    // SAFETY: as above.
+    let got = unsafe { libc::flock(second.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(got, 0, "the lock was not released");
+    common::assert_errno(failed.and_then(|()| close(writer)), libc::ENOSPC);
+}
+
+#[test]
+fn stat_and_listing_never_shrink_a_file_being_written() {
+    let f = fixture!();
+    for round in 0..8 {
+        let name = format!("s{round}");
+        let w = File::create(f.m(&name)).unwrap();
+        w.write_all_at(&vec![b'y'; 8 << 20], 0).unwrap();
+        let _ = fs::read_dir(&f.mnt).unwrap().count();
+        assert_eq!(fs::metadata(f.m(&name)).unwrap().len(), 8 << 20);
+        assert_eq!(w.metadata().unwrap().len(), 8 << 20);
+        let mut last = [0u8; 16];
+        w.sync_all().unwrap();
+        File::open(f.m(&name))
+            .unwrap()
+            .read_exact_at(&mut last, (8 << 20) - 16)
+            .unwrap();
+        assert_eq!(last, [b'y'; 16]);
+        close(w).unwrap();
+    }
+}
+
+#[test]
+fn an_unlinked_file_being_written_has_no_links() {
+    let f = fixture!();
+    let w = File::create(f.m("gone")).unwrap();
+    w.write_all_at(&vec![b'z'; 2 << 20], 0).unwrap();
+    fs::remove_file(f.m("gone")).unwrap();
+    assert_eq!(w.metadata().unwrap().nlink(), 0);
+    w.write_all_at(b"more", 0).unwrap();
+    close(w).unwrap();
+}
+
+#[test]
+fn a_capability_set_after_writing_is_kept() {
+    if !common::require_root() {
+        return;
+    }
+    let f = fixture!();
+    // struct vfs_cap_data, revision 2: effective, permitted CAP_NET_BIND_SERVICE.
+    let mut cap = Vec::new();
+    cap.extend_from_slice(&(0x0200_0000u32 | 1).to_le_bytes());
+    cap.extend_from_slice(&(1u32 << 10).to_le_bytes());
+    cap.extend_from_slice(&[0u8; 12]);
+    for round in 0..5 {
+        let name = format!("bin{round}");
+        let w = File::create(f.m(&name)).unwrap();
+        w.write_all_at(&vec![0x90; 4 << 20], 0).unwrap();
+        let c = std::ffi::CString::new(b"security.capability".to_vec()).unwrap();
+        // SAFETY: valid descriptor, name and buffer.
+        let set = unsafe {
+            libc::fsetxattr(w.as_raw_fd(), c.as_ptr(), cap.as_ptr().cast(), cap.len(), 0)
+        };
+        assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+        close(w).unwrap();
+        let path =
+            std::ffi::CString::new(f.e(&name).into_os_string().into_encoded_bytes()).unwrap();
+        let mut buf = [0u8; 64];
+        // SAFETY: valid path, name and buffer.
+        let got = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                c.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        assert_eq!(got, cap.len() as isize, "round {round}: capability lost");
+    }
+}

@@ -284,6 +284,7 @@ impl FerryFs {
         let is_link = matches!(op, Op::Link { .. });
         let known = self.known.clone();
         let writes = self.writes.clone();
+        let mark = writes.mark();
         let asked = Instant::now();
         self.client
             .submit(op, move |r| match r.map(|reply| (reply.attr(), reply)) {
@@ -297,7 +298,7 @@ impl FerryFs {
                         // A file being written has one more name.
                         writes.links_changed(ino, Some(attr.nlink));
                     }
-                    let attr = writes.overlay(ino, attr);
+                    let attr = writes.overlay(ino, attr, Some(mark));
                     if made_dir {
                         known.learn(ino, asked, []);
                     }
@@ -1213,7 +1214,7 @@ impl Filesystem for FerryFs {
                     // here and uncounted if it does not fit in this reply.
                     let child_ino = lock(&self.inodes).remember(&child, &entry.attr);
                     self.attrs.store(child_ino, entry.attr);
-                    let attr = self.writes.overlay(child_ino, entry.attr);
+                    let attr = self.writes.overlay(child_ino, entry.attr, None);
                     let full = reply.add(
                         INodeNo(child_ino),
                         index + 1,

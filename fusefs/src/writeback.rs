@@ -189,13 +189,16 @@ impl WriteBehind {
         shown || first
     }
 
-    /// What to tell the kernel of `ino` when the server answered `attr` (a
-    /// lookup, a listing): while changes are in flight the server's answer is
-    /// older than what the kernel knows, and would shrink the file it sees.
-    pub fn overlay(&self, ino: u64, attr: Attr) -> Attr {
+    /// What to tell the kernel of `ino` when the server answered `attr` to a
+    /// request sent after `mark` (a lookup; `None` for a listing, which may be
+    /// older still): while this mount's changes are in flight, or landed after
+    /// the answer was made, the answer is older than what the kernel knows and
+    /// would shrink the file it sees.
+    pub fn overlay(&self, ino: u64, attr: Attr, mark: Option<u64>) -> Attr {
         let state = self.lock();
+        let stale = mark != Some(state.finishes);
         match state.files.get(&ino) {
-            Some(file) if !file.in_flight.is_empty() => file.attr.unwrap_or(attr),
+            Some(file) if !file.in_flight.is_empty() || stale => file.attr.unwrap_or(attr),
             _ => attr,
         }
     }
