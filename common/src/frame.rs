@@ -140,8 +140,13 @@ pub fn read_frame<R: Read>(reader: &mut R) -> Result<Option<Vec<u8>>, FrameError
         }
     }
     let len = checked_len(header)?;
-    let mut payload = vec![0; len];
-    reader.read_exact(&mut payload)?;
+    // Read into uninitialised capacity: zeroing a megabyte first costs as much
+    // as copying it.
+    let mut payload = Vec::with_capacity(len);
+    reader.take(len as u64).read_to_end(&mut payload)?;
+    if payload.len() < len {
+        return Err(FrameError::Truncated);
+    }
     Ok(Some(payload))
 }
 
@@ -161,8 +166,14 @@ pub async fn read_frame_async<R: AsyncRead + Unpin>(
         }
     }
     let len = checked_len(header)?;
-    let mut payload = vec![0; len];
-    reader.read_exact(&mut payload).await?;
+    let mut payload = Vec::with_capacity(len);
+    (&mut *reader)
+        .take(len as u64)
+        .read_to_end(&mut payload)
+        .await?;
+    if payload.len() < len {
+        return Err(FrameError::Truncated);
+    }
     Ok(Some(payload))
 }
 
