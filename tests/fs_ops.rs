@@ -251,26 +251,7 @@ fn a_full_disk_is_enospc() {
         return;
     }
     // A 1 MiB tmpfs as the export.
-    let small = tempfile::Builder::new()
-        .prefix("ferry-small-")
-        .tempdir()
-        .unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "ferry-test-tmpfs"])
-        .arg(small.path())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "cannot mount a tmpfs for the test");
-    struct Unmount<'a>(&'a std::path::Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(small.path());
+    let small = common::SmallDisk::new();
     {
         let f = fixture!(Setup {
             export: Some(small.path().to_path_buf()),

@@ -9,7 +9,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
 
 /// close(2) with its result, which dropping a `File` throws away.
 fn close(file: File) -> std::io::Result<()> {
@@ -18,38 +17,6 @@ fn close(file: File) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
-    }
-}
-
-/// A 1 MiB tmpfs, unmounted when dropped.
-struct SmallDisk(tempfile::TempDir);
-
-impl SmallDisk {
-    fn new() -> SmallDisk {
-        let dir = tempfile::Builder::new()
-            .prefix("ferry-small-")
-            .tempdir()
-            .unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m", "ferry-test-tmpfs"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "cannot mount a tmpfs for the test");
-        SmallDisk(dir)
-    }
-
-    fn path(&self) -> &Path {
-        self.0.path()
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.0.path())
-            .status();
     }
 }
 
@@ -67,7 +34,7 @@ fn a_failed_write_is_reported_at_close_at_the_latest() {
     if !common::require_root() {
         return;
     }
-    let disk = SmallDisk::new();
+    let disk = common::SmallDisk::new();
     let f = fixture!(Setup {
         export: Some(disk.path().to_path_buf()),
         ..Setup::default()
@@ -88,7 +55,7 @@ fn a_failed_write_is_reported_by_fsync() {
     if !common::require_root() {
         return;
     }
-    let disk = SmallDisk::new();
+    let disk = common::SmallDisk::new();
     let f = fixture!(Setup {
         export: Some(disk.path().to_path_buf()),
         ..Setup::default()
@@ -269,7 +236,7 @@ fn every_writing_handle_hears_of_a_failure_once() {
     if !common::require_root() {
         return;
     }
-    let disk = SmallDisk::new();
+    let disk = common::SmallDisk::new();
     let f = fixture!(Setup {
         export: Some(disk.path().to_path_buf()),
         ..Setup::default()
@@ -291,7 +258,7 @@ fn a_lock_is_released_even_after_a_failed_write() {
     if !common::require_root() {
         return;
     }
-    let disk = SmallDisk::new();
+    let disk = common::SmallDisk::new();
     let f = fixture!(Setup {
         export: Some(disk.path().to_path_buf()),
         ..Setup::default()
