@@ -177,6 +177,127 @@ pub async fn read_frame_async<R: AsyncRead + Unpin>(
     Ok(Some(payload))
 }
 
+/// A frame from the server: a whole payload to [`decode`], or — read apart from
+/// the rest, without copying it again — the bytes of a `Reply::Data` answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ResponseFrame {
+    Whole(Vec<u8>),
+    Data { id: u64, data: Vec<u8> },
+}
+
+/// How many bytes of a frame are read before deciding whether it is a data
+/// answer: more than the longest prefix (id, result, variant, length).
+const PEEK: usize = 32;
+
+/// The bincode prefix of `Response { id, result: Ok(Reply::Data(..)) }` before
+/// the data's length, found by encoding an empty one (so it follows the
+/// message types and the codec's configuration instead of copying them).
+fn data_prefix(id: u64) -> Result<Vec<u8>, FrameError> {
+    let empty = crate::proto::Response {
+        id,
+        result: Ok(crate::proto::Reply::Data(Vec::new())),
+    };
+    let mut prefix = bincode::serde::encode_to_vec(&empty, config())
+        .map_err(|e| FrameError::Corrupt(e.to_string()))?;
+    // The last byte is the empty length.
+    prefix.pop();
+    Ok(prefix)
+}
+
+/// The frame of `Response { id, result: Ok(Reply::Data(data)) }` without the
+/// data: sent first, and the data after it as it is, the two make exactly the
+/// frame [`encode`] would have built by copying the data.
+pub fn encode_data_head(id: u64, data_len: usize) -> Result<Vec<u8>, FrameError> {
+    let mut head = vec![0; HEADER];
+    head.extend_from_slice(&data_prefix(id)?);
+    let len = bincode::serde::encode_to_vec(data_len as u64, config())
+        .map_err(|e| FrameError::Corrupt(e.to_string()))?;
+    head.extend_from_slice(&len);
+    let total = head.len() - HEADER + data_len;
+    if total > MAX_FRAME {
+        return Err(FrameError::TooLarge(total as u64));
+    }
+    head[..HEADER].copy_from_slice(&(total as u32).to_le_bytes());
+    Ok(head)
+}
+
+/// Reads a bincode variable-length integer (unsigned, little-endian) at the
+/// start of `bytes`: its value and its size.
+fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let first = *bytes.first()?;
+    let wide = |n: usize| -> Option<u64> {
+        let raw = bytes.get(1..1 + n)?;
+        let mut le = [0u8; 8];
+        le[..n].copy_from_slice(raw);
+        Some(u64::from_le_bytes(le))
+    };
+    match first {
+        0..=250 => Some((u64::from(first), 1)),
+        251 => Some((wide(2)?, 3)),
+        252 => Some((wide(4)?, 5)),
+        253 => Some((wide(8)?, 9)),
+        _ => None,
+    }
+}
+
+/// Splits a data answer's prefix off `head` (the first bytes of a payload of
+/// `len` bytes): the request id and where the data starts.
+fn split_data(head: &[u8], len: usize) -> Option<(u64, usize)> {
+    let (id, _) = varint(head)?;
+    let prefix = data_prefix(id).ok()?;
+    if head.get(..prefix.len())? != prefix.as_slice() {
+        return None;
+    }
+    let (data_len, len_len) = varint(&head[prefix.len()..])?;
+    let start = prefix.len() + len_len;
+    (start as u64 + data_len == len as u64).then_some((id, start))
+}
+
+/// Reads one frame from the server; `Ok(None)` on a clean end of stream. A data
+/// answer's bytes are read straight into their own buffer, which becomes the
+/// `Reply::Data` without a copy.
+pub fn read_response<R: Read>(reader: &mut R) -> Result<Option<ResponseFrame>, FrameError> {
+    let mut header = [0u8; HEADER];
+    let mut got = 0;
+    while got < HEADER {
+        match reader.read(&mut header[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(FrameError::Truncated),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = checked_len(header)?;
+    let mut head = Vec::with_capacity(len.min(PEEK));
+    reader.take(len.min(PEEK) as u64).read_to_end(&mut head)?;
+    if head.len() < len.min(PEEK) {
+        return Err(FrameError::Truncated);
+    }
+    let (mut buf, id) = match split_data(&head, len).filter(|_| len > PEEK) {
+        Some((id, start)) => {
+            let mut data = Vec::with_capacity(len - start);
+            data.extend_from_slice(&head[start..]);
+            (data, Some(id))
+        }
+        None => {
+            let mut whole = Vec::with_capacity(len);
+            whole.extend_from_slice(&head);
+            (whole, None)
+        }
+    };
+    let rest = len - head.len();
+    let before = buf.len();
+    reader.take(rest as u64).read_to_end(&mut buf)?;
+    if buf.len() - before < rest {
+        return Err(FrameError::Truncated);
+    }
+    Ok(Some(match id {
+        Some(id) => ResponseFrame::Data { id, data: buf },
+        None => ResponseFrame::Whole(buf),
+    }))
+}
+
 /// Writes one message as a frame to a blocking stream.
 pub fn write_frame<W: Write, T: Serialize>(writer: &mut W, msg: &T) -> Result<(), FrameError> {
     writer.write_all(&encode(msg)?)?;
@@ -213,6 +334,93 @@ mod tests {
             ino: 77,
             dev: 2049,
         }
+    }
+
+    #[test]
+    fn a_data_head_and_its_data_make_the_whole_frame() {
+        for id in [0u64, 300, u64::MAX] {
+            for n in [0usize, 250, 251, 70_000, MAX_CHUNK as usize] {
+                let data = vec![0xab; n];
+                let mut split = encode_data_head(id, n).unwrap();
+                split.extend_from_slice(&data);
+                let whole = encode(&Response {
+                    id,
+                    result: Ok(Reply::Data(data)),
+                })
+                .unwrap();
+                assert_eq!(split, whole, "id {id}, {n} bytes");
+            }
+        }
+        assert!(matches!(
+            encode_data_head(1, MAX_FRAME),
+            Err(FrameError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn data_answers_are_read_apart_and_everything_else_whole() {
+        let sizes = [0usize, 1, 31, 250, 251, 65_535, 65_536, MAX_CHUNK as usize];
+        for id in [0u64, 250, 251, 70_000, u64::MAX] {
+            for &n in &sizes {
+                let data: Vec<u8> = (0..n).map(|i| (i % 253) as u8).collect();
+                let resp = Response {
+                    id,
+                    result: Ok(Reply::Data(data.clone())),
+                };
+                let frame = encode(&resp).unwrap();
+                let got = read_response(&mut Cursor::new(&frame)).unwrap().unwrap();
+                match got {
+                    ResponseFrame::Data {
+                        id: got_id,
+                        data: got,
+                    } => {
+                        assert_eq!((got_id, got), (id, data));
+                    }
+                    ResponseFrame::Whole(payload) => {
+                        // Only frames no longer than the peek are read whole.
+                        assert!(payload.len() <= PEEK, "id {id}, {n} bytes");
+                        assert_eq!(decode::<Response>(&payload).unwrap(), resp);
+                    }
+                }
+            }
+        }
+        // Other answers, errors included, come whole and decode as before.
+        let others = [
+            Response {
+                id: 7,
+                result: Ok(Reply::Target(vec![1; 100])),
+            },
+            Response {
+                id: 8,
+                result: Err(Errno::ENOENT),
+            },
+            Response {
+                id: 9,
+                result: Ok(Reply::Written(1 << 20)),
+            },
+        ];
+        for resp in others {
+            let frame = encode(&resp).unwrap();
+            match read_response(&mut Cursor::new(&frame)).unwrap().unwrap() {
+                ResponseFrame::Whole(payload) => {
+                    assert_eq!(decode::<Response>(&payload).unwrap(), resp)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // A truncated data answer is an error, a clean end is none.
+        let frame = encode(&Response {
+            id: 1,
+            result: Ok(Reply::Data(vec![5; 1000])),
+        })
+        .unwrap();
+        assert!(matches!(
+            read_response(&mut Cursor::new(&frame[..500])),
+            Err(FrameError::Truncated)
+        ));
+        assert!(read_response(&mut Cursor::new(&[] as &[u8]))
+            .unwrap()
+            .is_none());
     }
 
     fn round_trip<T: Serialize + DeserializeOwned + PartialEq + fmt::Debug>(msg: T) {

@@ -18,7 +18,7 @@
 //! (rather than reaching whatever file that number names on a new connection)
 //! when the epoch has changed; its owner re-opens the file by path.
 
-use ferry_common::frame;
+use ferry_common::frame::{self, ResponseFrame};
 use ferry_common::proto::{DirEntry, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome};
 use ferry_common::Errno;
 use std::collections::{BTreeMap, HashMap};
@@ -446,10 +446,15 @@ impl Drop for Inner {
 fn read_loop(stream: TcpStream, epoch: u64, inner: std::sync::Weak<Inner>) {
     let mut reader = io::BufReader::with_capacity(256 * 1024, stream);
     loop {
-        let outcome = frame::read_frame(&mut reader);
+        let outcome = frame::read_response(&mut reader);
         let Some(inner) = inner.upgrade() else { return };
         let payload = match outcome {
-            Ok(Some(p)) => p,
+            // File data arrives in a buffer of its own: no copy out of the frame.
+            Ok(Some(ResponseFrame::Data { id, data })) => {
+                inner.complete(id, Ok(Reply::Data(data)));
+                continue;
+            }
+            Ok(Some(ResponseFrame::Whole(p))) => p,
             Ok(None) => {
                 log::warn!("{} closed the connection", inner.addr);
                 return inner.lose(epoch);

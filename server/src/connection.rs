@@ -26,7 +26,7 @@ use crate::export::ExportRoot;
 use crate::sequencer::{ordering_key, Sequencer};
 use ferry_common::frame::{self, FrameError, MAX_CHUNK};
 use ferry_common::proto::{
-    HandshakeReply, Hello, Op, Request, Response, Welcome, MAGIC, PROTOCOL_VERSION,
+    HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, MAGIC, PROTOCOL_VERSION,
 };
 use ferry_common::Errno;
 use std::io;
@@ -279,7 +279,7 @@ fn cost_kib(request_len: usize, op: &Op) -> u32 {
 }
 
 /// Handles one request and encodes its reply frame. Runs on the blocking pool.
-fn answer(session: &Session, request: Request) -> Vec<u8> {
+fn answer(session: &Session, request: Request) -> Encoded {
     let id = request.id;
     // A bug in one operation must not leave its request unanswered.
     let result = panic::catch_unwind(AssertUnwindSafe(|| session.handle(request.op)))
@@ -287,7 +287,18 @@ fn answer(session: &Session, request: Request) -> Vec<u8> {
             log::error!("request {id} panicked; answering EIO");
             Err(Errno::EIO)
         });
-    match frame::encode(&Response { id, result }) {
+    // File data is sent from its own buffer, after a head, not copied into a frame.
+    let result = match result {
+        Ok(Reply::Data(data)) => match frame::encode_data_head(id, data.len()) {
+            Ok(head) => return Encoded { head, data },
+            Err(e) => {
+                log::warn!("the reply to request {id} cannot be encoded ({e}); answering EIO");
+                Err(Errno::EIO)
+            }
+        },
+        other => other,
+    };
+    let head = match frame::encode(&Response { id, result }) {
         Ok(frame) => frame,
         Err(e) => {
             log::warn!("the reply to request {id} cannot be encoded ({e}); answering EIO");
@@ -297,12 +308,23 @@ fn answer(session: &Session, request: Request) -> Vec<u8> {
             })
             .unwrap_or_default()
         }
+    };
+    Encoded {
+        head,
+        data: Vec::new(),
     }
+}
+
+/// A reply ready to write: its frame, or for file data the frame's head and the
+/// data that completes it.
+struct Encoded {
+    head: Vec<u8>,
+    data: Vec<u8>,
 }
 
 /// An encoded reply, and the budget its request held, given back once it is written.
 struct Outgoing {
-    frame: Vec<u8>,
+    frame: Encoded,
     budget: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
@@ -317,12 +339,21 @@ async fn write_replies(
     while let Some(first) = replies.recv().await {
         let mut next = Some(first);
         while let Some(Outgoing { frame, budget }) = next {
-            if frame.len() >= LARGE_FRAME {
-                // A big reply is written as it is rather than copied into the batch.
-                flush(&mut sink, &mut batch).await?;
-                write_timed(&mut sink, &frame).await?;
+            let Encoded { head, data } = frame;
+            if head.len() + data.len() >= LARGE_FRAME {
+                // A big reply is written as it is rather than copied into the batch
+                // (file data after its small head, which goes with the batch).
+                if data.is_empty() {
+                    flush(&mut sink, &mut batch).await?;
+                    write_timed(&mut sink, &head).await?;
+                } else {
+                    batch.extend_from_slice(&head);
+                    flush(&mut sink, &mut batch).await?;
+                    write_timed(&mut sink, &data).await?;
+                }
             } else {
-                batch.extend_from_slice(&frame);
+                batch.extend_from_slice(&head);
+                batch.extend_from_slice(&data);
                 if batch.len() >= BATCH_LIMIT {
                     flush(&mut sink, &mut batch).await?;
                 }
