@@ -208,8 +208,43 @@ fn data_prefix(id: u64) -> Result<Vec<u8>, FrameError> {
 /// data: sent first, and the data after it as it is, the two make exactly the
 /// frame [`encode`] would have built by copying the data.
 pub fn encode_data_head(id: u64, data_len: usize) -> Result<Vec<u8>, FrameError> {
+    with_length(data_prefix(id)?, data_len)
+}
+
+/// The bincode prefix of `Request { id, op: Op::Write { handle, offset, .. } }`
+/// before the data's length (see [`data_prefix`]).
+fn write_prefix(id: u64, handle: u64, offset: u64) -> Result<Vec<u8>, FrameError> {
+    let empty = crate::proto::Request {
+        id,
+        op: crate::proto::Op::Write {
+            handle,
+            offset,
+            data: Vec::new(),
+        },
+    };
+    let mut prefix = bincode::serde::encode_to_vec(&empty, config())
+        .map_err(|e| FrameError::Corrupt(e.to_string()))?;
+    prefix.pop();
+    Ok(prefix)
+}
+
+/// The frame of a `Write` request without its data, which is sent right after
+/// it from the caller's buffer: together they are exactly what [`encode`]
+/// would have built by copying the data.
+pub fn encode_write_head(
+    id: u64,
+    handle: u64,
+    offset: u64,
+    data_len: usize,
+) -> Result<Vec<u8>, FrameError> {
+    with_length(write_prefix(id, handle, offset)?, data_len)
+}
+
+/// `prefix` framed for `data_len` bytes of data to follow: the frame header, the
+/// prefix and the data's encoded length.
+fn with_length(prefix: Vec<u8>, data_len: usize) -> Result<Vec<u8>, FrameError> {
     let mut head = vec![0; HEADER];
-    head.extend_from_slice(&data_prefix(id)?);
+    head.extend_from_slice(&prefix);
     let len = bincode::serde::encode_to_vec(data_len as u64, config())
         .map_err(|e| FrameError::Corrupt(e.to_string()))?;
     head.extend_from_slice(&len);
@@ -219,6 +254,117 @@ pub fn encode_data_head(id: u64, data_len: usize) -> Result<Vec<u8>, FrameError>
     }
     head[..HEADER].copy_from_slice(&(total as u32).to_le_bytes());
     Ok(head)
+}
+
+/// Splits a `Write` request's prefix off `head` (the first bytes of a payload
+/// of `len` bytes): id, handle, offset, and where the data starts. The prefix is
+/// encoded again and compared, so only an exact bincode `Write` is taken.
+fn split_write(head: &[u8], len: usize) -> Option<(u64, u64, u64, usize)> {
+    let (id, mut at) = varint(head)?;
+    // The variant index of `Write`, as bincode writes it.
+    let probe = write_prefix(0, 0, 0).ok()?;
+    let index = probe.get(1)?;
+    if head.get(at)? != index {
+        return None;
+    }
+    at += 1;
+    let (handle, n) = varint(head.get(at..)?)?;
+    at += n;
+    let (offset, n) = varint(head.get(at..)?)?;
+    at += n;
+    let (data_len, n) = varint(head.get(at..)?)?;
+    at += n;
+    if at as u64 + data_len != len as u64 {
+        return None;
+    }
+    let prefix = write_prefix(id, handle, offset).ok()?;
+    let mut expected = prefix;
+    expected.extend_from_slice(&head[expected.len()..at]);
+    (head.get(..at)? == expected.as_slice()).then_some((id, handle, offset, at))
+}
+
+/// A request frame: a whole payload to [`decode`], or a `Write` whose data was
+/// read into a buffer of its own (no copy out of the frame).
+#[derive(Debug, PartialEq, Eq)]
+pub enum RequestFrame {
+    Whole(Vec<u8>),
+    Write {
+        id: u64,
+        handle: u64,
+        offset: u64,
+        data: Vec<u8>,
+    },
+}
+
+impl RequestFrame {
+    /// How many bytes the frame's payload took.
+    pub fn len(&self) -> usize {
+        match self {
+            RequestFrame::Whole(p) => p.len(),
+            RequestFrame::Write { data, .. } => data.len() + PEEK,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// [`read_frame_async`] for requests, with a `Write`'s data read apart.
+pub async fn read_request_async<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<RequestFrame>, FrameError> {
+    let mut header = [0u8; HEADER];
+    let mut got = 0;
+    while got < HEADER {
+        match reader.read(&mut header[got..]).await {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(FrameError::Truncated),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = checked_len(header)?;
+    let mut head = Vec::with_capacity(len.min(PEEK));
+    (&mut *reader)
+        .take(len.min(PEEK) as u64)
+        .read_to_end(&mut head)
+        .await?;
+    if head.len() < len.min(PEEK) {
+        return Err(FrameError::Truncated);
+    }
+    let split = split_write(&head, len).filter(|_| len > PEEK);
+    let mut buf = match split {
+        Some((_, _, _, start)) => {
+            let mut data = Vec::with_capacity(len - start);
+            data.extend_from_slice(&head[start..]);
+            data
+        }
+        None => {
+            let mut whole = Vec::with_capacity(len);
+            whole.extend_from_slice(&head);
+            whole
+        }
+    };
+    let rest = len - head.len();
+    let before = buf.len();
+    (&mut *reader)
+        .take(rest as u64)
+        .read_to_end(&mut buf)
+        .await?;
+    if buf.len() - before < rest {
+        return Err(FrameError::Truncated);
+    }
+    Ok(Some(match split {
+        Some((id, handle, offset, _)) => RequestFrame::Write {
+            id,
+            handle,
+            offset,
+            data: buf,
+        },
+        None => RequestFrame::Whole(buf),
+    }))
 }
 
 /// Reads a bincode variable-length integer (unsigned, little-endian) at the
@@ -334,6 +480,75 @@ mod tests {
             ino: 77,
             dev: 2049,
         }
+    }
+
+    #[test]
+    fn a_write_head_and_its_data_make_the_whole_frame_and_split_again() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for (id, handle, offset) in [
+            (0u64, 0u64, 0u64),
+            (300, 70_000, 5 << 30),
+            (u64::MAX, 1, u64::MAX),
+        ] {
+            for n in [0usize, 31, 250, 251, 70_000, MAX_CHUNK as usize] {
+                let data = vec![0xcd; n];
+                let mut split = encode_write_head(id, handle, offset, n).unwrap();
+                split.extend_from_slice(&data);
+                let request = Request {
+                    id,
+                    op: Op::Write {
+                        handle,
+                        offset,
+                        data: data.clone(),
+                    },
+                };
+                let whole = encode(&request).unwrap();
+                assert_eq!(split, whole, "id {id}, {n} bytes");
+                let got = rt
+                    .block_on(read_request_async(&mut whole.as_slice()))
+                    .unwrap()
+                    .unwrap();
+                match got {
+                    RequestFrame::Write {
+                        id: i,
+                        handle: h,
+                        offset: o,
+                        data: d,
+                    } => assert_eq!((i, h, o, d), (id, handle, offset, data)),
+                    RequestFrame::Whole(p) => {
+                        assert!(p.len() <= PEEK);
+                        assert_eq!(decode::<Request>(&p).unwrap(), request);
+                    }
+                }
+            }
+        }
+        // Anything else comes whole.
+        let other = Request {
+            id: 5,
+            op: Op::Read {
+                handle: 1,
+                offset: 2,
+                len: 3,
+            },
+        };
+        let frame = encode(&other).unwrap();
+        let got = rt
+            .block_on(read_request_async(&mut frame.as_slice()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, RequestFrame::Whole(frame[HEADER..].to_vec()));
+        // Truncated: an error; empty: none.
+        let frame = encode_write_head(1, 2, 3, 1000).unwrap();
+        assert!(matches!(
+            rt.block_on(read_request_async(&mut frame.as_slice())),
+            Err(FrameError::Truncated)
+        ));
+        assert!(rt
+            .block_on(read_request_async(&mut (&[] as &[u8])))
+            .unwrap()
+            .is_none());
     }
 
     #[test]

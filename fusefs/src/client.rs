@@ -267,6 +267,47 @@ impl RemoteClient {
                 return done(Err(Errno::EINVAL));
             }
         };
+        self.transmit(epoch, id, timeout, &[&bytes], done);
+    }
+
+    /// [`submit_in`](Self::submit_in) of `Op::Write` with the data sent from the
+    /// caller's buffer, after a small head, instead of being copied into a frame.
+    pub fn submit_write_in(
+        &self,
+        epoch: u64,
+        handle: u64,
+        offset: u64,
+        data: &[u8],
+        done: impl FnOnce(OpResult) + Send + 'static,
+    ) {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.inner.sent).entry("write").or_default() += 1;
+        let head = match frame::encode_write_head(id, handle, offset, data.len()) {
+            Ok(h) => h,
+            Err(e) => {
+                log::error!("cannot encode a write: {e}");
+                return done(Err(Errno::EINVAL));
+            }
+        };
+        self.transmit(
+            Some(epoch),
+            id,
+            self.inner.timeout,
+            &[&head, data],
+            Box::new(done),
+        );
+    }
+
+    /// Writes the frame made of `parts` as request `id`, with its answer due
+    /// within `timeout`.
+    fn transmit(
+        &self,
+        epoch: Option<u64>,
+        id: u64,
+        timeout: Duration,
+        parts: &[&[u8]],
+        done: Callback,
+    ) {
         let mut conn = lock(&self.inner.conn);
         let live = match self.inner.ensure(&mut conn) {
             Ok(c) if epoch.is_none_or(|e| e == c.epoch) => c,
@@ -283,7 +324,7 @@ impl RemoteClient {
             done,
         };
         lock(&self.inner.pending).insert(id, waiter);
-        if let Err(e) = live.stream.write_all(&bytes) {
+        if let Err(e) = write_all_parts(&mut live.stream, parts) {
             // A partly written frame leaves the stream unusable: close it.
             log::warn!("lost the connection to {}: {e}", self.inner.addr);
             let failed = self.inner.break_conn(&mut conn, live_epoch);
@@ -427,6 +468,22 @@ impl Inner {
         let failed = self.break_conn(&mut lock(&self.conn), epoch);
         fail(failed);
     }
+}
+
+/// Writes every byte of `parts`, in order, with as few system calls as the
+/// socket allows.
+fn write_all_parts(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+    let mut bufs = slices.as_mut_slice();
+    while !bufs.is_empty() {
+        match stream.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn fail(waiters: Vec<Waiter>) {

@@ -893,36 +893,33 @@ impl Filesystem for FerryFs {
         };
         let ticket = self.writes.begin_write(ino.0, fh.0, offset, len);
         let writes = self.writes.clone();
-        let op = Op::Write {
-            handle,
-            offset,
-            data: data.to_vec(),
-        };
         let written = move |r: OpResult| match r {
             Ok(Reply::Written(n)) => Ok(n),
             Ok(_) => Err(Errno::EPROTO),
             Err(e) => Err(e),
         };
         if through {
-            self.client.submit_in(epoch, op, move |r| {
-                writes.finish(ticket, Ok(None));
-                match written(r) {
-                    Ok(n) => reply.written(n),
-                    Err(e) => reply.error(errno(e)),
-                }
-            });
+            self.client
+                .submit_write_in(epoch, handle, offset, data, move |r| {
+                    writes.finish(ticket, Ok(None));
+                    match written(r) {
+                        Ok(n) => reply.written(n),
+                        Err(e) => reply.error(errno(e)),
+                    }
+                });
         } else {
             // Write-behind: the kernel hears of success now, of a failure at
             // flush or fsync.
-            self.client.submit_in(epoch, op, move |r| {
-                let result = match written(r) {
-                    Ok(n) if n as usize == len => Ok(None),
-                    // A short write on a local disk means it is full.
-                    Ok(_) => Err(Errno::ENOSPC),
-                    Err(e) => Err(e),
-                };
-                writes.finish(ticket, result);
-            });
+            self.client
+                .submit_write_in(epoch, handle, offset, data, move |r| {
+                    let result = match written(r) {
+                        Ok(n) if n as usize == len => Ok(None),
+                        // A short write on a local disk means it is full.
+                        Ok(_) => Err(Errno::ENOSPC),
+                        Err(e) => Err(e),
+                    };
+                    writes.finish(ticket, result);
+                });
             reply.written(u32::try_from(len).unwrap_or(u32::MAX));
         }
         if kill {

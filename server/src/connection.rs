@@ -24,7 +24,7 @@
 use crate::dispatch::{runs_inline, Session};
 use crate::export::ExportRoot;
 use crate::sequencer::{ordering_key, Sequencer};
-use ferry_common::frame::{self, FrameError, MAX_CHUNK};
+use ferry_common::frame::{self, FrameError, RequestFrame, MAX_CHUNK};
 use ferry_common::proto::{
     HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, MAGIC, PROTOCOL_VERSION,
 };
@@ -101,17 +101,33 @@ pub async fn serve(
             _ = tx.closed() => break Ok(()),
             read = next_frame(&mut reader) => read,
         };
-        let payload = match read {
-            Ok(Some(payload)) => payload,
+        let incoming = match read {
+            Ok(Some(incoming)) => incoming,
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
-        let request: Request = match frame::decode(&payload) {
-            Ok(request) => request,
-            Err(e) => break Err(e),
+        let size = incoming.len();
+        let request: Request = match incoming {
+            // A write's data was read into its own buffer: no copy out of a frame.
+            RequestFrame::Write {
+                id,
+                handle,
+                offset,
+                data,
+            } => Request {
+                id,
+                op: Op::Write {
+                    handle,
+                    offset,
+                    data,
+                },
+            },
+            RequestFrame::Whole(payload) => match frame::decode(&payload) {
+                Ok(request) => request,
+                Err(e) => break Err(e),
+            },
         };
-        let cost = cost_kib(payload.len(), &request.op);
-        drop(payload);
+        let cost = cost_kib(size, &request.op);
         let share = tokio::select! {
             biased;
             _ = stop.wait_for(|stopped| *stopped) => break Ok(()),
@@ -240,11 +256,13 @@ async fn handshake(
 /// The next request frame; `Ok(None)` when the client closed between frames.
 /// Waiting for a frame to start takes as long as the client likes (an idle mount),
 /// but once it has started the rest must arrive within [`FRAME_TIMEOUT`].
-async fn next_frame(reader: &mut BufReader<OwnedReadHalf>) -> Result<Option<Vec<u8>>, FrameError> {
+async fn next_frame(
+    reader: &mut BufReader<OwnedReadHalf>,
+) -> Result<Option<RequestFrame>, FrameError> {
     if reader.fill_buf().await?.is_empty() {
         return Ok(None);
     }
-    match timeout(FRAME_TIMEOUT, frame::read_frame_async(reader)).await {
+    match timeout(FRAME_TIMEOUT, frame::read_request_async(reader)).await {
         Ok(read) => read,
         Err(_) => Err(FrameError::Io(io::Error::new(
             io::ErrorKind::TimedOut,
