@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_errno, Setup};
+use common::{as_nobody, assert_errno, Setup};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{
@@ -187,19 +187,6 @@ fn errors_reach_the_application() {
     assert_errno(fs::rename(f.m("dir"), f.m("dir2")), libc::ENOTEMPTY);
     let long = "n".repeat(256);
     assert_errno(fs::write(f.m(&long), b""), libc::ENAMETOOLONG);
-}
-
-/// Runs `cmd` as the user `nobody` and returns whether it succeeded and its stderr.
-fn as_nobody(cmd: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args(cmd)
-        .output()
-        .expect("run setpriv");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

@@ -556,17 +556,9 @@ fn a_write_by_another_user_clears_the_set_id_bits() {
         assert_eq!(fs::metadata(f.e(name)).unwrap().mode() & 0o7777, 0o6777);
     }
     let as_nobody = |script: &str, file: &Path| {
-        let out = std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .args(["sh", "-c", script, "sh"])
-            .arg(file)
-            .output()
-            .expect("run setpriv");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let file = file.to_str().expect("a UTF-8 test path");
+        let (ok, err) = common::as_nobody(&["sh", "-c", script, "sh", file]);
+        assert!(ok, "{err}");
     };
     // Appending (uncached writes) and writing in place (through the page cache).
     as_nobody("echo 'echo changed' >> \"$1\"", &f.m("prog"));

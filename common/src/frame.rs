@@ -117,17 +117,9 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
     Ok(msg)
 }
 
-fn checked_len(header: [u8; HEADER]) -> Result<usize, FrameError> {
-    let len = u32::from_le_bytes(header) as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len as u64));
-    }
-    Ok(len)
-}
-
-/// Reads one frame's payload from a blocking stream; `Ok(None)` on a clean end of
-/// stream before the first byte of a frame.
-pub fn read_frame<R: Read>(reader: &mut R) -> Result<Option<Vec<u8>>, FrameError> {
+/// The length in a frame's header; `Ok(None)` on a clean end of stream
+/// between frames, `Truncated` inside the header.
+fn read_len<R: Read>(reader: &mut R) -> Result<Option<usize>, FrameError> {
     let mut header = [0u8; HEADER];
     let mut got = 0;
     while got < HEADER {
@@ -139,7 +131,39 @@ pub fn read_frame<R: Read>(reader: &mut R) -> Result<Option<Vec<u8>>, FrameError
             Err(e) => return Err(e.into()),
         }
     }
-    let len = checked_len(header)?;
+    checked_len(header).map(Some)
+}
+
+/// [`read_len`] for an async stream.
+async fn read_len_async<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<usize>, FrameError> {
+    let mut header = [0u8; HEADER];
+    let mut got = 0;
+    while got < HEADER {
+        match reader.read(&mut header[got..]).await {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(FrameError::Truncated),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    checked_len(header).map(Some)
+}
+
+fn checked_len(header: [u8; HEADER]) -> Result<usize, FrameError> {
+    let len = u32::from_le_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len as u64));
+    }
+    Ok(len)
+}
+
+/// Reads one frame's payload from a blocking stream; `Ok(None)` on a clean end of
+/// stream before the first byte of a frame.
+pub fn read_frame<R: Read>(reader: &mut R) -> Result<Option<Vec<u8>>, FrameError> {
+    let Some(len) = read_len(reader)? else {
+        return Ok(None);
+    };
     // Read into uninitialised capacity: zeroing a megabyte first costs as much
     // as copying it.
     let mut payload = Vec::with_capacity(len);
@@ -154,18 +178,9 @@ pub fn read_frame<R: Read>(reader: &mut R) -> Result<Option<Vec<u8>>, FrameError
 pub async fn read_frame_async<R: AsyncRead + Unpin>(
     reader: &mut R,
 ) -> Result<Option<Vec<u8>>, FrameError> {
-    let mut header = [0u8; HEADER];
-    let mut got = 0;
-    while got < HEADER {
-        match reader.read(&mut header[got..]).await {
-            Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err(FrameError::Truncated),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let len = checked_len(header)?;
+    let Some(len) = read_len_async(reader).await? else {
+        return Ok(None);
+    };
     let mut payload = Vec::with_capacity(len);
     (&mut *reader)
         .take(len as u64)
@@ -260,11 +275,11 @@ fn with_length(prefix: Vec<u8>, data_len: usize) -> Result<Vec<u8>, FrameError> 
 /// of `len` bytes): id, handle, offset, and where the data starts. The prefix is
 /// encoded again and compared, so only an exact bincode `Write` is taken.
 fn split_write(head: &[u8], len: usize) -> Option<(u64, u64, u64, usize)> {
+    // The variant index of `Write`, as bincode writes it (after an id of 0).
+    static INDEX: std::sync::OnceLock<Option<u8>> = std::sync::OnceLock::new();
+    let index = (*INDEX.get_or_init(|| write_prefix(0, 0, 0).ok()?.get(1).copied()))?;
     let (id, mut at) = varint(head)?;
-    // The variant index of `Write`, as bincode writes it.
-    let probe = write_prefix(0, 0, 0).ok()?;
-    let index = probe.get(1)?;
-    if head.get(at)? != index {
+    if *head.get(at)? != index {
         return None;
     }
     at += 1;
@@ -314,18 +329,9 @@ impl RequestFrame {
 pub async fn read_request_async<R: AsyncRead + Unpin>(
     reader: &mut R,
 ) -> Result<Option<RequestFrame>, FrameError> {
-    let mut header = [0u8; HEADER];
-    let mut got = 0;
-    while got < HEADER {
-        match reader.read(&mut header[got..]).await {
-            Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err(FrameError::Truncated),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let len = checked_len(header)?;
+    let Some(len) = read_len_async(reader).await? else {
+        return Ok(None);
+    };
     let mut head = Vec::with_capacity(len.min(PEEK));
     (&mut *reader)
         .take(len.min(PEEK) as u64)
@@ -403,18 +409,9 @@ fn split_data(head: &[u8], len: usize) -> Option<(u64, usize)> {
 /// answer's bytes are read straight into their own buffer, which becomes the
 /// `Reply::Data` without a copy.
 pub fn read_response<R: Read>(reader: &mut R) -> Result<Option<ResponseFrame>, FrameError> {
-    let mut header = [0u8; HEADER];
-    let mut got = 0;
-    while got < HEADER {
-        match reader.read(&mut header[got..]) {
-            Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err(FrameError::Truncated),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let len = checked_len(header)?;
+    let Some(len) = read_len(reader)? else {
+        return Ok(None);
+    };
     let mut head = Vec::with_capacity(len.min(PEEK));
     reader.take(len.min(PEEK) as u64).read_to_end(&mut head)?;
     if head.len() < len.min(PEEK) {

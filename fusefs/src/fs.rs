@@ -946,12 +946,7 @@ impl Filesystem for FerryFs {
         // close(2) is where write-behind owes the application its errors; then
         // the closer's POSIX locks go, once what was written under them is on
         // the server (through any handle: locks belong to the process).
-        let written = if self.writes.is_writer(ino.0, fh.0) {
-            self.writes.drain(ino.0, fh.0)
-        } else {
-            self.writes.wait_idle(ino.0);
-            Ok(())
-        };
+        let written = self.writes.settle(ino.0, fh.0);
         self.release_posix_locks(ino, fh, lock_owner, move || match written {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -1005,13 +1000,7 @@ impl Filesystem for FerryFs {
         reply: ReplyEmpty,
     ) {
         // Errors go to the handles that were writing; a read-only one only waits.
-        let written = if self.writes.is_writer(ino.0, fh.0) {
-            self.writes.drain(ino.0, fh.0)
-        } else {
-            self.writes.wait_idle(ino.0);
-            Ok(())
-        };
-        if let Err(e) = written {
+        if let Err(e) = self.writes.settle(ino.0, fh.0) {
             return reply.error(errno(e));
         }
         let fsync = |handle| Op::Fsync { handle, datasync };

@@ -203,11 +203,6 @@ impl WriteBehind {
         }
     }
 
-    /// The projected attributes of `ino`, whatever their age.
-    pub fn attr(&self, ino: u64) -> Option<Attr> {
-        self.lock().files.get(&ino).and_then(|f| f.attr)
-    }
-
     /// Another client may have changed `ino` (this mount just took a lock on it):
     /// the projection is no answer to `getattr` until the server has spoken again.
     pub fn doubt(&self, ino: u64) {
@@ -419,6 +414,18 @@ impl WriteBehind {
         let error = state.files.get_mut(&ino).and_then(|f| f.errors.remove(&fh));
         Self::tidy(&mut state, ino);
         error.map_or(Ok(()), Err)
+    }
+
+    /// What close and fsync through `fh` owe the application: for a handle that
+    /// writes, the wait for everything in flight and then its error, if any; for
+    /// any other, only the wait.
+    pub fn settle(&self, ino: u64, fh: u64) -> Result<(), Errno> {
+        if self.is_writer(ino, fh) {
+            self.drain(ino, fh)
+        } else {
+            self.wait_idle(ino);
+            Ok(())
+        }
     }
 
     /// Drops the state of an inode nobody writes to any more.

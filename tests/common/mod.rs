@@ -282,3 +282,16 @@ impl Drop for SmallDisk {
             .status();
     }
 }
+
+/// Runs `cmd` as the user `nobody` and returns whether it succeeded and its stderr.
+pub fn as_nobody(cmd: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(cmd)
+        .output()
+        .expect("run setpriv");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
