@@ -13,12 +13,14 @@
 //!   straight to the kernel.
 //! - [`path`]: paths relative to the export root, and the checks every
 //!   component must pass before the server looks at it.
+//! - [`sync`]: the one mutex helper both sides use.
 
 pub mod attr;
 pub mod errno;
 pub mod frame;
 pub mod path;
 pub mod proto;
+pub mod sync;
 
 pub use attr::{Attr, FileKind, StatFs, Timestamp};
 pub use errno::Errno;

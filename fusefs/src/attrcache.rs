@@ -15,66 +15,44 @@
 //! Answering those from here is exactly as fresh as the kernel's own cache would
 //! have been. Where the kernel drops attributes because this mount changed the
 //! inode in a way the server's answer does not show (a write, an unlink of one
-//! of its names, a rename, an xattr change, a lock taken), the adapter drops the
+//! of its names, a rename, an xattr change, a lock taken), the core drops the
 //! entry here too, so the next `getattr` reaches the server.
 
+use crate::cache::TimedCache;
 use ferry_common::Attr;
-use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
-pub struct AttrCache {
-    ttl: Duration,
-    entries: Mutex<HashMap<u64, (Attr, Instant)>>,
+pub(crate) struct AttrCache {
+    entries: TimedCache<u64, Attr>,
 }
 
 impl AttrCache {
-    pub fn new(ttl: Duration) -> AttrCache {
+    pub(crate) fn new(ttl: Duration) -> AttrCache {
         AttrCache {
-            ttl,
-            entries: Mutex::new(HashMap::new()),
+            entries: TimedCache::new(ttl),
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, (Attr, Instant)>> {
-        // Single map operations: a poisoned lock still holds a consistent map.
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records what the server said `ino` looks like now. Answers to concurrent
     /// changes can arrive out of order: the older change is ignored.
-    pub fn store(&self, ino: u64, attr: Attr) {
-        if self.ttl.is_zero() {
-            return;
-        }
-        let mut entries = self.lock();
-        if let Some((held, _)) = entries.get(&ino) {
-            if (held.ctime, held.mtime) > (attr.ctime, attr.mtime) {
-                return;
-            }
-        }
-        entries.insert(ino, (attr, Instant::now()));
+    pub(crate) fn store(&self, ino: u64, attr: Attr) {
+        self.entries
+            .store_with(ino, Instant::now(), attr, |held, _, new| {
+                ((new.ctime, new.mtime) >= (held.ctime, held.mtime)).then_some(new)
+            });
     }
 
     /// The attributes of `ino` and how much longer they may be trusted, if they
     /// arrived within the attribute timeout.
-    pub fn fresh(&self, ino: u64) -> Option<(Attr, Duration)> {
-        let mut entries = self.lock();
-        let (attr, at) = *entries.get(&ino)?;
-        match self.ttl.checked_sub(at.elapsed()) {
-            Some(left) if !left.is_zero() => Some((attr, left)),
-            _ => {
-                entries.remove(&ino);
-                None
-            }
-        }
+    pub(crate) fn fresh(&self, ino: u64) -> Option<(Attr, Duration)> {
+        self.entries.get(&ino)
     }
 
     /// Drops what is known of `ino` (changed in a way the server did not report,
     /// or forgotten by the kernel).
-    pub fn drop_ino(&self, ino: u64) {
-        self.lock().remove(&ino);
+    pub(crate) fn drop_ino(&self, ino: u64) {
+        self.entries.remove(&ino);
     }
 }
 
@@ -93,17 +71,16 @@ mod tests {
     }
 
     #[test]
-    fn fresh_until_the_timeout_and_newest_wins() {
-        let d = AttrCache::new(Duration::from_millis(200));
+    fn the_newest_answer_wins_and_a_dropped_one_is_gone() {
+        let d = AttrCache::new(Duration::from_secs(60));
         assert!(d.fresh(2).is_none());
         d.store(2, dir(5));
         d.store(2, dir(4));
         let (a, left) = d.fresh(2).expect("just stored");
         assert_eq!(a.ctime.secs, 5);
-        assert!(left <= Duration::from_millis(200));
-        std::thread::sleep(Duration::from_millis(250));
-        assert!(d.fresh(2).is_none());
+        assert!(left <= Duration::from_secs(60));
         d.store(2, dir(6));
+        assert_eq!(d.fresh(2).map(|(a, _)| a.ctime.secs), Some(6));
         d.drop_ino(2);
         assert!(d.fresh(2).is_none());
     }

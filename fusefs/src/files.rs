@@ -12,30 +12,30 @@ use std::collections::HashMap;
 
 /// One open file as the server knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OpenFile {
-    pub ino: u64,
+pub(crate) struct RemoteFile {
+    pub(crate) ino: u64,
     /// The `open(2)` flags to re-open with.
-    pub flags: i32,
-    pub handle: u64,
-    pub epoch: u64,
+    pub(crate) flags: i32,
+    pub(crate) handle: u64,
+    pub(crate) epoch: u64,
 }
 
-impl OpenFile {
+impl RemoteFile {
     /// The flags for opening the same file again: creating or truncating twice
     /// would be wrong.
-    pub fn reopen_flags(&self) -> i32 {
+    pub(crate) fn reopen_flags(&self) -> i32 {
         self.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC)
     }
 }
 
 #[derive(Debug, Default)]
-pub struct OpenFiles {
-    files: HashMap<u64, OpenFile>,
+pub(crate) struct OpenFiles {
+    files: HashMap<u64, RemoteFile>,
     next: u64,
 }
 
 impl OpenFiles {
-    pub fn new() -> OpenFiles {
+    pub(crate) fn new() -> OpenFiles {
         OpenFiles {
             files: HashMap::new(),
             next: 1,
@@ -43,26 +43,26 @@ impl OpenFiles {
     }
 
     /// Records a newly opened file and returns the number to give the kernel.
-    pub fn insert(&mut self, file: OpenFile) -> u64 {
+    pub(crate) fn insert(&mut self, file: RemoteFile) -> u64 {
         let fh = self.next;
         self.next += 1;
         self.files.insert(fh, file);
         fh
     }
 
-    pub fn get(&self, fh: u64) -> Option<OpenFile> {
+    pub(crate) fn get(&self, fh: u64) -> Option<RemoteFile> {
         self.files.get(&fh).copied()
     }
 
     /// The file was opened again on connection `epoch` as `handle`.
-    pub fn reopened(&mut self, fh: u64, handle: u64, epoch: u64) {
+    pub(crate) fn reopened(&mut self, fh: u64, handle: u64, epoch: u64) {
         if let Some(f) = self.files.get_mut(&fh) {
             f.handle = handle;
             f.epoch = epoch;
         }
     }
 
-    pub fn remove(&mut self, fh: u64) -> Option<OpenFile> {
+    pub(crate) fn remove(&mut self, fh: u64) -> Option<RemoteFile> {
         self.files.remove(&fh)
     }
 }
@@ -74,7 +74,7 @@ mod tests {
     #[test]
     fn numbers_are_distinct_and_entries_update() {
         let mut t = OpenFiles::new();
-        let f = OpenFile {
+        let f = RemoteFile {
             ino: 2,
             flags: libc::O_RDWR,
             handle: 1,
@@ -93,7 +93,7 @@ mod tests {
 
     #[test]
     fn reopening_never_creates_or_truncates() {
-        let f = OpenFile {
+        let f = RemoteFile {
             ino: 2,
             flags: libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_APPEND,
             handle: 1,

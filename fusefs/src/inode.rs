@@ -26,18 +26,18 @@
 use ferry_common::{Attr, Errno, RelPath};
 use std::collections::{BTreeMap, HashMap};
 
-pub const ROOT_INO: u64 = 1;
+pub(crate) const ROOT_INO: u64 = 1;
 
 /// What tells server files apart: the device and inode number of the server's
 /// filesystem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FileId {
-    pub dev: u64,
-    pub ino: u64,
+pub(crate) struct FileId {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
 }
 
 impl FileId {
-    pub fn of(attr: &Attr) -> FileId {
+    pub(crate) fn of(attr: &Attr) -> FileId {
         FileId {
             dev: attr.dev,
             ino: attr.ino,
@@ -71,7 +71,7 @@ impl Node {
 }
 
 #[derive(Debug)]
-pub struct InodeTable {
+pub(crate) struct InodeTable {
     nodes: HashMap<u64, Node>,
     /// Ordered, so that a subtree is one range (see [`subtree`]).
     by_path: BTreeMap<RelPath, u64>,
@@ -92,7 +92,7 @@ fn below(dir: &RelPath) -> (Vec<u8>, Vec<u8>) {
 
 impl InodeTable {
     /// A table holding only the root, which is the server file `root`.
-    pub fn new(root: FileId) -> InodeTable {
+    pub(crate) fn new(root: FileId) -> InodeTable {
         let mut node = Node::new(root);
         node.paths.push(RelPath::root());
         node.lookups = 1;
@@ -106,24 +106,24 @@ impl InodeTable {
 
     /// The path an inode names (its newest name); `None` for an unknown or
     /// detached inode.
-    pub fn path(&self, ino: u64) -> Option<&RelPath> {
+    pub(crate) fn path(&self, ino: u64) -> Option<&RelPath> {
         self.nodes.get(&ino).and_then(|n| n.paths.last())
     }
 
     /// The inode at `path` without counting a lookup.
-    pub fn ino_of(&self, path: &RelPath) -> Option<u64> {
+    pub(crate) fn ino_of(&self, path: &RelPath) -> Option<u64> {
         self.by_path.get(path).copied()
     }
 
     /// The number of a server file, if it has one, without counting a lookup.
-    pub fn ino_of_file(&self, attr: &Attr) -> Option<u64> {
+    pub(crate) fn ino_of_file(&self, attr: &Attr) -> Option<u64> {
         self.by_id.get(&FileId::of(attr)).copied()
     }
 
     /// Hands an entry for `path`, which the server says is the file `attr`, to the
     /// kernel: that file's number (new, or the one it had), with its lookup count
     /// raised by one.
-    pub fn remember(&mut self, path: &RelPath, attr: &Attr) -> u64 {
+    pub(crate) fn remember(&mut self, path: &RelPath, attr: &Attr) -> u64 {
         let id = FileId::of(attr);
         if let Some(&ino) = self.by_path.get(path) {
             if let Some(node) = self.nodes.get_mut(&ino) {
@@ -160,7 +160,7 @@ impl InodeTable {
 
     /// The kernel dropped `n` references to `ino`; true when that was the last.
     /// The number stays reserved for its file.
-    pub fn forget(&mut self, ino: u64, n: u64) -> bool {
+    pub(crate) fn forget(&mut self, ino: u64, n: u64) -> bool {
         if ino == ROOT_INO {
             return false;
         }
@@ -218,7 +218,7 @@ impl InodeTable {
     }
 
     /// The node at `path` (and anything below it) was removed on the server.
-    pub fn detach(&mut self, path: &RelPath) {
+    pub(crate) fn detach(&mut self, path: &RelPath) {
         for (p, _) in self.subtree(path) {
             self.unbind(&p);
         }
@@ -247,7 +247,7 @@ impl InodeTable {
 
     /// `from` was renamed to `to` on the server: whatever lived at `to` is detached
     /// and every inode at or below `from` moves along.
-    pub fn rename(&mut self, from: &RelPath, to: &RelPath) {
+    pub(crate) fn rename(&mut self, from: &RelPath, to: &RelPath) {
         if from == to {
             return;
         }
@@ -257,7 +257,7 @@ impl InodeTable {
     }
 
     /// `a` and `b` swapped places (RENAME_EXCHANGE).
-    pub fn exchange(&mut self, a: &RelPath, b: &RelPath) {
+    pub(crate) fn exchange(&mut self, a: &RelPath, b: &RelPath) {
         let mut moved = self.subtree(a);
         moved.extend(self.subtree(b));
         self.relocate(moved, |p| p.rebase(a, b).or_else(|| p.rebase(b, a)));
@@ -266,7 +266,7 @@ impl InodeTable {
     /// Records the attributes a file had when it was opened; returns whether its
     /// content is unchanged since the previous open (so the kernel may keep its
     /// cached pages).
-    pub fn note_open(&mut self, ino: u64, attr: &Attr) -> bool {
+    pub(crate) fn note_open(&mut self, ino: u64, attr: &Attr) -> bool {
         let Some(node) = self.nodes.get_mut(&ino) else {
             return false;
         };
@@ -276,14 +276,14 @@ impl InodeTable {
     }
 
     /// A server handle was opened on `ino`.
-    pub fn add_handle(&mut self, ino: u64, handle: u64) {
+    pub(crate) fn add_handle(&mut self, ino: u64, handle: u64) {
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.handles.push(handle);
         }
     }
 
     /// The handle was closed.
-    pub fn remove_handle(&mut self, ino: u64, handle: u64) {
+    pub(crate) fn remove_handle(&mut self, ino: u64, handle: u64) {
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.handles.retain(|h| *h != handle);
         }
@@ -292,7 +292,7 @@ impl InodeTable {
     /// How to reach `ino` on the server: its path, and a handle to use instead
     /// when the inode is detached (unlinked or renamed over while open).
     /// `Err(ENOENT)` when neither exists.
-    pub fn locate(&self, ino: u64) -> Result<(RelPath, Option<u64>), Errno> {
+    pub(crate) fn locate(&self, ino: u64) -> Result<(RelPath, Option<u64>), Errno> {
         let node = self.nodes.get(&ino).ok_or(Errno::ENOENT)?;
         match (node.paths.last(), node.handles.first()) {
             (Some(path), _) => Ok((path.clone(), None)),
@@ -301,8 +301,9 @@ impl InodeTable {
         }
     }
 
-    /// The lookup count of an inode (for tests and diagnostics).
-    pub fn lookups(&self, ino: u64) -> Option<u64> {
+    /// The lookup count of an inode (for tests).
+    #[cfg(test)]
+    pub(crate) fn lookups(&self, ino: u64) -> Option<u64> {
         self.nodes.get(&ino).map(|n| n.lookups)
     }
 }

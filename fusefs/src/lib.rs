@@ -1,30 +1,44 @@
-//! ferry's clients.
+//! ferry's clients: the FUSE filesystem and the plain `ls`/`get`/`put` client.
 //!
-//! - [`client`]: `RemoteClient`, one pipelined connection to a server.
-//! - [`known`]: `KnownDirs`, directories whose every name is known, briefly.
-//! - [`inode`]: `InodeTable`, the kernel's inode numbers ↔ remote paths.
-//! - [`files`]: `OpenFiles`, the kernel's file handles ↔ server handles, re-opened
-//!   by path after a reconnect.
-//! - [`writeback`]: `WriteBehind`, writes and attribute changes answered before
-//!   the server has, with their order, visibility and errors kept.
-//! - [`locks`]: file locks held by the server: flock detection, waiting.
-//! - [`fs`]: `FerryFs`, the `fuser::Filesystem` adapter over a `RemoteClient`.
+//! A tour, from the kernel down to the network:
+//!
+//! - [`adapter`]: `FerryFs`, the `fuser::Filesystem` impl. It only converts the
+//!   kernel's types to the core's and answers with `reply.*`.
+//! - [`core`]: the filesystem's logic as plain methods (inode numbers, names,
+//!   offsets, flags in; `Result<T, Errno>` out, to a callback), split by idea:
+//!   names, file I/O, directories, attributes, re-opening after a reconnect,
+//!   locks, extended attributes. No `fuser` type below the adapter: tests drive
+//!   the core against an in-process server without `/dev/fuse`.
+//! - State the core keeps: `inode` (`InodeTable`, the kernel's inode numbers ↔
+//!   remote paths), `files` (`OpenFiles`, the kernel's file handles ↔ server
+//!   handles), `writeback` (`WriteBehind`, writes and attribute changes answered
+//!   before the server has, with their order and errors), `attrcache` and
+//!   `known` (attributes and absent names the server vouched for recently), all
+//!   timed by `cache` (`TimedCache`); `locks` (waiting for file locks, flock
+//!   detection).
+//! - [`client`]: `RemoteClient`, one pipelined connection to a server, with
+//!   deadlines, reconnection and connection epochs.
+//! - [`notify`]: `KernelNotifier`, which carries out the core's requests to drop
+//!   kernel caches, through fuser's `Notifier`, on a thread of its own.
 //! - [`mount`]: mounting, the mountpoint checks, signals and clean unmounting.
 //! - [`cli`]: the plain `ls`/`get`/`put` client, no mount needed.
-//! - [`attrcache`]: `AttrCache`, the server's last word on each inode's attributes.
-//! - [`convert`]: translations between wire types and fuser's.
 
-pub mod attrcache;
+#![warn(unreachable_pub)]
+
+pub mod adapter;
+mod attrcache;
+mod cache;
 pub mod cli;
 pub mod client;
-pub mod convert;
-pub mod files;
-pub mod fs;
-pub mod inode;
-pub mod known;
-pub mod locks;
+pub mod core;
+mod files;
+mod inode;
+mod known;
+mod locks;
 pub mod mount;
-pub mod writeback;
+pub mod notify;
+mod writeback;
 
+pub use adapter::FerryFs;
 pub use client::RemoteClient;
-pub use fs::{FerryFs, FsOptions};
+pub use core::{Core, FsOptions};

@@ -25,18 +25,18 @@
 use crate::client::{OpResult, RemoteClient};
 use ferry_common::proto::{FileLock, LockKind, LockType, Op, Reply, LOCK_TO_EOF};
 use ferry_common::Errno;
-use fuser::{INodeNo, Notifier};
 use std::collections::HashMap;
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use ferry_common::sync::lock;
+use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
 
 /// The longest pause between two attempts of a waiting lock.
-pub const MAX_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_millis(100);
 const FIRST_BACKOFF: Duration = Duration::from_millis(1);
 
 /// A lock request from the kernel in wire form; `None` for a type it never sends.
-pub fn file_lock(typ: i32, start: u64, end: u64) -> Option<FileLock> {
+pub(crate) fn file_lock(typ: i32, start: u64, end: u64) -> Option<FileLock> {
     let typ = match typ {
         libc::F_RDLCK => LockType::Read,
         libc::F_WRLCK => LockType::Write,
@@ -47,7 +47,7 @@ pub fn file_lock(typ: i32, start: u64, end: u64) -> Option<FileLock> {
 }
 
 /// The kernel's `F_*` value of a lock type.
-pub fn lock_type_code(typ: LockType) -> i32 {
+pub(crate) fn lock_type_code(typ: LockType) -> i32 {
     match typ {
         LockType::Read => libc::F_RDLCK,
         LockType::Write => libc::F_WRLCK,
@@ -57,7 +57,7 @@ pub fn lock_type_code(typ: LockType) -> i32 {
 
 /// Whether the request of thread `tid` for `lock` is an `flock` (whole file, and
 /// the thread is inside `flock(2)`) or a POSIX lock.
-pub fn lock_kind(tid: u32, lock: &FileLock) -> LockKind {
+pub(crate) fn lock_kind(tid: u32, lock: &FileLock) -> LockKind {
     if lock.start != 0 || lock.end < LOCK_TO_EOF || tid == 0 {
         return LockKind::Posix;
     }
@@ -86,7 +86,7 @@ fn syscall_number(text: &str) -> Option<libc::c_long> {
 }
 
 /// Whether thread `tid` has a signal waiting that it does not block, or is gone.
-pub fn signal_pending(tid: u32) -> bool {
+pub(crate) fn signal_pending(tid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{tid}/status")) {
         Ok(status) => pending_in_status(&status),
         Err(_) => tid != 0,
@@ -108,7 +108,7 @@ fn pending_in_status(status: &str) -> bool {
 /// Sends the non-blocking `op` again and again (on a thread of its own) until it
 /// succeeds, fails otherwise than EAGAIN, the connection `epoch` is gone, or
 /// thread `tid` is signalled (EINTR); then calls `done`.
-pub fn wait_for_lock(
+pub(crate) fn wait_for_lock(
     client: RemoteClient,
     epoch: u64,
     op: Op,
@@ -144,111 +144,28 @@ pub fn wait_for_lock(
 /// with the connection they were taken on: a flush sends `ReleaseLocks` only for
 /// these, so closing a file that was never locked costs no round trip.
 #[derive(Debug, Default)]
-pub struct LockOwners {
+pub(crate) struct LockOwners {
     held: Mutex<HashMap<(u64, u64), u64>>,
 }
 
 impl LockOwners {
-    pub fn new() -> LockOwners {
+    pub(crate) fn new() -> LockOwners {
         LockOwners::default()
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u64), u64>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// `owner` took a lock on `ino` on connection `epoch`.
-    pub fn note(&self, ino: u64, owner: u64, epoch: u64) {
-        self.map().insert((ino, owner), epoch);
+    pub(crate) fn note(&self, ino: u64, owner: u64, epoch: u64) {
+        lock(&self.held).insert((ino, owner), epoch);
     }
 
     /// Forgets (`ino`, `owner`) and says on which connection its locks were taken.
-    pub fn take(&self, ino: u64, owner: u64) -> Option<u64> {
-        self.map().remove(&(ino, owner))
-    }
-}
-
-/// Work for the invalidation thread: an inode whose cached pages go, and what to
-/// do afterwards.
-type Job = (u64, Box<dyn FnOnce() + Send>);
-
-/// Drops the kernel's cached pages and attributes of a file whose lock was just
-/// taken, as NFS does: another client may have changed the file while this one
-/// did not hold the lock, and a database reading stale pages under its lock
-/// would corrupt itself. Writes need no counterpart on unlock: a lock is only
-/// set or released once this mount's writes have reached the server.
-///
-/// The kernel carries out an invalidation before the notification's write
-/// returns, and may wait for a page whose read is still in flight — a read
-/// answered by the connection's reader thread, where lock replies arrive. So
-/// the work is done on a thread of its own, and the lock is granted after it.
-#[derive(Default)]
-pub struct CacheInvalidator {
-    /// Set once the session is mounted (the notifier exists only then).
-    notifier: Arc<OnceLock<Notifier>>,
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
-}
-
-impl CacheInvalidator {
-    /// Where the mount puts the session's notifier.
-    pub fn slot(&self) -> Arc<OnceLock<Notifier>> {
-        self.notifier.clone()
-    }
-
-    /// Drops the kernel's cached attributes of `ino` (not its pages) at once. No
-    /// lock of the kernel's is taken for that, so this is safe from any thread,
-    /// even one answering a request on the same file.
-    pub fn invalidate_attrs(&self, ino: u64) {
-        if let Some(n) = self.notifier.get() {
-            if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
-                log::debug!("invalidating the attributes of inode {ino}: {e}");
-            }
-        }
-    }
-
-    /// Invalidates `ino`'s cache, then runs `then`.
-    pub fn invalidate_then(&self, ino: u64, then: impl FnOnce() + Send + 'static) {
-        if self.notifier.get().is_none() {
-            return then();
-        }
-        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        if jobs.is_none() {
-            let (tx, rx) = mpsc::channel::<Job>();
-            let notifier = self.notifier.clone();
-            let started = thread::Builder::new()
-                .name("ferry-invalidate".into())
-                .spawn(move || {
-                    for (ino, then) in rx {
-                        if let Some(n) = notifier.get() {
-                            // The kernel may have forgotten the inode: nothing cached.
-                            if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
-                                log::debug!("invalidating inode {ino}: {e}");
-                            }
-                        }
-                        then();
-                    }
-                });
-            match started {
-                Ok(_) => *jobs = Some(tx),
-                Err(e) => {
-                    log::warn!("cannot start the cache invalidation thread: {e}");
-                    drop(jobs);
-                    return then();
-                }
-            }
-        }
-        if let Some(tx) = jobs.as_ref() {
-            if let Err(mpsc::SendError((_, then))) = tx.send((ino, Box::new(then))) {
-                *jobs = None;
-                drop(jobs);
-                then();
-            }
-        }
+    pub(crate) fn take(&self, ino: u64, owner: u64) -> Option<u64> {
+        lock(&self.held).remove(&(ino, owner))
     }
 }
 
 /// The kernel's answer for a `GetLock` result.
-pub fn conflict_of(result: OpResult) -> Result<Option<FileLock>, Errno> {
+pub(crate) fn conflict_of(result: OpResult) -> Result<Option<FileLock>, Errno> {
     match result {
         Ok(Reply::LockConflict(c)) => Ok(c),
         Ok(_) => Err(Errno::EPROTO),

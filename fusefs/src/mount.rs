@@ -1,14 +1,17 @@
 //! Mounting: checks on the mountpoint, the fuser session, raising readahead, and
 //! unmounting cleanly — on request, on SIGINT/SIGTERM, or when dropped.
 
+use crate::adapter::FerryFs;
 use crate::client::RemoteClient;
-use crate::fs::{FerryFs, FsOptions};
+use crate::core::{Core, FsOptions};
+use crate::notify::KernelNotifier;
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Everything about a mount that the user can choose.
@@ -57,6 +60,7 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf, String> {
 pub struct Mount {
     session: Option<BackgroundSession>,
     mountpoint: PathBuf,
+    core: Core,
 }
 
 /// Mounts a ferry filesystem backed by `client` at `mountpoint`. Returns once the
@@ -81,14 +85,16 @@ pub fn mount(client: RemoteClient, mountpoint: &Path, opts: &MountOptions) -> io
     }
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let fs = FerryFs::new(client, opts.fs.clone());
-    let notifier = fs.notifier_slot();
-    let session = fuser::spawn_mount(fs, mountpoint, &config)?;
-    let _ = notifier.set(session.notifier());
+    let kernel = Arc::new(KernelNotifier::default());
+    let slot = kernel.slot();
+    let core = Core::new(client, opts.fs.clone(), kernel);
+    let session = fuser::spawn_mount(FerryFs::new(core.clone()), mountpoint, &config)?;
+    let _ = slot.set(session.notifier());
     raise_readahead(mountpoint);
     Ok(Mount {
         session: Some(session),
         mountpoint: mountpoint.to_path_buf(),
+        core,
     })
 }
 
@@ -112,6 +118,11 @@ fn raise_readahead(mountpoint: &Path) {
 impl Mount {
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// The filesystem core serving the mount (its statistics, its client).
+    pub fn core(&self) -> &Core {
+        &self.core
     }
 
     /// Whether the kernel still serves this mount (false once someone ran

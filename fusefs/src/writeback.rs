@@ -5,7 +5,7 @@
 //! 1 MiB, and per file in an untar (a write, then `futimens`, `fchown`, `fchmod`).
 //! So a write through a file opened for writing is answered as soon as it is
 //! sent, and so is an attribute change that cannot fail once the kernel has checked
-//! permissions (see `FerryFs::defer_setattr`). What makes that safe:
+//! permissions (see `Core::defer_setattr`). What makes that safe:
 //!
 //! - **Order.** The server applies the changes sent through one handle in the
 //!   order they were sent (its per-handle sequencer). Across handles of one inode
@@ -28,18 +28,19 @@
 //! deadline).
 
 use ferry_common::{Attr, Errno, FileKind, Timestamp};
+use ferry_common::sync::lock;
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 /// File data in flight over the whole mount. Below the server's per-connection
 /// budget (32 MiB), so the server never stops reading because of write-behind.
-pub const MAX_IN_FLIGHT_BYTES: usize = 16 << 20;
+pub(crate) const MAX_IN_FLIGHT_BYTES: usize = 16 << 20;
 
 /// One change in flight; given back to [`WriteBehind::finish`].
 #[derive(Debug)]
 #[must_use = "every change begun must be finished"]
-pub struct Ticket {
+pub(crate) struct Ticket {
     ino: u64,
     id: u64,
 }
@@ -95,7 +96,7 @@ struct State {
 }
 
 #[derive(Debug, Default)]
-pub struct WriteBehind {
+pub(crate) struct WriteBehind {
     state: Mutex<State>,
     /// Signalled whenever something in flight finishes.
     finished: Condvar,
@@ -106,13 +107,12 @@ fn now() -> Timestamp {
 }
 
 impl WriteBehind {
-    pub fn new() -> WriteBehind {
+    pub(crate) fn new() -> WriteBehind {
         WriteBehind::default()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Every critical section leaves the maps consistent, so poisoning is ignored.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     fn wait<'a>(&self, guard: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
@@ -123,20 +123,20 @@ impl WriteBehind {
     /// only as new as the projection if nothing finished after the mark (answers
     /// arrive in any order, so a change may land after the server made the
     /// answer yet be heard of before it).
-    pub fn mark(&self) -> u64 {
+    pub(crate) fn mark(&self) -> u64 {
         self.lock().finishes
     }
 
     /// Kernel handle `fh` was opened for writing on `ino`; `attr` is what the
     /// server answered the open with.
-    pub fn opened_for_writing(&self, ino: u64, fh: u64, attr: &Attr) {
+    pub(crate) fn opened_for_writing(&self, ino: u64, fh: u64, attr: &Attr) {
         let mark = self.mark();
         self.opened_for_writing_since(ino, fh, attr, mark);
     }
 
     /// [`opened_for_writing`](Self::opened_for_writing), with the open sent
     /// after `mark`.
-    pub fn opened_for_writing_since(&self, ino: u64, fh: u64, attr: &Attr, mark: u64) {
+    pub(crate) fn opened_for_writing_since(&self, ino: u64, fh: u64, attr: &Attr, mark: u64) {
         let mut state = self.lock();
         let current = state.finishes == mark;
         let file = state.files.entry(ino).or_default();
@@ -155,7 +155,7 @@ impl WriteBehind {
 
     /// The server answered with the attributes of `ino`, asked after `mark`:
     /// they replace the projection unless changes are in flight or landed since.
-    pub fn told(&self, ino: u64, attr: &Attr, mark: u64) {
+    pub(crate) fn told(&self, ino: u64, attr: &Attr, mark: u64) {
         let mut state = self.lock();
         let current = state.finishes == mark;
         if let Some(file) = state.files.get_mut(&ino) {
@@ -171,7 +171,7 @@ impl WriteBehind {
     /// server to drop setuid/setgid: when the projection shows them, or on the
     /// first such write through the handle (the projection may predate a chmod
     /// made elsewhere).
-    pub fn must_kill_suidgid(&self, ino: u64, fh: u64) -> bool {
+    pub(crate) fn must_kill_suidgid(&self, ino: u64, fh: u64) -> bool {
         let mut state = self.lock();
         let Some(file) = state.files.get_mut(&ino) else {
             return false;
@@ -194,7 +194,7 @@ impl WriteBehind {
     /// older still): while this mount's changes are in flight, or landed after
     /// the answer was made, the answer is older than what the kernel knows and
     /// would shrink the file it sees.
-    pub fn overlay(&self, ino: u64, attr: Attr, mark: Option<u64>) -> Attr {
+    pub(crate) fn overlay(&self, ino: u64, attr: Attr, mark: Option<u64>) -> Attr {
         let state = self.lock();
         let stale = mark != Some(state.finishes);
         match state.files.get(&ino) {
@@ -203,9 +203,12 @@ impl WriteBehind {
         }
     }
 
-    /// Another client may have changed `ino` (this mount just took a lock on it):
-    /// the projection is no answer to `getattr` until the server has spoken again.
-    pub fn doubt(&self, ino: u64) {
+    /// `ino` changed on the server in a way the projection does not show (another
+    /// client may have written it while this mount did not hold its lock; a
+    /// rename, an xattr change, fallocate or a server-side copy changed its
+    /// ctime or size): the projection is no answer to `getattr` until the server
+    /// has spoken again.
+    pub(crate) fn doubt(&self, ino: u64) {
         if let Some(file) = self.lock().files.get_mut(&ino) {
             file.told_at = None;
         }
@@ -216,7 +219,7 @@ impl WriteBehind {
     /// times, the count does not depend on the writes in flight, so the
     /// projection takes it at once; the ctime changed too, at a time only the
     /// server knows, so once the writes have landed the server is asked again.
-    pub fn links_changed(&self, ino: u64, nlink: Option<u32>) {
+    pub(crate) fn links_changed(&self, ino: u64, nlink: Option<u32>) {
         if let Some(file) = self.lock().files.get_mut(&ino) {
             if let Some(attr) = file.attr.as_mut() {
                 attr.nlink = nlink.unwrap_or(attr.nlink.saturating_sub(1));
@@ -230,7 +233,7 @@ impl WriteBehind {
     /// older than what the kernel knows), or while the server's last word on them
     /// is younger than `ttl` and no data was written since (whose times would be
     /// guesses). Only for files this mount writes to.
-    pub fn projected(&self, ino: u64, ttl: Duration) -> Option<Attr> {
+    pub(crate) fn projected(&self, ino: u64, ttl: Duration) -> Option<Attr> {
         let state = self.lock();
         let file = state.files.get(&ino)?;
         let recent = file.told_at.is_some_and(|t| t.elapsed() < ttl);
@@ -247,7 +250,7 @@ impl WriteBehind {
     /// Waits until nothing sent (or about to be sent) through `fh` is in flight:
     /// the caller forgets the handle next, and an attribute change another
     /// thread registered on it must still find it.
-    pub fn released(&self, ino: u64, fh: u64) {
+    pub(crate) fn released(&self, ino: u64, fh: u64) {
         let mut state = self.lock();
         if let Some(file) = state.files.get_mut(&ino) {
             file.writers.retain(|&w| w != fh);
@@ -267,7 +270,7 @@ impl WriteBehind {
     }
 
     /// Whether `fh` writes to `ino` through write-behind.
-    pub fn is_writer(&self, ino: u64, fh: u64) -> bool {
+    pub(crate) fn is_writer(&self, ino: u64, fh: u64) -> bool {
         self.lock()
             .files
             .get(&ino)
@@ -275,7 +278,7 @@ impl WriteBehind {
     }
 
     /// Some handle open for writing on `ino`, if any.
-    pub fn any_writer(&self, ino: u64) -> Option<u64> {
+    pub(crate) fn any_writer(&self, ino: u64) -> Option<u64> {
         self.lock()
             .files
             .get(&ino)
@@ -285,7 +288,7 @@ impl WriteBehind {
     /// Registers a write of `len` bytes at `offset` through `fh`, once it can no
     /// longer conflict with another handle's write and the mount's data in flight
     /// leaves room for it.
-    pub fn begin_write(&self, ino: u64, fh: u64, offset: u64, len: usize) -> Ticket {
+    pub(crate) fn begin_write(&self, ino: u64, fh: u64, offset: u64, len: usize) -> Ticket {
         let end = offset.saturating_add(len as u64);
         let mut state = self.lock();
         loop {
@@ -324,7 +327,7 @@ impl WriteBehind {
     /// through another handle remains: `change` applies it to the projected
     /// attributes, which are returned. `None`, and nothing registered, when the
     /// attributes are not known or `change` answers false (it cannot be projected).
-    pub fn begin_setattr(
+    pub(crate) fn begin_setattr(
         &self,
         ino: u64,
         fh: u64,
@@ -362,10 +365,10 @@ impl WriteBehind {
         Some((Ticket { ino, id }, projected))
     }
 
-    /// The change `ticket` stands for has been answered. An error is kept for the
-    /// next flush or fsync; `server_attr`, when the server sent attributes and
-    /// nothing else is in flight, replaces the projection.
-    pub fn finish(&self, ticket: Ticket, result: Result<Option<Attr>, Errno>) {
+    /// The change `ticket` stands for has been answered with `result`. An error
+    /// is kept for the next flush or fsync; attributes the server sent replace
+    /// the projection when nothing else is in flight.
+    pub(crate) fn finish(&self, ticket: Ticket, result: Result<Option<Attr>, Errno>) {
         let mut state = self.lock();
         let mut freed = 0;
         if let Some(file) = state.files.get_mut(&ticket.ino) {
@@ -395,7 +398,7 @@ impl WriteBehind {
     }
 
     /// Waits until nothing is in flight for `ino`.
-    pub fn wait_idle(&self, ino: u64) {
+    pub(crate) fn wait_idle(&self, ino: u64) {
         let mut state = self.lock();
         while state
             .files
@@ -408,7 +411,7 @@ impl WriteBehind {
 
     /// Waits until nothing is in flight for `ino`, then hands over (and forgets)
     /// the first error that handle `fh` has not passed on yet.
-    pub fn drain(&self, ino: u64, fh: u64) -> Result<(), Errno> {
+    pub(crate) fn drain(&self, ino: u64, fh: u64) -> Result<(), Errno> {
         self.wait_idle(ino);
         let mut state = self.lock();
         let error = state.files.get_mut(&ino).and_then(|f| f.errors.remove(&fh));
@@ -419,7 +422,7 @@ impl WriteBehind {
     /// What close and fsync through `fh` owe the application: for a handle that
     /// writes, the wait for everything in flight and then its error, if any; for
     /// any other, only the wait.
-    pub fn settle(&self, ino: u64, fh: u64) -> Result<(), Errno> {
+    pub(crate) fn settle(&self, ino: u64, fh: u64) -> Result<(), Errno> {
         if self.is_writer(ino, fh) {
             self.drain(ino, fh)
         } else {

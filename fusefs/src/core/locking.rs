@@ -1,104 +1,129 @@
 //! `getlk`, `setlk` and the release of POSIX locks on close, over the server's
 //! locks (see [`crate::locks`] for how waiting and flock detection work).
 
-use super::{lock as guard, FerryFs};
-use crate::convert::errno;
+use super::{Core, Done};
 use crate::locks::{self, file_lock, lock_kind, lock_type_code};
 use ferry_common::proto::{LockKind, LockType, Op};
+use ferry_common::sync::lock;
 use ferry_common::Errno;
-use fuser::{FileHandle, INodeNo, LockOwner, ReplyEmpty, ReplyLock};
 
-impl FerryFs {
+/// The answer to `F_GETLK`: the conflicting lock, or the range asked about with
+/// type `F_UNLCK` when nothing conflicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockAnswer {
+    pub start: u64,
+    pub end: u64,
+    /// `F_RDLCK`, `F_WRLCK` or `F_UNLCK`.
+    pub typ: i32,
+    /// The holder may be on another machine: its pid means nothing here, 0.
+    pub pid: u32,
+}
+
+impl Core {
     /// Whether `fh` is an open file of `ino`. Directories are not opened on the
     /// server, so they have nothing to lock, and their handle numbers are
     /// counted apart from files' (the same number may name an open file).
-    fn is_open_file(&self, ino: INodeNo, fh: FileHandle) -> bool {
-        guard(&self.files).get(fh.0).is_some_and(|f| f.ino == ino.0)
+    fn is_open_file(&self, ino: u64, fh: u64) -> bool {
+        lock(&self.files).get(fh).is_some_and(|f| f.ino == ino)
     }
 
+    /// `F_GETLK` of `owner` for the range `start..=end` of type `typ` (`F_*`).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn lock_test(
+    pub fn getlk(
         &self,
-        ino: INodeNo,
-        fh: FileHandle,
-        owner: LockOwner,
+        ino: u64,
+        fh: u64,
+        owner: u64,
         start: u64,
         end: u64,
         typ: i32,
-        reply: ReplyLock,
+        done: impl Done<LockAnswer>,
     ) {
         let Some(lock) = file_lock(typ, start, end) else {
-            return reply.error(errno(Errno::EINVAL));
+            return done(Err(Errno::EINVAL));
         };
         if !self.is_open_file(ino, fh) {
-            return reply.error(errno(Errno::new(libc::ENOLCK)));
+            return done(Err(Errno::new(libc::ENOLCK)));
         }
         let make = |handle| Op::GetLock {
             handle,
-            owner: owner.0,
+            owner,
             lock,
         };
-        self.on_handle(fh, make, move |r| match locks::conflict_of(r) {
-            // The holder may be on another machine: its pid means nothing here.
-            Ok(Some(c)) => reply.locked(c.start, c.end, lock_type_code(c.typ), 0),
-            Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
-            Err(e) => reply.error(errno(e)),
+        self.on_handle(fh, make, move |r| {
+            done(locks::conflict_of(r).map(|conflict| match conflict {
+                Some(c) => LockAnswer {
+                    start: c.start,
+                    end: c.end,
+                    typ: lock_type_code(c.typ),
+                    pid: 0,
+                },
+                None => LockAnswer {
+                    start,
+                    end,
+                    typ: libc::F_UNLCK,
+                    pid: 0,
+                },
+            }))
         });
     }
 
+    /// `F_SETLK` (or, with `sleep`, `F_SETLKW`; also `flock`) by thread `tid` of
+    /// lock owner `owner`.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn lock_set(
+    pub fn setlk(
         &self,
-        ino: INodeNo,
-        fh: FileHandle,
-        owner: LockOwner,
+        ino: u64,
+        fh: u64,
+        owner: u64,
         start: u64,
         end: u64,
         typ: i32,
         tid: u32,
         sleep: bool,
-        reply: ReplyEmpty,
+        done: impl Done<()>,
     ) {
         let Some(lock) = file_lock(typ, start, end) else {
-            return reply.error(errno(Errno::EINVAL));
+            return done(Err(Errno::EINVAL));
         };
         if !self.is_open_file(ino, fh) {
-            return reply.error(errno(Errno::new(libc::ENOLCK)));
+            return done(Err(Errno::new(libc::ENOLCK)));
         }
         let kind = lock_kind(tid, &lock);
         // What was written under a lock must be on the server before the lock is
         // let go (or changed): the next holder reads it from there. (A write
         // error stays for close and fsync to report.)
-        self.writes.wait_idle(ino.0);
-        let (epoch, handle) = match self.server_handle(fh.0) {
+        self.writes.wait_idle(ino);
+        let (epoch, handle) = match self.server_handle(fh) {
             Ok(h) => h,
-            Err(e) => return reply.error(errno(e)),
+            Err(e) => return done(Err(e)),
         };
         let op = Op::SetLock {
             handle,
-            owner: owner.0,
+            owner,
             kind,
             lock,
         };
-        let owners = self.lock_owners.clone();
-        let invalidator = self.invalidator.clone();
-        let writes = self.writes.clone();
-        let attrs = self.attrs.clone();
-        // Records a POSIX owner, and drops cached data before a lock is granted.
+        let core = self.clone();
+        // Records a POSIX owner, and drops cached data before a lock is granted:
+        // another client may have changed the file while this one did not hold
+        // the lock, and a database reading stale pages under its lock would
+        // corrupt itself.
         let finish = move |r: Result<(), Errno>| match r {
-            Ok(()) if lock.typ == LockType::Unlock => reply.ok(),
+            Ok(()) if lock.typ == LockType::Unlock => done(Ok(())),
             Ok(()) => {
                 if kind == LockKind::Posix {
-                    owners.note(ino.0, owner.0, epoch);
+                    core.lock_owners.note(ino, owner, epoch);
                 }
-                writes.doubt(ino.0);
-                attrs.drop_ino(ino.0);
-                invalidator.invalidate_then(ino.0, move || reply.ok());
+                core.writes.doubt(ino);
+                core.attrs.drop_ino(ino);
+                core.kernel
+                    .forget_data_then(ino, Box::new(move || done(Ok(()))));
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => done(Err(e)),
         };
         let client = self.client.clone();
-        self.client.submit_in(epoch, op.clone(), move |r| match r {
+        self.ask(Some(epoch), op.clone(), move |r| match r {
             Err(e) if e.code() == libc::EAGAIN && sleep => {
                 locks::wait_for_lock(client, epoch, op, tid, finish)
             }
@@ -111,23 +136,20 @@ impl FerryFs {
     /// is gone went with it, so a failure here is logged, not reported.
     pub(super) fn release_posix_locks(
         &self,
-        ino: INodeNo,
-        fh: FileHandle,
-        owner: LockOwner,
+        ino: u64,
+        fh: u64,
+        owner: u64,
         then: impl FnOnce() + Send + 'static,
     ) {
         // Most closes come from owners that never locked: no round trip, and
         // not even a look at the connection.
-        let Some(epoch) = self.lock_owners.take(ino.0, owner.0) else {
+        let Some(epoch) = self.lock_owners.take(ino, owner) else {
             return then();
         };
         if self.client.current_epoch() != Some(epoch) {
             return then();
         }
-        let make = |handle| Op::ReleaseLocks {
-            handle,
-            owner: owner.0,
-        };
+        let make = |handle| Op::ReleaseLocks { handle, owner };
         self.on_handle(fh, make, move |r| {
             if let Err(e) = r {
                 log::debug!("releasing locks on close: {e}");

@@ -15,7 +15,6 @@
 //! Nothing is lost by the shortcut: the server's own kernel drops the
 //! capability when the server writes the file, and this mount is `nosuid`, so
 //! its kernel never reads capabilities to run a program.
-
 //!
 //! # `security.selinux`
 //!
@@ -25,73 +24,54 @@
 //! it is unsupported — a round trip for every name listed. It is also left out
 //! of listings and cannot be set through the mount.
 
-use super::FerryFs;
-use crate::convert::errno;
+use super::{Caller, Core, Done};
+use crate::cache::TimedCache;
 use ferry_common::proto::{Op, Reply};
 use ferry_common::Errno;
-use fuser::{INodeNo, ReplyEmpty, ReplyXattr, Request};
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The attribute whose answers are kept; see the module documentation.
 const CAPABILITY: &[u8] = b"security.capability";
 /// The SELinux label; see the module documentation.
 const SELINUX: &[u8] = b"security.selinux";
-/// Entries beyond this many make the cache drop its stale ones.
-const CACHE_PRUNE_AT: usize = 4096;
-
-/// When an answer was fetched, and what it was.
-type Answer = (Instant, Result<Vec<u8>, Errno>);
 
 /// Recent answers for `security.capability`, by inode.
-#[derive(Debug, Default)]
-pub struct CapabilityCache {
-    answers: Mutex<HashMap<u64, Answer>>,
+#[derive(Debug)]
+pub(crate) struct FileCapCache {
+    answers: TimedCache<u64, Result<Vec<u8>, Errno>>,
 }
 
-impl CapabilityCache {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Answer>> {
-        self.answers.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn get(&self, ino: u64, ttl: Duration) -> Option<Result<Vec<u8>, Errno>> {
-        let map = self.map();
-        let (at, answer) = map.get(&ino)?;
-        (at.elapsed() < ttl).then(|| answer.clone())
-    }
-
-    fn put(&self, ino: u64, answer: Result<Vec<u8>, Errno>, ttl: Duration) {
-        let mut map = self.map();
-        if map.len() >= CACHE_PRUNE_AT {
-            map.retain(|_, (at, _)| at.elapsed() < ttl);
+impl FileCapCache {
+    pub(crate) fn new(ttl: Duration) -> FileCapCache {
+        FileCapCache {
+            answers: TimedCache::new(ttl),
         }
-        map.insert(ino, (Instant::now(), answer));
     }
 
     /// `ino` was just created by this mount: it has no capability.
-    pub fn note_new_file(&self, ino: u64, ttl: Duration) {
-        self.put(ino, Err(Errno::new(libc::ENODATA)), ttl);
-    }
-
-    fn forget(&self, ino: u64) {
-        self.map().remove(&ino);
+    pub(crate) fn note_new_file(&self, ino: u64) {
+        self.answers.store(ino, Err(Errno::new(libc::ENODATA)));
     }
 }
 
-/// Answers a get or list request of buffer size `size` with `data`.
-fn reply_sized(data: &[u8], size: u32, reply: ReplyXattr) {
-    let Ok(len) = u32::try_from(data.len()) else {
-        return reply.error(errno(Errno::new(libc::E2BIG)));
-    };
+/// What `getxattr` and `listxattr` answer: the size asked for, or the data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum XattrAnswer {
+    Size(u32),
+    Data(Vec<u8>),
+}
+
+/// The answer to a get or list request of buffer size `size` with `data`.
+fn sized(data: Vec<u8>, size: u32) -> Result<XattrAnswer, Errno> {
+    let len = u32::try_from(data.len()).map_err(|_| Errno::new(libc::E2BIG))?;
     if size == 0 {
-        reply.size(len);
+        Ok(XattrAnswer::Size(len))
     } else if len > size {
-        reply.error(errno(Errno::ERANGE));
+        Err(Errno::ERANGE)
     } else {
-        reply.data(data);
+        Ok(XattrAnswer::Data(data))
     }
 }
 
@@ -108,30 +88,27 @@ fn visible(list: &[u8], privileged: bool) -> Vec<u8> {
     out
 }
 
-impl FerryFs {
-    pub(super) fn xattr_get(&self, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+impl Core {
+    pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32, done: impl Done<XattrAnswer>) {
         if name.as_bytes() == SELINUX {
-            return reply.error(errno(Errno::ENOTSUP));
+            return done(Err(Errno::ENOTSUP));
         }
-        let ttl = self.opts.attr_timeout;
         let capability = name.as_bytes() == CAPABILITY;
         if capability {
-            match self.capabilities.get(ino.0, ttl) {
-                Some(Ok(value)) => return reply_sized(&value, size, reply),
-                Some(Err(e)) => return reply.error(errno(e)),
-                None => {}
+            if let Some((answer, _)) = self.file_caps.answers.get(&ino) {
+                return done(answer.and_then(|value| sized(value, size)));
             }
         }
         let path = match self.path_of(ino) {
             Ok(p) => p,
-            Err(e) => return reply.error(errno(e)),
+            Err(e) => return done(Err(e)),
         };
         let op = Op::GetXattr {
             path,
             name: name.as_bytes().to_vec(),
         };
-        let cache = self.capabilities.clone();
-        self.client.submit(op, move |r| {
+        let core = self.clone();
+        self.ask(None, op, move |r| {
             let answer = match r {
                 Ok(Reply::Xattr(value)) => Ok(value),
                 Ok(_) => Err(Errno::EPROTO),
@@ -142,79 +119,78 @@ impl FerryFs {
                 Err(e) => matches!(e.code(), libc::ENODATA | libc::ENOTSUP),
             };
             if capability && lasting {
-                cache.put(ino.0, answer.clone(), ttl);
+                core.file_caps.answers.store(ino, answer.clone());
             }
-            match answer {
-                Ok(value) => reply_sized(&value, size, reply),
-                Err(e) => reply.error(errno(e)),
-            }
+            done(answer.and_then(|value| sized(value, size)))
         });
     }
 
-    pub(super) fn xattr_list(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    pub fn listxattr(&self, caller: Caller, ino: u64, size: u32, done: impl Done<XattrAnswer>) {
         let path = match self.path_of(ino) {
             Ok(p) => p,
-            Err(e) => return reply.error(errno(e)),
+            Err(e) => return done(Err(e)),
         };
-        let privileged = req.uid() == 0;
-        self.client
-            .submit(Op::ListXattr { path }, move |r| match r {
-                Ok(Reply::Xattr(list)) => reply_sized(&visible(&list, privileged), size, reply),
-                Ok(_) => reply.error(errno(Errno::EPROTO)),
-                Err(e) => reply.error(errno(e)),
-            });
+        let privileged = caller.uid == 0;
+        self.ask(None, Op::ListXattr { path }, move |r| match r {
+            Ok(Reply::Xattr(list)) => done(sized(visible(&list, privileged), size)),
+            Ok(_) => done(Err(Errno::EPROTO)),
+            Err(e) => done(Err(e)),
+        });
     }
 
-    pub(super) fn xattr_set(
+    pub fn setxattr(
         &self,
-        ino: INodeNo,
+        ino: u64,
         name: &OsStr,
         value: &[u8],
         flags: i32,
         position: u32,
-        reply: ReplyEmpty,
+        done: impl Done<()>,
     ) {
         // `position` is for macOS resource forks only.
         if position != 0 {
-            return reply.error(errno(Errno::EINVAL));
+            return done(Err(Errno::EINVAL));
         }
         if name.as_bytes() == SELINUX {
-            return reply.error(errno(Errno::ENOTSUP));
+            return done(Err(Errno::ENOTSUP));
         }
-        let path = match self.path_of(ino) {
-            Ok(p) => p,
-            Err(e) => return reply.error(errno(e)),
-        };
-        if name.as_bytes() == CAPABILITY {
-            self.capabilities.forget(ino.0);
-        }
-        // By path, so not ordered with writes in flight: a write landing after
-        // it would make the server's kernel drop a capability just set.
-        self.writes.wait_idle(ino.0);
-        let op = Op::SetXattr {
-            path: path.clone(),
+        let op = |path| Op::SetXattr {
+            path,
             name: name.as_bytes().to_vec(),
             value: value.to_vec(),
             flags,
         };
-        // The ctime changes: cached attributes go.
-        self.empty_op(op, vec![(path, false)], reply, |_| {});
+        self.xattr_change(ino, name, done, op);
     }
 
-    pub(super) fn xattr_remove(&self, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let path = match self.path_of(ino) {
-            Ok(p) => p,
-            Err(e) => return reply.error(errno(e)),
-        };
-        if name.as_bytes() == CAPABILITY {
-            self.capabilities.forget(ino.0);
-        }
-        self.writes.wait_idle(ino.0);
-        let op = Op::RemoveXattr {
-            path: path.clone(),
+    pub fn removexattr(&self, ino: u64, name: &OsStr, done: impl Done<()>) {
+        let op = |path| Op::RemoveXattr {
+            path,
             name: name.as_bytes().to_vec(),
         };
-        self.empty_op(op, vec![(path, false)], reply, |_| {});
+        self.xattr_change(ino, name, done, op);
+    }
+
+    /// Sends the change of attribute `name` of `ino` that `make_op` builds.
+    fn xattr_change(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        done: impl Done<()>,
+        make_op: impl FnOnce(ferry_common::RelPath) -> Op,
+    ) {
+        let path = match self.path_of(ino) {
+            Ok(p) => p,
+            Err(e) => return done(Err(e)),
+        };
+        if name.as_bytes() == CAPABILITY {
+            self.file_caps.answers.remove(&ino);
+        }
+        // By path, so not ordered with writes in flight: a write landing after
+        // it would make the server's kernel drop a capability just set.
+        self.writes.wait_idle(ino);
+        // The ctime changes: cached attributes go.
+        self.name_op(make_op(path.clone()), vec![(path, false)], done, |_| {});
     }
 }
 
@@ -227,5 +203,15 @@ mod tests {
         let list = b"user.a\0trusted.b\0security.c\0security.selinux\0";
         assert_eq!(visible(list, false), b"user.a\0security.c\0");
         assert_eq!(visible(list, true), b"user.a\0trusted.b\0security.c\0");
+    }
+
+    #[test]
+    fn the_size_protocol() {
+        assert_eq!(sized(b"abc".to_vec(), 0), Ok(XattrAnswer::Size(3)));
+        assert_eq!(sized(b"abc".to_vec(), 2), Err(Errno::ERANGE));
+        assert_eq!(
+            sized(b"abc".to_vec(), 3),
+            Ok(XattrAnswer::Data(b"abc".to_vec()))
+        );
     }
 }

@@ -1,0 +1,185 @@
+//! `TimedCache`: values that may be trusted for a fixed time after they were
+//! learnt, the one shape of every cache in the mount (attributes, the names of
+//! known directories, `security.capability` answers).
+//!
+//! A value is stored with the moment it was learnt — the moment the question
+//! was *asked*, where that is earlier than the answer, so that a value is never
+//! trusted beyond what the server vouched for. It is fresh while younger than
+//! the cache's time to live, and dropped when found stale. A cache with a zero
+//! time to live keeps nothing. Past [`PRUNE_AT`] entries, a store first drops
+//! every stale one, so a long-lived mount does not accumulate what it cannot use.
+
+use ferry_common::sync::lock;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Entries beyond this many make the next store drop the stale ones.
+pub(crate) const PRUNE_AT: usize = 4096;
+
+#[derive(Debug)]
+struct Timed<V> {
+    since: Instant,
+    value: V,
+}
+
+#[derive(Debug)]
+pub(crate) struct TimedCache<K, V> {
+    ttl: Duration,
+    entries: Mutex<HashMap<K, Timed<V>>>,
+}
+
+impl<K: Eq + Hash, V> TimedCache<K, V> {
+    pub(crate) fn new(ttl: Duration) -> TimedCache<K, V> {
+        TimedCache {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How much longer something learnt at `since` may be trusted; `None` once stale.
+    fn left(&self, since: Instant) -> Option<Duration> {
+        self.ttl
+            .checked_sub(since.elapsed())
+            .filter(|left| !left.is_zero())
+    }
+
+    /// Stores `value` for `key`, learnt at `since`, unless `keep_held` says the
+    /// value already held (and still fresh) is to be kept, or changes it in place:
+    /// it is given the held value and the new one, and answers whether the held
+    /// one stays.
+    pub(crate) fn store_with(
+        &self,
+        key: K,
+        since: Instant,
+        value: V,
+        keep_held: impl FnOnce(&mut V, &mut Instant, V) -> Option<V>,
+    ) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = lock(&self.entries);
+        if entries.len() >= PRUNE_AT {
+            let ttl = self.ttl;
+            entries.retain(|_, t| t.since.elapsed() < ttl);
+        }
+        let value = match entries.get_mut(&key) {
+            Some(held) if self.left(held.since).is_some() => {
+                match keep_held(&mut held.value, &mut held.since, value) {
+                    None => return,
+                    Some(value) => value,
+                }
+            }
+            _ => value,
+        };
+        entries.insert(key, Timed { since, value });
+    }
+
+    /// Stores `value` for `key`, learnt now.
+    pub(crate) fn store(&self, key: K, value: V) {
+        self.store_with(key, Instant::now(), value, |_, _, new| Some(new));
+    }
+
+    /// Looks at the fresh value of `key` with `read`, which also learns how much
+    /// longer it may be trusted.
+    pub(crate) fn read<T>(&self, key: &K, read: impl FnOnce(&V, Duration) -> T) -> Option<T> {
+        let mut entries = lock(&self.entries);
+        let held = entries.get(key)?;
+        match self.left(held.since) {
+            Some(left) => Some(read(&held.value, left)),
+            None => {
+                entries.remove(key);
+                None
+            }
+        }
+    }
+
+    /// Changes the fresh value of `key` in place, if there is one.
+    pub(crate) fn update(&self, key: &K, change: impl FnOnce(&mut V)) {
+        let mut entries = lock(&self.entries);
+        if let Some(held) = entries.get_mut(key) {
+            if self.left(held.since).is_some() {
+                change(&mut held.value);
+            }
+        }
+    }
+
+    /// Forgets `key`.
+    pub(crate) fn remove(&self, key: &K) {
+        lock(&self.entries).remove(key);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.entries).len()
+    }
+}
+
+impl<K: Eq + Hash, V: Clone> TimedCache<K, V> {
+    /// The fresh value of `key` and how much longer it may be trusted.
+    pub(crate) fn get(&self, key: &K) -> Option<(V, Duration)> {
+        self.read(key, |value, left| (value.clone(), left))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_fresh_for_the_time_to_live_from_when_they_were_learnt() {
+        let cache = TimedCache::new(Duration::from_secs(60));
+        cache.store(1, "a");
+        let (value, left) = cache.get(&1).expect("just stored");
+        assert_eq!(value, "a");
+        assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(50));
+        // Learnt long ago: never fresh.
+        let long_ago = Instant::now() - Duration::from_secs(120);
+        cache.store_with(2, long_ago, "b", |_, _, new| Some(new));
+        assert!(cache.get(&2).is_none());
+        assert_eq!(cache.len(), 1, "a stale value is dropped when found");
+        cache.remove(&1);
+        assert!(cache.get(&1).is_none());
+    }
+
+    #[test]
+    fn a_zero_time_to_live_keeps_nothing() {
+        let cache = TimedCache::new(Duration::ZERO);
+        cache.store(1, 1);
+        assert!(cache.get(&1).is_none());
+        assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn the_held_value_decides_what_a_store_does() {
+        let cache = TimedCache::new(Duration::from_secs(60));
+        cache.store(1, 5);
+        // Keep the larger one.
+        let keep_larger = |held: &mut i32, _: &mut Instant, new: i32| (new > *held).then_some(new);
+        cache.store_with(1, Instant::now(), 3, keep_larger);
+        assert_eq!(cache.get(&1).map(|(v, _)| v), Some(5));
+        cache.store_with(1, Instant::now(), 7, keep_larger);
+        assert_eq!(cache.get(&1).map(|(v, _)| v), Some(7));
+        cache.update(&1, |v| *v += 1);
+        assert_eq!(cache.get(&1).map(|(v, _)| v), Some(8));
+    }
+
+    #[test]
+    fn a_full_cache_drops_its_stale_entries() {
+        let cache = TimedCache::new(Duration::from_secs(60));
+        let long_ago = Instant::now() - Duration::from_secs(120);
+        for key in 0..PRUNE_AT {
+            // Stale from the start (stored bypassing freshness).
+            lock(&cache.entries).insert(
+                key,
+                Timed {
+                    since: long_ago,
+                    value: key,
+                },
+            );
+        }
+        cache.store(PRUNE_AT, PRUNE_AT);
+        assert_eq!(cache.len(), 1);
+    }
+}

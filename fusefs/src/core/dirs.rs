@@ -1,0 +1,231 @@
+//! Directories: listings served from snapshots, and names known to be absent.
+//!
+//! A listing is taken when reading starts at offset 0 (opendir or rewinddir)
+//! and served from memory afterwards, so the kernel's offsets stay stable while
+//! the directory changes. A listing that fits in one page is also proof of
+//! which names are *not* there (see [`crate::known`]). Offsets name the *next*
+//! entry: 0 is `.`, 1 is `..`, then the listing.
+
+use super::{Core, Done, Entry};
+use ferry_common::frame::READDIR_PAGE;
+use ferry_common::proto::{DirEntry, Op, Reply};
+use ferry_common::sync::lock;
+use ferry_common::{Attr, Errno, FileKind, RelPath, StatFs};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// One open directory's snapshot.
+struct Snapshot {
+    /// The directory's path when the listing was taken.
+    path: RelPath,
+    entries: Arc<Vec<DirEntry>>,
+}
+
+/// The snapshots of open directories, by the handle given to the kernel
+/// (numbered apart from files').
+#[derive(Default)]
+pub(super) struct DirSnapshots {
+    open: Mutex<HashMap<u64, Snapshot>>,
+    next: AtomicU64,
+}
+
+/// One name of a plain listing, and the offset of the entry after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirItem<'a> {
+    /// Informational only: the kernel looks the name up for the real inode.
+    pub ino: u64,
+    pub next_offset: u64,
+    pub kind: FileKind,
+    pub name: &'a [u8],
+}
+
+/// One entry of a listing with attributes (readdirplus).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirItemPlus<'a> {
+    /// For every entry but `.` and `..`, the kernel counts this as a lookup.
+    pub entry: Entry,
+    pub next_offset: u64,
+    pub name: &'a [u8],
+}
+
+impl Core {
+    /// Opens directory `ino` for listing; answers the handle for the kernel.
+    pub fn opendir(&self, ino: u64, done: impl Done<u64>) {
+        let path = match self.path_of(ino) {
+            Ok(p) => p,
+            Err(e) => return done(Err(e)),
+        };
+        let fh = self.dirs.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let snapshot = Snapshot {
+            path,
+            entries: Arc::default(),
+        };
+        lock(&self.dirs.open).insert(fh, snapshot);
+        done(Ok(fh))
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.dirs.open).remove(&fh);
+    }
+
+    /// Lists directory `ino` from `offset`, handing each entry to `add` until
+    /// it answers that the kernel's buffer is full.
+    pub fn readdir(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(DirItem<'_>) -> bool,
+    ) -> Result<(), Errno> {
+        let (path, entries) = self.listing(ino, fh, offset)?;
+        let total = entries.len() as u64 + 2;
+        for index in offset..total {
+            let item = match index {
+                0 => DirItem {
+                    ino,
+                    next_offset: 1,
+                    kind: FileKind::Directory,
+                    name: b".",
+                },
+                1 => DirItem {
+                    ino: self.parent_ino(&path),
+                    next_offset: 2,
+                    kind: FileKind::Directory,
+                    name: b"..",
+                },
+                _ => {
+                    let entry = &entries[(index - 2) as usize];
+                    let ino = lock(&self.inodes)
+                        .ino_of_file(&entry.attr)
+                        .unwrap_or(entry.attr.ino.max(2));
+                    DirItem {
+                        ino,
+                        next_offset: index + 1,
+                        kind: entry.attr.kind,
+                        name: &entry.name,
+                    }
+                }
+            };
+            if add(item) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`readdir`](Self::readdir) with attributes: every entry but `.` and `..`
+    /// counts as a lookup, and is uncounted again when it did not fit.
+    pub fn readdirplus(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(DirItemPlus<'_>) -> bool,
+    ) -> Result<(), Errno> {
+        let (path, entries) = self.listing(ino, fh, offset)?;
+        let ttl = self.ttl();
+        let dot = |ino| Entry {
+            ino,
+            attr: Attr::blank(FileKind::Directory),
+            ttl,
+        };
+        let total = entries.len() as u64 + 2;
+        for index in offset..total {
+            let full = match index {
+                0 => add(DirItemPlus {
+                    entry: dot(ino),
+                    next_offset: 1,
+                    name: b".",
+                }),
+                1 => add(DirItemPlus {
+                    entry: dot(self.parent_ino(&path)),
+                    next_offset: 2,
+                    name: b"..",
+                }),
+                _ => {
+                    let entry = &entries[(index - 2) as usize];
+                    let name = OsStr::from_bytes(&entry.name);
+                    let Ok(child) = path.join(name) else { continue };
+                    let child_ino = lock(&self.inodes).remember(&child, &entry.attr);
+                    self.attrs.store(child_ino, entry.attr);
+                    let attr = self.writes.overlay(child_ino, entry.attr, None);
+                    let full = add(DirItemPlus {
+                        entry: Entry {
+                            ino: child_ino,
+                            attr,
+                            ttl,
+                        },
+                        next_offset: index + 1,
+                        name: &entry.name,
+                    });
+                    if full {
+                        lock(&self.inodes).forget(child_ino, 1);
+                    }
+                    full
+                }
+            };
+            if full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Statistics of the server's file system.
+    pub fn statfs(&self, done: impl Done<StatFs>) {
+        self.ask(None, Op::StatFs, move |r| match r {
+            Ok(Reply::StatFs(s)) => done(Ok(s)),
+            Ok(_) => done(Err(Errno::EPROTO)),
+            Err(e) => done(Err(e)),
+        });
+    }
+
+    /// The listing of an open directory, fetched afresh when reading restarts.
+    fn listing(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+    ) -> Result<(RelPath, Arc<Vec<DirEntry>>), Errno> {
+        let opened_as = {
+            let open = lock(&self.dirs.open);
+            let snapshot = open.get(&fh).ok_or(Errno::EBADF)?;
+            if offset != 0 {
+                return Ok((snapshot.path.clone(), snapshot.entries.clone()));
+            }
+            snapshot.path.clone()
+        };
+        // The directory's path now: it may have been renamed since opendir.
+        let path = self.path_of(ino).unwrap_or(opened_as);
+        let asked = Instant::now();
+        let entries = Arc::new(self.client.list_dir(&path)?);
+        // One request per page (of the server's READDIR_PAGE entries).
+        for _ in 0..=entries.len() / READDIR_PAGE {
+            self.stats.waited_for("readdir");
+        }
+        // One page is one read of the directory on the server; between pages
+        // others may remove entries and shift the rest, so a longer listing is
+        // no proof of what is missing.
+        let whole = entries.len() < READDIR_PAGE;
+        if whole && lock(&self.inodes).ino_of(&path) == Some(ino) {
+            self.known
+                .learn(ino, asked, entries.iter().map(|e| e.name.as_slice()));
+        }
+        if let Some(snapshot) = lock(&self.dirs.open).get_mut(&fh) {
+            snapshot.path = path.clone();
+            snapshot.entries = entries.clone();
+        }
+        Ok((path, entries))
+    }
+
+    /// The inode of the directory holding `path` (the root for the root).
+    fn parent_ino(&self, path: &RelPath) -> u64 {
+        path.split_last()
+            .and_then(|(parent, _)| lock(&self.inodes).ino_of(&parent))
+            .unwrap_or(crate::inode::ROOT_INO)
+    }
+}

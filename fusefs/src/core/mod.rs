@@ -1,0 +1,309 @@
+//! The filesystem's logic, without the kernel: plain methods that take inode
+//! numbers, names, offsets, flags and the caller, and finish with a
+//! `Result<T, Errno>` handed to a callback. The `fuser` adapter
+//! ([`crate::adapter`]) only converts types and answers the kernel; tests drive
+//! the same methods against an in-process server, with no `/dev/fuse`.
+//!
+//! Why callbacks rather than return values: most operations are one request to
+//! the server, answered on the connection's reader thread. Finishing there, in
+//! the callback, means a FUSE worker thread is never tied up waiting for the
+//! network, so the kernel can keep many requests in flight. Only a few
+//! operations block their caller: listing a directory (several round trips) and
+//! the waits write-behind imposes for ordering (see [`crate::writeback`]).
+//!
+//! The core is split by idea:
+//!
+//! - [`names`]: lookup, forget, create, mknod, mkdir, symlink, link, unlink,
+//!   rmdir, rename, readlink;
+//! - [`io`]: open, read, write, flush, release, fsync, fallocate, copy_file_range;
+//! - [`dirs`]: opendir, readdir(plus), releasedir, statfs; directory snapshots and
+//!   names known to be absent;
+//! - [`attrs`]: getattr, setattr, and setattr deferred behind writes;
+//! - [`reopen`]: finding the server handle behind a kernel handle, opening the
+//!   file again after a reconnect;
+//! - [`locking`] and [`xattr`]: file locks and extended attributes.
+//!
+//! All state lives in one [`Shared`], behind the cheap-to-clone [`Core`]; a
+//! callback that outlives the call holds a clone.
+
+mod attrs;
+mod dirs;
+mod io;
+mod locking;
+mod names;
+mod reopen;
+mod xattr;
+
+#[cfg(test)]
+mod tests;
+
+pub use dirs::{DirItem, DirItemPlus};
+pub use locking::LockAnswer;
+pub use xattr::XattrAnswer;
+
+use crate::attrcache::AttrCache;
+use crate::client::{OpResult, RemoteClient};
+use crate::files::OpenFiles;
+use crate::inode::{FileId, InodeTable};
+use crate::known::KnownDirs;
+use crate::locks::LockOwners;
+use crate::writeback::WriteBehind;
+use dirs::DirSnapshots;
+use ferry_common::proto::{Op, Owner};
+use ferry_common::sync::lock;
+use ferry_common::{Attr, Errno, FileKind};
+use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How the mount behaves; set from the command line.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// How long the kernel may trust attributes and entries without asking again.
+    pub attr_timeout: Duration,
+    pub read_only: bool,
+    /// Ask the kernel for readdirplus (names with attributes in one round trip).
+    /// Off only to exercise the plain readdir path.
+    pub readdirplus: bool,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions {
+            attr_timeout: Duration::from_secs(1),
+            read_only: false,
+            readdirplus: true,
+        }
+    }
+}
+
+/// Who made a request: the calling process's ids, as the kernel reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    /// The calling thread (the kernel's "pid" of a request is its thread id).
+    pub pid: u32,
+}
+
+impl Caller {
+    /// The owner the server gives a node this caller creates.
+    fn owner(&self) -> Option<Owner> {
+        Some(Owner {
+            uid: self.uid,
+            gid: self.gid,
+        })
+    }
+}
+
+/// A name the kernel may cache: the node's inode number and attributes, trusted
+/// for `ttl`. Every entry handed to the kernel counts one lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub ino: u64,
+    pub attr: Attr,
+    pub ttl: Duration,
+}
+
+/// What a lookup found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Found(Entry),
+    /// No such name, and the kernel may remember that for this long.
+    Missing(Duration),
+}
+
+/// Attributes and how long the kernel may trust them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attrs {
+    pub attr: Attr,
+    pub ttl: Duration,
+}
+
+/// An opened file: the handle to give the kernel and how it should cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    /// The file is unchanged since this mount last opened it: cached pages stay.
+    pub keep_cache: bool,
+    /// Reads and writes bypass the page cache (see [`io`] on `O_APPEND`).
+    pub direct_io: bool,
+}
+
+/// How an operation finishes: with its result, exactly once, on whichever
+/// thread the answer arrives.
+pub trait Done<T>: FnOnce(Result<T, Errno>) + Send + 'static {}
+impl<T, F: FnOnce(Result<T, Errno>) + Send + 'static> Done<T> for F {}
+
+/// What the core asks of the kernel's own caches. An implementation carries
+/// the requests out on a thread of its own — never inside a FUSE request, as
+/// the kernel may wait, during an invalidation, for a request still in flight.
+pub trait KernelCache: Send + Sync {
+    /// Drops the kernel's cached attributes of `ino` (its pages stay).
+    fn forget_attrs(&self, ino: u64);
+    /// Drops the kernel's cached attributes and pages of `ino`, then runs `then`.
+    fn forget_data_then(&self, ino: u64, then: Box<dyn FnOnce() + Send>);
+}
+
+/// A kernel with nothing to invalidate (before mounting, and in tests that do
+/// not look at invalidations).
+#[derive(Debug, Default)]
+pub struct NoKernel;
+
+impl KernelCache for NoKernel {
+    fn forget_attrs(&self, _ino: u64) {}
+    fn forget_data_then(&self, _ino: u64, then: Box<dyn FnOnce() + Send>) {
+        then()
+    }
+}
+
+/// Requests by operation: those sent, and those an application waited for (the
+/// rest were write-behind). What `FERRY_STATS` prints.
+#[derive(Debug, Default)]
+pub struct Stats {
+    waited: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Stats {
+    fn waited_for(&self, op: &'static str) {
+        *lock(&self.waited).entry(op).or_default() += 1;
+    }
+
+    /// Requests an application waited for, by operation.
+    pub fn waited(&self) -> Vec<(&'static str, u64)> {
+        lock(&self.waited).iter().map(|(k, v)| (*k, *v)).collect()
+    }
+}
+
+/// Everything the core knows, shared by every request in flight.
+pub struct Shared {
+    client: RemoteClient,
+    opts: FsOptions,
+    inodes: Mutex<InodeTable>,
+    files: Mutex<OpenFiles>,
+    writes: WriteBehind,
+    attrs: AttrCache,
+    known: KnownDirs,
+    dirs: DirSnapshots,
+    /// POSIX lock owners that may hold locks on the server.
+    lock_owners: LockOwners,
+    /// Answers for `security.capability` (see [`xattr`]).
+    file_caps: xattr::FileCapCache,
+    kernel: Arc<dyn KernelCache>,
+    stats: Stats,
+}
+
+/// The filesystem core; cheap to clone (clones share one [`Shared`]).
+#[derive(Clone)]
+pub struct Core(Arc<Shared>);
+
+impl Deref for Core {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl Core {
+    pub fn new(client: RemoteClient, opts: FsOptions, kernel: Arc<dyn KernelCache>) -> Core {
+        let root = FileId::of(&client.welcome().root);
+        let ttl = opts.attr_timeout;
+        Core(Arc::new(Shared {
+            client,
+            inodes: Mutex::new(InodeTable::new(root)),
+            files: Mutex::new(OpenFiles::new()),
+            writes: WriteBehind::new(),
+            attrs: AttrCache::new(ttl),
+            known: KnownDirs::new(ttl),
+            dirs: DirSnapshots::default(),
+            lock_owners: LockOwners::new(),
+            file_caps: xattr::FileCapCache::new(ttl),
+            kernel,
+            stats: Stats::default(),
+            opts,
+        }))
+    }
+
+    pub fn options(&self) -> &FsOptions {
+        &self.opts
+    }
+
+    pub fn client(&self) -> &RemoteClient {
+        &self.client
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn ttl(&self) -> Duration {
+        self.opts.attr_timeout
+    }
+
+    /// Sends `op` for an answer an application waits for; `epoch` pins it to
+    /// the connection of a server handle it carries.
+    fn ask(&self, epoch: Option<u64>, op: Op, done: impl Done<ferry_common::proto::Reply>) {
+        self.stats.waited_for(op.name());
+        match epoch {
+            Some(epoch) => self.client.submit_in(epoch, op, done),
+            None => self.client.submit(op, done),
+        }
+    }
+
+    /// [`ask`](Self::ask), waiting here for the answer.
+    fn ask_now(&self, epoch: Option<u64>, op: Op) -> OpResult {
+        self.stats.waited_for(op.name());
+        match epoch {
+            Some(epoch) => self.client.call_in(epoch, op),
+            None => self.client.call(op),
+        }
+    }
+
+    /// Keeps the directory attributes the server sent along with a change, for
+    /// the directories this mount has numbers for.
+    fn note_dirs(&self, dirs: &[Attr]) {
+        for dir in dirs {
+            if let Some(ino) = lock(&self.inodes).ino_of_file(dir) {
+                self.attrs.store(ino, *dir);
+            }
+        }
+    }
+
+    /// The path `ino` names now.
+    fn path_of(&self, ino: u64) -> Result<ferry_common::RelPath, Errno> {
+        lock(&self.inodes).path(ino).cloned().ok_or(Errno::ENOENT)
+    }
+
+    /// The path of `name` in directory `parent`.
+    fn child(&self, parent: u64, name: &std::ffi::OsStr) -> Result<ferry_common::RelPath, Errno> {
+        self.path_of(parent)?.join(name)
+    }
+
+    /// A negative entry: "no such name" for `ttl`.
+    fn missing(&self) -> Lookup {
+        Lookup::Missing(self.ttl())
+    }
+}
+
+/// `perm` without what a write or chown by an unprivileged user drops: setuid,
+/// and setgid when group-executable, of a regular file.
+fn without_suidgid(kind: FileKind, perm: u16) -> u16 {
+    if kind != FileKind::File {
+        return perm;
+    }
+    let mut kept = perm & !(libc::S_ISUID as u16);
+    if perm & libc::S_IXGRP as u16 != 0 {
+        kept &= !(libc::S_ISGID as u16);
+    }
+    kept
+}
+
+/// The answer `r` to an operation whose reply carries attributes.
+fn expect_attr(r: OpResult) -> Result<Attr, Errno> {
+    match r {
+        Ok(ferry_common::proto::Reply::Attr(attr)) => Ok(attr),
+        Ok(_) => Err(Errno::EPROTO),
+        Err(e) => Err(e),
+    }
+}

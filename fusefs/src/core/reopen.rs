@@ -1,0 +1,83 @@
+//! From a kernel handle to the server handle behind it — opening the file again,
+//! by path, when the connection it was opened on is gone.
+//!
+//! A server handle lives as long as its connection (its *epoch*); the kernel's
+//! handle lives until release. After a reconnect the first request through a
+//! kernel handle opens the file again, without the flags that only make sense
+//! once (`O_CREAT`, `O_EXCL`, `O_TRUNC`), and every later request uses the new
+//! handle. A request carrying a server handle is only ever sent on that
+//! handle's connection, so an old number can never reach another file.
+
+use super::{Core, Done};
+use ferry_common::proto::{Op, Reply};
+use ferry_common::sync::lock;
+use ferry_common::{Errno, RelPath};
+
+impl Core {
+    /// The server handle (and its connection epoch) behind the kernel's handle
+    /// `fh`. After a reconnect the file is first opened again by its path.
+    pub(super) fn server_handle(&self, fh: u64) -> Result<(u64, u64), Errno> {
+        let epoch = self.client.connected_epoch()?;
+        let file = lock(&self.files).get(fh).ok_or(Errno::EBADF)?;
+        if file.epoch == epoch {
+            return Ok((epoch, file.handle));
+        }
+        // A file unlinked while open cannot be found again on a new connection.
+        let path = lock(&self.inodes)
+            .path(file.ino)
+            .cloned()
+            .ok_or(Errno::EIO)?;
+        let op = Op::Open {
+            path,
+            flags: file.reopen_flags(),
+        };
+        let handle = match self.ask_now(Some(epoch), op)? {
+            Reply::Opened { handle, .. } => handle,
+            _ => return Err(Errno::EPROTO),
+        };
+        let mut files = lock(&self.files);
+        let outcome = match files.get(fh) {
+            // Another thread re-opened it meanwhile: keep theirs, close ours.
+            Some(theirs) if theirs.epoch == epoch => Ok((epoch, theirs.handle)),
+            Some(_) => {
+                log::info!("re-opened a file after reconnecting (handle {fh})");
+                files.reopened(fh, handle, epoch);
+                return Ok((epoch, handle));
+            }
+            // Released meanwhile.
+            None => Err(Errno::EBADF),
+        };
+        drop(files);
+        self.client.submit_in(epoch, Op::Close { handle }, |_| {});
+        outcome
+    }
+
+    /// Sends the operation `make_op` builds for the server handle behind the
+    /// kernel's `fh`, on that handle's connection.
+    pub(super) fn on_handle(
+        &self,
+        fh: u64,
+        make_op: impl FnOnce(u64) -> Op,
+        done: impl Done<Reply>,
+    ) {
+        match self.server_handle(fh) {
+            Ok((epoch, handle)) => self.ask(Some(epoch), make_op(handle), done),
+            Err(e) => done(Err(e)),
+        }
+    }
+
+    /// How to reach `ino` for an attribute operation: through a server handle
+    /// when the kernel gave one (`fh`) or the inode is detached (unlinked or
+    /// renamed over while open; then the path is not used), else by path.
+    pub(super) fn attr_target(
+        &self,
+        ino: u64,
+        fh: Option<u64>,
+    ) -> Result<(RelPath, Option<(u64, u64)>), Errno> {
+        let (path, handle) = lock(&self.inodes).locate(ino)?;
+        match fh.or(handle) {
+            Some(fh) => Ok((path, Some(self.server_handle(fh)?))),
+            None => Ok((path, None)),
+        }
+    }
+}

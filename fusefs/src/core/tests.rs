@@ -1,0 +1,1 @@
+//! Tests of the core against an in-process server, without a mount.

@@ -1,0 +1,123 @@
+//! `KernelNotifier`: the core's [`KernelCache`] requests, carried out through
+//! fuser's `Notifier` on a thread of its own.
+//!
+//! The kernel carries out an invalidation before the notification's write
+//! returns, and may wait for a page whose read is still in flight — a read
+//! answered by the connection's reader thread, or by a FUSE worker. So no
+//! notification is ever sent from inside a FUSE request or from the reader:
+//! they queue here, and one thread sends them in order, then runs whatever was
+//! to happen afterwards (granting a lock once its file's pages are gone).
+
+use crate::core::KernelCache;
+use ferry_common::sync::lock;
+use fuser::{INodeNo, Notifier};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::thread;
+
+/// Work for the notification thread.
+enum Job {
+    /// Drop the kernel's attributes of an inode, or with `data` its pages too,
+    /// then run `then`.
+    Inode {
+        ino: u64,
+        data: bool,
+        then: Option<Box<dyn FnOnce() + Send>>,
+    },
+}
+
+/// See the module documentation.
+#[derive(Default)]
+pub struct KernelNotifier {
+    /// Set once the session is mounted (the notifier exists only then).
+    notifier: Arc<OnceLock<Notifier>>,
+    /// The thread's queue, started with the first job.
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+}
+
+impl KernelNotifier {
+    /// Where the mount puts the session's notifier.
+    pub fn slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// Queues `job`; when there is no kernel to tell (not mounted yet) or no
+    /// thread can be started, what was to follow runs at once.
+    fn queue(&self, job: Job) {
+        if self.notifier.get().is_none() {
+            return finish(job);
+        }
+        let mut jobs = lock(&self.jobs);
+        if jobs.is_none() {
+            let (tx, rx) = mpsc::channel::<Job>();
+            let notifier = self.notifier.clone();
+            let started = thread::Builder::new()
+                .name("ferry-notify".into())
+                .spawn(move || {
+                    for job in rx {
+                        if let Some(n) = notifier.get() {
+                            send(n, &job);
+                        }
+                        finish(job);
+                    }
+                });
+            match started {
+                Ok(_) => *jobs = Some(tx),
+                Err(e) => {
+                    log::warn!("cannot start the kernel notification thread: {e}");
+                    drop(jobs);
+                    return finish(job);
+                }
+            }
+        }
+        if let Some(tx) = jobs.as_ref() {
+            if let Err(mpsc::SendError(job)) = tx.send(job) {
+                *jobs = None;
+                drop(jobs);
+                finish(job);
+            }
+        }
+    }
+}
+
+/// Tells the kernel what `job` says.
+fn send(notifier: &Notifier, job: &Job) {
+    match job {
+        Job::Inode { ino, data, .. } => {
+            // Offset -1: attributes only; 0 with length 0: every page too.
+            let offset = if *data { 0 } else { -1 };
+            // The kernel may have forgotten the inode: nothing cached.
+            if let Err(e) = notifier.inval_inode(INodeNo(*ino), offset, 0) {
+                log::debug!("invalidating inode {ino}: {e}");
+            }
+        }
+    }
+}
+
+/// Runs what was to follow `job`.
+fn finish(job: Job) {
+    match job {
+        Job::Inode { then, .. } => {
+            if let Some(then) = then {
+                then()
+            }
+        }
+    }
+}
+
+impl KernelCache for KernelNotifier {
+    fn forget_attrs(&self, ino: u64) {
+        self.queue(Job::Inode {
+            ino,
+            data: false,
+            then: None,
+        });
+    }
+
+    fn forget_data_then(&self, ino: u64, then: Box<dyn FnOnce() + Send>) {
+        self.queue(Job::Inode {
+            ino,
+            data: true,
+            then: Some(then),
+        });
+    }
+}
