@@ -170,9 +170,11 @@ impl Filesystem for FerryFs {
         self.core.lookup(parent.0, name, move |r| match r {
             Ok(Lookup::Found(e)) => reply_entry(reply, Ok(e)),
             // Inode number 0: a negative entry, for that long.
-            Ok(Lookup::Missing(ttl)) => {
-                reply.entry(&ttl, &file_attr(0, &Attr::blank(FileKind::File)), GENERATION)
-            }
+            Ok(Lookup::Missing(ttl)) => reply.entry(
+                &ttl,
+                &file_attr(0, &Attr::blank(FileKind::File)),
+                GENERATION,
+            ),
             Err(e) => reply.error(errno(e)),
         });
     }
@@ -252,7 +254,9 @@ impl Filesystem for FerryFs {
         reply: ReplyEntry,
     ) {
         self.core
-            .mkdir(caller(req), parent.0, name, mode, move |r| reply_entry(reply, r));
+            .mkdir(caller(req), parent.0, name, mode, move |r| {
+                reply_entry(reply, r)
+            });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -261,7 +265,8 @@ impl Filesystem for FerryFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.core.rmdir(parent.0, name, move |r| reply_empty(reply, r));
+        self.core
+            .rmdir(parent.0, name, move |r| reply_empty(reply, r));
     }
 
     fn symlink(
@@ -288,10 +293,14 @@ impl Filesystem for FerryFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.core
-            .rename(parent.0, name, newparent.0, newname, flags.bits(), move |r| {
-                reply_empty(reply, r)
-            });
+        self.core.rename(
+            parent.0,
+            name,
+            newparent.0,
+            newname,
+            flags.bits(),
+            move |r| reply_empty(reply, r),
+        );
     }
 
     fn link(
@@ -324,11 +333,10 @@ impl Filesystem for FerryFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.core
-            .read(ino.0, fh.0, offset, size, move |r| match r {
-                Ok(data) => reply.data(&data),
-                Err(e) => reply.error(errno(e)),
-            });
+        self.core.read(ino.0, fh.0, offset, size, move |r| match r {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(e)),
+        });
     }
 
     fn write(
@@ -565,11 +573,18 @@ impl Filesystem for FerryFs {
         _pid: u32,
         reply: ReplyLock,
     ) {
-        self.core
-            .getlk(ino.0, fh.0, lock_owner.0, start, end, typ, move |r| match r {
+        self.core.getlk(
+            ino.0,
+            fh.0,
+            lock_owner.0,
+            start,
+            end,
+            typ,
+            move |r| match r {
                 Ok(l) => reply.locked(l.start, l.end, l.typ, l.pid),
                 Err(e) => reply.error(errno(e)),
-            });
+            },
+        );
     }
 
     fn setlk(

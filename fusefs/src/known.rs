@@ -41,11 +41,12 @@ impl KnownDirs {
         let names: HashSet<Vec<u8>> = names.into_iter().map(<[u8]>::to_vec).collect();
         // Names this mount added meanwhile may be missing from a listing that
         // was read before they were made: keep both.
-        self.dirs.store_with(ino, since, names, |held, held_since, new| {
-            held.extend(new);
-            *held_since = (*held_since).max(since);
-            None
-        });
+        self.dirs
+            .store_with(ino, since, names, |held, held_since, new| {
+                held.extend(new);
+                *held_since = (*held_since).max(since);
+                None
+            });
     }
 
     /// A name in `dir` may exist from now on (this mount created it, or tried to).

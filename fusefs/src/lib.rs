@@ -2,7 +2,7 @@
 //!
 //! A tour, from the kernel down to the network:
 //!
-//! - [`adapter`]: `FerryFs`, the `fuser::Filesystem` impl. It only converts the
+//! - [`adapter`]: `FerryFs`, the impl of fuser's `Filesystem`. It only converts the
 //!   kernel's types to the core's and answers with `reply.*`.
 //! - [`core`]: the filesystem's logic as plain methods (inode numbers, names,
 //!   offsets, flags in; `Result<T, Errno>` out, to a callback), split by idea:

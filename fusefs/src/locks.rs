@@ -24,9 +24,9 @@
 
 use crate::client::{OpResult, RemoteClient};
 use ferry_common::proto::{FileLock, LockKind, LockType, Op, Reply, LOCK_TO_EOF};
+use ferry_common::sync::lock;
 use ferry_common::Errno;
 use std::collections::HashMap;
-use ferry_common::sync::lock;
 use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;

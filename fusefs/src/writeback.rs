@@ -27,8 +27,8 @@
 //! connection's reader thread, so a wait always ends (every request has a
 //! deadline).
 
-use ferry_common::{Attr, Errno, FileKind, Timestamp};
 use ferry_common::sync::lock;
+use ferry_common::{Attr, Errno, FileKind, Timestamp};
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -93,6 +93,8 @@ struct State {
     finishes: u64,
     bytes: usize,
     next_id: u64,
+    /// Threads blocked in a wait right now (tests observe it).
+    waiting: usize,
 }
 
 #[derive(Debug, Default)]
@@ -115,8 +117,11 @@ impl WriteBehind {
         lock(&self.state)
     }
 
-    fn wait<'a>(&self, guard: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        self.finished.wait(guard).unwrap_or_else(|p| p.into_inner())
+    fn wait<'a>(&self, mut guard: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        guard.waiting += 1;
+        let mut guard = self.finished.wait(guard).unwrap_or_else(|p| p.into_inner());
+        guard.waiting -= 1;
+        guard
     }
 
     /// A mark to take before asking the server for attributes: an answer is
@@ -451,6 +456,15 @@ mod tests {
         Attr::blank(FileKind::File)
     }
 
+    /// Waits (at most ten seconds) until `n` threads are blocked in `wb`.
+    fn until_waiting(wb: &WriteBehind, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while wb.lock().waiting < n {
+            assert!(std::time::Instant::now() < deadline, "nobody waits");
+            thread::yield_now();
+        }
+    }
+
     #[test]
     fn errors_wait_for_the_next_drain_and_are_told_once() {
         let wb = WriteBehind::new();
@@ -512,31 +526,35 @@ mod tests {
     #[test]
     fn getattr_is_answered_from_the_projection_while_it_is_current() {
         let wb = WriteBehind::new();
-        let ttl = Duration::from_millis(100);
-        assert!(wb.projected(5, ttl).is_none());
+        // The server's last word is recent for a long time to live, and old for
+        // a time to live of zero.
+        let (recent, old) = (Duration::from_secs(60), Duration::ZERO);
+        assert!(wb.projected(5, recent).is_none());
         wb.opened_for_writing(5, 1, &attr());
-        assert_eq!(wb.projected(5, ttl).map(|a| a.size), Some(0));
+        assert_eq!(wb.projected(5, recent).map(|a| a.size), Some(0));
         let t = wb.begin_write(5, 1, 0, 10);
-        std::thread::sleep(Duration::from_millis(150));
         // Old, but changes are in flight: the server knows less than we do.
-        assert_eq!(wb.projected(5, ttl).map(|a| a.size), Some(10));
+        assert_eq!(wb.projected(5, old).map(|a| a.size), Some(10));
         wb.finish(t, Ok(None));
         assert!(
-            wb.projected(5, ttl).is_none(),
+            wb.projected(5, old).is_none(),
             "old and settled: ask the server"
         );
         // Written since the server's answer: the times are guesses.
         wb.told(5, &attr(), wb.mark());
         let t = wb.begin_write(5, 1, 0, 10);
-        assert!(wb.projected(5, ttl).is_some(), "in flight");
+        assert!(wb.projected(5, recent).is_some(), "in flight");
         wb.finish(t, Ok(None));
-        assert!(wb.projected(5, ttl).is_none(), "settled with guessed times");
+        assert!(
+            wb.projected(5, recent).is_none(),
+            "settled with guessed times"
+        );
         let mut fresh = attr();
         fresh.size = 10;
         wb.told(5, &fresh, wb.mark());
-        assert_eq!(wb.projected(5, ttl).map(|a| a.size), Some(10));
+        assert_eq!(wb.projected(5, recent).map(|a| a.size), Some(10));
         wb.released(5, 1);
-        assert!(wb.projected(5, ttl).is_none());
+        assert!(wb.projected(5, recent).is_none());
     }
 
     #[test]
@@ -558,7 +576,7 @@ mod tests {
         let t = wb.begin_write(5, 1, 0, 1);
         let wb2 = Arc::clone(&wb);
         let releaser = thread::spawn(move || wb2.released(5, 1));
-        thread::sleep(Duration::from_millis(100));
+        until_waiting(&wb, 1);
         // Still in flight through the handle: release waits, the state stays.
         assert!(!releaser.is_finished());
         assert!(wb.lock().files.contains_key(&5));
@@ -578,11 +596,11 @@ mod tests {
         let apart = wb.begin_write(5, 2, 200, 100);
         let wb2 = Arc::clone(&wb);
         let waiter = thread::spawn(move || wb2.begin_write(5, 2, 90, 20));
-        thread::sleep(Duration::from_millis(100));
+        until_waiting(&wb, 1);
         assert!(!waiter.is_finished());
         wb.finish(first, Ok(None));
-        thread::sleep(Duration::from_millis(100));
-        // Still overlaps `same`.
+        // Still overlaps `same`: it cannot have gone on.
+        until_waiting(&wb, 1);
         assert!(!waiter.is_finished());
         wb.finish(same, Ok(None));
         let late = waiter.join().expect("the waiter ends");
@@ -597,7 +615,7 @@ mod tests {
         let big = wb.begin_write(1, 1, 0, MAX_IN_FLIGHT_BYTES);
         let wb2 = Arc::clone(&wb);
         let waiter = thread::spawn(move || wb2.begin_write(2, 2, 0, 1));
-        thread::sleep(Duration::from_millis(100));
+        until_waiting(&wb, 1);
         assert!(!waiter.is_finished());
         wb.finish(big, Ok(None));
         let t = waiter.join().expect("the waiter ends");
@@ -612,7 +630,7 @@ mod tests {
         let t = wb.begin_write(5, 1, 0, 1);
         let wb2 = Arc::clone(&wb);
         let drainer = thread::spawn(move || wb2.drain(5, 1));
-        thread::sleep(Duration::from_millis(100));
+        until_waiting(&wb, 1);
         assert!(!drainer.is_finished());
         wb.finish(t, Err(Errno::EIO));
         assert_eq!(drainer.join().ok(), Some(Err(Errno::EIO)));

@@ -553,3 +553,6 @@ fn sweep_loop(inner: std::sync::Weak<Inner>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
