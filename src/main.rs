@@ -244,9 +244,9 @@ fn mount_foreground(
     let mountpoint = mount::check_mountpoint(mountpoint)?;
     let client = RemoteClient::connect_with_timeout(addr, timeout).map_err(|e| e.to_string())?;
     let signals = StopSignals::catch().map_err(|e| format!("cannot catch signals: {e}"))?;
-    let counted = client.clone();
     let mounted =
         mount::mount(client, &mountpoint, opts).map_err(|e| mount_error(&mountpoint, e))?;
+    let core = mounted.core().clone();
     if std::env::var_os(DAEMON_CHILD_ENV).is_some() {
         detach_from_parent();
     } else {
@@ -260,12 +260,18 @@ fn mount_foreground(
         .serve(mounted)
         .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()));
     if std::env::var_os("FERRY_STATS").is_some() {
-        let counts: Vec<String> = counted
-            .sent()
-            .iter()
-            .map(|(op, n)| format!("{op} {n}"))
-            .collect();
-        eprintln!("ferry: requests sent to the server: {}", counts.join(", "));
+        let line = |counts: Vec<(&str, u64)>| {
+            let counts: Vec<String> = counts.iter().map(|(op, n)| format!("{op} {n}")).collect();
+            counts.join(", ")
+        };
+        eprintln!(
+            "ferry: requests sent to the server: {}",
+            line(core.client().sent())
+        );
+        eprintln!(
+            "ferry: requests waited for: {}",
+            line(core.stats().waited())
+        );
     }
     served
 }

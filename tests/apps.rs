@@ -42,7 +42,6 @@ fn python_sqlite(script: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-#[test]
 fn sqlite_with_writers_on_two_mounts_and_the_server_stays_intact() {
     let mut f = fixture!();
     let other = f.second_mount("mnt2", Setup::default());
@@ -103,7 +102,6 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .args(args))
 }
 
-#[test]
 fn git_clone_into_the_mount_then_commit_gc_fsck() {
     let f = fixture!();
     // A local repository with some history and a branch.
@@ -182,7 +180,6 @@ fn write_c_project(dir: &Path) {
     .unwrap();
 }
 
-#[test]
 fn untar_and_build_a_c_project_in_the_mount() {
     let f = fixture!();
     let project = f.temp().join("hello-1.0");
@@ -219,7 +216,6 @@ fn untar_and_build_a_c_project_in_the_mount() {
     assert!(!f.e("hello-1.0/hello").exists());
 }
 
-#[test]
 fn rsync_into_the_mount_then_nothing_left_to_do() {
     let f = fixture!();
     let src = f.temp().join("src");
@@ -256,4 +252,11 @@ fn rsync_into_the_mount_then_nothing_left_to_do() {
         .args(["-r", "--no-dereference"])
         .arg(&src)
         .arg(f.e("dst")));
+}
+
+tests! {
+    sqlite_with_writers_on_two_mounts_and_the_server_stays_intact => [Fuse],
+    git_clone_into_the_mount_then_commit_gc_fsck => [Fuse],
+    untar_and_build_a_c_project_in_the_mount => [Fuse],
+    rsync_into_the_mount_then_nothing_left_to_do => [Fuse],
 }

@@ -95,23 +95,6 @@ fn wait_mounted(p: &Path, want: bool) -> bool {
     false
 }
 
-fn fuse_usable() -> bool {
-    if fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_ok()
-    {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "FUSE is required under CI"
-    );
-    eprintln!("SKIPPED: /dev/fuse is unavailable");
-    false
-}
-
 /// Unmounts on drop so that a failing test leaves nothing behind.
 struct MountGuard(PathBuf);
 impl Drop for MountGuard {
@@ -129,7 +112,6 @@ fn tmp() -> tempfile::TempDir {
         .unwrap()
 }
 
-#[test]
 fn ls_get_put_round_trip_with_a_100_mib_file() {
     let t = tmp();
     let export = t.path().join("export");
@@ -220,7 +202,6 @@ fn ls_get_put_round_trip_with_a_100_mib_file() {
     assert!(served.terminate().success());
 }
 
-#[test]
 fn progress_bar_on_a_terminal() {
     // `script` runs the command on a pseudo-terminal, as a person would.
     if Command::new("script").arg("--version").output().is_err() {
@@ -254,7 +235,6 @@ fn progress_bar_on_a_terminal() {
     );
 }
 
-#[test]
 fn clear_errors_and_nonzero_exit() {
     let t = tmp();
     let export = t.path().join("export");
@@ -313,7 +293,6 @@ fn clear_errors_and_nonzero_exit() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot export"));
 }
 
-#[test]
 fn read_only_serve_refuses_put() {
     let t = tmp();
     let export = t.path().join("export");
@@ -363,9 +342,8 @@ impl Mountable {
     }
 }
 
-#[test]
 fn mount_in_the_foreground_and_stop_with_sigterm_or_sigint() {
-    if !fuse_usable() {
+    if !common::fuse_usable() {
         return;
     }
     let Mountable {
@@ -395,9 +373,8 @@ fn mount_in_the_foreground_and_stop_with_sigterm_or_sigint() {
     }
 }
 
-#[test]
 fn mount_daemon_returns_when_ready_and_exits_on_unmount() {
-    if !fuse_usable() {
+    if !common::fuse_usable() {
         return;
     }
     let Mountable {
@@ -423,7 +400,6 @@ fn mount_daemon_returns_when_ready_and_exits_on_unmount() {
     assert!(wait_mounted(&mnt, false));
 }
 
-#[test]
 fn mount_refuses_a_bad_mountpoint() {
     let t = tmp();
     let export = t.path().join("export");
@@ -458,4 +434,14 @@ fn mount_refuses_a_bad_mountpoint() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+tests! {
+    ls_get_put_round_trip_with_a_100_mib_file => [],
+    progress_bar_on_a_terminal => [],
+    clear_errors_and_nonzero_exit => [],
+    read_only_serve_refuses_put => [],
+    mount_in_the_foreground_and_stop_with_sigterm_or_sigint => [Fuse],
+    mount_daemon_returns_when_ready_and_exits_on_unmount => [Fuse],
+    mount_refuses_a_bad_mountpoint => [],
 }

@@ -9,7 +9,6 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-#[test]
 fn a_stopped_server_gives_eio_and_a_restarted_one_is_used_again() {
     let mut f = fixture!();
     fs::write(f.m("kept-open"), b"0123456789").unwrap();
@@ -54,7 +53,6 @@ fn a_stopped_server_gives_eio_and_a_restarted_one_is_used_again() {
     assert_eq!(fs::read(f.e("after")).unwrap(), b"restart");
 }
 
-#[test]
 fn a_file_truncated_at_open_is_not_truncated_again_on_reopen() {
     let mut f = fixture!();
     let mut w = OpenOptions::new()
@@ -114,7 +112,6 @@ fn silent_server() -> (String, std::thread::JoinHandle<()>) {
     (addr, thread)
 }
 
-#[test]
 fn a_silent_server_times_out_instead_of_hanging() {
     use ferry_fusefs::mount::{self, MountOptions};
     if fs::OpenOptions::new()
@@ -146,4 +143,10 @@ fn a_silent_server_times_out_instead_of_hanging() {
         start.elapsed()
     );
     mounted.unmount().unwrap();
+}
+
+tests! {
+    a_stopped_server_gives_eio_and_a_restarted_one_is_used_again => [Fuse],
+    a_file_truncated_at_open_is_not_truncated_again_on_reopen => [Fuse],
+    a_silent_server_times_out_instead_of_hanging => [Fuse],
 }

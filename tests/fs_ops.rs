@@ -11,7 +11,6 @@ use std::os::unix::fs::{
 };
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-#[test]
 fn create_write_read_at_offsets() {
     let f = fixture!();
     let path = f.m("a.txt");
@@ -37,7 +36,6 @@ fn create_write_read_at_offsets() {
     assert_eq!(fs::metadata(&path).unwrap().len(), 21);
 }
 
-#[test]
 fn large_sequential_write_and_read_back() {
     let f = fixture!();
     let data: Vec<u8> = (0..(24u32 << 20))
@@ -52,7 +50,6 @@ fn large_sequential_write_and_read_back() {
     );
 }
 
-#[test]
 fn sparse_file_beyond_4_gib() {
     let f = fixture!();
     let offset = 5u64 << 30;
@@ -76,7 +73,6 @@ fn sparse_file_beyond_4_gib() {
     assert_eq!(fs::metadata(f.e("sparse")).unwrap().len(), offset + 8);
 }
 
-#[test]
 fn seek_and_append() {
     let f = fixture!();
     fs::write(f.m("log"), b"one\n").unwrap();
@@ -90,7 +86,6 @@ fn seek_and_append() {
     assert_eq!(s, "two\n");
 }
 
-#[test]
 fn truncate_grow_and_shrink() {
     let f = fixture!();
     fs::write(f.m("t"), b"0123456789").unwrap();
@@ -109,7 +104,6 @@ fn truncate_grow_and_shrink() {
     assert_eq!(fs::metadata(f.e("t")).unwrap().len(), 0);
 }
 
-#[test]
 fn mkdir_readdir_rmdir() {
     let f = fixture!();
     fs::create_dir(f.m("d")).unwrap();
@@ -140,7 +134,6 @@ fn mkdir_readdir_rmdir() {
     assert!(!f.e("d").exists());
 }
 
-#[test]
 fn a_directory_of_thousands_lists_completely() {
     let f = fixture!();
     fs::create_dir(f.e("many")).unwrap();
@@ -157,7 +150,6 @@ fn a_directory_of_thousands_lists_completely() {
     );
 }
 
-#[test]
 fn errors_reach_the_application() {
     let f = fixture!();
     assert_errno(fs::metadata(f.m("missing")), libc::ENOENT);
@@ -189,7 +181,6 @@ fn errors_reach_the_application() {
     assert_errno(fs::write(f.m(&long), b""), libc::ENAMETOOLONG);
 }
 
-#[test]
 fn permissions_are_checked_against_the_remote_owner_and_mode() {
     if !common::require_root() {
         return;
@@ -232,7 +223,6 @@ fn permissions_are_checked_against_the_remote_owner_and_mode() {
     assert_eq!(fs::metadata(f.e("drop/theirs")).unwrap().uid(), 65534);
 }
 
-#[test]
 fn a_full_disk_is_enospc() {
     if !common::require_root() {
         return;
@@ -263,7 +253,6 @@ fn a_full_disk_is_enospc() {
     }
 }
 
-#[test]
 fn rename_files_and_directories() {
     let f = fixture!();
     fs::write(f.m("a"), b"A").unwrap();
@@ -289,7 +278,6 @@ fn rename_files_and_directories() {
     assert_eq!(fs::read(f.e("empty/y/z")).unwrap(), b"Z");
 }
 
-#[test]
 fn rename_over_an_open_file_keeps_it_readable() {
     let f = fixture!();
     fs::write(f.m("victim"), b"old contents").unwrap();
@@ -304,7 +292,6 @@ fn rename_over_an_open_file_keeps_it_readable() {
     assert_eq!(open.metadata().unwrap().len(), 12);
 }
 
-#[test]
 fn unlinked_open_file_stays_usable() {
     let f = fixture!();
     let mut file = OpenOptions::new()
@@ -325,7 +312,6 @@ fn unlinked_open_file_stays_usable() {
     assert_eq!(file.metadata().unwrap().len(), 5);
 }
 
-#[test]
 fn symlinks_are_stored_and_read_as_written() {
     let f = fixture!();
     fs::write(f.m("target"), b"T").unwrap();
@@ -355,7 +341,6 @@ fn symlinks_are_stored_and_read_as_written() {
     assert!(f.m("target").exists());
 }
 
-#[test]
 fn hard_links() {
     let f = fixture!();
     fs::write(f.m("orig"), b"data").unwrap();
@@ -370,7 +355,6 @@ fn hard_links() {
     assert_errno(fs::hard_link(f.m("orig"), f.m("link")), libc::EEXIST);
 }
 
-#[test]
 fn hard_links_are_one_inode_in_the_mount() {
     // The attribute timeout is long, so only a shared inode (not a fresh
     // getattr) can show a change made through the other name.
@@ -409,7 +393,6 @@ fn hard_links_are_one_inode_in_the_mount() {
     assert_eq!(fs::read(f.m("made-on-server")).unwrap(), b"data");
 }
 
-#[test]
 fn chmod_utimens_chown() {
     let f = fixture!();
     fs::write(f.m("f"), b"x").unwrap();
@@ -446,7 +429,6 @@ fn chmod_utimens_chown() {
     }
 }
 
-#[test]
 fn special_files_on_the_server_do_not_block() {
     let f = fixture!();
     let fifo = f.e("fifo");
@@ -476,7 +458,6 @@ fn special_files_on_the_server_do_not_block() {
     ));
 }
 
-#[test]
 fn statfs_shows_the_servers_filesystem() {
     let f = fixture!();
     let out = common::run(std::process::Command::new("df").arg("-P").arg(&f.mnt));
@@ -496,7 +477,6 @@ fn statfs_shows_the_servers_filesystem() {
     assert_eq!(total, server_total);
 }
 
-#[test]
 fn fsync_and_fdatasync() {
     let f = fixture!();
     let mut file = File::create(f.m("durable")).unwrap();
@@ -508,7 +488,6 @@ fn fsync_and_fdatasync() {
     File::open(f.m("d")).unwrap().sync_all().unwrap();
 }
 
-#[test]
 fn changes_on_the_server_appear_after_the_attribute_timeout() {
     let f = fixture!(Setup {
         attr_timeout: Duration::from_millis(200),
@@ -527,7 +506,6 @@ fn changes_on_the_server_appear_after_the_attribute_timeout() {
     assert!(!f.m("born-on-server").exists());
 }
 
-#[test]
 fn read_only_server_answers_erofs() {
     let f = fixture!(Setup {
         read_only_server: true,
@@ -545,7 +523,6 @@ fn read_only_server_answers_erofs() {
     assert_eq!(fs::read(f.e("existing")).unwrap(), b"x");
 }
 
-#[test]
 fn read_only_server_refuses_writes_from_a_read_write_client() {
     // Even a client that does not mount read-only (here: speaking to the server
     // directly) gets EROFS; the mount adds RO on top.
@@ -562,7 +539,6 @@ fn read_only_server_refuses_writes_from_a_read_write_client() {
     assert_eq!(r, Err(ferry_common::Errno::EROFS));
 }
 
-#[test]
 fn read_only_mount_refuses_changes() {
     let f = fixture!(Setup {
         read_only_mount: true,
@@ -582,7 +558,6 @@ fn read_only_mount_refuses_changes() {
     );
 }
 
-#[test]
 fn plain_readdir_without_readdirplus() {
     let f = fixture!(Setup {
         readdirplus: false,
@@ -615,7 +590,6 @@ fn plain_readdir_without_readdirplus() {
     assert_eq!(fs::read_to_string(f.m("d/file-2999")).unwrap(), "2999");
 }
 
-#[test]
 fn mode_bits_are_created_as_asked() {
     let f = fixture!();
     let file = OpenOptions::new()
@@ -643,7 +617,6 @@ fn mode_bits_are_created_as_asked() {
     );
 }
 
-#[test]
 fn new_nodes_in_a_setgid_directory_keep_its_group() {
     if !common::require_root() {
         return;
@@ -694,7 +667,6 @@ fn renameat2(from: &std::path::Path, to: &std::path::Path, flags: u32) -> std::i
     }
 }
 
-#[test]
 fn rename_noreplace_and_exchange() {
     let f = fixture!();
     fs::write(f.m("a"), b"A").unwrap();
@@ -719,7 +691,6 @@ fn rename_noreplace_and_exchange() {
     assert_eq!(fs::read(f.e("c/inner")).unwrap(), b"I");
 }
 
-#[test]
 fn unix_sockets_can_be_bound_inside_the_mount() {
     let f = fixture!();
     let path = f.m("sock");
@@ -738,7 +709,6 @@ fn unix_sockets_can_be_bound_inside_the_mount() {
     fs::remove_file(&path).unwrap();
 }
 
-#[test]
 fn inode_numbers_are_stable_and_shared_by_hard_links() {
     if !common::require_root() {
         return;
@@ -763,7 +733,6 @@ fn inode_numbers_are_stable_and_shared_by_hard_links() {
     assert_ne!(fs::metadata(f.m("d/c")).unwrap().ino(), a);
 }
 
-#[test]
 fn missing_names_and_directory_changes_are_seen_correctly() {
     let f = fixture!();
     fs::create_dir(f.m("d")).unwrap();
@@ -802,7 +771,6 @@ fn missing_names_and_directory_changes_are_seen_correctly() {
     }
 }
 
-#[test]
 fn attributes_after_a_change_match_the_server_at_once() {
     let f = fixture!();
     let same = |rel: &str| {
@@ -840,7 +808,6 @@ fn attributes_after_a_change_match_the_server_at_once() {
     same("c");
 }
 
-#[test]
 fn setuid_and_setgid_are_dropped_as_on_a_local_disk() {
     if !common::require_root() {
         return;
@@ -891,4 +858,40 @@ fn setuid_and_setgid_are_dropped_as_on_a_local_disk() {
     fs::set_permissions(&path, fs::Permissions::from_mode(0o4755)).unwrap();
     std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
     assert_eq!((mode_here("s"), mode_there("s")), (0o755, 0o755));
+}
+
+tests! {
+    create_write_read_at_offsets => [Fuse],
+    large_sequential_write_and_read_back => [Fuse],
+    sparse_file_beyond_4_gib => [Fuse],
+    seek_and_append => [Fuse],
+    truncate_grow_and_shrink => [Fuse],
+    mkdir_readdir_rmdir => [Fuse],
+    a_directory_of_thousands_lists_completely => [Fuse],
+    errors_reach_the_application => [Fuse],
+    permissions_are_checked_against_the_remote_owner_and_mode => [Fuse, Root],
+    a_full_disk_is_enospc => [Fuse, Root],
+    rename_files_and_directories => [Fuse],
+    rename_over_an_open_file_keeps_it_readable => [Fuse],
+    unlinked_open_file_stays_usable => [Fuse],
+    symlinks_are_stored_and_read_as_written => [Fuse],
+    hard_links => [Fuse],
+    hard_links_are_one_inode_in_the_mount => [Fuse],
+    chmod_utimens_chown => [Fuse],
+    special_files_on_the_server_do_not_block => [Fuse],
+    statfs_shows_the_servers_filesystem => [Fuse],
+    fsync_and_fdatasync => [Fuse],
+    changes_on_the_server_appear_after_the_attribute_timeout => [Fuse],
+    read_only_server_answers_erofs => [Fuse],
+    read_only_server_refuses_writes_from_a_read_write_client => [Fuse],
+    read_only_mount_refuses_changes => [Fuse],
+    plain_readdir_without_readdirplus => [Fuse],
+    mode_bits_are_created_as_asked => [Fuse],
+    new_nodes_in_a_setgid_directory_keep_its_group => [Fuse, Root],
+    rename_noreplace_and_exchange => [Fuse],
+    unix_sockets_can_be_bound_inside_the_mount => [Fuse],
+    inode_numbers_are_stable_and_shared_by_hard_links => [Fuse, Root],
+    missing_names_and_directory_changes_are_seen_correctly => [Fuse],
+    attributes_after_a_change_match_the_server_at_once => [Fuse],
+    setuid_and_setgid_are_dropped_as_on_a_local_disk => [Fuse, Root],
 }

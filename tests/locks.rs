@@ -128,7 +128,6 @@ fn python(script: &str, path: &Path) -> String {
 const TRY_LOCKF: &str = "import fcntl,sys\nf=open(sys.argv[1],'r+')\ntry:\n    fcntl.lockf(f,fcntl.LOCK_EX|fcntl.LOCK_NB)\n    print('got')\nexcept OSError:\n    print('busy')\n";
 const TRY_FLOCK: &str = "import fcntl,sys\nf=open(sys.argv[1],'r+')\ntry:\n    fcntl.flock(f,fcntl.LOCK_EX|fcntl.LOCK_NB)\n    print('got')\nexcept OSError:\n    print('busy')\n";
 
-#[test]
 fn posix_locks_exclude_between_two_mounts_and_getlk_names_the_conflict() {
     let mut f = fixture!();
     let other = f.second_mount("mnt2", Setup::default());
@@ -166,7 +165,6 @@ fn posix_locks_exclude_between_two_mounts_and_getlk_names_the_conflict() {
     setlk(&b, libc::F_SETLK, libc::F_WRLCK, 0, 0).unwrap();
 }
 
-#[test]
 fn one_process_does_not_conflict_with_itself_and_any_close_releases() {
     let mut f = fixture!();
     let other = f.second_mount("mnt2", Setup::default());
@@ -188,7 +186,6 @@ fn one_process_does_not_conflict_with_itself_and_any_close_releases() {
     );
 }
 
-#[test]
 fn posix_locks_exclude_a_local_process_on_the_server() {
     let f = fixture!();
     fs::write(f.e("file"), b"data").unwrap();
@@ -210,7 +207,6 @@ fn posix_locks_exclude_a_local_process_on_the_server() {
     assert_eq!(python(TRY_LOCKF, &f.e("file")), "got");
 }
 
-#[test]
 fn flock_excludes_between_mounts_and_with_the_server() {
     let mut f = fixture!();
     let other = f.second_mount("mnt2", Setup::default());
@@ -249,7 +245,6 @@ fn flock_excludes_between_mounts_and_with_the_server() {
     assert_errno(flock(&b, libc::LOCK_EX | libc::LOCK_NB), libc::EWOULDBLOCK);
 }
 
-#[test]
 fn a_waiting_lock_is_granted_when_the_holder_lets_go() {
     let mut f = fixture!();
     let other = f.second_mount("mnt2", Setup::default());
@@ -279,7 +274,6 @@ fn a_waiting_lock_is_granted_when_the_holder_lets_go() {
     setlk(&a, libc::F_SETLKW, libc::F_RDLCK, 0, 1).unwrap();
 }
 
-#[test]
 fn a_waiting_flock_is_granted_when_the_holder_closes() {
     let mut f = fixture!();
     let other = f.second_mount("mnt2", Setup::default());
@@ -300,7 +294,6 @@ fn a_waiting_flock_is_granted_when_the_holder_closes() {
     waiter.join().expect("the waiter failed");
 }
 
-#[test]
 fn a_signal_ends_a_wait() {
     let f = fixture!();
     fs::write(f.m("file"), b"data").unwrap();
@@ -378,7 +371,6 @@ impl Drop for MountProcess {
     }
 }
 
-#[test]
 fn locks_end_when_the_holders_connection_dies() {
     let f = fixture!();
     fs::write(f.m("file"), b"data").unwrap();
@@ -405,7 +397,6 @@ fn locks_end_when_the_holders_connection_dies() {
     let _ = std::io::stdout().flush();
 }
 
-#[test]
 fn directory_locks_stay_local_and_never_reach_a_file() {
     let mut f = fixture!();
     let other = f.second_mount("mnt2", Setup::default());
@@ -428,7 +419,6 @@ fn directory_locks_stay_local_and_never_reach_a_file() {
     drop(file);
 }
 
-#[test]
 fn a_wait_longer_than_the_request_timeout_is_not_a_timeout() {
     let short = Setup {
         timeout: Duration::from_millis(500),
@@ -453,4 +443,17 @@ fn a_wait_longer_than_the_request_timeout_is_not_a_timeout() {
         .join()
         .expect("the waiter panicked")
         .expect("a long wait must end with the lock, not ETIMEDOUT");
+}
+
+tests! {
+    posix_locks_exclude_between_two_mounts_and_getlk_names_the_conflict => [Fuse],
+    one_process_does_not_conflict_with_itself_and_any_close_releases => [Fuse],
+    posix_locks_exclude_a_local_process_on_the_server => [Fuse],
+    flock_excludes_between_mounts_and_with_the_server => [Fuse],
+    a_waiting_lock_is_granted_when_the_holder_lets_go => [Fuse],
+    a_waiting_flock_is_granted_when_the_holder_closes => [Fuse],
+    a_signal_ends_a_wait => [Fuse],
+    locks_end_when_the_holders_connection_dies => [Fuse],
+    directory_locks_stay_local_and_never_reach_a_file => [Fuse],
+    a_wait_longer_than_the_request_timeout_is_not_a_timeout => [Fuse],
 }

@@ -9,41 +9,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
-/// Whether pjdfstest is installed where the script looks: on PATH or in
-/// cargo's bin directory.
-fn have_pjdfstest() -> bool {
-    let cargo_bin = std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin/pjdfstest"));
-    let on_path = Command::new("pjdfstest")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    on_path || cargo_bin.is_some_and(|p| p.is_file())
-}
-
-#[test]
 fn pjdfstest_passes_on_a_ferry_mount() {
-    if !common::require_root() {
-        return;
-    }
-    if !have_pjdfstest() {
-        assert!(
-            !in_ci(),
-            "pjdfstest is required under CI: .ci/run installs it"
-        );
-        eprintln!("SKIPPED: pjdfstest is not installed (cargo install --locked pjdfstest)");
-        return;
-    }
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-    {
-        assert!(!in_ci(), "FUSE is required under CI: {e}");
-        eprintln!("SKIPPED: cannot open /dev/fuse: {e}");
+    if !common::require_root() || !common::pjdfstest_installed() || !common::fuse_usable() {
         return;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/pjdfstest/run");
@@ -71,4 +38,8 @@ fn pjdfstest_passes_on_a_ferry_mount() {
         .and_then(|n| n.parse().ok())
         .expect("a test count");
     assert!(tests >= 398, "only {tests} cases ran: {total}");
+}
+
+tests! {
+    pjdfstest_passes_on_a_ferry_mount => [Fuse, Root, Pjdfstest],
 }

@@ -32,7 +32,6 @@ fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 4099) as u8).collect()
 }
 
-#[test]
 fn fallocate_allocates_keeps_size_and_punches_holes() {
     let f = fixture!();
     let file = OpenOptions::new()
@@ -112,7 +111,6 @@ fn copy_file_range(
     }
 }
 
-#[test]
 fn copy_file_range_copies_on_the_server() {
     let f = fixture!();
     let data = pattern((3 << 20) + 12345);
@@ -161,7 +159,6 @@ fn copy_file_range_copies_on_the_server() {
     assert_errno(copy_file_range(&same, 0, &same, 10, 100), libc::EINVAL);
 }
 
-#[test]
 fn o_append_from_two_clients_loses_no_line() {
     // Long attribute caching: each client's idea of the file size is stale
     // almost all the time, so only appends made by the server can be right.
@@ -211,7 +208,6 @@ fn o_append_from_two_clients_loses_no_line() {
     assert_eq!(fs::read_to_string(other.join("log")).unwrap(), text);
 }
 
-#[test]
 fn o_excl_create_fails_on_any_existing_name() {
     let mut f = fixture!();
     let other = f.second_mount("mnt2", Setup::default());
@@ -243,7 +239,6 @@ fn o_excl_create_fails_on_any_existing_name() {
     assert_eq!(fs::metadata(f.e("once")).unwrap().mode() & 0o777, 0o600);
 }
 
-#[test]
 fn o_trunc_empties_the_file_for_every_client() {
     let mut f = fixture!();
     let other = f.second_mount("mnt2", Setup::default());
@@ -270,7 +265,6 @@ fn o_trunc_empties_the_file_for_every_client() {
     assert_eq!(fs::metadata(f.e("t")).unwrap().len(), 0);
 }
 
-#[test]
 fn an_unlinked_file_stays_usable_while_open() {
     let mut f = fixture!();
     let other = f.second_mount("mnt2", Setup::default());
@@ -395,7 +389,6 @@ fn in_child(what: &str, f: impl FnOnce()) {
     );
 }
 
-#[test]
 fn shared_writable_mappings_reach_the_server() {
     let mut f = fixture!();
     let other = f.second_mount("mnt2", Setup::default());
@@ -452,7 +445,6 @@ fn mknod(path: &Path, mode: libc::mode_t, dev: libc::dev_t) -> std::io::Result<(
     }
 }
 
-#[test]
 fn special_files_have_their_types_in_stat_and_readdir() {
     let f = fixture!();
     let as_root = common::is_root();
@@ -534,7 +526,6 @@ fn special_files_have_their_types_in_stat_and_readdir() {
     assert_eq!(got, "through the pipe");
 }
 
-#[test]
 fn a_write_by_another_user_clears_the_set_id_bits() {
     if !common::require_root() {
         return;
@@ -577,4 +568,16 @@ fn a_write_by_another_user_clears_the_set_id_bits() {
         );
         assert_eq!(fs::metadata(f.m(name)).unwrap().mode() & 0o7777, 0o777);
     }
+}
+
+tests! {
+    fallocate_allocates_keeps_size_and_punches_holes => [Fuse],
+    copy_file_range_copies_on_the_server => [Fuse],
+    o_append_from_two_clients_loses_no_line => [Fuse],
+    o_excl_create_fails_on_any_existing_name => [Fuse],
+    o_trunc_empties_the_file_for_every_client => [Fuse],
+    an_unlinked_file_stays_usable_while_open => [Fuse],
+    shared_writable_mappings_reach_the_server => [Fuse],
+    special_files_have_their_types_in_stat_and_readdir => [Fuse],
+    a_write_by_another_user_clears_the_set_id_bits => [Fuse, Root],
 }

@@ -17,7 +17,6 @@ fn source_tree() -> &'static Path {
     p
 }
 
-#[test]
 fn copy_a_real_tree_in_and_out_byte_for_byte() {
     let f = fixture!();
     let src = source_tree();
@@ -50,7 +49,6 @@ fn copy_a_real_tree_in_and_out_byte_for_byte() {
     assert!(!f.e("include").exists());
 }
 
-#[test]
 fn tar_extract_and_create() {
     let f = fixture!();
     let archive = f.temp().join("tree.tar");
@@ -81,7 +79,6 @@ fn tar_extract_and_create() {
     assert_eq!(a, b);
 }
 
-#[test]
 fn git_init_add_commit_status_log() {
     let f = fixture!();
     let repo = f.m("repo");
@@ -126,7 +123,6 @@ fn git_init_add_commit_status_log() {
         .args(["fsck", "--full"]));
 }
 
-#[test]
 fn editors_save_by_writing_a_temp_file_and_renaming() {
     let f = fixture!();
     fs::write(f.m("doc.txt"), "draft 1\n").unwrap();
@@ -141,4 +137,11 @@ fn editors_save_by_writing_a_temp_file_and_renaming() {
         .args(["-i", "s/draft/final/"])
         .arg(f.m("doc.txt")));
     assert_eq!(fs::read_to_string(f.m("doc.txt")).unwrap(), "final 2\n");
+}
+
+tests! {
+    copy_a_real_tree_in_and_out_byte_for_byte => [Fuse],
+    tar_extract_and_create => [Fuse],
+    git_init_add_commit_status_log => [Fuse],
+    editors_save_by_writing_a_temp_file_and_renaming => [Fuse],
 }

@@ -8,7 +8,6 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
-#[test]
 fn two_mounts_see_each_others_changes_after_the_attribute_timeout() {
     let setup = Setup {
         attr_timeout: Duration::from_millis(300),
@@ -29,7 +28,6 @@ fn two_mounts_see_each_others_changes_after_the_attribute_timeout() {
     assert!(!other.join("note").exists());
 }
 
-#[test]
 fn many_threads_at_once() {
     let f = fixture!();
     let threads: Vec<_> = (0..8)
@@ -61,7 +59,6 @@ fn many_threads_at_once() {
     }
 }
 
-#[test]
 fn quick_requests_are_answered_during_a_large_read() {
     // A 256 MiB read in 1 MiB requests runs in one thread while another looks up
     // names that do not exist (never cached, so each one reaches the server).
@@ -95,7 +92,6 @@ fn quick_requests_are_answered_during_a_large_read() {
     );
 }
 
-#[test]
 fn a_name_removed_by_another_mount_is_looked_up_again_on_open() {
     // Long timeouts: the first mount trusts its cached entry throughout.
     let setup = Setup {
@@ -125,7 +121,6 @@ fn a_name_removed_by_another_mount_is_looked_up_again_on_open() {
     assert_eq!(fs::read(f.e("journal2")).unwrap(), b"new");
 }
 
-#[test]
 fn a_hard_link_stays_usable_when_another_client_removes_its_other_name() {
     let mut f = fixture!();
     let other = f.second_mount("other", Setup::default());
@@ -141,7 +136,6 @@ fn a_hard_link_stays_usable_when_another_client_removes_its_other_name() {
     assert_eq!(fs::metadata(f.e("a")).unwrap().mode() & 0o777, 0o600);
 }
 
-#[test]
 fn a_new_file_with_a_reused_inode_number_is_read_afresh() {
     let f = fixture!();
     let stamp = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
@@ -168,4 +162,13 @@ fn a_new_file_with_a_reused_inode_number_is_read_afresh() {
             .unwrap();
         assert_eq!(fs::read(f.m(&new)).unwrap(), b"BBBB", "round {round}");
     }
+}
+
+tests! {
+    two_mounts_see_each_others_changes_after_the_attribute_timeout => [Fuse],
+    many_threads_at_once => [Fuse],
+    quick_requests_are_answered_during_a_large_read => [Fuse],
+    a_name_removed_by_another_mount_is_looked_up_again_on_open => [Fuse],
+    a_hard_link_stays_usable_when_another_client_removes_its_other_name => [Fuse],
+    a_new_file_with_a_reused_inode_number_is_read_afresh => [Fuse],
 }

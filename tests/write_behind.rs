@@ -29,7 +29,6 @@ fn overfill(file: &mut File) -> std::io::Result<()> {
     Ok(())
 }
 
-#[test]
 fn a_failed_write_is_reported_at_close_at_the_latest() {
     if !common::require_root() {
         return;
@@ -50,7 +49,6 @@ fn a_failed_write_is_reported_at_close_at_the_latest() {
     assert_eq!(fs::read(f.e("small")).unwrap(), b"fits");
 }
 
-#[test]
 fn a_failed_write_is_reported_by_fsync() {
     if !common::require_root() {
         return;
@@ -71,7 +69,6 @@ fn a_failed_write_is_reported_by_fsync() {
     assert_eq!(fs::read(f.e("fill")).unwrap(), b"again");
 }
 
-#[test]
 fn a_lost_connection_fails_the_close_of_a_written_file() {
     let mut f = fixture!();
     let mut file = File::create(f.m("doomed")).unwrap();
@@ -85,7 +82,6 @@ fn a_lost_connection_fails_the_close_of_a_written_file() {
     common::assert_errno(result, libc::EIO);
 }
 
-#[test]
 fn attribute_changes_land_after_the_writes_before_them() {
     let f = fixture!();
     let mtime = libc::timespec {
@@ -142,7 +138,6 @@ fn attribute_changes_land_after_the_writes_before_them() {
     }
 }
 
-#[test]
 fn overlapping_writes_land_in_program_order() {
     let f = fixture!();
     let a = OpenOptions::new()
@@ -170,7 +165,6 @@ fn overlapping_writes_land_in_program_order() {
     assert!(data[768 << 10..].iter().all(|&x| x == 9));
 }
 
-#[test]
 fn reads_and_truncation_see_the_writes_before_them() {
     let f = fixture!();
     let w = File::create(f.m("r")).unwrap();
@@ -194,7 +188,6 @@ fn reads_and_truncation_see_the_writes_before_them() {
 
 // Regressions found in review: each of these lost data or an error once.
 
-#[test]
 fn an_appending_write_lands_after_other_handles_writes() {
     let f = fixture!();
     for round in 0..5 {
@@ -213,7 +206,6 @@ fn an_appending_write_lands_after_other_handles_writes() {
     }
 }
 
-#[test]
 fn a_truncating_open_lands_after_other_handles_writes() {
     let f = fixture!();
     for round in 0..5 {
@@ -231,7 +223,6 @@ fn a_truncating_open_lands_after_other_handles_writes() {
     }
 }
 
-#[test]
 fn every_writing_handle_hears_of_a_failure_once() {
     if !common::require_root() {
         return;
@@ -253,7 +244,6 @@ fn every_writing_handle_hears_of_a_failure_once() {
     common::assert_errno(result, libc::ENOSPC);
 }
 
-#[test]
 fn a_lock_is_released_even_after_a_failed_write() {
     if !common::require_root() {
         return;
@@ -276,7 +266,6 @@ fn a_lock_is_released_even_after_a_failed_write() {
     common::assert_errno(failed.and_then(|()| close(writer)), libc::ENOSPC);
 }
 
-#[test]
 fn stat_and_listing_never_shrink_a_file_being_written() {
     let f = fixture!();
     for round in 0..8 {
@@ -297,7 +286,6 @@ fn stat_and_listing_never_shrink_a_file_being_written() {
     }
 }
 
-#[test]
 fn an_unlinked_file_being_written_has_no_links() {
     let f = fixture!();
     let w = File::create(f.m("gone")).unwrap();
@@ -308,7 +296,6 @@ fn an_unlinked_file_being_written_has_no_links() {
     close(w).unwrap();
 }
 
-#[test]
 fn a_capability_set_after_writing_is_kept() {
     if !common::require_root() {
         return;
@@ -344,4 +331,20 @@ fn a_capability_set_after_writing_is_kept() {
         };
         assert_eq!(got, cap.len() as isize, "round {round}: capability lost");
     }
+}
+
+tests! {
+    a_failed_write_is_reported_at_close_at_the_latest => [Fuse, Root],
+    a_failed_write_is_reported_by_fsync => [Fuse, Root],
+    a_lost_connection_fails_the_close_of_a_written_file => [Fuse],
+    attribute_changes_land_after_the_writes_before_them => [Fuse],
+    overlapping_writes_land_in_program_order => [Fuse],
+    reads_and_truncation_see_the_writes_before_them => [Fuse],
+    an_appending_write_lands_after_other_handles_writes => [Fuse],
+    a_truncating_open_lands_after_other_handles_writes => [Fuse],
+    every_writing_handle_hears_of_a_failure_once => [Fuse, Root],
+    a_lock_is_released_even_after_a_failed_write => [Fuse, Root],
+    stat_and_listing_never_shrink_a_file_being_written => [Fuse],
+    an_unlinked_file_being_written_has_no_links => [Fuse],
+    a_capability_set_after_writing_is_kept => [Fuse, Root],
 }

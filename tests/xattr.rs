@@ -99,7 +99,6 @@ fn remove(p: &Path, name: &str) -> io::Result<()> {
     check(unsafe { libc::lremovexattr(c(p).as_ptr(), cn(name).as_ptr()) } as isize).map(|_| ())
 }
 
-#[test]
 fn set_get_list_remove_and_the_server_agrees() {
     let f = fixture!();
     let file = f.m("file");
@@ -132,7 +131,6 @@ fn set_get_list_remove_and_the_server_agrees() {
     assert_eq!(get(&f.export, "user.root").unwrap(), b"r");
 }
 
-#[test]
 fn the_size_protocol_and_erange() {
     let f = fixture!();
     let file = f.m("file");
@@ -153,7 +151,6 @@ fn the_size_protocol_and_erange() {
     assert_eq!(list_sized(&f.m("bare"), 0).unwrap().0, 0);
 }
 
-#[test]
 fn create_and_replace_flags() {
     let f = fixture!();
     let file = f.m("file");
@@ -168,7 +165,6 @@ fn create_and_replace_flags() {
     assert_eq!(get(&file, "user.a").unwrap(), b"3");
 }
 
-#[test]
 fn errors_match_the_servers_filesystem() {
     let f = fixture!();
     fs::write(f.m("file"), b"x").unwrap();
@@ -204,7 +200,6 @@ fn errors_match_the_servers_filesystem() {
     assert_errno(get(&f.m("file"), "user.a"), libc::ENODATA);
 }
 
-#[test]
 fn fifos_are_never_opened() {
     let f = fixture!();
     run(Command::new("mkfifo").arg(f.m("fifo")));
@@ -217,7 +212,6 @@ fn fifos_are_never_opened() {
     assert_eq!(here, there);
 }
 
-#[test]
 fn acls_are_not_supported() {
     let f = fixture!();
     fs::write(f.m("file"), b"x").unwrap();
@@ -231,7 +225,6 @@ fn acls_are_not_supported() {
     );
 }
 
-#[test]
 fn trusted_namespace_as_root() {
     let f = fixture!();
     if !common::require_root() {
@@ -243,7 +236,6 @@ fn trusted_namespace_as_root() {
     assert_eq!(names(&f.m("file")), ["trusted.t"]);
 }
 
-#[test]
 fn cp_preserves_xattrs_through_the_mount() {
     let f = fixture!();
     let src = f.temp().join("src");
@@ -256,7 +248,6 @@ fn cp_preserves_xattrs_through_the_mount() {
     assert_eq!(get(&f.e("copy"), "user.kept").unwrap(), b"yes");
 }
 
-#[test]
 fn selinux_labels_are_not_supported_through_the_mount() {
     let f = fixture!();
     fs::write(f.m("file"), b"x").unwrap();
@@ -273,4 +264,16 @@ fn selinux_labels_are_not_supported_through_the_mount() {
     // Other security.* names still pass through.
     set(&f.m("file"), "user.kept", b"1", 0).unwrap();
     assert!(!names(&f.m("file")).iter().any(|n| n == "security.selinux"));
+}
+
+tests! {
+    set_get_list_remove_and_the_server_agrees => [Fuse],
+    the_size_protocol_and_erange => [Fuse],
+    create_and_replace_flags => [Fuse],
+    errors_match_the_servers_filesystem => [Fuse],
+    fifos_are_never_opened => [Fuse],
+    acls_are_not_supported => [Fuse],
+    trusted_namespace_as_root => [Fuse, Root],
+    cp_preserves_xattrs_through_the_mount => [Fuse],
+    selinux_labels_are_not_supported_through_the_mount => [Fuse],
 }

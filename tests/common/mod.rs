@@ -3,10 +3,13 @@
 //! fails (the mount is dropped before the directories, and a busy mount is
 //! detached lazily rather than left behind).
 //!
-//! Where FUSE cannot be used a test is skipped with a message — unless `CI` is
-//! set, where it fails: a green CI run must mean the mount was exercised.
+//! Where FUSE, root or pjdfstest is missing a test is skipped with a SKIPPED
+//! line in the test output — unless `CI` is set, where it fails: a green CI run
+//! must mean the mount was exercised (see [`skip`]).
 
 #![allow(dead_code)]
+
+pub mod harness;
 
 use ferry_fusefs::mount::{self, Mount, MountOptions};
 use ferry_fusefs::{FsOptions, RemoteClient};
@@ -53,17 +56,70 @@ impl Default for Setup {
     }
 }
 
-fn in_ci() -> bool {
+pub fn in_ci() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "0" && v != "false")
 }
 
-/// Skips (returns `None`) or, under CI, fails.
-fn unavailable(why: String) -> Option<Fixture> {
+/// The one skip guard: a test that cannot run here (no usable FUSE, not root,
+/// pjdfstest not installed) says SKIPPED in the test output — nextest shows
+/// passing tests' output (`success-output` in `.config/nextest.toml`) — and
+/// fails instead when `CI` is set, where a green run must mean it ran.
+#[track_caller]
+pub fn skip(why: &str) {
     if in_ci() {
-        panic!("FUSE is required under CI but unavailable: {why}");
+        panic!("required under CI: {why}");
     }
-    eprintln!("SKIPPED: FUSE unavailable here ({why}); this test would fail under CI");
-    None
+    eprintln!("SKIPPED: {why} (this test fails under CI instead)");
+}
+
+/// Why FUSE cannot be used here, if it cannot: `/dev/fuse` must be the FUSE
+/// character device (10, 229), readable and writable.
+pub fn fuse_unusable() -> Option<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    match std::fs::metadata("/dev/fuse") {
+        Ok(m) if m.file_type().is_char_device() && m.rdev() == libc::makedev(10, 229) => {}
+        Ok(_) => return Some("/dev/fuse is not the FUSE device".into()),
+        Err(e) => return Some(format!("no /dev/fuse: {e}")),
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .err()
+        .map(|e| format!("cannot open /dev/fuse: {e}"))
+}
+
+/// Whether FUSE can be used here; if not, the test skips (see [`skip`]).
+#[track_caller]
+pub fn fuse_usable() -> bool {
+    match fuse_unusable() {
+        None => true,
+        Some(why) => {
+            skip(&format!("FUSE is unavailable: {why}"));
+            false
+        }
+    }
+}
+
+/// Whether pjdfstest is installed where `conformance/pjdfstest/run` looks: on
+/// PATH or in cargo's bin directory.
+pub fn pjdfstest_on_path() -> bool {
+    let cargo_bin = std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin/pjdfstest"));
+    let on_path = std::process::Command::new("pjdfstest")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    on_path || cargo_bin.is_some_and(|p| p.is_file())
+}
+
+/// [`pjdfstest_on_path`]; if not, the test skips.
+#[track_caller]
+pub fn pjdfstest_installed() -> bool {
+    if pjdfstest_on_path() {
+        return true;
+    }
+    skip("pjdfstest is not installed (cargo install --locked pjdfstest; .ci/run does it)");
+    false
 }
 
 impl Fixture {
@@ -72,12 +128,8 @@ impl Fixture {
     }
 
     pub fn with(setup: Setup) -> Option<Fixture> {
-        if let Err(e) = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/fuse")
-        {
-            return unavailable(format!("cannot open /dev/fuse: {e}"));
+        if !fuse_usable() {
+            return None;
         }
         let dir = tempfile::Builder::new()
             .prefix("ferry-test-")
@@ -106,7 +158,10 @@ impl Fixture {
         };
         match fixture.mount_at(&mnt, &setup) {
             Ok(m) => fixture.mounts.push(m),
-            Err(e) => return unavailable(format!("mount failed: {e}")),
+            Err(e) => {
+                skip(&format!("FUSE is unavailable: mounting failed: {e}"));
+                return None;
+            }
         }
         Some(fixture)
     }
@@ -210,14 +265,12 @@ pub fn is_root() -> bool {
 }
 
 /// For tests that need root: skip locally, fail under CI (which runs as root).
+#[track_caller]
 pub fn require_root() -> bool {
     if is_root() {
         return true;
     }
-    if in_ci() {
-        panic!("this test needs root, and CI runs as root");
-    }
-    eprintln!("SKIPPED: needs root");
+    skip("this test needs root");
     false
 }
 
