@@ -11,8 +11,9 @@
 //! included, still runs at once.
 
 use ferry_common::proto::Op;
+use ferry_common::sync::lock;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -48,15 +49,10 @@ impl Sequencer {
         Sequencer::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, VecDeque<Job>>> {
-        // Queue operations cannot be interrupted half-way, so poisoning is ignored.
-        self.queues.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Whether nothing is queued or running under `key`. Only the caller of
     /// [`run`](Self::run) adds work, so the answer holds until it adds some.
     pub fn is_idle(&self, key: u64) -> bool {
-        !self.lock().contains_key(&key)
+        !lock(&self.queues).contains_key(&key)
     }
 
     /// Runs `job` after every job queued before it under `key`. Must be called
@@ -64,7 +60,7 @@ impl Sequencer {
     pub fn run(self: &Arc<Self>, key: u64, job: impl FnOnce() + Send + 'static) {
         let job: Job = Box::new(job);
         {
-            let mut queues = self.lock();
+            let mut queues = lock(&self.queues);
             if let Some(queue) = queues.get_mut(&key) {
                 // A worker is draining this key and will get to it.
                 queue.push_back(job);
@@ -80,7 +76,7 @@ impl Sequencer {
         let mut job = first;
         loop {
             job();
-            let mut queues = self.lock();
+            let mut queues = lock(&self.queues);
             match queues.get_mut(&key).and_then(VecDeque::pop_front) {
                 Some(next) => job = next,
                 None => {
@@ -159,7 +155,7 @@ mod tests {
         assert_eq!(ones, (0..50).collect::<Vec<_>>());
         // The workers remove their queues just after their last job.
         for _ in 0..500 {
-            if seq.lock().is_empty() {
+            if lock(&seq.queues).is_empty() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));

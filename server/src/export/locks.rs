@@ -27,10 +27,11 @@
 
 use super::{sys, OpenFile};
 use ferry_common::proto::{FileLock, LockKind, LockType, LOCK_TO_EOF};
+use ferry_common::sync;
 use ferry_common::Errno;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// How many (file, owner) descriptors one connection may hold; beyond it locking
 /// answers ENOLCK.
@@ -50,11 +51,6 @@ impl LockTable {
         LockTable::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<(FileId, u64), Arc<OwnedFd>>> {
-        // Each critical section is one map operation; a poisoned map is still whole.
-        self.owners.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Takes, changes or drops a lock without waiting: EAGAIN on a conflict.
     pub fn set(
         &self,
@@ -69,7 +65,7 @@ impl LockTable {
                 let key = (file_id(file.fd())?, owner);
                 let fd = match lock.typ {
                     // Nothing held, nothing to drop.
-                    LockType::Unlock => match self.lock().get(&key) {
+                    LockType::Unlock => match sync::lock(&self.owners).get(&key) {
                         Some(fd) => fd.clone(),
                         None => return Ok(()),
                     },
@@ -88,7 +84,7 @@ impl LockTable {
         lock: FileLock,
     ) -> Result<Option<FileLock>, Errno> {
         let key = (file_id(file.fd())?, owner);
-        let own = self.lock().get(&key).cloned();
+        let own = sync::lock(&self.owners).get(&key).cloned();
         // Without locks of its own the owner may test through the handle's
         // descriptor, which carries no POSIX locks.
         match own {
@@ -100,7 +96,7 @@ impl LockTable {
     /// Drops all of `owner`'s POSIX locks on the file behind `file`.
     pub fn release(&self, file: &OpenFile, owner: u64) -> Result<(), Errno> {
         let key = (file_id(file.fd())?, owner);
-        let fd = self.lock().remove(&key);
+        let fd = sync::lock(&self.owners).remove(&key);
         // Closing the owner's descriptor ends its open file description and with
         // it every lock taken there; done outside the table's lock.
         drop(fd);
@@ -109,11 +105,11 @@ impl LockTable {
 
     /// The descriptor holding `key`'s locks, opened on first use.
     fn owner_fd(&self, key: (FileId, u64), file: &OpenFile) -> Result<Arc<OwnedFd>, Errno> {
-        if let Some(fd) = self.lock().get(&key) {
+        if let Some(fd) = sync::lock(&self.owners).get(&key) {
             return Ok(fd.clone());
         }
         let fresh = Arc::new(reopen(file.fd())?);
-        let mut owners = self.lock();
+        let mut owners = sync::lock(&self.owners);
         // Another request of the same owner may have opened one meanwhile.
         if let Some(fd) = owners.get(&key) {
             return Ok(fd.clone());
