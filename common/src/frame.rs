@@ -650,7 +650,7 @@ mod tests {
             version: PROTOCOL_VERSION,
             max_chunk: MAX_CHUNK,
             read_only: true,
-            capabilities: 0,
+            features: 0,
             root: attr(),
         }));
         let path = RelPath::parse("dir/file").unwrap();

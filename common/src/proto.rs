@@ -25,8 +25,9 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub struct Hello {
     pub magic: [u8; 8],
     pub version: u32,
-    /// Feature bits the client understands; none are defined yet.
-    pub capabilities: u64,
+    /// Optional protocol features the client supports, one bit each. None are
+    /// defined yet, so both sides send 0 and ignore what they receive.
+    pub features: u64,
     /// Room for authentication (a token, a signed challenge); servers today ignore it.
     pub auth: Option<serde_bytes::ByteBuf>,
 }
@@ -36,7 +37,7 @@ impl Hello {
         Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
-            capabilities: 0,
+            features: 0,
             auth: None,
         }
     }
@@ -56,7 +57,9 @@ pub struct Welcome {
     pub max_chunk: u32,
     /// Every mutation answers EROFS.
     pub read_only: bool,
-    pub capabilities: u64,
+    /// Optional protocol features the server supports, one bit each, as in
+    /// [`Hello::features`].
+    pub features: u64,
     /// Attributes of the export root.
     pub root: Attr,
 }

@@ -233,7 +233,7 @@ async fn handshake(
                     version: PROTOCOL_VERSION,
                     max_chunk: MAX_CHUNK,
                     read_only,
-                    capabilities: 0,
+                    features: 0,
                     root,
                 }),
                 Err(e) => HandshakeReply::Refused {
