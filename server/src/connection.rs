@@ -21,9 +21,10 @@
 //! Anything malformed (a frame that does not decode, an oversized or truncated
 //! frame) ends this connection only; other clients never notice.
 
-use crate::dispatch::{runs_inline, Session};
+use crate::dispatch::Session;
 use crate::export::ExportRoot;
-use crate::sequencer::{ordering_key, Sequencer};
+use crate::schedule::{schedule, Schedule};
+use crate::sequencer::Sequencer;
 use ferry_common::frame::{self, FrameError, RequestFrame, MAX_CHUNK};
 use ferry_common::proto::{
     HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, MAGIC, PROTOCOL_VERSION,
@@ -137,43 +138,25 @@ pub async fn serve(
                 Err(_) => break Ok(()),
             },
         };
-        let key = ordering_key(&request.op);
-        // A quick operation is answered right here: handing it to another thread
-        // and its reply to the writer would cost two thread wake-ups, which on a
-        // VM take longer than the system call itself. Nothing of its handle may
-        // be queued, or it would overtake what came before it. A small read is
-        // quick too, but may wait for the disk: it runs here only when no other
-        // request is waiting behind it (one read at a time, as at queue depth 1),
-        // so that reads sent together still go to the disk together. A small
-        // write only copies into the page cache.
+        // Only this task adds work to the sequencer, so a handle found idle here
+        // stays idle while its request runs inline.
         let alone = reader.buffer().is_empty();
-        let inline = runs_inline(&request.op)
-            || is_small_write(&request.op)
-            || (alone && is_small_read(&request.op));
-        if inline && key.is_none_or(|handle| sequencer.is_idle(handle)) {
-            let frame = answer(&session, request);
-            let reply = Outgoing {
-                frame,
-                budget: (slot, share),
-            };
-            if tx.send(reply).await.is_err() {
-                break Ok(());
+        let budget = (slot, share);
+        match schedule(&request.op, alone, |handle| sequencer.is_idle(handle)) {
+            Schedule::Inline => {
+                let frame = answer(&session, request);
+                if tx.send(Outgoing { frame, budget }).await.is_err() {
+                    break Ok(());
+                }
             }
-            continue;
-        }
-        let session = Arc::clone(&session);
-        let tx = tx.clone();
-        let job = move || {
-            let frame = answer(&session, request);
-            // If the writer is gone the connection is closing; the reply has no reader.
-            let _ = tx.blocking_send(Outgoing {
-                frame,
-                budget: (slot, share),
-            });
-        };
-        match key {
-            Some(handle) => sequencer.run(handle, job),
-            None => drop(tokio::task::spawn_blocking(job)),
+            Schedule::Pool => {
+                drop(tokio::task::spawn_blocking(job(
+                    &session, &tx, request, budget,
+                )));
+            }
+            Schedule::Ordered(handle) => {
+                sequencer.run(handle, job(&session, &tx, request, budget));
+            }
         }
     };
 
@@ -274,16 +257,6 @@ async fn next_frame(
     }
 }
 
-/// A write small enough to carry out on the reader.
-fn is_small_write(op: &Op) -> bool {
-    matches!(op, Op::Write { data, .. } if data.len() <= 128 * 1024)
-}
-
-/// A read small enough to answer on the reader when it is the only request.
-fn is_small_read(op: &Op) -> bool {
-    matches!(op, Op::Read { len, .. } if *len <= 64 * 1024)
-}
-
 /// What a request costs of the byte budget, in KiB: its own size plus the reply
 /// it will produce, as far as that is known up front.
 fn cost_kib(request_len: usize, op: &Op) -> u32 {
@@ -296,7 +269,24 @@ fn cost_kib(request_len: usize, op: &Op) -> u32 {
     u32::try_from(kib).unwrap_or(u32::MAX).min(IN_FLIGHT_KIB)
 }
 
-/// Handles one request and encodes its reply frame. Runs on the blocking pool.
+/// `request` as work for a blocking-pool thread: answer it, then queue the reply.
+fn job(
+    session: &Arc<Session>,
+    tx: &mpsc::Sender<Outgoing>,
+    request: Request,
+    budget: Budget,
+) -> impl FnOnce() + Send + 'static {
+    let session = Arc::clone(session);
+    let tx = tx.clone();
+    move || {
+        let frame = answer(&session, request);
+        // If the writer is gone the connection is closing; the reply has no reader.
+        let _ = tx.blocking_send(Outgoing { frame, budget });
+    }
+}
+
+/// Handles one request and encodes its reply frame, on whichever thread the
+/// request was scheduled on.
 fn answer(session: &Session, request: Request) -> Encoded {
     let id = request.id;
     // A bug in one operation must not leave its request unanswered.
@@ -340,10 +330,14 @@ struct Encoded {
     data: Vec<u8>,
 }
 
-/// An encoded reply, and the budget its request held, given back once it is written.
+/// A request's share of the connection's budget: one request slot and its
+/// cost in KiB. Given back (dropped) once its reply is written.
+type Budget = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+/// An encoded reply, and the budget its request held.
 struct Outgoing {
     frame: Encoded,
-    budget: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    budget: Budget,
 }
 
 /// Writes replies as they come. Whatever is queued when the writer wakes goes out

@@ -2,8 +2,10 @@
 //! export call answers which operation.
 //!
 //! A [`Session`] is the state one connection's requests share: the export, the
-//! connection's open files and whether the export is read-only. Its `handle` runs
-//! on a blocking-pool thread, as every branch makes file system calls.
+//! connection's open files and locks, and whether the export is read-only (then
+//! every request that would change it answers EROFS). `handle` makes file system
+//! calls and blocks; [`crate::schedule`] decides which thread each request
+//! takes, the connection's reader or the blocking pool.
 
 use crate::export::{ExportRoot, LockTable};
 use crate::handles::HandleTable;
@@ -11,40 +13,6 @@ use ferry_common::frame::{MAX_CHUNK, MAX_COPY, READDIR_PAGE};
 use ferry_common::proto::{Op, Reply};
 use ferry_common::{Attr, Errno, RelPath};
 use std::sync::Arc;
-
-/// Whether `op` is quick enough to run on the connection's reader task rather
-/// than tokio's blocking pool: metadata calls on a local disk take microseconds,
-/// less than the thread hand-off they would otherwise cost. Data transfer, fsync
-/// and directory listing (thousands of stats) can take long and go to the pool.
-pub fn runs_inline(op: &Op) -> bool {
-    match op {
-        Op::Read { .. } | Op::Write { .. } | Op::Fsync { .. } | Op::ReadDir { .. } => false,
-        // Allocating or copying gigabytes takes a while.
-        Op::Fallocate { .. } | Op::CopyFileRange { .. } => false,
-        // A truncation may free gigabytes of blocks.
-        Op::SetAttr { changes, .. } => changes.size.is_none(),
-        Op::Open { flags, .. } => flags & libc::O_TRUNC == 0,
-        Op::Stat { .. }
-        | Op::ReadLink { .. }
-        | Op::Create { .. }
-        | Op::Close { .. }
-        | Op::Mkdir { .. }
-        | Op::Mknod { .. }
-        | Op::Symlink { .. }
-        | Op::Link { .. }
-        | Op::Unlink { .. }
-        | Op::Rmdir { .. }
-        | Op::Rename { .. }
-        | Op::StatFs
-        | Op::GetXattr { .. }
-        | Op::ListXattr { .. }
-        | Op::SetXattr { .. }
-        | Op::RemoveXattr { .. }
-        | Op::GetLock { .. }
-        | Op::SetLock { .. }
-        | Op::ReleaseLocks { .. } => true,
-    }
-}
 
 pub struct Session {
     export: Arc<ExportRoot>,

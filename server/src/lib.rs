@@ -20,6 +20,7 @@ mod connection;
 mod dispatch;
 pub mod export;
 mod handles;
+mod schedule;
 mod sequencer;
 
 pub use export::{ExportRoot, OpenFile};

@@ -2,38 +2,17 @@
 //! another, in the order they arrived.
 //!
 //! The server works on a connection's requests concurrently, which is what lets a
-//! quick stat overtake a slow read. But a client that does not wait for each write
-//! before sending the next (write-behind) relies on the writes, and the setattr
-//! that follows them (tar sets a file's times after writing it), reaching the file
-//! in the order it sent them: two overlapping writes, or a write and a later
-//! `futimens`, give a different file when swapped. So requests that change an open
-//! file (see [`ordering_key`]) queue per handle, while everything else, reads
-//! included, still runs at once.
+//! quick stat overtake a slow read. But two overlapping writes, or a write and a
+//! later `futimens`, give a different file when swapped, and a write-behind client
+//! sends them without waiting for each answer. So requests that change an open
+//! file queue per handle (which requests, and why, is in [`crate::schedule`]),
+//! while everything else, reads included, still runs at once.
 
-use ferry_common::proto::Op;
 use ferry_common::sync::lock;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 type Job = Box<dyn FnOnce() + Send>;
-
-/// The handle whose queue `op` must wait in, if any.
-pub fn ordering_key(op: &Op) -> Option<u64> {
-    match op {
-        Op::Write { handle, .. }
-        | Op::Fsync { handle, .. }
-        | Op::Close { handle }
-        | Op::Fallocate { handle, .. }
-        | Op::CopyFileRange {
-            handle_out: handle, ..
-        }
-        | Op::SetAttr {
-            handle: Some(handle),
-            ..
-        } => Some(*handle),
-        _ => None,
-    }
-}
 
 /// The queues of one connection. A queue exists while a worker is draining it; the
 /// worker is a task on tokio's blocking pool that runs the queued jobs one by one
@@ -91,31 +70,8 @@ impl Sequencer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_common::RelPath;
     use std::sync::mpsc;
     use std::time::Duration;
-
-    #[test]
-    fn only_changes_to_open_files_are_ordered() {
-        let write = Op::Write {
-            handle: 3,
-            offset: 0,
-            data: vec![1],
-        };
-        assert_eq!(ordering_key(&write), Some(3));
-        let read = Op::Read {
-            handle: 3,
-            offset: 0,
-            len: 1,
-        };
-        assert_eq!(ordering_key(&read), None);
-        let by_path = Op::SetAttr {
-            path: RelPath::root(),
-            handle: None,
-            changes: Default::default(),
-        };
-        assert_eq!(ordering_key(&by_path), None);
-    }
 
     #[test]
     fn jobs_of_one_key_run_in_order_and_keys_run_apart() {
