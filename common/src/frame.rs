@@ -28,10 +28,6 @@ pub const MAX_FRAME: usize = 4 << 20;
 /// How many entries one `ReadDir` reply carries at most. 2048 entries with
 /// 255-byte names and their attributes stay well under [`MAX_FRAME`].
 pub const READDIR_PAGE: usize = 2048;
-/// The most one `CopyFileRange` copies: large enough that a copy takes few
-/// round trips, small enough to finish well within a request's timeout. The
-/// kernel hands a shorter count to the application, which copies the rest.
-pub const MAX_COPY: u64 = 64 << 20;
 const HEADER: usize = 4;
 
 fn config() -> impl bincode::config::Config {

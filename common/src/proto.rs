@@ -246,8 +246,8 @@ pub enum Op {
     /// Copies up to `len` bytes between two open files of this connection on the
     /// server (`copy_file_range(2)`, or reads and writes there when the files'
     /// file systems cannot) → [`Reply::Written`]: how many bytes were copied,
-    /// fewer than asked at the end of the input or when `len` is above
-    /// [`MAX_COPY`](crate::frame::MAX_COPY).
+    /// fewer than asked at the end of the input or when `len` is above what the
+    /// server copies in one request (64 MiB for ferry's own).
     CopyFileRange {
         handle_in: u64,
         offset_in: u64,
@@ -316,29 +316,6 @@ impl Op {
             Op::ReleaseLocks { .. } => "releaselocks",
             Op::Fallocate { .. } => "fallocate",
             Op::CopyFileRange { .. } => "copy_file_range",
-        }
-    }
-
-    /// Whether the operation changes the export (refused with EROFS on a
-    /// read-only export). Opening for writing counts.
-    pub fn is_mutation(&self) -> bool {
-        match self {
-            Op::Stat { .. }
-            | Op::ReadDir { .. }
-            | Op::ReadLink { .. }
-            | Op::Read { .. }
-            | Op::Fsync { .. }
-            | Op::Close { .. }
-            | Op::StatFs
-            | Op::GetXattr { .. }
-            | Op::ListXattr { .. }
-            | Op::SetLock { .. }
-            | Op::GetLock { .. }
-            | Op::ReleaseLocks { .. } => false,
-            Op::Open { flags, .. } => {
-                flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
-            }
-            _ => true,
         }
     }
 }

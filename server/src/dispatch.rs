@@ -9,10 +9,53 @@
 
 use crate::export::{ExportRoot, LockTable};
 use crate::handles::HandleTable;
-use ferry_common::frame::{MAX_CHUNK, MAX_COPY, READDIR_PAGE};
+use ferry_common::frame::{MAX_CHUNK, READDIR_PAGE};
 use ferry_common::proto::{Op, Reply};
 use ferry_common::{Attr, Errno, RelPath};
 use std::sync::Arc;
+
+/// The most one `CopyFileRange` copies: large enough that a copy takes few
+/// round trips, small enough to finish well within a request's timeout. The
+/// reply says how much was copied, and the kernel hands that shorter count to
+/// the application, which copies the rest.
+pub const MAX_COPY: u64 = 64 << 20;
+
+/// Whether `op` changes the export: a read-only export answers it with EROFS.
+/// Opening for writing, or with `O_TRUNC`, counts; locks do not (they change
+/// nothing stored, and a reader may lock a file to read it consistently).
+fn is_mutation(op: &Op) -> bool {
+    match op {
+        Op::Stat { .. }
+        | Op::ReadDir { .. }
+        | Op::ReadLink { .. }
+        | Op::Read { .. }
+        | Op::Fsync { .. }
+        | Op::Close { .. }
+        | Op::StatFs
+        | Op::GetXattr { .. }
+        | Op::ListXattr { .. }
+        | Op::SetLock { .. }
+        | Op::GetLock { .. }
+        | Op::ReleaseLocks { .. } => false,
+        Op::Open { flags, .. } => {
+            flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+        }
+        Op::Create { .. }
+        | Op::Write { .. }
+        | Op::SetAttr { .. }
+        | Op::Mkdir { .. }
+        | Op::Mknod { .. }
+        | Op::Symlink { .. }
+        | Op::Link { .. }
+        | Op::Unlink { .. }
+        | Op::Rmdir { .. }
+        | Op::Rename { .. }
+        | Op::SetXattr { .. }
+        | Op::RemoveXattr { .. }
+        | Op::Fallocate { .. }
+        | Op::CopyFileRange { .. } => true,
+    }
+}
 
 pub struct Session {
     export: Arc<ExportRoot>,
@@ -61,7 +104,7 @@ impl Session {
 
     /// Carries out one operation.
     pub fn handle(&self, op: Op) -> Result<Reply, Errno> {
-        if self.read_only && op.is_mutation() {
+        if self.read_only && is_mutation(&op) {
             return Err(Errno::EROFS);
         }
         let export = &*self.export;
@@ -229,5 +272,147 @@ impl Session {
                 Ok(Reply::Written(u32::try_from(copied).unwrap_or(u32::MAX)))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_common::proto::{AttrChanges, FileLock, LockKind, LockType};
+
+    #[test]
+    fn what_a_read_only_export_refuses() {
+        let path = RelPath::parse("f").unwrap();
+        let lock = FileLock {
+            typ: LockType::Write,
+            start: 0,
+            end: 0,
+        };
+        let open = |flags| Op::Open {
+            path: path.clone(),
+            flags,
+        };
+        let reads = [
+            Op::Stat { path: path.clone() },
+            Op::ReadDir {
+                path: path.clone(),
+                start: 0,
+            },
+            Op::ReadLink { path: path.clone() },
+            open(libc::O_RDONLY),
+            open(libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOATIME),
+            Op::Read {
+                handle: 1,
+                offset: 0,
+                len: 1,
+            },
+            Op::Fsync {
+                handle: 1,
+                datasync: true,
+            },
+            Op::Close { handle: 1 },
+            Op::StatFs,
+            Op::GetXattr {
+                path: path.clone(),
+                name: b"user.a".to_vec(),
+            },
+            Op::ListXattr { path: path.clone() },
+            Op::SetLock {
+                handle: 1,
+                owner: 1,
+                kind: LockKind::Flock,
+                lock,
+            },
+            Op::GetLock {
+                handle: 1,
+                owner: 1,
+                lock,
+            },
+            Op::ReleaseLocks {
+                handle: 1,
+                owner: 1,
+            },
+        ];
+        for op in &reads {
+            assert!(!is_mutation(op), "{op:?}");
+        }
+        let changes = [
+            open(libc::O_WRONLY),
+            open(libc::O_RDWR),
+            open(libc::O_RDONLY | libc::O_TRUNC),
+            Op::Create {
+                path: path.clone(),
+                flags: libc::O_RDONLY,
+                mode: 0o644,
+                owner: None,
+            },
+            Op::Write {
+                handle: 1,
+                offset: 0,
+                data: Vec::new(),
+            },
+            Op::SetAttr {
+                path: path.clone(),
+                handle: None,
+                changes: AttrChanges::default(),
+            },
+            Op::Mkdir {
+                path: path.clone(),
+                mode: 0o755,
+                owner: None,
+            },
+            Op::Mknod {
+                path: path.clone(),
+                mode: libc::S_IFIFO | 0o644,
+                rdev: 0,
+                owner: None,
+            },
+            Op::Symlink {
+                path: path.clone(),
+                target: b"t".to_vec(),
+                owner: None,
+            },
+            Op::Link {
+                existing: path.clone(),
+                path: path.clone(),
+            },
+            Op::Unlink { path: path.clone() },
+            Op::Rmdir { path: path.clone() },
+            Op::Rename {
+                from: path.clone(),
+                to: path.clone(),
+                flags: 0,
+            },
+            Op::SetXattr {
+                path: path.clone(),
+                name: b"user.a".to_vec(),
+                value: Vec::new(),
+                flags: 0,
+            },
+            Op::RemoveXattr {
+                path: path.clone(),
+                name: b"user.a".to_vec(),
+            },
+            Op::Fallocate {
+                handle: 1,
+                offset: 0,
+                len: 1,
+                mode: 0,
+            },
+            Op::CopyFileRange {
+                handle_in: 1,
+                offset_in: 0,
+                handle_out: 2,
+                offset_out: 0,
+                len: 1,
+            },
+        ];
+        for op in &changes {
+            assert!(is_mutation(op), "{op:?}");
+        }
+        let mut kinds: Vec<&str> = reads.iter().chain(&changes).map(Op::name).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        assert_eq!(kinds.len(), 27, "every kind of Op is classified: {kinds:?}");
     }
 }

@@ -23,6 +23,7 @@ mod handles;
 mod schedule;
 mod sequencer;
 
+pub use dispatch::MAX_COPY;
 pub use export::{ExportRoot, OpenFile};
 
 use std::future::Future;
