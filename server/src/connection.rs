@@ -25,13 +25,14 @@ use crate::dispatch::Session;
 use crate::export::ExportRoot;
 use crate::schedule::{schedule, Schedule};
 use crate::sequencer::Sequencer;
+use crate::sys;
 use ferry_common::frame::{self, FrameError, RequestFrame, MAX_CHUNK};
 use ferry_common::proto::{
     HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, MAGIC, PROTOCOL_VERSION,
 };
 use ferry_common::Errno;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
@@ -402,27 +403,13 @@ async fn write_timed(sink: &mut OwnedWriteHalf, bytes: &[u8]) -> io::Result<()> 
 /// Lets the kernel notice a client that vanished (a laptop put to sleep, a cable
 /// pulled) after a few minutes, so its open files and its slot are given back.
 fn set_keepalive(stream: &TcpStream) -> io::Result<()> {
-    let fd = stream.as_raw_fd();
     for (level, name, value) in [
         (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
         (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 60),
         (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 15),
         (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4),
     ] {
-        let value: libc::c_int = value;
-        // SAFETY: a valid socket and a pointer to one c_int with its size.
-        let ret = unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if ret != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        sys::set_socket_option(stream.as_fd(), level, name, value)?;
     }
     Ok(())
 }

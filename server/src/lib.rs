@@ -22,6 +22,7 @@ pub mod export;
 mod handles;
 mod schedule;
 mod sequencer;
+mod sys;
 
 pub use dispatch::MAX_COPY;
 pub use export::{ExportRoot, OpenFile};
@@ -209,25 +210,12 @@ async fn accept_failed(e: io::Error) -> io::Result<()> {
 /// Each open file of each client is a descriptor; lift the soft limit to the
 /// hard one, as the default of 1024 is easily reached by a few busy clients.
 fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid out-pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+    let Ok((soft, hard)) = sys::open_file_limit() else {
         return;
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: a valid pointer; failing leaves the old limit in place.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            log::debug!(
-                "cannot raise the open file limit: {}",
-                io::Error::last_os_error()
-            );
+    };
+    if soft < hard {
+        if let Err(e) = sys::set_open_file_limit(hard, hard) {
+            log::debug!("cannot raise the open file limit: {e}");
         }
     }
 }
