@@ -25,7 +25,8 @@
 //! opened for writing later then fails with EBADF. `F_GETLK` cannot name the
 //! process holding a lock elsewhere and reports pid 0.
 
-use super::{sys, OpenFile};
+use super::sys::{self, RangeLock};
+use super::OpenFile;
 use ferry_common::proto::{FileLock, LockKind, LockType, LOCK_TO_EOF};
 use ferry_common::sync;
 use ferry_common::Errno;
@@ -133,12 +134,7 @@ fn file_id(fd: BorrowedFd<'_>) -> Result<FileId, Errno> {
 /// else `fd`'s own access mode.
 fn reopen(fd: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
     let path = sys::cstring(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes())?;
-    // SAFETY: plain integers.
-    let status = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    if status < 0 {
-        return Err(Errno::last());
-    }
-    let own_mode = status & libc::O_ACCMODE;
+    let own_mode = sys::status_flags(fd)? & libc::O_ACCMODE;
     let st = sys::fstat(fd)?;
     let mut modes = vec![own_mode];
     if sys::is_kind(&st, libc::S_IFREG) && own_mode != libc::O_RDWR {
@@ -146,97 +142,68 @@ fn reopen(fd: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
     }
     let mut last = Errno::EBADF;
     for mode in modes {
-        // SAFETY: a valid C string. Only regular files and directories are ever
-        // handles, so opening cannot block; O_NONBLOCK guards that anyway.
-        let ret = unsafe {
-            libc::open(
-                path.as_ptr(),
-                mode | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK,
-            )
-        };
-        if ret >= 0 {
-            // SAFETY: a new descriptor nothing else owns.
-            return Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(ret) });
+        // Only regular files and directories are ever handles, so opening cannot
+        // block; O_NONBLOCK guards that anyway.
+        match sys::open(&path, mode | libc::O_NOCTTY | libc::O_NONBLOCK) {
+            Ok(fd) => return Ok(fd),
+            Err(e) => last = e,
         }
-        last = Errno::last();
     }
     Err(last)
 }
 
 fn flock(fd: BorrowedFd<'_>, typ: LockType) -> Result<(), Errno> {
-    let op = match typ {
+    let operation = match typ {
         LockType::Read => libc::LOCK_SH | libc::LOCK_NB,
         LockType::Write => libc::LOCK_EX | libc::LOCK_NB,
         LockType::Unlock => libc::LOCK_UN,
     };
-    loop {
-        // SAFETY: plain integers.
-        if unsafe { libc::flock(fd.as_raw_fd(), op) } == 0 {
-            return Ok(());
-        }
-        match Errno::last().code() {
-            libc::EINTR => continue,
-            // EWOULDBLOCK is EAGAIN on Linux.
-            code => return Err(Errno::new(code)),
-        }
-    }
+    // A conflict is EWOULDBLOCK, which is EAGAIN on Linux.
+    sys::flock(fd, operation)
 }
 
-fn to_flock(lock: &FileLock) -> Result<libc::flock, Errno> {
-    // SAFETY: plain data; all-zero is valid (and l_pid must be 0 for OFD locks).
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = match lock.typ {
-        LockType::Read => libc::F_RDLCK,
-        LockType::Write => libc::F_WRLCK,
-        LockType::Unlock => libc::F_UNLCK,
-    } as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
+fn to_range(lock: &FileLock) -> Result<RangeLock, Errno> {
     if lock.start > LOCK_TO_EOF || lock.end < lock.start {
         return Err(Errno::EINVAL);
     }
-    fl.l_start = lock.start as libc::off_t;
-    // Length 0 locks to the end of the file, however long it grows.
-    fl.l_len = if lock.end >= LOCK_TO_EOF {
-        0
-    } else {
-        (lock.end - lock.start + 1) as libc::off_t
+    let typ = match lock.typ {
+        LockType::Read => libc::F_RDLCK,
+        LockType::Write => libc::F_WRLCK,
+        LockType::Unlock => libc::F_UNLCK,
     };
-    Ok(fl)
+    Ok(RangeLock {
+        typ,
+        start: lock.start as libc::off_t,
+        // Length 0 locks to the end of the file, however long it grows.
+        len: if lock.end >= LOCK_TO_EOF {
+            0
+        } else {
+            (lock.end - lock.start + 1) as libc::off_t
+        },
+    })
 }
 
 fn ofd_setlk(fd: BorrowedFd<'_>, lock: &FileLock) -> Result<(), Errno> {
-    let fl = to_flock(lock)?;
-    loop {
-        // SAFETY: a valid flock structure for the duration of the call.
-        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) } == 0 {
-            return Ok(());
-        }
-        match Errno::last().code() {
-            libc::EINTR => continue,
-            // POSIX lets F_SETLK say EACCES for a conflict; clients expect EAGAIN.
-            libc::EACCES | libc::EAGAIN => return Err(Errno::new(libc::EAGAIN)),
-            code => return Err(Errno::new(code)),
-        }
+    match sys::ofd_setlk(fd, to_range(lock)?) {
+        // POSIX lets F_SETLK say EACCES for a conflict; clients expect EAGAIN.
+        Err(e) if e.code() == libc::EACCES => Err(Errno::new(libc::EAGAIN)),
+        other => other,
     }
 }
 
 fn ofd_getlk(fd: BorrowedFd<'_>, lock: &FileLock) -> Result<Option<FileLock>, Errno> {
-    let mut fl = to_flock(lock)?;
-    // SAFETY: a valid flock structure for the duration of the call.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) } != 0 {
-        return Err(Errno::last());
-    }
-    let typ = match i32::from(fl.l_type) {
+    let found = sys::ofd_getlk(fd, to_range(lock)?)?;
+    let typ = match found.typ {
         libc::F_UNLCK => return Ok(None),
         libc::F_RDLCK => LockType::Read,
         _ => LockType::Write,
     };
     #[allow(clippy::unnecessary_cast)]
-    let start = (fl.l_start as i64).max(0) as u64;
-    let end = if fl.l_len <= 0 {
+    let start = (found.start as i64).max(0) as u64;
+    let end = if found.len <= 0 {
         LOCK_TO_EOF
     } else {
-        start.saturating_add(fl.l_len as u64 - 1).min(LOCK_TO_EOF)
+        start.saturating_add(found.len as u64 - 1).min(LOCK_TO_EOF)
     };
     Ok(Some(FileLock { typ, start, end }))
 }

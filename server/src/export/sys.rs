@@ -1,8 +1,13 @@
-//! Thin, safe wrappers around the `*at` system calls the export uses.
+//! Every system call the export makes, as a thin, safe wrapper.
 //!
-//! Every wrapper takes a directory descriptor and a single, already-checked name
-//! (or a descriptor alone) and never follows a symlink; the confinement rules
-//! themselves live in the parent module. Failures are the call's errno.
+//! This is the only place in the export with `unsafe`: each wrapper checks what
+//! the kernel needs (a NUL-terminated name, a buffer of the length passed, an
+//! out-pointer filled only on success) and says so in a SAFETY comment. The
+//! path-taking wrappers take a directory descriptor and a single, already-checked
+//! name (or a descriptor alone) and never follow a symlink; the confinement rules
+//! themselves live in the parent module. Failures are the call's errno, and a
+//! call interrupted by a signal is retried wherever the kernel does not restart
+//! it on its own.
 
 use ferry_common::{Attr, Errno, FileKind, Timestamp};
 use std::ffi::{CStr, CString, OsStr};
@@ -44,6 +49,16 @@ pub fn cstring(bytes: &[u8]) -> Result<CString, Errno> {
 
 pub fn cstring_os(name: &OsStr) -> Result<CString, Errno> {
     cstring(name.as_bytes())
+}
+
+/// `open(path, flags)` with `O_CLOEXEC` added: unconfined, and following
+/// symlinks, so only for paths the server chose itself (the export root given to
+/// it, a `/proc/self/fd` link), never for a client's.
+pub fn open(path: &CStr, flags: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: `path` is NUL-terminated; without O_CREAT no mode is read.
+    let fd = cvt(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// `openat2(dir, path, flags, mode)` confined by [`RESOLVE`]. `O_CLOEXEC` is always added.
@@ -385,6 +400,171 @@ pub fn copy_file_range(
             return Err(err);
         }
     }
+}
+
+/// `pread(2)` of up to `max` bytes at `offset`, appended to `buf` without
+/// zeroing its spare capacity first: the count read, 0 at the end of the file.
+pub fn pread_append(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    max: usize,
+    offset: u64,
+) -> Result<usize, Errno> {
+    let offset = libc::off_t::try_from(offset).map_err(|_| Errno::EINVAL)?;
+    buf.reserve(max);
+    let filled = buf.len();
+    loop {
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: `spare` is writable memory owned by `buf`, at least `max` bytes
+        // long after the reserve; pread writes at most `max` bytes into it.
+        let n = unsafe { libc::pread(fd.as_raw_fd(), spare.as_mut_ptr().cast(), max, offset) };
+        if n >= 0 {
+            let n = n as usize;
+            // SAFETY: pread initialised `n` (at most `max`) bytes after `filled`.
+            unsafe { buf.set_len(filled + n) };
+            return Ok(n);
+        }
+        let err = Errno::last();
+        if err.code() != libc::EINTR {
+            return Err(err);
+        }
+    }
+}
+
+/// Tells the kernel `len` bytes from `offset` will be read soon
+/// (`POSIX_FADV_WILLNEED`). Advice only: a failure changes nothing and is ignored.
+pub fn advise_will_need(fd: BorrowedFd<'_>, offset: u64, len: u64) {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return;
+    };
+    // SAFETY: plain integers on a descriptor `fd` keeps open.
+    unsafe { libc::posix_fadvise(fd.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED) };
+}
+
+/// The file status flags and access mode of an open descriptor (`F_GETFL`).
+pub fn status_flags(fd: BorrowedFd<'_>) -> Result<i32, Errno> {
+    // SAFETY: plain integers.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })
+}
+
+/// `flock(2)` with `operation` (`LOCK_SH`, `LOCK_EX`, `LOCK_UN`, with or
+/// without `LOCK_NB`).
+pub fn flock(fd: BorrowedFd<'_>, operation: i32) -> Result<(), Errno> {
+    loop {
+        // SAFETY: plain integers.
+        match cvt(unsafe { libc::flock(fd.as_raw_fd(), operation) }) {
+            Err(e) if e.code() == libc::EINTR => continue,
+            other => return other.map(|_| ()),
+        }
+    }
+}
+
+/// A byte-range lock as `fcntl(2)` takes and reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RangeLock {
+    /// `F_RDLCK`, `F_WRLCK` or `F_UNLCK`.
+    pub typ: i32,
+    pub start: libc::off_t,
+    /// 0 reaches to the end of the file, however long it grows.
+    pub len: libc::off_t,
+}
+
+impl RangeLock {
+    fn to_flock(self) -> libc::flock {
+        // SAFETY: plain data; all-zero is valid, and l_pid must be 0 for OFD locks.
+        let mut fl: libc::flock = unsafe { mem::zeroed() };
+        fl.l_type = self.typ as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl.l_start = self.start;
+        fl.l_len = self.len;
+        fl
+    }
+}
+
+/// Takes, changes or drops an open file description lock (`F_OFD_SETLK`),
+/// never waiting: EAGAIN or EACCES when another holds a conflicting lock.
+pub fn ofd_setlk(fd: BorrowedFd<'_>, lock: RangeLock) -> Result<(), Errno> {
+    let fl = lock.to_flock();
+    loop {
+        // SAFETY: a valid flock structure for the duration of the call.
+        match cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) }) {
+            Err(e) if e.code() == libc::EINTR => continue,
+            other => return other.map(|_| ()),
+        }
+    }
+}
+
+/// The first lock held through another open file description that conflicts
+/// with `lock` (`F_OFD_GETLK`); its `typ` is `F_UNLCK` when there is none.
+pub fn ofd_getlk(fd: BorrowedFd<'_>, lock: RangeLock) -> Result<RangeLock, Errno> {
+    let mut fl = lock.to_flock();
+    // SAFETY: a valid flock structure, which the kernel fills, for the duration
+    // of the call.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) })?;
+    Ok(RangeLock {
+        typ: i32::from(fl.l_type),
+        start: fl.l_start,
+        len: fl.l_len,
+    })
+}
+
+/// `buf` as the kernel takes an xattr buffer: a null pointer when it is empty,
+/// which asks for the size the answer needs.
+fn xattr_buf(buf: &mut [u8]) -> *mut libc::c_void {
+    if buf.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        buf.as_mut_ptr().cast()
+    }
+}
+
+fn cvt_size(ret: libc::ssize_t) -> Result<usize, Errno> {
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// `lgetxattr(2)`: the value's length, written into `buf` unless `buf` is
+/// empty; ERANGE when it does not fit.
+pub fn lgetxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: valid C strings; the pointer and length describe `buf` (or are
+    // null and 0).
+    cvt_size(unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), xattr_buf(buf), buf.len()) })
+}
+
+/// `llistxattr(2)`: the length of the name list, written into `buf` unless
+/// `buf` is empty; ERANGE when it does not fit.
+pub fn llistxattr(path: &CStr, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: as in `lgetxattr`.
+    cvt_size(unsafe { libc::llistxattr(path.as_ptr(), xattr_buf(buf).cast(), buf.len()) })
+}
+
+pub fn lsetxattr(path: &CStr, name: &CStr, value: &[u8], flags: i32) -> Result<(), Errno> {
+    // SAFETY: valid C strings; the pointer and length describe `value`.
+    cvt(unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })?;
+    Ok(())
+}
+
+pub fn lremovexattr(path: &CStr, name: &CStr) -> Result<(), Errno> {
+    // SAFETY: valid C strings.
+    cvt(unsafe { libc::lremovexattr(path.as_ptr(), name.as_ptr()) })?;
+    Ok(())
+}
+
+/// The effective user id of the server.
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 pub fn fstatvfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs, Errno> {
