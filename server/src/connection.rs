@@ -116,6 +116,7 @@ pub async fn serve(
                 handle,
                 offset,
                 data,
+                ..
             } => Request {
                 id,
                 op: Op::Write {
@@ -258,8 +259,8 @@ async fn next_frame(
     }
 }
 
-/// What a request costs of the byte budget, in KiB: its own size plus the reply
-/// it will produce, as far as that is known up front.
+/// What a request costs of the byte budget, in KiB: its frame's payload length
+/// plus the reply it will produce, as far as that is known up front.
 fn cost_kib(request_len: usize, op: &Op) -> u32 {
     let reply = match op {
         Op::Read { len, .. } => (*len).min(MAX_CHUNK) as usize,
@@ -412,4 +413,39 @@ fn set_keepalive(stream: &TcpStream) -> io::Result<()> {
         sys::set_socket_option(stream.as_fd(), level, name, value)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_common::RelPath;
+
+    #[test]
+    fn requests_are_charged_their_frame_and_their_expected_reply() {
+        let mib = 1 << 20;
+        let write = Op::Write {
+            handle: 1,
+            offset: 0,
+            data: Vec::new(),
+        };
+        // A full write: its payload, a few bytes more than its data.
+        assert_eq!(cost_kib(mib + 20, &write), 1025);
+        // A full read: a small frame and a chunk to come.
+        let read = |len| Op::Read {
+            handle: 1,
+            offset: 0,
+            len,
+        };
+        assert_eq!(cost_kib(12, &read(MAX_CHUNK)), 1025);
+        // Asking for more than a chunk is charged for the chunk the reply holds.
+        assert_eq!(cost_kib(12, &read(u32::MAX)), 1025);
+        let list = Op::ReadDir {
+            path: RelPath::root(),
+            start: 0,
+        };
+        assert_eq!(cost_kib(10, &list), 65);
+        assert_eq!(cost_kib(10, &Op::StatFs), 1);
+        // Never more than the whole budget, or it could never be granted.
+        assert_eq!(cost_kib(usize::MAX / 2, &Op::StatFs), IN_FLIGHT_KIB);
+    }
 }
