@@ -1,17 +1,21 @@
 //! One client connection: the handshake, then many requests at once.
 //!
 //! ```text
-//!  socket ─► reader (this task) ─► spawn_blocking: Session::handle, encode ─┐
-//!               │ waits for budget                                          │ mpsc
-//!               └──────── budget comes back once the reply is written ◄─ writer task ─► socket
+//!  socket ─► reader (this task) ─┬─► inline: Session::handle, encode ───────────┐
+//!              │                 └─► blocking pool: Session::handle, encode ────┤ mpsc
+//!              │ waits for budget      (in its handle's queue, or at once)      ▼
+//!              └──────── budget comes back once the reply is written ◄─ writer task ─► socket
 //! ```
 //!
-//! The reader decodes frames and starts each request on tokio's blocking pool, as
-//! file system calls block: a slow fsync or a 1 MiB read never holds up a quick
-//! stat. Requests that change an open file run in arrival order per handle (see
-//! [`crate::sequencer`]). Metadata operations, which take microseconds, run on
-//! the reader itself (see [`runs_inline`]). Replies go, in whatever order they finish, through a channel to a single
-//! writer task, which writes everything queued at that moment with one system call.
+//! The reader decodes each frame and runs its request where
+//! [`schedule`](crate::schedule) says: quick ones (metadata, small writes, a
+//! small read with nothing behind it) right on the reader, as a thread hand-off
+//! would cost more than the call; anything that may block for long (bulk data,
+//! fsync, listings, truncation) on tokio's blocking pool, so it never holds up a
+//! quick stat. Requests that change an open file run in arrival order per handle
+//! (see [`crate::sequencer`]). Replies go, in whatever order they finish, through
+//! a channel to a single writer task, which writes everything queued at that
+//! moment with one system call.
 //!
 //! Before reading the next request the reader takes a share of the connection's
 //! budget (a number of requests and of bytes in flight), which the writer gives
@@ -43,13 +47,13 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 
 /// How long a new connection may take to send its `Hello`.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Once the first byte of a frame has arrived, the rest must follow within this.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(120);
 /// A client that does not take its replies for this long is given up on.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Requests of one connection being handled or waiting to be written.
-pub const MAX_IN_FLIGHT: usize = 64;
+pub(crate) const MAX_IN_FLIGHT: usize = 64;
 /// Bytes (requests plus expected replies) in flight on one connection, counted in KiB.
 const IN_FLIGHT_KIB: u32 = 32 * 1024;
 /// What a directory page is charged before its size is known.
@@ -62,7 +66,7 @@ const READ_BUFFER: usize = 64 * 1024;
 
 /// Serves one client until it leaves, breaks the protocol, or `stop` turns true.
 /// An `Err` says why the connection was closed early.
-pub async fn serve(
+pub(crate) async fn serve(
     stream: TcpStream,
     export: Arc<ExportRoot>,
     read_only: bool,

@@ -57,7 +57,7 @@ fn is_mutation(op: &Op) -> bool {
     }
 }
 
-pub struct Session {
+pub(crate) struct Session {
     export: Arc<ExportRoot>,
     handles: HandleTable,
     /// POSIX locks by file and lock owner (flocks live on the handles themselves).
@@ -66,7 +66,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(export: Arc<ExportRoot>, read_only: bool) -> Session {
+    pub(crate) fn new(export: Arc<ExportRoot>, read_only: bool) -> Session {
         Session {
             export,
             handles: HandleTable::new(),
@@ -103,7 +103,7 @@ impl Session {
     }
 
     /// Carries out one operation.
-    pub fn handle(&self, op: Op) -> Result<Reply, Errno> {
+    pub(crate) fn handle(&self, op: Op) -> Result<Reply, Errno> {
         if self.read_only && is_mutation(&op) {
             return Err(Errno::EROFS);
         }

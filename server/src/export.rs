@@ -32,7 +32,7 @@ mod xattr;
 #[cfg(test)]
 mod tests;
 
-pub use locks::LockTable;
+pub(crate) use locks::LockTable;
 pub use open_file::OpenFile;
 
 use ferry_common::proto::{AttrChanges, DirEntry, Owner, SetTime};

@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 
 /// How many files one connection may hold open; beyond it `Open` answers EMFILE,
 /// so one client cannot take all of the server's descriptors.
-pub const MAX_OPEN_FILES: usize = 16_384;
+pub(crate) const MAX_OPEN_FILES: usize = 16_384;
 
 #[derive(Debug, Default)]
-pub struct HandleTable {
+pub(crate) struct HandleTable {
     // A std mutex, not tokio's: it is held for a map operation only, never across
     // an await, so the reader task may take it as well as blocking-pool threads.
     inner: Mutex<Inner>,
@@ -30,12 +30,12 @@ struct Inner {
 }
 
 impl HandleTable {
-    pub fn new() -> HandleTable {
+    pub(crate) fn new() -> HandleTable {
         HandleTable::default()
     }
 
     /// Stores `file` and returns its new handle.
-    pub fn insert(&self, file: OpenFile) -> Result<u64, Errno> {
+    pub(crate) fn insert(&self, file: OpenFile) -> Result<u64, Errno> {
         let mut inner = lock(&self.inner);
         if inner.files.len() >= MAX_OPEN_FILES {
             return Err(Errno::new(libc::EMFILE));
@@ -46,7 +46,7 @@ impl HandleTable {
         Ok(handle)
     }
 
-    pub fn get(&self, handle: u64) -> Result<Arc<OpenFile>, Errno> {
+    pub(crate) fn get(&self, handle: u64) -> Result<Arc<OpenFile>, Errno> {
         lock(&self.inner)
             .files
             .get(&handle)
@@ -55,7 +55,7 @@ impl HandleTable {
     }
 
     /// Forgets `handle`; the file closes once no request still uses it.
-    pub fn remove(&self, handle: u64) -> Result<(), Errno> {
+    pub(crate) fn remove(&self, handle: u64) -> Result<(), Errno> {
         let file = lock(&self.inner)
             .files
             .remove(&handle)

@@ -18,25 +18,25 @@ type Job = Box<dyn FnOnce() + Send>;
 /// worker is a task on tokio's blocking pool that runs the queued jobs one by one
 /// and removes the queue when it finds it empty.
 #[derive(Default)]
-pub struct Sequencer {
+pub(crate) struct Sequencer {
     // A std mutex: held for a queue operation only, never across a job or an await.
     queues: Mutex<HashMap<u64, VecDeque<Job>>>,
 }
 
 impl Sequencer {
-    pub fn new() -> Sequencer {
+    pub(crate) fn new() -> Sequencer {
         Sequencer::default()
     }
 
     /// Whether nothing is queued or running under `key`. Only the caller of
     /// [`run`](Self::run) adds work, so the answer holds until it adds some.
-    pub fn is_idle(&self, key: u64) -> bool {
+    pub(crate) fn is_idle(&self, key: u64) -> bool {
         !lock(&self.queues).contains_key(&key)
     }
 
     /// Runs `job` after every job queued before it under `key`. Must be called
     /// within a tokio runtime.
-    pub fn run(self: &Arc<Self>, key: u64, job: impl FnOnce() + Send + 'static) {
+    pub(crate) fn run(self: &Arc<Self>, key: u64, job: impl FnOnce() + Send + 'static) {
         let job: Job = Box::new(job);
         {
             let mut queues = lock(&self.queues);

@@ -36,24 +36,24 @@ use std::sync::{Arc, Mutex};
 
 /// How many (file, owner) descriptors one connection may hold; beyond it locking
 /// answers ENOLCK.
-pub const MAX_LOCK_OWNERS: usize = 4096;
+pub(super) const MAX_LOCK_OWNERS: usize = 4096;
 
 /// A file as the kernel knows it: device and inode.
 type FileId = (u64, u64);
 
 /// The POSIX lock descriptors of one connection, by file and lock owner.
 #[derive(Debug, Default)]
-pub struct LockTable {
+pub(crate) struct LockTable {
     owners: Mutex<HashMap<(FileId, u64), Arc<OwnedFd>>>,
 }
 
 impl LockTable {
-    pub fn new() -> LockTable {
+    pub(crate) fn new() -> LockTable {
         LockTable::default()
     }
 
     /// Takes, changes or drops a lock without waiting: EAGAIN on a conflict.
-    pub fn set(
+    pub(crate) fn set(
         &self,
         file: &OpenFile,
         owner: u64,
@@ -78,7 +78,7 @@ impl LockTable {
     }
 
     /// The first lock of another owner that conflicts with `lock`.
-    pub fn test(
+    pub(crate) fn test(
         &self,
         file: &OpenFile,
         owner: u64,
@@ -95,7 +95,7 @@ impl LockTable {
     }
 
     /// Drops all of `owner`'s POSIX locks on the file behind `file`.
-    pub fn release(&self, file: &OpenFile, owner: u64) -> Result<(), Errno> {
+    pub(crate) fn release(&self, file: &OpenFile, owner: u64) -> Result<(), Errno> {
         let key = (file_id(file.fd())?, owner);
         let fd = sync::lock(&self.owners).remove(&key);
         // Closing the owner's descriptor ends its open file description and with

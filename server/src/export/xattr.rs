@@ -26,7 +26,7 @@ use std::ffi::CString;
 use std::os::fd::AsRawFd;
 
 /// The largest value (and name list) Linux allows: `XATTR_SIZE_MAX`.
-pub const XATTR_SIZE_MAX: usize = 65_536;
+pub(super) const XATTR_SIZE_MAX: usize = 65_536;
 
 /// Names in this namespace are refused; see the module documentation.
 const REFUSED_PREFIX: &[u8] = b"system.";
