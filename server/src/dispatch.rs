@@ -3,9 +3,9 @@
 //!
 //! A [`Session`] is the state one connection's requests share: the export, the
 //! connection's open files and locks, and whether the export is read-only (then
-//! every request that would change it answers EROFS). `handle` makes file system
-//! calls and blocks; [`crate::schedule`] decides which thread each request
-//! takes, the connection's reader or the blocking pool.
+//! every request that would change it answers EROFS). `handle` makes blocking
+//! file system calls; [`crate::schedule`] decides which thread each request
+//! makes them on, the connection's reader or the blocking pool.
 
 use crate::export::{ExportRoot, LockTable};
 use crate::handles::HandleTable;

@@ -16,8 +16,9 @@
 //!   from the client's flush) or the connection ends (the table is dropped).
 //!
 //! Nothing here waits for a lock: a conflict answers EAGAIN and the client asks
-//! again. A blocked request would hold a blocking-pool thread and keep a dead
-//! connection's session (and so its locks) alive.
+//! again. Lock requests run on the connection's reader (see `crate::schedule`),
+//! so a blocked one would stall every request behind it, and it would keep a
+//! dead connection's session (and so its locks) alive.
 //!
 //! Limits: the owner's descriptor is opened for reading and writing when the
 //! server may, else with the access mode of the handle it was first reached
