@@ -5,9 +5,9 @@
 //! out-pointer filled only on success) and says so in a SAFETY comment. The
 //! path-taking wrappers take a directory descriptor and a single, already-checked
 //! name (or a descriptor alone) and never follow a symlink; the confinement rules
-//! themselves live in the parent module. Failures are the call's errno, and a
-//! call interrupted by a signal is retried wherever the kernel does not restart
-//! it on its own.
+//! themselves live in the parent module. Failures are the call's errno; the
+//! wrappers of calls that can take long (`openat2`, `pread`, `fallocate`,
+//! `copy_file_range`, `flock`, `F_OFD_SETLK`) retry when a signal interrupts them.
 
 use ferry_common::{Attr, Errno, FileKind, Timestamp};
 use std::ffi::{CStr, CString, OsStr};
