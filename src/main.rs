@@ -40,7 +40,7 @@ enum Cmd {
         #[arg(long)]
         read_only: bool,
         /// Most clients connected at once.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = ferry_server::DEFAULT_MAX_CONNECTIONS)]
         max_connections: usize,
     },
     /// Mount an export at MOUNTPOINT (stays in the foreground until unmounted or signalled).

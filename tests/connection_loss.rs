@@ -100,7 +100,7 @@ fn silent_server() -> (String, std::thread::JoinHandle<()>) {
                 version: PROTOCOL_VERSION,
                 max_chunk: frame::MAX_CHUNK,
                 read_only: false,
-                capabilities: 0,
+                features: 0,
                 root: Attr::blank(FileKind::Directory),
             });
             frame::write_frame(&mut stream, &welcome).unwrap();

@@ -7,13 +7,18 @@
 //!   the server answers each with a [`proto::Response`] of the same id, in any order.
 //! - [`frame`]: how a message travels: a little-endian `u32` length, then a bincode
 //!   payload. The length is checked against [`frame::MAX_FRAME`] before anything is
-//!   allocated, and every decode runs under the same limit.
+//!   allocated, and every decode runs under the same limit. File data (a read's
+//!   answer, a write's request) is sent after its frame's head from the buffer it
+//!   is in, and read into a buffer of its own ([`frame::read_response`],
+//!   [`frame::read_request_async`]).
 //! - [`attr`]: file attributes and filesystem statistics as they cross the wire.
 //! - [`errno`]: errors travel as errno values so the FUSE side can hand them
 //!   straight to the kernel.
 //! - [`path`]: paths relative to the export root, and the checks every
 //!   component must pass before the server looks at it.
 //! - [`sync`]: the one mutex helper both sides use.
+
+#![warn(unreachable_pub)]
 
 pub mod attr;
 pub mod errno;

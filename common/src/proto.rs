@@ -25,8 +25,9 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub struct Hello {
     pub magic: [u8; 8],
     pub version: u32,
-    /// Feature bits the client understands; none are defined yet.
-    pub capabilities: u64,
+    /// Optional protocol features the client supports, one bit each. None are
+    /// defined yet, so both sides send 0 and ignore what they receive.
+    pub features: u64,
     /// Room for authentication (a token, a signed challenge); servers today ignore it.
     pub auth: Option<serde_bytes::ByteBuf>,
 }
@@ -36,7 +37,7 @@ impl Hello {
         Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
-            capabilities: 0,
+            features: 0,
             auth: None,
         }
     }
@@ -56,7 +57,9 @@ pub struct Welcome {
     pub max_chunk: u32,
     /// Every mutation answers EROFS.
     pub read_only: bool,
-    pub capabilities: u64,
+    /// Optional protocol features the server supports, one bit each, as in
+    /// [`Hello::features`].
+    pub features: u64,
     /// Attributes of the export root.
     pub root: Attr,
 }
@@ -243,8 +246,8 @@ pub enum Op {
     /// Copies up to `len` bytes between two open files of this connection on the
     /// server (`copy_file_range(2)`, or reads and writes there when the files'
     /// file systems cannot) → [`Reply::Written`]: how many bytes were copied,
-    /// fewer than asked at the end of the input or when `len` is above
-    /// [`MAX_COPY`](crate::frame::MAX_COPY).
+    /// fewer than asked at the end of the input or when `len` is above what the
+    /// server copies in one request (64 MiB for ferry's own).
     CopyFileRange {
         handle_in: u64,
         offset_in: u64,
@@ -313,29 +316,6 @@ impl Op {
             Op::ReleaseLocks { .. } => "releaselocks",
             Op::Fallocate { .. } => "fallocate",
             Op::CopyFileRange { .. } => "copy_file_range",
-        }
-    }
-
-    /// Whether the operation changes the export (refused with EROFS on a
-    /// read-only export). Opening for writing counts.
-    pub fn is_mutation(&self) -> bool {
-        match self {
-            Op::Stat { .. }
-            | Op::ReadDir { .. }
-            | Op::ReadLink { .. }
-            | Op::Read { .. }
-            | Op::Fsync { .. }
-            | Op::Close { .. }
-            | Op::StatFs
-            | Op::GetXattr { .. }
-            | Op::ListXattr { .. }
-            | Op::SetLock { .. }
-            | Op::GetLock { .. }
-            | Op::ReleaseLocks { .. } => false,
-            Op::Open { flags, .. } => {
-                flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
-            }
-            _ => true,
         }
     }
 }

@@ -9,3 +9,24 @@ use std::sync::{Mutex, MutexGuard};
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_poisoned_mutex_is_still_usable() {
+        let shared = Arc::new(Mutex::new(vec![1]));
+        let holder = Arc::clone(&shared);
+        let panicked = std::thread::spawn(move || {
+            let _guard = holder.lock();
+            panic!("a bug while holding the lock");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(shared.is_poisoned());
+        lock(&shared).push(2);
+        assert_eq!(*lock(&shared), [1, 2]);
+    }
+}

@@ -1,17 +1,21 @@
 //! One client connection: the handshake, then many requests at once.
 //!
 //! ```text
-//!  socket ─► reader (this task) ─► spawn_blocking: Session::handle, encode ─┐
-//!               │ waits for budget                                          │ mpsc
-//!               └──────── budget comes back once the reply is written ◄─ writer task ─► socket
+//!  socket ─► reader (this task) ─┬─► inline: Session::handle, encode ───────────┐
+//!              │                 └─► blocking pool: Session::handle, encode ────┤ mpsc
+//!              │ waits for budget      (in its handle's queue, or at once)      ▼
+//!              └──────── budget comes back once the reply is written ◄─ writer task ─► socket
 //! ```
 //!
-//! The reader decodes frames and starts each request on tokio's blocking pool, as
-//! file system calls block: a slow fsync or a 1 MiB read never holds up a quick
-//! stat. Requests that change an open file run in arrival order per handle (see
-//! [`crate::sequencer`]). Metadata operations, which take microseconds, run on
-//! the reader itself (see [`runs_inline`]). Replies go, in whatever order they finish, through a channel to a single
-//! writer task, which writes everything queued at that moment with one system call.
+//! The reader decodes each frame and runs its request where
+//! [`schedule`](crate::schedule) says: quick ones (metadata, small writes, a
+//! small read with nothing behind it) right on the reader, as a thread hand-off
+//! would cost more than the call; anything that may block for long (bulk data,
+//! fsync, listings, truncation) on tokio's blocking pool, so it never holds up a
+//! quick stat. Requests that change an open file run in arrival order per handle
+//! (see [`crate::sequencer`]). Replies go, in whatever order they finish, through
+//! a channel to a single writer task, which writes everything queued at that
+//! moment with one system call.
 //!
 //! Before reading the next request the reader takes a share of the connection's
 //! budget (a number of requests and of bytes in flight), which the writer gives
@@ -21,16 +25,18 @@
 //! Anything malformed (a frame that does not decode, an oversized or truncated
 //! frame) ends this connection only; other clients never notice.
 
-use crate::dispatch::{runs_inline, Session};
+use crate::dispatch::Session;
 use crate::export::ExportRoot;
-use crate::sequencer::{ordering_key, Sequencer};
+use crate::schedule::{schedule, Schedule};
+use crate::sequencer::Sequencer;
+use crate::sys;
 use ferry_common::frame::{self, FrameError, RequestFrame, MAX_CHUNK};
 use ferry_common::proto::{
     HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, MAGIC, PROTOCOL_VERSION,
 };
 use ferry_common::Errno;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,13 +47,13 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 
 /// How long a new connection may take to send its `Hello`.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Once the first byte of a frame has arrived, the rest must follow within this.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(120);
 /// A client that does not take its replies for this long is given up on.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Requests of one connection being handled or waiting to be written.
-pub const MAX_IN_FLIGHT: usize = 64;
+pub(crate) const MAX_IN_FLIGHT: usize = 64;
 /// Bytes (requests plus expected replies) in flight on one connection, counted in KiB.
 const IN_FLIGHT_KIB: u32 = 32 * 1024;
 /// What a directory page is charged before its size is known.
@@ -60,7 +66,7 @@ const READ_BUFFER: usize = 64 * 1024;
 
 /// Serves one client until it leaves, breaks the protocol, or `stop` turns true.
 /// An `Err` says why the connection was closed early.
-pub async fn serve(
+pub(crate) async fn serve(
     stream: TcpStream,
     export: Arc<ExportRoot>,
     read_only: bool,
@@ -114,6 +120,7 @@ pub async fn serve(
                 handle,
                 offset,
                 data,
+                ..
             } => Request {
                 id,
                 op: Op::Write {
@@ -137,43 +144,25 @@ pub async fn serve(
                 Err(_) => break Ok(()),
             },
         };
-        let key = ordering_key(&request.op);
-        // A quick operation is answered right here: handing it to another thread
-        // and its reply to the writer would cost two thread wake-ups, which on a
-        // VM take longer than the system call itself. Nothing of its handle may
-        // be queued, or it would overtake what came before it. A small read is
-        // quick too, but may wait for the disk: it runs here only when no other
-        // request is waiting behind it (one read at a time, as at queue depth 1),
-        // so that reads sent together still go to the disk together. A small
-        // write only copies into the page cache.
+        // Only this task adds work to the sequencer, so a handle found idle here
+        // stays idle while its request runs inline.
         let alone = reader.buffer().is_empty();
-        let inline = runs_inline(&request.op)
-            || is_small_write(&request.op)
-            || (alone && is_small_read(&request.op));
-        if inline && key.is_none_or(|handle| sequencer.is_idle(handle)) {
-            let frame = answer(&session, request);
-            let reply = Outgoing {
-                frame,
-                budget: (slot, share),
-            };
-            if tx.send(reply).await.is_err() {
-                break Ok(());
+        let budget = (slot, share);
+        match schedule(&request.op, alone, |handle| sequencer.is_idle(handle)) {
+            Schedule::Inline => {
+                let frame = answer(&session, request);
+                if tx.send(Outgoing { frame, budget }).await.is_err() {
+                    break Ok(());
+                }
             }
-            continue;
-        }
-        let session = Arc::clone(&session);
-        let tx = tx.clone();
-        let job = move || {
-            let frame = answer(&session, request);
-            // If the writer is gone the connection is closing; the reply has no reader.
-            let _ = tx.blocking_send(Outgoing {
-                frame,
-                budget: (slot, share),
-            });
-        };
-        match key {
-            Some(handle) => sequencer.run(handle, job),
-            None => drop(tokio::task::spawn_blocking(job)),
+            Schedule::Pool => {
+                drop(tokio::task::spawn_blocking(job(
+                    &session, &tx, request, budget,
+                )));
+            }
+            Schedule::Ordered(handle) => {
+                sequencer.run(handle, job(&session, &tx, request, budget));
+            }
         }
     };
 
@@ -233,7 +222,7 @@ async fn handshake(
                     version: PROTOCOL_VERSION,
                     max_chunk: MAX_CHUNK,
                     read_only,
-                    capabilities: 0,
+                    features: 0,
                     root,
                 }),
                 Err(e) => HandshakeReply::Refused {
@@ -274,18 +263,8 @@ async fn next_frame(
     }
 }
 
-/// A write small enough to carry out on the reader.
-fn is_small_write(op: &Op) -> bool {
-    matches!(op, Op::Write { data, .. } if data.len() <= 128 * 1024)
-}
-
-/// A read small enough to answer on the reader when it is the only request.
-fn is_small_read(op: &Op) -> bool {
-    matches!(op, Op::Read { len, .. } if *len <= 64 * 1024)
-}
-
-/// What a request costs of the byte budget, in KiB: its own size plus the reply
-/// it will produce, as far as that is known up front.
+/// What a request costs of the byte budget, in KiB: its frame's payload length
+/// plus the reply it will produce, as far as that is known up front.
 fn cost_kib(request_len: usize, op: &Op) -> u32 {
     let reply = match op {
         Op::Read { len, .. } => (*len).min(MAX_CHUNK) as usize,
@@ -296,7 +275,24 @@ fn cost_kib(request_len: usize, op: &Op) -> u32 {
     u32::try_from(kib).unwrap_or(u32::MAX).min(IN_FLIGHT_KIB)
 }
 
-/// Handles one request and encodes its reply frame. Runs on the blocking pool.
+/// `request` as work for a blocking-pool thread: answer it, then queue the reply.
+fn job(
+    session: &Arc<Session>,
+    tx: &mpsc::Sender<Outgoing>,
+    request: Request,
+    budget: Budget,
+) -> impl FnOnce() + Send + 'static {
+    let session = Arc::clone(session);
+    let tx = tx.clone();
+    move || {
+        let frame = answer(&session, request);
+        // If the writer is gone the connection is closing; the reply has no reader.
+        let _ = tx.blocking_send(Outgoing { frame, budget });
+    }
+}
+
+/// Handles one request and encodes its reply frame, on whichever thread the
+/// request was scheduled on.
 fn answer(session: &Session, request: Request) -> Encoded {
     let id = request.id;
     // A bug in one operation must not leave its request unanswered.
@@ -340,10 +336,14 @@ struct Encoded {
     data: Vec<u8>,
 }
 
-/// An encoded reply, and the budget its request held, given back once it is written.
+/// A request's share of the connection's budget: one request slot and its
+/// cost in KiB. Given back (dropped) once its reply is written.
+type Budget = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+/// An encoded reply, and the budget its request held.
 struct Outgoing {
     frame: Encoded,
-    budget: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    budget: Budget,
 }
 
 /// Writes replies as they come. Whatever is queued when the writer wakes goes out
@@ -408,27 +408,48 @@ async fn write_timed(sink: &mut OwnedWriteHalf, bytes: &[u8]) -> io::Result<()> 
 /// Lets the kernel notice a client that vanished (a laptop put to sleep, a cable
 /// pulled) after a few minutes, so its open files and its slot are given back.
 fn set_keepalive(stream: &TcpStream) -> io::Result<()> {
-    let fd = stream.as_raw_fd();
     for (level, name, value) in [
         (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
         (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 60),
         (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 15),
         (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4),
     ] {
-        let value: libc::c_int = value;
-        // SAFETY: a valid socket and a pointer to one c_int with its size.
-        let ret = unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if ret != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        sys::set_socket_option(stream.as_fd(), level, name, value)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_common::RelPath;
+
+    #[test]
+    fn requests_are_charged_their_frame_and_their_expected_reply() {
+        let mib = 1 << 20;
+        let write = Op::Write {
+            handle: 1,
+            offset: 0,
+            data: Vec::new(),
+        };
+        // A full write: its payload, a few bytes more than its data.
+        assert_eq!(cost_kib(mib + 20, &write), 1025);
+        // A full read: a small frame and a chunk to come.
+        let read = |len| Op::Read {
+            handle: 1,
+            offset: 0,
+            len,
+        };
+        assert_eq!(cost_kib(12, &read(MAX_CHUNK)), 1025);
+        // Asking for more than a chunk is charged for the chunk the reply holds.
+        assert_eq!(cost_kib(12, &read(u32::MAX)), 1025);
+        let list = Op::ReadDir {
+            path: RelPath::root(),
+            start: 0,
+        };
+        assert_eq!(cost_kib(10, &list), 65);
+        assert_eq!(cost_kib(10, &Op::StatFs), 1);
+        // Never more than the whole budget, or it could never be granted.
+        assert_eq!(cost_kib(usize::MAX / 2, &Op::StatFs), IN_FLIGHT_KIB);
+    }
 }

@@ -2,32 +2,47 @@
 //! export call answers which operation.
 //!
 //! A [`Session`] is the state one connection's requests share: the export, the
-//! connection's open files and whether the export is read-only. Its `handle` runs
-//! on a blocking-pool thread, as every branch makes file system calls.
+//! connection's open files and locks, and whether the export is read-only (then
+//! every request that would change it answers EROFS). `handle` makes blocking
+//! file system calls; [`crate::schedule`] decides which thread each request
+//! makes them on, the connection's reader or the blocking pool.
 
 use crate::export::{ExportRoot, LockTable};
 use crate::handles::HandleTable;
-use ferry_common::frame::{MAX_CHUNK, MAX_COPY, READDIR_PAGE};
+use ferry_common::frame::{MAX_CHUNK, READDIR_PAGE};
 use ferry_common::proto::{Op, Reply};
 use ferry_common::{Attr, Errno, RelPath};
 use std::sync::Arc;
 
-/// Whether `op` is quick enough to run on the connection's reader task rather
-/// than tokio's blocking pool: metadata calls on a local disk take microseconds,
-/// less than the thread hand-off they would otherwise cost. Data transfer, fsync
-/// and directory listing (thousands of stats) can take long and go to the pool.
-pub fn runs_inline(op: &Op) -> bool {
+/// The most one `CopyFileRange` copies: large enough that a copy takes few
+/// round trips, small enough to finish well within a request's timeout. The
+/// reply says how much was copied, and the kernel hands that shorter count to
+/// the application, which copies the rest.
+pub const MAX_COPY: u64 = 64 << 20;
+
+/// Whether `op` changes the export: a read-only export answers it with EROFS.
+/// Opening for writing, or with `O_TRUNC`, counts; locks do not (they change
+/// nothing stored, and a reader may lock a file to read it consistently).
+fn is_mutation(op: &Op) -> bool {
     match op {
-        Op::Read { .. } | Op::Write { .. } | Op::Fsync { .. } | Op::ReadDir { .. } => false,
-        // Allocating or copying gigabytes takes a while.
-        Op::Fallocate { .. } | Op::CopyFileRange { .. } => false,
-        // A truncation may free gigabytes of blocks.
-        Op::SetAttr { changes, .. } => changes.size.is_none(),
-        Op::Open { flags, .. } => flags & libc::O_TRUNC == 0,
         Op::Stat { .. }
+        | Op::ReadDir { .. }
         | Op::ReadLink { .. }
-        | Op::Create { .. }
+        | Op::Read { .. }
+        | Op::Fsync { .. }
         | Op::Close { .. }
+        | Op::StatFs
+        | Op::GetXattr { .. }
+        | Op::ListXattr { .. }
+        | Op::SetLock { .. }
+        | Op::GetLock { .. }
+        | Op::ReleaseLocks { .. } => false,
+        Op::Open { flags, .. } => {
+            flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+        }
+        Op::Create { .. }
+        | Op::Write { .. }
+        | Op::SetAttr { .. }
         | Op::Mkdir { .. }
         | Op::Mknod { .. }
         | Op::Symlink { .. }
@@ -35,18 +50,14 @@ pub fn runs_inline(op: &Op) -> bool {
         | Op::Unlink { .. }
         | Op::Rmdir { .. }
         | Op::Rename { .. }
-        | Op::StatFs
-        | Op::GetXattr { .. }
-        | Op::ListXattr { .. }
         | Op::SetXattr { .. }
         | Op::RemoveXattr { .. }
-        | Op::GetLock { .. }
-        | Op::SetLock { .. }
-        | Op::ReleaseLocks { .. } => true,
+        | Op::Fallocate { .. }
+        | Op::CopyFileRange { .. } => true,
     }
 }
 
-pub struct Session {
+pub(crate) struct Session {
     export: Arc<ExportRoot>,
     handles: HandleTable,
     /// POSIX locks by file and lock owner (flocks live on the handles themselves).
@@ -55,7 +66,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(export: Arc<ExportRoot>, read_only: bool) -> Session {
+    pub(crate) fn new(export: Arc<ExportRoot>, read_only: bool) -> Session {
         Session {
             export,
             handles: HandleTable::new(),
@@ -92,8 +103,8 @@ impl Session {
     }
 
     /// Carries out one operation.
-    pub fn handle(&self, op: Op) -> Result<Reply, Errno> {
-        if self.read_only && op.is_mutation() {
+    pub(crate) fn handle(&self, op: Op) -> Result<Reply, Errno> {
+        if self.read_only && is_mutation(&op) {
             return Err(Errno::EROFS);
         }
         let export = &*self.export;
@@ -261,5 +272,147 @@ impl Session {
                 Ok(Reply::Written(u32::try_from(copied).unwrap_or(u32::MAX)))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_common::proto::{AttrChanges, FileLock, LockKind, LockType};
+
+    #[test]
+    fn what_a_read_only_export_refuses() {
+        let path = RelPath::parse("f").unwrap();
+        let lock = FileLock {
+            typ: LockType::Write,
+            start: 0,
+            end: 0,
+        };
+        let open = |flags| Op::Open {
+            path: path.clone(),
+            flags,
+        };
+        let reads = [
+            Op::Stat { path: path.clone() },
+            Op::ReadDir {
+                path: path.clone(),
+                start: 0,
+            },
+            Op::ReadLink { path: path.clone() },
+            open(libc::O_RDONLY),
+            open(libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOATIME),
+            Op::Read {
+                handle: 1,
+                offset: 0,
+                len: 1,
+            },
+            Op::Fsync {
+                handle: 1,
+                datasync: true,
+            },
+            Op::Close { handle: 1 },
+            Op::StatFs,
+            Op::GetXattr {
+                path: path.clone(),
+                name: b"user.a".to_vec(),
+            },
+            Op::ListXattr { path: path.clone() },
+            Op::SetLock {
+                handle: 1,
+                owner: 1,
+                kind: LockKind::Flock,
+                lock,
+            },
+            Op::GetLock {
+                handle: 1,
+                owner: 1,
+                lock,
+            },
+            Op::ReleaseLocks {
+                handle: 1,
+                owner: 1,
+            },
+        ];
+        for op in &reads {
+            assert!(!is_mutation(op), "{op:?}");
+        }
+        let changes = [
+            open(libc::O_WRONLY),
+            open(libc::O_RDWR),
+            open(libc::O_RDONLY | libc::O_TRUNC),
+            Op::Create {
+                path: path.clone(),
+                flags: libc::O_RDONLY,
+                mode: 0o644,
+                owner: None,
+            },
+            Op::Write {
+                handle: 1,
+                offset: 0,
+                data: Vec::new(),
+            },
+            Op::SetAttr {
+                path: path.clone(),
+                handle: None,
+                changes: AttrChanges::default(),
+            },
+            Op::Mkdir {
+                path: path.clone(),
+                mode: 0o755,
+                owner: None,
+            },
+            Op::Mknod {
+                path: path.clone(),
+                mode: libc::S_IFIFO | 0o644,
+                rdev: 0,
+                owner: None,
+            },
+            Op::Symlink {
+                path: path.clone(),
+                target: b"t".to_vec(),
+                owner: None,
+            },
+            Op::Link {
+                existing: path.clone(),
+                path: path.clone(),
+            },
+            Op::Unlink { path: path.clone() },
+            Op::Rmdir { path: path.clone() },
+            Op::Rename {
+                from: path.clone(),
+                to: path.clone(),
+                flags: 0,
+            },
+            Op::SetXattr {
+                path: path.clone(),
+                name: b"user.a".to_vec(),
+                value: Vec::new(),
+                flags: 0,
+            },
+            Op::RemoveXattr {
+                path: path.clone(),
+                name: b"user.a".to_vec(),
+            },
+            Op::Fallocate {
+                handle: 1,
+                offset: 0,
+                len: 1,
+                mode: 0,
+            },
+            Op::CopyFileRange {
+                handle_in: 1,
+                offset_in: 0,
+                handle_out: 2,
+                offset_out: 0,
+                len: 1,
+            },
+        ];
+        for op in &changes {
+            assert!(is_mutation(op), "{op:?}");
+        }
+        let mut kinds: Vec<&str> = reads.iter().chain(&changes).map(Op::name).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        assert_eq!(kinds.len(), 27, "every kind of Op is classified: {kinds:?}");
     }
 }

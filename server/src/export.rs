@@ -25,24 +25,23 @@
 //!   opening one would reach the server's own driver or block on a FIFO.
 
 mod locks;
+mod open_file;
 mod sys;
 mod xattr;
 
 #[cfg(test)]
 mod tests;
 
-pub use locks::LockTable;
+pub(crate) use locks::LockTable;
+pub use open_file::OpenFile;
 
 use ferry_common::proto::{AttrChanges, DirEntry, Owner, SetTime};
 use ferry_common::{Attr, Errno, RelPath, StatFs};
 use std::ffi::CString;
-use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use sys::{attr_from_stat, is_kind, Time};
 
@@ -102,27 +101,19 @@ impl ExportRoot {
                 format!("cannot export {shown}: the path contains a NUL byte"),
             )
         })?;
-        // SAFETY: a valid C string; O_PATH opens nothing but a reference.
-        let fd = unsafe {
-            libc::open(
-                c_path.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            let err = io::Error::last_os_error();
-            let why = match err.raw_os_error() {
-                Some(libc::ENOTDIR) => "it is not a directory".to_string(),
-                Some(libc::ENOENT) => "no such directory".to_string(),
-                _ => err.to_string(),
+        // O_PATH opens nothing but a reference; the path is the operator's own,
+        // not a client's, so it may go through symlinks.
+        let root = sys::open(&c_path, libc::O_PATH | libc::O_DIRECTORY).map_err(|e| {
+            let why = match e.code() {
+                libc::ENOTDIR => "it is not a directory".to_string(),
+                libc::ENOENT => "no such directory".to_string(),
+                _ => e.to_string(),
             };
-            return Err(io::Error::new(
-                err.kind(),
+            io::Error::new(
+                io::Error::from(e).kind(),
                 format!("cannot export {shown}: {why}"),
-            ));
-        }
-        // SAFETY: a new descriptor nothing else owns.
-        let root = unsafe { OwnedFd::from_raw_fd(fd) };
+            )
+        })?;
         if let Err(e) = sys::openat2(root.as_fd(), c".", libc::O_PATH | libc::O_DIRECTORY, 0) {
             let why = if e.code() == libc::ENOSYS {
                 "this kernel lacks openat2(2), which ferry needs to keep clients inside \
@@ -139,8 +130,7 @@ impl ExportRoot {
         Ok(ExportRoot {
             root,
             path: path.to_path_buf(),
-            // SAFETY: geteuid cannot fail.
-            chown_new_nodes: unsafe { libc::geteuid() } == 0,
+            chown_new_nodes: sys::geteuid() == 0,
         })
     }
 
@@ -513,229 +503,6 @@ fn time(t: Option<SetTime>) -> Time {
         None => Time::Omit,
         Some(SetTime::Now) => Time::Now,
         Some(SetTime::At(ts)) => Time::At(ts),
-    }
-}
-
-/// An open regular file or directory of the export, read and written at offsets
-/// (`pread`/`pwrite`), so many requests can use it at once.
-#[derive(Debug)]
-pub struct OpenFile {
-    file: File,
-    /// Where the next read starts if the client reads sequentially.
-    next_read: AtomicU64,
-}
-
-/// How far ahead of a sequential reader the disk is asked to read.
-const READ_AHEAD: i64 = 8 << 20;
-
-impl OpenFile {
-    fn new(fd: OwnedFd) -> OpenFile {
-        OpenFile {
-            file: File::from(fd),
-            next_read: AtomicU64::new(0),
-        }
-    }
-
-    /// A client reading sequentially keeps several chunks in flight, which the
-    /// server reads on several threads at once; the kernel's readahead then sees
-    /// offsets out of order and reads in small pieces. So the disk is asked
-    /// outright for what follows a sequential read.
-    fn read_ahead(&self, offset: u64, len: usize) {
-        let end = offset.saturating_add(len as u64);
-        if self.next_read.swap(end, Ordering::Relaxed) != offset {
-            return;
-        }
-        let Ok(from) = libc::off_t::try_from(end) else {
-            return;
-        };
-        // SAFETY: an advisory call on a valid descriptor; failure is harmless.
-        unsafe {
-            libc::posix_fadvise(
-                self.file.as_raw_fd(),
-                from,
-                READ_AHEAD,
-                libc::POSIX_FADV_WILLNEED,
-            );
-        }
-    }
-
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
-    }
-
-    /// `fstat`: the file may have been unlinked since it was opened.
-    pub fn attr(&self) -> Result<Attr, Errno> {
-        Ok(attr_from_stat(&sys::fstat(self.file.as_fd())?))
-    }
-
-    /// Up to `len` bytes at `offset`; fewer only at the end of the file.
-    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, Errno> {
-        self.read_ahead(offset, len);
-        // Read into uninitialised capacity: zeroing the buffer first would cost
-        // as much as the copy out of the page cache.
-        let mut buf: Vec<u8> = Vec::with_capacity(len);
-        while buf.len() < len {
-            let got = buf.len();
-            let at = offset.checked_add(got as u64).ok_or(Errno::EINVAL)?;
-            let at = libc::off_t::try_from(at).map_err(|_| Errno::EINVAL)?;
-            let spare = buf.spare_capacity_mut();
-            // SAFETY: `spare` is writable memory of at least `len - got` bytes
-            // owned by `buf`; pread writes at most that many.
-            let n = unsafe {
-                libc::pread(
-                    self.file.as_raw_fd(),
-                    spare.as_mut_ptr().cast(),
-                    len - got,
-                    at,
-                )
-            };
-            match n {
-                0 => break,
-                n if n > 0 => {
-                    // SAFETY: pread initialised `n` more bytes after `got`.
-                    unsafe { buf.set_len(got + n as usize) }
-                }
-                _ => {
-                    let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(e.into());
-                    }
-                }
-            }
-        }
-        Ok(buf)
-    }
-
-    /// Writes all of `data` at `offset` and returns its length; if the disk fails
-    /// part way, the count written so far (as `pwrite` would), or the error if
-    /// nothing was written.
-    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<usize, Errno> {
-        let mut done = 0;
-        while done < data.len() {
-            let at = offset.checked_add(done as u64).ok_or(Errno::EINVAL)?;
-            match self.file.write_at(&data[done..], at) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if done == 0 => return Err(e.into()),
-                Err(_) => break,
-            }
-        }
-        if done == 0 && !data.is_empty() {
-            return Err(Errno::EIO);
-        }
-        Ok(done)
-    }
-
-    /// `fsync`, or `fdatasync` when `data_only`.
-    pub fn sync(&self, data_only: bool) -> Result<(), Errno> {
-        let result = if data_only {
-            self.file.sync_data()
-        } else {
-            self.file.sync_all()
-        };
-        result.map_err(Errno::from)
-    }
-
-    /// `fallocate(2)` with `mode` 0 (allocate, growing the file),
-    /// `FALLOC_FL_KEEP_SIZE`, `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE` or
-    /// `FALLOC_FL_ZERO_RANGE` (the modes FUSE passes on); others are EOPNOTSUPP.
-    pub fn allocate(&self, mode: i32, offset: u64, len: u64) -> Result<(), Errno> {
-        const MODES: i32 =
-            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
-        if mode & !MODES != 0 {
-            return Err(Errno::ENOTSUP);
-        }
-        sys::fallocate(self.file.as_fd(), mode, offset, len)
-    }
-
-    /// Copies up to `len` bytes from this file at `offset_in` to `out` at
-    /// `offset_out`, on the server: with `copy_file_range(2)` (which may share
-    /// or offload the blocks), or by reading and writing here when the two files'
-    /// file systems cannot. Returns the bytes copied; fewer than `len` only at the
-    /// end of this file or when the output fails part way.
-    pub fn copy_to(
-        &self,
-        offset_in: u64,
-        out: &OpenFile,
-        offset_out: u64,
-        len: u64,
-    ) -> Result<u64, Errno> {
-        let (fd_in, fd_out) = (self.file.as_fd(), out.file.as_fd());
-        let mut done = 0u64;
-        while done < len {
-            let at_in = offset_in.checked_add(done).ok_or(Errno::EINVAL)?;
-            let at_out = offset_out.checked_add(done).ok_or(Errno::EINVAL)?;
-            match sys::copy_file_range(fd_in, at_in, fd_out, at_out, len - done) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e)
-                    if done == 0
-                        && [libc::EXDEV, libc::EOPNOTSUPP, libc::ENOSYS].contains(&e.code()) =>
-                {
-                    return self.copy_by_reading(offset_in, out, offset_out, len);
-                }
-                Err(e) if done == 0 => return Err(e),
-                Err(_) => break,
-            }
-        }
-        Ok(done)
-    }
-
-    /// [`Self::copy_to`] for files `copy_file_range(2)` cannot join: chunk by chunk.
-    fn copy_by_reading(
-        &self,
-        offset_in: u64,
-        out: &OpenFile,
-        offset_out: u64,
-        len: u64,
-    ) -> Result<u64, Errno> {
-        let mut done = 0u64;
-        while done < len {
-            let chunk = (len - done).min(u64::from(ferry_common::frame::MAX_CHUNK)) as usize;
-            let at_in = offset_in.checked_add(done).ok_or(Errno::EINVAL)?;
-            let data = match self.read_at(at_in, chunk) {
-                Ok(d) => d,
-                Err(e) if done == 0 => return Err(e),
-                Err(_) => break,
-            };
-            if data.is_empty() {
-                break;
-            }
-            let at_out = offset_out.checked_add(done).ok_or(Errno::EINVAL)?;
-            let written = match out.write_at(at_out, &data) {
-                Ok(n) => n,
-                Err(e) if done == 0 => return Err(e),
-                Err(_) => break,
-            };
-            done += written as u64;
-            if written < data.len() || data.len() < chunk {
-                break;
-            }
-        }
-        Ok(done)
-    }
-
-    /// [`ExportRoot::set_attr`] through the open file, which may be unlinked.
-    /// Truncation needs the file open for writing.
-    pub fn set_attr(&self, changes: &AttrChanges) -> Result<Attr, Errno> {
-        let fd = self.file.as_fd();
-        if changes.uid.is_some() || changes.gid.is_some() {
-            sys::chown_fd(fd, changes.uid, changes.gid)?;
-        }
-        if let Some(mode) = changes.mode {
-            sys::fchmod(fd, mode)?;
-        }
-        if let Some(size) = changes.size {
-            sys::ftruncate(fd, size)?;
-        }
-        if changes.kill_suidgid {
-            kill_suidgid(fd)?;
-        }
-        if changes.atime.is_some() || changes.mtime.is_some() {
-            sys::futimens(fd, &time(changes.atime), &time(changes.mtime))?;
-        }
-        self.attr()
     }
 }
 

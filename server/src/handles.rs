@@ -7,18 +7,19 @@
 //! last user lets go. Dropping the table (the connection ended) closes them all.
 
 use crate::export::OpenFile;
+use ferry_common::sync::lock;
 use ferry_common::Errno;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// How many files one connection may hold open; beyond it `Open` answers EMFILE,
 /// so one client cannot take all of the server's descriptors.
-pub const MAX_OPEN_FILES: usize = 16_384;
+pub(crate) const MAX_OPEN_FILES: usize = 16_384;
 
 #[derive(Debug, Default)]
-pub struct HandleTable {
+pub(crate) struct HandleTable {
     // A std mutex, not tokio's: it is held for a map operation only, never across
-    // an await, and the callers are blocking-pool threads.
+    // an await, so the reader task may take it as well as blocking-pool threads.
     inner: Mutex<Inner>,
 }
 
@@ -29,21 +30,13 @@ struct Inner {
 }
 
 impl HandleTable {
-    pub fn new() -> HandleTable {
+    pub(crate) fn new() -> HandleTable {
         HandleTable::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave the map half-changed, so a
-        // poisoned lock is still good to use.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Stores `file` and returns its new handle.
-    pub fn insert(&self, file: OpenFile) -> Result<u64, Errno> {
-        let mut inner = self.lock();
+    pub(crate) fn insert(&self, file: OpenFile) -> Result<u64, Errno> {
+        let mut inner = lock(&self.inner);
         if inner.files.len() >= MAX_OPEN_FILES {
             return Err(Errno::new(libc::EMFILE));
         }
@@ -53,13 +46,20 @@ impl HandleTable {
         Ok(handle)
     }
 
-    pub fn get(&self, handle: u64) -> Result<Arc<OpenFile>, Errno> {
-        self.lock().files.get(&handle).cloned().ok_or(Errno::EBADF)
+    pub(crate) fn get(&self, handle: u64) -> Result<Arc<OpenFile>, Errno> {
+        lock(&self.inner)
+            .files
+            .get(&handle)
+            .cloned()
+            .ok_or(Errno::EBADF)
     }
 
     /// Forgets `handle`; the file closes once no request still uses it.
-    pub fn remove(&self, handle: u64) -> Result<(), Errno> {
-        let file = self.lock().files.remove(&handle).ok_or(Errno::EBADF)?;
+    pub(crate) fn remove(&self, handle: u64) -> Result<(), Errno> {
+        let file = lock(&self.inner)
+            .files
+            .remove(&handle)
+            .ok_or(Errno::EBADF)?;
         // Dropped outside the lock: the close(2) it may trigger can take a while.
         drop(file);
         Ok(())

@@ -2,26 +2,38 @@
 //!
 //! A tour of the modules:
 //!
-//! - [`export`]: [`ExportRoot`], the confined view of the exported directory and
-//!   the server's storage interface. Every file system call lives there, as plain
-//!   methods returning `Result<T, Errno>`; nothing outside the root is reachable
-//!   (`openat2` with `RESOLVE_BENEATH`, no symlink ever followed).
+//! - `export`: [`ExportRoot`], the confined view of the exported directory and
+//!   the server's storage interface, and [`OpenFile`], what a handle stands for.
+//!   Every file system call lives there, as plain methods returning
+//!   `Result<T, Errno>`; nothing outside the root is reachable (`openat2` with
+//!   `RESOLVE_BENEATH`, no symlink ever followed). Its raw system calls are all
+//!   in `export::sys`.
 //! - `handles`: one connection's open files, by handle number.
 //! - `dispatch`: turns each protocol operation into an export call and its reply;
 //!   a read-only export answers every mutation with EROFS.
-//! - `connection`: one client: the handshake, a reader that starts every request
-//!   on the blocking pool, and a single writer that batches the replies.
+//! - `schedule`: where each request runs (on the connection's reader, or on the
+//!   blocking pool) and whether it waits for earlier requests on its handle.
+//! - `sequencer`: the per-handle queues that keep those requests in order.
+//! - `connection`: one client: the handshake, a reader that runs each request
+//!   where `schedule` says, and a single writer that batches the replies.
+//! - `sys`: the few system calls outside the export (descriptor limit, socket
+//!   options).
 //! - this file: [`Server`], which accepts connections up to a limit and stops
 //!   gracefully, and [`spawn_test_server`] for tests.
 //!
 //! The wire format itself belongs to `ferry_common`.
 
+#![warn(unreachable_pub)]
+
 mod connection;
 mod dispatch;
-pub mod export;
+mod export;
 mod handles;
+mod schedule;
 mod sequencer;
+mod sys;
 
+pub use dispatch::MAX_COPY;
 pub use export::{ExportRoot, OpenFile};
 
 use std::future::Future;
@@ -207,25 +219,12 @@ async fn accept_failed(e: io::Error) -> io::Result<()> {
 /// Each open file of each client is a descriptor; lift the soft limit to the
 /// hard one, as the default of 1024 is easily reached by a few busy clients.
 fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid out-pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+    let Ok((soft, hard)) = sys::open_file_limit() else {
         return;
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: a valid pointer; failing leaves the old limit in place.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            log::debug!(
-                "cannot raise the open file limit: {}",
-                io::Error::last_os_error()
-            );
+    };
+    if soft < hard {
+        if let Err(e) = sys::set_open_file_limit(hard, hard) {
+            log::debug!("cannot raise the open file limit: {e}");
         }
     }
 }

@@ -2,69 +2,44 @@
 //! another, in the order they arrived.
 //!
 //! The server works on a connection's requests concurrently, which is what lets a
-//! quick stat overtake a slow read. But a client that does not wait for each write
-//! before sending the next (write-behind) relies on the writes, and the setattr
-//! that follows them (tar sets a file's times after writing it), reaching the file
-//! in the order it sent them: two overlapping writes, or a write and a later
-//! `futimens`, give a different file when swapped. So requests that change an open
-//! file (see [`ordering_key`]) queue per handle, while everything else, reads
-//! included, still runs at once.
+//! quick stat overtake a slow read. But two overlapping writes, or a write and a
+//! later `futimens`, give a different file when swapped, and a write-behind client
+//! sends them without waiting for each answer. So requests that change an open
+//! file queue per handle (which requests, and why, is in [`crate::schedule`]),
+//! while everything else, reads included, still runs at once.
 
-use ferry_common::proto::Op;
+use ferry_common::sync::lock;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 type Job = Box<dyn FnOnce() + Send>;
-
-/// The handle whose queue `op` must wait in, if any.
-pub fn ordering_key(op: &Op) -> Option<u64> {
-    match op {
-        Op::Write { handle, .. }
-        | Op::Fsync { handle, .. }
-        | Op::Close { handle }
-        | Op::Fallocate { handle, .. }
-        | Op::CopyFileRange {
-            handle_out: handle, ..
-        }
-        | Op::SetAttr {
-            handle: Some(handle),
-            ..
-        } => Some(*handle),
-        _ => None,
-    }
-}
 
 /// The queues of one connection. A queue exists while a worker is draining it; the
 /// worker is a task on tokio's blocking pool that runs the queued jobs one by one
 /// and removes the queue when it finds it empty.
 #[derive(Default)]
-pub struct Sequencer {
+pub(crate) struct Sequencer {
     // A std mutex: held for a queue operation only, never across a job or an await.
     queues: Mutex<HashMap<u64, VecDeque<Job>>>,
 }
 
 impl Sequencer {
-    pub fn new() -> Sequencer {
+    pub(crate) fn new() -> Sequencer {
         Sequencer::default()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, VecDeque<Job>>> {
-        // Queue operations cannot be interrupted half-way, so poisoning is ignored.
-        self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether nothing is queued or running under `key`. Only the caller of
     /// [`run`](Self::run) adds work, so the answer holds until it adds some.
-    pub fn is_idle(&self, key: u64) -> bool {
-        !self.lock().contains_key(&key)
+    pub(crate) fn is_idle(&self, key: u64) -> bool {
+        !lock(&self.queues).contains_key(&key)
     }
 
     /// Runs `job` after every job queued before it under `key`. Must be called
     /// within a tokio runtime.
-    pub fn run(self: &Arc<Self>, key: u64, job: impl FnOnce() + Send + 'static) {
+    pub(crate) fn run(self: &Arc<Self>, key: u64, job: impl FnOnce() + Send + 'static) {
         let job: Job = Box::new(job);
         {
-            let mut queues = self.lock();
+            let mut queues = lock(&self.queues);
             if let Some(queue) = queues.get_mut(&key) {
                 // A worker is draining this key and will get to it.
                 queue.push_back(job);
@@ -80,7 +55,7 @@ impl Sequencer {
         let mut job = first;
         loop {
             job();
-            let mut queues = self.lock();
+            let mut queues = lock(&self.queues);
             match queues.get_mut(&key).and_then(VecDeque::pop_front) {
                 Some(next) => job = next,
                 None => {
@@ -95,31 +70,8 @@ impl Sequencer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_common::RelPath;
     use std::sync::mpsc;
     use std::time::Duration;
-
-    #[test]
-    fn only_changes_to_open_files_are_ordered() {
-        let write = Op::Write {
-            handle: 3,
-            offset: 0,
-            data: vec![1],
-        };
-        assert_eq!(ordering_key(&write), Some(3));
-        let read = Op::Read {
-            handle: 3,
-            offset: 0,
-            len: 1,
-        };
-        assert_eq!(ordering_key(&read), None);
-        let by_path = Op::SetAttr {
-            path: RelPath::root(),
-            handle: None,
-            changes: Default::default(),
-        };
-        assert_eq!(ordering_key(&by_path), None);
-    }
 
     #[test]
     fn jobs_of_one_key_run_in_order_and_keys_run_apart() {
@@ -159,7 +111,7 @@ mod tests {
         assert_eq!(ones, (0..50).collect::<Vec<_>>());
         // The workers remove their queues just after their last job.
         for _ in 0..500 {
-            if seq.lock().is_empty() {
+            if lock(&seq.queues).is_empty() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));

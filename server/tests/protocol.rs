@@ -1,12 +1,12 @@
 //! The server over a real TCP connection: the handshake, hostile input,
 //! pipelining, read-only exports and confinement, byte for byte as a client sends them.
 
-use ferry_common::frame::{self, MAX_CHUNK, MAX_COPY, MAX_FRAME};
+use ferry_common::frame::{self, MAX_CHUNK, MAX_FRAME};
 use ferry_common::proto::{
     AttrChanges, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, PROTOCOL_VERSION,
 };
 use ferry_common::{Errno, FileKind, RelPath};
-use ferry_server::{spawn_test_server, ServerHandle};
+use ferry_server::{spawn_test_server, ServerHandle, MAX_COPY};
 use std::collections::HashMap;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};

@@ -16,7 +16,7 @@ fn welcome() -> Welcome {
         version: PROTOCOL_VERSION,
         max_chunk: frame::MAX_CHUNK,
         read_only: false,
-        capabilities: 0,
+        features: 0,
         root: Attr::blank(FileKind::Directory),
     }
 }

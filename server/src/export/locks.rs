@@ -16,8 +16,9 @@
 //!   from the client's flush) or the connection ends (the table is dropped).
 //!
 //! Nothing here waits for a lock: a conflict answers EAGAIN and the client asks
-//! again. A blocked request would hold a blocking-pool thread and keep a dead
-//! connection's session (and so its locks) alive.
+//! again. Lock requests run on the connection's reader (see `crate::schedule`),
+//! so a blocked one would stall every request behind it, and it would keep a
+//! dead connection's session (and so its locks) alive.
 //!
 //! Limits: the owner's descriptor is opened for reading and writing when the
 //! server may, else with the access mode of the handle it was first reached
@@ -25,38 +26,35 @@
 //! opened for writing later then fails with EBADF. `F_GETLK` cannot name the
 //! process holding a lock elsewhere and reports pid 0.
 
-use super::{sys, OpenFile};
+use super::sys::{self, RangeLock};
+use super::OpenFile;
 use ferry_common::proto::{FileLock, LockKind, LockType, LOCK_TO_EOF};
+use ferry_common::sync;
 use ferry_common::Errno;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// How many (file, owner) descriptors one connection may hold; beyond it locking
 /// answers ENOLCK.
-pub const MAX_LOCK_OWNERS: usize = 4096;
+pub(super) const MAX_LOCK_OWNERS: usize = 4096;
 
 /// A file as the kernel knows it: device and inode.
 type FileId = (u64, u64);
 
 /// The POSIX lock descriptors of one connection, by file and lock owner.
 #[derive(Debug, Default)]
-pub struct LockTable {
+pub(crate) struct LockTable {
     owners: Mutex<HashMap<(FileId, u64), Arc<OwnedFd>>>,
 }
 
 impl LockTable {
-    pub fn new() -> LockTable {
+    pub(crate) fn new() -> LockTable {
         LockTable::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<(FileId, u64), Arc<OwnedFd>>> {
-        // Each critical section is one map operation; a poisoned map is still whole.
-        self.owners.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Takes, changes or drops a lock without waiting: EAGAIN on a conflict.
-    pub fn set(
+    pub(crate) fn set(
         &self,
         file: &OpenFile,
         owner: u64,
@@ -69,7 +67,7 @@ impl LockTable {
                 let key = (file_id(file.fd())?, owner);
                 let fd = match lock.typ {
                     // Nothing held, nothing to drop.
-                    LockType::Unlock => match self.lock().get(&key) {
+                    LockType::Unlock => match sync::lock(&self.owners).get(&key) {
                         Some(fd) => fd.clone(),
                         None => return Ok(()),
                     },
@@ -81,14 +79,14 @@ impl LockTable {
     }
 
     /// The first lock of another owner that conflicts with `lock`.
-    pub fn test(
+    pub(crate) fn test(
         &self,
         file: &OpenFile,
         owner: u64,
         lock: FileLock,
     ) -> Result<Option<FileLock>, Errno> {
         let key = (file_id(file.fd())?, owner);
-        let own = self.lock().get(&key).cloned();
+        let own = sync::lock(&self.owners).get(&key).cloned();
         // Without locks of its own the owner may test through the handle's
         // descriptor, which carries no POSIX locks.
         match own {
@@ -98,9 +96,9 @@ impl LockTable {
     }
 
     /// Drops all of `owner`'s POSIX locks on the file behind `file`.
-    pub fn release(&self, file: &OpenFile, owner: u64) -> Result<(), Errno> {
+    pub(crate) fn release(&self, file: &OpenFile, owner: u64) -> Result<(), Errno> {
         let key = (file_id(file.fd())?, owner);
-        let fd = self.lock().remove(&key);
+        let fd = sync::lock(&self.owners).remove(&key);
         // Closing the owner's descriptor ends its open file description and with
         // it every lock taken there; done outside the table's lock.
         drop(fd);
@@ -109,11 +107,11 @@ impl LockTable {
 
     /// The descriptor holding `key`'s locks, opened on first use.
     fn owner_fd(&self, key: (FileId, u64), file: &OpenFile) -> Result<Arc<OwnedFd>, Errno> {
-        if let Some(fd) = self.lock().get(&key) {
+        if let Some(fd) = sync::lock(&self.owners).get(&key) {
             return Ok(fd.clone());
         }
         let fresh = Arc::new(reopen(file.fd())?);
-        let mut owners = self.lock();
+        let mut owners = sync::lock(&self.owners);
         // Another request of the same owner may have opened one meanwhile.
         if let Some(fd) = owners.get(&key) {
             return Ok(fd.clone());
@@ -137,12 +135,7 @@ fn file_id(fd: BorrowedFd<'_>) -> Result<FileId, Errno> {
 /// else `fd`'s own access mode.
 fn reopen(fd: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
     let path = sys::cstring(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes())?;
-    // SAFETY: plain integers.
-    let status = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    if status < 0 {
-        return Err(Errno::last());
-    }
-    let own_mode = status & libc::O_ACCMODE;
+    let own_mode = sys::status_flags(fd)? & libc::O_ACCMODE;
     let st = sys::fstat(fd)?;
     let mut modes = vec![own_mode];
     if sys::is_kind(&st, libc::S_IFREG) && own_mode != libc::O_RDWR {
@@ -150,97 +143,68 @@ fn reopen(fd: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
     }
     let mut last = Errno::EBADF;
     for mode in modes {
-        // SAFETY: a valid C string. Only regular files and directories are ever
-        // handles, so opening cannot block; O_NONBLOCK guards that anyway.
-        let ret = unsafe {
-            libc::open(
-                path.as_ptr(),
-                mode | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK,
-            )
-        };
-        if ret >= 0 {
-            // SAFETY: a new descriptor nothing else owns.
-            return Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(ret) });
+        // Only regular files and directories are ever handles, so opening cannot
+        // block; O_NONBLOCK guards that anyway.
+        match sys::open(&path, mode | libc::O_NOCTTY | libc::O_NONBLOCK) {
+            Ok(fd) => return Ok(fd),
+            Err(e) => last = e,
         }
-        last = Errno::last();
     }
     Err(last)
 }
 
 fn flock(fd: BorrowedFd<'_>, typ: LockType) -> Result<(), Errno> {
-    let op = match typ {
+    let operation = match typ {
         LockType::Read => libc::LOCK_SH | libc::LOCK_NB,
         LockType::Write => libc::LOCK_EX | libc::LOCK_NB,
         LockType::Unlock => libc::LOCK_UN,
     };
-    loop {
-        // SAFETY: plain integers.
-        if unsafe { libc::flock(fd.as_raw_fd(), op) } == 0 {
-            return Ok(());
-        }
-        match Errno::last().code() {
-            libc::EINTR => continue,
-            // EWOULDBLOCK is EAGAIN on Linux.
-            code => return Err(Errno::new(code)),
-        }
-    }
+    // A conflict is EWOULDBLOCK, which is EAGAIN on Linux.
+    sys::flock(fd, operation)
 }
 
-fn to_flock(lock: &FileLock) -> Result<libc::flock, Errno> {
-    // SAFETY: plain data; all-zero is valid (and l_pid must be 0 for OFD locks).
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = match lock.typ {
-        LockType::Read => libc::F_RDLCK,
-        LockType::Write => libc::F_WRLCK,
-        LockType::Unlock => libc::F_UNLCK,
-    } as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
+fn to_range(lock: &FileLock) -> Result<RangeLock, Errno> {
     if lock.start > LOCK_TO_EOF || lock.end < lock.start {
         return Err(Errno::EINVAL);
     }
-    fl.l_start = lock.start as libc::off_t;
-    // Length 0 locks to the end of the file, however long it grows.
-    fl.l_len = if lock.end >= LOCK_TO_EOF {
-        0
-    } else {
-        (lock.end - lock.start + 1) as libc::off_t
+    let typ = match lock.typ {
+        LockType::Read => libc::F_RDLCK,
+        LockType::Write => libc::F_WRLCK,
+        LockType::Unlock => libc::F_UNLCK,
     };
-    Ok(fl)
+    Ok(RangeLock {
+        typ,
+        start: lock.start as libc::off_t,
+        // Length 0 locks to the end of the file, however long it grows.
+        len: if lock.end >= LOCK_TO_EOF {
+            0
+        } else {
+            (lock.end - lock.start + 1) as libc::off_t
+        },
+    })
 }
 
 fn ofd_setlk(fd: BorrowedFd<'_>, lock: &FileLock) -> Result<(), Errno> {
-    let fl = to_flock(lock)?;
-    loop {
-        // SAFETY: a valid flock structure for the duration of the call.
-        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) } == 0 {
-            return Ok(());
-        }
-        match Errno::last().code() {
-            libc::EINTR => continue,
-            // POSIX lets F_SETLK say EACCES for a conflict; clients expect EAGAIN.
-            libc::EACCES | libc::EAGAIN => return Err(Errno::new(libc::EAGAIN)),
-            code => return Err(Errno::new(code)),
-        }
+    match sys::ofd_setlk(fd, to_range(lock)?) {
+        // POSIX lets F_SETLK say EACCES for a conflict; clients expect EAGAIN.
+        Err(e) if e.code() == libc::EACCES => Err(Errno::new(libc::EAGAIN)),
+        other => other,
     }
 }
 
 fn ofd_getlk(fd: BorrowedFd<'_>, lock: &FileLock) -> Result<Option<FileLock>, Errno> {
-    let mut fl = to_flock(lock)?;
-    // SAFETY: a valid flock structure for the duration of the call.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) } != 0 {
-        return Err(Errno::last());
-    }
-    let typ = match i32::from(fl.l_type) {
+    let found = sys::ofd_getlk(fd, to_range(lock)?)?;
+    let typ = match found.typ {
         libc::F_UNLCK => return Ok(None),
         libc::F_RDLCK => LockType::Read,
         _ => LockType::Write,
     };
     #[allow(clippy::unnecessary_cast)]
-    let start = (fl.l_start as i64).max(0) as u64;
-    let end = if fl.l_len <= 0 {
+    let start = (found.start as i64).max(0) as u64;
+    let end = if found.len <= 0 {
         LOCK_TO_EOF
     } else {
-        start.saturating_add(fl.l_len as u64 - 1).min(LOCK_TO_EOF)
+        start.saturating_add(found.len as u64 - 1).min(LOCK_TO_EOF)
     };
     Ok(Some(FileLock { typ, start, end }))
 }

@@ -1,8 +1,13 @@
-//! Thin, safe wrappers around the `*at` system calls the export uses.
+//! Every system call the export makes, as a thin, safe wrapper.
 //!
-//! Every wrapper takes a directory descriptor and a single, already-checked name
-//! (or a descriptor alone) and never follows a symlink; the confinement rules
-//! themselves live in the parent module. Failures are the call's errno.
+//! This is the only place in the export with `unsafe`: each wrapper checks what
+//! the kernel needs (a NUL-terminated name, a buffer of the length passed, an
+//! out-pointer filled only on success) and says so in a SAFETY comment. The
+//! path-taking wrappers take a directory descriptor and a single, already-checked
+//! name (or a descriptor alone) and never follow a symlink; the confinement rules
+//! themselves live in the parent module. Failures are the call's errno; the
+//! wrappers of calls that can take long (`openat2`, `pread`, `fallocate`,
+//! `copy_file_range`, `flock`, `F_OFD_SETLK`) retry when a signal interrupts them.
 
 use ferry_common::{Attr, Errno, FileKind, Timestamp};
 use std::ffi::{CStr, CString, OsStr};
@@ -38,16 +43,31 @@ fn cvt_long(ret: libc::c_long) -> Result<libc::c_long, Errno> {
 
 /// A name or relative path as a C string; a NUL inside is EINVAL (the path checks
 /// refuse it earlier, this is the last fence).
-pub fn cstring(bytes: &[u8]) -> Result<CString, Errno> {
+pub(super) fn cstring(bytes: &[u8]) -> Result<CString, Errno> {
     CString::new(bytes).map_err(|_| Errno::EINVAL)
 }
 
-pub fn cstring_os(name: &OsStr) -> Result<CString, Errno> {
+pub(super) fn cstring_os(name: &OsStr) -> Result<CString, Errno> {
     cstring(name.as_bytes())
 }
 
+/// `open(path, flags)` with `O_CLOEXEC` added: unconfined, and following
+/// symlinks, so only for paths the server chose itself (the export root given to
+/// it, a `/proc/self/fd` link), never for a client's.
+pub(super) fn open(path: &CStr, flags: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: `path` is NUL-terminated; without O_CREAT no mode is read.
+    let fd = cvt(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// `openat2(dir, path, flags, mode)` confined by [`RESOLVE`]. `O_CLOEXEC` is always added.
-pub fn openat2(dir: BorrowedFd<'_>, path: &CStr, flags: i32, mode: u32) -> Result<OwnedFd, Errno> {
+pub(super) fn openat2(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    flags: i32,
+    mode: u32,
+) -> Result<OwnedFd, Errno> {
     let flags = flags | libc::O_CLOEXEC;
     // SAFETY: open_how is plain data; all-zero is a valid value.
     let mut how: libc::open_how = unsafe { mem::zeroed() };
@@ -87,7 +107,7 @@ pub fn openat2(dir: BorrowedFd<'_>, path: &CStr, flags: i32, mode: u32) -> Resul
     }
 }
 
-pub fn fstat(fd: BorrowedFd<'_>) -> Result<libc::stat, Errno> {
+pub(super) fn fstat(fd: BorrowedFd<'_>) -> Result<libc::stat, Errno> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `st` is a valid out-pointer for one `struct stat`.
     cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
@@ -96,7 +116,7 @@ pub fn fstat(fd: BorrowedFd<'_>) -> Result<libc::stat, Errno> {
 }
 
 /// `lstat` of `name` in `dir`.
-pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> Result<libc::stat, Errno> {
+pub(super) fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> Result<libc::stat, Errno> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: valid C string and out-pointer.
     cvt(unsafe {
@@ -111,7 +131,7 @@ pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> Result<libc::stat, Errno> {
     Ok(unsafe { st.assume_init() })
 }
 
-pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<(), Errno> {
+pub(super) fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<(), Errno> {
     // SAFETY: valid C string.
     cvt(unsafe {
         libc::mkdirat(
@@ -123,7 +143,7 @@ pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<(), Errno>
     Ok(())
 }
 
-pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> Result<(), Errno> {
+pub(super) fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> Result<(), Errno> {
     // SAFETY: valid C string.
     cvt(unsafe {
         libc::mknodat(
@@ -136,14 +156,14 @@ pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> Result
     Ok(())
 }
 
-pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
+pub(super) fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
     // SAFETY: valid C strings.
     cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })?;
     Ok(())
 }
 
 /// The text of the symlink `name` in `dir`, exactly as stored.
-pub fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> Result<Vec<u8>, Errno> {
+pub(super) fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> Result<Vec<u8>, Errno> {
     // Linux keeps symlink texts below PATH_MAX; grow anyway rather than truncate.
     let mut buf = vec![0u8; 1024];
     loop {
@@ -169,7 +189,7 @@ pub fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> Result<Vec<u8>, Errno> {
 }
 
 /// `linkat` with flags 0: a symlink is linked itself, never followed.
-pub fn linkat(
+pub(super) fn linkat(
     old_dir: BorrowedFd<'_>,
     old_name: &CStr,
     new_dir: BorrowedFd<'_>,
@@ -188,7 +208,7 @@ pub fn linkat(
     Ok(())
 }
 
-pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, remove_dir: bool) -> Result<(), Errno> {
+pub(super) fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, remove_dir: bool) -> Result<(), Errno> {
     let flags = if remove_dir { libc::AT_REMOVEDIR } else { 0 };
     // SAFETY: valid C string.
     cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) })?;
@@ -196,7 +216,7 @@ pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, remove_dir: bool) -> Result<()
 }
 
 /// `renameat2` through the raw system call, so that older C libraries work too.
-pub fn renameat2(
+pub(super) fn renameat2(
     old_dir: BorrowedFd<'_>,
     old_name: &CStr,
     new_dir: BorrowedFd<'_>,
@@ -219,7 +239,11 @@ pub fn renameat2(
 
 /// Changes the owner of exactly the node behind `fd` (an `O_PATH` descriptor is
 /// fine; a symlink's own owner changes). `None` leaves that id alone.
-pub fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> Result<(), Errno> {
+pub(super) fn chown_fd(
+    fd: BorrowedFd<'_>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Result<(), Errno> {
     let uid = uid.unwrap_or(u32::MAX) as libc::uid_t;
     let gid = gid.unwrap_or(u32::MAX) as libc::gid_t;
     // SAFETY: valid (empty) C string; AT_EMPTY_PATH makes the call act on `fd` itself.
@@ -230,7 +254,7 @@ pub fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> Resul
 /// Changes the mode of exactly the node behind `fd`, which may be an `O_PATH`
 /// descriptor of a FIFO or device: nothing is opened. Never call it on a symlink
 /// (the caller checks): the `/proc` fallback would follow it.
-pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> Result<(), Errno> {
+pub(super) fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> Result<(), Errno> {
     let mode = (mode & 0o7777) as libc::mode_t;
     // fchmodat2 (Linux 6.6) acts on the descriptor itself with AT_EMPTY_PATH.
     // SAFETY: valid (empty) C string.
@@ -259,7 +283,7 @@ pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> Result<(), Errno> {
 
 /// Truncates exactly the regular file behind the `O_PATH` descriptor `fd`
 /// without opening it (a FIFO would answer EINVAL, never block).
-pub fn truncate_fd(fd: BorrowedFd<'_>, size: u64) -> Result<(), Errno> {
+pub(super) fn truncate_fd(fd: BorrowedFd<'_>, size: u64) -> Result<(), Errno> {
     let size = libc::off_t::try_from(size).map_err(|_| Errno::EINVAL)?;
     let proc_path = proc_fd_path(fd)?;
     // SAFETY: valid C string.
@@ -272,7 +296,7 @@ fn proc_fd_path(fd: BorrowedFd<'_>) -> Result<CString, Errno> {
 }
 
 /// A time for `utimensat`: leave it, the clock now, or a given instant.
-pub enum Time {
+pub(super) enum Time {
     Omit,
     Now,
     At(Timestamp),
@@ -293,7 +317,7 @@ fn timespec(t: &Time) -> libc::timespec {
 }
 
 /// `utimensat` on `name` in `dir`, never following a symlink.
-pub fn utimensat(
+pub(super) fn utimensat(
     dir: BorrowedFd<'_>,
     name: &CStr,
     atime: &Time,
@@ -313,20 +337,20 @@ pub fn utimensat(
 }
 
 /// `futimens` on an open (not `O_PATH`) descriptor.
-pub fn futimens(fd: BorrowedFd<'_>, atime: &Time, mtime: &Time) -> Result<(), Errno> {
+pub(super) fn futimens(fd: BorrowedFd<'_>, atime: &Time, mtime: &Time) -> Result<(), Errno> {
     let times = [timespec(atime), timespec(mtime)];
     // SAFETY: a two-element timespec array.
     cvt(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) })?;
     Ok(())
 }
 
-pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> Result<(), Errno> {
+pub(super) fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> Result<(), Errno> {
     // SAFETY: plain integers.
     cvt(unsafe { libc::fchmod(fd.as_raw_fd(), (mode & 0o7777) as libc::mode_t) })?;
     Ok(())
 }
 
-pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> Result<(), Errno> {
+pub(super) fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> Result<(), Errno> {
     let size = libc::off_t::try_from(size).map_err(|_| Errno::EINVAL)?;
     // SAFETY: plain integers.
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size) })?;
@@ -334,14 +358,14 @@ pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> Result<(), Errno> {
 }
 
 /// Sets the file status flags (`O_APPEND`, `O_NONBLOCK`, `O_NOATIME`, ...) of an open descriptor.
-pub fn set_status_flags(fd: BorrowedFd<'_>, flags: i32) -> Result<(), Errno> {
+pub(super) fn set_status_flags(fd: BorrowedFd<'_>, flags: i32) -> Result<(), Errno> {
     // SAFETY: plain integers.
     cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) })?;
     Ok(())
 }
 
 /// `fallocate(2)`, retried when a signal interrupts it.
-pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> Result<(), Errno> {
+pub(super) fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> Result<(), Errno> {
     let offset = libc::off_t::try_from(offset).map_err(|_| Errno::new(libc::EFBIG))?;
     let len = libc::off_t::try_from(len).map_err(|_| Errno::new(libc::EFBIG))?;
     loop {
@@ -355,7 +379,7 @@ pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> Result
 
 /// One `copy_file_range(2)` call at explicit offsets (the descriptors' own
 /// offsets are neither used nor moved): the bytes copied, 0 at the end of the input.
-pub fn copy_file_range(
+pub(super) fn copy_file_range(
     fd_in: BorrowedFd<'_>,
     offset_in: u64,
     fd_out: BorrowedFd<'_>,
@@ -387,7 +411,172 @@ pub fn copy_file_range(
     }
 }
 
-pub fn fstatvfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs, Errno> {
+/// `pread(2)` of up to `max` bytes at `offset`, appended to `buf` without
+/// zeroing its spare capacity first: the count read, 0 at the end of the file.
+pub(super) fn pread_append(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    max: usize,
+    offset: u64,
+) -> Result<usize, Errno> {
+    let offset = libc::off_t::try_from(offset).map_err(|_| Errno::EINVAL)?;
+    buf.reserve(max);
+    let filled = buf.len();
+    loop {
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: `spare` is writable memory owned by `buf`, at least `max` bytes
+        // long after the reserve; pread writes at most `max` bytes into it.
+        let n = unsafe { libc::pread(fd.as_raw_fd(), spare.as_mut_ptr().cast(), max, offset) };
+        if n >= 0 {
+            let n = n as usize;
+            // SAFETY: pread initialised `n` (at most `max`) bytes after `filled`.
+            unsafe { buf.set_len(filled + n) };
+            return Ok(n);
+        }
+        let err = Errno::last();
+        if err.code() != libc::EINTR {
+            return Err(err);
+        }
+    }
+}
+
+/// Tells the kernel `len` bytes from `offset` will be read soon
+/// (`POSIX_FADV_WILLNEED`). Advice only: a failure changes nothing and is ignored.
+pub(super) fn advise_will_need(fd: BorrowedFd<'_>, offset: u64, len: u64) {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return;
+    };
+    // SAFETY: plain integers on a descriptor `fd` keeps open.
+    unsafe { libc::posix_fadvise(fd.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED) };
+}
+
+/// The file status flags and access mode of an open descriptor (`F_GETFL`).
+pub(super) fn status_flags(fd: BorrowedFd<'_>) -> Result<i32, Errno> {
+    // SAFETY: plain integers.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })
+}
+
+/// `flock(2)` with `operation` (`LOCK_SH`, `LOCK_EX`, `LOCK_UN`, with or
+/// without `LOCK_NB`).
+pub(super) fn flock(fd: BorrowedFd<'_>, operation: i32) -> Result<(), Errno> {
+    loop {
+        // SAFETY: plain integers.
+        match cvt(unsafe { libc::flock(fd.as_raw_fd(), operation) }) {
+            Err(e) if e.code() == libc::EINTR => continue,
+            other => return other.map(|_| ()),
+        }
+    }
+}
+
+/// A byte-range lock as `fcntl(2)` takes and reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct RangeLock {
+    /// `F_RDLCK`, `F_WRLCK` or `F_UNLCK`.
+    pub typ: i32,
+    pub start: libc::off_t,
+    /// 0 reaches to the end of the file, however long it grows.
+    pub len: libc::off_t,
+}
+
+impl RangeLock {
+    fn to_flock(self) -> libc::flock {
+        // SAFETY: plain data; all-zero is valid, and l_pid must be 0 for OFD locks.
+        let mut fl: libc::flock = unsafe { mem::zeroed() };
+        fl.l_type = self.typ as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl.l_start = self.start;
+        fl.l_len = self.len;
+        fl
+    }
+}
+
+/// Takes, changes or drops an open file description lock (`F_OFD_SETLK`),
+/// never waiting: EAGAIN or EACCES when another holds a conflicting lock.
+pub(super) fn ofd_setlk(fd: BorrowedFd<'_>, lock: RangeLock) -> Result<(), Errno> {
+    let fl = lock.to_flock();
+    loop {
+        // SAFETY: a valid flock structure for the duration of the call.
+        match cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) }) {
+            Err(e) if e.code() == libc::EINTR => continue,
+            other => return other.map(|_| ()),
+        }
+    }
+}
+
+/// The first lock held through another open file description that conflicts
+/// with `lock` (`F_OFD_GETLK`); its `typ` is `F_UNLCK` when there is none.
+pub(super) fn ofd_getlk(fd: BorrowedFd<'_>, lock: RangeLock) -> Result<RangeLock, Errno> {
+    let mut fl = lock.to_flock();
+    // SAFETY: a valid flock structure, which the kernel fills, for the duration
+    // of the call.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) })?;
+    Ok(RangeLock {
+        typ: i32::from(fl.l_type),
+        start: fl.l_start,
+        len: fl.l_len,
+    })
+}
+
+/// `buf` as the kernel takes an xattr buffer: a null pointer when it is empty,
+/// which asks for the size the answer needs.
+fn xattr_buf(buf: &mut [u8]) -> *mut libc::c_void {
+    if buf.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        buf.as_mut_ptr().cast()
+    }
+}
+
+fn cvt_size(ret: libc::ssize_t) -> Result<usize, Errno> {
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// `lgetxattr(2)`: the value's length, written into `buf` unless `buf` is
+/// empty; ERANGE when it does not fit.
+pub(super) fn lgetxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: valid C strings; the pointer and length describe `buf` (or are
+    // null and 0).
+    cvt_size(unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), xattr_buf(buf), buf.len()) })
+}
+
+/// `llistxattr(2)`: the length of the name list, written into `buf` unless
+/// `buf` is empty; ERANGE when it does not fit.
+pub(super) fn llistxattr(path: &CStr, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: as in `lgetxattr`.
+    cvt_size(unsafe { libc::llistxattr(path.as_ptr(), xattr_buf(buf).cast(), buf.len()) })
+}
+
+pub(super) fn lsetxattr(path: &CStr, name: &CStr, value: &[u8], flags: i32) -> Result<(), Errno> {
+    // SAFETY: valid C strings; the pointer and length describe `value`.
+    cvt(unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })?;
+    Ok(())
+}
+
+pub(super) fn lremovexattr(path: &CStr, name: &CStr) -> Result<(), Errno> {
+    // SAFETY: valid C strings.
+    cvt(unsafe { libc::lremovexattr(path.as_ptr(), name.as_ptr()) })?;
+    Ok(())
+}
+
+/// The effective user id of the server.
+pub(super) fn geteuid() -> u32 {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+pub(super) fn fstatvfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs, Errno> {
     let mut st = MaybeUninit::<libc::statvfs>::uninit();
     // SAFETY: valid out-pointer.
     cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
@@ -396,11 +585,11 @@ pub fn fstatvfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs, Errno> {
 }
 
 /// An open directory stream (`fdopendir`), read entry by entry.
-pub struct Dir(NonNull<libc::DIR>);
+pub(super) struct Dir(NonNull<libc::DIR>);
 
 impl Dir {
     /// Takes ownership of `fd`, a directory opened for reading.
-    pub fn from_fd(fd: OwnedFd) -> Result<Dir, Errno> {
+    pub(super) fn from_fd(fd: OwnedFd) -> Result<Dir, Errno> {
         let raw = fd.into_raw_fd();
         // SAFETY: `raw` is an open descriptor we own; on success the stream owns it.
         let ptr = unsafe { libc::fdopendir(raw) };
@@ -416,7 +605,7 @@ impl Dir {
     }
 
     /// The next entry's name, `.` and `..` included; `None` at the end.
-    pub fn next_name(&mut self) -> Result<Option<Vec<u8>>, Errno> {
+    pub(super) fn next_name(&mut self) -> Result<Option<Vec<u8>>, Errno> {
         // readdir reports errors only through errno, so clear it first.
         // SAFETY: errno is thread-local.
         unsafe { *libc::__errno_location() = 0 };
@@ -437,7 +626,7 @@ impl Dir {
     }
 
     /// The stream's descriptor, for `fstatat` on its entries.
-    pub fn fd(&self) -> BorrowedFd<'_> {
+    pub(super) fn fd(&self) -> BorrowedFd<'_> {
         // SAFETY: the descriptor stays open as long as the stream, which `self` borrows.
         unsafe { BorrowedFd::borrow_raw(libc::dirfd(self.0.as_ptr())) }
     }
@@ -450,7 +639,7 @@ impl Drop for Dir {
     }
 }
 
-pub fn is_kind(st: &libc::stat, kind: libc::mode_t) -> bool {
+pub(super) fn is_kind(st: &libc::stat, kind: libc::mode_t) -> bool {
     st.st_mode & libc::S_IFMT == kind
 }
 
@@ -464,7 +653,7 @@ fn timestamp(secs: i64, nanos: i64) -> Timestamp {
 /// The wire attributes of a `struct stat`. The field types differ between
 /// architectures, hence the casts.
 #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
-pub fn attr_from_stat(st: &libc::stat) -> Attr {
+pub(super) fn attr_from_stat(st: &libc::stat) -> Attr {
     Attr {
         kind: FileKind::from_mode(st.st_mode as u32),
         perm: (st.st_mode & 0o7777) as u16,

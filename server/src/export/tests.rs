@@ -439,7 +439,7 @@ fn new_nodes_get_exactly_the_mode_asked_for() {
 #[test]
 fn a_server_running_as_root_gives_new_nodes_their_owner() {
     // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if sys::geteuid() != 0 {
         eprintln!("skipped: needs root");
         return;
     }

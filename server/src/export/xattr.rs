@@ -22,22 +22,14 @@
 
 use super::{sys, ExportRoot, Node};
 use ferry_common::{Errno, RelPath};
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::os::fd::AsRawFd;
 
 /// The largest value (and name list) Linux allows: `XATTR_SIZE_MAX`.
-pub const XATTR_SIZE_MAX: usize = 65_536;
+pub(super) const XATTR_SIZE_MAX: usize = 65_536;
 
 /// Names in this namespace are refused; see the module documentation.
 const REFUSED_PREFIX: &[u8] = b"system.";
-
-fn cvt_size(ret: libc::ssize_t) -> Result<usize, Errno> {
-    if ret < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(ret as usize)
-    }
-}
 
 fn check_name(name: &[u8]) -> Result<CString, Errno> {
     if name.starts_with(REFUSED_PREFIX) {
@@ -57,13 +49,14 @@ fn node_path(node: &Node<'_>) -> Result<CString, Errno> {
     sys::cstring(&path)
 }
 
-/// Calls `get` with a buffer until the answer fits: first asking for the size,
-/// then reading, and asking again if the value grew in between.
-fn read_sized(mut get: impl FnMut(&mut [u8]) -> libc::ssize_t) -> Result<Vec<u8>, Errno> {
+/// Calls `get` with a buffer until the answer fits: first asking for the size
+/// (with an empty buffer), then reading, and asking again if the value grew in
+/// between.
+fn read_sized(mut get: impl FnMut(&mut [u8]) -> Result<usize, Errno>) -> Result<Vec<u8>, Errno> {
     for _ in 0..4 {
-        let size = cvt_size(get(&mut []))?;
+        let size = get(&mut [])?;
         let mut buf = vec![0u8; size.min(XATTR_SIZE_MAX)];
-        match cvt_size(get(&mut buf)) {
+        match get(&mut buf) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(buf);
@@ -73,42 +66,6 @@ fn read_sized(mut get: impl FnMut(&mut [u8]) -> libc::ssize_t) -> Result<Vec<u8>
         }
     }
     Err(Errno::ERANGE)
-}
-
-fn lgetxattr(path: &CStr, name: &CStr) -> Result<Vec<u8>, Errno> {
-    read_sized(|buf| {
-        // SAFETY: valid C strings; the pointer and length describe `buf` (a null
-        // pointer with length 0 asks for the size).
-        unsafe {
-            libc::lgetxattr(
-                path.as_ptr(),
-                name.as_ptr(),
-                if buf.is_empty() {
-                    std::ptr::null_mut()
-                } else {
-                    buf.as_mut_ptr().cast()
-                },
-                buf.len(),
-            )
-        }
-    })
-}
-
-fn llistxattr(path: &CStr) -> Result<Vec<u8>, Errno> {
-    read_sized(|buf| {
-        // SAFETY: as in `lgetxattr`.
-        unsafe {
-            libc::llistxattr(
-                path.as_ptr(),
-                if buf.is_empty() {
-                    std::ptr::null_mut()
-                } else {
-                    buf.as_mut_ptr().cast()
-                },
-                buf.len(),
-            )
-        }
-    })
 }
 
 /// The names in a `listxattr` answer without the refused namespace.
@@ -129,13 +86,16 @@ impl ExportRoot {
     pub fn get_xattr(&self, path: &RelPath, name: &[u8]) -> Result<Vec<u8>, Errno> {
         let name = check_name(name)?;
         let node = self.locate(path)?;
-        lgetxattr(&node_path(&node)?, &name)
+        let target = node_path(&node)?;
+        read_sized(|buf| sys::lgetxattr(&target, &name, buf))
     }
 
     /// The node's attribute names, each followed by a NUL.
     pub fn list_xattr(&self, path: &RelPath) -> Result<Vec<u8>, Errno> {
         let node = self.locate(path)?;
-        Ok(visible_names(&llistxattr(&node_path(&node)?)?))
+        let target = node_path(&node)?;
+        let names = read_sized(|buf| sys::llistxattr(&target, buf))?;
+        Ok(visible_names(&names))
     }
 
     /// `lsetxattr`; of the flags only `XATTR_CREATE` and `XATTR_REPLACE` are
@@ -155,33 +115,13 @@ impl ExportRoot {
         }
         let name = check_name(name)?;
         let node = self.locate(path)?;
-        let target = node_path(&node)?;
-        // SAFETY: valid C strings; the pointer and length describe `value`.
-        let ret = unsafe {
-            libc::lsetxattr(
-                target.as_ptr(),
-                name.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                flags,
-            )
-        };
-        if ret != 0 {
-            return Err(Errno::last());
-        }
-        Ok(())
+        sys::lsetxattr(&node_path(&node)?, &name, value, flags)
     }
 
     pub fn remove_xattr(&self, path: &RelPath, name: &[u8]) -> Result<(), Errno> {
         let name = check_name(name)?;
         let node = self.locate(path)?;
-        let target = node_path(&node)?;
-        // SAFETY: valid C strings.
-        let ret = unsafe { libc::lremovexattr(target.as_ptr(), name.as_ptr()) };
-        if ret != 0 {
-            return Err(Errno::last());
-        }
-        Ok(())
+        sys::lremovexattr(&node_path(&node)?, &name)
     }
 }
 

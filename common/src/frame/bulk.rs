@@ -1,0 +1,663 @@
+//! Bulk frames: file data kept out of copies.
+//!
+//! A read's answer (`Response { id, result: Ok(Reply::Data(data)) }`) and a
+//! write's request (`Request { id, op: Op::Write { handle, offset, data } }`)
+//! end with the file's data. The sender writes the frame's head
+//! ([`encode_data_head`], [`encode_write_head`]) and then the data from the
+//! buffer it already has; the receiver reads the data straight into a buffer of
+//! its own ([`read_response`], [`read_request_async`]). On the wire these are
+//! ordinary frames, byte for byte what [`encode`](super::encode) builds.
+//!
+//! Both readers make the same decision: read the frame's first [`PEEK`] bytes,
+//! see whether they are exactly the prefix of a bulk message with a data length
+//! that ends the frame, and read the rest either after the data already peeked
+//! or after the whole head (see [`Peeked`]). Anything else is read whole, for
+//! [`decode`](super::decode) to judge.
+
+use super::{
+    config, read_appending, read_appending_async, read_len, read_len_async, FrameError, HEADER,
+    MAX_FRAME,
+};
+use crate::proto::{Op, Reply, Request, Response};
+use std::io::Read;
+use std::sync::OnceLock;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// How many bytes of a frame are read before deciding whether it is a bulk
+/// frame: more than the longest prefix (id, variant, handle, offset, length).
+const PEEK: usize = 32;
+
+/// A frame from the server: a whole payload to [`decode`](super::decode), or —
+/// read apart from the rest, without copying it again — the bytes of a
+/// `Reply::Data` answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ResponseFrame {
+    Whole(Vec<u8>),
+    Data { id: u64, data: Vec<u8> },
+}
+
+/// A request frame: a whole payload to [`decode`](super::decode), or a `Write`
+/// whose data was read into a buffer of its own (no copy out of the frame).
+#[derive(Debug, PartialEq, Eq)]
+pub enum RequestFrame {
+    Whole(Vec<u8>),
+    Write {
+        id: u64,
+        handle: u64,
+        offset: u64,
+        data: Vec<u8>,
+        /// The frame's whole payload length: the prefix, then `data`.
+        payload_len: usize,
+    },
+}
+
+impl RequestFrame {
+    /// The frame's payload length in bytes (the header not counted), whichever
+    /// way it was read.
+    pub fn len(&self) -> usize {
+        match self {
+            RequestFrame::Whole(payload) => payload.len(),
+            RequestFrame::Write { payload_len, .. } => *payload_len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The frame of `Response { id, result: Ok(Reply::Data(data)) }` without the
+/// data: sent first, and the data after it as it is, the two make exactly the
+/// frame [`encode`](super::encode) would have built by copying the data.
+pub fn encode_data_head(id: u64, data_len: usize) -> Result<Vec<u8>, FrameError> {
+    with_length(data_prefix(id)?, data_len)
+}
+
+/// The frame of a `Write` request without its data, which is sent right after
+/// it from the caller's buffer: together they are exactly what
+/// [`encode`](super::encode) would have built by copying the data.
+pub fn encode_write_head(
+    id: u64,
+    handle: u64,
+    offset: u64,
+    data_len: usize,
+) -> Result<Vec<u8>, FrameError> {
+    with_length(write_prefix(id, handle, offset)?, data_len)
+}
+
+/// Reads one frame from the server; `Ok(None)` on a clean end of stream. A data
+/// answer's bytes are read straight into their own buffer, which becomes the
+/// `Reply::Data` without a copy.
+pub fn read_response<R: Read>(reader: &mut R) -> Result<Option<ResponseFrame>, FrameError> {
+    read_bulk(reader)
+}
+
+/// [`read_frame_async`](super::read_frame_async) for requests, with a `Write`'s
+/// data read apart.
+pub async fn read_request_async<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<RequestFrame>, FrameError> {
+    read_bulk_async(reader).await
+}
+
+/// A kind of frame that may carry file data after a short prefix.
+trait Bulk: Sized {
+    /// The prefix's fields besides the data's length.
+    type Prefix;
+    /// Splits a bulk message's prefix off `head`, the first bytes of a payload of
+    /// `len` bytes: its fields, and where the data starts. `None` unless `head`
+    /// starts with exactly such a prefix and its data ends the payload.
+    fn split(head: &[u8], len: usize) -> Option<(Self::Prefix, usize)>;
+    /// The frame read apart: its prefix's fields, its data, its payload's length.
+    fn bulk(prefix: Self::Prefix, data: Vec<u8>, len: usize) -> Self;
+    /// Any other frame: the payload, whole.
+    fn whole(payload: Vec<u8>) -> Self;
+}
+
+impl Bulk for ResponseFrame {
+    type Prefix = u64;
+
+    fn split(head: &[u8], len: usize) -> Option<(u64, usize)> {
+        split_data(head, len)
+    }
+
+    fn bulk(id: u64, data: Vec<u8>, _len: usize) -> Self {
+        ResponseFrame::Data { id, data }
+    }
+
+    fn whole(payload: Vec<u8>) -> Self {
+        ResponseFrame::Whole(payload)
+    }
+}
+
+impl Bulk for RequestFrame {
+    type Prefix = (u64, u64, u64);
+
+    fn split(head: &[u8], len: usize) -> Option<((u64, u64, u64), usize)> {
+        split_write(head, len)
+    }
+
+    fn bulk((id, handle, offset): (u64, u64, u64), data: Vec<u8>, len: usize) -> Self {
+        RequestFrame::Write {
+            id,
+            handle,
+            offset,
+            data,
+            payload_len: len,
+        }
+    }
+
+    fn whole(payload: Vec<u8>) -> Self {
+        RequestFrame::Whole(payload)
+    }
+}
+
+/// A frame whose first bytes have been read, with the buffer the rest goes into.
+/// The one decision both readers share.
+struct Peeked<F: Bulk> {
+    /// The prefix's fields if this is a bulk frame; `buf` then holds data only.
+    prefix: Option<F::Prefix>,
+    buf: Vec<u8>,
+    /// The payload's length.
+    len: usize,
+    /// How many of its bytes are still to be read into `buf`.
+    rest: usize,
+}
+
+impl<F: Bulk> Peeked<F> {
+    /// `head` is the first `min(len, PEEK)` bytes of a payload of `len` bytes.
+    /// A frame no longer than the peek is all in `head` already and is taken
+    /// whole: splitting it would save nothing.
+    fn new(head: &[u8], len: usize) -> Peeked<F> {
+        let split = if len > PEEK {
+            F::split(head, len)
+        } else {
+            None
+        };
+        // Each buffer gets the capacity for the whole of what it will hold, so
+        // the rest is read into it without a reallocation.
+        let (prefix, buf) = match split {
+            Some((prefix, start)) => {
+                let mut data = Vec::with_capacity(len - start);
+                data.extend_from_slice(&head[start..]);
+                (Some(prefix), data)
+            }
+            None => {
+                let mut whole = Vec::with_capacity(len);
+                whole.extend_from_slice(head);
+                (None, whole)
+            }
+        };
+        Peeked {
+            prefix,
+            buf,
+            len,
+            rest: len - head.len(),
+        }
+    }
+
+    /// The frame, once `rest` more bytes have been read into `buf`.
+    fn finish(self) -> F {
+        match self.prefix {
+            Some(prefix) => F::bulk(prefix, self.buf, self.len),
+            None => F::whole(self.buf),
+        }
+    }
+}
+
+/// Reads one frame of kind `F` from a blocking stream; `Ok(None)` on a clean
+/// end of stream.
+fn read_bulk<F: Bulk, R: Read>(reader: &mut R) -> Result<Option<F>, FrameError> {
+    let Some(len) = read_len(reader)? else {
+        return Ok(None);
+    };
+    let mut head = [0u8; PEEK];
+    let head = &mut head[..len.min(PEEK)];
+    reader.read_exact(head)?;
+    let mut peeked = Peeked::<F>::new(head, len);
+    read_appending(reader, &mut peeked.buf, peeked.rest)?;
+    Ok(Some(peeked.finish()))
+}
+
+/// [`read_bulk`] for an async stream.
+async fn read_bulk_async<F: Bulk, R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<F>, FrameError> {
+    let Some(len) = read_len_async(reader).await? else {
+        return Ok(None);
+    };
+    let mut head = [0u8; PEEK];
+    let head = &mut head[..len.min(PEEK)];
+    reader.read_exact(head).await?;
+    let mut peeked = Peeked::<F>::new(head, len);
+    read_appending_async(reader, &mut peeked.buf, peeked.rest).await?;
+    Ok(Some(peeked.finish()))
+}
+
+/// The bincode prefix of `Response { id, result: Ok(Reply::Data(..)) }` before
+/// the data's length, found by encoding an empty one (so it follows the
+/// message types and the codec's configuration instead of copying them).
+fn data_prefix(id: u64) -> Result<Vec<u8>, FrameError> {
+    let empty = Response {
+        id,
+        result: Ok(Reply::Data(Vec::new())),
+    };
+    let mut prefix = bincode::serde::encode_to_vec(&empty, config())
+        .map_err(|e| FrameError::Corrupt(e.to_string()))?;
+    // The last byte is the empty length.
+    prefix.pop();
+    Ok(prefix)
+}
+
+/// The bincode prefix of `Request { id, op: Op::Write { handle, offset, .. } }`
+/// before the data's length (see [`data_prefix`]).
+fn write_prefix(id: u64, handle: u64, offset: u64) -> Result<Vec<u8>, FrameError> {
+    let empty = Request {
+        id,
+        op: Op::Write {
+            handle,
+            offset,
+            data: Vec::new(),
+        },
+    };
+    let mut prefix = bincode::serde::encode_to_vec(&empty, config())
+        .map_err(|e| FrameError::Corrupt(e.to_string()))?;
+    prefix.pop();
+    Ok(prefix)
+}
+
+/// `prefix` framed for `data_len` bytes of data to follow: the frame header, the
+/// prefix and the data's encoded length.
+fn with_length(prefix: Vec<u8>, data_len: usize) -> Result<Vec<u8>, FrameError> {
+    let mut head = vec![0; HEADER];
+    head.extend_from_slice(&prefix);
+    let len = bincode::serde::encode_to_vec(data_len as u64, config())
+        .map_err(|e| FrameError::Corrupt(e.to_string()))?;
+    head.extend_from_slice(&len);
+    let total = head.len() - HEADER + data_len;
+    if total > MAX_FRAME {
+        return Err(FrameError::TooLarge(total as u64));
+    }
+    head[..HEADER].copy_from_slice(&(total as u32).to_le_bytes());
+    Ok(head)
+}
+
+/// Splits a data answer's prefix off `head` (the first bytes of a payload of
+/// `len` bytes): the request id and where the data starts.
+fn split_data(head: &[u8], len: usize) -> Option<(u64, usize)> {
+    let (id, _) = varint(head)?;
+    let prefix = data_prefix(id).ok()?;
+    if head.get(..prefix.len())? != prefix.as_slice() {
+        return None;
+    }
+    let (data_len, len_len) = varint(&head[prefix.len()..])?;
+    let start = prefix.len() + len_len;
+    (start as u64 + data_len == len as u64).then_some((id, start))
+}
+
+/// Splits a `Write` request's prefix off `head` (the first bytes of a payload
+/// of `len` bytes): id, handle and offset, and where the data starts. The prefix
+/// is encoded again and compared, so only an exact bincode `Write` is taken.
+fn split_write(head: &[u8], len: usize) -> Option<((u64, u64, u64), usize)> {
+    // The variant index of `Write`, as bincode writes it (after an id of 0).
+    static INDEX: OnceLock<Option<u8>> = OnceLock::new();
+    let index = (*INDEX.get_or_init(|| write_prefix(0, 0, 0).ok()?.get(1).copied()))?;
+    let (id, mut at) = varint(head)?;
+    if *head.get(at)? != index {
+        return None;
+    }
+    at += 1;
+    let (handle, n) = varint(head.get(at..)?)?;
+    at += n;
+    let (offset, n) = varint(head.get(at..)?)?;
+    at += n;
+    let (data_len, n) = varint(head.get(at..)?)?;
+    at += n;
+    if at as u64 + data_len != len as u64 {
+        return None;
+    }
+    let mut expected = write_prefix(id, handle, offset).ok()?;
+    expected.extend_from_slice(head.get(expected.len()..at)?);
+    (head.get(..at)? == expected.as_slice()).then_some(((id, handle, offset), at))
+}
+
+/// Reads a bincode variable-length integer (unsigned, little-endian) at the
+/// start of `bytes`: its value and its size.
+fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let first = *bytes.first()?;
+    let wide = |n: usize| -> Option<u64> {
+        let raw = bytes.get(1..1 + n)?;
+        let mut le = [0u8; 8];
+        le[..n].copy_from_slice(raw);
+        Some(u64::from_le_bytes(le))
+    };
+    match first {
+        0..=250 => Some((u64::from(first), 1)),
+        251 => Some((wide(2)?, 3)),
+        252 => Some((wide(4)?, 5)),
+        253 => Some((wide(8)?, 9)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::errno::Errno;
+    use crate::frame::{decode, encode, MAX_CHUNK};
+    use std::io::Cursor;
+
+    #[test]
+    fn a_write_head_and_its_data_make_the_whole_frame_and_split_again() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for (id, handle, offset) in [
+            (0u64, 0u64, 0u64),
+            (300, 70_000, 5 << 30),
+            (u64::MAX, 1, u64::MAX),
+        ] {
+            for n in [0usize, 31, 250, 251, 70_000, MAX_CHUNK as usize] {
+                let data = vec![0xcd; n];
+                let mut split = encode_write_head(id, handle, offset, n).unwrap();
+                split.extend_from_slice(&data);
+                let request = Request {
+                    id,
+                    op: Op::Write {
+                        handle,
+                        offset,
+                        data: data.clone(),
+                    },
+                };
+                let whole = encode(&request).unwrap();
+                assert_eq!(split, whole, "id {id}, {n} bytes");
+                let got = rt
+                    .block_on(read_request_async(&mut whole.as_slice()))
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(got.len(), whole.len() - HEADER, "id {id}, {n} bytes");
+                match got {
+                    RequestFrame::Write {
+                        id: i,
+                        handle: h,
+                        offset: o,
+                        data: d,
+                        ..
+                    } => assert_eq!((i, h, o, d), (id, handle, offset, data)),
+                    RequestFrame::Whole(p) => {
+                        assert!(p.len() <= PEEK);
+                        assert_eq!(decode::<Request>(&p).unwrap(), request);
+                    }
+                }
+            }
+        }
+        // Anything else comes whole.
+        let other = Request {
+            id: 5,
+            op: Op::Read {
+                handle: 1,
+                offset: 2,
+                len: 3,
+            },
+        };
+        let frame = encode(&other).unwrap();
+        let got = rt
+            .block_on(read_request_async(&mut frame.as_slice()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, RequestFrame::Whole(frame[HEADER..].to_vec()));
+        // Truncated: an error; empty: none.
+        let frame = encode_write_head(1, 2, 3, 1000).unwrap();
+        assert!(matches!(
+            rt.block_on(read_request_async(&mut frame.as_slice())),
+            Err(FrameError::Truncated)
+        ));
+        assert!(rt
+            .block_on(read_request_async(&mut (&[] as &[u8])))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn a_data_head_and_its_data_make_the_whole_frame() {
+        for id in [0u64, 300, u64::MAX] {
+            for n in [0usize, 250, 251, 70_000, MAX_CHUNK as usize] {
+                let data = vec![0xab; n];
+                let mut split = encode_data_head(id, n).unwrap();
+                split.extend_from_slice(&data);
+                let whole = encode(&Response {
+                    id,
+                    result: Ok(Reply::Data(data)),
+                })
+                .unwrap();
+                assert_eq!(split, whole, "id {id}, {n} bytes");
+            }
+        }
+        assert!(matches!(
+            encode_data_head(1, MAX_FRAME),
+            Err(FrameError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn data_answers_are_read_apart_and_everything_else_whole() {
+        let sizes = [0usize, 1, 31, 250, 251, 65_535, 65_536, MAX_CHUNK as usize];
+        for id in [0u64, 250, 251, 70_000, u64::MAX] {
+            for &n in &sizes {
+                let data: Vec<u8> = (0..n).map(|i| (i % 253) as u8).collect();
+                let resp = Response {
+                    id,
+                    result: Ok(Reply::Data(data.clone())),
+                };
+                let frame = encode(&resp).unwrap();
+                let got = read_response(&mut Cursor::new(&frame)).unwrap().unwrap();
+                match got {
+                    ResponseFrame::Data {
+                        id: got_id,
+                        data: got,
+                    } => {
+                        assert_eq!((got_id, got), (id, data));
+                    }
+                    ResponseFrame::Whole(payload) => {
+                        // Only frames no longer than the peek are read whole.
+                        assert!(payload.len() <= PEEK, "id {id}, {n} bytes");
+                        assert_eq!(decode::<Response>(&payload).unwrap(), resp);
+                    }
+                }
+            }
+        }
+        // Other answers, errors included, come whole and decode as before.
+        let others = [
+            Response {
+                id: 7,
+                result: Ok(Reply::Target(vec![1; 100])),
+            },
+            Response {
+                id: 8,
+                result: Err(Errno::ENOENT),
+            },
+            Response {
+                id: 9,
+                result: Ok(Reply::Written(1 << 20)),
+            },
+        ];
+        for resp in others {
+            let frame = encode(&resp).unwrap();
+            match read_response(&mut Cursor::new(&frame)).unwrap().unwrap() {
+                ResponseFrame::Whole(payload) => {
+                    assert_eq!(decode::<Response>(&payload).unwrap(), resp)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // A truncated data answer is an error, a clean end is none.
+        let frame = encode(&Response {
+            id: 1,
+            result: Ok(Reply::Data(vec![5; 1000])),
+        })
+        .unwrap();
+        assert!(matches!(
+            read_response(&mut Cursor::new(&frame[..500])),
+            Err(FrameError::Truncated)
+        ));
+        assert!(read_response(&mut Cursor::new(&[] as &[u8]))
+            .unwrap()
+            .is_none());
+    }
+
+    /// A frame built by hand: the header for `payload`, then `payload`.
+    fn framed(payload: &[u8]) -> Vec<u8> {
+        let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    #[test]
+    fn both_readers_share_one_decision_for_both_kinds() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let write = encode(&Request {
+            id: 9,
+            op: Op::Write {
+                handle: 4,
+                offset: 1 << 40,
+                data: vec![7; 5000],
+            },
+        })
+        .unwrap();
+        let data = encode(&Response {
+            id: 9,
+            result: Ok(Reply::Data(vec![8; 5000])),
+        })
+        .unwrap();
+        // Each kind through the other kind's reader: the same frames, the same split.
+        let sync_write: RequestFrame = read_bulk(&mut write.as_slice()).unwrap().unwrap();
+        let async_write = rt
+            .block_on(read_request_async(&mut write.as_slice()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(sync_write, async_write);
+        assert!(matches!(sync_write, RequestFrame::Write { ref data, .. } if data.len() == 5000));
+        let async_data: ResponseFrame = rt
+            .block_on(read_bulk_async(&mut data.as_slice()))
+            .unwrap()
+            .unwrap();
+        let sync_data = read_response(&mut data.as_slice()).unwrap().unwrap();
+        assert_eq!(sync_data, async_data);
+        assert_eq!(
+            sync_data,
+            ResponseFrame::Data {
+                id: 9,
+                data: vec![8; 5000]
+            }
+        );
+        // A write is no data answer, and a data answer no write: both come whole.
+        assert_eq!(
+            read_response(&mut write.as_slice()).unwrap().unwrap(),
+            ResponseFrame::Whole(write[HEADER..].to_vec())
+        );
+        let got: RequestFrame = read_bulk(&mut data.as_slice()).unwrap().unwrap();
+        assert_eq!(got, RequestFrame::Whole(data[HEADER..].to_vec()));
+        assert_eq!(got.len(), data.len() - HEADER);
+    }
+
+    #[test]
+    fn look_alikes_come_whole_and_fail_to_decode() {
+        // A write whose data length does not end the frame: one byte too many.
+        let mut payload = encode(&Request {
+            id: 1,
+            op: Op::Write {
+                handle: 2,
+                offset: 3,
+                data: vec![1; 100],
+            },
+        })
+        .unwrap()[HEADER..]
+            .to_vec();
+        payload.push(0);
+        let got: RequestFrame = read_bulk(&mut framed(&payload).as_slice())
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, RequestFrame::Whole(payload.clone()));
+        assert!(matches!(
+            decode::<Request>(&payload),
+            Err(FrameError::Corrupt(_))
+        ));
+        // A data answer whose length claims more than the frame holds.
+        let mut payload = encode(&Response {
+            id: 1,
+            result: Ok(Reply::Data(vec![1; 100])),
+        })
+        .unwrap()[HEADER..]
+            .to_vec();
+        payload.truncate(payload.len() - 1);
+        let got = read_response(&mut framed(&payload).as_slice())
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, ResponseFrame::Whole(payload.clone()));
+        assert!(matches!(
+            decode::<Response>(&payload),
+            Err(FrameError::Corrupt(_))
+        ));
+        // A varint tag no integer has, where the id should be.
+        let mut payload = vec![0xff; 64];
+        payload[1] = 0;
+        let got = read_response(&mut framed(&payload).as_slice())
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, ResponseFrame::Whole(payload));
+    }
+
+    #[test]
+    fn a_frame_cut_short_is_truncated_for_both_readers() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let write = encode(&Request {
+            id: 1,
+            op: Op::Write {
+                handle: 2,
+                offset: 3,
+                data: vec![1; 1000],
+            },
+        })
+        .unwrap();
+        let data = encode(&Response {
+            id: 1,
+            result: Ok(Reply::Data(vec![1; 1000])),
+        })
+        .unwrap();
+        // Inside the header, inside the peek, inside the data.
+        for cut in [2, HEADER + 10, 500] {
+            assert!(
+                matches!(
+                    rt.block_on(read_request_async(&mut &write[..cut])),
+                    Err(FrameError::Truncated)
+                ),
+                "request cut at {cut}"
+            );
+            assert!(
+                matches!(read_response(&mut &data[..cut]), Err(FrameError::Truncated)),
+                "answer cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_oversized_length_is_refused_by_both_readers() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut frame = ((MAX_FRAME + 1) as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&[0; PEEK]);
+        assert!(matches!(
+            read_response(&mut frame.as_slice()),
+            Err(FrameError::TooLarge(_))
+        ));
+        assert!(matches!(
+            rt.block_on(read_request_async(&mut frame.as_slice())),
+            Err(FrameError::TooLarge(_))
+        ));
+    }
+}
