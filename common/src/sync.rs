@@ -1,6 +1,6 @@
 //! Locking shared by both sides.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// Locks `m`, ignoring poisoning. Every critical section in ferry is a single
 /// table or slot update that leaves its data consistent even when a panic
@@ -8,6 +8,11 @@ use std::sync::{Mutex, MutexGuard};
 /// refusing it would only turn one failed request into a dead mount or server.
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits on `cv` with `guard`, ignoring poisoning as [`lock`] does.
+pub fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+    cv.wait(guard).unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@
 //! connection's reader thread, so a wait always ends (every request has a
 //! deadline).
 
-use ferry_common::sync::lock;
+use ferry_common::sync::{lock, wait};
 use ferry_common::{Attr, Errno, FileKind, Timestamp};
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -119,7 +119,7 @@ impl WriteBehind {
 
     fn wait<'a>(&self, mut guard: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         guard.waiting += 1;
-        let mut guard = self.finished.wait(guard).unwrap_or_else(|p| p.into_inner());
+        let mut guard = wait(&self.finished, guard);
         guard.waiting -= 1;
         guard
     }
