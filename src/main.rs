@@ -52,9 +52,14 @@ enum Cmd {
         /// Go to the background once the mount is ready.
         #[arg(long)]
         daemon: bool,
-        /// Seconds the kernel may cache attributes and names.
+        /// Seconds the kernel may cache attributes and names when the server
+        /// does not tell this mount of changes (see --lease).
         #[arg(long, default_value_t = 1.0)]
         attr_timeout: f64,
+        /// Seconds caches live while the server tells this mount of every change
+        /// (0: never ask it to; then everything lives --attr-timeout).
+        #[arg(long, default_value_t = ferry_fusefs::core::DEFAULT_LEASE.as_secs())]
+        lease: u64,
         /// Mount read-only.
         #[arg(long)]
         read_only: bool,
@@ -117,6 +122,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             mountpoint,
             daemon,
             attr_timeout,
+            lease,
             read_only,
             allow_other,
             threads,
@@ -135,6 +141,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             let opts = MountOptions {
                 fs: FsOptions {
                     attr_timeout: Duration::from_secs_f64(attr_timeout),
+                    lease: Duration::from_secs(lease),
                     read_only,
                     ..FsOptions::default()
                 },
@@ -256,24 +263,40 @@ fn mount_foreground(
             mountpoint.display()
         );
     }
+    let stats = std::env::var_os("FERRY_STATS").is_some();
     let served = signals
-        .serve(mounted)
+        .serve(mounted, |core| {
+            if stats {
+                print_stats(core, "so far")
+            }
+        })
         .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()));
-    if std::env::var_os("FERRY_STATS").is_some() {
-        let line = |counts: Vec<(&str, u64)>| {
-            let counts: Vec<String> = counts.iter().map(|(op, n)| format!("{op} {n}")).collect();
-            counts.join(", ")
-        };
-        eprintln!(
-            "ferry: requests sent to the server: {}",
-            line(core.client().sent())
-        );
-        eprintln!(
-            "ferry: requests waited for: {}",
-            line(core.stats().waited())
-        );
+    if stats {
+        print_stats(&core, "");
     }
     served
+}
+
+/// `FERRY_STATS`: the requests sent to the server and waited for, by
+/// operation — at unmount, and (`when` = "so far") on SIGUSR1.
+fn print_stats(core: &ferry_fusefs::Core, when: &str) {
+    let line = |counts: Vec<(&str, u64)>| {
+        let counts: Vec<String> = counts.iter().map(|(op, n)| format!("{op} {n}")).collect();
+        counts.join(", ")
+    };
+    let when = if when.is_empty() {
+        String::new()
+    } else {
+        format!(" {when}")
+    };
+    eprintln!(
+        "ferry: requests sent to the server{when}: {}",
+        line(core.client().sent())
+    );
+    eprintln!(
+        "ferry: requests waited for{when}: {}",
+        line(core.stats().waited())
+    );
 }
 
 fn mount_error(mountpoint: &Path, e: io::Error) -> String {
@@ -408,7 +431,7 @@ fn demo(base: &Path) -> Result<(), String> {
         println!("  from another terminal: ferry ls {addr}");
         println!("Press Ctrl-C to unmount and stop.");
         signals
-            .serve(mounted)
+            .serve(mounted, |_| {})
             .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()))
     })();
     let _ = stop_tx.send(());

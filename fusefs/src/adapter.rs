@@ -116,6 +116,13 @@ fn reply_empty(reply: ReplyEmpty, r: Result<(), Errno>) {
     }
 }
 
+fn reply_empty_dir(reply: ReplyDirectory, r: Result<(), Errno>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
 fn reply_xattr(reply: ReplyXattr, r: Result<XattrAnswer, Errno>) {
     match r {
         Ok(XattrAnswer::Size(n)) => reply.size(n),
@@ -150,6 +157,9 @@ impl Filesystem for FerryFs {
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
             // Shared mappings of files opened uncached (O_APPEND).
             InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
+            // A symlink's text never changes in place (a new one is a new
+            // inode), so the kernel may keep it: `ls -l` needs no readlink.
+            InitFlags::FUSE_CACHE_SYMLINKS,
         ] {
             if let Err(missing) = config.add_capabilities(flag) {
                 log::info!("the kernel does not offer {missing:?}");
@@ -443,7 +453,16 @@ impl Filesystem for FerryFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.core.opendir(ino.0, move |r| match r {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(dir) => {
+                let mut flags = FopenFlags::empty();
+                if dir.cache {
+                    flags |= FopenFlags::FOPEN_CACHE_DIR;
+                }
+                if dir.keep_cache {
+                    flags |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
+                reply.opened(FileHandle(dir.fh), flags)
+            }
             Err(e) => reply.error(errno(e)),
         });
     }
@@ -454,21 +473,30 @@ impl Filesystem for FerryFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let listed = self.core.readdir(ino.0, fh.0, offset, |item| {
-            let name = OsStr::from_bytes(item.name);
-            reply.add(
-                INodeNo(item.ino),
-                item.next_offset,
-                file_type(item.kind),
-                name,
-            )
-        });
-        match listed {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        let reply = std::cell::RefCell::new(Some(reply));
+        self.core.readdir(
+            ino.0,
+            fh.0,
+            offset,
+            |item| {
+                let name = OsStr::from_bytes(item.name);
+                reply.borrow_mut().as_mut().is_none_or(|reply| {
+                    reply.add(
+                        INodeNo(item.ino),
+                        item.next_offset,
+                        file_type(item.kind),
+                        name,
+                    )
+                })
+            },
+            |r| {
+                if let Some(reply) = reply.borrow_mut().take() {
+                    reply_empty_dir(reply, r)
+                }
+            },
+        );
     }
 
     fn readdirplus(
@@ -477,23 +505,35 @@ impl Filesystem for FerryFs {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
-        let listed = self.core.readdirplus(ino.0, fh.0, offset, |item| {
-            let e = item.entry;
-            reply.add(
-                INodeNo(e.ino),
-                item.next_offset,
-                OsStr::from_bytes(item.name),
-                &e.ttl,
-                &file_attr(e.ino, &e.attr),
-                GENERATION,
-            )
-        });
-        match listed {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        let reply = std::cell::RefCell::new(Some(reply));
+        self.core.readdirplus(
+            ino.0,
+            fh.0,
+            offset,
+            |item| {
+                let e = item.entry;
+                reply.borrow_mut().as_mut().is_none_or(|reply| {
+                    reply.add(
+                        INodeNo(e.ino),
+                        item.next_offset,
+                        OsStr::from_bytes(item.name),
+                        &e.ttl,
+                        &file_attr(e.ino, &e.attr),
+                        GENERATION,
+                    )
+                })
+            },
+            |r| {
+                if let Some(reply) = reply.borrow_mut().take() {
+                    match r {
+                        Ok(()) => reply.ok(),
+                        Err(e) => reply.error(errno(e)),
+                    }
+                }
+            },
+        );
     }
 
     fn releasedir(

@@ -25,6 +25,7 @@
 
 use ferry_common::{Attr, Errno, RelPath};
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
 
 pub(crate) const ROOT_INO: u64 = 1;
 
@@ -117,7 +118,29 @@ impl InodeTable {
 
     /// The number of a server file, if it has one, without counting a lookup.
     pub(crate) fn ino_of_file(&self, attr: &Attr) -> Option<u64> {
-        self.by_id.get(&FileId::of(attr)).copied()
+        self.ino_of_id(FileId::of(attr))
+    }
+
+    /// [`ino_of_file`](Self::ino_of_file) by the server file's identity.
+    pub(crate) fn ino_of_id(&self, id: FileId) -> Option<u64> {
+        self.by_id.get(&id).copied()
+    }
+
+    /// Every name the kernel may hold an entry for: the directory's inode and
+    /// the name in it (the root has none).
+    pub(crate) fn names(&self) -> Vec<(u64, OsString)> {
+        self.by_path
+            .keys()
+            .filter_map(|path| {
+                let (dir, name) = path.split_last()?;
+                Some((*self.by_path.get(&dir)?, name.to_os_string()))
+            })
+            .collect()
+    }
+
+    /// Every inode the kernel may hold.
+    pub(crate) fn inos(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
     }
 
     /// Hands an entry for `path`, which the server says is the file `attr`, to the
@@ -273,6 +296,21 @@ impl InodeTable {
         let unchanged = node.opened_as.is_some_and(|old| old.same_content(attr));
         node.opened_as = Some(*attr);
         unchanged
+    }
+
+    /// `ino` changed since it was last opened: its cached pages are not to be
+    /// kept at the next open.
+    pub(crate) fn forget_opened(&mut self, ino: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.opened_as = None;
+        }
+    }
+
+    /// [`forget_opened`](Self::forget_opened) of every inode.
+    pub(crate) fn forget_all_opened(&mut self) {
+        for node in self.nodes.values_mut() {
+            node.opened_as = None;
+        }
     }
 
     /// A server handle was opened on `ino`.
@@ -474,6 +512,23 @@ mod tests {
     }
 
     #[test]
+    fn every_name_and_inode_is_listed_for_a_full_drop() {
+        let mut t = table();
+        let d = t.remember(&p("d"), &f(10));
+        let x = t.remember(&p("d/x"), &f(11));
+        let mut names = t.names();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![(ROOT_INO, OsString::from("d")), (d, OsString::from("x"))]
+        );
+        let mut inos = t.inos();
+        inos.sort();
+        assert_eq!(inos, vec![ROOT_INO, d, x]);
+        assert_eq!(t.ino_of_id(FileId { dev: 1, ino: 11 }), Some(x));
+    }
+
+    #[test]
     fn close_to_open_keeps_cache_only_when_unchanged() {
         let mut attr = f(5);
         attr.size = 10;
@@ -484,5 +539,11 @@ mod tests {
         assert!(t.note_open(x, &attr));
         attr.mtime = Timestamp { secs: 2, nanos: 0 };
         assert!(!t.note_open(x, &attr), "changed on the server");
+        // The server said it changed: whatever the attributes say next.
+        assert!(t.note_open(x, &attr));
+        t.forget_opened(x);
+        assert!(!t.note_open(x, &attr), "told of a change");
+        t.forget_all_opened();
+        assert!(!t.note_open(x, &attr));
     }
 }

@@ -3,14 +3,18 @@
 //!
 //! The kernel carries out an invalidation before the notification's write
 //! returns, and may wait for a page whose read is still in flight — a read
-//! answered by the connection's reader thread, or by a FUSE worker. So no
-//! notification is ever sent from inside a FUSE request or from the reader:
-//! they queue here, and one thread sends them in order, then runs whatever was
-//! to happen afterwards (granting a lock once its file's pages are gone).
+//! answered by the connection's reader thread, or by a FUSE worker — or for a
+//! directory's lock held by a request in flight. So no notification is ever
+//! sent from inside a FUSE request or from the reader: they queue here, and one
+//! thread sends them in order, then runs whatever was to happen afterwards
+//! (granting a lock once its file's pages are gone). The queue is unbounded:
+//! what fills it (the server's notices, dropping every cache) is bounded by the
+//! names and inodes the kernel holds.
 
 use crate::core::KernelCache;
 use ferry_common::sync::lock;
 use fuser::{INodeNo, Notifier};
+use std::ffi::{OsStr, OsString};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread;
 
@@ -23,6 +27,8 @@ enum Job {
         data: bool,
         then: Option<Box<dyn FnOnce() + Send>>,
     },
+    /// Drop the kernel's entry `name` in directory `parent`.
+    Entry { parent: u64, name: OsString },
 }
 
 /// See the module documentation.
@@ -90,6 +96,12 @@ fn send(notifier: &Notifier, job: &Job) {
                 log::debug!("invalidating inode {ino}: {e}");
             }
         }
+        Job::Entry { parent, name } => {
+            // An unknown directory or name: nothing cached.
+            if let Err(e) = notifier.inval_entry(INodeNo(*parent), name) {
+                log::debug!("invalidating {name:?} in inode {parent}: {e}");
+            }
+        }
     }
 }
 
@@ -101,14 +113,22 @@ fn finish(job: Job) {
                 then()
             }
         }
+        Job::Entry { .. } => {}
     }
 }
 
 impl KernelCache for KernelNotifier {
-    fn forget_attrs(&self, ino: u64) {
+    fn forget_entry(&self, parent: u64, name: &OsStr) {
+        self.queue(Job::Entry {
+            parent,
+            name: name.to_os_string(),
+        });
+    }
+
+    fn forget_inode(&self, ino: u64, data: bool) {
         self.queue(Job::Inode {
             ino,
-            data: false,
+            data,
             then: None,
         });
     }

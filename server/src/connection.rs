@@ -17,6 +17,10 @@
 //! a channel to a single writer task, which writes everything queued at that
 //! moment with one system call.
 //!
+//! A subscribed connection (see [`crate::effects`]) is also sent notices,
+//! unasked: the writer sends whatever its [`Subscriber`] has waiting each time
+//! it wakes, and it wakes for them too.
+//!
 //! Before reading the next request the reader takes a share of the connection's
 //! budget (a number of requests and of bytes in flight), which the writer gives
 //! back when the reply is on the wire; a client that sends faster than it reads
@@ -26,13 +30,14 @@
 //! frame) ends this connection only; other clients never notice.
 
 use crate::dispatch::Session;
-use crate::export::ExportRoot;
+use crate::registry::{Registry, Subscriber};
 use crate::schedule::{schedule, Schedule};
 use crate::sequencer::Sequencer;
 use crate::sys;
 use ferry_common::frame::{self, FrameError, RequestFrame, MAX_CHUNK};
 use ferry_common::proto::{
-    HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, MAGIC, PROTOCOL_VERSION,
+    Change, HandshakeReply, Hello, Notice, Op, Reply, Request, Response, ServerMessage, Welcome,
+    MAGIC, PROTOCOL_VERSION,
 };
 use ferry_common::Errno;
 use std::io;
@@ -63,12 +68,15 @@ const LARGE_FRAME: usize = 64 * 1024;
 /// The writer sends its batch once it holds this much.
 const BATCH_LIMIT: usize = 256 * 1024;
 const READ_BUFFER: usize = 64 * 1024;
+/// A notice frame holds about this many bytes of changes at most (well below
+/// the frame limit); more changes go in further frames.
+const NOTICE_FRAME: usize = 1 << 20;
 
 /// Serves one client until it leaves, breaks the protocol, or `stop` turns true.
 /// An `Err` says why the connection was closed early.
 pub(crate) async fn serve(
     stream: TcpStream,
-    export: Arc<ExportRoot>,
+    registry: Arc<Registry>,
     read_only: bool,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), FrameError> {
@@ -79,14 +87,14 @@ pub(crate) async fn serve(
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
 
-    if !handshake(&mut reader, &mut write_half, &export, read_only).await? {
+    if !handshake(&mut reader, &mut write_half, &registry, read_only).await? {
         return Ok(());
     }
 
-    let session = Arc::new(Session::new(export, read_only));
+    let session = Arc::new(Session::new(registry, read_only));
     let sequencer = Arc::new(Sequencer::new());
     let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
-    let writer = tokio::spawn(write_replies(write_half, rx));
+    let writer = tokio::spawn(write_replies(write_half, rx, session.subscriber()));
     let requests = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let bytes = Arc::new(Semaphore::new(IN_FLIGHT_KIB as usize));
 
@@ -183,7 +191,7 @@ pub(crate) async fn serve(
 async fn handshake(
     reader: &mut BufReader<OwnedReadHalf>,
     writer: &mut OwnedWriteHalf,
-    export: &Arc<ExportRoot>,
+    registry: &Arc<Registry>,
     read_only: bool,
 ) -> Result<bool, FrameError> {
     let payload = match timeout(HANDSHAKE_TIMEOUT, frame::read_frame_async(reader)).await {
@@ -213,8 +221,8 @@ async fn handshake(
     let reply = match refusal {
         Some(message) => HandshakeReply::Refused { message },
         None => {
-            let export = Arc::clone(export);
-            let root = tokio::task::spawn_blocking(move || export.root_attr())
+            let registry = Arc::clone(registry);
+            let root = tokio::task::spawn_blocking(move || registry.export.root_attr())
                 .await
                 .unwrap_or(Err(Errno::EIO));
             match root {
@@ -312,14 +320,14 @@ fn answer(session: &Session, request: Request) -> Encoded {
         },
         other => other,
     };
-    let head = match frame::encode(&Response { id, result }) {
+    let head = match frame::encode(&ServerMessage::Response(Response { id, result })) {
         Ok(frame) => frame,
         Err(e) => {
             log::warn!("the reply to request {id} cannot be encoded ({e}); answering EIO");
-            frame::encode(&Response {
+            frame::encode(&ServerMessage::Response(Response {
                 id,
                 result: Err(Errno::EIO),
-            })
+            }))
             .unwrap_or_default()
         }
     };
@@ -346,16 +354,26 @@ struct Outgoing {
     budget: Budget,
 }
 
-/// Writes replies as they come. Whatever is queued when the writer wakes goes out
-/// in one batch, so a burst of small replies costs one system call, not one each.
+/// Writes replies as they come, and the notices waiting for this connection
+/// whenever it wakes. Whatever is queued when the writer wakes goes out in one
+/// batch, so a burst of small replies costs one system call, not one each.
 async fn write_replies(
     mut sink: OwnedWriteHalf,
     mut replies: mpsc::Receiver<Outgoing>,
+    notices: Arc<Subscriber>,
 ) -> io::Result<()> {
     let mut batch = Vec::with_capacity(BATCH_LIMIT);
     let mut written = Vec::new();
-    while let Some(first) = replies.recv().await {
-        let mut next = Some(first);
+    loop {
+        let first = tokio::select! {
+            reply = replies.recv() => match reply {
+                Some(reply) => Some(reply),
+                None => break,
+            },
+            () = notices.ready() => None,
+        };
+        encode_notices(&notices, &mut batch);
+        let mut next = first;
         while let Some(Outgoing { frame, budget }) = next {
             let Encoded { head, data } = frame;
             if head.len() + data.len() >= LARGE_FRAME {
@@ -402,6 +420,38 @@ async fn write_timed(sink: &mut OwnedWriteHalf, bytes: &[u8]) -> io::Result<()> 
             io::ErrorKind::TimedOut,
             format!("the client took no data for {} s", WRITE_TIMEOUT.as_secs()),
         )),
+    }
+}
+
+/// Appends the notices waiting in `notices` to `batch`, as frames of at most
+/// about [`NOTICE_FRAME`] bytes: first "drop everything" if that is due, then
+/// the changes.
+fn encode_notices(notices: &Subscriber, batch: &mut Vec<u8>) {
+    let (reset, changes) = notices.take();
+    let mut push = |notice: Notice| {
+        if let Err(e) = frame::encode_into(&ServerMessage::Notice(notice), batch) {
+            log::warn!("a notice cannot be encoded: {e}");
+        }
+    };
+    if let Some(lease_secs) = reset {
+        push(Notice::Reset { lease_secs });
+    }
+    let mut chunk: Vec<Change> = Vec::new();
+    let mut size = 0;
+    for change in changes {
+        size += match &change {
+            Change::Name { path } => path.as_bytes().len() + 8,
+            Change::Moved { from, to } => from.as_bytes().len() + to.as_bytes().len() + 8,
+            Change::Node { .. } => 24,
+        };
+        chunk.push(change);
+        if size >= NOTICE_FRAME {
+            push(Notice::Changed(std::mem::take(&mut chunk)));
+            size = 0;
+        }
+    }
+    if !chunk.is_empty() {
+        push(Notice::Changed(chunk));
     }
 }
 

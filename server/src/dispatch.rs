@@ -2,15 +2,18 @@
 //! export call answers which operation.
 //!
 //! A [`Session`] is the state one connection's requests share: the export, the
-//! connection's open files and locks, and whether the export is read-only (then
-//! every request that would change it answers EROFS). `handle` makes blocking
-//! file system calls; [`crate::schedule`] decides which thread each request
-//! makes them on, the connection's reader or the blocking pool.
+//! connection's open files and locks, its side of coherent caches
+//! ([`crate::effects`], run around every operation), and whether the export is
+//! read-only (then every request that would change it answers EROFS). `handle`
+//! makes blocking file system calls; [`crate::schedule`] decides which thread
+//! each request makes them on, the connection's reader or the blocking pool.
 
+use crate::effects::Coherence;
 use crate::export::{ExportRoot, LockTable};
 use crate::handles::HandleTable;
+use crate::registry::{Registry, Subscriber};
 use ferry_common::frame::{MAX_CHUNK, READDIR_PAGE};
-use ferry_common::proto::{Op, Reply};
+use ferry_common::proto::{NodeId, Op, Reply};
 use ferry_common::{Attr, Errno, RelPath};
 use std::sync::Arc;
 
@@ -36,7 +39,8 @@ fn is_mutation(op: &Op) -> bool {
         | Op::ListXattr { .. }
         | Op::SetLock { .. }
         | Op::GetLock { .. }
-        | Op::ReleaseLocks { .. } => false,
+        | Op::ReleaseLocks { .. }
+        | Op::Subscribe { .. } => false,
         Op::Open { flags, .. } => {
             flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
         }
@@ -62,17 +66,24 @@ pub(crate) struct Session {
     handles: HandleTable,
     /// POSIX locks by file and lock owner (flocks live on the handles themselves).
     locks: LockTable,
+    coherence: Coherence,
     read_only: bool,
 }
 
 impl Session {
-    pub(crate) fn new(export: Arc<ExportRoot>, read_only: bool) -> Session {
+    pub(crate) fn new(registry: Arc<Registry>, read_only: bool) -> Session {
         Session {
-            export,
+            export: Arc::clone(&registry.export),
             handles: HandleTable::new(),
             locks: LockTable::new(),
+            coherence: Coherence::new(registry),
             read_only,
         }
+    }
+
+    /// This connection's side of coherent caches: the notices its writer sends.
+    pub(crate) fn subscriber(&self) -> Arc<Subscriber> {
+        self.coherence.subscriber()
     }
 
     /// The attributes of the directory holding `path`, after a change to it; `None`
@@ -107,6 +118,13 @@ impl Session {
         if self.read_only && is_mutation(&op) {
             return Err(Errno::EROFS);
         }
+        let ticket = self.coherence.before(&op, &self.handles);
+        let result = self.run(op);
+        self.coherence.after(ticket, &result, &self.handles);
+        result
+    }
+
+    fn run(&self, op: Op) -> Result<Reply, Errno> {
         let export = &*self.export;
         match op {
             Op::Stat { path } => export.stat(&path).map(Reply::Attr),
@@ -117,7 +135,7 @@ impl Session {
             Op::ReadLink { path } => export.read_link(&path).map(Reply::Target),
             Op::Open { path, flags } => {
                 let (file, attr) = export.open_file(&path, flags)?;
-                let handle = self.handles.insert(file)?;
+                let handle = self.handles.insert(file, NodeId::of(&attr))?;
                 Ok(Reply::Opened { handle, attr })
             }
             Op::Create {
@@ -127,7 +145,7 @@ impl Session {
                 owner,
             } => {
                 let (file, attr) = export.create(&path, flags, mode, owner)?;
-                let handle = self.handles.insert(file)?;
+                let handle = self.handles.insert(file, NodeId::of(&attr))?;
                 Ok(match self.dir_of(&path) {
                     Some(dir) => Reply::Created { handle, attr, dir },
                     None => Reply::Opened { handle, attr },
@@ -271,6 +289,9 @@ impl Session {
                 // MAX_COPY is far below 4 GiB, so this never saturates.
                 Ok(Reply::Written(u32::try_from(copied).unwrap_or(u32::MAX)))
             }
+            Op::Subscribe { lease_secs } => Ok(Reply::Subscribed {
+                lease_secs: self.coherence.subscribe(lease_secs),
+            }),
         }
     }
 }
@@ -332,6 +353,7 @@ mod tests {
                 handle: 1,
                 owner: 1,
             },
+            Op::Subscribe { lease_secs: 60 },
         ];
         for op in &reads {
             assert!(!is_mutation(op), "{op:?}");
@@ -413,6 +435,6 @@ mod tests {
         let mut kinds: Vec<&str> = reads.iter().chain(&changes).map(Op::name).collect();
         kinds.sort_unstable();
         kinds.dedup();
-        assert_eq!(kinds.len(), 27, "every kind of Op is classified: {kinds:?}");
+        assert_eq!(kinds.len(), 28, "every kind of Op is classified: {kinds:?}");
     }
 }

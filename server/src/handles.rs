@@ -5,8 +5,11 @@
 //! Each file sits behind an `Arc`: `Close` removes it from the table while a read
 //! already running keeps its own reference, and the descriptor is closed when the
 //! last user lets go. Dropping the table (the connection ended) closes them all.
+//! Each handle also remembers which server file it is ([`NodeId`]): what a
+//! change through it is published as (see `effects`).
 
 use crate::export::OpenFile;
+use ferry_common::proto::NodeId;
 use ferry_common::sync::lock;
 use ferry_common::Errno;
 use std::collections::HashMap;
@@ -26,7 +29,7 @@ pub(crate) struct HandleTable {
 #[derive(Debug, Default)]
 struct Inner {
     last: u64,
-    files: HashMap<u64, Arc<OpenFile>>,
+    files: HashMap<u64, (Arc<OpenFile>, NodeId)>,
 }
 
 impl HandleTable {
@@ -34,15 +37,15 @@ impl HandleTable {
         HandleTable::default()
     }
 
-    /// Stores `file` and returns its new handle.
-    pub(crate) fn insert(&self, file: OpenFile) -> Result<u64, Errno> {
+    /// Stores `file`, which is the server file `id`, and returns its new handle.
+    pub(crate) fn insert(&self, file: OpenFile, id: NodeId) -> Result<u64, Errno> {
         let mut inner = lock(&self.inner);
         if inner.files.len() >= MAX_OPEN_FILES {
             return Err(Errno::new(libc::EMFILE));
         }
         inner.last += 1;
         let handle = inner.last;
-        inner.files.insert(handle, Arc::new(file));
+        inner.files.insert(handle, (Arc::new(file), id));
         Ok(handle)
     }
 
@@ -50,8 +53,13 @@ impl HandleTable {
         lock(&self.inner)
             .files
             .get(&handle)
-            .cloned()
+            .map(|(file, _)| Arc::clone(file))
             .ok_or(Errno::EBADF)
+    }
+
+    /// The server file behind `handle`, if it is open.
+    pub(crate) fn id(&self, handle: u64) -> Option<NodeId> {
+        lock(&self.inner).files.get(&handle).map(|(_, id)| *id)
     }
 
     /// Forgets `handle`; the file closes once no request still uses it.

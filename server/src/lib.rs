@@ -15,9 +15,16 @@
 //!   blocking pool) and whether it waits for earlier requests on its handle.
 //! - `sequencer`: the per-handle queues that keep those requests in order.
 //! - `connection`: one client: the handshake, a reader that runs each request
-//!   where `schedule` says, and a single writer that batches the replies.
+//!   where `schedule` says, and a single writer that batches the replies (and
+//!   sends the notices of a subscribed connection).
+//! - Coherent caches: `interest` (`InterestTable`: what one connection may
+//!   have cached, and what to tell it when that changes), `registry`
+//!   (`Registry`: every subscribed connection, and the routing of each change
+//!   to the others), `effects` (the hooks around every operation: what it lets
+//!   its client cache, what it changes), `watch` (the export watched with
+//!   inotify for changes made by processes on the server).
 //! - `sys`: the few system calls outside the export (descriptor limit, socket
-//!   options).
+//!   options, inotify).
 //! - this file: [`Server`], which accepts connections up to a limit and stops
 //!   gracefully, and [`spawn_test_server`] for tests.
 //!
@@ -27,14 +34,19 @@
 
 mod connection;
 mod dispatch;
+mod effects;
 mod export;
 mod handles;
+mod interest;
+mod registry;
 mod schedule;
 mod sequencer;
 mod sys;
+mod watch;
 
 pub use dispatch::MAX_COPY;
 pub use export::{ExportRoot, OpenFile};
+use registry::Registry;
 
 use std::future::Future;
 use std::io;
@@ -44,7 +56,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 
 /// How many clients a server serves at once unless told otherwise.
@@ -71,7 +83,7 @@ pub struct ServerConfig {
 /// A bound server, ready to [`run`](Server::run).
 #[derive(Debug)]
 pub struct Server {
-    export: Arc<ExportRoot>,
+    registry: Arc<Registry>,
     listener: TcpListener,
     local_addr: SocketAddr,
     read_only: bool,
@@ -101,7 +113,7 @@ impl Server {
             if config.read_only { " read-only" } else { "" }
         );
         Ok(Server {
-            export: Arc::new(export),
+            registry: Registry::new(Arc::new(export), true),
             listener,
             local_addr,
             read_only: config.read_only,
@@ -118,13 +130,13 @@ impl Server {
     /// finish the requests they are running (for a few seconds at most), and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let Server {
-            export,
+            registry,
             listener,
             read_only,
             slots,
             ..
         } = self;
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
 
@@ -157,11 +169,11 @@ impl Server {
                 },
             };
             log::debug!("{peer}: connected");
-            let export = Arc::clone(&export);
+            let registry = Arc::clone(&registry);
             let stop = stop_rx.clone();
             connections.spawn(async move {
                 let _slot = slot;
-                match connection::serve(stream, export, read_only, stop).await {
+                match connection::serve(stream, registry, read_only, stop).await {
                     Ok(()) => log::debug!("{peer}: disconnected"),
                     Err(e) => log::info!("{peer}: connection closed: {e}"),
                 }

@@ -3,7 +3,8 @@
 
 use ferry_common::frame::{self, MAX_CHUNK, MAX_FRAME};
 use ferry_common::proto::{
-    AttrChanges, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, PROTOCOL_VERSION,
+    AttrChanges, Change, HandshakeReply, Hello, NodeId, Notice, Op, Reply, Request, Response,
+    ServerMessage, Welcome, PROTOCOL_VERSION,
 };
 use ferry_common::{Errno, FileKind, RelPath};
 use ferry_server::{spawn_test_server, ServerHandle, MAX_COPY};
@@ -21,6 +22,16 @@ use tempfile::TempDir;
 struct Client {
     stream: TcpStream,
     next_id: u64,
+    /// Notices that came while waiting for answers.
+    notices: Vec<Notice>,
+}
+
+/// The answer in a frame from the server, which must be one.
+fn response(payload: &[u8]) -> Response {
+    match frame::decode(payload).unwrap() {
+        ServerMessage::Response(response) => response,
+        other => panic!("not an answer: {other:?}"),
+    }
 }
 
 impl Client {
@@ -29,7 +40,11 @@ impl Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
-        Client { stream, next_id: 1 }
+        Client {
+            stream,
+            next_id: 1,
+            notices: Vec::new(),
+        }
     }
 
     fn hello(&mut self, hello: &Hello) -> HandshakeReply {
@@ -52,12 +67,40 @@ impl Client {
         let id = self.next_id;
         self.next_id += 1;
         frame::write_frame(&mut self.stream, &Request { id, op }).unwrap();
-        let payload = frame::read_frame(&mut self.stream)
-            .unwrap()
-            .expect("a response");
-        let response: Response = frame::decode(&payload).unwrap();
-        assert_eq!(response.id, id);
-        response.result
+        loop {
+            let payload = frame::read_frame(&mut self.stream)
+                .unwrap()
+                .expect("a response");
+            match frame::decode(&payload).unwrap() {
+                ServerMessage::Response(response) => {
+                    assert_eq!(response.id, id);
+                    return response.result;
+                }
+                ServerMessage::Notice(notice) => self.notices.push(notice),
+            }
+        }
+    }
+
+    /// The changes of the next notices: those that came already, or the next
+    /// one to arrive (within the read timeout).
+    fn next_changes(&mut self) -> Vec<Change> {
+        if self.notices.is_empty() {
+            let payload = frame::read_frame(&mut self.stream)
+                .unwrap()
+                .expect("a notice");
+            match frame::decode(&payload).unwrap() {
+                ServerMessage::Notice(notice) => self.notices.push(notice),
+                other => panic!("not a notice: {other:?}"),
+            }
+        }
+        let mut changes = Vec::new();
+        for notice in self.notices.drain(..) {
+            match notice {
+                Notice::Changed(c) => changes.extend(c),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        changes
     }
 
     fn send_raw(&mut self, bytes: &[u8]) {
@@ -312,7 +355,7 @@ fn pipelined_requests_are_all_answered() {
         let payload = frame::read_frame(&mut client.stream)
             .unwrap()
             .expect("a response");
-        let response: Response = frame::decode(&payload).unwrap();
+        let response = response(&payload);
         order.push(response.id);
         assert!(
             answers.insert(response.id, response.result).is_none(),
@@ -910,4 +953,87 @@ fn changes_to_a_directory_come_with_its_new_attributes() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn subscribed_connections_hear_of_changes_unasked() {
+    let (tmp, server) = setup(false);
+    let export = tmp.path().join("export");
+    let (mut reader, _) = Client::welcomed(server.addr());
+    let (mut writer, _) = Client::welcomed(server.addr());
+    match reader.call(Op::Subscribe { lease_secs: 60 }) {
+        Ok(Reply::Subscribed { lease_secs }) => assert_eq!(lease_secs, 60),
+        other => panic!("{other:?}"),
+    }
+    // What the reader may cache: an attribute, a missing name, a listing.
+    let Ok(Reply::Attr(file)) = reader.call(Op::Stat { path: p("file") }) else {
+        panic!("stat")
+    };
+    assert_eq!(reader.call(Op::Stat { path: p("new") }), Err(Errno::ENOENT));
+    // Another connection changes them.
+    let chmod = AttrChanges {
+        mode: Some(0o600),
+        ..AttrChanges::default()
+    };
+    writer
+        .call(Op::SetAttr {
+            path: p("file"),
+            handle: None,
+            changes: chmod,
+        })
+        .unwrap();
+    assert_eq!(
+        reader.next_changes(),
+        vec![Change::Node {
+            id: NodeId::of(&file),
+            content: false
+        }]
+    );
+    writer
+        .call(Op::Mkdir {
+            path: p("new"),
+            mode: 0o755,
+            owner: None,
+        })
+        .unwrap();
+    assert!(reader
+        .next_changes()
+        .contains(&Change::Name { path: p("new") }));
+    // The maker hears nothing of its own changes (it did not subscribe
+    // anyway), and a change told once is not told again until asked anew.
+    writer
+        .call(Op::SetAttr {
+            path: p("file"),
+            handle: None,
+            changes: chmod,
+        })
+        .unwrap();
+    // A process on the server: a file written in place, a name made.
+    let Ok(Reply::Attr(file)) = reader.call(Op::Stat { path: p("file") }) else {
+        panic!("stat")
+    };
+    reader.call(Op::Stat { path: p("local") }).unwrap_err();
+    fs::write(export.join("file"), "changed on the server").unwrap();
+    fs::write(export.join("local"), "made on the server").unwrap();
+    let mut changes = Vec::new();
+    while !(changes.contains(&Change::Node {
+        id: NodeId::of(&file),
+        content: true,
+    }) && changes.contains(&Change::Name { path: p("local") }))
+    {
+        changes.extend(reader.next_changes());
+    }
+}
+
+#[test]
+fn a_connection_that_does_not_subscribe_hears_nothing() {
+    let (tmp, server) = setup(false);
+    let (mut plain, _) = Client::welcomed(server.addr());
+    plain.call(Op::Stat { path: p("file") }).unwrap();
+    fs::write(tmp.path().join("export/file"), "changed").unwrap();
+    // Any frame now would be a notice; the next one must be this answer.
+    plain.call(Op::Stat { path: p("file") }).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    plain.call(Op::StatFs).unwrap();
+    assert!(plain.notices.is_empty());
 }

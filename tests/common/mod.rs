@@ -34,6 +34,9 @@ pub struct Setup {
     pub read_only_server: bool,
     pub read_only_mount: bool,
     pub attr_timeout: Duration,
+    /// How long caches live while the server tells the mount of changes
+    /// (zero: the mount does not ask it to).
+    pub lease: Duration,
     pub readdirplus: bool,
     pub allow_other: bool,
     /// Export this directory instead of a fresh empty one.
@@ -48,6 +51,7 @@ impl Default for Setup {
             read_only_server: false,
             read_only_mount: false,
             attr_timeout: Duration::from_secs(1),
+            lease: ferry_fusefs::core::DEFAULT_LEASE,
             readdirplus: true,
             allow_other: false,
             export: None,
@@ -193,6 +197,7 @@ impl Fixture {
         let opts = MountOptions {
             fs: FsOptions {
                 attr_timeout: setup.attr_timeout,
+                lease: setup.lease,
                 read_only: setup.read_only_mount,
                 readdirplus: setup.readdirplus,
             },

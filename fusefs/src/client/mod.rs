@@ -17,9 +17,17 @@
 //! request carrying a handle is sent with [`RemoteClient::submit_in`] and fails
 //! (rather than reaching whatever file that number names on a new connection)
 //! when the epoch has changed; its owner re-opens the file by path.
+//!
+//! A server may also send notices, unasked (see `ferry_common::proto::Notice`).
+//! The reader hands each to the one handler registered with
+//! [`RemoteClient::on_event`], in the order they arrive among the answers, and
+//! the handler also hears when a connection is established and when it breaks
+//! ([`ConnEvent`]): what a notice promises holds for its connection only.
 
 use ferry_common::frame::{self, ResponseFrame};
-use ferry_common::proto::{DirEntry, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome};
+use ferry_common::proto::{
+    DirEntry, HandshakeReply, Hello, Notice, Op, Reply, Request, ServerMessage, Welcome,
+};
 use ferry_common::sync::lock;
 use ferry_common::Errno;
 use std::collections::{BTreeMap, HashMap};
@@ -44,6 +52,20 @@ pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
 /// What a caller gets back: the reply or the errno to hand on.
 pub type OpResult = Result<Reply, Errno>;
 type Callback = Box<dyn FnOnce(OpResult) + Send>;
+
+/// What happens to the connection, for the handler registered with
+/// [`RemoteClient::on_event`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// Connection `epoch` is up (the first one, or a reconnect).
+    Established(u64),
+    /// The server sent a notice on connection `epoch`.
+    Notice(u64, Notice),
+    /// Connection `epoch` broke (or was shut down); its requests failed.
+    Lost(u64),
+}
+
+type EventHandler = Arc<dyn Fn(ConnEvent) + Send + Sync>;
 
 /// Why a connection could not be opened, worded for a person.
 #[derive(Debug)]
@@ -107,6 +129,8 @@ struct Inner {
     welcome: Welcome,
     /// Requests sent, by operation: what `FERRY_STATS` prints.
     sent: Mutex<BTreeMap<&'static str, u64>>,
+    /// Hears of notices and of connections made and lost.
+    events: Mutex<Option<EventHandler>>,
 }
 
 /// A connection to a ferry server; cheap to clone (all clones share it).
@@ -192,6 +216,7 @@ impl RemoteClient {
             timeout,
             welcome,
             sent: Mutex::new(BTreeMap::new()),
+            events: Mutex::new(None),
         });
         {
             let mut conn = lock(&inner.conn);
@@ -222,11 +247,32 @@ impl RemoteClient {
         &self.inner.addr
     }
 
+    /// Registers the one handler of [`ConnEvent`]s (a second call replaces the
+    /// first). It is told at once of the connection that is up, if one is. It
+    /// runs on the reader thread for notices and breaks, and on a caller's
+    /// thread for a reconnect, never with a lock of this client held, and must
+    /// not block for long: answers wait behind it.
+    pub fn on_event(&self, handler: impl Fn(ConnEvent) + Send + Sync + 'static) {
+        let handler: EventHandler = Arc::new(handler);
+        *lock(&self.inner.events) = Some(Arc::clone(&handler));
+        if let Some(epoch) = self.current_epoch() {
+            handler(ConnEvent::Established(epoch));
+        }
+    }
+
     /// The number of the live connection, reconnecting first if it is broken.
     /// EIO when the server cannot be reached.
     pub fn connected_epoch(&self) -> Result<u64, Errno> {
         let mut conn = lock(&self.inner.conn);
-        self.inner.ensure(&mut conn).map(|c| c.epoch)
+        let (epoch, new) = self
+            .inner
+            .ensure(&mut conn)
+            .map(|(c, new)| (c.epoch, new))?;
+        drop(conn);
+        if new {
+            self.inner.tell(ConnEvent::Established(epoch));
+        }
+        Ok(epoch)
     }
 
     /// The number of the live connection, if there is one (never reconnects).
@@ -304,8 +350,14 @@ impl RemoteClient {
         done: Callback,
     ) {
         let mut conn = lock(&self.inner.conn);
-        let live = match self.inner.ensure(&mut conn) {
-            Ok(c) if epoch.is_none_or(|e| e == c.epoch) => c,
+        let (live, new) = match self.inner.ensure(&mut conn) {
+            Ok((c, new)) if epoch.is_none_or(|e| e == c.epoch) => (c, new),
+            Ok((c, true)) => {
+                let epoch = c.epoch;
+                drop(conn);
+                self.inner.tell(ConnEvent::Established(epoch));
+                return done(Err(Errno::EIO));
+            }
             Ok(_) | Err(_) => {
                 drop(conn);
                 return done(Err(Errno::EIO));
@@ -324,7 +376,16 @@ impl RemoteClient {
             log::warn!("lost the connection to {}: {e}", self.inner.addr);
             let failed = self.inner.break_conn(&mut conn, live_epoch);
             drop(conn);
+            if new {
+                self.inner.tell(ConnEvent::Established(live_epoch));
+            }
+            self.inner.tell(ConnEvent::Lost(live_epoch));
             fail(failed);
+            return;
+        }
+        drop(conn);
+        if new {
+            self.inner.tell(ConnEvent::Established(live_epoch));
         }
     }
 
@@ -386,6 +447,7 @@ impl RemoteClient {
     pub fn shutdown(&self) {
         let epoch = self.inner.epoch.load(Ordering::Relaxed);
         let failed = self.inner.break_conn(&mut lock(&self.inner.conn), epoch);
+        self.inner.tell(ConnEvent::Lost(epoch));
         fail(failed);
     }
 }
@@ -403,9 +465,22 @@ impl Inner {
         Ok(())
     }
 
+    /// Tells the event handler, if there is one, of `event`.
+    fn tell(&self, event: ConnEvent) {
+        let handler = lock(&self.events).clone();
+        if let Some(handler) = handler {
+            handler(event);
+        }
+    }
+
     /// The live connection, reconnecting if it is broken and the last attempt is
-    /// old enough.
-    fn ensure<'a>(self: &Arc<Self>, conn: &'a mut Option<Conn>) -> Result<&'a mut Conn, Errno> {
+    /// old enough; and whether it was made just now (the caller tells the event
+    /// handler once it has let go of the connection's lock).
+    fn ensure<'a>(
+        self: &Arc<Self>,
+        conn: &'a mut Option<Conn>,
+    ) -> Result<(&'a mut Conn, bool), Errno> {
+        let mut new = false;
         if conn.is_none() {
             let mut last = lock(&self.last_attempt);
             if last.elapsed() < RECONNECT_INTERVAL {
@@ -417,6 +492,7 @@ impl Inner {
                 Ok((stream, _)) => {
                     self.start(conn, stream).map_err(Errno::from)?;
                     log::warn!("reconnected to {}", self.addr);
+                    new = true;
                 }
                 Err(e) => {
                     log::debug!("reconnecting: {e}");
@@ -424,7 +500,7 @@ impl Inner {
                 }
             }
         }
-        conn.as_mut().ok_or(Errno::EIO)
+        conn.as_mut().map(|c| (c, new)).ok_or(Errno::EIO)
     }
 
     fn complete(&self, id: u64, result: OpResult) {
@@ -461,6 +537,7 @@ impl Inner {
     /// Breaks connection `epoch` (from its reader thread) and fails its requests.
     fn lose(&self, epoch: u64) {
         let failed = self.break_conn(&mut lock(&self.conn), epoch);
+        self.tell(ConnEvent::Lost(epoch));
         fail(failed);
     }
 }
@@ -516,8 +593,9 @@ fn read_loop(stream: TcpStream, epoch: u64, inner: std::sync::Weak<Inner>) {
                 return inner.lose(epoch);
             }
         };
-        match frame::decode::<Response>(&payload) {
-            Ok(resp) => inner.complete(resp.id, resp.result),
+        match frame::decode::<ServerMessage>(&payload) {
+            Ok(ServerMessage::Response(resp)) => inner.complete(resp.id, resp.result),
+            Ok(ServerMessage::Notice(notice)) => inner.tell(ConnEvent::Notice(epoch, notice)),
             Err(e) => {
                 log::error!("{} sent an answer that cannot be decoded: {e}", inner.addr);
                 return inner.lose(epoch);

@@ -2,7 +2,7 @@
 //! says and when) and against a real server in this process.
 
 use super::*;
-use ferry_common::proto::{HandshakeReply, Welcome, PROTOCOL_VERSION};
+use ferry_common::proto::{Change, HandshakeReply, Notice, Response, Welcome, PROTOCOL_VERSION};
 use ferry_common::{Attr, FileKind, RelPath};
 use ferry_server::{spawn_server, spawn_test_server, ServerConfig};
 use std::net::{SocketAddr, TcpListener};
@@ -58,7 +58,7 @@ fn read_request(stream: &mut TcpStream) -> Option<Request> {
 }
 
 fn answer(stream: &mut TcpStream, id: u64, result: OpResult) {
-    let _ = frame::write_frame(stream, &Response { id, result });
+    let _ = frame::write_frame(stream, &ServerMessage::Response(Response { id, result }));
 }
 
 fn stat(name: &str) -> Op {
@@ -352,4 +352,64 @@ fn a_listing_longer_than_a_page_is_fetched_whole() {
         .find(|(op, _)| *op == "readdir")
         .map(|x| x.1);
     assert_eq!(readdirs, Some(3));
+}
+
+#[test]
+fn notices_and_connections_reach_the_event_handler_in_order() {
+    let notice = Notice::Changed(vec![Change::Name {
+        path: RelPath::parse("a").expect("a path"),
+    }]);
+    let sent = notice.clone();
+    let addr = ferry_peer(move |mut stream| {
+        // A notice, then the answer to the first request, then a break.
+        let request = read_request(&mut stream).expect("a request");
+        let _ = frame::write_frame(&mut stream, &ServerMessage::Notice(sent));
+        answer(&mut stream, request.id, Ok(Reply::Done));
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    });
+    let client = connect(addr, PATIENCE);
+    let (tx, rx) = mpsc::channel();
+    let events = tx.clone();
+    client.on_event(move |e| {
+        let _ = events.send(e);
+    });
+    // Told at once of the connection that is up.
+    assert_eq!(received(&rx), ConnEvent::Established(1));
+    client.submit(Op::StatFs, move |r| {
+        let _ = tx.send(ConnEvent::Notice(0, Notice::Reset { lease_secs: 0 }));
+        assert_eq!(r, Ok(Reply::Done));
+    });
+    // The notice before the answer it came before, then the break.
+    assert_eq!(received(&rx), ConnEvent::Notice(1, notice));
+    assert_eq!(
+        received(&rx),
+        ConnEvent::Notice(0, Notice::Reset { lease_secs: 0 }),
+        "the answer's callback"
+    );
+    assert_eq!(received(&rx), ConnEvent::Lost(1));
+}
+
+#[test]
+fn a_reconnect_is_told_to_the_event_handler() {
+    let mut served = Served::new();
+    let client = connect(served.addr(), PATIENCE);
+    let (tx, rx) = mpsc::channel();
+    client.on_event(move |e| {
+        let _ = tx.send(e);
+    });
+    assert_eq!(received(&rx), ConnEvent::Established(1));
+    served.restart();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let _ = client.call(stat("a"));
+        if client.current_epoch() == Some(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reconnect");
+        thread::sleep(RECONNECT_INTERVAL / 5);
+    }
+    assert_eq!(received(&rx), ConnEvent::Lost(1));
+    assert_eq!(received(&rx), ConnEvent::Established(2));
+    client.shutdown();
+    assert_eq!(received(&rx), ConnEvent::Lost(2));
 }

@@ -8,12 +8,12 @@
 use super::{expect_attr, without_suidgid, Attrs, Caller, Core, Done};
 use ferry_common::proto::{AttrChanges, Op, SetTime};
 use ferry_common::{Attr, RelPath, Timestamp};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 impl Core {
     /// The attributes of `ino`; with `fh`, of the open file (which may be unlinked).
     pub fn getattr(&self, ino: u64, fh: Option<u64>, done: impl Done<Attrs>) {
-        let ttl = self.ttl();
+        let ttl = self.ttl_since(Instant::now());
         // A file this mount is writing: the server would only say what we know, or
         // less (the kernel asks while changing the owner, after every write).
         if let Some(attr) = self.writes.projected(ino, ttl) {
@@ -56,7 +56,7 @@ impl Core {
         // truncation by anyone but root drops setuid/setgid, as locally.
         changes.kill_suidgid |= changes.size.is_some() && caller.uid != 0;
         if let Some(attr) = self.defer_setattr(ino, fh, changes) {
-            let ttl = self.ttl();
+            let ttl = self.ttl_since(Instant::now());
             return done(Ok(Attrs { attr, ttl }));
         }
         // A truncation must not overtake a write; nor may any answer predate them.
@@ -82,13 +82,14 @@ impl Core {
     fn attr_op(&self, ino: u64, epoch: Option<u64>, op: Op, done: impl Done<Attrs>) {
         let mark = self.writes.mark();
         let core = self.clone();
-        self.ask(epoch, op, move |r| match expect_attr(r) {
+        let asked = Instant::now();
+        self.ask_about(Some(ino), epoch, op, move |r| match expect_attr(r) {
             Ok(attr) => {
                 core.writes.told(ino, &attr, mark);
-                core.attrs.store(ino, attr);
+                core.attrs.store(ino, attr, core.until(asked));
                 done(Ok(Attrs {
                     attr,
-                    ttl: core.ttl(),
+                    ttl: core.ttl_since(asked),
                 }))
             }
             Err(e) => done(Err(e)),
@@ -127,7 +128,13 @@ impl Core {
             changes,
         };
         let core = self.clone();
-        let sent = move |r| core.writes.finish(ticket, expect_attr(r).map(Some));
+        let crossing = self.mark();
+        let sent = move |r| {
+            core.writes.finish(ticket, expect_attr(r).map(Some));
+            // The projection takes the server's answer: a notice that crossed
+            // it says the file changed since.
+            core.settle(crossing, super::Touched::default().with_ino(Some(ino)));
+        };
         // Not waited for: the kernel has its answer already.
         match self.server_handle(writer) {
             Ok((epoch, handle)) => self.client.submit_in(epoch, op(handle), sent),

@@ -2,10 +2,18 @@
 //!
 //! A listing is taken when reading starts at offset 0 (opendir or rewinddir)
 //! and served from memory afterwards, so the kernel's offsets stay stable while
-//! the directory changes. A listing that fits in one page is also proof of
-//! which names are *not* there (see [`crate::known`]). Offsets name the *next*
-//! entry: 0 is `.`, 1 is `..`, then the listing.
+//! the directory changes. A whole listing is also proof of which names are
+//! *not* there (see [`crate::known`]): one that fits in one page, or, under a
+//! lease, any (a change between pages is told, and recalls it). Offsets name
+//! the *next* entry: 0 is `.`, 1 is `..`, then the listing.
+//!
+//! Under a lease the kernel is let cache a directory's listing itself
+//! (`FOPEN_CACHE_DIR`) and keep it from one opendir to the next while this
+//! mount knows every name of the directory (a directory lease): a notice that
+//! it changed drops the kernel's copy. A repeated `ls -lR` of an unchanged
+//! tree then never reaches the server.
 
+use super::coherence::{Mark, Touched};
 use super::{Core, Done, Entry};
 use ferry_common::frame::READDIR_PAGE;
 use ferry_common::proto::{DirEntry, Op, Reply};
@@ -23,6 +31,29 @@ struct Snapshot {
     /// The directory's path when the listing was taken.
     path: RelPath,
     entries: Arc<Vec<DirEntry>>,
+    /// When the listing was asked for, and the notices seen by then.
+    asked: Instant,
+    mark: Mark,
+}
+
+/// A listing as read by [`Core::listing`].
+struct Listing {
+    path: RelPath,
+    entries: Arc<Vec<DirEntry>>,
+    /// When it was asked for, and the notices seen by then.
+    asked: Instant,
+    mark: Mark,
+}
+
+/// An open directory: the handle to give the kernel, and how it may cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenedDir {
+    pub fh: u64,
+    /// The kernel may cache the listing (`FOPEN_CACHE_DIR`).
+    pub cache: bool,
+    /// ...and keep what it cached before (`FOPEN_KEEP_CACHE`): the directory
+    /// is leased, unchanged since.
+    pub keep_cache: bool,
 }
 
 /// The snapshots of open directories, by the handle given to the kernel
@@ -53,8 +84,8 @@ pub struct DirItemPlus<'a> {
 }
 
 impl Core {
-    /// Opens directory `ino` for listing; answers the handle for the kernel.
-    pub fn opendir(&self, ino: u64, done: impl Done<u64>) {
+    /// Opens directory `ino` for listing.
+    pub fn opendir(&self, ino: u64, done: impl Done<OpenedDir>) {
         let path = match self.path_of(ino) {
             Ok(p) => p,
             Err(e) => return done(Err(e)),
@@ -63,9 +94,16 @@ impl Core {
         let snapshot = Snapshot {
             path,
             entries: Arc::default(),
+            asked: Instant::now(),
+            mark: self.mark(),
         };
         lock(&self.dirs.open).insert(fh, snapshot);
-        done(Ok(fh))
+        let cache = self.leased();
+        done(Ok(OpenedDir {
+            fh,
+            cache,
+            keep_cache: cache && self.dir_leased(ino),
+        }))
     }
 
     pub fn releasedir(&self, fh: u64) {
@@ -73,15 +111,37 @@ impl Core {
     }
 
     /// Lists directory `ino` from `offset`, handing each entry to `add` until
-    /// it answers that the kernel's buffer is full.
+    /// it answers that the kernel's buffer is full; `finish` answers the kernel.
     pub fn readdir(
         &self,
         ino: u64,
         fh: u64,
         offset: u64,
+        add: impl FnMut(DirItem<'_>) -> bool,
+        finish: impl FnOnce(Result<(), Errno>),
+    ) {
+        let listed = self.readdir_into(ino, fh, offset, add);
+        let crossing = listed.as_ref().ok().map(|(_, mark)| *mark);
+        finish(listed.map(|_| ()));
+        if let Some(mark) = crossing {
+            // The kernel may cache the listing (FOPEN_CACHE_DIR).
+            self.settle(mark, Touched::default().with_ino(Some(ino)));
+        }
+    }
+
+    fn readdir_into(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
         mut add: impl FnMut(DirItem<'_>) -> bool,
-    ) -> Result<(), Errno> {
-        let (path, entries) = self.listing(ino, fh, offset)?;
+    ) -> Result<(RelPath, Mark), Errno> {
+        let Listing {
+            path,
+            entries,
+            mark,
+            ..
+        } = self.listing(ino, fh, offset)?;
         let total = entries.len() as u64 + 2;
         for index in offset..total {
             let item = match index {
@@ -114,7 +174,7 @@ impl Core {
                 break;
             }
         }
-        Ok(())
+        Ok((path, mark))
     }
 
     /// [`readdir`](Self::readdir) with attributes: every entry but `.` and `..`
@@ -124,10 +184,43 @@ impl Core {
         ino: u64,
         fh: u64,
         offset: u64,
+        add: impl FnMut(DirItemPlus<'_>) -> bool,
+        finish: impl FnOnce(Result<(), Errno>),
+    ) {
+        let listed = self.readdirplus_into(ino, fh, offset, add);
+        match listed {
+            Ok((mark, handed)) => {
+                finish(Ok(()));
+                // The kernel caches the entries and their attributes.
+                self.settle(
+                    mark,
+                    Touched {
+                        paths: handed,
+                        inos: vec![ino],
+                    },
+                );
+            }
+            Err(e) => finish(Err(e)),
+        }
+    }
+
+    /// The entries handed to `add`, by path, and the listing's mark.
+    fn readdirplus_into(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
         mut add: impl FnMut(DirItemPlus<'_>) -> bool,
-    ) -> Result<(), Errno> {
-        let (path, entries) = self.listing(ino, fh, offset)?;
-        let ttl = self.ttl();
+    ) -> Result<(Mark, Vec<RelPath>), Errno> {
+        let Listing {
+            path,
+            entries,
+            asked,
+            mark,
+        } = self.listing(ino, fh, offset)?;
+        let ttl = self.ttl_since(asked);
+        let until = self.until(asked);
+        let mut handed = Vec::new();
         let dot = |ino| Entry {
             ino,
             attr: Attr::blank(FileKind::Directory),
@@ -151,7 +244,7 @@ impl Core {
                     let name = OsStr::from_bytes(&entry.name);
                     let Ok(child) = path.join(name) else { continue };
                     let child_ino = lock(&self.inodes).remember(&child, &entry.attr);
-                    self.attrs.store(child_ino, entry.attr);
+                    self.attrs.store(child_ino, entry.attr, until);
                     let attr = self.writes.overlay(child_ino, entry.attr, None);
                     let full = add(DirItemPlus {
                         entry: Entry {
@@ -164,6 +257,8 @@ impl Core {
                     });
                     if full {
                         lock(&self.inodes).forget(child_ino, 1);
+                    } else {
+                        handed.push(child);
                     }
                     full
                 }
@@ -172,7 +267,7 @@ impl Core {
                 break;
             }
         }
-        Ok(())
+        Ok((mark, handed))
     }
 
     /// Statistics of the server's file system.
@@ -184,23 +279,30 @@ impl Core {
         });
     }
 
-    /// The listing of an open directory, fetched afresh when reading restarts.
+    /// The listing of an open directory, fetched afresh when reading
+    /// restarts; with when it was asked for, and the notices seen by then.
     fn listing(
         &self,
         ino: u64,
         fh: u64,
         offset: u64,
-    ) -> Result<(RelPath, Arc<Vec<DirEntry>>), Errno> {
+    ) -> Result<Listing, Errno> {
         let opened_as = {
             let open = lock(&self.dirs.open);
             let snapshot = open.get(&fh).ok_or(Errno::EBADF)?;
             if offset != 0 {
-                return Ok((snapshot.path.clone(), snapshot.entries.clone()));
+                return Ok(Listing {
+                    path: snapshot.path.clone(),
+                    entries: snapshot.entries.clone(),
+                    asked: snapshot.asked,
+                    mark: snapshot.mark,
+                });
             }
             snapshot.path.clone()
         };
         // The directory's path now: it may have been renamed since opendir.
         let path = self.path_of(ino).unwrap_or(opened_as);
+        let mark = self.mark();
         let asked = Instant::now();
         let entries = Arc::new(self.client.list_dir(&path)?);
         // One request per page (of the server's READDIR_PAGE entries).
@@ -209,17 +311,27 @@ impl Core {
         }
         // One page is one read of the directory on the server; between pages
         // others may remove entries and shift the rest, so a longer listing is
-        // no proof of what is missing.
-        let whole = entries.len() < READDIR_PAGE;
+        // no proof of what is missing — unless the server tells of changes.
+        let whole = entries.len() < READDIR_PAGE || self.leased_at(asked);
         if whole && lock(&self.inodes).ino_of(&path) == Some(ino) {
-            self.known
-                .learn(ino, asked, entries.iter().map(|e| e.name.as_slice()));
+            self.known.learn(
+                ino,
+                self.until(asked),
+                entries.iter().map(|e| e.name.as_slice()),
+            );
         }
         if let Some(snapshot) = lock(&self.dirs.open).get_mut(&fh) {
             snapshot.path = path.clone();
             snapshot.entries = entries.clone();
+            snapshot.asked = asked;
+            snapshot.mark = mark;
         }
-        Ok((path, entries))
+        Ok(Listing {
+            path,
+            entries,
+            asked,
+            mark,
+        })
     }
 
     /// The inode of the directory holding `path` (the root for the root).

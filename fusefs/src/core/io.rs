@@ -15,6 +15,7 @@ use ferry_common::frame::MAX_CHUNK;
 use ferry_common::proto::{AttrChanges, Op, Reply};
 use ferry_common::sync::lock;
 use ferry_common::Errno;
+use std::time::Instant;
 
 /// Whether writes through a file opened with `flags` must reach the server before
 /// `write(2)` returns: an appending write lands wherever the server's end of file
@@ -41,7 +42,9 @@ impl Core {
         };
         let mark = self.writes.mark();
         let core = self.clone();
-        self.ask(Some(epoch), Op::Open { path, flags }, move |r| {
+        let asked = Instant::now();
+        let op = Op::Open { path, flags };
+        self.ask_about(Some(ino), Some(epoch), op, move |r| {
             let (handle, attr) = match r.map(|reply| reply.opened()) {
                 Ok(Some(opened)) => opened,
                 Ok(None) => return done(Err(Errno::EPROTO)),
@@ -61,9 +64,10 @@ impl Core {
             if writable(flags) {
                 core.writes.opened_for_writing_since(ino, fh, &attr, mark);
             }
-            core.attrs.store(ino, attr);
+            core.attrs.store(ino, attr, core.until(asked));
             // Close-to-open consistency: keep cached pages only when the file is
-            // unchanged since it was last opened.
+            // unchanged since it was last opened (or, under a lease, since the
+            // server last said it changed).
             let keep_cache = {
                 let mut inodes = lock(&core.inodes);
                 inodes.add_handle(ino, fh);
@@ -160,7 +164,7 @@ impl Core {
                 log::warn!("could not drop setuid/setgid of inode {ino} after a write");
             }
             // The kernel still holds the old mode.
-            self.kernel.forget_attrs(ino);
+            self.kernel.forget_inode(ino, false);
         }
     }
 

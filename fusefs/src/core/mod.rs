@@ -21,12 +21,15 @@
 //! - [`attrs`]: getattr, setattr, and setattr deferred behind writes;
 //! - [`reopen`]: finding the server handle behind a kernel handle, opening the
 //!   file again after a reconnect;
-//! - [`locking`] and [`xattr`]: file locks and extended attributes.
+//! - [`locking`] and [`xattr`]: file locks and extended attributes;
+//! - [`coherence`]: the lease, the server's notices applied to the kernel and
+//!   to every cache here, and the rule for answers that cross a notice.
 //!
 //! All state lives in one [`Shared`], behind the cheap-to-clone [`Core`]; a
 //! callback that outlives the call holds a clone.
 
 mod attrs;
+mod coherence;
 mod dirs;
 mod io;
 mod locking;
@@ -37,7 +40,7 @@ mod xattr;
 #[cfg(test)]
 mod tests;
 
-pub use dirs::{DirItem, DirItemPlus};
+pub use dirs::{DirItem, DirItemPlus, OpenedDir};
 pub use locking::LockAnswer;
 pub use xattr::XattrAnswer;
 
@@ -48,20 +51,30 @@ use crate::inode::{FileId, InodeTable};
 use crate::known::KnownDirs;
 use crate::locks::LockOwners;
 use crate::writeback::WriteBehind;
+use coherence::{Coherence, Touched};
 use dirs::DirSnapshots;
 use ferry_common::proto::{Op, Owner};
 use ferry_common::sync::lock;
 use ferry_common::{Attr, Errno, FileKind};
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long caches live, by default, while the server tells this mount of
+/// every change.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
 /// How the mount behaves; set from the command line.
 #[derive(Clone, Debug)]
 pub struct FsOptions {
-    /// How long the kernel may trust attributes and entries without asking again.
+    /// How long the kernel may trust attributes and entries without asking
+    /// again, when the server does not tell this mount of changes.
     pub attr_timeout: Duration,
+    /// How long caches live while the server tells this mount of every
+    /// change (see [`coherence`]); zero: never ask it to.
+    pub lease: Duration,
     pub read_only: bool,
     /// Ask the kernel for readdirplus (names with attributes in one round trip).
     /// Off only to exercise the plain readdir path.
@@ -72,6 +85,7 @@ impl Default for FsOptions {
     fn default() -> Self {
         FsOptions {
             attr_timeout: Duration::from_secs(1),
+            lease: DEFAULT_LEASE,
             read_only: false,
             readdirplus: true,
         }
@@ -137,11 +151,16 @@ pub trait Done<T>: FnOnce(Result<T, Errno>) + Send + 'static {}
 impl<T, F: FnOnce(Result<T, Errno>) + Send + 'static> Done<T> for F {}
 
 /// What the core asks of the kernel's own caches. An implementation carries
-/// the requests out on a thread of its own — never inside a FUSE request, as
-/// the kernel may wait, during an invalidation, for a request still in flight.
+/// the requests out on a thread of its own, in the order asked — never inside
+/// a FUSE request, as the kernel may wait, during an invalidation, for a
+/// request still in flight. An inode or name the kernel does not hold is no
+/// error.
 pub trait KernelCache: Send + Sync {
-    /// Drops the kernel's cached attributes of `ino` (its pages stay).
-    fn forget_attrs(&self, ino: u64);
+    /// Drops the kernel's entry `name` in directory `parent`, positive or negative.
+    fn forget_entry(&self, parent: u64, name: &OsStr);
+    /// Drops the kernel's cached attributes of `ino`; with `data`, its pages
+    /// too (a file's data, a directory's cached listing, a symlink's target).
+    fn forget_inode(&self, ino: u64, data: bool);
     /// Drops the kernel's cached attributes and pages of `ino`, then runs `then`.
     fn forget_data_then(&self, ino: u64, then: Box<dyn FnOnce() + Send>);
 }
@@ -152,7 +171,8 @@ pub trait KernelCache: Send + Sync {
 pub struct NoKernel;
 
 impl KernelCache for NoKernel {
-    fn forget_attrs(&self, _ino: u64) {}
+    fn forget_entry(&self, _parent: u64, _name: &OsStr) {}
+    fn forget_inode(&self, _ino: u64, _data: bool) {}
     fn forget_data_then(&self, _ino: u64, then: Box<dyn FnOnce() + Send>) {
         then()
     }
@@ -191,6 +211,8 @@ pub struct Shared {
     /// Answers for `security.capability` (see [`xattr`]).
     file_caps: xattr::FileCapCache,
     kernel: Arc<dyn KernelCache>,
+    /// The lease and the server's notices.
+    coherence: Coherence,
     stats: Stats,
 }
 
@@ -206,23 +228,27 @@ impl Deref for Core {
 }
 
 impl Core {
+    /// The core of a mount on `client`'s server. Unless `opts.lease` is zero,
+    /// it asks every connection for notices (see [`coherence`]).
     pub fn new(client: RemoteClient, opts: FsOptions, kernel: Arc<dyn KernelCache>) -> Core {
         let root = FileId::of(&client.welcome().root);
-        let ttl = opts.attr_timeout;
-        Core(Arc::new(Shared {
+        let shared = Arc::new(Shared {
             client,
             inodes: Mutex::new(InodeTable::new(root)),
             files: Mutex::new(OpenFiles::new()),
             writes: WriteBehind::new(),
-            attrs: AttrCache::new(ttl),
-            known: KnownDirs::new(ttl),
+            attrs: AttrCache::new(),
+            known: KnownDirs::new(),
             dirs: DirSnapshots::default(),
             lock_owners: LockOwners::new(),
-            file_caps: xattr::FileCapCache::new(ttl),
+            file_caps: xattr::FileCapCache::new(),
             kernel,
+            coherence: Coherence::new(opts.lease),
             stats: Stats::default(),
             opts,
-        }))
+        });
+        Core::listen(&shared);
+        Core(shared)
     }
 
     pub fn options(&self) -> &FsOptions {
@@ -237,14 +263,31 @@ impl Core {
         &self.stats
     }
 
-    fn ttl(&self) -> Duration {
-        self.opts.attr_timeout
+    /// Sends `op` for an answer an application waits for; `epoch` pins it to
+    /// the connection of a server handle it carries. Once `done` has stored
+    /// what the answer says and answered the kernel, a notice that crossed it
+    /// is applied again to what it named (see [`Core::settle`]).
+    fn ask(&self, epoch: Option<u64>, op: Op, done: impl Done<ferry_common::proto::Reply>) {
+        self.ask_about(None, epoch, op, done)
     }
 
-    /// Sends `op` for an answer an application waits for; `epoch` pins it to
-    /// the connection of a server handle it carries.
-    fn ask(&self, epoch: Option<u64>, op: Op, done: impl Done<ferry_common::proto::Reply>) {
+    /// [`ask`](Self::ask) for an operation whose answer is about inode `ino`
+    /// (besides the paths it names): its data or attributes through a handle.
+    fn ask_about(
+        &self,
+        ino: Option<u64>,
+        epoch: Option<u64>,
+        op: Op,
+        done: impl Done<ferry_common::proto::Reply>,
+    ) {
         self.stats.waited_for(op.name());
+        let touched = Touched::of(&op).with_ino(ino);
+        let mark = self.mark();
+        let core = self.clone();
+        let done = move |r| {
+            done(r);
+            core.settle(mark, touched);
+        };
         match epoch {
             Some(epoch) => self.client.submit_in(epoch, op, done),
             None => self.client.submit(op, done),
@@ -260,12 +303,12 @@ impl Core {
         }
     }
 
-    /// Keeps the directory attributes the server sent along with a change, for
-    /// the directories this mount has numbers for.
-    fn note_dirs(&self, dirs: &[Attr]) {
+    /// Keeps the directory attributes the server sent along with a change
+    /// asked for at `asked`, for the directories this mount has numbers for.
+    fn note_dirs(&self, dirs: &[Attr], asked: Instant) {
         for dir in dirs {
             if let Some(ino) = lock(&self.inodes).ino_of_file(dir) {
-                self.attrs.store(ino, *dir);
+                self.attrs.store(ino, *dir, self.until(asked));
             }
         }
     }
@@ -280,9 +323,10 @@ impl Core {
         self.path_of(parent)?.join(name)
     }
 
-    /// A negative entry: "no such name" for `ttl`.
-    fn missing(&self) -> Lookup {
-        Lookup::Missing(self.ttl())
+    /// A negative entry for `name` in `dir`: "no such name", as the server
+    /// answered a request sent at `asked`.
+    fn missing(&self, dir: u64, name: &OsStr, asked: Instant) -> Lookup {
+        Lookup::Missing(self.negative(dir, name, self.until(asked)))
     }
 }
 

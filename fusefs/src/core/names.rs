@@ -37,7 +37,8 @@ impl Core {
     /// The entry `name` in `parent`.
     pub fn lookup(&self, parent: u64, name: &OsStr, done: impl Done<Lookup>) {
         if let Some(left) = self.known.absent(parent, name) {
-            return done(Ok(Lookup::Missing(left)));
+            let ttl = self.negative(parent, name, Instant::now() + left);
+            return done(Ok(Lookup::Missing(ttl)));
         }
         let path = match self.child(parent, name) {
             Ok(p) => p,
@@ -45,6 +46,8 @@ impl Core {
         };
         let op = Op::Stat { path: path.clone() };
         let core = self.clone();
+        let name = name.to_os_string();
+        let asked = Instant::now();
         self.entry_op(path.clone(), op, move |r| match r {
             Ok(entry) => done(Ok(Lookup::Found(entry))),
             // A name that does not exist is remembered by the kernel as a
@@ -53,7 +56,7 @@ impl Core {
             Err(Errno::ENOENT) => {
                 // The name is gone (another client removed it).
                 lock(&core.inodes).detach(&path);
-                done(Ok(core.missing()))
+                done(Ok(core.missing(parent, &name, asked)))
             }
             Err(e) => done(Err(e)),
         });
@@ -120,9 +123,23 @@ impl Core {
         match (self.path_of(ino), self.child(newparent, newname)) {
             (Ok(existing), Ok(path)) => {
                 self.known.add(newparent, newname);
+                let done = self.confirm_name(newparent, done);
                 self.entry_op(path.clone(), Op::Link { existing, path }, done)
             }
             (Err(e), _) | (_, Err(e)) => done(Err(e)),
+        }
+    }
+
+    /// `done`, after forgetting the names of `dir` when a name added there
+    /// before asking the server may not exist after all (the request failed
+    /// for any reason but "it exists").
+    fn confirm_name<T: Send + 'static>(&self, dir: u64, done: impl Done<T>) -> impl Done<T> {
+        let core = self.clone();
+        move |r: Result<T, Errno>| {
+            if r.as_ref().is_err_and(|e| *e != Errno::EEXIST) {
+                core.known.forget(dir);
+            }
+            done(r)
         }
     }
 
@@ -132,6 +149,19 @@ impl Core {
 
     pub fn rmdir(&self, parent: u64, name: &OsStr, done: impl Done<()>) {
         self.remove(parent, name, done, |path| Op::Rmdir { path });
+    }
+
+    /// `done`, after taking `name` out of the names known of `dir` once the
+    /// server confirmed it is gone.
+    fn name_gone(&self, dir: u64, name: &OsStr, done: impl Done<()>) -> impl Done<()> {
+        let core = self.clone();
+        let name = name.to_os_string();
+        move |r: Result<(), Errno>| {
+            if r.is_ok() {
+                core.known.remove(dir, &name);
+            }
+            done(r)
+        }
     }
 
     /// `renameat2` with its flags (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
@@ -150,6 +180,13 @@ impl Core {
         };
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         self.known.add(newparent, newname);
+        let done = self.confirm_name(newparent, done);
+        let done = if exchange {
+            // Both names stay.
+            Box::new(done) as Box<dyn FnOnce(Result<(), Errno>) + Send>
+        } else {
+            Box::new(self.name_gone(parent, name, done))
+        };
         let op = Op::Rename {
             from: from.clone(),
             to: to.clone(),
@@ -197,6 +234,7 @@ impl Core {
             Err(e) => return done(Err(e)),
         };
         self.known.add(parent, name);
+        let done = self.confirm_name(parent, done);
         // The name may be a file this mount is writing (O_CREAT of an existing
         // name, maybe with O_TRUNC): what was sent before comes first.
         if let Some(ino) = lock(&self.inodes).ino_of(&path) {
@@ -209,6 +247,7 @@ impl Core {
             owner: caller.owner(),
         };
         let core = self.clone();
+        let asked = Instant::now();
         self.ask(Some(epoch), op, move |r: OpResult| {
             let (handle, attr) = match r.as_ref().map(Reply::opened) {
                 Ok(Some(opened)) => opened,
@@ -216,12 +255,13 @@ impl Core {
                 Err(e) => return done(Err(*e)),
             };
             if let Ok(Reply::Created { dir, .. }) = &r {
-                core.note_dirs(&[*dir]);
+                core.note_dirs(&[*dir], asked);
             }
+            let until = core.until(asked);
             let (ino, fh) = {
                 let mut inodes = lock(&core.inodes);
                 let ino = inodes.remember(&path, &attr);
-                core.attrs.store(ino, attr);
+                core.attrs.store(ino, attr, until);
                 inodes.note_open(ino, &attr);
                 let fh = lock(&core.files).insert(RemoteFile {
                     ino,
@@ -235,11 +275,11 @@ impl Core {
             if writable(flags) {
                 core.writes.opened_for_writing(ino, fh, &attr);
             }
-            core.file_caps.note_new_file(ino);
+            core.file_caps.note_new_file(ino, until);
             let entry = Entry {
                 ino,
                 attr,
-                ttl: core.ttl(),
+                ttl: core.ttl_since(asked),
             };
             let opened = Opened {
                 fh,
@@ -263,6 +303,7 @@ impl Core {
             Ok(path) => {
                 // Before the server has it, so no lookup can miss it.
                 self.known.add(parent, name);
+                let done = self.confirm_name(parent, done);
                 let op = make_op(path.clone());
                 self.entry_op(path, op, done)
             }
@@ -291,23 +332,24 @@ impl Core {
                 return done(Err(Errno::EPROTO));
             };
             if let Reply::Entry { dir, .. } = reply {
-                core.note_dirs(&[dir]);
+                core.note_dirs(&[dir], asked);
             }
+            let until = core.until(asked);
             let ino = lock(&core.inodes).remember(&path, &attr);
-            core.attrs.store(ino, attr);
+            core.attrs.store(ino, attr, until);
             if is_link {
                 // A file being written has one more name.
                 core.writes.links_changed(ino, Some(attr.nlink));
             }
             let attr = core.writes.overlay(ino, attr, Some(mark));
             if made_dir {
-                core.known.learn(ino, asked, []);
+                core.known.learn(ino, until, []);
             }
             log::trace!("entry {path:?} is inode {ino}");
             done(Ok(Entry {
                 ino,
                 attr,
-                ttl: core.ttl(),
+                ttl: core.ttl_since(asked),
             }))
         });
     }
@@ -323,6 +365,7 @@ impl Core {
         match self.child(parent, name) {
             Ok(path) => {
                 let op = make_op(path.clone());
+                let done = self.name_gone(parent, name, done);
                 self.name_op(op, vec![(path.clone(), true)], done, move |t| {
                     t.detach(&path)
                 })
@@ -344,6 +387,7 @@ impl Core {
         on_success: impl FnOnce(&mut InodeTable) + Send + 'static,
     ) {
         let core = self.clone();
+        let asked = Instant::now();
         self.ask(None, op, move |r| match r {
             Ok(answer) => {
                 for (path, loses_link) in &changed {
@@ -359,7 +403,7 @@ impl Core {
                 }
                 on_success(&mut lock(&core.inodes));
                 if let Reply::DirsChanged(dirs) = answer {
-                    core.note_dirs(&dirs);
+                    core.note_dirs(&dirs, asked);
                 }
                 done(Ok(()))
             }

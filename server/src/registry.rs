@@ -1,0 +1,760 @@
+//! `Registry`: the server-wide side of coherent caches. It knows every
+//! subscribed connection ([`Subscriber`]: its [`InterestTable`] and the
+//! notices waiting for its writer) and routes each change to the others.
+//!
+//! Three things keep an answer and a change that cross from leaving a client
+//! with stale data:
+//!
+//! - **Interest is taken before the answer is computed, or checked after.**
+//!   A request's [`start`](Registry::start) is the number of the last change
+//!   published when it began. Changes are recorded in a short log
+//!   ([`RECENT`] entries) before they are routed; when a request's answer is
+//!   learnt ([`Registry::learn`]), any change published since its start that
+//!   touches what it learnt makes that interest unknown and sends the notice
+//!   at once — so no change is missed, whichever of the two came first. A log
+//!   overrun counts as crossing everything.
+//! - **Watches before reads.** A directory whose changes a request's answer
+//!   depends on is watched before the request reads it (see `effects`).
+//! - **Busy marks.** A change made through the server also reaches the watch
+//!   on the export; while the request making it has not yet recorded its new
+//!   state, the paths and nodes it changes are marked busy, and the watcher
+//!   waits before it looks at them ([`Registry::is_busy`]), so that the
+//!   connection that made the change is not told of it as news.
+//!
+//! The client side does the rest (a notice that arrives while a request is on
+//! its way makes the client drop what that request brings back).
+
+use crate::export::ExportRoot;
+use crate::interest::{Event, Fingerprint, InterestTable, Target};
+use crate::watch::Watcher;
+use ferry_common::proto::{Change, NodeId};
+use ferry_common::sync::lock;
+use ferry_common::RelPath;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// The longest lease granted, whatever a client asks for.
+pub(crate) const MAX_LEASE_SECS: u32 = 600;
+/// Interests outlive the lease by this much: the client counts its lease from
+/// when it sent the request, the server from when it answered.
+pub(crate) const GRACE: Duration = Duration::from_secs(5);
+/// Changes waiting for one connection's writer; beyond this the connection is
+/// told to drop everything instead (a client that does not read its socket
+/// cannot make the server hoard notices).
+pub(crate) const MAX_PENDING: usize = 20_000;
+/// Changes remembered for the requests in flight.
+pub(crate) const RECENT: usize = 4096;
+
+/// What an answer told its connection, to be learnt by its table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Learned {
+    Name(RelPath, Target),
+    Node(NodeId, Option<Fingerprint>),
+    /// Data read through an open file of this node.
+    Touch(NodeId),
+}
+
+impl Learned {
+    /// The notice to send when a change crossed this answer.
+    fn crossed(&self) -> Change {
+        match self {
+            Learned::Name(path, _) => Change::Name { path: path.clone() },
+            Learned::Node(id, _) | Learned::Touch(id) => Change::Node {
+                id: *id,
+                content: true,
+            },
+        }
+    }
+}
+
+/// One change in the log: who made it and what it touched.
+#[derive(Debug)]
+struct Recorded {
+    seq: u64,
+    origin: Option<u64>,
+    paths: Vec<RelPath>,
+    ids: Vec<NodeId>,
+}
+
+impl Recorded {
+    fn touches(&self, learned: &Learned) -> bool {
+        match learned {
+            // A change at the path or above it (a directory renamed or removed).
+            Learned::Name(path, _) => self.paths.iter().any(|p| path.starts_with(p)),
+            Learned::Node(id, _) | Learned::Touch(id) => self.ids.contains(id),
+        }
+    }
+}
+
+/// Notices waiting for a connection's writer.
+#[derive(Debug, Default)]
+struct Outbox {
+    /// Drop everything first, with this lease from then on.
+    reset: Option<u32>,
+    changes: Vec<Change>,
+}
+
+/// One connection's side of the registry: what it may have cached, and what
+/// it is yet to be told.
+#[derive(Debug)]
+pub(crate) struct Subscriber {
+    id: u64,
+    /// The lease granted, in seconds; 0 until subscribed.
+    lease_secs: std::sync::atomic::AtomicU32,
+    table: Mutex<InterestTable>,
+    outbox: Mutex<Outbox>,
+    wake: tokio::sync::Notify,
+}
+
+impl Subscriber {
+    /// What the writer is to send: drop everything first (and the lease from
+    /// then on), then these changes.
+    pub(crate) fn take(&self) -> (Option<u32>, Vec<Change>) {
+        let mut outbox = lock(&self.outbox);
+        (outbox.reset.take(), std::mem::take(&mut outbox.changes))
+    }
+
+    /// Resolves once there is something to send (at once if something came
+    /// since the last [`take`](Self::take)).
+    pub(crate) async fn ready(&self) {
+        self.wake.notified().await
+    }
+
+    /// Queues `changes`; false when there are too many waiting already (the
+    /// caller resets the connection).
+    fn send(&self, changes: Vec<Change>) -> bool {
+        if changes.is_empty() {
+            return true;
+        }
+        let fits = {
+            let mut outbox = lock(&self.outbox);
+            if outbox.changes.len() + changes.len() > MAX_PENDING {
+                false
+            } else {
+                outbox.changes.extend(changes);
+                true
+            }
+        };
+        if fits {
+            self.wake.notify_one();
+        }
+        fits
+    }
+
+    /// Drops everything this connection may have cached: its table empties
+    /// and its client is told to drop everything, with `lease_secs` from then on.
+    fn reset(&self, lease_secs: u32) {
+        lock(&self.table).clear();
+        {
+            let mut outbox = lock(&self.outbox);
+            outbox.changes.clear();
+            outbox.reset = Some(lease_secs);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Whether the connection subscribed (its answers are learnt).
+    pub(crate) fn subscribed(&self) -> bool {
+        self.lease_secs.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// Paths and nodes being changed by requests right now.
+#[derive(Debug, Default)]
+struct Busy {
+    paths: HashMap<RelPath, usize>,
+    ids: HashMap<NodeId, usize>,
+}
+
+/// Marks paths and nodes busy until dropped.
+#[derive(Debug)]
+pub(crate) struct BusyGuard {
+    registry: Arc<Registry>,
+    paths: Vec<RelPath>,
+    ids: Vec<NodeId>,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        let mut busy = lock(&self.registry.busy);
+        for path in &self.paths {
+            if let Some(n) = busy.paths.get_mut(path) {
+                *n -= 1;
+                if *n == 0 {
+                    busy.paths.remove(path);
+                }
+            }
+        }
+        for id in &self.ids {
+            if let Some(n) = busy.ids.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    busy.ids.remove(id);
+                }
+            }
+        }
+    }
+}
+
+/// How a directory's watch stands (see [`Registry::watch_dir`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Watched {
+    /// Watched already, or gone (nothing to watch).
+    Yes,
+    /// Watched just now: changes made before this may have been missed.
+    New,
+    /// Cannot be watched: nothing learnt under it may be cached for long.
+    No,
+}
+
+#[derive(Debug)]
+pub(crate) struct Registry {
+    pub(crate) export: Arc<ExportRoot>,
+    subscribers: RwLock<Vec<Arc<Subscriber>>>,
+    next_id: AtomicU64,
+    /// The number of the last change published.
+    seq: AtomicU64,
+    recent: Mutex<VecDeque<Recorded>>,
+    busy: Mutex<Busy>,
+    watcher: Option<Arc<Watcher>>,
+    /// The watch failed for good: leases are not granted (notices of changes
+    /// made through the server still flow).
+    blind: AtomicBool,
+}
+
+impl Registry {
+    /// A registry for `export`, watching it when the system allows; `watch`
+    /// false leaves it unwatched (no leases are granted then).
+    pub(crate) fn new(export: Arc<ExportRoot>, watch: bool) -> Arc<Registry> {
+        let watcher = if watch {
+            match Watcher::new() {
+                Ok(w) => Some(Arc::new(w)),
+                Err(e) => {
+                    log::warn!(
+                        "cannot watch {} for changes made on this machine ({e}); clients will \
+                         cache for short times only (is fs.inotify.max_user_instances reached?)",
+                        export.path().display()
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let registry = Arc::new(Registry {
+            export,
+            subscribers: RwLock::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+            seq: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::new()),
+            busy: Mutex::new(Busy::default()),
+            blind: AtomicBool::new(watcher.is_none()),
+            watcher,
+        });
+        if let Some(watcher) = &registry.watcher {
+            match watcher.ensure(&registry.export, &RelPath::root()) {
+                Ok(_) => crate::watch::spawn(Arc::downgrade(&registry), Arc::clone(watcher)),
+                Err(e) => {
+                    log::warn!("cannot watch the export's root: {e}; clients will cache for short times only");
+                    registry.blind.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        registry
+    }
+
+    /// A connection's subscriber, not yet subscribed.
+    pub(crate) fn subscriber(&self) -> Arc<Subscriber> {
+        Arc::new(Subscriber {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            lease_secs: std::sync::atomic::AtomicU32::new(0),
+            table: Mutex::new(InterestTable::new(GRACE)),
+            outbox: Mutex::new(Outbox::default()),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The lease granted for one asked for: at most [`MAX_LEASE_SECS`], and
+    /// none while the export cannot be watched.
+    pub(crate) fn lease_for(&self, asked: u32) -> u32 {
+        if self.blind.load(Ordering::Relaxed) {
+            0
+        } else {
+            asked.min(MAX_LEASE_SECS)
+        }
+    }
+
+    /// Subscribes `sub` with the lease it asked for; answers the lease granted
+    /// (0: notices of changes made through the server only).
+    pub(crate) fn subscribe(&self, sub: &Arc<Subscriber>, asked: u32) -> u32 {
+        let granted = self.lease_for(asked);
+        // Interests are kept at least as long as the longest lease, so a
+        // client whose lease the server withdrew and granted again finds them.
+        let kept = Duration::from_secs(u64::from(asked.clamp(1, MAX_LEASE_SECS))) + GRACE;
+        *lock(&sub.table) = InterestTable::new(kept);
+        let was = sub.lease_secs.swap(asked.max(1), Ordering::Relaxed);
+        if was == 0 {
+            self.subscribers
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Arc::clone(sub));
+        }
+        granted
+    }
+
+    /// The connection of `sub` ended.
+    pub(crate) fn unsubscribe(&self, sub: &Subscriber) {
+        self.subscribers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| s.id != sub.id);
+    }
+
+    /// Whether any connection is subscribed (changes are then worth extra
+    /// system calls to describe precisely).
+    pub(crate) fn has_subscribers(&self) -> bool {
+        !self
+            .subscribers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    fn each_subscriber(&self) -> Vec<Arc<Subscriber>> {
+        self.subscribers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Where a request begins: the number of the last change published.
+    pub(crate) fn start(&self) -> u64 {
+        self.seq.load(Ordering::SeqCst)
+    }
+
+    /// Marks `paths` and `ids` busy until the guard is dropped.
+    pub(crate) fn mark_busy(self: &Arc<Self>, paths: Vec<RelPath>, ids: Vec<NodeId>) -> BusyGuard {
+        {
+            let mut busy = lock(&self.busy);
+            for path in &paths {
+                *busy.paths.entry(path.clone()).or_default() += 1;
+            }
+            for id in &ids {
+                *busy.ids.entry(*id).or_default() += 1;
+            }
+        }
+        BusyGuard {
+            registry: Arc::clone(self),
+            paths,
+            ids,
+        }
+    }
+
+    /// Whether a request is changing any of `paths` or `ids` right now.
+    pub(crate) fn is_busy(&self, paths: &[RelPath], ids: &[NodeId]) -> bool {
+        let busy = lock(&self.busy);
+        paths.iter().any(|p| busy.paths.contains_key(p))
+            || ids.iter().any(|i| busy.ids.contains_key(i))
+    }
+
+    /// Publishes changes made by `origin` (a connection, or `None` for a
+    /// process on the server): recorded, then told to every other subscribed
+    /// connection that may have cached what they change, and learnt by the
+    /// origin's own table.
+    pub(crate) fn publish(&self, origin: Option<&Subscriber>, events: &[Event]) {
+        if events.is_empty() {
+            return;
+        }
+        let origin = origin.map(|s| s.id);
+        self.record(origin, events);
+        let now = Instant::now();
+        for sub in self.each_subscriber() {
+            if Some(sub.id) == origin {
+                let full = lock(&sub.table).apply_own(events, now).is_err();
+                if full {
+                    self.reset_one(&sub);
+                }
+            } else {
+                let changes = lock(&sub.table).notices_for(events, now);
+                if !sub.send(changes) {
+                    self.reset_one(&sub);
+                }
+            }
+        }
+    }
+
+    fn record(&self, origin: Option<u64>, events: &[Event]) {
+        let mut paths = Vec::new();
+        let mut ids = Vec::new();
+        for event in events {
+            match event {
+                Event::Name { path, dir, .. } => {
+                    paths.push(path.clone());
+                    ids.extend(dir);
+                }
+                Event::Node { id, .. } => ids.push(*id),
+                Event::Moved { from, to } => {
+                    paths.push(from.clone());
+                    paths.push(to.clone());
+                }
+            }
+        }
+        let mut recent = lock(&self.recent);
+        let seq = self.seq.load(Ordering::SeqCst) + 1;
+        recent.push_back(Recorded {
+            seq,
+            origin,
+            paths,
+            ids,
+        });
+        while recent.len() > RECENT {
+            recent.pop_front();
+        }
+        // Published under the log's lock, so a request that sees this number
+        // finds the entry.
+        self.seq.store(seq, Ordering::SeqCst);
+    }
+
+    /// `sub` learns what an answer told it, for a request that began at
+    /// `start`. What a change published since then touches is learnt as
+    /// unknown and told at once (the answer may predate the change).
+    pub(crate) fn learn(&self, sub: &Subscriber, start: u64, learned: Vec<Learned>) {
+        if learned.is_empty() || !sub.subscribed() {
+            return;
+        }
+        let crossed = self.crossed(start, sub.id, &learned);
+        let now = Instant::now();
+        let mut notices = Vec::new();
+        let full = {
+            let mut table = lock(&sub.table);
+            let mut full = false;
+            for (i, item) in learned.iter().enumerate() {
+                let hit = crossed.as_ref().is_none_or(|c| c.contains(&i));
+                if hit {
+                    notices.push(item.crossed());
+                }
+                let outcome = match item {
+                    Learned::Name(path, target) => {
+                        let target = if hit { Target::Unknown } else { *target };
+                        table.learn_name(path, target, now)
+                    }
+                    Learned::Node(id, fp) => {
+                        table.learn_node(*id, if hit { None } else { *fp }, now)
+                    }
+                    Learned::Touch(id) if hit => table.learn_node(*id, None, now),
+                    Learned::Touch(id) => table.touch_node(*id, now),
+                };
+                if outcome.is_err() {
+                    full = true;
+                    break;
+                }
+            }
+            full
+        };
+        if full || !sub.send(notices) {
+            self.reset_one(sub);
+        }
+    }
+
+    /// Which of `learned` a change published since `start` (by anyone but
+    /// `me`) touched; `None` when the log no longer reaches back that far
+    /// (then all of them).
+    fn crossed(&self, start: u64, me: u64, learned: &[Learned]) -> Option<HashSet<usize>> {
+        let mut hits = HashSet::new();
+        if self.seq.load(Ordering::SeqCst) == start {
+            return Some(hits);
+        }
+        let recent = lock(&self.recent);
+        if recent.front().is_none_or(|oldest| oldest.seq > start + 1) {
+            return None;
+        }
+        for entry in recent
+            .iter()
+            .filter(|e| e.seq > start && e.origin != Some(me))
+        {
+            for (i, item) in learned.iter().enumerate() {
+                if entry.touches(item) {
+                    hits.insert(i);
+                }
+            }
+        }
+        Some(hits)
+    }
+
+    /// Tells `sub` to drop everything (its table is full, or its notices pile up).
+    fn reset_one(&self, sub: &Subscriber) {
+        log::info!("a client's cache interests overflowed; telling it to drop its caches");
+        sub.reset(self.lease_for(sub.lease_secs.load(Ordering::Relaxed)));
+    }
+
+    /// Tells every connection to drop everything: changes may have been missed.
+    pub(crate) fn reset_all(&self) {
+        for sub in self.each_subscriber() {
+            sub.reset(self.lease_for(sub.lease_secs.load(Ordering::Relaxed)));
+        }
+    }
+
+    /// Makes sure changes below directory `dir` are seen (a request is about
+    /// to read it, or to answer with what it holds).
+    pub(crate) fn watch_dir(&self, dir: &RelPath) -> Watched {
+        let Some(watcher) = &self.watcher else {
+            return Watched::No;
+        };
+        if self.blind.load(Ordering::Relaxed) {
+            return Watched::No;
+        }
+        match watcher.ensure(&self.export, dir) {
+            Ok(true) => Watched::New,
+            Ok(false) => Watched::Yes,
+            Err(crate::watch::EnsureError::Gone) => Watched::Yes,
+            Err(crate::watch::EnsureError::Full) => {
+                // Out of watches: start again from nothing (every client drops
+                // its caches, every watch goes), then watch this one.
+                log::warn!(
+                    "out of watches on the export ({} directories); clients drop their caches",
+                    watcher.len()
+                );
+                watcher.clear();
+                self.reset_all();
+                let _ = watcher.ensure(&self.export, &RelPath::root());
+                match watcher.ensure(&self.export, dir) {
+                    Ok(_) | Err(crate::watch::EnsureError::Gone) => Watched::New,
+                    Err(_) => self.go_blind(),
+                }
+            }
+            Err(crate::watch::EnsureError::Failed(e)) => {
+                log::debug!("cannot watch {dir}: {e}");
+                Watched::No
+            }
+        }
+    }
+
+    /// The watch cannot go on: no more leases, and every client drops what it
+    /// cached under one.
+    pub(crate) fn go_blind(&self) -> Watched {
+        if !self.blind.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "the watch on {} failed; clients will cache for short times only (raise \
+                 fs.inotify.max_user_watches, then restart ferry serve)",
+                self.export.path().display()
+            );
+            self.reset_all();
+        }
+        Watched::No
+    }
+
+    /// Tries to watch the export again after [`go_blind`](Self::go_blind).
+    pub(crate) fn recover(&self) {
+        let Some(watcher) = &self.watcher else { return };
+        if !self.blind.load(Ordering::Relaxed) {
+            return;
+        }
+        watcher.clear();
+        if watcher.ensure(&self.export, &RelPath::root()).is_ok() {
+            self.blind.store(false, Ordering::Relaxed);
+            log::info!(
+                "watching {} again; clients may cache for long again",
+                self.export.path().display()
+            );
+            self.reset_all();
+        }
+    }
+
+    /// `from` was renamed to `to` through the server: the watches below it follow.
+    pub(crate) fn moved(&self, from: &RelPath, to: &RelPath) {
+        if let Some(watcher) = &self.watcher {
+            watcher.rebase(from, to);
+        }
+    }
+
+    /// Drops every interest whose lease has ended.
+    pub(crate) fn expire(&self) {
+        let now = Instant::now();
+        for sub in self.each_subscriber() {
+            lock(&sub.table).expire(now);
+        }
+    }
+
+    /// The longest interest any connection may hold.
+    pub(crate) fn longest_interest(&self) -> Duration {
+        Duration::from_secs(u64::from(MAX_LEASE_SECS)) + GRACE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interest::Event;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::parse(s).unwrap()
+    }
+
+    fn id(n: u64) -> NodeId {
+        NodeId { dev: 1, ino: n }
+    }
+
+    fn registry() -> (tempfile::TempDir, Arc<Registry>) {
+        let dir = tempfile::tempdir().unwrap();
+        let export = Arc::new(ExportRoot::open(dir.path()).unwrap());
+        (dir, Registry::new(export, false))
+    }
+
+    fn subscribed(r: &Registry) -> Arc<Subscriber> {
+        let sub = r.subscriber();
+        assert_eq!(r.subscribe(&sub, 60), 0, "no leases without a watch");
+        sub
+    }
+
+    #[test]
+    fn changes_reach_the_others_and_not_their_maker() {
+        let (_d, r) = registry();
+        let (a, b) = (subscribed(&r), subscribed(&r));
+        let start = r.start();
+        for s in [&a, &b] {
+            r.learn(s, start, vec![Learned::Name(p("f"), Target::Absent)]);
+        }
+        let made = [Event::Name {
+            path: p("f"),
+            now: Target::Node(id(3)),
+            dir: None,
+        }];
+        r.publish(Some(&a), &made);
+        assert_eq!(a.take(), (None, vec![]));
+        assert_eq!(b.take(), (None, vec![Change::Name { path: p("f") }]));
+        // A process on the server: everyone who holds it (a learnt the new state).
+        r.learn(
+            &b,
+            r.start(),
+            vec![Learned::Name(p("f"), Target::Node(id(3)))],
+        );
+        let removed = [Event::Name {
+            path: p("f"),
+            now: Target::Absent,
+            dir: None,
+        }];
+        r.publish(None, &removed);
+        assert_eq!(a.take().1, vec![Change::Name { path: p("f") }]);
+        assert_eq!(b.take().1, vec![Change::Name { path: p("f") }]);
+        r.unsubscribe(&b);
+        assert!(r.has_subscribers());
+    }
+
+    #[test]
+    fn an_answer_crossed_by_a_change_is_told_at_once() {
+        let (_d, r) = registry();
+        let (a, b) = (subscribed(&r), subscribed(&r));
+        // b's request begins; a changes the node and the name before b's
+        // answer is learnt.
+        let start = r.start();
+        r.publish(
+            Some(&a),
+            &[
+                Event::Node {
+                    id: id(7),
+                    now: None,
+                },
+                Event::Moved {
+                    from: p("d"),
+                    to: p("e"),
+                },
+            ],
+        );
+        assert_eq!(b.take().1, vec![], "b held nothing yet");
+        r.learn(
+            &b,
+            start,
+            vec![
+                Learned::Node(id(7), None),
+                Learned::Name(p("d/x"), Target::Node(id(8))),
+                Learned::Name(p("other"), Target::Absent),
+            ],
+        );
+        assert_eq!(
+            b.take().1,
+            vec![
+                Change::Node {
+                    id: id(7),
+                    content: true
+                },
+                Change::Name { path: p("d/x") }
+            ]
+        );
+        // The maker's own answers are not crossed by its own changes.
+        r.learn(&a, start, vec![Learned::Node(id(7), None)]);
+        assert_eq!(a.take().1, vec![]);
+    }
+
+    #[test]
+    fn a_log_overrun_crosses_everything() {
+        let (_d, r) = registry();
+        let (a, b) = (subscribed(&r), subscribed(&r));
+        let start = r.start();
+        for n in 0..(RECENT as u64 + 2) {
+            r.publish(
+                Some(&a),
+                &[Event::Node {
+                    id: id(n),
+                    now: None,
+                }],
+            );
+        }
+        r.learn(
+            &b,
+            start,
+            vec![Learned::Name(p("far/away"), Target::Absent)],
+        );
+        assert_eq!(
+            b.take().1,
+            vec![Change::Name {
+                path: p("far/away")
+            }]
+        );
+    }
+
+    #[test]
+    fn too_many_waiting_notices_become_a_reset() {
+        let (_d, r) = registry();
+        let (a, b) = (subscribed(&r), subscribed(&r));
+        for n in 0..(MAX_PENDING as u64 + 1) {
+            r.learn(&b, r.start(), vec![Learned::Node(id(n), None)]);
+        }
+        for n in 0..(MAX_PENDING as u64 + 1) {
+            r.publish(
+                Some(&a),
+                &[Event::Node {
+                    id: id(n),
+                    now: None,
+                }],
+            );
+        }
+        let (reset, changes) = b.take();
+        assert_eq!(reset, Some(0));
+        assert!(changes.len() < MAX_PENDING);
+        // After a reset the table is empty: nothing more to tell of the past.
+        r.publish(
+            Some(&a),
+            &[Event::Node {
+                id: id(1),
+                now: None,
+            }],
+        );
+        assert!(b.take().1.is_empty());
+    }
+
+    #[test]
+    fn busy_marks_last_as_long_as_their_guard() {
+        let (_d, r) = registry();
+        let guard = r.mark_busy(vec![p("a")], vec![id(1)]);
+        let second = r.mark_busy(vec![p("a")], vec![]);
+        assert!(r.is_busy(&[p("a")], &[]));
+        assert!(r.is_busy(&[], &[id(1)]));
+        drop(guard);
+        assert!(r.is_busy(&[p("a")], &[]), "still marked by the second");
+        assert!(!r.is_busy(&[], &[id(1)]));
+        drop(second);
+        assert!(!r.is_busy(&[p("a")], &[id(1)]));
+    }
+}
