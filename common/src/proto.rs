@@ -465,8 +465,9 @@ pub enum Notice {
 /// One change in a [`Notice`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
-    /// The name `path` was created or removed, or names another node now.
-    Name { path: RelPath },
+    /// The name `path` was created or removed, or names another node now:
+    /// `now`, or nothing (`None` also when the server cannot say).
+    Name { path: RelPath, now: Option<NodeId> },
     /// `from` was renamed to `to`, with everything below it; whatever `to`
     /// named before is gone.
     Moved { from: RelPath, to: RelPath },

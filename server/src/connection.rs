@@ -440,7 +440,7 @@ fn encode_notices(notices: &Subscriber, batch: &mut Vec<u8>) {
     let mut size = 0;
     for change in changes {
         size += match &change {
-            Change::Name { path } => path.as_bytes().len() + 8,
+            Change::Name { path, .. } => path.as_bytes().len() + 24,
             Change::Moved { from, to } => from.as_bytes().len() + to.as_bytes().len() + 8,
             Change::Node { .. } => 24,
         };

@@ -249,7 +249,7 @@ impl Coherence {
             | Op::Subscribe { .. } => Plan::Nothing,
         };
         let busy = (precise && !(busy_paths.is_empty() && busy_ids.is_empty()))
-            .then(|| self.registry.mark_busy(busy_paths, busy_ids));
+            .then(|| self.registry.mark_busy(&self.sub, busy_paths, busy_ids));
         Ticket {
             start,
             plan,

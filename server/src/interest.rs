@@ -61,6 +61,16 @@ pub(crate) enum Target {
     Node(NodeId),
 }
 
+impl Target {
+    /// The node, if it is one.
+    pub(crate) fn node(self) -> Option<NodeId> {
+        match self {
+            Target::Node(id) => Some(id),
+            Target::Absent | Target::Unknown => None,
+        }
+    }
+}
+
 /// A change, with the state after it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Event {
@@ -240,7 +250,10 @@ impl InterestTable {
                     // What was below the old node is no longer reachable there.
                     let had = self.names.remove(path).is_some_and(|n| n.until > now);
                     if self.drop_below(path) || had {
-                        changes.push(Change::Name { path: path.clone() });
+                        changes.push(Change::Name {
+                            path: path.clone(),
+                            now: target.node(),
+                        });
                     }
                     // The directory's names changed in a way this connection
                     // was not told: what it knows of them is out of date.
@@ -288,13 +301,16 @@ impl InterestTable {
     }
 
     /// Renames the names at and below `from` to below `to`, after dropping
-    /// those at and below `to`; whether any were held.
+    /// those at and below `to`; whether any were held at or below `from`.
+    /// Holding none there, nothing moves: what `to` leads to now is for the
+    /// name event that comes with every rename to tell (so a rename seen twice
+    /// — through the server, then by the watch — is moved once).
     fn move_names(&mut self, from: &RelPath, to: &RelPath) -> bool {
-        if from == to {
+        if from == to || !self.holds_at_or_below(from) {
             return false;
         }
-        let mut any = self.names.remove(to).is_some();
-        any |= self.drop_below(to);
+        self.names.remove(to);
+        self.drop_below(to);
         let mut moved: Vec<(RelPath, NameInterest)> = Vec::new();
         if let Some(n) = self.names.remove(from) {
             moved.push((from.clone(), n));
@@ -309,13 +325,25 @@ impl InterestTable {
                 moved.push((key, n));
             }
         }
-        any |= !moved.is_empty();
         for (old, n) in moved {
             if let Some(new) = old.rebase(from, to) {
                 self.names.insert(new, n);
             }
         }
-        any
+        true
+    }
+
+    /// Whether a node at or below `path` is held (a negative entry at
+    /// `path` moves nothing).
+    fn holds_at_or_below(&self, path: &RelPath) -> bool {
+        self.names
+            .get(path)
+            .is_some_and(|n| n.target != Target::Absent)
+            || self
+                .names
+                .range::<[u8], _>(range_of(&below(path)))
+                .next()
+                .is_some()
     }
 
     /// Forgets the names strictly below `dir`; whether there were any.
@@ -461,7 +489,10 @@ mod tests {
         }];
         assert_eq!(
             t.notices_for(&created, now),
-            vec![Change::Name { path: p("d/new") }]
+            vec![Change::Name {
+                path: p("d/new"),
+                now: Some(id(7))
+            }]
         );
         // A directory's children go with it, even when the directory's own
         // name was not held.
@@ -477,7 +508,10 @@ mod tests {
         }];
         assert_eq!(
             t.notices_for(&removed, now),
-            vec![Change::Name { path: p("gone") }]
+            vec![Change::Name {
+                path: p("gone"),
+                now: None
+            }]
         );
         assert_eq!(t.name("gone/a"), None);
         assert_eq!(t.name("gone/a/b"), None);
@@ -495,7 +529,10 @@ mod tests {
         }];
         assert_eq!(
             t.notices_for(&again, now),
-            vec![Change::Name { path: p("u") }]
+            vec![Change::Name {
+                path: p("u"),
+                now: None
+            }]
         );
     }
 
@@ -567,6 +604,14 @@ mod tests {
         );
         // The moved node's attributes (its ctime) are no longer held.
         assert!(t.nodes.is_empty());
+        // The same rename seen again (the watch after the server): no news,
+        // nothing moves; nor for the connection that made it (it learnt the
+        // old name is gone).
+        assert!(t.notices_for(&moved, now).is_empty());
+        t.learn_name(&p("a"), Target::Absent, now).unwrap();
+        assert!(t.notices_for(&moved, now).is_empty());
+        assert_eq!(t.name("b"), Some(Target::Node(id(1))));
+        assert_eq!(t.name("b/x"), Some(Target::Node(id(2))));
         // Nothing held on either side: no news.
         assert!(t
             .notices_for(

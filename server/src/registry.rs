@@ -17,9 +17,12 @@
 //!   depends on is watched before the request reads it (see `effects`).
 //! - **Busy marks.** A change made through the server also reaches the watch
 //!   on the export; while the request making it has not yet recorded its new
-//!   state, the paths and nodes it changes are marked busy, and the watcher
-//!   waits before it looks at them ([`Registry::is_busy`]), so that the
-//!   connection that made the change is not told of it as news.
+//!   state, the paths and nodes it changes are marked busy, so that the
+//!   connection making the change is not told of it as news: the watcher
+//!   waits before it looks at a busy path ([`Registry::is_busy`]), and leaves
+//!   out, for a busy node, the connections changing it
+//!   ([`Registry::busy_with`]) — a file written without pause would
+//!   otherwise hold the watcher up.
 //!
 //! The client side does the rest (a notice that arrives while a request is on
 //! its way makes the client drop what that request brings back).
@@ -30,7 +33,7 @@ use crate::watch::Watcher;
 use ferry_common::proto::{Change, NodeId};
 use ferry_common::sync::lock;
 use ferry_common::RelPath;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -60,7 +63,10 @@ impl Learned {
     /// The notice to send when a change crossed this answer.
     fn crossed(&self) -> Change {
         match self {
-            Learned::Name(path, _) => Change::Name { path: path.clone() },
+            Learned::Name(path, _) => Change::Name {
+                path: path.clone(),
+                now: None,
+            },
             Learned::Node(id, _) | Learned::Touch(id) => Change::Node {
                 id: *id,
                 content: true,
@@ -69,22 +75,60 @@ impl Learned {
     }
 }
 
-/// One change in the log: who made it and what it touched.
+/// One change in the log: who made it, and the events with the state after them.
 #[derive(Debug)]
 struct Recorded {
     seq: u64,
     origin: Option<u64>,
-    paths: Vec<RelPath>,
-    ids: Vec<NodeId>,
+    events: Vec<Event>,
 }
 
 impl Recorded {
-    fn touches(&self, learned: &Learned) -> bool {
-        match learned {
-            // A change at the path or above it (a directory renamed or removed).
-            Learned::Name(path, _) => self.paths.iter().any(|p| path.starts_with(p)),
-            Learned::Node(id, _) | Learned::Touch(id) => self.ids.contains(id),
-        }
+    /// The notice `learned` calls for if this change may postdate the answer
+    /// it came from: it touched the same name or node, and the answer does not
+    /// already show the state after it.
+    fn crossing(&self, learned: &Learned) -> Option<Change> {
+        self.events.iter().find_map(|event| match (learned, event) {
+            (Learned::Name(path, told), Event::Name { path: p, now, .. }) if p == path => {
+                (now != told || *told == Target::Unknown).then(|| Change::Name {
+                    path: path.clone(),
+                    now: now.node(),
+                })
+            }
+            // Above it: the name may lead elsewhere now.
+            (Learned::Name(path, _), Event::Name { path: p, .. }) if path.starts_with(p) => {
+                Some(Change::Name {
+                    path: path.clone(),
+                    now: None,
+                })
+            }
+            (Learned::Name(path, _), Event::Moved { from, to })
+                if path.starts_with(from) || path.starts_with(to) =>
+            {
+                Some(Change::Name {
+                    path: path.clone(),
+                    now: None,
+                })
+            }
+            (Learned::Node(id, told), Event::Node { id: i, now }) if i == id => {
+                (told.is_none() || now != told).then_some(Change::Node {
+                    id: *id,
+                    content: true,
+                })
+            }
+            // Its names changed.
+            (Learned::Node(id, _), Event::Name { dir: Some(d), .. }) if d == id => {
+                Some(Change::Node {
+                    id: *id,
+                    content: true,
+                })
+            }
+            (Learned::Touch(id), Event::Node { id: i, .. }) if i == id => Some(Change::Node {
+                id: *id,
+                content: true,
+            }),
+            _ => None,
+        })
     }
 }
 
@@ -165,13 +209,15 @@ impl Subscriber {
 #[derive(Debug, Default)]
 struct Busy {
     paths: HashMap<RelPath, usize>,
-    ids: HashMap<NodeId, usize>,
+    /// By node, the subscriber of each request changing it.
+    ids: HashMap<NodeId, Vec<u64>>,
 }
 
 /// Marks paths and nodes busy until dropped.
 #[derive(Debug)]
 pub(crate) struct BusyGuard {
     registry: Arc<Registry>,
+    origin: u64,
     paths: Vec<RelPath>,
     ids: Vec<NodeId>,
 }
@@ -188,9 +234,11 @@ impl Drop for BusyGuard {
             }
         }
         for id in &self.ids {
-            if let Some(n) = busy.ids.get_mut(id) {
-                *n -= 1;
-                if *n == 0 {
+            if let Some(origins) = busy.ids.get_mut(id) {
+                if let Some(at) = origins.iter().position(|o| *o == self.origin) {
+                    origins.swap_remove(at);
+                }
+                if origins.is_empty() {
                     busy.ids.remove(id);
                 }
             }
@@ -334,29 +382,45 @@ impl Registry {
         self.seq.load(Ordering::SeqCst)
     }
 
-    /// Marks `paths` and `ids` busy until the guard is dropped.
-    pub(crate) fn mark_busy(self: &Arc<Self>, paths: Vec<RelPath>, ids: Vec<NodeId>) -> BusyGuard {
+    /// Marks `paths` and `ids` busy, changed by a request of `origin`, until
+    /// the guard is dropped.
+    pub(crate) fn mark_busy(
+        self: &Arc<Self>,
+        origin: &Subscriber,
+        paths: Vec<RelPath>,
+        ids: Vec<NodeId>,
+    ) -> BusyGuard {
         {
             let mut busy = lock(&self.busy);
             for path in &paths {
                 *busy.paths.entry(path.clone()).or_default() += 1;
             }
             for id in &ids {
-                *busy.ids.entry(*id).or_default() += 1;
+                busy.ids.entry(*id).or_default().push(origin.id);
             }
         }
         BusyGuard {
             registry: Arc::clone(self),
+            origin: origin.id,
             paths,
             ids,
         }
     }
 
-    /// Whether a request is changing any of `paths` or `ids` right now.
-    pub(crate) fn is_busy(&self, paths: &[RelPath], ids: &[NodeId]) -> bool {
+    /// Whether a request is changing any of `paths` right now.
+    pub(crate) fn is_busy(&self, paths: &[RelPath]) -> bool {
         let busy = lock(&self.busy);
         paths.iter().any(|p| busy.paths.contains_key(p))
-            || ids.iter().any(|i| busy.ids.contains_key(i))
+    }
+
+    /// The subscribers whose requests are changing any of `ids` right now.
+    pub(crate) fn busy_with(&self, ids: &[NodeId]) -> Vec<u64> {
+        let busy = lock(&self.busy);
+        ids.iter()
+            .filter_map(|i| busy.ids.get(i))
+            .flatten()
+            .copied()
+            .collect()
     }
 
     /// Publishes changes made by `origin` (a connection, or `None` for a
@@ -364,6 +428,17 @@ impl Registry {
     /// connection that may have cached what they change, and learnt by the
     /// origin's own table.
     pub(crate) fn publish(&self, origin: Option<&Subscriber>, events: &[Event]) {
+        self.publish_except(origin, &[], events)
+    }
+
+    /// [`publish`](Self::publish), telling the subscribers in `skip` nothing
+    /// (the watcher's view of a change they are making themselves).
+    pub(crate) fn publish_except(
+        &self,
+        origin: Option<&Subscriber>,
+        skip: &[u64],
+        events: &[Event],
+    ) {
         if events.is_empty() {
             return;
         }
@@ -371,6 +446,9 @@ impl Registry {
         self.record(origin, events);
         let now = Instant::now();
         for sub in self.each_subscriber() {
+            if skip.contains(&sub.id) {
+                continue;
+            }
             if Some(sub.id) == origin {
                 let full = lock(&sub.table).apply_own(events, now).is_err();
                 if full {
@@ -386,28 +464,12 @@ impl Registry {
     }
 
     fn record(&self, origin: Option<u64>, events: &[Event]) {
-        let mut paths = Vec::new();
-        let mut ids = Vec::new();
-        for event in events {
-            match event {
-                Event::Name { path, dir, .. } => {
-                    paths.push(path.clone());
-                    ids.extend(dir);
-                }
-                Event::Node { id, .. } => ids.push(*id),
-                Event::Moved { from, to } => {
-                    paths.push(from.clone());
-                    paths.push(to.clone());
-                }
-            }
-        }
         let mut recent = lock(&self.recent);
         let seq = self.seq.load(Ordering::SeqCst) + 1;
         recent.push_back(Recorded {
             seq,
             origin,
-            paths,
-            ids,
+            events: events.to_vec(),
         });
         while recent.len() > RECENT {
             recent.pop_front();
@@ -430,11 +492,9 @@ impl Registry {
         let full = {
             let mut table = lock(&sub.table);
             let mut full = false;
-            for (i, item) in learned.iter().enumerate() {
-                let hit = crossed.as_ref().is_none_or(|c| c.contains(&i));
-                if hit {
-                    notices.push(item.crossed());
-                }
+            for (item, crossing) in learned.iter().zip(crossed) {
+                let hit = crossing.is_some();
+                notices.extend(crossing);
                 let outcome = match item {
                     Learned::Name(path, target) => {
                         let target = if hit { Target::Unknown } else { *target };
@@ -458,29 +518,29 @@ impl Registry {
         }
     }
 
-    /// Which of `learned` a change published since `start` (by anyone but
-    /// `me`) touched; `None` when the log no longer reaches back that far
-    /// (then all of them).
-    fn crossed(&self, start: u64, me: u64, learned: &[Learned]) -> Option<HashSet<usize>> {
-        let mut hits = HashSet::new();
+    /// For each of `learned`, the notice a change published since `start` (by
+    /// anyone but `me`) calls for, if any; when the log no longer reaches back
+    /// that far, one for each.
+    fn crossed(&self, start: u64, me: u64, learned: &[Learned]) -> Vec<Option<Change>> {
+        let mut notices: Vec<Option<Change>> = vec![None; learned.len()];
         if self.seq.load(Ordering::SeqCst) == start {
-            return Some(hits);
+            return notices;
         }
         let recent = lock(&self.recent);
         if recent.front().is_none_or(|oldest| oldest.seq > start + 1) {
-            return None;
+            return learned.iter().map(|l| Some(l.crossed())).collect();
         }
         for entry in recent
             .iter()
             .filter(|e| e.seq > start && e.origin != Some(me))
         {
-            for (i, item) in learned.iter().enumerate() {
-                if entry.touches(item) {
-                    hits.insert(i);
+            for (notice, item) in notices.iter_mut().zip(learned) {
+                if notice.is_none() {
+                    *notice = entry.crossing(item);
                 }
             }
         }
-        Some(hits)
+        notices
     }
 
     /// Tells `sub` to drop everything (its table is full, or its notices pile up).
@@ -623,7 +683,16 @@ mod tests {
         }];
         r.publish(Some(&a), &made);
         assert_eq!(a.take(), (None, vec![]));
-        assert_eq!(b.take(), (None, vec![Change::Name { path: p("f") }]));
+        assert_eq!(
+            b.take(),
+            (
+                None,
+                vec![Change::Name {
+                    path: p("f"),
+                    now: Some(id(3))
+                }]
+            )
+        );
         // A process on the server: everyone who holds it (a learnt the new state).
         r.learn(
             &b,
@@ -636,8 +705,12 @@ mod tests {
             dir: None,
         }];
         r.publish(None, &removed);
-        assert_eq!(a.take().1, vec![Change::Name { path: p("f") }]);
-        assert_eq!(b.take().1, vec![Change::Name { path: p("f") }]);
+        let gone = vec![Change::Name {
+            path: p("f"),
+            now: None,
+        }];
+        assert_eq!(a.take().1, gone);
+        assert_eq!(b.take().1, gone);
         r.unsubscribe(&b);
         assert!(r.has_subscribers());
     }
@@ -679,12 +752,48 @@ mod tests {
                     id: id(7),
                     content: true
                 },
-                Change::Name { path: p("d/x") }
+                Change::Name {
+                    path: p("d/x"),
+                    now: None
+                }
             ]
         );
         // The maker's own answers are not crossed by its own changes.
         r.learn(&a, start, vec![Learned::Node(id(7), None)]);
         assert_eq!(a.take().1, vec![]);
+    }
+
+    #[test]
+    fn an_answer_that_shows_the_change_already_is_not_crossed() {
+        let (_d, r) = registry();
+        let (a, b) = (subscribed(&r), subscribed(&r));
+        let start = r.start();
+        // A process on the server made the file; b's lookup saw it.
+        r.publish(
+            None,
+            &[
+                Event::Name {
+                    path: p("f"),
+                    now: Target::Node(id(5)),
+                    dir: None,
+                },
+                Event::Node {
+                    id: id(5),
+                    now: None,
+                },
+            ],
+        );
+        r.learn(&b, start, vec![Learned::Name(p("f"), Target::Node(id(5)))]);
+        assert!(b.take().1.is_empty());
+        // ...whereas a's, which saw it missing, did not.
+        r.learn(&a, start, vec![Learned::Name(p("f"), Target::Absent)]);
+        assert_eq!(
+            a.take().1,
+            vec![Change::Name {
+                path: p("f"),
+                now: Some(id(5))
+            }]
+        );
     }
 
     #[test]
@@ -709,7 +818,8 @@ mod tests {
         assert_eq!(
             b.take().1,
             vec![Change::Name {
-                path: p("far/away")
+                path: p("far/away"),
+                now: None
             }]
         );
     }
@@ -747,14 +857,29 @@ mod tests {
     #[test]
     fn busy_marks_last_as_long_as_their_guard() {
         let (_d, r) = registry();
-        let guard = r.mark_busy(vec![p("a")], vec![id(1)]);
-        let second = r.mark_busy(vec![p("a")], vec![]);
-        assert!(r.is_busy(&[p("a")], &[]));
-        assert!(r.is_busy(&[], &[id(1)]));
+        let (a, b) = (subscribed(&r), subscribed(&r));
+        let guard = r.mark_busy(&a, vec![p("a")], vec![id(1)]);
+        let second = r.mark_busy(&b, vec![p("a")], vec![id(1)]);
+        assert!(r.is_busy(&[p("a")]));
+        let mut with = r.busy_with(&[id(1), id(2)]);
+        with.sort_unstable();
+        assert_eq!(with, vec![a.id, b.id]);
         drop(guard);
-        assert!(r.is_busy(&[p("a")], &[]), "still marked by the second");
-        assert!(!r.is_busy(&[], &[id(1)]));
+        assert!(r.is_busy(&[p("a")]), "still marked by the second");
+        assert_eq!(r.busy_with(&[id(1)]), vec![b.id]);
         drop(second);
-        assert!(!r.is_busy(&[p("a")], &[id(1)]));
+        assert!(!r.is_busy(&[p("a")]));
+        assert!(r.busy_with(&[id(1)]).is_empty());
+        // A change published past its makers tells them nothing.
+        r.learn(&a, r.start(), vec![Learned::Node(id(1), None)]);
+        r.publish_except(
+            None,
+            &[a.id],
+            &[Event::Node {
+                id: id(1),
+                now: None,
+            }],
+        );
+        assert!(a.take().1.is_empty());
     }
 }

@@ -18,9 +18,11 @@
 //! `Registry::watch_dir`).
 //!
 //! One thread of its own reads the events. A change made through the server
-//! reaches the watch as well; the thread waits while the request making it
-//! is still busy with it (see `Registry::is_busy`), after which the request's
-//! connection holds the new state and the event is no news to it.
+//! reaches the watch as well: the thread waits while a request is still busy
+//! with a path an event names (see `Registry::is_busy`), after which the
+//! request's connection holds the new state and the event is no news to it;
+//! and it tells a node's change to nobody whose request is changing that node
+//! right now (a file written without pause would hold it up otherwise).
 
 use crate::export::ExportRoot;
 use crate::interest::{range_of, Event, Fingerprint, Target};
@@ -418,25 +420,18 @@ fn handle(reg: &Registry, watcher: &Watcher, raws: Vec<Raw>) {
     }
     let paths: Vec<RelPath> = placed.iter().map(|p| p.path().clone()).collect();
     let waited = Instant::now();
-    let events = loop {
-        if !reg.is_busy(&paths, &[]) {
-            let events = translate(reg, watcher, &placed);
-            let ids: Vec<NodeId> = events
-                .iter()
-                .filter_map(|e| match e {
-                    Event::Node { id, .. } => Some(*id),
-                    _ => None,
-                })
-                .collect();
-            if !reg.is_busy(&[], &ids) || waited.elapsed() > BUSY_PATIENCE {
-                break events;
-            }
-        } else if waited.elapsed() > BUSY_PATIENCE {
-            break translate(reg, watcher, &placed);
-        }
+    while reg.is_busy(&paths) && waited.elapsed() < BUSY_PATIENCE {
         thread::sleep(Duration::from_millis(1));
-    };
-    reg.publish(None, &events);
+    }
+    let events = translate(reg, watcher, &placed);
+    let ids: Vec<NodeId> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Node { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    reg.publish_except(None, &reg.busy_with(&ids), &events);
 }
 
 /// What `path` leads to now, and what it looks like.

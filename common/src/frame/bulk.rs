@@ -489,6 +489,7 @@ mod tests {
             ServerMessage::Notice(Notice::Changed(vec![
                 Change::Name {
                     path: crate::RelPath::parse("a/b").unwrap(),
+                    now: None,
                 },
                 Change::Node {
                     id: NodeId { dev: 1, ino: 5 },

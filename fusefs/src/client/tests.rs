@@ -357,6 +357,7 @@ fn a_listing_longer_than_a_page_is_fetched_whole() {
 #[test]
 fn notices_and_connections_reach_the_event_handler_in_order() {
     let notice = Notice::Changed(vec![Change::Name {
+        now: None,
         path: RelPath::parse("a").expect("a path"),
     }]);
     let sent = notice.clone();

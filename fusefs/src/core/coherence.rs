@@ -15,14 +15,15 @@
 //!   applied at once to this mount's own caches and queued for the kernel
 //!   ([`KernelCache`], carried out on a thread of its own).
 //! - **Crossing.** A notice and an answer may pass each other on the way. Each
-//!   notice moves a generation counter *before* it is applied; every request
-//!   that may cache something takes the generation before it is sent
-//!   ([`Core::mark`]) and, once it has stored what it learnt and answered the
-//!   kernel, looks again ([`Core::settle`]): if a notice came in between, what
-//!   the request touched is invalidated once more, after its own stores. (The
-//!   server does its part: it registers a request's interest before it reads,
-//!   and tells of any change that crossed an answer; see the server's
-//!   `registry`.)
+//!   notice moves a generation counter *before* it is applied, and is logged
+//!   with what it touched (paths and inodes); every request that may cache
+//!   something takes the generation before it is sent ([`Core::mark`]) and,
+//!   once it has stored what it learnt and answered the kernel, looks again
+//!   ([`Core::settle`]): if a notice that touched what the request concerns
+//!   came in between (or the log no longer reaches back), what the request
+//!   touched is invalidated once more, after its own stores. (The server does
+//!   its part: it registers a request's interest before it reads, and tells of
+//!   any change that crossed an answer; see the server's `registry`.)
 //! - **Dropping everything** when the connection breaks (its promises end
 //!   with it) or the server asks for it (its watch overflowed): every name
 //!   and inode the kernel may hold, every negative entry handed out, and
@@ -35,7 +36,7 @@ use crate::inode::FileId;
 use ferry_common::proto::{Change, Notice, Op, Reply};
 use ferry_common::sync::lock;
 use ferry_common::RelPath;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -44,6 +45,18 @@ use std::time::{Duration, Instant};
 /// Negative entries handed to the kernel for long, at most: each is
 /// remembered so that it can be taken back.
 pub(crate) const MAX_NEGATIVES: usize = 65_536;
+/// Notices remembered for the requests in flight (see [`Core::settle`]).
+const RECENT: usize = 1024;
+
+/// What one notice (or break) touched, for the requests it crossed.
+#[derive(Debug)]
+struct Seen {
+    generation: u64,
+    /// Everything (a break, or the server's reset).
+    all: bool,
+    paths: Vec<RelPath>,
+    inos: Vec<u64>,
+}
 
 /// The connection whose notices flow.
 #[derive(Clone, Copy, Debug)]
@@ -128,6 +141,8 @@ pub(crate) struct Coherence {
     state: Mutex<LeaseState>,
     /// Moves before each notice (or break) is applied.
     generation: AtomicU64,
+    /// What the last [`RECENT`] notices touched, by generation.
+    recent: Mutex<VecDeque<Seen>>,
     negatives: Mutex<Negatives>,
 }
 
@@ -137,8 +152,46 @@ impl Coherence {
             wanted,
             state: Mutex::new(LeaseState::default()),
             generation: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::new()),
             negatives: Mutex::new(Negatives::default()),
         }
+    }
+
+    /// Logs what a notice touches and moves the generation past it (before
+    /// it is applied).
+    fn seen(&self, all: bool, paths: Vec<RelPath>, inos: Vec<u64>) {
+        let mut recent = lock(&self.recent);
+        let generation = self.generation.load(Ordering::SeqCst) + 1;
+        recent.push_back(Seen {
+            generation,
+            all,
+            paths,
+            inos,
+        });
+        while recent.len() > RECENT {
+            recent.pop_front();
+        }
+        // Under the log's lock: whoever sees the new generation finds the entry.
+        self.generation.store(generation, Ordering::SeqCst);
+    }
+
+    /// Whether a notice logged after generation `mark` touched `paths` or
+    /// `inos` (or everything, or the log no longer reaches back to `mark`).
+    fn crossed(&self, mark: u64, paths: &[RelPath], inos: &[u64]) -> bool {
+        let recent = lock(&self.recent);
+        if recent
+            .front()
+            .is_none_or(|oldest| oldest.generation > mark + 1)
+        {
+            return true;
+        }
+        recent.iter().filter(|s| s.generation > mark).any(|s| {
+            s.all
+                || s.inos.iter().any(|i| inos.contains(i))
+                || s.paths
+                    .iter()
+                    .any(|q| paths.iter().any(|p| p.starts_with(q) || q.starts_with(p)))
+        })
     }
 }
 
@@ -262,6 +315,14 @@ impl Core {
         if touched.is_empty() || self.coherence.generation.load(Ordering::SeqCst) == mark.0 {
             return;
         }
+        let mut inos = touched.inos.clone();
+        {
+            let inodes = lock(&self.inodes);
+            inos.extend(touched.paths.iter().filter_map(|p| inodes.ino_of(p)));
+        }
+        if !self.coherence.crossed(mark.0, &touched.paths, &inos) {
+            return;
+        }
         log::trace!("an answer crossed a notice: invalidating {touched:?}");
         for path in &touched.paths {
             self.doubt_path(path);
@@ -343,26 +404,25 @@ impl Core {
                     self.drop_everything();
                 }
             }
-            ConnEvent::Notice(epoch, notice) => {
-                if self.client.current_epoch() != Some(epoch) {
-                    return;
-                }
-                match notice {
-                    Notice::Changed(changes) => {
-                        self.coherence.generation.fetch_add(1, Ordering::SeqCst);
-                        for change in &changes {
-                            self.apply(change);
-                        }
-                    }
-                    Notice::Reset { lease_secs } => {
-                        log::info!("the server asks to drop every cache");
-                        if let Some(live) = lock(&self.coherence.state).live.as_mut() {
-                            live.lease = self.lease_of(lease_secs);
-                        }
-                        self.drop_everything();
+            // A notice of a connection that broke meanwhile does no harm: its
+            // break drops everything anyway. (Its epoch is not checked against
+            // the client's: this runs on the reader thread, which must never
+            // wait for the connection's lock.)
+            ConnEvent::Notice(_, notice) => match notice {
+                Notice::Changed(changes) => {
+                    self.log_changes(&changes);
+                    for change in &changes {
+                        self.apply(change);
                     }
                 }
-            }
+                Notice::Reset { lease_secs } => {
+                    log::info!("the server asks to drop every cache");
+                    if let Some(live) = lock(&self.coherence.state).live.as_mut() {
+                        live.lease = self.lease_of(lease_secs);
+                    }
+                    self.drop_everything();
+                }
+            },
         }
     }
 
@@ -391,8 +451,11 @@ impl Core {
                         return;
                     }
                 };
+                // On the reader thread: the lease state says whether the
+                // connection broke meanwhile, not the client (whose lock
+                // the reader must never wait for).
                 let mut state = lock(&core.coherence.state);
-                if state.lost_upto >= epoch || core.client.current_epoch() != Some(epoch) {
+                if state.lost_upto >= epoch {
                     return;
                 }
                 state.live = Some(Live {
@@ -409,19 +472,52 @@ impl Core {
             });
     }
 
+    /// Logs what `changes` touch, for the requests they cross, and moves the
+    /// generation past them.
+    fn log_changes(&self, changes: &[Change]) {
+        let mut paths = Vec::new();
+        let mut inos = Vec::new();
+        {
+            let inodes = lock(&self.inodes);
+            for change in changes {
+                match change {
+                    Change::Name { path, .. } => paths.push(path.clone()),
+                    Change::Moved { from, to } => {
+                        paths.push(from.clone());
+                        paths.push(to.clone());
+                    }
+                    Change::Node { id, .. } => inos.extend(inodes.ino_of_id(FileId {
+                        dev: id.dev,
+                        ino: id.ino,
+                    })),
+                }
+            }
+        }
+        self.coherence.seen(false, paths, inos);
+    }
+
     /// Applies one change the server told of.
     fn apply(&self, change: &Change) {
         match change {
-            Change::Name { path } => {
+            Change::Name { path, now } => {
                 let Some((dir_path, name)) = path.split_last() else {
                     return;
                 };
                 let (dir, old) = {
                     let mut inodes = lock(&self.inodes);
-                    let dir = inodes.ino_of(&dir_path);
                     let old = inodes.ino_of(path);
+                    // The name leads where this mount knows it does: no news.
+                    let known = now.and_then(|id| {
+                        inodes.ino_of_id(FileId {
+                            dev: id.dev,
+                            ino: id.ino,
+                        })
+                    });
+                    if old.is_some() && old == known {
+                        return;
+                    }
                     inodes.detach(path);
-                    (dir, old)
+                    (inodes.ino_of(&dir_path), old)
                 };
                 if let Some(dir) = dir {
                     self.known.forget(dir);
@@ -445,6 +541,8 @@ impl Core {
                     }
                     let moved = inodes.ino_of(from);
                     let replaced = inodes.ino_of(to);
+                    // (The server tells of each rename once: whatever `to`
+                    // named here is gone.)
                     inodes.rename(from, to);
                     (dirs, moved, replaced)
                 };
@@ -473,7 +571,7 @@ impl Core {
     /// Drops every cache: this mount's, and every name, inode and negative
     /// entry the kernel may hold.
     pub(super) fn drop_everything(&self) {
-        self.coherence.generation.fetch_add(1, Ordering::SeqCst);
+        self.coherence.seen(true, Vec::new(), Vec::new());
         self.attrs.clear();
         self.known.clear();
         self.file_caps.clear();

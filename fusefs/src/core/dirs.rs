@@ -281,12 +281,7 @@ impl Core {
 
     /// The listing of an open directory, fetched afresh when reading
     /// restarts; with when it was asked for, and the notices seen by then.
-    fn listing(
-        &self,
-        ino: u64,
-        fh: u64,
-        offset: u64,
-    ) -> Result<Listing, Errno> {
+    fn listing(&self, ino: u64, fh: u64, offset: u64) -> Result<Listing, Errno> {
         let opened_as = {
             let open = lock(&self.dirs.open);
             let snapshot = open.get(&fh).ok_or(Errno::EBADF)?;

@@ -794,3 +794,6 @@ fn a_write_that_drops_setuid_tells_the_kernel_its_mode_changed() {
         .mode();
     assert_eq!(mode & 0o7777, 0o755);
 }
+
+/// The lease and the server's notices (see [`super::coherence`]).
+mod coherence;
