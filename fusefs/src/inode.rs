@@ -57,6 +57,9 @@ struct Node {
     opened_as: Option<Attr>,
     /// Server handles open on this inode: a detached inode is reached through one.
     handles: Vec<u64>,
+    /// The name it had until detached: what the kernel may still open it by,
+    /// through an entry it has not dropped yet (see `Core::open`).
+    last: Option<RelPath>,
 }
 
 impl Node {
@@ -67,6 +70,7 @@ impl Node {
             lookups: 0,
             opened_as: None,
             handles: Vec::new(),
+            last: None,
         }
     }
 }
@@ -114,6 +118,15 @@ impl InodeTable {
     /// The inode at `path` without counting a lookup.
     pub(crate) fn ino_of(&self, path: &RelPath) -> Option<u64> {
         self.by_path.get(path).copied()
+    }
+
+    /// Whether `ino` stands for the server file `attr` describes. A path can
+    /// lead to another file than the inode the kernel looked it up as, when
+    /// the name was replaced since (the kernel's entry not yet dropped).
+    pub(crate) fn is_file(&self, ino: u64, attr: &Attr) -> bool {
+        self.nodes
+            .get(&ino)
+            .is_none_or(|node| node.id == FileId::of(attr))
     }
 
     /// The number of a server file, if it has one, without counting a lookup.
@@ -214,8 +227,11 @@ impl InodeTable {
             return;
         };
         node.paths.retain(|p| p != path);
-        if node.paths.is_empty() && ino != ROOT_INO && self.by_id.get(&node.id) == Some(&ino) {
-            self.by_id.remove(&node.id);
+        if node.paths.is_empty() {
+            node.last = Some(path.clone());
+            if ino != ROOT_INO && self.by_id.get(&node.id) == Some(&ino) {
+                self.by_id.remove(&node.id);
+            }
         }
     }
 
@@ -238,6 +254,29 @@ impl InodeTable {
                 .map(|(p, i)| (p.clone(), *i)),
         );
         found
+    }
+
+    /// What was below `path` is no longer known to be there (the node at
+    /// `path` may be another file with the same number): detached, and
+    /// answered as the entries (directory, name) the kernel may hold for them.
+    pub(crate) fn detach_below(&mut self, path: &RelPath) -> Vec<(u64, OsString)> {
+        let below: Vec<RelPath> = self
+            .subtree(path)
+            .into_iter()
+            .map(|(p, _)| p)
+            .filter(|p| p != path)
+            .collect();
+        let entries = below
+            .iter()
+            .filter_map(|p| {
+                let (dir, name) = p.split_last()?;
+                Some((*self.by_path.get(&dir)?, name.to_os_string()))
+            })
+            .collect();
+        for p in &below {
+            self.unbind(p);
+        }
+        entries
     }
 
     /// The node at `path` (and anything below it) was removed on the server.
@@ -337,6 +376,20 @@ impl InodeTable {
             (None, Some(&h)) => Ok((RelPath::root(), Some(h))),
             (None, None) => Err(Errno::ENOENT),
         }
+    }
+
+    /// The name `ino` had when it was detached, if it has none now.
+    pub(crate) fn last_path(&self, ino: u64) -> Option<&RelPath> {
+        let node = self.nodes.get(&ino)?;
+        node.paths
+            .is_empty()
+            .then_some(node.last.as_ref())
+            .flatten()
+    }
+
+    /// A kernel handle open on `ino`, if any.
+    pub(crate) fn open_handle(&self, ino: u64) -> Option<u64> {
+        self.nodes.get(&ino)?.handles.first().copied()
     }
 
     /// The lookup count of an inode (for tests).
@@ -495,8 +548,26 @@ mod tests {
         assert_eq!(t.locate(x).unwrap(), (p("f"), None));
         t.detach(&p("f"));
         assert_eq!(t.locate(x).unwrap().1, Some(7));
+        assert_eq!(t.last_path(x), Some(&p("f")));
         t.remove_handle(x, 7);
         assert!(t.locate(x).is_err());
+    }
+
+    #[test]
+    fn what_is_below_a_name_can_be_let_go_of_alone() {
+        let mut t = table();
+        let d = t.remember(&p("d"), &f(10));
+        let x = t.remember(&p("d/x"), &f(11));
+        t.remember(&p("d/x/y"), &f(12));
+        let mut dropped = t.detach_below(&p("d"));
+        dropped.sort();
+        assert_eq!(
+            dropped,
+            vec![(d, OsString::from("x")), (x, OsString::from("y"))]
+        );
+        assert_eq!(t.path(d), Some(&p("d")));
+        assert_eq!(t.path(x), None);
+        assert_eq!(t.ino_of(&p("d/x/y")), None);
     }
 
     #[test]

@@ -39,8 +39,9 @@ enum Plan {
     List { dir: RelPath, before: Option<Attr> },
     /// `Open`: the name and node; with `O_TRUNC`, a change of its data.
     Open { path: RelPath, trunc: bool },
-    /// `Create`, `Mkdir`, `Mknod`, `Symlink`, `Link`: a new name.
-    Make(RelPath),
+    /// `Create`, `Mkdir`, `Mknod`, `Symlink`, `Link`: a new name (unless the
+    /// file existed: a create without `O_EXCL` opens it).
+    Make { path: RelPath, existed: bool },
     /// `Unlink`, `Rmdir`: a name goes, and with it (maybe) a node.
     Remove {
         path: RelPath,
@@ -163,15 +164,25 @@ impl Coherence {
                     trunc,
                 }
             }
-            Op::Create { path, .. }
-            | Op::Mkdir { path, .. }
-            | Op::Mknod { path, .. }
-            | Op::Symlink { path, .. } => {
+            Op::Create { path, .. } => {
                 if learning {
                     self.watch(parent(path));
                 }
                 busy_paths.push(path.clone());
-                Plan::Make(path.clone())
+                Plan::Make {
+                    path: path.clone(),
+                    existed: precise && self.export().stat(path).is_ok(),
+                }
+            }
+            Op::Mkdir { path, .. } | Op::Mknod { path, .. } | Op::Symlink { path, .. } => {
+                if learning {
+                    self.watch(parent(path));
+                }
+                busy_paths.push(path.clone());
+                Plan::Make {
+                    path: path.clone(),
+                    existed: false,
+                }
             }
             Op::Link { existing, path } => {
                 if learning {
@@ -179,7 +190,10 @@ impl Coherence {
                 }
                 busy_paths.push(path.clone());
                 busy_paths.push(existing.clone());
-                Plan::Make(path.clone())
+                Plan::Make {
+                    path: path.clone(),
+                    existed: false,
+                }
             }
             Op::Unlink { path } | Op::Rmdir { path } => {
                 busy_paths.push(path.clone());
@@ -275,6 +289,8 @@ impl Coherence {
         } = ticket;
         let mut events: Vec<Event> = Vec::new();
         let mut learned: Vec<Learned> = Vec::new();
+        // Name changes the watch will see too.
+        let mut echoes: Vec<RelPath> = Vec::new();
         // A directory this connection is told of and now caches: watched
         // after the fact, so it is looked at again once watched.
         let mut new_dir: Option<(RelPath, Attr)> = None;
@@ -311,7 +327,7 @@ impl Coherence {
                     learned.push(node_learned(&attr));
                 }
             }
-            (Plan::Make(path), Ok(reply)) => {
+            (Plan::Make { path, existed }, Ok(reply)) => {
                 let (attr, dir) = match reply {
                     Reply::Created { attr, dir, .. } | Reply::Entry { attr, dir } => {
                         (Some(*attr), Some(*dir))
@@ -321,11 +337,14 @@ impl Coherence {
                 };
                 if let Some(attr) = attr {
                     let id = NodeId::of(&attr);
-                    events.push(Event::Name {
-                        path: path.clone(),
-                        now: Target::Node(id),
-                        dir: dir.as_ref().map(NodeId::of),
-                    });
+                    if !existed {
+                        events.push(Event::Name {
+                            path: path.clone(),
+                            now: Target::Node(id),
+                            dir: dir.as_ref().map(NodeId::of),
+                        });
+                        echoes.push(path.clone());
+                    }
                     events.push(node_event(&attr));
                     learned.push(Learned::Name(path.clone(), Target::Node(id)));
                     learned.push(node_learned(&attr));
@@ -345,6 +364,7 @@ impl Coherence {
                     now: Target::Absent,
                     dir: dirs.first().map(NodeId::of),
                 });
+                echoes.push(path.clone());
                 learned.push(Learned::Name(path, Target::Absent));
                 if let Some(victim) = victim {
                     // One name fewer (or gone): its link count and ctime moved.
@@ -378,35 +398,31 @@ impl Coherence {
                 let look = |path: &RelPath| -> Option<Attr> {
                     precise.then(|| self.export().stat(path).ok()).flatten()
                 };
+                let target =
+                    |a: Option<Attr>| a.map_or(Target::Unknown, |a| Target::Node(NodeId::of(&a)));
                 if exchange {
+                    // Each name now leads where the other did (the watch sees
+                    // two renames: two events at each name).
                     for (path, dir) in [(&from, dir_from), (&to, dir_to)] {
-                        let now =
-                            look(path).map_or(Target::Unknown, |a| Target::Node(NodeId::of(&a)));
                         events.push(Event::Name {
                             path: path.clone(),
-                            now,
+                            now: target(look(path)),
                             dir,
                         });
+                        echoes.extend([path.clone(), path.clone()]);
                     }
                 } else {
                     let moved = look(&to);
                     self.registry.moved(&from, &to);
+                    let now = target(moved);
                     events.push(Event::Moved {
                         from: from.clone(),
                         to: to.clone(),
-                    });
-                    events.push(Event::Name {
-                        path: from.clone(),
-                        now: Target::Absent,
-                        dir: dir_from,
-                    });
-                    learned.push(Learned::Name(from.clone(), Target::Absent));
-                    let now = moved.map_or(Target::Unknown, |a| Target::Node(NodeId::of(&a)));
-                    events.push(Event::Name {
-                        path: to.clone(),
                         now,
-                        dir: dir_to,
+                        dirs: dir_from.into_iter().chain(dir_to).collect(),
                     });
+                    echoes.extend([from.clone(), to.clone()]);
+                    learned.push(Learned::Name(from.clone(), Target::Absent));
                     learned.push(Learned::Name(to.clone(), now));
                     if let Some(moved) = moved {
                         events.push(node_event(&moved));
@@ -460,6 +476,7 @@ impl Coherence {
             _ => {}
         }
         self.registry.publish(Some(&self.sub), &events);
+        self.registry.expect_echoes(&echoes);
         if learning {
             self.registry.learn(&self.sub, start, learned);
             if let Some((path, attr)) = new_dir {

@@ -13,10 +13,16 @@
 //! connection's change (or a local process's), [`InterestTable::notices_for`]
 //! says which of them this connection must hear of and forgets those interests:
 //! once told, the client drops what it had, and its next request registers
-//! anew. A change whose result the entry already shows (the connection made it
-//! itself, or was told already) is no news. For the connection's own change,
-//! [`InterestTable::apply_own`] records the new state instead: its client
-//! learns it from the answer.
+//! anew. For the connection's own change, [`InterestTable::apply_own`] records
+//! the new state instead: its client learns it from the answer.
+//!
+//! A change to a name is always news to who holds it, even when the name
+//! leads to a node with the same number afterwards: file systems hand a freed
+//! inode number to the next file at once, and the new file can look just like
+//! the old one down to its timestamps. Then the client keeps the name (and its
+//! inode number) but drops what it knew of the node and below it, and so does
+//! the table. A change to a node is news unless the state after it is what the
+//! connection was told (a change it made itself, seen again by the watch).
 //!
 //! The table knows nothing of the network or the export; it is plain data,
 //! bounded by [`MAX_NAMES`] and [`MAX_NODES`] entries.
@@ -86,8 +92,14 @@ pub(crate) enum Event {
         id: NodeId,
         now: Option<Fingerprint>,
     },
-    /// `from` was renamed to `to`.
-    Moved { from: RelPath, to: RelPath },
+    /// `from` was renamed to `to`, which now leads to `now`; the names of
+    /// `dirs` changed.
+    Moved {
+        from: RelPath,
+        to: RelPath,
+        now: Target,
+        dirs: Vec<NodeId>,
+    },
 }
 
 #[derive(Debug)]
@@ -216,14 +228,22 @@ impl InterestTable {
                 Event::Name {
                     path, now: target, ..
                 } => {
-                    if *target == Target::Absent {
-                        self.drop_below(path);
-                    }
+                    self.drop_below(path);
                     self.learn_name(path, *target, now)?;
                 }
                 Event::Node { id, now: fp } => self.learn_node(*id, *fp, now)?,
-                Event::Moved { from, to } => {
+                Event::Moved {
+                    from,
+                    to,
+                    now: target,
+                    ..
+                } => {
                     self.move_names(from, to);
+                    self.learn_name(from, Target::Absent, now)?;
+                    if !matches!(self.names.get(to), Some(n) if n.target == *target) {
+                        self.drop_below(to);
+                        self.learn_name(to, *target, now)?;
+                    }
                 }
             }
         }
@@ -241,29 +261,9 @@ impl InterestTable {
                     now: target,
                     dir,
                 } => {
-                    let held = self.names.get(path).filter(|n| n.until > now);
-                    let same =
-                        held.is_some_and(|n| n.target == *target && *target != Target::Unknown);
-                    if same {
-                        continue;
-                    }
-                    // What was below the old node is no longer reachable there.
-                    let had = self.names.remove(path).is_some_and(|n| n.until > now);
-                    if self.drop_below(path) || had {
-                        changes.push(Change::Name {
-                            path: path.clone(),
-                            now: target.node(),
-                        });
-                    }
-                    // The directory's names changed in a way this connection
-                    // was not told: what it knows of them is out of date.
+                    changes.extend(self.name_changed(path, *target, now));
                     if let Some(dir) = dir {
-                        if self.nodes.remove(dir).is_some_and(|n| n.until > now) {
-                            changes.push(Change::Node {
-                                id: *dir,
-                                content: true,
-                            });
-                        }
+                        changes.extend(self.names_of_changed(*dir, now));
                     }
                 }
                 Event::Node { id, now: fp } => {
@@ -274,6 +274,7 @@ impl InterestTable {
                         self.nodes.remove(id);
                         continue;
                     }
+                    // Only a new ctime with the same data is attributes alone.
                     let content = match (held.fp, fp) {
                         (Some(old), Some(new)) if old == *new => continue,
                         (Some(old), Some(new)) => old.mtime != new.mtime || old.size != new.size,
@@ -282,7 +283,12 @@ impl InterestTable {
                     self.nodes.remove(id);
                     changes.push(Change::Node { id: *id, content });
                 }
-                Event::Moved { from, to } => {
+                Event::Moved {
+                    from,
+                    to,
+                    now: target,
+                    dirs,
+                } => {
                     let moved = self.names.get(from).map(|n| n.target);
                     if self.move_names(from, to) {
                         // The moved node's ctime changed; its client drops its attributes.
@@ -293,11 +299,56 @@ impl InterestTable {
                             from: from.clone(),
                             to: to.clone(),
                         });
+                    } else {
+                        // Only what `to` named before is held: it is gone.
+                        changes.extend(self.name_changed(to, *target, now));
+                    }
+                    for dir in dirs {
+                        changes.extend(self.names_of_changed(*dir, now));
                     }
                 }
             }
         }
         changes
+    }
+
+    /// `path` was changed and leads to `target` now: the notice, if this
+    /// connection holds it or anything below. Held as the same node, the name
+    /// stays held (its client keeps it) but that node, and what is below, do
+    /// not (it may be another file with the same number).
+    fn name_changed(&mut self, path: &RelPath, target: Target, now: Instant) -> Option<Change> {
+        let held = self
+            .names
+            .get(path)
+            .filter(|n| n.until > now)
+            .map(|n| n.target);
+        let below = self.drop_below(path);
+        let notice = Change::Name {
+            path: path.clone(),
+            now: target.node(),
+        };
+        match (held, target) {
+            (Some(Target::Node(was)), Target::Node(is)) if was == is => {
+                self.nodes.remove(&is);
+                Some(notice)
+            }
+            (held, _) => {
+                self.names.remove(path);
+                (held.is_some() || below).then_some(notice)
+            }
+        }
+    }
+
+    /// The names of directory `dir` changed: the notice, if this connection
+    /// holds what the directory looks like.
+    fn names_of_changed(&mut self, dir: NodeId, now: Instant) -> Option<Change> {
+        self.nodes
+            .remove(&dir)
+            .is_some_and(|n| n.until > now)
+            .then_some(Change::Node {
+                id: dir,
+                content: true,
+            })
     }
 
     /// Renames the names at and below `from` to below `to`, after dropping
@@ -410,24 +461,24 @@ mod tests {
         InterestTable::new(Duration::from_secs(60))
     }
 
+    fn name(path: &str, now: Target) -> Event {
+        Event::Name {
+            path: p(path),
+            now,
+            dir: None,
+        }
+    }
+
     #[test]
-    fn a_change_is_told_once_and_only_when_it_is_news() {
+    fn a_node_change_is_told_once_and_only_when_it_is_news() {
         let now = Instant::now();
         let mut t = table();
-        t.learn_name(&p("d/f"), Target::Node(id(5)), now).unwrap();
         t.learn_node(id(5), Some(fp(1, 1, 10)), now).unwrap();
         // What the connection was told already: no news.
-        let same = [
-            Event::Name {
-                path: p("d/f"),
-                now: Target::Node(id(5)),
-                dir: None,
-            },
-            Event::Node {
-                id: id(5),
-                now: Some(fp(1, 1, 10)),
-            },
-        ];
+        let same = [Event::Node {
+            id: id(5),
+            now: Some(fp(1, 1, 10)),
+        }];
         assert!(t.notices_for(&same, now).is_empty());
         // A chmod: attributes only.
         let chmod = [Event::Node {
@@ -478,17 +529,46 @@ mod tests {
     }
 
     #[test]
+    fn a_name_change_is_news_even_when_it_leads_to_the_same_number() {
+        let now = Instant::now();
+        let mut t = table();
+        t.learn_name(&p("d"), Target::Node(id(1)), now).unwrap();
+        t.learn_name(&p("d/x"), Target::Node(id(2)), now).unwrap();
+        t.learn_node(id(1), Some(fp(1, 1, 0)), now).unwrap();
+        // `d` was replaced by a directory that got the freed number back.
+        assert_eq!(
+            t.notices_for(&[name("d", Target::Node(id(1)))], now),
+            vec![Change::Name {
+                path: p("d"),
+                now: Some(id(1))
+            }]
+        );
+        // The name stays held (its client keeps it); the node and what is
+        // below it do not.
+        assert_eq!(t.name("d"), Some(Target::Node(id(1))));
+        assert_eq!(t.name("d/x"), None);
+        assert!(t.nodes.is_empty());
+        // Another node: the name goes too.
+        assert_eq!(
+            t.notices_for(&[name("d", Target::Node(id(3)))], now),
+            vec![Change::Name {
+                path: p("d"),
+                now: Some(id(3))
+            }]
+        );
+        assert_eq!(t.name("d"), None);
+        assert!(t
+            .notices_for(&[name("d", Target::Node(id(3)))], now)
+            .is_empty());
+    }
+
+    #[test]
     fn negative_entries_hear_of_creation_and_removal_takes_the_subtree() {
         let now = Instant::now();
         let mut t = table();
         t.learn_name(&p("d/new"), Target::Absent, now).unwrap();
-        let created = [Event::Name {
-            path: p("d/new"),
-            now: Target::Node(id(7)),
-            dir: None,
-        }];
         assert_eq!(
-            t.notices_for(&created, now),
+            t.notices_for(&[name("d/new", Target::Node(id(7)))], now),
             vec![Change::Name {
                 path: p("d/new"),
                 now: Some(id(7))
@@ -501,13 +581,8 @@ mod tests {
         t.learn_name(&p("gone/a/b"), Target::Node(id(3)), now)
             .unwrap();
         t.learn_name(&p("gone0"), Target::Node(id(4)), now).unwrap();
-        let removed = [Event::Name {
-            path: p("gone"),
-            now: Target::Absent,
-            dir: None,
-        }];
         assert_eq!(
-            t.notices_for(&removed, now),
+            t.notices_for(&[name("gone", Target::Absent)], now),
             vec![Change::Name {
                 path: p("gone"),
                 now: None
@@ -520,20 +595,6 @@ mod tests {
             Some(Target::Node(id(4))),
             "a sibling stays"
         );
-        // An unknown target is always news.
-        t.learn_name(&p("u"), Target::Unknown, now).unwrap();
-        let again = [Event::Name {
-            path: p("u"),
-            now: Target::Unknown,
-            dir: None,
-        }];
-        assert_eq!(
-            t.notices_for(&again, now),
-            vec![Change::Name {
-                path: p("u"),
-                now: None
-            }]
-        );
     }
 
     #[test]
@@ -543,35 +604,19 @@ mod tests {
         // A listing: the directory and its one name.
         t.learn_node(id(1), Some(fp(1, 1, 0)), now).unwrap();
         t.learn_name(&p("d/a"), Target::Node(id(2)), now).unwrap();
-        // A name this connection made itself (or was told of) is no news...
-        t.apply_own(
-            &[Event::Name {
-                path: p("d/mine"),
-                now: Target::Node(id(3)),
-                dir: Some(id(1)),
-            }],
-            now,
-        )
-        .unwrap();
-        let echo = [Event::Name {
-            path: p("d/mine"),
-            now: Target::Node(id(3)),
-            dir: Some(id(1)),
-        }];
-        assert!(t.notices_for(&echo, now).is_empty());
-        // ...one it does not hold is, for the directory's names.
-        let other = [Event::Name {
+        let new = [Event::Name {
             path: p("d/theirs"),
             now: Target::Node(id(4)),
             dir: Some(id(1)),
         }];
         assert_eq!(
-            t.notices_for(&other, now),
+            t.notices_for(&new, now),
             vec![Change::Node {
                 id: id(1),
                 content: true
             }]
         );
+        assert_eq!(t.name("d/a"), Some(Target::Node(id(2))), "the others stay");
     }
 
     #[test]
@@ -583,16 +628,25 @@ mod tests {
         t.learn_name(&p("b"), Target::Node(id(3)), now).unwrap();
         t.learn_name(&p("b/y"), Target::Node(id(4)), now).unwrap();
         t.learn_node(id(1), Some(fp(1, 1, 0)), now).unwrap();
+        t.learn_node(id(9), Some(fp(1, 1, 0)), now).unwrap();
         let moved = [Event::Moved {
             from: p("a"),
             to: p("b"),
+            now: Target::Node(id(1)),
+            dirs: vec![id(9)],
         }];
         assert_eq!(
             t.notices_for(&moved, now),
-            vec![Change::Moved {
-                from: p("a"),
-                to: p("b")
-            }]
+            vec![
+                Change::Moved {
+                    from: p("a"),
+                    to: p("b")
+                },
+                Change::Node {
+                    id: id(9),
+                    content: true
+                }
+            ]
         );
         assert_eq!(t.name("a"), None);
         assert_eq!(t.name("b"), Some(Target::Node(id(1))));
@@ -604,24 +658,18 @@ mod tests {
         );
         // The moved node's attributes (its ctime) are no longer held.
         assert!(t.nodes.is_empty());
-        // The same rename seen again (the watch after the server): no news,
-        // nothing moves; nor for the connection that made it (it learnt the
-        // old name is gone).
-        assert!(t.notices_for(&moved, now).is_empty());
-        t.learn_name(&p("a"), Target::Absent, now).unwrap();
-        assert!(t.notices_for(&moved, now).is_empty());
-        assert_eq!(t.name("b"), Some(Target::Node(id(1))));
-        assert_eq!(t.name("b/x"), Some(Target::Node(id(2))));
+        // Holding only the target: what it named is gone.
+        let mut t = table();
+        t.learn_name(&p("b"), Target::Node(id(3)), now).unwrap();
+        assert_eq!(
+            t.notices_for(&moved, now),
+            vec![Change::Name {
+                path: p("b"),
+                now: Some(id(1))
+            }]
+        );
         // Nothing held on either side: no news.
-        assert!(t
-            .notices_for(
-                &[Event::Moved {
-                    from: p("q"),
-                    to: p("r")
-                }],
-                now
-            )
-            .is_empty());
+        assert!(t.notices_for(&moved, now).is_empty());
     }
 
     #[test]
@@ -632,11 +680,7 @@ mod tests {
         t.learn_name(&p("d"), Target::Node(id(1)), now).unwrap();
         t.learn_name(&p("d/x"), Target::Node(id(2)), now).unwrap();
         let own = [
-            Event::Name {
-                path: p("f"),
-                now: Target::Node(id(8)),
-                dir: None,
-            },
+            name("f", Target::Node(id(8))),
             Event::Node {
                 id: id(8),
                 now: Some(fp(5, 5, 0)),
@@ -644,39 +688,23 @@ mod tests {
             Event::Moved {
                 from: p("d"),
                 to: p("e"),
+                now: Target::Node(id(1)),
+                dirs: Vec::new(),
             },
         ];
         t.apply_own(&own, now).unwrap();
         assert_eq!(t.name("f"), Some(Target::Node(id(8))));
+        assert_eq!(t.name("d"), Some(Target::Absent));
+        assert_eq!(t.name("e"), Some(Target::Node(id(1))));
         assert_eq!(t.name("e/x"), Some(Target::Node(id(2))));
-        // The same changes seen again (the watcher's echo) are no news.
-        let echo = [
-            Event::Name {
-                path: p("f"),
-                now: Target::Node(id(8)),
-                dir: None,
-            },
-            Event::Node {
-                id: id(8),
-                now: Some(fp(5, 5, 0)),
-            },
-            Event::Name {
-                path: p("e"),
-                now: Target::Node(id(1)),
-                dir: None,
-            },
-        ];
+        // The node as changed, seen again (the watch): no news.
+        let echo = [Event::Node {
+            id: id(8),
+            now: Some(fp(5, 5, 0)),
+        }];
         assert!(t.notices_for(&echo, now).is_empty());
         // Removing a directory here forgets what was below it.
-        t.apply_own(
-            &[Event::Name {
-                path: p("e"),
-                now: Target::Absent,
-                dir: None,
-            }],
-            now,
-        )
-        .unwrap();
+        t.apply_own(&[name("e", Target::Absent)], now).unwrap();
         assert_eq!(t.name("e/x"), None);
     }
 

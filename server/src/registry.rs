@@ -49,6 +49,9 @@ pub(crate) const GRACE: Duration = Duration::from_secs(5);
 pub(crate) const MAX_PENDING: usize = 20_000;
 /// Changes remembered for the requests in flight.
 pub(crate) const RECENT: usize = 4096;
+/// How long a name change made through the server waits for the watch to
+/// see it too (see [`Registry::expect_echoes`]).
+const ECHO_PATIENCE: Duration = Duration::from_secs(10);
 
 /// What an answer told its connection, to be learnt by its table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,45 +91,35 @@ impl Recorded {
     /// it came from: it touched the same name or node, and the answer does not
     /// already show the state after it.
     fn crossing(&self, learned: &Learned) -> Option<Change> {
+        let name = |path: &RelPath, now: Option<NodeId>| Change::Name {
+            path: path.clone(),
+            now,
+        };
+        let node = |id: NodeId| Change::Node { id, content: true };
         self.events.iter().find_map(|event| match (learned, event) {
-            (Learned::Name(path, told), Event::Name { path: p, now, .. }) if p == path => {
-                (now != told || *told == Target::Unknown).then(|| Change::Name {
-                    path: path.clone(),
-                    now: now.node(),
-                })
+            // A change of a name is news whatever it leads to now (see
+            // `interest`: inode numbers are reused).
+            (Learned::Name(path, _), Event::Name { path: p, now, .. }) if p == path => {
+                Some(name(path, now.node()))
             }
             // Above it: the name may lead elsewhere now.
             (Learned::Name(path, _), Event::Name { path: p, .. }) if path.starts_with(p) => {
-                Some(Change::Name {
-                    path: path.clone(),
-                    now: None,
-                })
+                Some(name(path, None))
             }
-            (Learned::Name(path, _), Event::Moved { from, to })
+            (Learned::Name(path, _), Event::Moved { from, to, .. })
                 if path.starts_with(from) || path.starts_with(to) =>
             {
-                Some(Change::Name {
-                    path: path.clone(),
-                    now: None,
-                })
+                Some(name(path, None))
             }
             (Learned::Node(id, told), Event::Node { id: i, now }) if i == id => {
-                (told.is_none() || now != told).then_some(Change::Node {
-                    id: *id,
-                    content: true,
-                })
+                (told.is_none() || now != told).then_some(node(*id))
             }
             // Its names changed.
-            (Learned::Node(id, _), Event::Name { dir: Some(d), .. }) if d == id => {
-                Some(Change::Node {
-                    id: *id,
-                    content: true,
-                })
+            (Learned::Node(id, _), Event::Name { dir: Some(d), .. }) if d == id => Some(node(*id)),
+            (Learned::Node(id, _), Event::Moved { dirs, .. }) if dirs.contains(id) => {
+                Some(node(*id))
             }
-            (Learned::Touch(id), Event::Node { id: i, .. }) if i == id => Some(Change::Node {
-                id: *id,
-                content: true,
-            }),
+            (Learned::Touch(id), Event::Node { id: i, .. }) if i == id => Some(node(*id)),
             _ => None,
         })
     }
@@ -266,6 +259,9 @@ pub(crate) struct Registry {
     seq: AtomicU64,
     recent: Mutex<VecDeque<Recorded>>,
     busy: Mutex<Busy>,
+    /// Name changes made through the server that the watch is yet to see,
+    /// by path: until when each is waited for.
+    echoes: Mutex<HashMap<RelPath, Vec<Instant>>>,
     watcher: Option<Arc<Watcher>>,
     /// The watch failed for good: leases are not granted (notices of changes
     /// made through the server still flow).
@@ -298,6 +294,7 @@ impl Registry {
             seq: AtomicU64::new(0),
             recent: Mutex::new(VecDeque::new()),
             busy: Mutex::new(Busy::default()),
+            echoes: Mutex::new(HashMap::new()),
             blind: AtomicBool::new(watcher.is_none()),
             watcher,
         });
@@ -421,6 +418,43 @@ impl Registry {
             .flatten()
             .copied()
             .collect()
+    }
+
+    /// The watch will see the name changes at `paths` (made through the
+    /// server, already published precisely): one event each, to be taken for
+    /// an echo rather than news ([`take_echo`](Self::take_echo)). Only paths
+    /// in watched directories are expected; the others' events never come.
+    pub(crate) fn expect_echoes(&self, paths: &[RelPath]) {
+        let Some(watcher) = &self.watcher else { return };
+        let until = Instant::now() + ECHO_PATIENCE;
+        let mut echoes = lock(&self.echoes);
+        for path in paths {
+            if path
+                .split_last()
+                .is_some_and(|(dir, _)| watcher.watches(&dir))
+            {
+                echoes.entry(path.clone()).or_default().push(until);
+            }
+        }
+    }
+
+    /// Whether the watch's name event at `path` is the echo of a change made
+    /// through the server (and takes it: each is expected once).
+    pub(crate) fn take_echo(&self, path: &RelPath) -> bool {
+        let mut echoes = lock(&self.echoes);
+        let Some(waiting) = echoes.get_mut(path) else {
+            return false;
+        };
+        let now = Instant::now();
+        waiting.retain(|until| *until > now);
+        let found = !waiting.is_empty();
+        if found {
+            waiting.remove(0);
+        }
+        if waiting.is_empty() {
+            echoes.remove(path);
+        }
+        found
     }
 
     /// Publishes changes made by `origin` (a connection, or `None` for a
@@ -629,9 +663,13 @@ impl Registry {
         }
     }
 
-    /// Drops every interest whose lease has ended.
+    /// Drops every interest whose lease has ended, and echoes never seen.
     pub(crate) fn expire(&self) {
         let now = Instant::now();
+        lock(&self.echoes).retain(|_, waiting| {
+            waiting.retain(|until| *until > now);
+            !waiting.is_empty()
+        });
         for sub in self.each_subscriber() {
             lock(&sub.table).expire(now);
         }
@@ -732,6 +770,8 @@ mod tests {
                 Event::Moved {
                     from: p("d"),
                     to: p("e"),
+                    now: Target::Unknown,
+                    dirs: Vec::new(),
                 },
             ],
         );
@@ -764,11 +804,12 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_that_shows_the_change_already_is_not_crossed() {
+    fn a_crossed_answer_is_told_what_changed_and_a_node_as_it_is_now_is_not() {
         let (_d, r) = registry();
         let (a, b) = (subscribed(&r), subscribed(&r));
         let start = r.start();
-        // A process on the server made the file; b's lookup saw it.
+        // A process on the server made the file while both looked.
+        let fp = Fingerprint::of(&ferry_common::Attr::blank(ferry_common::FileKind::File));
         r.publish(
             None,
             &[
@@ -779,19 +820,34 @@ mod tests {
                 },
                 Event::Node {
                     id: id(5),
-                    now: None,
+                    now: Some(fp),
                 },
             ],
         );
-        r.learn(&b, start, vec![Learned::Name(p("f"), Target::Node(id(5)))]);
-        assert!(b.take().1.is_empty());
-        // ...whereas a's, which saw it missing, did not.
-        r.learn(&a, start, vec![Learned::Name(p("f"), Target::Absent)]);
+        // A name's answer cannot show which file it saw (numbers are
+        // reused): told what the name leads to now.
+        r.learn(
+            &b,
+            start,
+            vec![
+                Learned::Name(p("f"), Target::Node(id(5))),
+                Learned::Node(id(5), Some(fp)),
+            ],
+        );
         assert_eq!(
-            a.take().1,
+            b.take().1,
             vec![Change::Name {
                 path: p("f"),
                 now: Some(id(5))
+            }],
+            "the node as it is now is no news"
+        );
+        r.learn(&a, start, vec![Learned::Node(id(5), None)]);
+        assert_eq!(
+            a.take().1,
+            vec![Change::Node {
+                id: id(5),
+                content: true
             }]
         );
     }

@@ -18,11 +18,14 @@
 //! `Registry::watch_dir`).
 //!
 //! One thread of its own reads the events. A change made through the server
-//! reaches the watch as well: the thread waits while a request is still busy
-//! with a path an event names (see `Registry::is_busy`), after which the
-//! request's connection holds the new state and the event is no news to it;
-//! and it tells a node's change to nobody whose request is changing that node
-//! right now (a file written without pause would hold it up otherwise).
+//! reaches the watch as well. Its name changes (create, remove, rename) were
+//! published precisely by the request that made them, and the watch's event
+//! for each is taken as its echo (`Registry::take_echo`), once. For a node's
+//! change, the thread waits while a request is still busy with the path an
+//! event names (see `Registry::is_busy`), after which the request's
+//! connection holds the new state and the event is no news to it, and tells
+//! it to nobody whose request is changing that node right now (a file written
+//! without pause would hold it up otherwise).
 
 use crate::export::ExportRoot;
 use crate::interest::{range_of, Event, Fingerprint, Target};
@@ -183,6 +186,11 @@ impl Watcher {
             },
         );
         Ok(true)
+    }
+
+    /// Whether directory `dir` is watched.
+    pub(crate) fn watches(&self, dir: &RelPath) -> bool {
+        lock(&self.watches).by_path.contains_key(dir)
     }
 
     /// Stops watching everything.
@@ -423,7 +431,13 @@ fn handle(reg: &Registry, watcher: &Watcher, raws: Vec<Raw>) {
     while reg.is_busy(&paths) && waited.elapsed() < BUSY_PATIENCE {
         thread::sleep(Duration::from_millis(1));
     }
-    let events = translate(reg, watcher, &placed);
+    // A name change made through the server was published precisely then.
+    let mut events = translate(reg, watcher, &placed);
+    events.retain(|e| match e {
+        Event::Name { path, .. } => !reg.take_echo(path),
+        Event::Moved { from, to, .. } => !(reg.take_echo(from) & reg.take_echo(to)),
+        Event::Node { .. } => true,
+    });
     let ids: Vec<NodeId> = events
         .iter()
         .filter_map(|e| match e {
@@ -493,16 +507,8 @@ fn translate(reg: &Registry, watcher: &Watcher, placed: &[Placed]) -> Vec<Event>
                     events.push(Event::Moved {
                         from: child.clone(),
                         to: to.clone(),
-                    });
-                    events.push(Event::Name {
-                        path: child.clone(),
-                        now: Target::Absent,
-                        dir: Some(p.dir_id),
-                    });
-                    events.push(Event::Name {
-                        path: to.clone(),
                         now: target,
-                        dir: Some(q.dir_id),
+                        dirs: vec![p.dir_id, q.dir_id],
                     });
                     if let Some((id, fp)) = moved {
                         events.push(Event::Node { id, now: Some(fp) });
@@ -623,6 +629,82 @@ mod tests {
         assert!(w.ensure(&export, &p("link")).is_err());
         w.clear();
         assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn an_overflowing_queue_makes_every_client_drop_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let export = std::sync::Arc::new(ExportRoot::open(dir.path()).unwrap());
+        let reg = Registry::new(std::sync::Arc::clone(&export), false);
+        let sub = reg.subscriber();
+        reg.subscribe(&sub, 60);
+        let w = Watcher::new().unwrap();
+        w.ensure(&export, &RelPath::root()).unwrap();
+        // More events than the kernel queues, none read meanwhile.
+        let limit: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(16_384);
+        for i in 0..=limit {
+            std::fs::File::create(dir.path().join(format!("f{i}"))).unwrap();
+        }
+        let raws = w.read(1000).unwrap();
+        assert!(raws.iter().any(|r| r.mask & libc::IN_Q_OVERFLOW != 0));
+        handle(&reg, &w, raws);
+        // Told to drop everything (with no lease: this registry has no watch).
+        assert_eq!(sub.take().0, Some(0));
+    }
+
+    #[test]
+    fn events_become_the_changes_clients_are_told_of() {
+        use crate::registry::Learned;
+        use ferry_common::proto::Change;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("d/x"), b"x").unwrap();
+        let export = std::sync::Arc::new(ExportRoot::open(dir.path()).unwrap());
+        let reg = Registry::new(std::sync::Arc::clone(&export), false);
+        let sub = reg.subscriber();
+        reg.subscribe(&sub, 60);
+        let p = |s: &str| RelPath::parse(s).unwrap();
+        let x = export.stat(&p("d/x")).unwrap();
+        reg.learn(
+            &sub,
+            reg.start(),
+            vec![
+                Learned::Name(p("d/x"), Target::Node(NodeId::of(&x))),
+                Learned::Node(NodeId::of(&x), Some(Fingerprint::of(&x))),
+                Learned::Name(p("d/new"), Target::Absent),
+            ],
+        );
+        let w = Watcher::new().unwrap();
+        w.ensure(&export, &p("d")).unwrap();
+        // A process on the server: a rename, a new file, a write.
+        std::fs::rename(dir.path().join("d/x"), dir.path().join("d/y")).unwrap();
+        std::fs::write(dir.path().join("d/new"), b"").unwrap();
+        std::fs::write(dir.path().join("d/y"), b"longer").unwrap();
+        let raws = w.read(1000).unwrap();
+        handle(&reg, &w, raws);
+        let (_, changes) = sub.take();
+        assert!(
+            changes.contains(&Change::Moved {
+                from: p("d/x"),
+                to: p("d/y")
+            }),
+            "{changes:?}"
+        );
+        assert!(
+            changes
+                .iter()
+                .any(|c| matches!(c, Change::Name { path, now: Some(_) } if *path == p("d/new"))),
+            "{changes:?}"
+        );
+        // The moved file's attributes were dropped with the rename; what it
+        // is now is no news to who did not hold it since.
+        assert!(!changes.contains(&Change::Name {
+            path: p("d/x"),
+            now: None
+        }));
     }
 
     #[test]

@@ -226,6 +226,12 @@ impl Fixture {
         self.export.join(rel)
     }
 
+    /// The core serving mount `index` (0: the first), to look at its
+    /// statistics and lease.
+    pub fn core(&self, index: usize) -> &ferry_fusefs::Core {
+        self.mounts[index].core()
+    }
+
     pub fn temp(&self) -> &Path {
         self.dir.path()
     }

@@ -7,7 +7,8 @@
 
 use super::{expect_attr, without_suidgid, Attrs, Caller, Core, Done};
 use ferry_common::proto::{AttrChanges, Op, SetTime};
-use ferry_common::{Attr, RelPath, Timestamp};
+use ferry_common::sync::lock;
+use ferry_common::{Attr, Errno, RelPath, Timestamp};
 use std::time::{Instant, SystemTime};
 
 impl Core {
@@ -26,8 +27,13 @@ impl Core {
             }
         }
         self.writes.wait_idle(ino);
-        // With a handle the server stats the open file, which may be unlinked.
-        match self.attr_target(ino, fh) {
+        // With a handle the server stats the open file, which may be unlinked
+        // (or replaced at its name). One this mount holds open will do.
+        let fh = fh.or_else(|| lock(&self.inodes).open_handle(ino));
+        match self
+            .attr_target(ino, fh)
+            .or_else(|_| self.attr_target(ino, None))
+        {
             Ok((path, Some((epoch, handle)))) => {
                 let op = Op::SetAttr {
                     path,
@@ -37,7 +43,8 @@ impl Core {
                 self.attr_op(ino, Some(epoch), op, done)
             }
             Ok((path, None)) => self.attr_op(ino, None, Op::Stat { path }, done),
-            Err(e) => done(Err(e)),
+            // Nothing leads to it any more (see `open`).
+            Err(_) => done(Err(Errno::new(libc::ESTALE))),
         }
     }
 
@@ -84,6 +91,10 @@ impl Core {
         let core = self.clone();
         let asked = Instant::now();
         self.ask_about(Some(ino), epoch, op, move |r| match expect_attr(r) {
+            // By path, and the path leads to another file now (see `open`).
+            Ok(attr) if epoch.is_none() && core.replaced(ino, &attr) => {
+                done(Err(Errno::new(libc::ESTALE)))
+            }
             Ok(attr) => {
                 core.writes.told(ino, &attr, mark);
                 core.attrs.store(ino, attr, core.until(asked));

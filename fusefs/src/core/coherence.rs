@@ -368,21 +368,16 @@ impl Core {
         self.kernel.forget_inode(ino, content);
     }
 
-    /// A negative entry for `name` in `dir`, for a request sent at `asked`
-    /// (or knowledge trusted until `until`): how long the kernel may keep it.
-    /// One kept for long is remembered, to be taken back when the directory
-    /// changes or the lease ends; past [`MAX_NEGATIVES`] the short timeout
-    /// is used instead.
+    /// A negative entry for `name` in `dir`, known to hold until `until`: how
+    /// long the kernel may keep it. One handed out under the lease is
+    /// remembered, to be taken back when the directory changes or the lease
+    /// ends; past [`MAX_NEGATIVES`] the attribute timeout is used instead.
     pub(super) fn negative(&self, dir: u64, name: &OsStr, until: Instant) -> Duration {
         let ttl = until.saturating_duration_since(Instant::now());
-        if ttl <= self.opts.attr_timeout || !self.leased() {
+        if !self.leased() || !lock(&self.coherence.negatives).note(dir, name, until) {
             return ttl.min(self.opts.attr_timeout);
         }
-        if lock(&self.coherence.negatives).note(dir, name, until) {
-            ttl
-        } else {
-            self.opts.attr_timeout
-        }
+        ttl
     }
 
     /// What the connection says, applied.
@@ -506,14 +501,23 @@ impl Core {
                 let (dir, old) = {
                     let mut inodes = lock(&self.inodes);
                     let old = inodes.ino_of(path);
-                    // The name leads where this mount knows it does: no news.
-                    let known = now.and_then(|id| {
+                    let same = now.and_then(|id| {
                         inodes.ino_of_id(FileId {
                             dev: id.dev,
                             ino: id.ino,
                         })
                     });
-                    if old.is_some() && old == known {
+                    if let Some(ino) = old.filter(|_| old == same) {
+                        // The same server file's number, but maybe another
+                        // file (numbers are reused): the name and its inode
+                        // number stay, what is known of the node and below
+                        // it goes.
+                        let below = inodes.detach_below(path);
+                        drop(inodes);
+                        for (dir, name) in below {
+                            self.kernel.forget_entry(dir, &name);
+                        }
+                        self.doubt_ino(ino, true);
                         return;
                     }
                     inodes.detach(path);

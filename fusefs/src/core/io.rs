@@ -28,9 +28,16 @@ fn writes_through(flags: i32) -> bool {
 impl Core {
     /// Opens `ino` with the `open(2)` flags `flags`.
     pub fn open(&self, ino: u64, flags: i32, done: impl Done<Opened>) {
-        let path = match self.path_of(ino) {
-            Ok(p) => p,
-            Err(e) => return done(Err(e)),
+        // A name the server said was replaced or removed may still lead the
+        // kernel here (its entry is being dropped): the name is opened for
+        // what it names now (see below); if nothing, the kernel is to look it
+        // up again.
+        let path = {
+            let inodes = lock(&self.inodes);
+            inodes.path(ino).or_else(|| inodes.last_path(ino)).cloned()
+        };
+        let Some(path) = path else {
+            return done(Err(Errno::new(libc::ESTALE)));
         };
         if flags & libc::O_TRUNC != 0 {
             // Truncating must not be overtaken by writes sent before it.
@@ -55,6 +62,16 @@ impl Core {
                 Err(Errno::ENOENT) => return done(Err(Errno::new(libc::ESTALE))),
                 Err(e) => return done(Err(e)),
             };
+            // The path leads to another file than this inode now: the name
+            // was replaced since the kernel looked it up (its entry not yet
+            // dropped). The open stands — a name opens the file it names now,
+            // as on a local disk — but the kernel's size and pages of this
+            // inode are the old file's: the file is read uncached, and they go.
+            let replaced = core.replaced(ino, &attr);
+            if replaced {
+                log::debug!("inode {ino} was replaced at its name; opened uncached");
+                core.kernel.forget_inode(ino, true);
+            }
             let fh = lock(&core.files).insert(RemoteFile {
                 ino,
                 flags,
@@ -71,12 +88,12 @@ impl Core {
             let keep_cache = {
                 let mut inodes = lock(&core.inodes);
                 inodes.add_handle(ino, fh);
-                inodes.note_open(ino, &attr)
+                inodes.note_open(ino, &attr) && !replaced
             };
             done(Ok(Opened {
                 fh,
                 keep_cache,
-                direct_io: direct_io(flags),
+                direct_io: direct_io(flags) || replaced,
             }))
         });
     }

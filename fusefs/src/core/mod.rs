@@ -313,6 +313,22 @@ impl Core {
         }
     }
 
+    /// Whether the server file `attr` describes, reached through the path of
+    /// `ino`, is another file than `ino` (the name was replaced since the
+    /// kernel looked it up): if so, the path is taken from `ino`.
+    fn replaced(&self, ino: u64, attr: &Attr) -> bool {
+        let mut inodes = lock(&self.inodes);
+        if inodes.is_file(ino, attr) {
+            return false;
+        }
+        if let Some(path) = inodes.path(ino).cloned() {
+            if inodes.ino_of(&path) == Some(ino) {
+                inodes.detach(&path);
+            }
+        }
+        true
+    }
+
     /// The path `ino` names now.
     fn path_of(&self, ino: u64) -> Result<ferry_common::RelPath, Errno> {
         lock(&self.inodes).path(ino).cloned().ok_or(Errno::ENOENT)

@@ -797,3 +797,41 @@ fn a_write_that_drops_setuid_tells_the_kernel_its_mode_changed() {
 
 /// The lease and the server's notices (see [`super::coherence`]).
 mod coherence;
+
+#[test]
+fn a_name_replaced_behind_an_inode_opens_the_new_file_uncached() {
+    // No lease: nothing tells this core that the name was replaced.
+    let h = Harness::with(FsOptions {
+        attr_timeout: Duration::from_secs(60),
+        lease: Duration::ZERO,
+        ..FsOptions::default()
+    });
+    let replace = |name: &str| {
+        std::fs::write(h.on_disk("new"), b"new, longer").expect("another file");
+        std::fs::rename(h.on_disk("new"), h.on_disk(name)).expect("replace");
+    };
+    // Opening the old inode reaches the new file by its name: it opens, but
+    // bypasses the kernel's size and pages of the old one, which go.
+    std::fs::write(h.on_disk("g"), b"old").expect("a file");
+    let g = h.ino(ROOT_INO, "g");
+    replace("g");
+    let opened = h.open(g, libc::O_RDONLY).expect("open");
+    assert!(opened.direct_io && !opened.keep_cache);
+    assert!(lock(&h.kernel.asked).contains(&("data", g)));
+    assert_eq!(h.read(g, opened.fh, 0, 100), Ok(b"new, longer".to_vec()));
+    // Its attributes are the open file's.
+    h.core.attrs.drop_ino(g);
+    assert_eq!(h.getattr(g).map(|a| a.size), Ok(11));
+    h.close(g, opened.fh).expect("close");
+    // Asking for the attributes of an old inode by its name: ESTALE (the
+    // kernel looks the name up again and retries), never another file's.
+    std::fs::write(h.on_disk("f"), b"old").expect("a file");
+    let f = h.ino(ROOT_INO, "f");
+    replace("f");
+    h.core.attrs.drop_ino(f);
+    assert_eq!(h.getattr(f).map(|a| a.size), Err(Errno::new(libc::ESTALE)));
+    // Looked up again: the new file, under another number.
+    let again = h.ino(ROOT_INO, "f");
+    assert_ne!(again, f);
+    assert_eq!(h.getattr(again).map(|a| a.size), Ok(11));
+}
