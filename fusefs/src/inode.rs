@@ -15,7 +15,8 @@
 //! - a number is never given to another file: when this mount removes a file's
 //!   last known name, its server inode number (which the server's filesystem may
 //!   reuse) is dropped from the table, so a later file with that number gets a new
-//!   one. (A file removed by *another* client whose number the server reuses is
+//!   one — unless the file was last seen with other links (a name this mount
+//!   forgot, when the kernel did, may still lead to it). (A file removed by *another* client whose number the server reuses is
 //!   not seen; the kernel then sees the new file under the old number.)
 //! - a path maps to at most one inode. Rename moves the inode (and every inode
 //!   below it) to the new path; unlink and rename-over *detach* the path from its
@@ -60,6 +61,8 @@ struct Node {
     /// The name it had until detached: what the kernel may still open it by,
     /// through an entry it has not dropped yet (see `Core::open`).
     last: Option<RelPath>,
+    /// A file last seen with more than one link.
+    linked: bool,
 }
 
 impl Node {
@@ -71,6 +74,7 @@ impl Node {
             opened_as: None,
             handles: Vec::new(),
             last: None,
+            linked: false,
         }
     }
 }
@@ -83,6 +87,12 @@ pub(crate) struct InodeTable {
     /// Every server file seen and not known to be gone, alive in the kernel or not.
     by_id: HashMap<FileId, u64>,
     next: u64,
+}
+
+/// Whether `attr` is a file with other names than one (a directory's link
+/// count counts its subdirectories).
+fn has_links(attr: &Attr) -> bool {
+    attr.kind != ferry_common::FileKind::Directory && attr.nlink > 1
 }
 
 /// The byte range of the paths strictly below `dir`: from `dir/` up to (not
@@ -164,6 +174,7 @@ impl InodeTable {
         if let Some(&ino) = self.by_path.get(path) {
             if let Some(node) = self.nodes.get_mut(&ino) {
                 if node.id == id {
+                    node.linked = has_links(attr);
                     node.lookups = node.lookups.saturating_add(1);
                     // The name just confirmed is the one to reach it by (a hard
                     // link's other names may be gone).
@@ -187,6 +198,7 @@ impl InodeTable {
             }
         };
         let node = self.nodes.entry(ino).or_insert_with(|| Node::new(id));
+        node.linked = has_links(attr);
         node.lookups = node.lookups.saturating_add(1);
         node.paths.retain(|p| p != path);
         node.paths.push(path.clone());
@@ -229,7 +241,7 @@ impl InodeTable {
         node.paths.retain(|p| p != path);
         if node.paths.is_empty() {
             node.last = Some(path.clone());
-            if ino != ROOT_INO && self.by_id.get(&node.id) == Some(&ino) {
+            if ino != ROOT_INO && !node.linked && self.by_id.get(&node.id) == Some(&ino) {
                 self.by_id.remove(&node.id);
             }
         }
@@ -482,6 +494,23 @@ mod tests {
         let again = t.remember(&p("a"), &f(10));
         assert_ne!(a, again);
         assert!(again > a);
+    }
+
+    #[test]
+    fn a_file_with_other_links_keeps_its_number_when_one_name_goes() {
+        let mut t = table();
+        let mut linked = f(10);
+        linked.nlink = 2;
+        // Only one of its names known (the kernel forgot the others).
+        let a = t.remember(&p("a"), &linked);
+        t.forget(a, 1);
+        let a = t.remember(&p("a"), &linked);
+        t.detach(&p("a"));
+        assert_eq!(
+            t.remember(&p("b"), &f(10)),
+            a,
+            "the other name, the same number"
+        );
     }
 
     #[test]
