@@ -61,8 +61,9 @@ struct Node {
     /// The name it had until detached: what the kernel may still open it by,
     /// through an entry it has not dropped yet (see `Core::open`).
     last: Option<RelPath>,
-    /// A file last seen with more than one link.
-    linked: bool,
+    /// Its names on the server as last seen (its link count; one for a
+    /// directory), less those this mount has seen go since.
+    links: u32,
 }
 
 impl Node {
@@ -74,7 +75,7 @@ impl Node {
             opened_as: None,
             handles: Vec::new(),
             last: None,
-            linked: false,
+            links: 1,
         }
     }
 }
@@ -89,10 +90,14 @@ pub(crate) struct InodeTable {
     next: u64,
 }
 
-/// Whether `attr` is a file with other names than one (a directory's link
-/// count counts its subdirectories).
-fn has_links(attr: &Attr) -> bool {
-    attr.kind != ferry_common::FileKind::Directory && attr.nlink > 1
+/// How many names `attr` says its file has (a directory's link count counts
+/// its subdirectories instead: one).
+fn links(attr: &Attr) -> u32 {
+    if attr.kind == ferry_common::FileKind::Directory {
+        1
+    } else {
+        attr.nlink.max(1)
+    }
 }
 
 /// The byte range of the paths strictly below `dir`: from `dir/` up to (not
@@ -174,7 +179,7 @@ impl InodeTable {
         if let Some(&ino) = self.by_path.get(path) {
             if let Some(node) = self.nodes.get_mut(&ino) {
                 if node.id == id {
-                    node.linked = has_links(attr);
+                    node.links = links(attr);
                     node.lookups = node.lookups.saturating_add(1);
                     // The name just confirmed is the one to reach it by (a hard
                     // link's other names may be gone).
@@ -198,7 +203,7 @@ impl InodeTable {
             }
         };
         let node = self.nodes.entry(ino).or_insert_with(|| Node::new(id));
-        node.linked = has_links(attr);
+        node.links = links(attr);
         node.lookups = node.lookups.saturating_add(1);
         node.paths.retain(|p| p != path);
         node.paths.push(path.clone());
@@ -239,9 +244,10 @@ impl InodeTable {
             return;
         };
         node.paths.retain(|p| p != path);
+        node.links = node.links.saturating_sub(1);
         if node.paths.is_empty() {
             node.last = Some(path.clone());
-            if ino != ROOT_INO && !node.linked && self.by_id.get(&node.id) == Some(&ino) {
+            if ino != ROOT_INO && node.links == 0 && self.by_id.get(&node.id) == Some(&ino) {
                 self.by_id.remove(&node.id);
             }
         }
@@ -506,11 +512,15 @@ mod tests {
         t.forget(a, 1);
         let a = t.remember(&p("a"), &linked);
         t.detach(&p("a"));
+        // The server says one link is left now.
         assert_eq!(
             t.remember(&p("b"), &f(10)),
             a,
             "the other name, the same number"
         );
+        // Its last name gone too: the number is retired.
+        t.detach(&p("b"));
+        assert_ne!(t.remember(&p("c"), &f(10)), a);
     }
 
     #[test]
