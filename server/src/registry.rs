@@ -52,6 +52,10 @@ pub(crate) const RECENT: usize = 4096;
 /// How long a name change made through the server waits for the watch to
 /// see it too (see [`Registry::expect_echoes`]).
 const ECHO_PATIENCE: Duration = Duration::from_secs(10);
+/// How long after a request changed a node the watch's view of that node
+/// counts as the echo of that change, for the connection that made it (see
+/// [`Registry::busy_with`]).
+const NODE_ECHO: Duration = Duration::from_secs(2);
 
 /// What an answer told its connection, to be learnt by its table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,7 +86,9 @@ impl Learned {
 #[derive(Debug)]
 struct Recorded {
     seq: u64,
-    origin: Option<u64>,
+    /// The subscribers whose own changes these are (the connection that made
+    /// them; for what the watch saw, those changing the node just then).
+    makers: Vec<u64>,
     events: Vec<Event>,
 }
 
@@ -204,6 +210,9 @@ struct Busy {
     paths: HashMap<RelPath, usize>,
     /// By node, the subscriber of each request changing it.
     ids: HashMap<NodeId, Vec<u64>>,
+    /// By node, the subscribers whose requests changed it lately, and until
+    /// when the watch's view of it counts as their own change's echo.
+    lately: HashMap<NodeId, Vec<(u64, Instant)>>,
 }
 
 /// Marks paths and nodes busy until dropped.
@@ -226,6 +235,7 @@ impl Drop for BusyGuard {
                 }
             }
         }
+        let until = Instant::now() + NODE_ECHO;
         for id in &self.ids {
             if let Some(origins) = busy.ids.get_mut(id) {
                 if let Some(at) = origins.iter().position(|o| *o == self.origin) {
@@ -235,6 +245,9 @@ impl Drop for BusyGuard {
                     busy.ids.remove(id);
                 }
             }
+            let lately = busy.lately.entry(*id).or_default();
+            lately.retain(|(o, _)| *o != self.origin);
+            lately.push((self.origin, until));
         }
     }
 }
@@ -410,14 +423,32 @@ impl Registry {
         paths.iter().any(|p| busy.paths.contains_key(p))
     }
 
-    /// The subscribers whose requests are changing any of `ids` right now.
+    /// The subscribers whose requests are changing any of `ids` right now, or
+    /// did within [`NODE_ECHO`]: the watch's view of those nodes is their own
+    /// change's echo. (A process on the server changing the same file in the
+    /// same moment is then not told to them: two writers of one file without
+    /// a lock get no promise.)
     pub(crate) fn busy_with(&self, ids: &[NodeId]) -> Vec<u64> {
-        let busy = lock(&self.busy);
-        ids.iter()
+        let mut busy = lock(&self.busy);
+        let now = Instant::now();
+        let mut with: Vec<u64> = ids
+            .iter()
             .filter_map(|i| busy.ids.get(i))
             .flatten()
             .copied()
-            .collect()
+            .collect();
+        for id in ids {
+            if let Some(lately) = busy.lately.get_mut(id) {
+                lately.retain(|(_, until)| *until > now);
+                with.extend(lately.iter().map(|(o, _)| *o));
+                if lately.is_empty() {
+                    busy.lately.remove(id);
+                }
+            }
+        }
+        with.sort_unstable();
+        with.dedup();
+        with
     }
 
     /// The watch will see the name changes at `paths` (made through the
@@ -477,7 +508,7 @@ impl Registry {
             return;
         }
         let origin = origin.map(|s| s.id);
-        self.record(origin, events);
+        self.record(origin.iter().chain(skip).copied().collect(), events);
         let now = Instant::now();
         for sub in self.each_subscriber() {
             if skip.contains(&sub.id) {
@@ -497,12 +528,12 @@ impl Registry {
         }
     }
 
-    fn record(&self, origin: Option<u64>, events: &[Event]) {
+    fn record(&self, makers: Vec<u64>, events: &[Event]) {
         let mut recent = lock(&self.recent);
         let seq = self.seq.load(Ordering::SeqCst) + 1;
         recent.push_back(Recorded {
             seq,
-            origin,
+            makers,
             events: events.to_vec(),
         });
         while recent.len() > RECENT {
@@ -561,12 +592,15 @@ impl Registry {
             return notices;
         }
         let recent = lock(&self.recent);
-        if recent.front().is_none_or(|oldest| oldest.seq > start + 1) {
+        let Some(oldest) = recent.front().map(|e| e.seq).filter(|s| *s <= start + 1) else {
             return learned.iter().map(|l| Some(l.crossed())).collect();
-        }
+        };
+        // Numbered without gaps: the entries after `start` are the last ones.
+        let after = usize::try_from(start + 1 - oldest).unwrap_or(usize::MAX);
         for entry in recent
             .iter()
-            .filter(|e| e.seq > start && e.origin != Some(me))
+            .skip(after)
+            .filter(|e| !e.makers.contains(&me))
         {
             for (notice, item) in notices.iter_mut().zip(learned) {
                 if notice.is_none() {
@@ -666,6 +700,10 @@ impl Registry {
     /// Drops every interest whose lease has ended, and echoes never seen.
     pub(crate) fn expire(&self) {
         let now = Instant::now();
+        lock(&self.busy).lately.retain(|_, lately| {
+            lately.retain(|(_, until)| *until > now);
+            !lately.is_empty()
+        });
         lock(&self.echoes).retain(|_, waiting| {
             waiting.retain(|until| *until > now);
             !waiting.is_empty()
@@ -922,12 +960,17 @@ mod tests {
         assert_eq!(with, vec![a.id, b.id]);
         drop(guard);
         assert!(r.is_busy(&[p("a")]), "still marked by the second");
-        assert_eq!(r.busy_with(&[id(1)]), vec![b.id]);
         drop(second);
         assert!(!r.is_busy(&[p("a")]));
-        assert!(r.busy_with(&[id(1)]).is_empty());
-        // A change published past its makers tells them nothing.
-        r.learn(&a, r.start(), vec![Learned::Node(id(1), None)]);
+        // Done, but changed lately: the watch's view of it is their echo.
+        let mut with = r.busy_with(&[id(1)]);
+        with.sort_unstable();
+        assert_eq!(with, vec![a.id, b.id]);
+        assert!(r.busy_with(&[id(2)]).is_empty());
+        // A change published past its makers tells them nothing, now or as
+        // the crossing of an answer in flight.
+        let start = r.start();
+        r.learn(&a, start, vec![Learned::Node(id(1), None)]);
         r.publish_except(
             None,
             &[a.id],
@@ -936,6 +979,9 @@ mod tests {
                 now: None,
             }],
         );
+        r.learn(&a, start, vec![Learned::Node(id(1), None)]);
         assert!(a.take().1.is_empty());
+        r.learn(&b, start, vec![Learned::Node(id(1), None)]);
+        assert_eq!(b.take().1.len(), 1, "crossed for anyone else");
     }
 }

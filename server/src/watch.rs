@@ -64,6 +64,10 @@ const POLL_MS: i32 = 200;
 const TIDY_EVERY: Duration = Duration::from_secs(5);
 /// How long an event waits for a request still busy with its path.
 const BUSY_PATIENCE: Duration = Duration::from_secs(1);
+/// Once events come, the thread waits this long for more before it looks at
+/// them: a burst (an untar through the server) is handled in a few batches
+/// rather than one wake-up per event.
+const GATHER: Duration = Duration::from_millis(2);
 /// The read buffer: many events, and always at least one of the longest.
 const BUFFER: usize = 64 * 1024;
 
@@ -347,7 +351,13 @@ pub(crate) fn spawn(registry: Weak<Registry>, watcher: Arc<Watcher>) {
 fn run(registry: Weak<Registry>, watcher: Arc<Watcher>) {
     let mut tidied = Instant::now();
     loop {
-        let read = watcher.read(POLL_MS);
+        let mut read = watcher.read(POLL_MS);
+        if matches!(&read, Ok(raws) if !raws.is_empty()) {
+            thread::sleep(GATHER);
+            if let (Ok(raws), Ok(more)) = (&mut read, watcher.read(0)) {
+                raws.extend(more);
+            }
+        }
         let Some(reg) = registry.upgrade() else {
             return;
         };
@@ -466,7 +476,6 @@ fn translate(reg: &Registry, watcher: &Watcher, placed: &[Placed]) -> Vec<Event>
     let export = &*reg.export;
     let mut events = Vec::new();
     let mut looked_at: HashSet<RelPath> = HashSet::new();
-    let mut names_changed: BTreeMap<RelPath, NodeId> = BTreeMap::new();
     let node = |events: &mut Vec<Event>, path: &RelPath| {
         if let (_, Some((id, fp))) = look(export, path) {
             events.push(Event::Node { id, now: Some(fp) });
@@ -492,14 +501,12 @@ fn translate(reg: &Registry, watcher: &Watcher, placed: &[Placed]) -> Vec<Event>
             continue;
         };
         if p.mask & libc::IN_MOVED_FROM != 0 {
-            names_changed.insert(p.dir.clone(), p.dir_id);
             let pair = placed
                 .get(i)
                 .filter(|q| q.mask & libc::IN_MOVED_TO != 0 && q.cookie == p.cookie);
             match pair.and_then(|q| Some((q, q.child.clone()?))) {
                 Some((q, to)) => {
                     i += 1;
-                    names_changed.insert(q.dir.clone(), q.dir_id);
                     if is_dir {
                         watcher.rebase(child, &to);
                     }
@@ -528,7 +535,6 @@ fn translate(reg: &Registry, watcher: &Watcher, placed: &[Placed]) -> Vec<Event>
             continue;
         }
         if p.mask & (libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_TO) != 0 {
-            names_changed.insert(p.dir.clone(), p.dir_id);
             if p.mask & libc::IN_DELETE != 0 && is_dir {
                 watcher.forget_below(child);
             }
@@ -546,12 +552,10 @@ fn translate(reg: &Registry, watcher: &Watcher, placed: &[Placed]) -> Vec<Event>
             node(&mut events, child);
         }
     }
-    // The directories whose names changed have a new mtime.
-    for dir in names_changed.keys() {
-        if looked_at.insert(dir.clone()) {
-            node(&mut events, dir);
-        }
-    }
+    // (A directory whose names changed has a new mtime too: each name event
+    // carries its directory, which is news to whoever holds what it looks
+    // like. Looking at it here would tell the connection making the changes,
+    // mid-way, of its own.)
     events
 }
 
