@@ -191,7 +191,7 @@ impl InodeTable {
                 }
             }
             // The name leads to another file now (replaced by another client).
-            self.unbind(path);
+            self.unbind(path, true);
         }
         let ino = match self.by_id.get(&id) {
             Some(&ino) => ino,
@@ -234,9 +234,11 @@ impl InodeTable {
         false
     }
 
-    /// Takes `path` away from its inode. When that was the file's last known
-    /// name, the file is taken to be gone and its number retired.
-    fn unbind(&mut self, path: &RelPath) {
+    /// Takes `path` away from its inode; `gone`: the name is known to be gone
+    /// on the server. When no name of the file is left on the server, as far
+    /// as this mount knows, the file is taken to be gone and its number
+    /// retired.
+    fn unbind(&mut self, path: &RelPath, gone: bool) {
         let Some(ino) = self.by_path.remove(path) else {
             return;
         };
@@ -244,7 +246,9 @@ impl InodeTable {
             return;
         };
         node.paths.retain(|p| p != path);
-        node.links = node.links.saturating_sub(1);
+        if gone {
+            node.links = node.links.saturating_sub(1);
+        }
         if node.paths.is_empty() {
             node.last = Some(path.clone());
             if ino != ROOT_INO && node.links == 0 && self.by_id.get(&node.id) == Some(&ino) {
@@ -291,8 +295,9 @@ impl InodeTable {
                 Some((*self.by_path.get(&dir)?, name.to_os_string()))
             })
             .collect();
+        // Not known to be gone: their files keep their numbers.
         for p in &below {
-            self.unbind(p);
+            self.unbind(p, false);
         }
         entries
     }
@@ -300,7 +305,7 @@ impl InodeTable {
     /// The node at `path` (and anything below it) was removed on the server.
     pub(crate) fn detach(&mut self, path: &RelPath) {
         for (p, _) in self.subtree(path) {
-            self.unbind(&p);
+            self.unbind(&p, true);
         }
     }
 
@@ -403,11 +408,6 @@ impl InodeTable {
             .is_empty()
             .then_some(node.last.as_ref())
             .flatten()
-    }
-
-    /// A kernel handle open on `ino`, if any.
-    pub(crate) fn open_handle(&self, ino: u64) -> Option<u64> {
-        self.nodes.get(&ino)?.handles.first().copied()
     }
 
     /// The lookup count of an inode (for tests).
@@ -607,6 +607,8 @@ mod tests {
         assert_eq!(t.path(d), Some(&p("d")));
         assert_eq!(t.path(x), None);
         assert_eq!(t.ino_of(&p("d/x/y")), None);
+        // Not known to be gone: found again, it has its number.
+        assert_eq!(t.remember(&p("d/x"), &f(11)), x);
     }
 
     #[test]

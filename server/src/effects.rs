@@ -14,7 +14,7 @@
 use crate::export::ExportRoot;
 use crate::handles::HandleTable;
 use crate::interest::{Event, Fingerprint, Target};
-use crate::registry::{BusyGuard, Learned, Registry, Subscriber, Watched};
+use crate::registry::{BusyGuard, Learned, Registry, Start, Subscriber, Watched};
 use ferry_common::proto::{AttrChanges, NodeId, Op, Reply};
 use ferry_common::{Attr, Errno, FileKind, RelPath};
 use std::ffi::OsStr;
@@ -70,7 +70,7 @@ enum Plan {
 /// What [`Coherence::before`] found, for [`Coherence::after`].
 #[derive(Debug)]
 pub(crate) struct Ticket {
-    start: u64,
+    start: Start,
     plan: Plan,
     /// This connection is subscribed: its answers are learnt.
     learning: bool,

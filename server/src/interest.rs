@@ -33,10 +33,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::time::{Duration, Instant};
 
-/// Names one connection may hold interests in at once.
-pub(crate) const MAX_NAMES: usize = 100_000;
-/// Nodes one connection may hold interests in at once.
-pub(crate) const MAX_NODES: usize = 100_000;
+/// Names one connection may hold interests in at once (about 130 bytes each).
+pub(crate) const MAX_NAMES: usize = 500_000;
+/// Nodes one connection may hold interests in at once (about 100 bytes each).
+pub(crate) const MAX_NODES: usize = 500_000;
 
 /// What tells one state of a node from the next: every change of its
 /// attributes or content moves its ctime; mtime and size tell content changes
@@ -105,12 +105,15 @@ pub(crate) enum Event {
 #[derive(Debug)]
 struct NameInterest {
     target: Target,
+    /// When the request that told it began: it shows every change seen before.
+    since: Instant,
     until: Instant,
 }
 
 #[derive(Debug)]
 struct NodeInterest {
     fp: Option<Fingerprint>,
+    since: Instant,
     until: Instant,
 }
 
@@ -168,22 +171,29 @@ impl InterestTable {
         self.nodes.retain(|_, n| n.until > now);
     }
 
-    /// An answer told the connection that `path` leads to `target`.
+    /// An answer to a request that began at `since` told the connection that
+    /// `path` leads to `target`.
     pub(crate) fn learn_name(
         &mut self,
         path: &RelPath,
         target: Target,
-        now: Instant,
+        since: Instant,
     ) -> Result<(), Full> {
         if !self.names.contains_key(path) && self.names.len() >= MAX_NAMES {
-            self.expire(now);
+            self.expire(since);
             if self.names.len() >= MAX_NAMES {
                 return Err(Full);
             }
         }
-        let until = now + self.lease;
-        self.names
-            .insert(path.clone(), NameInterest { target, until });
+        let until = since + self.lease;
+        self.names.insert(
+            path.clone(),
+            NameInterest {
+                target,
+                since,
+                until,
+            },
+        );
         Ok(())
     }
 
@@ -193,29 +203,29 @@ impl InterestTable {
         &mut self,
         id: NodeId,
         fp: Option<Fingerprint>,
-        now: Instant,
+        since: Instant,
     ) -> Result<(), Full> {
         if !self.nodes.contains_key(&id) && self.nodes.len() >= MAX_NODES {
-            self.expire(now);
+            self.expire(since);
             if self.nodes.len() >= MAX_NODES {
                 return Err(Full);
             }
         }
-        let until = now + self.lease;
-        self.nodes.insert(id, NodeInterest { fp, until });
+        let until = since + self.lease;
+        self.nodes.insert(id, NodeInterest { fp, since, until });
         Ok(())
     }
 
     /// Keeps the interest in node `id` alive (data read through an open file);
     /// an unknown node is learnt as of an unknown moment.
-    pub(crate) fn touch_node(&mut self, id: NodeId, now: Instant) -> Result<(), Full> {
-        let until = now + self.lease;
+    pub(crate) fn touch_node(&mut self, id: NodeId, since: Instant) -> Result<(), Full> {
+        let until = since + self.lease;
         match self.nodes.get_mut(&id) {
-            Some(held) if held.until > now => {
-                held.until = until;
+            Some(held) if held.until > since => {
+                held.until = held.until.max(until);
                 Ok(())
             }
-            _ => self.learn_node(id, None, now),
+            _ => self.learn_node(id, None, since),
         }
     }
 
@@ -228,7 +238,7 @@ impl InterestTable {
                 Event::Name {
                     path, now: target, ..
                 } => {
-                    self.drop_below(path);
+                    self.drop_below(path, None);
                     self.learn_name(path, *target, now)?;
                 }
                 Event::Node { id, now: fp } => self.learn_node(*id, *fp, now)?,
@@ -238,10 +248,10 @@ impl InterestTable {
                     now: target,
                     ..
                 } => {
-                    self.move_names(from, to);
+                    self.move_names(from, to, None);
                     self.learn_name(from, Target::Absent, now)?;
                     if !matches!(self.names.get(to), Some(n) if n.target == *target) {
-                        self.drop_below(to);
+                        self.drop_below(to, None);
                         self.learn_name(to, *target, now)?;
                     }
                 }
@@ -250,9 +260,12 @@ impl InterestTable {
         Ok(())
     }
 
-    /// Another connection (or a process on the server) made these changes:
-    /// what this connection must be told. The interests told of end.
-    pub(crate) fn notices_for(&mut self, events: &[Event], now: Instant) -> Vec<Change> {
+    /// Another connection (or a process on the server) made these changes,
+    /// seen at `observed` (they happened no later): what this connection must
+    /// be told. The interests told of end. One learnt from a request that
+    /// began after that shows them already.
+    pub(crate) fn notices_for(&mut self, events: &[Event], observed: Instant) -> Vec<Change> {
+        let now = observed;
         let mut changes = Vec::new();
         for event in events {
             match event {
@@ -270,6 +283,9 @@ impl InterestTable {
                     let Some(held) = self.nodes.get(id) else {
                         continue;
                     };
+                    if held.since > now {
+                        continue;
+                    }
                     if held.until <= now {
                         self.nodes.remove(id);
                         continue;
@@ -290,7 +306,7 @@ impl InterestTable {
                     dirs,
                 } => {
                     let moved = self.names.get(from).map(|n| n.target);
-                    if self.move_names(from, to) {
+                    if self.move_names(from, to, Some(now)) {
                         // The moved node's ctime changed; its client drops its attributes.
                         if let Some(Target::Node(id)) = moved {
                             self.nodes.remove(&id);
@@ -317,12 +333,18 @@ impl InterestTable {
     /// stays held (its client keeps it) but that node, and what is below, do
     /// not (it may be another file with the same number).
     fn name_changed(&mut self, path: &RelPath, target: Target, now: Instant) -> Option<Change> {
-        let held = self
-            .names
-            .get(path)
-            .filter(|n| n.until > now)
-            .map(|n| n.target);
-        let below = self.drop_below(path);
+        let held = match self.names.get(path) {
+            // Learnt since: it shows the change already.
+            Some(n) if n.since > now => {
+                return self.drop_below(path, Some(now)).then_some(Change::Name {
+                    path: path.clone(),
+                    now: target.node(),
+                })
+            }
+            Some(n) if n.until > now => Some(n.target),
+            _ => None,
+        };
+        let below = self.drop_below(path, Some(now));
         let notice = Change::Name {
             path: path.clone(),
             now: target.node(),
@@ -342,6 +364,9 @@ impl InterestTable {
     /// The names of directory `dir` changed: the notice, if this connection
     /// holds what the directory looks like.
     fn names_of_changed(&mut self, dir: NodeId, now: Instant) -> Option<Change> {
+        if self.nodes.get(&dir).is_some_and(|n| n.since > now) {
+            return None;
+        }
         self.nodes
             .remove(&dir)
             .is_some_and(|n| n.until > now)
@@ -356,12 +381,18 @@ impl InterestTable {
     /// Holding none there, nothing moves: what `to` leads to now is for the
     /// name event that comes with every rename to tell (so a rename seen twice
     /// — through the server, then by the watch — is moved once).
-    fn move_names(&mut self, from: &RelPath, to: &RelPath) -> bool {
+    fn move_names(&mut self, from: &RelPath, to: &RelPath, seen: Option<Instant>) -> bool {
         if from == to || !self.holds_at_or_below(from) {
             return false;
         }
-        self.names.remove(to);
-        self.drop_below(to);
+        if self
+            .names
+            .get(to)
+            .is_none_or(|n| seen.is_none_or(|t| n.since <= t))
+        {
+            self.names.remove(to);
+        }
+        self.drop_below(to, seen);
         let mut moved: Vec<(RelPath, NameInterest)> = Vec::new();
         if let Some(n) = self.names.remove(from) {
             moved.push((from.clone(), n));
@@ -378,7 +409,8 @@ impl InterestTable {
         }
         for (old, n) in moved {
             if let Some(new) = old.rebase(from, to) {
-                self.names.insert(new, n);
+                // What was learnt there since the rename was seen stays.
+                self.names.entry(new).or_insert(n);
             }
         }
         true
@@ -397,11 +429,13 @@ impl InterestTable {
                 .is_some()
     }
 
-    /// Forgets the names strictly below `dir`; whether there were any.
-    fn drop_below(&mut self, dir: &RelPath) -> bool {
+    /// Forgets the names strictly below `dir` (those learnt no later than
+    /// `seen`, when given); whether there were any.
+    fn drop_below(&mut self, dir: &RelPath, seen: Option<Instant>) -> bool {
         let keys: Vec<RelPath> = self
             .names
             .range::<[u8], _>(range_of(&below(dir)))
+            .filter(|(_, n)| seen.is_none_or(|t| n.since <= t))
             .map(|(k, _)| k.clone())
             .collect();
         for key in &keys {
@@ -738,6 +772,38 @@ mod tests {
             now: Some(fp(2, 2, 2)),
         }];
         assert_eq!(t.notices_for(&events, later).len(), 1);
+    }
+
+    #[test]
+    fn what_was_learnt_after_a_change_was_seen_shows_it_already() {
+        let seen = Instant::now();
+        let after = seen + Duration::from_millis(1);
+        let mut t = table();
+        // Answers to requests that began after the watch read the change,
+        // published only later (the watch waits for busy paths).
+        t.learn_node(id(5), Some(fp(1, 1, 10)), after).unwrap();
+        t.learn_name(&p("d"), Target::Node(id(1)), after).unwrap();
+        t.learn_name(&p("d/x"), Target::Node(id(2)), seen).unwrap();
+        let write = [Event::Node {
+            id: id(5),
+            now: Some(fp(2, 2, 20)),
+        }];
+        assert!(t.notices_for(&write, seen).is_empty());
+        // The interest stays: a change seen later is news.
+        assert_eq!(t.notices_for(&write, after).len(), 1);
+        // The name is not news; what was learnt below it before is.
+        assert_eq!(
+            t.notices_for(&[name("d", Target::Node(id(3)))], seen),
+            vec![Change::Name {
+                path: p("d"),
+                now: Some(id(3))
+            }]
+        );
+        assert_eq!(t.name("d"), Some(Target::Node(id(1))));
+        assert_eq!(t.name("d/x"), None);
+        assert!(t
+            .notices_for(&[name("d", Target::Node(id(3)))], seen)
+            .is_empty());
     }
 
     #[test]

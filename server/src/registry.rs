@@ -83,9 +83,19 @@ impl Learned {
 }
 
 /// One change in the log: who made it, and the events with the state after them.
+/// Where a request began: when, and the number of the last change published
+/// then. Its answer shows every change seen before.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Start {
+    at: Instant,
+    seq: u64,
+}
+
 #[derive(Debug)]
 struct Recorded {
     seq: u64,
+    /// When the changes were seen (they happened no later).
+    observed: Instant,
     /// The subscribers whose own changes these are (the connection that made
     /// them; for what the watch saw, those changing the node just then).
     makers: Vec<u64>,
@@ -387,9 +397,12 @@ impl Registry {
             .clone()
     }
 
-    /// Where a request begins: the number of the last change published.
-    pub(crate) fn start(&self) -> u64 {
-        self.seq.load(Ordering::SeqCst)
+    /// Where a request begins: now, and the number of the last change published.
+    pub(crate) fn start(&self) -> Start {
+        Start {
+            at: Instant::now(),
+            seq: self.seq.load(Ordering::SeqCst),
+        }
     }
 
     /// Marks `paths` and `ids` busy, changed by a request of `origin`, until
@@ -493,7 +506,7 @@ impl Registry {
     /// connection that may have cached what they change, and learnt by the
     /// origin's own table.
     pub(crate) fn publish(&self, origin: Option<&Subscriber>, events: &[Event]) {
-        self.publish_except(origin, &[], events)
+        self.publish_except(origin, &[], events, Instant::now())
     }
 
     /// [`publish`](Self::publish), telling the subscribers in `skip` nothing
@@ -503,12 +516,17 @@ impl Registry {
         origin: Option<&Subscriber>,
         skip: &[u64],
         events: &[Event],
+        observed: Instant,
     ) {
         if events.is_empty() {
             return;
         }
         let origin = origin.map(|s| s.id);
-        self.record(origin.iter().chain(skip).copied().collect(), events);
+        self.record(
+            origin.iter().chain(skip).copied().collect(),
+            events,
+            observed,
+        );
         let now = Instant::now();
         for sub in self.each_subscriber() {
             if skip.contains(&sub.id) {
@@ -520,7 +538,7 @@ impl Registry {
                     self.reset_one(&sub);
                 }
             } else {
-                let changes = lock(&sub.table).notices_for(events, now);
+                let changes = lock(&sub.table).notices_for(events, observed);
                 if !sub.send(changes) {
                     self.reset_one(&sub);
                 }
@@ -528,11 +546,12 @@ impl Registry {
         }
     }
 
-    fn record(&self, makers: Vec<u64>, events: &[Event]) {
+    fn record(&self, makers: Vec<u64>, events: &[Event], observed: Instant) {
         let mut recent = lock(&self.recent);
         let seq = self.seq.load(Ordering::SeqCst) + 1;
         recent.push_back(Recorded {
             seq,
+            observed,
             makers,
             events: events.to_vec(),
         });
@@ -547,12 +566,13 @@ impl Registry {
     /// `sub` learns what an answer told it, for a request that began at
     /// `start`. What a change published since then touches is learnt as
     /// unknown and told at once (the answer may predate the change).
-    pub(crate) fn learn(&self, sub: &Subscriber, start: u64, learned: Vec<Learned>) {
+    pub(crate) fn learn(&self, sub: &Subscriber, start: Start, learned: Vec<Learned>) {
         if learned.is_empty() || !sub.subscribed() {
             return;
         }
         let crossed = self.crossed(start, sub.id, &learned);
-        let now = Instant::now();
+        // The answer shows every change seen before the request began.
+        let now = start.at;
         let mut notices = Vec::new();
         let full = {
             let mut table = lock(&sub.table);
@@ -586,7 +606,8 @@ impl Registry {
     /// For each of `learned`, the notice a change published since `start` (by
     /// anyone but `me`) calls for, if any; when the log no longer reaches back
     /// that far, one for each.
-    fn crossed(&self, start: u64, me: u64, learned: &[Learned]) -> Vec<Option<Change>> {
+    fn crossed(&self, start: Start, me: u64, learned: &[Learned]) -> Vec<Option<Change>> {
+        let Start { at, seq: start } = start;
         let mut notices: Vec<Option<Change>> = vec![None; learned.len()];
         if self.seq.load(Ordering::SeqCst) == start {
             return notices;
@@ -600,7 +621,8 @@ impl Registry {
         for entry in recent
             .iter()
             .skip(after)
-            .filter(|e| !e.makers.contains(&me))
+            // Seen before the request began: the answer shows it.
+            .filter(|e| !e.makers.contains(&me) && e.observed >= at)
         {
             for (notice, item) in notices.iter_mut().zip(learned) {
                 if notice.is_none() {
@@ -842,6 +864,38 @@ mod tests {
     }
 
     #[test]
+    fn a_change_seen_before_a_request_began_crosses_nothing() {
+        let (_d, r) = registry();
+        let b = subscribed(&r);
+        // The watch reads a change, then b's request begins, then the change
+        // is published (the watch waited for a busy path): b's answer shows it.
+        let seen = Instant::now();
+        let start = r.start();
+        let change = [Event::Node {
+            id: id(7),
+            now: None,
+        }];
+        r.publish_except(None, &[], &change, seen);
+        r.learn(&b, start, vec![Learned::Node(id(7), None)]);
+        assert_eq!(b.take().1, vec![]);
+        // Seen after it began: the answer may predate it.
+        let start = r.start();
+        let change = [Event::Node {
+            id: id(8),
+            now: None,
+        }];
+        r.publish_except(None, &[], &change, Instant::now());
+        r.learn(&b, start, vec![Learned::Node(id(8), None)]);
+        assert_eq!(
+            b.take().1,
+            vec![Change::Node {
+                id: id(8),
+                content: true
+            }]
+        );
+    }
+
+    #[test]
     fn a_crossed_answer_is_told_what_changed_and_a_node_as_it_is_now_is_not() {
         let (_d, r) = registry();
         let (a, b) = (subscribed(&r), subscribed(&r));
@@ -978,6 +1032,7 @@ mod tests {
                 id: id(1),
                 now: None,
             }],
+            Instant::now(),
         );
         r.learn(&a, start, vec![Learned::Node(id(1), None)]);
         assert!(a.take().1.is_empty());

@@ -352,17 +352,20 @@ fn run(registry: Weak<Registry>, watcher: Arc<Watcher>) {
     let mut tidied = Instant::now();
     loop {
         let mut read = watcher.read(POLL_MS);
+        // What was read happened before this.
+        let mut observed = Instant::now();
         if matches!(&read, Ok(raws) if !raws.is_empty()) {
             thread::sleep(GATHER);
             if let (Ok(raws), Ok(more)) = (&mut read, watcher.read(0)) {
                 raws.extend(more);
+                observed = Instant::now();
             }
         }
         let Some(reg) = registry.upgrade() else {
             return;
         };
         match read {
-            Ok(raws) if !raws.is_empty() => handle(&reg, &watcher, raws),
+            Ok(raws) if !raws.is_empty() => handle(&reg, &watcher, raws, observed),
             Ok(_) => {}
             Err(e) => {
                 log::warn!("reading the watch on the export failed: {e}");
@@ -403,7 +406,7 @@ impl Placed {
 
 /// Gives a batch of events meaning, waits for the requests still busy with
 /// what they touch, and publishes them.
-fn handle(reg: &Registry, watcher: &Watcher, raws: Vec<Raw>) {
+fn handle(reg: &Registry, watcher: &Watcher, raws: Vec<Raw>, observed: Instant) {
     if raws.iter().any(|r| r.mask & libc::IN_Q_OVERFLOW != 0) {
         log::info!("the watch on the export overflowed; clients drop their caches");
         reg.reset_all();
@@ -455,7 +458,7 @@ fn handle(reg: &Registry, watcher: &Watcher, raws: Vec<Raw>) {
             _ => None,
         })
         .collect();
-    reg.publish_except(None, &reg.busy_with(&ids), &events);
+    reg.publish_except(None, &reg.busy_with(&ids), &events, observed);
 }
 
 /// What `path` leads to now, and what it looks like.
@@ -654,7 +657,7 @@ mod tests {
         }
         let raws = w.read(1000).unwrap();
         assert!(raws.iter().any(|r| r.mask & libc::IN_Q_OVERFLOW != 0));
-        handle(&reg, &w, raws);
+        handle(&reg, &w, raws, Instant::now());
         // Told to drop everything (with no lease: this registry has no watch).
         assert_eq!(sub.take().0, Some(0));
     }
@@ -688,7 +691,7 @@ mod tests {
         std::fs::write(dir.path().join("d/new"), b"").unwrap();
         std::fs::write(dir.path().join("d/y"), b"longer").unwrap();
         let raws = w.read(1000).unwrap();
-        handle(&reg, &w, raws);
+        handle(&reg, &w, raws, Instant::now());
         let (_, changes) = sub.take();
         assert!(
             changes.contains(&Change::Moved {

@@ -7,7 +7,6 @@
 
 use super::{expect_attr, without_suidgid, Attrs, Caller, Core, Done};
 use ferry_common::proto::{AttrChanges, Op, SetTime};
-use ferry_common::sync::lock;
 use ferry_common::{Attr, Errno, RelPath, Timestamp};
 use std::time::{Instant, SystemTime};
 
@@ -27,13 +26,10 @@ impl Core {
             }
         }
         self.writes.wait_idle(ino);
-        // With a handle the server stats the open file, which may be unlinked
-        // (or replaced at its name). One this mount holds open will do.
-        let fh = fh.or_else(|| lock(&self.inodes).open_handle(ino));
-        match self
-            .attr_target(ino, fh)
-            .or_else(|_| self.attr_target(ino, None))
-        {
+        // With a handle the server stats the open file, which may be unlinked.
+        // (A stat by a name that leads to another file now answers ESTALE: the
+        // kernel looks the name up again.)
+        match self.attr_target(ino, fh) {
             Ok((path, Some((epoch, handle)))) => {
                 let op = Op::SetAttr {
                     path,

@@ -405,7 +405,8 @@ impl Core {
             // wait for the connection's lock.)
             ConnEvent::Notice(_, notice) => match notice {
                 Notice::Changed(changes) => {
-                    log::debug!("the server tells of {} changes: {changes:?}", changes.len());
+                    log::debug!("the server tells of {} changes", changes.len());
+                    log::trace!("changes: {changes:?}");
                     self.log_changes(&changes);
                     for change in &changes {
                         self.apply(change);
