@@ -451,34 +451,23 @@ impl Filesystem for FerryFs {
         );
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.core.opendir(ino.0, move |r| match r {
-            Ok(dir) => {
-                let mut flags = FopenFlags::empty();
-                if dir.cache {
-                    flags |= FopenFlags::FOPEN_CACHE_DIR;
-                }
-                if dir.keep_cache {
-                    flags |= FopenFlags::FOPEN_KEEP_CACHE;
-                }
-                reply.opened(FileHandle(dir.fh), flags)
-            }
-            Err(e) => reply.error(errno(e)),
-        });
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // The kernel opens directories itself from now on, caching and keeping
+        // every listing (`FUSE_NO_OPENDIR_SUPPORT`; see `core::dirs`).
+        reply.error(fuser::Errno::ENOSYS)
     }
 
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectory,
     ) {
         let reply = std::cell::RefCell::new(Some(reply));
         self.core.readdir(
             ino.0,
-            fh.0,
             offset,
             |item| {
                 let name = OsStr::from_bytes(item.name);
@@ -503,14 +492,13 @@ impl Filesystem for FerryFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
         let reply = std::cell::RefCell::new(Some(reply));
         self.core.readdirplus(
             ino.0,
-            fh.0,
             offset,
             |item| {
                 let e = item.entry;
@@ -540,11 +528,11 @@ impl Filesystem for FerryFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.core.releasedir(fh.0);
+        // Never sent: no directory is opened here (see `opendir`).
         reply.ok();
     }
 

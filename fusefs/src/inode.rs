@@ -64,6 +64,7 @@ struct Node {
     /// Its names on the server as last seen (its link count; one for a
     /// directory), less those this mount has seen go since.
     links: u32,
+    dir: bool,
 }
 
 impl Node {
@@ -76,6 +77,7 @@ impl Node {
             handles: Vec::new(),
             last: None,
             links: 1,
+            dir: false,
         }
     }
 }
@@ -166,6 +168,25 @@ impl InodeTable {
             .collect()
     }
 
+    /// Whether `ino` is a directory.
+    pub(crate) fn is_dir(&self, ino: u64) -> bool {
+        ino == ROOT_INO || self.nodes.get(&ino).is_some_and(|n| n.dir)
+    }
+
+    /// The entries (directory, name) the kernel may reach `ino` by.
+    pub(crate) fn entries_of(&self, ino: u64) -> Vec<(u64, OsString)> {
+        let Some(node) = self.nodes.get(&ino) else {
+            return Vec::new();
+        };
+        node.paths
+            .iter()
+            .filter_map(|path| {
+                let (dir, name) = path.split_last()?;
+                Some((*self.by_path.get(&dir)?, name.to_os_string()))
+            })
+            .collect()
+    }
+
     /// Every inode the kernel may hold.
     pub(crate) fn inos(&self) -> Vec<u64> {
         self.nodes.keys().copied().collect()
@@ -180,6 +201,7 @@ impl InodeTable {
             if let Some(node) = self.nodes.get_mut(&ino) {
                 if node.id == id {
                     node.links = links(attr);
+                    node.dir = attr.kind == ferry_common::FileKind::Directory;
                     node.lookups = node.lookups.saturating_add(1);
                     // The name just confirmed is the one to reach it by (a hard
                     // link's other names may be gone).
@@ -204,6 +226,7 @@ impl InodeTable {
         };
         let node = self.nodes.entry(ino).or_insert_with(|| Node::new(id));
         node.links = links(attr);
+        node.dir = attr.kind == ferry_common::FileKind::Directory;
         node.lookups = node.lookups.saturating_add(1);
         node.paths.retain(|p| p != path);
         node.paths.push(path.clone());

@@ -6,8 +6,7 @@
 //! mount has just created is known to be empty, and one it has just listed in
 //! full is known to hold exactly those names; from then on this mount adds every
 //! name it creates there and removes every name it removes. While that
-//! knowledge holds, a name outside the set is answered "no such entry" at once,
-//! and the kernel may keep the listing it cached (see `Core::opendir`).
+//! knowledge holds, a name outside the set is answered "no such entry" at once.
 //!
 //! How long it holds is decided when it is learnt (see [`crate::cache`]): the
 //! attribute timeout, or, while the server tells this mount of every change,

@@ -20,11 +20,13 @@ use std::thread;
 
 /// Work for the notification thread.
 enum Job {
-    /// Drop the kernel's attributes of an inode, or with `data` its pages too,
-    /// then run `then`.
+    /// Drop the kernel's attributes of an inode, or with `data` its pages too
+    /// (or, when the kernel has no such inode, the entries `names`), then run
+    /// `then`.
     Inode {
         ino: u64,
         data: bool,
+        names: Vec<(u64, OsString)>,
         then: Option<Box<dyn FnOnce() + Send>>,
     },
     /// Drop the kernel's entry `name` in directory `parent`.
@@ -88,15 +90,30 @@ impl KernelNotifier {
 /// Tells the kernel what `job` says.
 fn send(notifier: &Notifier, job: &Job) {
     match job {
-        Job::Inode { ino, data, .. } => {
+        Job::Inode {
+            ino, data, names, ..
+        } => {
             // Offset -1: attributes only; 0 with length 0: every page too.
             let offset = if *data { 0 } else { -1 };
-            // The kernel may have forgotten the inode: nothing cached.
-            if let Err(e) = notifier.inval_inode(INodeNo(*ino), offset, 0) {
-                log::debug!("invalidating inode {ino}: {e}");
+            let result = notifier.inval_inode(INodeNo(*ino), offset, 0);
+            log::trace!("invalidated inode {ino}: {result:?}");
+            match result {
+                Ok(()) => {}
+                // The kernel has forgotten the inode (nothing cached), or a
+                // lookup is making it from an answer older than the change:
+                // its entry goes once in place.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    for (parent, name) in names {
+                        if let Err(e) = notifier.inval_entry(INodeNo(*parent), name) {
+                            log::debug!("invalidating {name:?} in inode {parent}: {e}");
+                        }
+                    }
+                }
+                Err(e) => log::debug!("invalidating inode {ino}: {e}"),
             }
         }
         Job::Entry { parent, name } => {
+            log::trace!("invalidating {name:?} in inode {parent}");
             // An unknown directory or name: nothing cached.
             if let Err(e) = notifier.inval_entry(INodeNo(*parent), name) {
                 log::debug!("invalidating {name:?} in inode {parent}: {e}");
@@ -125,10 +142,11 @@ impl KernelCache for KernelNotifier {
         });
     }
 
-    fn forget_inode(&self, ino: u64, data: bool) {
+    fn forget_inode(&self, ino: u64, data: bool, names: Vec<(u64, OsString)>) {
         self.queue(Job::Inode {
             ino,
             data,
+            names,
             then: None,
         });
     }
@@ -137,6 +155,7 @@ impl KernelCache for KernelNotifier {
         self.queue(Job::Inode {
             ino,
             data: true,
+            names: Vec::new(),
             then: Some(then),
         });
     }

@@ -13,7 +13,7 @@ use crate::export::{ExportRoot, LockTable};
 use crate::handles::HandleTable;
 use crate::registry::{Registry, Subscriber};
 use ferry_common::frame::{MAX_CHUNK, READDIR_PAGE};
-use ferry_common::proto::{NodeId, Op, Reply};
+use ferry_common::proto::{AttrChanges, NodeId, Op, Reply};
 use ferry_common::{Attr, Errno, RelPath};
 use std::sync::Arc;
 
@@ -44,9 +44,10 @@ fn is_mutation(op: &Op) -> bool {
         Op::Open { flags, .. } => {
             flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
         }
+        // No changes: the attributes of an open file (fstat).
+        Op::SetAttr { changes, .. } => *changes != AttrChanges::default(),
         Op::Create { .. }
         | Op::Write { .. }
-        | Op::SetAttr { .. }
         | Op::Mkdir { .. }
         | Op::Mknod { .. }
         | Op::Symlink { .. }

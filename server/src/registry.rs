@@ -522,6 +522,7 @@ impl Registry {
             return;
         }
         let origin = origin.map(|s| s.id);
+        log::trace!("changes by {origin:?} (skipping {skip:?}): {events:?}");
         self.record(
             origin.iter().chain(skip).copied().collect(),
             events,
@@ -539,6 +540,7 @@ impl Registry {
                 }
             } else {
                 let changes = lock(&sub.table).notices_for(events, observed);
+                log::trace!("connection {}: told {changes:?}", sub.id);
                 if !sub.send(changes) {
                     self.reset_one(&sub);
                 }
@@ -571,6 +573,10 @@ impl Registry {
             return;
         }
         let crossed = self.crossed(start, sub.id, &learned);
+        log::trace!(
+            "connection {}: learnt {learned:?}, crossed by {crossed:?}",
+            sub.id
+        );
         // The answer shows every change seen before the request began.
         let now = start.at;
         let mut notices = Vec::new();

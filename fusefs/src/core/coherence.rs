@@ -354,6 +354,7 @@ impl Core {
     /// Drops what is cached about inode `ino`: its attributes; with `content`,
     /// also its data (a file) or names (a directory).
     fn doubt_ino(&self, ino: u64, content: bool) {
+        log::trace!("doubting inode {ino} (content: {content})");
         self.attrs.drop_ino(ino);
         self.file_caps.forget(ino);
         self.writes.doubt(ino);
@@ -365,7 +366,21 @@ impl Core {
                 self.kernel.forget_entry(ino, &name);
             }
         }
-        self.kernel.forget_inode(ino, content);
+        let (names, dir) = {
+            let inodes = lock(&self.inodes);
+            (inodes.entries_of(ino), inodes.is_dir(ino))
+        };
+        // A file's entries go too: the kernel may be taking in an answer from
+        // before the change (a lookup under way) after the invalidation, and
+        // keep it — a lookup holds its directory's lock until its entry is in
+        // place, which dropping the entry waits for. (Not a directory's: what
+        // the kernel holds below it would go as well.)
+        if !dir {
+            for (parent, name) in &names {
+                self.kernel.forget_entry(*parent, name);
+            }
+        }
+        self.kernel.forget_inode(ino, content, names);
     }
 
     /// A negative entry for `name` in `dir`, known to hold until `until`: how
@@ -509,6 +524,7 @@ impl Core {
                             ino: id.ino,
                         })
                     });
+                    log::trace!("name {path:?}: inode {old:?} here, the server's file is {same:?}");
                     if let Some(ino) = old.filter(|_| old == same) {
                         // The same server file's number, but maybe another
                         // file (numbers are reused): the name and its inode
@@ -592,7 +608,8 @@ impl Core {
             self.kernel.forget_entry(*dir, name);
         }
         for ino in inos {
-            self.kernel.forget_inode(ino, true);
+            // (Every entry is being dropped already.)
+            self.kernel.forget_inode(ino, true, Vec::new());
         }
     }
 }

@@ -1,17 +1,29 @@
 //! Directories: listings served from snapshots, and names known to be absent.
 //!
-//! A listing is taken when reading starts at offset 0 (opendir or rewinddir)
-//! and served from memory afterwards, so the kernel's offsets stay stable while
-//! the directory changes. A whole listing is also proof of which names are
-//! *not* there (see [`crate::known`]): one that fits in one page, or, under a
-//! lease, any (a change between pages is told, and recalls it). Offsets name
-//! the *next* entry: 0 is `.`, 1 is `..`, then the listing.
+//! The kernel opens no directory here (opendir answers ENOSYS once, and the
+//! kernel stops asking: `FUSE_NO_OPENDIR_SUPPORT`), so listing a directory
+//! costs no request when the kernel has it cached, and none for opendir and
+//! releasedir either (git status opens every directory of a checkout). The
+//! kernel then caches every listing (`FOPEN_CACHE_DIR`, kept from one opendir
+//! to the next) and checks it, when reading starts, against the directory's
+//! mtime, whose attributes it refreshes once they expire
+//! (`FUSE_AUTO_INVAL_DATA`): a listing is as fresh as the directory's
+//! attributes — for the lease, while the server tells of every change, and a
+//! notice that the directory changed drops the kernel's copy; else for
+//! `--attr-timeout`. A repeated `ls -lR` of an unchanged tree never reaches
+//! this process.
 //!
-//! Under a lease the kernel is let cache a directory's listing itself
-//! (`FOPEN_CACHE_DIR`) and keep it from one opendir to the next while this
-//! mount knows every name of the directory (a directory lease): a notice that
-//! it changed drops the kernel's copy. A repeated `ls -lR` of an unchanged
-//! tree then never reaches the server.
+//! A listing is taken when reading starts at offset 0 and served from a
+//! snapshot afterwards, so offsets stay stable while the directory changes.
+//! Offsets carry the snapshot's number in their upper half, so two listings
+//! of one directory read at once keep theirs; the lower half is the index of
+//! the next entry: 0 is `.`, 1 is `..`, then the listing. A snapshot goes once
+//! read to its end, or when [`MAX_SNAPSHOTS`] newer ones are being read; an
+//! offset whose snapshot has gone is served from a listing taken afresh.
+//!
+//! A whole listing is also proof of which names are *not* there (see
+//! [`crate::known`]): one that fits in one page, or, under a lease, any (a
+//! change between pages is told, and recalls it).
 
 use super::coherence::{Mark, Touched};
 use super::{Core, Done, Entry};
@@ -19,15 +31,32 @@ use ferry_common::frame::READDIR_PAGE;
 use ferry_common::proto::{DirEntry, Op, Reply};
 use ferry_common::sync::lock;
 use ferry_common::{Attr, Errno, FileKind, RelPath, StatFs};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// One open directory's snapshot.
+/// Listings being read at once, at most; the oldest goes first.
+const MAX_SNAPSHOTS: usize = 64;
+
+/// The bits of an offset that hold the index of the next entry.
+const INDEX_BITS: u32 = 32;
+
+/// The offset of entry `index` of snapshot `number`.
+fn offset_of(number: u64, index: u64) -> u64 {
+    (number << INDEX_BITS) | index
+}
+
+/// The snapshot's number and the entry's index an offset names.
+fn split_offset(offset: u64) -> (u64, u64) {
+    (offset >> INDEX_BITS, offset & ((1 << INDEX_BITS) - 1))
+}
+
+/// One listing's snapshot.
 struct Snapshot {
+    /// The directory listed.
+    ino: u64,
     /// The directory's path when the listing was taken.
     path: RelPath,
     entries: Arc<Vec<DirEntry>>,
@@ -38,6 +67,8 @@ struct Snapshot {
 
 /// A listing as read by [`Core::listing`].
 struct Listing {
+    /// The snapshot's number (for the offsets).
+    number: u64,
     path: RelPath,
     entries: Arc<Vec<DirEntry>>,
     /// When it was asked for, and the notices seen by then.
@@ -45,23 +76,33 @@ struct Listing {
     mark: Mark,
 }
 
-/// An open directory: the handle to give the kernel, and how it may cache.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OpenedDir {
-    pub fh: u64,
-    /// The kernel may cache the listing (`FOPEN_CACHE_DIR`).
-    pub cache: bool,
-    /// ...and keep what it cached before (`FOPEN_KEEP_CACHE`): the directory
-    /// is leased, unchanged since.
-    pub keep_cache: bool,
-}
-
-/// The snapshots of open directories, by the handle given to the kernel
-/// (numbered apart from files').
+/// The snapshots of listings being read, by number.
 #[derive(Default)]
 pub(super) struct DirSnapshots {
-    open: Mutex<HashMap<u64, Snapshot>>,
-    next: AtomicU64,
+    taken: Mutex<Snapshots>,
+}
+
+#[derive(Default)]
+struct Snapshots {
+    by_number: BTreeMap<u64, Snapshot>,
+    last: u64,
+}
+
+impl Snapshots {
+    /// Keeps `snapshot`; its number.
+    fn keep(&mut self, snapshot: Snapshot) -> u64 {
+        // Offsets stay positive (the kernel's are signed).
+        self.last = if self.last >= (1 << 30) {
+            1
+        } else {
+            self.last + 1
+        };
+        self.by_number.insert(self.last, snapshot);
+        while self.by_number.len() > MAX_SNAPSHOTS {
+            self.by_number.pop_first();
+        }
+        self.last
+    }
 }
 
 /// One name of a plain listing, and the offset of the entry after it.
@@ -84,47 +125,20 @@ pub struct DirItemPlus<'a> {
 }
 
 impl Core {
-    /// Opens directory `ino` for listing.
-    pub fn opendir(&self, ino: u64, done: impl Done<OpenedDir>) {
-        let path = match self.path_of(ino) {
-            Ok(p) => p,
-            Err(e) => return done(Err(e)),
-        };
-        let fh = self.dirs.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let snapshot = Snapshot {
-            path,
-            entries: Arc::default(),
-            asked: Instant::now(),
-            mark: self.mark(),
-        };
-        lock(&self.dirs.open).insert(fh, snapshot);
-        let cache = self.leased();
-        done(Ok(OpenedDir {
-            fh,
-            cache,
-            keep_cache: cache && self.dir_leased(ino),
-        }))
-    }
-
-    pub fn releasedir(&self, fh: u64) {
-        lock(&self.dirs.open).remove(&fh);
-    }
-
     /// Lists directory `ino` from `offset`, handing each entry to `add` until
     /// it answers that the kernel's buffer is full; `finish` answers the kernel.
     pub fn readdir(
         &self,
         ino: u64,
-        fh: u64,
         offset: u64,
         add: impl FnMut(DirItem<'_>) -> bool,
         finish: impl FnOnce(Result<(), Errno>),
     ) {
-        let listed = self.readdir_into(ino, fh, offset, add);
+        let listed = self.readdir_into(ino, offset, add);
         let crossing = listed.as_ref().ok().map(|(_, mark)| *mark);
         finish(listed.map(|_| ()));
         if let Some(mark) = crossing {
-            // The kernel may cache the listing (FOPEN_CACHE_DIR).
+            // The kernel caches the listing.
             self.settle(mark, Touched::default().with_ino(Some(ino)));
         }
     }
@@ -132,28 +146,28 @@ impl Core {
     fn readdir_into(
         &self,
         ino: u64,
-        fh: u64,
         offset: u64,
         mut add: impl FnMut(DirItem<'_>) -> bool,
     ) -> Result<(RelPath, Mark), Errno> {
         let Listing {
+            number,
             path,
             entries,
             mark,
             ..
-        } = self.listing(ino, fh, offset)?;
+        } = self.listing(ino, offset)?;
         let total = entries.len() as u64 + 2;
-        for index in offset..total {
+        for index in split_offset(offset).1..total {
             let item = match index {
                 0 => DirItem {
                     ino,
-                    next_offset: 1,
+                    next_offset: offset_of(number, 1),
                     kind: FileKind::Directory,
                     name: b".",
                 },
                 1 => DirItem {
                     ino: self.parent_ino(&path),
-                    next_offset: 2,
+                    next_offset: offset_of(number, 2),
                     kind: FileKind::Directory,
                     name: b"..",
                 },
@@ -164,7 +178,7 @@ impl Core {
                         .unwrap_or(entry.attr.ino.max(2));
                     DirItem {
                         ino,
-                        next_offset: index + 1,
+                        next_offset: offset_of(number, index + 1),
                         kind: entry.attr.kind,
                         name: &entry.name,
                     }
@@ -182,12 +196,11 @@ impl Core {
     pub fn readdirplus(
         &self,
         ino: u64,
-        fh: u64,
         offset: u64,
         add: impl FnMut(DirItemPlus<'_>) -> bool,
         finish: impl FnOnce(Result<(), Errno>),
     ) {
-        let listed = self.readdirplus_into(ino, fh, offset, add);
+        let listed = self.readdirplus_into(ino, offset, add);
         match listed {
             Ok((mark, handed)) => {
                 finish(Ok(()));
@@ -208,16 +221,16 @@ impl Core {
     fn readdirplus_into(
         &self,
         ino: u64,
-        fh: u64,
         offset: u64,
         mut add: impl FnMut(DirItemPlus<'_>) -> bool,
     ) -> Result<(Mark, Vec<RelPath>), Errno> {
         let Listing {
+            number,
             path,
             entries,
             asked,
             mark,
-        } = self.listing(ino, fh, offset)?;
+        } = self.listing(ino, offset)?;
         let ttl = self.ttl_since(asked);
         let until = self.until(asked);
         let mut handed = Vec::new();
@@ -227,16 +240,16 @@ impl Core {
             ttl,
         };
         let total = entries.len() as u64 + 2;
-        for index in offset..total {
+        for index in split_offset(offset).1..total {
             let full = match index {
                 0 => add(DirItemPlus {
                     entry: dot(ino),
-                    next_offset: 1,
+                    next_offset: offset_of(number, 1),
                     name: b".",
                 }),
                 1 => add(DirItemPlus {
                     entry: dot(self.parent_ino(&path)),
-                    next_offset: 2,
+                    next_offset: offset_of(number, 2),
                     name: b"..",
                 }),
                 _ => {
@@ -252,7 +265,7 @@ impl Core {
                             attr,
                             ttl,
                         },
-                        next_offset: index + 1,
+                        next_offset: offset_of(number, index + 1),
                         name: &entry.name,
                     });
                     if full {
@@ -279,24 +292,29 @@ impl Core {
         });
     }
 
-    /// The listing of an open directory, fetched afresh when reading
-    /// restarts; with when it was asked for, and the notices seen by then.
-    fn listing(&self, ino: u64, fh: u64, offset: u64) -> Result<Listing, Errno> {
-        let opened_as = {
-            let open = lock(&self.dirs.open);
-            let snapshot = open.get(&fh).ok_or(Errno::EBADF)?;
-            if offset != 0 {
-                return Ok(Listing {
+    /// The listing of directory `ino` to serve `offset` from: the snapshot
+    /// the offset names, or one taken afresh when reading starts (or the
+    /// snapshot has gone); with when it was asked for, and the notices seen by
+    /// then. A snapshot read to its end goes.
+    fn listing(&self, ino: u64, offset: u64) -> Result<Listing, Errno> {
+        let (number, index) = split_offset(offset);
+        if offset != 0 {
+            let mut taken = lock(&self.dirs.taken);
+            if let Some(snapshot) = taken.by_number.get(&number).filter(|s| s.ino == ino) {
+                let listing = Listing {
+                    number,
                     path: snapshot.path.clone(),
                     entries: snapshot.entries.clone(),
                     asked: snapshot.asked,
                     mark: snapshot.mark,
-                });
+                };
+                if index >= listing.entries.len() as u64 + 2 {
+                    taken.by_number.remove(&number);
+                }
+                return Ok(listing);
             }
-            snapshot.path.clone()
-        };
-        // The directory's path now: it may have been renamed since opendir.
-        let path = self.path_of(ino).unwrap_or(opened_as);
+        }
+        let path = self.path_of(ino)?;
         let mark = self.mark();
         let asked = Instant::now();
         let entries = Arc::new(self.client.list_dir(&path)?);
@@ -315,13 +333,15 @@ impl Core {
                 entries.iter().map(|e| e.name.as_slice()),
             );
         }
-        if let Some(snapshot) = lock(&self.dirs.open).get_mut(&fh) {
-            snapshot.path = path.clone();
-            snapshot.entries = entries.clone();
-            snapshot.asked = asked;
-            snapshot.mark = mark;
-        }
+        let number = lock(&self.dirs.taken).keep(Snapshot {
+            ino,
+            path: path.clone(),
+            entries: entries.clone(),
+            asked,
+            mark,
+        });
         Ok(Listing {
+            number,
             path,
             entries,
             asked,

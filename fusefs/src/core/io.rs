@@ -70,7 +70,7 @@ impl Core {
             let replaced = core.replaced(ino, &attr);
             if replaced {
                 log::debug!("inode {ino} was replaced at its name; opened uncached");
-                core.kernel.forget_inode(ino, true);
+                core.kernel.forget_inode(ino, true, Vec::new());
             }
             let fh = lock(&core.files).insert(RemoteFile {
                 ino,
@@ -181,7 +181,7 @@ impl Core {
                 log::warn!("could not drop setuid/setgid of inode {ino} after a write");
             }
             // The kernel still holds the old mode.
-            self.kernel.forget_inode(ino, false);
+            self.kernel.forget_inode(ino, false, Vec::new());
         }
     }
 

@@ -40,7 +40,7 @@ mod xattr;
 #[cfg(test)]
 mod tests;
 
-pub use dirs::{DirItem, DirItemPlus, OpenedDir};
+pub use dirs::{DirItem, DirItemPlus};
 pub use locking::LockAnswer;
 pub use xattr::XattrAnswer;
 
@@ -57,7 +57,7 @@ use ferry_common::proto::{Op, Owner};
 use ferry_common::sync::lock;
 use ferry_common::{Attr, Errno, FileKind};
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -160,7 +160,12 @@ pub trait KernelCache: Send + Sync {
     fn forget_entry(&self, parent: u64, name: &OsStr);
     /// Drops the kernel's cached attributes of `ino`; with `data`, its pages
     /// too (a file's data, a directory's cached listing, a symlink's target).
-    fn forget_inode(&self, ino: u64, data: bool);
+    /// When the kernel holds no such inode, it drops the entries `names`
+    /// (directory, name) instead: its lookup may be under way, answered
+    /// before the change, the inode not made yet — and a lookup holds its
+    /// directory's lock until the entry is in place, which dropping an entry
+    /// waits for.
+    fn forget_inode(&self, ino: u64, data: bool, names: Vec<(u64, OsString)>);
     /// Drops the kernel's cached attributes and pages of `ino`, then runs `then`.
     fn forget_data_then(&self, ino: u64, then: Box<dyn FnOnce() + Send>);
 }
@@ -172,7 +177,7 @@ pub struct NoKernel;
 
 impl KernelCache for NoKernel {
     fn forget_entry(&self, _parent: u64, _name: &OsStr) {}
-    fn forget_inode(&self, _ino: u64, _data: bool) {}
+    fn forget_inode(&self, _ino: u64, _data: bool, _names: Vec<(u64, OsString)>) {}
     fn forget_data_then(&self, _ino: u64, then: Box<dyn FnOnce() + Send>) {
         then()
     }

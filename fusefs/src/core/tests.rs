@@ -28,7 +28,7 @@ impl KernelCache for RecordingKernel {
     fn forget_entry(&self, parent: u64, name: &OsStr) {
         lock(&self.entries).push((parent, name.to_os_string()));
     }
-    fn forget_inode(&self, ino: u64, data: bool) {
+    fn forget_inode(&self, ino: u64, data: bool, _names: Vec<(u64, std::ffi::OsString)>) {
         lock(&self.asked).push((if data { "data" } else { "attrs" }, ino));
     }
     fn forget_data_then(&self, ino: u64, then: Box<dyn FnOnce() + Send>) {
@@ -152,15 +152,21 @@ impl Harness {
 
     /// Names listed by readdir of directory `ino`.
     fn list(&self, ino: u64) -> Vec<String> {
-        let fh = wait(|d| self.core.opendir(ino, d)).expect("opendir").fh;
         let mut names = Vec::new();
-        readdir(&self.core, ino, fh, 0, |item| {
-            names.push(String::from_utf8_lossy(item.name).into_owned());
-            false
-        })
-        .expect("readdir");
-        self.core.releasedir(fh);
-        names
+        let mut offset = 0;
+        // As the kernel reads: until a read hands nothing.
+        loop {
+            let before = names.len();
+            readdir(&self.core, ino, offset, |item| {
+                names.push(String::from_utf8_lossy(item.name).into_owned());
+                offset = item.next_offset;
+                false
+            })
+            .expect("readdir");
+            if names.len() == before {
+                return names;
+            }
+        }
     }
 
     /// Requests an application waited for so far.
@@ -179,12 +185,11 @@ impl Harness {
 fn readdir(
     core: &Core,
     ino: u64,
-    fh: u64,
     offset: u64,
     add: impl FnMut(DirItem<'_>) -> bool,
 ) -> Result<(), Errno> {
     let mut out = None;
-    core.readdir(ino, fh, offset, add, |r| out = Some(r));
+    core.readdir(ino, offset, add, |r| out = Some(r));
     out.expect("readdir finishes before returning")
 }
 
@@ -192,12 +197,11 @@ fn readdir(
 fn readdirplus(
     core: &Core,
     ino: u64,
-    fh: u64,
     offset: u64,
     add: impl FnMut(DirItemPlus<'_>) -> bool,
 ) -> Result<(), Errno> {
     let mut out = None;
-    core.readdirplus(ino, fh, offset, add, |r| out = Some(r));
+    core.readdirplus(ino, offset, add, |r| out = Some(r));
     out.expect("readdirplus finishes before returning")
 }
 
@@ -409,8 +413,7 @@ fn stat_of_a_file_being_written_shows_what_was_written() {
     assert_eq!(h.getattr(entry.ino).map(|a| a.size), Ok(4096));
     // A listing answered from before the write must not shrink it either.
     let mut sizes = Vec::new();
-    let dir_fh = wait(|d| h.core.opendir(ROOT_INO, d)).expect("opendir").fh;
-    readdirplus(&h.core, ROOT_INO, dir_fh, 0, |item| {
+    readdirplus(&h.core, ROOT_INO, 0, |item| {
         if item.name == b"f" {
             sizes.push(item.entry.attr.size);
         }
@@ -568,10 +571,9 @@ fn readdir_and_readdirplus_stop_when_the_kernels_buffer_is_full() {
     for name in ["a", "b", "c"] {
         std::fs::write(h.on_disk(name), b"").expect("a file");
     }
-    let fh = wait(|d| h.core.opendir(ROOT_INO, d)).expect("opendir").fh;
     // Take three items (., .., one name), refuse the fourth.
     let mut taken = Vec::new();
-    readdirplus(&h.core, ROOT_INO, fh, 0, |item| {
+    readdirplus(&h.core, ROOT_INO, 0, |item| {
         if taken.len() == 3 {
             return true;
         }
@@ -582,26 +584,60 @@ fn readdir_and_readdirplus_stop_when_the_kernels_buffer_is_full() {
     assert_eq!(taken.len(), 3);
     // Go on from the offset of the last one taken: the rest, no repeats.
     let mut rest = Vec::new();
-    readdirplus(&h.core, ROOT_INO, fh, taken[2].1, |item| {
+    readdirplus(&h.core, ROOT_INO, taken[2].1, |item| {
         rest.push(String::from_utf8_lossy(item.name).into_owned());
         false
     })
     .expect("readdirplus");
     assert_eq!(rest.len(), 2);
-    h.core.releasedir(fh);
     // The one entry refused was uncounted again: a forget of what was counted
     // drops every inode but the root.
     let inodes = lock(&h.core.inodes);
     assert_eq!(inodes.lookups(taken[2].0), Some(1));
 }
 
+/// Reads directory `ino` from `offset`, taking `n` items: their names, and
+/// the offset to go on from.
+fn take(h: &Harness, ino: u64, offset: u64, n: usize) -> (Vec<String>, u64) {
+    let (mut names, mut next) = (Vec::new(), offset);
+    readdir(&h.core, ino, offset, |item| {
+        if names.len() == n {
+            return true;
+        }
+        names.push(String::from_utf8_lossy(item.name).into_owned());
+        next = item.next_offset;
+        false
+    })
+    .expect("readdir");
+    (names, next)
+}
+
 #[test]
-fn readdir_of_a_handle_never_opened_is_ebadf() {
+fn two_listings_of_one_directory_read_at_once_keep_their_own_snapshots() {
     let h = Harness::new();
-    assert_eq!(
-        readdir(&h.core, ROOT_INO, 42, 0, |_| false),
-        Err(Errno::EBADF)
-    );
+    for name in ["a", "b", "c"] {
+        std::fs::write(h.on_disk(name), b"").expect("a file");
+    }
+    let (first, at) = take(&h, ROOT_INO, 0, 3);
+    assert_eq!(first.len(), 3);
+    // Meanwhile a name goes and another comes, and a second listing starts.
+    let gone = first[2].clone();
+    std::fs::remove_file(h.on_disk(&gone)).expect("unlink");
+    std::fs::write(h.on_disk("d"), b"").expect("a file");
+    let mut second = h.list(ROOT_INO);
+    second.sort();
+    assert!(second.contains(&"d".to_string()) && !second.contains(&gone));
+    // The first goes on where it was, in its own snapshot: every name it had
+    // not handed yet, once each.
+    let (rest, at) = take(&h, ROOT_INO, at, 10);
+    let mut all: Vec<String> = first.into_iter().chain(rest).collect();
+    all.sort();
+    assert_eq!(all, [".", "..", "a", "b", "c"]);
+    // Read to its end, the snapshot went: that offset lists afresh.
+    let (again, _) = take(&h, ROOT_INO, at, 10);
+    assert!(again.is_empty());
+    let (afresh, _) = take(&h, ROOT_INO, at & !0xffff_ffff | 2, 10);
+    assert!(afresh.contains(&"d".to_string()), "{afresh:?}");
 }
 
 #[test]
