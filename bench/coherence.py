@@ -414,7 +414,7 @@ def markdown(report):
     out = [f"Coherence benchmark of {m['date'][:16].replace('T', ' ')} UTC · {m['nproc']} cores · {m['cpu']} · "
            f"kernel {m['kernel']} · {m['memory_gib']} GiB RAM · ferry {m['ferry_commit']}; load average "
            f"{m['load_start'][0]:.1f} at start, {m.get('load_end', [0])[0]:.1f} at end."
-           + (f" Note: {m['note']}." if m.get("note") else ""),
+           + (f" Note: {m['note'].rstrip('.')}." if m.get("note") else ""),
            "",
            f"Medians over {c['runs']} runs (fresh mounts each), {c['samples']} changes of each kind per direction "
            f"and run; ferry with its default options (lease 60 s). Time from the change's system call returning "
