@@ -3,7 +3,7 @@
 
 use super::{Core, Done};
 use crate::locks::{self, file_lock, lock_kind, lock_type_code};
-use ferry_common::proto::{LockKind, LockType, Op};
+use ferry_common::proto::{FileLock, LockKind, LockType, Op};
 use ferry_common::sync::lock;
 use ferry_common::Errno;
 
@@ -20,11 +20,23 @@ pub struct LockAnswer {
 }
 
 impl Core {
-    /// Whether `fh` is an open file of `ino`. Directories are not opened on the
-    /// server, so they have nothing to lock, and their handle numbers are
-    /// counted apart from files' (the same number may name an open file).
-    fn is_open_file(&self, ino: u64, fh: u64) -> bool {
-        lock(&self.files).get(fh).is_some_and(|f| f.ino == ino)
+    /// The lock the kernel asks about, in wire form: EINVAL for a type it never
+    /// sends, ENOLCK unless `fh` is an open file of `ino` (directories are not
+    /// opened on the server, so they have nothing to lock, and their handle
+    /// numbers are counted apart from files': the same number may name a file).
+    fn lock_request(
+        &self,
+        ino: u64,
+        fh: u64,
+        typ: i32,
+        start: u64,
+        end: u64,
+    ) -> Result<FileLock, Errno> {
+        let wanted = file_lock(typ, start, end).ok_or(Errno::EINVAL)?;
+        if !lock(&self.files).get(fh).is_some_and(|f| f.ino == ino) {
+            return Err(Errno::new(libc::ENOLCK));
+        }
+        Ok(wanted)
     }
 
     /// `F_GETLK` of `owner` for the range `start..=end` of type `typ` (`F_*`).
@@ -39,12 +51,10 @@ impl Core {
         typ: i32,
         done: impl Done<LockAnswer>,
     ) {
-        let Some(lock) = file_lock(typ, start, end) else {
-            return done(Err(Errno::EINVAL));
+        let lock = match self.lock_request(ino, fh, typ, start, end) {
+            Ok(lock) => lock,
+            Err(e) => return done(Err(e)),
         };
-        if !self.is_open_file(ino, fh) {
-            return done(Err(Errno::new(libc::ENOLCK)));
-        }
         let make = |handle| Op::GetLock {
             handle,
             owner,
@@ -83,12 +93,10 @@ impl Core {
         sleep: bool,
         done: impl Done<()>,
     ) {
-        let Some(lock) = file_lock(typ, start, end) else {
-            return done(Err(Errno::EINVAL));
+        let lock = match self.lock_request(ino, fh, typ, start, end) {
+            Ok(lock) => lock,
+            Err(e) => return done(Err(e)),
         };
-        if !self.is_open_file(ino, fh) {
-            return done(Err(Errno::new(libc::ENOLCK)));
-        }
         let kind = lock_kind(tid, &lock);
         // What was written under a lock must be on the server before the lock is
         // let go (or changed): the next holder reads it from there. (A write
