@@ -33,7 +33,7 @@ impl Core {
         end: u64,
     ) -> Result<FileLock, Errno> {
         let wanted = file_lock(typ, start, end).ok_or(Errno::EINVAL)?;
-        if !lock(&self.files).get(fh).is_some_and(|f| f.ino == ino) {
+        if lock(&self.files).get(fh).is_none_or(|f| f.ino != ino) {
             return Err(Errno::new(libc::ENOLCK));
         }
         Ok(wanted)
