@@ -186,7 +186,8 @@ fn serve(
     let rt = runtime()?;
     rt.block_on(async {
         let server = Server::bind(ServerConfig {
-            root: dir.clone(),
+            root: Some(dir.clone()),
+            exports: Vec::new(),
             listen,
             read_only,
             max_connections,
@@ -380,7 +381,8 @@ fn demo(base: &Path) -> Result<(), String> {
     let rt = runtime()?;
     let server = rt
         .block_on(Server::bind(ServerConfig {
-            root: export.clone(),
+            root: Some(export.clone()),
+            exports: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             read_only: false,
             max_connections: 64,

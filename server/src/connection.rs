@@ -27,6 +27,7 @@
 
 use crate::dispatch::Session;
 use crate::export::ExportRoot;
+use crate::exports::Exports;
 use crate::schedule::{schedule, Schedule};
 use crate::sequencer::Sequencer;
 use crate::sys;
@@ -68,7 +69,7 @@ const READ_BUFFER: usize = 64 * 1024;
 /// An `Err` says why the connection was closed early.
 pub(crate) async fn serve(
     stream: TcpStream,
-    export: Arc<ExportRoot>,
+    exports: Arc<Exports>,
     read_only: bool,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), FrameError> {
@@ -79,9 +80,9 @@ pub(crate) async fn serve(
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
 
-    if !handshake(&mut reader, &mut write_half, &export, read_only).await? {
+    let Some(export) = handshake(&mut reader, &mut write_half, &exports, read_only).await? else {
         return Ok(());
-    }
+    };
 
     let session = Arc::new(Session::new(export, read_only));
     let sequencer = Arc::new(Sequencer::new());
@@ -178,14 +179,14 @@ pub(crate) async fn serve(
     outcome.and(written)
 }
 
-/// Reads `Hello` and answers it. `Ok(true)`: the client is welcome; `Ok(false)`:
-/// it left or was refused, and the connection ends.
+/// Reads `Hello` and answers it. `Ok(Some(root))`: the client is welcome and
+/// served from `root`; `Ok(None)`: it left or was refused, and the connection ends.
 async fn handshake(
     reader: &mut BufReader<OwnedReadHalf>,
     writer: &mut OwnedWriteHalf,
-    export: &Arc<ExportRoot>,
+    exports: &Arc<Exports>,
     read_only: bool,
-) -> Result<bool, FrameError> {
+) -> Result<Option<Arc<ExportRoot>>, FrameError> {
     let payload = match timeout(HANDSHAKE_TIMEOUT, frame::read_frame_async(reader)).await {
         Err(_) => {
             return Err(FrameError::Io(io::Error::new(
@@ -195,7 +196,7 @@ async fn handshake(
         }
         Ok(read) => match read? {
             Some(payload) => payload,
-            None => return Ok(false),
+            None => return Ok(None),
         },
     };
     let hello: Hello = frame::decode(&payload)?;
@@ -210,36 +211,47 @@ async fn handshake(
     } else {
         None
     };
+    let mut served = None;
     let reply = match refusal {
         Some(message) => HandshakeReply::Refused { message },
         None => {
-            let export = Arc::clone(export);
-            let root = tokio::task::spawn_blocking(move || export.root_attr())
-                .await
-                .unwrap_or(Err(Errno::EIO));
-            match root {
-                Ok(root) => HandshakeReply::Welcome(Welcome {
-                    version: PROTOCOL_VERSION,
-                    max_chunk: MAX_CHUNK,
-                    read_only,
-                    features: 0,
-                    root,
-                }),
-                Err(e) => HandshakeReply::Refused {
-                    message: format!("the server cannot read its export directory: {e}"),
-                },
+            let exports = Arc::clone(exports);
+            let chosen = tokio::task::spawn_blocking(move || {
+                let chosen = exports.choose(hello.export.as_deref(), &hello.subtree)?;
+                let attr = chosen
+                    .root
+                    .root_attr()
+                    .map_err(|e| format!("the server cannot read its export directory: {e}"))?;
+                Ok::<_, String>((chosen, attr))
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the server failed to open the export: {e}")));
+            match chosen {
+                Ok((chosen, root)) => {
+                    log::debug!(
+                        "serving {} (export {}) to a client",
+                        chosen.root.path().display(),
+                        chosen.name.as_deref().unwrap_or("by default")
+                    );
+                    served = Some(chosen.root);
+                    HandshakeReply::Welcome(Welcome {
+                        version: PROTOCOL_VERSION,
+                        max_chunk: MAX_CHUNK,
+                        read_only,
+                        features: 0,
+                        root,
+                    })
+                }
+                Err(message) => HandshakeReply::Refused { message },
             }
         }
     };
     write_timed(writer, &frame::encode(&reply)?).await?;
-    match reply {
-        HandshakeReply::Welcome(_) => Ok(true),
-        HandshakeReply::Refused { message } => {
-            log::info!("refused a client: {message}");
-            let _ = writer.shutdown().await;
-            Ok(false)
-        }
+    if let HandshakeReply::Refused { message } = reply {
+        log::info!("refused a client: {message}");
+        let _ = writer.shutdown().await;
     }
+    Ok(served)
 }
 
 /// The next request frame; `Ok(None)` when the client closed between frames.

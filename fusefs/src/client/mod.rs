@@ -21,7 +21,7 @@
 use ferry_common::frame::{self, ResponseFrame};
 use ferry_common::proto::{DirEntry, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome};
 use ferry_common::sync::lock;
-use ferry_common::Errno;
+use ferry_common::{Address, Errno};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::{self, Write};
@@ -48,14 +48,37 @@ type Callback = Box<dyn FnOnce(OpResult) + Send>;
 /// Why a connection could not be opened, worded for a person.
 #[derive(Debug)]
 pub enum ConnectError {
-    Unreachable { addr: String, source: io::Error },
-    Refused { addr: String, message: String },
-    Protocol { addr: String, detail: String },
+    /// The address does not parse; the message says why.
+    Address(String),
+    Unreachable {
+        addr: String,
+        source: io::Error,
+    },
+    /// The peer took the connection but never answered the handshake.
+    Silent {
+        addr: String,
+        waited: Duration,
+    },
+    Refused {
+        addr: String,
+        message: String,
+    },
+    Protocol {
+        addr: String,
+        detail: String,
+    },
 }
 
 impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ConnectError::Address(message) => f.write_str(message),
+            ConnectError::Silent { addr, waited } => write!(
+                f,
+                "{addr} accepted the connection but did not answer within {} s — is it \
+                 `ferry serve` listening there, and not another program? check the address and port",
+                waited.as_secs()
+            ),
             ConnectError::Unreachable { addr, source } => {
                 let why = match source.kind() {
                     io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
@@ -93,7 +116,10 @@ struct Waiter {
 }
 
 struct Inner {
+    /// The address as the user gave it, for messages.
     addr: String,
+    /// What it names: where to connect, and the export and directory to ask for.
+    target: Address,
     /// `None` while broken.
     conn: Mutex<Option<Conn>>,
     pending: Mutex<HashMap<u64, Waiter>>,
@@ -115,8 +141,9 @@ pub struct RemoteClient {
     inner: Arc<Inner>,
 }
 
-/// Opens a TCP connection and performs the handshake.
-fn handshake(addr: &str, timeout: Duration) -> Result<(TcpStream, Welcome), ConnectError> {
+/// Opens a TCP connection to `target` and performs the handshake.
+fn handshake(target: &Address, timeout: Duration) -> Result<(TcpStream, Welcome), ConnectError> {
+    let addr = &target.socket_addr();
     let unreachable = |source| ConnectError::Unreachable {
         addr: addr.to_string(),
         source,
@@ -127,7 +154,11 @@ fn handshake(addr: &str, timeout: Duration) -> Result<(TcpStream, Welcome), Conn
     };
     let mut last_err = io::Error::new(io::ErrorKind::NotFound, "the address resolves to nothing");
     let mut stream = None;
-    for sa in addr.to_socket_addrs().map_err(unreachable)? {
+    for sa in target
+        .socket_addr()
+        .to_socket_addrs()
+        .map_err(unreachable)?
+    {
         match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
             Ok(s) => {
                 stream = Some(s);
@@ -143,10 +174,26 @@ fn handshake(addr: &str, timeout: Duration) -> Result<(TcpStream, Welcome), Conn
     stream
         .set_read_timeout(Some(CONNECT_TIMEOUT))
         .map_err(unreachable)?;
-    frame::write_frame(&mut stream, &Hello::new()).map_err(|e| protocol(e.to_string()))?;
+    let hello = Hello {
+        export: target.export.clone(),
+        subtree: target.subtree.clone(),
+        ..Hello::new()
+    };
+    frame::write_frame(&mut stream, &hello).map_err(|e| protocol(e.to_string()))?;
     let payload = match frame::read_frame(&mut stream) {
         Ok(Some(p)) => p,
         Ok(None) => return Err(protocol("it closed the connection".into())),
+        Err(frame::FrameError::Io(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(ConnectError::Silent {
+                addr: addr.to_string(),
+                waited: CONNECT_TIMEOUT,
+            })
+        }
         Err(e) => return Err(protocol(e.to_string())),
     };
     let welcome = match frame::decode::<HandshakeReply>(&payload) {
@@ -169,7 +216,8 @@ fn handshake(addr: &str, timeout: Duration) -> Result<(TcpStream, Welcome), Conn
 }
 
 impl RemoteClient {
-    /// Connects to `addr` (HOST:PORT) and performs the handshake.
+    /// Connects to `addr` (`HOST[:PORT][/EXPORT][:/DIR]`, see
+    /// [`ferry_common::address`]) and performs the handshake.
     pub fn connect(addr: &str) -> Result<RemoteClient, ConnectError> {
         RemoteClient::connect_with_timeout(addr, DEFAULT_TIMEOUT)
     }
@@ -181,9 +229,11 @@ impl RemoteClient {
         timeout: Duration,
     ) -> Result<RemoteClient, ConnectError> {
         let timeout = timeout.max(Duration::from_millis(100));
-        let (stream, welcome) = handshake(addr, timeout)?;
+        let target = Address::parse(addr).map_err(ConnectError::Address)?;
+        let (stream, welcome) = handshake(&target, timeout)?;
         let inner = Arc::new(Inner {
             addr: addr.to_string(),
+            target,
             conn: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -413,7 +463,7 @@ impl Inner {
             }
             *last = Instant::now();
             drop(last);
-            match handshake(&self.addr, self.timeout) {
+            match handshake(&self.target, self.timeout) {
                 Ok((stream, _)) => {
                     self.start(conn, stream).map_err(Errno::from)?;
                     log::warn!("reconnected to {}", self.addr);

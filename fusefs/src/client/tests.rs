@@ -227,7 +227,8 @@ impl Served {
         let addr = self.addr();
         self.server = None;
         let config = ServerConfig {
-            root: self.dir.path().to_path_buf(),
+            root: Some(self.dir.path().to_path_buf()),
+            exports: Vec::new(),
             listen: addr,
             read_only: false,
             max_connections: 8,

@@ -81,7 +81,8 @@ impl Harness {
     fn restart_server(&mut self) {
         self.server = None;
         let config = ServerConfig {
-            root: self.dir.path().to_path_buf(),
+            root: Some(self.dir.path().to_path_buf()),
+            exports: Vec::new(),
             listen: self.addr,
             read_only: false,
             max_connections: 8,
