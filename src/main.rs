@@ -267,11 +267,11 @@ fn mount_foreground(
         };
         eprintln!(
             "ferry: requests sent to the server: {}",
-            line(core.client().sent())
+            line(core.stats().sent_by_kind())
         );
         eprintln!(
             "ferry: requests waited for: {}",
-            line(core.stats().waited())
+            line(core.stats().waited_by_kind())
         );
     }
     served

@@ -18,6 +18,7 @@
 //! - `sequencer`: the per-handle queues that keep those requests in order.
 //! - `connection`: one client: the handshake, a reader that runs each request
 //!   where `schedule` says, and a single writer that batches the replies.
+//! - `metrics`: what the server counts, and the `--metrics` HTTP responder.
 //! - `sys`: the few system calls outside the export (descriptor limit, socket
 //!   options).
 //! - this file: [`Server`], which accepts connections up to a limit and stops
@@ -32,12 +33,14 @@ mod dispatch;
 mod export;
 mod exports;
 mod handles;
+mod metrics;
 mod schedule;
 mod sequencer;
 mod sys;
 
 pub use dispatch::MAX_COPY;
 pub use export::{ExportRoot, OpenFile};
+pub use metrics::{serve_http as serve_metrics, Metrics};
 
 use exports::Exports;
 
@@ -84,6 +87,7 @@ pub struct Server {
     read_only: bool,
     /// One permit per connection being served.
     slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl Server {
@@ -117,12 +121,18 @@ impl Server {
             local_addr,
             read_only: config.read_only,
             slots: Arc::new(Semaphore::new(config.max_connections)),
+            metrics: Arc::new(Metrics::default()),
         })
     }
 
     /// The address the server listens on (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// What this server counts, for `--metrics` (see [`serve_metrics`]).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets connections
@@ -133,6 +143,7 @@ impl Server {
             listener,
             read_only,
             slots,
+            metrics,
             ..
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -169,10 +180,11 @@ impl Server {
             };
             log::debug!("{peer}: connected");
             let exports = Arc::clone(&exports);
+            let metrics = Arc::clone(&metrics);
             let stop = stop_rx.clone();
             connections.spawn(async move {
                 let _slot = slot;
-                match connection::serve(stream, exports, read_only, stop).await {
+                match connection::serve(stream, exports, read_only, metrics, stop).await {
                     Ok(()) => log::debug!("{peer}: disconnected"),
                     Err(e) => log::info!("{peer}: connection closed: {e}"),
                 }

@@ -18,11 +18,12 @@
 //! (rather than reaching whatever file that number names on a new connection)
 //! when the epoch has changed; its owner re-opens the file by path.
 
+use crate::stats::Stats;
 use ferry_common::frame::{self, ResponseFrame};
 use ferry_common::proto::{DirEntry, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome};
 use ferry_common::sync::lock;
 use ferry_common::{Address, Errno};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -110,6 +111,7 @@ struct Conn {
 }
 
 struct Waiter {
+    sent_at: Instant,
     deadline: Instant,
     epoch: u64,
     done: Callback,
@@ -131,8 +133,8 @@ struct Inner {
     /// How long a request may wait for its answer.
     timeout: Duration,
     welcome: Welcome,
-    /// Requests sent, by operation: what `FERRY_STATS` prints.
-    sent: Mutex<BTreeMap<&'static str, u64>>,
+    /// What `ferry status` and `FERRY_STATS` show.
+    stats: Arc<Stats>,
 }
 
 /// A connection to a ferry server; cheap to clone (all clones share it).
@@ -241,7 +243,7 @@ impl RemoteClient {
             last_attempt: Mutex::new(Instant::now()),
             timeout,
             welcome,
-            sent: Mutex::new(BTreeMap::new()),
+            stats: Arc::new(Stats::default()),
         });
         {
             let mut conn = lock(&inner.conn);
@@ -304,14 +306,15 @@ impl RemoteClient {
             _ => self.inner.timeout,
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.inner.sent).entry(op.name()).or_default() += 1;
-        let bytes = match frame::encode(&Request { id, op }) {
+        let request = Request { id, op };
+        let bytes = match frame::encode(&request) {
             Ok(b) => b,
             Err(e) => {
                 log::error!("cannot encode a request: {e}");
                 return done(Err(Errno::EINVAL));
             }
         };
+        self.inner.stats.sent(&request.op, bytes.len());
         self.transmit(epoch, id, timeout, &[&bytes], done);
     }
 
@@ -326,7 +329,6 @@ impl RemoteClient {
         done: impl FnOnce(OpResult) + Send + 'static,
     ) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.inner.sent).entry("write").or_default() += 1;
         let head = match frame::encode_write_head(id, handle, offset, data.len()) {
             Ok(h) => h,
             Err(e) => {
@@ -334,6 +336,12 @@ impl RemoteClient {
                 return done(Err(Errno::EINVAL));
             }
         };
+        let write = Op::Write {
+            handle,
+            offset,
+            data: Vec::new(),
+        };
+        self.inner.stats.sent(&write, head.len() + data.len());
         self.transmit(
             Some(epoch),
             id,
@@ -363,8 +371,10 @@ impl RemoteClient {
         };
         let live_epoch = live.epoch;
         // Registered before writing, so a fast answer always finds its callback.
+        let now = Instant::now();
         let waiter = Waiter {
-            deadline: Instant::now() + timeout,
+            sent_at: now,
+            deadline: now + timeout,
             epoch: live_epoch,
             done,
         };
@@ -372,6 +382,7 @@ impl RemoteClient {
         if let Err(e) = write_all_parts(&mut live.stream, parts) {
             // A partly written frame leaves the stream unusable: close it.
             log::warn!("lost the connection to {}: {e}", self.inner.addr);
+            self.inner.stats.connection_lost();
             let failed = self.inner.break_conn(&mut conn, live_epoch);
             drop(conn);
             fail(failed);
@@ -424,12 +435,9 @@ impl RemoteClient {
         }
     }
 
-    /// How many requests of each operation were sent so far.
-    pub fn sent(&self) -> Vec<(&'static str, u64)> {
-        lock(&self.inner.sent)
-            .iter()
-            .map(|(name, n)| (*name, *n))
-            .collect()
+    /// What this client has counted: requests, round trips, bytes, reconnects.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.inner.stats
     }
 
     /// Closes the connection; pending requests fail with EIO.
@@ -450,6 +458,7 @@ impl Inner {
             .name(format!("ferry-reader-{epoch}"))
             .spawn(move || read_loop(reader, epoch, weak))?;
         *conn = Some(Conn { stream, epoch });
+        self.stats.connected(epoch == 1);
         Ok(())
     }
 
@@ -477,10 +486,14 @@ impl Inner {
         conn.as_mut().ok_or(Errno::EIO)
     }
 
-    fn complete(&self, id: u64, result: OpResult) {
+    /// Hands the answer to request `id` (`bytes` long on the wire) to its waiter.
+    fn complete(&self, id: u64, result: OpResult, bytes: usize) {
         let waiter = lock(&self.pending).remove(&id);
         match waiter {
-            Some(w) => (w.done)(result),
+            Some(w) => {
+                self.stats.answered(w.sent_at.elapsed(), bytes);
+                (w.done)(result)
+            }
             None => log::debug!("an answer to request {id}, which nobody waits for (timed out?)"),
         }
     }
@@ -508,9 +521,19 @@ impl Inner {
             .collect()
     }
 
-    /// Breaks connection `epoch` (from its reader thread) and fails its requests.
-    fn lose(&self, epoch: u64) {
-        let failed = self.break_conn(&mut lock(&self.conn), epoch);
+    /// Breaks connection `epoch` (from its reader thread, which found it ended
+    /// with `why`) and fails its requests. A connection this client closed itself
+    /// ([`RemoteClient::shutdown`]) ends quietly: that is no loss.
+    fn lose(&self, epoch: u64, why: &str) {
+        let mut conn = lock(&self.conn);
+        if conn.as_ref().is_some_and(|c| c.epoch == epoch) {
+            log::warn!("{}{why}", self.addr);
+            self.stats.connection_lost();
+        } else {
+            log::debug!("{}{why} (after this client closed it)", self.addr);
+        }
+        let failed = self.break_conn(&mut conn, epoch);
+        drop(conn);
         fail(failed);
     }
 }
@@ -545,6 +568,10 @@ impl Drop for Inner {
     }
 }
 
+/// About how long the head of a data answer is on the wire (length, id, tag),
+/// for counting bytes received.
+const DATA_HEAD: usize = 16;
+
 fn read_loop(stream: TcpStream, epoch: u64, inner: std::sync::Weak<Inner>) {
     let mut reader = io::BufReader::with_capacity(256 * 1024, stream);
     loop {
@@ -553,24 +580,19 @@ fn read_loop(stream: TcpStream, epoch: u64, inner: std::sync::Weak<Inner>) {
         let payload = match outcome {
             // File data arrives in a buffer of its own: no copy out of the frame.
             Ok(Some(ResponseFrame::Data { id, data })) => {
-                inner.complete(id, Ok(Reply::Data(data)));
+                let bytes = DATA_HEAD + data.len();
+                inner.complete(id, Ok(Reply::Data(data)), bytes);
                 continue;
             }
             Ok(Some(ResponseFrame::Whole(p))) => p,
-            Ok(None) => {
-                log::warn!("{} closed the connection", inner.addr);
-                return inner.lose(epoch);
-            }
-            Err(e) => {
-                log::warn!("connection to {} failed: {e}", inner.addr);
-                return inner.lose(epoch);
-            }
+            Ok(None) => return inner.lose(epoch, " closed the connection"),
+            Err(e) => return inner.lose(epoch, &format!(": the connection failed: {e}")),
         };
         match frame::decode::<Response>(&payload) {
-            Ok(resp) => inner.complete(resp.id, resp.result),
+            Ok(resp) => inner.complete(resp.id, resp.result, 4 + payload.len()),
             Err(e) => {
                 log::error!("{} sent an answer that cannot be decoded: {e}", inner.addr);
-                return inner.lose(epoch);
+                return inner.lose(epoch, ": its answer could not be decoded");
             }
         }
     }
@@ -594,6 +616,7 @@ fn sweep_loop(inner: std::sync::Weak<Inner>) {
         };
         for w in expired {
             log::warn!("a request to {} timed out", inner.addr);
+            inner.stats.timed_out();
             (w.done)(Err(Errno::ETIMEDOUT));
         }
     }

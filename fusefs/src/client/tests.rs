@@ -332,7 +332,11 @@ fn writes_sent_from_the_callers_buffer_arrive_whole() {
     assert_eq!(&on_disk[..7], &[0; 7]);
     assert_eq!(&on_disk[7..], &data[..]);
     assert_eq!(
-        client.sent().iter().find(|(op, _)| *op == "write"),
+        client
+            .stats()
+            .sent_by_kind()
+            .iter()
+            .find(|(op, _)| *op == "write"),
         Some(&("write", 1))
     );
 }
@@ -348,7 +352,8 @@ fn a_listing_longer_than_a_page_is_fetched_whole() {
     let entries = client.list_dir(&RelPath::root()).expect("a listing");
     assert_eq!(entries.len(), count);
     let readdirs = client
-        .sent()
+        .stats()
+        .sent_by_kind()
         .iter()
         .find(|(op, _)| *op == "readdir")
         .map(|x| x.1);

@@ -162,7 +162,12 @@ impl Harness {
 
     /// Requests an application waited for so far.
     fn waited(&self) -> u64 {
-        self.core.stats().waited().iter().map(|(_, n)| n).sum()
+        self.core
+            .stats()
+            .waited_by_kind()
+            .iter()
+            .map(|(_, n)| n)
+            .sum()
     }
 
     fn caller(&self) -> Caller {
