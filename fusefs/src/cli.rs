@@ -18,7 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Chunks in flight during a transfer.
 const WINDOW: usize = 8;
@@ -57,6 +57,26 @@ fn parse_remote(text: &str) -> Result<RelPath, CliError> {
     RelPath::parse(text).map_err(|_| {
         CliError(format!("{text:?} is not a valid remote path (paths are relative to the export; `..` is not allowed)"))
     })
+}
+
+/// The line a finished transfer leaves where its progress bar was:
+/// `put: 500.0 MiB in 2.4 s (210 MiB/s) → docs/big.bin`. Only on a terminal,
+/// as the bar: in a script, success stays silent, as with cp.
+fn report_done(verb: &str, bytes: u64, started: Instant, dest: &dyn fmt::Display) {
+    if io::stdout().is_terminal() {
+        let took = started.elapsed();
+        println!(
+            "{verb}: {} in {:.1} s ({}) → {dest}",
+            crate::units::size(bytes),
+            took.as_secs_f64(),
+            crate::units::rate(bytes, took)
+        );
+    }
+}
+
+/// Whether a path as typed ends with `/`: then it names a directory, as for cp.
+fn names_a_directory(text: &OsStr) -> bool {
+    text.as_bytes().ends_with(b"/")
 }
 
 fn progress(len: u64) -> ProgressBar {
@@ -139,6 +159,7 @@ pub fn ls(addr: &str, path: &str, out: &mut dyn Write) -> Result<(), CliError> {
             .split_last()
             .unwrap_or((RelPath::root(), OsStr::new("")));
         let line = ls_line(&client, &dir, path.file_name().as_bytes(), &attr);
+        client.shutdown();
         return writeln!(out, "{line}").map_err(write_err);
     }
     let mut entries = client
@@ -171,6 +192,7 @@ fn temp_name_beside(dest: &Path) -> PathBuf {
 
 /// `ferry get ADDR REMOTE [LOCAL]`: downloads a file; returns where it was written.
 pub fn get(addr: &str, remote: &str, local: Option<&Path>) -> Result<PathBuf, CliError> {
+    let started = Instant::now();
     let client = RemoteClient::connect(addr)?;
     let path = parse_remote(remote)?;
     if path.is_root() {
@@ -198,15 +220,27 @@ pub fn get(addr: &str, remote: &str, local: Option<&Path>) -> Result<PathBuf, Cl
     let dest = match local {
         None => PathBuf::from(name),
         Some(l) if l.is_dir() => l.join(name),
+        Some(l) if names_a_directory(l.as_os_str()) => {
+            client.submit(Op::Close { handle }, |_| {});
+            return Err(CliError(format!(
+                "cannot get {path} into {}: Not a directory (a trailing / names a \
+                 directory, and there is none)",
+                l.display()
+            )));
+        }
         Some(l) => l.to_path_buf(),
     };
     let temp = temp_name_beside(&dest);
+    // The error names the file asked for, not the temporary one beside it.
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(u32::from(attr.perm) & 0o777)
         .open(&temp)
-        .map_err(|e| CliError(format!("cannot create {}: {e}", temp.display())))?;
+        .map_err(|e| {
+            client.submit(Op::Close { handle }, |_| {});
+            CliError(format!("cannot create {}: {e}", dest.display()))
+        })?;
     let outcome = download(&client, handle, attr.size, &file);
     client.submit(Op::Close { handle }, |_| {});
     let finished = outcome.and_then(|()| {
@@ -219,6 +253,8 @@ pub fn get(addr: &str, remote: &str, local: Option<&Path>) -> Result<PathBuf, Cl
         let _ = fs::remove_file(&temp);
         return Err(e);
     }
+    client.shutdown();
+    report_done("get", attr.size, started, &dest.display());
     Ok(dest)
 }
 
@@ -288,15 +324,25 @@ pub fn put(addr: &str, local: &Path, remote: Option<&str>) -> Result<RelPath, Cl
     let base = local
         .file_name()
         .ok_or_else(|| CliError(format!("{} has no file name", local.display())))?;
+    let started = Instant::now();
     let client = RemoteClient::connect(addr)?;
     let mut dest = match remote {
         Some(r) => parse_remote(r)?,
         None => RelPath::root(),
     };
-    let is_dir = matches!(
-        expect_attr(client.call(Op::Stat { path: dest.clone() })),
-        Ok(a) if a.kind == FileKind::Directory
-    );
+    let found = expect_attr(client.call(Op::Stat { path: dest.clone() }));
+    let is_dir = matches!(&found, Ok(a) if a.kind == FileKind::Directory);
+    if let Some(r) = remote.filter(|r| !is_dir && names_a_directory(OsStr::new(r))) {
+        let why = match found {
+            Ok(_) => format!("{dest} is not a directory on the server"),
+            Err(Errno::ENOENT) => format!("there is no directory {dest} on the server"),
+            Err(e) => return Err(remote_err("directory", &dest, e)),
+        };
+        return Err(CliError(format!(
+            "cannot put {} into {r}: Not a directory ({why}; a trailing / names a directory)",
+            local.display()
+        )));
+    }
     if is_dir {
         dest = dest.join(base).map_err(|_| {
             CliError(format!(
@@ -353,6 +399,7 @@ pub fn put(addr: &str, local: &Path, remote: Option<&str>) -> Result<RelPath, Cl
         return Err(e);
     }
     client.shutdown();
+    report_done("put", meta.len(), started, &dest);
     Ok(dest)
 }
 

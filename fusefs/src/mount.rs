@@ -154,7 +154,13 @@ pub fn mount(client: RemoteClient, mountpoint: &Path, opts: &MountOptions) -> io
         // The address as given, as sshfs does: mount(8) compares it with fstab's
         // to know that a line is mounted already.
         MountOption::FSName(fsname(client.addr())),
-        MountOption::Subtype("ferry".into()),
+        // /proc/mounts then says fuse.ferry, as mount(8) and fstab name it. As
+        // root fuser calls mount(2) itself, and passes only kernel options to it.
+        if is_root() {
+            MountOption::CUSTOM("subtype=ferry".into())
+        } else {
+            MountOption::Subtype("ferry".into())
+        },
         // The kernel checks permissions against the remote owners and modes, as
         // it would for a local filesystem.
         MountOption::DefaultPermissions,
@@ -181,6 +187,11 @@ pub fn mount(client: RemoteClient, mountpoint: &Path, opts: &MountOptions) -> io
         mountpoint: mountpoint.to_path_buf(),
         core,
     })
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// What /proc/mounts shows as the mount's source: the address, unless it holds

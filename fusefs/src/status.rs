@@ -267,7 +267,7 @@ fn report(core: &Core, mountpoint: &Path, earlier: Option<&Snapshot>) -> String 
     let recent = match (window, since) {
         (Some(e), Some(d)) => {
             let h = now.round_trips.since(&e.round_trips);
-            format!("last {:.0} s: {}", d.as_secs_f64(), percentiles(&h))
+            format!("last {:.1} s: {}", d.as_secs_f64(), percentiles(&h))
         }
         _ => "last seconds: not sampled yet".to_string(),
     };
@@ -286,7 +286,7 @@ fn report(core: &Core, mountpoint: &Path, earlier: Option<&Snapshot>) -> String 
                 .map(|i| (i, now.sent[i].saturating_sub(e.sent[i])))
                 .filter(|(_, n)| *n > 0)
                 .collect();
-            kinds.sort_by(|a, b| b.1.cmp(&a.1));
+            kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
             let by_kind: Vec<String> = kinds
                 .iter()
                 .map(|(i, n)| format!("{} {:.1}", op_kind_name(*i), *n as f64 / secs))
@@ -294,7 +294,7 @@ fn report(core: &Core, mountpoint: &Path, earlier: Option<&Snapshot>) -> String 
             let all = (total(&now.sent) - total(&e.sent)) as f64 / secs;
             line(
                 "requests/s",
-                format!("{all:.1} over the last {secs:.0} s: {}", by_kind.join(", ")),
+                format!("{all:.1} over the last {secs:.1} s: {}", by_kind.join(", ")),
             );
         }
         _ => line("requests/s", "0 (idle)".to_string()),
@@ -303,7 +303,7 @@ fn report(core: &Core, mountpoint: &Path, earlier: Option<&Snapshot>) -> String 
         .map(|i| (i, now.sent[i]))
         .filter(|(_, n)| *n > 0)
         .collect();
-    kinds.sort_by(|a, b| b.1.cmp(&a.1));
+    kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
     let by_kind: Vec<String> = kinds
         .iter()
         .map(|(i, n)| format!("{} {n}", op_kind_name(*i)))
@@ -340,7 +340,7 @@ fn report(core: &Core, mountpoint: &Path, earlier: Option<&Snapshot>) -> String 
     line(
         "caches",
         format!(
-            "attributes {}; absent names {}; page cache kept on {} of opens",
+            "attributes {} answered here; absent names {} answered here; page cache kept on {} of opens",
             hit_rate(now.attrs),
             hit_rate(now.absent_names),
             hit_rate(now.page_cache)
@@ -366,16 +366,13 @@ fn plural(n: u64) -> &'static str {
     }
 }
 
-/// `97.0% (9700 of 10000) answered here`.
+/// `97.0% (9700 of 10000)`.
 fn hit_rate((hits, misses): (u64, u64)) -> String {
     let all = hits + misses;
     if all == 0 {
-        return "unused".to_string();
+        return "none of 0".to_string();
     }
-    format!(
-        "{:.1}% ({hits} of {all}) answered here",
-        hits as f64 * 100.0 / all as f64
-    )
+    format!("{:.1}% ({hits} of {all})", hits as f64 * 100.0 / all as f64)
 }
 
 #[cfg(test)]
@@ -395,7 +392,7 @@ mod tests {
 
     #[test]
     fn hit_rates_read_as_percentages() {
-        assert_eq!(hit_rate((0, 0)), "unused");
-        assert_eq!(hit_rate((97, 3)), "97.0% (97 of 100) answered here");
+        assert_eq!(hit_rate((0, 0)), "none of 0");
+        assert_eq!(hit_rate((97, 3)), "97.0% (97 of 100)");
     }
 }
