@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod harness;
 
 use ferry_fusefs::mount::{self, Mount, MountOptions};
