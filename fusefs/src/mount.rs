@@ -41,15 +41,18 @@ const READ_AHEAD_KB: u32 = 1024;
 /// it, and returns it made absolute. Each refusal says what to do instead.
 pub fn check_mountpoint(path: &Path) -> Result<PathBuf, String> {
     let shown = path.display();
+    let dead = |e: &io::Error| {
+        format!(
+            "cannot use {shown} as a mountpoint: {e} — the process of a FUSE mount there \
+             has ended (killed or crashed); detach it with `fusermount3 -u {shown}` \
+             (or `umount -l {shown}`) and mount again"
+        )
+    };
     let meta = fs::metadata(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => {
             format!("{shown} does not exist — create it with `mkdir -p {shown}`")
         }
-        _ if e.raw_os_error() == Some(libc::ENOTCONN) => format!(
-            "cannot use {shown} as a mountpoint: {e} — the process of a FUSE mount there \
-             has ended (killed or crashed); detach it with `fusermount3 -u {shown}` \
-             (or `umount -l {shown}`) and mount again"
-        ),
+        _ if e.raw_os_error() == Some(libc::ENOTCONN) => dead(&e),
         _ => format!("cannot use {shown} as a mountpoint: {e}"),
     })?;
     if !meta.is_dir() {
@@ -58,6 +61,16 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf, String> {
     let absolute = fs::canonicalize(path).map_err(|e| format!("cannot resolve {shown}: {e}"))?;
     // Before the emptiness check: the root of an empty export is empty too.
     if let Some(mounted) = mounted_at(&absolute) {
+        let fuse = mounted.fstype == "fuse" || mounted.fstype.starts_with("fuse.");
+        // The kernel may answer `stat` of a dead mount's root from its cache;
+        // listing it reaches the mount's process, or finds it gone.
+        if fuse {
+            if let Err(e) = fs::read_dir(path) {
+                if e.raw_os_error() == Some(libc::ENOTCONN) {
+                    return Err(dead(&e));
+                }
+            }
+        }
         if mounted.fstype == FSTYPE {
             return Err(format!(
                 "{shown} is already a ferry mount (of {}) — unmount it first with \
@@ -65,7 +78,7 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf, String> {
                 mounted.source
             ));
         }
-        if mounted.fstype == "fuse" || mounted.fstype.starts_with("fuse.") {
+        if fuse {
             return Err(format!(
                 "{shown} is already a FUSE mount ({} of {}) — unmount it first, or choose \
                  another mountpoint",
