@@ -51,8 +51,9 @@ impl Setup {
 
 /// `/sbin/mount.fuse.ferry` and `/sbin/mount.ferry` pointing at the built
 /// binary while this lives, as a package or the README's `ln -s` installs
-/// them; whatever was there before is put back. Held under a lock, so that
-/// test processes running at once do not swap the links under each other.
+/// them; whatever was there before is put back. Held under a lock (which
+/// tests/package.rs takes too), so that test processes running at once do not
+/// swap the links under each other.
 struct HelperLinks {
     saved: Vec<(PathBuf, Option<PathBuf>)>,
     _lock: fs::File,
