@@ -4,6 +4,7 @@
 use crate::mounting::mount_error;
 use crate::serve::runtime;
 use ferry_fusefs::mount::{self, MountOptions, StopSignals};
+use ferry_fusefs::status::StatusServer;
 use ferry_fusefs::RemoteClient;
 use ferry_server::{Server, ServerConfig};
 use std::net::SocketAddr;
@@ -44,6 +45,9 @@ pub fn run(base: &Path) -> Result<(), String> {
         let signals = StopSignals::catch().map_err(|e| format!("cannot catch signals: {e}"))?;
         let mounted = mount::mount(client, &mountpoint, &MountOptions::default())
             .map_err(|e| mount_error(&mountpoint, e))?;
+        let _status = StatusServer::start(mounted.core().clone(), &mountpoint)
+            .map_err(|e| log::warn!("`ferry status` will not work for the demo: {e}"))
+            .ok();
         println!(
             "ferry demo: {} is exported on {addr} and mounted at {}",
             export.display(),
@@ -53,7 +57,9 @@ pub fn run(base: &Path) -> Result<(), String> {
             "  try:  ls -l {0}   cat {0}/hello.txt   cp -r /usr/include/linux {0}/",
             mountpoint.display()
         );
-        println!("  from another terminal: {} ls {addr}", this_program());
+        let ferry = this_program();
+        println!("  from another terminal: {ferry} ls {addr}");
+        println!("  and:  {ferry} status {}", mountpoint.display());
         println!("Press Ctrl-C to unmount and stop.");
         signals
             .serve(mounted)

@@ -60,7 +60,12 @@ struct HelperLinks {
 }
 
 impl HelperLinks {
+    /// Links to the binary the tests were built with.
     fn install() -> HelperLinks {
+        HelperLinks::to(Path::new(env!("CARGO_BIN_EXE_ferry")))
+    }
+
+    fn to(binary: &Path) -> HelperLinks {
         let lock = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -77,7 +82,7 @@ impl HelperLinks {
             let link = Path::new("/sbin").join(name);
             let before = fs::read_link(&link).ok();
             let _ = fs::remove_file(&link);
-            symlink(env!("CARGO_BIN_EXE_ferry"), &link).expect("link the helper into /sbin");
+            symlink(binary, &link).expect("link the helper into /sbin");
             saved.push((link, before));
         }
         HelperLinks { saved, _lock: lock }
@@ -170,7 +175,20 @@ fn mount_t_fuse_ferry_and_umount() {
 
 fn mount_a_with_the_documented_fstab_line() {
     let s = Setup::new();
-    let _links = HelperLinks::install();
+    // The README's way: `cargo install --path .`, then the link into /sbin.
+    // (--debug and the tests' own target directory, so that it installs the
+    // build the tests just made instead of making a release build.)
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_ferry")).parent().unwrap();
+    let root = s.t.path().join("cargo-root");
+    run_ok(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["install", "--locked", "--offline", "--debug", "--path"])
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .arg("--root")
+            .arg(&root)
+            .env("CARGO_TARGET_DIR", bin_dir.parent().unwrap()),
+    );
+    let _links = HelperLinks::to(&root.join("bin/ferry"));
     // The README's line, with this test's server and mountpoint.
     let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let documented = "server:7070 /mnt/data fuse.ferry _netdev,nofail,x-systemd.automount 0 0";
