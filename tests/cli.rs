@@ -403,13 +403,50 @@ fn successful_commands_print_no_warning() {
     let mut runs: Vec<Vec<&str>> = vec![vec!["ls", &served.addr]; 20];
     runs.extend(vec![vec!["ls", &served.addr, "a"]; 5]);
     runs.extend(vec![vec!["put", &served.addr, small.to_str().unwrap()]; 10]);
-    runs.extend(vec![vec!["get", &served.addr, "a", "/dev/null"]; 5]);
+    let got = t.path().join("got");
+    runs.extend(vec![
+        vec!["get", &served.addr, "a", got.to_str().unwrap()];
+        5
+    ]);
     for args in runs {
         let out = ferry().args(&args).env_remove("RUST_LOG").output().unwrap();
         assert!(out.status.success(), "{args:?}: {out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.is_empty(), "{args:?} printed: {err}");
     }
+}
+
+fn get_into_a_device_or_fifo_writes_into_it_as_cp_does() {
+    let t = tmp();
+    let export = t.path().join("export");
+    fs::create_dir(&export).unwrap();
+    fs::write(export.join("a"), "alpha").unwrap();
+    let served = Served::start(&export, &[]);
+    // A FIFO stands for /dev/null and its kind: renaming a file over it would
+    // replace the node (as root, /dev/null itself).
+    let fifo = t.path().join("fifo");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path; mkfifo has no other preconditions.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || fs::read_to_string(fifo).unwrap())
+    };
+    let out = ferry()
+        .args(["get", &served.addr, "a"])
+        .arg(&fifo)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(reader.join().unwrap(), "alpha");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    let leftovers: Vec<_> = fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains("ferry-part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 fn an_address_without_a_port_means_7070() {
@@ -642,6 +679,7 @@ tests! {
     mount_refuses_a_bad_mountpoint => [],
     put_with_a_trailing_slash_needs_a_directory_like_cp => [],
     successful_commands_print_no_warning => [],
+    get_into_a_device_or_fifo_writes_into_it_as_cp_does => [],
     an_address_without_a_port_means_7070 => [],
     a_server_that_never_answers_is_reported_in_words => [],
     get_into_a_missing_directory_names_the_file_asked_for => [],

@@ -230,6 +230,22 @@ pub fn get(addr: &str, remote: &str, local: Option<&Path>) -> Result<PathBuf, Cl
         }
         Some(l) => l.to_path_buf(),
     };
+    // A destination that exists and is no regular file (a device such as
+    // /dev/null, a FIFO) is written in place, as cp does: renaming a finished
+    // file over it would replace the device.
+    let special = fs::metadata(&dest).is_ok_and(|m| !m.is_file() && !m.is_dir());
+    if special {
+        let outcome = OpenOptions::new()
+            .write(true)
+            .open(&dest)
+            .map_err(|e| CliError(format!("cannot write {}: {e}", dest.display())))
+            .and_then(|file| download(&client, handle, attr.size, &file, Order::InOrder));
+        client.submit(Op::Close { handle }, |_| {});
+        outcome?;
+        client.shutdown();
+        report_done("get", attr.size, started, &dest.display());
+        return Ok(dest);
+    }
     let temp = temp_name_beside(&dest);
     // The error names the file asked for, not the temporary one beside it.
     let file = OpenOptions::new()
@@ -241,7 +257,7 @@ pub fn get(addr: &str, remote: &str, local: Option<&Path>) -> Result<PathBuf, Cl
             client.submit(Op::Close { handle }, |_| {});
             CliError(format!("cannot create {}: {e}", dest.display()))
         })?;
-    let outcome = download(&client, handle, attr.size, &file);
+    let outcome = download(&client, handle, attr.size, &file, Order::AtOffsets);
     client.submit(Op::Close { handle }, |_| {});
     let finished = outcome.and_then(|()| {
         file.sync_all()
@@ -258,13 +274,29 @@ pub fn get(addr: &str, remote: &str, local: Option<&Path>) -> Result<PathBuf, Cl
     Ok(dest)
 }
 
-fn download(client: &RemoteClient, handle: u64, size: u64, file: &File) -> Result<(), CliError> {
+/// How a download writes its file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// Each chunk at its offset as it arrives, several in flight (a regular file).
+    AtOffsets,
+    /// One chunk at a time, appended (a device or FIFO, which has no offsets).
+    InOrder,
+}
+
+fn download(
+    client: &RemoteClient,
+    handle: u64,
+    size: u64,
+    mut file: &File,
+    order: Order,
+) -> Result<(), CliError> {
     let bar = progress(size);
+    let window = if order == Order::InOrder { 1 } else { WINDOW };
     let (tx, rx) = mpsc::channel();
     let mut next = 0u64;
     let mut in_flight = 0usize;
     loop {
-        while in_flight < WINDOW && next < size {
+        while in_flight < window && next < size {
             let len = (size - next).min(u64::from(MAX_CHUNK)) as u32;
             let tx = tx.clone();
             let offset = next;
@@ -293,13 +325,18 @@ fn download(client: &RemoteClient, handle: u64, size: u64, file: &File) -> Resul
             Ok(_) => return Err(CliError("remote read: unexpected answer".into())),
             Err(e) => return Err(CliError(format!("reading the remote file failed: {e}"))),
         };
-        file.write_all_at(&data, offset)
-            .map_err(|e| CliError(format!("cannot write: {e}")))?;
+        match order {
+            Order::AtOffsets => file.write_all_at(&data, offset),
+            Order::InOrder => file.write_all(&data),
+        }
+        .map_err(|e| CliError(format!("cannot write: {e}")))?;
         bar.inc(data.len() as u64);
-        if data.len() < len as usize {
+        if data.len() < len as usize && order == Order::AtOffsets {
             // The file shrank on the server while we read it: keep what exists.
             file.set_len(offset + data.len() as u64)
                 .map_err(|e| CliError(format!("cannot write: {e}")))?;
+            next = next.min(offset + data.len() as u64);
+        } else if data.len() < len as usize {
             next = next.min(offset + data.len() as u64);
         }
     }
