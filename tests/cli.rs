@@ -3,107 +3,11 @@
 
 mod common;
 
+use common::binary::{ferry, is_mounted, wait_mounted, wait_timeout, MountGuard, Served};
 use std::fs;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn ferry() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-}
-
-/// `ferry serve DIR --listen 127.0.0.1:0`, killed on drop.
-struct Served {
-    child: Child,
-    addr: String,
-}
-
-impl Served {
-    fn start(dir: &Path, extra: &[&str]) -> Served {
-        let mut child = ferry()
-            .arg("serve")
-            .arg(dir)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start ferry serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        // "ferry: exporting /abs/dir on 127.0.0.1:PORT"
-        assert!(
-            line.starts_with("ferry: exporting "),
-            "unexpected first line: {line:?}"
-        );
-        let addr = line
-            .split(" on ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
-        Served { child, addr }
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status =
-            wait_timeout(&mut self.child, Duration::from_secs(10)).expect("serve exits on SIGTERM");
-        std::mem::forget(self);
-        status
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
-
-fn is_mounted(p: &Path) -> bool {
-    let p = fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    fs::read_to_string("/proc/mounts")
-        .unwrap()
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(p.to_str().unwrap()))
-}
-
-fn wait_mounted(p: &Path, want: bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if is_mounted(p) == want {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
-/// Unmounts on drop so that a failing test leaves nothing behind.
-struct MountGuard(PathBuf);
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let _ = ferry_fusefs::mount::lazy_unmount(&self.0);
-        }
-    }
-}
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 fn tmp() -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -229,6 +133,13 @@ fn progress_bar_on_a_terminal() {
     assert!(out.status.success(), "{out:?}");
     let screen = String::from_utf8_lossy(&out.stdout);
     assert!(screen.contains("MiB"), "no progress shown: {screen:?}");
+    // Once the bar clears, one line says what was done.
+    let done = screen
+        .lines()
+        .filter(|l| l.contains("get: 20.0 MiB in "))
+        .count();
+    assert_eq!(done, 1, "{screen:?}");
+    assert!(screen.contains("MiB/s) → "), "{screen:?}");
     assert_eq!(
         fs::metadata(t.path().join("out.bin")).unwrap().len(),
         20 << 20
@@ -436,6 +347,328 @@ fn mount_refuses_a_bad_mountpoint() {
     assert!(!out.status.success());
 }
 
+fn put_with_a_trailing_slash_needs_a_directory_like_cp() {
+    let t = tmp();
+    let export = t.path().join("export");
+    fs::create_dir_all(export.join("dir")).unwrap();
+    fs::write(export.join("file"), "old").unwrap();
+    let small = t.path().join("small.txt");
+    fs::write(&small, "small").unwrap();
+    let served = Served::start(&export, &[]);
+    for (remote, why) in [
+        (
+            "nosuchdir/",
+            "there is no directory nosuchdir on the server",
+        ),
+        ("file/", "file is not a directory on the server"),
+    ] {
+        let out = ferry()
+            .args(["put", &served.addr])
+            .arg(&small)
+            .arg(remote)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "put to {remote} must fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Not a directory"), "{err}");
+        assert!(err.contains(why), "{err}");
+    }
+    assert!(
+        !export.join("nosuchdir").exists(),
+        "no file named nosuchdir"
+    );
+    assert_eq!(fs::read_to_string(export.join("file")).unwrap(), "old");
+    // A directory with a trailing slash is fine.
+    let out = ferry()
+        .args(["put", &served.addr])
+        .arg(&small)
+        .arg("dir/")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        fs::read_to_string(export.join("dir/small.txt")).unwrap(),
+        "small"
+    );
+}
+
+fn successful_commands_print_no_warning() {
+    let t = tmp();
+    let export = t.path().join("export");
+    fs::create_dir(&export).unwrap();
+    fs::write(export.join("a"), "alpha").unwrap();
+    let small = t.path().join("small.txt");
+    fs::write(&small, "small").unwrap();
+    let served = Served::start(&export, &[]);
+    let mut runs: Vec<Vec<&str>> = vec![vec!["ls", &served.addr]; 20];
+    runs.extend(vec![vec!["ls", &served.addr, "a"]; 5]);
+    runs.extend(vec![vec!["put", &served.addr, small.to_str().unwrap()]; 10]);
+    let got = t.path().join("got");
+    runs.extend(vec![
+        vec!["get", &served.addr, "a", got.to_str().unwrap()];
+        5
+    ]);
+    for args in runs {
+        let out = ferry().args(&args).env_remove("RUST_LOG").output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.is_empty(), "{args:?} printed: {err}");
+    }
+}
+
+fn get_into_a_device_or_fifo_writes_into_it_as_cp_does() {
+    let t = tmp();
+    let export = t.path().join("export");
+    fs::create_dir(&export).unwrap();
+    fs::write(export.join("a"), "alpha").unwrap();
+    let served = Served::start(&export, &[]);
+    // A FIFO stands for /dev/null and its kind: renaming a file over it would
+    // replace the node (as root, /dev/null itself).
+    let fifo = t.path().join("fifo");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path; mkfifo has no other preconditions.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || fs::read_to_string(fifo).unwrap())
+    };
+    let out = ferry()
+        .args(["get", &served.addr, "a"])
+        .arg(&fifo)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(reader.join().unwrap(), "alpha");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    let leftovers: Vec<_> = fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains("ferry-part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn an_address_without_a_port_means_7070() {
+    let t = tmp();
+    let export = t.path().join("export");
+    fs::create_dir(&export).unwrap();
+    fs::write(export.join("seven"), "x").unwrap();
+    // A loopback address of this test's own, so that port 7070 is free on it.
+    let pid = std::process::id();
+    let host = format!(
+        "127.{}.{}.{}",
+        70 + pid % 100,
+        (pid >> 8) % 250 + 1,
+        pid % 250 + 1
+    );
+    let mut child = ferry()
+        .arg("serve")
+        .arg(&export)
+        .args(["--listen", &format!("{host}:7070")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.contains(&format!("{host}:7070")), "{line}");
+    let out = ferry().args(["ls", &host]).output().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("seven"));
+    // And with the server gone, the message names the port it tried.
+    let out = ferry().args(["ls", &host]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot reach {host}:7070")), "{err}");
+}
+
+fn a_server_that_never_answers_is_reported_in_words() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    // Accepts, then says nothing until the test ends.
+    let holder = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+    let out = ferry().args(["ls", &addr]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("accepted the connection but did not answer within 10 s"),
+        "{err}"
+    );
+    assert!(!err.contains("temporarily unavailable"), "{err}");
+    drop(holder.join());
+}
+
+fn get_into_a_missing_directory_names_the_file_asked_for() {
+    let t = tmp();
+    let export = t.path().join("export");
+    fs::create_dir(&export).unwrap();
+    fs::write(export.join("a.txt"), "alpha").unwrap();
+    let served = Served::start(&export, &[]);
+    let target = t.path().join("nodir/out.txt");
+    let out = ferry()
+        .args(["get", &served.addr, "a.txt"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot create {}: No such file", target.display())),
+        "{err}"
+    );
+    assert!(!err.contains("ferry-part"), "{err}");
+    let out = ferry()
+        .args(["get", &served.addr, "a.txt"])
+        .arg(format!("{}/nodir/", t.path().display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Not a directory"));
+}
+
+fn help_describes_every_argument() {
+    for (cmd, words) in [
+        (
+            "ls",
+            &[
+                "<ADDRESS>",
+                "HOST[:PORT][/EXPORT][:/DIR]",
+                "[PATH]",
+                "relative to the export",
+            ][..],
+        ),
+        (
+            "get",
+            &[
+                "<REMOTE>",
+                "The file to download",
+                "[LOCAL]",
+                "Where to write it",
+            ],
+        ),
+        (
+            "put",
+            &[
+                "<LOCAL>",
+                "The local file to upload",
+                "[REMOTE]",
+                "Where to put it",
+            ],
+        ),
+        ("mount", &["<MOUNTPOINT>", "fuse.ferry", "_netdev"]),
+        ("status", &["<MOUNTPOINT>"]),
+        ("serve", &["--export <NAME=DIR>", "--metrics <ADDR>"]),
+    ] {
+        let out = ferry().args([cmd, "--help"]).output().unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout);
+        for word in words {
+            assert!(
+                help.contains(word),
+                "ferry {cmd} --help lacks {word:?}:\n{help}"
+            );
+        }
+    }
+}
+
+fn named_exports_and_subtrees_from_the_command_line() {
+    let t = tmp();
+    let (main, docs) = (t.path().join("main"), t.path().join("docs"));
+    fs::create_dir_all(main.join("projects/a")).unwrap();
+    fs::write(main.join("projects/a/plan"), "plan").unwrap();
+    fs::create_dir_all(docs.join("manuals")).unwrap();
+    fs::write(docs.join("manuals/guide"), "guide").unwrap();
+    let export_docs = format!("docs={}", docs.display());
+    let served = Served::with_args(&[main.to_str().unwrap(), "--export", &export_docs]);
+    assert!(served.banner.contains("as docs"), "{}", served.banner);
+    let ls = |addr: String| {
+        let out = ferry().args(["ls", &addr]).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, listing, _) = ls(format!("{}/docs:/manuals", served.addr));
+    assert!(ok && listing.trim_end().ends_with(" guide"), "{listing}");
+    let (ok, listing, _) = ls(format!("{}:/projects/a", served.addr));
+    assert!(ok && listing.trim_end().ends_with(" plan"), "{listing}");
+    let (ok, _, err) = ls(format!("{}/home", served.addr));
+    assert!(!ok && err.contains("no export named \"home\""), "{err}");
+    let (ok, _, err) = ls(format!("{}/docs:/manuals/guide", served.addr));
+    assert!(!ok && err.contains("not a directory"), "{err}");
+    let (ok, _, err) = ls(format!("{}:/../etc", served.addr));
+    assert!(!ok && err.contains("not a ferry address"), "{err}");
+    // Only named exports: a client must name one.
+    let only = Served::with_args(&["--export", &export_docs]);
+    let (ok, _, err) = ls(only.addr.clone());
+    assert!(!ok && err.contains("no default export"), "{err}");
+}
+
+/// An HTTP GET by hand: the body of `url`'s answer.
+fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(s, "GET /{path} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    answer.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
+fn metric(body: &str, name: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+}
+
+fn metrics_count_what_the_server_does() {
+    let t = tmp();
+    let export = t.path().join("export");
+    fs::create_dir(&export).unwrap();
+    let served = Served::start(&export, &["--metrics", "127.0.0.1:0"]);
+    let url = served
+        .banner
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("the banner names the metrics address")
+        .to_string();
+    let before = http_get(&url);
+    assert_eq!(metric(&before, "ferry_requests_total{op=\"write\"}"), 0);
+    let big = t.path().join("big");
+    fs::write(&big, vec![7u8; 10 << 20]).unwrap();
+    for _ in 0..3 {
+        let out = ferry()
+            .args(["put", &served.addr])
+            .arg(&big)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let out = ferry()
+        .args(["ls", &served.addr, "missing"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let after = http_get(&url);
+    assert_eq!(metric(&after, "ferry_requests_total{op=\"write\"}"), 30);
+    assert_eq!(metric(&after, "ferry_requests_total{op=\"rename\"}"), 3);
+    assert!(metric(&after, "ferry_request_errors_total{op=\"stat\"}") >= 1);
+    assert!(metric(&after, "ferry_received_bytes_total") > 30 << 20);
+    assert!(metric(&after, "ferry_connections_accepted_total") >= 4);
+    assert!(
+        metric(&after, "ferry_request_duration_seconds_count")
+            > metric(&before, "ferry_request_duration_seconds_count")
+    );
+}
+
 tests! {
     ls_get_put_round_trip_with_a_100_mib_file => [],
     progress_bar_on_a_terminal => [],
@@ -444,4 +677,13 @@ tests! {
     mount_in_the_foreground_and_stop_with_sigterm_or_sigint => [Fuse],
     mount_daemon_returns_when_ready_and_exits_on_unmount => [Fuse],
     mount_refuses_a_bad_mountpoint => [],
+    put_with_a_trailing_slash_needs_a_directory_like_cp => [],
+    successful_commands_print_no_warning => [],
+    get_into_a_device_or_fifo_writes_into_it_as_cp_does => [],
+    an_address_without_a_port_means_7070 => [],
+    a_server_that_never_answers_is_reported_in_words => [],
+    get_into_a_missing_directory_names_the_file_asked_for => [],
+    help_describes_every_argument => [],
+    named_exports_and_subtrees_from_the_command_line => [],
+    metrics_count_what_the_server_does => [],
 }

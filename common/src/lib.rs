@@ -17,16 +17,23 @@
 //! - [`path`]: paths relative to the export root, and the checks every
 //!   component must pass before the server looks at it.
 //! - [`sync`]: the one mutex helper both sides use.
+//! - [`counters`]: the lock-free counters and latency histograms behind `ferry
+//!   status` and the server's metrics.
+//! - [`address`]: how a person names a server, an export on it and a directory
+//!   in that (`HOST[:PORT][/EXPORT][:/DIR]`).
 
 #![warn(unreachable_pub)]
 
+pub mod address;
 pub mod attr;
+pub mod counters;
 pub mod errno;
 pub mod frame;
 pub mod path;
 pub mod proto;
 pub mod sync;
 
+pub use address::Address;
 pub use attr::{Attr, FileKind, StatFs, Timestamp};
 pub use errno::Errno;
 pub use path::RelPath;

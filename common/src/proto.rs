@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of every [`Hello`]: tells a ferry peer from anything else.
 pub const MAGIC: [u8; 8] = *b"ferry\0\r\n";
 /// Bumped on every incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The client's opening message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +30,11 @@ pub struct Hello {
     pub features: u64,
     /// Room for authentication (a token, a signed challenge); servers today ignore it.
     pub auth: Option<serde_bytes::ByteBuf>,
+    /// The export to serve, by name; `None` for the server's default export.
+    pub export: Option<String>,
+    /// The directory inside that export to serve as this connection's root
+    /// (every path of the connection is relative to it); the export's root if empty.
+    pub subtree: RelPath,
 }
 
 impl Hello {
@@ -39,6 +44,8 @@ impl Hello {
             version: PROTOCOL_VERSION,
             features: 0,
             auth: None,
+            export: None,
+            subtree: RelPath::root(),
         }
     }
 }
@@ -60,7 +67,7 @@ pub struct Welcome {
     /// Optional protocol features the server supports, one bit each, as in
     /// [`Hello::features`].
     pub features: u64,
-    /// Attributes of the export root.
+    /// Attributes of the connection's root (the export's, or its subtree's).
     pub root: Attr,
 }
 

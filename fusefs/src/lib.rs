@@ -22,6 +22,9 @@
 //!   kernel caches, through fuser's `Notifier`, on a thread of its own.
 //! - [`mount`]: mounting, the mountpoint checks, signals and clean unmounting.
 //! - [`cli`]: the plain `ls`/`get`/`put` client, no mount needed.
+//! - [`stats`]: what the client counts (requests, round trips, bytes, cache
+//!   hits), and [`status`]: `ferry status`, served by the mount on a private
+//!   Unix socket.
 
 #![warn(unreachable_pub)]
 
@@ -37,6 +40,9 @@ mod known;
 mod locks;
 pub mod mount;
 pub mod notify;
+pub mod stats;
+pub mod status;
+pub mod units;
 mod writeback;
 
 pub use adapter::FerryFs;

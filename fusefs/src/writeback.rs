@@ -402,6 +402,13 @@ impl WriteBehind {
         self.finished.notify_all();
     }
 
+    /// How many changes are in flight, and the bytes of data they carry.
+    pub(crate) fn queued(&self) -> (usize, usize) {
+        let state = self.lock();
+        let changes = state.files.values().map(|f| f.in_flight.len()).sum();
+        (changes, state.bytes)
+    }
+
     /// Waits until nothing is in flight for `ino`.
     pub(crate) fn wait_idle(&self, ino: u64) {
         let mut state = self.lock();

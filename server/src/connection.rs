@@ -27,9 +27,12 @@
 
 use crate::dispatch::Session;
 use crate::export::ExportRoot;
+use crate::exports::Exports;
+use crate::metrics::Metrics;
 use crate::schedule::{schedule, Schedule};
 use crate::sequencer::Sequencer;
 use crate::sys;
+use ferry_common::counters::op_kind;
 use ferry_common::frame::{self, FrameError, RequestFrame, MAX_CHUNK};
 use ferry_common::proto::{
     HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, MAGIC, PROTOCOL_VERSION,
@@ -39,7 +42,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -68,10 +71,12 @@ const READ_BUFFER: usize = 64 * 1024;
 /// An `Err` says why the connection was closed early.
 pub(crate) async fn serve(
     stream: TcpStream,
-    export: Arc<ExportRoot>,
+    exports: Arc<Exports>,
     read_only: bool,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), FrameError> {
+    let _open = metrics.accepted();
     stream.set_nodelay(true)?;
     if let Err(e) = set_keepalive(&stream) {
         log::debug!("cannot enable TCP keepalive: {e}");
@@ -79,14 +84,15 @@ pub(crate) async fn serve(
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
 
-    if !handshake(&mut reader, &mut write_half, &export, read_only).await? {
+    let Some(export) = handshake(&mut reader, &mut write_half, &exports, read_only).await? else {
+        metrics.refused();
         return Ok(());
-    }
+    };
 
     let session = Arc::new(Session::new(export, read_only));
     let sequencer = Arc::new(Sequencer::new());
     let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
-    let writer = tokio::spawn(write_replies(write_half, rx));
+    let writer = tokio::spawn(write_replies(write_half, rx, Arc::clone(&metrics)));
     let requests = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let bytes = Arc::new(Semaphore::new(IN_FLIGHT_KIB as usize));
 
@@ -134,6 +140,7 @@ pub(crate) async fn serve(
                 Err(e) => break Err(e),
             },
         };
+        metrics.request(&request.op, size + 4);
         let cost = cost_kib(size, &request.op);
         let share = tokio::select! {
             biased;
@@ -150,18 +157,18 @@ pub(crate) async fn serve(
         let budget = (slot, share);
         match schedule(&request.op, alone, |handle| sequencer.is_idle(handle)) {
             Schedule::Inline => {
-                let frame = answer(&session, request);
+                let frame = answer(&session, &metrics, request);
                 if tx.send(Outgoing { frame, budget }).await.is_err() {
                     break Ok(());
                 }
             }
             Schedule::Pool => {
                 drop(tokio::task::spawn_blocking(job(
-                    &session, &tx, request, budget,
+                    &session, &metrics, &tx, request, budget,
                 )));
             }
             Schedule::Ordered(handle) => {
-                sequencer.run(handle, job(&session, &tx, request, budget));
+                sequencer.run(handle, job(&session, &metrics, &tx, request, budget));
             }
         }
     };
@@ -178,14 +185,14 @@ pub(crate) async fn serve(
     outcome.and(written)
 }
 
-/// Reads `Hello` and answers it. `Ok(true)`: the client is welcome; `Ok(false)`:
-/// it left or was refused, and the connection ends.
+/// Reads `Hello` and answers it. `Ok(Some(root))`: the client is welcome and
+/// served from `root`; `Ok(None)`: it left or was refused, and the connection ends.
 async fn handshake(
     reader: &mut BufReader<OwnedReadHalf>,
     writer: &mut OwnedWriteHalf,
-    export: &Arc<ExportRoot>,
+    exports: &Arc<Exports>,
     read_only: bool,
-) -> Result<bool, FrameError> {
+) -> Result<Option<Arc<ExportRoot>>, FrameError> {
     let payload = match timeout(HANDSHAKE_TIMEOUT, frame::read_frame_async(reader)).await {
         Err(_) => {
             return Err(FrameError::Io(io::Error::new(
@@ -195,7 +202,7 @@ async fn handshake(
         }
         Ok(read) => match read? {
             Some(payload) => payload,
-            None => return Ok(false),
+            None => return Ok(None),
         },
     };
     let hello: Hello = frame::decode(&payload)?;
@@ -210,36 +217,47 @@ async fn handshake(
     } else {
         None
     };
+    let mut served = None;
     let reply = match refusal {
         Some(message) => HandshakeReply::Refused { message },
         None => {
-            let export = Arc::clone(export);
-            let root = tokio::task::spawn_blocking(move || export.root_attr())
-                .await
-                .unwrap_or(Err(Errno::EIO));
-            match root {
-                Ok(root) => HandshakeReply::Welcome(Welcome {
-                    version: PROTOCOL_VERSION,
-                    max_chunk: MAX_CHUNK,
-                    read_only,
-                    features: 0,
-                    root,
-                }),
-                Err(e) => HandshakeReply::Refused {
-                    message: format!("the server cannot read its export directory: {e}"),
-                },
+            let exports = Arc::clone(exports);
+            let chosen = tokio::task::spawn_blocking(move || {
+                let chosen = exports.choose(hello.export.as_deref(), &hello.subtree)?;
+                let attr = chosen
+                    .root
+                    .root_attr()
+                    .map_err(|e| format!("the server cannot read its export directory: {e}"))?;
+                Ok::<_, String>((chosen, attr))
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the server failed to open the export: {e}")));
+            match chosen {
+                Ok((chosen, root)) => {
+                    log::debug!(
+                        "serving {} (export {}) to a client",
+                        chosen.root.path().display(),
+                        chosen.name.as_deref().unwrap_or("by default")
+                    );
+                    served = Some(chosen.root);
+                    HandshakeReply::Welcome(Welcome {
+                        version: PROTOCOL_VERSION,
+                        max_chunk: MAX_CHUNK,
+                        read_only,
+                        features: 0,
+                        root,
+                    })
+                }
+                Err(message) => HandshakeReply::Refused { message },
             }
         }
     };
     write_timed(writer, &frame::encode(&reply)?).await?;
-    match reply {
-        HandshakeReply::Welcome(_) => Ok(true),
-        HandshakeReply::Refused { message } => {
-            log::info!("refused a client: {message}");
-            let _ = writer.shutdown().await;
-            Ok(false)
-        }
+    if let HandshakeReply::Refused { message } = reply {
+        log::info!("refused a client: {message}");
+        let _ = writer.shutdown().await;
     }
+    Ok(served)
 }
 
 /// The next request frame; `Ok(None)` when the client closed between frames.
@@ -278,14 +296,16 @@ fn cost_kib(request_len: usize, op: &Op) -> u32 {
 /// `request` as work for a blocking-pool thread: answer it, then queue the reply.
 fn job(
     session: &Arc<Session>,
+    metrics: &Arc<Metrics>,
     tx: &mpsc::Sender<Outgoing>,
     request: Request,
     budget: Budget,
 ) -> impl FnOnce() + Send + 'static {
     let session = Arc::clone(session);
+    let metrics = Arc::clone(metrics);
     let tx = tx.clone();
     move || {
-        let frame = answer(&session, request);
+        let frame = answer(&session, &metrics, request);
         // If the writer is gone the connection is closing; the reply has no reader.
         let _ = tx.blocking_send(Outgoing { frame, budget });
     }
@@ -293,14 +313,17 @@ fn job(
 
 /// Handles one request and encodes its reply frame, on whichever thread the
 /// request was scheduled on.
-fn answer(session: &Session, request: Request) -> Encoded {
+fn answer(session: &Session, metrics: &Metrics, request: Request) -> Encoded {
     let id = request.id;
+    let kind = op_kind(&request.op);
+    let started = Instant::now();
     // A bug in one operation must not leave its request unanswered.
     let result = panic::catch_unwind(AssertUnwindSafe(|| session.handle(request.op)))
         .unwrap_or_else(|_| {
             log::error!("request {id} panicked; answering EIO");
             Err(Errno::EIO)
         });
+    metrics.handled(kind, started.elapsed(), result.is_err());
     // File data is sent from its own buffer, after a head, not copied into a frame.
     let result = match result {
         Ok(Reply::Data(data)) => match frame::encode_data_head(id, data.len()) {
@@ -351,6 +374,7 @@ struct Outgoing {
 async fn write_replies(
     mut sink: OwnedWriteHalf,
     mut replies: mpsc::Receiver<Outgoing>,
+    metrics: Arc<Metrics>,
 ) -> io::Result<()> {
     let mut batch = Vec::with_capacity(BATCH_LIMIT);
     let mut written = Vec::new();
@@ -358,6 +382,7 @@ async fn write_replies(
         let mut next = Some(first);
         while let Some(Outgoing { frame, budget }) = next {
             let Encoded { head, data } = frame;
+            metrics.sent(head.len() + data.len());
             if head.len() + data.len() >= LARGE_FRAME {
                 // A big reply is written as it is rather than copied into the batch
                 // (file data after its small head, which goes with the batch).

@@ -134,7 +134,22 @@ impl ExportRoot {
         })
     }
 
-    /// The directory as given to [`ExportRoot::open`].
+    /// The directory `path` inside this export, as an export of its own: a root
+    /// descriptor opened beneath this one exactly as every other path is
+    /// (`openat2` with `RESOLVE_BENEATH`, through no symlink), so that nothing
+    /// outside it is reachable from it. ENOTDIR when `path` is not a directory,
+    /// ENOENT when it does not exist, ELOOP when a component is a symlink.
+    pub fn subtree(&self, path: &RelPath) -> Result<ExportRoot, Errno> {
+        let root = self.open_beneath(path, libc::O_PATH | libc::O_DIRECTORY)?;
+        Ok(ExportRoot {
+            root,
+            path: self.path.join(path.as_os_str()),
+            chown_new_nodes: self.chown_new_nodes,
+        })
+    }
+
+    /// The directory as given to [`ExportRoot::open`] (with the subtree appended,
+    /// for a [`subtree`](Self::subtree)).
     pub fn path(&self) -> &Path {
         &self.path
     }

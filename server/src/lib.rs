@@ -2,6 +2,8 @@
 //!
 //! A tour of the modules:
 //!
+//! - `exports`: the server's exports (a default one, named ones) and the one
+//!   function that picks a connection's root from its `Hello`.
 //! - `export`: [`ExportRoot`], the confined view of the exported directory and
 //!   the server's storage interface, and [`OpenFile`], what a handle stands for.
 //!   Every file system call lives there, as plain methods returning
@@ -16,6 +18,7 @@
 //! - `sequencer`: the per-handle queues that keep those requests in order.
 //! - `connection`: one client: the handshake, a reader that runs each request
 //!   where `schedule` says, and a single writer that batches the replies.
+//! - `metrics`: what the server counts, and the `--metrics` HTTP responder.
 //! - `sys`: the few system calls outside the export (descriptor limit, socket
 //!   options).
 //! - this file: [`Server`], which accepts connections up to a limit and stops
@@ -28,13 +31,18 @@
 mod connection;
 mod dispatch;
 mod export;
+mod exports;
 mod handles;
+mod metrics;
 mod schedule;
 mod sequencer;
 mod sys;
 
 pub use dispatch::MAX_COPY;
 pub use export::{ExportRoot, OpenFile};
+pub use metrics::{serve_http as serve_metrics, Metrics};
+
+use exports::Exports;
 
 use std::future::Future;
 use std::io;
@@ -58,8 +66,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// What to serve, where, and how.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// The directory to export.
-    pub root: PathBuf,
+    /// The default export: what a client that names no export gets (`ferry serve DIR`).
+    pub root: Option<PathBuf>,
+    /// Named exports (`--export NAME=DIR`), reached as `HOST:PORT/NAME`.
+    pub exports: Vec<(String, PathBuf)>,
     /// The address to listen on; port 0 picks a free one (see [`Server::local_addr`]).
     pub listen: SocketAddr,
     /// Every mutation answers EROFS.
@@ -71,16 +81,17 @@ pub struct ServerConfig {
 /// A bound server, ready to [`run`](Server::run).
 #[derive(Debug)]
 pub struct Server {
-    export: Arc<ExportRoot>,
+    exports: Arc<Exports>,
     listener: TcpListener,
     local_addr: SocketAddr,
     read_only: bool,
     /// One permit per connection being served.
     slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl Server {
-    /// Opens the export root (fails with a clear error if it is not a directory)
+    /// Opens the exports (fails with a clear error if one is not a directory)
     /// and binds the listener.
     pub async fn bind(config: ServerConfig) -> io::Result<Server> {
         if config.max_connections == 0 {
@@ -89,23 +100,28 @@ impl Server {
                 "the connection limit must be at least 1",
             ));
         }
-        let export = ExportRoot::open(&config.root)?;
+        let exports = Exports::open(config.root.as_ref(), &config.exports)?;
         raise_open_file_limit();
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
         })?;
         let local_addr = listener.local_addr()?;
-        log::debug!(
-            "exporting {}{} on {local_addr}",
-            export.path().display(),
-            if config.read_only { " read-only" } else { "" }
-        );
+        if let Some(export) = exports.default_export() {
+            log::debug!("exporting {} on {local_addr}", export.path().display());
+        }
+        for (name, export) in exports.named() {
+            log::debug!(
+                "exporting {} as {name} on {local_addr}",
+                export.path().display()
+            );
+        }
         Ok(Server {
-            export: Arc::new(export),
+            exports: Arc::new(exports),
             listener,
             local_addr,
             read_only: config.read_only,
             slots: Arc::new(Semaphore::new(config.max_connections)),
+            metrics: Arc::new(Metrics::default()),
         })
     }
 
@@ -114,14 +130,20 @@ impl Server {
         self.local_addr
     }
 
+    /// What this server counts, for `--metrics` (see [`serve_metrics`]).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting, lets connections
     /// finish the requests they are running (for a few seconds at most), and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let Server {
-            export,
+            exports,
             listener,
             read_only,
             slots,
+            metrics,
             ..
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -157,11 +179,12 @@ impl Server {
                 },
             };
             log::debug!("{peer}: connected");
-            let export = Arc::clone(&export);
+            let exports = Arc::clone(&exports);
+            let metrics = Arc::clone(&metrics);
             let stop = stop_rx.clone();
             connections.spawn(async move {
                 let _slot = slot;
-                match connection::serve(stream, export, read_only, stop).await {
+                match connection::serve(stream, exports, read_only, metrics, stop).await {
                     Ok(()) => log::debug!("{peer}: disconnected"),
                     Err(e) => log::info!("{peer}: connection closed: {e}"),
                 }
@@ -262,7 +285,8 @@ impl Drop for ServerHandle {
 /// and tokio runtime, and returns once it listens.
 pub fn spawn_test_server(root: &Path, read_only: bool) -> io::Result<ServerHandle> {
     spawn_server(ServerConfig {
-        root: root.to_path_buf(),
+        root: Some(root.to_path_buf()),
+        exports: Vec::new(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         read_only,
         max_connections: 64,

@@ -6,7 +6,7 @@ use ferry_common::proto::{
     AttrChanges, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, PROTOCOL_VERSION,
 };
 use ferry_common::{Errno, FileKind, RelPath};
-use ferry_server::{spawn_test_server, ServerHandle, MAX_COPY};
+use ferry_server::{spawn_server, spawn_test_server, ServerConfig, ServerHandle, MAX_COPY};
 use std::collections::HashMap;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
@@ -130,6 +130,100 @@ fn a_ferry_client_is_welcomed() {
         client.call(Op::Stat { path: p("missing") }),
         Err(Errno::ENOENT)
     );
+}
+
+/// A server with a default export (`main/`) and one named `docs` (`docs/`,
+/// holding `manuals/guide` and `file`), beside `outside/secret`.
+fn named_exports() -> (TempDir, ServerHandle) {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir_all(tmp.path().join("main")).unwrap();
+    fs::create_dir_all(tmp.path().join("docs/manuals")).unwrap();
+    fs::create_dir(tmp.path().join("outside")).unwrap();
+    fs::write(tmp.path().join("outside/secret"), "top secret").unwrap();
+    fs::write(tmp.path().join("docs/manuals/guide"), "read me").unwrap();
+    fs::write(tmp.path().join("docs/file"), "x").unwrap();
+    let server = spawn_server(ServerConfig {
+        root: Some(tmp.path().join("main")),
+        exports: vec![("docs".into(), tmp.path().join("docs"))],
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        read_only: false,
+        max_connections: 8,
+    })
+    .unwrap();
+    (tmp, server)
+}
+
+fn hello_for(export: Option<&str>, subtree: RelPath) -> Hello {
+    Hello {
+        export: export.map(str::to_string),
+        subtree,
+        ..Hello::new()
+    }
+}
+
+#[test]
+fn a_client_is_served_the_export_and_directory_it_names() {
+    let (tmp, server) = named_exports();
+    let mut client = Client::connect(server.addr());
+    let welcome = match client.hello(&hello_for(Some("docs"), p("manuals"))) {
+        HandshakeReply::Welcome(w) => w,
+        other => panic!("{other:?}"),
+    };
+    let manuals = fs::metadata(tmp.path().join("docs/manuals")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(welcome.root.ino, manuals.ino());
+    // Paths are relative to docs/manuals, and nothing above it is reachable.
+    match client.call(Op::Stat { path: p("guide") }) {
+        Ok(Reply::Attr(attr)) => assert_eq!(attr.size, 7),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        client.call(Op::Stat { path: p("file") }),
+        Err(Errno::ENOENT)
+    );
+    for hostile in [&b".."[..], b"../file", b"../../outside/secret"] {
+        assert!(client.call(Op::Stat { path: raw(hostile) }).is_err());
+        assert!(client
+            .call(Op::Open {
+                path: raw(hostile),
+                flags: libc::O_RDONLY
+            })
+            .is_err());
+    }
+    // The default export is a different directory.
+    let mut other = Client::connect(server.addr());
+    assert!(matches!(
+        other.hello(&hello_for(None, RelPath::root())),
+        HandshakeReply::Welcome(_)
+    ));
+    assert_eq!(other.call(Op::Stat { path: p("file") }), Err(Errno::ENOENT));
+}
+
+#[test]
+fn unknown_exports_and_bad_directories_are_refused_in_words() {
+    let (_tmp, server) = named_exports();
+    let refused = |hello: Hello| {
+        let mut client = Client::connect(server.addr());
+        match client.hello(&hello) {
+            HandshakeReply::Refused { message } => {
+                client.assert_closed();
+                message
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let message = refused(hello_for(Some("home"), RelPath::root()));
+    assert!(message.contains("no export named \"home\""), "{message}");
+    assert!(message.contains("docs"), "{message}");
+    let message = refused(hello_for(Some("docs"), p("file")));
+    assert!(message.contains("not a directory"), "{message}");
+    let message = refused(hello_for(Some("docs"), p("absent")));
+    assert!(message.contains("no such directory"), "{message}");
+    // A subtree is a wire path like any other: `..` gets nowhere.
+    let message = refused(hello_for(Some("docs"), raw(b"../outside")));
+    assert!(message.contains("cannot serve"), "{message}");
+    let message = refused(hello_for(None, raw(b"..")));
+    assert!(message.contains("cannot serve"), "{message}");
 }
 
 #[test]

@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod harness;
 
 use ferry_fusefs::mount::{self, Mount, MountOptions};
@@ -179,7 +180,8 @@ impl Fixture {
     pub fn restart_server(&mut self) {
         self.stop_server();
         let config = ferry_server::ServerConfig {
-            root: self.export.clone(),
+            root: Some(self.export.clone()),
+            exports: Vec::new(),
             listen: self.addr.parse().expect("a socket address"),
             read_only: self.read_only_server,
             max_connections: 64,

@@ -18,11 +18,12 @@
 //! (rather than reaching whatever file that number names on a new connection)
 //! when the epoch has changed; its owner re-opens the file by path.
 
+use crate::stats::Stats;
 use ferry_common::frame::{self, ResponseFrame};
 use ferry_common::proto::{DirEntry, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome};
 use ferry_common::sync::lock;
-use ferry_common::Errno;
-use std::collections::{BTreeMap, HashMap};
+use ferry_common::{Address, Errno};
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -48,14 +49,37 @@ type Callback = Box<dyn FnOnce(OpResult) + Send>;
 /// Why a connection could not be opened, worded for a person.
 #[derive(Debug)]
 pub enum ConnectError {
-    Unreachable { addr: String, source: io::Error },
-    Refused { addr: String, message: String },
-    Protocol { addr: String, detail: String },
+    /// The address does not parse; the message says why.
+    Address(String),
+    Unreachable {
+        addr: String,
+        source: io::Error,
+    },
+    /// The peer took the connection but never answered the handshake.
+    Silent {
+        addr: String,
+        waited: Duration,
+    },
+    Refused {
+        addr: String,
+        message: String,
+    },
+    Protocol {
+        addr: String,
+        detail: String,
+    },
 }
 
 impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ConnectError::Address(message) => f.write_str(message),
+            ConnectError::Silent { addr, waited } => write!(
+                f,
+                "{addr} accepted the connection but did not answer within {} s — is it \
+                 `ferry serve` listening there, and not another program? check the address and port",
+                waited.as_secs()
+            ),
             ConnectError::Unreachable { addr, source } => {
                 let why = match source.kind() {
                     io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
@@ -87,13 +111,17 @@ struct Conn {
 }
 
 struct Waiter {
+    sent_at: Instant,
     deadline: Instant,
     epoch: u64,
     done: Callback,
 }
 
 struct Inner {
+    /// The address as the user gave it, for messages.
     addr: String,
+    /// What it names: where to connect, and the export and directory to ask for.
+    target: Address,
     /// `None` while broken.
     conn: Mutex<Option<Conn>>,
     pending: Mutex<HashMap<u64, Waiter>>,
@@ -105,8 +133,8 @@ struct Inner {
     /// How long a request may wait for its answer.
     timeout: Duration,
     welcome: Welcome,
-    /// Requests sent, by operation: what `FERRY_STATS` prints.
-    sent: Mutex<BTreeMap<&'static str, u64>>,
+    /// What `ferry status` and `FERRY_STATS` show.
+    stats: Arc<Stats>,
 }
 
 /// A connection to a ferry server; cheap to clone (all clones share it).
@@ -115,8 +143,9 @@ pub struct RemoteClient {
     inner: Arc<Inner>,
 }
 
-/// Opens a TCP connection and performs the handshake.
-fn handshake(addr: &str, timeout: Duration) -> Result<(TcpStream, Welcome), ConnectError> {
+/// Opens a TCP connection to `target` and performs the handshake.
+fn handshake(target: &Address, timeout: Duration) -> Result<(TcpStream, Welcome), ConnectError> {
+    let addr = &target.socket_addr();
     let unreachable = |source| ConnectError::Unreachable {
         addr: addr.to_string(),
         source,
@@ -127,7 +156,11 @@ fn handshake(addr: &str, timeout: Duration) -> Result<(TcpStream, Welcome), Conn
     };
     let mut last_err = io::Error::new(io::ErrorKind::NotFound, "the address resolves to nothing");
     let mut stream = None;
-    for sa in addr.to_socket_addrs().map_err(unreachable)? {
+    for sa in target
+        .socket_addr()
+        .to_socket_addrs()
+        .map_err(unreachable)?
+    {
         match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
             Ok(s) => {
                 stream = Some(s);
@@ -143,10 +176,26 @@ fn handshake(addr: &str, timeout: Duration) -> Result<(TcpStream, Welcome), Conn
     stream
         .set_read_timeout(Some(CONNECT_TIMEOUT))
         .map_err(unreachable)?;
-    frame::write_frame(&mut stream, &Hello::new()).map_err(|e| protocol(e.to_string()))?;
+    let hello = Hello {
+        export: target.export.clone(),
+        subtree: target.subtree.clone(),
+        ..Hello::new()
+    };
+    frame::write_frame(&mut stream, &hello).map_err(|e| protocol(e.to_string()))?;
     let payload = match frame::read_frame(&mut stream) {
         Ok(Some(p)) => p,
         Ok(None) => return Err(protocol("it closed the connection".into())),
+        Err(frame::FrameError::Io(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(ConnectError::Silent {
+                addr: addr.to_string(),
+                waited: CONNECT_TIMEOUT,
+            })
+        }
         Err(e) => return Err(protocol(e.to_string())),
     };
     let welcome = match frame::decode::<HandshakeReply>(&payload) {
@@ -169,7 +218,8 @@ fn handshake(addr: &str, timeout: Duration) -> Result<(TcpStream, Welcome), Conn
 }
 
 impl RemoteClient {
-    /// Connects to `addr` (HOST:PORT) and performs the handshake.
+    /// Connects to `addr` (`HOST[:PORT][/EXPORT][:/DIR]`, see
+    /// [`ferry_common::address`]) and performs the handshake.
     pub fn connect(addr: &str) -> Result<RemoteClient, ConnectError> {
         RemoteClient::connect_with_timeout(addr, DEFAULT_TIMEOUT)
     }
@@ -181,9 +231,11 @@ impl RemoteClient {
         timeout: Duration,
     ) -> Result<RemoteClient, ConnectError> {
         let timeout = timeout.max(Duration::from_millis(100));
-        let (stream, welcome) = handshake(addr, timeout)?;
+        let target = Address::parse(addr).map_err(ConnectError::Address)?;
+        let (stream, welcome) = handshake(&target, timeout)?;
         let inner = Arc::new(Inner {
             addr: addr.to_string(),
+            target,
             conn: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -191,7 +243,7 @@ impl RemoteClient {
             last_attempt: Mutex::new(Instant::now()),
             timeout,
             welcome,
-            sent: Mutex::new(BTreeMap::new()),
+            stats: Arc::new(Stats::default()),
         });
         {
             let mut conn = lock(&inner.conn);
@@ -254,14 +306,15 @@ impl RemoteClient {
             _ => self.inner.timeout,
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.inner.sent).entry(op.name()).or_default() += 1;
-        let bytes = match frame::encode(&Request { id, op }) {
+        let request = Request { id, op };
+        let bytes = match frame::encode(&request) {
             Ok(b) => b,
             Err(e) => {
                 log::error!("cannot encode a request: {e}");
                 return done(Err(Errno::EINVAL));
             }
         };
+        self.inner.stats.sent(&request.op, bytes.len());
         self.transmit(epoch, id, timeout, &[&bytes], done);
     }
 
@@ -276,7 +329,6 @@ impl RemoteClient {
         done: impl FnOnce(OpResult) + Send + 'static,
     ) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.inner.sent).entry("write").or_default() += 1;
         let head = match frame::encode_write_head(id, handle, offset, data.len()) {
             Ok(h) => h,
             Err(e) => {
@@ -284,6 +336,12 @@ impl RemoteClient {
                 return done(Err(Errno::EINVAL));
             }
         };
+        let write = Op::Write {
+            handle,
+            offset,
+            data: Vec::new(),
+        };
+        self.inner.stats.sent(&write, head.len() + data.len());
         self.transmit(
             Some(epoch),
             id,
@@ -313,8 +371,10 @@ impl RemoteClient {
         };
         let live_epoch = live.epoch;
         // Registered before writing, so a fast answer always finds its callback.
+        let now = Instant::now();
         let waiter = Waiter {
-            deadline: Instant::now() + timeout,
+            sent_at: now,
+            deadline: now + timeout,
             epoch: live_epoch,
             done,
         };
@@ -322,6 +382,7 @@ impl RemoteClient {
         if let Err(e) = write_all_parts(&mut live.stream, parts) {
             // A partly written frame leaves the stream unusable: close it.
             log::warn!("lost the connection to {}: {e}", self.inner.addr);
+            self.inner.stats.connection_lost();
             let failed = self.inner.break_conn(&mut conn, live_epoch);
             drop(conn);
             fail(failed);
@@ -374,12 +435,9 @@ impl RemoteClient {
         }
     }
 
-    /// How many requests of each operation were sent so far.
-    pub fn sent(&self) -> Vec<(&'static str, u64)> {
-        lock(&self.inner.sent)
-            .iter()
-            .map(|(name, n)| (*name, *n))
-            .collect()
+    /// What this client has counted: requests, round trips, bytes, reconnects.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.inner.stats
     }
 
     /// Closes the connection; pending requests fail with EIO.
@@ -400,6 +458,7 @@ impl Inner {
             .name(format!("ferry-reader-{epoch}"))
             .spawn(move || read_loop(reader, epoch, weak))?;
         *conn = Some(Conn { stream, epoch });
+        self.stats.connected(epoch == 1);
         Ok(())
     }
 
@@ -413,7 +472,7 @@ impl Inner {
             }
             *last = Instant::now();
             drop(last);
-            match handshake(&self.addr, self.timeout) {
+            match handshake(&self.target, self.timeout) {
                 Ok((stream, _)) => {
                     self.start(conn, stream).map_err(Errno::from)?;
                     log::warn!("reconnected to {}", self.addr);
@@ -427,10 +486,14 @@ impl Inner {
         conn.as_mut().ok_or(Errno::EIO)
     }
 
-    fn complete(&self, id: u64, result: OpResult) {
+    /// Hands the answer to request `id` (`bytes` long on the wire) to its waiter.
+    fn complete(&self, id: u64, result: OpResult, bytes: usize) {
         let waiter = lock(&self.pending).remove(&id);
         match waiter {
-            Some(w) => (w.done)(result),
+            Some(w) => {
+                self.stats.answered(w.sent_at.elapsed(), bytes);
+                (w.done)(result)
+            }
             None => log::debug!("an answer to request {id}, which nobody waits for (timed out?)"),
         }
     }
@@ -458,9 +521,19 @@ impl Inner {
             .collect()
     }
 
-    /// Breaks connection `epoch` (from its reader thread) and fails its requests.
-    fn lose(&self, epoch: u64) {
-        let failed = self.break_conn(&mut lock(&self.conn), epoch);
+    /// Breaks connection `epoch` (from its reader thread, which found it ended
+    /// with `why`) and fails its requests. A connection this client closed itself
+    /// ([`RemoteClient::shutdown`]) ends quietly: that is no loss.
+    fn lose(&self, epoch: u64, why: &str) {
+        let mut conn = lock(&self.conn);
+        if conn.as_ref().is_some_and(|c| c.epoch == epoch) {
+            log::warn!("{}{why}", self.addr);
+            self.stats.connection_lost();
+        } else {
+            log::debug!("{}{why} (after this client closed it)", self.addr);
+        }
+        let failed = self.break_conn(&mut conn, epoch);
+        drop(conn);
         fail(failed);
     }
 }
@@ -495,6 +568,10 @@ impl Drop for Inner {
     }
 }
 
+/// About how long the head of a data answer is on the wire (length, id, tag),
+/// for counting bytes received.
+const DATA_HEAD: usize = 16;
+
 fn read_loop(stream: TcpStream, epoch: u64, inner: std::sync::Weak<Inner>) {
     let mut reader = io::BufReader::with_capacity(256 * 1024, stream);
     loop {
@@ -503,24 +580,19 @@ fn read_loop(stream: TcpStream, epoch: u64, inner: std::sync::Weak<Inner>) {
         let payload = match outcome {
             // File data arrives in a buffer of its own: no copy out of the frame.
             Ok(Some(ResponseFrame::Data { id, data })) => {
-                inner.complete(id, Ok(Reply::Data(data)));
+                let bytes = DATA_HEAD + data.len();
+                inner.complete(id, Ok(Reply::Data(data)), bytes);
                 continue;
             }
             Ok(Some(ResponseFrame::Whole(p))) => p,
-            Ok(None) => {
-                log::warn!("{} closed the connection", inner.addr);
-                return inner.lose(epoch);
-            }
-            Err(e) => {
-                log::warn!("connection to {} failed: {e}", inner.addr);
-                return inner.lose(epoch);
-            }
+            Ok(None) => return inner.lose(epoch, " closed the connection"),
+            Err(e) => return inner.lose(epoch, &format!(": the connection failed: {e}")),
         };
         match frame::decode::<Response>(&payload) {
-            Ok(resp) => inner.complete(resp.id, resp.result),
+            Ok(resp) => inner.complete(resp.id, resp.result, 4 + payload.len()),
             Err(e) => {
                 log::error!("{} sent an answer that cannot be decoded: {e}", inner.addr);
-                return inner.lose(epoch);
+                return inner.lose(epoch, ": its answer could not be decoded");
             }
         }
     }
@@ -544,6 +616,7 @@ fn sweep_loop(inner: std::sync::Weak<Inner>) {
         };
         for w in expired {
             log::warn!("a request to {} timed out", inner.addr);
+            inner.stats.timed_out();
             (w.done)(Err(Errno::ETIMEDOUT));
         }
     }

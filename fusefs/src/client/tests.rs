@@ -227,7 +227,8 @@ impl Served {
         let addr = self.addr();
         self.server = None;
         let config = ServerConfig {
-            root: self.dir.path().to_path_buf(),
+            root: Some(self.dir.path().to_path_buf()),
+            exports: Vec::new(),
             listen: addr,
             read_only: false,
             max_connections: 8,
@@ -331,7 +332,11 @@ fn writes_sent_from_the_callers_buffer_arrive_whole() {
     assert_eq!(&on_disk[..7], &[0; 7]);
     assert_eq!(&on_disk[7..], &data[..]);
     assert_eq!(
-        client.sent().iter().find(|(op, _)| *op == "write"),
+        client
+            .stats()
+            .sent_by_kind()
+            .iter()
+            .find(|(op, _)| *op == "write"),
         Some(&("write", 1))
     );
 }
@@ -347,7 +352,8 @@ fn a_listing_longer_than_a_page_is_fetched_whole() {
     let entries = client.list_dir(&RelPath::root()).expect("a listing");
     assert_eq!(entries.len(), count);
     let readdirs = client
-        .sent()
+        .stats()
+        .sent_by_kind()
         .iter()
         .find(|(op, _)| *op == "readdir")
         .map(|x| x.1);

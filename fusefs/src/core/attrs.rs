@@ -17,14 +17,17 @@ impl Core {
         // A file this mount is writing: the server would only say what we know, or
         // less (the kernel asks while changing the owner, after every write).
         if let Some(attr) = self.writes.projected(ino, ttl) {
+            self.stats.attrs.hit();
             return done(Ok(Attrs { attr, ttl }));
         }
         // (What the server said before this mount's writes is no answer.)
         if self.writes.any_writer(ino).is_none() {
             if let Some((attr, ttl)) = self.attrs.fresh(ino) {
+                self.stats.attrs.hit();
                 return done(Ok(Attrs { attr, ttl }));
             }
         }
+        self.stats.attrs.miss();
         self.writes.wait_idle(ino);
         // With a handle the server stats the open file, which may be unlinked.
         match self.attr_target(ino, fh) {

@@ -204,8 +204,12 @@ impl Core {
         let asked = Instant::now();
         let entries = Arc::new(self.client.list_dir(&path)?);
         // One request per page (of the server's READDIR_PAGE entries).
+        let page = Op::ReadDir {
+            path: RelPath::root(),
+            start: 0,
+        };
         for _ in 0..=entries.len() / READDIR_PAGE {
-            self.stats.waited_for("readdir");
+            self.stats.waited_for(&page);
         }
         // One page is one read of the directory on the server; between pages
         // others may remove entries and shift the rest, so a longer listing is

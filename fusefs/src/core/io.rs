@@ -69,6 +69,11 @@ impl Core {
                 inodes.add_handle(ino, fh);
                 inodes.note_open(ino, &attr)
             };
+            if keep_cache {
+                core.stats.page_cache.hit();
+            } else {
+                core.stats.page_cache.miss();
+            }
             done(Ok(Opened {
                 fh,
                 keep_cache,
@@ -130,7 +135,11 @@ impl Core {
         };
         let core = self.clone();
         if through {
-            self.stats.waited_for("write");
+            self.stats.waited_for(&Op::Write {
+                handle,
+                offset,
+                data: Vec::new(),
+            });
             self.client
                 .submit_write_in(epoch, handle, offset, data, move |r| {
                     core.writes.finish(ticket, Ok(None));

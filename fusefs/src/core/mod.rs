@@ -47,12 +47,12 @@ use crate::files::OpenFiles;
 use crate::inode::{FileId, InodeTable};
 use crate::known::KnownDirs;
 use crate::locks::LockOwners;
+use crate::stats::Stats;
 use crate::writeback::WriteBehind;
 use dirs::DirSnapshots;
 use ferry_common::proto::{Op, Owner};
 use ferry_common::sync::lock;
 use ferry_common::{Attr, Errno, FileKind};
-use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -158,24 +158,6 @@ impl KernelCache for NoKernel {
     }
 }
 
-/// Requests by operation: those sent, and those an application waited for (the
-/// rest were write-behind). What `FERRY_STATS` prints.
-#[derive(Debug, Default)]
-pub struct Stats {
-    waited: Mutex<BTreeMap<&'static str, u64>>,
-}
-
-impl Stats {
-    fn waited_for(&self, op: &'static str) {
-        *lock(&self.waited).entry(op).or_default() += 1;
-    }
-
-    /// Requests an application waited for, by operation.
-    pub fn waited(&self) -> Vec<(&'static str, u64)> {
-        lock(&self.waited).iter().map(|(k, v)| (*k, *v)).collect()
-    }
-}
-
 /// Everything the core knows, shared by every request in flight.
 pub struct Shared {
     client: RemoteClient,
@@ -191,7 +173,9 @@ pub struct Shared {
     /// Answers for `security.capability` (see [`xattr`]).
     file_caps: xattr::FileCapCache,
     kernel: Arc<dyn KernelCache>,
-    stats: Stats,
+    /// The client's counters, which the core adds to (what applications waited
+    /// for, cache hits).
+    stats: Arc<Stats>,
 }
 
 /// The filesystem core; cheap to clone (clones share one [`Shared`]).
@@ -208,6 +192,7 @@ impl Deref for Core {
 impl Core {
     pub fn new(client: RemoteClient, opts: FsOptions, kernel: Arc<dyn KernelCache>) -> Core {
         let root = FileId::of(&client.welcome().root);
+        let stats = Arc::clone(client.stats());
         let ttl = opts.attr_timeout;
         Core(Arc::new(Shared {
             client,
@@ -220,7 +205,7 @@ impl Core {
             lock_owners: LockOwners::new(),
             file_caps: xattr::FileCapCache::new(ttl),
             kernel,
-            stats: Stats::default(),
+            stats,
             opts,
         }))
     }
@@ -233,8 +218,15 @@ impl Core {
         &self.client
     }
 
+    /// What the client and the core have counted.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Writes and attribute changes sent ahead and not yet answered, and the
+    /// bytes of data they carry.
+    pub fn queued_writes(&self) -> (usize, usize) {
+        self.writes.queued()
     }
 
     fn ttl(&self) -> Duration {
@@ -244,7 +236,7 @@ impl Core {
     /// Sends `op` for an answer an application waits for; `epoch` pins it to
     /// the connection of a server handle it carries.
     fn ask(&self, epoch: Option<u64>, op: Op, done: impl Done<ferry_common::proto::Reply>) {
-        self.stats.waited_for(op.name());
+        self.stats.waited_for(&op);
         match epoch {
             Some(epoch) => self.client.submit_in(epoch, op, done),
             None => self.client.submit(op, done),
@@ -253,7 +245,7 @@ impl Core {
 
     /// [`ask`](Self::ask), waiting here for the answer.
     fn ask_now(&self, epoch: Option<u64>, op: Op) -> OpResult {
-        self.stats.waited_for(op.name());
+        self.stats.waited_for(&op);
         match epoch {
             Some(epoch) => self.client.call_in(epoch, op),
             None => self.client.call(op),

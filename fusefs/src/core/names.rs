@@ -37,6 +37,7 @@ impl Core {
     /// The entry `name` in `parent`.
     pub fn lookup(&self, parent: u64, name: &OsStr, done: impl Done<Lookup>) {
         if let Some(left) = self.known.absent(parent, name) {
+            self.stats.absent_names.hit();
             return done(Ok(Lookup::Missing(left)));
         }
         let path = match self.child(parent, name) {
@@ -51,6 +52,7 @@ impl Core {
             // negative entry for as long as a positive one would be: compilers,
             // git and shells look for the same missing files again and again.
             Err(Errno::ENOENT) => {
+                core.stats.absent_names.miss();
                 // The name is gone (another client removed it).
                 lock(&core.inodes).detach(&path);
                 done(Ok(core.missing()))

@@ -81,7 +81,8 @@ impl Harness {
     fn restart_server(&mut self) {
         self.server = None;
         let config = ServerConfig {
-            root: self.dir.path().to_path_buf(),
+            root: Some(self.dir.path().to_path_buf()),
+            exports: Vec::new(),
             listen: self.addr,
             read_only: false,
             max_connections: 8,
@@ -161,7 +162,12 @@ impl Harness {
 
     /// Requests an application waited for so far.
     fn waited(&self) -> u64 {
-        self.core.stats().waited().iter().map(|(_, n)| n).sum()
+        self.core
+            .stats()
+            .waited_by_kind()
+            .iter()
+            .map(|(_, n)| n)
+            .sum()
     }
 
     fn caller(&self) -> Caller {

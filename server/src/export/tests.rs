@@ -250,6 +250,56 @@ fn symlinks_in_any_component_are_never_followed() {
 }
 
 #[test]
+fn a_subtree_is_confined_as_firmly_as_the_export() {
+    let fx = fixture();
+    let before = outside_world(&fx);
+    let inner = fx.export.subtree(&p("inner")).unwrap();
+    assert_eq!(inner.path(), fx.export_dir().join("inner"));
+    // Its root is `inner`, and paths are relative to it.
+    assert_eq!(
+        inner.root_attr().unwrap(),
+        fx.export.stat(&p("inner")).unwrap()
+    );
+    assert_eq!(inner.stat(&p("file")).unwrap().size, 5);
+    let names: Vec<_> = inner.read_dir(&RelPath::root(), 0, 100).unwrap().0;
+    let mut names: Vec<_> = names.into_iter().map(|e| e.name).collect();
+    names.sort();
+    assert_eq!(names, [b"file".to_vec(), b"up".to_vec()]);
+    // Nothing beside or above it: not the export's other files, not outside.
+    for escape in ["up/file", "up/outside/secret", "up/up/outside/new"] {
+        assert_every_op_fails(&inner, &p(escape));
+    }
+    for hostile in [
+        &b".."[..],
+        b"../file",
+        b"../../outside/secret",
+        b"/etc/passwd",
+    ] {
+        assert_every_op_fails(&inner, &raw(hostile));
+    }
+    assert_eq!(fs::read(fx.export_dir().join("file")).unwrap(), b"hello");
+    assert_eq!(outside_world(&fx), before);
+    // A subtree of a subtree, and what cannot be one.
+    fs::create_dir(fx.export_dir().join("inner/deeper")).unwrap();
+    let deeper = inner.subtree(&p("deeper")).unwrap();
+    assert!(deeper
+        .read_dir(&RelPath::root(), 0, 10)
+        .unwrap()
+        .0
+        .is_empty());
+    assert_eq!(fx.export.subtree(&p("file")).unwrap_err(), Errno::ENOTDIR);
+    assert_eq!(fx.export.subtree(&p("absent")).unwrap_err(), Errno::ENOENT);
+    for through_a_symlink in ["up", "out", "abs", "inner/up", "up/outside"] {
+        assert!(
+            fx.export.subtree(&p(through_a_symlink)).is_err(),
+            "{through_a_symlink}"
+        );
+    }
+    assert!(fx.export.subtree(&raw(b"..")).is_err());
+    assert!(fx.export.subtree(&raw(b"inner/../..")).is_err());
+}
+
+#[test]
 fn hostile_wire_paths_are_refused() {
     let fx = fixture();
     let before = outside_world(&fx);

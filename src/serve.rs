@@ -1,0 +1,97 @@
+//! `ferry serve`: the export server in the foreground until SIGINT or SIGTERM,
+//! and its `--metrics` endpoint beside it.
+
+use crate::args::ServeArgs;
+use ferry_server::{Server, ServerConfig};
+use std::net::SocketAddr;
+
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the server's runtime: {e}"))
+}
+
+pub fn run(args: ServeArgs) -> Result<(), String> {
+    let listen: SocketAddr = args.listen.parse().map_err(|_| {
+        format!(
+            "--listen takes IP:PORT (like 127.0.0.1:7070), not {:?}",
+            args.listen
+        )
+    })?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let server = Server::bind(ServerConfig {
+            root: args.dir.clone(),
+            exports: args.exports.clone(),
+            listen,
+            read_only: args.read_only,
+            max_connections: args.max_connections,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let addr = server.local_addr();
+        let shown = |dir: &std::path::Path| {
+            std::fs::canonicalize(dir)
+                .unwrap_or_else(|_| dir.to_path_buf())
+                .display()
+                .to_string()
+        };
+        let mut what: Vec<String> = args.dir.iter().map(|d| shown(d)).collect();
+        what.extend(
+            args.exports
+                .iter()
+                .map(|(name, dir)| format!("{} as {name}", shown(dir))),
+        );
+        let what = what.join(", ");
+        if !addr.ip().is_loopback() {
+            log::warn!(
+                "listening on {addr} without authentication or encryption: anyone who can reach \
+                 this port can read{} {what}",
+                if args.read_only { "" } else { " and change" },
+            );
+        }
+        let metrics = match args.metrics {
+            Some(at) => {
+                let listener = tokio::net::TcpListener::bind(at)
+                    .await
+                    .map_err(|e| format!("--metrics: cannot listen on {at}: {e}"))?;
+                let at = listener.local_addr().map_err(|e| e.to_string())?;
+                tokio::spawn(ferry_server::serve_metrics(
+                    listener,
+                    server.metrics(),
+                    std::future::pending(),
+                ));
+                format!("; metrics on http://{at}/metrics")
+            }
+            None => String::new(),
+        };
+        println!(
+            "ferry: exporting {what} on {addr}{}{metrics}",
+            if args.read_only { " (read-only)" } else { "" }
+        );
+        server
+            .run(shutdown_signal())
+            .await
+            .map_err(|e| format!("server failed: {e}"))
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
