@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use ferry_fusefs::cli;
 use ferry_fusefs::mount::{self, MountOptions, StopSignals};
 use ferry_fusefs::{FsOptions, RemoteClient};
-use ferry_server::{Server, ServerConfig};
+use ferry_server::{IdentityMap, Server, ServerConfig, Squash, DEFAULT_ANON_ID};
 use std::io::{self, BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -42,6 +42,21 @@ enum Cmd {
         /// Most clients connected at once.
         #[arg(long, default_value_t = ferry_server::DEFAULT_MAX_CONNECTIONS)]
         max_connections: usize,
+        /// Let root on a client be root here (by default it acts as the anonymous user).
+        #[arg(long, conflicts_with = "all_squash")]
+        no_root_squash: bool,
+        /// Every client user acts as the anonymous user.
+        #[arg(long)]
+        all_squash: bool,
+        /// The anonymous user's id.
+        #[arg(long, default_value_t = DEFAULT_ANON_ID)]
+        anon_uid: u32,
+        /// The anonymous group's id.
+        #[arg(long, default_value_t = DEFAULT_ANON_ID)]
+        anon_gid: u32,
+        /// Let clients make device nodes (only a client's root, with --no-root-squash, can).
+        #[arg(long)]
+        allow_devices: bool,
     },
     /// Mount an export at MOUNTPOINT (stays in the foreground until unmounted or signalled).
     Mount {
@@ -111,7 +126,31 @@ fn run(cmd: Cmd) -> Result<(), String> {
             listen,
             read_only,
             max_connections,
-        } => serve(dir, &listen, read_only, max_connections),
+            no_root_squash,
+            all_squash,
+            anon_uid,
+            anon_gid,
+            allow_devices,
+        } => {
+            let listen: SocketAddr = listen.parse().map_err(|_| {
+                format!("--listen takes IP:PORT (like 127.0.0.1:7070), not {listen:?}")
+            })?;
+            let squash = match (no_root_squash, all_squash) {
+                (true, _) => Squash::None,
+                (_, true) => Squash::All,
+                _ => Squash::Root,
+            };
+            let mut config = ServerConfig::new(dir, listen);
+            config.read_only = read_only;
+            config.max_connections = max_connections;
+            config.identities = IdentityMap {
+                squash,
+                anon_uid,
+                anon_gid,
+            };
+            config.allow_devices = allow_devices;
+            serve(config)
+        }
         Cmd::Mount {
             addr,
             mountpoint,
@@ -174,25 +213,13 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the server's runtime: {e}"))
 }
 
-fn serve(
-    dir: PathBuf,
-    listen: &str,
-    read_only: bool,
-    max_connections: usize,
-) -> Result<(), String> {
-    let listen: SocketAddr = listen
-        .parse()
-        .map_err(|_| format!("--listen takes IP:PORT (like 127.0.0.1:7070), not {listen:?}"))?;
+fn serve(config: ServerConfig) -> Result<(), String> {
+    let dir = config.root.clone();
+    let read_only = config.read_only;
+    let identities = config.identities;
     let rt = runtime()?;
     rt.block_on(async {
-        let server = Server::bind(ServerConfig {
-            root: dir.clone(),
-            listen,
-            read_only,
-            max_connections,
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        let server = Server::bind(config).await.map_err(|e| e.to_string())?;
         let shown = std::fs::canonicalize(&dir).unwrap_or(dir);
         if !server.local_addr().ip().is_loopback() {
             log::warn!(
@@ -209,11 +236,35 @@ fn serve(
             server.local_addr(),
             if read_only { " (read-only)" } else { "" }
         );
+        println!(
+            "ferry: {}",
+            identity_note(server.acts_as_clients(), &identities)
+        );
         server
             .run(shutdown_signal())
             .await
             .map_err(|e| format!("server failed: {e}"))
     })
+}
+
+/// Whose permissions the server's clients get, in one line for the operator.
+fn identity_note(acts_as_clients: bool, identities: &IdentityMap) -> String {
+    let anon = format!("{}:{}", identities.anon_uid, identities.anon_gid);
+    if !acts_as_clients {
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        return format!(
+            "not running as root, so every client acts as uid {me}: what clients create              belongs to it, and clients reach what it can"
+        );
+    }
+    match identities.squash {
+        Squash::Root => format!(
+            "clients act as their own users; root on a client acts as {anon}              (--no-root-squash to let it be root)"
+        ),
+        Squash::All => format!("every client user acts as {anon} (--all-squash)"),
+        Squash::None => "clients act as their own users, and root on a client is root here                          (--no-root-squash)"
+            .to_string(),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -362,12 +413,21 @@ fn detach_from_parent() {
 
 /// `ferry demo`: an export with a sample file, served on a free loopback port and
 /// mounted, all in this process, until Ctrl-C.
+///
+/// Run by root, the demo shares its directory anonymously (`--all-squash`):
+/// every user of the mount, root included, acts as `nobody`, who is given the
+/// demo's export directory and sample file. (Letting a client's root be root
+/// would let any local user who reaches the port be root on this machine.) Run
+/// by anyone else, everything acts as, and belongs to, that user.
 fn demo(base: &Path) -> Result<(), String> {
     let export = base.join("export");
     let mnt = base.join("mnt");
     for d in [&export, &mnt] {
         std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     }
+    // SAFETY: geteuid cannot fail.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let anon = Some(DEFAULT_ANON_ID);
     let hello = export.join("hello.txt");
     if !hello.exists() {
         std::fs::write(
@@ -375,16 +435,24 @@ fn demo(base: &Path) -> Result<(), String> {
             "Hello from ferry! This file lives in the exported directory.\n",
         )
         .map_err(|e| format!("cannot write {}: {e}", hello.display()))?;
+        if as_root {
+            std::os::unix::fs::chown(&hello, anon, anon)
+                .map_err(|e| format!("cannot give {} to nobody: {e}", hello.display()))?;
+        }
+    }
+    if as_root {
+        std::os::unix::fs::chown(&export, anon, anon)
+            .map_err(|e| format!("cannot give {} to nobody: {e}", export.display()))?;
     }
     let mountpoint = mount::check_mountpoint(&mnt)?;
     let rt = runtime()?;
+    let mut config = ServerConfig::new(export.clone(), SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.max_connections = 64;
+    if as_root {
+        config.identities.squash = Squash::All;
+    }
     let server = rt
-        .block_on(Server::bind(ServerConfig {
-            root: export.clone(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            read_only: false,
-            max_connections: 64,
-        }))
+        .block_on(Server::bind(config))
         .map_err(|e| e.to_string())?;
     let addr = server.local_addr();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -401,6 +469,9 @@ fn demo(base: &Path) -> Result<(), String> {
             export.display(),
             mountpoint.display()
         );
+        if as_root {
+            println!("  every user of the mount, root too, acts as nobody, who owns the export");
+        }
         println!(
             "  try:  ls -l {0}   cat {0}/hello.txt   cp -r /usr/include/linux {0}/",
             mountpoint.display()

@@ -531,11 +531,14 @@ fn read_only_server_refuses_writes_from_a_read_write_client() {
         ..Setup::default()
     });
     let client = ferry_fusefs::RemoteClient::connect(&f.addr()).unwrap();
-    let r = client.call(ferry_common::proto::Op::Mkdir {
-        path: ferry_common::RelPath::parse("d").unwrap(),
-        mode: 0o755,
-        owner: None,
-    });
+    let me = ferry_fusefs::creds::own();
+    let r = client.call(
+        &me,
+        ferry_common::proto::Op::Mkdir {
+            path: ferry_common::RelPath::parse("d").unwrap(),
+            mode: 0o755,
+        },
+    );
     assert_eq!(r, Err(ferry_common::Errno::EROFS));
 }
 

@@ -27,6 +27,7 @@
 
 use crate::dispatch::Session;
 use crate::export::ExportRoot;
+use crate::policy::Policy;
 use crate::schedule::{schedule, Schedule};
 use crate::sequencer::Sequencer;
 use crate::sys;
@@ -69,7 +70,7 @@ const READ_BUFFER: usize = 64 * 1024;
 pub(crate) async fn serve(
     stream: TcpStream,
     export: Arc<ExportRoot>,
-    read_only: bool,
+    policy: Policy,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
@@ -79,11 +80,11 @@ pub(crate) async fn serve(
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
 
-    if !handshake(&mut reader, &mut write_half, &export, read_only).await? {
+    if !handshake(&mut reader, &mut write_half, &export, policy.read_only).await? {
         return Ok(());
     }
 
-    let session = Arc::new(Session::new(export, read_only));
+    let session = Arc::new(Session::new(export, policy));
     let sequencer = Arc::new(Sequencer::new());
     let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_replies(write_half, rx));
@@ -117,12 +118,14 @@ pub(crate) async fn serve(
             // A write's data was read into its own buffer: no copy out of a frame.
             RequestFrame::Write {
                 id,
+                cred,
                 handle,
                 offset,
                 data,
                 ..
             } => Request {
                 id,
+                cred,
                 op: Op::Write {
                     handle,
                     offset,
@@ -296,8 +299,8 @@ fn job(
 fn answer(session: &Session, request: Request) -> Encoded {
     let id = request.id;
     // A bug in one operation must not leave its request unanswered.
-    let result = panic::catch_unwind(AssertUnwindSafe(|| session.handle(request.op)))
-        .unwrap_or_else(|_| {
+    let result =
+        panic::catch_unwind(AssertUnwindSafe(|| session.handle(request))).unwrap_or_else(|_| {
             log::error!("request {id} panicked; answering EIO");
             Err(Errno::EIO)
         });
