@@ -6,7 +6,7 @@ use ferry_fusefs::cli;
 use ferry_fusefs::mount::{self, MountOptions, StopSignals};
 use ferry_fusefs::{FsOptions, RemoteClient};
 use ferry_server::{IdentityMap, Server, ServerConfig, Squash, DEFAULT_ANON_ID};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -236,7 +236,9 @@ fn serve(config: ServerConfig) -> Result<(), String> {
             server.local_addr(),
             if read_only { " (read-only)" } else { "" }
         );
-        println!(
+        // Beside the one line on stdout, which scripts read (and may stop reading).
+        let _ = writeln!(
+            io::stderr(),
             "ferry: {}",
             identity_note(server.acts_as_clients(), &identities)
         );
@@ -254,16 +256,20 @@ fn identity_note(acts_as_clients: bool, identities: &IdentityMap) -> String {
         // SAFETY: geteuid cannot fail.
         let me = unsafe { libc::geteuid() };
         return format!(
-            "not running as root, so every client acts as uid {me}: what clients create              belongs to it, and clients reach what it can"
+            "not running as root, so every client acts as uid {me}: what clients create \
+             belongs to it, and clients reach what it can"
         );
     }
     match identities.squash {
         Squash::Root => format!(
-            "clients act as their own users; root on a client acts as {anon}              (--no-root-squash to let it be root)"
+            "clients act as their own users; root on a client acts as {anon} \
+             (--no-root-squash to let it be root)"
         ),
         Squash::All => format!("every client user acts as {anon} (--all-squash)"),
-        Squash::None => "clients act as their own users, and root on a client is root here                          (--no-root-squash)"
-            .to_string(),
+        Squash::None => {
+            "clients act as their own users, and root on a client is root here (--no-root-squash)"
+                .to_string()
+        }
     }
 }
 
