@@ -62,12 +62,21 @@ pub struct Welcome {
     pub max_chunk: u32,
     /// Every mutation answers EROFS.
     pub read_only: bool,
-    /// Optional protocol features the server supports, one bit each, as in
-    /// [`Hello::features`].
+    /// Optional protocol features the server supports, and facts about how it
+    /// treats its clients, one bit each (the `WELCOME_*` constants).
     pub features: u64,
     /// Attributes of the export root.
     pub root: Attr,
 }
+
+/// [`Welcome::features`]: requests act as the (mapped) user of their [`Cred`],
+/// so the server checks each caller's permissions itself (it runs as root).
+/// Without it every request acts as the server's own user.
+pub const WELCOME_ACTS_AS_CALLERS: u64 = 1 << 0;
+/// [`Welcome::features`]: a client's root acts as the anonymous user.
+pub const WELCOME_ROOT_SQUASHED: u64 = 1 << 1;
+/// [`Welcome::features`]: every client user acts as the anonymous user.
+pub const WELCOME_ALL_SQUASHED: u64 = 1 << 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HandshakeReply {

@@ -80,7 +80,7 @@ pub(crate) async fn serve(
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
 
-    if !handshake(&mut reader, &mut write_half, &export, policy.read_only).await? {
+    if !handshake(&mut reader, &mut write_half, &export, &policy).await? {
         return Ok(());
     }
 
@@ -187,7 +187,7 @@ async fn handshake(
     reader: &mut BufReader<OwnedReadHalf>,
     writer: &mut OwnedWriteHalf,
     export: &Arc<ExportRoot>,
-    read_only: bool,
+    policy: &Policy,
 ) -> Result<bool, FrameError> {
     let payload = match timeout(HANDSHAKE_TIMEOUT, frame::read_frame_async(reader)).await {
         Err(_) => {
@@ -216,6 +216,7 @@ async fn handshake(
     let reply = match refusal {
         Some(message) => HandshakeReply::Refused { message },
         None => {
+            let features = policy.welcome_features(export.acts_as_clients());
             let export = Arc::clone(export);
             let root = tokio::task::spawn_blocking(move || export.root_attr())
                 .await
@@ -224,8 +225,8 @@ async fn handshake(
                 Ok(root) => HandshakeReply::Welcome(Welcome {
                     version: PROTOCOL_VERSION,
                     max_chunk: MAX_CHUNK,
-                    read_only,
-                    features: 0,
+                    read_only: policy.read_only,
+                    features,
                     root,
                 }),
                 Err(e) => HandshakeReply::Refused {

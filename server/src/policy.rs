@@ -23,8 +23,10 @@
 //!   on that.)
 
 use crate::export::SetIdBits;
-use crate::identity::{Identity, IdentityMap};
-use ferry_common::proto::{Cred, Op};
+use crate::identity::{Identity, IdentityMap, Squash};
+use ferry_common::proto::{
+    Cred, Op, WELCOME_ACTS_AS_CALLERS, WELCOME_ALL_SQUASHED, WELCOME_ROOT_SQUASHED,
+};
 use ferry_common::Errno;
 
 /// How a server treats its clients, beyond what each file's permissions say.
@@ -59,6 +61,20 @@ fn is_device(mode: u32) -> bool {
 }
 
 impl Policy {
+    /// What the handshake tells clients about their users (the `WELCOME_*`
+    /// bits), `acts_as_callers` when the server can act as other users.
+    pub(crate) fn welcome_features(&self, acts_as_callers: bool) -> u64 {
+        if !acts_as_callers {
+            return 0;
+        }
+        WELCOME_ACTS_AS_CALLERS
+            | match self.identities.squash {
+                Squash::None => 0,
+                Squash::Root => WELCOME_ROOT_SQUASHED,
+                Squash::All => WELCOME_ROOT_SQUASHED | WELCOME_ALL_SQUASHED,
+            }
+    }
+
     /// The identity a request claiming `cred` acts as, after refusing what it may
     /// not ask and toning `op` down where the module documentation says.
     pub(crate) fn admit(&self, cred: &Cred, op: &mut Op) -> Result<Admitted, Errno> {
@@ -275,6 +291,22 @@ mod tests {
             .is_ok());
         assert!(squashing.admit(&cred(1000), &mut set(b"user.a")).is_ok());
         assert!(trusting.admit(&cred(0), &mut get(b"trusted.a")).is_ok());
+    }
+
+    #[test]
+    fn the_welcome_tells_clients_whom_their_users_act_as() {
+        let acts = WELCOME_ACTS_AS_CALLERS;
+        // A server not running as root acts as itself, whatever the mapping.
+        assert_eq!(policy(Squash::Root, false).welcome_features(false), 0);
+        assert_eq!(policy(Squash::None, false).welcome_features(true), acts);
+        assert_eq!(
+            policy(Squash::Root, false).welcome_features(true),
+            acts | WELCOME_ROOT_SQUASHED
+        );
+        assert_eq!(
+            policy(Squash::All, false).welcome_features(true),
+            acts | WELCOME_ROOT_SQUASHED | WELCOME_ALL_SQUASHED
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@
 
 use ferry_common::frame;
 use ferry_common::proto::{
-    AttrChanges, Cred, HandshakeReply, Hello, Op, Reply, Request, Response, MAX_GROUPS,
+    AttrChanges, Cred, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, MAX_GROUPS,
+    WELCOME_ACTS_AS_CALLERS, WELCOME_ALL_SQUASHED, WELCOME_ROOT_SQUASHED,
 };
 use ferry_common::{Errno, RelPath};
 use ferry_server::{spawn_server, test_config, ServerConfig, ServerHandle, Squash};
@@ -33,6 +34,11 @@ struct Client {
 
 impl Client {
     fn connect(addr: SocketAddr) -> Client {
+        Client::welcomed(addr).0
+    }
+
+    /// A connection and what the server's welcome said.
+    fn welcomed(addr: SocketAddr) -> (Client, Welcome) {
         let mut stream = TcpStream::connect(addr).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
@@ -40,7 +46,7 @@ impl Client {
         frame::write_frame(&mut stream, &Hello::new()).unwrap();
         let payload = frame::read_frame(&mut stream).unwrap().unwrap();
         match frame::decode(&payload).unwrap() {
-            HandshakeReply::Welcome(_) => Client { stream, next_id: 1 },
+            HandshakeReply::Welcome(welcome) => (Client { stream, next_id: 1 }, welcome),
             other => panic!("not welcome: {other:?}"),
         }
     }
@@ -703,4 +709,25 @@ fn impossible_credentials_are_refused() {
     }
     // The connection goes on.
     assert!(client.call(&root(), stat()).is_ok());
+}
+
+#[test]
+fn the_welcome_says_whom_client_users_act_as() {
+    if !needs_root() {
+        return;
+    }
+    let site = Site::new();
+    let acts = WELCOME_ACTS_AS_CALLERS;
+    for (squash, expected) in [
+        (Squash::None, acts),
+        (Squash::Root, acts | WELCOME_ROOT_SQUASHED),
+        (
+            Squash::All,
+            acts | WELCOME_ROOT_SQUASHED | WELCOME_ALL_SQUASHED,
+        ),
+    ] {
+        let server = site.serve(|c| c.identities.squash = squash);
+        let (_, welcome) = Client::welcomed(server.addr());
+        assert_eq!(welcome.features, expected, "{squash:?}");
+    }
 }

@@ -99,7 +99,8 @@ impl Core {
     /// the file is open for writing on this mount (so the change is ordered with
     /// the writes and its error, if any, reaches the writer at close), it is not a
     /// truncation, and it does not change the owner. The kernel has already checked
-    /// permissions (`default_permissions`), so the server can only fail it for
+    /// permissions (`default_permissions`) as the server will (not so for a
+    /// squashed caller, whose changes wait), so the server can only fail it for
     /// reasons close reports (a broken connection, a full or failing disk). This is
     /// what `tar` and `cp -p` do to each file they write: `futimens`, `fchown` to
     /// the owner it already has, `fchmod`. Returns the attributes to answer with.
@@ -110,7 +111,7 @@ impl Core {
         fh: Option<u64>,
         changes: AttrChanges,
     ) -> Option<Attr> {
-        if changes.size.is_some() {
+        if changes.size.is_some() || !self.checked_alike(caller) {
             return None;
         }
         let writer = match fh {

@@ -168,7 +168,11 @@ impl Core {
                 kill_suidgid: true,
                 ..AttrChanges::default()
             };
-            if self.defer_setattr(caller, ino, Some(fh), changes).is_none() {
+            // A squashed caller writes as an ordinary user on the server, whose
+            // kernel drops the bits with the write.
+            if self.checked_alike(caller)
+                && self.defer_setattr(caller, ino, Some(fh), changes).is_none()
+            {
                 log::warn!("could not drop setuid/setgid of inode {ino} after a write");
             }
             // The kernel still holds the old mode.

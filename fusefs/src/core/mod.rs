@@ -52,7 +52,9 @@ use crate::known::KnownDirs;
 use crate::locks::LockOwners;
 use crate::writeback::WriteBehind;
 use dirs::DirSnapshots;
-use ferry_common::proto::{Cred, Op};
+use ferry_common::proto::{
+    Cred, Op, WELCOME_ACTS_AS_CALLERS, WELCOME_ALL_SQUASHED, WELCOME_ROOT_SQUASHED,
+};
 use ferry_common::sync::lock;
 use ferry_common::{Attr, Errno, FileKind};
 use std::collections::BTreeMap;
@@ -257,6 +259,17 @@ impl Core {
             Some(epoch) => self.client.call_in(epoch, cred, op),
             None => self.client.call(cred, op),
         }
+    }
+
+    /// Whether the server checks `caller`'s requests as this machine's kernel
+    /// did before passing them on: not when the server acts as another user for
+    /// it (a squashed root, or anyone under `--all-squash`), whose requests may
+    /// then fail there although the kernel allowed them.
+    fn checked_alike(&self, caller: &Caller) -> bool {
+        let features = self.client.welcome().features;
+        let squashed = features & WELCOME_ALL_SQUASHED != 0
+            || (features & WELCOME_ROOT_SQUASHED != 0 && caller.cred.uid == 0);
+        features & WELCOME_ACTS_AS_CALLERS == 0 || !squashed
     }
 
     /// Keeps the directory attributes the server sent along with a change, for

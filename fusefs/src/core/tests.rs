@@ -6,7 +6,7 @@ use super::*;
 use crate::inode::ROOT_INO;
 use ferry_common::proto::{AttrChanges, SetTime};
 use ferry_common::Timestamp;
-use ferry_server::{spawn_server, spawn_test_server, ServerHandle};
+use ferry_server::{spawn_server, ServerHandle};
 use std::ffi::OsStr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -52,8 +52,16 @@ impl Harness {
     }
 
     fn with(opts: FsOptions) -> Harness {
+        Harness::serving(opts, |_| {})
+    }
+
+    /// A harness whose server's configuration `tune` changes first (the tests'
+    /// default: root is not squashed).
+    fn serving(opts: FsOptions, tune: impl FnOnce(&mut ferry_server::ServerConfig)) -> Harness {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let server = spawn_test_server(dir.path(), false).expect("a server");
+        let mut config = ferry_server::test_config(dir.path());
+        tune(&mut config);
+        let server = spawn_server(config).expect("a server");
         let addr = server.addr();
         let client =
             RemoteClient::connect_with_timeout(&addr.to_string(), PATIENCE).expect("connect");
@@ -788,4 +796,60 @@ fn a_write_that_drops_setuid_tells_the_kernel_its_mode_changed() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o7777, 0o755);
+}
+
+#[test]
+fn a_squashed_roots_attribute_changes_wait_for_the_servers_verdict() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the server squashes only when it runs as root");
+        return;
+    }
+    let h = Harness::serving(FsOptions::default(), |c| {
+        c.identities.squash = ferry_server::Squash::Root;
+    });
+    std::fs::set_permissions(h.dir.path(), std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let root = Caller {
+        pid: 0,
+        cred: ferry_common::proto::Cred::default(),
+    };
+    let (f, opened) = wait(|d| {
+        h.core
+            .create(&root, ROOT_INO, OsStr::new("f"), 0o644, libc::O_RDWR, d)
+    })
+    .expect("create");
+    assert_eq!(f.attr.uid, 65_534, "made as nobody");
+    // Written, so that a chmod could go behind the write without waiting; but
+    // the server acts as nobody for this root, and strips the set-id bits.
+    let written = wait(|d| {
+        h.core
+            .write(&root, f.ino, opened.fh, 0, b"x", libc::O_RDWR, false, d)
+    });
+    assert_eq!(written, Ok(1));
+    let setuid = AttrChanges {
+        mode: Some(0o4755),
+        ..AttrChanges::default()
+    };
+    let attr = wait(|d| h.core.setattr(&root, f.ino, Some(opened.fh), setuid, d))
+        .expect("chmod")
+        .attr;
+    assert_eq!(attr.perm, 0o755, "the server's answer, not a projection");
+    // Someone the server checks as the kernel did still goes behind the write.
+    let user = Caller {
+        pid: 0,
+        cred: ferry_common::proto::Cred {
+            uid: 65_534,
+            gid: 65_534,
+            groups: Vec::new(),
+        },
+    };
+    let before = h.waited();
+    let times = AttrChanges {
+        mtime: Some(SetTime::Now),
+        ..AttrChanges::default()
+    };
+    wait(|d| h.core.setattr(&user, f.ino, Some(opened.fh), times, d)).expect("utimens");
+    assert_eq!(h.waited(), before, "not waited for");
+    wait(|d| h.core.flush(&root, f.ino, opened.fh, 1, d)).expect("close");
+    h.core.release(&root, f.ino, opened.fh);
 }

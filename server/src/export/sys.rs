@@ -5,9 +5,11 @@
 //! out-pointer filled only on success) and says so in a SAFETY comment. The
 //! path-taking wrappers take a directory descriptor and a single, already-checked
 //! name (or a descriptor alone) and never follow a symlink; the confinement rules
-//! themselves live in the parent module. Failures are the call's errno; the
-//! wrappers of calls that can take long (`openat2`, `pread`, `fallocate`,
-//! `copy_file_range`, `flock`, `F_OFD_SETLK`) retry when a signal interrupts them.
+//! themselves live in the parent module. The credential calls (file system ids,
+//! groups, capabilities) change the calling thread only; `credentials` decides
+//! when. Failures are the call's errno; the wrappers of calls that can take long
+//! (`openat2`, `pread`, `fallocate`, `copy_file_range`, `flock`, `F_OFD_SETLK`)
+//! retry when a signal interrupts them.
 
 use ferry_common::{Attr, Errno, FileKind, Timestamp};
 use std::ffi::{CStr, CString, OsStr};
