@@ -297,8 +297,12 @@ class Ferry(FuseSystem):
         super().remount()
 
     def start_server(self):
+        # Root on the mount is root on the server, as sshfs logs in as root: the
+        # workloads run as root and set owners (tar xf), as NFS test setups use
+        # no_root_squash. ferry's default squashes a client's root.
         self.server = self.procs.start("ferry-serve", [self.binary, "serve", self.export, "--listen",
-                                                        f"127.0.0.1:{self.port}"])
+                                                        f"127.0.0.1:{self.port}",
+                                                        "--no-root-squash"])
         wait_port(self.port, self.server, "ferry serve")
 
     def mount_argv(self):
@@ -310,7 +314,8 @@ class Ferry(FuseSystem):
                 "client": cpu_seconds(self.client.pid) if self.client else None}
 
     def describe(self):
-        return f"ferry serve (127.0.0.1:{self.port}) + ferry mount, default options"
+        return (f"ferry serve --no-root-squash (127.0.0.1:{self.port}) + ferry mount, "
+                "otherwise default options")
 
 
 class Sshd:

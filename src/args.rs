@@ -113,6 +113,21 @@ pub struct ServeArgs {
     /// Serve the server's counters for Prometheus at http://ADDR/metrics.
     #[arg(long, env = "FERRY_METRICS", value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Let root on a client be root here (by default it acts as the anonymous user).
+    #[arg(long, env = "FERRY_NO_ROOT_SQUASH", conflicts_with = "all_squash")]
+    pub no_root_squash: bool,
+    /// Every client user acts as the anonymous user.
+    #[arg(long, env = "FERRY_ALL_SQUASH")]
+    pub all_squash: bool,
+    /// The anonymous user's id.
+    #[arg(long, env = "FERRY_ANON_UID", default_value_t = ferry_server::DEFAULT_ANON_ID)]
+    pub anon_uid: u32,
+    /// The anonymous group's id.
+    #[arg(long, env = "FERRY_ANON_GID", default_value_t = ferry_server::DEFAULT_ANON_ID)]
+    pub anon_gid: u32,
+    /// Let clients make device nodes (only a client's root, with --no-root-squash, can).
+    #[arg(long, env = "FERRY_ALLOW_DEVICES")]
+    pub allow_devices: bool,
 }
 
 #[derive(Args, Clone, Debug, PartialEq)]

@@ -1,12 +1,18 @@
 //! `ferry demo`: an export with a sample file, served on a free loopback port and
 //! mounted, all in this process, until Ctrl-C.
+//!
+//! Run by root, the demo shares its directory anonymously (`--all-squash`):
+//! every user of the mount, root included, acts as `nobody`, who is given the
+//! demo's export directory and sample file. (Letting a client's root be root
+//! would let any local user who reaches the port be root on this machine.) Run
+//! by anyone else, everything acts as, and belongs to, that user.
 
 use crate::mounting::mount_error;
 use crate::serve::runtime;
 use ferry_fusefs::mount::{self, MountOptions, StopSignals};
 use ferry_fusefs::status::StatusServer;
 use ferry_fusefs::RemoteClient;
-use ferry_server::{Server, ServerConfig};
+use ferry_server::{Server, ServerConfig, Squash, DEFAULT_ANON_ID};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +22,9 @@ pub fn run(base: &Path) -> Result<(), String> {
     for d in [&export, &mnt] {
         std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     }
+    // SAFETY: geteuid cannot fail.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let anon = Some(DEFAULT_ANON_ID);
     let hello = export.join("hello.txt");
     if !hello.exists() {
         std::fs::write(
@@ -23,17 +32,24 @@ pub fn run(base: &Path) -> Result<(), String> {
             "Hello from ferry! This file lives in the exported directory.\n",
         )
         .map_err(|e| format!("cannot write {}: {e}", hello.display()))?;
+        if as_root {
+            std::os::unix::fs::chown(&hello, anon, anon)
+                .map_err(|e| format!("cannot give {} to nobody: {e}", hello.display()))?;
+        }
+    }
+    if as_root {
+        std::os::unix::fs::chown(&export, anon, anon)
+            .map_err(|e| format!("cannot give {} to nobody: {e}", export.display()))?;
     }
     let mountpoint = mount::check_mountpoint(&mnt)?;
+    let mut config = ServerConfig::new(export.clone(), SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.max_connections = 64;
+    if as_root {
+        config.identities.squash = Squash::All;
+    }
     let rt = runtime()?;
     let server = rt
-        .block_on(Server::bind(ServerConfig {
-            root: Some(export.clone()),
-            exports: Vec::new(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            read_only: false,
-            max_connections: 64,
-        }))
+        .block_on(Server::bind(config))
         .map_err(|e| e.to_string())?;
     let addr = server.local_addr();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -60,6 +76,9 @@ pub fn run(base: &Path) -> Result<(), String> {
         let ferry = this_program();
         println!("  from another terminal: {ferry} ls {addr}");
         println!("  and:  {ferry} status {}", mountpoint.display());
+        if as_root {
+            println!("  every user of the mount, root too, acts as nobody, who owns the export");
+        }
         println!("Press Ctrl-C to unmount and stop.");
         signals
             .serve(mounted)

@@ -2,7 +2,8 @@
 //! and its `--metrics` endpoint beside it.
 
 use crate::args::ServeArgs;
-use ferry_server::{Server, ServerConfig};
+use ferry_server::{IdentityMap, Server, ServerConfig, Squash};
+use std::io::{self, Write};
 use std::net::SocketAddr;
 
 pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -19,6 +20,16 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             args.listen
         )
     })?;
+    let squash = match (args.no_root_squash, args.all_squash) {
+        (true, _) => Squash::None,
+        (_, true) => Squash::All,
+        _ => Squash::Root,
+    };
+    let identities = IdentityMap {
+        squash,
+        anon_uid: args.anon_uid,
+        anon_gid: args.anon_gid,
+    };
     let rt = runtime()?;
     rt.block_on(async {
         let server = Server::bind(ServerConfig {
@@ -27,9 +38,17 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             listen,
             read_only: args.read_only,
             max_connections: args.max_connections,
+            identities,
+            allow_devices: args.allow_devices,
         })
         .await
         .map_err(|e| e.to_string())?;
+        // Beside the one line on stdout, which scripts read (and may stop reading).
+        let _ = writeln!(
+            io::stderr(),
+            "ferry: {}",
+            identity_note(server.acts_as_clients(), &identities)
+        );
         let addr = server.local_addr();
         let shown = |dir: &std::path::Path| {
             std::fs::canonicalize(dir)
@@ -75,6 +94,30 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("server failed: {e}"))
     })
+}
+
+/// Whose permissions the server's clients get, in one line for the operator.
+fn identity_note(acts_as_clients: bool, identities: &IdentityMap) -> String {
+    let anon = format!("{}:{}", identities.anon_uid, identities.anon_gid);
+    if !acts_as_clients {
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        return format!(
+            "not running as root, so every client acts as uid {me}: what clients create \
+             belongs to it, and clients reach what it can"
+        );
+    }
+    match identities.squash {
+        Squash::Root => format!(
+            "clients act as their own users; root on a client acts as {anon} \
+             (--no-root-squash to let it be root)"
+        ),
+        Squash::All => format!("every client user acts as {anon} (--all-squash)"),
+        Squash::None => {
+            "clients act as their own users, and root on a client is root here (--no-root-squash)"
+                .to_string()
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -5,6 +5,7 @@ mod common;
 
 use common::binary::{ferry, is_mounted, wait_mounted, wait_timeout, MountGuard, Served};
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -22,7 +23,8 @@ fn ls_get_put_round_trip_with_a_100_mib_file() {
     fs::create_dir_all(export.join("docs")).unwrap();
     fs::write(export.join("docs/a.txt"), "alpha").unwrap();
     std::os::unix::fs::symlink("a.txt", export.join("docs/link")).unwrap();
-    let served = Served::start(&export, &[]);
+    // The transfer, not squashing, is under test: root here is root there.
+    let served = Served::start(&export, &["--no-root-squash"]);
 
     let out = ferry().args(["ls", &served.addr, "docs"]).output().unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -241,7 +243,8 @@ impl Mountable {
         fs::create_dir(&export).unwrap();
         fs::create_dir(&mnt).unwrap();
         fs::write(export.join("hello"), "hi").unwrap();
-        let served = Served::start(&export, &[]);
+        // Mounting, not squashing, is under test: root on the mount is root there.
+        let served = Served::start(&export, &["--no-root-squash"]);
         let _guard = MountGuard(mnt.clone());
         Mountable {
             t,
@@ -669,8 +672,75 @@ fn metrics_count_what_the_server_does() {
     );
 }
 
+/// `ferry get` and `put` meet the permissions of the user running them, checked
+/// on the server: nobody cannot download root's private file, and root on a
+/// client is nobody there unless the server says otherwise.
+fn get_and_put_meet_the_servers_permissions() {
+    if !common::require_root() {
+        return;
+    }
+    let t = tmp();
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let export = t.path().join("export");
+    fs::create_dir(&export).unwrap();
+    fs::write(export.join("secret"), "root only").unwrap();
+    fs::set_permissions(export.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(export.join("public"), "for all").unwrap();
+    fs::create_dir(export.join("drop")).unwrap();
+    fs::set_permissions(export.join("drop"), fs::Permissions::from_mode(0o777)).unwrap();
+    let out = t.path().join("out");
+    fs::create_dir(&out).unwrap();
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o777)).unwrap();
+    let served = Served::start(&export, &[]);
+    let ferry_bin = env!("CARGO_BIN_EXE_ferry");
+    let get_as_nobody = |remote: &str| {
+        let dest = out.join(remote);
+        common::as_nobody(&[
+            ferry_bin,
+            "get",
+            &served.addr,
+            remote,
+            dest.to_str().unwrap(),
+        ])
+    };
+    // nobody, on a client: EACCES from the server, said as such.
+    let (ok, err) = get_as_nobody("secret");
+    assert!(!ok, "nobody downloaded root's 0600 file");
+    assert!(
+        err.contains("permission denied on the server: secret"),
+        "{err}"
+    );
+    assert!(!out.join("secret").exists());
+    let (ok, err) = get_as_nobody("public");
+    assert!(ok, "{err}");
+    assert_eq!(fs::read(out.join("public")).unwrap(), b"for all");
+    // root, on a client, is squashed: neither root's file nor root's directory.
+    let as_root = |args: &[&str]| ferry().current_dir(&out).args(args).output().unwrap();
+    let got = as_root(&["get", &served.addr, "secret", "root-got"]);
+    assert!(!got.status.success());
+    assert!(String::from_utf8_lossy(&got.stderr).contains("permission denied on the server"));
+    let local = t.path().join("upload");
+    fs::write(&local, "up").unwrap();
+    let put = as_root(&["put", &served.addr, local.to_str().unwrap()]);
+    assert!(
+        !put.status.success(),
+        "a squashed root wrote into root's directory"
+    );
+    let put = as_root(&["put", &served.addr, local.to_str().unwrap(), "drop"]);
+    assert!(put.status.success(), "{put:?}");
+    let owner = fs::metadata(export.join("drop/upload")).unwrap();
+    assert_eq!((owner.uid(), owner.gid()), (65534, 65534));
+    drop(served);
+    // With --no-root-squash, root is root.
+    let trusting = Served::start(&export, &["--no-root-squash"]);
+    let got = as_root(&["get", &trusting.addr, "secret", "root-got"]);
+    assert!(got.status.success(), "{got:?}");
+    assert_eq!(fs::read(out.join("root-got")).unwrap(), b"root only");
+}
+
 tests! {
     ls_get_put_round_trip_with_a_100_mib_file => [],
+    get_and_put_meet_the_servers_permissions => [Root],
     progress_bar_on_a_terminal => [],
     clear_errors_and_nonzero_exit => [],
     read_only_serve_refuses_put => [],

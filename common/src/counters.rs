@@ -261,7 +261,6 @@ mod tests {
                 path: p(),
                 flags: 0,
                 mode: 0,
-                owner: None,
             },
             Op::Read {
                 handle: 0,
@@ -286,18 +285,15 @@ mod tests {
             Op::Mkdir {
                 path: p(),
                 mode: 0,
-                owner: None,
             },
             Op::Mknod {
                 path: p(),
                 mode: 0,
                 rdev: 0,
-                owner: None,
             },
             Op::Symlink {
                 path: p(),
                 target: Vec::new(),
-                owner: None,
             },
             Op::Link {
                 existing: p(),

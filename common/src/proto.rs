@@ -9,6 +9,11 @@
 //!
 //! Nodes are named by [`RelPath`] (relative to the export root); open files by a
 //! server-side handle that lives as long as the connection.
+//!
+//! Every request says who asks ([`Cred`]: user, group and supplementary
+//! groups, as NFS's `AUTH_SYS` does). The server maps that to the identity it
+//! acts as (a client's root is squashed to an anonymous user by default) and
+//! checks permissions, and gives new nodes their owner, as that identity.
 
 use crate::attr::{Attr, StatFs, Timestamp};
 use crate::errno::Errno;
@@ -64,12 +69,21 @@ pub struct Welcome {
     pub max_chunk: u32,
     /// Every mutation answers EROFS.
     pub read_only: bool,
-    /// Optional protocol features the server supports, one bit each, as in
-    /// [`Hello::features`].
+    /// Optional protocol features the server supports, and facts about how it
+    /// treats its clients, one bit each (the `WELCOME_*` constants).
     pub features: u64,
     /// Attributes of the connection's root (the export's, or its subtree's).
     pub root: Attr,
 }
+
+/// [`Welcome::features`]: requests act as the (mapped) user of their [`Cred`],
+/// so the server checks each caller's permissions itself (it runs as root).
+/// Without it every request acts as the server's own user.
+pub const WELCOME_ACTS_AS_CALLERS: u64 = 1 << 0;
+/// [`Welcome::features`]: a client's root acts as the anonymous user.
+pub const WELCOME_ROOT_SQUASHED: u64 = 1 << 1;
+/// [`Welcome::features`]: every client user acts as the anonymous user.
+pub const WELCOME_ALL_SQUASHED: u64 = 1 << 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HandshakeReply {
@@ -80,13 +94,25 @@ pub enum HandshakeReply {
     },
 }
 
-/// Who asked for a node to be created, so that a server running as root can give
-/// the new node that owner, as a local filesystem would.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Owner {
+/// Who asks: the calling process's user, group and supplementary groups as the
+/// client knows them, carried by every request (NFS's `AUTH_SYS` credential).
+///
+/// A client can claim any ids, so this identifies, it does not authenticate:
+/// who may connect at all is settled before the first request. What a claim can
+/// reach is the server's to limit: it maps a claimed root to an anonymous user
+/// unless told otherwise, and checks every request's permissions as the user it
+/// maps the claim to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Cred {
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups, at most [`MAX_GROUPS`]; they need not repeat `gid`.
+    pub groups: Vec<u32>,
 }
+
+/// The most supplementary groups a [`Cred`] may list: Linux's `NGROUPS_MAX`.
+/// The server refuses a request claiming more with EINVAL.
+pub const MAX_GROUPS: usize = 65_536;
 
 /// A time to set: the server's clock, or a given instant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,15 +132,20 @@ pub struct AttrChanges {
     pub mtime: Option<SetTime>,
     /// After the other changes, clear the setuid bit, and the setgid bit of a
     /// group-executable file, of a regular file: what a write or truncation by a
-    /// user without CAP_FSETID does on a local disk (the server, running as root,
-    /// would otherwise keep them).
+    /// user without CAP_FSETID does on a local disk. The client decides, as it
+    /// knows the writer (the kernel leaves it to FUSE); a server acting as the
+    /// writer's root would otherwise keep them.
     pub kill_suidgid: bool,
 }
 
-/// One request, numbered by the client.
+/// One request, numbered by the client, made on behalf of `cred`.
+///
+/// `cred` comes before `op` so that a `Write`'s data still ends the frame (see
+/// `frame::encode_write_head`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub id: u64,
+    pub cred: Cred,
     pub op: Op,
 }
 
@@ -132,12 +163,12 @@ pub enum Op {
     /// Opens an existing file with `open(2)` flags (`O_CREAT` is refused; use
     /// `Create`) → [`Reply::Opened`].
     Open { path: RelPath, flags: i32 },
-    /// Creates and opens a file → [`Reply::Created`] (or [`Reply::Opened`]).
+    /// Creates and opens a file, owned by the identity the request acts as →
+    /// [`Reply::Created`] (or [`Reply::Opened`]).
     Create {
         path: RelPath,
         flags: i32,
         mode: u32,
-        owner: Option<Owner>,
     },
     /// → [`Reply::Data`], shorter than `len` only at end of file.
     Read { handle: u64, offset: u64, len: u32 },
@@ -160,26 +191,16 @@ pub enum Op {
         changes: AttrChanges,
     },
     /// → [`Reply::Entry`] (or [`Reply::Attr`]) of the new directory.
-    Mkdir {
-        path: RelPath,
-        mode: u32,
-        owner: Option<Owner>,
-    },
-    /// A FIFO, socket or device node (as the server's privileges allow) → [`Reply::Entry`]
-    /// (or [`Reply::Attr`]).
-    Mknod {
-        path: RelPath,
-        mode: u32,
-        rdev: u64,
-        owner: Option<Owner>,
-    },
+    Mkdir { path: RelPath, mode: u32 },
+    /// A FIFO, socket, empty regular file or — where the server allows them —
+    /// device node → [`Reply::Entry`] (or [`Reply::Attr`]).
+    Mknod { path: RelPath, mode: u32, rdev: u64 },
     /// A symlink at `path` whose text is `target`, stored as given → [`Reply::Entry`]
     /// (or [`Reply::Attr`]).
     Symlink {
         path: RelPath,
         #[serde(with = "serde_bytes")]
         target: Vec<u8>,
-        owner: Option<Owner>,
     },
     /// A hard link `path` to the existing `existing` → [`Reply::Entry`] (or [`Reply::Attr`]).
     Link { existing: RelPath, path: RelPath },

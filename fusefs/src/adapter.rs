@@ -4,6 +4,7 @@
 //! features asked for at `init`, and the wire types of replies.
 
 use crate::core::{Attrs, Caller, Core, Entry, Lookup, Opened, XattrAnswer};
+use crate::creds::CallerCreds;
 use ferry_common::frame::MAX_CHUNK;
 use ferry_common::proto::{AttrChanges, SetTime};
 use ferry_common::{Attr, Errno, FileKind, Timestamp};
@@ -24,19 +25,23 @@ const GENERATION: Generation = Generation(0);
 
 pub struct FerryFs {
     core: Core,
+    callers: CallerCreds,
 }
 
 impl FerryFs {
     pub fn new(core: Core) -> FerryFs {
-        FerryFs { core }
+        FerryFs {
+            core,
+            callers: CallerCreds::new(),
+        }
     }
-}
 
-fn caller(req: &Request) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-        pid: req.pid(),
+    /// Who sent `req`, with the groups the kernel does not send.
+    fn caller(&self, req: &Request) -> Caller {
+        Caller {
+            pid: req.pid(),
+            cred: self.callers.of(req.uid(), req.gid(), req.pid()),
+        }
     }
 }
 
@@ -166,26 +171,29 @@ impl Filesystem for FerryFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.core.lookup(parent.0, name, move |r| match r {
-            Ok(Lookup::Found(e)) => reply_entry(reply, Ok(e)),
-            // Inode number 0: a negative entry, for that long.
-            Ok(Lookup::Missing(ttl)) => reply.entry(
-                &ttl,
-                &file_attr(0, &Attr::blank(FileKind::File)),
-                GENERATION,
-            ),
-            Err(e) => reply.error(errno(e)),
-        });
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.core
+            .lookup(&self.caller(req), parent.0, name, move |r| match r {
+                Ok(Lookup::Found(e)) => reply_entry(reply, Ok(e)),
+                // Inode number 0: a negative entry, for that long.
+                Ok(Lookup::Missing(ttl)) => reply.entry(
+                    &ttl,
+                    &file_attr(0, &Attr::blank(FileKind::File)),
+                    GENERATION,
+                ),
+                Err(e) => reply.error(errno(e)),
+            });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.core.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         self.core
-            .getattr(ino.0, fh.map(|h| h.0), move |r| reply_attr(reply, ino, r));
+            .getattr(&self.caller(req), ino.0, fh.map(|h| h.0), move |r| {
+                reply_attr(reply, ino, r)
+            });
     }
 
     fn setattr(
@@ -215,17 +223,21 @@ impl Filesystem for FerryFs {
             mtime: mtime.map(set_time),
             kill_suidgid: false,
         };
-        self.core
-            .setattr(caller(req), ino.0, fh.map(|h| h.0), changes, move |r| {
-                reply_attr(reply, ino, r)
-            });
+        self.core.setattr(
+            &self.caller(req),
+            ino.0,
+            fh.map(|h| h.0),
+            changes,
+            move |r| reply_attr(reply, ino, r),
+        );
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.core.readlink(ino.0, move |r| match r {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(errno(e)),
-        });
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.core
+            .readlink(&self.caller(req), ino.0, move |r| match r {
+                Ok(target) => reply.data(&target),
+                Err(e) => reply.error(errno(e)),
+            });
     }
 
     fn mknod(
@@ -239,7 +251,7 @@ impl Filesystem for FerryFs {
         reply: ReplyEntry,
     ) {
         self.core
-            .mknod(caller(req), parent.0, name, mode, rdev, move |r| {
+            .mknod(&self.caller(req), parent.0, name, mode, rdev, move |r| {
                 reply_entry(reply, r)
             });
     }
@@ -254,19 +266,23 @@ impl Filesystem for FerryFs {
         reply: ReplyEntry,
     ) {
         self.core
-            .mkdir(caller(req), parent.0, name, mode, move |r| {
+            .mkdir(&self.caller(req), parent.0, name, mode, move |r| {
                 reply_entry(reply, r)
             });
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.core
-            .unlink(parent.0, name, move |r| reply_empty(reply, r));
+            .unlink(&self.caller(req), parent.0, name, move |r| {
+                reply_empty(reply, r)
+            });
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.core
-            .rmdir(parent.0, name, move |r| reply_empty(reply, r));
+            .rmdir(&self.caller(req), parent.0, name, move |r| {
+                reply_empty(reply, r)
+            });
     }
 
     fn symlink(
@@ -278,14 +294,14 @@ impl Filesystem for FerryFs {
         reply: ReplyEntry,
     ) {
         self.core
-            .symlink(caller(req), parent.0, link_name, target, move |r| {
+            .symlink(&self.caller(req), parent.0, link_name, target, move |r| {
                 reply_entry(reply, r)
             });
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -294,6 +310,7 @@ impl Filesystem for FerryFs {
         reply: ReplyEmpty,
     ) {
         self.core.rename(
+            &self.caller(req),
             parent.0,
             name,
             newparent.0,
@@ -305,26 +322,29 @@ impl Filesystem for FerryFs {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
         self.core
-            .link(ino.0, newparent.0, newname, move |r| reply_entry(reply, r));
+            .link(&self.caller(req), ino.0, newparent.0, newname, move |r| {
+                reply_entry(reply, r)
+            });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.core.open(ino.0, flags.0, move |r| match r {
-            Ok(opened) => reply.opened(FileHandle(opened.fh), fopen_flags(&opened)),
-            Err(e) => reply.error(errno(e)),
-        });
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.core
+            .open(&self.caller(req), ino.0, flags.0, move |r| match r {
+                Ok(opened) => reply.opened(FileHandle(opened.fh), fopen_flags(&opened)),
+                Err(e) => reply.error(errno(e)),
+            });
     }
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -333,15 +353,22 @@ impl Filesystem for FerryFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.core.read(ino.0, fh.0, offset, size, move |r| match r {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(e)),
-        });
+        self.core.read(
+            &self.caller(req),
+            ino.0,
+            fh.0,
+            offset,
+            size,
+            move |r| match r {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno(e)),
+            },
+        );
     }
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -352,28 +379,38 @@ impl Filesystem for FerryFs {
         reply: ReplyWrite,
     ) {
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        self.core
-            .write(ino.0, fh.0, offset, data, flags.0, kill, move |r| match r {
+        self.core.write(
+            &self.caller(req),
+            ino.0,
+            fh.0,
+            offset,
+            data,
+            flags.0,
+            kill,
+            move |r| match r {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(e)),
-            });
+            },
+        );
     }
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         self.core
-            .flush(ino.0, fh.0, lock_owner.0, move |r| reply_empty(reply, r));
+            .flush(&self.caller(req), ino.0, fh.0, lock_owner.0, move |r| {
+                reply_empty(reply, r)
+            });
     }
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -381,25 +418,27 @@ impl Filesystem for FerryFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.core.release(ino.0, fh.0);
+        self.core.release(&self.caller(req), ino.0, fh.0);
         reply.ok();
     }
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
         self.core
-            .fsync(ino.0, fh.0, datasync, move |r| reply_empty(reply, r));
+            .fsync(&self.caller(req), ino.0, fh.0, datasync, move |r| {
+                reply_empty(reply, r)
+            });
     }
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -407,15 +446,20 @@ impl Filesystem for FerryFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.core
-            .fallocate(ino.0, fh.0, offset, length, mode, move |r| {
-                reply_empty(reply, r)
-            });
+        self.core.fallocate(
+            &self.caller(req),
+            ino.0,
+            fh.0,
+            offset,
+            length,
+            mode,
+            move |r| reply_empty(reply, r),
+        );
     }
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -427,6 +471,7 @@ impl Filesystem for FerryFs {
         reply: ReplyWrite,
     ) {
         self.core.copy_file_range(
+            &self.caller(req),
             ino_in.0,
             fh_in.0,
             offset_in,
@@ -450,21 +495,23 @@ impl Filesystem for FerryFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let listed = self.core.readdir(ino.0, fh.0, offset, |item| {
-            let name = OsStr::from_bytes(item.name);
-            reply.add(
-                INodeNo(item.ino),
-                item.next_offset,
-                file_type(item.kind),
-                name,
-            )
-        });
+        let listed = self
+            .core
+            .readdir(&self.caller(req), ino.0, fh.0, offset, |item| {
+                let name = OsStr::from_bytes(item.name);
+                reply.add(
+                    INodeNo(item.ino),
+                    item.next_offset,
+                    file_type(item.kind),
+                    name,
+                )
+            });
         match listed {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -473,23 +520,25 @@ impl Filesystem for FerryFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let listed = self.core.readdirplus(ino.0, fh.0, offset, |item| {
-            let e = item.entry;
-            reply.add(
-                INodeNo(e.ino),
-                item.next_offset,
-                OsStr::from_bytes(item.name),
-                &e.ttl,
-                &file_attr(e.ino, &e.attr),
-                GENERATION,
-            )
-        });
+        let listed = self
+            .core
+            .readdirplus(&self.caller(req), ino.0, fh.0, offset, |item| {
+                let e = item.entry;
+                reply.add(
+                    INodeNo(e.ino),
+                    item.next_offset,
+                    OsStr::from_bytes(item.name),
+                    &e.ttl,
+                    &file_attr(e.ino, &e.attr),
+                    GENERATION,
+                )
+            });
         match listed {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -521,8 +570,8 @@ impl Filesystem for FerryFs {
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.core.statfs(move |r| match r {
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.core.statfs(&self.caller(req), move |r| match r {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             ),
@@ -530,19 +579,23 @@ impl Filesystem for FerryFs {
         });
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         self.core
-            .getxattr(ino.0, name, size, move |r| reply_xattr(reply, r));
+            .getxattr(&self.caller(req), ino.0, name, size, move |r| {
+                reply_xattr(reply, r)
+            });
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         self.core
-            .listxattr(caller(req), ino.0, size, move |r| reply_xattr(reply, r));
+            .listxattr(&self.caller(req), ino.0, size, move |r| {
+                reply_xattr(reply, r)
+            });
     }
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -550,20 +603,27 @@ impl Filesystem for FerryFs {
         position: u32,
         reply: ReplyEmpty,
     ) {
+        self.core.setxattr(
+            &self.caller(req),
+            ino.0,
+            name,
+            value,
+            flags,
+            position,
+            move |r| reply_empty(reply, r),
+        );
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.core
-            .setxattr(ino.0, name, value, flags, position, move |r| {
+            .removexattr(&self.caller(req), ino.0, name, move |r| {
                 reply_empty(reply, r)
             });
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.core
-            .removexattr(ino.0, name, move |r| reply_empty(reply, r));
-    }
-
     fn getlk(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
@@ -574,6 +634,7 @@ impl Filesystem for FerryFs {
         reply: ReplyLock,
     ) {
         self.core.getlk(
+            &self.caller(req),
             ino.0,
             fh.0,
             lock_owner.0,
@@ -600,15 +661,14 @@ impl Filesystem for FerryFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let tid = req.pid();
         self.core.setlk(
+            &self.caller(req),
             ino.0,
             fh.0,
             lock_owner.0,
             start,
             end,
             typ,
-            tid,
             sleep,
             move |r| reply_empty(reply, r),
         );
@@ -624,8 +684,13 @@ impl Filesystem for FerryFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.core
-            .create(caller(req), parent.0, name, mode, flags, move |r| match r {
+        self.core.create(
+            &self.caller(req),
+            parent.0,
+            name,
+            mode,
+            flags,
+            move |r| match r {
                 Ok((e, opened)) => reply.created(
                     &e.ttl,
                     &file_attr(e.ino, &e.attr),
@@ -634,7 +699,8 @@ impl Filesystem for FerryFs {
                     fopen_flags(&opened),
                 ),
                 Err(e) => reply.error(errno(e)),
-            });
+            },
+        );
     }
 
     /// No ioctl is supported; ENOTTY is what a local file answers to one it does

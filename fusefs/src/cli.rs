@@ -4,10 +4,13 @@
 //! runs at the connection's speed rather than at one round trip per chunk. An
 //! upload goes to a temporary name beside its destination and is renamed into
 //! place only when complete, so the remote file appears whole or not at all.
+//! Every request goes on behalf of the user running the command (its ids and
+//! groups), whose permissions the server checks.
 
-use crate::client::{ConnectError, RemoteClient};
+use crate::client::{ConnectError, OpResult, RemoteClient};
+use crate::creds;
 use ferry_common::frame::MAX_CHUNK;
-use ferry_common::proto::{Op, Reply};
+use ferry_common::proto::{Cred, DirEntry, Op, Reply};
 use ferry_common::{Attr, Errno, FileKind, RelPath};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::ffi::OsStr;
@@ -38,6 +41,37 @@ impl std::error::Error for CliError {}
 impl From<ConnectError> for CliError {
     fn from(e: ConnectError) -> Self {
         CliError(e.to_string())
+    }
+}
+
+/// A connection used on behalf of this process.
+struct Client {
+    remote: RemoteClient,
+    me: Cred,
+}
+
+impl Client {
+    fn connect(addr: &str) -> Result<Client, CliError> {
+        Ok(Client {
+            remote: RemoteClient::connect(addr)?,
+            me: creds::own(),
+        })
+    }
+
+    fn call(&self, op: Op) -> OpResult {
+        self.remote.call(&self.me, op)
+    }
+
+    fn submit(&self, op: Op, done: impl FnOnce(OpResult) + Send + 'static) {
+        self.remote.submit(&self.me, op, done)
+    }
+
+    fn list_dir(&self, path: &RelPath) -> Result<Vec<DirEntry>, Errno> {
+        self.remote.list_dir(&self.me, path)
+    }
+
+    fn shutdown(&self) {
+        self.remote.shutdown()
     }
 }
 
@@ -122,7 +156,7 @@ fn mode_string(attr: &Attr) -> String {
     s
 }
 
-fn ls_line(client: &RemoteClient, dir: &RelPath, name: &[u8], attr: &Attr) -> String {
+fn ls_line(client: &Client, dir: &RelPath, name: &[u8], attr: &Attr) -> String {
     let mtime = humantime::format_rfc3339_seconds(attr.mtime.to_system_time());
     let mut line = format!(
         "{} {:>3} {:>5} {:>5} {:>12} {} {}",
@@ -149,7 +183,7 @@ fn ls_line(client: &RemoteClient, dir: &RelPath, name: &[u8], attr: &Attr) -> St
 
 /// `ferry ls ADDR [PATH]`: like `ls -l`, sorted by name.
 pub fn ls(addr: &str, path: &str, out: &mut dyn Write) -> Result<(), CliError> {
-    let client = RemoteClient::connect(addr)?;
+    let client = Client::connect(addr)?;
     let path = parse_remote(path)?;
     let attr = expect_attr(client.call(Op::Stat { path: path.clone() }))
         .map_err(|e| remote_err("path", &path, e))?;
@@ -193,7 +227,7 @@ fn temp_name_beside(dest: &Path) -> PathBuf {
 /// `ferry get ADDR REMOTE [LOCAL]`: downloads a file; returns where it was written.
 pub fn get(addr: &str, remote: &str, local: Option<&Path>) -> Result<PathBuf, CliError> {
     let started = Instant::now();
-    let client = RemoteClient::connect(addr)?;
+    let client = Client::connect(addr)?;
     let path = parse_remote(remote)?;
     if path.is_root() {
         return Err(CliError(
@@ -284,7 +318,7 @@ enum Order {
 }
 
 fn download(
-    client: &RemoteClient,
+    client: &Client,
     handle: u64,
     size: u64,
     mut file: &File,
@@ -362,7 +396,7 @@ pub fn put(addr: &str, local: &Path, remote: Option<&str>) -> Result<RelPath, Cl
         .file_name()
         .ok_or_else(|| CliError(format!("{} has no file name", local.display())))?;
     let started = Instant::now();
-    let client = RemoteClient::connect(addr)?;
+    let client = Client::connect(addr)?;
     let mut dest = match remote {
         Some(r) => parse_remote(r)?,
         None => RelPath::root(),
@@ -405,7 +439,6 @@ pub fn put(addr: &str, local: &Path, remote: Option<&str>) -> Result<RelPath, Cl
         path: temp.clone(),
         flags,
         mode,
-        owner: None,
     }))
     .map_err(|e| match e {
         Errno::ENOENT => CliError(format!("no such remote directory: {parent}")),
@@ -440,7 +473,7 @@ pub fn put(addr: &str, local: &Path, remote: Option<&str>) -> Result<RelPath, Cl
     Ok(dest)
 }
 
-fn upload(client: &RemoteClient, handle: u64, file: &File, size: u64) -> Result<(), CliError> {
+fn upload(client: &Client, handle: u64, file: &File, size: u64) -> Result<(), CliError> {
     let bar = progress(size);
     let (tx, rx) = mpsc::channel();
     let mut next = 0u64;

@@ -18,6 +18,8 @@
 //!   detection).
 //! - [`client`]: `RemoteClient`, one pipelined connection to a server, with
 //!   deadlines, reconnection and connection epochs.
+//! - [`creds`]: who each request is made for: the mount's caller (groups read
+//!   from `/proc` and kept briefly), or the `ls`/`get`/`put` process itself.
 //! - [`notify`]: `KernelNotifier`, which carries out the core's requests to drop
 //!   kernel caches, through fuser's `Notifier`, on a thread of its own.
 //! - [`mount`]: mounting, the mountpoint checks, signals and clean unmounting.
@@ -34,6 +36,7 @@ mod cache;
 pub mod cli;
 pub mod client;
 pub mod core;
+pub mod creds;
 mod files;
 mod inode;
 mod known;

@@ -29,6 +29,7 @@ use crate::dispatch::Session;
 use crate::export::ExportRoot;
 use crate::exports::Exports;
 use crate::metrics::Metrics;
+use crate::policy::Policy;
 use crate::schedule::{schedule, Schedule};
 use crate::sequencer::Sequencer;
 use crate::sys;
@@ -72,7 +73,7 @@ const READ_BUFFER: usize = 64 * 1024;
 pub(crate) async fn serve(
     stream: TcpStream,
     exports: Arc<Exports>,
-    read_only: bool,
+    policy: Policy,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), FrameError> {
@@ -84,12 +85,12 @@ pub(crate) async fn serve(
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
 
-    let Some(export) = handshake(&mut reader, &mut write_half, &exports, read_only).await? else {
+    let Some(export) = handshake(&mut reader, &mut write_half, &exports, &policy).await? else {
         metrics.refused();
         return Ok(());
     };
 
-    let session = Arc::new(Session::new(export, read_only));
+    let session = Arc::new(Session::new(export, policy));
     let sequencer = Arc::new(Sequencer::new());
     let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_replies(write_half, rx, Arc::clone(&metrics)));
@@ -123,12 +124,14 @@ pub(crate) async fn serve(
             // A write's data was read into its own buffer: no copy out of a frame.
             RequestFrame::Write {
                 id,
+                cred,
                 handle,
                 offset,
                 data,
                 ..
             } => Request {
                 id,
+                cred,
                 op: Op::Write {
                     handle,
                     offset,
@@ -191,7 +194,7 @@ async fn handshake(
     reader: &mut BufReader<OwnedReadHalf>,
     writer: &mut OwnedWriteHalf,
     exports: &Arc<Exports>,
-    read_only: bool,
+    policy: &Policy,
 ) -> Result<Option<Arc<ExportRoot>>, FrameError> {
     let payload = match timeout(HANDSHAKE_TIMEOUT, frame::read_frame_async(reader)).await {
         Err(_) => {
@@ -234,6 +237,7 @@ async fn handshake(
             .unwrap_or_else(|e| Err(format!("the server failed to open the export: {e}")));
             match chosen {
                 Ok((chosen, root)) => {
+                    let root_acts_as_clients = chosen.root.acts_as_clients();
                     log::debug!(
                         "serving {} (export {}) to a client",
                         chosen.root.path().display(),
@@ -243,8 +247,8 @@ async fn handshake(
                     HandshakeReply::Welcome(Welcome {
                         version: PROTOCOL_VERSION,
                         max_chunk: MAX_CHUNK,
-                        read_only,
-                        features: 0,
+                        read_only: policy.read_only,
+                        features: policy.welcome_features(root_acts_as_clients),
                         root,
                     })
                 }
@@ -318,8 +322,8 @@ fn answer(session: &Session, metrics: &Metrics, request: Request) -> Encoded {
     let kind = op_kind(&request.op);
     let started = Instant::now();
     // A bug in one operation must not leave its request unanswered.
-    let result = panic::catch_unwind(AssertUnwindSafe(|| session.handle(request.op)))
-        .unwrap_or_else(|_| {
+    let result =
+        panic::catch_unwind(AssertUnwindSafe(|| session.handle(request))).unwrap_or_else(|_| {
             log::error!("request {id} panicked; answering EIO");
             Err(Errno::EIO)
         });

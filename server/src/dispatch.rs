@@ -2,15 +2,20 @@
 //! export call answers which operation.
 //!
 //! A [`Session`] is the state one connection's requests share: the export, the
-//! connection's open files and locks, and whether the export is read-only (then
-//! every request that would change it answers EROFS). `handle` makes blocking
-//! file system calls; [`crate::schedule`] decides which thread each request
-//! makes them on, the connection's reader or the blocking pool.
+//! connection's open files and locks, and the server's [`Policy`] (a read-only
+//! export answers every request that would change it with EROFS). `handle`
+//! maps the request's credential to the identity it acts as, lets the policy
+//! refuse or tone it down, and carries it out with the thread acting as that
+//! identity. It makes blocking file system calls; [`crate::schedule`] decides
+//! which thread each request makes them on, the connection's reader or the
+//! blocking pool.
 
-use crate::export::{ExportRoot, LockTable};
+use crate::export::{ExportRoot, LockTable, SetIdBits};
 use crate::handles::HandleTable;
+use crate::identity::Identity;
+use crate::policy::{self, Policy};
 use ferry_common::frame::{MAX_CHUNK, READDIR_PAGE};
-use ferry_common::proto::{Op, Reply};
+use ferry_common::proto::{Op, Reply, Request};
 use ferry_common::{Attr, Errno, RelPath};
 use std::sync::Arc;
 
@@ -62,16 +67,16 @@ pub(crate) struct Session {
     handles: HandleTable,
     /// POSIX locks by file and lock owner (flocks live on the handles themselves).
     locks: LockTable,
-    read_only: bool,
+    policy: Policy,
 }
 
 impl Session {
-    pub(crate) fn new(export: Arc<ExportRoot>, read_only: bool) -> Session {
+    pub(crate) fn new(export: Arc<ExportRoot>, policy: Policy) -> Session {
         Session {
             export,
             handles: HandleTable::new(),
             locks: LockTable::new(),
-            read_only,
+            policy,
         }
     }
 
@@ -102,11 +107,20 @@ impl Session {
         Reply::DirsChanged(dirs)
     }
 
-    /// Carries out one operation.
-    pub(crate) fn handle(&self, op: Op) -> Result<Reply, Errno> {
-        if self.read_only && is_mutation(&op) {
+    /// Carries out one request, as the identity its credential maps to.
+    pub(crate) fn handle(&self, request: Request) -> Result<Reply, Errno> {
+        let Request { cred, mut op, .. } = request;
+        if self.policy.read_only && is_mutation(&op) {
             return Err(Errno::EROFS);
         }
+        let admitted = self.policy.admit(&cred, &mut op)?;
+        // Until dropped, on every way out of here, unwinding included.
+        let _acting = self.export.act_as(&admitted.who)?;
+        self.carry_out(op, &admitted.who, admitted.setid)
+    }
+
+    /// Carries out one operation, the thread acting as `who` already.
+    fn carry_out(&self, op: Op, who: &Identity, setid: SetIdBits) -> Result<Reply, Errno> {
         let export = &*self.export;
         match op {
             Op::Stat { path } => export.stat(&path).map(Reply::Attr),
@@ -120,13 +134,8 @@ impl Session {
                 let handle = self.handles.insert(file)?;
                 Ok(Reply::Opened { handle, attr })
             }
-            Op::Create {
-                path,
-                flags,
-                mode,
-                owner,
-            } => {
-                let (file, attr) = export.create(&path, flags, mode, owner)?;
+            Op::Create { path, flags, mode } => {
+                let (file, attr) = export.create(&path, flags, mode)?;
                 let handle = self.handles.insert(file)?;
                 Ok(match self.dir_of(&path) {
                     Some(dir) => Reply::Created { handle, attr, dir },
@@ -170,30 +179,21 @@ impl Session {
                     path.validate()?;
                     self.handles
                         .get(handle)?
-                        .set_attr(&changes)
+                        .set_attr(&changes, setid)
                         .map(Reply::Attr)
                 }
-                None => export.set_attr(&path, &changes).map(Reply::Attr),
+                None => export.set_attr(&path, &changes, setid).map(Reply::Attr),
             },
-            Op::Mkdir { path, mode, owner } => {
-                let attr = export.mkdir(&path, mode, owner)?;
+            Op::Mkdir { path, mode } => {
+                let attr = export.mkdir(&path, mode)?;
                 Ok(self.entry(&path, attr))
             }
-            Op::Mknod {
-                path,
-                mode,
-                rdev,
-                owner,
-            } => {
-                let attr = export.mknod(&path, mode, rdev, owner)?;
+            Op::Mknod { path, mode, rdev } => {
+                let attr = export.mknod(&path, mode, rdev)?;
                 Ok(self.entry(&path, attr))
             }
-            Op::Symlink {
-                path,
-                target,
-                owner,
-            } => {
-                let attr = export.symlink(&path, &target, owner)?;
+            Op::Symlink { path, target } => {
+                let attr = export.symlink(&path, &target)?;
                 Ok(self.entry(&path, attr))
             }
             Op::Link { existing, path } => {
@@ -214,7 +214,9 @@ impl Session {
             }
             Op::StatFs => export.statfs().map(Reply::StatFs),
             Op::GetXattr { path, name } => export.get_xattr(&path, &name).map(Reply::Xattr),
-            Op::ListXattr { path } => export.list_xattr(&path).map(Reply::Xattr),
+            Op::ListXattr { path } => export
+                .list_xattr(&path)
+                .map(|names| Reply::Xattr(policy::visible_xattrs(names, who))),
             Op::SetXattr {
                 path,
                 name,
@@ -344,7 +346,6 @@ mod tests {
                 path: path.clone(),
                 flags: libc::O_RDONLY,
                 mode: 0o644,
-                owner: None,
             },
             Op::Write {
                 handle: 1,
@@ -359,18 +360,15 @@ mod tests {
             Op::Mkdir {
                 path: path.clone(),
                 mode: 0o755,
-                owner: None,
             },
             Op::Mknod {
                 path: path.clone(),
                 mode: libc::S_IFIFO | 0o644,
                 rdev: 0,
-                owner: None,
             },
             Op::Symlink {
                 path: path.clone(),
                 target: b"t".to_vec(),
-                owner: None,
             },
             Op::Link {
                 existing: path.clone(),

@@ -23,7 +23,15 @@
 //! - `chmod`, `truncate`, `utimens` and `stat` of a FIFO, socket or device act on
 //!   the node without opening it; `Open` refuses such nodes outright (ENXIO), as
 //!   opening one would reach the server's own driver or block on a FIFO.
+//!
+//! # Whose permissions
+//!
+//! The methods act with the calling thread's credentials. A caller serving a
+//! client first makes the thread act as the client's mapped user
+//! ([`ExportRoot::act_as`], see [`credentials`]), so that the kernel checks
+//! that user's permissions and new nodes are that user's.
 
+mod credentials;
 mod locks;
 mod open_file;
 mod sys;
@@ -32,10 +40,13 @@ mod xattr;
 #[cfg(test)]
 mod tests;
 
+pub use credentials::Acting;
 pub(crate) use locks::LockTable;
 pub use open_file::OpenFile;
 
-use ferry_common::proto::{AttrChanges, DirEntry, Owner, SetTime};
+use crate::identity::Identity;
+use credentials::OwnCredentials;
+use ferry_common::proto::{AttrChanges, DirEntry, SetTime};
 use ferry_common::{Attr, Errno, RelPath, StatFs};
 use std::ffi::CString;
 use std::io;
@@ -65,8 +76,30 @@ pub struct ExportRoot {
     /// `O_PATH | O_DIRECTORY` descriptor every path is resolved beneath.
     root: OwnedFd,
     path: PathBuf,
-    /// A server running as root gives new nodes the owner the client names.
-    chown_new_nodes: bool,
+    /// The server's own credentials, which every request's are swapped for
+    /// and back.
+    own: OwnCredentials,
+}
+
+/// What a chmod may do with the set-user-id and set-group-id bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetIdBits {
+    /// Set them as asked (the kernel still decides, as for a local chmod).
+    AsAsked,
+    /// Never set-user-id, and set-group-id only on a directory, where it only
+    /// gives new entries the directory's group.
+    DirectoryGroupOnly,
+}
+
+impl SetIdBits {
+    /// `mode` for a node of `st`'s kind.
+    fn apply(self, mode: u32, st: &libc::stat) -> u32 {
+        match self {
+            SetIdBits::AsAsked => mode,
+            SetIdBits::DirectoryGroupOnly if is_kind(st, libc::S_IFDIR) => mode & !libc::S_ISUID,
+            SetIdBits::DirectoryGroupOnly => mode & !(libc::S_ISUID | libc::S_ISGID),
+        }
+    }
 }
 
 /// A node as an operation reaches it: its parent directory, held open, and its
@@ -127,10 +160,16 @@ impl ExportRoot {
                 format!("cannot export {shown}: {why}"),
             ));
         }
+        let own = OwnCredentials::capture().map_err(|e| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("cannot read the server's own credentials: {e}"),
+            )
+        })?;
         Ok(ExportRoot {
             root,
             path: path.to_path_buf(),
-            chown_new_nodes: sys::geteuid() == 0,
+            own,
         })
     }
 
@@ -144,8 +183,20 @@ impl ExportRoot {
         Ok(ExportRoot {
             root,
             path: self.path.join(path.as_os_str()),
-            chown_new_nodes: self.chown_new_nodes,
+            own: self.own.clone(),
         })
+    }
+
+    /// Makes the calling thread act as `who` — check permissions as that user,
+    /// give new nodes that owner — until the guard returned is dropped. A server
+    /// not running as root acts as itself whoever asks.
+    pub fn act_as(&self, who: &Identity) -> Result<Acting<'_>, Errno> {
+        self.own.act_as(who)
+    }
+
+    /// Whether [`act_as`](Self::act_as) can act as other users: the server runs as root.
+    pub fn acts_as_clients(&self) -> bool {
+        self.own.can_switch()
     }
 
     /// The directory as given to [`ExportRoot::open`] (with the subtree appended,
@@ -231,23 +282,17 @@ impl ExportRoot {
     /// Creates and opens a regular file with permission bits `mode`. Without
     /// `O_EXCL` in `flags` an existing file is opened instead (and keeps its mode
     /// and owner).
-    pub fn create(
-        &self,
-        path: &RelPath,
-        flags: i32,
-        mode: u32,
-        owner: Option<Owner>,
-    ) -> Result<(OpenFile, Attr), Errno> {
+    pub fn create(&self, path: &RelPath, flags: i32, mode: u32) -> Result<(OpenFile, Attr), Errno> {
         let node = self.locate(path)?;
         let exclusive = flags & libc::O_EXCL != 0;
         let flags = flags & OPEN_FLAGS;
         let mut last = Errno::EEXIST;
         // Creating exclusively first tells a new file (which gets the requested
-        // mode and owner) from an existing one (which must not).
+        // mode) from an existing one (which must not).
         for _ in 0..CREATE_RETRIES {
             match open_node(&node, flags | libc::O_CREAT | libc::O_EXCL, mode) {
                 Ok((fd, _)) => {
-                    let st = self.settle_new_node(&node, fd.as_fd(), Some(mode), owner)?;
+                    let st = settle_new_node(fd.as_fd(), Some(mode))?;
                     return Ok((OpenFile::new(fd), attr_from_stat(&st)));
                 }
                 Err(e) if e == Errno::EEXIST && !exclusive => {}
@@ -271,37 +316,26 @@ impl ExportRoot {
     }
 
     /// `mkdir` → the new directory's attributes.
-    pub fn mkdir(&self, path: &RelPath, mode: u32, owner: Option<Owner>) -> Result<Attr, Errno> {
+    pub fn mkdir(&self, path: &RelPath, mode: u32) -> Result<Attr, Errno> {
         let node = self.locate(path)?;
         sys::mkdirat(node.dir(), &node.name, mode)?;
-        self.settle_created(&node, Some(mode), owner)
+        settle_created(&node, Some(mode))
     }
 
-    /// `mknod`: a FIFO, socket, device node (as the server's privileges allow) or
+    /// `mknod`: a FIFO, socket, device node (as the caller's privileges allow) or
     /// empty regular file; `mode` carries the kind.
-    pub fn mknod(
-        &self,
-        path: &RelPath,
-        mode: u32,
-        rdev: u64,
-        owner: Option<Owner>,
-    ) -> Result<Attr, Errno> {
+    pub fn mknod(&self, path: &RelPath, mode: u32, rdev: u64) -> Result<Attr, Errno> {
         let node = self.locate(path)?;
         sys::mknodat(node.dir(), &node.name, mode, rdev)?;
-        self.settle_created(&node, Some(mode), owner)
+        settle_created(&node, Some(mode))
     }
 
     /// A symlink at `path` whose text is `target`, stored as given.
-    pub fn symlink(
-        &self,
-        path: &RelPath,
-        target: &[u8],
-        owner: Option<Owner>,
-    ) -> Result<Attr, Errno> {
+    pub fn symlink(&self, path: &RelPath, target: &[u8]) -> Result<Attr, Errno> {
         let node = self.locate(path)?;
         let target = sys::cstring(target)?;
         sys::symlinkat(&target, node.dir(), &node.name)?;
-        self.settle_created(&node, None, owner)
+        settle_created(&node, None)
     }
 
     /// A hard link `path` to `existing` (a symlink is linked itself).
@@ -333,11 +367,16 @@ impl ExportRoot {
         sys::renameat2(old.dir(), &old.name, new.dir(), &new.name, flags)
     }
 
-    /// chown, then chmod (so that set-id bits survive, as with `chown; chmod`),
-    /// then truncate, then times; returns the new attributes. Acts on the node
-    /// itself, never opening it and never following a symlink (a symlink's mode
-    /// cannot change: EOPNOTSUPP).
-    pub fn set_attr(&self, path: &RelPath, changes: &AttrChanges) -> Result<Attr, Errno> {
+    /// chown, then chmod (so that set-id bits survive, as with `chown; chmod`;
+    /// `setid` says which may be set at all), then truncate, then times;
+    /// returns the new attributes. Acts on the node itself, never opening it and
+    /// never following a symlink (a symlink's mode cannot change: EOPNOTSUPP).
+    pub fn set_attr(
+        &self,
+        path: &RelPath,
+        changes: &AttrChanges,
+        setid: SetIdBits,
+    ) -> Result<Attr, Errno> {
         let node = self.locate(path)?;
         let target = sys::openat2(node.dir(), &node.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let fd = target.as_fd();
@@ -349,7 +388,7 @@ impl ExportRoot {
             if is_kind(&st, libc::S_IFLNK) {
                 return Err(Errno::ENOTSUP);
             }
-            sys::chmod_fd(fd, mode)?;
+            sys::chmod_fd(fd, setid.apply(mode, &st))?;
         }
         if let Some(size) = changes.size {
             if is_kind(&st, libc::S_IFDIR) {
@@ -424,67 +463,37 @@ impl ExportRoot {
         };
         sys::openat2(self.root.as_fd(), &c_path, flags, 0)
     }
+}
 
-    /// Finishes a node just made by mkdir, mknod or symlink; see [`Self::settle_new_node`].
-    fn settle_created(
-        &self,
-        node: &Node<'_>,
-        mode: Option<u32>,
-        owner: Option<Owner>,
-    ) -> Result<Attr, Errno> {
-        let fd = sys::openat2(node.dir(), &node.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        Ok(attr_from_stat(&self.settle_new_node(
-            node,
-            fd.as_fd(),
-            mode,
-            owner,
-        )?))
-    }
+/// Finishes a node just made by mkdir, mknod or symlink; see [`settle_new_node`].
+fn settle_created(node: &Node<'_>, mode: Option<u32>) -> Result<Attr, Errno> {
+    let fd = sys::openat2(node.dir(), &node.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+    Ok(attr_from_stat(&settle_new_node(fd.as_fd(), mode)?))
+}
 
-    /// Gives a new node the owner the client named (when the server runs as root)
-    /// and exactly the permission bits it asked for: the client's kernel already
-    /// applied the caller's umask, and the server's own umask must not apply a
-    /// second time. Both are best effort: the node exists either way.
-    ///
-    /// In a set-group-id directory the node keeps the group it inherited from
-    /// the directory, as on a local filesystem; only its user changes.
-    fn settle_new_node(
-        &self,
-        node: &Node<'_>,
-        fd: BorrowedFd<'_>,
-        mode: Option<u32>,
-        owner: Option<Owner>,
-    ) -> Result<libc::stat, Errno> {
-        let mut st = sys::fstat(fd)?;
-        if let (true, Some(owner)) = (self.chown_new_nodes, owner) {
-            let parent_setgid = sys::fstat(node.dir())?.st_mode & libc::S_ISGID != 0;
-            let gid = if parent_setgid { st.st_gid } else { owner.gid };
-            if st.st_uid != owner.uid || st.st_gid != gid {
-                match sys::chown_fd(fd, Some(owner.uid), Some(gid)) {
+/// Gives a new node exactly the permission bits the client asked for: the
+/// client's kernel already applied the caller's umask, and the server's own
+/// umask must not apply a second time. Best effort: the node exists either way.
+/// (Its owner is whoever the thread acts as, and in a set-group-id directory its
+/// group is the directory's, as on a local filesystem.)
+fn settle_new_node(fd: BorrowedFd<'_>, mode: Option<u32>) -> Result<libc::stat, Errno> {
+    let mut st = sys::fstat(fd)?;
+    if let Some(mode) = mode {
+        if !is_kind(&st, libc::S_IFLNK) {
+            let mut wanted = mode & 0o7777;
+            if is_kind(&st, libc::S_IFDIR) {
+                // Inherited from a set-group-id parent, as mkdir(2) keeps it.
+                wanted |= st.st_mode & libc::S_ISGID;
+            }
+            if st.st_mode & 0o7777 != wanted {
+                match sys::chmod_fd(fd, wanted) {
                     Ok(()) => st = sys::fstat(fd)?,
-                    Err(e) => {
-                        log::debug!("cannot give a new node to {}:{}: {e}", owner.uid, owner.gid)
-                    }
+                    Err(e) => log::debug!("cannot set mode {wanted:o} on a new node: {e}"),
                 }
             }
         }
-        if let Some(mode) = mode {
-            if !is_kind(&st, libc::S_IFLNK) {
-                let mut wanted = mode & 0o7777;
-                if is_kind(&st, libc::S_IFDIR) {
-                    // Inherited from a set-group-id parent, as mkdir(2) keeps it.
-                    wanted |= st.st_mode & libc::S_ISGID;
-                }
-                if st.st_mode & 0o7777 != wanted {
-                    match sys::chmod_fd(fd, wanted) {
-                        Ok(()) => st = sys::fstat(fd)?,
-                        Err(e) => log::debug!("cannot set mode {wanted:o} on a new node: {e}"),
-                    }
-                }
-            }
-        }
-        Ok(st)
     }
+    Ok(st)
 }
 
 /// Opens `node` (its last name never followed, nothing below the root reached)

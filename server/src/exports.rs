@@ -70,6 +70,15 @@ impl Exports {
         self.default.as_ref()
     }
 
+    /// Whether requests act as the clients' (mapped) users: the server runs as
+    /// root (every export shares the server's credentials).
+    pub(crate) fn acts_as_clients(&self) -> bool {
+        self.default
+            .iter()
+            .chain(self.named.values())
+            .any(|export| export.acts_as_clients())
+    }
+
     /// The named exports, by name.
     pub(crate) fn named(&self) -> impl Iterator<Item = (&str, &Arc<ExportRoot>)> {
         self.named.iter().map(|(name, root)| (name.as_str(), root))

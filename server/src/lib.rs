@@ -8,11 +8,18 @@
 //!   the server's storage interface, and [`OpenFile`], what a handle stands for.
 //!   Every file system call lives there, as plain methods returning
 //!   `Result<T, Errno>`; nothing outside the root is reachable (`openat2` with
-//!   `RESOLVE_BENEATH`, no symlink ever followed). Its raw system calls are all
-//!   in `export::sys`.
+//!   `RESOLVE_BENEATH`, no symlink ever followed). Calls act as the user the
+//!   thread acts as (`export::credentials`: per-thread file system ids, groups
+//!   and capabilities, switched around each request). Its raw system calls are
+//!   all in `export::sys`.
+//! - `identity`: who a request acts as — the client's claimed credential, with
+//!   root (or everyone) squashed to an anonymous user, as NFS does.
+//! - `policy`: what is refused on top of the kernel's checks (device nodes,
+//!   set-id programs from squashed clients, `security.*` and `trusted.*`
+//!   attributes from anyone but root, changes to a read-only export).
 //! - `handles`: one connection's open files, by handle number.
-//! - `dispatch`: turns each protocol operation into an export call and its reply;
-//!   a read-only export answers every mutation with EROFS.
+//! - `dispatch`: turns each request into an export call, acting as its
+//!   identity, and its reply.
 //! - `schedule`: where each request runs (on the connection's reader, or on the
 //!   blocking pool) and whether it waits for earlier requests on its handle.
 //! - `sequencer`: the per-handle queues that keep those requests in order.
@@ -33,16 +40,20 @@ mod dispatch;
 mod export;
 mod exports;
 mod handles;
+mod identity;
 mod metrics;
+mod policy;
 mod schedule;
 mod sequencer;
 mod sys;
 
 pub use dispatch::MAX_COPY;
-pub use export::{ExportRoot, OpenFile};
+pub use export::{Acting, ExportRoot, OpenFile, SetIdBits};
+pub use identity::{BadAnonymousId, Identity, IdentityMap, Squash, DEFAULT_ANON_ID};
 pub use metrics::{serve_http as serve_metrics, Metrics};
 
 use exports::Exports;
+use policy::Policy;
 
 use std::future::Future;
 use std::io;
@@ -76,6 +87,28 @@ pub struct ServerConfig {
     pub read_only: bool,
     /// Clients served at once; further ones wait in the listen queue until a slot frees.
     pub max_connections: usize,
+    /// Which clients' users act as the anonymous user, and who that is (a
+    /// client's root, by default). Takes effect when the server runs as root;
+    /// otherwise every request acts as the server's own user.
+    pub identities: IdentityMap,
+    /// Clients may make device nodes (root only; refused with EPERM otherwise).
+    pub allow_devices: bool,
+}
+
+impl ServerConfig {
+    /// Serving `root` on `listen` with the defaults: writable, root squashed,
+    /// no device nodes, [`DEFAULT_MAX_CONNECTIONS`].
+    pub fn new(root: PathBuf, listen: SocketAddr) -> ServerConfig {
+        ServerConfig {
+            root: Some(root),
+            exports: Vec::new(),
+            listen,
+            read_only: false,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            identities: IdentityMap::default(),
+            allow_devices: false,
+        }
+    }
 }
 
 /// A bound server, ready to [`run`](Server::run).
@@ -84,7 +117,7 @@ pub struct Server {
     exports: Arc<Exports>,
     listener: TcpListener,
     local_addr: SocketAddr,
-    read_only: bool,
+    policy: Policy,
     /// One permit per connection being served.
     slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
@@ -100,6 +133,10 @@ impl Server {
                 "the connection limit must be at least 1",
             ));
         }
+        let identities = config
+            .identities
+            .checked()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let exports = Exports::open(config.root.as_ref(), &config.exports)?;
         raise_open_file_limit();
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
@@ -119,7 +156,11 @@ impl Server {
             exports: Arc::new(exports),
             listener,
             local_addr,
-            read_only: config.read_only,
+            policy: Policy {
+                read_only: config.read_only,
+                identities,
+                allow_devices: config.allow_devices,
+            },
             slots: Arc::new(Semaphore::new(config.max_connections)),
             metrics: Arc::new(Metrics::default()),
         })
@@ -135,13 +176,19 @@ impl Server {
         Arc::clone(&self.metrics)
     }
 
+    /// Whether requests act as the clients' (mapped) users: the server runs as
+    /// root. If not, every request acts as the server's own user.
+    pub fn acts_as_clients(&self) -> bool {
+        self.exports.acts_as_clients()
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting, lets connections
     /// finish the requests they are running (for a few seconds at most), and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let Server {
             exports,
             listener,
-            read_only,
+            policy,
             slots,
             metrics,
             ..
@@ -184,7 +231,7 @@ impl Server {
             let stop = stop_rx.clone();
             connections.spawn(async move {
                 let _slot = slot;
-                match connection::serve(stream, exports, read_only, metrics, stop).await {
+                match connection::serve(stream, exports, policy, metrics, stop).await {
                     Ok(()) => log::debug!("{peer}: disconnected"),
                     Err(e) => log::info!("{peer}: connection closed: {e}"),
                 }
@@ -281,16 +328,23 @@ impl Drop for ServerHandle {
     }
 }
 
-/// Starts a server for `root` on 127.0.0.1 with a free port, in its own thread
-/// and tokio runtime, and returns once it listens.
+/// The configuration of a server for tests: `root` on 127.0.0.1 with a free
+/// port, and a client's root is root on the server (`--no-root-squash`, as NFS
+/// test setups run), since tests run as root and check what root may do.
+/// Tests about squashing set [`ServerConfig::identities`] back.
+pub fn test_config(root: &Path) -> ServerConfig {
+    let mut config = ServerConfig::new(root.to_path_buf(), SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.max_connections = 64;
+    config.identities.squash = Squash::None;
+    config
+}
+
+/// Starts a server with [`test_config`] in its own thread and tokio runtime,
+/// and returns once it listens.
 pub fn spawn_test_server(root: &Path, read_only: bool) -> io::Result<ServerHandle> {
-    spawn_server(ServerConfig {
-        root: Some(root.to_path_buf()),
-        exports: Vec::new(),
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        read_only,
-        max_connections: 64,
-    })
+    let mut config = test_config(root);
+    config.read_only = read_only;
+    spawn_server(config)
 }
 
 /// Starts a server with `config` in its own thread and tokio runtime, and returns

@@ -200,7 +200,6 @@ mod tests {
                     path: path(),
                     flags: libc::O_RDWR | libc::O_TRUNC,
                     mode: 0o644,
-                    owner: None,
                 },
                 quick,
             ),
@@ -224,7 +223,6 @@ mod tests {
                 Op::Mkdir {
                     path: path(),
                     mode: 0o755,
-                    owner: None,
                 },
                 quick,
             ),
@@ -233,7 +231,6 @@ mod tests {
                     path: path(),
                     mode: libc::S_IFIFO | 0o644,
                     rdev: 0,
-                    owner: None,
                 },
                 quick,
             ),
@@ -241,7 +238,6 @@ mod tests {
                 Op::Symlink {
                     path: path(),
                     target: b"t".to_vec(),
-                    owner: None,
                 },
                 quick,
             ),

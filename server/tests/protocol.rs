@@ -3,10 +3,11 @@
 
 use ferry_common::frame::{self, MAX_CHUNK, MAX_FRAME};
 use ferry_common::proto::{
-    AttrChanges, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, PROTOCOL_VERSION,
+    AttrChanges, Cred, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome,
+    PROTOCOL_VERSION,
 };
 use ferry_common::{Errno, FileKind, RelPath};
-use ferry_server::{spawn_server, spawn_test_server, ServerConfig, ServerHandle, MAX_COPY};
+use ferry_server::{spawn_server, spawn_test_server, ServerHandle, MAX_COPY};
 use std::collections::HashMap;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
@@ -17,10 +18,22 @@ use std::thread;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
-/// A client speaking the protocol by hand, one request at a time unless told otherwise.
+/// A client speaking the protocol by hand, one request at a time unless told
+/// otherwise, on behalf of this test process's user.
 struct Client {
     stream: TcpStream,
     next_id: u64,
+}
+
+/// The credential of this test process: what a client run by it claims.
+fn me() -> Cred {
+    // SAFETY: getuid and getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    Cred {
+        uid,
+        gid,
+        groups: Vec::new(),
+    }
 }
 
 impl Client {
@@ -49,9 +62,14 @@ impl Client {
     }
 
     fn call(&mut self, op: Op) -> Result<Reply, Errno> {
+        self.call_as(me(), op)
+    }
+
+    /// [`call`](Self::call), claiming to be `cred`.
+    fn call_as(&mut self, cred: Cred, op: Op) -> Result<Reply, Errno> {
         let id = self.next_id;
         self.next_id += 1;
-        frame::write_frame(&mut self.stream, &Request { id, op }).unwrap();
+        frame::write_frame(&mut self.stream, &Request { id, cred, op }).unwrap();
         let payload = frame::read_frame(&mut self.stream)
             .unwrap()
             .expect("a response");
@@ -142,14 +160,9 @@ fn named_exports() -> (TempDir, ServerHandle) {
     fs::write(tmp.path().join("outside/secret"), "top secret").unwrap();
     fs::write(tmp.path().join("docs/manuals/guide"), "read me").unwrap();
     fs::write(tmp.path().join("docs/file"), "x").unwrap();
-    let server = spawn_server(ServerConfig {
-        root: Some(tmp.path().join("main")),
-        exports: vec![("docs".into(), tmp.path().join("docs"))],
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        read_only: false,
-        max_connections: 8,
-    })
-    .unwrap();
+    let mut config = ferry_server::test_config(&tmp.path().join("main"));
+    config.exports = vec![("docs".into(), tmp.path().join("docs"))];
+    let server = spawn_server(config).unwrap();
     (tmp, server)
 }
 
@@ -319,6 +332,7 @@ fn a_truncated_frame_closes_the_connection() {
     let (_tmp, server) = setup(false);
     let request = frame::encode(&Request {
         id: 1,
+        cred: me(),
         op: Op::Stat { path: p("file") },
     })
     .unwrap();
@@ -355,7 +369,6 @@ fn pipelined_requests_are_all_answered() {
         path: p("scratch"),
         flags: libc::O_RDWR | libc::O_EXCL,
         mode: 0o644,
-        owner: None,
     }) {
         Ok(Reply::Created { handle, .. }) => handle,
         other => panic!("{other:?}"),
@@ -392,7 +405,12 @@ fn pipelined_requests_are_all_answered() {
     let writer = thread::spawn(move || {
         let mut buf = Vec::new();
         for id in 1000..1000 + N {
-            frame::encode_into(&Request { id, op: op_for(id) }, &mut buf).unwrap();
+            let request = Request {
+                id,
+                cred: me(),
+                op: op_for(id),
+            };
+            frame::encode_into(&request, &mut buf).unwrap();
             if buf.len() > 1 << 16 {
                 sender.write_all(&buf).unwrap();
                 buf.clear();
@@ -522,7 +540,6 @@ fn a_full_chunk_travels_both_ways() {
         path: p("chunk"),
         flags: libc::O_RDWR,
         mode: 0o600,
-        owner: None,
     }) {
         Ok(Reply::Created { handle, .. }) => handle,
         other => panic!("{other:?}"),
@@ -579,7 +596,6 @@ fn a_read_only_export_refuses_every_change() {
             path: p("new"),
             flags: libc::O_WRONLY,
             mode: 0o644,
-            owner: None,
         },
         Op::Open {
             path: p("file"),
@@ -596,18 +612,15 @@ fn a_read_only_export_refuses_every_change() {
         Op::Mkdir {
             path: p("dir"),
             mode: 0o755,
-            owner: None,
         },
         Op::Mknod {
             path: p("fifo"),
             mode: libc::S_IFIFO | 0o644,
             rdev: 0,
-            owner: None,
         },
         Op::Symlink {
             path: p("link"),
             target: b"file".to_vec(),
-            owner: None,
         },
         Op::Link {
             existing: p("file"),
@@ -714,13 +727,11 @@ fn requests_cannot_leave_the_export() {
             path: raw(b"../outside/new"),
             flags: libc::O_RDWR,
             mode: 0o644,
-            owner: None,
         },
         Op::Create {
             path: p("up/outside/new"),
             flags: libc::O_RDWR,
             mode: 0o644,
-            owner: None,
         },
         Op::SetAttr {
             path: p("out/secret"),
@@ -752,7 +763,6 @@ fn requests_cannot_leave_the_export() {
         Op::Symlink {
             path: raw(b"file\0x"),
             target: b"x".to_vec(),
-            owner: None,
         },
     ];
     for op in escapes {
@@ -762,7 +772,6 @@ fn requests_cannot_leave_the_export() {
     let evil = Op::Symlink {
         path: p("evil"),
         target: b"../outside/secret".to_vec(),
-        owner: None,
     };
     assert!(matches!(client.call(evil), Ok(Reply::Entry { .. })));
     assert_eq!(
@@ -867,7 +876,6 @@ fn copies_between_handles_stay_on_the_server_and_are_capped() {
             path: p("copy"),
             flags: libc::O_RDWR,
             mode: 0o644,
-            owner: None,
         },
     );
     let copy = |client: &mut Client, offset: u64, len: u64| {
@@ -969,7 +977,6 @@ fn changes_to_a_directory_come_with_its_new_attributes() {
     match client.call(Op::Mkdir {
         path: p("d"),
         mode: 0o755,
-        owner: None,
     }) {
         Ok(Reply::Entry { attr, dir }) => {
             assert_eq!(attr.kind, FileKind::Directory);
@@ -981,7 +988,6 @@ fn changes_to_a_directory_come_with_its_new_attributes() {
         path: p("d/f"),
         flags: libc::O_WRONLY,
         mode: 0o644,
-        owner: None,
     }) {
         Ok(Reply::Created { dir, .. }) => assert_eq!(seen(&dir), dir_attr("d")),
         other => panic!("{other:?}"),

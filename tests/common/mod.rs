@@ -14,7 +14,7 @@ pub mod harness;
 
 use ferry_fusefs::mount::{self, Mount, MountOptions};
 use ferry_fusefs::{FsOptions, RemoteClient};
-use ferry_server::{spawn_test_server, ServerHandle};
+use ferry_server::{spawn_server, ServerConfig, ServerHandle, Squash};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tempfile::TempDir;
@@ -23,7 +23,8 @@ pub struct Fixture {
     mounts: Vec<Mount>,
     server: Option<ServerHandle>,
     addr: String,
-    read_only_server: bool,
+    /// How the server was started, to start it again the same way.
+    config: ServerConfig,
     pub export: PathBuf,
     pub mnt: PathBuf,
     dir: TempDir,
@@ -41,6 +42,13 @@ pub struct Setup {
     pub export: Option<PathBuf>,
     /// How long a request may wait for the server.
     pub timeout: Duration,
+    /// Whose users the server squashes. The tests run as root and most check
+    /// what root may do, so by default root on the mount is root on the server
+    /// (`--no-root-squash`, as NFS test setups run); tests about squashing set
+    /// `Squash::Root` (the server's default) or `Squash::All`.
+    pub squash: Squash,
+    /// The server lets clients make device nodes (`--allow-devices`).
+    pub allow_devices: bool,
 }
 
 impl Default for Setup {
@@ -53,6 +61,8 @@ impl Default for Setup {
             allow_other: false,
             export: None,
             timeout: ferry_fusefs::client::DEFAULT_TIMEOUT,
+            squash: Squash::None,
+            allow_devices: false,
         }
     }
 }
@@ -146,13 +156,18 @@ impl Fixture {
         };
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("create mount dir");
-        let server = spawn_test_server(&export, setup.read_only_server).expect("start server");
+        let mut config = ferry_server::test_config(&export);
+        config.read_only = setup.read_only_server;
+        config.identities.squash = setup.squash;
+        config.allow_devices = setup.allow_devices;
+        let server = spawn_server(config.clone()).expect("start server");
         let addr = server.addr().to_string();
+        config.listen = server.addr();
         let mut fixture = Fixture {
             mounts: Vec::new(),
             server: Some(server),
             addr,
-            read_only_server: setup.read_only_server,
+            config,
             export,
             mnt: mnt.clone(),
             dir,
@@ -176,17 +191,10 @@ impl Fixture {
         self.server.take();
     }
 
-    /// Starts the server again on the same address.
+    /// Starts the server again on the same address, the same way.
     pub fn restart_server(&mut self) {
         self.stop_server();
-        let config = ferry_server::ServerConfig {
-            root: Some(self.export.clone()),
-            exports: Vec::new(),
-            listen: self.addr.parse().expect("a socket address"),
-            read_only: self.read_only_server,
-            max_connections: 64,
-        };
-        self.server = Some(ferry_server::spawn_server(config).expect("restart the server"));
+        self.server = Some(spawn_server(self.config.clone()).expect("restart the server"));
     }
 
     fn mount_at(&self, mnt: &Path, setup: &Setup) -> std::io::Result<Mount> {

@@ -44,7 +44,15 @@ pub const READDIR_PAGE: usize = 2048;
 /// The frame header: the payload's length.
 const HEADER: usize = 4;
 
-fn config() -> impl bincode::config::Config {
+/// The one codec configuration: bincode's standard (little-endian, variable-length
+/// integers), never decoding more than a frame holds.
+type Config = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_FRAME>,
+>;
+
+fn config() -> Config {
     bincode::config::standard().with_limit::<MAX_FRAME>()
 }
 
@@ -305,7 +313,15 @@ mod tests {
             },
             Op::StatFs,
         ] {
-            round_trip(Request { id: 9, op });
+            round_trip(Request {
+                id: 9,
+                cred: Cred {
+                    uid: 1000,
+                    gid: 100,
+                    groups: vec![4, 24, 27, 70_000],
+                },
+                op,
+            });
         }
         round_trip(Response {
             id: 1,
@@ -351,6 +367,7 @@ mod tests {
     fn eof_inside_a_frame_is_truncation() {
         let frame = encode(&Request {
             id: 1,
+            cred: Cred::default(),
             op: Op::StatFs,
         })
         .unwrap();
@@ -418,6 +435,7 @@ mod tests {
     fn trailing_bytes_are_corrupt() {
         let mut frame = encode(&Request {
             id: 1,
+            cred: Cred::default(),
             op: Op::StatFs,
         })
         .unwrap();
@@ -431,6 +449,7 @@ mod tests {
     #[test]
     fn unknown_operation_is_corrupt() {
         let mut payload = vec![1u8]; // id
+        payload.extend_from_slice(&[0, 0, 0]); // uid, gid, no groups
         payload.push(200); // no such Op variant
         assert!(matches!(
             decode::<Request>(&payload),
@@ -444,6 +463,7 @@ mod tests {
         encode_into(
             &Request {
                 id: 1,
+                cred: Cred::default(),
                 op: Op::StatFs,
             },
             &mut buf,
@@ -452,6 +472,7 @@ mod tests {
         encode_into(
             &Request {
                 id: 2,
+                cred: Cred::default(),
                 op: Op::StatFs,
             },
             &mut buf,

@@ -8,6 +8,8 @@
 //! A request completes either through a callback ([`RemoteClient::submit`], used by
 //! the FUSE adapter so that a kernel request is answered straight from the reader
 //! thread without tying up a FUSE worker) or by blocking ([`RemoteClient::call`]).
+//! Every request is made on behalf of someone: its [`Cred`], which the server
+//! checks its permissions by.
 //! No request waits forever: a sweeper fails any request past its deadline with
 //! ETIMEDOUT, and a broken connection fails every pending request with EIO.
 //!
@@ -20,7 +22,9 @@
 
 use crate::stats::Stats;
 use ferry_common::frame::{self, ResponseFrame};
-use ferry_common::proto::{DirEntry, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome};
+use ferry_common::proto::{
+    Cred, DirEntry, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome,
+};
 use ferry_common::sync::lock;
 use ferry_common::{Address, Errno};
 use std::collections::HashMap;
@@ -286,19 +290,26 @@ impl RemoteClient {
         lock(&self.inner.conn).as_ref().map(|c| c.epoch)
     }
 
-    /// Sends `op`; `done` runs exactly once, on the reader thread (or the caller's,
-    /// when the request cannot be sent), with the server's answer.
-    pub fn submit(&self, op: Op, done: impl FnOnce(OpResult) + Send + 'static) {
-        self.send(None, op, Box::new(done));
+    /// Sends `op` on behalf of `cred`; `done` runs exactly once, on the reader
+    /// thread (or the caller's, when the request cannot be sent), with the
+    /// server's answer.
+    pub fn submit(&self, cred: &Cred, op: Op, done: impl FnOnce(OpResult) + Send + 'static) {
+        self.send(None, cred, op, Box::new(done));
     }
 
     /// Like [`submit`](Self::submit) for an operation on a server handle opened in
     /// connection `epoch`: fails with EIO if that connection is gone.
-    pub fn submit_in(&self, epoch: u64, op: Op, done: impl FnOnce(OpResult) + Send + 'static) {
-        self.send(Some(epoch), op, Box::new(done));
+    pub fn submit_in(
+        &self,
+        epoch: u64,
+        cred: &Cred,
+        op: Op,
+        done: impl FnOnce(OpResult) + Send + 'static,
+    ) {
+        self.send(Some(epoch), cred, op, Box::new(done));
     }
 
-    fn send(&self, epoch: Option<u64>, op: Op, done: Callback) {
+    fn send(&self, epoch: Option<u64>, cred: &Cred, op: Op, done: Callback) {
         let timeout = match op {
             Op::Fsync { .. } | Op::Fallocate { .. } | Op::CopyFileRange { .. } => {
                 self.inner.timeout * FSYNC_TIMEOUT_FACTOR
@@ -306,7 +317,11 @@ impl RemoteClient {
             _ => self.inner.timeout,
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let request = Request { id, op };
+        let request = Request {
+            id,
+            cred: cred.clone(),
+            op,
+        };
         let bytes = match frame::encode(&request) {
             Ok(b) => b,
             Err(e) => {
@@ -323,13 +338,14 @@ impl RemoteClient {
     pub fn submit_write_in(
         &self,
         epoch: u64,
+        cred: &Cred,
         handle: u64,
         offset: u64,
         data: &[u8],
         done: impl FnOnce(OpResult) + Send + 'static,
     ) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let head = match frame::encode_write_head(id, handle, offset, data.len()) {
+        let head = match frame::encode_write_head(id, cred, handle, offset, data.len()) {
             Ok(h) => h,
             Err(e) => {
                 log::error!("cannot encode a write: {e}");
@@ -389,19 +405,20 @@ impl RemoteClient {
         }
     }
 
-    /// Sends `op` and waits for its answer (at most the request's deadline).
-    pub fn call(&self, op: Op) -> OpResult {
+    /// Sends `op` on behalf of `cred` and waits for its answer (at most the
+    /// request's deadline).
+    pub fn call(&self, cred: &Cred, op: Op) -> OpResult {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.submit(op, move |r| {
+        self.submit(cred, op, move |r| {
             let _ = tx.send(r);
         });
         self.wait(rx)
     }
 
     /// [`call`](Self::call) for an operation on a handle of connection `epoch`.
-    pub fn call_in(&self, epoch: u64, op: Op) -> OpResult {
+    pub fn call_in(&self, epoch: u64, cred: &Cred, op: Op) -> OpResult {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.submit_in(epoch, op, move |r| {
+        self.submit_in(epoch, cred, op, move |r| {
             let _ = tx.send(r);
         });
         self.wait(rx)
@@ -414,15 +431,19 @@ impl RemoteClient {
         rx.recv_timeout(limit).unwrap_or(Err(Errno::ETIMEDOUT))
     }
 
-    /// All entries of a remote directory, fetched page by page.
-    pub fn list_dir(&self, path: &ferry_common::RelPath) -> Result<Vec<DirEntry>, Errno> {
+    /// All entries of a remote directory, fetched page by page on behalf of `cred`.
+    pub fn list_dir(
+        &self,
+        cred: &Cred,
+        path: &ferry_common::RelPath,
+    ) -> Result<Vec<DirEntry>, Errno> {
         let mut all = Vec::new();
         loop {
             let op = Op::ReadDir {
                 path: path.clone(),
                 start: all.len() as u64,
             };
-            match self.call(op)? {
+            match self.call(cred, op)? {
                 Reply::Entries { entries, more } => {
                     let got = entries.len();
                     all.extend(entries);

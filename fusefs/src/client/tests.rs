@@ -4,7 +4,7 @@
 use super::*;
 use ferry_common::proto::{HandshakeReply, Welcome, PROTOCOL_VERSION};
 use ferry_common::{Attr, FileKind, RelPath};
-use ferry_server::{spawn_server, spawn_test_server, ServerConfig};
+use ferry_server::{spawn_server, spawn_test_server};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc::Receiver;
 
@@ -67,10 +67,15 @@ fn stat(name: &str) -> Op {
     }
 }
 
+/// Who the tests' requests are made for: this process.
+fn me() -> Cred {
+    crate::creds::own()
+}
+
 /// Submits `op` and gives the channel its answer will arrive on.
 fn submit(client: &RemoteClient, op: Op) -> Receiver<OpResult> {
     let (tx, rx) = mpsc::channel();
-    client.submit(op, move |r| {
+    client.submit(&me(), op, move |r| {
         let _ = tx.send(r);
     });
     rx
@@ -112,6 +117,37 @@ fn requests_are_pipelined_and_answers_matched_in_any_order() {
 }
 
 #[test]
+fn every_request_carries_the_credential_it_is_made_for() {
+    let (tx, rx) = mpsc::channel();
+    let addr = ferry_peer(move |mut stream| {
+        while let Some(request) = read_request(&mut stream) {
+            let _ = tx.send((request.cred.clone(), request.op.name()));
+            answer(&mut stream, request.id, Ok(Reply::Written(0)));
+        }
+    });
+    let client = connect(addr, PATIENCE);
+    let alice = Cred {
+        uid: 1000,
+        gid: 1000,
+        groups: vec![24, 27],
+    };
+    let bob = Cred {
+        uid: 1001,
+        gid: 100,
+        groups: Vec::new(),
+    };
+    assert!(client.call(&alice, stat("x")).is_ok());
+    let (done_tx, done_rx) = mpsc::channel();
+    let epoch = client.connected_epoch().expect("connected");
+    client.submit_write_in(epoch, &bob, 1, 0, b"data", move |r| {
+        let _ = done_tx.send(r);
+    });
+    assert!(received(&done_rx).is_ok());
+    assert_eq!(received(&rx), (alice, "stat"));
+    assert_eq!(received(&rx), (bob, "write"));
+}
+
+#[test]
 fn a_request_past_its_deadline_fails_with_etimedout() {
     let addr = ferry_peer(|mut stream| {
         // Reads, never answers, keeps the connection open.
@@ -119,7 +155,7 @@ fn a_request_past_its_deadline_fails_with_etimedout() {
     });
     let client = connect(addr, Duration::from_millis(200));
     let started = Instant::now();
-    assert_eq!(client.call(stat("x")), Err(Errno::ETIMEDOUT));
+    assert_eq!(client.call(&me(), stat("x")), Err(Errno::ETIMEDOUT));
     assert!(started.elapsed() < PATIENCE);
 }
 
@@ -147,7 +183,7 @@ fn an_answer_that_cannot_be_decoded_breaks_the_connection() {
         let _ = read_request(&mut stream);
     });
     let client = connect(addr, PATIENCE);
-    assert_eq!(client.call(stat("x")), Err(Errno::EIO));
+    assert_eq!(client.call(&me(), stat("x")), Err(Errno::EIO));
 }
 
 #[test]
@@ -158,7 +194,7 @@ fn an_error_answer_reaches_the_caller_unchanged() {
         let _ = read_request(&mut stream);
     });
     let client = connect(addr, PATIENCE);
-    assert_eq!(client.call(stat("x")), Err(Errno::ENAMETOOLONG));
+    assert_eq!(client.call(&me(), stat("x")), Err(Errno::ENAMETOOLONG));
 }
 
 #[test]
@@ -226,13 +262,8 @@ impl Served {
     fn restart(&mut self) {
         let addr = self.addr();
         self.server = None;
-        let config = ServerConfig {
-            root: Some(self.dir.path().to_path_buf()),
-            exports: Vec::new(),
-            listen: addr,
-            read_only: false,
-            max_connections: 8,
-        };
+        let mut config = ferry_server::test_config(self.dir.path());
+        config.listen = addr;
         self.server = Some(spawn_server(config).expect("restart on the same port"));
     }
 }
@@ -242,7 +273,7 @@ fn open(client: &RemoteClient, epoch: u64, name: &str) -> u64 {
         path: RelPath::parse(name).expect("a path"),
         flags: libc::O_RDONLY,
     };
-    match client.call_in(epoch, op) {
+    match client.call_in(epoch, &me(), op) {
         Ok(Reply::Opened { handle, .. }) => handle,
         other => panic!("open {name}: {other:?}"),
     }
@@ -251,6 +282,7 @@ fn open(client: &RemoteClient, epoch: u64, name: &str) -> u64 {
 fn read_all(client: &RemoteClient, epoch: u64, handle: u64) -> OpResult {
     client.call_in(
         epoch,
+        &me(),
         Op::Read {
             handle,
             offset: 0,
@@ -272,7 +304,7 @@ fn after_a_restart_the_client_reconnects_and_old_handles_never_reach_new_files()
     // The old connection is gone: the first request notices and fails.
     let deadline = Instant::now() + PATIENCE;
     while client.current_epoch() == Some(first) {
-        let _ = client.call(stat("a"));
+        let _ = client.call(&me(), stat("a"));
         assert!(Instant::now() < deadline, "the break went unnoticed");
     }
     // Reconnecting is tried again at most every RECONNECT_INTERVAL.
@@ -302,8 +334,8 @@ fn a_stopped_server_fails_calls_at_once_with_eio() {
     served.server = None;
     let started = Instant::now();
     // The first call may still find the dead connection, the next cannot reconnect.
-    let _ = client.call(stat("x"));
-    assert_eq!(client.call(stat("x")), Err(Errno::EIO));
+    let _ = client.call(&me(), stat("x"));
+    assert_eq!(client.call(&me(), stat("x")), Err(Errno::EIO));
     assert!(started.elapsed() < PATIENCE);
 }
 
@@ -316,15 +348,14 @@ fn writes_sent_from_the_callers_buffer_arrive_whole() {
         path: RelPath::parse("big").expect("a path"),
         flags: libc::O_RDWR,
         mode: 0o644,
-        owner: None,
     };
-    let handle = match client.call_in(epoch, create) {
+    let handle = match client.call_in(epoch, &me(), create) {
         Ok(reply) => reply.opened().expect("opened").0,
         Err(e) => panic!("create: {e}"),
     };
     let data: Vec<u8> = (0..frame::MAX_CHUNK).map(|i| (i % 251) as u8).collect();
     let (tx, rx) = mpsc::channel();
-    client.submit_write_in(epoch, handle, 7, &data, move |r| {
+    client.submit_write_in(epoch, &me(), handle, 7, &data, move |r| {
         let _ = tx.send(r);
     });
     assert_eq!(received(&rx), Ok(Reply::Written(frame::MAX_CHUNK)));
@@ -349,7 +380,7 @@ fn a_listing_longer_than_a_page_is_fetched_whole() {
         std::fs::write(served.dir.path().join(format!("n{i}")), b"").expect("a file");
     }
     let client = connect(served.addr(), PATIENCE);
-    let entries = client.list_dir(&RelPath::root()).expect("a listing");
+    let entries = client.list_dir(&me(), &RelPath::root()).expect("a listing");
     assert_eq!(entries.len(), count);
     let readdirs = client
         .stats()

@@ -6,13 +6,13 @@
 //! the attribute timeout (see [`crate::attrcache`]).
 
 use super::{expect_attr, without_suidgid, Attrs, Caller, Core, Done};
-use ferry_common::proto::{AttrChanges, Op, SetTime};
+use ferry_common::proto::{AttrChanges, Cred, Op, SetTime};
 use ferry_common::{Attr, RelPath, Timestamp};
 use std::time::SystemTime;
 
 impl Core {
     /// The attributes of `ino`; with `fh`, of the open file (which may be unlinked).
-    pub fn getattr(&self, ino: u64, fh: Option<u64>, done: impl Done<Attrs>) {
+    pub fn getattr(&self, caller: &Caller, ino: u64, fh: Option<u64>, done: impl Done<Attrs>) {
         let ttl = self.ttl();
         // A file this mount is writing: the server would only say what we know, or
         // less (the kernel asks while changing the owner, after every write).
@@ -37,9 +37,9 @@ impl Core {
                     handle: Some(handle),
                     changes: AttrChanges::default(),
                 };
-                self.attr_op(ino, Some(epoch), op, done)
+                self.attr_op(&caller.cred, ino, Some(epoch), op, done)
             }
-            Ok((path, None)) => self.attr_op(ino, None, Op::Stat { path }, done),
+            Ok((path, None)) => self.attr_op(&caller.cred, ino, None, Op::Stat { path }, done),
             Err(e) => done(Err(e)),
         }
     }
@@ -48,7 +48,7 @@ impl Core {
     /// through the open file. Answers the new attributes.
     pub fn setattr(
         &self,
-        caller: Caller,
+        caller: &Caller,
         ino: u64,
         fh: Option<u64>,
         mut changes: AttrChanges,
@@ -57,8 +57,8 @@ impl Core {
         changes.mode = changes.mode.map(|m| m & 0o7777);
         // The kernel leaves this to the filesystem (FUSE_HANDLE_KILLPRIV_V2): a
         // truncation by anyone but root drops setuid/setgid, as locally.
-        changes.kill_suidgid |= changes.size.is_some() && caller.uid != 0;
-        if let Some(attr) = self.defer_setattr(ino, fh, changes) {
+        changes.kill_suidgid |= changes.size.is_some() && caller.cred.uid != 0;
+        if let Some(attr) = self.defer_setattr(caller, ino, fh, changes) {
             let ttl = self.ttl();
             return done(Ok(Attrs { attr, ttl }));
         }
@@ -74,7 +74,7 @@ impl Core {
                     handle: target.map(|(_, h)| h),
                     changes,
                 };
-                self.attr_op(ino, target.map(|(e, _)| e), op, done)
+                self.attr_op(&caller.cred, ino, target.map(|(e, _)| e), op, done)
             }
             Err(e) => done(Err(e)),
         }
@@ -82,10 +82,10 @@ impl Core {
 
     /// Sends an operation answered with the attributes of `ino`; `epoch` pins it
     /// to the connection of the server handle it carries.
-    fn attr_op(&self, ino: u64, epoch: Option<u64>, op: Op, done: impl Done<Attrs>) {
+    fn attr_op(&self, cred: &Cred, ino: u64, epoch: Option<u64>, op: Op, done: impl Done<Attrs>) {
         let mark = self.writes.mark();
         let core = self.clone();
-        self.ask(epoch, op, move |r| match expect_attr(r) {
+        self.ask(epoch, cred, op, move |r| match expect_attr(r) {
             Ok(attr) => {
                 core.writes.told(ino, &attr, mark);
                 core.attrs.store(ino, attr);
@@ -102,17 +102,19 @@ impl Core {
     /// the file is open for writing on this mount (so the change is ordered with
     /// the writes and its error, if any, reaches the writer at close), it is not a
     /// truncation, and it does not change the owner. The kernel has already checked
-    /// permissions (`default_permissions`), so the server can only fail it for
+    /// permissions (`default_permissions`) as the server will (not so for a
+    /// squashed caller, whose changes wait), so the server can only fail it for
     /// reasons close reports (a broken connection, a full or failing disk). This is
     /// what `tar` and `cp -p` do to each file they write: `futimens`, `fchown` to
     /// the owner it already has, `fchmod`. Returns the attributes to answer with.
     pub(super) fn defer_setattr(
         &self,
+        caller: &Caller,
         ino: u64,
         fh: Option<u64>,
         changes: AttrChanges,
     ) -> Option<Attr> {
-        if changes.size.is_some() {
+        if changes.size.is_some() || !self.checked_alike(caller) {
             return None;
         }
         let writer = match fh {
@@ -133,7 +135,7 @@ impl Core {
         let sent = move |r| core.writes.finish(ticket, expect_attr(r).map(Some));
         // Not waited for: the kernel has its answer already.
         match self.server_handle(writer) {
-            Ok((epoch, handle)) => self.client.submit_in(epoch, op(handle), sent),
+            Ok((epoch, handle)) => self.client.submit_in(epoch, &caller.cred, op(handle), sent),
             Err(e) => sent(Err(e)),
         }
         Some(attr)

@@ -6,7 +6,7 @@
 //! which names are *not* there (see [`crate::known`]). Offsets name the *next*
 //! entry: 0 is `.`, 1 is `..`, then the listing.
 
-use super::{Core, Done, Entry};
+use super::{Caller, Core, Done, Entry};
 use ferry_common::frame::READDIR_PAGE;
 use ferry_common::proto::{DirEntry, Op, Reply};
 use ferry_common::sync::lock;
@@ -76,12 +76,13 @@ impl Core {
     /// it answers that the kernel's buffer is full.
     pub fn readdir(
         &self,
+        caller: &Caller,
         ino: u64,
         fh: u64,
         offset: u64,
         mut add: impl FnMut(DirItem<'_>) -> bool,
     ) -> Result<(), Errno> {
-        let (path, entries) = self.listing(ino, fh, offset)?;
+        let (path, entries) = self.listing(caller, ino, fh, offset)?;
         let total = entries.len() as u64 + 2;
         for index in offset..total {
             let item = match index {
@@ -121,12 +122,13 @@ impl Core {
     /// counts as a lookup, and is uncounted again when it did not fit.
     pub fn readdirplus(
         &self,
+        caller: &Caller,
         ino: u64,
         fh: u64,
         offset: u64,
         mut add: impl FnMut(DirItemPlus<'_>) -> bool,
     ) -> Result<(), Errno> {
-        let (path, entries) = self.listing(ino, fh, offset)?;
+        let (path, entries) = self.listing(caller, ino, fh, offset)?;
         let ttl = self.ttl();
         let dot = |ino| Entry {
             ino,
@@ -176,8 +178,8 @@ impl Core {
     }
 
     /// Statistics of the server's file system.
-    pub fn statfs(&self, done: impl Done<StatFs>) {
-        self.ask(None, Op::StatFs, move |r| match r {
+    pub fn statfs(&self, caller: &Caller, done: impl Done<StatFs>) {
+        self.ask(None, &caller.cred, Op::StatFs, move |r| match r {
             Ok(Reply::StatFs(s)) => done(Ok(s)),
             Ok(_) => done(Err(Errno::EPROTO)),
             Err(e) => done(Err(e)),
@@ -187,6 +189,7 @@ impl Core {
     /// The listing of an open directory, fetched afresh when reading restarts.
     fn listing(
         &self,
+        caller: &Caller,
         ino: u64,
         fh: u64,
         offset: u64,
@@ -202,7 +205,7 @@ impl Core {
         // The directory's path now: it may have been renamed since opendir.
         let path = self.path_of(ino).unwrap_or(opened_as);
         let asked = Instant::now();
-        let entries = Arc::new(self.client.list_dir(&path)?);
+        let entries = Arc::new(self.client.list_dir(&caller.cred, &path)?);
         // One request per page (of the server's READDIR_PAGE entries).
         let page = Op::ReadDir {
             path: RelPath::root(),

@@ -8,7 +8,7 @@
 //! than the kernel does.
 
 use super::names::{direct_io, writable};
-use super::{Core, Done, Opened};
+use super::{Caller, Core, Done, Opened};
 use crate::client::OpResult;
 use crate::files::RemoteFile;
 use ferry_common::frame::MAX_CHUNK;
@@ -26,7 +26,7 @@ fn writes_through(flags: i32) -> bool {
 
 impl Core {
     /// Opens `ino` with the `open(2)` flags `flags`.
-    pub fn open(&self, ino: u64, flags: i32, done: impl Done<Opened>) {
+    pub fn open(&self, caller: &Caller, ino: u64, flags: i32, done: impl Done<Opened>) {
         let path = match self.path_of(ino) {
             Ok(p) => p,
             Err(e) => return done(Err(e)),
@@ -41,7 +41,9 @@ impl Core {
         };
         let mark = self.writes.mark();
         let core = self.clone();
-        self.ask(Some(epoch), Op::Open { path, flags }, move |r| {
+        let opener = caller.cred.clone();
+        let op = Op::Open { path, flags };
+        self.ask(Some(epoch), &caller.cred, op, move |r| {
             let (handle, attr) = match r.map(|reply| reply.opened()) {
                 Ok(Some(opened)) => opened,
                 Ok(None) => return done(Err(Errno::EPROTO)),
@@ -55,6 +57,7 @@ impl Core {
             let fh = lock(&core.files).insert(RemoteFile {
                 ino,
                 flags,
+                opener,
                 handle,
                 epoch,
             });
@@ -83,7 +86,15 @@ impl Core {
     }
 
     /// Up to `size` bytes of `ino` at `offset`, through kernel handle `fh`.
-    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32, done: impl Done<Vec<u8>>) {
+    pub fn read(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        done: impl Done<Vec<u8>>,
+    ) {
         // The server must not be asked before it has this mount's writes.
         self.writes.wait_idle(ino);
         let len = size.min(MAX_CHUNK);
@@ -92,7 +103,7 @@ impl Core {
             offset,
             len,
         };
-        self.on_handle(fh, read, move |r| match r {
+        self.on_handle(fh, &caller.cred, read, move |r| match r {
             Ok(Reply::Data(data)) => done(Ok(data)),
             Ok(_) => done(Err(Errno::EPROTO)),
             Err(e) => done(Err(e)),
@@ -105,6 +116,7 @@ impl Core {
     #[allow(clippy::too_many_arguments)]
     pub fn write(
         &self,
+        caller: &Caller,
         ino: u64,
         fh: u64,
         offset: u64,
@@ -141,7 +153,7 @@ impl Core {
                 data: Vec::new(),
             });
             self.client
-                .submit_write_in(epoch, handle, offset, data, move |r| {
+                .submit_write_in(epoch, &caller.cred, handle, offset, data, move |r| {
                     core.writes.finish(ticket, Ok(None));
                     done(written(r))
                 });
@@ -149,7 +161,7 @@ impl Core {
             // Write-behind: the kernel hears of success now, of a failure at
             // flush or fsync.
             self.client
-                .submit_write_in(epoch, handle, offset, data, move |r| {
+                .submit_write_in(epoch, &caller.cred, handle, offset, data, move |r| {
                     let result = match written(r) {
                         Ok(n) if n as usize == len => Ok(None),
                         // A short write on a local disk means it is full.
@@ -165,7 +177,11 @@ impl Core {
                 kill_suidgid: true,
                 ..AttrChanges::default()
             };
-            if self.defer_setattr(ino, Some(fh), changes).is_none() {
+            // A squashed caller writes as an ordinary user on the server, whose
+            // kernel drops the bits with the write.
+            if self.checked_alike(caller)
+                && self.defer_setattr(caller, ino, Some(fh), changes).is_none()
+            {
                 log::warn!("could not drop setuid/setgid of inode {ino} after a write");
             }
             // The kernel still holds the old mode.
@@ -177,16 +193,16 @@ impl Core {
     /// where write-behind owes the application its errors. Then the closer's
     /// POSIX locks go, once what was written under them is on the server
     /// (through any handle: locks belong to the process).
-    pub fn flush(&self, ino: u64, fh: u64, lock_owner: u64, done: impl Done<()>) {
+    pub fn flush(&self, caller: &Caller, ino: u64, fh: u64, lock_owner: u64, done: impl Done<()>) {
         let written = self.writes.settle(ino, fh);
-        self.release_posix_locks(ino, fh, lock_owner, move || done(written));
+        self.release_posix_locks(caller, ino, fh, lock_owner, move || done(written));
     }
 
     /// The kernel's last reference to handle `fh` of `ino` went. Release errors
     /// go nowhere (close(2) has returned), so this does not wait for the server.
     /// Changes still in flight through this handle reach the server before its
     /// Close does: the server runs a handle's requests in order.
-    pub fn release(&self, ino: u64, fh: u64) {
+    pub fn release(&self, caller: &Caller, ino: u64, fh: u64) {
         lock(&self.inodes).remove_handle(ino, fh);
         if self.writes.is_writer(ino, fh) {
             // What the server says now differs from what the kernel was last told.
@@ -199,7 +215,7 @@ impl Core {
             let close = Op::Close {
                 handle: file.handle,
             };
-            self.client.submit_in(file.epoch, close, |r| {
+            self.client.submit_in(file.epoch, &caller.cred, close, |r| {
                 if let Err(e) = r {
                     log::debug!("closing a remote file: {e}");
                 }
@@ -208,18 +224,20 @@ impl Core {
     }
 
     /// fsync(2) or fdatasync(2) through `fh`: the data reaches the server's disk.
-    pub fn fsync(&self, ino: u64, fh: u64, datasync: bool, done: impl Done<()>) {
+    pub fn fsync(&self, caller: &Caller, ino: u64, fh: u64, datasync: bool, done: impl Done<()>) {
         // Errors go to the handles that were writing; a read-only one only waits.
         if let Err(e) = self.writes.settle(ino, fh) {
             return done(Err(e));
         }
         let fsync = |handle| Op::Fsync { handle, datasync };
-        self.on_handle(fh, fsync, move |r| done(r.map(|_| ())));
+        self.on_handle(fh, &caller.cred, fsync, move |r| done(r.map(|_| ())));
     }
 
     /// fallocate(2) on the server's file (modes 0, keep-size, punch-hole, zero-range).
+    #[allow(clippy::too_many_arguments)]
     pub fn fallocate(
         &self,
+        caller: &Caller,
         ino: u64,
         fh: u64,
         offset: u64,
@@ -236,7 +254,7 @@ impl Core {
             mode,
         };
         let core = self.clone();
-        self.on_handle(fh, fallocate, move |r| {
+        self.on_handle(fh, &caller.cred, fallocate, move |r| {
             // The size (mode 0) and ctime changed on the server.
             core.writes.doubt(ino);
             core.attrs.drop_ino(ino);
@@ -249,6 +267,7 @@ impl Core {
     #[allow(clippy::too_many_arguments)]
     pub fn copy_file_range(
         &self,
+        caller: &Caller,
         ino_in: u64,
         fh_in: u64,
         offset_in: u64,
@@ -288,7 +307,7 @@ impl Core {
             len,
         };
         let core = self.clone();
-        self.ask(Some(epoch), op, move |r| {
+        self.ask(Some(epoch), &caller.cred, op, move |r| {
             // The output's data, size and times changed on the server.
             core.writes.doubt(ino_out);
             core.attrs.drop_ino(ino_out);

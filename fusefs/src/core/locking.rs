@@ -1,7 +1,7 @@
 //! `getlk`, `setlk` and the release of POSIX locks on close, over the server's
 //! locks (see [`crate::locks`] for how waiting and flock detection work).
 
-use super::{Core, Done};
+use super::{Caller, Core, Done};
 use crate::locks::{self, file_lock, lock_kind, lock_type_code};
 use ferry_common::proto::{FileLock, LockKind, LockType, Op};
 use ferry_common::sync::lock;
@@ -43,6 +43,7 @@ impl Core {
     #[allow(clippy::too_many_arguments)]
     pub fn getlk(
         &self,
+        caller: &Caller,
         ino: u64,
         fh: u64,
         owner: u64,
@@ -60,7 +61,7 @@ impl Core {
             owner,
             lock,
         };
-        self.on_handle(fh, make, move |r| {
+        self.on_handle(fh, &caller.cred, make, move |r| {
             done(locks::conflict_of(r).map(|conflict| match conflict {
                 Some(c) => LockAnswer {
                     start: c.start,
@@ -78,21 +79,22 @@ impl Core {
         });
     }
 
-    /// `F_SETLK` (or, with `sleep`, `F_SETLKW`; also `flock`) by thread `tid` of
-    /// lock owner `owner`.
+    /// `F_SETLK` (or, with `sleep`, `F_SETLKW`; also `flock`) by the caller's
+    /// thread, of lock owner `owner`.
     #[allow(clippy::too_many_arguments)]
     pub fn setlk(
         &self,
+        caller: &Caller,
         ino: u64,
         fh: u64,
         owner: u64,
         start: u64,
         end: u64,
         typ: i32,
-        tid: u32,
         sleep: bool,
         done: impl Done<()>,
     ) {
+        let tid = caller.pid;
         let lock = match self.lock_request(ino, fh, typ, start, end) {
             Ok(lock) => lock,
             Err(e) => return done(Err(e)),
@@ -131,9 +133,10 @@ impl Core {
             Err(e) => done(Err(e)),
         };
         let client = self.client.clone();
-        self.ask(Some(epoch), op.clone(), move |r| match r {
+        let cred = caller.cred.clone();
+        self.ask(Some(epoch), &caller.cred, op.clone(), move |r| match r {
             Err(e) if e.code() == libc::EAGAIN && sleep => {
-                locks::wait_for_lock(client, epoch, op, tid, finish)
+                locks::wait_for_lock(client, epoch, cred, op, tid, finish)
             }
             other => finish(other.map(|_| ())),
         });
@@ -144,6 +147,7 @@ impl Core {
     /// is gone went with it, so a failure here is logged, not reported.
     pub(super) fn release_posix_locks(
         &self,
+        caller: &Caller,
         ino: u64,
         fh: u64,
         owner: u64,
@@ -158,7 +162,7 @@ impl Core {
             return then();
         }
         let make = |handle| Op::ReleaseLocks { handle, owner };
-        self.on_handle(fh, make, move |r| {
+        self.on_handle(fh, &caller.cred, make, move |r| {
             if let Err(e) = r {
                 log::debug!("releasing locks on close: {e}");
             }

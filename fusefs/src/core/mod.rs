@@ -1,6 +1,9 @@
-//! The filesystem's logic, without the kernel: plain methods that take inode
-//! numbers, names, offsets, flags and the caller, and finish with a
-//! `Result<T, Errno>` handed to a callback. The `fuser` adapter
+//! The filesystem's logic, without the kernel: plain methods that take the
+//! caller, inode numbers, names, offsets and flags, and finish with a
+//! `Result<T, Errno>` handed to a callback. Every request to the server goes on
+//! behalf of the caller whose operation caused it (its [`Caller::cred`]), so
+//! the server checks that user's permissions; a file opened again after a
+//! reconnect is opened for whoever opened it first. The `fuser` adapter
 //! ([`crate::adapter`]) only converts types and answers the kernel; tests drive
 //! the same methods against an in-process server, with no `/dev/fuse`.
 //!
@@ -50,7 +53,9 @@ use crate::locks::LockOwners;
 use crate::stats::Stats;
 use crate::writeback::WriteBehind;
 use dirs::DirSnapshots;
-use ferry_common::proto::{Op, Owner};
+use ferry_common::proto::{
+    Cred, Op, WELCOME_ACTS_AS_CALLERS, WELCOME_ALL_SQUASHED, WELCOME_ROOT_SQUASHED,
+};
 use ferry_common::sync::lock;
 use ferry_common::{Attr, Errno, FileKind};
 use std::ops::Deref;
@@ -78,23 +83,13 @@ impl Default for FsOptions {
     }
 }
 
-/// Who made a request: the calling process's ids, as the kernel reports them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Who made a request: the calling process's credential (its ids as the kernel
+/// reports them, with its groups; see [`crate::creds`]) and thread.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
     /// The calling thread (the kernel's "pid" of a request is its thread id).
     pub pid: u32,
-}
-
-impl Caller {
-    /// The owner the server gives a node this caller creates.
-    fn owner(&self) -> Option<Owner> {
-        Some(Owner {
-            uid: self.uid,
-            gid: self.gid,
-        })
-    }
+    pub cred: Cred,
 }
 
 /// A name the kernel may cache: the node's inode number and attributes, trusted
@@ -233,23 +228,40 @@ impl Core {
         self.opts.attr_timeout
     }
 
-    /// Sends `op` for an answer an application waits for; `epoch` pins it to
-    /// the connection of a server handle it carries.
-    fn ask(&self, epoch: Option<u64>, op: Op, done: impl Done<ferry_common::proto::Reply>) {
+    /// Sends `op` on behalf of `cred` for an answer an application waits for;
+    /// `epoch` pins it to the connection of a server handle it carries.
+    fn ask(
+        &self,
+        epoch: Option<u64>,
+        cred: &Cred,
+        op: Op,
+        done: impl Done<ferry_common::proto::Reply>,
+    ) {
         self.stats.waited_for(&op);
         match epoch {
-            Some(epoch) => self.client.submit_in(epoch, op, done),
-            None => self.client.submit(op, done),
+            Some(epoch) => self.client.submit_in(epoch, cred, op, done),
+            None => self.client.submit(cred, op, done),
         }
     }
 
     /// [`ask`](Self::ask), waiting here for the answer.
-    fn ask_now(&self, epoch: Option<u64>, op: Op) -> OpResult {
+    fn ask_now(&self, epoch: Option<u64>, cred: &Cred, op: Op) -> OpResult {
         self.stats.waited_for(&op);
         match epoch {
-            Some(epoch) => self.client.call_in(epoch, op),
-            None => self.client.call(op),
+            Some(epoch) => self.client.call_in(epoch, cred, op),
+            None => self.client.call(cred, op),
         }
+    }
+
+    /// Whether the server checks `caller`'s requests as this machine's kernel
+    /// did before passing them on: not when the server acts as another user for
+    /// it (a squashed root, or anyone under `--all-squash`), whose requests may
+    /// then fail there although the kernel allowed them.
+    fn checked_alike(&self, caller: &Caller) -> bool {
+        let features = self.client.welcome().features;
+        let squashed = features & WELCOME_ALL_SQUASHED != 0
+            || (features & WELCOME_ROOT_SQUASHED != 0 && caller.cred.uid == 0);
+        features & WELCOME_ACTS_AS_CALLERS == 0 || !squashed
     }
 
     /// Keeps the directory attributes the server sent along with a change, for

@@ -10,7 +10,7 @@ use super::{Caller, Core, Done, Entry, Lookup, Opened};
 use crate::client::OpResult;
 use crate::files::RemoteFile;
 use crate::inode::InodeTable;
-use ferry_common::proto::{Op, Reply};
+use ferry_common::proto::{Cred, Op, Reply};
 use ferry_common::sync::lock;
 use ferry_common::{Errno, RelPath};
 use std::ffi::OsStr;
@@ -35,7 +35,7 @@ pub(super) fn direct_io(flags: i32) -> bool {
 
 impl Core {
     /// The entry `name` in `parent`.
-    pub fn lookup(&self, parent: u64, name: &OsStr, done: impl Done<Lookup>) {
+    pub fn lookup(&self, caller: &Caller, parent: u64, name: &OsStr, done: impl Done<Lookup>) {
         if let Some(left) = self.known.absent(parent, name) {
             self.stats.absent_names.hit();
             return done(Ok(Lookup::Missing(left)));
@@ -46,7 +46,7 @@ impl Core {
         };
         let op = Op::Stat { path: path.clone() };
         let core = self.clone();
-        self.entry_op(path.clone(), op, move |r| match r {
+        self.entry_op(&caller.cred, path.clone(), op, move |r| match r {
             Ok(entry) => done(Ok(Lookup::Found(entry))),
             // A name that does not exist is remembered by the kernel as a
             // negative entry for as long as a positive one would be: compilers,
@@ -71,74 +71,84 @@ impl Core {
 
     pub fn mknod(
         &self,
-        caller: Caller,
+        caller: &Caller,
         parent: u64,
         name: &OsStr,
         mode: u32,
         rdev: u32,
         done: impl Done<Entry>,
     ) {
-        self.new_entry(parent, name, done, |path| Op::Mknod {
+        self.new_entry(&caller.cred, parent, name, done, |path| Op::Mknod {
             path,
             mode,
             rdev: u64::from(rdev),
-            owner: caller.owner(),
         });
     }
 
     pub fn mkdir(
         &self,
-        caller: Caller,
+        caller: &Caller,
         parent: u64,
         name: &OsStr,
         mode: u32,
         done: impl Done<Entry>,
     ) {
-        self.new_entry(parent, name, done, |path| Op::Mkdir {
+        self.new_entry(&caller.cred, parent, name, done, |path| Op::Mkdir {
             path,
             mode,
-            owner: caller.owner(),
         });
     }
 
     pub fn symlink(
         &self,
-        caller: Caller,
+        caller: &Caller,
         parent: u64,
         name: &OsStr,
         target: &Path,
         done: impl Done<Entry>,
     ) {
         let target = target.as_os_str().as_bytes().to_vec();
-        self.new_entry(parent, name, done, |path| Op::Symlink {
+        self.new_entry(&caller.cred, parent, name, done, |path| Op::Symlink {
             path,
             target,
-            owner: caller.owner(),
         });
     }
 
     /// A hard link `newname` in `newparent` to `ino`.
-    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr, done: impl Done<Entry>) {
+    pub fn link(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+        done: impl Done<Entry>,
+    ) {
         match (self.path_of(ino), self.child(newparent, newname)) {
             (Ok(existing), Ok(path)) => {
                 self.known.add(newparent, newname);
-                self.entry_op(path.clone(), Op::Link { existing, path }, done)
+                let op = Op::Link {
+                    existing,
+                    path: path.clone(),
+                };
+                self.entry_op(&caller.cred, path, op, done)
             }
             (Err(e), _) | (_, Err(e)) => done(Err(e)),
         }
     }
 
-    pub fn unlink(&self, parent: u64, name: &OsStr, done: impl Done<()>) {
-        self.remove(parent, name, done, |path| Op::Unlink { path });
+    pub fn unlink(&self, caller: &Caller, parent: u64, name: &OsStr, done: impl Done<()>) {
+        self.remove(&caller.cred, parent, name, done, |path| Op::Unlink { path });
     }
 
-    pub fn rmdir(&self, parent: u64, name: &OsStr, done: impl Done<()>) {
-        self.remove(parent, name, done, |path| Op::Rmdir { path });
+    pub fn rmdir(&self, caller: &Caller, parent: u64, name: &OsStr, done: impl Done<()>) {
+        self.remove(&caller.cred, parent, name, done, |path| Op::Rmdir { path });
     }
 
     /// `renameat2` with its flags (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
+    #[allow(clippy::too_many_arguments)]
     pub fn rename(
         &self,
+        caller: &Caller,
         parent: u64,
         name: &OsStr,
         newparent: u64,
@@ -158,7 +168,7 @@ impl Core {
             flags,
         };
         let changed = vec![(from.clone(), false), (to.clone(), !exchange)];
-        self.name_op(op, changed, done, move |t| {
+        self.name_op(&caller.cred, op, changed, done, move |t| {
             if exchange {
                 t.exchange(&from, &to)
             } else {
@@ -168,22 +178,27 @@ impl Core {
     }
 
     /// The text of the symlink `ino`.
-    pub fn readlink(&self, ino: u64, done: impl Done<Vec<u8>>) {
+    pub fn readlink(&self, caller: &Caller, ino: u64, done: impl Done<Vec<u8>>) {
         let path = match self.path_of(ino) {
             Ok(p) => p,
             Err(e) => return done(Err(e)),
         };
-        self.ask(None, Op::ReadLink { path }, move |r| match r {
-            Ok(Reply::Target(t)) => done(Ok(t)),
-            Ok(_) => done(Err(Errno::EPROTO)),
-            Err(e) => done(Err(e)),
-        });
+        self.ask(
+            None,
+            &caller.cred,
+            Op::ReadLink { path },
+            move |r| match r {
+                Ok(Reply::Target(t)) => done(Ok(t)),
+                Ok(_) => done(Err(Errno::EPROTO)),
+                Err(e) => done(Err(e)),
+            },
+        );
     }
 
     /// Creates (or, without `O_EXCL`, opens) the file `name` in `parent`.
     pub fn create(
         &self,
-        caller: Caller,
+        caller: &Caller,
         parent: u64,
         name: &OsStr,
         mode: u32,
@@ -208,10 +223,10 @@ impl Core {
             path: path.clone(),
             flags,
             mode,
-            owner: caller.owner(),
         };
         let core = self.clone();
-        self.ask(Some(epoch), op, move |r: OpResult| {
+        let opener = caller.cred.clone();
+        self.ask(Some(epoch), &caller.cred, op, move |r: OpResult| {
             let (handle, attr) = match r.as_ref().map(Reply::opened) {
                 Ok(Some(opened)) => opened,
                 Ok(None) => return done(Err(Errno::EPROTO)),
@@ -228,6 +243,7 @@ impl Core {
                 let fh = lock(&core.files).insert(RemoteFile {
                     ino,
                     flags,
+                    opener,
                     handle,
                     epoch,
                 });
@@ -256,6 +272,7 @@ impl Core {
     /// from its path.
     fn new_entry(
         &self,
+        cred: &Cred,
         parent: u64,
         name: &OsStr,
         done: impl Done<Entry>,
@@ -266,7 +283,7 @@ impl Core {
                 // Before the server has it, so no lookup can miss it.
                 self.known.add(parent, name);
                 let op = make_op(path.clone());
-                self.entry_op(path, op, done)
+                self.entry_op(cred, path, op, done)
             }
             Err(e) => done(Err(e)),
         }
@@ -274,14 +291,14 @@ impl Core {
 
     /// Sends an operation whose answer is an entry for `path` (lookup, mkdir,
     /// symlink, ...): the inode is counted only once the answer is in.
-    fn entry_op(&self, path: RelPath, op: Op, done: impl Done<Entry>) {
+    fn entry_op(&self, cred: &Cred, path: RelPath, op: Op, done: impl Done<Entry>) {
         // A directory made here is known to be empty.
         let made_dir = matches!(op, Op::Mkdir { .. });
         let is_link = matches!(op, Op::Link { .. });
         let mark = self.writes.mark();
         let asked = Instant::now();
         let core = self.clone();
-        self.ask(None, op, move |r| {
+        self.ask(None, cred, op, move |r| {
             let reply = match r {
                 Ok(reply) => reply,
                 Err(e) => {
@@ -317,6 +334,7 @@ impl Core {
     /// Removes `name` from `parent` with the operation `make_op` builds.
     fn remove(
         &self,
+        cred: &Cred,
         parent: u64,
         name: &OsStr,
         done: impl Done<()>,
@@ -325,7 +343,7 @@ impl Core {
         match self.child(parent, name) {
             Ok(path) => {
                 let op = make_op(path.clone());
-                self.name_op(op, vec![(path.clone(), true)], done, move |t| {
+                self.name_op(cred, op, vec![(path.clone(), true)], done, move |t| {
                     t.detach(&path)
                 })
             }
@@ -340,13 +358,14 @@ impl Core {
     /// the projection of a file being written is corrected.
     pub(super) fn name_op(
         &self,
+        cred: &Cred,
         op: Op,
         changed: Vec<(RelPath, bool)>,
         done: impl Done<()>,
         on_success: impl FnOnce(&mut InodeTable) + Send + 'static,
     ) {
         let core = self.clone();
-        self.ask(None, op, move |r| match r {
+        self.ask(None, cred, op, move |r| match r {
             Ok(answer) => {
                 for (path, loses_link) in &changed {
                     let ino = lock(&core.inodes).ino_of(path);
