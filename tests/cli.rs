@@ -357,7 +357,7 @@ fn put_with_a_trailing_slash_needs_a_directory_like_cp() {
     fs::write(export.join("file"), "old").unwrap();
     let small = t.path().join("small.txt");
     fs::write(&small, "small").unwrap();
-    let served = Served::start(&export, &[]);
+    let served = Served::start(&export, &["--no-root-squash"]);
     for (remote, why) in [
         (
             "nosuchdir/",
@@ -402,7 +402,7 @@ fn successful_commands_print_no_warning() {
     fs::write(export.join("a"), "alpha").unwrap();
     let small = t.path().join("small.txt");
     fs::write(&small, "small").unwrap();
-    let served = Served::start(&export, &[]);
+    let served = Served::start(&export, &["--no-root-squash"]);
     let mut runs: Vec<Vec<&str>> = vec![vec!["ls", &served.addr]; 20];
     runs.extend(vec![vec!["ls", &served.addr, "a"]; 5]);
     runs.extend(vec![vec!["put", &served.addr, small.to_str().unwrap()]; 10]);
@@ -636,7 +636,7 @@ fn metrics_count_what_the_server_does() {
     let t = tmp();
     let export = t.path().join("export");
     fs::create_dir(&export).unwrap();
-    let served = Served::start(&export, &["--metrics", "127.0.0.1:0"]);
+    let served = Served::start(&export, &["--metrics", "127.0.0.1:0", "--no-root-squash"]);
     let url = served
         .banner
         .split_whitespace()

@@ -37,7 +37,8 @@ impl Setup {
         fs::create_dir(&mnt).unwrap();
         fs::write(export.join("hello"), "hi").unwrap();
         fs::write(export.join("sub/inner"), "inside").unwrap();
-        let served = Served::start(&export, &[]);
+        // Root on these mounts writes as root, as the tests check what it made.
+        let served = Served::start(&export, &["--no-root-squash"]);
         let _guard = MountGuard(mnt.clone());
         Setup {
             t,

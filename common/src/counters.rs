@@ -282,10 +282,7 @@ mod tests {
                 handle: None,
                 changes: Default::default(),
             },
-            Op::Mkdir {
-                path: p(),
-                mode: 0,
-            },
+            Op::Mkdir { path: p(), mode: 0 },
             Op::Mknod {
                 path: p(),
                 mode: 0,
