@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How many kinds of operation there are.
-pub const OP_KINDS: usize = 27;
+pub const OP_KINDS: usize = 29;
 
 /// The kind of `op` as an index below [`OP_KINDS`]; [`op_kind_name`] is its name.
 pub fn op_kind(op: &Op) -> usize {
@@ -43,6 +43,8 @@ pub fn op_kind(op: &Op) -> usize {
         Op::ReleaseLocks { .. } => 24,
         Op::Fallocate { .. } => 25,
         Op::CopyFileRange { .. } => 26,
+        Op::List { .. } => 27,
+        Op::OpenRead { .. } => 28,
     }
 }
 
@@ -76,6 +78,8 @@ pub fn op_kind_name(index: usize) -> &'static str {
         "releaselocks",
         "fallocate",
         "copy_file_range",
+        "list",
+        "openread",
     ];
     NAMES.get(index).copied().unwrap_or("?")
 }
@@ -345,6 +349,15 @@ mod tests {
                 offset_in: 0,
                 handle_out: 0,
                 offset_out: 0,
+                len: 0,
+            },
+            Op::List {
+                path: p(),
+                cursor: 0,
+            },
+            Op::OpenRead {
+                path: p(),
+                flags: 0,
                 len: 0,
             },
         ];

@@ -36,7 +36,8 @@ use crate::sys;
 use ferry_common::counters::op_kind;
 use ferry_common::frame::{self, FrameError, RequestFrame, MAX_CHUNK};
 use ferry_common::proto::{
-    HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, MAGIC, PROTOCOL_VERSION,
+    HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, LISTING_BYTES, MAGIC,
+    MAX_OPEN_DATA, PROTOCOL_VERSION,
 };
 use ferry_common::Errno;
 use std::io;
@@ -291,6 +292,8 @@ fn cost_kib(request_len: usize, op: &Op) -> u32 {
     let reply = match op {
         Op::Read { len, .. } => (*len).min(MAX_CHUNK) as usize,
         Op::ReadDir { .. } => READDIR_COST,
+        Op::List { .. } => LISTING_BYTES,
+        Op::OpenRead { len, .. } => (*len).min(MAX_OPEN_DATA) as usize,
         _ => 0,
     };
     let kib = (request_len + reply) / 1024 + 1;
@@ -477,6 +480,20 @@ mod tests {
             start: 0,
         };
         assert_eq!(cost_kib(10, &list), 65);
+        // A listing's reply may carry its whole budget of entries.
+        let list = Op::List {
+            path: RelPath::root(),
+            cursor: 0,
+        };
+        assert_eq!(cost_kib(10, &list), 3073);
+        // An open with data: what it may read.
+        let open_read = |len| Op::OpenRead {
+            path: RelPath::root(),
+            flags: libc::O_RDONLY,
+            len,
+        };
+        assert_eq!(cost_kib(30, &open_read(128 << 10)), 129);
+        assert_eq!(cost_kib(30, &open_read(u32::MAX)), 1025);
         assert_eq!(cost_kib(10, &Op::StatFs), 1);
         // Never more than the whole budget, or it could never be granted.
         assert_eq!(cost_kib(usize::MAX / 2, &Op::StatFs), IN_FLIGHT_KIB);
