@@ -12,7 +12,9 @@
 //! - State the core keeps: `inode` (`InodeTable`, the kernel's inode numbers ↔
 //!   remote paths), `files` (`OpenFiles`, the kernel's file handles ↔ server
 //!   handles), `writeback` (`WriteBehind`, writes and attribute changes answered
-//!   before the server has, with their order and errors), `attrcache` and
+//!   before the server has, with their order and errors), `opened_data`
+//!   (`OpenedData`, the first bytes of files opened for reading, sent with the
+//!   open, answering the kernel's first reads), `attrcache` and
 //!   `known` (attributes and absent names the server vouched for recently), all
 //!   timed by `cache` (`TimedCache`); `locks` (waiting for file locks, flock
 //!   detection).
@@ -43,6 +45,7 @@ mod known;
 mod locks;
 pub mod mount;
 pub mod notify;
+mod opened_data;
 pub mod stats;
 pub mod status;
 pub mod units;

@@ -409,6 +409,14 @@ impl WriteBehind {
         (changes, state.bytes)
     }
 
+    /// Whether anything is in flight for `ino`.
+    pub(crate) fn busy(&self, ino: u64) -> bool {
+        self.lock()
+            .files
+            .get(&ino)
+            .is_some_and(|f| !f.in_flight.is_empty())
+    }
+
     /// Waits until nothing is in flight for `ino`.
     pub(crate) fn wait_idle(&self, ino: u64) {
         let mut state = self.lock();

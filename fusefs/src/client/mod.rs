@@ -431,25 +431,32 @@ impl RemoteClient {
         rx.recv_timeout(limit).unwrap_or(Err(Errno::ETIMEDOUT))
     }
 
-    /// All entries of a remote directory, fetched page by page on behalf of `cred`.
+    /// All entries of a remote directory, on behalf of `cred`: in one reply
+    /// when they fit, else through the listing the server keeps open for it,
+    /// reply after reply. The caller waits for each.
     pub fn list_dir(
         &self,
         cred: &Cred,
         path: &ferry_common::RelPath,
     ) -> Result<Vec<DirEntry>, Errno> {
         let mut all = Vec::new();
+        let mut cursor = 0;
         loop {
-            let op = Op::ReadDir {
+            let op = Op::List {
                 path: path.clone(),
-                start: all.len() as u64,
+                cursor,
             };
+            self.inner.stats.waited_for(&op);
             match self.call(cred, op)? {
-                Reply::Entries { entries, more } => {
-                    let got = entries.len();
+                Reply::Listing {
+                    entries,
+                    cursor: next,
+                } => {
                     all.extend(entries);
-                    if !more || got == 0 {
+                    if next == 0 {
                         return Ok(all);
                     }
+                    cursor = next;
                 }
                 _ => return Err(Errno::EPROTO),
             }

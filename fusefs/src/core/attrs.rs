@@ -65,6 +65,17 @@ impl Core {
         // A truncation must not overtake a write; nor may any answer predate them.
         self.writes.wait_idle(ino);
         self.attrs.drop_ino(ino);
+        let truncates = changes.size.is_some();
+        if truncates {
+            self.opened.changed(ino);
+        }
+        let core = self.clone();
+        let done = move |r| {
+            if truncates {
+                core.opened.changed(ino);
+            }
+            done(r)
+        };
         // With a handle (given, or the only way left to a detached inode) every
         // change goes through the open file.
         match self.attr_target(ino, fh) {

@@ -2,12 +2,11 @@
 //!
 //! A listing is taken when reading starts at offset 0 (opendir or rewinddir)
 //! and served from memory afterwards, so the kernel's offsets stay stable while
-//! the directory changes. A listing that fits in one page is also proof of
-//! which names are *not* there (see [`crate::known`]). Offsets name the *next*
+//! the directory changes. A listing is also proof of which names are *not*
+//! there (see [`crate::known`]): the server reads it in one pass. Offsets name the *next*
 //! entry: 0 is `.`, 1 is `..`, then the listing.
 
 use super::{Caller, Core, Done, Entry};
-use ferry_common::frame::READDIR_PAGE;
 use ferry_common::proto::{DirEntry, Op, Reply};
 use ferry_common::sync::lock;
 use ferry_common::{Attr, Errno, FileKind, RelPath, StatFs};
@@ -206,19 +205,9 @@ impl Core {
         let path = self.path_of(ino).unwrap_or(opened_as);
         let asked = Instant::now();
         let entries = Arc::new(self.client.list_dir(&caller.cred, &path)?);
-        // One request per page (of the server's READDIR_PAGE entries).
-        let page = Op::ReadDir {
-            path: RelPath::root(),
-            start: 0,
-        };
-        for _ in 0..=entries.len() / READDIR_PAGE {
-            self.stats.waited_for(&page);
-        }
-        // One page is one read of the directory on the server; between pages
-        // others may remove entries and shift the rest, so a longer listing is
-        // no proof of what is missing.
-        let whole = entries.len() < READDIR_PAGE;
-        if whole && lock(&self.inodes).ino_of(&path) == Some(ino) {
+        // A listing is one pass over the directory on the server, so it is
+        // proof of which names are missing, as of when it was asked for.
+        if lock(&self.inodes).ino_of(&path) == Some(ino) {
             self.known
                 .learn(ino, asked, entries.iter().map(|e| e.name.as_slice()));
         }

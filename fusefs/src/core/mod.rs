@@ -50,6 +50,7 @@ use crate::files::OpenFiles;
 use crate::inode::{FileId, InodeTable};
 use crate::known::KnownDirs;
 use crate::locks::LockOwners;
+use crate::opened_data::OpenedData;
 use crate::stats::Stats;
 use crate::writeback::WriteBehind;
 use dirs::DirSnapshots;
@@ -160,6 +161,8 @@ pub struct Shared {
     inodes: Mutex<InodeTable>,
     files: Mutex<OpenFiles>,
     writes: WriteBehind,
+    /// The first bytes of files opened for reading, for their first reads.
+    opened: OpenedData,
     attrs: AttrCache,
     known: KnownDirs,
     dirs: DirSnapshots,
@@ -194,6 +197,7 @@ impl Core {
             inodes: Mutex::new(InodeTable::new(root)),
             files: Mutex::new(OpenFiles::new()),
             writes: WriteBehind::new(),
+            opened: OpenedData::new(ttl),
             attrs: AttrCache::new(ttl),
             known: KnownDirs::new(ttl),
             dirs: DirSnapshots::default(),

@@ -216,8 +216,10 @@ impl Core {
         self.known.add(parent, name);
         // The name may be a file this mount is writing (O_CREAT of an existing
         // name, maybe with O_TRUNC): what was sent before comes first.
-        if let Some(ino) = lock(&self.inodes).ino_of(&path) {
+        let existing = lock(&self.inodes).ino_of(&path);
+        if let Some(ino) = existing {
             self.writes.wait_idle(ino);
+            self.opened.changed(ino);
         }
         let op = Op::Create {
             path: path.clone(),
@@ -253,6 +255,8 @@ impl Core {
             if writable(flags) {
                 core.writes.opened_for_writing(ino, fh, &attr);
             }
+            // An existing file opened this way may have been truncated.
+            core.opened.changed(ino);
             core.file_caps.note_new_file(ino);
             let entry = Entry {
                 ino,

@@ -1,0 +1,187 @@
+//! Round trips saved: the bytes an open for reading brings (and when they may
+//! no longer answer a read), and listings in one reply.
+
+use super::*;
+
+impl Harness {
+    /// How many requests of kind `op` were sent so far.
+    fn sent(&self, op: &str) -> u64 {
+        self.core
+            .stats()
+            .sent_by_kind()
+            .iter()
+            .find(|(name, _)| *name == op)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// The other client's inode and a handle of `name`, opened with `flags`.
+    fn open_elsewhere(&self, other: &Core, name: &str, flags: i32) -> (u64, u64) {
+        let ino = match wait(|d| other.lookup(&self.me, ROOT_INO, OsStr::new(name), d)) {
+            Ok(Lookup::Found(e)) => e.ino,
+            x => panic!("{x:?}"),
+        };
+        let opened = wait(|d| other.open(&self.me, ino, flags, d)).expect("open");
+        (ino, opened.fh)
+    }
+}
+
+/// Bytes 0..n of a file whose byte `i` is `i % 251`.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+#[test]
+fn a_small_file_is_read_with_its_open_in_one_round_trip() {
+    let h = Harness::new();
+    std::fs::write(h.on_disk("f"), pattern(10_000)).expect("a file");
+    let ino = h.ino(ROOT_INO, "f");
+    let before = h.waited();
+    let opened = h.open(ino, libc::O_RDONLY).expect("open");
+    // The kernel reads whole pages; the file ends before the last one does.
+    assert_eq!(h.read(ino, opened.fh, 0, 12_288), Ok(pattern(10_000)));
+    assert_eq!(h.waited() - before, 1, "one round trip: the open");
+    assert_eq!((h.sent("openread"), h.sent("read")), (1, 0));
+    // The kernel has those bytes now: read again, they come from the server.
+    assert_eq!(
+        h.read(ino, opened.fh, 4096, 10),
+        Ok(pattern(4106)[4096..].to_vec())
+    );
+    assert_eq!(h.sent("read"), 1);
+    h.close(ino, opened.fh).expect("close");
+    assert_eq!(h.sent("close"), 1);
+    assert_eq!(h.core.opened.bytes(), 0);
+}
+
+#[test]
+fn a_large_file_brings_its_start_and_the_rest_follows_from_the_server() {
+    let h = Harness::new();
+    let size = 3 * io::FIRST_BYTES as usize;
+    std::fs::write(h.on_disk("big"), pattern(size)).expect("a file");
+    let ino = h.ino(ROOT_INO, "big");
+    let opened = h.open(ino, libc::O_RDONLY).expect("open");
+    // A read within the bytes the open brought, then one that runs past them:
+    // the held head and the server's rest, in one answer.
+    assert_eq!(h.read(ino, opened.fh, 0, 4096), Ok(pattern(4096)));
+    assert_eq!(h.sent("read"), 0);
+    let long = h.read(ino, opened.fh, 4096, 2 * io::FIRST_BYTES);
+    assert_eq!(
+        long,
+        Ok(pattern(4096 + 2 * io::FIRST_BYTES as usize)[4096..].to_vec())
+    );
+    assert_eq!(h.sent("read"), 1);
+    h.close(ino, opened.fh).expect("close");
+}
+
+#[test]
+fn opens_that_write_truncate_or_bypass_the_cache_bring_no_bytes() {
+    let h = Harness::new();
+    std::fs::write(h.on_disk("f"), b"data").expect("a file");
+    let ino = h.ino(ROOT_INO, "f");
+    for flags in [
+        libc::O_RDWR,
+        libc::O_WRONLY,
+        libc::O_RDONLY | libc::O_DIRECT,
+        libc::O_RDONLY | libc::O_TRUNC,
+    ] {
+        let opened = h.open(ino, flags).expect("open");
+        h.close(ino, opened.fh).expect("close");
+    }
+    assert_eq!((h.sent("open"), h.sent("openread")), (4, 0));
+}
+
+#[test]
+fn a_write_here_through_another_handle_is_read_not_the_bytes_the_open_brought() {
+    let h = Harness::new();
+    std::fs::write(h.on_disk("f"), b"old content").expect("a file");
+    let ino = h.ino(ROOT_INO, "f");
+    let reader = h.open(ino, libc::O_RDONLY).expect("open");
+    let writer = h.open(ino, libc::O_RDWR).expect("open");
+    assert_eq!(h.write(ino, writer.fh, 0, b"NEW"), Ok(3));
+    assert_eq!(h.read(ino, reader.fh, 0, 4096), Ok(b"NEW content".to_vec()));
+    h.close(ino, writer.fh).expect("close");
+    h.close(ino, reader.fh).expect("close");
+    // And a reader opened while a writer is open sees each write that follows.
+    let writer = h.open(ino, libc::O_RDWR).expect("open");
+    let reader = h.open(ino, libc::O_RDONLY).expect("open");
+    assert_eq!(h.sent("openread"), 2);
+    assert_eq!(h.write(ino, writer.fh, 0, b"new"), Ok(3));
+    assert_eq!(h.read(ino, reader.fh, 0, 4096), Ok(b"new content".to_vec()));
+    h.close(ino, writer.fh).expect("close");
+    h.close(ino, reader.fh).expect("close");
+}
+
+#[test]
+fn a_truncation_here_is_read_not_the_bytes_the_open_brought() {
+    let h = Harness::new();
+    std::fs::write(h.on_disk("f"), b"0123456789").expect("a file");
+    let ino = h.ino(ROOT_INO, "f");
+    let reader = h.open(ino, libc::O_RDONLY).expect("open");
+    let shrink = AttrChanges {
+        size: Some(4),
+        ..AttrChanges::default()
+    };
+    assert_eq!(h.setattr(ino, None, shrink).map(|a| a.size), Ok(4));
+    assert_eq!(h.read(ino, reader.fh, 0, 4096), Ok(b"0123".to_vec()));
+    h.close(ino, reader.fh).expect("close");
+    // An open with O_TRUNC (or for writing at all) voids what another reader holds.
+    std::fs::write(h.on_disk("f"), b"0123456789").expect("rewrite");
+    let reader = h.open(ino, libc::O_RDONLY).expect("open");
+    let truncating = h.open(ino, libc::O_WRONLY | libc::O_TRUNC).expect("open");
+    assert_eq!(h.read(ino, reader.fh, 0, 4096), Ok(Vec::new()));
+    h.close(ino, truncating.fh).expect("close");
+    h.close(ino, reader.fh).expect("close");
+}
+
+#[test]
+fn another_clients_write_is_seen_by_the_next_open_or_under_a_lock() {
+    let h = Harness::new();
+    std::fs::write(h.on_disk("f"), b"version 1").expect("a file");
+    let ino = h.ino(ROOT_INO, "f");
+    let other = h.another_client();
+    let reader = h.open(ino, libc::O_RDONLY).expect("open");
+    let (their_ino, theirs) = h.open_elsewhere(&other, "f", libc::O_RDWR);
+    wait(|d| other.write(&h.me, their_ino, theirs, 8, b"2", libc::O_RDWR, false, d))
+        .expect("write");
+    wait(|d| other.flush(&h.me, their_ino, theirs, 1, d)).expect("close");
+    other.release(&h.me, their_ino, theirs);
+    // Close-to-open: the open before their close reads the file as it opened it...
+    assert_eq!(h.read(ino, reader.fh, 0, 4096), Ok(b"version 1".to_vec()));
+    h.close(ino, reader.fh).expect("close");
+    // ...an open after it, the new version.
+    let reader = h.open(ino, libc::O_RDONLY).expect("open");
+    assert!(!reader.keep_cache);
+    assert_eq!(h.read(ino, reader.fh, 0, 4096), Ok(b"version 2".to_vec()));
+    h.close(ino, reader.fh).expect("close");
+    // A lock taken after another client's change reads the change.
+    let reader = h.open(ino, libc::O_RDONLY).expect("open");
+    std::fs::write(h.on_disk("f"), b"version 3").expect("rewrite");
+    wait(|d| {
+        h.core
+            .setlk(&h.me, ino, reader.fh, 7, 0, 99, libc::F_RDLCK, false, d)
+    })
+    .expect("lock");
+    assert_eq!(h.read(ino, reader.fh, 0, 4096), Ok(b"version 3".to_vec()));
+    wait(|d| h.core.flush(&h.me, ino, reader.fh, 7, d)).expect("close");
+    h.core.release(&h.me, ino, reader.fh);
+}
+
+#[test]
+fn a_listing_is_one_reply_and_proof_of_missing_names() {
+    let h = Harness::new();
+    let dir = h.on_disk("d");
+    std::fs::create_dir(&dir).expect("a directory");
+    // Far more entries than one page of the old paged listing (2,048).
+    for i in 0..5000 {
+        std::fs::write(dir.join(format!("f{i}")), b"").expect("a file");
+    }
+    let d = h.ino(ROOT_INO, "d");
+    let before = h.waited();
+    assert_eq!(names(h.list(d)).len(), 5000);
+    assert_eq!(h.waited() - before, 1, "one reply");
+    assert!(matches!(h.lookup(d, "f5000"), Ok(Lookup::Missing(_))));
+    assert_eq!(
+        h.waited() - before,
+        1,
+        "the listing answered for a missing name"
+    );
+}
