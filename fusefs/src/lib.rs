@@ -29,6 +29,8 @@
 //! - [`stats`]: what the client counts (requests, round trips, bytes, cache
 //!   hits), and [`status`]: `ferry status`, served by the mount on a private
 //!   Unix socket.
+//! - [`windows`]: how much the mount keeps in flight (write-behind, the
+//!   kernel's readahead), sized from the path's measured round-trip time.
 
 #![warn(unreachable_pub)]
 
@@ -49,6 +51,7 @@ mod opened_data;
 pub mod stats;
 pub mod status;
 pub mod units;
+pub mod windows;
 mod writeback;
 
 pub use adapter::FerryFs;

@@ -59,8 +59,13 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(120);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Requests of one connection being handled or waiting to be written.
 pub(crate) const MAX_IN_FLIGHT: usize = 64;
-/// Bytes (requests plus expected replies) in flight on one connection, counted in KiB.
-const IN_FLIGHT_KIB: u32 = 32 * 1024;
+/// Bytes (requests plus expected replies) in flight on one connection, counted in
+/// KiB: what ferry's client keeps in flight itself at most (a write window and
+/// the kernel's readahead, 32 MiB each on a slow path), so that a client's own
+/// streams never make the reader stop and hold up its other requests.
+const IN_FLIGHT_KIB: u32 = 64 * 1024;
+/// [`IN_FLIGHT_KIB`] in bytes.
+pub const CONNECTION_BUDGET: usize = IN_FLIGHT_KIB as usize * 1024;
 /// What a directory page is charged before its size is known.
 const READDIR_COST: usize = 64 * 1024;
 /// Replies at least this big are written on their own rather than copied into the batch.

@@ -51,6 +51,7 @@ mod schedule;
 mod sequencer;
 mod sys;
 
+pub use connection::CONNECTION_BUDGET;
 pub use dispatch::MAX_COPY;
 pub use export::{Acting, DirStream, ExportRoot, OpenFile, SetIdBits};
 pub use identity::{BadAnonymousId, Identity, IdentityMap, Squash, DEFAULT_ANON_ID};

@@ -12,6 +12,7 @@ use super::{Caller, Core, Done, Opened};
 use crate::client::OpResult;
 use crate::files::RemoteFile;
 use crate::opened_data::Served;
+use crate::windows;
 use ferry_common::frame::MAX_CHUNK;
 use ferry_common::proto::{AttrChanges, Op, Reply};
 use ferry_common::sync::lock;
@@ -47,6 +48,8 @@ impl Core {
             Ok(p) => p,
             Err(e) => return done(Err(e)),
         };
+        // The kernel gives the file the readahead its device has now.
+        self.read_ahead.fit(self.stats.path_rtt());
         let reads_only = reads_only(flags);
         if !reads_only {
             // Writes (or a truncation) follow: bytes held for readers go stale.
@@ -196,7 +199,8 @@ impl Core {
             Ok(h) => h,
             Err(e) => return done(Err(e)),
         };
-        let ticket = self.writes.begin_write(ino, fh, offset, len);
+        let window = windows::write_window(self.stats.path_rtt());
+        let ticket = self.writes.begin_write(ino, fh, offset, len, window);
         // Registered first: an open for reading sent from now on either sees the
         // write in flight or hears of it (see `crate::opened_data`).
         self.opened.changed(ino);

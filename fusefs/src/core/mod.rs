@@ -52,6 +52,7 @@ use crate::known::KnownDirs;
 use crate::locks::LockOwners;
 use crate::opened_data::OpenedData;
 use crate::stats::Stats;
+use crate::windows::KernelReadAhead;
 use crate::writeback::WriteBehind;
 use dirs::DirSnapshots;
 use ferry_common::proto::{
@@ -174,6 +175,8 @@ pub struct Shared {
     /// The client's counters, which the core adds to (what applications waited
     /// for, cache hits).
     stats: Arc<Stats>,
+    /// The mount's readahead, fitted to the path before every open.
+    read_ahead: KernelReadAhead,
 }
 
 /// The filesystem core; cheap to clone (clones share one [`Shared`]).
@@ -205,6 +208,7 @@ impl Core {
             file_caps: xattr::FileCapCache::new(ttl),
             kernel,
             stats,
+            read_ahead: KernelReadAhead::default(),
             opts,
         }))
     }
@@ -220,6 +224,11 @@ impl Core {
     /// What the client and the core have counted.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// The mount's readahead (see [`crate::windows`]).
+    pub fn read_ahead(&self) -> &KernelReadAhead {
+        &self.read_ahead
     }
 
     /// Writes and attribute changes sent ahead and not yet answered, and the
