@@ -110,6 +110,11 @@ impl InodeTable {
         self.nodes.get(&ino).and_then(|n| n.paths.last())
     }
 
+    /// The server file `ino` stands for.
+    pub(crate) fn file_id(&self, ino: u64) -> Option<FileId> {
+        self.nodes.get(&ino).map(|n| n.id)
+    }
+
     /// The inode at `path` without counting a lookup.
     pub(crate) fn ino_of(&self, path: &RelPath) -> Option<u64> {
         self.by_path.get(path).copied()

@@ -14,7 +14,9 @@
 //!   handles), `writeback` (`WriteBehind`, writes and attribute changes answered
 //!   before the server has, with their order and errors), `opened_data`
 //!   (`OpenedData`, the first bytes of files opened for reading, sent with the
-//!   open, answering the kernel's first reads), `attrcache` and
+//!   open, answering the kernel's first reads), `listing_ahead`
+//!   (`ListingsAhead`, the listings a walk will want next, fetched before the
+//!   kernel asks), `attrcache` and
 //!   `known` (attributes and absent names the server vouched for recently), all
 //!   timed by `cache` (`TimedCache`); `locks` (waiting for file locks, flock
 //!   detection).
@@ -44,6 +46,7 @@ pub mod creds;
 mod files;
 mod inode;
 mod known;
+mod listing_ahead;
 mod locks;
 pub mod mount;
 pub mod notify;

@@ -143,7 +143,11 @@ impl Core {
             changes,
         };
         let core = self.clone();
-        let sent = move |r| core.writes.finish(ticket, expect_attr(r).map(Some));
+        self.changes.begin();
+        let sent = move |r| {
+            core.writes.finish(ticket, expect_attr(r).map(Some));
+            core.changes.end();
+        };
         // Not waited for: the kernel has its answer already.
         match self.server_handle(writer) {
             Ok((epoch, handle)) => self.client.submit_in(epoch, &caller.cred, op(handle), sent),

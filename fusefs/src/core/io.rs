@@ -204,6 +204,7 @@ impl Core {
         // Registered first: an open for reading sent from now on either sees the
         // write in flight or hears of it (see `crate::opened_data`).
         self.opened.changed(ino);
+        self.changes.begin();
         let written = |r: OpResult| match r {
             Ok(Reply::Written(n)) => Ok(n),
             Ok(_) => Err(Errno::EPROTO),
@@ -220,6 +221,7 @@ impl Core {
                 .submit_write_in(epoch, &caller.cred, handle, offset, data, move |r| {
                     core.writes.finish(ticket, Ok(None));
                     core.opened.changed(ino);
+                    core.changes.end();
                     done(written(r))
                 });
         } else {
@@ -235,6 +237,7 @@ impl Core {
                     };
                     core.writes.finish(ticket, result);
                     core.opened.changed(ino);
+                    core.changes.end();
                 });
             done(Ok(u32::try_from(len).unwrap_or(u32::MAX)));
         }

@@ -49,6 +49,7 @@ use crate::client::{OpResult, RemoteClient};
 use crate::files::OpenFiles;
 use crate::inode::{FileId, InodeTable};
 use crate::known::KnownDirs;
+use crate::listing_ahead::{changes_listings, Changes, ListingsAhead};
 use crate::locks::LockOwners;
 use crate::opened_data::OpenedData;
 use crate::stats::Stats;
@@ -167,6 +168,10 @@ pub struct Shared {
     attrs: AttrCache,
     known: KnownDirs,
     dirs: DirSnapshots,
+    /// Changes through this mount under way and made lately, counted.
+    changes: Arc<Changes>,
+    /// Listings a walk will want next, fetched ahead.
+    ahead: ListingsAhead,
     /// POSIX lock owners that may hold locks on the server.
     lock_owners: LockOwners,
     /// Answers for `security.capability` (see [`xattr`]).
@@ -195,6 +200,8 @@ impl Core {
         let root = FileId::of(&client.welcome().root);
         let stats = Arc::clone(client.stats());
         let ttl = opts.attr_timeout;
+        let changes = Arc::new(Changes::default());
+        let ahead = ListingsAhead::new(client.clone(), Arc::clone(&changes), ttl);
         Core(Arc::new(Shared {
             client,
             inodes: Mutex::new(InodeTable::new(root)),
@@ -204,6 +211,8 @@ impl Core {
             attrs: AttrCache::new(ttl),
             known: KnownDirs::new(ttl),
             dirs: DirSnapshots::default(),
+            changes,
+            ahead,
             lock_owners: LockOwners::new(),
             file_caps: xattr::FileCapCache::new(ttl),
             kernel,
@@ -251,6 +260,16 @@ impl Core {
         done: impl Done<ferry_common::proto::Reply>,
     ) {
         self.stats.waited_for(&op);
+        let done: Box<dyn FnOnce(OpResult) + Send> = if changes_listings(&op) {
+            self.changes.begin();
+            let changes = Arc::clone(&self.changes);
+            Box::new(move |r| {
+                changes.end();
+                done(r)
+            })
+        } else {
+            Box::new(done)
+        };
         match epoch {
             Some(epoch) => self.client.submit_in(epoch, cred, op, done),
             None => self.client.submit(cred, op, done),
@@ -260,10 +279,18 @@ impl Core {
     /// [`ask`](Self::ask), waiting here for the answer.
     fn ask_now(&self, epoch: Option<u64>, cred: &Cred, op: Op) -> OpResult {
         self.stats.waited_for(&op);
-        match epoch {
+        let changes = changes_listings(&op);
+        if changes {
+            self.changes.begin();
+        }
+        let answer = match epoch {
             Some(epoch) => self.client.call_in(epoch, cred, op),
             None => self.client.call(cred, op),
+        };
+        if changes {
+            self.changes.end();
         }
+        answer
     }
 
     /// Whether the server checks `caller`'s requests as this machine's kernel

@@ -185,3 +185,101 @@ fn a_listing_is_one_reply_and_proof_of_missing_names() {
         "the listing answered for a missing name"
     );
 }
+
+/// `top/{a,b,c}`, `top/a/x`, with a file in each, and their inodes (looked up).
+fn tree(h: &Harness) -> [u64; 5] {
+    for dir in ["top/a/x", "top/b", "top/c"] {
+        std::fs::create_dir_all(h.on_disk(dir)).expect("a directory");
+    }
+    for dir in ["top", "top/a", "top/a/x", "top/b", "top/c"] {
+        std::fs::write(h.on_disk(&format!("{dir}/f")), b"f").expect("a file");
+    }
+    let top = h.ino(ROOT_INO, "top");
+    let a = h.ino(top, "a");
+    [top, a, h.ino(top, "b"), h.ino(top, "c"), h.ino(a, "x")]
+}
+
+#[test]
+fn a_walk_finds_its_next_listings_fetched_ahead() {
+    let h = Harness::new();
+    let [top, a, b, c, x] = tree(&h);
+    h.list(ROOT_INO);
+    // Not a walk yet: nothing asked for ahead.
+    h.core.ahead.settle();
+    assert_eq!(h.sent("list"), 1);
+    // The root, then a directory in it: a walk. Its subdirectories' listings
+    // are fetched ahead, and not waited for.
+    let before = h.waited();
+    assert_eq!(names(h.list(top)), ["a", "b", "c", "f"]);
+    assert_eq!(h.waited() - before, 1);
+    h.core.ahead.settle();
+    assert_eq!(h.sent("list"), 5);
+    assert_eq!(names(h.list(a)), ["f", "x"]);
+    assert_eq!(names(h.list(b)), ["f"]);
+    assert_eq!(names(h.list(c)), ["f"]);
+    // A listing taken from there goes on with the walk: its own
+    // subdirectories come ahead too.
+    h.core.ahead.settle();
+    assert_eq!(names(h.list(x)), ["f"]);
+    assert_eq!(h.waited() - before, 1, "no other listing was waited for");
+    assert_eq!(h.sent("list"), 6);
+    // They answer for missing names as any listing does.
+    assert!(matches!(h.lookup(b, "nope"), Ok(Lookup::Missing(_))));
+    assert_eq!(h.waited() - before, 1);
+}
+
+#[test]
+fn a_change_here_leaves_listings_fetched_ahead_unused() {
+    let h = Harness::new();
+    let [top, _, b, c, _] = tree(&h);
+    h.list(ROOT_INO);
+    h.list(top);
+    h.core.ahead.settle();
+    let before = h.waited();
+    // A file made in one directory: no listing fetched before it is used, in
+    // that directory or any other (it could show this mount's past).
+    let (made, opened) = h.create(b, "new", libc::O_RDWR).expect("create");
+    h.close(made.ino, opened.fh).expect("close");
+    let after_create = h.waited();
+    assert_eq!(names(h.list(b)), ["f", "new"]);
+    assert_eq!(names(h.list(c)), ["f"]);
+    assert_eq!(h.waited() - after_create, 2, "both were asked for again");
+    assert!(after_create > before);
+    // A write through this mount (never waited for) counts as a change too.
+    h.list(top);
+    h.core.ahead.settle();
+    let opened = h.open(made.ino, libc::O_RDWR).expect("open");
+    assert_eq!(h.write(made.ino, opened.fh, 0, b"grown"), Ok(5));
+    h.close(made.ino, opened.fh).expect("close");
+    let waited = h.waited();
+    let listed = wait(|d| h.core.opendir(b, d)).expect("opendir");
+    let mut sizes = Vec::new();
+    h.core
+        .readdirplus(&h.me, b, listed, 0, |item| {
+            if item.name == b"new" {
+                sizes.push(item.entry.attr.size);
+            }
+            false
+        })
+        .expect("readdirplus");
+    h.core.releasedir(listed);
+    assert_eq!(sizes, [5]);
+    assert_eq!(h.waited() - waited, 1);
+}
+
+#[test]
+fn listings_fetched_ahead_go_stale_with_the_attribute_timeout() {
+    let h = Harness::with(FsOptions {
+        attr_timeout: Duration::from_secs(1),
+        ..FsOptions::default()
+    });
+    let [top, _, b, _, _] = tree(&h);
+    h.list(ROOT_INO);
+    h.list(top);
+    h.core.ahead.settle();
+    assert_eq!(h.sent("list"), 5);
+    std::thread::sleep(Duration::from_millis(1100));
+    let before = h.waited();
+    h.list(b);
+    assert_eq!(h.waited() - before, 1, "too old: asked for again");
+}
