@@ -11,8 +11,10 @@
 //! the server, answered on the connection's reader thread. Finishing there, in
 //! the callback, means a FUSE worker thread is never tied up waiting for the
 //! network, so the kernel can keep many requests in flight. Only a few
-//! operations block their caller: listing a directory (several round trips) and
-//! the waits write-behind imposes for ordering (see [`crate::writeback`]).
+//! operations block their caller: listing a directory (a round trip, more for a
+//! very long one, or none when it was fetched ahead: see
+//! [`crate::listing_ahead`]) and the waits write-behind imposes for ordering
+//! (see [`crate::writeback`]).
 //!
 //! The core is split by idea:
 //!
