@@ -6,7 +6,8 @@
 //! the mount sees one (a directory listed soon after its parent was), it asks
 //! at once for the listings of the parent's other subdirectories and of the new
 //! directory's own — at most [`PER_DIRECTORY`] of each, [`IN_FLIGHT`] at a
-//! time, of directories that look small enough ([`LARGEST`]) — and so does
+//! time, of directories that look small enough ([`LARGEST`]), holding at most
+//! [`HELD_ENTRIES`] entries in [`HELD_LISTINGS`] listings — and so does
 //! every listing fetched ahead that the walk then uses. A walk then costs about
 //! a round trip per level of the tree rather than one per directory.
 //!
@@ -46,6 +47,8 @@ pub(crate) const LARGEST: u64 = 1 << 20;
 /// Entries held in listings fetched ahead, over all of them; beyond it the
 /// oldest go.
 pub(crate) const HELD_ENTRIES: usize = 100_000;
+/// Listings fetched ahead held at most.
+pub(crate) const HELD_LISTINGS: usize = 1024;
 /// Listings the kernel made lately that are remembered, for their subdirectories.
 const REMEMBERED: usize = 256;
 /// The longest the kernel's listing waits for one fetched ahead that is on its
@@ -175,13 +178,13 @@ impl State {
         Some(fetched)
     }
 
-    /// Makes room for `n` more entries, the oldest listings going first;
-    /// false if `n` alone is too many.
+    /// Makes room for one more listing of `n` entries, the oldest listings
+    /// going first; false if `n` alone is too many.
     fn room_for(&mut self, n: usize) -> bool {
         if n > HELD_ENTRIES {
             return false;
         }
-        while self.held_entries + n > HELD_ENTRIES {
+        while self.held_entries + n > HELD_ENTRIES || self.ready.len() >= HELD_LISTINGS {
             let oldest = self
                 .ready
                 .iter()
@@ -520,6 +523,54 @@ mod tests {
         let later = changes.mark().expect("nothing under way");
         assert!(!changes.unchanged_since(mark));
         assert!(changes.unchanged_since(later));
+    }
+
+    #[test]
+    fn what_is_held_is_bounded_and_the_oldest_goes_first() {
+        let mut state = State::default();
+        let start = Instant::now();
+        let entries = |n: usize| {
+            let entry = DirEntry {
+                name: b"e".to_vec(),
+                attr: ferry_common::Attr::blank(FileKind::File),
+            };
+            Arc::new(vec![entry; n])
+        };
+        let mut hold = |state: &mut State, i: u64, n: usize| {
+            assert!(state.room_for(n));
+            state.held_entries += n;
+            let fetched = Fetched {
+                id: FileId { dev: 1, ino: i },
+                entries: entries(n),
+                asked: start + Duration::from_millis(i),
+                mark: 0,
+            };
+            state
+                .ready
+                .insert(RelPath::parse(&format!("d{i}")).unwrap(), fetched);
+        };
+        let half = HELD_ENTRIES / 2;
+        hold(&mut state, 1, half);
+        hold(&mut state, 2, half);
+        hold(&mut state, 3, 1);
+        assert!(!state.ready.contains_key(&RelPath::parse("d1").unwrap()));
+        assert_eq!(state.held_entries, half + 1);
+        assert!(
+            !state.room_for(HELD_ENTRIES + 1),
+            "never more than the whole"
+        );
+        // Empty listings count against their own limit.
+        for i in 10..10 + HELD_LISTINGS as u64 {
+            hold(&mut state, i, 0);
+        }
+        assert_eq!(state.ready.len(), HELD_LISTINGS);
+        assert!(!state.ready.contains_key(&RelPath::parse("d2").unwrap()));
+        assert_eq!(
+            state
+                .take_ready(&RelPath::parse("d10").unwrap())
+                .map(|f| f.id.ino),
+            Some(10)
+        );
     }
 
     #[test]
