@@ -536,7 +536,7 @@ mod tests {
             };
             Arc::new(vec![entry; n])
         };
-        let mut hold = |state: &mut State, i: u64, n: usize| {
+        let hold = |state: &mut State, i: u64, n: usize| {
             assert!(state.room_for(n));
             state.held_entries += n;
             let fetched = Fetched {
