@@ -31,7 +31,7 @@ class Measurement:
 
     def as_json(self):
         return {"value": self.value, "unit": self.unit, "seconds": self.seconds, "ok": self.ok,
-                "errors": self.errors, "detail": self.detail, "cpu": self.cpu}
+                "errors": self.errors, "detail": self.detail, "cpu": self.cpu, "timed_out": self.timed_out}
 
 
 class Run:
