@@ -410,16 +410,6 @@ def write_svg(report, path):
         out.append(f'<line x1="{xa(i):.1f}" y1="{top}" x2="{xa(i):.1f}" y2="{bottom}" stroke="#eee"/>')
         out.append(_text(xa(i), bottom + 16, f"{p} ms", 11, "middle", fill="#333"))
     out.append(_text((ax[0] + ax[1]) / 2, bottom + 32, "round-trip time", 11, "middle", fill="#333"))
-    if TARGET in xs_a:
-        ti = xs_a.index(TARGET)
-        k = 0
-        for w in ws:
-            if not w.target:
-                continue
-            x = xa(ti) + 8 + 7 * k
-            k += 1
-            out.append(f'<line x1="{x - 6:.1f}" y1="{ya(w.target):.1f}" x2="{x + 6:.1f}" y2="{ya(w.target):.1f}" '
-                       f'stroke="{LINE_COLOURS[w.key]}" stroke-width="4"/>')
     for w in ws:
         colour = LINE_COLOURS[w.key]
         pts = [(xa(i), ya(r), bound) for i, (r, bound) in enumerate(series[w.key]) if r]
@@ -434,6 +424,17 @@ def write_svg(report, path):
             f = result(report, p, w.key).get("ferry")
             if f and not f["ok"]:
                 out.append(_text(xa(i), ya(1) - 4, "✕", 14, "middle", "bold", "#d0453b"))
+    # Targets on top of the lines, side by side where they coincide.
+    if TARGET in xs_a:
+        ti = xs_a.index(TARGET)
+        k = 0
+        for w in ws:
+            if not w.target:
+                continue
+            x = xa(ti) + 13 + 13 * k
+            k += 1
+            out.append(f'<line x1="{x - 5:.1f}" y1="{ya(w.target):.1f}" x2="{x + 5:.1f}" y2="{ya(w.target):.1f}" '
+                       f'stroke="{LINE_COLOURS[w.key]}" stroke-width="4"/>')
     # Panel B: the sequential pair against RTT (0 ms = 1).
     xs_b = ["0"] + [p for p in xs_a if p != "0"]
     fracs = {(k, s): [fraction_of_zero(report, k, s, p) for p in xs_b]
