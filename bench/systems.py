@@ -284,8 +284,13 @@ class FuseSystem:
         self.table.record(self.root)
 
     def end(self):
+        """Unmount; a mount whose client died or that vanished before now fails the measurement."""
         if self.client is None:
             return
+        # A client that exits unmounts its mount (or leaves it dead): what ran since then did not
+        # measure this system, and may have run on the empty mount point underneath.
+        died = self.client.poll()
+        vanished = not is_mounted(self.root)
         if not self.table.unmount(self.root):
             raise SetupError(f"cannot unmount {self.root}; run: umount -l {self.root}")
         try:
@@ -293,6 +298,10 @@ class FuseSystem:
         except subprocess.TimeoutExpired:
             self.procs.stop(self.client)
         self.client = None
+        if died is not None or vanished:
+            what = f"exited with status {died}" if died is not None else "was no longer mounted"
+            raise SetupError(f"{self.name} mount {what} before the measurement ended: "
+                             f"{self.procs.log_tail(self.name + '-mount', 3)}")
 
     def abort(self):
         self.table.abort(self.root)
@@ -336,7 +345,10 @@ class Ferry(FuseSystem):
         if self.server.poll() is not None:
             # Restart it, so the next workload can run; this one fails with the reason.
             status, log = self.server.returncode, self.procs.log_tail("ferry-serve")
-            self.end()
+            try:
+                self.end()
+            except SetupError:
+                pass  # its client is likely gone with the server; the reason is the server's
             self.start_server()
             raise SetupError(f"ferry serve had exited with status {status}: {log}")
         self.end()
@@ -391,6 +403,12 @@ class Sshd:
         authorized = os.path.join(self.dir, "authorized_keys")
         with open(authorized, "w", encoding="ascii") as f:
             f.write(pub)
+        # The client's config and known hosts: empty files of our own rather than /dev/null, which
+        # another program on a shared machine can replace with a regular file full of text.
+        self.client_config = os.path.join(self.dir, "ssh_config")
+        self.known_hosts = os.path.join(self.dir, "known_hosts")
+        for path in (self.client_config, self.known_hosts):
+            open(path, "w", encoding="ascii").close()
         sftp = "/usr/lib/openssh/sftp-server"
         if not os.path.exists(sftp):
             sftp = "internal-sftp"
@@ -441,7 +459,7 @@ LogLevel ERROR
             self.created_privsep = False
 
 
-SSHFS_OPTIONS = "StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,BatchMode=yes"
+SSHFS_OPTIONS = "StrictHostKeyChecking=no,BatchMode=yes"
 
 
 class Sshfs(FuseSystem):
@@ -453,11 +471,12 @@ class Sshfs(FuseSystem):
 
     def options(self):
         port = self.via.port if self.via else self.sshd.port
-        return f"IdentityFile={self.sshd.client_key},port={port},{SSHFS_OPTIONS}"
+        return (f"IdentityFile={self.sshd.client_key},port={port},{SSHFS_OPTIONS},"
+                f"UserKnownHostsFile={self.sshd.known_hosts}")
 
     def mount_argv(self):
-        # -f: stay in the foreground, so the pid is ours; -F /dev/null: no user ssh config.
-        return ["sshfs", f"root@127.0.0.1:{self.export}", self.root, "-f", "-F", "/dev/null",
+        # -f: stay in the foreground, so the pid is ours; -F: an empty ssh config (not the user's).
+        return ["sshfs", f"root@127.0.0.1:{self.export}", self.root, "-f", "-F", self.sshd.client_config,
                 "-o", self.options()]
 
     def cpu(self):
@@ -466,7 +485,7 @@ class Sshfs(FuseSystem):
                 "server": tree_cpu_seconds(self.sshd.proc.pid, skip_root=True)}
 
     def describe(self):
-        return (f"sshfs root@127.0.0.1:{self.export} -F /dev/null -o {self.options()} "
+        return (f"sshfs root@127.0.0.1:{self.export} -F {self.sshd.client_config} -o {self.options()} "
                 "(otherwise sshfs defaults; sshd with sftp-server on 127.0.0.1)")
 
 
