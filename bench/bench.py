@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -162,6 +163,9 @@ def main():
         return render(cfg)
     if os.geteuid() != 0:
         sys.exit("bench: needs root (mounts, drop_caches, sshd, untar with owners)")
+    if not stat.S_ISCHR(os.stat("/dev/null").st_mode):
+        sys.exit("bench: /dev/null is not the null device (something replaced it with a file); as root: "
+                 "rm /dev/null && mknod -m 666 /dev/null c 1 3")
     if not os.path.exists(cfg.ferry):
         sys.exit(f"bench: no ferry binary at {cfg.ferry}; build it with `cargo build --release` or use bench/run")
     if cfg.rtts is not None and not os.path.exists(cfg.proxy):
