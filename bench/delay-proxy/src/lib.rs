@@ -172,14 +172,22 @@ fn connection(client: TcpStream, peer: SocketAddr, cfg: &Config) {
 
 /// Both directions of one connection; returns when both have ended.
 fn relay_both(client: &TcpStream, upstream: &TcpStream, cfg: &Config) -> io::Result<()> {
-    let up = direction(client.try_clone()?, upstream.try_clone()?, cfg)?;
-    let down = direction(upstream.try_clone()?, client.try_clone()?, cfg)?;
-    let mut threads = up;
-    threads.extend(down);
+    let mut threads = Vec::new();
+    let mut start = || -> io::Result<()> {
+        threads.extend(direction(client.try_clone()?, upstream.try_clone()?, cfg)?);
+        threads.extend(direction(upstream.try_clone()?, client.try_clone()?, cfg)?);
+        Ok(())
+    };
+    let started = start();
+    if started.is_err() {
+        // No half-working connection: whatever did start sees both sockets end.
+        let _ = client.shutdown(Shutdown::Both);
+        let _ = upstream.shutdown(Shutdown::Both);
+    }
     for t in threads {
         let _ = t.join();
     }
-    Ok(())
+    started
 }
 
 /// Starts the threads that carry `src`'s bytes to `dst`.
