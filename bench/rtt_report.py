@@ -241,7 +241,7 @@ def seq_cells(report):
     for key in SEQ_KEYS:
         if key not in {w.key for w in workloads(report)}:
             continue
-        for s in ("ferry", "sshfs"):
+        for s in [x for x in ("ferry", "sshfs") if x in report["config"].get("systems", SYSTEMS)]:
             row = [key, s]
             for p in seq_phases(report):
                 m = result(report, p, key).get(s)
