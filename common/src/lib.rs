@@ -17,15 +17,22 @@
 //! - [`path`]: paths relative to the export root, and the checks every
 //!   component must pass before the server looks at it.
 //! - [`sync`]: the one mutex helper both sides use.
+//! - [`auth`]: fingerprints, access tokens and the session-bound proof of a
+//!   token; [`tls`]: TLS 1.3 on aws-lc-rs with pinned self-signed
+//!   certificates. Every cryptographic choice lives in these two.
+//! - [`state`]: the state directory and the names of the files in it.
 
 #![warn(unreachable_pub)]
 
 pub mod attr;
+pub mod auth;
 pub mod errno;
 pub mod frame;
 pub mod path;
 pub mod proto;
+pub mod state;
 pub mod sync;
+pub mod tls;
 
 pub use attr::{Attr, FileKind, StatFs, Timestamp};
 pub use errno::Errno;

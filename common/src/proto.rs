@@ -1,7 +1,9 @@
 //! The messages of ferry's protocol.
 //!
-//! A connection starts with a handshake: the client sends [`Hello`], the server
-//! answers [`HandshakeReply`]. From then on the client sends [`Request`]s, each with
+//! A connection starts with a handshake: over TLS (unless both ends run
+//! `--insecure`) the client sends [`Hello`] with its credential ([`Auth`]),
+//! the server answers [`HandshakeReply`], and answers nothing else before it
+//! has welcomed the client. A `Hello` frame is at most [`MAX_HELLO`] bytes. From then on the client sends [`Request`]s, each with
 //! an id of its choosing, and the server answers every one with a [`Response`]
 //! carrying the same id. Many requests may be in flight on one connection and the
 //! server answers them in whatever order they finish, so a slow request (a 1 MiB
@@ -18,7 +20,9 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of every [`Hello`]: tells a ferry peer from anything else.
 pub const MAGIC: [u8; 8] = *b"ferry\0\r\n";
 /// Bumped on every incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
+/// The largest `Hello` frame a server reads; anything longer ends the connection.
+pub const MAX_HELLO: usize = 1024;
 
 /// The client's opening message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,8 +32,20 @@ pub struct Hello {
     /// Optional protocol features the client supports, one bit each. None are
     /// defined yet, so both sides send 0 and ignore what they receive.
     pub features: u64,
-    /// Room for authentication (a token, a signed challenge); servers today ignore it.
-    pub auth: Option<serde_bytes::ByteBuf>,
+    /// How the client shows it may use the export.
+    pub auth: Auth,
+}
+
+/// A client's credential in its [`Hello`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Auth {
+    /// Nothing beyond the TLS session: a client certificate the server
+    /// authorises by fingerprint, or no authentication at all (`--insecure`).
+    Session,
+    /// The export's access token, shown without sending it: HMAC-SHA256 keyed
+    /// with the token over this TLS session's exporter value (see
+    /// [`crate::auth::Token::proof`]), so it is worthless on another connection.
+    TokenProof([u8; crate::auth::SECRET_LEN]),
 }
 
 impl Hello {
@@ -38,7 +54,7 @@ impl Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
             features: 0,
-            auth: None,
+            auth: Auth::Session,
         }
     }
 }
@@ -255,6 +271,9 @@ pub enum Op {
         offset_out: u64,
         len: u64,
     },
+    /// Answered at once with [`Reply::Done`], without touching the export: the
+    /// client's keepalive, which tells a live server from one that stopped.
+    Ping,
 }
 
 /// Which family a lock belongs to. The two are independent, as on Linux.
@@ -316,6 +335,7 @@ impl Op {
             Op::ReleaseLocks { .. } => "releaselocks",
             Op::Fallocate { .. } => "fallocate",
             Op::CopyFileRange { .. } => "copy_file_range",
+            Op::Ping => "ping",
         }
     }
 }
