@@ -1,11 +1,12 @@
 //! `ferry`: the command line. Thin by design: it parses arguments, sets up
 //! logging, and calls into `ferry-server` and `ferry-fusefs`.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use ferry_fusefs::cli;
+use ferry_fusefs::client::{ClientFlags, ConnectOptions, DEFAULT_TIMEOUT};
 use ferry_fusefs::mount::{self, MountOptions, StopSignals};
 use ferry_fusefs::{FsOptions, RemoteClient};
-use ferry_server::{Server, ServerConfig};
+use ferry_server::{Security, Server, ServerConfig, TlsServer};
 use std::io::{self, BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -27,6 +28,42 @@ struct Cli {
     command: Cmd,
 }
 
+/// How a client checks the server and proves who it is. Secrets are never
+/// given on the command line: only paths to files (or the environment).
+#[derive(Args, Clone, Debug, Default)]
+struct ClientArgs {
+    /// Where the client keeps known_servers and its identity (default:
+    /// ~/.local/state/ferry, or /var/lib/ferry as root).
+    #[arg(long, value_name = "DIR", env = "FERRY_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Accept only the server whose certificate has this fingerprint (as `ferry serve` prints it).
+    #[arg(long, value_name = "SHA256:…")]
+    pin: Option<String>,
+    /// A file holding the export's access token (or set FERRY_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// No TLS, no authentication: only for a server run with --insecure.
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl ClientArgs {
+    fn options(&self, timeout: Duration) -> Result<ConnectOptions, String> {
+        let flags = ClientFlags {
+            state_dir: self.state_dir.clone(),
+            pin: self.pin.clone(),
+            token_file: self.token_file.clone(),
+            insecure: self.insecure,
+        };
+        if self.insecure {
+            eprintln!(
+                "ferry: warning: --insecure: nothing is encrypted and the server is not checked"
+            );
+        }
+        ConnectOptions::from_flags(&flags, timeout)
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Export DIR to ferry clients.
@@ -42,6 +79,30 @@ enum Cmd {
         /// Most clients connected at once.
         #[arg(long, default_value_t = ferry_server::DEFAULT_MAX_CONNECTIONS)]
         max_connections: usize,
+        /// Most connections from one IP address at once.
+        #[arg(long, default_value_t = ferry_server::DEFAULT_MAX_PER_ADDRESS)]
+        max_per_address: usize,
+        /// Seconds a connection holding no open file or lock may stay idle.
+        #[arg(long, default_value_t = ferry_server::DEFAULT_IDLE_TIMEOUT.as_secs_f64())]
+        idle_timeout: f64,
+        /// Where the server keeps its key, certificate, access tokens and
+        /// authorized_clients (default: ~/.local/state/ferry, or /var/lib/ferry
+        /// as root); never inside DIR.
+        #[arg(long, value_name = "DIR", env = "FERRY_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// No TLS and no authentication: anyone who reaches the port gets in.
+        #[arg(long)]
+        insecure: bool,
+        /// With --insecure, listen on an address other than loopback anyway.
+        #[arg(long, requires = "insecure")]
+        allow_insecure_network: bool,
+    },
+    /// Make this client's identity (a key and certificate) for servers that
+    /// authorize clients by certificate, and print its fingerprint.
+    Keygen {
+        /// Where to keep it (default: ~/.local/state/ferry, or /var/lib/ferry as root).
+        #[arg(long, value_name = "DIR", env = "FERRY_STATE_DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Mount an export at MOUNTPOINT (stays in the foreground until unmounted or signalled).
     Mount {
@@ -67,24 +128,32 @@ enum Cmd {
         /// Seconds a request may wait for the server before failing with ETIMEDOUT (fsync: ten times that).
         #[arg(long, default_value_t = 60.0)]
         timeout: f64,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// List a remote directory, like `ls -l`.
     Ls {
         addr: String,
         #[arg(default_value = ".")]
         path: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Download a remote file (to ./BASENAME by default).
     Get {
         addr: String,
         remote: String,
         local: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Upload a file; the remote file appears whole or not at all.
     Put {
         addr: String,
         local: PathBuf,
         remote: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Try ferry at once: export DIR/export and mount it at DIR/mnt, in one process.
     Demo {
@@ -111,7 +180,30 @@ fn run(cmd: Cmd) -> Result<(), String> {
             listen,
             read_only,
             max_connections,
-        } => serve(dir, &listen, read_only, max_connections),
+            max_per_address,
+            idle_timeout,
+            state_dir,
+            insecure,
+            allow_insecure_network,
+        } => {
+            if !(idle_timeout.is_finite() && idle_timeout > 0.0) {
+                return Err(format!(
+                    "--idle-timeout must be a positive number of seconds, not {idle_timeout}"
+                ));
+            }
+            let listen: SocketAddr = listen.parse().map_err(|_| {
+                format!("--listen takes IP:PORT (like 127.0.0.1:7070), not {listen:?}")
+            })?;
+            let security =
+                server_security(&dir, listen, state_dir, insecure, allow_insecure_network)?;
+            let mut config = ServerConfig::new(dir, listen, security);
+            config.read_only = read_only;
+            config.max_connections = max_connections;
+            config.max_per_address = max_per_address;
+            config.idle_timeout = Duration::from_secs_f64(idle_timeout);
+            serve(config)
+        }
+        Cmd::Keygen { state_dir } => keygen(state_dir),
         Cmd::Mount {
             addr,
             mountpoint,
@@ -121,6 +213,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             allow_other,
             threads,
             timeout,
+            client,
         } => {
             if !(timeout.is_finite() && timeout > 0.0) {
                 return Err(format!(
@@ -141,28 +234,42 @@ fn run(cmd: Cmd) -> Result<(), String> {
                 threads,
                 allow_other,
             };
+            let connect = client.options(Duration::from_secs_f64(timeout))?;
             if daemon && std::env::var_os(DAEMON_CHILD_ENV).is_none() {
                 return daemonize();
             }
-            mount_foreground(&addr, &mountpoint, &opts, Duration::from_secs_f64(timeout))
+            mount_foreground(&addr, &mountpoint, &opts, &connect)
         }
-        Cmd::Ls { addr, path } => {
-            cli::ls(&addr, &path, &mut io::stdout().lock()).map_err(|e| e.to_string())
+        Cmd::Ls { addr, path, client } => {
+            let connect = client.options(DEFAULT_TIMEOUT)?;
+            cli::ls(&addr, &connect, &path, &mut io::stdout().lock()).map_err(|e| e.to_string())
         }
         Cmd::Get {
             addr,
             remote,
             local,
-        } => cli::get(&addr, &remote, local.as_deref())
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+            client,
+        } => cli::get(
+            &addr,
+            &client.options(DEFAULT_TIMEOUT)?,
+            &remote,
+            local.as_deref(),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string()),
         Cmd::Put {
             addr,
             local,
             remote,
-        } => cli::put(&addr, &local, remote.as_deref())
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+            client,
+        } => cli::put(
+            &addr,
+            &client.options(DEFAULT_TIMEOUT)?,
+            &local,
+            remote.as_deref(),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string()),
         Cmd::Demo { dir } => demo(&dir),
     }
 }
@@ -174,46 +281,112 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the server's runtime: {e}"))
 }
 
-fn serve(
-    dir: PathBuf,
-    listen: &str,
-    read_only: bool,
-    max_connections: usize,
-) -> Result<(), String> {
-    let listen: SocketAddr = listen
-        .parse()
-        .map_err(|_| format!("--listen takes IP:PORT (like 127.0.0.1:7070), not {listen:?}"))?;
-    let rt = runtime()?;
-    rt.block_on(async {
-        let server = Server::bind(ServerConfig {
-            root: dir.clone(),
-            listen,
-            read_only,
-            max_connections,
+/// The state directory given, or the default one.
+fn state_dir_or_default(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    given
+        .or_else(ferry_common::state::default_dir)
+        .ok_or_else(|| {
+            "there is no default state directory (HOME is not set): give --state-dir".into()
         })
-        .await
-        .map_err(|e| e.to_string())?;
-        let shown = std::fs::canonicalize(&dir).unwrap_or(dir);
-        if !server.local_addr().ip().is_loopback() {
-            log::warn!(
-                "listening on {} without authentication or encryption: anyone who can reach \
-                 this port can read{} {}",
-                server.local_addr(),
-                if read_only { "" } else { " and change" },
-                shown.display()
-            );
+}
+
+/// TLS with the identity and token in the state directory (made on first
+/// start), or `--insecure` where it is allowed.
+fn server_security(
+    dir: &Path,
+    listen: SocketAddr,
+    state_dir: Option<PathBuf>,
+    insecure: bool,
+    allow_insecure_network: bool,
+) -> Result<Security, String> {
+    if insecure {
+        if !listen.ip().is_loopback() && !allow_insecure_network {
+            return Err(format!(
+                "--insecure on {listen} would let anyone who can reach that address read and \
+                 change {} with no credentials and no encryption; listen on 127.0.0.1, or, if \
+                 every machine on that network is trusted, add --allow-insecure-network",
+                dir.display()
+            ));
         }
+        eprintln!(
+            "ferry: WARNING: --insecure: no TLS and no authentication; anyone who can reach {listen} \
+             can read and change {}",
+            dir.display()
+        );
+        return Ok(Security::Insecure);
+    }
+    let state = state_dir_or_default(state_dir)?;
+    let tls = TlsServer::open(&state, dir)?;
+    for made in tls.made() {
+        eprintln!("ferry: {made}");
+    }
+    Ok(Security::Tls(std::sync::Arc::new(tls)))
+}
+
+fn serve(config: ServerConfig) -> Result<(), String> {
+    let rt = runtime()?;
+    let dir = config.root.clone();
+    let read_only = config.read_only;
+    let security = config.security.clone();
+    rt.block_on(async {
+        let server = Server::bind(config).await.map_err(|e| e.to_string())?;
+        let shown = std::fs::canonicalize(&dir).unwrap_or(dir);
         println!(
             "ferry: exporting {} on {}{}",
             shown.display(),
             server.local_addr(),
             if read_only { " (read-only)" } else { "" }
         );
+        if let Security::Tls(tls) = &security {
+            println!(
+                "ferry: server certificate {} (clients record it on first contact, or take it with --pin)",
+                tls.fingerprint()
+            );
+            println!(
+                "ferry: clients authenticate with the access token in {} (copy it to them: --token-file FILE) \
+                 or a client certificate listed in {}",
+                tls.token_path().display(),
+                tls.authorized_clients_path().display()
+            );
+        }
+        use std::io::Write;
+        let _ = io::stdout().flush();
         server
             .run(shutdown_signal())
             .await
             .map_err(|e| format!("server failed: {e}"))
     })
+}
+
+/// `ferry keygen`: the client identity, made if missing, and how to authorize it.
+fn keygen(state_dir: Option<PathBuf>) -> Result<(), String> {
+    let state = state_dir_or_default(state_dir)?;
+    let (identity, made) = ferry_fusefs::client::tls::keygen(&state)?;
+    let fingerprint = identity.fingerprint();
+    println!(
+        "ferry: {} client identity {fingerprint} in {}",
+        if made {
+            "made the"
+        } else {
+            "this client already has the"
+        },
+        state.display()
+    );
+    println!(
+        "ferry: to let this client in, add this line to authorized_clients in the server's state \
+         directory (remove it to revoke):"
+    );
+    println!("{fingerprint} {}", whoami());
+    Ok(())
+}
+
+/// "user@host", for the comment of an authorized_clients line.
+fn whoami() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    format!("{user}@{host}")
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -239,10 +412,10 @@ fn mount_foreground(
     addr: &str,
     mountpoint: &Path,
     opts: &MountOptions,
-    timeout: Duration,
+    connect: &ConnectOptions,
 ) -> Result<(), String> {
     let mountpoint = mount::check_mountpoint(mountpoint)?;
-    let client = RemoteClient::connect_with_timeout(addr, timeout).map_err(|e| e.to_string())?;
+    let client = RemoteClient::connect(addr, connect).map_err(|e| e.to_string())?;
     let signals = StopSignals::catch().map_err(|e| format!("cannot catch signals: {e}"))?;
     let mounted =
         mount::mount(client, &mountpoint, opts).map_err(|e| mount_error(&mountpoint, e))?;
@@ -361,10 +534,13 @@ fn detach_from_parent() {
 }
 
 /// `ferry demo`: an export with a sample file, served on a free loopback port and
-/// mounted, all in this process, until Ctrl-C.
+/// mounted, all in this process, until Ctrl-C. TLS and authentication are on,
+/// as always: the identity and token live in DIR/state, and the mount pins the
+/// server and uses the token itself.
 fn demo(base: &Path) -> Result<(), String> {
     let export = base.join("export");
     let mnt = base.join("mnt");
+    let state = base.join("state");
     for d in [&export, &mnt] {
         std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     }
@@ -377,14 +553,17 @@ fn demo(base: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", hello.display()))?;
     }
     let mountpoint = mount::check_mountpoint(&mnt)?;
+    let tls = std::sync::Arc::new(TlsServer::open(&state, &export)?);
+    let connect = ConnectOptions::pinned(tls.fingerprint(), Some(tls.token().clone()));
     let rt = runtime()?;
+    let mut config = ServerConfig::new(
+        export.clone(),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        Security::Tls(std::sync::Arc::clone(&tls)),
+    );
+    config.max_connections = 64;
     let server = rt
-        .block_on(Server::bind(ServerConfig {
-            root: export.clone(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            read_only: false,
-            max_connections: 64,
-        }))
+        .block_on(Server::bind(config))
         .map_err(|e| e.to_string())?;
     let addr = server.local_addr();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -392,7 +571,8 @@ fn demo(base: &Path) -> Result<(), String> {
         let _ = stop_rx.await;
     }));
     let result = (|| {
-        let client = RemoteClient::connect(&addr.to_string()).map_err(|e| e.to_string())?;
+        let client =
+            RemoteClient::connect(&addr.to_string(), &connect).map_err(|e| e.to_string())?;
         let signals = StopSignals::catch().map_err(|e| format!("cannot catch signals: {e}"))?;
         let mounted = mount::mount(client, &mountpoint, &MountOptions::default())
             .map_err(|e| mount_error(&mountpoint, e))?;
@@ -405,7 +585,11 @@ fn demo(base: &Path) -> Result<(), String> {
             "  try:  ls -l {0}   cat {0}/hello.txt   cp -r /usr/include/linux {0}/",
             mountpoint.display()
         );
-        println!("  from another terminal: ferry ls {addr}");
+        println!(
+            "  from another terminal: ferry ls {addr} --pin {} --token-file {}",
+            tls.fingerprint(),
+            tls.token_path().display()
+        );
         println!("Press Ctrl-C to unmount and stop.");
         signals
             .serve(mounted)

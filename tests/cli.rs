@@ -13,18 +13,24 @@ fn ferry() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ferry"))
 }
 
-/// `ferry serve DIR --listen 127.0.0.1:0`, killed on drop.
+/// `ferry serve DIR --listen 127.0.0.1:0`, killed on drop. Its state
+/// directory is DIR's sibling `state`, which its clients share (so
+/// `known_servers` lands there too).
 struct Served {
     child: Child,
     addr: String,
+    state: PathBuf,
 }
 
 impl Served {
     fn start(dir: &Path, extra: &[&str]) -> Served {
+        let state = dir.parent().unwrap().join("state");
         let mut child = ferry()
             .arg("serve")
             .arg(dir)
             .args(["--listen", "127.0.0.1:0"])
+            .arg("--state-dir")
+            .arg(&state)
             .args(extra)
             .stdout(Stdio::piped())
             .spawn()
@@ -46,7 +52,32 @@ impl Served {
             .next()
             .unwrap()
             .to_string();
-        Served { child, addr }
+        Served { child, addr, state }
+    }
+
+    /// `ferry` as a client of this server: its state directory (where the
+    /// server is recorded on first contact) and the export's token, from the
+    /// environment.
+    fn client(&self) -> Command {
+        let mut cmd = ferry();
+        cmd.envs(self.client_env());
+        cmd
+    }
+
+    /// The environment that makes `ferry` a client of this server.
+    fn client_env(&self) -> Vec<(&'static str, String)> {
+        let tokens = self.state.join("tokens");
+        let token_file = fs::read_dir(&tokens)
+            .unwrap()
+            .next()
+            .expect("a token file")
+            .unwrap()
+            .path();
+        let token = fs::read_to_string(token_file).unwrap();
+        vec![
+            ("FERRY_STATE_DIR", self.state.display().to_string()),
+            ("FERRY_TOKEN", token.trim().to_string()),
+        ]
     }
 
     fn terminate(mut self) -> std::process::ExitStatus {
@@ -120,7 +151,11 @@ fn ls_get_put_round_trip_with_a_100_mib_file() {
     std::os::unix::fs::symlink("a.txt", export.join("docs/link")).unwrap();
     let served = Served::start(&export, &[]);
 
-    let out = ferry().args(["ls", &served.addr, "docs"]).output().unwrap();
+    let out = served
+        .client()
+        .args(["ls", &served.addr, "docs"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
@@ -133,7 +168,7 @@ fn ls_get_put_round_trip_with_a_100_mib_file() {
             .any(|l| l.starts_with('l') && l.ends_with("link -> a.txt")),
         "{text}"
     );
-    let root = ferry().args(["ls", &served.addr]).output().unwrap();
+    let root = served.client().args(["ls", &served.addr]).output().unwrap();
     assert!(String::from_utf8_lossy(&root.stdout)
         .lines()
         .any(|l| l.starts_with('d') && l.ends_with("docs")));
@@ -144,7 +179,8 @@ fn ls_get_put_round_trip_with_a_100_mib_file() {
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     fs::write(&big, &data).unwrap();
-    let put = ferry()
+    let put = served
+        .client()
         .args(["put", &served.addr])
         .arg(&big)
         .arg("docs")
@@ -167,7 +203,8 @@ fn ls_get_put_round_trip_with_a_100_mib_file() {
     );
 
     let down = t.path().join("down.bin");
-    let get = ferry()
+    let get = served
+        .client()
         .args(["get", &served.addr, "docs/big.bin"])
         .arg(&down)
         .output()
@@ -178,7 +215,8 @@ fn ls_get_put_round_trip_with_a_100_mib_file() {
     // get with no LOCAL writes ./basename
     let cwd = t.path().join("cwd");
     fs::create_dir(&cwd).unwrap();
-    let get = ferry()
+    let get = served
+        .client()
         .current_dir(&cwd)
         .args(["get", &served.addr, "/docs/a.txt"])
         .output()
@@ -188,7 +226,8 @@ fn ls_get_put_round_trip_with_a_100_mib_file() {
 
     // put to an explicit new name replaces atomically
     fs::write(t.path().join("v2"), "beta").unwrap();
-    let put = ferry()
+    let put = served
+        .client()
         .args(["put", &served.addr])
         .arg(t.path().join("v2"))
         .arg("docs/a.txt")
@@ -223,6 +262,7 @@ fn progress_bar_on_a_terminal() {
         t.path().join("out.bin").display()
     );
     let out = Command::new("script")
+        .envs(served.client_env())
         .args(["-qec", &cmd, "/dev/null"])
         .output()
         .unwrap();
@@ -241,7 +281,8 @@ fn clear_errors_and_nonzero_exit() {
     fs::create_dir(&export).unwrap();
     let served = Served::start(&export, &[]);
 
-    let out = ferry()
+    let out = served
+        .client()
         .current_dir(t.path())
         .args(["get", &served.addr, "docs/x.txt"])
         .output()
@@ -254,18 +295,24 @@ fn clear_errors_and_nonzero_exit() {
         "nothing is created locally on failure"
     );
 
-    let out = ferry().args(["ls", &served.addr, "nope"]).output().unwrap();
+    let out = served
+        .client()
+        .args(["ls", &served.addr, "nope"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such remote path: nope"));
 
-    let out = ferry()
+    let out = served
+        .client()
         .args(["put", &served.addr, "/definitely/not/here"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /definitely/not/here"));
 
-    let out = ferry()
+    let out = served
+        .client()
         .args(["get", &served.addr, "../etc/passwd"])
         .output()
         .unwrap();
@@ -299,7 +346,8 @@ fn read_only_serve_refuses_put() {
     fs::create_dir(&export).unwrap();
     let served = Served::start(&export, &["--read-only"]);
     fs::write(t.path().join("f"), "x").unwrap();
-    let out = ferry()
+    let out = served
+        .client()
         .args(["put", &served.addr])
         .arg(t.path().join("f"))
         .output()
@@ -354,7 +402,8 @@ fn mount_in_the_foreground_and_stop_with_sigterm_or_sigint() {
         _guard,
     } = Mountable::new();
     for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
-        let mut child = ferry()
+        let mut child = served
+            .client()
             .args(["mount", &served.addr])
             .arg(&mnt)
             .stderr(Stdio::null())
@@ -384,7 +433,8 @@ fn mount_daemon_returns_when_ready_and_exits_on_unmount() {
         served,
         _guard,
     } = Mountable::new();
-    let out = ferry()
+    let out = served
+        .client()
         .args(["mount", "--daemon", &served.addr])
         .arg(&mnt)
         .output()
@@ -408,7 +458,8 @@ fn mount_refuses_a_bad_mountpoint() {
     let full = t.path().join("full");
     fs::create_dir(&full).unwrap();
     fs::write(full.join("x"), "").unwrap();
-    let out = ferry()
+    let out = served
+        .client()
         .args(["mount", &served.addr])
         .arg(&full)
         .output()
@@ -418,7 +469,8 @@ fn mount_refuses_a_bad_mountpoint() {
         String::from_utf8_lossy(&out.stderr).contains("is not an empty directory"),
         "{out:?}"
     );
-    let out = ferry()
+    let out = served
+        .client()
         .args(["mount", &served.addr])
         .arg(t.path().join("absent"))
         .output()

@@ -83,7 +83,8 @@ fn a_file_truncated_at_open_is_not_truncated_again_on_reopen() {
     );
 }
 
-/// A "server" that completes the handshake and then never answers anything.
+/// A "server" that completes the handshake (plaintext, as under `--insecure`)
+/// and then never answers anything.
 fn silent_server() -> (String, std::thread::JoinHandle<()>) {
     use ferry_common::frame;
     use ferry_common::proto::{HandshakeReply, Welcome, PROTOCOL_VERSION};
@@ -131,8 +132,9 @@ fn a_silent_server_times_out_instead_of_hanging() {
         .prefix("ferry-test-")
         .tempdir()
         .unwrap();
-    let client =
-        ferry_fusefs::RemoteClient::connect_with_timeout(&addr, Duration::from_secs(2)).unwrap();
+    let options =
+        ferry_fusefs::client::ConnectOptions::insecure().with_timeout(Duration::from_secs(2));
+    let client = ferry_fusefs::RemoteClient::connect(&addr, &options).unwrap();
     let mounted = mount::mount(client, dir.path(), &MountOptions::default()).unwrap();
     let start = Instant::now();
     let err = fs::metadata(dir.path().join("anything")).unwrap_err();

@@ -530,7 +530,8 @@ fn read_only_server_refuses_writes_from_a_read_write_client() {
         read_only_server: true,
         ..Setup::default()
     });
-    let client = ferry_fusefs::RemoteClient::connect(&f.addr()).unwrap();
+    let options = f.connect_options(ferry_fusefs::client::DEFAULT_TIMEOUT);
+    let client = ferry_fusefs::RemoteClient::connect(&f.addr(), &options).unwrap();
     let r = client.call(ferry_common::proto::Op::Mkdir {
         path: ferry_common::RelPath::parse("d").unwrap(),
         mode: 0o755,

@@ -5,7 +5,7 @@
 //! upload goes to a temporary name beside its destination and is renamed into
 //! place only when complete, so the remote file appears whole or not at all.
 
-use crate::client::{ConnectError, RemoteClient};
+use crate::client::{ConnectError, ConnectOptions, RemoteClient};
 use ferry_common::frame::MAX_CHUNK;
 use ferry_common::proto::{Op, Reply};
 use ferry_common::{Attr, Errno, FileKind, RelPath};
@@ -128,8 +128,13 @@ fn ls_line(client: &RemoteClient, dir: &RelPath, name: &[u8], attr: &Attr) -> St
 }
 
 /// `ferry ls ADDR [PATH]`: like `ls -l`, sorted by name.
-pub fn ls(addr: &str, path: &str, out: &mut dyn Write) -> Result<(), CliError> {
-    let client = RemoteClient::connect(addr)?;
+pub fn ls(
+    addr: &str,
+    options: &ConnectOptions,
+    path: &str,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let client = RemoteClient::connect(addr, options)?;
     let path = parse_remote(path)?;
     let attr = expect_attr(client.call(Op::Stat { path: path.clone() }))
         .map_err(|e| remote_err("path", &path, e))?;
@@ -170,8 +175,13 @@ fn temp_name_beside(dest: &Path) -> PathBuf {
 }
 
 /// `ferry get ADDR REMOTE [LOCAL]`: downloads a file; returns where it was written.
-pub fn get(addr: &str, remote: &str, local: Option<&Path>) -> Result<PathBuf, CliError> {
-    let client = RemoteClient::connect(addr)?;
+pub fn get(
+    addr: &str,
+    options: &ConnectOptions,
+    remote: &str,
+    local: Option<&Path>,
+) -> Result<PathBuf, CliError> {
+    let client = RemoteClient::connect(addr, options)?;
     let path = parse_remote(remote)?;
     if path.is_root() {
         return Err(CliError(
@@ -273,7 +283,12 @@ fn download(client: &RemoteClient, handle: u64, size: u64, file: &File) -> Resul
 
 /// `ferry put ADDR LOCAL [REMOTE]`: uploads a file; returns its remote path.
 /// REMOTE may name an existing remote directory to put the file into.
-pub fn put(addr: &str, local: &Path, remote: Option<&str>) -> Result<RelPath, CliError> {
+pub fn put(
+    addr: &str,
+    options: &ConnectOptions,
+    local: &Path,
+    remote: Option<&str>,
+) -> Result<RelPath, CliError> {
     let file =
         File::open(local).map_err(|e| CliError(format!("cannot read {}: {e}", local.display())))?;
     let meta = file
@@ -288,7 +303,7 @@ pub fn put(addr: &str, local: &Path, remote: Option<&str>) -> Result<RelPath, Cl
     let base = local
         .file_name()
         .ok_or_else(|| CliError(format!("{} has no file name", local.display())))?;
-    let client = RemoteClient::connect(addr)?;
+    let client = RemoteClient::connect(addr, options)?;
     let mut dest = match remote {
         Some(r) => parse_remote(r)?,
         None => RelPath::root(),

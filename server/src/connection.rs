@@ -27,21 +27,28 @@
 
 use crate::dispatch::Session;
 use crate::export::ExportRoot;
+use crate::identity::{Security, TlsServer};
 use crate::schedule::{schedule, Schedule};
 use crate::sequencer::Sequencer;
 use crate::sys;
+use ferry_common::auth::{Fingerprint, EXPORTER_LABEL, SECRET_LEN};
 use ferry_common::frame::{self, FrameError, RequestFrame, MAX_CHUNK};
 use ferry_common::proto::{
-    HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, MAGIC, PROTOCOL_VERSION,
+    Auth, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, MAGIC, MAX_HELLO,
+    PROTOCOL_VERSION,
 };
+use ferry_common::state::AUTHORIZED_CLIENTS;
+use ferry_common::tls;
 use ferry_common::Errno;
 use std::io;
 use std::os::fd::AsFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use std::time::{Duration, Instant};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf,
+    WriteHalf,
+};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
@@ -63,32 +70,68 @@ const LARGE_FRAME: usize = 64 * 1024;
 /// The writer sends its batch once it holds this much.
 const BATCH_LIMIT: usize = 256 * 1024;
 const READ_BUFFER: usize = 64 * 1024;
+/// Bytes read from the socket at a time beneath TLS.
+const SOCKET_BUFFER: usize = 256 * 1024;
 
-/// Serves one client until it leaves, breaks the protocol, or `stop` turns true.
-/// An `Err` says why the connection was closed early.
+/// What every connection of a server shares.
+#[derive(Debug)]
+pub(crate) struct Context {
+    pub(crate) export: Arc<ExportRoot>,
+    pub(crate) read_only: bool,
+    pub(crate) security: Security,
+    /// A connection that holds nothing (no open file, no lock) and sends no
+    /// request but pings for this long is closed.
+    pub(crate) idle_timeout: Duration,
+}
+
+/// A connection's byte stream once the handshake has settled how it is
+/// carried: TLS, or plaintext under `--insecure`.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+type Transport = Box<dyn Stream>;
+type Reader = BufReader<ReadHalf<Transport>>;
+type Writer = WriteHalf<Transport>;
+
+/// Serves one client until it leaves, breaks the protocol, idles out, or
+/// `stop` turns true. An `Err` says why the connection was closed early.
 pub(crate) async fn serve(
     stream: TcpStream,
-    export: Arc<ExportRoot>,
-    read_only: bool,
+    ctx: Arc<Context>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
     if let Err(e) = set_keepalive(&stream) {
         log::debug!("cannot enable TCP keepalive: {e}");
     }
-    let (read_half, mut write_half) = stream.into_split();
+    // The whole handshake, TLS and credentials included, has one deadline: a
+    // peer that connects and says nothing holds a slot for that long at most.
+    let accepted = tokio::select! {
+        biased;
+        _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+        accepted = timeout(HANDSHAKE_TIMEOUT, accept(stream, &ctx)) => accepted,
+    };
+    let transport = match accepted {
+        Err(_) => {
+            return Err(FrameError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs()),
+            )))
+        }
+        Ok(Ok(Some(transport))) => transport,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+    };
+    let (read_half, write_half) = tokio::io::split(transport);
     let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
 
-    if !handshake(&mut reader, &mut write_half, &export, read_only).await? {
-        return Ok(());
-    }
-
-    let session = Arc::new(Session::new(export, read_only));
+    let session = Arc::new(Session::new(Arc::clone(&ctx.export), ctx.read_only));
     let sequencer = Arc::new(Sequencer::new());
     let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_replies(write_half, rx));
     let requests = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let bytes = Arc::new(Semaphore::new(IN_FLIGHT_KIB as usize));
+    // When the client last asked for anything but a ping.
+    let mut active = Instant::now();
 
     let outcome = loop {
         // Each wait below also ends when the server stops or the writer is gone.
@@ -101,16 +144,27 @@ pub(crate) async fn serve(
                 Err(_) => break Ok(()),
             },
         };
+        // A client holding nothing, with nothing in flight, may be idle only
+        // so long: connections are a shared budget.
+        let idle = session.holds_nothing() && requests.available_permits() == MAX_IN_FLIGHT - 1;
+        let idle_until = idle.then(|| active + ctx.idle_timeout);
         let read = tokio::select! {
             biased;
             _ = stop.wait_for(|stopped| *stopped) => break Ok(()),
             _ = tx.closed() => break Ok(()),
-            read = next_frame(&mut reader) => read,
+            read = next_frame(&mut reader, idle_until) => read,
         };
         let incoming = match read {
             Ok(Some(incoming)) => incoming,
             Ok(None) => break Ok(()),
-            Err(e) => break Err(e),
+            Err(NextFrame::Idle) => {
+                log::debug!(
+                    "closing a connection idle for {} s that holds nothing",
+                    ctx.idle_timeout.as_secs()
+                );
+                break Ok(());
+            }
+            Err(NextFrame::Failed(e)) => break Err(e),
         };
         let size = incoming.len();
         let request: Request = match incoming {
@@ -134,6 +188,9 @@ pub(crate) async fn serve(
                 Err(e) => break Err(e),
             },
         };
+        if request.op != Op::Ping {
+            active = Instant::now();
+        }
         let cost = cost_kib(size, &request.op);
         let share = tokio::select! {
             biased;
@@ -178,42 +235,148 @@ pub(crate) async fn serve(
     outcome.and(written)
 }
 
-/// Reads `Hello` and answers it. `Ok(true)`: the client is welcome; `Ok(false)`:
-/// it left or was refused, and the connection ends.
-async fn handshake(
-    reader: &mut BufReader<OwnedReadHalf>,
-    writer: &mut OwnedWriteHalf,
-    export: &Arc<ExportRoot>,
-    read_only: bool,
-) -> Result<bool, FrameError> {
-    let payload = match timeout(HANDSHAKE_TIMEOUT, frame::read_frame_async(reader)).await {
-        Err(_) => {
-            return Err(FrameError::Io(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs()),
-            )))
+/// Settles how the client is carried and whether it is let in: TLS and its
+/// credentials (or plaintext under `--insecure`), then its `Hello`.
+/// `Ok(None)`: it left, or was refused and told why.
+async fn accept(stream: TcpStream, ctx: &Context) -> Result<Option<Transport>, FrameError> {
+    let mut first = [0u8; 1];
+    if stream.peek(&mut first).await? == 0 {
+        return Ok(None);
+    }
+    let speaks_tls = first[0] == tls::TLS_HANDSHAKE_RECORD;
+    // Beneath TLS, reads from the socket are buffered: rustls asks for a few
+    // KiB at a time, and a system call per few KiB would cost more than a copy.
+    let buffered = || BufReader::with_capacity(SOCKET_BUFFER, stream);
+    match (&ctx.security, speaks_tls) {
+        (Security::Tls(server), true) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(server.config());
+            let mut tls = match acceptor.accept(buffered()).await {
+                Ok(tls) => tls,
+                Err(e) => {
+                    return Err(FrameError::Io(io::Error::new(
+                        e.kind(),
+                        format!("TLS handshake failed: {e}"),
+                    )))
+                }
+            };
+            let Some(hello) = read_hello(&mut tls).await? else {
+                return Ok(None);
+            };
+            let verdict = check_hello(&hello)
+                .and_then(|()| authenticate(server, tls.get_ref().1, &hello.auth));
+            if welcome(&mut tls, ctx, verdict).await? {
+                Ok(Some(Box::new(tls)))
+            } else {
+                Ok(None)
+            }
         }
-        Ok(read) => match read? {
-            Some(payload) => payload,
-            None => return Ok(false),
-        },
-    };
-    let hello: Hello = frame::decode(&payload)?;
-    let refusal = if hello.magic != MAGIC {
-        Some("this is a ferry server and the peer does not speak the ferry protocol".to_string())
+        (Security::Tls(_), false) => {
+            let mut plain = buffered();
+            if read_hello(&mut plain).await?.is_some() {
+                let message = "this server requires TLS, and the client connected without it                                (--insecure): connect without --insecure";
+                refuse_plaintext(plain, message).await;
+            }
+            Ok(None)
+        }
+        (Security::Insecure, true) => {
+            let message = "this server runs without TLS (ferry serve --insecure): connect                            with --insecure, or restart the server without it";
+            refuse_plaintext(buffered(), message).await;
+            Ok(None)
+        }
+        (Security::Insecure, false) => {
+            let mut plain = buffered();
+            let Some(hello) = read_hello(&mut plain).await? else {
+                return Ok(None);
+            };
+            if welcome(&mut plain, ctx, check_hello(&hello)).await? {
+                Ok(Some(Box::new(plain)))
+            } else {
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The client's `Hello`, at most [`MAX_HELLO`] bytes; `None` if it left first.
+async fn read_hello<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<Hello>, FrameError> {
+    match frame::read_frame_limited_async(stream, MAX_HELLO).await? {
+        Some(payload) => frame::decode(&payload).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Whether `hello` is a ferry client of this protocol version; the refusal
+/// says what to do otherwise.
+fn check_hello(hello: &Hello) -> Result<(), String> {
+    if hello.magic != MAGIC {
+        Err("this is a ferry server and the peer does not speak the ferry protocol".to_string())
     } else if hello.version != PROTOCOL_VERSION {
-        Some(format!(
+        Err(format!(
             "this server speaks ferry protocol version {PROTOCOL_VERSION} and the client \
              version {}; use the same ferry release on both sides",
             hello.version
         ))
     } else {
-        None
-    };
-    let reply = match refusal {
-        Some(message) => HandshakeReply::Refused { message },
-        None => {
-            let export = Arc::clone(export);
+        Ok(())
+    }
+}
+
+/// Whether the client on `conn` may come in: with a proof of the export's
+/// token bound to this session, or a client certificate listed in
+/// `authorized_clients`.
+fn authenticate(
+    server: &TlsServer,
+    conn: &rustls::ServerConnection,
+    auth: &Auth,
+) -> Result<(), String> {
+    let certificate = conn
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(|cert| Fingerprint::of(cert));
+    if let Auth::TokenProof(proof) = auth {
+        match conn.export_keying_material([0u8; SECRET_LEN], EXPORTER_LABEL, None) {
+            Ok(exporter) if server.token().verify(&exporter, proof) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => log::warn!("cannot derive the session's exporter value: {e}"),
+        }
+    }
+    if let Some(fingerprint) = certificate {
+        match server.is_authorized(&fingerprint) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => log::warn!(
+                "cannot read {}: {e}; no client certificate is let in",
+                server.authorized_clients_path().display()
+            ),
+        }
+    }
+    Err(match (auth, certificate) {
+        (Auth::TokenProof(_), _) => "the access token is not this export's: check the client's \
+            --token-file or FERRY_TOKEN against the token file `ferry serve` printed"
+            .to_string(),
+        (Auth::Session, Some(fingerprint)) => format!(
+            "this client's certificate {fingerprint} is not authorized: on the server, add the \
+             line `{fingerprint}` to {}, or give the client the export's access token",
+            AUTHORIZED_CLIENTS
+        ),
+        (Auth::Session, None) => "this server needs credentials: the export's access token \
+            (--token-file FILE, or FERRY_TOKEN) or a client certificate listed in the server's \
+            authorized_clients (make one with `ferry keygen`)"
+            .to_string(),
+    })
+}
+
+/// Answers the handshake with a welcome, or with the refusal in `verdict`.
+/// `Ok(true)`: the client is welcome.
+async fn welcome<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    ctx: &Context,
+    verdict: Result<(), String>,
+) -> Result<bool, FrameError> {
+    let reply = match verdict {
+        Err(message) => HandshakeReply::Refused { message },
+        Ok(()) => {
+            let export = Arc::clone(&ctx.export);
             let root = tokio::task::spawn_blocking(move || export.root_attr())
                 .await
                 .unwrap_or(Err(Errno::EIO));
@@ -221,7 +384,7 @@ async fn handshake(
                 Ok(root) => HandshakeReply::Welcome(Welcome {
                     version: PROTOCOL_VERSION,
                     max_chunk: MAX_CHUNK,
-                    read_only,
+                    read_only: ctx.read_only,
                     features: 0,
                     root,
                 }),
@@ -231,35 +394,74 @@ async fn handshake(
             }
         }
     };
-    write_timed(writer, &frame::encode(&reply)?).await?;
+    frame::write_frame_async(stream, &reply).await?;
     match reply {
         HandshakeReply::Welcome(_) => Ok(true),
         HandshakeReply::Refused { message } => {
             log::info!("refused a client: {message}");
-            let _ = writer.shutdown().await;
+            let _ = stream.shutdown().await;
             Ok(false)
         }
     }
 }
 
+/// Tells a client that cannot be spoken to as it expects (TLS against a
+/// plaintext server, or the reverse) why, in a plaintext handshake reply —
+/// which the client recognises even where it expected TLS — and closes.
+async fn refuse_plaintext<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, message: &str) {
+    log::info!("refused a client: {message}");
+    let reply = HandshakeReply::Refused {
+        message: message.to_string(),
+    };
+    if frame::write_frame_async(&mut stream, &reply).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    // Take what the client sent before closing: closing with unread data
+    // resets the connection, and the reset could overtake the refusal.
+    let mut sink = [0u8; 4096];
+    let _ = timeout(Duration::from_secs(2), async {
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// Why no request frame came.
+enum NextFrame {
+    /// The connection stayed idle past its deadline.
+    Idle,
+    Failed(FrameError),
+}
+
 /// The next request frame; `Ok(None)` when the client closed between frames.
-/// Waiting for a frame to start takes as long as the client likes (an idle mount),
-/// but once it has started the rest must arrive within [`FRAME_TIMEOUT`].
+/// Waiting for a frame to start takes until `idle_until` (forever if `None`:
+/// an idle mount holding open files); once it has started the rest must
+/// arrive within [`FRAME_TIMEOUT`].
 async fn next_frame(
-    reader: &mut BufReader<OwnedReadHalf>,
-) -> Result<Option<RequestFrame>, FrameError> {
-    if reader.fill_buf().await?.is_empty() {
-        return Ok(None);
+    reader: &mut Reader,
+    idle_until: Option<Instant>,
+) -> Result<Option<RequestFrame>, NextFrame> {
+    let started = match idle_until {
+        Some(deadline) => match tokio::time::timeout_at(deadline.into(), reader.fill_buf()).await {
+            Ok(filled) => filled.map(|b| !b.is_empty()),
+            Err(_) => return Err(NextFrame::Idle),
+        },
+        None => reader.fill_buf().await.map(|b| !b.is_empty()),
+    };
+    match started {
+        Ok(false) => return Ok(None),
+        Ok(true) => {}
+        Err(e) => return Err(NextFrame::Failed(e.into())),
     }
     match timeout(FRAME_TIMEOUT, frame::read_request_async(reader)).await {
-        Ok(read) => read,
-        Err(_) => Err(FrameError::Io(io::Error::new(
+        Ok(read) => read.map_err(NextFrame::Failed),
+        Err(_) => Err(NextFrame::Failed(FrameError::Io(io::Error::new(
             io::ErrorKind::TimedOut,
             format!(
                 "a request frame did not complete within {} s",
                 FRAME_TIMEOUT.as_secs()
             ),
-        ))),
+        )))),
     }
 }
 
@@ -348,10 +550,7 @@ struct Outgoing {
 
 /// Writes replies as they come. Whatever is queued when the writer wakes goes out
 /// in one batch, so a burst of small replies costs one system call, not one each.
-async fn write_replies(
-    mut sink: OwnedWriteHalf,
-    mut replies: mpsc::Receiver<Outgoing>,
-) -> io::Result<()> {
+async fn write_replies(mut sink: Writer, mut replies: mpsc::Receiver<Outgoing>) -> io::Result<()> {
     let mut batch = Vec::with_capacity(BATCH_LIMIT);
     let mut written = Vec::new();
     while let Some(first) = replies.recv().await {
@@ -383,11 +582,11 @@ async fn write_replies(
         written.clear();
     }
     // The client may be gone already; there is nothing left to tell it either way.
-    let _ = sink.shutdown().await;
+    let _ = timeout(WRITE_TIMEOUT, sink.shutdown()).await;
     Ok(())
 }
 
-async fn flush(sink: &mut OwnedWriteHalf, batch: &mut Vec<u8>) -> io::Result<()> {
+async fn flush(sink: &mut Writer, batch: &mut Vec<u8>) -> io::Result<()> {
     if !batch.is_empty() {
         write_timed(sink, batch).await?;
         batch.clear();
@@ -395,8 +594,13 @@ async fn flush(sink: &mut OwnedWriteHalf, batch: &mut Vec<u8>) -> io::Result<()>
     Ok(())
 }
 
-async fn write_timed(sink: &mut OwnedWriteHalf, bytes: &[u8]) -> io::Result<()> {
-    match timeout(WRITE_TIMEOUT, sink.write_all(bytes)).await {
+async fn write_timed<W: AsyncWrite + Unpin>(sink: &mut W, bytes: &[u8]) -> io::Result<()> {
+    // Through TLS, what was written may wait in the session until flushed.
+    let written = async {
+        sink.write_all(bytes).await?;
+        sink.flush().await
+    };
+    match timeout(WRITE_TIMEOUT, written).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,

@@ -14,12 +14,17 @@
 //! - `schedule`: where each request runs (on the connection's reader, or on the
 //!   blocking pool) and whether it waits for earlier requests on its handle.
 //! - `sequencer`: the per-handle queues that keep those requests in order.
-//! - `connection`: one client: the handshake, a reader that runs each request
-//!   where `schedule` says, and a single writer that batches the replies.
+//! - `identity`: [`TlsServer`], the server's key, certificate and access
+//!   token in its state directory, and the `authorized_clients` it lets in;
+//!   [`Security`] says whether a server uses them or runs `--insecure`.
+//! - `connection`: one client: TLS and authentication, then a reader that runs
+//!   each request where `schedule` says, and a single writer that batches the
+//!   replies; idle connections that hold nothing are closed.
 //! - `sys`: the few system calls outside the export (descriptor limit, socket
 //!   options).
-//! - this file: [`Server`], which accepts connections up to a limit and stops
-//!   gracefully, and [`spawn_test_server`] for tests.
+//! - this file: [`Server`], which accepts connections up to a limit (in all,
+//!   and per client address) and stops gracefully, and [`spawn_test_server`]
+//!   for tests.
 //!
 //! The wire format itself belongs to `ferry_common`.
 
@@ -29,18 +34,24 @@ mod connection;
 mod dispatch;
 mod export;
 mod handles;
+mod identity;
 mod schedule;
 mod sequencer;
 mod sys;
 
 pub use dispatch::MAX_COPY;
 pub use export::{ExportRoot, OpenFile};
+pub use identity::{Security, TlsServer};
 
+use connection::Context;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -49,6 +60,11 @@ use tokio::task::JoinSet;
 
 /// How many clients a server serves at once unless told otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// How many of those may come from one address unless told otherwise: a
+/// quarter, so one host cannot take every slot.
+pub const DEFAULT_MAX_PER_ADDRESS: usize = DEFAULT_MAX_CONNECTIONS / 4;
+/// How long a connection that holds nothing may stay idle unless told otherwise.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// After shutdown is asked for, connections get this long to finish the requests
 /// they are running and send the replies.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -66,27 +82,49 @@ pub struct ServerConfig {
     pub read_only: bool,
     /// Clients served at once; further ones wait in the listen queue until a slot frees.
     pub max_connections: usize,
+    /// Connections from one IP address at once; a further one is closed at once.
+    pub max_per_address: usize,
+    /// A connection that holds no open file and no lock, and asks nothing but
+    /// pings for this long, is closed (its client reconnects when it needs to).
+    pub idle_timeout: Duration,
+    /// TLS and client authentication, or `--insecure`.
+    pub security: Security,
+}
+
+impl ServerConfig {
+    /// Exporting `root` on `listen` with `security`, and the default limits.
+    pub fn new(root: PathBuf, listen: SocketAddr, security: Security) -> ServerConfig {
+        ServerConfig {
+            root,
+            listen,
+            read_only: false,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_per_address: DEFAULT_MAX_PER_ADDRESS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            security,
+        }
+    }
 }
 
 /// A bound server, ready to [`run`](Server::run).
 #[derive(Debug)]
 pub struct Server {
-    export: Arc<ExportRoot>,
+    context: Arc<Context>,
     listener: TcpListener,
     local_addr: SocketAddr,
-    read_only: bool,
     /// One permit per connection being served.
     slots: Arc<Semaphore>,
+    max_per_address: usize,
 }
 
 impl Server {
     /// Opens the export root (fails with a clear error if it is not a directory)
     /// and binds the listener.
     pub async fn bind(config: ServerConfig) -> io::Result<Server> {
-        if config.max_connections == 0 {
+        if config.max_connections == 0 || config.max_per_address == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "the connection limit must be at least 1",
+                "the connection limits must be at least 1",
             ));
         }
         let export = ExportRoot::open(&config.root)?;
@@ -96,16 +134,25 @@ impl Server {
         })?;
         let local_addr = listener.local_addr()?;
         log::debug!(
-            "exporting {}{} on {local_addr}",
+            "exporting {}{} on {local_addr}{}",
             export.path().display(),
-            if config.read_only { " read-only" } else { "" }
+            if config.read_only { " read-only" } else { "" },
+            match config.security {
+                Security::Tls(_) => "",
+                Security::Insecure => " without TLS or authentication",
+            }
         );
         Ok(Server {
-            export: Arc::new(export),
+            context: Arc::new(Context {
+                export: Arc::new(export),
+                read_only: config.read_only,
+                security: config.security,
+                idle_timeout: config.idle_timeout,
+            }),
             listener,
             local_addr,
-            read_only: config.read_only,
             slots: Arc::new(Semaphore::new(config.max_connections)),
+            max_per_address: config.max_per_address,
         })
     }
 
@@ -118,12 +165,13 @@ impl Server {
     /// finish the requests they are running (for a few seconds at most), and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let Server {
-            export,
+            context,
             listener,
-            read_only,
             slots,
+            max_per_address,
             ..
         } = self;
+        let per_address = Arc::new(PerAddress::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
@@ -156,12 +204,20 @@ impl Server {
                     }
                 },
             };
+            let Some(counted) = PerAddress::enter(&per_address, peer.ip(), max_per_address) else {
+                log::info!(
+                    "{peer}: refused: already {max_per_address} connections from {}",
+                    peer.ip()
+                );
+                continue;
+            };
             log::debug!("{peer}: connected");
-            let export = Arc::clone(&export);
+            let context = Arc::clone(&context);
             let stop = stop_rx.clone();
             connections.spawn(async move {
                 let _slot = slot;
-                match connection::serve(stream, export, read_only, stop).await {
+                let _counted = counted;
+                match connection::serve(stream, context, stop).await {
                     Ok(()) => log::debug!("{peer}: disconnected"),
                     Err(e) => log::info!("{peer}: connection closed: {e}"),
                 }
@@ -185,6 +241,44 @@ impl Server {
             connections.shutdown().await;
         }
         Ok(())
+    }
+}
+
+/// Connections being served, by client address.
+#[derive(Debug, Default)]
+struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection counted against its address; uncounted when dropped.
+struct Counted {
+    table: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    /// Counts a connection from `ip`, unless `limit` are there already.
+    fn enter(table: &Arc<PerAddress>, ip: IpAddr, limit: usize) -> Option<Counted> {
+        let mut counts = ferry_common::sync::lock(&table.0);
+        let count = counts.entry(ip).or_default();
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(Counted {
+            table: Arc::clone(table),
+            ip,
+        })
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut counts = ferry_common::sync::lock(&self.table.0);
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -236,12 +330,28 @@ pub struct ServerHandle {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
+    security: Security,
+    /// The state directory a test server made for itself, removed with it.
+    _state: Option<tempfile::TempDir>,
 }
 
 impl ServerHandle {
     /// Where the server listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How the server meets clients (to restart it with the same identity).
+    pub fn security(&self) -> &Security {
+        &self.security
+    }
+
+    /// The server's TLS set-up, unless it runs `--insecure`.
+    pub fn tls(&self) -> Option<&TlsServer> {
+        match &self.security {
+            Security::Tls(tls) => Some(tls),
+            Security::Insecure => None,
+        }
     }
 }
 
@@ -258,15 +368,32 @@ impl Drop for ServerHandle {
     }
 }
 
+/// A fresh state directory with a server identity and the token of `root`, as
+/// `ferry serve` makes on first start; removed when the handle goes.
+pub fn test_security(root: &Path) -> io::Result<(Security, tempfile::TempDir)> {
+    let state = tempfile::Builder::new()
+        .prefix("ferry-test-state-")
+        .tempdir()?;
+    let tls = TlsServer::open(state.path(), root).map_err(io::Error::other)?;
+    Ok((Security::Tls(Arc::new(tls)), state))
+}
+
 /// Starts a server for `root` on 127.0.0.1 with a free port, in its own thread
-/// and tokio runtime, and returns once it listens.
+/// and tokio runtime, and returns once it listens. It has TLS and client
+/// authentication, as `ferry serve` does, with an identity and a token made for
+/// it in a temporary state directory ([`ServerHandle::tls`] gives them).
 pub fn spawn_test_server(root: &Path, read_only: bool) -> io::Result<ServerHandle> {
-    spawn_server(ServerConfig {
-        root: root.to_path_buf(),
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        read_only,
-        max_connections: 64,
-    })
+    let (security, state) = test_security(root)?;
+    let mut config = ServerConfig::new(
+        root.to_path_buf(),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        security,
+    );
+    config.read_only = read_only;
+    config.max_connections = 64;
+    let mut handle = spawn_server(config)?;
+    handle._state = Some(state);
+    Ok(handle)
 }
 
 /// Starts a server with `config` in its own thread and tokio runtime, and returns
@@ -274,6 +401,7 @@ pub fn spawn_test_server(root: &Path, read_only: bool) -> io::Result<ServerHandl
 pub fn spawn_server(config: ServerConfig) -> io::Result<ServerHandle> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let security = config.security.clone();
     let thread = thread::Builder::new()
         .name("ferry-test-server".into())
         .spawn(move || {
@@ -318,6 +446,8 @@ pub fn spawn_server(config: ServerConfig) -> io::Result<ServerHandle> {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         stop: Some(stop_tx),
         thread: Some(thread),
+        security,
+        _state: None,
     };
     handle.addr = addr?;
     Ok(handle)

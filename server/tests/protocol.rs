@@ -1,12 +1,18 @@
 //! The server over a real TCP connection: the handshake, hostile input,
 //! pipelining, read-only exports and confinement, byte for byte as a client sends them.
+//!
+//! These servers run `--insecure` (plaintext, no authentication), so that the
+//! protocol can be written and read byte for byte; `security.rs` tests TLS and
+//! authentication, in front of the same protocol.
 
 use ferry_common::frame::{self, MAX_CHUNK, MAX_FRAME};
 use ferry_common::proto::{
     AttrChanges, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, PROTOCOL_VERSION,
 };
 use ferry_common::{Errno, FileKind, RelPath};
-use ferry_server::{spawn_test_server, ServerHandle, MAX_COPY};
+use ferry_server::{
+    spawn_server, spawn_test_server, Security, ServerConfig, ServerHandle, MAX_COPY,
+};
 use std::collections::HashMap;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
@@ -109,7 +115,13 @@ fn setup(read_only: bool) -> (TempDir, ServerHandle) {
     fs::write(export.join("big"), big).unwrap();
     symlink("..", export.join("up")).unwrap();
     symlink("../outside", export.join("out")).unwrap();
-    let server = spawn_test_server(&export, read_only).unwrap();
+    let mut config = ServerConfig::new(
+        export,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        Security::Insecure,
+    );
+    config.read_only = read_only;
+    let server = spawn_server(config).unwrap();
     (tmp, server)
 }
 

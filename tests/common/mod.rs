@@ -11,9 +11,11 @@
 
 pub mod harness;
 
+use ferry_fusefs::client::ConnectOptions;
 use ferry_fusefs::mount::{self, Mount, MountOptions};
 use ferry_fusefs::{FsOptions, RemoteClient};
-use ferry_server::{spawn_test_server, ServerHandle};
+use ferry_server::{Security, ServerConfig, ServerHandle};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tempfile::TempDir;
@@ -23,9 +25,14 @@ pub struct Fixture {
     server: Option<ServerHandle>,
     addr: String,
     read_only_server: bool,
+    /// The server's identity and token (TLS and authentication, as `ferry
+    /// serve` has by default), kept across restarts.
+    security: Security,
     pub export: PathBuf,
     pub mnt: PathBuf,
     dir: TempDir,
+    /// The server's state directory, made for the test.
+    _state: TempDir,
 }
 
 /// Options for a fixture beyond the defaults.
@@ -145,16 +152,26 @@ impl Fixture {
         };
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("create mount dir");
-        let server = spawn_test_server(&export, setup.read_only_server).expect("start server");
+        let (security, state) = ferry_server::test_security(&export).expect("a server identity");
+        let mut config = ServerConfig::new(
+            export.clone(),
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            security.clone(),
+        );
+        config.read_only = setup.read_only_server;
+        config.max_connections = 64;
+        let server = ferry_server::spawn_server(config).expect("start server");
         let addr = server.addr().to_string();
         let mut fixture = Fixture {
             mounts: Vec::new(),
             server: Some(server),
             addr,
             read_only_server: setup.read_only_server,
+            security,
             export,
             mnt: mnt.clone(),
             dir,
+            _state: state,
         };
         match fixture.mount_at(&mnt, &setup) {
             Ok(m) => fixture.mounts.push(m),
@@ -170,6 +187,35 @@ impl Fixture {
         self.addr.clone()
     }
 
+    /// How an in-process client reaches this fixture's server: TLS, the
+    /// server pinned, the export's token.
+    pub fn connect_options(&self, timeout: Duration) -> ConnectOptions {
+        match &self.security {
+            Security::Tls(tls) => {
+                ConnectOptions::pinned(tls.fingerprint(), Some(tls.token().clone()))
+                    .with_timeout(timeout)
+            }
+            Security::Insecure => ConnectOptions::insecure().with_timeout(timeout),
+        }
+    }
+
+    /// The arguments that let `ferry mount|ls|get|put` (the binary) reach this
+    /// fixture's server: its pin, its token file and a state directory of
+    /// the test's own.
+    pub fn client_args(&self) -> Vec<OsString> {
+        let Security::Tls(tls) = &self.security else {
+            return vec!["--insecure".into()];
+        };
+        vec![
+            "--pin".into(),
+            tls.fingerprint().to_string().into(),
+            "--token-file".into(),
+            tls.token_path().into(),
+            "--state-dir".into(),
+            self.dir.path().join("client-state").into(),
+        ]
+    }
+
     /// Stops the server (the mounts stay).
     pub fn stop_server(&mut self) {
         self.server.take();
@@ -178,17 +224,18 @@ impl Fixture {
     /// Starts the server again on the same address.
     pub fn restart_server(&mut self) {
         self.stop_server();
-        let config = ferry_server::ServerConfig {
-            root: self.export.clone(),
-            listen: self.addr.parse().expect("a socket address"),
-            read_only: self.read_only_server,
-            max_connections: 64,
-        };
+        let mut config = ServerConfig::new(
+            self.export.clone(),
+            self.addr.parse().expect("a socket address"),
+            self.security.clone(),
+        );
+        config.read_only = self.read_only_server;
+        config.max_connections = 64;
         self.server = Some(ferry_server::spawn_server(config).expect("restart the server"));
     }
 
     fn mount_at(&self, mnt: &Path, setup: &Setup) -> std::io::Result<Mount> {
-        let client = RemoteClient::connect_with_timeout(&self.addr(), setup.timeout)
+        let client = RemoteClient::connect(&self.addr(), &self.connect_options(setup.timeout))
             .map_err(std::io::Error::other)?;
         let opts = MountOptions {
             fs: FsOptions {

@@ -5,8 +5,10 @@ use super::*;
 use ferry_common::proto::{HandshakeReply, Welcome, PROTOCOL_VERSION};
 use ferry_common::{Attr, FileKind, RelPath};
 use ferry_server::{spawn_server, spawn_test_server, ServerConfig};
-use std::net::{SocketAddr, TcpListener};
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::Receiver;
+use std::thread;
 
 /// How long a test waits for anything before calling it a hang.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -48,8 +50,22 @@ fn ferry_peer(script: impl FnOnce(TcpStream) + Send + 'static) -> SocketAddr {
     scripted_peer(Some(HandshakeReply::Welcome(welcome())), script)
 }
 
+/// A client of a scripted peer: plaintext, as the peers speak the protocol
+/// bare (`--insecure`).
 fn connect(addr: SocketAddr, timeout: Duration) -> RemoteClient {
-    RemoteClient::connect_with_timeout(&addr.to_string(), timeout).expect("connect")
+    let options = ConnectOptions::insecure().with_timeout(timeout);
+    RemoteClient::connect(&addr.to_string(), &options).expect("connect")
+}
+
+/// A client of a real (TLS) server.
+fn connect_to(server: &ferry_server::ServerHandle, timeout: Duration) -> RemoteClient {
+    RemoteClient::connect(&server.addr().to_string(), &options_for(server, timeout))
+        .expect("connect")
+}
+
+fn options_for(server: &ferry_server::ServerHandle, timeout: Duration) -> ConnectOptions {
+    let tls = server.tls().expect("a TLS server");
+    ConnectOptions::pinned(tls.fingerprint(), Some(tls.token().clone())).with_timeout(timeout)
 }
 
 fn read_request(stream: &mut TcpStream) -> Option<Request> {
@@ -167,7 +183,7 @@ fn a_refused_handshake_says_why() {
         message: "wrong protocol version".into(),
     };
     let addr = scripted_peer(Some(refusal), |_| {});
-    let err = RemoteClient::connect(&addr.to_string())
+    let err = RemoteClient::connect(&addr.to_string(), &ConnectOptions::insecure())
         .err()
         .expect("refused");
     assert!(matches!(err, ConnectError::Refused { .. }), "{err:?}");
@@ -179,7 +195,7 @@ fn a_peer_that_does_not_speak_ferry_is_named_as_such() {
     let addr = scripted_peer(None, |mut stream| {
         let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.2\r\n");
     });
-    let err = RemoteClient::connect(&addr.to_string())
+    let err = RemoteClient::connect(&addr.to_string(), &ConnectOptions::insecure())
         .err()
         .expect("not ferry");
     assert!(matches!(err, ConnectError::Protocol { .. }), "{err:?}");
@@ -192,7 +208,7 @@ fn nobody_listening_is_reported_with_the_fix() {
     let addr = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port");
-    let err = RemoteClient::connect(&addr.to_string())
+    let err = RemoteClient::connect(&addr.to_string(), &ConnectOptions::insecure())
         .err()
         .expect("refused");
     assert!(matches!(err, ConnectError::Unreachable { .. }), "{err:?}");
@@ -219,19 +235,20 @@ impl Served {
         }
     }
 
-    fn addr(&self) -> SocketAddr {
-        self.server.as_ref().expect("running").addr()
+    fn server(&self) -> &ferry_server::ServerHandle {
+        self.server.as_ref().expect("running")
+    }
+
+    fn client(&self) -> RemoteClient {
+        connect_to(self.server(), PATIENCE)
     }
 
     fn restart(&mut self) {
-        let addr = self.addr();
+        let addr = self.server().addr();
+        let security = self.server().security().clone();
         self.server = None;
-        let config = ServerConfig {
-            root: self.dir.path().to_path_buf(),
-            listen: addr,
-            read_only: false,
-            max_connections: 8,
-        };
+        let mut config = ServerConfig::new(self.dir.path().to_path_buf(), addr, security);
+        config.max_connections = 8;
         self.server = Some(spawn_server(config).expect("restart on the same port"));
     }
 }
@@ -263,7 +280,7 @@ fn after_a_restart_the_client_reconnects_and_old_handles_never_reach_new_files()
     let mut served = Served::new();
     std::fs::write(served.dir.path().join("a"), b"file a").expect("write a");
     std::fs::write(served.dir.path().join("b"), b"file b").expect("write b");
-    let client = connect(served.addr(), PATIENCE);
+    let client = served.client();
     let first = client.connected_epoch().expect("connected");
     let a = open(&client, first, "a");
 
@@ -297,7 +314,7 @@ fn after_a_restart_the_client_reconnects_and_old_handles_never_reach_new_files()
 #[test]
 fn a_stopped_server_fails_calls_at_once_with_eio() {
     let mut served = Served::new();
-    let client = connect(served.addr(), PATIENCE);
+    let client = served.client();
     served.server = None;
     let started = Instant::now();
     // The first call may still find the dead connection, the next cannot reconnect.
@@ -309,7 +326,7 @@ fn a_stopped_server_fails_calls_at_once_with_eio() {
 #[test]
 fn writes_sent_from_the_callers_buffer_arrive_whole() {
     let served = Served::new();
-    let client = connect(served.addr(), PATIENCE);
+    let client = served.client();
     let epoch = client.connected_epoch().expect("connected");
     let create = Op::Create {
         path: RelPath::parse("big").expect("a path"),
@@ -343,7 +360,7 @@ fn a_listing_longer_than_a_page_is_fetched_whole() {
     for i in 0..count {
         std::fs::write(served.dir.path().join(format!("n{i}")), b"").expect("a file");
     }
-    let client = connect(served.addr(), PATIENCE);
+    let client = served.client();
     let entries = client.list_dir(&RelPath::root()).expect("a listing");
     assert_eq!(entries.len(), count);
     let readdirs = client

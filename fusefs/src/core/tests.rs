@@ -3,6 +3,7 @@
 //! and re-opening after a server restart.
 
 use super::*;
+use crate::client::ConnectOptions;
 use crate::inode::ROOT_INO;
 use ferry_common::proto::{AttrChanges, SetTime};
 use ferry_common::Timestamp;
@@ -38,6 +39,9 @@ struct Harness {
     kernel: Arc<RecordingKernel>,
     server: Option<ServerHandle>,
     addr: std::net::SocketAddr,
+    /// How clients reach the server (which keeps its identity across restarts).
+    options: ConnectOptions,
+    security: ferry_server::Security,
     dir: tempfile::TempDir,
 }
 
@@ -53,8 +57,11 @@ impl Harness {
         let dir = tempfile::tempdir().expect("a temp dir");
         let server = spawn_test_server(dir.path(), false).expect("a server");
         let addr = server.addr();
-        let client =
-            RemoteClient::connect_with_timeout(&addr.to_string(), PATIENCE).expect("connect");
+        let tls = server.tls().expect("a TLS server");
+        let options = ConnectOptions::pinned(tls.fingerprint(), Some(tls.token().clone()))
+            .with_timeout(PATIENCE);
+        let security = server.security().clone();
+        let client = RemoteClient::connect(&addr.to_string(), &options).expect("connect");
         let kernel = Arc::new(RecordingKernel::default());
         let core = Core::new(client, opts, kernel.clone());
         Harness {
@@ -62,14 +69,15 @@ impl Harness {
             kernel,
             server: Some(server),
             addr,
+            options,
+            security,
             dir,
         }
     }
 
     /// A second core (another client) on the same server.
     fn another_client(&self) -> Core {
-        let client =
-            RemoteClient::connect_with_timeout(&self.addr.to_string(), PATIENCE).expect("connect");
+        let client = RemoteClient::connect(&self.addr.to_string(), &self.options).expect("connect");
         Core::new(client, FsOptions::default(), Arc::new(NoKernel))
     }
 
@@ -80,12 +88,12 @@ impl Harness {
 
     fn restart_server(&mut self) {
         self.server = None;
-        let config = ServerConfig {
-            root: self.dir.path().to_path_buf(),
-            listen: self.addr,
-            read_only: false,
-            max_connections: 8,
-        };
+        let mut config = ServerConfig::new(
+            self.dir.path().to_path_buf(),
+            self.addr,
+            self.security.clone(),
+        );
+        config.max_connections = 8;
         self.server = Some(spawn_server(config).expect("restart on the same port"));
     }
 
