@@ -21,6 +21,9 @@ from systems import Ferry, Local, MountTable, Processes, SetupError, Sshd, Sshfs
 from workloads import WORKLOADS, Context, Measurement
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_SYSTEMS = "local,ferry,ferry-insecure,sshfs"
+# What ferry-insecure is measured on: enough to show the cost of TLS.
+INSECURE_WORKLOADS = ("seq_write", "seq_read")
 
 
 def parse_args():
@@ -36,7 +39,9 @@ def parse_args():
     p.add_argument("--fio-seconds", type=int, help="runtime of each fio job (default 10)")
     p.add_argument("--timeout", type=int, default=300, help="seconds before a workload counts as hung (default 300)")
     p.add_argument("--only", help="comma-separated workload keys: " + ",".join(w.key for w in WORKLOADS))
-    p.add_argument("--systems", default="local,ferry,sshfs", help="subset of local,ferry,sshfs")
+    p.add_argument("--systems", default=DEFAULT_SYSTEMS,
+                   help=f"subset of {DEFAULT_SYSTEMS} (ferry-insecure: ferry without TLS and authentication, "
+                        "for the sequential workloads only, to show what TLS costs)")
     p.add_argument("--workdir", default="/var/tmp",
                    help="where the temp dir goes; all three systems keep their data there (default /var/tmp)")
     p.add_argument("--ssh-port", type=int, default=2222, help="loopback port for the private sshd (default 2222, "
@@ -52,16 +57,16 @@ def parse_args():
     a = p.parse_args()
     # Only a full run of everything with the default sizes replaces the published results.
     full = not (a.quick or a.only or a.size_mib or a.files or a.fio_seconds or a.tree) \
-        and a.systems == "local,ferry,sshfs"
+        and a.systems == DEFAULT_SYSTEMS
     a.big_mib = a.size_mib or (64 if a.quick else 1024)
     a.tree = a.tree or ("/usr/include/linux" if a.quick else "/usr/include")
     a.files = a.files or (2000 if a.quick else 10000)
     a.fio_seconds = a.fio_seconds or (3 if a.quick else 10)
     a.par_mib = max(1, a.big_mib // 4)
     a.systems = [s.strip() for s in a.systems.split(",") if s.strip()]
-    unknown = set(a.systems) - {"local", "ferry", "sshfs"}
+    unknown = set(a.systems) - set(DEFAULT_SYSTEMS.split(","))
     if unknown or "local" not in a.systems:
-        p.error("--systems: choose from local,ferry,sshfs; local is needed (it is the reference)")
+        p.error(f"--systems: choose from {DEFAULT_SYSTEMS}; local is needed (it is the reference)")
     keys = {w.key for w in WORKLOADS}
     a.only = [k.strip() for k in a.only.split(",")] if a.only else None
     if a.only and set(a.only) - keys:
@@ -141,6 +146,8 @@ def main():
         systems.append(Local(cfg.tmp))
         if "ferry" in cfg.systems:
             systems.append(Ferry(cfg.tmp, procs, table, os.path.abspath(cfg.ferry), free_port()))
+        if "ferry-insecure" in cfg.systems:
+            systems.append(Ferry(cfg.tmp, procs, table, os.path.abspath(cfg.ferry), free_port(), insecure=True))
         if "sshfs" in cfg.systems:
             sshd = Sshd(cfg.tmp, procs, free_port(cfg.ssh_port))
             systems.append(Sshfs(cfg.tmp, procs, table, sshd))
@@ -156,6 +163,8 @@ def main():
             info["workloads"][w.key] = w.title.format(**labels)
             results[w.key] = {}
             for s in systems:
+                if s.name == "ferry-insecure" and w.key not in INSECURE_WORKLOADS:
+                    continue
                 print(f"{w.title.format(**labels)} — {s.name} ... ", end="", flush=True)
                 results[w.key][s.name] = m = measure(w, s, cfg, results)
                 print(("ok " if m.ok else "FAILED ") + describe(m), flush=True)

@@ -280,37 +280,61 @@ class FuseSystem:
 
 
 class Ferry(FuseSystem):
+    """ferry as a user runs it: TLS and authentication on (the server makes its identity and the
+    export's token in a state directory of the run; the mount records the server on first contact and
+    reads the token from its file). With insecure=True, both ends run --insecure instead (plaintext, no
+    authentication): the reference that shows what TLS costs."""
+
     name = "ferry"
 
-    def __init__(self, base, procs, table, binary, port):
+    def __init__(self, base, procs, table, binary, port, insecure=False):
+        self.insecure = insecure
+        if insecure:
+            self.name = "ferry-insecure"
         super().__init__(base, procs, table)
         self.binary, self.port = binary, port
+        self.state = os.path.join(base, f"{self.name}-state")
         self.start_server()
 
     def remount(self):
         if self.server.poll() is not None:
             # Restart it, so the next workload can run; this one fails with the reason.
-            status, log = self.server.returncode, self.procs.log_tail("ferry-serve")
+            status, log = self.server.returncode, self.procs.log_tail(f"{self.name}-serve")
             self.end()
             self.start_server()
             raise SetupError(f"ferry serve had exited with status {status}: {log}")
         super().remount()
 
+    def security(self):
+        return ["--insecure"] if self.insecure else ["--state-dir", self.state]
+
     def start_server(self):
-        self.server = self.procs.start("ferry-serve", [self.binary, "serve", self.export, "--listen",
-                                                        f"127.0.0.1:{self.port}"])
+        self.server = self.procs.start(f"{self.name}-serve", [self.binary, "serve", self.export, "--listen",
+                                                               f"127.0.0.1:{self.port}"] + self.security())
         wait_port(self.port, self.server, "ferry serve")
+
+    def credentials(self):
+        if self.insecure:
+            return []
+        tokens = os.path.join(self.state, "tokens")
+        found = sorted(os.listdir(tokens)) if os.path.isdir(tokens) else []
+        if not found:
+            raise SetupError(f"ferry serve made no access token in {tokens}")
+        return ["--token-file", os.path.join(tokens, found[0])]
 
     def mount_argv(self):
         # Foreground (no --daemon): the benchmark knows the client's pid for CPU accounting.
-        return [self.binary, "mount", f"127.0.0.1:{self.port}", self.root]
+        return [self.binary, "mount", f"127.0.0.1:{self.port}", self.root] + self.security() + self.credentials()
 
     def cpu(self):
         return {"server": cpu_seconds(self.server.pid),
                 "client": cpu_seconds(self.client.pid) if self.client else None}
 
     def describe(self):
-        return f"ferry serve (127.0.0.1:{self.port}) + ferry mount, default options"
+        if self.insecure:
+            return f"ferry serve --insecure (127.0.0.1:{self.port}) + ferry mount --insecure: no TLS, no authentication"
+        return (f"ferry serve (127.0.0.1:{self.port}) + ferry mount, default options: TLS 1.3, "
+                "the export's access token")
 
 
 class Sshd:

@@ -138,9 +138,15 @@ fn a_silent_server_times_out_instead_of_hanging() {
     let mounted = mount::mount(client, dir.path(), &MountOptions::default()).unwrap();
     let start = Instant::now();
     let err = fs::metadata(dir.path().join("anything")).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+    // ETIMEDOUT at the request's deadline, or EIO if the client gave up on
+    // the silent connection first (the kernel's own first requests at mount
+    // time were not answered either): both within the timeout and a margin.
     assert!(
-        start.elapsed() < Duration::from_secs(10),
+        matches!(err.raw_os_error(), Some(libc::ETIMEDOUT | libc::EIO)),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
         "took {:?}",
         start.elapsed()
     );

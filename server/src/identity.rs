@@ -55,7 +55,7 @@ impl TlsServer {
     /// when missing. Refuses a state directory inside the export.
     pub fn open(state_dir: &Path, export: &Path) -> Result<TlsServer, String> {
         let export = fs::canonicalize(export)
-            .map_err(|e| format!("cannot open the export {}: {e}", export.display()))?;
+            .map_err(|e| format!("cannot export {}: {e}", export.display()))?;
         state::ensure_dir(state_dir).map_err(|e| e.to_string())?;
         let state_dir = fs::canonicalize(state_dir)
             .map_err(|e| format!("cannot resolve {}: {e}", state_dir.display()))?;
