@@ -368,7 +368,7 @@ fn authenticate(
 
 /// Answers the handshake with a welcome, or with the refusal in `verdict`.
 /// `Ok(true)`: the client is welcome.
-async fn welcome<S: AsyncWrite + Unpin>(
+async fn welcome<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     ctx: &Context,
     verdict: Result<(), String>,
@@ -400,6 +400,7 @@ async fn welcome<S: AsyncWrite + Unpin>(
         HandshakeReply::Refused { message } => {
             log::info!("refused a client: {message}");
             let _ = stream.shutdown().await;
+            drain(stream).await;
             Ok(false)
         }
     }
@@ -417,8 +418,13 @@ async fn refuse_plaintext<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, mess
         return;
     }
     let _ = stream.shutdown().await;
-    // Take what the client sent before closing: closing with unread data
-    // resets the connection, and the reset could overtake the refusal.
+    drain(&mut stream).await;
+}
+
+/// Reads (and drops) what the client still sends, until it closes or for two
+/// seconds at most: closing with unread data resets the connection, and the
+/// reset could overtake the refusal just sent. Nothing read here is acted on.
+async fn drain<S: AsyncRead + Unpin>(stream: &mut S) {
     let mut sink = [0u8; 4096];
     let _ = timeout(Duration::from_secs(2), async {
         while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
