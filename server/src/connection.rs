@@ -146,13 +146,14 @@ pub(crate) async fn serve(
         };
         // A client holding nothing, with nothing in flight, may be idle only
         // so long: connections are a shared budget.
-        let idle = session.holds_nothing() && requests.available_permits() == MAX_IN_FLIGHT - 1;
-        let idle_until = idle.then(|| active + ctx.idle_timeout);
+        let holds_nothing =
+            || session.holds_nothing() && requests.available_permits() == MAX_IN_FLIGHT - 1;
+        let idle_until = active + ctx.idle_timeout;
         let read = tokio::select! {
             biased;
             _ = stop.wait_for(|stopped| *stopped) => break Ok(()),
             _ = tx.closed() => break Ok(()),
-            read = next_frame(&mut reader, idle_until) => read,
+            read = next_frame(&mut reader, idle_until, ctx.idle_timeout, holds_nothing) => read,
         };
         let incoming = match read {
             Ok(Some(incoming)) => incoming,
@@ -440,19 +441,23 @@ enum NextFrame {
 }
 
 /// The next request frame; `Ok(None)` when the client closed between frames.
-/// Waiting for a frame to start takes until `idle_until` (forever if `None`:
-/// an idle mount holding open files); once it has started the rest must
-/// arrive within [`FRAME_TIMEOUT`].
+/// Waiting for a frame to start takes as long as the client likes while it
+/// holds something (an idle mount with open files), but past `idle_until`
+/// (and each `idle_timeout` after) a client that `holds_nothing` is let go;
+/// once a frame has started the rest must arrive within [`FRAME_TIMEOUT`].
 async fn next_frame(
     reader: &mut Reader,
-    idle_until: Option<Instant>,
+    idle_until: Instant,
+    idle_timeout: Duration,
+    holds_nothing: impl Fn() -> bool,
 ) -> Result<Option<RequestFrame>, NextFrame> {
-    let started = match idle_until {
-        Some(deadline) => match tokio::time::timeout_at(deadline.into(), reader.fill_buf()).await {
-            Ok(filled) => filled.map(|b| !b.is_empty()),
-            Err(_) => return Err(NextFrame::Idle),
-        },
-        None => reader.fill_buf().await.map(|b| !b.is_empty()),
+    let mut deadline = idle_until;
+    let started = loop {
+        match tokio::time::timeout_at(deadline.into(), reader.fill_buf()).await {
+            Ok(filled) => break filled.map(|b| !b.is_empty()),
+            Err(_) if holds_nothing() => return Err(NextFrame::Idle),
+            Err(_) => deadline = Instant::now() + idle_timeout,
+        }
     };
     match started {
         Ok(false) => return Ok(None),
