@@ -331,26 +331,31 @@ fn serve(config: ServerConfig) -> Result<(), String> {
     rt.block_on(async {
         let server = Server::bind(config).await.map_err(|e| e.to_string())?;
         let shown = std::fs::canonicalize(&dir).unwrap_or(dir);
-        println!(
+        // Whoever started the server may stop reading its output (a script
+        // that wanted the address): that must not stop the server.
+        let say = |line: String| {
+            use std::io::Write;
+            let mut out = io::stdout().lock();
+            let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        };
+        say(format!(
             "ferry: exporting {} on {}{}",
             shown.display(),
             server.local_addr(),
             if read_only { " (read-only)" } else { "" }
-        );
+        ));
         if let Security::Tls(tls) = &security {
-            println!(
+            say(format!(
                 "ferry: server certificate {} (clients record it on first contact, or take it with --pin)",
                 tls.fingerprint()
-            );
-            println!(
+            ));
+            say(format!(
                 "ferry: clients authenticate with the access token in {} (copy it to them: --token-file FILE) \
                  or a client certificate listed in {}",
                 tls.token_path().display(),
                 tls.authorized_clients_path().display()
-            );
+            ));
         }
-        use std::io::Write;
-        let _ = io::stdout().flush();
         server
             .run(shutdown_signal())
             .await

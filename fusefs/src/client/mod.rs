@@ -80,8 +80,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a failed attempt, the next comes no sooner than this; requests in
 /// between fail at once with EIO.
 pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
-/// How long a request waits for a reconnection attempt under way.
-pub const RECONNECT_GRACE: Duration = Duration::from_secs(1);
+/// How long a request waits for a reconnection attempt under way: long
+/// enough for a handshake with a live server, short enough that calls the
+/// kernel runs one after another (in one directory) stay within `timeout`.
+pub const RECONNECT_GRACE: Duration = Duration::from_millis(500);
 /// How long a reconnection attempt waits for TCP to connect: a lost SYN is
 /// sent again by a new attempt rather than by the kernel's slower backoff.
 const RECONNECT_TCP: Duration = Duration::from_secs(1);
@@ -94,12 +96,15 @@ const READ_BUFFER: usize = 256 * 1024;
 pub type OpResult = Result<Reply, Errno>;
 type Callback = Box<dyn FnOnce(OpResult) + Send>;
 
-/// How long a silent server is given, and how often it is pinged, for a
-/// client whose requests time out after `timeout`: a server is declared gone
-/// after `timeout` (2 to 30 s) of silence while something was asked of it,
-/// and pinged after a quarter of that without a word.
+/// How often a quiet server is pinged, and after how much silence it is
+/// given up, for a client whose requests time out after `timeout`. A server
+/// that has said nothing for half the timeout (1 to 30 s) although something
+/// was asked of it — if nothing else, a ping, sent after a quarter of that
+/// without a word — is gone: a live one answers a ping at once, even while it
+/// works on a slow request. Giving up before the timeout keeps calls the
+/// kernel makes one after another (in one directory) within it, too.
 fn liveness(timeout: Duration) -> (Duration, Duration) {
-    let dead_after = timeout.clamp(Duration::from_secs(2), Duration::from_secs(30));
+    let dead_after = (timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
     (dead_after / 4, dead_after)
 }
 
@@ -139,39 +144,30 @@ struct Conn {
 
 /// What the watchdog needs to tell a silent server from a quiet one.
 struct Silence {
-    /// When the server was last heard from.
+    /// When the server was last heard from (or the connection made).
     heard: Instant,
     /// Requests sent and not answered yet (timed-out ones included: the
-    /// server answers every request).
+    /// server answers every request), pings too.
     outstanding: u64,
-    /// Since when the client has been waiting without hearing anything.
-    waiting_since: Option<Instant>,
+    /// When the last ping was sent.
+    pinged: Option<Instant>,
 }
 
 impl Conn {
     fn sent(&self) {
-        let mut s = lock(&self.silence);
-        s.outstanding += 1;
-        if s.waiting_since.is_none() {
-            s.waiting_since = Some(Instant::now());
-        }
+        lock(&self.silence).outstanding += 1;
     }
 
     /// A request that was registered but never written.
     fn unsent(&self) {
         let mut s = lock(&self.silence);
         s.outstanding = s.outstanding.saturating_sub(1);
-        if s.outstanding == 0 {
-            s.waiting_since = None;
-        }
     }
 
     fn heard(&self) {
-        let now = Instant::now();
         let mut s = lock(&self.silence);
-        s.heard = now;
+        s.heard = Instant::now();
         s.outstanding = s.outstanding.saturating_sub(1);
-        s.waiting_since = (s.outstanding > 0).then_some(now);
     }
 
     fn close(&self) {
@@ -476,7 +472,7 @@ impl Inner {
             silence: Mutex::new(Silence {
                 heard: Instant::now(),
                 outstanding: 0,
-                waiting_since: None,
+                pinged: None,
             }),
             reader: Mutex::new(None),
         });
@@ -796,16 +792,23 @@ async fn watchdog(inner: Weak<Inner>) {
             continue;
         };
         let (ping_every, dead_after) = liveness(inner.timeout);
-        let (silent, idle) = {
-            let s = lock(&conn.silence);
-            let silent = s.waiting_since.is_some_and(|t| now - t >= dead_after);
-            let idle = s.outstanding == 0 && now - s.heard >= ping_every;
-            (silent, idle)
+        let (silent, quiet) = {
+            let mut s = lock(&conn.silence);
+            let silent = s.outstanding > 0 && now - s.heard >= dead_after;
+            let quiet =
+                now - s.heard >= ping_every && s.pinged.is_none_or(|t| now - t >= ping_every);
+            if quiet {
+                s.pinged = Some(now);
+            }
+            (silent, quiet)
         };
         if silent {
-            let why = format!("no answer for {} s", dead_after.as_secs_f32());
+            let why = format!(
+                "no answer, not even to a ping, for {} s",
+                dead_after.as_secs_f32()
+            );
             inner.lose(conn.epoch, &why);
-        } else if idle {
+        } else if quiet {
             inner.ping(conn, dead_after);
         }
     }
