@@ -25,10 +25,15 @@ struct Served {
 impl Served {
     fn start(dir: &Path, extra: &[&str]) -> Served {
         let state = dir.parent().unwrap().join("state");
+        let listen: &[&str] = if extra.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = ferry()
             .arg("serve")
             .arg(dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(listen)
             .arg("--state-dir")
             .arg(&state)
             .args(extra)
@@ -488,7 +493,102 @@ fn mount_refuses_a_bad_mountpoint() {
     assert!(!out.status.success());
 }
 
+fn insecure_is_refused_off_loopback_without_a_second_flag() {
+    let t = tmp();
+    let export = t.path().join("export");
+    fs::create_dir(&export).unwrap();
+    fs::write(export.join("f"), "x").unwrap();
+    let out = ferry()
+        .arg("serve")
+        .arg(&export)
+        .args(["--listen", "0.0.0.0:0", "--insecure"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--allow-insecure-network"), "{err}");
+    // Repeating the intent lets it start (this test only talks to 127.0.0.1).
+    let served = Served::start(
+        &export,
+        &[
+            "--insecure",
+            "--allow-insecure-network",
+            "--listen",
+            "0.0.0.0:0",
+        ],
+    );
+    let port = served.addr.rsplit_once(':').unwrap().1;
+    let out = ferry()
+        .args(["ls", &format!("127.0.0.1:{port}"), "--insecure"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(" f"));
+    // A client that expects TLS is told what the server runs.
+    let out = ferry()
+        .args(["ls", &format!("127.0.0.1:{port}"), "--state-dir"])
+        .arg(t.path().join("client-state"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("without TLS"), "{err}");
+}
+
+fn keygen_then_authorize_and_revoke_a_client_certificate() {
+    let t = tmp();
+    let export = t.path().join("export");
+    fs::create_dir(&export).unwrap();
+    fs::write(export.join("f"), "x").unwrap();
+    let served = Served::start(&export, &[]);
+    let client_state = t.path().join("client-state");
+    let keygen = ferry()
+        .args(["keygen", "--state-dir"])
+        .arg(&client_state)
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    let printed = String::from_utf8_lossy(&keygen.stdout).into_owned();
+    // The last line is the one to add on the server.
+    let line = printed.lines().last().unwrap().to_string();
+    assert!(line.starts_with("SHA256:"), "{printed}");
+    let ls = || {
+        ferry()
+            .env_remove("FERRY_TOKEN")
+            .args(["ls", &served.addr, "--state-dir"])
+            .arg(&client_state)
+            .output()
+            .unwrap()
+    };
+    let out = ls();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not authorized"), "{err}");
+    // The first contact recorded the server for this client.
+    let known = fs::read_to_string(client_state.join("known_servers")).unwrap();
+    assert!(known.starts_with(&served.addr), "{known}");
+
+    let authorized = served.state.join("authorized_clients");
+    fs::write(&authorized, format!("{line}\n")).unwrap();
+    let out = ls();
+    assert!(out.status.success(), "{out:?}");
+    fs::write(&authorized, "").unwrap();
+    let out = ls();
+    assert!(!out.status.success(), "revoked, yet {out:?}");
+    // keygen again keeps the identity.
+    let again = ferry()
+        .args(["keygen", "--state-dir"])
+        .arg(&client_state)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains(line.split_whitespace().next().unwrap())
+    );
+}
+
 tests! {
+    insecure_is_refused_off_loopback_without_a_second_flag => [],
+    keygen_then_authorize_and_revoke_a_client_certificate => [],
     ls_get_put_round_trip_with_a_100_mib_file => [],
     progress_bar_on_a_terminal => [],
     clear_errors_and_nonzero_exit => [],

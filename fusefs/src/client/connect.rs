@@ -200,9 +200,14 @@ impl Connector {
             None => Auth::Session,
         };
         let mut transport: Transport = Box::new(tls);
-        let welcome = self.hello(&mut transport, auth).await?;
-        trusted.confirm(presented)?;
-        Ok((transport, welcome))
+        let answered = self.hello(&mut transport, auth).await;
+        // A server that answered as a ferry server is recorded on first
+        // contact even when it refused the credentials (as ssh records a host
+        // before authenticating): the next attempt must meet the same one.
+        if matches!(answered, Ok(_) | Err(ConnectError::Refused { .. })) {
+            trusted.confirm(presented)?;
+        }
+        Ok((transport, answered?))
     }
 
     /// What a failed TLS handshake means: a plaintext ferry server refusing
