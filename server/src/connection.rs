@@ -1,5 +1,14 @@
 //! One client connection: the handshake, then many requests at once.
 //!
+//! The handshake comes first and has one deadline ([`HANDSHAKE_TIMEOUT`]): TLS
+//! (unless the server runs `--insecure`; a client speaking the other way is
+//! told so in a plaintext refusal), then the client's `Hello` (at most
+//! [`MAX_HELLO`] bytes) with its credential — a proof of the export's token
+//! bound to this TLS session, or a client certificate listed in
+//! `authorized_clients`. Nothing the client sends is acted on before it is
+//! welcomed. A welcomed connection that holds nothing (no open file, no lock)
+//! and asks for nothing but pings for the idle timeout is closed.
+//!
 //! ```text
 //!  socket ─► reader (this task) ─┬─► inline: Session::handle, encode ───────────┐
 //!              │                 └─► blocking pool: Session::handle, encode ────┤ mpsc
