@@ -106,23 +106,19 @@ impl TlsClient {
     fn assert_closed(mut self) {
         let started = Instant::now();
         let mut buf = [0u8; 4096];
-        loop {
-            match self.stream.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => panic!("the server sent {n} more bytes"),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::ConnectionReset
-                            | ErrorKind::UnexpectedEof
-                            | ErrorKind::BrokenPipe
-                            | ErrorKind::ConnectionAborted
-                    ) =>
-                {
-                    break
-                }
-                Err(e) => panic!("the connection was not closed: {e}"),
-            }
+        match self.stream.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!("the server sent {n} more bytes"),
+            Err(e) => assert!(
+                matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionReset
+                        | ErrorKind::UnexpectedEof
+                        | ErrorKind::BrokenPipe
+                        | ErrorKind::ConnectionAborted
+                ),
+                "the connection was not closed: {e}"
+            ),
         }
         assert!(started.elapsed() < Duration::from_secs(10));
     }
