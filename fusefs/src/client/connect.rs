@@ -19,8 +19,11 @@ use tokio::time::timeout;
 
 /// The largest handshake reply a client reads.
 const MAX_REPLY: usize = 64 * 1024;
-/// Bytes read from the socket at a time beneath TLS: rustls asks for a few
-/// KiB at a time, and a system call per few KiB costs more than a copy.
+/// Bytes read from the socket at a time: rustls, and the frame reader's
+/// headers, ask for a few bytes or KiB at a time, and a system call per few
+/// KiB costs more than a copy. (Above TLS nothing more is buffered: rustls
+/// keeps the plaintext, and file data is read from it straight into the
+/// answer's buffer.)
 const SOCKET_BUFFER: usize = 256 * 1024;
 /// How much of what the server sent first is kept, to recognise a plaintext
 /// refusal where a TLS handshake was expected.
@@ -124,7 +127,7 @@ impl Connector {
         let tcp = self.tcp(tcp_bound).await?;
         match &self.tls {
             None => {
-                let mut plain: Transport = Box::new(tcp);
+                let mut plain: Transport = Box::new(BufReader::with_capacity(SOCKET_BUFFER, tcp));
                 let welcome = self.hello(&mut plain, Auth::Session).await?;
                 Ok((plain, welcome))
             }

@@ -63,7 +63,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
@@ -89,8 +89,6 @@ pub const RECONNECT_GRACE: Duration = Duration::from_millis(500);
 const RECONNECT_TCP: Duration = Duration::from_secs(1);
 /// How often deadlines and the server's silence are checked.
 const TICK: Duration = Duration::from_millis(100);
-/// Bytes read from the socket (or from TLS) at a time by the reader.
-const READ_BUFFER: usize = 256 * 1024;
 
 /// What a caller gets back: the reply or the errno to hand on.
 pub type OpResult = Result<Reply, Errno>;
@@ -476,8 +474,10 @@ impl Inner {
             }),
             reader: Mutex::new(None),
         });
+        // The transport buffers its socket reads already (see `connect`): the
+        // reader reads from it straight into each answer's own buffer.
         let reader = self.handle.spawn(read_loop(
-            BufReader::with_capacity(READ_BUFFER, read_half),
+            read_half,
             Arc::clone(&conn),
             Arc::downgrade(self),
         ));
@@ -727,11 +727,7 @@ fn fail(waiters: Vec<Waiter>) {
 }
 
 /// Reads answers on `conn` until it breaks, completing each request.
-async fn read_loop(
-    mut reader: BufReader<ReadHalf<Transport>>,
-    conn: Arc<Conn>,
-    inner: Weak<Inner>,
-) {
+async fn read_loop(mut reader: ReadHalf<Transport>, conn: Arc<Conn>, inner: Weak<Inner>) {
     loop {
         let outcome = frame::read_response_async(&mut reader).await;
         let Some(inner) = inner.upgrade() else { return };
