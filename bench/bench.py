@@ -24,6 +24,9 @@ from systems import Ferry, Local, MountTable, Processes, SetupError, Sshd, Sshfs
 from workloads import WORKLOADS, Context, Measurement
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_SYSTEMS = "local,ferry,ferry-insecure,sshfs"
+# What ferry-insecure is measured on: enough to show the cost of TLS.
+INSECURE_WORKLOADS = ("seq_write", "seq_read")
 
 
 def parse_args():
@@ -48,7 +51,9 @@ def parse_args():
                    "--rtt, where sshfs needs about 400 s to untar the tree at 50 ms)")
     p.add_argument("--only", help="comma-separated workload keys: " + ",".join(w.key for w in WORKLOADS)
                    + " (with --rtt: " + ",".join(rtt.RTT_KEYS) + ")")
-    p.add_argument("--systems", default="local,ferry,sshfs", help="subset of local,ferry,sshfs")
+    p.add_argument("--systems", default=DEFAULT_SYSTEMS,
+                   help=f"subset of {DEFAULT_SYSTEMS} (ferry-insecure: ferry without TLS and authentication, "
+                        "for the sequential workloads only, to show what TLS costs)")
     p.add_argument("--workdir", default="/var/tmp",
                    help="where the temp dir goes; all three systems keep their data there (default /var/tmp)")
     p.add_argument("--ssh-port", type=int, default=2222, help="loopback port for the private sshd (default 2222, "
@@ -66,7 +71,7 @@ def parse_args():
     a = p.parse_args()
     # Only a full run of everything with the default sizes replaces the published results.
     full = not (a.quick or a.only or a.size_mib or a.files or a.fio_seconds or a.tree) \
-        and a.systems == "local,ferry,sshfs"
+        and a.systems == DEFAULT_SYSTEMS
     a.rtts = None
     if a.rtt is not None:
         try:
@@ -85,9 +90,13 @@ def parse_args():
     a.fio_seconds = a.fio_seconds or (3 if a.quick else 10)
     a.par_mib = max(1, a.big_mib // 4)
     a.systems = [s.strip() for s in a.systems.split(",") if s.strip()]
-    unknown = set(a.systems) - {"local", "ferry", "sshfs"}
+    unknown = set(a.systems) - set(DEFAULT_SYSTEMS.split(","))
     if unknown or "local" not in a.systems:
-        p.error("--systems: choose from local,ferry,sshfs; local is needed (it is the reference)")
+        p.error(f"--systems: choose from {DEFAULT_SYSTEMS}; local is needed (it is the reference)")
+    if a.rtts is not None:
+        # The round-trip run compares ferry as users run it with sshfs; what
+        # TLS costs is the loopback run's question.
+        a.systems = [s for s in a.systems if s != "ferry-insecure"]
     keys = set(rtt.RTT_KEYS) if a.rtts is not None else {w.key for w in WORKLOADS}
     a.only = [k.strip() for k in a.only.split(",")] if a.only else None
     if a.only and set(a.only) - keys:
@@ -190,6 +199,8 @@ def main():
         systems.append(Local(cfg.tmp))
         if "ferry" in cfg.systems:
             systems.append(Ferry(cfg.tmp, procs, table, os.path.abspath(cfg.ferry), free_port()))
+        if "ferry-insecure" in cfg.systems:
+            systems.append(Ferry(cfg.tmp, procs, table, os.path.abspath(cfg.ferry), free_port(), insecure=True))
         if "sshfs" in cfg.systems:
             sshd = Sshd(cfg.tmp, procs, free_port(cfg.ssh_port))
             systems.append(Sshfs(cfg.tmp, procs, table, sshd))
@@ -211,6 +222,8 @@ def main():
                 info["workloads"][w.key] = w.title.format(**labels)
                 results[w.key] = {}
                 for s in systems:
+                    if s.name == "ferry-insecure" and w.key not in INSECURE_WORKLOADS:
+                        continue
                     print(f"{w.title.format(**labels)} — {s.name} ... ", end="", flush=True)
                     results[w.key][s.name] = m = measure(w, s, cfg, results)
                     print(("ok " if m.ok else "FAILED ") + describe(m), flush=True)

@@ -332,19 +332,28 @@ def parse_ferry_stats(text):
 
 
 class Ferry(FuseSystem):
+    """ferry as a user runs it: TLS and authentication on (the server makes its identity and the
+    export's token in a state directory of the run; the mount records the server on first contact and
+    reads the token from its file). With insecure=True, both ends run --insecure instead (plaintext, no
+    authentication): the reference that shows what TLS costs."""
+
     name = "ferry"
 
-    def __init__(self, base, procs, table, binary, port):
+    def __init__(self, base, procs, table, binary, port, insecure=False):
+        self.insecure = insecure
+        if insecure:
+            self.name = "ferry-insecure"
         super().__init__(base, procs, table)
         self.binary, self.port = binary, port
         self.log_mark = None
         self.stats = []  # parse_ferry_stats of every mount ended since the list was emptied
+        self.state = os.path.join(base, f"{self.name}-state")
         self.start_server()
 
     def remount(self):
         if self.server.poll() is not None:
             # Restart it, so the next workload can run; this one fails with the reason.
-            status, log = self.server.returncode, self.procs.log_tail("ferry-serve")
+            status, log = self.server.returncode, self.procs.log_tail(f"{self.name}-serve")
             try:
                 self.end()
             except SetupError:
@@ -352,7 +361,7 @@ class Ferry(FuseSystem):
             self.start_server()
             raise SetupError(f"ferry serve had exited with status {status}: {log}")
         self.end()
-        self.log_mark = self.procs.log_size("ferry-mount")
+        self.log_mark = self.procs.log_size(f"{self.name}-mount")
         super().remount()
 
     def end(self):
@@ -360,7 +369,7 @@ class Ferry(FuseSystem):
         super().end()
         if was_mounted and self.log_mark is not None:
             # The client has exited (or was stopped): its counts are in the log, if it printed them.
-            self.stats.append(parse_ferry_stats(self.procs.log_since("ferry-mount", self.log_mark)))
+            self.stats.append(parse_ferry_stats(self.procs.log_since(f"{self.name}-mount", self.log_mark)))
             self.log_mark = None
 
     def mount_env(self):
@@ -371,23 +380,38 @@ class Ferry(FuseSystem):
         # Root on the mount is root on the server, as sshfs logs in as root: the
         # workloads run as root and set owners (tar xf), as NFS test setups use
         # no_root_squash. ferry's default squashes a client's root.
-        self.server = self.procs.start("ferry-serve", [self.binary, "serve", self.export, "--listen",
-                                                        f"127.0.0.1:{self.port}",
-                                                        "--no-root-squash"])
+        self.server = self.procs.start(f"{self.name}-serve", [self.binary, "serve", self.export, "--listen",
+                                                               f"127.0.0.1:{self.port}",
+                                                               "--no-root-squash"] + self.security())
+
+    def security(self):
+        return ["--insecure"] if self.insecure else ["--state-dir", self.state]
         wait_port(self.port, self.server, "ferry serve")
+
+    def credentials(self):
+        if self.insecure:
+            return []
+        tokens = os.path.join(self.state, "tokens")
+        found = sorted(os.listdir(tokens)) if os.path.isdir(tokens) else []
+        if not found:
+            raise SetupError(f"ferry serve made no access token in {tokens}")
+        return ["--token-file", os.path.join(tokens, found[0])]
 
     def mount_argv(self):
         # Foreground (no --daemon): the benchmark knows the client's pid for CPU accounting.
         port = self.via.port if self.via else self.port
-        return [self.binary, "mount", f"127.0.0.1:{port}", self.root]
+        return [self.binary, "mount", f"127.0.0.1:{port}", self.root] + self.security() + self.credentials()
 
     def cpu(self):
         return {"server": cpu_seconds(self.server.pid),
                 "client": cpu_seconds(self.client.pid) if self.client else None}
 
     def describe(self):
-        return (f"ferry serve --no-root-squash (127.0.0.1:{self.port}) + ferry mount, "
-                "otherwise default options")
+        if self.insecure:
+            return (f"ferry serve --insecure --no-root-squash (127.0.0.1:{self.port}) + ferry mount --insecure: "
+                    "no TLS, no authentication")
+        return (f"ferry serve --no-root-squash (127.0.0.1:{self.port}) + ferry mount, otherwise default options: "
+                "TLS 1.3, the export's access token")
 
 
 class Sshd:

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How many kinds of operation there are.
-pub const OP_KINDS: usize = 27;
+pub const OP_KINDS: usize = 28;
 
 /// The kind of `op` as an index below [`OP_KINDS`]; [`op_kind_name`] is its name.
 pub fn op_kind(op: &Op) -> usize {
@@ -43,6 +43,7 @@ pub fn op_kind(op: &Op) -> usize {
         Op::ReleaseLocks { .. } => 24,
         Op::Fallocate { .. } => 25,
         Op::CopyFileRange { .. } => 26,
+        Op::Ping => 27,
     }
 }
 
@@ -76,6 +77,7 @@ pub fn op_kind_name(index: usize) -> &'static str {
         "releaselocks",
         "fallocate",
         "copy_file_range",
+        "ping",
     ];
     NAMES.get(index).copied().unwrap_or("?")
 }
@@ -347,6 +349,7 @@ mod tests {
                 offset_out: 0,
                 len: 0,
             },
+            Op::Ping,
         ];
         assert_eq!(ops.len(), OP_KINDS);
         let mut seen = [false; OP_KINDS];

@@ -69,6 +69,7 @@ pub(crate) fn schedule(op: &Op, alone: bool, handle_idle: impl FnOnce(u64) -> bo
         | Op::Rmdir { .. }
         | Op::Rename { .. }
         | Op::StatFs
+        | Op::Ping
         | Op::GetXattr { .. }
         | Op::ListXattr { .. }
         | Op::SetXattr { .. }
@@ -259,6 +260,7 @@ mod tests {
                 quick,
             ),
             (Op::StatFs, quick),
+            (Op::Ping, quick),
             (
                 Op::GetXattr {
                     path: path(),
@@ -337,7 +339,7 @@ mod tests {
         kinds.dedup();
         assert_eq!(
             kinds.len(),
-            27,
+            28,
             "one row (or more) per kind of Op: {kinds:?}"
         );
         for (op, [alone_idle, crowded_idle, alone_busy]) in ops {
