@@ -2,8 +2,10 @@
 //! generated from these same definitions (`ferry generate`).
 
 use clap::{Args, Parser, Subcommand};
+use ferry_fusefs::client::{ClientFlags, ConnectOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 const ADDRESS_HELP: &str = "\
 ADDRESS is HOST[:PORT][/EXPORT][:/DIR]: the port defaults to 7070; /EXPORT names one of the \
@@ -14,9 +16,10 @@ server:7070:/projects/a, [fd00::5]:7070/docs:/manuals.";
 const FSTAB_HELP: &str = "\
 mount(8) and /etc/fstab run ferry as mount.fuse.ferry (a link to this program):
 
-    server:7070 /mnt/data fuse.ferry _netdev,nofail,x-systemd.automount 0 0
+    server:7070 /mnt/data fuse.ferry _netdev,nofail,x-systemd.automount,token_file=/etc/ferry/data.token 0 0
 
-Mount options: ro (--read-only), allow_other, attr_timeout=SECS, timeout=SECS, threads=N; \
+Mount options: ro (--read-only), allow_other, attr_timeout=SECS, timeout=SECS, threads=N, \
+token_file=FILE, pin=SHA256:..., state_dir=DIR, insecure; \
 _netdev, nofail, auto, noauto, user, users, defaults, dev, suid, rw, nodev, nosuid and x-* are \
 accepted and left to mount(8) and systemd. The mount goes to the background once it is live.";
 
@@ -31,6 +34,43 @@ pub struct Cli {
     pub command: Cmd,
 }
 
+/// How a client checks the server and proves who it is. Secrets are never
+/// given on the command line: only paths to files (or the environment).
+#[derive(Args, Clone, Debug, Default, PartialEq)]
+pub struct ClientArgs {
+    /// Where the client keeps known_servers and its identity (default:
+    /// ~/.local/state/ferry, or /var/lib/ferry as root).
+    #[arg(long, value_name = "DIR", env = "FERRY_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Accept only the server whose certificate has this fingerprint (as `ferry serve` prints it).
+    #[arg(long, value_name = "SHA256:…")]
+    pub pin: Option<String>,
+    /// A file holding the export's access token (or set FERRY_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// No TLS, no authentication: only for a server run with --insecure.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl ClientArgs {
+    /// How to connect, with requests failing after `timeout`.
+    pub fn options(&self, timeout: Duration) -> Result<ConnectOptions, String> {
+        let flags = ClientFlags {
+            state_dir: self.state_dir.clone(),
+            pin: self.pin.clone(),
+            token_file: self.token_file.clone(),
+            insecure: self.insecure,
+        };
+        if self.insecure {
+            eprintln!(
+                "ferry: warning: --insecure: nothing is encrypted and the server is not checked"
+            );
+        }
+        ConnectOptions::from_flags(&flags, timeout)
+    }
+}
+
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Export directories to ferry clients.
@@ -38,6 +78,13 @@ pub enum Cmd {
         (FERRY_LISTEN, FERRY_READ_ONLY, FERRY_MAX_CONNECTIONS, FERRY_METRICS), as the \
         ferry-serve@.service unit does.")]
     Serve(ServeArgs),
+    /// Make this client's identity (a key and certificate) for servers that
+    /// authorize clients by certificate, and print its fingerprint.
+    Keygen {
+        /// Where to keep it (default: ~/.local/state/ferry, or /var/lib/ferry as root).
+        #[arg(long, value_name = "DIR", env = "FERRY_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
     /// Mount an export at MOUNTPOINT (stays in the foreground until unmounted or signalled).
     #[command(after_help = ADDRESS_HELP, after_long_help = format!("{ADDRESS_HELP}\n\n{FSTAB_HELP}"))]
     Mount(MountArgs),
@@ -55,6 +102,8 @@ pub enum Cmd {
         /// The directory or file to list, relative to the export.
         #[arg(default_value = ".")]
         path: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Download a remote file (to ./BASENAME by default).
     #[command(after_help = ADDRESS_HELP)]
@@ -67,6 +116,8 @@ pub enum Cmd {
         /// Where to write it: a file name, or an existing directory to put it in
         /// (a trailing `/` says it must be one). Default: the current directory.
         local: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Upload a file; the remote file appears whole or not at all.
     #[command(after_help = ADDRESS_HELP)]
@@ -79,6 +130,8 @@ pub enum Cmd {
         /// Where to put it, relative to the export: a file name, or an existing
         /// directory (a trailing `/` says it must be one). Default: the export's root.
         remote: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Try ferry at once: export DIR/export and mount it at DIR/mnt, in one process.
     Demo {
@@ -128,6 +181,23 @@ pub struct ServeArgs {
     /// Let clients make device nodes (only a client's root, with --no-root-squash, can).
     #[arg(long, env = "FERRY_ALLOW_DEVICES")]
     pub allow_devices: bool,
+    /// Most connections from one IP address at once.
+    #[arg(long, env = "FERRY_MAX_PER_ADDRESS", default_value_t = ferry_server::DEFAULT_MAX_PER_ADDRESS)]
+    pub max_per_address: usize,
+    /// Seconds a connection holding no open file or lock may stay idle.
+    #[arg(long, env = "FERRY_IDLE_TIMEOUT", default_value_t = ferry_server::DEFAULT_IDLE_TIMEOUT.as_secs_f64())]
+    pub idle_timeout: f64,
+    /// Where the server keeps its key, certificate, access tokens and
+    /// authorized_clients (default: ~/.local/state/ferry, or /var/lib/ferry
+    /// as root); never inside an export.
+    #[arg(long, value_name = "DIR", env = "FERRY_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// No TLS and no authentication: anyone who reaches the port gets in.
+    #[arg(long, env = "FERRY_INSECURE")]
+    pub insecure: bool,
+    /// With --insecure, listen on an address other than loopback anyway.
+    #[arg(long, requires = "insecure")]
+    pub allow_insecure_network: bool,
 }
 
 #[derive(Args, Clone, Debug, PartialEq)]
@@ -155,6 +225,8 @@ pub struct MountArgs {
     /// Seconds a request may wait for the server before failing with ETIMEDOUT (fsync: ten times that).
     #[arg(long, default_value_t = 60.0)]
     pub timeout: f64,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// `NAME=DIR`, as `--export` takes it.

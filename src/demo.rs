@@ -6,15 +6,21 @@
 //! demo's export directory and sample file. (Letting a client's root be root
 //! would let any local user who reaches the port be root on this machine.) Run
 //! by anyone else, everything acts as, and belongs to, that user.
+//!
+//! TLS and authentication are on, as always: the server's identity and the
+//! export's token live in DIR/state, and the mount pins the server and uses
+//! the token itself.
 
 use crate::mounting::mount_error;
 use crate::serve::runtime;
+use ferry_fusefs::client::ConnectOptions;
 use ferry_fusefs::mount::{self, MountOptions, StopSignals};
 use ferry_fusefs::status::StatusServer;
 use ferry_fusefs::RemoteClient;
-use ferry_server::{Server, ServerConfig, Squash, DEFAULT_ANON_ID};
+use ferry_server::{Security, Server, ServerConfig, Squash, TlsServer, DEFAULT_ANON_ID};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub fn run(base: &Path) -> Result<(), String> {
     let export = base.join("export");
@@ -42,7 +48,17 @@ pub fn run(base: &Path) -> Result<(), String> {
             .map_err(|e| format!("cannot give {} to nobody: {e}", export.display()))?;
     }
     let mountpoint = mount::check_mountpoint(&mnt)?;
-    let mut config = ServerConfig::new(export.clone(), SocketAddr::from(([127, 0, 0, 1], 0)));
+    let tls = Arc::new(TlsServer::open(&base.join("state"), &export)?);
+    let token = tls
+        .token(None)
+        .cloned()
+        .ok_or("the demo's export has no access token")?;
+    let connect = ConnectOptions::pinned(tls.fingerprint(), Some(token));
+    let mut config = ServerConfig::new(
+        export.clone(),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        Security::Tls(Arc::clone(&tls)),
+    );
     config.max_connections = 64;
     if as_root {
         config.identities.squash = Squash::All;
@@ -57,7 +73,8 @@ pub fn run(base: &Path) -> Result<(), String> {
         let _ = stop_rx.await;
     }));
     let result = (|| {
-        let client = RemoteClient::connect(&addr.to_string()).map_err(|e| e.to_string())?;
+        let client =
+            RemoteClient::connect(&addr.to_string(), &connect).map_err(|e| e.to_string())?;
         let signals = StopSignals::catch().map_err(|e| format!("cannot catch signals: {e}"))?;
         let mounted = mount::mount(client, &mountpoint, &MountOptions::default())
             .map_err(|e| mount_error(&mountpoint, e))?;
@@ -74,7 +91,11 @@ pub fn run(base: &Path) -> Result<(), String> {
             mountpoint.display()
         );
         let ferry = this_program();
-        println!("  from another terminal: {ferry} ls {addr}");
+        println!(
+            "  from another terminal: {ferry} ls {addr} --pin {} --token-file {}",
+            tls.fingerprint(),
+            tls.token_path().display()
+        );
         println!("  and:  {ferry} status {}", mountpoint.display());
         if as_root {
             println!("  every user of the mount, root too, acts as nobody, who owns the export");

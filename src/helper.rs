@@ -33,6 +33,10 @@ const OPTIONS: &[(&str, Maps)] = &[
     ("attr_timeout", Maps::Value("--attr-timeout")),
     ("timeout", Maps::Value("--timeout")),
     ("threads", Maps::Value("--threads")),
+    ("token_file", Maps::Value("--token-file")),
+    ("pin", Maps::Value("--pin")),
+    ("state_dir", Maps::Value("--state-dir")),
+    ("insecure", Maps::Flag("--insecure")),
 ];
 
 /// Options meant for mount(8) or systemd, or what ferry does anyway (it always

@@ -7,11 +7,13 @@ mod args;
 mod demo;
 mod generate;
 mod helper;
+mod keygen;
 mod mounting;
 mod serve;
 
 use args::{Cli, Cmd};
 use clap::Parser;
+use ferry_fusefs::client::DEFAULT_TIMEOUT;
 use ferry_fusefs::{cli, status};
 use std::io;
 use std::process::ExitCode;
@@ -50,28 +52,38 @@ fn run_helper(argv: &[std::ffi::OsString]) -> Result<(), String> {
 fn run(cmd: Cmd) -> Result<(), String> {
     match cmd {
         Cmd::Serve(args) => serve::run(args),
+        Cmd::Keygen { state_dir } => keygen::run(state_dir),
         Cmd::Mount(args) => mounting::run(&args, false),
         Cmd::Status { mountpoint } => {
             print!("{}", status::query(&mountpoint)?);
             Ok(())
         }
-        Cmd::Ls { addr, path } => {
-            cli::ls(&addr, &path, &mut io::stdout().lock()).map_err(|e| e.to_string())
+        Cmd::Ls { addr, path, client } => {
+            let connect = client.options(DEFAULT_TIMEOUT)?;
+            cli::ls(&addr, &connect, &path, &mut io::stdout().lock()).map_err(|e| e.to_string())
         }
         Cmd::Get {
             addr,
             remote,
             local,
-        } => cli::get(&addr, &remote, local.as_deref())
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+            client,
+        } => {
+            let connect = client.options(DEFAULT_TIMEOUT)?;
+            cli::get(&addr, &connect, &remote, local.as_deref())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
         Cmd::Put {
             addr,
             local,
             remote,
-        } => cli::put(&addr, &local, remote.as_deref())
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+            client,
+        } => {
+            let connect = client.options(DEFAULT_TIMEOUT)?;
+            cli::put(&addr, &connect, &local, remote.as_deref())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
         Cmd::Demo { dir } => demo::run(&dir),
         Cmd::Generate { out } => generate::run(&out),
     }

@@ -2,6 +2,7 @@
 //! mount, and `--daemon`, which returns once a background copy has the mount live.
 
 use crate::args::MountArgs;
+use ferry_fusefs::client::ConnectOptions;
 use ferry_fusefs::mount::{self, MountOptions, StopSignals};
 use ferry_fusefs::status::StatusServer;
 use ferry_fusefs::{FsOptions, RemoteClient};
@@ -39,10 +40,10 @@ pub fn run(args: &MountArgs, fake: bool) -> Result<(), String> {
         threads: args.threads,
         allow_other: args.allow_other,
     };
-    let timeout = Duration::from_secs_f64(args.timeout);
+    let connect = args.client.options(Duration::from_secs_f64(args.timeout))?;
     if fake {
         mount::check_mountpoint(&args.mountpoint)?;
-        RemoteClient::connect_with_timeout(&args.addr, timeout)
+        RemoteClient::connect(&args.addr, &connect)
             .map_err(|e| e.to_string())?
             .shutdown();
         return Ok(());
@@ -50,17 +51,17 @@ pub fn run(args: &MountArgs, fake: bool) -> Result<(), String> {
     if args.daemon && std::env::var_os(DAEMON_CHILD_ENV).is_none() {
         return daemonize(args);
     }
-    mount_foreground(&args.addr, &args.mountpoint, &opts, timeout)
+    mount_foreground(&args.addr, &args.mountpoint, &opts, &connect)
 }
 
 fn mount_foreground(
     addr: &str,
     mountpoint: &Path,
     opts: &MountOptions,
-    timeout: Duration,
+    connect: &ConnectOptions,
 ) -> Result<(), String> {
     let mountpoint = mount::check_mountpoint(mountpoint)?;
-    let client = RemoteClient::connect_with_timeout(addr, timeout).map_err(|e| e.to_string())?;
+    let client = RemoteClient::connect(addr, connect).map_err(|e| e.to_string())?;
     let signals = StopSignals::catch().map_err(|e| format!("cannot catch signals: {e}"))?;
     let mounted =
         mount::mount(client, &mountpoint, opts).map_err(|e| mount_error(&mountpoint, e))?;
@@ -141,6 +142,23 @@ fn foreground_args(args: &MountArgs) -> Vec<OsString> {
     }
     if args.allow_other {
         argv.push("--allow-other".into());
+    }
+    // Credentials travel as file paths, as they came.
+    let client = &args.client;
+    if let Some(dir) = &client.state_dir {
+        argv.push("--state-dir".into());
+        argv.push(dir.clone().into());
+    }
+    if let Some(pin) = &client.pin {
+        argv.push("--pin".into());
+        argv.push(pin.clone().into());
+    }
+    if let Some(file) = &client.token_file {
+        argv.push("--token-file".into());
+        argv.push(file.clone().into());
+    }
+    if client.insecure {
+        argv.push("--insecure".into());
     }
     argv.push("--".into());
     argv.push(args.addr.clone().into());

@@ -2,9 +2,13 @@
 //! and its `--metrics` endpoint beside it.
 
 use crate::args::ServeArgs;
-use ferry_server::{IdentityMap, Server, ServerConfig, Squash};
+use crate::keygen::state_dir_or_default;
+use ferry_server::{IdentityMap, Security, Server, ServerConfig, Squash, TlsServer};
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
@@ -20,6 +24,13 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             args.listen
         )
     })?;
+    if !(args.idle_timeout.is_finite() && args.idle_timeout > 0.0) {
+        return Err(format!(
+            "--idle-timeout must be a positive number of seconds, not {}",
+            args.idle_timeout
+        ));
+    }
+    let security = server_security(&args, listen)?;
     let squash = match (args.no_root_squash, args.all_squash) {
         (true, _) => Squash::None,
         (_, true) => Squash::All,
@@ -38,6 +49,9 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             listen,
             read_only: args.read_only,
             max_connections: args.max_connections,
+            max_per_address: args.max_per_address,
+            idle_timeout: Duration::from_secs_f64(args.idle_timeout),
+            security: security.clone(),
             identities,
             allow_devices: args.allow_devices,
         })
@@ -63,13 +77,6 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
                 .map(|(name, dir)| format!("{} as {name}", shown(dir))),
         );
         let what = what.join(", ");
-        if !addr.ip().is_loopback() {
-            log::warn!(
-                "listening on {addr} without authentication or encryption: anyone who can reach \
-                 this port can read{} {what}",
-                if args.read_only { "" } else { " and change" },
-            );
-        }
         let metrics = match args.metrics {
             Some(at) => {
                 let listener = tokio::net::TcpListener::bind(at)
@@ -85,15 +92,75 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             }
             None => String::new(),
         };
-        println!(
+        // Whoever started the server may stop reading its output (a script
+        // that wanted the address): that must not stop the server.
+        let say = |line: String| {
+            let mut out = io::stdout().lock();
+            let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        };
+        say(format!(
             "ferry: exporting {what} on {addr}{}{metrics}",
             if args.read_only { " (read-only)" } else { "" }
-        );
+        ));
+        if let Security::Tls(tls) = &security {
+            say(format!(
+                "ferry: server certificate {} (clients record it on first contact, or take it \
+                 with --pin)",
+                tls.fingerprint()
+            ));
+            for (export, token) in tls.token_paths() {
+                say(format!(
+                    "ferry: clients of {} authenticate with the access token in {} (copy it to \
+                     them: --token-file FILE) or a client certificate listed in {}",
+                    export.map_or("the default export".to_string(), |n| format!("export {n}")),
+                    token.display(),
+                    tls.authorized_clients_path().display()
+                ));
+            }
+        }
         server
             .run(shutdown_signal())
             .await
             .map_err(|e| format!("server failed: {e}"))
     })
+}
+
+/// TLS with the identity and each export's token in the state directory (made
+/// on first start), or `--insecure` where it is allowed.
+fn server_security(args: &ServeArgs, listen: SocketAddr) -> Result<Security, String> {
+    let mut exports: Vec<(Option<String>, PathBuf)> =
+        args.dir.iter().map(|d| (None, d.clone())).collect();
+    exports.extend(
+        args.exports
+            .iter()
+            .map(|(name, dir)| (Some(name.clone()), dir.clone())),
+    );
+    let shown: Vec<String> = exports
+        .iter()
+        .map(|(_, d)| d.display().to_string())
+        .collect();
+    if args.insecure {
+        if !listen.ip().is_loopback() && !args.allow_insecure_network {
+            return Err(format!(
+                "--insecure on {listen} would let anyone who can reach that address read and \
+                 change {} with no credentials and no encryption; listen on 127.0.0.1, or, if \
+                 every machine on that network is trusted, add --allow-insecure-network",
+                shown.join(", ")
+            ));
+        }
+        eprintln!(
+            "ferry: WARNING: --insecure: no TLS and no authentication; anyone who can reach \
+             {listen} can read and change {}",
+            shown.join(", ")
+        );
+        return Ok(Security::Insecure);
+    }
+    let state = state_dir_or_default(args.state_dir.clone())?;
+    let tls = TlsServer::open_exports(&state, &exports)?;
+    for made in tls.made() {
+        eprintln!("ferry: {made}");
+    }
+    Ok(Security::Tls(Arc::new(tls)))
 }
 
 /// Whose permissions the server's clients get, in one line for the operator.

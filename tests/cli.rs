@@ -26,7 +26,11 @@ fn ls_get_put_round_trip_with_a_100_mib_file() {
     // The transfer, not squashing, is under test: root here is root there.
     let served = Served::start(&export, &["--no-root-squash"]);
 
-    let out = ferry().args(["ls", &served.addr, "docs"]).output().unwrap();
+    let out = served
+        .client()
+        .args(["ls", &served.addr, "docs"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
@@ -39,7 +43,7 @@ fn ls_get_put_round_trip_with_a_100_mib_file() {
             .any(|l| l.starts_with('l') && l.ends_with("link -> a.txt")),
         "{text}"
     );
-    let root = ferry().args(["ls", &served.addr]).output().unwrap();
+    let root = served.client().args(["ls", &served.addr]).output().unwrap();
     assert!(String::from_utf8_lossy(&root.stdout)
         .lines()
         .any(|l| l.starts_with('d') && l.ends_with("docs")));
@@ -50,7 +54,8 @@ fn ls_get_put_round_trip_with_a_100_mib_file() {
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     fs::write(&big, &data).unwrap();
-    let put = ferry()
+    let put = served
+        .client()
         .args(["put", &served.addr])
         .arg(&big)
         .arg("docs")
@@ -73,7 +78,8 @@ fn ls_get_put_round_trip_with_a_100_mib_file() {
     );
 
     let down = t.path().join("down.bin");
-    let get = ferry()
+    let get = served
+        .client()
         .args(["get", &served.addr, "docs/big.bin"])
         .arg(&down)
         .output()
@@ -84,7 +90,8 @@ fn ls_get_put_round_trip_with_a_100_mib_file() {
     // get with no LOCAL writes ./basename
     let cwd = t.path().join("cwd");
     fs::create_dir(&cwd).unwrap();
-    let get = ferry()
+    let get = served
+        .client()
         .current_dir(&cwd)
         .args(["get", &served.addr, "/docs/a.txt"])
         .output()
@@ -94,7 +101,8 @@ fn ls_get_put_round_trip_with_a_100_mib_file() {
 
     // put to an explicit new name replaces atomically
     fs::write(t.path().join("v2"), "beta").unwrap();
-    let put = ferry()
+    let put = served
+        .client()
         .args(["put", &served.addr])
         .arg(t.path().join("v2"))
         .arg("docs/a.txt")
@@ -129,6 +137,7 @@ fn progress_bar_on_a_terminal() {
         t.path().join("out.bin").display()
     );
     let out = Command::new("script")
+        .envs(served.client_env())
         .args(["-qec", &cmd, "/dev/null"])
         .output()
         .unwrap();
@@ -154,7 +163,8 @@ fn clear_errors_and_nonzero_exit() {
     fs::create_dir(&export).unwrap();
     let served = Served::start(&export, &[]);
 
-    let out = ferry()
+    let out = served
+        .client()
         .current_dir(t.path())
         .args(["get", &served.addr, "docs/x.txt"])
         .output()
@@ -167,18 +177,24 @@ fn clear_errors_and_nonzero_exit() {
         "nothing is created locally on failure"
     );
 
-    let out = ferry().args(["ls", &served.addr, "nope"]).output().unwrap();
+    let out = served
+        .client()
+        .args(["ls", &served.addr, "nope"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such remote path: nope"));
 
-    let out = ferry()
+    let out = served
+        .client()
         .args(["put", &served.addr, "/definitely/not/here"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /definitely/not/here"));
 
-    let out = ferry()
+    let out = served
+        .client()
         .args(["get", &served.addr, "../etc/passwd"])
         .output()
         .unwrap();
@@ -212,7 +228,8 @@ fn read_only_serve_refuses_put() {
     fs::create_dir(&export).unwrap();
     let served = Served::start(&export, &["--read-only"]);
     fs::write(t.path().join("f"), "x").unwrap();
-    let out = ferry()
+    let out = served
+        .client()
         .args(["put", &served.addr])
         .arg(t.path().join("f"))
         .output()
@@ -268,7 +285,8 @@ fn mount_in_the_foreground_and_stop_with_sigterm_or_sigint() {
         _guard,
     } = Mountable::new();
     for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
-        let mut child = ferry()
+        let mut child = served
+            .client()
             .args(["mount", &served.addr])
             .arg(&mnt)
             .stderr(Stdio::null())
@@ -298,7 +316,8 @@ fn mount_daemon_returns_when_ready_and_exits_on_unmount() {
         served,
         _guard,
     } = Mountable::new();
-    let out = ferry()
+    let out = served
+        .client()
         .args(["mount", "--daemon", &served.addr])
         .arg(&mnt)
         .output()
@@ -322,7 +341,8 @@ fn mount_refuses_a_bad_mountpoint() {
     let full = t.path().join("full");
     fs::create_dir(&full).unwrap();
     fs::write(full.join("x"), "").unwrap();
-    let out = ferry()
+    let out = served
+        .client()
         .args(["mount", &served.addr])
         .arg(&full)
         .output()
@@ -332,7 +352,8 @@ fn mount_refuses_a_bad_mountpoint() {
         String::from_utf8_lossy(&out.stderr).contains("is not an empty directory"),
         "{out:?}"
     );
-    let out = ferry()
+    let out = served
+        .client()
         .args(["mount", &served.addr])
         .arg(t.path().join("absent"))
         .output()
@@ -411,11 +432,21 @@ fn successful_commands_print_no_warning() {
         vec!["get", &served.addr, "a", got.to_str().unwrap()];
         5
     ]);
-    for args in runs {
-        let out = ferry().args(&args).env_remove("RUST_LOG").output().unwrap();
+    for (i, args) in runs.iter().enumerate() {
+        let out = ferry().args(args).env_remove("RUST_LOG").output().unwrap();
         assert!(out.status.success(), "{args:?}: {out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.is_empty(), "{args:?} printed: {err}");
+        // The first contact says, once, that the server's certificate was
+        // recorded (as ssh does); nothing else is printed, ever.
+        let expected = if i == 0 {
+            err.lines()
+                .filter(|l| !l.starts_with("ferry: first connection to "))
+                .count()
+                == 0
+        } else {
+            err.is_empty()
+        };
+        assert!(expected, "{args:?} printed: {err}");
     }
 }
 
@@ -672,6 +703,18 @@ fn metrics_count_what_the_server_does() {
     );
 }
 
+/// The access token of `served`'s export.
+fn token_of(served: &Served) -> String {
+    let tokens = served.state.join("tokens");
+    let file = fs::read_dir(&tokens)
+        .unwrap()
+        .next()
+        .expect("a token file")
+        .unwrap()
+        .path();
+    fs::read_to_string(file).unwrap().trim().to_string()
+}
+
 /// `ferry get` and `put` meet the permissions of the user running them, checked
 /// on the server: nobody cannot download root's private file, and root on a
 /// client is nobody there unless the server says otherwise.
@@ -693,9 +736,19 @@ fn get_and_put_meet_the_servers_permissions() {
     fs::set_permissions(&out, fs::Permissions::from_mode(0o777)).unwrap();
     let served = Served::start(&export, &[]);
     let ferry_bin = env!("CARGO_BIN_EXE_ferry");
+    // nobody's own state directory (for known_servers), and the export's token.
+    let nobody_state = t.path().join("nobody-state");
+    fs::create_dir(&nobody_state).unwrap();
+    std::os::unix::fs::chown(&nobody_state, Some(65534), Some(65534)).unwrap();
+    let token = token_of(&served);
+    let state_env = format!("FERRY_STATE_DIR={}", nobody_state.display());
+    let token_env = format!("FERRY_TOKEN={token}");
     let get_as_nobody = |remote: &str| {
         let dest = out.join(remote);
         common::as_nobody(&[
+            "env",
+            &state_env,
+            &token_env,
             ferry_bin,
             "get",
             &served.addr,
@@ -738,7 +791,102 @@ fn get_and_put_meet_the_servers_permissions() {
     assert_eq!(fs::read(out.join("root-got")).unwrap(), b"root only");
 }
 
+fn insecure_is_refused_off_loopback_without_a_second_flag() {
+    let t = tmp();
+    let export = t.path().join("export");
+    fs::create_dir(&export).unwrap();
+    fs::write(export.join("f"), "x").unwrap();
+    let out = ferry()
+        .arg("serve")
+        .arg(&export)
+        .args(["--listen", "0.0.0.0:0", "--insecure"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--allow-insecure-network"), "{err}");
+    // Repeating the intent lets it start (this test only talks to 127.0.0.1).
+    let served = Served::start(
+        &export,
+        &[
+            "--insecure",
+            "--allow-insecure-network",
+            "--listen",
+            "0.0.0.0:0",
+        ],
+    );
+    let port = served.addr.rsplit_once(':').unwrap().1;
+    let out = ferry()
+        .args(["ls", &format!("127.0.0.1:{port}"), "--insecure"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(" f"));
+    // A client that expects TLS is told what the server runs.
+    let out = ferry()
+        .args(["ls", &format!("127.0.0.1:{port}"), "--state-dir"])
+        .arg(t.path().join("client-state"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("without TLS"), "{err}");
+}
+
+fn keygen_then_authorize_and_revoke_a_client_certificate() {
+    let t = tmp();
+    let export = t.path().join("export");
+    fs::create_dir(&export).unwrap();
+    fs::write(export.join("f"), "x").unwrap();
+    let served = Served::start(&export, &[]);
+    let client_state = t.path().join("client-state");
+    let keygen = ferry()
+        .args(["keygen", "--state-dir"])
+        .arg(&client_state)
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    let printed = String::from_utf8_lossy(&keygen.stdout).into_owned();
+    // The last line is the one to add on the server.
+    let line = printed.lines().last().unwrap().to_string();
+    assert!(line.starts_with("SHA256:"), "{printed}");
+    let ls = || {
+        ferry()
+            .env_remove("FERRY_TOKEN")
+            .args(["ls", &served.addr, "--state-dir"])
+            .arg(&client_state)
+            .output()
+            .unwrap()
+    };
+    let out = ls();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not authorized"), "{err}");
+    // The first contact recorded the server for this client.
+    let known = fs::read_to_string(client_state.join("known_servers")).unwrap();
+    assert!(known.starts_with(&served.addr), "{known}");
+
+    let authorized = served.state.join("authorized_clients");
+    fs::write(&authorized, format!("{line}\n")).unwrap();
+    let out = ls();
+    assert!(out.status.success(), "{out:?}");
+    fs::write(&authorized, "").unwrap();
+    let out = ls();
+    assert!(!out.status.success(), "revoked, yet {out:?}");
+    // keygen again keeps the identity.
+    let again = ferry()
+        .args(["keygen", "--state-dir"])
+        .arg(&client_state)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains(line.split_whitespace().next().unwrap())
+    );
+}
+
 tests! {
+    insecure_is_refused_off_loopback_without_a_second_flag => [],
+    keygen_then_authorize_and_revoke_a_client_certificate => [],
     ls_get_put_round_trip_with_a_100_mib_file => [],
     get_and_put_meet_the_servers_permissions => [Root],
     progress_bar_on_a_terminal => [],

@@ -530,7 +530,8 @@ fn read_only_server_refuses_writes_from_a_read_write_client() {
         read_only_server: true,
         ..Setup::default()
     });
-    let client = ferry_fusefs::RemoteClient::connect(&f.addr()).unwrap();
+    let options = f.connect_options(ferry_fusefs::client::DEFAULT_TIMEOUT);
+    let client = ferry_fusefs::RemoteClient::connect(&f.addr(), &options).unwrap();
     let me = ferry_fusefs::creds::own();
     let r = client.call(
         &me,

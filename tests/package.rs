@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::binary::{wait_mounted, MountGuard, Served};
+use common::binary::{state_dir, wait_mounted, MountGuard, Served};
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -173,9 +173,13 @@ fn the_debian_package_installs_and_serves() {
     {
         let served = Served::start(&export, &[]);
         let _guard = MountGuard(mnt.clone());
+        // This test's client state (mount(8) passes no environment on), so
+        // that nothing lands in the machine's /var/lib/ferry.
         run_ok(
             Command::new("mount")
-                .args(["-t", "fuse.ferry", &served.addr])
+                .args(["-t", "fuse.ferry", "-o"])
+                .arg(format!("state_dir={}", state_dir().display()))
+                .arg(&served.addr)
                 .arg(&mnt),
         );
         assert_eq!(
@@ -205,9 +209,11 @@ fn the_debian_package_installs_and_serves() {
     // ... and its ExecStart serves the export the instance names.
     let argv = exec_start(&unit, &export, instance);
     assert_eq!(argv[0], "/usr/bin/ferry");
+    // The unit's state directory is /var/lib/ferry; this one is the test's.
     let mut server = Command::new(&argv[0])
         .args(&argv[1..])
         .env("FERRY_LISTEN", "127.0.0.1:0")
+        .env("FERRY_STATE_DIR", state_dir())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -222,6 +228,7 @@ fn the_debian_package_installs_and_serves() {
         .map(|a| a.trim_end_matches(';').to_string())
         .unwrap_or_else(|| panic!("unexpected banner {banner:?}"));
     let listing = Command::new("/usr/bin/ferry")
+        .env("FERRY_STATE_DIR", state_dir())
         .args(["ls", &addr])
         .output()
         .unwrap();

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::binary::{ferry, is_mounted, wait_mounted, wait_timeout, MountGuard, Served};
+use common::binary::{
+    ferry, is_mounted, state_dir, wait_mounted, wait_timeout, MountGuard, Served,
+};
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -48,6 +50,12 @@ impl Setup {
             _guard,
         }
     }
+}
+
+/// The mount option that gives the helper this test's client state directory
+/// (mount(8) runs helpers without the caller's environment).
+fn credentials() -> String {
+    format!("state_dir={}", state_dir().display())
 }
 
 /// `/sbin/mount.fuse.ferry` and `/sbin/mount.ferry` pointing at the built
@@ -137,7 +145,8 @@ fn mount_t_fuse_ferry_and_umount() {
     // mount(8) finds /sbin/mount.fuse.ferry for the type fuse.ferry.
     run_ok(
         Command::new("mount")
-            .args(["-t", "fuse.ferry", "-o", "ro,attr_timeout=2"])
+            .args(["-t", "fuse.ferry", "-o"])
+            .arg(format!("ro,attr_timeout=2,{}", credentials()))
             .arg(format!("{}:/sub", s.served.addr))
             .arg(&s.mnt),
     );
@@ -153,7 +162,8 @@ fn mount_t_fuse_ferry_and_umount() {
     // mount.ferry for the type ferry.
     run_ok(
         Command::new("mount")
-            .args(["-t", "ferry"])
+            .args(["-t", "ferry", "-o"])
+            .arg(credentials())
             .arg(&s.served.addr)
             .arg(&s.mnt),
     );
@@ -192,14 +202,27 @@ fn mount_a_with_the_documented_fstab_line() {
     let _links = HelperLinks::to(&root.join("bin/ferry"));
     // The README's line, with this test's server and mountpoint.
     let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let documented = "server:7070 /mnt/data fuse.ferry _netdev,nofail,x-systemd.automount 0 0";
+    let documented = "server:7070 /mnt/data fuse.ferry \
+        _netdev,nofail,x-systemd.automount,token_file=/etc/ferry/data.token 0 0";
     assert!(
         readme.contains(documented),
         "README.md documents {documented:?}"
     );
+    // The state directory too, so that the server is recorded in this test's
+    // known_servers rather than in the machine's (/var/lib/ferry).
+    let token = fs::read_dir(state_dir().join("tokens"))
+        .unwrap()
+        .next()
+        .expect("a token file")
+        .unwrap()
+        .path();
     let line = documented
         .replace("server:7070", &s.served.addr)
-        .replace("/mnt/data", s.mnt.to_str().unwrap());
+        .replace("/mnt/data", s.mnt.to_str().unwrap())
+        .replace(
+            "/etc/ferry/data.token",
+            &format!("{},state_dir={}", token.display(), state_dir().display()),
+        );
     let fstab = s.t.path().join("fstab");
     fs::write(&fstab, format!("# ferry\n{line}\n")).unwrap();
     run_ok(Command::new("mount").arg("-a").arg("-T").arg(&fstab));
@@ -447,6 +470,8 @@ fn sed_in_place_on_a_mount_logs_nothing() {
     let noise: Vec<&str> = logged
         .lines()
         .filter(|l| !l.starts_with("ferry: mounted "))
+        // A server met for the first time is recorded, once, as ssh does.
+        .filter(|l| !l.starts_with("ferry: first connection to "))
         .collect();
     assert!(noise.is_empty(), "the mount logged: {logged}");
 }

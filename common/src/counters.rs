@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How many kinds of operation there are.
-pub const OP_KINDS: usize = 29;
+pub const OP_KINDS: usize = 30;
 
 /// The kind of `op` as an index below [`OP_KINDS`]; [`op_kind_name`] is its name.
 pub fn op_kind(op: &Op) -> usize {
@@ -43,8 +43,9 @@ pub fn op_kind(op: &Op) -> usize {
         Op::ReleaseLocks { .. } => 24,
         Op::Fallocate { .. } => 25,
         Op::CopyFileRange { .. } => 26,
-        Op::List { .. } => 27,
-        Op::OpenRead { .. } => 28,
+        Op::Ping => 27,
+        Op::List { .. } => 28,
+        Op::OpenRead { .. } => 29,
     }
 }
 
@@ -78,6 +79,7 @@ pub fn op_kind_name(index: usize) -> &'static str {
         "releaselocks",
         "fallocate",
         "copy_file_range",
+        "ping",
         "list",
         "openread",
     ];
@@ -351,6 +353,7 @@ mod tests {
                 offset_out: 0,
                 len: 0,
             },
+            Op::Ping,
             Op::List {
                 path: p(),
                 cursor: 0,

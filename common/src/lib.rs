@@ -21,17 +21,24 @@
 //!   status` and the server's metrics.
 //! - [`address`]: how a person names a server, an export on it and a directory
 //!   in that (`HOST[:PORT][/EXPORT][:/DIR]`).
+//! - [`auth`]: fingerprints, access tokens and the session-bound proof of a
+//!   token; [`tls`]: TLS 1.3 on aws-lc-rs with pinned self-signed
+//!   certificates. Every cryptographic choice lives in these two.
+//! - [`state`]: the state directory and the names of the files in it.
 
 #![warn(unreachable_pub)]
 
 pub mod address;
 pub mod attr;
+pub mod auth;
 pub mod counters;
 pub mod errno;
 pub mod frame;
 pub mod path;
 pub mod proto;
+pub mod state;
 pub mod sync;
+pub mod tls;
 
 pub use address::Address;
 pub use attr::{Attr, FileKind, StatFs, Timestamp};

@@ -1,7 +1,9 @@
 //! The messages of ferry's protocol.
 //!
-//! A connection starts with a handshake: the client sends [`Hello`], the server
-//! answers [`HandshakeReply`]. From then on the client sends [`Request`]s, each with
+//! A connection starts with a handshake: over TLS (unless both ends run
+//! `--insecure`) the client sends [`Hello`] with its credential ([`Auth`]),
+//! the server answers [`HandshakeReply`], and answers nothing else before it
+//! has welcomed the client. A `Hello` frame is at most [`MAX_HELLO`] bytes. From then on the client sends [`Request`]s, each with
 //! an id of its choosing, and the server answers every one with a [`Response`]
 //! carrying the same id. Many requests may be in flight on one connection and the
 //! server answers them in whatever order they finish, so a slow request (a 1 MiB
@@ -24,6 +26,9 @@ use serde::{Deserialize, Serialize};
 pub const MAGIC: [u8; 8] = *b"ferry\0\r\n";
 /// Bumped on every incompatible change of the messages below.
 pub const PROTOCOL_VERSION: u32 = 4;
+/// The largest `Hello` frame a server reads; anything longer ends the
+/// connection. Room for a deep subtree path, and no more.
+pub const MAX_HELLO: usize = 16 * 1024;
 
 /// The client's opening message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,13 +38,25 @@ pub struct Hello {
     /// Optional protocol features the client supports, one bit each. None are
     /// defined yet, so both sides send 0 and ignore what they receive.
     pub features: u64,
-    /// Room for authentication (a token, a signed challenge); servers today ignore it.
-    pub auth: Option<serde_bytes::ByteBuf>,
+    /// How the client shows it may use the export.
+    pub auth: Auth,
     /// The export to serve, by name; `None` for the server's default export.
     pub export: Option<String>,
     /// The directory inside that export to serve as this connection's root
     /// (every path of the connection is relative to it); the export's root if empty.
     pub subtree: RelPath,
+}
+
+/// A client's credential in its [`Hello`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Auth {
+    /// Nothing beyond the TLS session: a client certificate the server
+    /// authorises by fingerprint, or no authentication at all (`--insecure`).
+    Session,
+    /// The export's access token, shown without sending it: HMAC-SHA256 keyed
+    /// with the token over this TLS session's exporter value (see
+    /// [`crate::auth::Token::proof`]), so it is worthless on another connection.
+    TokenProof([u8; crate::auth::SECRET_LEN]),
 }
 
 impl Hello {
@@ -48,7 +65,7 @@ impl Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
             features: 0,
-            auth: None,
+            auth: Auth::Session,
             export: None,
             subtree: RelPath::root(),
         }
@@ -294,6 +311,9 @@ pub enum Op {
         offset_out: u64,
         len: u64,
     },
+    /// Answered at once with [`Reply::Done`], without touching the export: the
+    /// client's keepalive, which tells a live server from one that stopped.
+    Ping,
 }
 
 /// Which family a lock belongs to. The two are independent, as on Linux.
@@ -369,6 +389,7 @@ impl Op {
             Op::ReleaseLocks { .. } => "releaselocks",
             Op::Fallocate { .. } => "fallocate",
             Op::CopyFileRange { .. } => "copy_file_range",
+            Op::Ping => "ping",
         }
     }
 }

@@ -7,7 +7,7 @@
 //! Every request goes on behalf of the user running the command (its ids and
 //! groups), whose permissions the server checks.
 
-use crate::client::{ConnectError, OpResult, RemoteClient};
+use crate::client::{ConnectError, ConnectOptions, OpResult, RemoteClient};
 use crate::creds;
 use ferry_common::frame::MAX_CHUNK;
 use ferry_common::proto::{Cred, DirEntry, Op, Reply};
@@ -51,9 +51,9 @@ struct Client {
 }
 
 impl Client {
-    fn connect(addr: &str) -> Result<Client, CliError> {
+    fn connect(addr: &str, options: &ConnectOptions) -> Result<Client, CliError> {
         Ok(Client {
-            remote: RemoteClient::connect(addr)?,
+            remote: RemoteClient::connect(addr, options)?,
             me: creds::own(),
         })
     }
@@ -182,8 +182,13 @@ fn ls_line(client: &Client, dir: &RelPath, name: &[u8], attr: &Attr) -> String {
 }
 
 /// `ferry ls ADDR [PATH]`: like `ls -l`, sorted by name.
-pub fn ls(addr: &str, path: &str, out: &mut dyn Write) -> Result<(), CliError> {
-    let client = Client::connect(addr)?;
+pub fn ls(
+    addr: &str,
+    options: &ConnectOptions,
+    path: &str,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let client = Client::connect(addr, options)?;
     let path = parse_remote(path)?;
     let attr = expect_attr(client.call(Op::Stat { path: path.clone() }))
         .map_err(|e| remote_err("path", &path, e))?;
@@ -225,9 +230,14 @@ fn temp_name_beside(dest: &Path) -> PathBuf {
 }
 
 /// `ferry get ADDR REMOTE [LOCAL]`: downloads a file; returns where it was written.
-pub fn get(addr: &str, remote: &str, local: Option<&Path>) -> Result<PathBuf, CliError> {
+pub fn get(
+    addr: &str,
+    options: &ConnectOptions,
+    remote: &str,
+    local: Option<&Path>,
+) -> Result<PathBuf, CliError> {
     let started = Instant::now();
-    let client = Client::connect(addr)?;
+    let client = Client::connect(addr, options)?;
     let path = parse_remote(remote)?;
     if path.is_root() {
         return Err(CliError(
@@ -380,7 +390,12 @@ fn download(
 
 /// `ferry put ADDR LOCAL [REMOTE]`: uploads a file; returns its remote path.
 /// REMOTE may name an existing remote directory to put the file into.
-pub fn put(addr: &str, local: &Path, remote: Option<&str>) -> Result<RelPath, CliError> {
+pub fn put(
+    addr: &str,
+    options: &ConnectOptions,
+    local: &Path,
+    remote: Option<&str>,
+) -> Result<RelPath, CliError> {
     let file =
         File::open(local).map_err(|e| CliError(format!("cannot read {}: {e}", local.display())))?;
     let meta = file
@@ -396,7 +411,7 @@ pub fn put(addr: &str, local: &Path, remote: Option<&str>) -> Result<RelPath, Cl
         .file_name()
         .ok_or_else(|| CliError(format!("{} has no file name", local.display())))?;
     let started = Instant::now();
-    let client = Client::connect(addr)?;
+    let client = Client::connect(addr, options)?;
     let mut dest = match remote {
         Some(r) => parse_remote(r)?,
         None => RelPath::root(),

@@ -20,8 +20,9 @@
 //!   `known` (attributes and absent names the server vouched for recently), all
 //!   timed by `cache` (`TimedCache`); `locks` (waiting for file locks, flock
 //!   detection).
-//! - [`client`]: `RemoteClient`, one pipelined connection to a server, with
-//!   deadlines, reconnection and connection epochs.
+//! - [`client`]: `RemoteClient`, one pipelined TLS connection to a server
+//!   (the server pinned, the client authenticated), with deadlines,
+//!   keepalive pings, reconnection off the request path and connection epochs.
 //! - [`creds`]: who each request is made for: the mount's caller (groups read
 //!   from `/proc` and kept briefly), or the `ls`/`get`/`put` process itself.
 //! - [`notify`]: `KernelNotifier`, which carries out the core's requests to drop

@@ -120,7 +120,8 @@ pub(crate) fn changes_listings(op: &Op) -> bool {
         | Op::ListXattr { .. }
         | Op::SetLock { .. }
         | Op::GetLock { .. }
-        | Op::ReleaseLocks { .. } => false,
+        | Op::ReleaseLocks { .. }
+        | Op::Ping => false,
     }
 }
 

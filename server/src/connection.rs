@@ -1,5 +1,14 @@
 //! One client connection: the handshake, then many requests at once.
 //!
+//! The handshake comes first and has one deadline ([`HANDSHAKE_TIMEOUT`]): TLS
+//! (unless the server runs `--insecure`; a client speaking the other way is
+//! told so in a plaintext refusal), then the client's `Hello` (at most
+//! [`MAX_HELLO`] bytes) with its credential — a proof of the export's token
+//! bound to this TLS session, or a client certificate listed in
+//! `authorized_clients`. Nothing the client sends is acted on before it is
+//! welcomed. A welcomed connection that holds nothing (no open file, no lock)
+//! and asks for nothing but pings for the idle timeout is closed.
+//!
 //! ```text
 //!  socket ─► reader (this task) ─┬─► inline: Session::handle, encode ───────────┐
 //!              │                 └─► blocking pool: Session::handle, encode ────┤ mpsc
@@ -31,22 +40,28 @@ use crate::exports::Exports;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::schedule::{schedule, Schedule};
+use crate::security::{Security, TlsServer};
 use crate::sequencer::Sequencer;
 use crate::sys;
+use ferry_common::auth::{Fingerprint, EXPORTER_LABEL, SECRET_LEN};
 use ferry_common::counters::op_kind;
 use ferry_common::frame::{self, FrameError, RequestFrame, MAX_CHUNK};
 use ferry_common::proto::{
-    HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, LISTING_BYTES, MAGIC,
-    MAX_OPEN_DATA, PROTOCOL_VERSION,
+    Auth, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, LISTING_BYTES, MAGIC,
+    MAX_HELLO, MAX_OPEN_DATA, PROTOCOL_VERSION,
 };
+use ferry_common::state::AUTHORIZED_CLIENTS;
+use ferry_common::tls;
 use ferry_common::Errno;
 use std::io;
 use std::os::fd::AsFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf,
+    WriteHalf,
+};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
@@ -73,35 +88,80 @@ const LARGE_FRAME: usize = 64 * 1024;
 /// The writer sends its batch once it holds this much.
 const BATCH_LIMIT: usize = 256 * 1024;
 const READ_BUFFER: usize = 64 * 1024;
+/// Bytes read from the socket at a time beneath TLS.
+const SOCKET_BUFFER: usize = 256 * 1024;
 
-/// Serves one client until it leaves, breaks the protocol, or `stop` turns true.
-/// An `Err` says why the connection was closed early.
+/// What every connection of a server shares.
+#[derive(Debug)]
+pub(crate) struct Context {
+    /// The exports a client may ask for (see [`Exports::choose`]).
+    pub(crate) exports: Arc<Exports>,
+    /// What the server refuses and how it maps identities.
+    pub(crate) policy: Policy,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) security: Security,
+    /// A connection that holds nothing (no open file, no lock) and sends no
+    /// request but pings for this long is closed.
+    pub(crate) idle_timeout: Duration,
+}
+
+/// A connection's byte stream once the handshake has settled how it is
+/// carried: TLS, or plaintext under `--insecure`.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+type Transport = Box<dyn Stream>;
+type Reader = BufReader<ReadHalf<Transport>>;
+type Writer = WriteHalf<Transport>;
+
+/// Serves one client until it leaves, breaks the protocol, idles out, or
+/// `stop` turns true. An `Err` says why the connection was closed early.
 pub(crate) async fn serve(
     stream: TcpStream,
-    exports: Arc<Exports>,
-    policy: Policy,
-    metrics: Arc<Metrics>,
+    ctx: Arc<Context>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), FrameError> {
+    let metrics = Arc::clone(&ctx.metrics);
     let _open = metrics.accepted();
     stream.set_nodelay(true)?;
     if let Err(e) = set_keepalive(&stream) {
         log::debug!("cannot enable TCP keepalive: {e}");
     }
-    let (read_half, mut write_half) = stream.into_split();
+    // The whole handshake, TLS and credentials included, has one deadline: a
+    // peer that connects and says nothing holds a slot for that long at most.
+    let accepted = tokio::select! {
+        biased;
+        _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+        accepted = timeout(HANDSHAKE_TIMEOUT, accept(stream, &ctx)) => accepted,
+    };
+    let (transport, export) = match accepted {
+        Err(_) => {
+            metrics.refused();
+            return Err(FrameError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs()),
+            )));
+        }
+        Ok(Ok(Some(welcomed))) => welcomed,
+        Ok(Ok(None)) => {
+            metrics.refused();
+            return Ok(());
+        }
+        Ok(Err(e)) => {
+            metrics.refused();
+            return Err(e);
+        }
+    };
+    let (read_half, write_half) = tokio::io::split(transport);
     let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
 
-    let Some(export) = handshake(&mut reader, &mut write_half, &exports, &policy).await? else {
-        metrics.refused();
-        return Ok(());
-    };
-
-    let session = Arc::new(Session::new(export, policy));
+    let session = Arc::new(Session::new(export, ctx.policy));
     let sequencer = Arc::new(Sequencer::new());
     let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(write_replies(write_half, rx, Arc::clone(&metrics)));
     let requests = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let bytes = Arc::new(Semaphore::new(IN_FLIGHT_KIB as usize));
+    // When the client last asked for anything but a ping.
+    let mut active = Instant::now();
 
     let outcome = loop {
         // Each wait below also ends when the server stops or the writer is gone.
@@ -114,16 +174,28 @@ pub(crate) async fn serve(
                 Err(_) => break Ok(()),
             },
         };
+        // A client holding nothing, with nothing in flight, may be idle only
+        // so long: connections are a shared budget.
+        let holds_nothing =
+            || session.holds_nothing() && requests.available_permits() == MAX_IN_FLIGHT - 1;
+        let idle_until = active + ctx.idle_timeout;
         let read = tokio::select! {
             biased;
             _ = stop.wait_for(|stopped| *stopped) => break Ok(()),
             _ = tx.closed() => break Ok(()),
-            read = next_frame(&mut reader) => read,
+            read = next_frame(&mut reader, idle_until, ctx.idle_timeout, holds_nothing) => read,
         };
         let incoming = match read {
             Ok(Some(incoming)) => incoming,
             Ok(None) => break Ok(()),
-            Err(e) => break Err(e),
+            Err(NextFrame::Idle) => {
+                log::debug!(
+                    "closing a connection idle for {} s that holds nothing",
+                    ctx.idle_timeout.as_secs()
+                );
+                break Ok(());
+            }
+            Err(NextFrame::Failed(e)) => break Err(e),
         };
         let size = incoming.len();
         let request: Request = match incoming {
@@ -149,6 +221,9 @@ pub(crate) async fn serve(
                 Err(e) => break Err(e),
             },
         };
+        if request.op != Op::Ping {
+            active = Instant::now();
+        }
         metrics.request(&request.op, size + 4);
         let cost = cost_kib(size, &request.op);
         let share = tokio::select! {
@@ -194,45 +269,177 @@ pub(crate) async fn serve(
     outcome.and(written)
 }
 
-/// Reads `Hello` and answers it. `Ok(Some(root))`: the client is welcome and
-/// served from `root`; `Ok(None)`: it left or was refused, and the connection ends.
-async fn handshake(
-    reader: &mut BufReader<OwnedReadHalf>,
-    writer: &mut OwnedWriteHalf,
-    exports: &Arc<Exports>,
-    policy: &Policy,
-) -> Result<Option<Arc<ExportRoot>>, FrameError> {
-    let payload = match timeout(HANDSHAKE_TIMEOUT, frame::read_frame_async(reader)).await {
-        Err(_) => {
-            return Err(FrameError::Io(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs()),
-            )))
+/// Settles how the client is carried and whether it is let in: TLS and its
+/// credentials (or plaintext under `--insecure`), then its `Hello`, which
+/// names the export (and directory in it) the connection is served from.
+/// `Ok(None)`: it left, or was refused and told why.
+async fn accept(
+    stream: TcpStream,
+    ctx: &Context,
+) -> Result<Option<(Transport, Arc<ExportRoot>)>, FrameError> {
+    // The first bytes tell TLS from plaintext; they may come in pieces.
+    let mut first = [0u8; tls::TLS_SNIFF];
+    let mut seen = stream.peek(&mut first).await?;
+    while seen > 0 && seen < first.len() && first[0] == tls::TLS_HANDSHAKE_RECORD {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        seen = stream.peek(&mut first).await?;
+    }
+    if seen == 0 {
+        return Ok(None);
+    }
+    let speaks_tls = tls::opens_tls(&first[..seen]);
+    // Beneath TLS, reads from the socket are buffered: rustls asks for a few
+    // KiB at a time, and a system call per few KiB would cost more than a copy.
+    let buffered = || BufReader::with_capacity(SOCKET_BUFFER, stream);
+    match (&ctx.security, speaks_tls) {
+        (Security::Tls(server), true) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(server.config());
+            let mut tls = match acceptor.accept(buffered()).await {
+                Ok(tls) => tls,
+                Err(e) => {
+                    return Err(FrameError::Io(io::Error::new(
+                        e.kind(),
+                        format!("TLS handshake failed: {e}"),
+                    )))
+                }
+            };
+            let Some(hello) = read_hello(&mut tls).await? else {
+                return Ok(None);
+            };
+            let verdict = check_hello(&hello).and_then(|()| {
+                authenticate(
+                    server,
+                    tls.get_ref().1,
+                    &hello.auth,
+                    hello.export.as_deref(),
+                )
+            });
+            Ok(welcome(&mut tls, ctx, &hello, verdict)
+                .await?
+                .map(|export| (Box::new(tls) as Transport, export)))
         }
-        Ok(read) => match read? {
-            Some(payload) => payload,
-            None => return Ok(None),
-        },
-    };
-    let hello: Hello = frame::decode(&payload)?;
-    let refusal = if hello.magic != MAGIC {
-        Some("this is a ferry server and the peer does not speak the ferry protocol".to_string())
+        (Security::Tls(_), false) => {
+            let mut plain = buffered();
+            if read_hello(&mut plain).await?.is_some() {
+                let message = "this server requires TLS, and the client connected without it \
+                           (--insecure): connect without --insecure";
+                refuse_plaintext(plain, message).await;
+            }
+            Ok(None)
+        }
+        (Security::Insecure, true) => {
+            let message = "this server runs without TLS (ferry serve --insecure): connect \
+                           with --insecure, or restart the server without it";
+            refuse_plaintext(buffered(), message).await;
+            Ok(None)
+        }
+        (Security::Insecure, false) => {
+            let mut plain = buffered();
+            let Some(hello) = read_hello(&mut plain).await? else {
+                return Ok(None);
+            };
+            let verdict = check_hello(&hello);
+            Ok(welcome(&mut plain, ctx, &hello, verdict)
+                .await?
+                .map(|export| (Box::new(plain) as Transport, export)))
+        }
+    }
+}
+
+/// The client's `Hello`, at most [`MAX_HELLO`] bytes; `None` if it left first.
+async fn read_hello<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<Hello>, FrameError> {
+    match frame::read_frame_limited_async(stream, MAX_HELLO).await? {
+        Some(payload) => frame::decode(&payload).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Whether `hello` is a ferry client of this protocol version; the refusal
+/// says what to do otherwise.
+fn check_hello(hello: &Hello) -> Result<(), String> {
+    if hello.magic != MAGIC {
+        Err("this is a ferry server and the peer does not speak the ferry protocol".to_string())
     } else if hello.version != PROTOCOL_VERSION {
-        Some(format!(
+        Err(format!(
             "this server speaks ferry protocol version {PROTOCOL_VERSION} and the client \
              version {}; use the same ferry release on both sides",
             hello.version
         ))
     } else {
-        None
-    };
+        Ok(())
+    }
+}
+
+/// Whether the client on `conn` may come in: with a proof of the token of
+/// the export it asks for (`export`: a name, or the default one) bound to
+/// this session, or a client certificate listed in `authorized_clients`.
+fn authenticate(
+    server: &TlsServer,
+    conn: &rustls::ServerConnection,
+    auth: &Auth,
+    export: Option<&str>,
+) -> Result<(), String> {
+    let certificate = conn
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(|cert| Fingerprint::of(cert));
+    if let Auth::TokenProof(proof) = auth {
+        match conn.export_keying_material([0u8; SECRET_LEN], EXPORTER_LABEL, None) {
+            Ok(exporter)
+                if server
+                    .token(export)
+                    .is_some_and(|token| token.verify(&exporter, proof)) =>
+            {
+                return Ok(())
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("cannot derive the session's exporter value: {e}"),
+        }
+    }
+    if let Some(fingerprint) = certificate {
+        match server.is_authorized(&fingerprint) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => log::warn!(
+                "cannot read {}: {e}; no client certificate is let in",
+                server.authorized_clients_path().display()
+            ),
+        }
+    }
+    Err(match (auth, certificate) {
+        (Auth::TokenProof(_), _) => "the access token is not this export's: check the client's \
+            --token-file or FERRY_TOKEN against the token file `ferry serve` printed"
+            .to_string(),
+        (Auth::Session, Some(fingerprint)) => format!(
+            "this client's certificate {fingerprint} is not authorized: on the server, add the \
+             line `{fingerprint}` to {}, or give the client the export's access token",
+            AUTHORIZED_CLIENTS
+        ),
+        (Auth::Session, None) => "this server needs credentials: the export's access token \
+            (--token-file FILE, or FERRY_TOKEN) or a client certificate listed in the server's \
+            authorized_clients (make one with `ferry keygen`)"
+            .to_string(),
+    })
+}
+
+/// Answers the handshake with a welcome — serving the export and directory
+/// `hello` names (see [`Exports::choose`]) — or with the refusal in `verdict`
+/// (or the one choosing gives). `Ok(Some(root))`: the client is welcome.
+async fn welcome<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    ctx: &Context,
+    hello: &Hello,
+    verdict: Result<(), String>,
+) -> Result<Option<Arc<ExportRoot>>, FrameError> {
     let mut served = None;
-    let reply = match refusal {
-        Some(message) => HandshakeReply::Refused { message },
-        None => {
-            let exports = Arc::clone(exports);
+    let reply = match verdict {
+        Err(message) => HandshakeReply::Refused { message },
+        Ok(()) => {
+            let exports = Arc::clone(&ctx.exports);
+            let (name, subtree) = (hello.export.clone(), hello.subtree.clone());
+            // Opening a subtree is a system call: off the async workers.
             let chosen = tokio::task::spawn_blocking(move || {
-                let chosen = exports.choose(hello.export.as_deref(), &hello.subtree)?;
+                let chosen = exports.choose(name.as_deref(), &subtree)?;
                 let attr = chosen
                     .root
                     .root_attr()
@@ -243,18 +450,18 @@ async fn handshake(
             .unwrap_or_else(|e| Err(format!("the server failed to open the export: {e}")));
             match chosen {
                 Ok((chosen, root)) => {
-                    let root_acts_as_clients = chosen.root.acts_as_clients();
                     log::debug!(
                         "serving {} (export {}) to a client",
                         chosen.root.path().display(),
                         chosen.name.as_deref().unwrap_or("by default")
                     );
+                    let acts_as_clients = chosen.root.acts_as_clients();
                     served = Some(chosen.root);
                     HandshakeReply::Welcome(Welcome {
                         version: PROTOCOL_VERSION,
                         max_chunk: MAX_CHUNK,
-                        read_only: policy.read_only,
-                        features: policy.welcome_features(root_acts_as_clients),
+                        read_only: ctx.policy.read_only,
+                        features: ctx.policy.welcome_features(acts_as_clients),
                         root,
                     })
                 }
@@ -262,32 +469,84 @@ async fn handshake(
             }
         }
     };
-    write_timed(writer, &frame::encode(&reply)?).await?;
-    if let HandshakeReply::Refused { message } = reply {
-        log::info!("refused a client: {message}");
-        let _ = writer.shutdown().await;
+    frame::write_frame_async(stream, &reply).await?;
+    match reply {
+        HandshakeReply::Welcome(_) => Ok(served),
+        HandshakeReply::Refused { message } => {
+            log::info!("refused a client: {message}");
+            let _ = stream.shutdown().await;
+            drain(stream).await;
+            Ok(None)
+        }
     }
-    Ok(served)
+}
+
+/// Tells a client that cannot be spoken to as it expects (TLS against a
+/// plaintext server, or the reverse) why, in a plaintext handshake reply —
+/// which the client recognises even where it expected TLS — and closes.
+async fn refuse_plaintext<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, message: &str) {
+    log::info!("refused a client: {message}");
+    let reply = HandshakeReply::Refused {
+        message: message.to_string(),
+    };
+    if frame::write_frame_async(&mut stream, &reply).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    drain(&mut stream).await;
+}
+
+/// Reads (and drops) what the client still sends, until it closes or for two
+/// seconds at most: closing with unread data resets the connection, and the
+/// reset could overtake the refusal just sent. Nothing read here is acted on.
+async fn drain<S: AsyncRead + Unpin>(stream: &mut S) {
+    let mut sink = [0u8; 4096];
+    let _ = timeout(Duration::from_secs(2), async {
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// Why no request frame came.
+enum NextFrame {
+    /// The connection stayed idle past its deadline.
+    Idle,
+    Failed(FrameError),
 }
 
 /// The next request frame; `Ok(None)` when the client closed between frames.
-/// Waiting for a frame to start takes as long as the client likes (an idle mount),
-/// but once it has started the rest must arrive within [`FRAME_TIMEOUT`].
+/// Waiting for a frame to start takes as long as the client likes while it
+/// holds something (an idle mount with open files), but past `idle_until`
+/// (and each `idle_timeout` after) a client that `holds_nothing` is let go;
+/// once a frame has started the rest must arrive within [`FRAME_TIMEOUT`].
 async fn next_frame(
-    reader: &mut BufReader<OwnedReadHalf>,
-) -> Result<Option<RequestFrame>, FrameError> {
-    if reader.fill_buf().await?.is_empty() {
-        return Ok(None);
+    reader: &mut Reader,
+    idle_until: Instant,
+    idle_timeout: Duration,
+    holds_nothing: impl Fn() -> bool,
+) -> Result<Option<RequestFrame>, NextFrame> {
+    let mut deadline = idle_until;
+    let started = loop {
+        match tokio::time::timeout_at(deadline.into(), reader.fill_buf()).await {
+            Ok(filled) => break filled.map(|b| !b.is_empty()),
+            Err(_) if holds_nothing() => return Err(NextFrame::Idle),
+            Err(_) => deadline = Instant::now() + idle_timeout,
+        }
+    };
+    match started {
+        Ok(false) => return Ok(None),
+        Ok(true) => {}
+        Err(e) => return Err(NextFrame::Failed(e.into())),
     }
     match timeout(FRAME_TIMEOUT, frame::read_request_async(reader)).await {
-        Ok(read) => read,
-        Err(_) => Err(FrameError::Io(io::Error::new(
+        Ok(read) => read.map_err(NextFrame::Failed),
+        Err(_) => Err(NextFrame::Failed(FrameError::Io(io::Error::new(
             io::ErrorKind::TimedOut,
             format!(
                 "a request frame did not complete within {} s",
                 FRAME_TIMEOUT.as_secs()
             ),
-        ))),
+        )))),
     }
 }
 
@@ -384,7 +643,7 @@ struct Outgoing {
 /// Writes replies as they come. Whatever is queued when the writer wakes goes out
 /// in one batch, so a burst of small replies costs one system call, not one each.
 async fn write_replies(
-    mut sink: OwnedWriteHalf,
+    mut sink: Writer,
     mut replies: mpsc::Receiver<Outgoing>,
     metrics: Arc<Metrics>,
 ) -> io::Result<()> {
@@ -420,11 +679,11 @@ async fn write_replies(
         written.clear();
     }
     // The client may be gone already; there is nothing left to tell it either way.
-    let _ = sink.shutdown().await;
+    let _ = timeout(WRITE_TIMEOUT, sink.shutdown()).await;
     Ok(())
 }
 
-async fn flush(sink: &mut OwnedWriteHalf, batch: &mut Vec<u8>) -> io::Result<()> {
+async fn flush(sink: &mut Writer, batch: &mut Vec<u8>) -> io::Result<()> {
     if !batch.is_empty() {
         write_timed(sink, batch).await?;
         batch.clear();
@@ -432,8 +691,13 @@ async fn flush(sink: &mut OwnedWriteHalf, batch: &mut Vec<u8>) -> io::Result<()>
     Ok(())
 }
 
-async fn write_timed(sink: &mut OwnedWriteHalf, bytes: &[u8]) -> io::Result<()> {
-    match timeout(WRITE_TIMEOUT, sink.write_all(bytes)).await {
+async fn write_timed<W: AsyncWrite + Unpin>(sink: &mut W, bytes: &[u8]) -> io::Result<()> {
+    // Through TLS, what was written may wait in the session until flushed.
+    let written = async {
+        sink.write_all(bytes).await?;
+        sink.flush().await
+    };
+    match timeout(WRITE_TIMEOUT, written).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,

@@ -74,6 +74,7 @@ pub(crate) fn schedule(op: &Op, alone: bool, handle_idle: impl FnOnce(u64) -> bo
         | Op::Rmdir { .. }
         | Op::Rename { .. }
         | Op::StatFs
+        | Op::Ping
         | Op::GetXattr { .. }
         | Op::ListXattr { .. }
         | Op::SetXattr { .. }
@@ -286,6 +287,7 @@ mod tests {
                 quick,
             ),
             (Op::StatFs, quick),
+            (Op::Ping, quick),
             (
                 Op::GetXattr {
                     path: path(),
@@ -364,7 +366,7 @@ mod tests {
         kinds.dedup();
         assert_eq!(
             kinds.len(),
-            29,
+            30,
             "one row (or more) per kind of Op: {kinds:?}"
         );
         for (op, [alone_idle, crowded_idle, alone_busy]) in ops {

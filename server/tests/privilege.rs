@@ -14,7 +14,7 @@ use ferry_common::proto::{
     WELCOME_ACTS_AS_CALLERS, WELCOME_ALL_SQUASHED, WELCOME_ROOT_SQUASHED,
 };
 use ferry_common::{Errno, RelPath};
-use ferry_server::{spawn_server, test_config, ServerConfig, ServerHandle, Squash};
+use ferry_server::{spawn_server, test_config, Security, ServerConfig, ServerHandle, Squash};
 use std::ffi::CString;
 use std::fs;
 use std::net::{SocketAddr, TcpStream};
@@ -171,7 +171,8 @@ impl Site {
     /// A server for the export: `tune` changes the default configuration
     /// (root squashed, no devices).
     fn serve(&self, tune: impl FnOnce(&mut ServerConfig)) -> ServerHandle {
-        let mut config = test_config(&self.export());
+        // Plaintext: the raw client here writes frames by hand.
+        let mut config = test_config(&self.export(), Security::Insecure);
         config.identities.squash = Squash::Root;
         tune(&mut config);
         spawn_server(config).unwrap()

@@ -1,5 +1,9 @@
 //! The server over a real TCP connection: the handshake, hostile input,
 //! pipelining, read-only exports and confinement, byte for byte as a client sends them.
+//!
+//! These servers run `--insecure` (plaintext, no authentication), so that the
+//! protocol can be written and read byte for byte; `security.rs` tests TLS and
+//! authentication, in front of the same protocol.
 
 use ferry_common::frame::{self, MAX_CHUNK, MAX_FRAME};
 use ferry_common::proto::{
@@ -8,7 +12,7 @@ use ferry_common::proto::{
 };
 use ferry_common::proto::{LISTED_ENTRY_OVERHEAD, LISTING_BYTES, MAX_OPEN_DATA};
 use ferry_common::{Errno, FileKind, RelPath};
-use ferry_server::{spawn_server, spawn_test_server, ServerHandle, MAX_COPY};
+use ferry_server::{spawn_server, spawn_test_server, Security, ServerHandle, MAX_COPY};
 use std::collections::HashMap;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
@@ -128,7 +132,11 @@ fn setup(read_only: bool) -> (TempDir, ServerHandle) {
     fs::write(export.join("big"), big).unwrap();
     symlink("..", export.join("up")).unwrap();
     symlink("../outside", export.join("out")).unwrap();
-    let server = spawn_test_server(&export, read_only).unwrap();
+    // Root here is root on the server (--no-root-squash): these tests are
+    // about the protocol, not identities (privilege.rs is).
+    let mut config = ferry_server::test_config(&export, Security::Insecure);
+    config.read_only = read_only;
+    let server = spawn_server(config).unwrap();
     (tmp, server)
 }
 
@@ -161,7 +169,7 @@ fn named_exports() -> (TempDir, ServerHandle) {
     fs::write(tmp.path().join("outside/secret"), "top secret").unwrap();
     fs::write(tmp.path().join("docs/manuals/guide"), "read me").unwrap();
     fs::write(tmp.path().join("docs/file"), "x").unwrap();
-    let mut config = ferry_server::test_config(&tmp.path().join("main"));
+    let mut config = ferry_server::test_config(&tmp.path().join("main"), Security::Insecure);
     config.exports = vec![("docs".into(), tmp.path().join("docs"))];
     let server = spawn_server(config).unwrap();
     (tmp, server)
@@ -1212,5 +1220,147 @@ fn changes_to_a_directory_come_with_its_new_attributes() {
             assert_eq!(dirs, vec![dir_attr(".")]);
         }
         other => panic!("{other:?}"),
+    }
+}
+
+/// A server with the given limits, exporting a directory holding `file`.
+fn limited(
+    idle_timeout: Duration,
+    max_connections: usize,
+    max_per_address: usize,
+) -> (TempDir, ServerHandle) {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("file"), "hello").unwrap();
+    let mut config = ferry_server::test_config(tmp.path(), Security::Insecure);
+    config.idle_timeout = idle_timeout;
+    config.max_connections = max_connections;
+    config.max_per_address = max_per_address;
+    let server = spawn_server(config).unwrap();
+    (tmp, server)
+}
+
+impl Client {
+    /// A connection from the loopback address `from` (another "host").
+    fn connect_from(from: [u8; 4], addr: SocketAddr) -> Client {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let stream = rt
+            .block_on(async {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::from((from, 0)))?;
+                socket.connect(addr).await?.into_std()
+            })
+            .unwrap();
+        stream.set_nonblocking(false).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Client { stream, next_id: 1 }
+    }
+
+    /// The handshake, or `None` if the server closed the connection instead.
+    fn try_hello(&mut self) -> Option<HandshakeReply> {
+        frame::write_frame(&mut self.stream, &Hello::new()).ok()?;
+        let payload = frame::read_frame(&mut self.stream).ok()??;
+        frame::decode(&payload).ok()
+    }
+
+    /// A request's answer, or `None` if the connection is gone.
+    fn try_call(&mut self, op: Op) -> Option<Result<Reply, Errno>> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let cred = me();
+        frame::write_frame(&mut self.stream, &Request { id, cred, op }).ok()?;
+        let payload = frame::read_frame(&mut self.stream).ok()??;
+        let response: Response = frame::decode(&payload).ok()?;
+        Some(response.result)
+    }
+}
+
+#[test]
+fn an_idle_connection_holding_nothing_is_closed_and_one_holding_a_file_is_kept() {
+    let idle = Duration::from_secs(1);
+    let (_tmp, server) = limited(idle, 8, 8);
+    let started = Instant::now();
+    let (silent, _) = Client::welcomed(server.addr());
+    let (mut pinging, _) = Client::welcomed(server.addr());
+    let (mut holder, _) = Client::welcomed(server.addr());
+    let handle = match holder.call(Op::Open {
+        path: p("file"),
+        flags: libc::O_RDONLY,
+    }) {
+        Ok(Reply::Opened { handle, .. }) => handle,
+        other => panic!("{other:?}"),
+    };
+    // Pings keep nothing alive: only requests that do something count.
+    let mut pings = 0;
+    while pinging.try_call(Op::Ping).is_some() {
+        pings += 1;
+        assert!(
+            started.elapsed() < idle + Duration::from_secs(5),
+            "a connection that only pings was never closed"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(pings > 0);
+    assert!(started.elapsed() >= idle - Duration::from_millis(100));
+    silent.assert_closed();
+    assert!(started.elapsed() < idle + Duration::from_secs(5));
+    // The client holding an open file is still served, past the idle time.
+    thread::sleep(idle);
+    assert!(matches!(
+        holder.call(Op::Read {
+            handle,
+            offset: 0,
+            len: 5
+        }),
+        Ok(Reply::Data(d)) if d == b"hello"
+    ));
+    // Once it holds nothing, it may idle out too.
+    assert_eq!(holder.call(Op::Close { handle }), Ok(Reply::Done));
+    holder.assert_closed();
+    // And a newcomer is served as ever.
+    let (mut newcomer, _) = Client::welcomed(server.addr());
+    assert!(matches!(newcomer.call(Op::StatFs), Ok(Reply::StatFs(_))));
+}
+
+#[test]
+fn one_address_cannot_take_every_connection() {
+    // 8 connections in all, 4 from any one address; connections from a
+    // greedy "host" (127.0.0.2) that never do anything.
+    let (_tmp, server) = limited(Duration::from_secs(600), 8, 4);
+    let greedy_host = [127, 0, 0, 2];
+    let mut greedy = Vec::new();
+    let mut turned_away = 0;
+    for _ in 0..12 {
+        let mut client = Client::connect_from(greedy_host, server.addr());
+        match client.try_hello() {
+            Some(HandshakeReply::Welcome(_)) => greedy.push(client),
+            Some(other) => panic!("{other:?}"),
+            None => turned_away += 1,
+        }
+    }
+    assert_eq!(greedy.len(), 4);
+    assert_eq!(turned_away, 8);
+    // Everyone else still gets in and is served.
+    let mut others: Vec<Client> = (0..3).map(|_| Client::welcomed(server.addr()).0).collect();
+    for other in &mut others {
+        assert!(matches!(
+            other.call(Op::Stat { path: p("file") }),
+            Ok(Reply::Attr(_))
+        ));
+    }
+    // When the greedy host's connections go, it may connect again.
+    drop(greedy);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = Client::connect_from(greedy_host, server.addr());
+        if matches!(again.try_hello(), Some(HandshakeReply::Welcome(_))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the address stayed locked out");
+        thread::sleep(Duration::from_millis(50));
     }
 }

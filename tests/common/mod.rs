@@ -12,9 +12,11 @@
 pub mod binary;
 pub mod harness;
 
+use ferry_fusefs::client::ConnectOptions;
 use ferry_fusefs::mount::{self, Mount, MountOptions};
 use ferry_fusefs::{FsOptions, RemoteClient};
-use ferry_server::{spawn_server, ServerConfig, ServerHandle, Squash};
+use ferry_server::{spawn_server, Security, ServerConfig, ServerHandle, Squash};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tempfile::TempDir;
@@ -156,7 +158,8 @@ impl Fixture {
         };
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("create mount dir");
-        let mut config = ferry_server::test_config(&export);
+        let security = ferry_server::test_security(&export).expect("a server identity");
+        let mut config = ferry_server::test_config(&export, security);
         config.read_only = setup.read_only_server;
         config.identities.squash = setup.squash;
         config.allow_devices = setup.allow_devices;
@@ -186,6 +189,36 @@ impl Fixture {
         self.addr.clone()
     }
 
+    /// How an in-process client reaches this fixture's server: TLS, the
+    /// server pinned, the export's token.
+    pub fn connect_options(&self, timeout: Duration) -> ConnectOptions {
+        match &self.config.security {
+            Security::Tls(tls) => ConnectOptions::pinned(
+                tls.fingerprint(),
+                Some(tls.token(None).cloned().expect("a token")),
+            )
+            .with_timeout(timeout),
+            Security::Insecure => ConnectOptions::insecure().with_timeout(timeout),
+        }
+    }
+
+    /// The arguments that let `ferry mount|ls|get|put` (the binary) reach this
+    /// fixture's server: its pin, its token file and a state directory of
+    /// the test's own.
+    pub fn client_args(&self) -> Vec<OsString> {
+        let Security::Tls(tls) = &self.config.security else {
+            return vec!["--insecure".into()];
+        };
+        vec![
+            "--pin".into(),
+            tls.fingerprint().to_string().into(),
+            "--token-file".into(),
+            tls.token_path().into(),
+            "--state-dir".into(),
+            self.dir.path().join("client-state").into(),
+        ]
+    }
+
     /// Stops the server (the mounts stay).
     pub fn stop_server(&mut self) {
         self.server.take();
@@ -198,7 +231,7 @@ impl Fixture {
     }
 
     fn mount_at(&self, mnt: &Path, setup: &Setup) -> std::io::Result<Mount> {
-        let client = RemoteClient::connect_with_timeout(&self.addr(), setup.timeout)
+        let client = RemoteClient::connect(&self.addr(), &self.connect_options(setup.timeout))
             .map_err(std::io::Error::other)?;
         let opts = MountOptions {
             fs: FsOptions {

@@ -97,6 +97,13 @@ pub fn read_response<R: Read>(reader: &mut R) -> Result<Option<ResponseFrame>, F
     read_bulk(reader)
 }
 
+/// [`read_response`] for an async stream.
+pub async fn read_response_async<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<ResponseFrame>, FrameError> {
+    read_bulk_async(reader).await
+}
+
 /// [`read_frame_async`](super::read_frame_async) for requests, with a `Write`'s
 /// data read apart.
 pub async fn read_request_async<R: AsyncRead + Unpin>(

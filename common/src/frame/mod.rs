@@ -22,8 +22,8 @@
 mod bulk;
 
 pub use bulk::{
-    encode_data_head, encode_write_head, read_request_async, read_response, RequestFrame,
-    ResponseFrame,
+    encode_data_head, encode_write_head, read_request_async, read_response, read_response_async,
+    RequestFrame, ResponseFrame,
 };
 
 use serde::de::DeserializeOwned;
@@ -219,12 +219,52 @@ pub fn read_frame<R: Read>(reader: &mut R) -> Result<Option<Vec<u8>>, FrameError
 pub async fn read_frame_async<R: AsyncRead + Unpin>(
     reader: &mut R,
 ) -> Result<Option<Vec<u8>>, FrameError> {
+    read_frame_limited_async(reader, MAX_FRAME).await
+}
+
+/// [`read_frame`] with a tighter limit than [`MAX_FRAME`]: a frame announcing
+/// more than `limit` bytes is [`FrameError::TooLarge`], refused before
+/// anything is allocated (a handshake message is small).
+pub fn read_frame_limited<R: Read>(
+    reader: &mut R,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let Some(len) = read_len(reader)? else {
+        return Ok(None);
+    };
+    if len > limit {
+        return Err(FrameError::TooLarge(len as u64));
+    }
+    let mut payload = Vec::new();
+    read_appending(reader, &mut payload, len)?;
+    Ok(Some(payload))
+}
+
+/// [`read_frame_limited`] for an async stream.
+pub async fn read_frame_limited_async<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
     let Some(len) = read_len_async(reader).await? else {
         return Ok(None);
     };
+    if len > limit {
+        return Err(FrameError::TooLarge(len as u64));
+    }
     let mut payload = Vec::new();
     read_appending_async(reader, &mut payload, len).await?;
     Ok(Some(payload))
+}
+
+/// Writes one message as a frame to an async stream and flushes it.
+pub async fn write_frame_async<W: tokio::io::AsyncWrite + Unpin, T: Serialize>(
+    writer: &mut W,
+    msg: &T,
+) -> Result<(), FrameError> {
+    use tokio::io::AsyncWriteExt;
+    writer.write_all(&encode(msg)?).await?;
+    writer.flush().await?;
+    Ok(())
 }
 
 /// Writes one message as a frame to a blocking stream.
@@ -446,6 +486,45 @@ mod tests {
         })
         .unwrap();
         assert!(frame.len() < 65536 + 32, "{} bytes", frame.len());
+    }
+
+    #[test]
+    fn a_limited_read_refuses_a_longer_frame_before_reading_it() {
+        let frame = encode(&Hello::new()).unwrap();
+        let payload = read_frame_limited(&mut Cursor::new(&frame), MAX_HELLO)
+            .unwrap()
+            .unwrap();
+        assert_eq!(decode::<Hello>(&payload).unwrap(), Hello::new());
+        // A 3 MiB "hello" is refused by its header alone.
+        let mut big = ((3u32 << 20).to_le_bytes()).to_vec();
+        big.extend_from_slice(&[0; 64]);
+        assert!(matches!(
+            read_frame_limited(&mut Cursor::new(&big), MAX_HELLO),
+            Err(FrameError::TooLarge(n)) if n == 3 << 20
+        ));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(matches!(
+            rt.block_on(read_frame_limited_async(&mut big.as_slice(), MAX_HELLO)),
+            Err(FrameError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn a_hello_with_a_token_proof_is_small() {
+        let hello = Hello {
+            auth: Auth::TokenProof([0xff; 32]),
+            ..Hello::new()
+        };
+        let frame = encode(&hello).unwrap();
+        assert!(frame.len() < MAX_HELLO / 8, "{} bytes", frame.len());
+        round_trip(hello);
+        round_trip(Request {
+            id: 3,
+            cred: Cred::default(),
+            op: Op::Ping,
+        });
     }
 
     #[test]

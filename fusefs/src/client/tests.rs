@@ -6,9 +6,11 @@ use ferry_common::proto::{
     HandshakeReply, Welcome, LISTED_ENTRY_OVERHEAD, LISTING_BYTES, PROTOCOL_VERSION,
 };
 use ferry_common::{Attr, FileKind, RelPath};
-use ferry_server::{spawn_server, spawn_test_server};
-use std::net::{SocketAddr, TcpListener};
+use ferry_server::{spawn_server, spawn_test_server, ServerConfig};
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::Receiver;
+use std::thread;
 
 /// How long a test waits for anything before calling it a hang.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -50,8 +52,26 @@ fn ferry_peer(script: impl FnOnce(TcpStream) + Send + 'static) -> SocketAddr {
     scripted_peer(Some(HandshakeReply::Welcome(welcome())), script)
 }
 
+/// A client of a scripted peer: plaintext, as the peers speak the protocol
+/// bare (`--insecure`).
 fn connect(addr: SocketAddr, timeout: Duration) -> RemoteClient {
-    RemoteClient::connect_with_timeout(&addr.to_string(), timeout).expect("connect")
+    let options = ConnectOptions::insecure().with_timeout(timeout);
+    RemoteClient::connect(&addr.to_string(), &options).expect("connect")
+}
+
+/// A client of a real (TLS) server.
+fn connect_to(server: &ferry_server::ServerHandle, timeout: Duration) -> RemoteClient {
+    RemoteClient::connect(&server.addr().to_string(), &options_for(server, timeout))
+        .expect("connect")
+}
+
+fn options_for(server: &ferry_server::ServerHandle, timeout: Duration) -> ConnectOptions {
+    let tls = server.tls().expect("a TLS server");
+    ConnectOptions::pinned(
+        tls.fingerprint(),
+        Some(tls.token(None).cloned().expect("a token")),
+    )
+    .with_timeout(timeout)
 }
 
 fn read_request(stream: &mut TcpStream) -> Option<Request> {
@@ -205,7 +225,7 @@ fn a_refused_handshake_says_why() {
         message: "wrong protocol version".into(),
     };
     let addr = scripted_peer(Some(refusal), |_| {});
-    let err = RemoteClient::connect(&addr.to_string())
+    let err = RemoteClient::connect(&addr.to_string(), &ConnectOptions::insecure())
         .err()
         .expect("refused");
     assert!(matches!(err, ConnectError::Refused { .. }), "{err:?}");
@@ -217,7 +237,7 @@ fn a_peer_that_does_not_speak_ferry_is_named_as_such() {
     let addr = scripted_peer(None, |mut stream| {
         let _ = stream.write_all(b"SSH-2.0-OpenSSH_9.2\r\n");
     });
-    let err = RemoteClient::connect(&addr.to_string())
+    let err = RemoteClient::connect(&addr.to_string(), &ConnectOptions::insecure())
         .err()
         .expect("not ferry");
     assert!(matches!(err, ConnectError::Protocol { .. }), "{err:?}");
@@ -230,7 +250,7 @@ fn nobody_listening_is_reported_with_the_fix() {
     let addr = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port");
-    let err = RemoteClient::connect(&addr.to_string())
+    let err = RemoteClient::connect(&addr.to_string(), &ConnectOptions::insecure())
         .err()
         .expect("refused");
     assert!(matches!(err, ConnectError::Unreachable { .. }), "{err:?}");
@@ -257,14 +277,19 @@ impl Served {
         }
     }
 
-    fn addr(&self) -> SocketAddr {
-        self.server.as_ref().expect("running").addr()
+    fn server(&self) -> &ferry_server::ServerHandle {
+        self.server.as_ref().expect("running")
+    }
+
+    fn client(&self) -> RemoteClient {
+        connect_to(self.server(), PATIENCE)
     }
 
     fn restart(&mut self) {
-        let addr = self.addr();
+        let addr = self.server().addr();
+        let security = self.server().security().clone();
         self.server = None;
-        let mut config = ferry_server::test_config(self.dir.path());
+        let mut config = ferry_server::test_config(self.dir.path(), security);
         config.listen = addr;
         self.server = Some(spawn_server(config).expect("restart on the same port"));
     }
@@ -298,7 +323,7 @@ fn after_a_restart_the_client_reconnects_and_old_handles_never_reach_new_files()
     let mut served = Served::new();
     std::fs::write(served.dir.path().join("a"), b"file a").expect("write a");
     std::fs::write(served.dir.path().join("b"), b"file b").expect("write b");
-    let client = connect(served.addr(), PATIENCE);
+    let client = served.client();
     let first = client.connected_epoch().expect("connected");
     let a = open(&client, first, "a");
 
@@ -332,7 +357,7 @@ fn after_a_restart_the_client_reconnects_and_old_handles_never_reach_new_files()
 #[test]
 fn a_stopped_server_fails_calls_at_once_with_eio() {
     let mut served = Served::new();
-    let client = connect(served.addr(), PATIENCE);
+    let client = served.client();
     served.server = None;
     let started = Instant::now();
     // The first call may still find the dead connection, the next cannot reconnect.
@@ -344,7 +369,7 @@ fn a_stopped_server_fails_calls_at_once_with_eio() {
 #[test]
 fn writes_sent_from_the_callers_buffer_arrive_whole() {
     let served = Served::new();
-    let client = connect(served.addr(), PATIENCE);
+    let client = served.client();
     let epoch = client.connected_epoch().expect("connected");
     let create = Op::Create {
         path: RelPath::parse("big").expect("a path"),
@@ -391,7 +416,7 @@ fn a_listing_comes_in_one_reply_when_it_fits_and_whole_when_not() {
     for i in 0..5000 {
         std::fs::write(small.join(format!("n{i}")), b"").expect("a file");
     }
-    let client = connect(served.addr(), PATIENCE);
+    let client = served.client();
     let path = RelPath::parse("small").expect("a path");
     let entries = client.list_dir(&me(), &path).expect("a listing");
     assert_eq!(entries.len(), 5000);
@@ -415,4 +440,272 @@ fn a_listing_comes_in_one_reply_when_it_fits_and_whole_when_not() {
         client.stats().sent_by_kind(),
         "an application waits for every reply of a listing"
     );
+}
+
+/// A man in the middle: accepts TLS with a certificate of its own on a free
+/// port, as an attacker who took the server's address would. It reports
+/// whether a client completed the handshake with it.
+fn impostor() -> (SocketAddr, mpsc::Receiver<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let addr = listener.local_addr().expect("a local address");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let identity = ferry_common::tls::Identity::generate("ferry-server").expect("a key");
+        let config = rustls::ServerConfig::builder_with_provider(ferry_common::tls::provider())
+            .with_protocol_versions(ferry_common::tls::VERSIONS)
+            .expect("TLS 1.3")
+            .with_no_client_auth()
+            .with_single_cert(vec![identity.cert], identity.key)
+            .expect("a config");
+        let Ok((stream, _)) = listener.accept() else {
+            return;
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let accepted = rt.block_on(async move {
+            stream.set_nonblocking(true).ok()?;
+            let stream = tokio::net::TcpStream::from_std(stream).ok()?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+            let accepted = tokio::time::timeout(PATIENCE, acceptor.accept(stream)).await;
+            Some(matches!(accepted, Ok(Ok(_))))
+        });
+        let _ = tx.send(accepted.unwrap_or(false));
+    });
+    (addr, rx)
+}
+
+#[test]
+fn a_man_in_the_middle_with_its_own_certificate_is_refused() {
+    let served = Served::new();
+    let (mitm, handshakes) = impostor();
+    // The client expects the real server's certificate (pinned)...
+    let err = RemoteClient::connect(&mitm.to_string(), &options_for(served.server(), PATIENCE))
+        .err()
+        .expect("refused");
+    let ConnectError::ServerChanged {
+        expected,
+        presented,
+        ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(*expected, served.server().tls().unwrap().fingerprint());
+    assert_ne!(presented, expected);
+    let text = err.to_string();
+    assert!(text.contains(&expected.to_string()) && text.contains(&presented.to_string()));
+    // ...and aborts the handshake: the impostor never got a session, so it
+    // never saw the token's proof or a request.
+    assert_eq!(handshakes.recv_timeout(PATIENCE), Ok(false));
+}
+
+#[test]
+fn a_changed_server_certificate_is_refused_naming_the_line_to_remove() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let known = dir.path().join("client-state/known_servers");
+    let mut served = Served::new();
+    let token = served
+        .server()
+        .tls()
+        .unwrap()
+        .token(None)
+        .cloned()
+        .expect("a token");
+    let options = |token: &ferry_common::auth::Token| ConnectOptions {
+        timeout: PATIENCE,
+        security: Security::Tls(TlsOptions {
+            trust: Trust::KnownServers(known.clone()),
+            token: Some(token.clone()),
+            identity: None,
+        }),
+    };
+    let addr = served.server().addr().to_string();
+    // First contact: trusted and recorded.
+    let client = RemoteClient::connect(&addr, &options(&token)).expect("first contact");
+    client.shutdown();
+    let recorded = std::fs::read_to_string(&known).expect("known_servers was written");
+    let first = served.server().tls().unwrap().fingerprint();
+    assert_eq!(recorded, format!("{addr} {first}\n"));
+    // Again: the same certificate passes.
+    RemoteClient::connect(&addr, &options(&token)).expect("the same server");
+
+    // The server comes back on the same address with a new identity.
+    let port = served.server().addr();
+    served.server = None;
+    let security = ferry_server::test_security(served.dir.path()).expect("identity");
+    let new_token = match &security {
+        ferry_server::Security::Tls(tls) => tls.token(None).cloned().expect("a token"),
+        ferry_server::Security::Insecure => unreachable!(),
+    };
+    let config = ServerConfig::new(served.dir.path().to_path_buf(), port, security);
+    served.server = Some(spawn_server(config).expect("a new server"));
+    let err = RemoteClient::connect(&addr, &options(&new_token))
+        .err()
+        .expect("a changed certificate is refused");
+    let text = err.to_string();
+    let now = served.server().tls().unwrap().fingerprint();
+    assert!(matches!(err, ConnectError::ServerChanged { .. }), "{err:?}");
+    assert!(text.contains(&first.to_string()), "{text}");
+    assert!(text.contains(&now.to_string()), "{text}");
+    assert!(
+        text.contains(&format!("remove line 1 of {}", known.display())),
+        "{text}"
+    );
+    // Done as told, the new server is met as a first contact.
+    std::fs::write(&known, "").expect("remove the line");
+    RemoteClient::connect(&addr, &options(&new_token)).expect("the new server, trusted anew");
+}
+
+#[test]
+fn plaintext_and_tls_ends_that_do_not_match_say_so() {
+    // A plaintext client of a TLS server.
+    let served = Served::new();
+    let insecure = ConnectOptions::insecure().with_timeout(PATIENCE);
+    let err = RemoteClient::connect(&served.server().addr().to_string(), &insecure)
+        .err()
+        .expect("refused");
+    assert!(matches!(err, ConnectError::Refused { .. }), "{err:?}");
+    assert!(err.to_string().contains("requires TLS"), "{err}");
+
+    // A TLS client of a plaintext (--insecure) server.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let config = ServerConfig::new(
+        dir.path().to_path_buf(),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        ferry_server::Security::Insecure,
+    );
+    let plain = spawn_server(config).expect("an insecure server");
+    let tls = ConnectOptions::pinned(ferry_common::auth::Fingerprint::of(b"x"), None);
+    let err = RemoteClient::connect(&plain.addr().to_string(), &tls)
+        .err()
+        .expect("refused");
+    assert!(matches!(err, ConnectError::Refused { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("without TLS") && text.contains("--insecure"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_client_certificate_alone_gets_in_once_authorized() {
+    let served = Served::new();
+    let tls = served.server().tls().unwrap();
+    let identity = ferry_common::tls::Identity::generate("ferry-client").expect("a key");
+    let options = ConnectOptions {
+        timeout: PATIENCE,
+        security: Security::Tls(TlsOptions {
+            trust: Trust::Pinned(tls.fingerprint()),
+            token: None,
+            identity: Some(identity.clone()),
+        }),
+    };
+    let addr = served.server().addr().to_string();
+    let err = RemoteClient::connect(&addr, &options)
+        .err()
+        .expect("not yet");
+    assert!(err.to_string().contains("not authorized"), "{err}");
+    std::fs::write(
+        tls.authorized_clients_path(),
+        format!("{} test\n", identity.fingerprint()),
+    )
+    .expect("authorize");
+    let client = RemoteClient::connect(&addr, &options).expect("authorized");
+    let root = Op::Stat {
+        path: RelPath::root(),
+    };
+    assert!(matches!(client.call(&me(), root), Ok(Reply::Attr(_))));
+}
+
+#[test]
+fn a_request_that_cannot_be_sent_fails_at_its_deadline() {
+    // The peer welcomes the client, then never reads: once the socket's
+    // buffers are full, no frame can be written.
+    let (release, held) = mpsc::channel::<()>();
+    let addr = ferry_peer(move |stream| {
+        let _ = held.recv_timeout(PATIENCE);
+        drop(stream);
+    });
+    let timeout = Duration::from_secs(1);
+    let client = connect(addr, timeout);
+    let epoch = client.connected_epoch().expect("connected");
+    let chunk = vec![0u8; frame::MAX_CHUNK as usize];
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    // Far more than the kernel buffers on both ends hold.
+    for _ in 0..64 {
+        let (tx, rx) = mpsc::channel();
+        client.submit_write_in(epoch, &me(), 1, 0, &chunk, move |r| {
+            let _ = tx.send(r);
+        });
+        answers.push(rx);
+        assert!(
+            started.elapsed() < timeout + Duration::from_secs(2),
+            "a submit blocked for {:?}",
+            started.elapsed()
+        );
+    }
+    for rx in answers {
+        let answer = received(&rx);
+        assert!(
+            matches!(answer, Err(Errno::ETIMEDOUT | Errno::EIO)),
+            "{answer:?}"
+        );
+    }
+    assert!(started.elapsed() < timeout + Duration::from_secs(2));
+    let _ = release.send(());
+}
+
+#[test]
+fn reconnecting_to_a_server_that_accepts_but_never_answers_holds_up_nobody() {
+    // The first connection is welcomed and then closed; every later one is
+    // accepted by the kernel and never answered, as a frozen server's are.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("an address");
+    let (stop, stopped) = mpsc::channel::<()>();
+    thread::spawn(move || {
+        if let Ok((mut first, _)) = listener.accept() {
+            let _ = frame::read_frame(&mut first);
+            let greeting = HandshakeReply::Welcome(welcome());
+            let _ = frame::write_frame(&mut first, &greeting);
+            thread::sleep(Duration::from_millis(200));
+            drop(first);
+        }
+        // Later connections stay in the backlog, unanswered.
+        let _ = stopped.recv_timeout(PATIENCE);
+        drop(listener);
+    });
+    let timeout = Duration::from_secs(2);
+    let client = connect(addr, timeout);
+    // Wait for the break to be noticed.
+    let deadline = Instant::now() + PATIENCE;
+    while client.current_epoch().is_some() {
+        assert!(Instant::now() < deadline, "the close went unnoticed");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Callers on several threads while an attempt hangs: each gives up
+    // within the reconnect grace, none waits for the attempt's bound.
+    let started = Instant::now();
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let client = client.clone();
+            thread::spawn(move || {
+                let t = Instant::now();
+                let r = client.call(&me(), stat("x"));
+                (r, t.elapsed())
+            })
+        })
+        .collect();
+    for caller in callers {
+        let (result, took) = caller.join().expect("a caller");
+        assert_eq!(result, Err(Errno::EIO));
+        assert!(
+            took < RECONNECT_GRACE + Duration::from_millis(500),
+            "a call waited {took:?}"
+        );
+    }
+    assert!(started.elapsed() < timeout + Duration::from_secs(1));
+    let _ = stop.send(());
 }

@@ -3,6 +3,7 @@
 //! and re-opening after a server restart.
 
 use super::*;
+use crate::client::ConnectOptions;
 use crate::inode::ROOT_INO;
 use ferry_common::proto::{AttrChanges, SetTime};
 use ferry_common::Timestamp;
@@ -42,6 +43,9 @@ struct Harness {
     kernel: Arc<RecordingKernel>,
     server: Option<ServerHandle>,
     addr: std::net::SocketAddr,
+    /// How clients reach the server (which keeps its identity across restarts).
+    options: ConnectOptions,
+    security: ferry_server::Security,
     dir: tempfile::TempDir,
 }
 
@@ -61,12 +65,19 @@ impl Harness {
     /// default: root is not squashed).
     fn serving(opts: FsOptions, tune: impl FnOnce(&mut ferry_server::ServerConfig)) -> Harness {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let mut config = ferry_server::test_config(dir.path());
+        let security = ferry_server::test_security(dir.path()).expect("a server identity");
+        let mut config = ferry_server::test_config(dir.path(), security);
         tune(&mut config);
         let server = spawn_server(config).expect("a server");
         let addr = server.addr();
-        let client =
-            RemoteClient::connect_with_timeout(&addr.to_string(), PATIENCE).expect("connect");
+        let tls = server.tls().expect("a TLS server");
+        let options = ConnectOptions::pinned(
+            tls.fingerprint(),
+            Some(tls.token(None).cloned().expect("a token")),
+        )
+        .with_timeout(PATIENCE);
+        let security = server.security().clone();
+        let client = RemoteClient::connect(&addr.to_string(), &options).expect("connect");
         let kernel = Arc::new(RecordingKernel::default());
         let core = Core::new(client, opts, kernel.clone());
         Harness {
@@ -75,14 +86,15 @@ impl Harness {
             kernel,
             server: Some(server),
             addr,
+            options,
+            security,
             dir,
         }
     }
 
     /// A second core (another client) on the same server.
     fn another_client(&self) -> Core {
-        let client =
-            RemoteClient::connect_with_timeout(&self.addr.to_string(), PATIENCE).expect("connect");
+        let client = RemoteClient::connect(&self.addr.to_string(), &self.options).expect("connect");
         Core::new(client, FsOptions::default(), Arc::new(NoKernel))
     }
 
@@ -93,7 +105,7 @@ impl Harness {
 
     fn restart_server(&mut self) {
         self.server = None;
-        let mut config = ferry_server::test_config(self.dir.path());
+        let mut config = ferry_server::test_config(self.dir.path(), self.security.clone());
         config.listen = self.addr;
         self.server = Some(spawn_server(config).expect("restart on the same port"));
     }

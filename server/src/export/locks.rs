@@ -53,6 +53,11 @@ impl LockTable {
         LockTable::default()
     }
 
+    /// No lock descriptor is held.
+    pub(crate) fn is_empty(&self) -> bool {
+        sync::lock(&self.owners).is_empty()
+    }
+
     /// Takes, changes or drops a lock without waiting: EAGAIN on a conflict.
     pub(crate) fn set(
         &self,
