@@ -280,6 +280,15 @@ impl InodeTable {
         unchanged
     }
 
+    /// Whether `ino` was opened before and `attr` shows the same content as it
+    /// had then: the kernel may still hold its pages.
+    pub(crate) fn unchanged_since_opened(&self, ino: u64, attr: &Attr) -> bool {
+        self.nodes
+            .get(&ino)
+            .and_then(|n| n.opened_as)
+            .is_some_and(|old| old.same_content(attr))
+    }
+
     /// A server handle was opened on `ino`.
     pub(crate) fn add_handle(&mut self, ino: u64, handle: u64) {
         if let Some(node) = self.nodes.get_mut(&ino) {

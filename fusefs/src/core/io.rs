@@ -66,7 +66,11 @@ impl Core {
         let mark = self.writes.mark();
         let data_mark = self.opened.mark();
         // The server's copy lacks this mount's writes in flight: no bytes then.
-        let want = (reads_only && !self.writes.busy(ino)).then(|| self.first_bytes_of(ino));
+        let want = if reads_only && !self.writes.busy(ino) {
+            self.first_bytes_of(ino)
+        } else {
+            None
+        };
         let core = self.clone();
         let opener = caller.cred.clone();
         let op = match want {
@@ -123,11 +127,14 @@ impl Core {
         });
     }
 
-    /// How much of `ino` an open for reading asks for (see [`WHOLE_FILE`]).
-    fn first_bytes_of(&self, ino: u64) -> u32 {
+    /// How much of `ino` an open for reading asks for (see [`WHOLE_FILE`]):
+    /// nothing when the file looks unchanged since this mount last opened it,
+    /// as the kernel then keeps the pages it has (close-to-open).
+    fn first_bytes_of(&self, ino: u64) -> Option<u32> {
         match self.attrs.fresh(ino) {
-            Some((attr, _)) if attr.size <= u64::from(WHOLE_FILE) => WHOLE_FILE,
-            _ => FIRST_BYTES,
+            Some((attr, _)) if lock(&self.inodes).unchanged_since_opened(ino, &attr) => None,
+            Some((attr, _)) if attr.size <= u64::from(WHOLE_FILE) => Some(WHOLE_FILE),
+            _ => Some(FIRST_BYTES),
         }
     }
 
