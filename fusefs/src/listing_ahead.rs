@@ -20,15 +20,26 @@
 //!   anything changing then ([`Changes`]): it could show this mount's past;
 //! - the directory at that path is the one it was asked for.
 //!
-//! Otherwise the listing is fetched as always. Requests go out from a thread of
-//! their own (answers arrive on the connection's reader, which must not wait to
-//! send), on behalf of the user whose listing set them off; none is waited for.
+//! Otherwise the listing is fetched as always.
+//!
+//! A walk also looks up, one after another, the names a listing showed it:
+//! `tar c` and `cp -r` stat and open each file in turn, and once the kernel's
+//! entries from the listing are older than the attribute timeout, every name
+//! would cost a round trip of its own. So the names of a directory's latest
+//! listing answer lookups while the listing is as fresh as above
+//! ([`lookup`](ListingsAhead::lookup)), and when a name is looked up in a
+//! listing just gone stale, the listing is asked for again, once: a walk then
+//! costs a listing per attribute timeout rather than a lookup per name.
+//!
+//! Requests go out from a thread of their own (answers arrive on the
+//! connection's reader, which must not wait to send), on behalf of the user
+//! whose listing or lookup set them off; none is waited for.
 
 use crate::client::{OpResult, RemoteClient};
 use crate::inode::FileId;
 use ferry_common::proto::{Cred, DirEntry, Op, Reply};
 use ferry_common::sync::lock;
-use ferry_common::{FileKind, RelPath};
+use ferry_common::{Attr, FileKind, RelPath};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -49,6 +60,13 @@ pub(crate) const LARGEST: u64 = 1 << 20;
 pub(crate) const HELD_ENTRIES: usize = 100_000;
 /// Listings fetched ahead held at most.
 pub(crate) const HELD_LISTINGS: usize = 1024;
+/// Directories whose names are kept for lookups, at most...
+pub(crate) const NAMED_DIRECTORIES: usize = 256;
+/// ...and names over all of them.
+pub(crate) const NAMES: usize = 200_000;
+/// A stale listing is asked for again for a lookup only within this long of
+/// when it was asked for last (a walk is going on).
+const REFRESH_WITHIN: Duration = Duration::from_secs(60);
 /// Listings the kernel made lately that are remembered, for their subdirectories.
 const REMEMBERED: usize = 256;
 /// The longest the kernel's listing waits for one fetched ahead that is on its
@@ -78,7 +96,7 @@ impl Changes {
     }
 
     /// A mark for a listing asked for now; `None` while changes are under way.
-    fn mark(&self) -> Option<u64> {
+    pub(crate) fn mark(&self) -> Option<u64> {
         let seq = self.seq.load(Ordering::SeqCst);
         (self.under_way.load(Ordering::SeqCst) == 0).then_some(seq)
     }
@@ -125,6 +143,16 @@ pub(crate) fn changes_listings(op: &Op) -> bool {
     }
 }
 
+/// A listing fetched ahead, taken for the kernel.
+#[derive(Debug)]
+pub(crate) struct Taken {
+    pub(crate) entries: Arc<Vec<DirEntry>>,
+    /// When it was asked for.
+    pub(crate) asked: Instant,
+    /// [`Changes`] then.
+    pub(crate) mark: u64,
+}
+
 /// A listing fetched ahead.
 #[derive(Debug)]
 struct Fetched {
@@ -142,6 +170,20 @@ struct Wanted {
     path: RelPath,
     id: FileId,
     cred: Cred,
+    /// For the names it holds (lookups), not for the kernel's listing.
+    for_names: bool,
+}
+
+/// The names of a directory as its latest listing showed them.
+#[derive(Debug)]
+struct Names {
+    id: FileId,
+    asked: Instant,
+    /// [`Changes`] when the listing was asked for; `None`: changes were under way.
+    mark: Option<u64>,
+    attrs: HashMap<Vec<u8>, Attr>,
+    /// Asked for again and not answered yet.
+    refreshing: bool,
 }
 
 /// A listing the kernel made (or took from here) lately.
@@ -170,9 +212,55 @@ struct State {
     queue: VecDeque<Wanted>,
     in_flight: usize,
     listed: HashMap<RelPath, Listed>,
+    /// By directory path.
+    names: HashMap<RelPath, Names>,
+    /// Names held in `names`.
+    held_names: usize,
 }
 
 impl State {
+    /// Keeps the names of `path`, directory `id`, as `entries` show them;
+    /// the oldest directories go to make room.
+    fn keep_names(
+        &mut self,
+        path: &RelPath,
+        id: FileId,
+        asked: Instant,
+        mark: Option<u64>,
+        entries: &[DirEntry],
+    ) {
+        if let Some(old) = self.names.remove(path) {
+            self.held_names -= old.attrs.len();
+        }
+        if entries.len() > NAMES {
+            return;
+        }
+        while self.held_names + entries.len() > NAMES || self.names.len() >= NAMED_DIRECTORIES {
+            let oldest = self
+                .names
+                .iter()
+                .min_by_key(|(_, n)| n.asked)
+                .map(|(p, _)| p.clone());
+            let Some(oldest) = oldest else { break };
+            if let Some(old) = self.names.remove(&oldest) {
+                self.held_names -= old.attrs.len();
+            }
+        }
+        let attrs: HashMap<Vec<u8>, Attr> =
+            entries.iter().map(|e| (e.name.clone(), e.attr)).collect();
+        self.held_names += attrs.len();
+        self.names.insert(
+            path.clone(),
+            Names {
+                id,
+                asked,
+                mark,
+                attrs,
+                refreshing: false,
+            },
+        );
+    }
+
     fn take_ready(&mut self, path: &RelPath) -> Option<Fetched> {
         let fetched = self.ready.remove(path)?;
         self.held_entries -= fetched.entries.len();
@@ -246,7 +334,7 @@ impl ListingsAhead {
     /// for it: its entries and when it was asked for. One on its way is waited
     /// for (it is the sooner answer); one only wanted yet is not asked for
     /// any more (the caller asks now).
-    pub(crate) fn take(&self, path: &RelPath, id: FileId) -> Option<(Arc<Vec<DirEntry>>, Instant)> {
+    pub(crate) fn take(&self, path: &RelPath, id: FileId) -> Option<Taken> {
         let mut state = lock(&self.shared.state);
         let started = Instant::now();
         let mut waited = false;
@@ -277,17 +365,77 @@ impl ListingsAhead {
         };
         drop(state);
         let fresh = fetched.asked.elapsed() < self.ttl;
-        (fresh && fetched.id == id && self.changes.unchanged_since(fetched.mark))
-            .then_some((fetched.entries, fetched.asked))
+        (fresh && fetched.id == id && self.changes.unchanged_since(fetched.mark)).then_some(Taken {
+            entries: fetched.entries,
+            asked: fetched.asked,
+            mark: fetched.mark,
+        })
+    }
+
+    /// The attributes of `name` in directory `dir` (the server file `id`) as
+    /// the directory's latest listing shows them, and when it was asked for,
+    /// if that listing is as fresh as the kernel's caches may be. When it has
+    /// gone stale but had the name, it is asked for again on `cred`'s behalf
+    /// (once at a time): the lookups of a walk go on with it.
+    pub(crate) fn lookup(
+        &self,
+        cred: &Cred,
+        dir: &RelPath,
+        id: FileId,
+        name: &[u8],
+    ) -> Option<(Attr, Instant)> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let mut state = lock(&self.shared.state);
+        let names = state.names.get_mut(dir).filter(|n| n.id == id)?;
+        let attr = *names.attrs.get(name)?;
+        let age = names.asked.elapsed();
+        let unchanged = names
+            .mark
+            .is_some_and(|mark| self.changes.unchanged_since(mark));
+        if age < self.ttl && unchanged {
+            return Some((attr, names.asked));
+        }
+        if names.refreshing || age >= REFRESH_WITHIN {
+            return None;
+        }
+        names.refreshing = true;
+        if !state.pending.insert(dir.clone()) {
+            return None;
+        }
+        drop(state);
+        self.send(Job::Want(Wanted {
+            path: dir.clone(),
+            id,
+            cred: cred.clone(),
+            for_names: true,
+        }));
+        None
     }
 
     /// The kernel listed `path` (directory `id`) for `cred`, and got `entries`;
     /// `ahead`: from a listing fetched ahead. If that is a step of a walk, the
     /// listings it will want next are asked for.
-    pub(crate) fn listed(&self, cred: &Cred, path: &RelPath, entries: &[DirEntry], ahead: bool) {
+    ///
+    /// `id`, `asked` and `mark` ([`Changes`] when it was asked for, `None` if
+    /// changes were under way) say what the listing is of and how fresh: its
+    /// names answer lookups from now on (see [`lookup`](Self::lookup)).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn listed(
+        &self,
+        cred: &Cred,
+        path: &RelPath,
+        id: FileId,
+        entries: &[DirEntry],
+        asked: Instant,
+        mark: Option<u64>,
+        ahead: bool,
+    ) {
         if self.ttl.is_zero() {
             return;
         }
+        lock(&self.shared.state).keep_names(path, id, asked, mark, entries);
         let subdirs: Vec<(RelPath, FileId)> = entries
             .iter()
             .filter(|e| e.attr.kind == FileKind::Directory && e.attr.size <= LARGEST)
@@ -342,6 +490,7 @@ impl ListingsAhead {
                 path,
                 id,
                 cred: cred.clone(),
+                for_names: false,
             }));
         }
     }
@@ -439,7 +588,13 @@ impl Sender {
                 state.in_flight -= 1;
                 state.pending.remove(&want.path);
                 state.asking.remove(&want.path);
-                if cursor == 0 && state.room_for(entries.len()) {
+                if want.for_names {
+                    if cursor == 0 {
+                        state.keep_names(&want.path, want.id, asked, Some(mark), &entries);
+                    } else if let Some(names) = state.names.get_mut(&want.path) {
+                        names.refreshing = false;
+                    }
+                } else if cursor == 0 && state.room_for(entries.len()) {
                     state.held_entries += entries.len();
                     state.ready.insert(
                         want.path,
@@ -457,6 +612,9 @@ impl Sender {
                 state.in_flight -= 1;
                 state.pending.remove(&want.path);
                 state.asking.remove(&want.path);
+                if let Some(names) = state.names.get_mut(&want.path) {
+                    names.refreshing = false;
+                }
             }
         }
         self.shared.answered.notify_all();
@@ -476,6 +634,9 @@ impl Sender {
                 // Worthless while this mount changes things: dropped.
                 let Some(mark) = self.changes.mark() else {
                     state.pending.remove(&want.path);
+                    if let Some(names) = state.names.get_mut(&want.path) {
+                        names.refreshing = false;
+                    }
                     continue;
                 };
                 state.in_flight += 1;

@@ -60,6 +60,8 @@ pub struct Stats {
     pub attrs: HitRate,
     /// Lookups of absent names answered here.
     pub absent_names: HitRate,
+    /// Lookups of names answered from a recent listing (hits only).
+    pub listed_names: HitRate,
     /// Opens that kept the kernel's cached pages (the file had not changed).
     pub page_cache: HitRate,
 }
@@ -80,6 +82,7 @@ impl Default for Stats {
             connected_at_ms: AtomicU64::new(0),
             attrs: HitRate::default(),
             absent_names: HitRate::default(),
+            listed_names: HitRate::default(),
             page_cache: HitRate::default(),
         }
     }

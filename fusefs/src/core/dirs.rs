@@ -220,11 +220,13 @@ impl Core {
         let id = lock(&self.inodes).file_id(ino);
         let ahead = id.and_then(|id| self.ahead.take(&path, id));
         let from_ahead = ahead.is_some();
-        let (entries, asked) = match ahead {
-            Some(found) => found,
+        let (entries, asked, mark) = match ahead {
+            Some(taken) => (taken.entries, taken.asked, Some(taken.mark)),
             None => {
                 let asked = Instant::now();
-                (Arc::new(self.client.list_dir(&caller.cred, &path)?), asked)
+                let mark = self.changes.mark();
+                let entries = Arc::new(self.client.list_dir(&caller.cred, &path)?);
+                (entries, asked, mark)
             }
         };
         // A listing is one pass over the directory on the server, so it is
@@ -238,7 +240,10 @@ impl Core {
             snapshot.entries = entries.clone();
             snapshot.asked = asked;
         }
-        self.ahead.listed(&caller.cred, &path, &entries, from_ahead);
+        if let Some(id) = id {
+            self.ahead
+                .listed(&caller.cred, &path, id, &entries, asked, mark, from_ahead);
+        }
         Ok((path, entries, asked))
     }
 

@@ -304,3 +304,46 @@ fn listings_fetched_ahead_go_stale_with_the_attribute_timeout() {
     h.list(b);
     assert_eq!(h.waited() - before, 1, "too old: asked for again");
 }
+
+#[test]
+fn a_walks_lookups_are_answered_by_the_listing_asked_again_once_stale() {
+    let h = Harness::with(FsOptions {
+        attr_timeout: Duration::from_secs(1),
+        ..FsOptions::default()
+    });
+    std::fs::create_dir(h.on_disk("d")).expect("a directory");
+    for i in 0..10 {
+        std::fs::write(h.on_disk(&format!("d/f{i}")), vec![b'x'; i]).expect("a file");
+    }
+    let d = h.ino(ROOT_INO, "d");
+    assert_eq!(names(h.list(d)).len(), 10);
+    // Within the timeout: the listing answers, with what is left of it.
+    let before = h.waited();
+    match h.lookup(d, "f3") {
+        Ok(Lookup::Found(e)) => {
+            assert_eq!(e.attr.size, 3);
+            assert!(e.ttl <= Duration::from_secs(1));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.waited(), before);
+    // Stale: this lookup asks the server, and the listing is asked for again...
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(h.on_disk("d/f5"), [b'y'; 50]).expect("rewrite");
+    assert!(matches!(h.lookup(d, "f4"), Ok(Lookup::Found(_))));
+    assert_eq!(h.waited() - before, 1);
+    h.core.ahead.settle();
+    assert_eq!(h.sent("list"), 2);
+    // ...which answers the next ones, as the server has them now.
+    match h.lookup(d, "f5") {
+        Ok(Lookup::Found(e)) => assert_eq!(e.attr.size, 50),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.waited() - before, 1);
+    // A change through this mount: the server is asked again.
+    let (made, opened) = h.create(d, "new", libc::O_RDWR).expect("create");
+    h.close(made.ino, opened.fh).expect("close");
+    let waited = h.waited();
+    assert!(matches!(h.lookup(d, "f6"), Ok(Lookup::Found(_))));
+    assert_eq!(h.waited() - waited, 1);
+}
