@@ -52,18 +52,24 @@ fn file_type(kind: FileKind) -> FileType {
     }
 }
 
-/// The kernel's view of a remote node: our inode number, the server's attributes.
+/// The kernel's view of a remote node: our inode number, the server's
+/// attributes. The server is not trusted to send what the kernel can hold: a
+/// size beyond `i64::MAX` would be a negative `i_size` there, and permission
+/// bits beyond `0o7777` would change the node's type in the mode the kernel
+/// builds (which it answers by making the inode bad); times of any value
+/// convert without panicking (see [`Timestamp::to_system_time`]).
 fn file_attr(ino: u64, attr: &Attr) -> FileAttr {
+    const KERNEL_MAX: u64 = i64::MAX as u64;
     FileAttr {
         ino: INodeNo(ino),
-        size: attr.size,
-        blocks: attr.blocks,
+        size: attr.size.min(KERNEL_MAX),
+        blocks: attr.blocks.min(KERNEL_MAX),
         atime: attr.atime.to_system_time(),
         mtime: attr.mtime.to_system_time(),
         ctime: attr.ctime.to_system_time(),
         crtime: attr.ctime.to_system_time(),
         kind: file_type(attr.kind),
-        perm: attr.perm,
+        perm: attr.perm & 0o7777,
         nlink: attr.nlink,
         uid: attr.uid,
         gid: attr.gid,
@@ -652,5 +658,37 @@ impl Filesystem for FerryFs {
         reply: ReplyIoctl,
     ) {
         reply.error(errno(Errno::new(libc::ENOTTY)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_attributes_a_server_sends_become_a_valid_kernel_attr() {
+        let mut attr = Attr::blank(FileKind::File);
+        attr.size = u64::MAX;
+        attr.blocks = u64::MAX;
+        attr.perm = u16::MAX;
+        attr.rdev = u64::MAX;
+        attr.blksize = 0;
+        for (secs, nanos) in [(i64::MIN, u32::MAX), (-1, 0), (i64::MAX, u32::MAX)] {
+            let t = Timestamp { secs, nanos };
+            (attr.atime, attr.mtime, attr.ctime) = (t, t, t);
+            let kernel = file_attr(7, &attr);
+            assert_eq!(kernel.size, i64::MAX as u64);
+            assert_eq!(kernel.blocks, i64::MAX as u64);
+            assert_eq!(kernel.perm, 0o7777);
+            assert_eq!(kernel.kind, FileType::RegularFile);
+            assert_eq!(kernel.mtime >= std::time::UNIX_EPOCH, secs >= 0);
+        }
+    }
+
+    #[test]
+    fn errnos_reach_the_kernel_only_in_its_range() {
+        assert_eq!(errno(Errno::new(600)).code(), libc::EIO);
+        assert_eq!(errno(Errno::new(0)).code(), libc::EIO);
+        assert_eq!(errno(Errno::ENOENT).code(), libc::ENOENT);
     }
 }

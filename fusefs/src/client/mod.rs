@@ -18,6 +18,8 @@
 //! (rather than reaching whatever file that number names on a new connection)
 //! when the epoch has changed; its owner re-opens the file by path.
 
+pub mod listing;
+
 use ferry_common::frame::{self, ResponseFrame};
 use ferry_common::proto::{DirEntry, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome};
 use ferry_common::sync::lock;
@@ -353,20 +355,27 @@ impl RemoteClient {
         rx.recv_timeout(limit).unwrap_or(Err(Errno::ETIMEDOUT))
     }
 
-    /// All entries of a remote directory, fetched page by page.
+    /// All entries of a remote directory, fetched page by page, within the
+    /// bounds of [`listing`]: at most [`listing::MAX_ENTRIES`] (EFBIG beyond),
+    /// each name once and valid, and done within the time the slowest calls
+    /// get (ETIMEDOUT after it), however the server answers.
     pub fn list_dir(&self, path: &ferry_common::RelPath) -> Result<Vec<DirEntry>, Errno> {
-        let mut all = Vec::new();
+        let deadline = Instant::now() + self.inner.timeout * FSYNC_TIMEOUT_FACTOR;
+        let mut listing = listing::Listing::new();
         loop {
+            if Instant::now() > deadline {
+                return Err(Errno::ETIMEDOUT);
+            }
             let op = Op::ReadDir {
                 path: path.clone(),
-                start: all.len() as u64,
+                start: listing.next_start(),
             };
             match self.call(op)? {
                 Reply::Entries { entries, more } => {
                     let got = entries.len();
-                    all.extend(entries);
+                    listing.add_page(entries)?;
                     if !more || got == 0 {
-                        return Ok(all);
+                        return Ok(listing.finish(path));
                     }
                 }
                 _ => return Err(Errno::EPROTO),
@@ -549,5 +558,7 @@ fn sweep_loop(inner: std::sync::Weak<Inner>) {
     }
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;

@@ -9,9 +9,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc::Receiver;
 
 /// How long a test waits for anything before calling it a hang.
-const PATIENCE: Duration = Duration::from_secs(20);
+pub(super) const PATIENCE: Duration = Duration::from_secs(20);
 
-fn welcome() -> Welcome {
+pub(super) fn welcome() -> Welcome {
     Welcome {
         version: PROTOCOL_VERSION,
         max_chunk: frame::MAX_CHUNK,
@@ -44,20 +44,20 @@ fn scripted_peer(
 }
 
 /// A peer that welcomes the client and runs `script`.
-fn ferry_peer(script: impl FnOnce(TcpStream) + Send + 'static) -> SocketAddr {
+pub(super) fn ferry_peer(script: impl FnOnce(TcpStream) + Send + 'static) -> SocketAddr {
     scripted_peer(Some(HandshakeReply::Welcome(welcome())), script)
 }
 
-fn connect(addr: SocketAddr, timeout: Duration) -> RemoteClient {
+pub(super) fn connect(addr: SocketAddr, timeout: Duration) -> RemoteClient {
     RemoteClient::connect_with_timeout(&addr.to_string(), timeout).expect("connect")
 }
 
-fn read_request(stream: &mut TcpStream) -> Option<Request> {
+pub(super) fn read_request(stream: &mut TcpStream) -> Option<Request> {
     let payload = frame::read_frame(stream).ok()??;
     frame::decode(&payload).ok()
 }
 
-fn answer(stream: &mut TcpStream, id: u64, result: OpResult) {
+pub(super) fn answer(stream: &mut TcpStream, id: u64, result: OpResult) {
     let _ = frame::write_frame(stream, &Response { id, result });
 }
 
@@ -76,7 +76,7 @@ fn submit(client: &RemoteClient, op: Op) -> Receiver<OpResult> {
     rx
 }
 
-fn received<T>(rx: &Receiver<T>) -> T {
+pub(super) fn received<T>(rx: &Receiver<T>) -> T {
     rx.recv_timeout(PATIENCE).expect("an answer, not a hang")
 }
 
