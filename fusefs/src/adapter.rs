@@ -19,8 +19,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::SystemTime;
 
-/// Inode numbers are never reused, so every entry has generation 0.
-const GENERATION: Generation = Generation(0);
+/// What a negative entry carries: no inode, so no generation either.
+const NO_GENERATION: Generation = Generation(0);
 
 pub struct FerryFs {
     core: Core,
@@ -103,7 +103,7 @@ fn fopen_flags(opened: &Opened) -> FopenFlags {
 
 fn reply_entry(reply: ReplyEntry, r: Result<Entry, Errno>) {
     match r {
-        Ok(e) => reply.entry(&e.ttl, &file_attr(e.ino, &e.attr), GENERATION),
+        Ok(e) => reply.entry(&e.ttl, &file_attr(e.ino, &e.attr), Generation(e.generation)),
         Err(e) => reply.error(errno(e)),
     }
 }
@@ -179,7 +179,7 @@ impl Filesystem for FerryFs {
             Ok(Lookup::Missing(ttl)) => reply.entry(
                 &ttl,
                 &file_attr(0, &Attr::blank(FileKind::File)),
-                GENERATION,
+                NO_GENERATION,
             ),
             Err(e) => reply.error(errno(e)),
         });
@@ -493,7 +493,7 @@ impl Filesystem for FerryFs {
                 OsStr::from_bytes(item.name),
                 &e.ttl,
                 &file_attr(e.ino, &e.attr),
-                GENERATION,
+                Generation(e.generation),
             )
         });
         match listed {
@@ -635,7 +635,7 @@ impl Filesystem for FerryFs {
                 Ok((e, opened)) => reply.created(
                     &e.ttl,
                     &file_attr(e.ino, &e.attr),
-                    GENERATION,
+                    Generation(e.generation),
                     FileHandle(opened.fh),
                     fopen_flags(&opened),
                 ),
