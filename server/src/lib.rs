@@ -18,6 +18,9 @@
 //!   where `schedule` says, and a single writer that batches the replies.
 //! - `sys`: the few system calls outside the export (descriptor limit, socket
 //!   options).
+//! - `fuzz` (in tests, and in builds with `--cfg fuzzing`): the fuzz targets —
+//!   the frame decoder, the handshake, the dispatch of operations — which run
+//!   as bounded tests on stable and coverage-guided under `fuzz/`.
 //! - this file: [`Server`], which accepts connections up to a limit and stops
 //!   gracefully, and [`spawn_test_server`] for tests.
 //!
@@ -28,6 +31,8 @@
 mod connection;
 mod dispatch;
 mod export;
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 mod handles;
 mod schedule;
 mod sequencer;
