@@ -48,6 +48,7 @@
 
 mod connect;
 mod known_servers;
+pub mod listing;
 pub mod tls;
 
 pub use connect::ConnectError;
@@ -415,24 +416,32 @@ impl RemoteClient {
         rx.recv_timeout(limit).unwrap_or(Err(Errno::ETIMEDOUT))
     }
 
-    /// All entries of a remote directory, fetched page by page on behalf of `cred`.
+    /// All entries of a remote directory, fetched page by page on behalf of
+    /// `cred`, within the bounds of [`listing`]: at most
+    /// [`listing::MAX_ENTRIES`] (EFBIG beyond), each name once and valid, and
+    /// done within the time the slowest calls get (ETIMEDOUT after it),
+    /// however the server answers.
     pub fn list_dir(
         &self,
         cred: &Cred,
         path: &ferry_common::RelPath,
     ) -> Result<Vec<DirEntry>, Errno> {
-        let mut all = Vec::new();
+        let deadline = Instant::now() + self.inner.timeout * FSYNC_TIMEOUT_FACTOR;
+        let mut listing = listing::Listing::new();
         loop {
+            if Instant::now() > deadline {
+                return Err(Errno::ETIMEDOUT);
+            }
             let op = Op::ReadDir {
                 path: path.clone(),
-                start: all.len() as u64,
+                start: listing.next_start(),
             };
             match self.call(cred, op)? {
                 Reply::Entries { entries, more } => {
                     let got = entries.len();
-                    all.extend(entries);
+                    listing.add_page(entries)?;
                     if !more || got == 0 {
-                        return Ok(all);
+                        return Ok(listing.finish(path));
                     }
                 }
                 _ => return Err(Errno::EPROTO),
@@ -938,5 +947,7 @@ async fn reconnect_loop(
     }
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;
