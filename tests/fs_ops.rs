@@ -730,11 +730,22 @@ fn inode_numbers_are_stable_and_shared_by_hard_links() {
     fs::write("/proc/sys/vm/drop_caches", b"2").unwrap();
     assert_eq!(fs::metadata(f.m("d")).unwrap().ino(), dir);
     assert_eq!(fs::metadata(f.m("d/b")).unwrap().ino(), a);
-    // A removed file's number is not handed to the next file.
+    // Numbers are the server's files: the low 48 bits are the server's inode
+    // number, so a file's number follows it everywhere.
+    let server_a = fs::metadata(f.e("d/a")).unwrap().ino();
+    assert_eq!(a & ((1 << 48) - 1), server_a);
+    // A new file in a removed one's place is a new file, whatever number the
+    // server's filesystem gives it (it may reuse the old one, as on a local disk).
     fs::remove_file(f.m("d/a")).unwrap();
     fs::remove_file(f.m("d/b")).unwrap();
     fs::write(f.m("d/c"), b"C").unwrap();
-    assert_ne!(fs::metadata(f.m("d/c")).unwrap().ino(), a);
+    let c = fs::metadata(f.m("d/c")).unwrap();
+    assert_eq!(
+        c.ino() & ((1 << 48) - 1),
+        fs::metadata(f.e("d/c")).unwrap().ino()
+    );
+    assert_eq!((c.len(), c.nlink()), (1, 1));
+    assert_eq!(fs::read(f.m("d/c")).unwrap(), b"C");
 }
 
 fn missing_names_and_directory_changes_are_seen_correctly() {

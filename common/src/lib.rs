@@ -16,7 +16,7 @@
 //!   straight to the kernel.
 //! - [`path`]: paths relative to the export root, and the checks every
 //!   component must pass before the server looks at it.
-//! - [`sync`]: the one mutex helper both sides use.
+//! - [`sync`]: the one mutex helper both sides use; [`socket`]: TCP keepalive.
 //! - [`counters`]: the lock-free counters and latency histograms behind `ferry
 //!   status` and the server's metrics.
 //! - [`address`]: how a person names a server, an export on it and a directory
@@ -36,6 +36,7 @@ pub mod errno;
 pub mod frame;
 pub mod path;
 pub mod proto;
+pub mod socket;
 pub mod state;
 pub mod sync;
 pub mod tls;

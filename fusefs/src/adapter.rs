@@ -20,8 +20,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::SystemTime;
 
-/// Inode numbers are never reused, so every entry has generation 0.
-const GENERATION: Generation = Generation(0);
+/// What a negative entry carries: no inode, so no generation either.
+const NO_GENERATION: Generation = Generation(0);
 
 pub struct FerryFs {
     core: Core,
@@ -57,18 +57,24 @@ fn file_type(kind: FileKind) -> FileType {
     }
 }
 
-/// The kernel's view of a remote node: our inode number, the server's attributes.
+/// The kernel's view of a remote node: our inode number, the server's
+/// attributes. The server is not trusted to send what the kernel can hold: a
+/// size beyond `i64::MAX` would be a negative `i_size` there, and permission
+/// bits beyond `0o7777` would change the node's type in the mode the kernel
+/// builds (which it answers by making the inode bad); times of any value
+/// convert without panicking (see [`Timestamp::to_system_time`]).
 fn file_attr(ino: u64, attr: &Attr) -> FileAttr {
+    const KERNEL_MAX: u64 = i64::MAX as u64;
     FileAttr {
         ino: INodeNo(ino),
-        size: attr.size,
-        blocks: attr.blocks,
+        size: attr.size.min(KERNEL_MAX),
+        blocks: attr.blocks.min(KERNEL_MAX),
         atime: attr.atime.to_system_time(),
         mtime: attr.mtime.to_system_time(),
         ctime: attr.ctime.to_system_time(),
         crtime: attr.ctime.to_system_time(),
         kind: file_type(attr.kind),
-        perm: attr.perm,
+        perm: attr.perm & 0o7777,
         nlink: attr.nlink,
         uid: attr.uid,
         gid: attr.gid,
@@ -102,7 +108,7 @@ fn fopen_flags(opened: &Opened) -> FopenFlags {
 
 fn reply_entry(reply: ReplyEntry, r: Result<Entry, Errno>) {
     match r {
-        Ok(e) => reply.entry(&e.ttl, &file_attr(e.ino, &e.attr), GENERATION),
+        Ok(e) => reply.entry(&e.ttl, &file_attr(e.ino, &e.attr), Generation(e.generation)),
         Err(e) => reply.error(errno(e)),
     }
 }
@@ -179,7 +185,7 @@ impl Filesystem for FerryFs {
                 Ok(Lookup::Missing(ttl)) => reply.entry(
                     &ttl,
                     &file_attr(0, &Attr::blank(FileKind::File)),
-                    GENERATION,
+                    NO_GENERATION,
                 ),
                 Err(e) => reply.error(errno(e)),
             });
@@ -536,7 +542,7 @@ impl Filesystem for FerryFs {
                     OsStr::from_bytes(item.name),
                     &e.ttl,
                     &file_attr(e.ino, &e.attr),
-                    GENERATION,
+                    Generation(e.generation),
                 )
             });
         match listed {
@@ -694,7 +700,7 @@ impl Filesystem for FerryFs {
                 Ok((e, opened)) => reply.created(
                     &e.ttl,
                     &file_attr(e.ino, &e.attr),
-                    GENERATION,
+                    Generation(e.generation),
                     FileHandle(opened.fh),
                     fopen_flags(&opened),
                 ),
@@ -718,5 +724,37 @@ impl Filesystem for FerryFs {
         reply: ReplyIoctl,
     ) {
         reply.error(errno(Errno::new(libc::ENOTTY)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_attributes_a_server_sends_become_a_valid_kernel_attr() {
+        let mut attr = Attr::blank(FileKind::File);
+        attr.size = u64::MAX;
+        attr.blocks = u64::MAX;
+        attr.perm = u16::MAX;
+        attr.rdev = u64::MAX;
+        attr.blksize = 0;
+        for (secs, nanos) in [(i64::MIN, u32::MAX), (-1, 0), (i64::MAX, u32::MAX)] {
+            let t = Timestamp { secs, nanos };
+            (attr.atime, attr.mtime, attr.ctime) = (t, t, t);
+            let kernel = file_attr(7, &attr);
+            assert_eq!(kernel.size, i64::MAX as u64);
+            assert_eq!(kernel.blocks, i64::MAX as u64);
+            assert_eq!(kernel.perm, 0o7777);
+            assert_eq!(kernel.kind, FileType::RegularFile);
+            assert_eq!(kernel.mtime >= std::time::UNIX_EPOCH, secs >= 0);
+        }
+    }
+
+    #[test]
+    fn errnos_reach_the_kernel_only_in_its_range() {
+        assert_eq!(errno(Errno::new(600)).code(), libc::EIO);
+        assert_eq!(errno(Errno::new(0)).code(), libc::EIO);
+        assert_eq!(errno(Errno::ENOENT).code(), libc::ENOENT);
     }
 }

@@ -156,8 +156,37 @@ fn mode_string(attr: &Attr) -> String {
     s
 }
 
+/// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (UTC), for any value the
+/// server sends: years before 1970, or past 9999, print as they are.
+fn utc_time(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let of_day = secs.rem_euclid(86_400);
+    // Days since 1970-01-01 to a civil date (the proleptic Gregorian calendar),
+    // counted in eras of 400 years from 0000-03-01; i128 keeps every step in range.
+    let z = i128::from(days) + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i128::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60
+    )
+}
+
 fn ls_line(client: &Client, dir: &RelPath, name: &[u8], attr: &Attr) -> String {
-    let mtime = humantime::format_rfc3339_seconds(attr.mtime.to_system_time());
+    let mtime = utc_time(attr.mtime.secs);
     let mut line = format!(
         "{} {:>3} {:>5} {:>5} {:>12} {} {}",
         mode_string(attr),
@@ -330,7 +359,7 @@ enum Order {
 fn download(
     client: &Client,
     handle: u64,
-    size: u64,
+    mut size: u64,
     mut file: &File,
     order: Order,
 ) -> Result<(), CliError> {
@@ -375,14 +404,18 @@ fn download(
         }
         .map_err(|e| CliError(format!("cannot write: {e}")))?;
         bar.inc(data.len() as u64);
-        if data.len() < len as usize && order == Order::AtOffsets {
-            // The file shrank on the server while we read it: keep what exists.
-            file.set_len(offset + data.len() as u64)
-                .map_err(|e| CliError(format!("cannot write: {e}")))?;
-            next = next.min(offset + data.len() as u64);
-        } else if data.len() < len as usize {
-            next = next.min(offset + data.len() as u64);
+        if data.len() < len as usize {
+            // The file ends here: it shrank on the server while we read it, or
+            // was never as long as announced. Keep what exists and ask no further.
+            // Reads beyond it may still be in flight; they come back empty.
+            size = size.min(offset + data.len() as u64);
+            next = next.min(size);
         }
+    }
+    if order == Order::AtOffsets {
+        // Whatever arrived in whichever order, the copy ends where the file did.
+        file.set_len(size)
+            .map_err(|e| CliError(format!("cannot write: {e}")))?;
     }
     bar.finish_and_clear();
     Ok(())
@@ -552,6 +585,20 @@ fn upload(client: &Client, handle: u64, file: &File, size: u64) -> Result<(), Cl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_print_as_utc_for_any_value() {
+        assert_eq!(utc_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_time(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(utc_time(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_time(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(utc_time(-86_400 * 365), "1969-01-01T00:00:00Z");
+        assert_eq!(utc_time(-2_208_988_800), "1900-01-01T00:00:00Z");
+        assert_eq!(utc_time(253_402_300_800), "10000-01-01T00:00:00Z");
+        // The extremes print something, and do not panic.
+        assert!(utc_time(i64::MIN).ends_with('Z'));
+        assert!(utc_time(i64::MAX).ends_with('Z'));
+    }
 
     #[test]
     fn mode_strings_match_ls() {

@@ -56,6 +56,12 @@ impl KnownDirs {
         });
     }
 
+    /// Nothing is known of `dir` any more: the number is no longer that
+    /// directory's (see [`crate::inode`]).
+    pub(crate) fn forget(&self, dir: u64) {
+        self.dirs.remove(&dir);
+    }
+
     /// Whether `name` is known not to be in `dir`; if so, for how much longer.
     /// A name longer than a file system allows is never "absent": the server
     /// answers ENAMETOOLONG for it.

@@ -22,7 +22,13 @@
 //!   back exactly as stored.
 //! - `chmod`, `truncate`, `utimens` and `stat` of a FIFO, socket or device act on
 //!   the node without opening it; `Open` refuses such nodes outright (ENXIO), as
-//!   opening one would reach the server's own driver or block on a FIFO.
+//!   opening one would reach the server's own driver or block on a FIFO. The
+//!   type is checked on the node itself, not on its name, so that a name
+//!   swapped between the check and the open cannot slip another node in (see
+//!   [`open_node`]).
+//! - Paths longer than one system call takes are resolved in pieces, each
+//!   confined as above relative to the directory the previous one reached
+//!   (see [`ExportRoot::walk`]).
 //!
 //! # Whose permissions
 //!
@@ -39,6 +45,10 @@ mod sys;
 mod xattr;
 
 #[cfg(test)]
+mod deep_path_tests;
+#[cfg(test)]
+mod open_race_tests;
+#[cfg(test)]
 mod tests;
 
 pub use credentials::Acting;
@@ -48,6 +58,7 @@ pub use open_file::OpenFile;
 
 use crate::identity::Identity;
 use credentials::OwnCredentials;
+use ferry_common::path::PATH_MAX;
 use ferry_common::proto::{AttrChanges, DirEntry, SetTime};
 use ferry_common::{Attr, Errno, RelPath, StatFs};
 use std::ffi::CString;
@@ -67,6 +78,9 @@ const OPEN_FLAGS: i32 = libc::O_ACCMODE
     | libc::O_DSYNC
     | libc::O_NOATIME
     | libc::O_DIRECTORY;
+
+/// The longest piece of a path one `openat2` resolves: with its NUL, `PATH_MAX`.
+const PIECE: usize = PATH_MAX - 1;
 
 /// How often `create` goes round when the file keeps appearing and vanishing
 /// between its exclusive create and its plain open.
@@ -248,45 +262,43 @@ impl ExportRoot {
 
     /// Opens an existing regular file or directory. Flags outside a safe set
     /// (`O_CREAT`, `O_PATH`, `O_DIRECT`, ...) are dropped; a symlink is ELOOP, any
-    /// other kind of node ENXIO.
+    /// other kind of node ENXIO, and neither is ever opened (see [`open_node`]).
     pub fn open_file(&self, path: &RelPath, flags: i32) -> Result<(OpenFile, Attr), Errno> {
         let node = self.locate(path)?;
-        // Look before opening: opening a device would reach the server's own
-        // driver, and opening a FIFO can block.
-        check_openable(&sys::fstatat(node.dir(), &node.name)?)?;
-        let (fd, st) = open_node(&node, flags & OPEN_FLAGS, 0)?;
+        let (fd, st) = open_node(&node, flags & OPEN_FLAGS)?;
         Ok((OpenFile::new(fd), attr_from_stat(&st)))
     }
 
     /// Creates and opens a regular file with permission bits `mode`. Without
     /// `O_EXCL` in `flags` an existing file is opened instead (and keeps its mode
-    /// and owner).
+    /// and owner), under the same rules as [`Self::open_file`].
     pub fn create(&self, path: &RelPath, flags: i32, mode: u32) -> Result<(OpenFile, Attr), Errno> {
         let node = self.locate(path)?;
         let exclusive = flags & libc::O_EXCL != 0;
         let flags = flags & OPEN_FLAGS;
         let mut last = Errno::EEXIST;
         // Creating exclusively first tells a new file (which gets the requested
-        // mode) from an existing one (which must not).
+        // mode) from an existing one (which must not). An exclusive
+        // create opens nothing but the regular file it has just made: whatever
+        // already has the name, even a dangling symlink, makes it fail.
         for _ in 0..CREATE_RETRIES {
-            match open_node(&node, flags | libc::O_CREAT | libc::O_EXCL, mode) {
-                Ok((fd, _)) => {
+            let created = sys::openat2(
+                node.dir(),
+                &node.name,
+                flags | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_NOCTTY,
+                mode,
+            );
+            match created {
+                Ok(fd) => {
                     let st = settle_new_node(fd.as_fd(), Some(mode))?;
                     return Ok((OpenFile::new(fd), attr_from_stat(&st)));
                 }
                 Err(e) if e == Errno::EEXIST && !exclusive => {}
                 Err(e) => return Err(e),
             }
-            match sys::fstatat(node.dir(), &node.name) {
-                Ok(st) => check_openable(&st)?,
-                Err(e) if e == Errno::ENOENT => {
-                    last = e;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
-            match open_node(&node, flags, 0) {
+            match open_node(&node, flags) {
                 Ok((fd, st)) => return Ok((OpenFile::new(fd), attr_from_stat(&st))),
+                // Gone again since the create found it: try creating once more.
                 Err(e) if e == Errno::ENOENT => last = e,
                 Err(e) => return Err(e),
             }
@@ -421,13 +433,7 @@ impl ExportRoot {
         let parent = if parent.is_root() {
             Parent::Root(self.root.as_fd())
         } else {
-            let c_parent = sys::cstring(parent.as_bytes())?;
-            Parent::Opened(sys::openat2(
-                self.root.as_fd(),
-                &c_parent,
-                libc::O_PATH | libc::O_DIRECTORY,
-                0,
-            )?)
+            Parent::Opened(self.walk(&parent, libc::O_PATH | libc::O_DIRECTORY)?)
         };
         Ok(Node { parent, name })
     }
@@ -435,12 +441,41 @@ impl ExportRoot {
     /// Checks `path` and opens it, whole, beneath the root.
     fn open_beneath(&self, path: &RelPath, flags: i32) -> Result<OwnedFd, Errno> {
         path.validate()?;
-        let c_path = if path.is_root() {
-            c".".to_owned()
-        } else {
-            sys::cstring(path.as_bytes())?
+        if path.is_root() {
+            return sys::openat2(self.root.as_fd(), c".", flags, 0);
+        }
+        self.walk(path, flags)
+    }
+
+    /// Opens the validated, non-root `path` beneath the root with `flags`, in
+    /// pieces of at most [`PIECE`] bytes: `openat2` takes no more than
+    /// `PATH_MAX` at once, and paths go deeper (see [`RelPath`]). Each piece is
+    /// resolved with the same confinement as a whole path would be, relative
+    /// to the directory the previous piece gave, so the walk stays below the
+    /// root: every piece lands on a descendant of the directory it started
+    /// from, as no piece holds `..` and none may pass a symlink. Between two
+    /// pieces a directory already reached could be moved elsewhere, but only
+    /// within the export by a client (every rename a client asks for is itself
+    /// confined), and a local process on the server could as well move the
+    /// parent a single `openat2` gave before the last name is acted on.
+    fn walk(&self, path: &RelPath, flags: i32) -> Result<OwnedFd, Errno> {
+        let pieces = path.pieces(PIECE);
+        let Some((last, leading)) = pieces.split_last() else {
+            return Err(Errno::EINVAL);
         };
-        sys::openat2(self.root.as_fd(), &c_path, flags, 0)
+        let mut dir: Option<OwnedFd> = None;
+        for piece in leading {
+            let from = dir.as_ref().map_or(self.root.as_fd(), |fd| fd.as_fd());
+            let next = sys::openat2(
+                from,
+                &sys::cstring(piece)?,
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+            )?;
+            dir = Some(next);
+        }
+        let from = dir.as_ref().map_or(self.root.as_fd(), |fd| fd.as_fd());
+        sys::openat2(from, &sys::cstring(last)?, flags, 0)
     }
 }
 
@@ -475,20 +510,27 @@ fn settle_new_node(fd: BorrowedFd<'_>, mode: Option<u32>) -> Result<libc::stat, 
     Ok(st)
 }
 
-/// Opens `node` (its last name never followed, nothing below the root reached)
-/// and checks what was opened. `O_NONBLOCK` during the open means a FIFO swapped
-/// in at the last moment cannot block us.
-fn open_node(node: &Node<'_>, flags: i32, mode: u32) -> Result<(OwnedFd, libc::stat), Errno> {
-    let fd = sys::openat2(
-        node.dir(),
-        &node.name,
-        flags | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY,
-        mode,
-    )?;
+/// Opens the node `node` names with `flags`, and only if it is a regular file
+/// or a directory; answers the descriptor and the node's attributes after the
+/// open (an `O_TRUNC` shows).
+///
+/// Checking the name and then opening it would leave a window in which a
+/// rename (`RENAME_EXCHANGE` with a FIFO or a device node) puts another node
+/// under the name, and the open would then reach that node: block on the FIFO
+/// or run the device driver's open. So the name is resolved once, by
+/// `O_PATH | O_NOFOLLOW`, which opens nothing (no driver is called, a FIFO does
+/// not wait for a partner, a symlink is the link itself); the type is checked
+/// on that descriptor; and then that very inode is opened with `flags` through
+/// the descriptor's `/proc/self/fd` link ([`sys::reopen`]). That link is not a
+/// name looked up again: the kernel goes straight to the inode the descriptor
+/// holds, so nothing renamed in the meantime can change what is opened, and it
+/// is confined because it reaches nothing but the node already reached beneath
+/// the root. Permissions are checked by that open as by any other.
+fn open_node(node: &Node<'_>, flags: i32) -> Result<(OwnedFd, libc::stat), Errno> {
+    let target = sys::openat2(node.dir(), &node.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+    check_openable(&sys::fstat(target.as_fd())?)?;
+    let fd = sys::reopen(target.as_fd(), flags | libc::O_NOCTTY)?;
     let st = sys::fstat(fd.as_fd())?;
-    check_openable(&st)?;
-    // Regular files ignore O_NONBLOCK, but a file system below us might not.
-    sys::set_status_flags(fd.as_fd(), flags & !libc::O_NONBLOCK)?;
     Ok((fd, st))
 }
 

@@ -36,6 +36,9 @@
 //! - `metrics`: what the server counts, and the `--metrics` HTTP responder.
 //! - `sys`: the few system calls outside the export (descriptor limit, socket
 //!   options).
+//! - `fuzz` (in tests, and in builds with `--cfg fuzzing`): the fuzz targets —
+//!   the frame decoder, the handshake, the dispatch of operations — which run
+//!   as bounded tests on stable and coverage-guided under `fuzz/`.
 //! - this file: [`Server`], which accepts connections up to a limit (in all,
 //!   and per client address) and stops gracefully, and [`spawn_test_server`]
 //!   for tests.
@@ -48,6 +51,8 @@ mod connection;
 mod dispatch;
 mod export;
 mod exports;
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 mod handles;
 mod identity;
 mod listings;

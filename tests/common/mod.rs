@@ -264,6 +264,11 @@ impl Fixture {
         self.export.join(rel)
     }
 
+    /// The filesystem core of the first mount (its inode table, its statistics).
+    pub fn core(&self) -> &ferry_fusefs::Core {
+        self.mounts[0].core()
+    }
+
     pub fn temp(&self) -> &Path {
         self.dir.path()
     }

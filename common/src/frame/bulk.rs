@@ -309,7 +309,8 @@ fn split_data(head: &[u8], len: usize) -> Option<(u64, usize)> {
     }
     let (data_len, len_len) = varint(&head[prefix.len()..])?;
     let start = prefix.len() + len_len;
-    (start as u64 + data_len == len as u64).then_some((id, start))
+    // The length is the peer's: it may be anything, up to u64::MAX.
+    ((start as u64).checked_add(data_len) == Some(len as u64)).then_some((id, start))
 }
 
 /// Splits a `Write` request's prefix off `head` (the first bytes of a payload
@@ -342,7 +343,7 @@ fn split_write(head: &[u8], len: usize) -> Option<(WritePrefix, usize)> {
     at += n;
     let (data_len, n) = varint(head.get(at..)?)?;
     at += n;
-    if at as u64 + data_len != len as u64 {
+    if (at as u64).checked_add(data_len) != Some(len as u64) {
         return None;
     }
     let mut expected = write_prefix(id, &cred, handle, offset).ok()?;
@@ -389,6 +390,33 @@ mod tests {
             uid: 1000,
             gid: 1000,
             groups: vec![4, 24, 27, 1000],
+        }
+    }
+
+    /// A frame whose prefix is a data answer's or a write's, but whose data
+    /// length is `u64::MAX` (found by the fuzzer: the sum overflowed). Both
+    /// readers take it whole, and decoding it fails.
+    #[test]
+    fn a_data_length_near_u64_max_is_no_bulk_frame() {
+        let mut data_head = data_prefix(7).unwrap();
+        let mut write_head = write_prefix(7, &cred(), 1, 0).unwrap();
+        for head in [&mut data_head, &mut write_head] {
+            head.push(253);
+            head.extend_from_slice(&u64::MAX.to_le_bytes());
+            head.resize(64, 0);
+            let mut frame = (head.len() as u32).to_le_bytes().to_vec();
+            frame.extend_from_slice(head);
+            let response = read_response(&mut Cursor::new(&frame)).unwrap().unwrap();
+            assert!(matches!(response, ResponseFrame::Whole(_)), "{response:?}");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let request = runtime
+                .block_on(read_request_async(&mut Cursor::new(&frame)))
+                .unwrap()
+                .unwrap();
+            assert!(matches!(request, RequestFrame::Whole(_)), "{request:?}");
+            assert!(decode::<Response>(head).is_err());
         }
     }
 

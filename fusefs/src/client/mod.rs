@@ -48,6 +48,7 @@
 
 mod connect;
 mod known_servers;
+pub mod listing;
 pub mod tls;
 
 pub use connect::ConnectError;
@@ -417,15 +418,22 @@ impl RemoteClient {
 
     /// All entries of a remote directory, on behalf of `cred`: in one reply
     /// when they fit, else through the listing the server keeps open for it,
-    /// reply after reply. The caller waits for each.
+    /// reply after reply (the caller waits for each) — within the bounds of
+    /// [`listing`]: at most [`listing::MAX_ENTRIES`] (EFBIG beyond), each name
+    /// once and valid, and done within the time the slowest calls get
+    /// (ETIMEDOUT after it), however the server answers.
     pub fn list_dir(
         &self,
         cred: &Cred,
         path: &ferry_common::RelPath,
     ) -> Result<Vec<DirEntry>, Errno> {
-        let mut all = Vec::new();
+        let deadline = Instant::now() + self.inner.timeout * FSYNC_TIMEOUT_FACTOR;
+        let mut listing = listing::Listing::new();
         let mut cursor = 0;
         loop {
+            if Instant::now() > deadline {
+                return Err(Errno::ETIMEDOUT);
+            }
             let op = Op::List {
                 path: path.clone(),
                 cursor,
@@ -436,9 +444,9 @@ impl RemoteClient {
                     entries,
                     cursor: next,
                 } => {
-                    all.extend(entries);
+                    listing.add_page(entries)?;
                     if next == 0 {
-                        return Ok(all);
+                        return Ok(listing.finish(path));
                     }
                     cursor = next;
                 }
@@ -945,5 +953,7 @@ async fn reconnect_loop(
     }
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;

@@ -13,9 +13,9 @@ use std::sync::mpsc::Receiver;
 use std::thread;
 
 /// How long a test waits for anything before calling it a hang.
-const PATIENCE: Duration = Duration::from_secs(20);
+pub(super) const PATIENCE: Duration = Duration::from_secs(20);
 
-fn welcome() -> Welcome {
+pub(super) fn welcome() -> Welcome {
     Welcome {
         version: PROTOCOL_VERSION,
         max_chunk: frame::MAX_CHUNK,
@@ -48,13 +48,13 @@ fn scripted_peer(
 }
 
 /// A peer that welcomes the client and runs `script`.
-fn ferry_peer(script: impl FnOnce(TcpStream) + Send + 'static) -> SocketAddr {
+pub(super) fn ferry_peer(script: impl FnOnce(TcpStream) + Send + 'static) -> SocketAddr {
     scripted_peer(Some(HandshakeReply::Welcome(welcome())), script)
 }
 
 /// A client of a scripted peer: plaintext, as the peers speak the protocol
 /// bare (`--insecure`).
-fn connect(addr: SocketAddr, timeout: Duration) -> RemoteClient {
+pub(super) fn connect(addr: SocketAddr, timeout: Duration) -> RemoteClient {
     let options = ConnectOptions::insecure().with_timeout(timeout);
     RemoteClient::connect(&addr.to_string(), &options).expect("connect")
 }
@@ -74,12 +74,12 @@ fn options_for(server: &ferry_server::ServerHandle, timeout: Duration) -> Connec
     .with_timeout(timeout)
 }
 
-fn read_request(stream: &mut TcpStream) -> Option<Request> {
+pub(super) fn read_request(stream: &mut TcpStream) -> Option<Request> {
     let payload = frame::read_frame(stream).ok()??;
     frame::decode(&payload).ok()
 }
 
-fn answer(stream: &mut TcpStream, id: u64, result: OpResult) {
+pub(super) fn answer(stream: &mut TcpStream, id: u64, result: OpResult) {
     let _ = frame::write_frame(stream, &Response { id, result });
 }
 
@@ -90,7 +90,7 @@ fn stat(name: &str) -> Op {
 }
 
 /// Who the tests' requests are made for: this process.
-fn me() -> Cred {
+pub(super) fn me() -> Cred {
     crate::creds::own()
 }
 
@@ -103,7 +103,7 @@ fn submit(client: &RemoteClient, op: Op) -> Receiver<OpResult> {
     rx
 }
 
-fn received<T>(rx: &Receiver<T>) -> T {
+pub(super) fn received<T>(rx: &Receiver<T>) -> T {
     rx.recv_timeout(PATIENCE).expect("an answer, not a hang")
 }
 

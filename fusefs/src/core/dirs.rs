@@ -106,8 +106,10 @@ impl Core {
                 },
                 _ => {
                     let entry = &entries[(index - 2) as usize];
+                    // Informational: the number the entry would be handed out
+                    // with, or the server's own before its space is known.
                     let ino = lock(&self.inodes)
-                        .ino_of_file(&entry.attr)
+                        .number_of_file(&entry.attr)
                         .unwrap_or(entry.attr.ino.max(2));
                     DirItem {
                         ino,
@@ -137,8 +139,11 @@ impl Core {
         let (path, entries, asked) = self.listing(caller, ino, fh, offset)?;
         // Trusted for as long as a listing asked for then may be.
         let ttl = self.ttl().saturating_sub(asked.elapsed());
+        // The kernel counts no lookup for `.` and `..`, nor reads their
+        // generation.
         let dot = |ino| Entry {
             ino,
+            generation: 0,
             attr: Attr::blank(FileKind::Directory),
             ttl,
         };
@@ -159,12 +164,13 @@ impl Core {
                     let entry = &entries[(index - 2) as usize];
                     let name = OsStr::from_bytes(&entry.name);
                     let Ok(child) = path.join(name) else { continue };
-                    let child_ino = lock(&self.inodes).remember(&child, &entry.attr);
+                    let (child_ino, generation) = self.hand_out(&child, &entry.attr);
                     self.attrs.store_asked(child_ino, entry.attr, asked);
                     let attr = self.writes.overlay(child_ino, entry.attr, None);
                     let full = add(DirItemPlus {
                         entry: Entry {
                             ino: child_ino,
+                            generation,
                             attr,
                             ttl,
                         },

@@ -62,7 +62,7 @@ use ferry_common::proto::{
     Cred, Op, WELCOME_ACTS_AS_CALLERS, WELCOME_ALL_SQUASHED, WELCOME_ROOT_SQUASHED,
 };
 use ferry_common::sync::lock;
-use ferry_common::{Attr, Errno, FileKind};
+use ferry_common::{Attr, Errno, FileKind, RelPath};
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -102,6 +102,9 @@ pub struct Caller {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub ino: u64,
+    /// Tells the kernel a number reused for a new file from the file it held
+    /// under that number (see [`crate::inode`]).
+    pub generation: u64,
     pub attr: Attr,
     pub ttl: Duration,
 }
@@ -248,6 +251,12 @@ impl Core {
         self.writes.queued()
     }
 
+    /// How many inodes the mount holds, the root included: no more than the
+    /// kernel holds (see [`crate::inode`]).
+    pub fn inodes_held(&self) -> usize {
+        lock(&self.inodes).len()
+    }
+
     fn ttl(&self) -> Duration {
         self.opts.attr_timeout
     }
@@ -314,6 +323,31 @@ impl Core {
                 self.attrs.store(ino, *dir);
             }
         }
+    }
+
+    /// Counts one kernel lookup of `path`, which the server says is the file
+    /// `attr`: answers the inode number and generation to hand the kernel. A
+    /// number handed out for a new file (see [`crate::inode`]) keeps nothing
+    /// the caches learnt under it about the old one.
+    fn hand_out(&self, path: &RelPath, attr: &Attr) -> (u64, u64) {
+        let mut inodes = lock(&self.inodes);
+        let before = inodes
+            .number_of_file(attr)
+            .map(|ino| (ino, inodes.generation(ino)));
+        let ino = inodes.remember(path, attr);
+        let generation = inodes.generation(ino);
+        drop(inodes);
+        if before.is_some_and(|held| held != (ino, generation)) {
+            self.drop_cached(ino);
+        }
+        (ino, generation)
+    }
+
+    /// Forgets what the caches hold under the number `ino`.
+    fn drop_cached(&self, ino: u64) {
+        self.attrs.drop_ino(ino);
+        self.known.forget(ino);
+        self.file_caps.forget(ino);
     }
 
     /// The path `ino` names now.

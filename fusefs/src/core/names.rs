@@ -56,8 +56,8 @@ impl Core {
             // git and shells look for the same missing files again and again.
             Err(Errno::ENOENT) => {
                 core.stats.absent_names.miss();
-                // The name is gone (another client removed it).
-                lock(&core.inodes).detach(&path);
+                // The name is gone (another client removed or moved it).
+                lock(&core.inodes).lose(&path);
                 done(Ok(core.missing()))
             }
             Err(e) => done(Err(e)),
@@ -77,12 +77,13 @@ impl Core {
         let (dir, _) = path.split_last()?;
         let id = lock(&self.inodes).file_id(parent)?;
         let (attr, asked) = self.ahead.lookup(&caller.cred, &dir, id, name.as_bytes())?;
-        let ino = lock(&self.inodes).remember(path, &attr);
+        let (ino, generation) = self.hand_out(path, &attr);
         self.attrs.store_asked(ino, attr, asked);
         let attr = self.writes.overlay(ino, attr, None);
         self.stats.listed_names.hit();
         Some(Entry {
             ino,
+            generation,
             attr,
             ttl: self.ttl().saturating_sub(asked.elapsed()),
         })
@@ -92,7 +93,7 @@ impl Core {
     pub fn forget(&self, ino: u64, nlookup: u64) {
         log::trace!("forget inode {ino} by {nlookup}");
         if lock(&self.inodes).forget(ino, nlookup) {
-            self.attrs.drop_ino(ino);
+            self.drop_cached(ino);
         }
     }
 
@@ -264,9 +265,9 @@ impl Core {
             if let Ok(Reply::Created { dir, .. }) = &r {
                 core.note_dirs(&[*dir]);
             }
-            let (ino, fh) = {
+            let (ino, generation) = core.hand_out(&path, &attr);
+            let fh = {
                 let mut inodes = lock(&core.inodes);
-                let ino = inodes.remember(&path, &attr);
                 core.attrs.store(ino, attr);
                 inodes.note_open(ino, &attr);
                 let fh = lock(&core.files).insert(RemoteFile {
@@ -277,7 +278,7 @@ impl Core {
                     epoch,
                 });
                 inodes.add_handle(ino, fh);
-                (ino, fh)
+                fh
             };
             if writable(flags) {
                 core.writes.opened_for_writing(ino, fh, &attr);
@@ -287,6 +288,7 @@ impl Core {
             core.file_caps.note_new_file(ino);
             let entry = Entry {
                 ino,
+                generation,
                 attr,
                 ttl: core.ttl(),
             };
@@ -343,7 +345,7 @@ impl Core {
             if let Reply::Entry { dir, .. } = reply {
                 core.note_dirs(&[dir]);
             }
-            let ino = lock(&core.inodes).remember(&path, &attr);
+            let (ino, generation) = core.hand_out(&path, &attr);
             core.attrs.store(ino, attr);
             if is_link {
                 // A file being written has one more name.
@@ -356,6 +358,7 @@ impl Core {
             log::trace!("entry {path:?} is inode {ino}");
             done(Ok(Entry {
                 ino,
+                generation,
                 attr,
                 ttl: core.ttl(),
             }))

@@ -50,6 +50,11 @@ impl FileCapCache {
         }
     }
 
+    /// The number is no longer that file's (see [`crate::inode`]).
+    pub(crate) fn forget(&self, ino: u64) {
+        self.answers.remove(&ino);
+    }
+
     /// `ino` was just created by this mount: it has no capability.
     pub(crate) fn note_new_file(&self, ino: u64) {
         self.answers.store(ino, Err(Errno::new(libc::ENODATA)));

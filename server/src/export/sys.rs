@@ -8,7 +8,7 @@
 //! themselves live in the parent module. The credential calls (file system ids,
 //! groups, capabilities) change the calling thread only; `credentials` decides
 //! when. Failures are the call's errno; the wrappers of calls that can take long
-//! (`openat2`, `pread`, `fallocate`, `copy_file_range`, `flock`, `F_OFD_SETLK`)
+//! (`openat2`, `reopen`, `pread`, `fallocate`, `copy_file_range`, `flock`, `F_OFD_SETLK`)
 //! retry when a signal interrupts them.
 
 use ferry_common::{Attr, Errno, FileKind, Timestamp};
@@ -239,6 +239,22 @@ pub(super) fn renameat2(
     Ok(())
 }
 
+/// Opens the inode behind `fd` (an `O_PATH` descriptor, say) anew with `flags`
+/// (`O_CLOEXEC` added, `O_CREAT` and `O_NOFOLLOW` dropped), through its
+/// `/proc/self/fd` link: the kernel follows that link straight to the inode the
+/// descriptor holds, never looking a name up, so what is opened is that node
+/// whatever has happened to its names since (even if it was unlinked). The open
+/// checks permissions as any open does.
+pub(super) fn reopen(fd: BorrowedFd<'_>, flags: i32) -> Result<OwnedFd, Errno> {
+    let path = proc_fd_path(fd)?;
+    loop {
+        match open(&path, flags & !(libc::O_CREAT | libc::O_NOFOLLOW)) {
+            Err(e) if e.code() == libc::EINTR => continue,
+            other => return other,
+        }
+    }
+}
+
 /// Changes the owner of exactly the node behind `fd` (an `O_PATH` descriptor is
 /// fine; a symlink's own owner changes). `None` leaves that id alone.
 pub(super) fn chown_fd(
@@ -356,13 +372,6 @@ pub(super) fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> Result<(), Errno> {
     let size = libc::off_t::try_from(size).map_err(|_| Errno::EINVAL)?;
     // SAFETY: plain integers.
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size) })?;
-    Ok(())
-}
-
-/// Sets the file status flags (`O_APPEND`, `O_NONBLOCK`, `O_NOATIME`, ...) of an open descriptor.
-pub(super) fn set_status_flags(fd: BorrowedFd<'_>, flags: i32) -> Result<(), Errno> {
-    // SAFETY: plain integers.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) })?;
     Ok(())
 }
 

@@ -12,13 +12,13 @@ use std::thread;
 use std::time::Duration;
 use tempfile::TempDir;
 
-struct Fixture {
-    tmp: TempDir,
-    export: ExportRoot,
+pub(super) struct Fixture {
+    pub(super) tmp: TempDir,
+    pub(super) export: ExportRoot,
 }
 
 impl Fixture {
-    fn export_dir(&self) -> PathBuf {
+    pub(super) fn export_dir(&self) -> PathBuf {
         self.tmp.path().join("export")
     }
 }
@@ -36,7 +36,7 @@ impl Fixture {
 /// outside/secret         "top secret", mode 0600
 /// outside/dir/
 /// ```
-fn fixture() -> Fixture {
+pub(super) fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let export = tmp.path().join("export");
     let outside = tmp.path().join("outside");
@@ -57,13 +57,13 @@ fn fixture() -> Fixture {
     Fixture { tmp, export: root }
 }
 
-fn p(s: &str) -> RelPath {
+pub(super) fn p(s: &str) -> RelPath {
     RelPath::parse(s).unwrap()
 }
 
 /// A `RelPath` holding any bytes at all, as a hostile peer could send it: serde
 /// decoding does not run the path checks.
-fn raw(bytes: &[u8]) -> RelPath {
+pub(super) fn raw(bytes: &[u8]) -> RelPath {
     let encoded = frame::encode(&bytes.to_vec()).unwrap();
     let path: RelPath = frame::decode(&encoded[4..]).unwrap();
     assert_eq!(path.as_bytes(), bytes);
@@ -109,7 +109,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Observed> {
 
 /// What lies outside the export and must not change: the sibling `outside/`, the
 /// temp dir's own listing, and a few system files the symlinks point at.
-fn outside_world(fx: &Fixture) -> Vec<String> {
+pub(super) fn outside_world(fx: &Fixture) -> Vec<String> {
     let mut seen = vec![format!("{:?}", snapshot(&fx.tmp.path().join("outside")))];
     let mut names: Vec<_> = fs::read_dir(fx.tmp.path())
         .unwrap()
@@ -157,7 +157,7 @@ fn all_changes() -> Vec<AttrChanges> {
 
 /// Runs every operation that names `path` (in each of its roles) and asserts
 /// that all of them fail.
-fn assert_every_op_fails(export: &ExportRoot, path: &RelPath) {
+pub(super) fn assert_every_op_fails(export: &ExportRoot, path: &RelPath) {
     let file = p("file");
     let what = format!("{path:?}");
     assert!(export.stat(path).is_err(), "stat {what}");
@@ -926,7 +926,10 @@ fn rename_link_unlink_and_rmdir_stay_inside() {
 
 /// Runs `f` on another thread and fails if it does not finish in time: an
 /// operation that opens a FIFO would block forever.
-fn within_seconds<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(super) fn within_seconds<T: Send + 'static>(
+    secs: u64,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let _ = tx.send(f());
