@@ -11,16 +11,22 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import time
 
+import rtt
+import rtt_report
 from report import machine_info, markdown, print_table, write_svg
 from systems import Ferry, Local, MountTable, Processes, SetupError, Sshd, Sshfs, free_port, is_mounted
 from workloads import WORKLOADS, Context, Measurement
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_SYSTEMS = "local,ferry,ferry-insecure,sshfs"
+# What ferry-insecure is measured on: enough to show the cost of TLS.
+INSECURE_WORKLOADS = ("seq_write", "seq_read")
 
 
 def parse_args():
@@ -28,15 +34,26 @@ def parse_args():
         prog="bench/run",
         description="Runs each workload on a local directory, ferry and sshfs (all on the same disk, "
                     "over loopback) and prints one table with ferry's ratios and the issue's targets.")
+    p.add_argument("--rtt", metavar="MS,MS,...",
+                   help="the round-trip-time run instead: the latency workloads of issue 11 with ferry and sshfs "
+                        "behind ferry-delay-proxy at each of these round-trip times in ms, e.g. 1,10,50 "
+                        "(sequential write/read also at 0 ms and directly); see bench/README.md")
     p.add_argument("--quick", action="store_true",
-                   help="development run: 64 MiB files, /usr/include/linux as the tree, 2,000 files, 3 s fio")
-    p.add_argument("--size-mib", type=int, help="size of the sequential/fio file in MiB (default 1024)")
-    p.add_argument("--tree", help="directory tarred once and used as the tree (default /usr/include)")
-    p.add_argument("--files", type=int, help="files created in one directory (default 10000)")
+                   help="development run: 64 MiB files, /usr/include/linux as the tree, 2,000 files, 3 s fio "
+                        "(with --rtt: 64 MiB, 200 files)")
+    p.add_argument("--size-mib", type=int, help="size of the sequential/fio file in MiB (default 1024; "
+                   "256 with --rtt)")
+    p.add_argument("--tree", help="directory tarred once and used as the tree (default /usr/include; "
+                   "/usr/include/linux with --rtt)")
+    p.add_argument("--files", type=int, help="files created in one directory (default 10000; 1000 with --rtt)")
     p.add_argument("--fio-seconds", type=int, help="runtime of each fio job (default 10)")
-    p.add_argument("--timeout", type=int, default=300, help="seconds before a workload counts as hung (default 300)")
-    p.add_argument("--only", help="comma-separated workload keys: " + ",".join(w.key for w in WORKLOADS))
-    p.add_argument("--systems", default="local,ferry,sshfs", help="subset of local,ferry,sshfs")
+    p.add_argument("--timeout", type=int, help="seconds before a workload counts as hung (default 300; 600 with "
+                   "--rtt, where sshfs needs about 400 s to untar the tree at 50 ms)")
+    p.add_argument("--only", help="comma-separated workload keys: " + ",".join(w.key for w in WORKLOADS)
+                   + " (with --rtt: " + ",".join(rtt.RTT_KEYS) + ")")
+    p.add_argument("--systems", default=DEFAULT_SYSTEMS,
+                   help=f"subset of {DEFAULT_SYSTEMS} (ferry-insecure: ferry without TLS and authentication, "
+                        "for the sequential workloads only, to show what TLS costs)")
     p.add_argument("--workdir", default="/var/tmp",
                    help="where the temp dir goes; all three systems keep their data there (default /var/tmp)")
     p.add_argument("--ssh-port", type=int, default=2222, help="loopback port for the private sshd (default 2222, "
@@ -49,23 +66,44 @@ def parse_args():
                    help="only redraw results.md and results.svg from a raw result file of bench/out/")
     p.add_argument("--ferry", default=os.path.join(HERE, "..", "target", "release", "ferry"),
                    help="ferry binary (bench/run passes the one it built)")
+    p.add_argument("--proxy", default=os.path.join(HERE, "..", "target", "release", "ferry-delay-proxy"),
+                   help="ferry-delay-proxy binary, for --rtt (bench/run passes the one it built)")
     a = p.parse_args()
     # Only a full run of everything with the default sizes replaces the published results.
     full = not (a.quick or a.only or a.size_mib or a.files or a.fio_seconds or a.tree) \
-        and a.systems == "local,ferry,sshfs"
-    a.big_mib = a.size_mib or (64 if a.quick else 1024)
-    a.tree = a.tree or ("/usr/include/linux" if a.quick else "/usr/include")
-    a.files = a.files or (2000 if a.quick else 10000)
+        and a.systems == DEFAULT_SYSTEMS
+    a.rtts = None
+    if a.rtt is not None:
+        try:
+            a.rtts = rtt.parse_rtts(a.rtt)
+        except ValueError as e:
+            p.error(f"--rtt: {e}")
+        a.big_mib = a.size_mib or (64 if a.quick else 256)
+        a.tree = a.tree or "/usr/include/linux"
+        a.files = a.files or (200 if a.quick else 1000)
+        a.timeout = a.timeout or 600
+    else:
+        a.big_mib = a.size_mib or (64 if a.quick else 1024)
+        a.tree = a.tree or ("/usr/include/linux" if a.quick else "/usr/include")
+        a.files = a.files or (2000 if a.quick else 10000)
+        a.timeout = a.timeout or 300
     a.fio_seconds = a.fio_seconds or (3 if a.quick else 10)
     a.par_mib = max(1, a.big_mib // 4)
     a.systems = [s.strip() for s in a.systems.split(",") if s.strip()]
-    unknown = set(a.systems) - {"local", "ferry", "sshfs"}
+    unknown = set(a.systems) - set(DEFAULT_SYSTEMS.split(","))
     if unknown or "local" not in a.systems:
-        p.error("--systems: choose from local,ferry,sshfs; local is needed (it is the reference)")
-    keys = {w.key for w in WORKLOADS}
+        p.error(f"--systems: choose from {DEFAULT_SYSTEMS}; local is needed (it is the reference)")
+    if a.rtts is not None:
+        # The round-trip run compares ferry as users run it with sshfs; what
+        # TLS costs is the loopback run's question.
+        a.systems = [s for s in a.systems if s != "ferry-insecure"]
+    keys = set(rtt.RTT_KEYS) if a.rtts is not None else {w.key for w in WORKLOADS}
     a.only = [k.strip() for k in a.only.split(",")] if a.only else None
     if a.only and set(a.only) - keys:
         p.error(f"--only: unknown workloads {sorted(set(a.only) - keys)}; known: {sorted(keys)}")
+    if a.only and a.rtts is not None:
+        a.only = [k for k in rtt.RTT_KEYS if k in a.only]  # in the run's order
+    a.full = full
     a.out = a.out or (HERE if full else os.path.join(HERE, "out"))
     return a
 
@@ -102,15 +140,29 @@ def prepare(cfg):
     shutil.rmtree(repo)
 
 
+def write_outputs(report, out):
+    """Print the table and write the Markdown and the SVG chart of a run (loopback or --rtt) into `out`."""
+    os.makedirs(out, exist_ok=True)
+    if report.get("kind") == "rtt":
+        rtt_report.print_tables(report)
+        md, svg = os.path.join(out, "results-rtt.md"), os.path.join(out, "results-rtt.svg")
+        with open(md, "w", encoding="utf-8") as f:
+            f.write(rtt_report.markdown(report))
+        rtt_report.write_svg(report, svg)
+    else:
+        print_table(report, WORKLOADS)
+        md, svg = os.path.join(out, "results.md"), os.path.join(out, "results.svg")
+        with open(md, "w", encoding="utf-8") as f:
+            f.write(markdown(report, WORKLOADS))
+        write_svg(report, WORKLOADS, svg)
+    return md, svg
+
+
 def render(cfg):
     with open(cfg.render, encoding="utf-8") as f:
         report = json.load(f)
-    os.makedirs(cfg.out, exist_ok=True)
-    print_table(report, WORKLOADS)
-    with open(os.path.join(cfg.out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(markdown(report, WORKLOADS))
-    write_svg(report, WORKLOADS, os.path.join(cfg.out, "results.svg"))
-    print(f"bench: wrote {os.path.join(cfg.out, 'results.md')} and {os.path.join(cfg.out, 'results.svg')}")
+    md, svg = write_outputs(report, cfg.out)
+    print(f"bench: wrote {md} and {svg}")
     return 0
 
 
@@ -120,8 +172,14 @@ def main():
         return render(cfg)
     if os.geteuid() != 0:
         sys.exit("bench: needs root (mounts, drop_caches, sshd, untar with owners)")
+    if not stat.S_ISCHR(os.stat("/dev/null").st_mode):
+        sys.exit("bench: /dev/null is not the null device (something replaced it with a file); as root: "
+                 "rm /dev/null && mknod -m 666 /dev/null c 1 3")
     if not os.path.exists(cfg.ferry):
         sys.exit(f"bench: no ferry binary at {cfg.ferry}; build it with `cargo build --release` or use bench/run")
+    if cfg.rtts is not None and not os.path.exists(cfg.proxy):
+        sys.exit(f"bench: no ferry-delay-proxy binary at {cfg.proxy}; build it with "
+                 "`cargo build --release -p ferry-delay-proxy` or use bench/run")
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGHUP, on_sigterm)
@@ -141,6 +199,8 @@ def main():
         systems.append(Local(cfg.tmp))
         if "ferry" in cfg.systems:
             systems.append(Ferry(cfg.tmp, procs, table, os.path.abspath(cfg.ferry), free_port()))
+        if "ferry-insecure" in cfg.systems:
+            systems.append(Ferry(cfg.tmp, procs, table, os.path.abspath(cfg.ferry), free_port(), insecure=True))
         if "sshfs" in cfg.systems:
             sshd = Sshd(cfg.tmp, procs, free_port(cfg.ssh_port))
             systems.append(Sshfs(cfg.tmp, procs, table, sshd))
@@ -150,15 +210,23 @@ def main():
         labels = {"big": human_size(cfg.big_mib), "files": f"{cfg.files:,}", "par": human_size(cfg.par_mib),
                   "tree": f"{cfg.tree} ({cfg.tree_entries:,} entries)"}
         info["workloads"] = {}
-        for w in WORKLOADS:
-            if cfg.only and w.key not in cfg.only:
-                continue
-            info["workloads"][w.key] = w.title.format(**labels)
-            results[w.key] = {}
-            for s in systems:
-                print(f"{w.title.format(**labels)} — {s.name} ... ", end="", flush=True)
-                results[w.key][s.name] = m = measure(w, s, cfg, results)
-                print(("ok " if m.ok else "FAILED ") + describe(m), flush=True)
+        if cfg.rtts is not None:
+            for w in rtt.RTT_WORKLOADS:
+                if not cfg.only or w.key in cfg.only:
+                    info["workloads"][w.key] = w.title.format(**labels)
+            rtt.run(cfg, systems, procs, lambda w, s, c: measure(w, s, c, results), describe, results, labels)
+        else:
+            for w in WORKLOADS:
+                if cfg.only and w.key not in cfg.only:
+                    continue
+                info["workloads"][w.key] = w.title.format(**labels)
+                results[w.key] = {}
+                for s in systems:
+                    if s.name == "ferry-insecure" and w.key not in INSECURE_WORKLOADS:
+                        continue
+                    print(f"{w.title.format(**labels)} — {s.name} ... ", end="", flush=True)
+                    results[w.key][s.name] = m = measure(w, s, cfg, results)
+                    print(("ok " if m.ok else "FAILED ") + describe(m), flush=True)
     except (KeyboardInterrupt, Terminated) as e:
         print(f"\nbench: interrupted ({str(e) or 'Ctrl-C'}); cleaning up", file=sys.stderr)
         status = 130
@@ -171,32 +239,41 @@ def main():
             status = status or 1
     info["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     info["load_end"] = os.getloadavg()
-    if results:
-        report = {"machine": info, "config": {k: getattr(cfg, k) for k in
-                                              ("big_mib", "par_mib", "tree", "tree_entries", "files",
-                                               "fio_seconds", "timeout", "systems")
-                                              if hasattr(cfg, k)},
-                  "results": {k: {s: m.as_json() for s, m in v.items()} for k, v in results.items()}}
+    info["seconds"] = round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds())
+    if cfg.rtts is not None:
+        info["proxy"] = rtt_report.proxy_version(cfg.proxy)
+    if any(results.values()):
+        config = {k: getattr(cfg, k) for k in ("big_mib", "par_mib", "tree", "tree_entries", "files",
+                                               "fio_seconds", "timeout", "systems") if hasattr(cfg, k)}
+        if cfg.rtts is not None:
+            config["rtts"] = cfg.rtts
+            report = {"kind": "rtt", "machine": info, "config": config,
+                      "direct": {k: {s: m.as_json() for s, m in v.items()} for k, v in results["direct"].items()},
+                      "rtt": {r: {k: {s: m.as_json() for s, m in v.items()} for k, v in ws.items()}
+                              for r, ws in results["rtt"].items()}}
+            name = "results-rtt"
+        else:
+            report = {"machine": info, "config": config,
+                      "results": {k: {s: m.as_json() for s, m in v.items()} for k, v in results.items()}}
+            name = "results"
         os.makedirs(os.path.join(HERE, "out"), exist_ok=True)
         stamp = started.strftime("%Y%m%dT%H%M%SZ")
-        raw = os.path.join(HERE, "out", f"results-{stamp}.json")
+        raw = os.path.join(HERE, "out", f"{name}-{stamp}.json")
         with open(raw, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)
         print()
-        print_table(report, WORKLOADS)
         if status:
             cfg.out = os.path.join(HERE, "out")  # an unfinished run never replaces the published results
-        os.makedirs(cfg.out, exist_ok=True)
-        with open(os.path.join(cfg.out, "results.md"), "w", encoding="utf-8") as f:
-            f.write(markdown(report, WORKLOADS))
-        write_svg(report, WORKLOADS, os.path.join(cfg.out, "results.svg"))
-        print(f"\nbench: wrote {os.path.join(cfg.out, 'results.md')}, {os.path.join(cfg.out, 'results.svg')} "
-              f"and {raw}")
+        md, svg = write_outputs(report, cfg.out)
+        print(f"\nbench: wrote {md}, {svg} and {raw}")
     return status
 
 
 def measure(w, s, cfg, results):
     ctx = Context(s, cfg, cfg.shared, cfg.timeout)
+    counted = isinstance(s, Ferry)
+    if counted:
+        s.stats = []
     try:
         m = w.fn(ctx)
     except (SetupError, OSError, subprocess.SubprocessError, ValueError) as e:
@@ -208,9 +285,26 @@ def measure(w, s, cfg, results):
         except SetupError as e2:
             m.errors.append(str(e2))
     m.cpu = ctx.cpu
+    m.timed_out = ctx.timed_out
     if ctx.timed_out:
         m.value = None  # an unfinished run has no rate
+    if counted and s.stats:
+        # What FERRY_STATS printed at each unmount of this measurement (usually one mount).
+        m.detail["ferry_requests"] = sum_stats(s.stats)
     return m
+
+
+def sum_stats(stats):
+    total = {"sent": None, "waited": None, "mounts": len(stats)}
+    for one in stats:
+        for kind in ("sent", "waited"):
+            if one.get(kind) is None:
+                continue
+            into = total[kind] if total[kind] is not None else {}
+            for op, n in one[kind].items():
+                into[op] = into.get(op, 0) + n
+            total[kind] = into
+    return total
 
 
 def describe(m):

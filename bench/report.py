@@ -7,7 +7,7 @@ import platform
 import subprocess
 from xml.sax.saxutils import escape
 
-SYSTEMS = ("local", "ferry", "sshfs")
+SYSTEMS = ("local", "ferry", "ferry-insecure", "sshfs")
 
 
 def _first_line(argv):
@@ -174,9 +174,34 @@ CPU_HEADER = ["CPU (user+sys)", "ferry server", "ferry client (mount)", "ferry t
               "sshfs server (sshd+sftp-server)", "sshfs client (sshfs+ssh)"]
 
 
+TLS_HEADER = ["what TLS costs", "ferry (TLS + token, default)", "ferry --insecure", "TLS ÷ insecure",
+              "CPU (server+client), TLS", "CPU, insecure"]
+
+
+def tls_rows(report, workloads):
+    """ferry with TLS and authentication against ferry --insecure, where both ran."""
+    out = []
+    for w, title, res in rows(report, workloads):
+        secure, plain = res.get("ferry"), res.get("ferry-insecure")
+        if not secure or not plain:
+            continue
+        r = ratio(w, secure, plain)
+
+        def cpu(m):
+            c = (m or {}).get("cpu") or {}
+            if c.get("server") is None or c.get("client") is None:
+                return "—"
+            return f"{c['server'] + c['client']:.2f} s"
+
+        out.append([title, fmt_value(secure), fmt_value(plain), "—" if r is None else f"{r:.2f}×",
+                    cpu(secure), cpu(plain)])
+    return out
+
+
 def print_table(report, workloads):
     cells = table_cells(report, workloads, plain=True)
-    for header, body in ((HEADER, cells), (CPU_HEADER, cpu_rows(report))):
+    for header, body in ((HEADER, cells), (CPU_HEADER, cpu_rows(report)),
+                         (TLS_HEADER, tls_rows(report, workloads))):
         if not body:
             continue
         widths = [max(len(str(r[i])) for r in [header] + body) for i in range(len(header))]
@@ -216,6 +241,10 @@ def markdown(report, workloads):
     if cpu:
         out += ["", "| " + " | ".join(CPU_HEADER) + " |", "|" + "---|" * len(CPU_HEADER)]
         out += ["| " + " | ".join(r) + " |" for r in cpu]
+    tls = tls_rows(report, workloads)
+    if tls:
+        out += ["", "| " + " | ".join(TLS_HEADER) + " |", "|" + "---|" * len(TLS_HEADER)]
+        out += ["| " + " | ".join(md_escape(x) for x in r) + " |" for r in tls]
     out += ["", "Systems:", ""]
     out += [f"- {name}: `{md_escape(d)}`" for name, d in m.get("systems", {}).items()]
     out += ["", f"Sizes: big file {c['big_mib']} MiB, tree {c['tree']} ({c.get('tree_entries', '?')} entries), "

@@ -130,6 +130,21 @@ class Processes:
         self.started.append(proc)
         return proc
 
+    def log_size(self, name):
+        try:
+            return os.path.getsize(os.path.join(self.log_dir, f"{name}.log"))
+        except OSError:
+            return 0
+
+    def log_since(self, name, offset):
+        """What process `name` logged after `offset` bytes (its logs are appended to, start after start)."""
+        try:
+            with open(os.path.join(self.log_dir, f"{name}.log"), "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
     def log_tail(self, name, lines=5):
         try:
             with open(os.path.join(self.log_dir, f"{name}.log"), encoding="utf-8", errors="replace") as f:
@@ -246,14 +261,18 @@ class FuseSystem:
         os.mkdir(self.root)
         self.procs, self.table = procs, table
         self.client = None
+        self.via = None  # a DelayProxy the client connects through, or None for the server itself
 
     def mount_argv(self):
         raise NotImplementedError
 
+    def mount_env(self):
+        return None
+
     def remount(self):
         """Unmount if mounted and mount again: empty client caches, a new session."""
         self.end()
-        self.client = self.procs.start(f"{self.name}-mount", self.mount_argv())
+        self.client = self.procs.start(f"{self.name}-mount", self.mount_argv(), env=self.mount_env())
         deadline = time.monotonic() + 30
         while not is_mounted(self.root):
             if self.client.poll() is not None:
@@ -265,8 +284,13 @@ class FuseSystem:
         self.table.record(self.root)
 
     def end(self):
+        """Unmount; a mount whose client died or that vanished before now fails the measurement."""
         if self.client is None:
             return
+        # A client that exits unmounts its mount (or leaves it dead): what ran since then did not
+        # measure this system, and may have run on the empty mount point underneath.
+        died = self.client.poll()
+        vanished = not is_mounted(self.root)
         if not self.table.unmount(self.root):
             raise SetupError(f"cannot unmount {self.root}; run: umount -l {self.root}")
         try:
@@ -274,43 +298,120 @@ class FuseSystem:
         except subprocess.TimeoutExpired:
             self.procs.stop(self.client)
         self.client = None
+        if died is not None or vanished:
+            what = f"exited with status {died}" if died is not None else "was no longer mounted"
+            raise SetupError(f"{self.name} mount {what} before the measurement ended: "
+                             f"{self.procs.log_tail(self.name + '-mount', 3)}")
 
     def abort(self):
         self.table.abort(self.root)
 
 
+STATS_LINES = {"ferry: requests sent to the server:": "sent", "ferry: requests waited for:": "waited"}
+
+
+def parse_ferry_stats(text):
+    """The request counts `FERRY_STATS=1 ferry mount` prints at unmount, summed over every mount in `text`.
+
+    {"sent": {op: n}, "waited": {op: n}} — a kind is None when no line of it was printed
+    (a client that does not count waits prints only the first line).
+    """
+    found = {"sent": None, "waited": None}
+    for line in text.splitlines():
+        line = line.strip()
+        for prefix, kind in STATS_LINES.items():
+            if not line.startswith(prefix):
+                continue
+            counts = found[kind] if found[kind] is not None else {}
+            for item in line[len(prefix):].split(","):
+                op, _, n = item.strip().rpartition(" ")
+                if op and n.isdigit():
+                    counts[op] = counts.get(op, 0) + int(n)
+            found[kind] = counts
+    return found
+
+
 class Ferry(FuseSystem):
+    """ferry as a user runs it: TLS and authentication on (the server makes its identity and the
+    export's token in a state directory of the run; the mount records the server on first contact and
+    reads the token from its file). With insecure=True, both ends run --insecure instead (plaintext, no
+    authentication): the reference that shows what TLS costs."""
+
     name = "ferry"
 
-    def __init__(self, base, procs, table, binary, port):
+    def __init__(self, base, procs, table, binary, port, insecure=False):
+        self.insecure = insecure
+        if insecure:
+            self.name = "ferry-insecure"
         super().__init__(base, procs, table)
         self.binary, self.port = binary, port
+        self.log_mark = None
+        self.stats = []  # parse_ferry_stats of every mount ended since the list was emptied
+        self.state = os.path.join(base, f"{self.name}-state")
         self.start_server()
 
     def remount(self):
         if self.server.poll() is not None:
             # Restart it, so the next workload can run; this one fails with the reason.
-            status, log = self.server.returncode, self.procs.log_tail("ferry-serve")
-            self.end()
+            status, log = self.server.returncode, self.procs.log_tail(f"{self.name}-serve")
+            try:
+                self.end()
+            except SetupError:
+                pass  # its client is likely gone with the server; the reason is the server's
             self.start_server()
             raise SetupError(f"ferry serve had exited with status {status}: {log}")
+        self.end()
+        self.log_mark = self.procs.log_size(f"{self.name}-mount")
         super().remount()
 
+    def end(self):
+        was_mounted = self.client is not None
+        super().end()
+        if was_mounted and self.log_mark is not None:
+            # The client has exited (or was stopped): its counts are in the log, if it printed them.
+            self.stats.append(parse_ferry_stats(self.procs.log_since(f"{self.name}-mount", self.log_mark)))
+            self.log_mark = None
+
+    def mount_env(self):
+        # The client prints the requests it sent (and, if it counts them, those an application waited for).
+        return dict(os.environ, FERRY_STATS="1")
+
     def start_server(self):
-        self.server = self.procs.start("ferry-serve", [self.binary, "serve", self.export, "--listen",
-                                                        f"127.0.0.1:{self.port}"])
+        # Root on the mount is root on the server, as sshfs logs in as root: the
+        # workloads run as root and set owners (tar xf), as NFS test setups use
+        # no_root_squash. ferry's default squashes a client's root.
+        self.server = self.procs.start(f"{self.name}-serve", [self.binary, "serve", self.export, "--listen",
+                                                               f"127.0.0.1:{self.port}",
+                                                               "--no-root-squash"] + self.security())
+
+    def security(self):
+        return ["--insecure"] if self.insecure else ["--state-dir", self.state]
         wait_port(self.port, self.server, "ferry serve")
+
+    def credentials(self):
+        if self.insecure:
+            return []
+        tokens = os.path.join(self.state, "tokens")
+        found = sorted(os.listdir(tokens)) if os.path.isdir(tokens) else []
+        if not found:
+            raise SetupError(f"ferry serve made no access token in {tokens}")
+        return ["--token-file", os.path.join(tokens, found[0])]
 
     def mount_argv(self):
         # Foreground (no --daemon): the benchmark knows the client's pid for CPU accounting.
-        return [self.binary, "mount", f"127.0.0.1:{self.port}", self.root]
+        port = self.via.port if self.via else self.port
+        return [self.binary, "mount", f"127.0.0.1:{port}", self.root] + self.security() + self.credentials()
 
     def cpu(self):
         return {"server": cpu_seconds(self.server.pid),
                 "client": cpu_seconds(self.client.pid) if self.client else None}
 
     def describe(self):
-        return f"ferry serve (127.0.0.1:{self.port}) + ferry mount, default options"
+        if self.insecure:
+            return (f"ferry serve --insecure --no-root-squash (127.0.0.1:{self.port}) + ferry mount --insecure: "
+                    "no TLS, no authentication")
+        return (f"ferry serve --no-root-squash (127.0.0.1:{self.port}) + ferry mount, otherwise default options: "
+                "TLS 1.3, the export's access token")
 
 
 class Sshd:
@@ -331,6 +432,12 @@ class Sshd:
         authorized = os.path.join(self.dir, "authorized_keys")
         with open(authorized, "w", encoding="ascii") as f:
             f.write(pub)
+        # The client's config and known hosts: empty files of our own rather than /dev/null, which
+        # another program on a shared machine can replace with a regular file full of text.
+        self.client_config = os.path.join(self.dir, "ssh_config")
+        self.known_hosts = os.path.join(self.dir, "known_hosts")
+        for path in (self.client_config, self.known_hosts):
+            open(path, "w", encoding="ascii").close()
         sftp = "/usr/lib/openssh/sftp-server"
         if not os.path.exists(sftp):
             sftp = "internal-sftp"
@@ -381,7 +488,7 @@ LogLevel ERROR
             self.created_privsep = False
 
 
-SSHFS_OPTIONS = "StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,BatchMode=yes"
+SSHFS_OPTIONS = "StrictHostKeyChecking=no,BatchMode=yes"
 
 
 class Sshfs(FuseSystem):
@@ -392,11 +499,13 @@ class Sshfs(FuseSystem):
         self.sshd = sshd
 
     def options(self):
-        return f"IdentityFile={self.sshd.client_key},port={self.sshd.port},{SSHFS_OPTIONS}"
+        port = self.via.port if self.via else self.sshd.port
+        return (f"IdentityFile={self.sshd.client_key},port={port},{SSHFS_OPTIONS},"
+                f"UserKnownHostsFile={self.sshd.known_hosts}")
 
     def mount_argv(self):
-        # -f: stay in the foreground, so the pid is ours; -F /dev/null: no user ssh config.
-        return ["sshfs", f"root@127.0.0.1:{self.export}", self.root, "-f", "-F", "/dev/null",
+        # -f: stay in the foreground, so the pid is ours; -F: an empty ssh config (not the user's).
+        return ["sshfs", f"root@127.0.0.1:{self.export}", self.root, "-f", "-F", self.sshd.client_config,
                 "-o", self.options()]
 
     def cpu(self):
@@ -405,5 +514,22 @@ class Sshfs(FuseSystem):
                 "server": tree_cpu_seconds(self.sshd.proc.pid, skip_root=True)}
 
     def describe(self):
-        return (f"sshfs root@127.0.0.1:{self.export} -F /dev/null -o {self.options()} "
+        return (f"sshfs root@127.0.0.1:{self.export} -F {self.sshd.client_config} -o {self.options()} "
                 "(otherwise sshfs defaults; sshd with sftp-server on 127.0.0.1)")
+
+
+class DelayProxy:
+    """ferry-delay-proxy on loopback in front of `to_port`: half the round-trip time in each direction."""
+
+    def __init__(self, procs, binary, name, to_port, rtt_ms):
+        self.port, self.rtt_ms, self.name = free_port(), rtt_ms, name
+        self.proc = procs.start(name, [binary, "--listen", f"127.0.0.1:{self.port}", "--to",
+                                       f"127.0.0.1:{to_port}", "--delay-ms", f"{rtt_ms / 2:g}"])
+        wait_port(self.port, self.proc, name)
+
+    def check(self, procs):
+        if self.proc.poll() is not None:
+            raise SetupError(f"{self.name} exited with status {self.proc.returncode}: {procs.log_tail(self.name)}")
+
+    def stop(self, procs):
+        procs.stop(self.proc)

@@ -107,6 +107,21 @@ class Output(unittest.TestCase):
         self.assertTrue(any("Test CPU" in t and "2 cores" in t and "kernel 6.1" in t for t in texts))
 
 
+class TlsCost(unittest.TestCase):
+    def test_ferry_is_set_against_ferry_insecure_where_both_ran(self):
+        rep = sample_report({
+            "seq_read": {"local": m(500, "MB/s"), "ferry": m(900, "MB/s"), "ferry-insecure": m(1000, "MB/s"),
+                         "sshfs": m(200, "MB/s")},
+            "untar": {"local": m(9000, "entries/s"), "ferry": m(1000, "entries/s"), "sshfs": m(300, "entries/s")},
+        })
+        rows = report.tls_rows(rep, WORKLOADS)
+        self.assertEqual(len(rows), 1)
+        self.assertEqual(rows[0][3], "0.90×")
+        md = report.markdown(rep, WORKLOADS)
+        self.assertIn("| what TLS costs |", md)
+        self.assertIn("0.90×", md)
+
+
 class Checks(unittest.TestCase):
     def test_problems(self):
         self.assertEqual(Run(0, "", "", 1.0, False).problems(), [])

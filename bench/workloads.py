@@ -31,7 +31,7 @@ class Measurement:
 
     def as_json(self):
         return {"value": self.value, "unit": self.unit, "seconds": self.seconds, "ok": self.ok,
-                "errors": self.errors, "detail": self.detail, "cpu": self.cpu}
+                "errors": self.errors, "detail": self.detail, "cpu": self.cpu, "timed_out": self.timed_out}
 
 
 class Run:
@@ -353,7 +353,8 @@ def create_files(c):
     except ValueError:
         seconds = r.seconds
         errors.append("the create loop printed no time")
-    have = len(os.listdir(os.path.join(c.export, "many")))
+    many = os.path.join(c.export, "many")
+    have = len(os.listdir(many)) if os.path.isdir(many) else 0  # the errors above say why it is missing
     if have != n:
         errors.append(f"the server has {have} files, expected {n}")
     return Measurement(n / seconds, "files/s", seconds, errors)

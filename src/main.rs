@@ -1,106 +1,33 @@
 //! `ferry`: the command line. Thin by design: it parses arguments, sets up
-//! logging, and calls into `ferry-server` and `ferry-fusefs`.
+//! logging, and calls into `ferry-server` and `ferry-fusefs`, one module per
+//! subcommand (`serve`, `mounting`, `demo`, `generate`); run as
+//! `mount.fuse.ferry` or `mount.ferry` it is mount(8)'s helper (`helper`).
 
-use clap::{Parser, Subcommand};
-use ferry_fusefs::cli;
-use ferry_fusefs::mount::{self, MountOptions, StopSignals};
-use ferry_fusefs::{FsOptions, RemoteClient};
-use ferry_server::{Server, ServerConfig};
-use std::io::{self, BufRead, BufReader, Read};
-use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
-use std::time::Duration;
+mod args;
+mod demo;
+mod generate;
+mod helper;
+mod keygen;
+mod mounting;
+mod serve;
 
-/// Set in the environment of the background child that `mount --daemon` starts.
-const DAEMON_CHILD_ENV: &str = "FERRY_DAEMON_CHILD";
-
-#[derive(Parser)]
-#[command(
-    name = "ferry",
-    version,
-    about = "Export a directory over the network and mount it elsewhere as an ordinary folder"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Export DIR to ferry clients.
-    Serve {
-        /// The directory to export.
-        dir: PathBuf,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:7070")]
-        listen: String,
-        /// Refuse every change (clients get EROFS).
-        #[arg(long)]
-        read_only: bool,
-        /// Most clients connected at once.
-        #[arg(long, default_value_t = ferry_server::DEFAULT_MAX_CONNECTIONS)]
-        max_connections: usize,
-    },
-    /// Mount an export at MOUNTPOINT (stays in the foreground until unmounted or signalled).
-    Mount {
-        /// Server address, HOST:PORT.
-        addr: String,
-        /// An existing, empty directory.
-        mountpoint: PathBuf,
-        /// Go to the background once the mount is ready.
-        #[arg(long)]
-        daemon: bool,
-        /// Seconds the kernel may cache attributes and names when the server
-        /// does not tell this mount of changes (see --lease).
-        #[arg(long, default_value_t = 1.0)]
-        attr_timeout: f64,
-        /// Seconds caches live while the server tells this mount of every change
-        /// (0: never ask it to; then everything lives --attr-timeout).
-        #[arg(long, default_value_t = ferry_fusefs::core::DEFAULT_LEASE.as_secs())]
-        lease: u64,
-        /// Mount read-only.
-        #[arg(long)]
-        read_only: bool,
-        /// Let other users use the mount (allow_other; needs user_allow_other in /etc/fuse.conf unless root).
-        #[arg(long)]
-        allow_other: bool,
-        /// FUSE worker threads.
-        #[arg(long, default_value_t = 4)]
-        threads: usize,
-        /// Seconds a request may wait for the server before failing with ETIMEDOUT (fsync: ten times that).
-        #[arg(long, default_value_t = 60.0)]
-        timeout: f64,
-    },
-    /// List a remote directory, like `ls -l`.
-    Ls {
-        addr: String,
-        #[arg(default_value = ".")]
-        path: String,
-    },
-    /// Download a remote file (to ./BASENAME by default).
-    Get {
-        addr: String,
-        remote: String,
-        local: Option<PathBuf>,
-    },
-    /// Upload a file; the remote file appears whole or not at all.
-    Put {
-        addr: String,
-        local: PathBuf,
-        remote: Option<String>,
-    },
-    /// Try ferry at once: export DIR/export and mount it at DIR/mnt, in one process.
-    Demo {
-        #[arg(default_value = "ferry-demo")]
-        dir: PathBuf,
-    },
-}
+use args::{Cli, Cmd};
+use clap::Parser;
+use ferry_fusefs::client::DEFAULT_TIMEOUT;
+use ferry_fusefs::{cli, status};
+use std::io;
+use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match run(Cli::parse().command) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let as_helper = argv.first().is_some_and(|a| helper::is_helper(a));
+    let result = if as_helper {
+        run_helper(&argv)
+    } else {
+        init_logging("warn");
+        run(Cli::parse().command)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("ferry: {message}");
@@ -109,332 +36,55 @@ fn main() -> ExitCode {
     }
 }
 
+fn init_logging(default: &str) {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default)).init();
+}
+
+/// As `mount.fuse.ferry ADDRESS MOUNTPOINT [-sfnv] [-o OPTIONS]`, run by mount(8).
+fn run_helper(argv: &[std::ffi::OsString]) -> Result<(), String> {
+    let request = helper::parse(argv);
+    let verbose = request.as_ref().is_ok_and(|r| r.verbose);
+    init_logging(if verbose { "info" } else { "warn" });
+    let request = request?;
+    mounting::run(&request.mount, request.fake)
+}
+
 fn run(cmd: Cmd) -> Result<(), String> {
     match cmd {
-        Cmd::Serve {
-            dir,
-            listen,
-            read_only,
-            max_connections,
-        } => serve(dir, &listen, read_only, max_connections),
-        Cmd::Mount {
-            addr,
-            mountpoint,
-            daemon,
-            attr_timeout,
-            lease,
-            read_only,
-            allow_other,
-            threads,
-            timeout,
-        } => {
-            if !(timeout.is_finite() && timeout > 0.0) {
-                return Err(format!(
-                    "--timeout must be a positive number of seconds, not {timeout}"
-                ));
-            }
-            if !(attr_timeout.is_finite() && attr_timeout >= 0.0) {
-                return Err(format!(
-                    "--attr-timeout must be a number of seconds, not {attr_timeout}"
-                ));
-            }
-            let opts = MountOptions {
-                fs: FsOptions {
-                    attr_timeout: Duration::from_secs_f64(attr_timeout),
-                    lease: Duration::from_secs(lease),
-                    read_only,
-                    ..FsOptions::default()
-                },
-                threads,
-                allow_other,
-            };
-            if daemon && std::env::var_os(DAEMON_CHILD_ENV).is_none() {
-                return daemonize();
-            }
-            mount_foreground(&addr, &mountpoint, &opts, Duration::from_secs_f64(timeout))
+        Cmd::Serve(args) => serve::run(args),
+        Cmd::Keygen { state_dir } => keygen::run(state_dir),
+        Cmd::Mount(args) => mounting::run(&args, false),
+        Cmd::Status { mountpoint } => {
+            print!("{}", status::query(&mountpoint)?);
+            Ok(())
         }
-        Cmd::Ls { addr, path } => {
-            cli::ls(&addr, &path, &mut io::stdout().lock()).map_err(|e| e.to_string())
+        Cmd::Ls { addr, path, client } => {
+            let connect = client.options(DEFAULT_TIMEOUT)?;
+            cli::ls(&addr, &connect, &path, &mut io::stdout().lock()).map_err(|e| e.to_string())
         }
         Cmd::Get {
             addr,
             remote,
             local,
-        } => cli::get(&addr, &remote, local.as_deref())
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+            client,
+        } => {
+            let connect = client.options(DEFAULT_TIMEOUT)?;
+            cli::get(&addr, &connect, &remote, local.as_deref())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
         Cmd::Put {
             addr,
             local,
             remote,
-        } => cli::put(&addr, &local, remote.as_deref())
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        Cmd::Demo { dir } => demo(&dir),
-    }
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the server's runtime: {e}"))
-}
-
-fn serve(
-    dir: PathBuf,
-    listen: &str,
-    read_only: bool,
-    max_connections: usize,
-) -> Result<(), String> {
-    let listen: SocketAddr = listen
-        .parse()
-        .map_err(|_| format!("--listen takes IP:PORT (like 127.0.0.1:7070), not {listen:?}"))?;
-    let rt = runtime()?;
-    rt.block_on(async {
-        let server = Server::bind(ServerConfig {
-            root: dir.clone(),
-            listen,
-            read_only,
-            max_connections,
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        let shown = std::fs::canonicalize(&dir).unwrap_or(dir);
-        if !server.local_addr().ip().is_loopback() {
-            log::warn!(
-                "listening on {} without authentication or encryption: anyone who can reach \
-                 this port can read{} {}",
-                server.local_addr(),
-                if read_only { "" } else { " and change" },
-                shown.display()
-            );
+            client,
+        } => {
+            let connect = client.options(DEFAULT_TIMEOUT)?;
+            cli::put(&addr, &connect, &local, remote.as_deref())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         }
-        println!(
-            "ferry: exporting {} on {}{}",
-            shown.display(),
-            server.local_addr(),
-            if read_only { " (read-only)" } else { "" }
-        );
-        server
-            .run(shutdown_signal())
-            .await
-            .map_err(|e| format!("server failed: {e}"))
-    })
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        Cmd::Demo { dir } => demo::run(&dir),
+        Cmd::Generate { out } => generate::run(&out),
     }
-}
-
-fn mount_foreground(
-    addr: &str,
-    mountpoint: &Path,
-    opts: &MountOptions,
-    timeout: Duration,
-) -> Result<(), String> {
-    let mountpoint = mount::check_mountpoint(mountpoint)?;
-    let client = RemoteClient::connect_with_timeout(addr, timeout).map_err(|e| e.to_string())?;
-    let signals = StopSignals::catch().map_err(|e| format!("cannot catch signals: {e}"))?;
-    let mounted =
-        mount::mount(client, &mountpoint, opts).map_err(|e| mount_error(&mountpoint, e))?;
-    let core = mounted.core().clone();
-    if std::env::var_os(DAEMON_CHILD_ENV).is_some() {
-        detach_from_parent();
-    } else {
-        eprintln!(
-            "ferry: mounted {addr} at {} — Ctrl-C or `fusermount3 -u {}` to unmount",
-            mountpoint.display(),
-            mountpoint.display()
-        );
-    }
-    let stats = std::env::var_os("FERRY_STATS").is_some();
-    let served = signals
-        .serve(mounted, |core| {
-            if stats {
-                print_stats(core, "so far")
-            }
-        })
-        .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()));
-    if stats {
-        print_stats(&core, "");
-    }
-    served
-}
-
-/// `FERRY_STATS`: the requests sent to the server and waited for, by
-/// operation — at unmount, and (`when` = "so far") on SIGUSR1.
-fn print_stats(core: &ferry_fusefs::Core, when: &str) {
-    let line = |counts: Vec<(&str, u64)>| {
-        let counts: Vec<String> = counts.iter().map(|(op, n)| format!("{op} {n}")).collect();
-        counts.join(", ")
-    };
-    let when = if when.is_empty() {
-        String::new()
-    } else {
-        format!(" {when}")
-    };
-    eprintln!(
-        "ferry: requests sent to the server{when}: {}",
-        line(core.client().sent())
-    );
-    eprintln!(
-        "ferry: requests waited for{when}: {}",
-        line(core.stats().waited())
-    );
-}
-
-fn mount_error(mountpoint: &Path, e: io::Error) -> String {
-    // SAFETY: geteuid and access have no preconditions; the path is NUL-terminated.
-    let root = unsafe { libc::geteuid() } == 0;
-    let dev_fuse_usable =
-        unsafe { libc::access(c"/dev/fuse".as_ptr(), libc::R_OK | libc::W_OK) } == 0;
-    let hint = if !Path::new("/dev/fuse").exists() {
-        " — this machine has no /dev/fuse: load the fuse module (modprobe fuse)".to_string()
-    } else if !root && !dev_fuse_usable {
-        " — /dev/fuse is not readable and writable by you; Debian's default is mode 0666 \
-         (as root: chmod 666 /dev/fuse), and non-root mounts also need fusermount3 (apt-get install fuse3)"
-            .to_string()
-    } else if !root && e.kind() == io::ErrorKind::NotFound {
-        " — non-root mounts need fusermount3: apt-get install fuse3".to_string()
-    } else if !root {
-        " — check that you own the mountpoint and that fusermount3 is installed (apt-get install fuse3)"
-            .to_string()
-    } else {
-        String::new()
-    };
-    format!("cannot mount at {}: {e}{hint}", mountpoint.display())
-}
-
-/// `mount --daemon`: starts this same command again in the background and
-/// returns once the child reports the mount ready (or fails, with its message).
-fn daemonize() -> Result<(), String> {
-    let exe =
-        std::env::current_exe().map_err(|e| format!("cannot find the ferry executable: {e}"))?;
-    let args: Vec<_> = std::env::args_os()
-        .skip(1)
-        .filter(|a| a != "--daemon")
-        .collect();
-    let mut cmd = Command::new(exe);
-    cmd.args(args)
-        .env(DAEMON_CHILD_ENV, "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: setsid is async-signal-safe; it detaches the child from our terminal
-    // session so that closing the terminal does not kill the mount.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start the background mount: {e}"))?;
-    let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        let _ = BufReader::new(out).read_line(&mut line);
-    }
-    if line.trim() == "ready" {
-        println!("ferry: mounted in the background (pid {})", child.id());
-        return Ok(());
-    }
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    let _ = child.wait();
-    let err = err.trim().trim_start_matches("ferry: ").to_string();
-    Err(if err.is_empty() {
-        "the background mount exited without mounting".into()
-    } else {
-        err
-    })
-}
-
-/// In the daemon child: tell the parent the mount is ready, then let go of the
-/// pipes it reads (later output goes nowhere rather than to a closed pipe).
-fn detach_from_parent() {
-    println!("ready");
-    // SAFETY: plain fd calls; /dev/null is opened and duplicated over stdout/stderr.
-    unsafe {
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
-            libc::dup2(null, 1);
-            libc::dup2(null, 2);
-            libc::close(null);
-        }
-    }
-}
-
-/// `ferry demo`: an export with a sample file, served on a free loopback port and
-/// mounted, all in this process, until Ctrl-C.
-fn demo(base: &Path) -> Result<(), String> {
-    let export = base.join("export");
-    let mnt = base.join("mnt");
-    for d in [&export, &mnt] {
-        std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
-    }
-    let hello = export.join("hello.txt");
-    if !hello.exists() {
-        std::fs::write(
-            &hello,
-            "Hello from ferry! This file lives in the exported directory.\n",
-        )
-        .map_err(|e| format!("cannot write {}: {e}", hello.display()))?;
-    }
-    let mountpoint = mount::check_mountpoint(&mnt)?;
-    let rt = runtime()?;
-    let server = rt
-        .block_on(Server::bind(ServerConfig {
-            root: export.clone(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            read_only: false,
-            max_connections: 64,
-        }))
-        .map_err(|e| e.to_string())?;
-    let addr = server.local_addr();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = rt.spawn(server.run(async {
-        let _ = stop_rx.await;
-    }));
-    let result = (|| {
-        let client = RemoteClient::connect(&addr.to_string()).map_err(|e| e.to_string())?;
-        let signals = StopSignals::catch().map_err(|e| format!("cannot catch signals: {e}"))?;
-        let mounted = mount::mount(client, &mountpoint, &MountOptions::default())
-            .map_err(|e| mount_error(&mountpoint, e))?;
-        println!(
-            "ferry demo: {} is exported on {addr} and mounted at {}",
-            export.display(),
-            mountpoint.display()
-        );
-        println!(
-            "  try:  ls -l {0}   cat {0}/hello.txt   cp -r /usr/include/linux {0}/",
-            mountpoint.display()
-        );
-        println!("  from another terminal: ferry ls {addr}");
-        println!("Press Ctrl-C to unmount and stop.");
-        signals
-            .serve(mounted, |_| {})
-            .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()))
-    })();
-    let _ = stop_tx.send(());
-    let _ = rt.block_on(serving);
-    result
 }

@@ -83,7 +83,8 @@ fn a_file_truncated_at_open_is_not_truncated_again_on_reopen() {
     );
 }
 
-/// A "server" that completes the handshake and then never answers anything.
+/// A "server" that completes the handshake (plaintext, as under `--insecure`)
+/// and then never answers anything.
 fn silent_server() -> (String, std::thread::JoinHandle<()>) {
     use ferry_common::frame;
     use ferry_common::proto::{HandshakeReply, Welcome, PROTOCOL_VERSION};
@@ -131,14 +132,21 @@ fn a_silent_server_times_out_instead_of_hanging() {
         .prefix("ferry-test-")
         .tempdir()
         .unwrap();
-    let client =
-        ferry_fusefs::RemoteClient::connect_with_timeout(&addr, Duration::from_secs(2)).unwrap();
+    let options =
+        ferry_fusefs::client::ConnectOptions::insecure().with_timeout(Duration::from_secs(2));
+    let client = ferry_fusefs::RemoteClient::connect(&addr, &options).unwrap();
     let mounted = mount::mount(client, dir.path(), &MountOptions::default()).unwrap();
     let start = Instant::now();
     let err = fs::metadata(dir.path().join("anything")).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+    // ETIMEDOUT at the request's deadline, or EIO if the client gave up on
+    // the silent connection first (the kernel's own first requests at mount
+    // time were not answered either): both within the timeout and a margin.
     assert!(
-        start.elapsed() < Duration::from_secs(10),
+        matches!(err.raw_os_error(), Some(libc::ETIMEDOUT | libc::EIO)),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
         "took {:?}",
         start.elapsed()
     );

@@ -333,11 +333,12 @@ struct MountProcess {
 }
 
 impl MountProcess {
-    fn start(addr: &str, mnt: &Path) -> MountProcess {
+    fn start(addr: &str, credentials: &[std::ffi::OsString], mnt: &Path) -> MountProcess {
         fs::create_dir_all(mnt).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args(["mount", addr])
             .arg(mnt)
+            .args(credentials)
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
@@ -375,7 +376,7 @@ fn locks_end_when_the_holders_connection_dies() {
     let f = fixture!();
     fs::write(f.m("file"), b"data").unwrap();
     let mnt2 = f.temp().join("killed");
-    let mut mount = MountProcess::start(&f.addr(), &mnt2);
+    let mut mount = MountProcess::start(&f.addr(), &f.client_args(), &mnt2);
     let holder = Holder::start(HOLD_LOCKF, &mnt2.join("file"));
     let flocker = Holder::start(HOLD_FLOCK, &mnt2.join("file"));
     let a = open_rw(&f.m("file"));

@@ -446,7 +446,10 @@ fn mknod(path: &Path, mode: libc::mode_t, dev: libc::dev_t) -> std::io::Result<(
 }
 
 fn special_files_have_their_types_in_stat_and_readdir() {
-    let f = fixture!();
+    let f = fixture!(Setup {
+        allow_devices: true,
+        ..Setup::default()
+    });
     let as_root = common::is_root();
     mknod(&f.m("fifo"), libc::S_IFIFO | 0o640, 0).unwrap();
     let _socket = std::os::unix::net::UnixListener::bind(f.m("socket")).unwrap();
@@ -461,8 +464,9 @@ fn special_files_have_their_types_in_stat_and_readdir() {
     let null = libc::makedev(1, 3);
     let loop0 = libc::makedev(7, 0);
     if as_root {
-        // The server runs as root in these tests, so device nodes can be made
-        // (the mount is nodev: they cannot be opened through it).
+        // Root on the mount is root on the server in these tests, and this
+        // server allows devices, so device nodes can be made (the mount is
+        // nodev: they cannot be opened through it).
         mknod(&f.m("chr"), libc::S_IFCHR | 0o600, null).unwrap();
         mknod(&f.m("blk"), libc::S_IFBLK | 0o600, loop0).unwrap();
         expected.push(("chr", libc::S_IFCHR));

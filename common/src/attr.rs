@@ -52,13 +52,27 @@ pub struct Timestamp {
 }
 
 impl Timestamp {
+    /// The same instant as a `SystemTime`. Any value a peer sends converts
+    /// without panicking: one `SystemTime` cannot hold saturates to the nearest
+    /// instant it can (and, where even that fails, to the epoch).
     pub fn to_system_time(self) -> SystemTime {
         let nanos = Duration::from_nanos(u64::from(self.nanos.min(999_999_999)));
-        if self.secs >= 0 {
-            UNIX_EPOCH + Duration::from_secs(self.secs as u64) + nanos
+        let secs = Duration::from_secs(self.secs.unsigned_abs());
+        let exact = if self.secs >= 0 {
+            UNIX_EPOCH.checked_add(secs)
         } else {
-            UNIX_EPOCH - Duration::from_secs(self.secs.unsigned_abs()) + nanos
+            UNIX_EPOCH.checked_sub(secs)
         }
+        .and_then(|t| t.checked_add(nanos));
+        exact.unwrap_or_else(|| {
+            let furthest = Duration::from_secs(i64::MAX.unsigned_abs());
+            let end = if self.secs >= 0 {
+                UNIX_EPOCH.checked_add(furthest)
+            } else {
+                UNIX_EPOCH.checked_sub(furthest)
+            };
+            end.unwrap_or(UNIX_EPOCH)
+        })
     }
 
     pub fn from_system_time(t: SystemTime) -> Timestamp {
@@ -183,6 +197,22 @@ mod tests {
         ] {
             assert_eq!(Timestamp::from_system_time(ts.to_system_time()), ts);
         }
+    }
+
+    #[test]
+    fn any_timestamp_converts_without_panicking() {
+        for secs in [i64::MIN, i64::MIN + 1, -1, 0, 1, i64::MAX - 1, i64::MAX] {
+            for nanos in [0, 999_999_999, 1_000_000_000, u32::MAX] {
+                let t = Timestamp { secs, nanos }.to_system_time();
+                // The order of instants is kept at the extremes.
+                assert_eq!(t >= UNIX_EPOCH, secs >= 0, "{secs} {nanos}");
+            }
+        }
+        let before_1970 = Timestamp {
+            secs: -86_400 * 365,
+            nanos: 7,
+        };
+        assert!(before_1970.to_system_time() < UNIX_EPOCH);
     }
 
     #[test]

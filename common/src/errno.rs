@@ -3,15 +3,39 @@
 //! The server turns every failed system call into its errno and the FUSE client
 //! hands that number to the kernel unchanged, so an application sees exactly the
 //! error the server's filesystem gave (ENOENT, EEXIST, ENOTEMPTY, ENOSPC, ...).
+//!
+//! Unchanged, that is, within what the kernel takes: a FUSE reply's error must
+//! lie in 1..=[`MAX_ERRNO`] (values from 512 up are the kernel's own restart
+//! codes), and a reply outside it is refused by the kernel, which leaves the
+//! application's call waiting. So every value is checked where it is made,
+//! decoding from the wire included: anything else reads as EIO.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io;
 
-/// A positive errno value. `Errno(0)` never travels: a value that is not positive
-/// is read as EIO so that a confused peer can never make a failure look like success.
+/// The largest errno value the kernel accepts in a FUSE reply.
+pub const MAX_ERRNO: i32 = 511;
+
+/// An errno value in 1..=[`MAX_ERRNO`]. `Errno(0)` never travels: a value that is
+/// not positive is read as EIO so that a confused peer can never make a failure
+/// look like success, and one the kernel would refuse is read as EIO too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "i32", into = "i32")]
 pub struct Errno(i32);
+
+impl From<i32> for Errno {
+    /// Decoding goes through here: a peer's value is checked like any other.
+    fn from(code: i32) -> Errno {
+        Errno::new(code)
+    }
+}
+
+impl From<Errno> for i32 {
+    fn from(errno: Errno) -> i32 {
+        errno.code()
+    }
+}
 
 impl Errno {
     pub const EPERM: Errno = Errno(libc::EPERM);
@@ -37,18 +61,18 @@ impl Errno {
     pub const ETIMEDOUT: Errno = Errno(libc::ETIMEDOUT);
     pub const EPROTO: Errno = Errno(libc::EPROTO);
 
-    /// Wraps a raw errno value; anything not positive becomes EIO.
+    /// Wraps a raw errno value; anything outside 1..=[`MAX_ERRNO`] becomes EIO.
     pub fn new(code: i32) -> Errno {
-        if code > 0 {
+        if (1..=MAX_ERRNO).contains(&code) {
             Errno(code)
         } else {
             Errno::EIO
         }
     }
 
-    /// The raw value, always positive.
+    /// The raw value, always in 1..=[`MAX_ERRNO`].
     pub fn code(self) -> i32 {
-        if self.0 > 0 {
+        if (1..=MAX_ERRNO).contains(&self.0) {
             self.0
         } else {
             libc::EIO
@@ -100,6 +124,36 @@ mod tests {
         assert_eq!(Errno::new(0).code(), libc::EIO);
         assert_eq!(Errno::new(-5).code(), libc::EIO);
         assert_eq!(Errno::new(libc::ENOENT), Errno::ENOENT);
+    }
+
+    #[test]
+    fn values_the_kernel_would_refuse_read_as_eio() {
+        for bad in [512, 513, 1000, i32::MAX, i32::MIN, -1, 0] {
+            assert_eq!(Errno::new(bad).code(), libc::EIO, "{bad}");
+        }
+        assert_eq!(Errno::new(MAX_ERRNO).code(), MAX_ERRNO);
+        assert_eq!(Errno::new(libc::EHWPOISON), Errno::new(libc::EHWPOISON));
+    }
+
+    #[test]
+    fn decoding_a_peers_errno_checks_it() {
+        for (sent, read) in [
+            (600, libc::EIO),
+            (512, libc::EIO),
+            (0, libc::EIO),
+            (-5, libc::EIO),
+            (libc::ENOSPC, libc::ENOSPC),
+        ] {
+            let frame = crate::frame::encode(&sent).unwrap();
+            let errno: Errno = crate::frame::decode(&frame[4..]).unwrap();
+            assert_eq!(errno.code(), read, "{sent}");
+        }
+        // And what is sent is the value itself.
+        let frame = crate::frame::encode(&Errno::ENOENT).unwrap();
+        assert_eq!(
+            crate::frame::decode::<i32>(&frame[4..]).unwrap(),
+            libc::ENOENT
+        );
     }
 
     #[test]

@@ -19,17 +19,32 @@
 //!   straight to the kernel.
 //! - [`path`]: paths relative to the export root, and the checks every
 //!   component must pass before the server looks at it.
-//! - [`sync`]: the one mutex helper both sides use.
+//! - [`sync`]: the one mutex helper both sides use; [`socket`]: TCP keepalive.
+//! - [`counters`]: the lock-free counters and latency histograms behind `ferry
+//!   status` and the server's metrics.
+//! - [`address`]: how a person names a server, an export on it and a directory
+//!   in that (`HOST[:PORT][/EXPORT][:/DIR]`).
+//! - [`auth`]: fingerprints, access tokens and the session-bound proof of a
+//!   token; [`tls`]: TLS 1.3 on aws-lc-rs with pinned self-signed
+//!   certificates. Every cryptographic choice lives in these two.
+//! - [`state`]: the state directory and the names of the files in it.
 
 #![warn(unreachable_pub)]
 
+pub mod address;
 pub mod attr;
+pub mod auth;
+pub mod counters;
 pub mod errno;
 pub mod frame;
 pub mod path;
 pub mod proto;
+pub mod socket;
+pub mod state;
 pub mod sync;
+pub mod tls;
 
+pub use address::Address;
 pub use attr::{Attr, FileKind, StatFs, Timestamp};
 pub use errno::Errno;
 pub use path::RelPath;

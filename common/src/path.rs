@@ -6,6 +6,19 @@
 //! `/`, no NUL, at most 255 bytes. These string checks are the first fence only;
 //! the server's confinement (`openat2` with `RESOLVE_BENEATH`) is what actually
 //! keeps requests inside the export.
+//!
+//! # How long a path may be
+//!
+//! A local disk has no limit on how deep a tree goes: `PATH_MAX` (4096) bounds
+//! what one system call takes, and a program that goes deeper works relative to
+//! a directory it holds open (`openat`, `chdir`); package managers and backups
+//! build such trees. The kernel hands the mount one name at a time, so ferry
+//! names nodes by paths of any length up to [`MAX_PATH`], resolved on the server
+//! in pieces below `PATH_MAX`. The bounds are there so that one request's work
+//! and the memory it takes stay small: [`MAX_PATH`] is far below the largest
+//! frame (4 MiB, and a rename carries two paths), and [`MAX_DEPTH`] bounds the
+//! lookups one path costs the server and the length of the paths the mount
+//! keeps for the nodes the kernel holds.
 
 use crate::errno::Errno;
 use serde::{Deserialize, Serialize};
@@ -15,8 +28,13 @@ use std::os::unix::ffi::OsStrExt;
 
 /// The longest single name Linux filesystems accept.
 pub const NAME_MAX: usize = 255;
-/// The longest relative path accepted, as `PATH_MAX`.
+/// The longest path one system call takes (with its NUL): the server resolves a
+/// longer path in pieces below it.
 pub const PATH_MAX: usize = 4096;
+/// The longest relative path accepted: 64 KiB, sixteen times `PATH_MAX`.
+pub const MAX_PATH: usize = 64 * 1024;
+/// The most components a path may have.
+pub const MAX_DEPTH: usize = 8192;
 
 /// A path relative to the export root: components joined by `/`, no leading or
 /// trailing slash, empty for the root.
@@ -54,16 +72,57 @@ impl RelPath {
     /// from the wire has not been checked (deserializing takes the bytes as they
     /// come), so the server validates every one before it looks at it.
     pub fn validate(&self) -> Result<(), Errno> {
-        if self.0.len() > PATH_MAX {
+        if self.0.len() > MAX_PATH {
             return Err(Errno::ENAMETOOLONG);
         }
         if self.0.is_empty() {
             return Ok(());
         }
+        let mut depth = 0;
         for component in self.0.split(|b| *b == b'/') {
             check_name(component)?;
+            depth += 1;
+        }
+        if depth > MAX_DEPTH {
+            return Err(Errno::ENAMETOOLONG);
         }
         Ok(())
+    }
+
+    /// How many components the path has; 0 for the root.
+    pub fn depth(&self) -> usize {
+        if self.0.is_empty() {
+            0
+        } else {
+            self.0.iter().filter(|b| **b == b'/').count() + 1
+        }
+    }
+
+    /// The path cut, at component boundaries, into relative paths of at most
+    /// `max` bytes each, in order (none for the root); `max` must be at least
+    /// [`NAME_MAX`], so that every component fits. For a path that passed
+    /// [`validate`](Self::validate).
+    pub fn pieces(&self, max: usize) -> Vec<&[u8]> {
+        debug_assert!(max >= NAME_MAX);
+        let mut pieces = Vec::new();
+        let mut rest = self.0.as_slice();
+        while rest.len() > max {
+            // The last `/` that leaves a piece of at most `max` bytes; every
+            // component is at most NAME_MAX <= max long, so there is one.
+            match rest[..=max].iter().rposition(|b| *b == b'/') {
+                Some(cut) if cut > 0 => {
+                    pieces.push(&rest[..cut]);
+                    rest = &rest[cut + 1..];
+                }
+                // A component longer than `max`: unchecked input; keep it whole
+                // and let the system call refuse it.
+                _ => break,
+            }
+        }
+        if !rest.is_empty() {
+            pieces.push(rest);
+        }
+        pieces
     }
 
     /// `self/name`, refusing a name that is not a single plain component.
@@ -76,7 +135,7 @@ impl RelPath {
             bytes.push(b'/');
         }
         bytes.extend_from_slice(name);
-        if bytes.len() > PATH_MAX {
+        if bytes.len() > MAX_PATH || self.depth() >= MAX_DEPTH {
             return Err(Errno::ENAMETOOLONG);
         }
         Ok(RelPath(bytes))
@@ -210,9 +269,70 @@ mod tests {
         assert!(wire(b"").validate().is_ok());
         assert_eq!(wire(&[b'x'; 256]).validate(), Err(Errno::ENAMETOOLONG));
         assert_eq!(
-            wire(&[b'x'; PATH_MAX + 1]).validate(),
+            wire(&[b'x'; MAX_PATH + 1]).validate(),
             Err(Errno::ENAMETOOLONG)
         );
+    }
+
+    /// `count` components of `len` bytes each, joined one by one.
+    fn deep(count: usize, len: usize) -> Result<RelPath, Errno> {
+        let name = "d".repeat(len);
+        let mut path = RelPath::root();
+        for _ in 0..count {
+            path = path.join(OsStr::new(&name))?;
+        }
+        Ok(path)
+    }
+
+    #[test]
+    fn paths_reach_far_beyond_path_max_and_stop_at_the_documented_bounds() {
+        // 32 KiB: 128 components of 255 bytes.
+        let long = deep(128, 255).unwrap();
+        assert_eq!(long.as_bytes().len(), 128 * 256 - 1);
+        assert!(long.validate().is_ok());
+        assert_eq!(long.depth(), 128);
+        // The length bound: 64 KiB.
+        assert_eq!(deep(257, 255).unwrap_err(), Errno::ENAMETOOLONG);
+        assert_eq!(deep(256, 255).unwrap().as_bytes().len(), MAX_PATH - 1);
+        // The depth bound, with short names.
+        let names = |n: usize| {
+            let mut bytes = vec![&b"a/"[..]; n].concat();
+            bytes.pop();
+            wire(&bytes)
+        };
+        let deepest = names(MAX_DEPTH);
+        assert!(deepest.validate().is_ok());
+        assert_eq!(deepest.depth(), MAX_DEPTH);
+        assert_eq!(
+            deepest.join(OsStr::new("a")).unwrap_err(),
+            Errno::ENAMETOOLONG
+        );
+        assert!(names(MAX_DEPTH - 1).join(OsStr::new("a")).is_ok());
+        assert_eq!(names(MAX_DEPTH + 1).validate(), Err(Errno::ENAMETOOLONG));
+        assert_eq!(RelPath::root().depth(), 0);
+    }
+
+    #[test]
+    fn pieces_cut_at_slashes_below_the_limit() {
+        let path = deep(100, 200).unwrap();
+        let pieces = path.pieces(PATH_MAX - 1);
+        assert!(pieces.len() > 1);
+        for piece in &pieces {
+            assert!(piece.len() < PATH_MAX);
+            assert!(!piece.starts_with(b"/") && !piece.ends_with(b"/"));
+        }
+        assert_eq!(pieces.join(&b'/'), path.as_bytes());
+        // Exactly at the limit: one piece; one byte over: two.
+        let name = "x".repeat(254);
+        let mut exact = RelPath::root();
+        while exact.as_bytes().len() + 255 <= 1020 {
+            exact = exact.join(OsStr::new(&name)).unwrap();
+        }
+        assert_eq!(exact.as_bytes().len(), 1019);
+        assert_eq!(exact.pieces(1019), vec![exact.as_bytes()]);
+        assert_eq!(exact.pieces(1018).len(), 2);
+        assert!(RelPath::root().pieces(PATH_MAX - 1).is_empty());
+        assert_eq!(p("a").pieces(NAME_MAX), vec![&b"a"[..]]);
     }
 
     #[test]

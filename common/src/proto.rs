@@ -1,7 +1,9 @@
 //! The messages of ferry's protocol.
 //!
-//! A connection starts with a handshake: the client sends [`Hello`], the server
-//! answers [`HandshakeReply`]. From then on the client sends [`Request`]s, each with
+//! A connection starts with a handshake: over TLS (unless both ends run
+//! `--insecure`) the client sends [`Hello`] with its credential ([`Auth`]),
+//! the server answers [`HandshakeReply`], and answers nothing else before it
+//! has welcomed the client. A `Hello` frame is at most [`MAX_HELLO`] bytes. From then on the client sends [`Request`]s, each with
 //! an id of its choosing, and the server answers every one with a [`Response`]
 //! carrying the same id. Many requests may be in flight on one connection and the
 //! server answers them in whatever order they finish, so a slow request (a 1 MiB
@@ -9,6 +11,11 @@
 //!
 //! Nodes are named by [`RelPath`] (relative to the export root); open files by a
 //! server-side handle that lives as long as the connection.
+//!
+//! Every request says who asks ([`Cred`]: user, group and supplementary
+//! groups, as NFS's `AUTH_SYS` does). The server maps that to the identity it
+//! acts as (a client's root is squashed to an anonymous user by default) and
+//! checks permissions, and gives new nodes their owner, as that identity.
 //!
 //! Everything the server sends after the handshake is a [`ServerMessage`]: the
 //! answer to a request, or — only on a connection that asked for them with
@@ -23,7 +30,10 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of every [`Hello`]: tells a ferry peer from anything else.
 pub const MAGIC: [u8; 8] = *b"ferry\0\r\n";
 /// Bumped on every incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 5;
+/// The largest `Hello` frame a server reads; anything longer ends the
+/// connection. Room for a deep subtree path, and no more.
+pub const MAX_HELLO: usize = 16 * 1024;
 
 /// The client's opening message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,8 +43,25 @@ pub struct Hello {
     /// Optional protocol features the client supports, one bit each. None are
     /// defined yet, so both sides send 0 and ignore what they receive.
     pub features: u64,
-    /// Room for authentication (a token, a signed challenge); servers today ignore it.
-    pub auth: Option<serde_bytes::ByteBuf>,
+    /// How the client shows it may use the export.
+    pub auth: Auth,
+    /// The export to serve, by name; `None` for the server's default export.
+    pub export: Option<String>,
+    /// The directory inside that export to serve as this connection's root
+    /// (every path of the connection is relative to it); the export's root if empty.
+    pub subtree: RelPath,
+}
+
+/// A client's credential in its [`Hello`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Auth {
+    /// Nothing beyond the TLS session: a client certificate the server
+    /// authorises by fingerprint, or no authentication at all (`--insecure`).
+    Session,
+    /// The export's access token, shown without sending it: HMAC-SHA256 keyed
+    /// with the token over this TLS session's exporter value (see
+    /// [`crate::auth::Token::proof`]), so it is worthless on another connection.
+    TokenProof([u8; crate::auth::SECRET_LEN]),
 }
 
 impl Hello {
@@ -43,7 +70,9 @@ impl Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
             features: 0,
-            auth: None,
+            auth: Auth::Session,
+            export: None,
+            subtree: RelPath::root(),
         }
     }
 }
@@ -62,12 +91,21 @@ pub struct Welcome {
     pub max_chunk: u32,
     /// Every mutation answers EROFS.
     pub read_only: bool,
-    /// Optional protocol features the server supports, one bit each, as in
-    /// [`Hello::features`].
+    /// Optional protocol features the server supports, and facts about how it
+    /// treats its clients, one bit each (the `WELCOME_*` constants).
     pub features: u64,
-    /// Attributes of the export root.
+    /// Attributes of the connection's root (the export's, or its subtree's).
     pub root: Attr,
 }
+
+/// [`Welcome::features`]: requests act as the (mapped) user of their [`Cred`],
+/// so the server checks each caller's permissions itself (it runs as root).
+/// Without it every request acts as the server's own user.
+pub const WELCOME_ACTS_AS_CALLERS: u64 = 1 << 0;
+/// [`Welcome::features`]: a client's root acts as the anonymous user.
+pub const WELCOME_ROOT_SQUASHED: u64 = 1 << 1;
+/// [`Welcome::features`]: every client user acts as the anonymous user.
+pub const WELCOME_ALL_SQUASHED: u64 = 1 << 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HandshakeReply {
@@ -78,13 +116,25 @@ pub enum HandshakeReply {
     },
 }
 
-/// Who asked for a node to be created, so that a server running as root can give
-/// the new node that owner, as a local filesystem would.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Owner {
+/// Who asks: the calling process's user, group and supplementary groups as the
+/// client knows them, carried by every request (NFS's `AUTH_SYS` credential).
+///
+/// A client can claim any ids, so this identifies, it does not authenticate:
+/// who may connect at all is settled before the first request. What a claim can
+/// reach is the server's to limit: it maps a claimed root to an anonymous user
+/// unless told otherwise, and checks every request's permissions as the user it
+/// maps the claim to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Cred {
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups, at most [`MAX_GROUPS`]; they need not repeat `gid`.
+    pub groups: Vec<u32>,
 }
+
+/// The most supplementary groups a [`Cred`] may list: Linux's `NGROUPS_MAX`.
+/// The server refuses a request claiming more with EINVAL.
+pub const MAX_GROUPS: usize = 65_536;
 
 /// A time to set: the server's clock, or a given instant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,15 +154,20 @@ pub struct AttrChanges {
     pub mtime: Option<SetTime>,
     /// After the other changes, clear the setuid bit, and the setgid bit of a
     /// group-executable file, of a regular file: what a write or truncation by a
-    /// user without CAP_FSETID does on a local disk (the server, running as root,
-    /// would otherwise keep them).
+    /// user without CAP_FSETID does on a local disk. The client decides, as it
+    /// knows the writer (the kernel leaves it to FUSE); a server acting as the
+    /// writer's root would otherwise keep them.
     pub kill_suidgid: bool,
 }
 
-/// One request, numbered by the client.
+/// One request, numbered by the client, made on behalf of `cred`.
+///
+/// `cred` comes before `op` so that a `Write`'s data still ends the frame (see
+/// `frame::encode_write_head`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub id: u64,
+    pub cred: Cred,
     pub op: Op,
 }
 
@@ -125,17 +180,28 @@ pub enum Op {
     /// One page of a directory's entries with their attributes, starting at entry
     /// number `start` (`.` and `..` are not listed) → [`Reply::Entries`].
     ReadDir { path: RelPath, start: u64 },
+    /// A directory's entries with their attributes, read through a stream the
+    /// server keeps open for this listing, so that a listing costs the server
+    /// time in proportion to its size however many replies it takes →
+    /// [`Reply::Listing`]. `cursor` 0 starts a listing of `path`; any other
+    /// continues the listing the server numbered so (by the same user; `path`
+    /// is then not used). `.` and `..` are not listed.
+    List { path: RelPath, cursor: u64 },
     /// → [`Reply::Target`].
     ReadLink { path: RelPath },
     /// Opens an existing file with `open(2)` flags (`O_CREAT` is refused; use
     /// `Create`) → [`Reply::Opened`].
     Open { path: RelPath, flags: i32 },
-    /// Creates and opens a file → [`Reply::Created`] (or [`Reply::Opened`]).
+    /// `Open`, then the file's first `len` bytes (at most [`MAX_OPEN_DATA`]) read
+    /// in the same step, so that a small file costs one round trip →
+    /// [`Reply::OpenedWithData`].
+    OpenRead { path: RelPath, flags: i32, len: u32 },
+    /// Creates and opens a file, owned by the identity the request acts as →
+    /// [`Reply::Created`] (or [`Reply::Opened`]).
     Create {
         path: RelPath,
         flags: i32,
         mode: u32,
-        owner: Option<Owner>,
     },
     /// → [`Reply::Data`], shorter than `len` only at end of file.
     Read { handle: u64, offset: u64, len: u32 },
@@ -158,26 +224,16 @@ pub enum Op {
         changes: AttrChanges,
     },
     /// → [`Reply::Entry`] (or [`Reply::Attr`]) of the new directory.
-    Mkdir {
-        path: RelPath,
-        mode: u32,
-        owner: Option<Owner>,
-    },
-    /// A FIFO, socket or device node (as the server's privileges allow) → [`Reply::Entry`]
-    /// (or [`Reply::Attr`]).
-    Mknod {
-        path: RelPath,
-        mode: u32,
-        rdev: u64,
-        owner: Option<Owner>,
-    },
+    Mkdir { path: RelPath, mode: u32 },
+    /// A FIFO, socket, empty regular file or — where the server allows them —
+    /// device node → [`Reply::Entry`] (or [`Reply::Attr`]).
+    Mknod { path: RelPath, mode: u32, rdev: u64 },
     /// A symlink at `path` whose text is `target`, stored as given → [`Reply::Entry`]
     /// (or [`Reply::Attr`]).
     Symlink {
         path: RelPath,
         #[serde(with = "serde_bytes")]
         target: Vec<u8>,
-        owner: Option<Owner>,
     },
     /// A hard link `path` to the existing `existing` → [`Reply::Entry`] (or [`Reply::Attr`]).
     Link { existing: RelPath, path: RelPath },
@@ -248,11 +304,6 @@ pub enum Op {
         len: u64,
         mode: i32,
     },
-    /// Asks the server to tell this connection, with [`Notice`]s, of every change
-    /// to what its requests from now on let it cache, for `lease_secs` after each
-    /// answer → [`Reply::Subscribed`]. Sent once per connection, before the
-    /// requests whose answers the client means to cache for long.
-    Subscribe { lease_secs: u32 },
     /// Copies up to `len` bytes between two open files of this connection on the
     /// server (`copy_file_range(2)`, or reads and writes there when the files'
     /// file systems cannot) → [`Reply::Written`]: how many bytes were copied,
@@ -265,6 +316,14 @@ pub enum Op {
         offset_out: u64,
         len: u64,
     },
+    /// Answered at once with [`Reply::Done`], without touching the export: the
+    /// client's keepalive, which tells a live server from one that stopped.
+    Ping,
+    /// Asks the server to tell this connection, with [`Notice`]s, of every change
+    /// to what its requests from now on let it cache, for `lease_secs` after each
+    /// answer → [`Reply::Subscribed`]. Sent once per connection, before the
+    /// requests whose answers the client means to cache for long.
+    Subscribe { lease_secs: u32 },
 }
 
 /// Which family a lock belongs to. The two are independent, as on Linux.
@@ -292,6 +351,18 @@ pub struct FileLock {
     pub end: u64,
 }
 
+/// The most data an [`Op::OpenRead`] asks for (a larger `len` is read as this).
+pub const MAX_OPEN_DATA: u32 = 1 << 20;
+
+/// The most bytes of entries one [`Reply::Listing`] carries: well inside a
+/// frame, yet the whole of nearly every directory (some 20,000 entries with
+/// 30-byte names).
+pub const LISTING_BYTES: usize = 3 << 20;
+
+/// What one listed entry adds to a [`Reply::Listing`] at most, beyond its
+/// name's bytes: the name's length and the encoded attributes.
+pub const LISTED_ENTRY_OVERHEAD: usize = 128;
+
 /// The kernel's `OFFSET_MAX`: a lock ending here covers the rest of the file.
 pub const LOCK_TO_EOF: u64 = i64::MAX as u64;
 
@@ -301,8 +372,10 @@ impl Op {
         match self {
             Op::Stat { .. } => "stat",
             Op::ReadDir { .. } => "readdir",
+            Op::List { .. } => "list",
             Op::ReadLink { .. } => "readlink",
             Op::Open { .. } => "open",
+            Op::OpenRead { .. } => "openread",
             Op::Create { .. } => "create",
             Op::Read { .. } => "read",
             Op::Write { .. } => "write",
@@ -326,6 +399,7 @@ impl Op {
             Op::ReleaseLocks { .. } => "releaselocks",
             Op::Fallocate { .. } => "fallocate",
             Op::CopyFileRange { .. } => "copy_file_range",
+            Op::Ping => "ping",
             Op::Subscribe { .. } => "subscribe",
         }
     }
@@ -355,6 +429,22 @@ pub enum Reply {
         attr: Attr,
     },
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The answer to [`Op::OpenRead`]: the open file, its attributes when it was
+    /// opened, and its first bytes: all that were asked for, or fewer when the
+    /// file ended first.
+    OpenedWithData {
+        handle: u64,
+        attr: Attr,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// The answer to [`Op::List`]: the next entries, and the cursor to ask for
+    /// the rest with, 0 when the listing is complete (the server has closed its
+    /// stream then).
+    Listing {
+        entries: Vec<DirEntry>,
+        cursor: u64,
+    },
     Written(u32),
     StatFs(StatFs),
     /// A new node, with the attributes of its directory after the change, which
@@ -390,9 +480,9 @@ impl Reply {
     /// The handle and attributes of an opened (or created) file.
     pub fn opened(&self) -> Option<(u64, Attr)> {
         match self {
-            Reply::Opened { handle, attr } | Reply::Created { handle, attr, .. } => {
-                Some((*handle, *attr))
-            }
+            Reply::Opened { handle, attr }
+            | Reply::Created { handle, attr, .. }
+            | Reply::OpenedWithData { handle, attr, .. } => Some((*handle, *attr)),
             _ => None,
         }
     }

@@ -4,6 +4,7 @@
 //! features asked for at `init`, and the wire types of replies.
 
 use crate::core::{Attrs, Caller, Core, Entry, Lookup, Opened, XattrAnswer};
+use crate::creds::CallerCreds;
 use ferry_common::frame::MAX_CHUNK;
 use ferry_common::proto::{AttrChanges, SetTime};
 use ferry_common::{Attr, Errno, FileKind, Timestamp};
@@ -19,24 +20,28 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::SystemTime;
 
-/// Inode numbers are never reused, so every entry has generation 0.
-const GENERATION: Generation = Generation(0);
+/// What a negative entry carries: no inode, so no generation either.
+const NO_GENERATION: Generation = Generation(0);
 
 pub struct FerryFs {
     core: Core,
+    callers: CallerCreds,
 }
 
 impl FerryFs {
     pub fn new(core: Core) -> FerryFs {
-        FerryFs { core }
+        FerryFs {
+            core,
+            callers: CallerCreds::new(),
+        }
     }
-}
 
-fn caller(req: &Request) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-        pid: req.pid(),
+    /// Who sent `req`, with the groups the kernel does not send.
+    fn caller(&self, req: &Request) -> Caller {
+        Caller {
+            pid: req.pid(),
+            cred: self.callers.of(req.uid(), req.gid(), req.pid()),
+        }
     }
 }
 
@@ -52,18 +57,24 @@ fn file_type(kind: FileKind) -> FileType {
     }
 }
 
-/// The kernel's view of a remote node: our inode number, the server's attributes.
+/// The kernel's view of a remote node: our inode number, the server's
+/// attributes. The server is not trusted to send what the kernel can hold: a
+/// size beyond `i64::MAX` would be a negative `i_size` there, and permission
+/// bits beyond `0o7777` would change the node's type in the mode the kernel
+/// builds (which it answers by making the inode bad); times of any value
+/// convert without panicking (see [`Timestamp::to_system_time`]).
 fn file_attr(ino: u64, attr: &Attr) -> FileAttr {
+    const KERNEL_MAX: u64 = i64::MAX as u64;
     FileAttr {
         ino: INodeNo(ino),
-        size: attr.size,
-        blocks: attr.blocks,
+        size: attr.size.min(KERNEL_MAX),
+        blocks: attr.blocks.min(KERNEL_MAX),
         atime: attr.atime.to_system_time(),
         mtime: attr.mtime.to_system_time(),
         ctime: attr.ctime.to_system_time(),
         crtime: attr.ctime.to_system_time(),
         kind: file_type(attr.kind),
-        perm: attr.perm,
+        perm: attr.perm & 0o7777,
         nlink: attr.nlink,
         uid: attr.uid,
         gid: attr.gid,
@@ -97,7 +108,7 @@ fn fopen_flags(opened: &Opened) -> FopenFlags {
 
 fn reply_entry(reply: ReplyEntry, r: Result<Entry, Errno>) {
     match r {
-        Ok(e) => reply.entry(&e.ttl, &file_attr(e.ino, &e.attr), GENERATION),
+        Ok(e) => reply.entry(&e.ttl, &file_attr(e.ino, &e.attr), Generation(e.generation)),
         Err(e) => reply.error(errno(e)),
     }
 }
@@ -176,26 +187,29 @@ impl Filesystem for FerryFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.core.lookup(parent.0, name, move |r| match r {
-            Ok(Lookup::Found(e)) => reply_entry(reply, Ok(e)),
-            // Inode number 0: a negative entry, for that long.
-            Ok(Lookup::Missing(ttl)) => reply.entry(
-                &ttl,
-                &file_attr(0, &Attr::blank(FileKind::File)),
-                GENERATION,
-            ),
-            Err(e) => reply.error(errno(e)),
-        });
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.core
+            .lookup(&self.caller(req), parent.0, name, move |r| match r {
+                Ok(Lookup::Found(e)) => reply_entry(reply, Ok(e)),
+                // Inode number 0: a negative entry, for that long.
+                Ok(Lookup::Missing(ttl)) => reply.entry(
+                    &ttl,
+                    &file_attr(0, &Attr::blank(FileKind::File)),
+                    NO_GENERATION,
+                ),
+                Err(e) => reply.error(errno(e)),
+            });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.core.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         self.core
-            .getattr(ino.0, fh.map(|h| h.0), move |r| reply_attr(reply, ino, r));
+            .getattr(&self.caller(req), ino.0, fh.map(|h| h.0), move |r| {
+                reply_attr(reply, ino, r)
+            });
     }
 
     fn setattr(
@@ -225,17 +239,21 @@ impl Filesystem for FerryFs {
             mtime: mtime.map(set_time),
             kill_suidgid: false,
         };
-        self.core
-            .setattr(caller(req), ino.0, fh.map(|h| h.0), changes, move |r| {
-                reply_attr(reply, ino, r)
-            });
+        self.core.setattr(
+            &self.caller(req),
+            ino.0,
+            fh.map(|h| h.0),
+            changes,
+            move |r| reply_attr(reply, ino, r),
+        );
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.core.readlink(ino.0, move |r| match r {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(errno(e)),
-        });
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.core
+            .readlink(&self.caller(req), ino.0, move |r| match r {
+                Ok(target) => reply.data(&target),
+                Err(e) => reply.error(errno(e)),
+            });
     }
 
     fn mknod(
@@ -249,7 +267,7 @@ impl Filesystem for FerryFs {
         reply: ReplyEntry,
     ) {
         self.core
-            .mknod(caller(req), parent.0, name, mode, rdev, move |r| {
+            .mknod(&self.caller(req), parent.0, name, mode, rdev, move |r| {
                 reply_entry(reply, r)
             });
     }
@@ -264,19 +282,23 @@ impl Filesystem for FerryFs {
         reply: ReplyEntry,
     ) {
         self.core
-            .mkdir(caller(req), parent.0, name, mode, move |r| {
+            .mkdir(&self.caller(req), parent.0, name, mode, move |r| {
                 reply_entry(reply, r)
             });
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.core
-            .unlink(parent.0, name, move |r| reply_empty(reply, r));
+            .unlink(&self.caller(req), parent.0, name, move |r| {
+                reply_empty(reply, r)
+            });
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.core
-            .rmdir(parent.0, name, move |r| reply_empty(reply, r));
+            .rmdir(&self.caller(req), parent.0, name, move |r| {
+                reply_empty(reply, r)
+            });
     }
 
     fn symlink(
@@ -288,14 +310,14 @@ impl Filesystem for FerryFs {
         reply: ReplyEntry,
     ) {
         self.core
-            .symlink(caller(req), parent.0, link_name, target, move |r| {
+            .symlink(&self.caller(req), parent.0, link_name, target, move |r| {
                 reply_entry(reply, r)
             });
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -304,6 +326,7 @@ impl Filesystem for FerryFs {
         reply: ReplyEmpty,
     ) {
         self.core.rename(
+            &self.caller(req),
             parent.0,
             name,
             newparent.0,
@@ -315,26 +338,29 @@ impl Filesystem for FerryFs {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
         self.core
-            .link(ino.0, newparent.0, newname, move |r| reply_entry(reply, r));
+            .link(&self.caller(req), ino.0, newparent.0, newname, move |r| {
+                reply_entry(reply, r)
+            });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.core.open(ino.0, flags.0, move |r| match r {
-            Ok(opened) => reply.opened(FileHandle(opened.fh), fopen_flags(&opened)),
-            Err(e) => reply.error(errno(e)),
-        });
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.core
+            .open(&self.caller(req), ino.0, flags.0, move |r| match r {
+                Ok(opened) => reply.opened(FileHandle(opened.fh), fopen_flags(&opened)),
+                Err(e) => reply.error(errno(e)),
+            });
     }
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -343,15 +369,22 @@ impl Filesystem for FerryFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.core.read(ino.0, fh.0, offset, size, move |r| match r {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(e)),
-        });
+        self.core.read(
+            &self.caller(req),
+            ino.0,
+            fh.0,
+            offset,
+            size,
+            move |r| match r {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno(e)),
+            },
+        );
     }
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -362,28 +395,38 @@ impl Filesystem for FerryFs {
         reply: ReplyWrite,
     ) {
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        self.core
-            .write(ino.0, fh.0, offset, data, flags.0, kill, move |r| match r {
+        self.core.write(
+            &self.caller(req),
+            ino.0,
+            fh.0,
+            offset,
+            data,
+            flags.0,
+            kill,
+            move |r| match r {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(e)),
-            });
+            },
+        );
     }
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         self.core
-            .flush(ino.0, fh.0, lock_owner.0, move |r| reply_empty(reply, r));
+            .flush(&self.caller(req), ino.0, fh.0, lock_owner.0, move |r| {
+                reply_empty(reply, r)
+            });
     }
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -391,25 +434,27 @@ impl Filesystem for FerryFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.core.release(ino.0, fh.0);
+        self.core.release(&self.caller(req), ino.0, fh.0);
         reply.ok();
     }
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
         self.core
-            .fsync(ino.0, fh.0, datasync, move |r| reply_empty(reply, r));
+            .fsync(&self.caller(req), ino.0, fh.0, datasync, move |r| {
+                reply_empty(reply, r)
+            });
     }
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -417,15 +462,20 @@ impl Filesystem for FerryFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.core
-            .fallocate(ino.0, fh.0, offset, length, mode, move |r| {
-                reply_empty(reply, r)
-            });
+        self.core.fallocate(
+            &self.caller(req),
+            ino.0,
+            fh.0,
+            offset,
+            length,
+            mode,
+            move |r| reply_empty(reply, r),
+        );
     }
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -437,6 +487,7 @@ impl Filesystem for FerryFs {
         reply: ReplyWrite,
     ) {
         self.core.copy_file_range(
+            &self.caller(req),
             ino_in.0,
             fh_in.0,
             offset_in,
@@ -459,7 +510,7 @@ impl Filesystem for FerryFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -467,6 +518,7 @@ impl Filesystem for FerryFs {
     ) {
         let reply = std::cell::RefCell::new(Some(reply));
         self.core.readdir(
+            &self.caller(req),
             ino.0,
             offset,
             |item| {
@@ -490,7 +542,7 @@ impl Filesystem for FerryFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -498,6 +550,7 @@ impl Filesystem for FerryFs {
     ) {
         let reply = std::cell::RefCell::new(Some(reply));
         self.core.readdirplus(
+            &self.caller(req),
             ino.0,
             offset,
             |item| {
@@ -509,7 +562,7 @@ impl Filesystem for FerryFs {
                         OsStr::from_bytes(item.name),
                         &e.ttl,
                         &file_attr(e.ino, &e.attr),
-                        GENERATION,
+                        Generation(e.generation),
                     )
                 })
             },
@@ -549,8 +602,8 @@ impl Filesystem for FerryFs {
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.core.statfs(move |r| match r {
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.core.statfs(&self.caller(req), move |r| match r {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             ),
@@ -558,19 +611,23 @@ impl Filesystem for FerryFs {
         });
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         self.core
-            .getxattr(ino.0, name, size, move |r| reply_xattr(reply, r));
+            .getxattr(&self.caller(req), ino.0, name, size, move |r| {
+                reply_xattr(reply, r)
+            });
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         self.core
-            .listxattr(caller(req), ino.0, size, move |r| reply_xattr(reply, r));
+            .listxattr(&self.caller(req), ino.0, size, move |r| {
+                reply_xattr(reply, r)
+            });
     }
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -578,20 +635,27 @@ impl Filesystem for FerryFs {
         position: u32,
         reply: ReplyEmpty,
     ) {
+        self.core.setxattr(
+            &self.caller(req),
+            ino.0,
+            name,
+            value,
+            flags,
+            position,
+            move |r| reply_empty(reply, r),
+        );
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.core
-            .setxattr(ino.0, name, value, flags, position, move |r| {
+            .removexattr(&self.caller(req), ino.0, name, move |r| {
                 reply_empty(reply, r)
             });
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.core
-            .removexattr(ino.0, name, move |r| reply_empty(reply, r));
-    }
-
     fn getlk(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         lock_owner: LockOwner,
@@ -602,6 +666,7 @@ impl Filesystem for FerryFs {
         reply: ReplyLock,
     ) {
         self.core.getlk(
+            &self.caller(req),
             ino.0,
             fh.0,
             lock_owner.0,
@@ -628,15 +693,14 @@ impl Filesystem for FerryFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        let tid = req.pid();
         self.core.setlk(
+            &self.caller(req),
             ino.0,
             fh.0,
             lock_owner.0,
             start,
             end,
             typ,
-            tid,
             sleep,
             move |r| reply_empty(reply, r),
         );
@@ -652,17 +716,23 @@ impl Filesystem for FerryFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.core
-            .create(caller(req), parent.0, name, mode, flags, move |r| match r {
+        self.core.create(
+            &self.caller(req),
+            parent.0,
+            name,
+            mode,
+            flags,
+            move |r| match r {
                 Ok((e, opened)) => reply.created(
                     &e.ttl,
                     &file_attr(e.ino, &e.attr),
-                    GENERATION,
+                    Generation(e.generation),
                     FileHandle(opened.fh),
                     fopen_flags(&opened),
                 ),
                 Err(e) => reply.error(errno(e)),
-            });
+            },
+        );
     }
 
     /// No ioctl is supported; ENOTTY is what a local file answers to one it does
@@ -680,5 +750,37 @@ impl Filesystem for FerryFs {
         reply: ReplyIoctl,
     ) {
         reply.error(errno(Errno::new(libc::ENOTTY)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_attributes_a_server_sends_become_a_valid_kernel_attr() {
+        let mut attr = Attr::blank(FileKind::File);
+        attr.size = u64::MAX;
+        attr.blocks = u64::MAX;
+        attr.perm = u16::MAX;
+        attr.rdev = u64::MAX;
+        attr.blksize = 0;
+        for (secs, nanos) in [(i64::MIN, u32::MAX), (-1, 0), (i64::MAX, u32::MAX)] {
+            let t = Timestamp { secs, nanos };
+            (attr.atime, attr.mtime, attr.ctime) = (t, t, t);
+            let kernel = file_attr(7, &attr);
+            assert_eq!(kernel.size, i64::MAX as u64);
+            assert_eq!(kernel.blocks, i64::MAX as u64);
+            assert_eq!(kernel.perm, 0o7777);
+            assert_eq!(kernel.kind, FileType::RegularFile);
+            assert_eq!(kernel.mtime >= std::time::UNIX_EPOCH, secs >= 0);
+        }
+    }
+
+    #[test]
+    fn errnos_reach_the_kernel_only_in_its_range() {
+        assert_eq!(errno(Errno::new(600)).code(), libc::EIO);
+        assert_eq!(errno(Errno::new(0)).code(), libc::EIO);
+        assert_eq!(errno(Errno::ENOENT).code(), libc::ENOENT);
     }
 }

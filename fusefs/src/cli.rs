@@ -4,10 +4,13 @@
 //! runs at the connection's speed rather than at one round trip per chunk. An
 //! upload goes to a temporary name beside its destination and is renamed into
 //! place only when complete, so the remote file appears whole or not at all.
+//! Every request goes on behalf of the user running the command (its ids and
+//! groups), whose permissions the server checks.
 
-use crate::client::{ConnectError, RemoteClient};
+use crate::client::{ConnectError, ConnectOptions, OpResult, RemoteClient};
+use crate::creds;
 use ferry_common::frame::MAX_CHUNK;
-use ferry_common::proto::{Op, Reply};
+use ferry_common::proto::{Cred, DirEntry, Op, Reply};
 use ferry_common::{Attr, Errno, FileKind, RelPath};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::ffi::OsStr;
@@ -18,7 +21,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Chunks in flight during a transfer.
 const WINDOW: usize = 8;
@@ -41,6 +44,37 @@ impl From<ConnectError> for CliError {
     }
 }
 
+/// A connection used on behalf of this process.
+struct Client {
+    remote: RemoteClient,
+    me: Cred,
+}
+
+impl Client {
+    fn connect(addr: &str, options: &ConnectOptions) -> Result<Client, CliError> {
+        Ok(Client {
+            remote: RemoteClient::connect(addr, options)?,
+            me: creds::own(),
+        })
+    }
+
+    fn call(&self, op: Op) -> OpResult {
+        self.remote.call(&self.me, op)
+    }
+
+    fn submit(&self, op: Op, done: impl FnOnce(OpResult) + Send + 'static) {
+        self.remote.submit(&self.me, op, done)
+    }
+
+    fn list_dir(&self, path: &RelPath) -> Result<Vec<DirEntry>, Errno> {
+        self.remote.list_dir(&self.me, path)
+    }
+
+    fn shutdown(&self) {
+        self.remote.shutdown()
+    }
+}
+
 fn remote_err(what: &str, path: &RelPath, e: Errno) -> CliError {
     match e {
         Errno::ENOENT => CliError(format!("no such remote {what}: {path}")),
@@ -57,6 +91,26 @@ fn parse_remote(text: &str) -> Result<RelPath, CliError> {
     RelPath::parse(text).map_err(|_| {
         CliError(format!("{text:?} is not a valid remote path (paths are relative to the export; `..` is not allowed)"))
     })
+}
+
+/// The line a finished transfer leaves where its progress bar was:
+/// `put: 500.0 MiB in 2.4 s (210 MiB/s) → docs/big.bin`. Only on a terminal,
+/// as the bar: in a script, success stays silent, as with cp.
+fn report_done(verb: &str, bytes: u64, started: Instant, dest: &dyn fmt::Display) {
+    if io::stdout().is_terminal() {
+        let took = started.elapsed();
+        println!(
+            "{verb}: {} in {:.1} s ({}) → {dest}",
+            crate::units::size(bytes),
+            took.as_secs_f64(),
+            crate::units::rate(bytes, took)
+        );
+    }
+}
+
+/// Whether a path as typed ends with `/`: then it names a directory, as for cp.
+fn names_a_directory(text: &OsStr) -> bool {
+    text.as_bytes().ends_with(b"/")
 }
 
 fn progress(len: u64) -> ProgressBar {
@@ -102,8 +156,37 @@ fn mode_string(attr: &Attr) -> String {
     s
 }
 
-fn ls_line(client: &RemoteClient, dir: &RelPath, name: &[u8], attr: &Attr) -> String {
-    let mtime = humantime::format_rfc3339_seconds(attr.mtime.to_system_time());
+/// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (UTC), for any value the
+/// server sends: years before 1970, or past 9999, print as they are.
+fn utc_time(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let of_day = secs.rem_euclid(86_400);
+    // Days since 1970-01-01 to a civil date (the proleptic Gregorian calendar),
+    // counted in eras of 400 years from 0000-03-01; i128 keeps every step in range.
+    let z = i128::from(days) + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i128::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60
+    )
+}
+
+fn ls_line(client: &Client, dir: &RelPath, name: &[u8], attr: &Attr) -> String {
+    let mtime = utc_time(attr.mtime.secs);
     let mut line = format!(
         "{} {:>3} {:>5} {:>5} {:>12} {} {}",
         mode_string(attr),
@@ -128,8 +211,13 @@ fn ls_line(client: &RemoteClient, dir: &RelPath, name: &[u8], attr: &Attr) -> St
 }
 
 /// `ferry ls ADDR [PATH]`: like `ls -l`, sorted by name.
-pub fn ls(addr: &str, path: &str, out: &mut dyn Write) -> Result<(), CliError> {
-    let client = RemoteClient::connect(addr)?;
+pub fn ls(
+    addr: &str,
+    options: &ConnectOptions,
+    path: &str,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let client = Client::connect(addr, options)?;
     let path = parse_remote(path)?;
     let attr = expect_attr(client.call(Op::Stat { path: path.clone() }))
         .map_err(|e| remote_err("path", &path, e))?;
@@ -139,6 +227,7 @@ pub fn ls(addr: &str, path: &str, out: &mut dyn Write) -> Result<(), CliError> {
             .split_last()
             .unwrap_or((RelPath::root(), OsStr::new("")));
         let line = ls_line(&client, &dir, path.file_name().as_bytes(), &attr);
+        client.shutdown();
         return writeln!(out, "{line}").map_err(write_err);
     }
     let mut entries = client
@@ -170,8 +259,14 @@ fn temp_name_beside(dest: &Path) -> PathBuf {
 }
 
 /// `ferry get ADDR REMOTE [LOCAL]`: downloads a file; returns where it was written.
-pub fn get(addr: &str, remote: &str, local: Option<&Path>) -> Result<PathBuf, CliError> {
-    let client = RemoteClient::connect(addr)?;
+pub fn get(
+    addr: &str,
+    options: &ConnectOptions,
+    remote: &str,
+    local: Option<&Path>,
+) -> Result<PathBuf, CliError> {
+    let started = Instant::now();
+    let client = Client::connect(addr, options)?;
     let path = parse_remote(remote)?;
     if path.is_root() {
         return Err(CliError(
@@ -198,16 +293,44 @@ pub fn get(addr: &str, remote: &str, local: Option<&Path>) -> Result<PathBuf, Cl
     let dest = match local {
         None => PathBuf::from(name),
         Some(l) if l.is_dir() => l.join(name),
+        Some(l) if names_a_directory(l.as_os_str()) => {
+            client.submit(Op::Close { handle }, |_| {});
+            return Err(CliError(format!(
+                "cannot get {path} into {}: Not a directory (a trailing / names a \
+                 directory, and there is none)",
+                l.display()
+            )));
+        }
         Some(l) => l.to_path_buf(),
     };
+    // A destination that exists and is no regular file (a device such as
+    // /dev/null, a FIFO) is written in place, as cp does: renaming a finished
+    // file over it would replace the device.
+    let special = fs::metadata(&dest).is_ok_and(|m| !m.is_file() && !m.is_dir());
+    if special {
+        let outcome = OpenOptions::new()
+            .write(true)
+            .open(&dest)
+            .map_err(|e| CliError(format!("cannot write {}: {e}", dest.display())))
+            .and_then(|file| download(&client, handle, attr.size, &file, Order::InOrder));
+        client.submit(Op::Close { handle }, |_| {});
+        outcome?;
+        client.shutdown();
+        report_done("get", attr.size, started, &dest.display());
+        return Ok(dest);
+    }
     let temp = temp_name_beside(&dest);
+    // The error names the file asked for, not the temporary one beside it.
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(u32::from(attr.perm) & 0o777)
         .open(&temp)
-        .map_err(|e| CliError(format!("cannot create {}: {e}", temp.display())))?;
-    let outcome = download(&client, handle, attr.size, &file);
+        .map_err(|e| {
+            client.submit(Op::Close { handle }, |_| {});
+            CliError(format!("cannot create {}: {e}", dest.display()))
+        })?;
+    let outcome = download(&client, handle, attr.size, &file, Order::AtOffsets);
     client.submit(Op::Close { handle }, |_| {});
     let finished = outcome.and_then(|()| {
         file.sync_all()
@@ -219,16 +342,34 @@ pub fn get(addr: &str, remote: &str, local: Option<&Path>) -> Result<PathBuf, Cl
         let _ = fs::remove_file(&temp);
         return Err(e);
     }
+    client.shutdown();
+    report_done("get", attr.size, started, &dest.display());
     Ok(dest)
 }
 
-fn download(client: &RemoteClient, handle: u64, size: u64, file: &File) -> Result<(), CliError> {
+/// How a download writes its file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// Each chunk at its offset as it arrives, several in flight (a regular file).
+    AtOffsets,
+    /// One chunk at a time, appended (a device or FIFO, which has no offsets).
+    InOrder,
+}
+
+fn download(
+    client: &Client,
+    handle: u64,
+    mut size: u64,
+    mut file: &File,
+    order: Order,
+) -> Result<(), CliError> {
     let bar = progress(size);
+    let window = if order == Order::InOrder { 1 } else { WINDOW };
     let (tx, rx) = mpsc::channel();
     let mut next = 0u64;
     let mut in_flight = 0usize;
     loop {
-        while in_flight < WINDOW && next < size {
+        while in_flight < window && next < size {
             let len = (size - next).min(u64::from(MAX_CHUNK)) as u32;
             let tx = tx.clone();
             let offset = next;
@@ -257,15 +398,24 @@ fn download(client: &RemoteClient, handle: u64, size: u64, file: &File) -> Resul
             Ok(_) => return Err(CliError("remote read: unexpected answer".into())),
             Err(e) => return Err(CliError(format!("reading the remote file failed: {e}"))),
         };
-        file.write_all_at(&data, offset)
-            .map_err(|e| CliError(format!("cannot write: {e}")))?;
+        match order {
+            Order::AtOffsets => file.write_all_at(&data, offset),
+            Order::InOrder => file.write_all(&data),
+        }
+        .map_err(|e| CliError(format!("cannot write: {e}")))?;
         bar.inc(data.len() as u64);
         if data.len() < len as usize {
-            // The file shrank on the server while we read it: keep what exists.
-            file.set_len(offset + data.len() as u64)
-                .map_err(|e| CliError(format!("cannot write: {e}")))?;
-            next = next.min(offset + data.len() as u64);
+            // The file ends here: it shrank on the server while we read it, or
+            // was never as long as announced. Keep what exists and ask no further.
+            // Reads beyond it may still be in flight; they come back empty.
+            size = size.min(offset + data.len() as u64);
+            next = next.min(size);
         }
+    }
+    if order == Order::AtOffsets {
+        // Whatever arrived in whichever order, the copy ends where the file did.
+        file.set_len(size)
+            .map_err(|e| CliError(format!("cannot write: {e}")))?;
     }
     bar.finish_and_clear();
     Ok(())
@@ -273,7 +423,12 @@ fn download(client: &RemoteClient, handle: u64, size: u64, file: &File) -> Resul
 
 /// `ferry put ADDR LOCAL [REMOTE]`: uploads a file; returns its remote path.
 /// REMOTE may name an existing remote directory to put the file into.
-pub fn put(addr: &str, local: &Path, remote: Option<&str>) -> Result<RelPath, CliError> {
+pub fn put(
+    addr: &str,
+    options: &ConnectOptions,
+    local: &Path,
+    remote: Option<&str>,
+) -> Result<RelPath, CliError> {
     let file =
         File::open(local).map_err(|e| CliError(format!("cannot read {}: {e}", local.display())))?;
     let meta = file
@@ -288,15 +443,25 @@ pub fn put(addr: &str, local: &Path, remote: Option<&str>) -> Result<RelPath, Cl
     let base = local
         .file_name()
         .ok_or_else(|| CliError(format!("{} has no file name", local.display())))?;
-    let client = RemoteClient::connect(addr)?;
+    let started = Instant::now();
+    let client = Client::connect(addr, options)?;
     let mut dest = match remote {
         Some(r) => parse_remote(r)?,
         None => RelPath::root(),
     };
-    let is_dir = matches!(
-        expect_attr(client.call(Op::Stat { path: dest.clone() })),
-        Ok(a) if a.kind == FileKind::Directory
-    );
+    let found = expect_attr(client.call(Op::Stat { path: dest.clone() }));
+    let is_dir = matches!(&found, Ok(a) if a.kind == FileKind::Directory);
+    if let Some(r) = remote.filter(|r| !is_dir && names_a_directory(OsStr::new(r))) {
+        let why = match found {
+            Ok(_) => format!("{dest} is not a directory on the server"),
+            Err(Errno::ENOENT) => format!("there is no directory {dest} on the server"),
+            Err(e) => return Err(remote_err("directory", &dest, e)),
+        };
+        return Err(CliError(format!(
+            "cannot put {} into {r}: Not a directory ({why}; a trailing / names a directory)",
+            local.display()
+        )));
+    }
     if is_dir {
         dest = dest.join(base).map_err(|_| {
             CliError(format!(
@@ -322,7 +487,6 @@ pub fn put(addr: &str, local: &Path, remote: Option<&str>) -> Result<RelPath, Cl
         path: temp.clone(),
         flags,
         mode,
-        owner: None,
     }))
     .map_err(|e| match e {
         Errno::ENOENT => CliError(format!("no such remote directory: {parent}")),
@@ -353,10 +517,11 @@ pub fn put(addr: &str, local: &Path, remote: Option<&str>) -> Result<RelPath, Cl
         return Err(e);
     }
     client.shutdown();
+    report_done("put", meta.len(), started, &dest);
     Ok(dest)
 }
 
-fn upload(client: &RemoteClient, handle: u64, file: &File, size: u64) -> Result<(), CliError> {
+fn upload(client: &Client, handle: u64, file: &File, size: u64) -> Result<(), CliError> {
     let bar = progress(size);
     let (tx, rx) = mpsc::channel();
     let mut next = 0u64;
@@ -420,6 +585,20 @@ fn upload(client: &RemoteClient, handle: u64, file: &File, size: u64) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_print_as_utc_for_any_value() {
+        assert_eq!(utc_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_time(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(utc_time(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_time(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(utc_time(-86_400 * 365), "1969-01-01T00:00:00Z");
+        assert_eq!(utc_time(-2_208_988_800), "1900-01-01T00:00:00Z");
+        assert_eq!(utc_time(253_402_300_800), "10000-01-01T00:00:00Z");
+        // The extremes print something, and do not panic.
+        assert!(utc_time(i64::MIN).ends_with('Z'));
+        assert!(utc_time(i64::MAX).ends_with('Z'));
+    }
 
     #[test]
     fn mode_strings_match_ls() {

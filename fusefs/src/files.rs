@@ -3,19 +3,22 @@
 //! A server handle lives only as long as the connection that opened it, while the
 //! kernel's handle lives until release. So the kernel is given ferry's own number,
 //! and each entry remembers how to open the file again — its inode (hence its
-//! current path) and its open flags — along with the server handle and the
-//! connection epoch it belongs to. After a reconnect the file is re-opened by
+//! current path), its open flags and who opened it — along with the server
+//! handle and the connection epoch it belongs to. After a reconnect the file is re-opened by
 //! path, without the flags that only make sense once (`O_CREAT`, `O_EXCL`,
 //! `O_TRUNC`).
 
+use ferry_common::proto::Cred;
 use std::collections::HashMap;
 
 /// One open file as the server knows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct RemoteFile {
     pub(crate) ino: u64,
     /// The `open(2)` flags to re-open with.
     pub(crate) flags: i32,
+    /// Who opened it, and so whom it is opened again for.
+    pub(crate) opener: Cred,
     pub(crate) handle: u64,
     pub(crate) epoch: u64,
 }
@@ -51,7 +54,7 @@ impl OpenFiles {
     }
 
     pub(crate) fn get(&self, fh: u64) -> Option<RemoteFile> {
-        self.files.get(&fh).copied()
+        self.files.get(&fh).cloned()
     }
 
     /// The file was opened again on connection `epoch` as `handle`.
@@ -77,10 +80,11 @@ mod tests {
         let f = RemoteFile {
             ino: 2,
             flags: libc::O_RDWR,
+            opener: Cred::default(),
             handle: 1,
             epoch: 1,
         };
-        let a = t.insert(f);
+        let a = t.insert(f.clone());
         let b = t.insert(f);
         assert_ne!(a, b);
         t.reopened(a, 9, 2);
@@ -96,6 +100,7 @@ mod tests {
         let f = RemoteFile {
             ino: 2,
             flags: libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_APPEND,
+            opener: Cred::default(),
             handle: 1,
             epoch: 1,
         };

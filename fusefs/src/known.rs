@@ -81,7 +81,8 @@ impl KnownDirs {
         self.dirs.read(&dir, |_, _| ()).is_some()
     }
 
-    /// What is known of `dir` no longer holds (it changed elsewhere).
+    /// What is known of `dir` no longer holds (it changed elsewhere, or the
+    /// number is no longer that directory's: see [`crate::inode`]).
     pub(crate) fn forget(&self, dir: u64) {
         self.dirs.remove(&dir);
     }

@@ -23,7 +23,7 @@
 //! signals in `/proc/<tid>/status`.
 
 use crate::client::{OpResult, RemoteClient};
-use ferry_common::proto::{FileLock, LockKind, LockType, Op, Reply, LOCK_TO_EOF};
+use ferry_common::proto::{Cred, FileLock, LockKind, LockType, Op, Reply, LOCK_TO_EOF};
 use ferry_common::sync::lock;
 use ferry_common::Errno;
 use std::collections::HashMap;
@@ -111,6 +111,7 @@ fn pending_in_status(status: &str) -> bool {
 pub(crate) fn wait_for_lock(
     client: RemoteClient,
     epoch: u64,
+    cred: Cred,
     op: Op,
     tid: u32,
     done: impl FnOnce(Result<(), Errno>) + Send + 'static,
@@ -125,7 +126,7 @@ pub(crate) fn wait_for_lock(
                 }
                 thread::sleep(pause);
                 pause = (pause * 2).min(MAX_BACKOFF);
-                match client.call_in(epoch, op.clone()) {
+                match client.call_in(epoch, &cred, op.clone()) {
                     Ok(_) => break Ok(()),
                     Err(e) if e.code() == libc::EAGAIN => continue,
                     Err(e) => break Err(e),

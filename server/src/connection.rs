@@ -1,5 +1,14 @@
 //! One client connection: the handshake, then many requests at once.
 //!
+//! The handshake comes first and has one deadline ([`HANDSHAKE_TIMEOUT`]): TLS
+//! (unless the server runs `--insecure`; a client speaking the other way is
+//! told so in a plaintext refusal), then the client's `Hello` (at most
+//! [`MAX_HELLO`] bytes) with its credential — a proof of the export's token
+//! bound to this TLS session, or a client certificate listed in
+//! `authorized_clients`. Nothing the client sends is acted on before it is
+//! welcomed. A welcomed connection that holds nothing (no open file, no lock)
+//! and asks for nothing but pings for the idle timeout is closed.
+//!
 //! ```text
 //!  socket ─► reader (this task) ─┬─► inline: Session::handle, encode ───────────┐
 //!              │                 └─► blocking pool: Session::handle, encode ────┤ mpsc
@@ -30,23 +39,33 @@
 //! frame) ends this connection only; other clients never notice.
 
 use crate::dispatch::Session;
-use crate::registry::{Registry, Subscriber};
+use crate::export::ExportRoot;
+use crate::exports::Exports;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::registry::{Registries, Registry, Subscriber};
 use crate::schedule::{schedule, Schedule};
+use crate::security::{Security, TlsServer};
 use crate::sequencer::Sequencer;
-use crate::sys;
+use ferry_common::auth::{Fingerprint, EXPORTER_LABEL, SECRET_LEN};
+use ferry_common::counters::op_kind;
 use ferry_common::frame::{self, FrameError, RequestFrame, MAX_CHUNK};
 use ferry_common::proto::{
-    Change, HandshakeReply, Hello, Notice, Op, Reply, Request, Response, ServerMessage, Welcome,
-    MAGIC, PROTOCOL_VERSION,
+    Auth, Change, HandshakeReply, Hello, Notice, Op, Reply, Request, Response, ServerMessage,
+    Welcome, LISTING_BYTES, MAGIC, MAX_HELLO, MAX_OPEN_DATA, PROTOCOL_VERSION,
 };
+use ferry_common::state::AUTHORIZED_CLIENTS;
+use ferry_common::tls;
 use ferry_common::Errno;
 use std::io;
 use std::os::fd::AsFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use std::time::{Duration, Instant};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf,
+    WriteHalf,
+};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
@@ -59,8 +78,13 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(120);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Requests of one connection being handled or waiting to be written.
 pub(crate) const MAX_IN_FLIGHT: usize = 64;
-/// Bytes (requests plus expected replies) in flight on one connection, counted in KiB.
-const IN_FLIGHT_KIB: u32 = 32 * 1024;
+/// Bytes (requests plus expected replies) in flight on one connection, counted in
+/// KiB: what ferry's client keeps in flight itself at most (a write window and
+/// the kernel's readahead, 32 MiB each on a slow path), so that a client's own
+/// streams never make the reader stop and hold up its other requests.
+const IN_FLIGHT_KIB: u32 = 64 * 1024;
+/// [`IN_FLIGHT_KIB`] in bytes.
+pub const CONNECTION_BUDGET: usize = IN_FLIGHT_KIB as usize * 1024;
 /// What a directory page is charged before its size is known.
 const READDIR_COST: usize = 64 * 1024;
 /// Replies at least this big are written on their own rather than copied into the batch.
@@ -71,32 +95,94 @@ const READ_BUFFER: usize = 64 * 1024;
 /// A notice frame holds about this many bytes of changes at most (well below
 /// the frame limit); more changes go in further frames.
 const NOTICE_FRAME: usize = 1 << 20;
+/// Bytes read from the socket at a time beneath TLS.
+const SOCKET_BUFFER: usize = 256 * 1024;
 
-/// Serves one client until it leaves, breaks the protocol, or `stop` turns true.
-/// An `Err` says why the connection was closed early.
+/// What a connection is served: the directory its paths are relative to, and
+/// the coherent caches' registry of that directory.
+type Served = (Arc<ExportRoot>, Arc<Registry>);
+
+/// What every connection of a server shares.
+#[derive(Debug)]
+pub(crate) struct Context {
+    /// The exports a client may ask for (see [`Exports::choose`]).
+    pub(crate) exports: Arc<Exports>,
+    /// What the server refuses and how it maps identities.
+    pub(crate) policy: Policy,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) security: Security,
+    /// A connection that holds nothing (no open file, no lock) and sends no
+    /// request but pings for this long is closed.
+    pub(crate) idle_timeout: Duration,
+    /// The coherent caches' registries, one per directory served.
+    pub(crate) registries: Arc<Registries>,
+}
+
+/// A connection's byte stream once the handshake has settled how it is
+/// carried: TLS, or plaintext under `--insecure`.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+type Transport = Box<dyn Stream>;
+type Reader = BufReader<ReadHalf<Transport>>;
+type Writer = WriteHalf<Transport>;
+
+/// Serves one client until it leaves, breaks the protocol, idles out, or
+/// `stop` turns true. An `Err` says why the connection was closed early.
 pub(crate) async fn serve(
     stream: TcpStream,
-    registry: Arc<Registry>,
-    read_only: bool,
+    ctx: Arc<Context>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), FrameError> {
+    let metrics = Arc::clone(&ctx.metrics);
+    let _open = metrics.accepted();
     stream.set_nodelay(true)?;
-    if let Err(e) = set_keepalive(&stream) {
+    // A client that vanished (a laptop put to sleep, a cable pulled) is
+    // noticed after a few minutes, and its open files and slot given back.
+    let (idle, interval) = (Duration::from_secs(60), Duration::from_secs(15));
+    if let Err(e) = ferry_common::socket::set_keepalive(stream.as_fd(), idle, interval, 4) {
         log::debug!("cannot enable TCP keepalive: {e}");
     }
-    let (read_half, mut write_half) = stream.into_split();
+    // The whole handshake, TLS and credentials included, has one deadline: a
+    // peer that connects and says nothing holds a slot for that long at most.
+    let accepted = tokio::select! {
+        biased;
+        _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+        accepted = timeout(HANDSHAKE_TIMEOUT, accept(stream, &ctx)) => accepted,
+    };
+    let (transport, (export, registry)) = match accepted {
+        Err(_) => {
+            metrics.refused();
+            return Err(FrameError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs()),
+            )));
+        }
+        Ok(Ok(Some(welcomed))) => welcomed,
+        Ok(Ok(None)) => {
+            metrics.refused();
+            return Ok(());
+        }
+        Ok(Err(e)) => {
+            metrics.refused();
+            return Err(e);
+        }
+    };
+    let (read_half, write_half) = tokio::io::split(transport);
     let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
 
-    if !handshake(&mut reader, &mut write_half, &registry, read_only).await? {
-        return Ok(());
-    }
-
-    let session = Arc::new(Session::new(registry, read_only));
+    let session = Arc::new(Session::new(export, registry, ctx.policy));
     let sequencer = Arc::new(Sequencer::new());
     let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
-    let writer = tokio::spawn(write_replies(write_half, rx, session.subscriber()));
+    let writer = tokio::spawn(write_replies(
+        write_half,
+        rx,
+        Arc::clone(&metrics),
+        session.subscriber(),
+    ));
     let requests = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let bytes = Arc::new(Semaphore::new(IN_FLIGHT_KIB as usize));
+    // When the client last asked for anything but a ping.
+    let mut active = Instant::now();
 
     let outcome = loop {
         // Each wait below also ends when the server stops or the writer is gone.
@@ -109,28 +195,42 @@ pub(crate) async fn serve(
                 Err(_) => break Ok(()),
             },
         };
+        // A client holding nothing, with nothing in flight, may be idle only
+        // so long: connections are a shared budget.
+        let holds_nothing =
+            || session.holds_nothing() && requests.available_permits() == MAX_IN_FLIGHT - 1;
+        let idle_until = active + ctx.idle_timeout;
         let read = tokio::select! {
             biased;
             _ = stop.wait_for(|stopped| *stopped) => break Ok(()),
             _ = tx.closed() => break Ok(()),
-            read = next_frame(&mut reader) => read,
+            read = next_frame(&mut reader, idle_until, ctx.idle_timeout, holds_nothing) => read,
         };
         let incoming = match read {
             Ok(Some(incoming)) => incoming,
             Ok(None) => break Ok(()),
-            Err(e) => break Err(e),
+            Err(NextFrame::Idle) => {
+                log::debug!(
+                    "closing a connection idle for {} s that holds nothing",
+                    ctx.idle_timeout.as_secs()
+                );
+                break Ok(());
+            }
+            Err(NextFrame::Failed(e)) => break Err(e),
         };
         let size = incoming.len();
         let request: Request = match incoming {
             // A write's data was read into its own buffer: no copy out of a frame.
             RequestFrame::Write {
                 id,
+                cred,
                 handle,
                 offset,
                 data,
                 ..
             } => Request {
                 id,
+                cred,
                 op: Op::Write {
                     handle,
                     offset,
@@ -142,6 +242,10 @@ pub(crate) async fn serve(
                 Err(e) => break Err(e),
             },
         };
+        if request.op != Op::Ping {
+            active = Instant::now();
+        }
+        metrics.request(&request.op, size + 4);
         let cost = cost_kib(size, &request.op);
         let share = tokio::select! {
             biased;
@@ -158,18 +262,18 @@ pub(crate) async fn serve(
         let budget = (slot, share);
         match schedule(&request.op, alone, |handle| sequencer.is_idle(handle)) {
             Schedule::Inline => {
-                let frame = answer(&session, request);
+                let frame = answer(&session, &metrics, request);
                 if tx.send(Outgoing { frame, budget }).await.is_err() {
                     break Ok(());
                 }
             }
             Schedule::Pool => {
                 drop(tokio::task::spawn_blocking(job(
-                    &session, &tx, request, budget,
+                    &session, &metrics, &tx, request, budget,
                 )));
             }
             Schedule::Ordered(handle) => {
-                sequencer.run(handle, job(&session, &tx, request, budget));
+                sequencer.run(handle, job(&session, &metrics, &tx, request, budget));
             }
         }
     };
@@ -186,88 +290,286 @@ pub(crate) async fn serve(
     outcome.and(written)
 }
 
-/// Reads `Hello` and answers it. `Ok(true)`: the client is welcome; `Ok(false)`:
-/// it left or was refused, and the connection ends.
-async fn handshake(
-    reader: &mut BufReader<OwnedReadHalf>,
-    writer: &mut OwnedWriteHalf,
-    registry: &Arc<Registry>,
-    read_only: bool,
-) -> Result<bool, FrameError> {
-    let payload = match timeout(HANDSHAKE_TIMEOUT, frame::read_frame_async(reader)).await {
-        Err(_) => {
-            return Err(FrameError::Io(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs()),
-            )))
+/// Settles how the client is carried and whether it is let in: TLS and its
+/// credentials (or plaintext under `--insecure`), then its `Hello`, which
+/// names the export (and directory in it) the connection is served from.
+/// `Ok(None)`: it left, or was refused and told why.
+async fn accept(
+    stream: TcpStream,
+    ctx: &Context,
+) -> Result<Option<(Transport, Served)>, FrameError> {
+    // The first bytes tell TLS from plaintext; they may come in pieces.
+    let mut first = [0u8; tls::TLS_SNIFF];
+    let mut seen = stream.peek(&mut first).await?;
+    while seen > 0 && seen < first.len() && first[0] == tls::TLS_HANDSHAKE_RECORD {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        seen = stream.peek(&mut first).await?;
+    }
+    if seen == 0 {
+        return Ok(None);
+    }
+    let speaks_tls = tls::opens_tls(&first[..seen]);
+    // Beneath TLS, reads from the socket are buffered: rustls asks for a few
+    // KiB at a time, and a system call per few KiB would cost more than a copy.
+    let buffered = || BufReader::with_capacity(SOCKET_BUFFER, stream);
+    match (&ctx.security, speaks_tls) {
+        (Security::Tls(server), true) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(server.config());
+            let mut tls = match acceptor.accept(buffered()).await {
+                Ok(tls) => tls,
+                Err(e) => {
+                    return Err(FrameError::Io(io::Error::new(
+                        e.kind(),
+                        format!("TLS handshake failed: {e}"),
+                    )))
+                }
+            };
+            let Some(hello) = read_hello(&mut tls).await? else {
+                return Ok(None);
+            };
+            let verdict = check_hello(&hello).and_then(|()| {
+                authenticate(
+                    server,
+                    tls.get_ref().1,
+                    &hello.auth,
+                    hello.export.as_deref(),
+                )
+            });
+            Ok(welcome(&mut tls, ctx, &hello, verdict)
+                .await?
+                .map(|served| (Box::new(tls) as Transport, served)))
         }
-        Ok(read) => match read? {
-            Some(payload) => payload,
-            None => return Ok(false),
-        },
-    };
-    let hello: Hello = frame::decode(&payload)?;
-    let refusal = if hello.magic != MAGIC {
-        Some("this is a ferry server and the peer does not speak the ferry protocol".to_string())
+        (Security::Tls(_), false) => {
+            let mut plain = buffered();
+            if read_hello(&mut plain).await?.is_some() {
+                let message = "this server requires TLS, and the client connected without it \
+                           (--insecure): connect without --insecure";
+                refuse_plaintext(plain, message).await;
+            }
+            Ok(None)
+        }
+        (Security::Insecure, true) => {
+            let message = "this server runs without TLS (ferry serve --insecure): connect \
+                           with --insecure, or restart the server without it";
+            refuse_plaintext(buffered(), message).await;
+            Ok(None)
+        }
+        (Security::Insecure, false) => {
+            let mut plain = buffered();
+            let Some(hello) = read_hello(&mut plain).await? else {
+                return Ok(None);
+            };
+            let verdict = check_hello(&hello);
+            Ok(welcome(&mut plain, ctx, &hello, verdict)
+                .await?
+                .map(|served| (Box::new(plain) as Transport, served)))
+        }
+    }
+}
+
+/// The client's `Hello`, at most [`MAX_HELLO`] bytes; `None` if it left first.
+async fn read_hello<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<Hello>, FrameError> {
+    match frame::read_frame_limited_async(stream, MAX_HELLO).await? {
+        Some(payload) => frame::decode(&payload).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Whether `hello` is a ferry client of this protocol version; the refusal
+/// says what to do otherwise.
+fn check_hello(hello: &Hello) -> Result<(), String> {
+    if hello.magic != MAGIC {
+        Err("this is a ferry server and the peer does not speak the ferry protocol".to_string())
     } else if hello.version != PROTOCOL_VERSION {
-        Some(format!(
+        Err(format!(
             "this server speaks ferry protocol version {PROTOCOL_VERSION} and the client \
              version {}; use the same ferry release on both sides",
             hello.version
         ))
     } else {
-        None
-    };
-    let reply = match refusal {
-        Some(message) => HandshakeReply::Refused { message },
-        None => {
-            let registry = Arc::clone(registry);
-            let root = tokio::task::spawn_blocking(move || registry.export.root_attr())
-                .await
-                .unwrap_or(Err(Errno::EIO));
-            match root {
-                Ok(root) => HandshakeReply::Welcome(Welcome {
-                    version: PROTOCOL_VERSION,
-                    max_chunk: MAX_CHUNK,
-                    read_only,
-                    features: 0,
-                    root,
-                }),
-                Err(e) => HandshakeReply::Refused {
-                    message: format!("the server cannot read its export directory: {e}"),
-                },
+        Ok(())
+    }
+}
+
+/// Whether the client on `conn` may come in: with a proof of the token of
+/// the export it asks for (`export`: a name, or the default one) bound to
+/// this session, or a client certificate listed in `authorized_clients`.
+fn authenticate(
+    server: &TlsServer,
+    conn: &rustls::ServerConnection,
+    auth: &Auth,
+    export: Option<&str>,
+) -> Result<(), String> {
+    let certificate = conn
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(|cert| Fingerprint::of(cert));
+    if let Auth::TokenProof(proof) = auth {
+        match conn.export_keying_material([0u8; SECRET_LEN], EXPORTER_LABEL, None) {
+            Ok(exporter)
+                if server
+                    .token(export)
+                    .is_some_and(|token| token.verify(&exporter, proof)) =>
+            {
+                return Ok(())
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("cannot derive the session's exporter value: {e}"),
+        }
+    }
+    if let Some(fingerprint) = certificate {
+        match server.is_authorized(&fingerprint) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => log::warn!(
+                "cannot read {}: {e}; no client certificate is let in",
+                server.authorized_clients_path().display()
+            ),
+        }
+    }
+    Err(match (auth, certificate) {
+        (Auth::TokenProof(_), _) => "the access token is not this export's: check the client's \
+            --token-file or FERRY_TOKEN against the token file `ferry serve` printed"
+            .to_string(),
+        (Auth::Session, Some(fingerprint)) => format!(
+            "this client's certificate {fingerprint} is not authorized: on the server, add the \
+             line `{fingerprint}` to {}, or give the client the export's access token",
+            AUTHORIZED_CLIENTS
+        ),
+        (Auth::Session, None) => "this server needs credentials: the export's access token \
+            (--token-file FILE, or FERRY_TOKEN) or a client certificate listed in the server's \
+            authorized_clients (make one with `ferry keygen`)"
+            .to_string(),
+    })
+}
+
+/// Answers the handshake with a welcome — serving the export and directory
+/// `hello` names (see [`Exports::choose`]) — or with the refusal in `verdict`
+/// (or the one choosing gives). `Ok(Some(root))`: the client is welcome.
+async fn welcome<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    ctx: &Context,
+    hello: &Hello,
+    verdict: Result<(), String>,
+) -> Result<Option<Served>, FrameError> {
+    let mut served = None;
+    let reply = match verdict {
+        Err(message) => HandshakeReply::Refused { message },
+        Ok(()) => {
+            let exports = Arc::clone(&ctx.exports);
+            let registries = Arc::clone(&ctx.registries);
+            let (name, subtree) = (hello.export.clone(), hello.subtree.clone());
+            // Opening a subtree is a system call: off the async workers.
+            let chosen = tokio::task::spawn_blocking(move || {
+                let chosen = exports.choose(name.as_deref(), &subtree)?;
+                let attr = chosen
+                    .root
+                    .root_attr()
+                    .map_err(|e| format!("the server cannot read its export directory: {e}"))?;
+                let registry = registries.for_root(&chosen.root, &attr);
+                Ok::<_, String>((chosen, registry, attr))
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the server failed to open the export: {e}")));
+            match chosen {
+                Ok((chosen, registry, root)) => {
+                    log::debug!(
+                        "serving {} (export {}) to a client",
+                        chosen.root.path().display(),
+                        chosen.name.as_deref().unwrap_or("by default")
+                    );
+                    let acts_as_clients = chosen.root.acts_as_clients();
+                    served = Some((chosen.root, registry));
+                    HandshakeReply::Welcome(Welcome {
+                        version: PROTOCOL_VERSION,
+                        max_chunk: MAX_CHUNK,
+                        read_only: ctx.policy.read_only,
+                        features: ctx.policy.welcome_features(acts_as_clients),
+                        root,
+                    })
+                }
+                Err(message) => HandshakeReply::Refused { message },
             }
         }
     };
-    write_timed(writer, &frame::encode(&reply)?).await?;
+    frame::write_frame_async(stream, &reply).await?;
     match reply {
-        HandshakeReply::Welcome(_) => Ok(true),
+        HandshakeReply::Welcome(_) => Ok(served),
         HandshakeReply::Refused { message } => {
             log::info!("refused a client: {message}");
-            let _ = writer.shutdown().await;
-            Ok(false)
+            let _ = stream.shutdown().await;
+            drain(stream).await;
+            Ok(None)
         }
     }
 }
 
+/// Tells a client that cannot be spoken to as it expects (TLS against a
+/// plaintext server, or the reverse) why, in a plaintext handshake reply —
+/// which the client recognises even where it expected TLS — and closes.
+async fn refuse_plaintext<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, message: &str) {
+    log::info!("refused a client: {message}");
+    let reply = HandshakeReply::Refused {
+        message: message.to_string(),
+    };
+    if frame::write_frame_async(&mut stream, &reply).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    drain(&mut stream).await;
+}
+
+/// Reads (and drops) what the client still sends, until it closes or for two
+/// seconds at most: closing with unread data resets the connection, and the
+/// reset could overtake the refusal just sent. Nothing read here is acted on.
+async fn drain<S: AsyncRead + Unpin>(stream: &mut S) {
+    let mut sink = [0u8; 4096];
+    let _ = timeout(Duration::from_secs(2), async {
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// Why no request frame came.
+enum NextFrame {
+    /// The connection stayed idle past its deadline.
+    Idle,
+    Failed(FrameError),
+}
+
 /// The next request frame; `Ok(None)` when the client closed between frames.
-/// Waiting for a frame to start takes as long as the client likes (an idle mount),
-/// but once it has started the rest must arrive within [`FRAME_TIMEOUT`].
+/// Waiting for a frame to start takes as long as the client likes while it
+/// holds something (an idle mount with open files), but past `idle_until`
+/// (and each `idle_timeout` after) a client that `holds_nothing` is let go;
+/// once a frame has started the rest must arrive within [`FRAME_TIMEOUT`].
 async fn next_frame(
-    reader: &mut BufReader<OwnedReadHalf>,
-) -> Result<Option<RequestFrame>, FrameError> {
-    if reader.fill_buf().await?.is_empty() {
-        return Ok(None);
+    reader: &mut Reader,
+    idle_until: Instant,
+    idle_timeout: Duration,
+    holds_nothing: impl Fn() -> bool,
+) -> Result<Option<RequestFrame>, NextFrame> {
+    let mut deadline = idle_until;
+    let started = loop {
+        match tokio::time::timeout_at(deadline.into(), reader.fill_buf()).await {
+            Ok(filled) => break filled.map(|b| !b.is_empty()),
+            Err(_) if holds_nothing() => return Err(NextFrame::Idle),
+            Err(_) => deadline = Instant::now() + idle_timeout,
+        }
+    };
+    match started {
+        Ok(false) => return Ok(None),
+        Ok(true) => {}
+        Err(e) => return Err(NextFrame::Failed(e.into())),
     }
     match timeout(FRAME_TIMEOUT, frame::read_request_async(reader)).await {
-        Ok(read) => read,
-        Err(_) => Err(FrameError::Io(io::Error::new(
+        Ok(read) => read.map_err(NextFrame::Failed),
+        Err(_) => Err(NextFrame::Failed(FrameError::Io(io::Error::new(
             io::ErrorKind::TimedOut,
             format!(
                 "a request frame did not complete within {} s",
                 FRAME_TIMEOUT.as_secs()
             ),
-        ))),
+        )))),
     }
 }
 
@@ -277,6 +579,8 @@ fn cost_kib(request_len: usize, op: &Op) -> u32 {
     let reply = match op {
         Op::Read { len, .. } => (*len).min(MAX_CHUNK) as usize,
         Op::ReadDir { .. } => READDIR_COST,
+        Op::List { .. } => LISTING_BYTES,
+        Op::OpenRead { len, .. } => (*len).min(MAX_OPEN_DATA) as usize,
         _ => 0,
     };
     let kib = (request_len + reply) / 1024 + 1;
@@ -286,14 +590,16 @@ fn cost_kib(request_len: usize, op: &Op) -> u32 {
 /// `request` as work for a blocking-pool thread: answer it, then queue the reply.
 fn job(
     session: &Arc<Session>,
+    metrics: &Arc<Metrics>,
     tx: &mpsc::Sender<Outgoing>,
     request: Request,
     budget: Budget,
 ) -> impl FnOnce() + Send + 'static {
     let session = Arc::clone(session);
+    let metrics = Arc::clone(metrics);
     let tx = tx.clone();
     move || {
-        let frame = answer(&session, request);
+        let frame = answer(&session, &metrics, request);
         // If the writer is gone the connection is closing; the reply has no reader.
         let _ = tx.blocking_send(Outgoing { frame, budget });
     }
@@ -301,14 +607,17 @@ fn job(
 
 /// Handles one request and encodes its reply frame, on whichever thread the
 /// request was scheduled on.
-fn answer(session: &Session, request: Request) -> Encoded {
+fn answer(session: &Session, metrics: &Metrics, request: Request) -> Encoded {
     let id = request.id;
+    let kind = op_kind(&request.op);
+    let started = Instant::now();
     // A bug in one operation must not leave its request unanswered.
-    let result = panic::catch_unwind(AssertUnwindSafe(|| session.handle(request.op)))
-        .unwrap_or_else(|_| {
+    let result =
+        panic::catch_unwind(AssertUnwindSafe(|| session.handle(request))).unwrap_or_else(|_| {
             log::error!("request {id} panicked; answering EIO");
             Err(Errno::EIO)
         });
+    metrics.handled(kind, started.elapsed(), result.is_err());
     // File data is sent from its own buffer, after a head, not copied into a frame.
     let result = match result {
         Ok(Reply::Data(data)) => match frame::encode_data_head(id, data.len()) {
@@ -358,8 +667,9 @@ struct Outgoing {
 /// whenever it wakes. Whatever is queued when the writer wakes goes out in one
 /// batch, so a burst of small replies costs one system call, not one each.
 async fn write_replies(
-    mut sink: OwnedWriteHalf,
+    mut sink: Writer,
     mut replies: mpsc::Receiver<Outgoing>,
+    metrics: Arc<Metrics>,
     notices: Arc<Subscriber>,
 ) -> io::Result<()> {
     let mut batch = Vec::with_capacity(BATCH_LIMIT);
@@ -376,6 +686,7 @@ async fn write_replies(
         let mut next = first;
         while let Some(Outgoing { frame, budget }) = next {
             let Encoded { head, data } = frame;
+            metrics.sent(head.len() + data.len());
             if head.len() + data.len() >= LARGE_FRAME {
                 // A big reply is written as it is rather than copied into the batch
                 // (file data after its small head, which goes with the batch).
@@ -401,11 +712,11 @@ async fn write_replies(
         written.clear();
     }
     // The client may be gone already; there is nothing left to tell it either way.
-    let _ = sink.shutdown().await;
+    let _ = timeout(WRITE_TIMEOUT, sink.shutdown()).await;
     Ok(())
 }
 
-async fn flush(sink: &mut OwnedWriteHalf, batch: &mut Vec<u8>) -> io::Result<()> {
+async fn flush(sink: &mut Writer, batch: &mut Vec<u8>) -> io::Result<()> {
     if !batch.is_empty() {
         write_timed(sink, batch).await?;
         batch.clear();
@@ -413,8 +724,13 @@ async fn flush(sink: &mut OwnedWriteHalf, batch: &mut Vec<u8>) -> io::Result<()>
     Ok(())
 }
 
-async fn write_timed(sink: &mut OwnedWriteHalf, bytes: &[u8]) -> io::Result<()> {
-    match timeout(WRITE_TIMEOUT, sink.write_all(bytes)).await {
+async fn write_timed<W: AsyncWrite + Unpin>(sink: &mut W, bytes: &[u8]) -> io::Result<()> {
+    // Through TLS, what was written may wait in the session until flushed.
+    let written = async {
+        sink.write_all(bytes).await?;
+        sink.flush().await
+    };
+    match timeout(WRITE_TIMEOUT, written).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
@@ -454,21 +770,6 @@ fn encode_notices(notices: &Subscriber, batch: &mut Vec<u8>) {
         push(Notice::Changed(chunk));
     }
 }
-
-/// Lets the kernel notice a client that vanished (a laptop put to sleep, a cable
-/// pulled) after a few minutes, so its open files and its slot are given back.
-fn set_keepalive(stream: &TcpStream) -> io::Result<()> {
-    for (level, name, value) in [
-        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 60),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 15),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4),
-    ] {
-        sys::set_socket_option(stream.as_fd(), level, name, value)?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,6 +799,20 @@ mod tests {
             start: 0,
         };
         assert_eq!(cost_kib(10, &list), 65);
+        // A listing's reply may carry its whole budget of entries.
+        let list = Op::List {
+            path: RelPath::root(),
+            cursor: 0,
+        };
+        assert_eq!(cost_kib(10, &list), 3073);
+        // An open with data: what it may read.
+        let open_read = |len| Op::OpenRead {
+            path: RelPath::root(),
+            flags: libc::O_RDONLY,
+            len,
+        };
+        assert_eq!(cost_kib(30, &open_read(128 << 10)), 129);
+        assert_eq!(cost_kib(30, &open_read(u32::MAX)), 1025);
         assert_eq!(cost_kib(10, &Op::StatFs), 1);
         // Never more than the whole budget, or it could never be granted.
         assert_eq!(cost_kib(usize::MAX / 2, &Op::StatFs), IN_FLIGHT_KIB);

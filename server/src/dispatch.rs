@@ -3,17 +3,24 @@
 //!
 //! A [`Session`] is the state one connection's requests share: the export, the
 //! connection's open files and locks, its side of coherent caches
-//! ([`crate::effects`], run around every operation), and whether the export is
-//! read-only (then every request that would change it answers EROFS). `handle`
-//! makes blocking file system calls; [`crate::schedule`] decides which thread
-//! each request makes them on, the connection's reader or the blocking pool.
+//! ([`crate::effects`], run around every operation), and the server's
+//! [`Policy`] (a read-only export answers every request that would change it
+//! with EROFS). `handle` maps the request's credential to the identity it acts
+//! as, lets the policy refuse or tone it down, and carries it out with the
+//! thread acting as that identity. It makes blocking file system calls;
+//! [`crate::schedule`] decides which thread each request makes them on, the
+//! connection's reader or the blocking pool.
 
 use crate::effects::Coherence;
-use crate::export::{ExportRoot, LockTable};
+use crate::export::{ExportRoot, LockTable, SetIdBits};
 use crate::handles::HandleTable;
+use crate::identity::Identity;
+use crate::listings::Listings;
+use crate::policy::{self, Policy};
 use crate::registry::{Registry, Subscriber};
 use ferry_common::frame::{MAX_CHUNK, READDIR_PAGE};
-use ferry_common::proto::{AttrChanges, NodeId, Op, Reply};
+use ferry_common::proto::{AttrChanges, NodeId, Op, Reply, Request, LISTING_BYTES, MAX_OPEN_DATA};
+use ferry_common::FileKind;
 use ferry_common::{Attr, Errno, RelPath};
 use std::sync::Arc;
 
@@ -30,18 +37,20 @@ fn is_mutation(op: &Op) -> bool {
     match op {
         Op::Stat { .. }
         | Op::ReadDir { .. }
+        | Op::List { .. }
         | Op::ReadLink { .. }
         | Op::Read { .. }
         | Op::Fsync { .. }
         | Op::Close { .. }
         | Op::StatFs
+        | Op::Ping
         | Op::GetXattr { .. }
         | Op::ListXattr { .. }
         | Op::SetLock { .. }
         | Op::GetLock { .. }
         | Op::ReleaseLocks { .. }
         | Op::Subscribe { .. } => false,
-        Op::Open { flags, .. } => {
+        Op::Open { flags, .. } | Op::OpenRead { flags, .. } => {
             flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
         }
         // No changes: the attributes of an open file (fstat).
@@ -65,26 +74,35 @@ fn is_mutation(op: &Op) -> bool {
 pub(crate) struct Session {
     export: Arc<ExportRoot>,
     handles: HandleTable,
+    /// Listings under way, each reading one open directory (`Op::List`).
+    listings: Listings,
     /// POSIX locks by file and lock owner (flocks live on the handles themselves).
     locks: LockTable,
     coherence: Coherence,
-    read_only: bool,
+    policy: Policy,
 }
 
 impl Session {
-    pub(crate) fn new(registry: Arc<Registry>, read_only: bool) -> Session {
+    pub(crate) fn new(export: Arc<ExportRoot>, registry: Arc<Registry>, policy: Policy) -> Session {
         Session {
-            export: Arc::clone(&registry.export),
+            export,
             handles: HandleTable::new(),
+            listings: Listings::new(),
             locks: LockTable::new(),
             coherence: Coherence::new(registry),
-            read_only,
+            policy,
         }
     }
 
     /// This connection's side of coherent caches: the notices its writer sends.
     pub(crate) fn subscriber(&self) -> Arc<Subscriber> {
         self.coherence.subscriber()
+    }
+
+    /// Whether this client holds nothing here (no open file, no lock): then
+    /// closing its connection loses it nothing but the connection.
+    pub(crate) fn holds_nothing(&self) -> bool {
+        self.handles.is_empty() && self.locks.is_empty()
     }
 
     /// The attributes of the directory holding `path`, after a change to it; `None`
@@ -114,18 +132,62 @@ impl Session {
         Reply::DirsChanged(dirs)
     }
 
-    /// Carries out one operation.
-    pub(crate) fn handle(&self, op: Op) -> Result<Reply, Errno> {
-        if self.read_only && is_mutation(&op) {
+    /// The next entries of a listing: the first of a listing of `path` (cursor
+    /// 0), or those after what listing `cursor` has sent.
+    fn list(&self, path: &RelPath, cursor: u64, who: &Identity) -> Result<Reply, Errno> {
+        let mut stream = match cursor {
+            0 => self.export.open_dir_stream(path)?,
+            cursor => self.listings.take(cursor, who)?,
+        };
+        match stream.next_entries(LISTING_BYTES, usize::MAX) {
+            Ok((entries, true)) => {
+                let cursor = match cursor {
+                    0 => self.listings.keep(stream, who),
+                    cursor => {
+                        self.listings.put_back(cursor, stream);
+                        cursor
+                    }
+                };
+                Ok(Reply::Listing { entries, cursor })
+            }
+            Ok((entries, false)) => {
+                self.listings.end(cursor);
+                Ok(Reply::Listing { entries, cursor: 0 })
+            }
+            Err(e) => {
+                self.listings.end(cursor);
+                Err(e)
+            }
+        }
+    }
+
+    /// Carries out one request, as the identity its credential maps to.
+    pub(crate) fn handle(&self, request: Request) -> Result<Reply, Errno> {
+        let Request { cred, mut op, .. } = request;
+        // A ping touches nothing: no identity to act as.
+        if op == Op::Ping {
+            return Ok(Reply::Done);
+        }
+        if self.policy.read_only && is_mutation(&op) {
             return Err(Errno::EROFS);
         }
+        let admitted = self.policy.admit(&cred, &mut op)?;
+        // The hooks look as the server itself: what they see goes into the
+        // notices of what changed, never into an answer.
         let ticket = self.coherence.before(&op, &self.handles);
-        let result = self.run(op);
+        let result = self.act_and_carry_out(op, &admitted.who, admitted.setid);
         self.coherence.after(ticket, &result, &self.handles);
         result
     }
 
-    fn run(&self, op: Op) -> Result<Reply, Errno> {
+    fn act_and_carry_out(&self, op: Op, who: &Identity, setid: SetIdBits) -> Result<Reply, Errno> {
+        // Until dropped, on every way out of here, unwinding included.
+        let _acting = self.export.act_as(who)?;
+        self.carry_out(op, who, setid)
+    }
+
+    /// Carries out one operation, the thread acting as `who` already.
+    fn carry_out(&self, op: Op, who: &Identity, setid: SetIdBits) -> Result<Reply, Errno> {
         let export = &*self.export;
         match op {
             Op::Stat { path } => export.stat(&path).map(Reply::Attr),
@@ -133,19 +195,30 @@ impl Session {
                 let (entries, more) = export.read_dir(&path, start, READDIR_PAGE)?;
                 Ok(Reply::Entries { entries, more })
             }
+            Op::List { path, cursor } => self.list(&path, cursor, who),
             Op::ReadLink { path } => export.read_link(&path).map(Reply::Target),
             Op::Open { path, flags } => {
                 let (file, attr) = export.open_file(&path, flags)?;
                 let handle = self.handles.insert(file, NodeId::of(&attr))?;
                 Ok(Reply::Opened { handle, attr })
             }
-            Op::Create {
-                path,
-                flags,
-                mode,
-                owner,
-            } => {
-                let (file, attr) = export.create(&path, flags, mode, owner)?;
+            Op::OpenRead { path, flags, len } => {
+                let (file, attr) = export.open_file(&path, flags)?;
+                let len = len.min(MAX_OPEN_DATA) as usize;
+                // A read that fails leaves a plain open: the client's reads
+                // then meet the error themselves, as they would have.
+                let data = match attr.kind {
+                    FileKind::File => file.read_at(0, len).ok(),
+                    _ => None,
+                };
+                let handle = self.handles.insert(file, NodeId::of(&attr))?;
+                Ok(match data {
+                    Some(data) => Reply::OpenedWithData { handle, attr, data },
+                    None => Reply::Opened { handle, attr },
+                })
+            }
+            Op::Create { path, flags, mode } => {
+                let (file, attr) = export.create(&path, flags, mode)?;
                 let handle = self.handles.insert(file, NodeId::of(&attr))?;
                 Ok(match self.dir_of(&path) {
                     Some(dir) => Reply::Created { handle, attr, dir },
@@ -189,30 +262,21 @@ impl Session {
                     path.validate()?;
                     self.handles
                         .get(handle)?
-                        .set_attr(&changes)
+                        .set_attr(&changes, setid)
                         .map(Reply::Attr)
                 }
-                None => export.set_attr(&path, &changes).map(Reply::Attr),
+                None => export.set_attr(&path, &changes, setid).map(Reply::Attr),
             },
-            Op::Mkdir { path, mode, owner } => {
-                let attr = export.mkdir(&path, mode, owner)?;
+            Op::Mkdir { path, mode } => {
+                let attr = export.mkdir(&path, mode)?;
                 Ok(self.entry(&path, attr))
             }
-            Op::Mknod {
-                path,
-                mode,
-                rdev,
-                owner,
-            } => {
-                let attr = export.mknod(&path, mode, rdev, owner)?;
+            Op::Mknod { path, mode, rdev } => {
+                let attr = export.mknod(&path, mode, rdev)?;
                 Ok(self.entry(&path, attr))
             }
-            Op::Symlink {
-                path,
-                target,
-                owner,
-            } => {
-                let attr = export.symlink(&path, &target, owner)?;
+            Op::Symlink { path, target } => {
+                let attr = export.symlink(&path, &target)?;
                 Ok(self.entry(&path, attr))
             }
             Op::Link { existing, path } => {
@@ -232,8 +296,11 @@ impl Session {
                 Ok(self.dirs_changed(&[&from, &to]))
             }
             Op::StatFs => export.statfs().map(Reply::StatFs),
+            Op::Ping => Ok(Reply::Done),
             Op::GetXattr { path, name } => export.get_xattr(&path, &name).map(Reply::Xattr),
-            Op::ListXattr { path } => export.list_xattr(&path).map(Reply::Xattr),
+            Op::ListXattr { path } => export
+                .list_xattr(&path)
+                .map(|names| Reply::Xattr(policy::visible_xattrs(names, who))),
             Op::SetXattr {
                 path,
                 name,
@@ -323,6 +390,15 @@ mod tests {
             Op::ReadLink { path: path.clone() },
             open(libc::O_RDONLY),
             open(libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOATIME),
+            Op::OpenRead {
+                path: path.clone(),
+                flags: libc::O_RDONLY,
+                len: 1,
+            },
+            Op::List {
+                path: path.clone(),
+                cursor: 0,
+            },
             Op::Read {
                 handle: 1,
                 offset: 0,
@@ -334,6 +410,7 @@ mod tests {
             },
             Op::Close { handle: 1 },
             Op::StatFs,
+            Op::Ping,
             Op::GetXattr {
                 path: path.clone(),
                 name: b"user.a".to_vec(),
@@ -355,6 +432,12 @@ mod tests {
                 owner: 1,
             },
             Op::Subscribe { lease_secs: 60 },
+            // No changes: the attributes of an open file (fstat).
+            Op::SetAttr {
+                path: path.clone(),
+                handle: Some(1),
+                changes: AttrChanges::default(),
+            },
         ];
         for op in &reads {
             assert!(!is_mutation(op), "{op:?}");
@@ -363,11 +446,15 @@ mod tests {
             open(libc::O_WRONLY),
             open(libc::O_RDWR),
             open(libc::O_RDONLY | libc::O_TRUNC),
+            Op::OpenRead {
+                path: path.clone(),
+                flags: libc::O_WRONLY,
+                len: 1,
+            },
             Op::Create {
                 path: path.clone(),
                 flags: libc::O_RDONLY,
                 mode: 0o644,
-                owner: None,
             },
             Op::Write {
                 handle: 1,
@@ -377,23 +464,23 @@ mod tests {
             Op::SetAttr {
                 path: path.clone(),
                 handle: None,
-                changes: AttrChanges::default(),
+                changes: AttrChanges {
+                    mode: Some(0o644),
+                    ..AttrChanges::default()
+                },
             },
             Op::Mkdir {
                 path: path.clone(),
                 mode: 0o755,
-                owner: None,
             },
             Op::Mknod {
                 path: path.clone(),
                 mode: libc::S_IFIFO | 0o644,
                 rdev: 0,
-                owner: None,
             },
             Op::Symlink {
                 path: path.clone(),
                 target: b"t".to_vec(),
-                owner: None,
             },
             Op::Link {
                 existing: path.clone(),
@@ -436,6 +523,6 @@ mod tests {
         let mut kinds: Vec<&str> = reads.iter().chain(&changes).map(Op::name).collect();
         kinds.sort_unstable();
         kinds.dedup();
-        assert_eq!(kinds.len(), 28, "every kind of Op is classified: {kinds:?}");
+        assert_eq!(kinds.len(), 31, "every kind of Op is classified: {kinds:?}");
     }
 }

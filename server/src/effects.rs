@@ -35,9 +35,12 @@ enum Plan {
     Nothing,
     /// `Stat`: the name, and the node it leads to.
     Lookup(RelPath),
-    /// `ReadDir`: the directory as it was before it was read, and its names.
+    /// `ReadDir`, `List`: the directory as it was before it was read (not
+    /// for the further pages of a listing: its first page told that), and its
+    /// names.
     List { dir: RelPath, before: Option<Attr> },
-    /// `Open`: the name and node; with `O_TRUNC`, a change of its data.
+    /// `Open`, `OpenRead`: the name and node; with `O_TRUNC`, a change of its
+    /// data. An `OpenRead` answered with data tells the data too.
     Open { path: RelPath, trunc: bool },
     /// `Create`, `Mkdir`, `Mknod`, `Symlink`, `Link`: a new name (unless the
     /// file existed: a create without `O_EXCL` opens it).
@@ -140,7 +143,7 @@ impl Coherence {
                 }
                 Plan::Lookup(path.clone())
             }
-            Op::ReadDir { path, .. } => {
+            Op::ReadDir { path, .. } | Op::List { path, cursor: 0 } => {
                 let mut before = None;
                 if learning {
                     self.watch(Some(path.clone()));
@@ -151,7 +154,12 @@ impl Coherence {
                     before,
                 }
             }
-            Op::Open { path, flags } => {
+            // A listing's further pages: its directory is watched already.
+            Op::List { path, .. } => Plan::List {
+                dir: path.clone(),
+                before: None,
+            },
+            Op::Open { path, flags } | Op::OpenRead { path, flags, .. } => {
                 let trunc = flags & libc::O_TRUNC != 0;
                 if learning {
                     self.watch(parent(path));
@@ -260,6 +268,7 @@ impl Coherence {
             | Op::SetLock { .. }
             | Op::GetLock { .. }
             | Op::ReleaseLocks { .. }
+            | Op::Ping
             | Op::Subscribe { .. } => Plan::Nothing,
         };
         let busy = (precise && !(busy_paths.is_empty() && busy_ids.is_empty()))
@@ -306,7 +315,10 @@ impl Coherence {
             (Plan::Lookup(path), Err(e)) if *e == Errno::ENOENT => {
                 learned.push(Learned::Name(path, Target::Absent));
             }
-            (Plan::List { dir, before }, Ok(Reply::Entries { entries, .. })) => {
+            (
+                Plan::List { dir, before },
+                Ok(Reply::Entries { entries, .. } | Reply::Listing { entries, .. }),
+            ) => {
                 if let Some(before) = before {
                     learned.push(node_learned(&before));
                 }
@@ -325,6 +337,9 @@ impl Coherence {
                     }
                     learned.push(Learned::Name(path, Target::Node(NodeId::of(&attr))));
                     learned.push(node_learned(&attr));
+                    if matches!(reply, Reply::OpenedWithData { .. }) {
+                        learned.push(Learned::Touch(NodeId::of(&attr)));
+                    }
                 }
             }
             (Plan::Make { path, existed }, Ok(reply)) => {

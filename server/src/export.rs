@@ -22,20 +22,44 @@
 //!   back exactly as stored.
 //! - `chmod`, `truncate`, `utimens` and `stat` of a FIFO, socket or device act on
 //!   the node without opening it; `Open` refuses such nodes outright (ENXIO), as
-//!   opening one would reach the server's own driver or block on a FIFO.
+//!   opening one would reach the server's own driver or block on a FIFO. The
+//!   type is checked on the node itself, not on its name, so that a name
+//!   swapped between the check and the open cannot slip another node in (see
+//!   [`open_node`]).
+//! - Paths longer than one system call takes are resolved in pieces, each
+//!   confined as above relative to the directory the previous one reached
+//!   (see [`ExportRoot::walk`]).
+//!
+//! # Whose permissions
+//!
+//! The methods act with the calling thread's credentials. A caller serving a
+//! client first makes the thread act as the client's mapped user
+//! ([`ExportRoot::act_as`], see [`credentials`]), so that the kernel checks
+//! that user's permissions and new nodes are that user's.
 
+mod credentials;
+mod dir_stream;
 mod locks;
 mod open_file;
 mod sys;
 mod xattr;
 
 #[cfg(test)]
+mod deep_path_tests;
+#[cfg(test)]
+mod open_race_tests;
+#[cfg(test)]
 mod tests;
 
+pub use credentials::Acting;
+pub use dir_stream::DirStream;
 pub(crate) use locks::LockTable;
 pub use open_file::OpenFile;
 
-use ferry_common::proto::{AttrChanges, DirEntry, Owner, SetTime};
+use crate::identity::Identity;
+use credentials::OwnCredentials;
+use ferry_common::path::PATH_MAX;
+use ferry_common::proto::{AttrChanges, DirEntry, SetTime};
 use ferry_common::{Attr, Errno, RelPath, StatFs};
 use std::ffi::CString;
 use std::io;
@@ -55,6 +79,9 @@ const OPEN_FLAGS: i32 = libc::O_ACCMODE
     | libc::O_NOATIME
     | libc::O_DIRECTORY;
 
+/// The longest piece of a path one `openat2` resolves: with its NUL, `PATH_MAX`.
+const PIECE: usize = PATH_MAX - 1;
+
 /// How often `create` goes round when the file keeps appearing and vanishing
 /// between its exclusive create and its plain open.
 const CREATE_RETRIES: usize = 8;
@@ -65,8 +92,30 @@ pub struct ExportRoot {
     /// `O_PATH | O_DIRECTORY` descriptor every path is resolved beneath.
     root: OwnedFd,
     path: PathBuf,
-    /// A server running as root gives new nodes the owner the client names.
-    chown_new_nodes: bool,
+    /// The server's own credentials, which every request's are swapped for
+    /// and back.
+    own: OwnCredentials,
+}
+
+/// What a chmod may do with the set-user-id and set-group-id bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetIdBits {
+    /// Set them as asked (the kernel still decides, as for a local chmod).
+    AsAsked,
+    /// Never set-user-id, and set-group-id only on a directory, where it only
+    /// gives new entries the directory's group.
+    DirectoryGroupOnly,
+}
+
+impl SetIdBits {
+    /// `mode` for a node of `st`'s kind.
+    fn apply(self, mode: u32, st: &libc::stat) -> u32 {
+        match self {
+            SetIdBits::AsAsked => mode,
+            SetIdBits::DirectoryGroupOnly if is_kind(st, libc::S_IFDIR) => mode & !libc::S_ISUID,
+            SetIdBits::DirectoryGroupOnly => mode & !(libc::S_ISUID | libc::S_ISGID),
+        }
+    }
 }
 
 /// A node as an operation reaches it: its parent directory, held open, and its
@@ -127,14 +176,47 @@ impl ExportRoot {
                 format!("cannot export {shown}: {why}"),
             ));
         }
+        let own = OwnCredentials::capture().map_err(|e| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("cannot read the server's own credentials: {e}"),
+            )
+        })?;
         Ok(ExportRoot {
             root,
             path: path.to_path_buf(),
-            chown_new_nodes: sys::geteuid() == 0,
+            own,
         })
     }
 
-    /// The directory as given to [`ExportRoot::open`].
+    /// The directory `path` inside this export, as an export of its own: a root
+    /// descriptor opened beneath this one exactly as every other path is
+    /// (`openat2` with `RESOLVE_BENEATH`, through no symlink), so that nothing
+    /// outside it is reachable from it. ENOTDIR when `path` is not a directory,
+    /// ENOENT when it does not exist, ELOOP when a component is a symlink.
+    pub fn subtree(&self, path: &RelPath) -> Result<ExportRoot, Errno> {
+        let root = self.open_beneath(path, libc::O_PATH | libc::O_DIRECTORY)?;
+        Ok(ExportRoot {
+            root,
+            path: self.path.join(path.as_os_str()),
+            own: self.own.clone(),
+        })
+    }
+
+    /// Makes the calling thread act as `who` — check permissions as that user,
+    /// give new nodes that owner — until the guard returned is dropped. A server
+    /// not running as root acts as itself whoever asks.
+    pub fn act_as(&self, who: &Identity) -> Result<Acting<'_>, Errno> {
+        self.own.act_as(who)
+    }
+
+    /// Whether [`act_as`](Self::act_as) can act as other users: the server runs as root.
+    pub fn acts_as_clients(&self) -> bool {
+        self.own.can_switch()
+    }
+
+    /// The directory as given to [`ExportRoot::open`] (with the subtree appended,
+    /// for a [`subtree`](Self::subtree)).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -153,46 +235,23 @@ impl ExportRoot {
     /// Up to `max` entries of a directory, skipping the first `start` (`.` and `..`
     /// are never listed), in the file system's own order, which is stable while the
     /// directory does not change. The flag says whether entries follow this page.
+    /// (Each call reads the directory from its start: a listing in many pages
+    /// reads through a [`DirStream`] instead.)
     pub fn read_dir(
         &self,
         path: &RelPath,
         start: u64,
         max: usize,
     ) -> Result<(Vec<DirEntry>, bool), Errno> {
+        let mut stream = self.open_dir_stream(path)?;
+        stream.skip(start)?;
+        stream.next_entries(usize::MAX, max)
+    }
+
+    /// Opens directory `path` for a listing read in several steps.
+    pub fn open_dir_stream(&self, path: &RelPath) -> Result<DirStream, Errno> {
         let fd = self.open_beneath(path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW)?;
-        let mut dir = sys::Dir::from_fd(fd)?;
-        let start = usize::try_from(start).unwrap_or(usize::MAX);
-        let end = start.saturating_add(max);
-        let mut names = Vec::new();
-        let mut index = 0usize;
-        let mut more = false;
-        while let Some(name) = dir.next_name()? {
-            if name == b"." || name == b".." {
-                continue;
-            }
-            if index >= end {
-                more = true;
-                break;
-            }
-            if index >= start {
-                names.push(name);
-            }
-            index += 1;
-        }
-        let mut entries = Vec::with_capacity(names.len());
-        for name in names {
-            let c_name = sys::cstring(&name)?;
-            match sys::fstatat(dir.fd(), &c_name) {
-                Ok(st) => entries.push(DirEntry {
-                    name,
-                    attr: attr_from_stat(&st),
-                }),
-                // Removed since it was listed.
-                Err(e) if e == Errno::ENOENT => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok((entries, more))
+        Ok(DirStream::new(sys::Dir::from_fd(fd)?))
     }
 
     /// The text of a symlink, exactly as stored.
@@ -203,51 +262,43 @@ impl ExportRoot {
 
     /// Opens an existing regular file or directory. Flags outside a safe set
     /// (`O_CREAT`, `O_PATH`, `O_DIRECT`, ...) are dropped; a symlink is ELOOP, any
-    /// other kind of node ENXIO.
+    /// other kind of node ENXIO, and neither is ever opened (see [`open_node`]).
     pub fn open_file(&self, path: &RelPath, flags: i32) -> Result<(OpenFile, Attr), Errno> {
         let node = self.locate(path)?;
-        // Look before opening: opening a device would reach the server's own
-        // driver, and opening a FIFO can block.
-        check_openable(&sys::fstatat(node.dir(), &node.name)?)?;
-        let (fd, st) = open_node(&node, flags & OPEN_FLAGS, 0)?;
+        let (fd, st) = open_node(&node, flags & OPEN_FLAGS)?;
         Ok((OpenFile::new(fd), attr_from_stat(&st)))
     }
 
     /// Creates and opens a regular file with permission bits `mode`. Without
     /// `O_EXCL` in `flags` an existing file is opened instead (and keeps its mode
-    /// and owner).
-    pub fn create(
-        &self,
-        path: &RelPath,
-        flags: i32,
-        mode: u32,
-        owner: Option<Owner>,
-    ) -> Result<(OpenFile, Attr), Errno> {
+    /// and owner), under the same rules as [`Self::open_file`].
+    pub fn create(&self, path: &RelPath, flags: i32, mode: u32) -> Result<(OpenFile, Attr), Errno> {
         let node = self.locate(path)?;
         let exclusive = flags & libc::O_EXCL != 0;
         let flags = flags & OPEN_FLAGS;
         let mut last = Errno::EEXIST;
         // Creating exclusively first tells a new file (which gets the requested
-        // mode and owner) from an existing one (which must not).
+        // mode) from an existing one (which must not). An exclusive
+        // create opens nothing but the regular file it has just made: whatever
+        // already has the name, even a dangling symlink, makes it fail.
         for _ in 0..CREATE_RETRIES {
-            match open_node(&node, flags | libc::O_CREAT | libc::O_EXCL, mode) {
-                Ok((fd, _)) => {
-                    let st = self.settle_new_node(&node, fd.as_fd(), Some(mode), owner)?;
+            let created = sys::openat2(
+                node.dir(),
+                &node.name,
+                flags | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_NOCTTY,
+                mode,
+            );
+            match created {
+                Ok(fd) => {
+                    let st = settle_new_node(fd.as_fd(), Some(mode))?;
                     return Ok((OpenFile::new(fd), attr_from_stat(&st)));
                 }
                 Err(e) if e == Errno::EEXIST && !exclusive => {}
                 Err(e) => return Err(e),
             }
-            match sys::fstatat(node.dir(), &node.name) {
-                Ok(st) => check_openable(&st)?,
-                Err(e) if e == Errno::ENOENT => {
-                    last = e;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
-            match open_node(&node, flags, 0) {
+            match open_node(&node, flags) {
                 Ok((fd, st)) => return Ok((OpenFile::new(fd), attr_from_stat(&st))),
+                // Gone again since the create found it: try creating once more.
                 Err(e) if e == Errno::ENOENT => last = e,
                 Err(e) => return Err(e),
             }
@@ -256,37 +307,26 @@ impl ExportRoot {
     }
 
     /// `mkdir` → the new directory's attributes.
-    pub fn mkdir(&self, path: &RelPath, mode: u32, owner: Option<Owner>) -> Result<Attr, Errno> {
+    pub fn mkdir(&self, path: &RelPath, mode: u32) -> Result<Attr, Errno> {
         let node = self.locate(path)?;
         sys::mkdirat(node.dir(), &node.name, mode)?;
-        self.settle_created(&node, Some(mode), owner)
+        settle_created(&node, Some(mode))
     }
 
-    /// `mknod`: a FIFO, socket, device node (as the server's privileges allow) or
+    /// `mknod`: a FIFO, socket, device node (as the caller's privileges allow) or
     /// empty regular file; `mode` carries the kind.
-    pub fn mknod(
-        &self,
-        path: &RelPath,
-        mode: u32,
-        rdev: u64,
-        owner: Option<Owner>,
-    ) -> Result<Attr, Errno> {
+    pub fn mknod(&self, path: &RelPath, mode: u32, rdev: u64) -> Result<Attr, Errno> {
         let node = self.locate(path)?;
         sys::mknodat(node.dir(), &node.name, mode, rdev)?;
-        self.settle_created(&node, Some(mode), owner)
+        settle_created(&node, Some(mode))
     }
 
     /// A symlink at `path` whose text is `target`, stored as given.
-    pub fn symlink(
-        &self,
-        path: &RelPath,
-        target: &[u8],
-        owner: Option<Owner>,
-    ) -> Result<Attr, Errno> {
+    pub fn symlink(&self, path: &RelPath, target: &[u8]) -> Result<Attr, Errno> {
         let node = self.locate(path)?;
         let target = sys::cstring(target)?;
         sys::symlinkat(&target, node.dir(), &node.name)?;
-        self.settle_created(&node, None, owner)
+        settle_created(&node, None)
     }
 
     /// A hard link `path` to `existing` (a symlink is linked itself).
@@ -318,11 +358,16 @@ impl ExportRoot {
         sys::renameat2(old.dir(), &old.name, new.dir(), &new.name, flags)
     }
 
-    /// chown, then chmod (so that set-id bits survive, as with `chown; chmod`),
-    /// then truncate, then times; returns the new attributes. Acts on the node
-    /// itself, never opening it and never following a symlink (a symlink's mode
-    /// cannot change: EOPNOTSUPP).
-    pub fn set_attr(&self, path: &RelPath, changes: &AttrChanges) -> Result<Attr, Errno> {
+    /// chown, then chmod (so that set-id bits survive, as with `chown; chmod`;
+    /// `setid` says which may be set at all), then truncate, then times;
+    /// returns the new attributes. Acts on the node itself, never opening it and
+    /// never following a symlink (a symlink's mode cannot change: EOPNOTSUPP).
+    pub fn set_attr(
+        &self,
+        path: &RelPath,
+        changes: &AttrChanges,
+        setid: SetIdBits,
+    ) -> Result<Attr, Errno> {
         let node = self.locate(path)?;
         let target = sys::openat2(node.dir(), &node.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         let fd = target.as_fd();
@@ -334,7 +379,7 @@ impl ExportRoot {
             if is_kind(&st, libc::S_IFLNK) {
                 return Err(Errno::ENOTSUP);
             }
-            sys::chmod_fd(fd, mode)?;
+            sys::chmod_fd(fd, setid.apply(mode, &st))?;
         }
         if let Some(size) = changes.size {
             if is_kind(&st, libc::S_IFDIR) {
@@ -397,13 +442,7 @@ impl ExportRoot {
         let parent = if parent.is_root() {
             Parent::Root(self.root.as_fd())
         } else {
-            let c_parent = sys::cstring(parent.as_bytes())?;
-            Parent::Opened(sys::openat2(
-                self.root.as_fd(),
-                &c_parent,
-                libc::O_PATH | libc::O_DIRECTORY,
-                0,
-            )?)
+            Parent::Opened(self.walk(&parent, libc::O_PATH | libc::O_DIRECTORY)?)
         };
         Ok(Node { parent, name })
     }
@@ -411,90 +450,96 @@ impl ExportRoot {
     /// Checks `path` and opens it, whole, beneath the root.
     fn open_beneath(&self, path: &RelPath, flags: i32) -> Result<OwnedFd, Errno> {
         path.validate()?;
-        let c_path = if path.is_root() {
-            c".".to_owned()
-        } else {
-            sys::cstring(path.as_bytes())?
+        if path.is_root() {
+            return sys::openat2(self.root.as_fd(), c".", flags, 0);
+        }
+        self.walk(path, flags)
+    }
+
+    /// Opens the validated, non-root `path` beneath the root with `flags`, in
+    /// pieces of at most [`PIECE`] bytes: `openat2` takes no more than
+    /// `PATH_MAX` at once, and paths go deeper (see [`RelPath`]). Each piece is
+    /// resolved with the same confinement as a whole path would be, relative
+    /// to the directory the previous piece gave, so the walk stays below the
+    /// root: every piece lands on a descendant of the directory it started
+    /// from, as no piece holds `..` and none may pass a symlink. Between two
+    /// pieces a directory already reached could be moved elsewhere, but only
+    /// within the export by a client (every rename a client asks for is itself
+    /// confined), and a local process on the server could as well move the
+    /// parent a single `openat2` gave before the last name is acted on.
+    fn walk(&self, path: &RelPath, flags: i32) -> Result<OwnedFd, Errno> {
+        let pieces = path.pieces(PIECE);
+        let Some((last, leading)) = pieces.split_last() else {
+            return Err(Errno::EINVAL);
         };
-        sys::openat2(self.root.as_fd(), &c_path, flags, 0)
-    }
-
-    /// Finishes a node just made by mkdir, mknod or symlink; see [`Self::settle_new_node`].
-    fn settle_created(
-        &self,
-        node: &Node<'_>,
-        mode: Option<u32>,
-        owner: Option<Owner>,
-    ) -> Result<Attr, Errno> {
-        let fd = sys::openat2(node.dir(), &node.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        Ok(attr_from_stat(&self.settle_new_node(
-            node,
-            fd.as_fd(),
-            mode,
-            owner,
-        )?))
-    }
-
-    /// Gives a new node the owner the client named (when the server runs as root)
-    /// and exactly the permission bits it asked for: the client's kernel already
-    /// applied the caller's umask, and the server's own umask must not apply a
-    /// second time. Both are best effort: the node exists either way.
-    ///
-    /// In a set-group-id directory the node keeps the group it inherited from
-    /// the directory, as on a local filesystem; only its user changes.
-    fn settle_new_node(
-        &self,
-        node: &Node<'_>,
-        fd: BorrowedFd<'_>,
-        mode: Option<u32>,
-        owner: Option<Owner>,
-    ) -> Result<libc::stat, Errno> {
-        let mut st = sys::fstat(fd)?;
-        if let (true, Some(owner)) = (self.chown_new_nodes, owner) {
-            let parent_setgid = sys::fstat(node.dir())?.st_mode & libc::S_ISGID != 0;
-            let gid = if parent_setgid { st.st_gid } else { owner.gid };
-            if st.st_uid != owner.uid || st.st_gid != gid {
-                match sys::chown_fd(fd, Some(owner.uid), Some(gid)) {
-                    Ok(()) => st = sys::fstat(fd)?,
-                    Err(e) => {
-                        log::debug!("cannot give a new node to {}:{}: {e}", owner.uid, owner.gid)
-                    }
-                }
-            }
+        let mut dir: Option<OwnedFd> = None;
+        for piece in leading {
+            let from = dir.as_ref().map_or(self.root.as_fd(), |fd| fd.as_fd());
+            let next = sys::openat2(
+                from,
+                &sys::cstring(piece)?,
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+            )?;
+            dir = Some(next);
         }
-        if let Some(mode) = mode {
-            if !is_kind(&st, libc::S_IFLNK) {
-                let mut wanted = mode & 0o7777;
-                if is_kind(&st, libc::S_IFDIR) {
-                    // Inherited from a set-group-id parent, as mkdir(2) keeps it.
-                    wanted |= st.st_mode & libc::S_ISGID;
-                }
-                if st.st_mode & 0o7777 != wanted {
-                    match sys::chmod_fd(fd, wanted) {
-                        Ok(()) => st = sys::fstat(fd)?,
-                        Err(e) => log::debug!("cannot set mode {wanted:o} on a new node: {e}"),
-                    }
-                }
-            }
-        }
-        Ok(st)
+        let from = dir.as_ref().map_or(self.root.as_fd(), |fd| fd.as_fd());
+        sys::openat2(from, &sys::cstring(last)?, flags, 0)
     }
 }
 
-/// Opens `node` (its last name never followed, nothing below the root reached)
-/// and checks what was opened. `O_NONBLOCK` during the open means a FIFO swapped
-/// in at the last moment cannot block us.
-fn open_node(node: &Node<'_>, flags: i32, mode: u32) -> Result<(OwnedFd, libc::stat), Errno> {
-    let fd = sys::openat2(
-        node.dir(),
-        &node.name,
-        flags | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY,
-        mode,
-    )?;
+/// Finishes a node just made by mkdir, mknod or symlink; see [`settle_new_node`].
+fn settle_created(node: &Node<'_>, mode: Option<u32>) -> Result<Attr, Errno> {
+    let fd = sys::openat2(node.dir(), &node.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+    Ok(attr_from_stat(&settle_new_node(fd.as_fd(), mode)?))
+}
+
+/// Gives a new node exactly the permission bits the client asked for: the
+/// client's kernel already applied the caller's umask, and the server's own
+/// umask must not apply a second time. Best effort: the node exists either way.
+/// (Its owner is whoever the thread acts as, and in a set-group-id directory its
+/// group is the directory's, as on a local filesystem.)
+fn settle_new_node(fd: BorrowedFd<'_>, mode: Option<u32>) -> Result<libc::stat, Errno> {
+    let mut st = sys::fstat(fd)?;
+    if let Some(mode) = mode {
+        if !is_kind(&st, libc::S_IFLNK) {
+            let mut wanted = mode & 0o7777;
+            if is_kind(&st, libc::S_IFDIR) {
+                // Inherited from a set-group-id parent, as mkdir(2) keeps it.
+                wanted |= st.st_mode & libc::S_ISGID;
+            }
+            if st.st_mode & 0o7777 != wanted {
+                match sys::chmod_fd(fd, wanted) {
+                    Ok(()) => st = sys::fstat(fd)?,
+                    Err(e) => log::debug!("cannot set mode {wanted:o} on a new node: {e}"),
+                }
+            }
+        }
+    }
+    Ok(st)
+}
+
+/// Opens the node `node` names with `flags`, and only if it is a regular file
+/// or a directory; answers the descriptor and the node's attributes after the
+/// open (an `O_TRUNC` shows).
+///
+/// Checking the name and then opening it would leave a window in which a
+/// rename (`RENAME_EXCHANGE` with a FIFO or a device node) puts another node
+/// under the name, and the open would then reach that node: block on the FIFO
+/// or run the device driver's open. So the name is resolved once, by
+/// `O_PATH | O_NOFOLLOW`, which opens nothing (no driver is called, a FIFO does
+/// not wait for a partner, a symlink is the link itself); the type is checked
+/// on that descriptor; and then that very inode is opened with `flags` through
+/// the descriptor's `/proc/self/fd` link ([`sys::reopen`]). That link is not a
+/// name looked up again: the kernel goes straight to the inode the descriptor
+/// holds, so nothing renamed in the meantime can change what is opened, and it
+/// is confined because it reaches nothing but the node already reached beneath
+/// the root. Permissions are checked by that open as by any other.
+fn open_node(node: &Node<'_>, flags: i32) -> Result<(OwnedFd, libc::stat), Errno> {
+    let target = sys::openat2(node.dir(), &node.name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+    check_openable(&sys::fstat(target.as_fd())?)?;
+    let fd = sys::reopen(target.as_fd(), flags | libc::O_NOCTTY)?;
     let st = sys::fstat(fd.as_fd())?;
-    check_openable(&st)?;
-    // Regular files ignore O_NONBLOCK, but a file system below us might not.
-    sys::set_status_flags(fd.as_fd(), flags & !libc::O_NONBLOCK)?;
     Ok((fd, st))
 }
 

@@ -49,6 +49,11 @@ impl HandleTable {
         Ok(handle)
     }
 
+    /// No file is open.
+    pub(crate) fn is_empty(&self) -> bool {
+        lock(&self.inner).files.is_empty()
+    }
+
     pub(crate) fn get(&self, handle: u64) -> Result<Arc<OpenFile>, Errno> {
         lock(&self.inner)
             .files

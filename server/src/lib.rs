@@ -2,31 +2,55 @@
 //!
 //! A tour of the modules:
 //!
+//! - `exports`: the server's exports (a default one, named ones) and the one
+//!   function that picks a connection's root from its `Hello`.
 //! - `export`: [`ExportRoot`], the confined view of the exported directory and
 //!   the server's storage interface, and [`OpenFile`], what a handle stands for.
 //!   Every file system call lives there, as plain methods returning
 //!   `Result<T, Errno>`; nothing outside the root is reachable (`openat2` with
-//!   `RESOLVE_BENEATH`, no symlink ever followed). Its raw system calls are all
-//!   in `export::sys`.
+//!   `RESOLVE_BENEATH`, no symlink ever followed). Calls act as the user the
+//!   thread acts as (`export::credentials`: per-thread file system ids, groups
+//!   and capabilities, switched around each request). Its raw system calls are
+//!   all in `export::sys`.
+//! - `identity`: who a request acts as — the client's claimed credential, with
+//!   root (or everyone) squashed to an anonymous user, as NFS does.
+//! - `policy`: what is refused on top of the kernel's checks (device nodes,
+//!   set-id programs from squashed clients, `security.*` and `trusted.*`
+//!   attributes from anyone but root, changes to a read-only export).
 //! - `handles`: one connection's open files, by handle number.
-//! - `dispatch`: turns each protocol operation into an export call and its reply;
-//!   a read-only export answers every mutation with EROFS.
+//! - `listings`: one connection's listings under way, each an open directory
+//!   stream (`export::DirStream`) the client goes on with by cursor, bounded in
+//!   number and idle time.
+//! - `dispatch`: turns each request into an export call, acting as its
+//!   identity, and its reply.
 //! - `schedule`: where each request runs (on the connection's reader, or on the
 //!   blocking pool) and whether it waits for earlier requests on its handle.
 //! - `sequencer`: the per-handle queues that keep those requests in order.
-//! - `connection`: one client: the handshake, a reader that runs each request
-//!   where `schedule` says, and a single writer that batches the replies (and
-//!   sends the notices of a subscribed connection).
+//! - `security`: [`TlsServer`], the server's key, certificate and each
+//!   export's access token in its state directory, and the
+//!   `authorized_clients` it lets in; [`Security`] says whether a server uses
+//!   them or runs `--insecure`.
+//! - `connection`: one client: TLS and authentication, then a reader that runs
+//!   each request where `schedule` says, and a single writer that batches the
+//!   replies (and sends the notices of a subscribed connection); idle
+//!   connections that hold nothing are closed.
 //! - Coherent caches: `interest` (`InterestTable`: what one connection may
 //!   have cached, and what to tell it when that changes), `registry`
-//!   (`Registry`: every subscribed connection, and the routing of each change
-//!   to the others), `effects` (the hooks around every operation: what it lets
-//!   its client cache, what it changes), `watch` (the export watched with
-//!   inotify for changes made by processes on the server).
+//!   (`Registry`: every subscribed connection served from one directory, and
+//!   the routing of each change to the others; `Registries`: one per directory
+//!   served), `effects` (the hooks around every operation: what it lets its
+//!   client cache, what it changes), `watch` (the served directory watched
+//!   with inotify for changes made by processes on the server, or through
+//!   connections served from another directory).
+//! - `metrics`: what the server counts, and the `--metrics` HTTP responder.
 //! - `sys`: the few system calls outside the export (descriptor limit, socket
 //!   options, inotify).
-//! - this file: [`Server`], which accepts connections up to a limit and stops
-//!   gracefully, and [`spawn_test_server`] for tests.
+//! - `fuzz` (in tests, and in builds with `--cfg fuzzing`): the fuzz targets —
+//!   the frame decoder, the handshake, the dispatch of operations — which run
+//!   as bounded tests on stable and coverage-guided under `fuzz/`.
+//! - this file: [`Server`], which accepts connections up to a limit (in all,
+//!   and per client address) and stops gracefully, and [`spawn_test_server`]
+//!   for tests.
 //!
 //! The wire format itself belongs to `ferry_common`.
 
@@ -36,23 +60,41 @@ mod connection;
 mod dispatch;
 mod effects;
 mod export;
+mod exports;
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 mod handles;
+mod identity;
 mod interest;
+mod listings;
+mod metrics;
+mod policy;
 mod registry;
 mod schedule;
+mod security;
 mod sequencer;
 mod sys;
 mod watch;
 
+pub use connection::CONNECTION_BUDGET;
 pub use dispatch::MAX_COPY;
-pub use export::{ExportRoot, OpenFile};
-use registry::Registry;
+pub use export::{Acting, DirStream, ExportRoot, OpenFile, SetIdBits};
+pub use identity::{BadAnonymousId, Identity, IdentityMap, Squash, DEFAULT_ANON_ID};
+pub use metrics::{serve_http as serve_metrics, Metrics};
+pub use security::{Security, TlsServer};
 
+use connection::Context;
+use exports::Exports;
+use policy::Policy;
+use registry::Registries;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -61,6 +103,11 @@ use tokio::task::JoinSet;
 
 /// How many clients a server serves at once unless told otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// How many of those may come from one address unless told otherwise: a
+/// quarter, so one host cannot take every slot.
+pub const DEFAULT_MAX_PER_ADDRESS: usize = DEFAULT_MAX_CONNECTIONS / 4;
+/// How long a connection that holds nothing may stay idle unless told otherwise.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// After shutdown is asked for, connections get this long to finish the requests
 /// they are running and send the replies.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -70,54 +117,117 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// What to serve, where, and how.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// The directory to export.
-    pub root: PathBuf,
+    /// The default export: what a client that names no export gets (`ferry serve DIR`).
+    pub root: Option<PathBuf>,
+    /// Named exports (`--export NAME=DIR`), reached as `HOST:PORT/NAME`.
+    pub exports: Vec<(String, PathBuf)>,
     /// The address to listen on; port 0 picks a free one (see [`Server::local_addr`]).
     pub listen: SocketAddr,
     /// Every mutation answers EROFS.
     pub read_only: bool,
     /// Clients served at once; further ones wait in the listen queue until a slot frees.
     pub max_connections: usize,
+    /// Connections from one IP address at once; a further one is closed at once.
+    pub max_per_address: usize,
+    /// A connection that holds no open file and no lock, and asks nothing but
+    /// pings for this long, is closed (its client reconnects when it needs to).
+    pub idle_timeout: Duration,
+    /// TLS and client authentication, or `--insecure`.
+    pub security: Security,
+    /// Which clients' users act as the anonymous user, and who that is (a
+    /// client's root, by default). Takes effect when the server runs as root;
+    /// otherwise every request acts as the server's own user.
+    pub identities: IdentityMap,
+    /// Clients may make device nodes (root only; refused with EPERM otherwise).
+    pub allow_devices: bool,
+}
+
+impl ServerConfig {
+    /// Exporting `root` on `listen` with `security`, and the defaults: writable,
+    /// root squashed, no device nodes, the default limits.
+    pub fn new(root: PathBuf, listen: SocketAddr, security: Security) -> ServerConfig {
+        ServerConfig {
+            root: Some(root),
+            exports: Vec::new(),
+            listen,
+            read_only: false,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_per_address: DEFAULT_MAX_PER_ADDRESS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            security,
+            identities: IdentityMap::default(),
+            allow_devices: false,
+        }
+    }
 }
 
 /// A bound server, ready to [`run`](Server::run).
 #[derive(Debug)]
 pub struct Server {
-    registry: Arc<Registry>,
+    context: Arc<Context>,
     listener: TcpListener,
     local_addr: SocketAddr,
-    read_only: bool,
     /// One permit per connection being served.
     slots: Arc<Semaphore>,
+    max_per_address: usize,
 }
 
 impl Server {
-    /// Opens the export root (fails with a clear error if it is not a directory)
+    /// Opens the exports (fails with a clear error if one is not a directory)
     /// and binds the listener.
     pub async fn bind(config: ServerConfig) -> io::Result<Server> {
-        if config.max_connections == 0 {
+        if config.max_connections == 0 || config.max_per_address == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "the connection limit must be at least 1",
+                "the connection limits must be at least 1",
             ));
         }
-        let export = ExportRoot::open(&config.root)?;
+        let identities = config
+            .identities
+            .checked()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let exports = Exports::open(config.root.as_ref(), &config.exports)?;
         raise_open_file_limit();
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
         })?;
         let local_addr = listener.local_addr()?;
-        log::debug!(
-            "exporting {}{} on {local_addr}",
-            export.path().display(),
-            if config.read_only { " read-only" } else { "" }
+        let how = match config.security {
+            Security::Tls(_) => "",
+            Security::Insecure => " without TLS or authentication",
+        };
+        if let Some(export) = exports.default_export() {
+            log::debug!("exporting {} on {local_addr}{how}", export.path().display());
+        }
+        for (name, export) in exports.named() {
+            log::debug!(
+                "exporting {} as {name} on {local_addr}{how}",
+                export.path().display()
+            );
+        }
+        let registries = Registries::new(
+            exports
+                .default_export()
+                .into_iter()
+                .chain(exports.named().map(|(_, root)| root)),
         );
         Ok(Server {
-            registry: Registry::new(Arc::new(export), true),
+            context: Arc::new(Context {
+                exports: Arc::new(exports),
+                policy: Policy {
+                    read_only: config.read_only,
+                    identities,
+                    allow_devices: config.allow_devices,
+                },
+                metrics: Arc::new(Metrics::default()),
+                security: config.security,
+                idle_timeout: config.idle_timeout,
+                registries: Arc::new(registries),
+            }),
             listener,
             local_addr,
-            read_only: config.read_only,
             slots: Arc::new(Semaphore::new(config.max_connections)),
+            max_per_address: config.max_per_address,
         })
     }
 
@@ -126,16 +236,28 @@ impl Server {
         self.local_addr
     }
 
+    /// What this server counts, for `--metrics` (see [`serve_metrics`]).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.context.metrics)
+    }
+
+    /// Whether requests act as the clients' (mapped) users: the server runs as
+    /// root. If not, every request acts as the server's own user.
+    pub fn acts_as_clients(&self) -> bool {
+        self.context.exports.acts_as_clients()
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting, lets connections
     /// finish the requests they are running (for a few seconds at most), and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let Server {
-            registry,
+            context,
             listener,
-            read_only,
             slots,
+            max_per_address,
             ..
         } = self;
+        let per_address = Arc::new(PerAddress::default());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
@@ -168,12 +290,20 @@ impl Server {
                     }
                 },
             };
+            let Some(counted) = PerAddress::enter(&per_address, peer.ip(), max_per_address) else {
+                log::info!(
+                    "{peer}: refused: already {max_per_address} connections from {}",
+                    peer.ip()
+                );
+                continue;
+            };
             log::debug!("{peer}: connected");
-            let registry = Arc::clone(&registry);
+            let context = Arc::clone(&context);
             let stop = stop_rx.clone();
             connections.spawn(async move {
                 let _slot = slot;
-                match connection::serve(stream, registry, read_only, stop).await {
+                let _counted = counted;
+                match connection::serve(stream, context, stop).await {
                     Ok(()) => log::debug!("{peer}: disconnected"),
                     Err(e) => log::info!("{peer}: connection closed: {e}"),
                 }
@@ -197,6 +327,44 @@ impl Server {
             connections.shutdown().await;
         }
         Ok(())
+    }
+}
+
+/// Connections being served, by client address.
+#[derive(Debug, Default)]
+struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection counted against its address; uncounted when dropped.
+struct Counted {
+    table: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    /// Counts a connection from `ip`, unless `limit` are there already.
+    fn enter(table: &Arc<PerAddress>, ip: IpAddr, limit: usize) -> Option<Counted> {
+        let mut counts = ferry_common::sync::lock(&table.0);
+        let count = counts.entry(ip).or_default();
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(Counted {
+            table: Arc::clone(table),
+            ip,
+        })
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut counts = ferry_common::sync::lock(&self.table.0);
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -248,12 +416,26 @@ pub struct ServerHandle {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
+    security: Security,
 }
 
 impl ServerHandle {
     /// Where the server listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How the server meets clients (to restart it with the same identity).
+    pub fn security(&self) -> &Security {
+        &self.security
+    }
+
+    /// The server's TLS set-up, unless it runs `--insecure`.
+    pub fn tls(&self) -> Option<&TlsServer> {
+        match &self.security {
+            Security::Tls(tls) => Some(tls),
+            Security::Insecure => None,
+        }
     }
 }
 
@@ -270,15 +452,39 @@ impl Drop for ServerHandle {
     }
 }
 
+/// TLS and authentication for a test server of `root`, as `ferry serve` sets
+/// them up on first start, with the state directory in a temporary one that
+/// goes with the last reference to it.
+pub fn test_security(root: &Path) -> io::Result<Security> {
+    let tls = TlsServer::scratch(root).map_err(io::Error::other)?;
+    Ok(Security::Tls(Arc::new(tls)))
+}
+
+/// The configuration of a server for tests: `root` on 127.0.0.1 with a free
+/// port, meeting clients as `security` says, and a client's root is root on
+/// the server (`--no-root-squash`, as NFS test setups run), since tests run as
+/// root and check what root may do. Tests about squashing set
+/// [`ServerConfig::identities`] back.
+pub fn test_config(root: &Path, security: Security) -> ServerConfig {
+    let mut config = ServerConfig::new(
+        root.to_path_buf(),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        security,
+    );
+    config.max_connections = 64;
+    config.identities.squash = Squash::None;
+    config
+}
+
 /// Starts a server for `root` on 127.0.0.1 with a free port, in its own thread
-/// and tokio runtime, and returns once it listens.
+/// and tokio runtime, and returns once it listens. It has TLS and client
+/// authentication, as `ferry serve` does, with an identity and a token made for
+/// it in a temporary state directory ([`ServerHandle::tls`] gives them); see
+/// [`test_config`] for the rest.
 pub fn spawn_test_server(root: &Path, read_only: bool) -> io::Result<ServerHandle> {
-    spawn_server(ServerConfig {
-        root: root.to_path_buf(),
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        read_only,
-        max_connections: 64,
-    })
+    let mut config = test_config(root, test_security(root)?);
+    config.read_only = read_only;
+    spawn_server(config)
 }
 
 /// Starts a server with `config` in its own thread and tokio runtime, and returns
@@ -286,6 +492,7 @@ pub fn spawn_test_server(root: &Path, read_only: bool) -> io::Result<ServerHandl
 pub fn spawn_server(config: ServerConfig) -> io::Result<ServerHandle> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let security = config.security.clone();
     let thread = thread::Builder::new()
         .name("ferry-test-server".into())
         .spawn(move || {
@@ -330,6 +537,7 @@ pub fn spawn_server(config: ServerConfig) -> io::Result<ServerHandle> {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         stop: Some(stop_tx),
         thread: Some(thread),
+        security,
     };
     handle.addr = addr?;
     Ok(handle)

@@ -32,10 +32,10 @@ use crate::interest::{Event, Fingerprint, InterestTable, Target};
 use crate::watch::Watcher;
 use ferry_common::proto::{Change, NodeId};
 use ferry_common::sync::lock;
-use ferry_common::RelPath;
+use ferry_common::{Attr, RelPath};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 /// The longest lease granted, whatever a client asks for.
@@ -259,6 +259,58 @@ impl Drop for BusyGuard {
             lately.retain(|(o, _)| *o != self.origin);
             lately.push((self.origin, until));
         }
+    }
+}
+
+/// One [`Registry`] per directory served: the connections served from one
+/// directory (an export's root, or a directory inside an export) share one,
+/// since their paths mean the same nodes. Connections served from different
+/// directories of one file system learn of each other's changes through the
+/// watch, as of a process on the server's.
+#[derive(Debug, Default)]
+pub(crate) struct Registries {
+    /// By the served directory's node; a registry lives as long as a
+    /// connection uses it (its watch thread ends after it), or the server
+    /// for an export's root (see [`Registries::new`]).
+    by_root: Mutex<HashMap<NodeId, Weak<Registry>>>,
+    /// The registries of the exports' roots, made at start and kept: most
+    /// connections are served from one, and a watch made and dropped with
+    /// each connection would cost an inotify instance and a thread each time.
+    _kept: Vec<Arc<Registry>>,
+}
+
+impl Registries {
+    /// The registries of `roots` (the exports' roots), made now and kept for
+    /// the server's life; those of directories inside exports come and go
+    /// with their connections. A root that cannot be read gets none (its
+    /// connections are refused anyway).
+    pub(crate) fn new<'a>(roots: impl Iterator<Item = &'a Arc<ExportRoot>>) -> Registries {
+        let registries = Registries::default();
+        let mut kept = Vec::new();
+        for root in roots {
+            if let Ok(attr) = root.root_attr() {
+                kept.push(registries.for_root(root, &attr));
+            }
+        }
+        Registries {
+            _kept: kept,
+            ..registries
+        }
+    }
+
+    /// The registry of the directory `root` serves (its attributes `root_attr`),
+    /// made if no connection uses one. Watching is a system call: run this on a
+    /// thread that may block.
+    pub(crate) fn for_root(&self, root: &Arc<ExportRoot>, root_attr: &Attr) -> Arc<Registry> {
+        let key = NodeId::of(root_attr);
+        let mut by_root = lock(&self.by_root);
+        by_root.retain(|_, registry| registry.strong_count() > 0);
+        if let Some(registry) = by_root.get(&key).and_then(Weak::upgrade) {
+            return registry;
+        }
+        let registry = Registry::new(Arc::clone(root), true);
+        by_root.insert(key, Arc::downgrade(&registry));
+        registry
     }
 }
 

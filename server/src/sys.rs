@@ -1,6 +1,7 @@
 //! The server's system calls outside the export, as safe wrappers: the process's
-//! descriptor limit, socket options, and inotify (the watch on the export, see
-//! `watch`). (The export's file system calls are in `export::sys`.)
+//! descriptor limit, and inotify (the watch on the export, see `watch`). (The
+//! export's file system calls are in `export::sys`; socket options in
+//! `ferry_common::socket`.)
 
 use std::ffi::CString;
 use std::io;
@@ -28,29 +29,6 @@ pub(crate) fn set_open_file_limit(soft: u64, hard: u64) -> io::Result<()> {
     };
     // SAFETY: a valid pointer to one rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// `setsockopt(2)` of an integer option.
-pub(crate) fn set_socket_option(
-    socket: BorrowedFd<'_>,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: a pointer to one c_int, with its size, valid for the call.
-    let ret = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if ret != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

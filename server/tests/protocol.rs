@@ -1,13 +1,18 @@
 //! The server over a real TCP connection: the handshake, hostile input,
 //! pipelining, read-only exports and confinement, byte for byte as a client sends them.
+//!
+//! These servers run `--insecure` (plaintext, no authentication), so that the
+//! protocol can be written and read byte for byte; `security.rs` tests TLS and
+//! authentication, in front of the same protocol.
 
 use ferry_common::frame::{self, MAX_CHUNK, MAX_FRAME};
 use ferry_common::proto::{
-    AttrChanges, Change, HandshakeReply, Hello, NodeId, Notice, Op, Reply, Request, Response,
+    AttrChanges, Change, Cred, HandshakeReply, Hello, NodeId, Notice, Op, Reply, Request, Response,
     ServerMessage, Welcome, PROTOCOL_VERSION,
 };
+use ferry_common::proto::{LISTED_ENTRY_OVERHEAD, LISTING_BYTES, MAX_OPEN_DATA};
 use ferry_common::{Errno, FileKind, RelPath};
-use ferry_server::{spawn_test_server, ServerHandle, MAX_COPY};
+use ferry_server::{spawn_server, spawn_test_server, Security, ServerHandle, MAX_COPY};
 use std::collections::HashMap;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
@@ -18,7 +23,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
-/// A client speaking the protocol by hand, one request at a time unless told otherwise.
+/// A client speaking the protocol by hand, one request at a time unless told
+/// otherwise, on behalf of this test process's user.
 struct Client {
     stream: TcpStream,
     next_id: u64,
@@ -31,6 +37,17 @@ fn response(payload: &[u8]) -> Response {
     match frame::decode(payload).unwrap() {
         ServerMessage::Response(response) => response,
         other => panic!("not an answer: {other:?}"),
+    }
+}
+
+/// The credential of this test process: what a client run by it claims.
+fn me() -> Cred {
+    // SAFETY: getuid and getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    Cred {
+        uid,
+        gid,
+        groups: Vec::new(),
     }
 }
 
@@ -64,9 +81,14 @@ impl Client {
     }
 
     fn call(&mut self, op: Op) -> Result<Reply, Errno> {
+        self.call_as(me(), op)
+    }
+
+    /// [`call`](Self::call), claiming to be `cred`.
+    fn call_as(&mut self, cred: Cred, op: Op) -> Result<Reply, Errno> {
         let id = self.next_id;
         self.next_id += 1;
-        frame::write_frame(&mut self.stream, &Request { id, op }).unwrap();
+        frame::write_frame(&mut self.stream, &Request { id, cred, op }).unwrap();
         loop {
             let payload = frame::read_frame(&mut self.stream)
                 .unwrap()
@@ -152,7 +174,11 @@ fn setup(read_only: bool) -> (TempDir, ServerHandle) {
     fs::write(export.join("big"), big).unwrap();
     symlink("..", export.join("up")).unwrap();
     symlink("../outside", export.join("out")).unwrap();
-    let server = spawn_test_server(&export, read_only).unwrap();
+    // Root here is root on the server (--no-root-squash): these tests are
+    // about the protocol, not identities (privilege.rs is).
+    let mut config = ferry_server::test_config(&export, Security::Insecure);
+    config.read_only = read_only;
+    let server = spawn_server(config).unwrap();
     (tmp, server)
 }
 
@@ -173,6 +199,95 @@ fn a_ferry_client_is_welcomed() {
         client.call(Op::Stat { path: p("missing") }),
         Err(Errno::ENOENT)
     );
+}
+
+/// A server with a default export (`main/`) and one named `docs` (`docs/`,
+/// holding `manuals/guide` and `file`), beside `outside/secret`.
+fn named_exports() -> (TempDir, ServerHandle) {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir_all(tmp.path().join("main")).unwrap();
+    fs::create_dir_all(tmp.path().join("docs/manuals")).unwrap();
+    fs::create_dir(tmp.path().join("outside")).unwrap();
+    fs::write(tmp.path().join("outside/secret"), "top secret").unwrap();
+    fs::write(tmp.path().join("docs/manuals/guide"), "read me").unwrap();
+    fs::write(tmp.path().join("docs/file"), "x").unwrap();
+    let mut config = ferry_server::test_config(&tmp.path().join("main"), Security::Insecure);
+    config.exports = vec![("docs".into(), tmp.path().join("docs"))];
+    let server = spawn_server(config).unwrap();
+    (tmp, server)
+}
+
+fn hello_for(export: Option<&str>, subtree: RelPath) -> Hello {
+    Hello {
+        export: export.map(str::to_string),
+        subtree,
+        ..Hello::new()
+    }
+}
+
+#[test]
+fn a_client_is_served_the_export_and_directory_it_names() {
+    let (tmp, server) = named_exports();
+    let mut client = Client::connect(server.addr());
+    let welcome = match client.hello(&hello_for(Some("docs"), p("manuals"))) {
+        HandshakeReply::Welcome(w) => w,
+        other => panic!("{other:?}"),
+    };
+    let manuals = fs::metadata(tmp.path().join("docs/manuals")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(welcome.root.ino, manuals.ino());
+    // Paths are relative to docs/manuals, and nothing above it is reachable.
+    match client.call(Op::Stat { path: p("guide") }) {
+        Ok(Reply::Attr(attr)) => assert_eq!(attr.size, 7),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        client.call(Op::Stat { path: p("file") }),
+        Err(Errno::ENOENT)
+    );
+    for hostile in [&b".."[..], b"../file", b"../../outside/secret"] {
+        assert!(client.call(Op::Stat { path: raw(hostile) }).is_err());
+        assert!(client
+            .call(Op::Open {
+                path: raw(hostile),
+                flags: libc::O_RDONLY
+            })
+            .is_err());
+    }
+    // The default export is a different directory.
+    let mut other = Client::connect(server.addr());
+    assert!(matches!(
+        other.hello(&hello_for(None, RelPath::root())),
+        HandshakeReply::Welcome(_)
+    ));
+    assert_eq!(other.call(Op::Stat { path: p("file") }), Err(Errno::ENOENT));
+}
+
+#[test]
+fn unknown_exports_and_bad_directories_are_refused_in_words() {
+    let (_tmp, server) = named_exports();
+    let refused = |hello: Hello| {
+        let mut client = Client::connect(server.addr());
+        match client.hello(&hello) {
+            HandshakeReply::Refused { message } => {
+                client.assert_closed();
+                message
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let message = refused(hello_for(Some("home"), RelPath::root()));
+    assert!(message.contains("no export named \"home\""), "{message}");
+    assert!(message.contains("docs"), "{message}");
+    let message = refused(hello_for(Some("docs"), p("file")));
+    assert!(message.contains("not a directory"), "{message}");
+    let message = refused(hello_for(Some("docs"), p("absent")));
+    assert!(message.contains("no such directory"), "{message}");
+    // A subtree is a wire path like any other: `..` gets nowhere.
+    let message = refused(hello_for(Some("docs"), raw(b"../outside")));
+    assert!(message.contains("cannot serve"), "{message}");
+    let message = refused(hello_for(None, raw(b"..")));
+    assert!(message.contains("cannot serve"), "{message}");
 }
 
 #[test]
@@ -268,6 +383,7 @@ fn a_truncated_frame_closes_the_connection() {
     let (_tmp, server) = setup(false);
     let request = frame::encode(&Request {
         id: 1,
+        cred: me(),
         op: Op::Stat { path: p("file") },
     })
     .unwrap();
@@ -304,7 +420,6 @@ fn pipelined_requests_are_all_answered() {
         path: p("scratch"),
         flags: libc::O_RDWR | libc::O_EXCL,
         mode: 0o644,
-        owner: None,
     }) {
         Ok(Reply::Created { handle, .. }) => handle,
         other => panic!("{other:?}"),
@@ -341,7 +456,12 @@ fn pipelined_requests_are_all_answered() {
     let writer = thread::spawn(move || {
         let mut buf = Vec::new();
         for id in 1000..1000 + N {
-            frame::encode_into(&Request { id, op: op_for(id) }, &mut buf).unwrap();
+            let request = Request {
+                id,
+                cred: me(),
+                op: op_for(id),
+            };
+            frame::encode_into(&request, &mut buf).unwrap();
             if buf.len() > 1 << 16 {
                 sender.write_all(&buf).unwrap();
                 buf.clear();
@@ -471,7 +591,6 @@ fn a_full_chunk_travels_both_ways() {
         path: p("chunk"),
         flags: libc::O_RDWR,
         mode: 0o600,
-        owner: None,
     }) {
         Ok(Reply::Created { handle, .. }) => handle,
         other => panic!("{other:?}"),
@@ -528,7 +647,6 @@ fn a_read_only_export_refuses_every_change() {
             path: p("new"),
             flags: libc::O_WRONLY,
             mode: 0o644,
-            owner: None,
         },
         Op::Open {
             path: p("file"),
@@ -542,21 +660,23 @@ fn a_read_only_export_refuses_every_change() {
             path: p("file"),
             flags: libc::O_RDONLY | libc::O_TRUNC,
         },
+        Op::OpenRead {
+            path: p("file"),
+            flags: libc::O_RDWR,
+            len: 100,
+        },
         Op::Mkdir {
             path: p("dir"),
             mode: 0o755,
-            owner: None,
         },
         Op::Mknod {
             path: p("fifo"),
             mode: libc::S_IFIFO | 0o644,
             rdev: 0,
-            owner: None,
         },
         Op::Symlink {
             path: p("link"),
             target: b"file".to_vec(),
-            owner: None,
         },
         Op::Link {
             existing: p("file"),
@@ -624,6 +744,20 @@ fn a_read_only_export_refuses_every_change() {
         start: 0,
     });
     assert!(matches!(listing, Ok(Reply::Entries { .. })), "{listing:?}");
+    let listing = client.call(Op::List {
+        path: RelPath::root(),
+        cursor: 0,
+    });
+    assert!(matches!(listing, Ok(Reply::Listing { .. })), "{listing:?}");
+    let opened = client.call(Op::OpenRead {
+        path: p("file"),
+        flags: libc::O_RDONLY,
+        len: 100,
+    });
+    assert!(
+        matches!(&opened, Ok(Reply::OpenedWithData { data, .. }) if data == b"hello"),
+        "{opened:?}"
+    );
 }
 
 #[test]
@@ -659,17 +793,33 @@ fn requests_cannot_leave_the_export() {
             path: raw(b".."),
             start: 0,
         },
+        Op::List {
+            path: p("out"),
+            cursor: 0,
+        },
+        Op::List {
+            path: raw(b".."),
+            cursor: 0,
+        },
+        Op::OpenRead {
+            path: p("out/secret"),
+            flags: libc::O_RDONLY,
+            len: 100,
+        },
+        Op::OpenRead {
+            path: raw(b"../outside/secret"),
+            flags: libc::O_RDONLY,
+            len: 100,
+        },
         Op::Create {
             path: raw(b"../outside/new"),
             flags: libc::O_RDWR,
             mode: 0o644,
-            owner: None,
         },
         Op::Create {
             path: p("up/outside/new"),
             flags: libc::O_RDWR,
             mode: 0o644,
-            owner: None,
         },
         Op::SetAttr {
             path: p("out/secret"),
@@ -701,7 +851,6 @@ fn requests_cannot_leave_the_export() {
         Op::Symlink {
             path: raw(b"file\0x"),
             target: b"x".to_vec(),
-            owner: None,
         },
     ];
     for op in escapes {
@@ -711,7 +860,6 @@ fn requests_cannot_leave_the_export() {
     let evil = Op::Symlink {
         path: p("evil"),
         target: b"../outside/secret".to_vec(),
-        owner: None,
     };
     assert!(matches!(client.call(evil), Ok(Reply::Entry { .. })));
     assert_eq!(
@@ -733,6 +881,171 @@ fn requests_cannot_leave_the_export() {
     outside.sort();
     assert_eq!(outside, ["secret"]);
     assert!(!tmp.path().join("export/stolen").exists());
+}
+
+/// Lists `path` through `Op::List` to its end: the names in the server's
+/// order, and the cursors of the replies after the first.
+fn list_all(client: &mut Client, path: &RelPath) -> (Vec<Vec<u8>>, Vec<u64>) {
+    let mut names = Vec::new();
+    let mut cursors = Vec::new();
+    let mut cursor = 0;
+    loop {
+        match client.call(Op::List {
+            path: path.clone(),
+            cursor,
+        }) {
+            Ok(Reply::Listing {
+                entries,
+                cursor: next,
+            }) => {
+                names.extend(entries.into_iter().map(|e| e.name));
+                if next == 0 {
+                    return (names, cursors);
+                }
+                assert!(cursor == 0 || next == cursor, "a listing keeps its cursor");
+                cursors.push(next);
+                cursor = next;
+            }
+            other => panic!("listing {path:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_listing_comes_in_one_reply_when_it_fits_and_by_cursor_when_not() {
+    let (tmp, server) = setup(false);
+    let (mut client, _) = Client::welcomed(server.addr());
+    // The export's root fits in one reply, with nothing left open.
+    let (names, cursors) = list_all(&mut client, &RelPath::root());
+    let mut names: Vec<String> = names
+        .into_iter()
+        .map(|n| String::from_utf8(n).unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["big", "file", "out", "up"]);
+    assert!(cursors.is_empty());
+    // Long names, so that the listing outgrows one reply.
+    let dir = tmp.path().join("export/many");
+    fs::create_dir(&dir).unwrap();
+    let name = |i: usize| format!("{i:0250}");
+    let count = 2 * LISTING_BYTES / (250 + LISTED_ENTRY_OVERHEAD) + 10;
+    for i in 0..count {
+        fs::File::create(dir.join(name(i))).unwrap();
+    }
+    let (mut names, cursors) = list_all(&mut client, &p("many"));
+    assert!(cursors.len() >= 2, "{} replies", cursors.len() + 1);
+    names.sort();
+    let expected: Vec<Vec<u8>> = (0..count).map(|i| name(i).into_bytes()).collect();
+    assert_eq!(names, expected, "every name once");
+    // A listing that ended, or never was, cannot be gone on with.
+    for cursor in [cursors[0], 999_999] {
+        assert_eq!(
+            client.call(Op::List {
+                path: p("many"),
+                cursor
+            }),
+            Err(Errno::EBADF)
+        );
+    }
+    // Nor can another user's.
+    let first = match client.call(Op::List {
+        path: p("many"),
+        cursor: 0,
+    }) {
+        Ok(Reply::Listing { cursor, .. }) => cursor,
+        other => panic!("{other:?}"),
+    };
+    assert_ne!(first, 0);
+    let stranger = Cred {
+        uid: me().uid + 1,
+        gid: me().gid + 1,
+        groups: Vec::new(),
+    };
+    let cursor = first;
+    assert_eq!(
+        client.call_as(
+            stranger,
+            Op::List {
+                path: p("many"),
+                cursor
+            }
+        ),
+        Err(Errno::EBADF)
+    );
+    assert!(matches!(
+        client.call(Op::List {
+            path: p("many"),
+            cursor
+        }),
+        Ok(Reply::Listing { .. })
+    ));
+    assert_eq!(
+        client.call(Op::List {
+            path: p("file"),
+            cursor: 0
+        }),
+        Err(Errno::ENOTDIR)
+    );
+}
+
+#[test]
+fn an_open_for_reading_brings_the_first_bytes() {
+    let (tmp, server) = setup(false);
+    let (mut client, _) = Client::welcomed(server.addr());
+    let open_read = |client: &mut Client, path: &str, len: u32| {
+        client.call(Op::OpenRead {
+            path: p(path),
+            flags: libc::O_RDONLY,
+            len,
+        })
+    };
+    // A small file comes whole, with the attributes it was opened with, and
+    // the handle reads like any other.
+    let handle = match open_read(&mut client, "file", 128 << 10) {
+        Ok(Reply::OpenedWithData { handle, attr, data }) => {
+            assert_eq!(
+                (attr.size, attr.kind, data.as_slice()),
+                (5, FileKind::File, &b"hello"[..])
+            );
+            handle
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        client.call(Op::Read {
+            handle,
+            offset: 1,
+            len: 100
+        }),
+        Ok(Reply::Data(b"ello".to_vec()))
+    );
+    assert_eq!(client.call(Op::Close { handle }), Ok(Reply::Done));
+    // A large one brings what was asked for, at most MAX_OPEN_DATA.
+    for (asked, got) in [
+        (0, 0),
+        (100_000, 100_000),
+        (u32::MAX, MAX_OPEN_DATA as usize),
+    ] {
+        match open_read(&mut client, "big", asked) {
+            Ok(Reply::OpenedWithData { attr, data, .. }) => {
+                assert_eq!(attr.size, 3 * u64::from(MAX_CHUNK));
+                assert_eq!(data.len(), got);
+                assert!(data
+                    .iter()
+                    .enumerate()
+                    .all(|(i, b)| *b == pattern(i as u64)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // A directory opens without data; what cannot be opened is refused as by Open.
+    fs::create_dir(tmp.path().join("export/dir")).unwrap();
+    assert!(matches!(
+        open_read(&mut client, "dir", 100),
+        Ok(Reply::Opened { .. })
+    ));
+    assert_eq!(open_read(&mut client, "missing", 100), Err(Errno::ENOENT));
+    assert_eq!(open_read(&mut client, "up", 100), Err(Errno::ELOOP));
 }
 
 /// Descriptors of this process (the test server runs in it) open on `path`.
@@ -816,7 +1129,6 @@ fn copies_between_handles_stay_on_the_server_and_are_capped() {
             path: p("copy"),
             flags: libc::O_RDWR,
             mode: 0o644,
-            owner: None,
         },
     );
     let copy = |client: &mut Client, offset: u64, len: u64| {
@@ -918,7 +1230,6 @@ fn changes_to_a_directory_come_with_its_new_attributes() {
     match client.call(Op::Mkdir {
         path: p("d"),
         mode: 0o755,
-        owner: None,
     }) {
         Ok(Reply::Entry { attr, dir }) => {
             assert_eq!(attr.kind, FileKind::Directory);
@@ -930,7 +1241,6 @@ fn changes_to_a_directory_come_with_its_new_attributes() {
         path: p("d/f"),
         flags: libc::O_WRONLY,
         mode: 0o644,
-        owner: None,
     }) {
         Ok(Reply::Created { dir, .. }) => assert_eq!(seen(&dir), dir_attr("d")),
         other => panic!("{other:?}"),
@@ -993,7 +1303,6 @@ fn subscribed_connections_hear_of_changes_unasked() {
         .call(Op::Mkdir {
             path: p("new"),
             mode: 0o755,
-            owner: None,
         })
         .unwrap();
     assert!(reader
@@ -1039,4 +1348,152 @@ fn a_connection_that_does_not_subscribe_hears_nothing() {
     thread::sleep(Duration::from_millis(300));
     plain.call(Op::StatFs).unwrap();
     assert!(plain.notices.is_empty());
+}
+
+/// A server with the given limits, exporting a directory holding `file`.
+fn limited(
+    idle_timeout: Duration,
+    max_connections: usize,
+    max_per_address: usize,
+) -> (TempDir, ServerHandle) {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("file"), "hello").unwrap();
+    let mut config = ferry_server::test_config(tmp.path(), Security::Insecure);
+    config.idle_timeout = idle_timeout;
+    config.max_connections = max_connections;
+    config.max_per_address = max_per_address;
+    let server = spawn_server(config).unwrap();
+    (tmp, server)
+}
+
+impl Client {
+    /// A connection from the loopback address `from` (another "host").
+    fn connect_from(from: [u8; 4], addr: SocketAddr) -> Client {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let stream = rt
+            .block_on(async {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::from((from, 0)))?;
+                socket.connect(addr).await?.into_std()
+            })
+            .unwrap();
+        stream.set_nonblocking(false).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Client {
+            stream,
+            next_id: 1,
+            notices: Vec::new(),
+        }
+    }
+
+    /// The handshake, or `None` if the server closed the connection instead.
+    fn try_hello(&mut self) -> Option<HandshakeReply> {
+        frame::write_frame(&mut self.stream, &Hello::new()).ok()?;
+        let payload = frame::read_frame(&mut self.stream).ok()??;
+        frame::decode(&payload).ok()
+    }
+
+    /// A request's answer, or `None` if the connection is gone.
+    fn try_call(&mut self, op: Op) -> Option<Result<Reply, Errno>> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let cred = me();
+        frame::write_frame(&mut self.stream, &Request { id, cred, op }).ok()?;
+        let payload = frame::read_frame(&mut self.stream).ok()??;
+        let ServerMessage::Response(response) = frame::decode(&payload).ok()? else {
+            return None;
+        };
+        Some(response.result)
+    }
+}
+
+#[test]
+fn an_idle_connection_holding_nothing_is_closed_and_one_holding_a_file_is_kept() {
+    let idle = Duration::from_secs(1);
+    let (_tmp, server) = limited(idle, 8, 8);
+    let started = Instant::now();
+    let (silent, _) = Client::welcomed(server.addr());
+    let (mut pinging, _) = Client::welcomed(server.addr());
+    let (mut holder, _) = Client::welcomed(server.addr());
+    let handle = match holder.call(Op::Open {
+        path: p("file"),
+        flags: libc::O_RDONLY,
+    }) {
+        Ok(Reply::Opened { handle, .. }) => handle,
+        other => panic!("{other:?}"),
+    };
+    // Pings keep nothing alive: only requests that do something count.
+    let mut pings = 0;
+    while pinging.try_call(Op::Ping).is_some() {
+        pings += 1;
+        assert!(
+            started.elapsed() < idle + Duration::from_secs(5),
+            "a connection that only pings was never closed"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(pings > 0);
+    assert!(started.elapsed() >= idle - Duration::from_millis(100));
+    silent.assert_closed();
+    assert!(started.elapsed() < idle + Duration::from_secs(5));
+    // The client holding an open file is still served, past the idle time.
+    thread::sleep(idle);
+    assert!(matches!(
+        holder.call(Op::Read {
+            handle,
+            offset: 0,
+            len: 5
+        }),
+        Ok(Reply::Data(d)) if d == b"hello"
+    ));
+    // Once it holds nothing, it may idle out too.
+    assert_eq!(holder.call(Op::Close { handle }), Ok(Reply::Done));
+    holder.assert_closed();
+    // And a newcomer is served as ever.
+    let (mut newcomer, _) = Client::welcomed(server.addr());
+    assert!(matches!(newcomer.call(Op::StatFs), Ok(Reply::StatFs(_))));
+}
+
+#[test]
+fn one_address_cannot_take_every_connection() {
+    // 8 connections in all, 4 from any one address; connections from a
+    // greedy "host" (127.0.0.2) that never do anything.
+    let (_tmp, server) = limited(Duration::from_secs(600), 8, 4);
+    let greedy_host = [127, 0, 0, 2];
+    let mut greedy = Vec::new();
+    let mut turned_away = 0;
+    for _ in 0..12 {
+        let mut client = Client::connect_from(greedy_host, server.addr());
+        match client.try_hello() {
+            Some(HandshakeReply::Welcome(_)) => greedy.push(client),
+            Some(other) => panic!("{other:?}"),
+            None => turned_away += 1,
+        }
+    }
+    assert_eq!(greedy.len(), 4);
+    assert_eq!(turned_away, 8);
+    // Everyone else still gets in and is served.
+    let mut others: Vec<Client> = (0..3).map(|_| Client::welcomed(server.addr()).0).collect();
+    for other in &mut others {
+        assert!(matches!(
+            other.call(Op::Stat { path: p("file") }),
+            Ok(Reply::Attr(_))
+        ));
+    }
+    // When the greedy host's connections go, it may connect again.
+    drop(greedy);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = Client::connect_from(greedy_host, server.addr());
+        if matches!(again.try_hello(), Some(HandshakeReply::Welcome(_))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the address stayed locked out");
+        thread::sleep(Duration::from_millis(50));
+    }
 }

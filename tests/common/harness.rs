@@ -76,7 +76,9 @@ pub fn main(tests: &[Test]) -> ! {
             }
         })
         .collect();
-    libtest_mimic::run(&args, trials).exit()
+    let conclusion = libtest_mimic::run(&args, trials);
+    super::binary::remove_state_dir();
+    conclusion.exit()
 }
 
 /// The `main` of a test binary: `tests! { a => [Fuse], b => [Fuse, Root], c => [] }`

@@ -9,11 +9,14 @@
 
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod harness;
 
+use ferry_fusefs::client::ConnectOptions;
 use ferry_fusefs::mount::{self, Mount, MountOptions};
 use ferry_fusefs::{FsOptions, RemoteClient};
-use ferry_server::{spawn_test_server, ServerHandle};
+use ferry_server::{spawn_server, Security, ServerConfig, ServerHandle, Squash};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tempfile::TempDir;
@@ -22,7 +25,8 @@ pub struct Fixture {
     mounts: Vec<Mount>,
     server: Option<ServerHandle>,
     addr: String,
-    read_only_server: bool,
+    /// How the server was started, to start it again the same way.
+    config: ServerConfig,
     pub export: PathBuf,
     pub mnt: PathBuf,
     dir: TempDir,
@@ -43,6 +47,13 @@ pub struct Setup {
     pub export: Option<PathBuf>,
     /// How long a request may wait for the server.
     pub timeout: Duration,
+    /// Whose users the server squashes. The tests run as root and most check
+    /// what root may do, so by default root on the mount is root on the server
+    /// (`--no-root-squash`, as NFS test setups run); tests about squashing set
+    /// `Squash::Root` (the server's default) or `Squash::All`.
+    pub squash: Squash,
+    /// The server lets clients make device nodes (`--allow-devices`).
+    pub allow_devices: bool,
 }
 
 impl Default for Setup {
@@ -56,6 +67,8 @@ impl Default for Setup {
             allow_other: false,
             export: None,
             timeout: ferry_fusefs::client::DEFAULT_TIMEOUT,
+            squash: Squash::None,
+            allow_devices: false,
         }
     }
 }
@@ -149,13 +162,19 @@ impl Fixture {
         };
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("create mount dir");
-        let server = spawn_test_server(&export, setup.read_only_server).expect("start server");
+        let security = ferry_server::test_security(&export).expect("a server identity");
+        let mut config = ferry_server::test_config(&export, security);
+        config.read_only = setup.read_only_server;
+        config.identities.squash = setup.squash;
+        config.allow_devices = setup.allow_devices;
+        let server = spawn_server(config.clone()).expect("start server");
         let addr = server.addr().to_string();
+        config.listen = server.addr();
         let mut fixture = Fixture {
             mounts: Vec::new(),
             server: Some(server),
             addr,
-            read_only_server: setup.read_only_server,
+            config,
             export,
             mnt: mnt.clone(),
             dir,
@@ -174,25 +193,49 @@ impl Fixture {
         self.addr.clone()
     }
 
+    /// How an in-process client reaches this fixture's server: TLS, the
+    /// server pinned, the export's token.
+    pub fn connect_options(&self, timeout: Duration) -> ConnectOptions {
+        match &self.config.security {
+            Security::Tls(tls) => ConnectOptions::pinned(
+                tls.fingerprint(),
+                Some(tls.token(None).cloned().expect("a token")),
+            )
+            .with_timeout(timeout),
+            Security::Insecure => ConnectOptions::insecure().with_timeout(timeout),
+        }
+    }
+
+    /// The arguments that let `ferry mount|ls|get|put` (the binary) reach this
+    /// fixture's server: its pin, its token file and a state directory of
+    /// the test's own.
+    pub fn client_args(&self) -> Vec<OsString> {
+        let Security::Tls(tls) = &self.config.security else {
+            return vec!["--insecure".into()];
+        };
+        vec![
+            "--pin".into(),
+            tls.fingerprint().to_string().into(),
+            "--token-file".into(),
+            tls.token_path().into(),
+            "--state-dir".into(),
+            self.dir.path().join("client-state").into(),
+        ]
+    }
+
     /// Stops the server (the mounts stay).
     pub fn stop_server(&mut self) {
         self.server.take();
     }
 
-    /// Starts the server again on the same address.
+    /// Starts the server again on the same address, the same way.
     pub fn restart_server(&mut self) {
         self.stop_server();
-        let config = ferry_server::ServerConfig {
-            root: self.export.clone(),
-            listen: self.addr.parse().expect("a socket address"),
-            read_only: self.read_only_server,
-            max_connections: 64,
-        };
-        self.server = Some(ferry_server::spawn_server(config).expect("restart the server"));
+        self.server = Some(spawn_server(self.config.clone()).expect("restart the server"));
     }
 
     fn mount_at(&self, mnt: &Path, setup: &Setup) -> std::io::Result<Mount> {
-        let client = RemoteClient::connect_with_timeout(&self.addr(), setup.timeout)
+        let client = RemoteClient::connect(&self.addr(), &self.connect_options(setup.timeout))
             .map_err(std::io::Error::other)?;
         let opts = MountOptions {
             fs: FsOptions {
@@ -234,6 +277,11 @@ impl Fixture {
 
     pub fn temp(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// What the first mount's client has counted (requests sent and waited for).
+    pub fn stats(&self) -> &ferry_fusefs::stats::Stats {
+        self.mounts[0].core().stats()
     }
 }
 

@@ -1,7 +1,8 @@
 //! Bulk frames: file data kept out of copies.
 //!
 //! A read's answer (`ServerMessage::Response(Response { id, result:
-//! Ok(Reply::Data(data)) })`) and a write's request (`Request { id, op: Op::Write { handle, offset, data } }`)
+//! Ok(Reply::Data(data)) })`) and a write's request (`Request { id, cred, op:
+//! Op::Write { handle, offset, data } }`)
 //! end with the file's data. The sender writes the frame's head
 //! ([`encode_data_head`], [`encode_write_head`]) and then the data from the
 //! buffer it already has; the receiver reads the data straight into a buffer of
@@ -18,14 +19,17 @@ use super::{
     config, read_appending, read_appending_async, read_len, read_len_async, FrameError, HEADER,
     MAX_FRAME,
 };
-use crate::proto::{Op, Reply, Request, Response, ServerMessage};
+use crate::proto::{Cred, Op, Reply, Request, Response, ServerMessage};
 use std::io::Read;
 use std::sync::OnceLock;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// How many bytes of a frame are read before deciding whether it is a bulk
-/// frame: more than the longest prefix (id, variant, handle, offset, length).
-const PEEK: usize = 32;
+/// frame. A write's prefix (id, credential, variant, handle, offset, length)
+/// fits whenever its credential lists up to 41 supplementary groups (69 with
+/// group ids below 65536); a write with more comes whole, decoded as any other
+/// frame at the cost of one copy of its data.
+const PEEK: usize = 256;
 
 /// A frame from the server: a whole payload to [`decode`](super::decode) as a
 /// [`ServerMessage`], or — read apart from the rest, without copying it again —
@@ -43,6 +47,7 @@ pub enum RequestFrame {
     Whole(Vec<u8>),
     Write {
         id: u64,
+        cred: Cred,
         handle: u64,
         offset: u64,
         data: Vec<u8>,
@@ -78,11 +83,12 @@ pub fn encode_data_head(id: u64, data_len: usize) -> Result<Vec<u8>, FrameError>
 /// [`encode`](super::encode) would have built by copying the data.
 pub fn encode_write_head(
     id: u64,
+    cred: &Cred,
     handle: u64,
     offset: u64,
     data_len: usize,
 ) -> Result<Vec<u8>, FrameError> {
-    with_length(write_prefix(id, handle, offset)?, data_len)
+    with_length(write_prefix(id, cred, handle, offset)?, data_len)
 }
 
 /// Reads one frame from the server; `Ok(None)` on a clean end of stream. A data
@@ -90,6 +96,13 @@ pub fn encode_write_head(
 /// `Reply::Data` without a copy.
 pub fn read_response<R: Read>(reader: &mut R) -> Result<Option<ResponseFrame>, FrameError> {
     read_bulk(reader)
+}
+
+/// [`read_response`] for an async stream.
+pub async fn read_response_async<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<ResponseFrame>, FrameError> {
+    read_bulk_async(reader).await
 }
 
 /// [`read_frame_async`](super::read_frame_async) for requests, with a `Write`'s
@@ -130,16 +143,20 @@ impl Bulk for ResponseFrame {
     }
 }
 
-impl Bulk for RequestFrame {
-    type Prefix = (u64, u64, u64);
+/// A write's prefix: id, credential, handle, offset.
+type WritePrefix = (u64, Cred, u64, u64);
 
-    fn split(head: &[u8], len: usize) -> Option<((u64, u64, u64), usize)> {
+impl Bulk for RequestFrame {
+    type Prefix = WritePrefix;
+
+    fn split(head: &[u8], len: usize) -> Option<(WritePrefix, usize)> {
         split_write(head, len)
     }
 
-    fn bulk((id, handle, offset): (u64, u64, u64), data: Vec<u8>, len: usize) -> Self {
+    fn bulk((id, cred, handle, offset): WritePrefix, data: Vec<u8>, len: usize) -> Self {
         RequestFrame::Write {
             id,
+            cred,
             handle,
             offset,
             data,
@@ -250,11 +267,12 @@ fn data_prefix(id: u64) -> Result<Vec<u8>, FrameError> {
     Ok(prefix)
 }
 
-/// The bincode prefix of `Request { id, op: Op::Write { handle, offset, .. } }`
+/// The bincode prefix of `Request { id, cred, op: Op::Write { handle, offset, .. } }`
 /// before the data's length (see [`data_prefix`]).
-fn write_prefix(id: u64, handle: u64, offset: u64) -> Result<Vec<u8>, FrameError> {
+fn write_prefix(id: u64, cred: &Cred, handle: u64, offset: u64) -> Result<Vec<u8>, FrameError> {
     let empty = Request {
         id,
+        cred: cred.clone(),
         op: Op::Write {
             handle,
             offset,
@@ -295,17 +313,30 @@ fn split_data(head: &[u8], len: usize) -> Option<(u64, usize)> {
     }
     let (data_len, len_len) = varint(&head[prefix.len()..])?;
     let start = prefix.len() + len_len;
-    (start as u64 + data_len == len as u64).then_some((id, start))
+    // The length is the peer's: it may be anything, up to u64::MAX.
+    ((start as u64).checked_add(data_len) == Some(len as u64)).then_some((id, start))
 }
 
 /// Splits a `Write` request's prefix off `head` (the first bytes of a payload
-/// of `len` bytes): id, handle and offset, and where the data starts. The prefix
-/// is encoded again and compared, so only an exact bincode `Write` is taken.
-fn split_write(head: &[u8], len: usize) -> Option<((u64, u64, u64), usize)> {
-    // The variant index of `Write`, as bincode writes it (after an id of 0).
+/// of `len` bytes): id, credential, handle and offset, and where the data
+/// starts. The prefix is encoded again and compared, so only an exact bincode
+/// `Write` is taken.
+fn split_write(head: &[u8], len: usize) -> Option<(WritePrefix, usize)> {
+    // The variant index of `Write`, as bincode writes it after an id of 0 and
+    // an empty credential.
     static INDEX: OnceLock<Option<u8>> = OnceLock::new();
-    let index = (*INDEX.get_or_init(|| write_prefix(0, 0, 0).ok()?.get(1).copied()))?;
+    let index = (*INDEX.get_or_init(|| {
+        let lead = encoded_len(&(0u64, Cred::default()))?;
+        let prefix = write_prefix(0, &Cred::default(), 0, 0).ok()?;
+        prefix.get(lead).copied()
+    }))?;
     let (id, mut at) = varint(head)?;
+    // The credential decodes as itself: its layout follows its type. A head cut
+    // inside it (too many groups for the peek) fails here and comes whole.
+    let limited = config().with_limit::<PEEK>();
+    let (cred, n): (Cred, usize) =
+        bincode::serde::decode_from_slice(head.get(at..)?, limited).ok()?;
+    at += n;
     if *head.get(at)? != index {
         return None;
     }
@@ -316,12 +347,19 @@ fn split_write(head: &[u8], len: usize) -> Option<((u64, u64, u64), usize)> {
     at += n;
     let (data_len, n) = varint(head.get(at..)?)?;
     at += n;
-    if at as u64 + data_len != len as u64 {
+    if (at as u64).checked_add(data_len) != Some(len as u64) {
         return None;
     }
-    let mut expected = write_prefix(id, handle, offset).ok()?;
+    let mut expected = write_prefix(id, &cred, handle, offset).ok()?;
     expected.extend_from_slice(head.get(expected.len()..at)?);
-    (head.get(..at)? == expected.as_slice()).then_some(((id, handle, offset), at))
+    (head.get(..at)? == expected.as_slice()).then_some(((id, cred, handle, offset), at))
+}
+
+/// How many bytes bincode writes for `value`.
+fn encoded_len(value: &impl serde::Serialize) -> Option<usize> {
+    bincode::serde::encode_to_vec(value, config())
+        .ok()
+        .map(|v| v.len())
 }
 
 /// Reads a bincode variable-length integer (unsigned, little-endian) at the
@@ -355,22 +393,71 @@ mod tests {
         ServerMessage::Response(Response { id, result })
     }
 
+    /// An ordinary user's credential.
+    fn cred() -> Cred {
+        Cred {
+            uid: 1000,
+            gid: 1000,
+            groups: vec![4, 24, 27, 1000],
+        }
+    }
+
+    /// A frame whose prefix is a data answer's or a write's, but whose data
+    /// length is `u64::MAX` (found by the fuzzer: the sum overflowed). Both
+    /// readers take it whole, and decoding it fails.
+    #[test]
+    fn a_data_length_near_u64_max_is_no_bulk_frame() {
+        let mut data_head = data_prefix(7).unwrap();
+        let mut write_head = write_prefix(7, &cred(), 1, 0).unwrap();
+        for head in [&mut data_head, &mut write_head] {
+            head.push(253);
+            head.extend_from_slice(&u64::MAX.to_le_bytes());
+            head.resize(64, 0);
+            let mut frame = (head.len() as u32).to_le_bytes().to_vec();
+            frame.extend_from_slice(head);
+            let response = read_response(&mut Cursor::new(&frame)).unwrap().unwrap();
+            assert!(matches!(response, ResponseFrame::Whole(_)), "{response:?}");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let request = runtime
+                .block_on(read_request_async(&mut Cursor::new(&frame)))
+                .unwrap()
+                .unwrap();
+            assert!(matches!(request, RequestFrame::Whole(_)), "{request:?}");
+            assert!(decode::<ServerMessage>(head).is_err());
+        }
+    }
+
     #[test]
     fn a_write_head_and_its_data_make_the_whole_frame_and_split_again() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        for (id, handle, offset) in [
+        let creds = [
+            Cred::default(),
+            cred(),
+            Cred {
+                uid: u32::MAX,
+                gid: u32::MAX,
+                groups: vec![u32::MAX; 8],
+            },
+        ];
+        for ((id, handle, offset), cred) in [
             (0u64, 0u64, 0u64),
             (300, 70_000, 5 << 30),
             (u64::MAX, 1, u64::MAX),
-        ] {
+        ]
+        .into_iter()
+        .zip(creds)
+        {
             for n in [0usize, 31, 250, 251, 70_000, MAX_CHUNK as usize] {
                 let data = vec![0xcd; n];
-                let mut split = encode_write_head(id, handle, offset, n).unwrap();
+                let mut split = encode_write_head(id, &cred, handle, offset, n).unwrap();
                 split.extend_from_slice(&data);
                 let request = Request {
                     id,
+                    cred: cred.clone(),
                     op: Op::Write {
                         handle,
                         offset,
@@ -387,11 +474,12 @@ mod tests {
                 match got {
                     RequestFrame::Write {
                         id: i,
+                        cred: c,
                         handle: h,
                         offset: o,
                         data: d,
                         ..
-                    } => assert_eq!((i, h, o, d), (id, handle, offset, data)),
+                    } => assert_eq!((i, c, h, o, d), (id, cred.clone(), handle, offset, data)),
                     RequestFrame::Whole(p) => {
                         assert!(p.len() <= PEEK);
                         assert_eq!(decode::<Request>(&p).unwrap(), request);
@@ -402,6 +490,7 @@ mod tests {
         // Anything else comes whole.
         let other = Request {
             id: 5,
+            cred: cred(),
             op: Op::Read {
                 handle: 1,
                 offset: 2,
@@ -415,7 +504,7 @@ mod tests {
             .unwrap();
         assert_eq!(got, RequestFrame::Whole(frame[HEADER..].to_vec()));
         // Truncated: an error; empty: none.
-        let frame = encode_write_head(1, 2, 3, 1000).unwrap();
+        let frame = encode_write_head(1, &cred(), 2, 3, 1000).unwrap();
         assert!(matches!(
             rt.block_on(read_request_async(&mut frame.as_slice())),
             Err(FrameError::Truncated)
@@ -424,6 +513,53 @@ mod tests {
             .block_on(read_request_async(&mut (&[] as &[u8])))
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn a_write_whose_credential_outgrows_the_peek_comes_whole() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let data = vec![0xab; 4096];
+        // 41 of the largest group ids fit the peek, with the largest id, handle
+        // and offset; many more do not.
+        for (groups, splits) in [(41usize, true), (1000, false)] {
+            let request = Request {
+                id: u64::MAX,
+                cred: Cred {
+                    uid: u32::MAX,
+                    gid: u32::MAX,
+                    groups: vec![u32::MAX; groups],
+                },
+                op: Op::Write {
+                    handle: u64::MAX,
+                    offset: u64::MAX,
+                    data: data.clone(),
+                },
+            };
+            let Op::Write { handle, offset, .. } = request.op else {
+                unreachable!()
+            };
+            let mut split =
+                encode_write_head(request.id, &request.cred, handle, offset, data.len()).unwrap();
+            split.extend_from_slice(&data);
+            let whole = encode(&request).unwrap();
+            assert_eq!(split, whole, "{groups} groups");
+            let got = rt
+                .block_on(read_request_async(&mut whole.as_slice()))
+                .unwrap()
+                .unwrap();
+            match got {
+                RequestFrame::Write { cred, data: d, .. } => {
+                    assert!(splits, "{groups} groups split");
+                    assert_eq!((cred, d), (request.cred.clone(), data.clone()));
+                }
+                RequestFrame::Whole(payload) => {
+                    assert!(!splits, "{groups} groups came whole");
+                    assert_eq!(decode::<Request>(&payload).unwrap(), request);
+                }
+            }
+        }
     }
 
     #[test]
@@ -539,6 +675,7 @@ mod tests {
             .unwrap();
         let write = encode(&Request {
             id: 9,
+            cred: cred(),
             op: Op::Write {
                 handle: 4,
                 offset: 1 << 40,
@@ -583,6 +720,7 @@ mod tests {
         // A write whose data length does not end the frame: one byte too many.
         let mut payload = encode(&Request {
             id: 1,
+            cred: cred(),
             op: Op::Write {
                 handle: 2,
                 offset: 3,
@@ -628,6 +766,7 @@ mod tests {
             .unwrap();
         let write = encode(&Request {
             id: 1,
+            cred: cred(),
             op: Op::Write {
                 handle: 2,
                 offset: 3,

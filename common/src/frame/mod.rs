@@ -22,8 +22,8 @@
 mod bulk;
 
 pub use bulk::{
-    encode_data_head, encode_write_head, read_request_async, read_response, RequestFrame,
-    ResponseFrame,
+    encode_data_head, encode_write_head, read_request_async, read_response, read_response_async,
+    RequestFrame, ResponseFrame,
 };
 
 use serde::de::DeserializeOwned;
@@ -44,7 +44,15 @@ pub const READDIR_PAGE: usize = 2048;
 /// The frame header: the payload's length.
 const HEADER: usize = 4;
 
-fn config() -> impl bincode::config::Config {
+/// The one codec configuration: bincode's standard (little-endian, variable-length
+/// integers), never decoding more than a frame holds.
+type Config = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_FRAME>,
+>;
+
+fn config() -> Config {
     bincode::config::standard().with_limit::<MAX_FRAME>()
 }
 
@@ -211,12 +219,52 @@ pub fn read_frame<R: Read>(reader: &mut R) -> Result<Option<Vec<u8>>, FrameError
 pub async fn read_frame_async<R: AsyncRead + Unpin>(
     reader: &mut R,
 ) -> Result<Option<Vec<u8>>, FrameError> {
+    read_frame_limited_async(reader, MAX_FRAME).await
+}
+
+/// [`read_frame`] with a tighter limit than [`MAX_FRAME`]: a frame announcing
+/// more than `limit` bytes is [`FrameError::TooLarge`], refused before
+/// anything is allocated (a handshake message is small).
+pub fn read_frame_limited<R: Read>(
+    reader: &mut R,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let Some(len) = read_len(reader)? else {
+        return Ok(None);
+    };
+    if len > limit {
+        return Err(FrameError::TooLarge(len as u64));
+    }
+    let mut payload = Vec::new();
+    read_appending(reader, &mut payload, len)?;
+    Ok(Some(payload))
+}
+
+/// [`read_frame_limited`] for an async stream.
+pub async fn read_frame_limited_async<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
     let Some(len) = read_len_async(reader).await? else {
         return Ok(None);
     };
+    if len > limit {
+        return Err(FrameError::TooLarge(len as u64));
+    }
     let mut payload = Vec::new();
     read_appending_async(reader, &mut payload, len).await?;
     Ok(Some(payload))
+}
+
+/// Writes one message as a frame to an async stream and flushes it.
+pub async fn write_frame_async<W: tokio::io::AsyncWrite + Unpin, T: Serialize>(
+    writer: &mut W,
+    msg: &T,
+) -> Result<(), FrameError> {
+    use tokio::io::AsyncWriteExt;
+    writer.write_all(&encode(msg)?).await?;
+    writer.flush().await?;
+    Ok(())
 }
 
 /// Writes one message as a frame to a blocking stream.
@@ -304,8 +352,25 @@ mod tests {
                 flags: 1,
             },
             Op::StatFs,
+            Op::List {
+                path: path.clone(),
+                cursor: u64::MAX,
+            },
+            Op::OpenRead {
+                path: path.clone(),
+                flags: libc::O_RDONLY,
+                len: 128 << 10,
+            },
         ] {
-            round_trip(Request { id: 9, op });
+            round_trip(Request {
+                id: 9,
+                cred: Cred {
+                    uid: 1000,
+                    gid: 100,
+                    groups: vec![4, 24, 27, 70_000],
+                },
+                op,
+            });
         }
         round_trip(Response {
             id: 1,
@@ -313,6 +378,7 @@ mod tests {
         });
         round_trip(Request {
             id: 3,
+            cred: Cred::default(),
             op: Op::Subscribe { lease_secs: 60 },
         });
         round_trip(ServerMessage::Response(Response {
@@ -344,6 +410,89 @@ mod tests {
                 more: false,
             }),
         });
+        round_trip(Response {
+            id: 3,
+            result: Ok(Reply::Listing {
+                entries: vec![DirEntry {
+                    name: b"b".to_vec(),
+                    attr: attr(),
+                }],
+                cursor: 7,
+            }),
+        });
+        round_trip(Response {
+            id: 4,
+            result: Ok(Reply::OpenedWithData {
+                handle: 1,
+                attr: attr(),
+                data: vec![9; 1000],
+            }),
+        });
+    }
+
+    /// Attributes with every field as long as its encoding gets.
+    fn widest_attr() -> Attr {
+        let t = Timestamp {
+            secs: i64::MIN,
+            nanos: u32::MAX,
+        };
+        Attr {
+            kind: FileKind::BlockDevice,
+            perm: u16::MAX,
+            nlink: u32::MAX,
+            uid: u32::MAX,
+            gid: u32::MAX,
+            size: u64::MAX,
+            blocks: u64::MAX,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            rdev: u64::MAX,
+            blksize: u32::MAX,
+            ino: u64::MAX,
+            dev: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn the_fullest_listing_and_open_data_fit_in_a_frame() {
+        let widest = |name_len: usize| DirEntry {
+            name: vec![b'n'; name_len],
+            attr: widest_attr(),
+        };
+        // The per-entry allowance covers the widest entry of any name length.
+        for name_len in [1, 127, 128, 255, 16_383, 16_384] {
+            let alone = encode(&widest(name_len)).unwrap().len() - HEADER;
+            assert!(
+                alone <= name_len + LISTED_ENTRY_OVERHEAD,
+                "{alone} bytes for a {name_len}-byte name"
+            );
+        }
+        // A reply filled to the listing budget by the server's rule, in the
+        // worst case, is still a frame.
+        for name_len in [1, 255] {
+            let count = LISTING_BYTES / (name_len + LISTED_ENTRY_OVERHEAD);
+            let reply = Response {
+                id: u64::MAX,
+                result: Ok(Reply::Listing {
+                    entries: vec![widest(name_len); count],
+                    cursor: u64::MAX,
+                }),
+            };
+            assert!(
+                encode(&reply).is_ok(),
+                "{count} entries of {name_len} bytes"
+            );
+        }
+        let data = Response {
+            id: u64::MAX,
+            result: Ok(Reply::OpenedWithData {
+                handle: u64::MAX,
+                attr: widest_attr(),
+                data: vec![0; MAX_OPEN_DATA as usize],
+            }),
+        };
+        assert!(encode(&data).is_ok());
     }
 
     #[test]
@@ -360,6 +509,45 @@ mod tests {
     }
 
     #[test]
+    fn a_limited_read_refuses_a_longer_frame_before_reading_it() {
+        let frame = encode(&Hello::new()).unwrap();
+        let payload = read_frame_limited(&mut Cursor::new(&frame), MAX_HELLO)
+            .unwrap()
+            .unwrap();
+        assert_eq!(decode::<Hello>(&payload).unwrap(), Hello::new());
+        // A 3 MiB "hello" is refused by its header alone.
+        let mut big = ((3u32 << 20).to_le_bytes()).to_vec();
+        big.extend_from_slice(&[0; 64]);
+        assert!(matches!(
+            read_frame_limited(&mut Cursor::new(&big), MAX_HELLO),
+            Err(FrameError::TooLarge(n)) if n == 3 << 20
+        ));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(matches!(
+            rt.block_on(read_frame_limited_async(&mut big.as_slice(), MAX_HELLO)),
+            Err(FrameError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn a_hello_with_a_token_proof_is_small() {
+        let hello = Hello {
+            auth: Auth::TokenProof([0xff; 32]),
+            ..Hello::new()
+        };
+        let frame = encode(&hello).unwrap();
+        assert!(frame.len() < MAX_HELLO / 8, "{} bytes", frame.len());
+        round_trip(hello);
+        round_trip(Request {
+            id: 3,
+            cred: Cred::default(),
+            op: Op::Ping,
+        });
+    }
+
+    #[test]
     fn clean_eof_between_frames_is_not_an_error() {
         assert!(read_frame(&mut Cursor::new(Vec::<u8>::new()))
             .unwrap()
@@ -370,6 +558,7 @@ mod tests {
     fn eof_inside_a_frame_is_truncation() {
         let frame = encode(&Request {
             id: 1,
+            cred: Cred::default(),
             op: Op::StatFs,
         })
         .unwrap();
@@ -438,6 +627,7 @@ mod tests {
     fn trailing_bytes_are_corrupt() {
         let mut frame = encode(&Request {
             id: 1,
+            cred: Cred::default(),
             op: Op::StatFs,
         })
         .unwrap();
@@ -451,6 +641,7 @@ mod tests {
     #[test]
     fn unknown_operation_is_corrupt() {
         let mut payload = vec![1u8]; // id
+        payload.extend_from_slice(&[0, 0, 0]); // uid, gid, no groups
         payload.push(200); // no such Op variant
         assert!(matches!(
             decode::<Request>(&payload),
@@ -464,6 +655,7 @@ mod tests {
         encode_into(
             &Request {
                 id: 1,
+                cred: Cred::default(),
                 op: Op::StatFs,
             },
             &mut buf,
@@ -472,6 +664,7 @@ mod tests {
         encode_into(
             &Request {
                 id: 2,
+                cred: Cred::default(),
                 op: Op::StatFs,
             },
             &mut buf,

@@ -1,22 +1,50 @@
-//! `RemoteClient`: one TCP connection to a ferry server, shared by every caller.
+//! `RemoteClient`: one connection to a ferry server, shared by every caller.
 //!
-//! Requests are numbered and written as soon as they are submitted; a single reader
-//! thread matches each response to its request by id and completes it, in whatever
+//! Requests are numbered and written as soon as they are submitted; a reader
+//! matches each response to its request by id and completes it, in whatever
 //! order the server answers. So many requests are in flight at once and nobody
 //! waits for anybody else's slow request.
 //!
 //! A request completes either through a callback ([`RemoteClient::submit`], used by
 //! the FUSE adapter so that a kernel request is answered straight from the reader
-//! thread without tying up a FUSE worker) or by blocking ([`RemoteClient::call`]).
-//! No request waits forever: a sweeper fails any request past its deadline with
-//! ETIMEDOUT, and a broken connection fails every pending request with EIO.
+//! without tying up a FUSE worker) or by blocking ([`RemoteClient::call`]).
+//! Every request is made on behalf of someone: its [`Cred`], which the server
+//! checks its permissions by.
 //!
-//! Connections break (a server restarts, a laptop sleeps). The next request after
-//! a break reconnects, at most once per [`RECONNECT_INTERVAL`]. Each connection
-//! is an *epoch*: server handles belong to the epoch that opened them, so a
-//! request carrying a handle is sent with [`RemoteClient::submit_in`] and fails
-//! (rather than reaching whatever file that number names on a new connection)
-//! when the epoch has changed; its owner re-opens the file by path.
+//! ```text
+//!  callers ── write frame (on the caller's thread, under the write half's lock) ──► socket
+//!  socket ──► reader task: decode, complete the request's callback
+//!  watchdog task: deadlines (ETIMEDOUT), pings, a silent server's connection reset
+//!  reconnect task: one attempt at a time, when a caller needs a connection
+//! ```
+//!
+//! The connection runs on a small tokio runtime of the client's own, as TLS
+//! (rustls) keeps one state for both directions: a writer waiting for room in
+//! the socket must not hold what the reader needs to decrypt. A caller writes
+//! its frame itself, with `block_on` on the write half (no thread hand-off
+//! when the socket has room), so a request is on its way when `submit`
+//! returns, and requests leave in the order they were submitted.
+//!
+//! **Every call is bounded.** A request fails with ETIMEDOUT at its deadline
+//! (`timeout`; fsync and the like ten times that), whether it is waiting for
+//! the socket, for room to write or for its answer. A server that stops
+//! answering (frozen, or the network silently gone) is noticed by the
+//! watchdog: when nothing has been heard for a while although something was
+//! asked (a ping, if nothing else), the connection is reset and every request
+//! on it fails with EIO.
+//!
+//! **Reconnecting happens off the request path.** When there is no connection
+//! a caller wakes the reconnect task and waits for its attempt for at most
+//! [`RECONNECT_GRACE`] (and never past its own deadline); attempts are one at
+//! a time, at most one per [`RECONNECT_INTERVAL`] after a failure, and each is
+//! bounded, so a server whose kernel accepts connections but which never
+//! answers (a frozen process) holds up nobody.
+//!
+//! Each connection is an *epoch*: server handles belong to the epoch that
+//! opened them, so a request carrying a handle is sent with
+//! [`RemoteClient::submit_in`] and fails (rather than reaching whatever file
+//! that number names on a new connection) when the epoch has changed; its
+//! owner re-opens the file by path.
 //!
 //! A server may also send notices, unasked (see `ferry_common::proto::Notice`).
 //! The reader hands each to the one handler registered with
@@ -24,20 +52,32 @@
 //! the handler also hears when a connection is established and when it breaks
 //! ([`ConnEvent`]): what a notice promises holds for its connection only.
 
+mod connect;
+mod known_servers;
+pub mod listing;
+pub mod tls;
+
+pub use connect::ConnectError;
+pub use known_servers::{Known, KnownServers};
+pub use tls::{ClientFlags, ConnectOptions, Security, TlsOptions, Trust};
+
+use crate::stats::Stats;
+use connect::{Connector, Transport};
 use ferry_common::frame::{self, ResponseFrame};
-use ferry_common::proto::{
-    DirEntry, HandshakeReply, Hello, Notice, Op, Reply, Request, ServerMessage, Welcome,
-};
+use ferry_common::proto::{Cred, DirEntry, Notice, Op, Reply, Request, ServerMessage, Welcome};
 use ferry_common::sync::lock;
 use ferry_common::Errno;
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::io::{self, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread;
+use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::{watch, Notify};
+use tokio::task::AbortHandle;
+use tokio::time::timeout_at;
 
 /// How long an ordinary request may take before it fails with ETIMEDOUT.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -45,9 +85,20 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// may legitimately take long on a busy disk: they get this many times the
 /// ordinary timeout.
 const FSYNC_TIMEOUT_FACTOR: u32 = 10;
+/// The first connection (at mount time) must be made within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a broken connection is tried again; requests in between fail at once.
+/// After a failed attempt, the next comes no sooner than this; requests in
+/// between fail at once with EIO.
 pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a request waits for a reconnection attempt under way: long
+/// enough for a handshake with a live server, short enough that calls the
+/// kernel runs one after another (in one directory) stay within `timeout`.
+pub const RECONNECT_GRACE: Duration = Duration::from_millis(500);
+/// How long a reconnection attempt waits for TCP to connect: a lost SYN is
+/// sent again by a new attempt rather than by the kernel's slower backoff.
+const RECONNECT_TCP: Duration = Duration::from_secs(1);
+/// How often deadlines and the server's silence are checked.
+const TICK: Duration = Duration::from_millis(100);
 
 /// What a caller gets back: the reply or the errno to hand on.
 pub type OpResult = Result<Reply, Errno>;
@@ -67,68 +118,120 @@ pub enum ConnEvent {
 
 type EventHandler = Arc<dyn Fn(ConnEvent) + Send + Sync>;
 
-/// Why a connection could not be opened, worded for a person.
-#[derive(Debug)]
-pub enum ConnectError {
-    Unreachable { addr: String, source: io::Error },
-    Refused { addr: String, message: String },
-    Protocol { addr: String, detail: String },
+/// How often a quiet server is pinged, and after how much silence it is
+/// given up, for a client whose requests time out after `timeout`. A server
+/// that has said nothing for half the timeout (1 to 30 s) although something
+/// was asked of it — if nothing else, a ping, sent after a quarter of that
+/// without a word — is gone: a live one answers a ping at once, even while it
+/// works on a slow request. Giving up before the timeout keeps calls the
+/// kernel makes one after another (in one directory) within it, too.
+fn liveness(timeout: Duration) -> (Duration, Duration) {
+    let dead_after = (timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    (dead_after / 4, dead_after)
 }
 
-impl fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConnectError::Unreachable { addr, source } => {
-                let why = match source.kind() {
-                    io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
-                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timed out".to_string(),
-                    _ => source.to_string(),
-                };
-                write!(
-                    f,
-                    "cannot reach {addr}: {why} — is `ferry serve` running there?"
-                )
-            }
-            ConnectError::Refused { addr, message } => {
-                write!(f, "{addr} refused the connection: {message}")
-            }
-            ConnectError::Protocol { addr, detail } => write!(
-                f,
-                "{addr} did not answer as a ferry server ({detail}) — check the address and port"
-            ),
+struct Waiter {
+    sent_at: Instant,
+    deadline: Instant,
+    epoch: u64,
+    op: &'static str,
+    done: Callback,
+}
+
+/// The state of the connection, as callers and tasks see it.
+#[derive(Clone)]
+enum Link {
+    Up(Arc<Conn>),
+    Down {
+        /// The reconnect task is trying now.
+        attempting: bool,
+        /// When the last attempt failed.
+        failed_at: Option<Instant>,
+    },
+    /// [`RemoteClient::shutdown`]: no more connections.
+    Closed,
+}
+
+/// One live connection.
+struct Conn {
+    epoch: u64,
+    /// Callers take turns writing whole frames; the lock is async, so waiting
+    /// for it is bounded by the waiter's deadline, and only a frame's writer
+    /// holds it.
+    writer: tokio::sync::Mutex<WriteHalf<Transport>>,
+    /// Turns true when the connection is given up: writers stop waiting.
+    closed: watch::Sender<bool>,
+    silence: Mutex<Silence>,
+    reader: Mutex<Option<AbortHandle>>,
+}
+
+/// What the watchdog needs to tell a silent server from a quiet one.
+struct Silence {
+    /// When the server was last heard from (or the connection made).
+    heard: Instant,
+    /// Requests sent and not answered yet (timed-out ones included: the
+    /// server answers every request), pings too.
+    outstanding: u64,
+    /// When the last ping was sent.
+    pinged: Option<Instant>,
+}
+
+impl Conn {
+    fn sent(&self) {
+        lock(&self.silence).outstanding += 1;
+    }
+
+    /// A request that was registered but never written.
+    fn unsent(&self) {
+        let mut s = lock(&self.silence);
+        s.outstanding = s.outstanding.saturating_sub(1);
+    }
+
+    fn heard(&self) {
+        let mut s = lock(&self.silence);
+        s.heard = Instant::now();
+        s.outstanding = s.outstanding.saturating_sub(1);
+    }
+
+    /// The server sent something unasked (a notice): alive, and nothing it
+    /// was asked is answered by it.
+    fn heard_unasked(&self) {
+        lock(&self.silence).heard = Instant::now();
+    }
+
+    fn close(&self) {
+        self.closed.send_replace(true);
+        if let Some(reader) = lock(&self.reader).take() {
+            reader.abort();
         }
     }
 }
 
-impl std::error::Error for ConnectError {}
+static RUNTIMES: AtomicU64 = AtomicU64::new(1);
 
-/// One live connection: the writing half (the reader thread owns a clone).
-struct Conn {
-    stream: TcpStream,
-    epoch: u64,
-}
-
-struct Waiter {
-    deadline: Instant,
-    epoch: u64,
-    done: Callback,
+thread_local! {
+    /// Which client runtime this thread belongs to (0: none).
+    static RUNTIME_OF: Cell<u64> = const { Cell::new(0) };
 }
 
 struct Inner {
     addr: String,
-    /// `None` while broken.
-    conn: Mutex<Option<Conn>>,
-    pending: Mutex<HashMap<u64, Waiter>>,
-    next_id: AtomicU64,
-    /// The newest connection's number; 0 before the first.
-    epoch: AtomicU64,
-    /// When reconnecting was last tried.
-    last_attempt: Mutex<Instant>,
     /// How long a request may wait for its answer.
     timeout: Duration,
     welcome: Welcome,
-    /// Requests sent, by operation: what `FERRY_STATS` prints.
-    sent: Mutex<BTreeMap<&'static str, u64>>,
+    /// This client's runtime, and its number (see [`RUNTIME_OF`]).
+    handle: Handle,
+    runtime_id: u64,
+    runtime: Mutex<Option<Runtime>>,
+    link: watch::Sender<Link>,
+    /// Wakes the reconnect task.
+    want_connection: Arc<Notify>,
+    pending: Mutex<HashMap<u64, Waiter>>,
+    next_id: AtomicU64,
+    /// The newest connection's number; 0 before the first.
+    epochs: AtomicU64,
+    /// What `ferry status` and `FERRY_STATS` show.
+    stats: Arc<Stats>,
     /// Hears of notices and of connections made and lost.
     events: Mutex<Option<EventHandler>>,
 }
@@ -139,102 +242,75 @@ pub struct RemoteClient {
     inner: Arc<Inner>,
 }
 
-/// Opens a TCP connection and performs the handshake.
-fn handshake(addr: &str, timeout: Duration) -> Result<(TcpStream, Welcome), ConnectError> {
-    let unreachable = |source| ConnectError::Unreachable {
-        addr: addr.to_string(),
-        source,
-    };
-    let protocol = |detail: String| ConnectError::Protocol {
-        addr: addr.to_string(),
-        detail,
-    };
-    let mut last_err = io::Error::new(io::ErrorKind::NotFound, "the address resolves to nothing");
-    let mut stream = None;
-    for sa in addr.to_socket_addrs().map_err(unreachable)? {
-        match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last_err = e,
-        }
-    }
-    let mut stream = stream.ok_or_else(|| unreachable(last_err))?;
-    stream.set_nodelay(true).map_err(unreachable)?;
-
-    // The handshake runs under a read timeout so a silent peer cannot hang us.
-    stream
-        .set_read_timeout(Some(CONNECT_TIMEOUT))
-        .map_err(unreachable)?;
-    frame::write_frame(&mut stream, &Hello::new()).map_err(|e| protocol(e.to_string()))?;
-    let payload = match frame::read_frame(&mut stream) {
-        Ok(Some(p)) => p,
-        Ok(None) => return Err(protocol("it closed the connection".into())),
-        Err(e) => return Err(protocol(e.to_string())),
-    };
-    let welcome = match frame::decode::<HandshakeReply>(&payload) {
-        Ok(HandshakeReply::Welcome(w)) => w,
-        Ok(HandshakeReply::Refused { message }) => {
-            return Err(ConnectError::Refused {
-                addr: addr.to_string(),
-                message,
-            })
-        }
-        Err(e) => return Err(protocol(e.to_string())),
-    };
-    stream.set_read_timeout(None).map_err(unreachable)?;
-    // A server that stops reading must not block writers forever: a write that
-    // cannot progress for this long breaks the connection instead.
-    stream
-        .set_write_timeout(Some(timeout))
-        .map_err(unreachable)?;
-    Ok((stream, welcome))
+/// Why a frame could not be written.
+enum WriteFailure {
+    /// Its deadline passed before it could start: the connection is fine.
+    NotStarted,
+    /// The connection broke (or the frame could not be finished in time,
+    /// which leaves the stream unusable).
+    Broken(io::Error),
 }
 
 impl RemoteClient {
-    /// Connects to `addr` (HOST:PORT) and performs the handshake.
-    pub fn connect(addr: &str) -> Result<RemoteClient, ConnectError> {
-        RemoteClient::connect_with_timeout(addr, DEFAULT_TIMEOUT)
-    }
-
-    /// [`connect`](Self::connect), with requests failing with ETIMEDOUT after
-    /// `timeout` (fsync after ten times that).
-    pub fn connect_with_timeout(
-        addr: &str,
-        timeout: Duration,
-    ) -> Result<RemoteClient, ConnectError> {
-        let timeout = timeout.max(Duration::from_millis(100));
-        let (stream, welcome) = handshake(addr, timeout)?;
+    /// Connects to `addr` (`HOST[:PORT][/EXPORT][:/DIR]`, see
+    /// [`ferry_common::address`]) as `options` say and performs the handshake; requests then fail with ETIMEDOUT after `options.timeout`
+    /// (fsync after ten times that).
+    pub fn connect(addr: &str, options: &ConnectOptions) -> Result<RemoteClient, ConnectError> {
+        let timeout = options.timeout.max(Duration::from_millis(100));
+        let local = |e: io::Error| ConnectError::Local(format!("cannot start the client: {e}"));
+        let runtime_id = RUNTIMES.fetch_add(1, Ordering::Relaxed);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(2)
+            .thread_name("ferry-client")
+            .on_thread_start(move || RUNTIME_OF.with(|r| r.set(runtime_id)))
+            .enable_all()
+            .build()
+            .map_err(local)?;
+        let connector = Arc::new(Connector::new(addr, &options.security)?);
+        let first = runtime.block_on(async {
+            // Each step is bounded inside `open`; this bound only catches a bug there.
+            let bound = CONNECT_TIMEOUT * 2 + Duration::from_secs(1);
+            match tokio::time::timeout(bound, connector.open(CONNECT_TIMEOUT, CONNECT_TIMEOUT))
+                .await
+            {
+                Ok(opened) => opened,
+                Err(_) => Err(ConnectError::Unreachable {
+                    addr: connector.socket_addr().to_string(),
+                    source: io::Error::new(io::ErrorKind::TimedOut, "timed out"),
+                }),
+            }
+        });
+        let (transport, welcome) = first?;
+        let (link, _) = watch::channel(Link::Down {
+            attempting: false,
+            failed_at: None,
+        });
         let inner = Arc::new(Inner {
             addr: addr.to_string(),
-            conn: Mutex::new(None),
-            pending: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            epoch: AtomicU64::new(0),
-            last_attempt: Mutex::new(Instant::now()),
             timeout,
             welcome,
-            sent: Mutex::new(BTreeMap::new()),
+            handle: runtime.handle().clone(),
+            runtime_id,
+            runtime: Mutex::new(None),
+            link,
+            want_connection: Arc::new(Notify::new()),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            epochs: AtomicU64::new(0),
+            stats: Arc::new(Stats::default()),
             events: Mutex::new(None),
         });
-        {
-            let mut conn = lock(&inner.conn);
-            inner
-                .start(&mut conn, stream)
-                .map_err(|source| ConnectError::Unreachable {
-                    addr: addr.to_string(),
-                    source,
-                })?;
-        }
+        inner.install(transport);
         let weak = Arc::downgrade(&inner);
-        thread::Builder::new()
-            .name("ferry-sweeper".into())
-            .spawn(move || sweep_loop(weak))
-            .map_err(|source| ConnectError::Unreachable {
-                addr: addr.to_string(),
-                source,
-            })?;
+        runtime.spawn(watchdog(weak.clone()));
+        runtime.spawn(reconnect_loop(
+            weak,
+            Arc::clone(&inner.want_connection),
+            connector,
+            timeout,
+        ));
+        *lock(&inner.runtime) = Some(runtime);
         Ok(RemoteClient { inner })
     }
 
@@ -249,9 +325,10 @@ impl RemoteClient {
 
     /// Registers the one handler of [`ConnEvent`]s (a second call replaces the
     /// first). It is told at once of the connection that is up, if one is. It
-    /// runs on the reader thread for notices and breaks, and on a caller's
-    /// thread for a reconnect, never with a lock of this client held, and must
-    /// not block for long: answers wait behind it.
+    /// runs on the client's reader task for notices, on whichever thread
+    /// notices a break or makes a connection (a task of the client's runtime,
+    /// or a caller's), never with a lock of this client held, and must not
+    /// block for long: answers wait behind it.
     pub fn on_event(&self, handler: impl Fn(ConnEvent) + Send + Sync + 'static) {
         let handler: EventHandler = Arc::new(handler);
         *lock(&self.inner.events) = Some(Arc::clone(&handler));
@@ -260,55 +337,65 @@ impl RemoteClient {
         }
     }
 
-    /// The number of the live connection, reconnecting first if it is broken.
-    /// EIO when the server cannot be reached.
+    /// The number of the live connection, waiting (briefly, see the module
+    /// docs) for a reconnection if there is none. EIO when the server cannot
+    /// be reached.
     pub fn connected_epoch(&self) -> Result<u64, Errno> {
-        let mut conn = lock(&self.inner.conn);
-        let (epoch, new) = self
-            .inner
-            .ensure(&mut conn)
-            .map(|(c, new)| (c.epoch, new))?;
-        drop(conn);
-        if new {
-            self.inner.tell(ConnEvent::Established(epoch));
-        }
-        Ok(epoch)
+        let deadline = Instant::now() + self.inner.timeout;
+        self.inner.conn_for(None, deadline).map(|c| c.epoch)
     }
 
-    /// The number of the live connection, if there is one (never reconnects).
+    /// The number of the live connection, if there is one (never waits).
     pub fn current_epoch(&self) -> Option<u64> {
-        lock(&self.inner.conn).as_ref().map(|c| c.epoch)
+        match &*self.inner.link.borrow() {
+            Link::Up(conn) => Some(conn.epoch),
+            _ => None,
+        }
     }
 
-    /// Sends `op`; `done` runs exactly once, on the reader thread (or the caller's,
-    /// when the request cannot be sent), with the server's answer.
-    pub fn submit(&self, op: Op, done: impl FnOnce(OpResult) + Send + 'static) {
-        self.send(None, op, Box::new(done));
+    /// Sends `op` on behalf of `cred`; `done` runs exactly once, with the
+    /// server's answer: on the client's reader (or the caller's thread, when
+    /// the request cannot be sent). It may submit further requests.
+    pub fn submit(&self, cred: &Cred, op: Op, done: impl FnOnce(OpResult) + Send + 'static) {
+        self.send(None, cred, op, Box::new(done));
     }
 
     /// Like [`submit`](Self::submit) for an operation on a server handle opened in
     /// connection `epoch`: fails with EIO if that connection is gone.
-    pub fn submit_in(&self, epoch: u64, op: Op, done: impl FnOnce(OpResult) + Send + 'static) {
-        self.send(Some(epoch), op, Box::new(done));
+    pub fn submit_in(
+        &self,
+        epoch: u64,
+        cred: &Cred,
+        op: Op,
+        done: impl FnOnce(OpResult) + Send + 'static,
+    ) {
+        self.send(Some(epoch), cred, op, Box::new(done));
     }
 
-    fn send(&self, epoch: Option<u64>, op: Op, done: Callback) {
+    fn send(&self, epoch: Option<u64>, cred: &Cred, op: Op, done: Callback) {
         let timeout = match op {
             Op::Fsync { .. } | Op::Fallocate { .. } | Op::CopyFileRange { .. } => {
                 self.inner.timeout * FSYNC_TIMEOUT_FACTOR
             }
             _ => self.inner.timeout,
         };
+        let name = op.name();
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.inner.sent).entry(op.name()).or_default() += 1;
-        let bytes = match frame::encode(&Request { id, op }) {
+        let request = Request {
+            id,
+            cred: cred.clone(),
+            op,
+        };
+        let bytes = match frame::encode(&request) {
             Ok(b) => b,
             Err(e) => {
                 log::error!("cannot encode a request: {e}");
                 return done(Err(Errno::EINVAL));
             }
         };
-        self.transmit(epoch, id, timeout, &[&bytes], done);
+        self.inner.stats.sent(&request.op, bytes.len());
+        self.inner
+            .transmit(epoch, id, name, timeout, &[&bytes], done);
     }
 
     /// [`submit_in`](Self::submit_in) of `Op::Write` with the data sent from the
@@ -316,153 +403,175 @@ impl RemoteClient {
     pub fn submit_write_in(
         &self,
         epoch: u64,
+        cred: &Cred,
         handle: u64,
         offset: u64,
         data: &[u8],
         done: impl FnOnce(OpResult) + Send + 'static,
     ) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.inner.sent).entry("write").or_default() += 1;
-        let head = match frame::encode_write_head(id, handle, offset, data.len()) {
+        let head = match frame::encode_write_head(id, cred, handle, offset, data.len()) {
             Ok(h) => h,
             Err(e) => {
                 log::error!("cannot encode a write: {e}");
                 return done(Err(Errno::EINVAL));
             }
         };
-        self.transmit(
+        let write = Op::Write {
+            handle,
+            offset,
+            data: Vec::new(),
+        };
+        self.inner.stats.sent(&write, head.len() + data.len());
+        self.inner.transmit(
             Some(epoch),
             id,
+            "write",
             self.inner.timeout,
             &[&head, data],
             Box::new(done),
         );
     }
 
-    /// Writes the frame made of `parts` as request `id`, with its answer due
-    /// within `timeout`.
-    fn transmit(
-        &self,
-        epoch: Option<u64>,
-        id: u64,
-        timeout: Duration,
-        parts: &[&[u8]],
-        done: Callback,
-    ) {
-        let mut conn = lock(&self.inner.conn);
-        let (live, new) = match self.inner.ensure(&mut conn) {
-            Ok((c, new)) if epoch.is_none_or(|e| e == c.epoch) => (c, new),
-            Ok((c, true)) => {
-                let epoch = c.epoch;
-                drop(conn);
-                self.inner.tell(ConnEvent::Established(epoch));
-                return done(Err(Errno::EIO));
-            }
-            Ok(_) | Err(_) => {
-                drop(conn);
-                return done(Err(Errno::EIO));
-            }
-        };
-        let live_epoch = live.epoch;
-        // Registered before writing, so a fast answer always finds its callback.
-        let waiter = Waiter {
-            deadline: Instant::now() + timeout,
-            epoch: live_epoch,
-            done,
-        };
-        lock(&self.inner.pending).insert(id, waiter);
-        if let Err(e) = write_all_parts(&mut live.stream, parts) {
-            // A partly written frame leaves the stream unusable: close it.
-            log::warn!("lost the connection to {}: {e}", self.inner.addr);
-            let failed = self.inner.break_conn(&mut conn, live_epoch);
-            drop(conn);
-            if new {
-                self.inner.tell(ConnEvent::Established(live_epoch));
-            }
-            self.inner.tell(ConnEvent::Lost(live_epoch));
-            fail(failed);
-            return;
-        }
-        drop(conn);
-        if new {
-            self.inner.tell(ConnEvent::Established(live_epoch));
-        }
-    }
-
-    /// Sends `op` and waits for its answer (at most the request's deadline).
-    pub fn call(&self, op: Op) -> OpResult {
+    /// Sends `op` on behalf of `cred` and waits for its answer (at most the
+    /// request's deadline).
+    pub fn call(&self, cred: &Cred, op: Op) -> OpResult {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.submit(op, move |r| {
+        self.submit(cred, op, move |r| {
             let _ = tx.send(r);
         });
         self.wait(rx)
     }
 
     /// [`call`](Self::call) for an operation on a handle of connection `epoch`.
-    pub fn call_in(&self, epoch: u64, op: Op) -> OpResult {
+    pub fn call_in(&self, epoch: u64, cred: &Cred, op: Op) -> OpResult {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.submit_in(epoch, op, move |r| {
+        self.submit_in(epoch, cred, op, move |r| {
             let _ = tx.send(r);
         });
         self.wait(rx)
     }
 
     fn wait(&self, rx: mpsc::Receiver<OpResult>) -> OpResult {
-        // The sweeper guarantees an answer by the deadline; the extra margin only
-        // guards against a bug there turning into a hang.
+        // The watchdog guarantees an answer by the deadline; the extra margin
+        // only guards against a bug there turning into a hang.
         let limit = self.inner.timeout * FSYNC_TIMEOUT_FACTOR + Duration::from_secs(5);
         rx.recv_timeout(limit).unwrap_or(Err(Errno::ETIMEDOUT))
     }
 
-    /// All entries of a remote directory, fetched page by page.
-    pub fn list_dir(&self, path: &ferry_common::RelPath) -> Result<Vec<DirEntry>, Errno> {
-        let mut all = Vec::new();
+    /// All entries of a remote directory, on behalf of `cred`: in one reply
+    /// when they fit, else through the listing the server keeps open for it,
+    /// reply after reply (the caller waits for each) — within the bounds of
+    /// [`listing`]: at most [`listing::MAX_ENTRIES`] (EFBIG beyond), each name
+    /// once and valid, and done within the time the slowest calls get
+    /// (ETIMEDOUT after it), however the server answers.
+    pub fn list_dir(
+        &self,
+        cred: &Cred,
+        path: &ferry_common::RelPath,
+    ) -> Result<Vec<DirEntry>, Errno> {
+        let deadline = Instant::now() + self.inner.timeout * FSYNC_TIMEOUT_FACTOR;
+        let mut listing = listing::Listing::new();
+        let mut cursor = 0;
         loop {
-            let op = Op::ReadDir {
+            if Instant::now() > deadline {
+                return Err(Errno::ETIMEDOUT);
+            }
+            let op = Op::List {
                 path: path.clone(),
-                start: all.len() as u64,
+                cursor,
             };
-            match self.call(op)? {
-                Reply::Entries { entries, more } => {
-                    let got = entries.len();
-                    all.extend(entries);
-                    if !more || got == 0 {
-                        return Ok(all);
+            self.inner.stats.waited_for(&op);
+            match self.call(cred, op)? {
+                Reply::Listing {
+                    entries,
+                    cursor: next,
+                } => {
+                    listing.add_page(entries)?;
+                    if next == 0 {
+                        return Ok(listing.finish(path));
                     }
+                    cursor = next;
                 }
                 _ => return Err(Errno::EPROTO),
             }
         }
     }
 
-    /// How many requests of each operation were sent so far.
-    pub fn sent(&self) -> Vec<(&'static str, u64)> {
-        lock(&self.inner.sent)
-            .iter()
-            .map(|(name, n)| (*name, *n))
-            .collect()
+    /// What this client has counted: requests, round trips, bytes, reconnects.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.inner.stats
     }
 
-    /// Closes the connection; pending requests fail with EIO.
+    /// Closes the connection for good; pending and later requests fail with EIO.
     pub fn shutdown(&self) {
-        let epoch = self.inner.epoch.load(Ordering::Relaxed);
-        let failed = self.inner.break_conn(&mut lock(&self.inner.conn), epoch);
-        self.inner.tell(ConnEvent::Lost(epoch));
+        let old = self.inner.link.send_replace(Link::Closed);
+        if let Link::Up(conn) = old {
+            conn.close();
+            self.inner.tell(ConnEvent::Lost(conn.epoch));
+        }
+        let failed: Vec<Waiter> = lock(&self.inner.pending).drain().map(|(_, w)| w).collect();
         fail(failed);
     }
 }
 
+/// Where the calling thread is, which decides how it may wait.
+enum Caller {
+    /// An ordinary thread: it may block.
+    Outside,
+    /// A thread of this client's runtime (a callback that submits): it may
+    /// block only by handing its other tasks to another thread first.
+    OwnRuntime,
+    /// A thread of some other runtime: it must not block at all.
+    OtherRuntime,
+}
+
 impl Inner {
-    /// Installs `stream` as the live connection of a new epoch and starts its reader.
-    fn start(self: &Arc<Self>, conn: &mut Option<Conn>, stream: TcpStream) -> io::Result<()> {
-        let reader = stream.try_clone()?;
-        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
-        let weak = Arc::downgrade(self);
-        thread::Builder::new()
-            .name(format!("ferry-reader-{epoch}"))
-            .spawn(move || read_loop(reader, epoch, weak))?;
-        *conn = Some(Conn { stream, epoch });
-        Ok(())
+    fn caller(&self) -> Caller {
+        if RUNTIME_OF.with(Cell::get) == self.runtime_id {
+            Caller::OwnRuntime
+        } else if Handle::try_current().is_ok() {
+            Caller::OtherRuntime
+        } else {
+            Caller::Outside
+        }
+    }
+
+    /// Runs `fut` to completion on this thread, on the client's runtime.
+    fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        match self.caller() {
+            Caller::OwnRuntime => tokio::task::block_in_place(|| self.handle.block_on(fut)),
+            _ => self.handle.block_on(fut),
+        }
+    }
+
+    /// Makes `transport` the live connection of a new epoch and starts its reader.
+    fn install(self: &Arc<Self>, transport: Transport) -> Arc<Conn> {
+        let epoch = self.epochs.fetch_add(1, Ordering::Relaxed) + 1;
+        let (read_half, write_half) = tokio::io::split(transport);
+        let conn = Arc::new(Conn {
+            epoch,
+            writer: tokio::sync::Mutex::new(write_half),
+            closed: watch::channel(false).0,
+            silence: Mutex::new(Silence {
+                heard: Instant::now(),
+                outstanding: 0,
+                pinged: None,
+            }),
+            reader: Mutex::new(None),
+        });
+        // The transport buffers its socket reads already (see `connect`): the
+        // reader reads from it straight into each answer's own buffer.
+        let reader = self.handle.spawn(read_loop(
+            read_half,
+            Arc::clone(&conn),
+            Arc::downgrade(self),
+        ));
+        *lock(&conn.reader) = Some(reader.abort_handle());
+        self.link.send_replace(Link::Up(Arc::clone(&conn)));
+        self.stats.connected(epoch == 1);
+        self.tell(ConnEvent::Established(epoch));
+        conn
     }
 
     /// Tells the event handler, if there is one, of `event`.
@@ -473,89 +582,254 @@ impl Inner {
         }
     }
 
-    /// The live connection, reconnecting if it is broken and the last attempt is
-    /// old enough; and whether it was made just now (the caller tells the event
-    /// handler once it has let go of the connection's lock).
-    fn ensure<'a>(
-        self: &Arc<Self>,
-        conn: &'a mut Option<Conn>,
-    ) -> Result<(&'a mut Conn, bool), Errno> {
-        let mut new = false;
-        if conn.is_none() {
-            let mut last = lock(&self.last_attempt);
-            if last.elapsed() < RECONNECT_INTERVAL {
+    /// The connection a request may go on: the live one (which must be
+    /// `epoch`, if given), or, when there is none and the request is not tied
+    /// to an old one, the one a reconnection brings within
+    /// [`RECONNECT_GRACE`] and `deadline`. EIO otherwise.
+    fn conn_for(&self, epoch: Option<u64>, deadline: Instant) -> Result<Arc<Conn>, Errno> {
+        let mut rx = self.link.subscribe();
+        let give_up = deadline.min(Instant::now() + RECONNECT_GRACE);
+        loop {
+            let (attempting, failed_at) = match &*rx.borrow_and_update() {
+                Link::Up(conn) if epoch.is_none_or(|e| e == conn.epoch) => {
+                    return Ok(Arc::clone(conn))
+                }
+                Link::Up(_) | Link::Closed => return Err(Errno::EIO),
+                Link::Down {
+                    attempting,
+                    failed_at,
+                } => (*attempting, *failed_at),
+            };
+            self.want_connection.notify_one();
+            // A handle's connection never comes back; a recent failure is
+            // not retried for this request.
+            let recently_failed =
+                !attempting && failed_at.is_some_and(|t| t.elapsed() < RECONNECT_INTERVAL);
+            if epoch.is_some() || recently_failed || !matches!(self.caller(), Caller::Outside) {
                 return Err(Errno::EIO);
             }
-            *last = Instant::now();
-            drop(last);
-            match handshake(&self.addr, self.timeout) {
-                Ok((stream, _)) => {
-                    self.start(conn, stream).map_err(Errno::from)?;
-                    log::warn!("reconnected to {}", self.addr);
-                    new = true;
-                }
-                Err(e) => {
-                    log::debug!("reconnecting: {e}");
-                    return Err(Errno::EIO);
-                }
+            let changed = self
+                .handle
+                .block_on(async { timeout_at(give_up.into(), rx.changed()).await });
+            if !matches!(changed, Ok(Ok(()))) {
+                return Err(Errno::EIO);
             }
         }
-        conn.as_mut().map(|c| (c, new)).ok_or(Errno::EIO)
     }
 
-    fn complete(&self, id: u64, result: OpResult) {
+    /// Writes the frame made of `parts` as request `id`, with its answer due
+    /// within `timeout`; `done` gets the answer or the reason there is none.
+    fn transmit(
+        self: &Arc<Self>,
+        epoch: Option<u64>,
+        id: u64,
+        op: &'static str,
+        timeout: Duration,
+        parts: &[&[u8]],
+        done: Callback,
+    ) {
+        let deadline = Instant::now() + timeout;
+        let conn = match self.conn_for(epoch, deadline) {
+            Ok(conn) => conn,
+            Err(e) => return done(Err(e)),
+        };
+        // Registered before writing, so a fast answer always finds its callback.
+        let waiter = Waiter {
+            sent_at: Instant::now(),
+            deadline,
+            epoch: conn.epoch,
+            op,
+            done,
+        };
+        lock(&self.pending).insert(id, waiter);
+        conn.sent();
+        match self.caller() {
+            Caller::OtherRuntime => {
+                // This thread must not block: the frame goes from a task of
+                // the client's runtime instead (after any frame already queued).
+                let frame = parts.concat();
+                let inner = Arc::clone(self);
+                self.handle.spawn(async move {
+                    let written = write_frame(&conn, &[&frame], deadline).await;
+                    inner.after_write(&conn, id, written);
+                });
+            }
+            Caller::Outside | Caller::OwnRuntime => {
+                let written = self.block_on(write_frame(&conn, parts, deadline));
+                self.after_write(&conn, id, written);
+            }
+        }
+    }
+
+    fn after_write(&self, conn: &Conn, id: u64, written: Result<(), WriteFailure>) {
+        match written {
+            Ok(()) => {}
+            Err(WriteFailure::NotStarted) => {
+                conn.unsent();
+                let waiter = lock(&self.pending).remove(&id);
+                if let Some(w) = waiter {
+                    log::warn!(
+                        "a {} request to {} could not be sent in time",
+                        w.op,
+                        self.addr
+                    );
+                    (w.done)(Err(Errno::ETIMEDOUT));
+                }
+            }
+            Err(WriteFailure::Broken(e)) => {
+                self.lose(conn.epoch, &format!("sending failed: {e}"));
+            }
+        }
+    }
+
+    /// Hands the answer to request `id` (`bytes` long on the wire) to its waiter.
+    fn complete(&self, id: u64, result: OpResult, bytes: usize) {
         let waiter = lock(&self.pending).remove(&id);
         match waiter {
-            Some(w) => (w.done)(result),
+            Some(w) => {
+                if w.op != "ping" {
+                    self.stats.answered(w.sent_at.elapsed(), bytes);
+                }
+                (w.done)(result)
+            }
             None => log::debug!("an answer to request {id}, which nobody waits for (timed out?)"),
         }
     }
 
-    /// Closes connection `epoch` if it is still the live one, and returns every
-    /// request that was sent on it, to be failed (by [`fail`]) once the caller has
-    /// released the connection lock: a callback may send a new request.
-    #[must_use]
-    fn break_conn(&self, conn: &mut Option<Conn>, epoch: u64) -> Vec<Waiter> {
-        if conn.as_ref().is_some_and(|c| c.epoch == epoch) {
-            if let Some(c) = conn.take() {
-                let _ = c.stream.shutdown(Shutdown::Both);
+    /// Gives up connection `epoch` if it is still the live one, and fails
+    /// every request sent on it with EIO.
+    fn lose(&self, epoch: u64, why: &str) {
+        let mut lost = None;
+        self.link.send_if_modified(|link| match link {
+            Link::Up(conn) if conn.epoch == epoch => {
+                lost = Some(Arc::clone(conn));
+                // The next attempt may come at once: the break may be a restart.
+                *link = Link::Down {
+                    attempting: false,
+                    failed_at: None,
+                };
+                true
             }
-            // The next attempt may come at once: the break may be a server restart.
-            *lock(&self.last_attempt) = Instant::now() - RECONNECT_INTERVAL;
+            _ => false,
+        });
+        let failed: Vec<Waiter> = {
+            let mut pending = lock(&self.pending);
+            let ids: Vec<u64> = pending
+                .iter()
+                .filter(|(_, w)| w.epoch == epoch)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| pending.remove(&id))
+                .collect()
+        };
+        if let Some(conn) = lost {
+            conn.close();
+            self.tell(ConnEvent::Lost(epoch));
+            self.stats.connection_lost();
+            if failed.is_empty() {
+                log::info!("connection to {} closed: {why}", self.addr);
+            } else {
+                log::warn!(
+                    "lost the connection to {} ({why}); {} request(s) fail with EIO",
+                    self.addr,
+                    failed.len()
+                );
+            }
         }
-        let mut pending = lock(&self.pending);
-        let ids: Vec<u64> = pending
-            .iter()
-            .filter(|(_, w)| w.epoch == epoch)
-            .map(|(id, _)| *id)
-            .collect();
-        ids.into_iter()
-            .filter_map(|id| pending.remove(&id))
-            .collect()
+        fail(failed);
     }
 
-    /// Breaks connection `epoch` (from its reader thread) and fails its requests.
-    fn lose(&self, epoch: u64) {
-        let failed = self.break_conn(&mut lock(&self.conn), epoch);
-        self.tell(ConnEvent::Lost(epoch));
-        fail(failed);
+    /// Sends a ping on `conn` without waiting (from the watchdog).
+    fn ping(self: &Arc<Self>, conn: Arc<Conn>, dead_after: Duration) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // A ping acts as nobody: the server answers it before looking at who asks.
+        let ping = Request {
+            id,
+            cred: nobody(),
+            op: Op::Ping,
+        };
+        let Ok(bytes) = frame::encode(&ping) else {
+            return;
+        };
+        let deadline = Instant::now() + dead_after;
+        let waiter = Waiter {
+            sent_at: Instant::now(),
+            deadline,
+            epoch: conn.epoch,
+            op: "ping",
+            done: Box::new(|_| {}),
+        };
+        lock(&self.pending).insert(id, waiter);
+        conn.sent();
+        let inner = Arc::clone(self);
+        self.handle.spawn(async move {
+            let written = write_frame(&conn, &[&bytes], deadline).await;
+            inner.after_write(&conn, id, written);
+        });
     }
 }
 
-/// Writes every byte of `parts`, in order, with as few system calls as the
-/// socket allows.
-fn write_all_parts(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Link::Up(conn) = self.link.send_replace(Link::Closed) {
+            conn.close();
+        }
+        if let Some(runtime) = lock(&self.runtime).take() {
+            // A runtime cannot wait for its own threads from one of them.
+            if Handle::try_current().is_ok() {
+                runtime.shutdown_background();
+            } else {
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Writes one whole frame on `conn` before `deadline`.
+async fn write_frame(conn: &Conn, parts: &[&[u8]], deadline: Instant) -> Result<(), WriteFailure> {
+    let mut closed = conn.closed.subscribe();
+    let gone = || {
+        WriteFailure::Broken(io::Error::new(
+            io::ErrorKind::NotConnected,
+            "connection lost",
+        ))
+    };
+    let mut writer = tokio::select! {
+        _ = closed.wait_for(|c| *c) => return Err(gone()),
+        locked = timeout_at(deadline.into(), conn.writer.lock()) => match locked {
+            Ok(writer) => writer,
+            Err(_) => return Err(WriteFailure::NotStarted),
+        },
+    };
+    let written = tokio::select! {
+        _ = closed.wait_for(|c| *c) => return Err(gone()),
+        written = timeout_at(deadline.into(), write_parts(&mut writer, parts)) => written,
+    };
+    match written {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(WriteFailure::Broken(e)),
+        Err(_) => Err(WriteFailure::Broken(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "a request could not be sent before its deadline (the server takes nothing)",
+        ))),
+    }
+}
+
+/// Writes every byte of `parts`, in order, with as few writes as the stream
+/// allows, and flushes (TLS may hold the last record back otherwise).
+async fn write_parts(writer: &mut WriteHalf<Transport>, parts: &[&[u8]]) -> io::Result<()> {
     let mut slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
     let mut bufs = slices.as_mut_slice();
     while !bufs.is_empty() {
-        match stream.write_vectored(bufs) {
+        match writer.write_vectored(bufs).await {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    writer.flush().await
 }
 
 fn fail(waiters: Vec<Waiter>) {
@@ -564,49 +838,64 @@ fn fail(waiters: Vec<Waiter>) {
     }
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(c) = lock(&self.conn).take() {
-            let _ = c.stream.shutdown(Shutdown::Both);
-        }
+/// About how long the head of a data answer is on the wire (length, id, tag),
+/// for counting bytes received.
+const DATA_HEAD: usize = 16;
+
+/// The id pings claim to come from (`nobody`): a ping acts as no one.
+const NOBODY: u32 = 65534;
+
+/// The credential of a request made for the mount itself rather than for a
+/// user (a ping, a subscription): `nobody`, which may touch nothing.
+pub fn nobody() -> Cred {
+    Cred {
+        uid: NOBODY,
+        gid: NOBODY,
+        groups: Vec::new(),
     }
 }
 
-fn read_loop(stream: TcpStream, epoch: u64, inner: std::sync::Weak<Inner>) {
-    let mut reader = io::BufReader::with_capacity(256 * 1024, stream);
+/// Reads answers on `conn` until it breaks, completing each request.
+async fn read_loop(mut reader: ReadHalf<Transport>, conn: Arc<Conn>, inner: Weak<Inner>) {
     loop {
-        let outcome = frame::read_response(&mut reader);
+        let outcome = frame::read_response_async(&mut reader).await;
         let Some(inner) = inner.upgrade() else { return };
         let payload = match outcome {
             // File data arrives in a buffer of its own: no copy out of the frame.
             Ok(Some(ResponseFrame::Data { id, data })) => {
-                inner.complete(id, Ok(Reply::Data(data)));
+                conn.heard();
+                let bytes = DATA_HEAD + data.len();
+                inner.complete(id, Ok(Reply::Data(data)), bytes);
                 continue;
             }
             Ok(Some(ResponseFrame::Whole(p))) => p,
-            Ok(None) => {
-                log::warn!("{} closed the connection", inner.addr);
-                return inner.lose(epoch);
-            }
-            Err(e) => {
-                log::warn!("connection to {} failed: {e}", inner.addr);
-                return inner.lose(epoch);
-            }
+            Ok(None) => return inner.lose(conn.epoch, "the server closed it"),
+            Err(e) => return inner.lose(conn.epoch, &e.to_string()),
         };
         match frame::decode::<ServerMessage>(&payload) {
-            Ok(ServerMessage::Response(resp)) => inner.complete(resp.id, resp.result),
-            Ok(ServerMessage::Notice(notice)) => inner.tell(ConnEvent::Notice(epoch, notice)),
+            Ok(ServerMessage::Response(resp)) => {
+                conn.heard();
+                inner.complete(resp.id, resp.result, 4 + payload.len());
+            }
+            Ok(ServerMessage::Notice(notice)) => {
+                conn.heard_unasked();
+                inner.tell(ConnEvent::Notice(conn.epoch, notice));
+            }
             Err(e) => {
-                log::error!("{} sent an answer that cannot be decoded: {e}", inner.addr);
-                return inner.lose(epoch);
+                let why = format!("an answer could not be decoded: {e}");
+                return inner.lose(conn.epoch, &why);
             }
         }
     }
 }
 
-fn sweep_loop(inner: std::sync::Weak<Inner>) {
+/// Fails requests past their deadline with ETIMEDOUT, pings a quiet server,
+/// and resets the connection to a silent one.
+async fn watchdog(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        thread::sleep(Duration::from_millis(500));
+        tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
         let now = Instant::now();
         let expired: Vec<Waiter> = {
@@ -621,11 +910,116 @@ fn sweep_loop(inner: std::sync::Weak<Inner>) {
                 .collect()
         };
         for w in expired {
-            log::warn!("a request to {} timed out", inner.addr);
+            if w.op != "ping" {
+                inner.stats.timed_out();
+                log::warn!(
+                    "a {} request to {} timed out after {} s",
+                    w.op,
+                    inner.addr,
+                    inner.timeout.as_secs_f32()
+                );
+            }
             (w.done)(Err(Errno::ETIMEDOUT));
+        }
+        let Link::Up(conn) = inner.link.borrow().clone() else {
+            continue;
+        };
+        let (ping_every, dead_after) = liveness(inner.timeout);
+        let (silent, quiet) = {
+            let mut s = lock(&conn.silence);
+            let silent = s.outstanding > 0 && now - s.heard >= dead_after;
+            let quiet =
+                now - s.heard >= ping_every && s.pinged.is_none_or(|t| now - t >= ping_every);
+            if quiet {
+                s.pinged = Some(now);
+            }
+            (silent, quiet)
+        };
+        if silent {
+            let why = format!(
+                "no answer, not even to a ping, for {} s",
+                dead_after.as_secs_f32()
+            );
+            inner.lose(conn.epoch, &why);
+        } else if quiet {
+            inner.ping(conn, dead_after);
         }
     }
 }
 
+/// Makes a new connection when a caller wants one and there is none: one
+/// attempt at a time, at most one per [`RECONNECT_INTERVAL`] after a failure,
+/// each bounded by the client's timeout (at most [`CONNECT_TIMEOUT`]).
+async fn reconnect_loop(
+    inner: Weak<Inner>,
+    wanted: Arc<Notify>,
+    connector: Arc<Connector>,
+    timeout: Duration,
+) {
+    let bound = timeout.min(CONNECT_TIMEOUT);
+    loop {
+        wanted.notified().await;
+        let failed_at = {
+            let Some(inner) = inner.upgrade() else { return };
+            let link = inner.link.borrow().clone();
+            match link {
+                Link::Down { failed_at, .. } => failed_at,
+                Link::Up(_) => continue,
+                Link::Closed => return,
+            }
+        };
+        if let Some(at) = failed_at {
+            tokio::time::sleep_until((at + RECONNECT_INTERVAL).into()).await;
+        }
+        {
+            let Some(inner) = inner.upgrade() else { return };
+            let started = inner.link.send_if_modified(|link| match link {
+                Link::Down { attempting, .. } => {
+                    *attempting = true;
+                    true
+                }
+                _ => false,
+            });
+            if !started {
+                continue;
+            }
+        }
+        let opened =
+            tokio::time::timeout(bound, connector.open(RECONNECT_TCP.min(bound), bound)).await;
+        let Some(inner) = inner.upgrade() else { return };
+        match opened {
+            Ok(Ok((transport, _))) => {
+                if matches!(*inner.link.borrow(), Link::Closed) {
+                    return;
+                }
+                inner.install(transport);
+                log::warn!("reconnected to {}", inner.addr);
+            }
+            failed => {
+                match failed {
+                    Ok(Err(e)) => log::info!("reconnecting: {e}"),
+                    _ => log::info!(
+                        "reconnecting to {}: no handshake within {} s",
+                        inner.addr,
+                        bound.as_secs_f32()
+                    ),
+                }
+                inner.link.send_if_modified(|link| match link {
+                    Link::Down { .. } => {
+                        *link = Link::Down {
+                            attempting: false,
+                            failed_at: Some(Instant::now()),
+                        };
+                        true
+                    }
+                    _ => false,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;

@@ -6,28 +6,31 @@
 //! the attribute timeout (see [`crate::attrcache`]).
 
 use super::{expect_attr, without_suidgid, Attrs, Caller, Core, Done};
-use ferry_common::proto::{AttrChanges, Op, SetTime};
+use ferry_common::proto::{AttrChanges, Cred, Op, SetTime};
 use ferry_common::{Attr, Errno, RelPath, Timestamp};
 use std::time::{Instant, SystemTime};
 
 impl Core {
     /// The attributes of `ino`; with `fh`, of the open file (which may be unlinked).
-    pub fn getattr(&self, ino: u64, fh: Option<u64>, done: impl Done<Attrs>) {
+    pub fn getattr(&self, caller: &Caller, ino: u64, fh: Option<u64>, done: impl Done<Attrs>) {
         let ttl = self.ttl_since(Instant::now());
         // A file this mount is writing: the server would only say what we know, or
         // less (the kernel asks while changing the owner, after every write).
         if let Some(attr) = self.writes.projected(ino, ttl) {
             log::trace!("getattr {ino}: as written here");
+            self.stats.attrs.hit();
             return done(Ok(Attrs { attr, ttl }));
         }
         // (What the server said before this mount's writes is no answer.)
         if self.writes.any_writer(ino).is_none() {
             if let Some((attr, ttl)) = self.attrs.fresh(ino) {
                 log::trace!("getattr {ino}: cached");
+                self.stats.attrs.hit();
                 return done(Ok(Attrs { attr, ttl }));
             }
         }
         log::trace!("getattr {ino}: asking");
+        self.stats.attrs.miss();
         self.writes.wait_idle(ino);
         // With a handle the server stats the open file, which may be unlinked.
         // (A stat by a name that leads to another file now answers ESTALE: the
@@ -39,9 +42,9 @@ impl Core {
                     handle: Some(handle),
                     changes: AttrChanges::default(),
                 };
-                self.attr_op(ino, Some(epoch), op, done)
+                self.attr_op(&caller.cred, ino, Some(epoch), op, done)
             }
-            Ok((path, None)) => self.attr_op(ino, None, Op::Stat { path }, done),
+            Ok((path, None)) => self.attr_op(&caller.cred, ino, None, Op::Stat { path }, done),
             // Nothing leads to it any more (see `open`).
             Err(_) => done(Err(Errno::new(libc::ESTALE))),
         }
@@ -51,7 +54,7 @@ impl Core {
     /// through the open file. Answers the new attributes.
     pub fn setattr(
         &self,
-        caller: Caller,
+        caller: &Caller,
         ino: u64,
         fh: Option<u64>,
         mut changes: AttrChanges,
@@ -60,14 +63,25 @@ impl Core {
         changes.mode = changes.mode.map(|m| m & 0o7777);
         // The kernel leaves this to the filesystem (FUSE_HANDLE_KILLPRIV_V2): a
         // truncation by anyone but root drops setuid/setgid, as locally.
-        changes.kill_suidgid |= changes.size.is_some() && caller.uid != 0;
-        if let Some(attr) = self.defer_setattr(ino, fh, changes) {
+        changes.kill_suidgid |= changes.size.is_some() && caller.cred.uid != 0;
+        if let Some(attr) = self.defer_setattr(caller, ino, fh, changes) {
             let ttl = self.ttl_since(Instant::now());
             return done(Ok(Attrs { attr, ttl }));
         }
         // A truncation must not overtake a write; nor may any answer predate them.
         self.writes.wait_idle(ino);
         self.attrs.drop_ino(ino);
+        let truncates = changes.size.is_some();
+        if truncates {
+            self.opened.changed(ino);
+        }
+        let core = self.clone();
+        let done = move |r| {
+            if truncates {
+                core.opened.changed(ino);
+            }
+            done(r)
+        };
         // With a handle (given, or the only way left to a detached inode) every
         // change goes through the open file.
         match self.attr_target(ino, fh) {
@@ -77,7 +91,7 @@ impl Core {
                     handle: target.map(|(_, h)| h),
                     changes,
                 };
-                self.attr_op(ino, target.map(|(e, _)| e), op, done)
+                self.attr_op(&caller.cred, ino, target.map(|(e, _)| e), op, done)
             }
             Err(e) => done(Err(e)),
         }
@@ -85,12 +99,11 @@ impl Core {
 
     /// Sends an operation answered with the attributes of `ino`; `epoch` pins it
     /// to the connection of the server handle it carries.
-    fn attr_op(&self, ino: u64, epoch: Option<u64>, op: Op, done: impl Done<Attrs>) {
+    fn attr_op(&self, cred: &Cred, ino: u64, epoch: Option<u64>, op: Op, done: impl Done<Attrs>) {
         let mark = self.writes.mark();
         let core = self.clone();
         let asked = Instant::now();
-        self.ask_about(Some(ino), epoch, op, move |r| match expect_attr(r) {
-            // By path, and the path leads to another file now (see `open`).
+        self.ask_about(Some(ino), epoch, cred, op, move |r| match expect_attr(r) {
             Ok(attr) if epoch.is_none() && core.replaced(ino, &attr) => {
                 done(Err(Errno::new(libc::ESTALE)))
             }
@@ -110,17 +123,19 @@ impl Core {
     /// the file is open for writing on this mount (so the change is ordered with
     /// the writes and its error, if any, reaches the writer at close), it is not a
     /// truncation, and it does not change the owner. The kernel has already checked
-    /// permissions (`default_permissions`), so the server can only fail it for
+    /// permissions (`default_permissions`) as the server will (not so for a
+    /// squashed caller, whose changes wait), so the server can only fail it for
     /// reasons close reports (a broken connection, a full or failing disk). This is
     /// what `tar` and `cp -p` do to each file they write: `futimens`, `fchown` to
     /// the owner it already has, `fchmod`. Returns the attributes to answer with.
     pub(super) fn defer_setattr(
         &self,
+        caller: &Caller,
         ino: u64,
         fh: Option<u64>,
         changes: AttrChanges,
     ) -> Option<Attr> {
-        if changes.size.is_some() {
+        if changes.size.is_some() || !self.checked_alike(caller) {
             return None;
         }
         let writer = match fh {
@@ -139,15 +154,17 @@ impl Core {
         };
         let core = self.clone();
         let crossing = self.mark();
+        self.changes.begin();
         let sent = move |r| {
             core.writes.finish(ticket, expect_attr(r).map(Some));
+            core.changes.end();
             // The projection takes the server's answer: a notice that crossed
             // it says the file changed since.
             core.settle(crossing, super::Touched::default().with_ino(Some(ino)));
         };
         // Not waited for: the kernel has its answer already.
         match self.server_handle(writer) {
-            Ok((epoch, handle)) => self.client.submit_in(epoch, op(handle), sent),
+            Ok((epoch, handle)) => self.client.submit_in(epoch, &caller.cred, op(handle), sent),
             Err(e) => sent(Err(e)),
         }
         Some(attr)

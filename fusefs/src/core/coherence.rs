@@ -31,7 +31,7 @@
 //!   next connection is subscribed.
 
 use super::{Core, Shared};
-use crate::client::ConnEvent;
+use crate::client::{nobody, ConnEvent};
 use crate::inode::FileId;
 use ferry_common::proto::{Change, Notice, Op, Reply};
 use ferry_common::sync::lock;
@@ -290,13 +290,6 @@ impl Core {
         asked + ttl
     }
 
-    /// Whether an answer to a request sent at `asked` is covered by the lease.
-    pub(super) fn leased_at(&self, asked: Instant) -> bool {
-        lock(&self.coherence.state)
-            .live
-            .is_some_and(|l| asked >= l.since && !l.lease.is_zero())
-    }
-
     /// How long the kernel may cache what an answer to a request sent at
     /// `asked` says.
     pub(super) fn ttl_since(&self, asked: Instant) -> Duration {
@@ -360,6 +353,8 @@ impl Core {
         self.writes.doubt(ino);
         if content {
             lock(&self.inodes).forget_opened(ino);
+            // The first bytes an open brought are the old data now.
+            self.opened.changed(ino);
             self.known.forget(ino);
             let names = lock(&self.coherence.negatives).take_dir(ino);
             for name in names {
@@ -450,8 +445,11 @@ impl Core {
         }
         let secs = u32::try_from(self.coherence.wanted.as_secs().max(1)).unwrap_or(u32::MAX);
         let core = self.clone();
-        self.client
-            .submit_in(epoch, Op::Subscribe { lease_secs: secs }, move |r| {
+        self.client.submit_in(
+            epoch,
+            &nobody(),
+            Op::Subscribe { lease_secs: secs },
+            move |r| {
                 let granted = match r {
                     Ok(Reply::Subscribed { lease_secs }) => lease_secs,
                     Ok(_) => {
@@ -481,7 +479,8 @@ impl Core {
                         core.opts.attr_timeout
                     );
                 }
-            });
+            },
+        );
     }
 
     /// Logs what `changes` touch, for the requests they cross, and moves the
@@ -506,6 +505,8 @@ impl Core {
             }
         }
         self.coherence.seen(false, paths, inos);
+        // Listings fetched ahead may show what changed.
+        self.changes.elsewhere();
     }
 
     /// Applies one change the server told of.
@@ -594,6 +595,7 @@ impl Core {
     /// entry the kernel may hold.
     pub(super) fn drop_everything(&self) {
         self.coherence.seen(true, Vec::new(), Vec::new());
+        self.changes.elsewhere();
         self.attrs.clear();
         self.known.clear();
         self.file_caps.clear();

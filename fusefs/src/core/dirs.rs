@@ -21,13 +21,16 @@
 //! read to its end, or when [`MAX_SNAPSHOTS`] newer ones are being read; an
 //! offset whose snapshot has gone is served from a listing taken afresh.
 //!
-//! A whole listing is also proof of which names are *not* there (see
-//! [`crate::known`]): one that fits in one page, or, under a lease, any (a
-//! change between pages is told, and recalls it).
+//! A listing is also proof of which names are *not* there (see
+//! [`crate::known`]): the server reads it in one pass.
+//!
+//! A walk's next listings are fetched ahead (see [`crate::listing_ahead`]); one
+//! taken from there is as old as when it was asked for, and its entries are
+//! trusted only for what is left of the attribute timeout since then (it was
+//! not asked for under the rule for answers that cross a notice).
 
 use super::coherence::{Mark, Touched};
-use super::{Core, Done, Entry};
-use ferry_common::frame::READDIR_PAGE;
+use super::{Caller, Core, Done, Entry};
 use ferry_common::proto::{DirEntry, Op, Reply};
 use ferry_common::sync::lock;
 use ferry_common::{Attr, Errno, FileKind, RelPath, StatFs};
@@ -60,8 +63,8 @@ struct Snapshot {
     /// The directory's path when the listing was taken.
     path: RelPath,
     entries: Arc<Vec<DirEntry>>,
-    /// When the listing was asked for, and the notices seen by then.
-    asked: Instant,
+    /// Until when it may be trusted, and the notices seen when it was asked for.
+    until: Instant,
     mark: Mark,
 }
 
@@ -71,8 +74,8 @@ struct Listing {
     number: u64,
     path: RelPath,
     entries: Arc<Vec<DirEntry>>,
-    /// When it was asked for, and the notices seen by then.
-    asked: Instant,
+    /// Until when it may be trusted, and the notices seen when it was asked for.
+    until: Instant,
     mark: Mark,
 }
 
@@ -129,12 +132,13 @@ impl Core {
     /// it answers that the kernel's buffer is full; `finish` answers the kernel.
     pub fn readdir(
         &self,
+        caller: &Caller,
         ino: u64,
         offset: u64,
         add: impl FnMut(DirItem<'_>) -> bool,
         finish: impl FnOnce(Result<(), Errno>),
     ) {
-        let listed = self.readdir_into(ino, offset, add);
+        let listed = self.readdir_into(caller, ino, offset, add);
         let crossing = listed.as_ref().ok().map(|(_, mark)| *mark);
         finish(listed.map(|_| ()));
         if let Some(mark) = crossing {
@@ -145,6 +149,7 @@ impl Core {
 
     fn readdir_into(
         &self,
+        caller: &Caller,
         ino: u64,
         offset: u64,
         mut add: impl FnMut(DirItem<'_>) -> bool,
@@ -155,7 +160,7 @@ impl Core {
             entries,
             mark,
             ..
-        } = self.listing(ino, offset)?;
+        } = self.listing(caller, ino, offset)?;
         let total = entries.len() as u64 + 2;
         for index in split_offset(offset).1..total {
             let item = match index {
@@ -173,8 +178,10 @@ impl Core {
                 },
                 _ => {
                     let entry = &entries[(index - 2) as usize];
+                    // Informational: the number the entry would be handed out
+                    // with, or the server's own before its space is known.
                     let ino = lock(&self.inodes)
-                        .ino_of_file(&entry.attr)
+                        .number_of_file(&entry.attr)
                         .unwrap_or(entry.attr.ino.max(2));
                     DirItem {
                         ino,
@@ -195,12 +202,13 @@ impl Core {
     /// counts as a lookup, and is uncounted again when it did not fit.
     pub fn readdirplus(
         &self,
+        caller: &Caller,
         ino: u64,
         offset: u64,
         add: impl FnMut(DirItemPlus<'_>) -> bool,
         finish: impl FnOnce(Result<(), Errno>),
     ) {
-        let listed = self.readdirplus_into(ino, offset, add);
+        let listed = self.readdirplus_into(caller, ino, offset, add);
         match listed {
             Ok((mark, handed)) => {
                 finish(Ok(()));
@@ -220,6 +228,7 @@ impl Core {
     /// The entries handed to `add`, by path, and the listing's mark.
     fn readdirplus_into(
         &self,
+        caller: &Caller,
         ino: u64,
         offset: u64,
         mut add: impl FnMut(DirItemPlus<'_>) -> bool,
@@ -228,14 +237,16 @@ impl Core {
             number,
             path,
             entries,
-            asked,
+            until,
             mark,
-        } = self.listing(ino, offset)?;
-        let ttl = self.ttl_since(asked);
-        let until = self.until(asked);
+        } = self.listing(caller, ino, offset)?;
+        let ttl = until.saturating_duration_since(Instant::now());
         let mut handed = Vec::new();
+        // The kernel counts no lookup for `.` and `..`, nor reads their
+        // generation.
         let dot = |ino| Entry {
             ino,
+            generation: 0,
             attr: Attr::blank(FileKind::Directory),
             ttl,
         };
@@ -256,12 +267,13 @@ impl Core {
                     let entry = &entries[(index - 2) as usize];
                     let name = OsStr::from_bytes(&entry.name);
                     let Ok(child) = path.join(name) else { continue };
-                    let child_ino = lock(&self.inodes).remember(&child, &entry.attr);
+                    let (child_ino, generation) = self.hand_out(&child, &entry.attr);
                     self.attrs.store(child_ino, entry.attr, until);
                     let attr = self.writes.overlay(child_ino, entry.attr, None);
                     let full = add(DirItemPlus {
                         entry: Entry {
                             ino: child_ino,
+                            generation,
                             attr,
                             ttl,
                         },
@@ -284,8 +296,8 @@ impl Core {
     }
 
     /// Statistics of the server's file system.
-    pub fn statfs(&self, done: impl Done<StatFs>) {
-        self.ask(None, Op::StatFs, move |r| match r {
+    pub fn statfs(&self, caller: &Caller, done: impl Done<StatFs>) {
+        self.ask(None, &caller.cred, Op::StatFs, move |r| match r {
             Ok(Reply::StatFs(s)) => done(Ok(s)),
             Ok(_) => done(Err(Errno::EPROTO)),
             Err(e) => done(Err(e)),
@@ -294,9 +306,10 @@ impl Core {
 
     /// The listing of directory `ino` to serve `offset` from: the snapshot
     /// the offset names, or one taken afresh when reading starts (or the
-    /// snapshot has gone); with when it was asked for, and the notices seen by
-    /// then. A snapshot read to its end goes.
-    fn listing(&self, ino: u64, offset: u64) -> Result<Listing, Errno> {
+    /// snapshot has gone) — fetched ahead, or asked for now on behalf of
+    /// `caller`; with until when it may be trusted, and the notices seen when
+    /// it was asked for. A snapshot read to its end goes.
+    fn listing(&self, caller: &Caller, ino: u64, offset: u64) -> Result<Listing, Errno> {
         let (number, index) = split_offset(offset);
         if offset != 0 {
             let mut taken = lock(&self.dirs.taken);
@@ -305,7 +318,7 @@ impl Core {
                     number,
                     path: snapshot.path.clone(),
                     entries: snapshot.entries.clone(),
-                    asked: snapshot.asked,
+                    until: snapshot.until,
                     mark: snapshot.mark,
                 };
                 if index >= listing.entries.len() as u64 + 2 {
@@ -315,36 +328,54 @@ impl Core {
             }
         }
         let path = self.path_of(ino)?;
+        let id = lock(&self.inodes).file_id(ino);
+        // Before a listing fetched ahead is taken: a notice after this is
+        // applied again once the kernel has it (one before made it stale).
         let mark = self.mark();
-        let asked = Instant::now();
-        let entries = Arc::new(self.client.list_dir(&path)?);
-        // One request per page (of the server's READDIR_PAGE entries).
-        for _ in 0..=entries.len() / READDIR_PAGE {
-            self.stats.waited_for("readdir");
+        let ahead = id.and_then(|id| self.ahead.take(&path, id));
+        let from_ahead = ahead.is_some();
+        let (entries, asked, until, changes) = match ahead {
+            // A notice since it was asked for makes it stale (see `coherence`).
+            Some(taken) => {
+                let until = taken.asked + self.ttl();
+                (taken.entries, taken.asked, until, Some(taken.mark))
+            }
+            None => {
+                let asked = Instant::now();
+                let changes = self.changes.mark();
+                let entries = Arc::new(self.client.list_dir(&caller.cred, &path)?);
+                (entries, asked, self.until(asked), changes)
+            }
+        };
+        // A listing is one pass over the directory on the server, so it is
+        // proof of which names are missing, as of when it was asked for.
+        if lock(&self.inodes).ino_of(&path) == Some(ino) {
+            self.known
+                .learn(ino, until, entries.iter().map(|e| e.name.as_slice()));
         }
-        // One page is one read of the directory on the server; between pages
-        // others may remove entries and shift the rest, so a longer listing is
-        // no proof of what is missing — unless the server tells of changes.
-        let whole = entries.len() < READDIR_PAGE || self.leased_at(asked);
-        if whole && lock(&self.inodes).ino_of(&path) == Some(ino) {
-            self.known.learn(
-                ino,
-                self.until(asked),
-                entries.iter().map(|e| e.name.as_slice()),
+        if let Some(id) = id {
+            self.ahead.listed(
+                &caller.cred,
+                &path,
+                id,
+                &entries,
+                asked,
+                changes,
+                from_ahead,
             );
         }
         let number = lock(&self.dirs.taken).keep(Snapshot {
             ino,
             path: path.clone(),
             entries: entries.clone(),
-            asked,
+            until,
             mark,
         });
         Ok(Listing {
             number,
             path,
             entries,
-            asked,
+            until,
             mark,
         })
     }

@@ -8,9 +8,11 @@
 //! than the kernel does.
 
 use super::names::{direct_io, writable};
-use super::{Core, Done, Opened};
+use super::{Caller, Core, Done, Opened};
 use crate::client::OpResult;
 use crate::files::RemoteFile;
+use crate::opened_data::Served;
+use crate::windows;
 use ferry_common::frame::MAX_CHUNK;
 use ferry_common::proto::{AttrChanges, Op, Reply};
 use ferry_common::sync::lock;
@@ -25,9 +27,24 @@ fn writes_through(flags: i32) -> bool {
     flags & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC) != 0
 }
 
+/// What an open for reading asks the server to send of the file: all of a
+/// file up to this size...
+pub(super) const WHOLE_FILE: u32 = 256 << 10;
+/// ...and of a larger one (or one of unknown size), its start: the kernel's
+/// first read of a file is rarely longer.
+pub(super) const FIRST_BYTES: u32 = 128 << 10;
+
+/// Whether an open with `flags` only reads, through the page cache: its first
+/// bytes may come with it (see [`crate::opened_data`]). Not with `O_DIRECT`,
+/// whose every read means to reach the file.
+fn reads_only(flags: i32) -> bool {
+    flags & libc::O_ACCMODE == libc::O_RDONLY && flags & (libc::O_TRUNC | libc::O_DIRECT) == 0
+}
+
 impl Core {
-    /// Opens `ino` with the `open(2)` flags `flags`.
-    pub fn open(&self, ino: u64, flags: i32, done: impl Done<Opened>) {
+    /// Opens `ino` with the `open(2)` flags `flags`. An open for reading brings
+    /// the file's first bytes along, for the reads that follow.
+    pub fn open(&self, caller: &Caller, ino: u64, flags: i32, done: impl Done<Opened>) {
         // A name the server said was replaced or removed may still lead the
         // kernel here (its entry is being dropped): the name is opened for
         // what it names now (see below); if nothing, the kernel is to look it
@@ -39,6 +56,13 @@ impl Core {
         let Some(path) = path else {
             return done(Err(Errno::new(libc::ESTALE)));
         };
+        // The kernel gives the file the readahead its device has now.
+        self.read_ahead.fit(self.stats.path_rtt());
+        let reads_only = reads_only(flags);
+        if !reads_only {
+            // Writes (or a truncation) follow: bytes held for readers go stale.
+            self.opened.changed(ino);
+        }
         if flags & libc::O_TRUNC != 0 {
             // Truncating must not be overtaken by writes sent before it.
             self.writes.wait_idle(ino);
@@ -48,13 +72,25 @@ impl Core {
             Err(e) => return done(Err(e)),
         };
         let mark = self.writes.mark();
+        let data_mark = self.opened.mark();
+        // The server's copy lacks this mount's writes in flight: no bytes then.
+        let want = if reads_only && !self.writes.busy(ino) {
+            self.first_bytes_of(ino)
+        } else {
+            None
+        };
         let core = self.clone();
         let asked = Instant::now();
-        let op = Op::Open { path, flags };
-        self.ask_about(Some(ino), Some(epoch), op, move |r| {
-            let (handle, attr) = match r.map(|reply| reply.opened()) {
-                Ok(Some(opened)) => opened,
-                Ok(None) => return done(Err(Errno::EPROTO)),
+        let opener = caller.cred.clone();
+        let op = match want {
+            Some(len) => Op::OpenRead { path, flags, len },
+            None => Op::Open { path, flags },
+        };
+        self.ask_about(Some(ino), Some(epoch), &caller.cred, op, move |r| {
+            let (handle, attr, data) = match r {
+                Ok(Reply::OpenedWithData { handle, attr, data }) => (handle, attr, Some(data)),
+                Ok(Reply::Opened { handle, attr }) => (handle, attr, None),
+                Ok(_) => return done(Err(Errno::EPROTO)),
                 // The name was cached by the kernel but is gone on the server
                 // (another client removed it): ESTALE makes the kernel look the
                 // name up again and retry, as for NFS, so an O_CREAT open then
@@ -75,11 +111,19 @@ impl Core {
             let fh = lock(&core.files).insert(RemoteFile {
                 ino,
                 flags,
+                opener,
                 handle,
                 epoch,
             });
+            if let (Some(data), Some(wanted)) = (data, want) {
+                let eof = data.len() < wanted as usize || data.len() as u64 >= attr.size;
+                core.opened.keep(fh, ino, data_mark, data, eof);
+            }
             if writable(flags) {
                 core.writes.opened_for_writing_since(ino, fh, &attr, mark);
+            }
+            if !reads_only {
+                core.opened.changed(ino);
             }
             core.attrs.store(ino, attr, core.until(asked));
             // Close-to-open consistency: keep cached pages only when the file is
@@ -90,6 +134,11 @@ impl Core {
                 inodes.add_handle(ino, fh);
                 inodes.note_open(ino, &attr) && !replaced
             };
+            if keep_cache {
+                core.stats.page_cache.hit();
+            } else {
+                core.stats.page_cache.miss();
+            }
             done(Ok(Opened {
                 fh,
                 keep_cache,
@@ -98,18 +147,51 @@ impl Core {
         });
     }
 
-    /// Up to `size` bytes of `ino` at `offset`, through kernel handle `fh`.
-    pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32, done: impl Done<Vec<u8>>) {
+    /// How much of `ino` an open for reading asks for (see [`WHOLE_FILE`]):
+    /// nothing when the file looks unchanged since this mount last opened it,
+    /// as the kernel then keeps the pages it has (close-to-open).
+    fn first_bytes_of(&self, ino: u64) -> Option<u32> {
+        match self.attrs.fresh(ino) {
+            Some((attr, _)) if lock(&self.inodes).unchanged_since_opened(ino, &attr) => None,
+            Some((attr, _)) if attr.size <= u64::from(WHOLE_FILE) => Some(WHOLE_FILE),
+            _ => Some(FIRST_BYTES),
+        }
+    }
+
+    /// Up to `size` bytes of `ino` at `offset`, through kernel handle `fh`:
+    /// from the bytes its open brought, as far as they go, else from the server.
+    pub fn read(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        done: impl Done<Vec<u8>>,
+    ) {
+        let size = size.min(MAX_CHUNK);
+        let head = match self.opened.read(fh, offset, size) {
+            Served::Whole(data) => return done(Ok(data)),
+            Served::Head(head) => head,
+            Served::Nothing => Vec::new(),
+        };
         // The server must not be asked before it has this mount's writes.
         self.writes.wait_idle(ino);
-        let len = size.min(MAX_CHUNK);
+        // What the held bytes lack follows them.
+        let offset = offset + head.len() as u64;
+        let len = size - head.len() as u32;
         let read = |handle| Op::Read {
             handle,
             offset,
             len,
         };
-        self.on_handle(fh, read, move |r| match r {
-            Ok(Reply::Data(data)) => done(Ok(data)),
+        self.on_handle(fh, &caller.cred, read, move |r| match r {
+            Ok(Reply::Data(data)) if head.is_empty() => done(Ok(data)),
+            Ok(Reply::Data(data)) => {
+                let mut whole = head;
+                whole.extend_from_slice(&data);
+                done(Ok(whole))
+            }
             Ok(_) => done(Err(Errno::EPROTO)),
             Err(e) => done(Err(e)),
         });
@@ -121,6 +203,7 @@ impl Core {
     #[allow(clippy::too_many_arguments)]
     pub fn write(
         &self,
+        caller: &Caller,
         ino: u64,
         fh: u64,
         offset: u64,
@@ -143,7 +226,12 @@ impl Core {
             Ok(h) => h,
             Err(e) => return done(Err(e)),
         };
-        let ticket = self.writes.begin_write(ino, fh, offset, len);
+        let window = windows::write_window(self.stats.path_rtt());
+        let ticket = self.writes.begin_write(ino, fh, offset, len, window);
+        // Registered first: an open for reading sent from now on either sees the
+        // write in flight or hears of it (see `crate::opened_data`).
+        self.opened.changed(ino);
+        self.changes.begin();
         let written = |r: OpResult| match r {
             Ok(Reply::Written(n)) => Ok(n),
             Ok(_) => Err(Errno::EPROTO),
@@ -151,17 +239,23 @@ impl Core {
         };
         let core = self.clone();
         if through {
-            self.stats.waited_for("write");
+            self.stats.waited_for(&Op::Write {
+                handle,
+                offset,
+                data: Vec::new(),
+            });
             self.client
-                .submit_write_in(epoch, handle, offset, data, move |r| {
+                .submit_write_in(epoch, &caller.cred, handle, offset, data, move |r| {
                     core.writes.finish(ticket, Ok(None));
+                    core.opened.changed(ino);
+                    core.changes.end();
                     done(written(r))
                 });
         } else {
             // Write-behind: the kernel hears of success now, of a failure at
             // flush or fsync.
             self.client
-                .submit_write_in(epoch, handle, offset, data, move |r| {
+                .submit_write_in(epoch, &caller.cred, handle, offset, data, move |r| {
                     let result = match written(r) {
                         Ok(n) if n as usize == len => Ok(None),
                         // A short write on a local disk means it is full.
@@ -169,6 +263,8 @@ impl Core {
                         Err(e) => Err(e),
                     };
                     core.writes.finish(ticket, result);
+                    core.opened.changed(ino);
+                    core.changes.end();
                 });
             done(Ok(u32::try_from(len).unwrap_or(u32::MAX)));
         }
@@ -177,7 +273,11 @@ impl Core {
                 kill_suidgid: true,
                 ..AttrChanges::default()
             };
-            if self.defer_setattr(ino, Some(fh), changes).is_none() {
+            // A squashed caller writes as an ordinary user on the server, whose
+            // kernel drops the bits with the write.
+            if self.checked_alike(caller)
+                && self.defer_setattr(caller, ino, Some(fh), changes).is_none()
+            {
                 log::warn!("could not drop setuid/setgid of inode {ino} after a write");
             }
             // The kernel still holds the old mode.
@@ -189,16 +289,17 @@ impl Core {
     /// where write-behind owes the application its errors. Then the closer's
     /// POSIX locks go, once what was written under them is on the server
     /// (through any handle: locks belong to the process).
-    pub fn flush(&self, ino: u64, fh: u64, lock_owner: u64, done: impl Done<()>) {
+    pub fn flush(&self, caller: &Caller, ino: u64, fh: u64, lock_owner: u64, done: impl Done<()>) {
         let written = self.writes.settle(ino, fh);
-        self.release_posix_locks(ino, fh, lock_owner, move || done(written));
+        self.release_posix_locks(caller, ino, fh, lock_owner, move || done(written));
     }
 
     /// The kernel's last reference to handle `fh` of `ino` went. Release errors
     /// go nowhere (close(2) has returned), so this does not wait for the server.
     /// Changes still in flight through this handle reach the server before its
     /// Close does: the server runs a handle's requests in order.
-    pub fn release(&self, ino: u64, fh: u64) {
+    pub fn release(&self, caller: &Caller, ino: u64, fh: u64) {
+        self.opened.release(fh);
         lock(&self.inodes).remove_handle(ino, fh);
         if self.writes.is_writer(ino, fh) {
             // What the server says now differs from what the kernel was last told.
@@ -211,7 +312,7 @@ impl Core {
             let close = Op::Close {
                 handle: file.handle,
             };
-            self.client.submit_in(file.epoch, close, |r| {
+            self.client.submit_in(file.epoch, &caller.cred, close, |r| {
                 if let Err(e) = r {
                     log::debug!("closing a remote file: {e}");
                 }
@@ -220,18 +321,20 @@ impl Core {
     }
 
     /// fsync(2) or fdatasync(2) through `fh`: the data reaches the server's disk.
-    pub fn fsync(&self, ino: u64, fh: u64, datasync: bool, done: impl Done<()>) {
+    pub fn fsync(&self, caller: &Caller, ino: u64, fh: u64, datasync: bool, done: impl Done<()>) {
         // Errors go to the handles that were writing; a read-only one only waits.
         if let Err(e) = self.writes.settle(ino, fh) {
             return done(Err(e));
         }
         let fsync = |handle| Op::Fsync { handle, datasync };
-        self.on_handle(fh, fsync, move |r| done(r.map(|_| ())));
+        self.on_handle(fh, &caller.cred, fsync, move |r| done(r.map(|_| ())));
     }
 
     /// fallocate(2) on the server's file (modes 0, keep-size, punch-hole, zero-range).
+    #[allow(clippy::too_many_arguments)]
     pub fn fallocate(
         &self,
+        caller: &Caller,
         ino: u64,
         fh: u64,
         offset: u64,
@@ -241,6 +344,7 @@ impl Core {
     ) {
         // Writes still in flight land first, as they would on a local disk.
         self.writes.wait_idle(ino);
+        self.opened.changed(ino);
         let fallocate = |handle| Op::Fallocate {
             handle,
             offset,
@@ -248,8 +352,9 @@ impl Core {
             mode,
         };
         let core = self.clone();
-        self.on_handle(fh, fallocate, move |r| {
+        self.on_handle(fh, &caller.cred, fallocate, move |r| {
             // The size (mode 0) and ctime changed on the server.
+            core.opened.changed(ino);
             core.writes.doubt(ino);
             core.attrs.drop_ino(ino);
             done(r.map(|_| ()))
@@ -261,6 +366,7 @@ impl Core {
     #[allow(clippy::too_many_arguments)]
     pub fn copy_file_range(
         &self,
+        caller: &Caller,
         ino_in: u64,
         fh_in: u64,
         offset_in: u64,
@@ -292,6 +398,7 @@ impl Core {
             Ok(h) => h,
             Err(e) => return done(Err(e)),
         };
+        self.opened.changed(ino_out);
         let op = Op::CopyFileRange {
             handle_in,
             offset_in,
@@ -300,8 +407,9 @@ impl Core {
             len,
         };
         let core = self.clone();
-        self.ask(Some(epoch), op, move |r| {
+        self.ask(Some(epoch), &caller.cred, op, move |r| {
             // The output's data, size and times changed on the server.
+            core.opened.changed(ino_out);
             core.writes.doubt(ino_out);
             core.attrs.drop_ino(ino_out);
             match r {

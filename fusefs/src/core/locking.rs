@@ -1,9 +1,9 @@
 //! `getlk`, `setlk` and the release of POSIX locks on close, over the server's
 //! locks (see [`crate::locks`] for how waiting and flock detection work).
 
-use super::{Core, Done};
+use super::{Caller, Core, Done};
 use crate::locks::{self, file_lock, lock_kind, lock_type_code};
-use ferry_common::proto::{LockKind, LockType, Op};
+use ferry_common::proto::{FileLock, LockKind, LockType, Op};
 use ferry_common::sync::lock;
 use ferry_common::Errno;
 
@@ -20,17 +20,30 @@ pub struct LockAnswer {
 }
 
 impl Core {
-    /// Whether `fh` is an open file of `ino`. Directories are not opened on the
-    /// server, so they have nothing to lock, and their handle numbers are
-    /// counted apart from files' (the same number may name an open file).
-    fn is_open_file(&self, ino: u64, fh: u64) -> bool {
-        lock(&self.files).get(fh).is_some_and(|f| f.ino == ino)
+    /// The lock the kernel asks about, in wire form: EINVAL for a type it never
+    /// sends, ENOLCK unless `fh` is an open file of `ino` (directories are not
+    /// opened on the server, so they have nothing to lock, and their handle
+    /// numbers are counted apart from files': the same number may name a file).
+    fn lock_request(
+        &self,
+        ino: u64,
+        fh: u64,
+        typ: i32,
+        start: u64,
+        end: u64,
+    ) -> Result<FileLock, Errno> {
+        let wanted = file_lock(typ, start, end).ok_or(Errno::EINVAL)?;
+        if lock(&self.files).get(fh).is_none_or(|f| f.ino != ino) {
+            return Err(Errno::new(libc::ENOLCK));
+        }
+        Ok(wanted)
     }
 
     /// `F_GETLK` of `owner` for the range `start..=end` of type `typ` (`F_*`).
     #[allow(clippy::too_many_arguments)]
     pub fn getlk(
         &self,
+        caller: &Caller,
         ino: u64,
         fh: u64,
         owner: u64,
@@ -39,18 +52,16 @@ impl Core {
         typ: i32,
         done: impl Done<LockAnswer>,
     ) {
-        let Some(lock) = file_lock(typ, start, end) else {
-            return done(Err(Errno::EINVAL));
+        let lock = match self.lock_request(ino, fh, typ, start, end) {
+            Ok(lock) => lock,
+            Err(e) => return done(Err(e)),
         };
-        if !self.is_open_file(ino, fh) {
-            return done(Err(Errno::new(libc::ENOLCK)));
-        }
         let make = |handle| Op::GetLock {
             handle,
             owner,
             lock,
         };
-        self.on_handle(fh, make, move |r| {
+        self.on_handle(fh, &caller.cred, make, move |r| {
             done(locks::conflict_of(r).map(|conflict| match conflict {
                 Some(c) => LockAnswer {
                     start: c.start,
@@ -68,27 +79,26 @@ impl Core {
         });
     }
 
-    /// `F_SETLK` (or, with `sleep`, `F_SETLKW`; also `flock`) by thread `tid` of
-    /// lock owner `owner`.
+    /// `F_SETLK` (or, with `sleep`, `F_SETLKW`; also `flock`) by the caller's
+    /// thread, of lock owner `owner`.
     #[allow(clippy::too_many_arguments)]
     pub fn setlk(
         &self,
+        caller: &Caller,
         ino: u64,
         fh: u64,
         owner: u64,
         start: u64,
         end: u64,
         typ: i32,
-        tid: u32,
         sleep: bool,
         done: impl Done<()>,
     ) {
-        let Some(lock) = file_lock(typ, start, end) else {
-            return done(Err(Errno::EINVAL));
+        let tid = caller.pid;
+        let lock = match self.lock_request(ino, fh, typ, start, end) {
+            Ok(lock) => lock,
+            Err(e) => return done(Err(e)),
         };
-        if !self.is_open_file(ino, fh) {
-            return done(Err(Errno::new(libc::ENOLCK)));
-        }
         let kind = lock_kind(tid, &lock);
         // What was written under a lock must be on the server before the lock is
         // let go (or changed): the next holder reads it from there. (A write
@@ -117,15 +127,17 @@ impl Core {
                 }
                 core.writes.doubt(ino);
                 core.attrs.drop_ino(ino);
+                core.opened.changed(ino);
                 core.kernel
                     .forget_data_then(ino, Box::new(move || done(Ok(()))));
             }
             Err(e) => done(Err(e)),
         };
         let client = self.client.clone();
-        self.ask(Some(epoch), op.clone(), move |r| match r {
+        let cred = caller.cred.clone();
+        self.ask(Some(epoch), &caller.cred, op.clone(), move |r| match r {
             Err(e) if e.code() == libc::EAGAIN && sleep => {
-                locks::wait_for_lock(client, epoch, op, tid, finish)
+                locks::wait_for_lock(client, epoch, cred, op, tid, finish)
             }
             other => finish(other.map(|_| ())),
         });
@@ -136,6 +148,7 @@ impl Core {
     /// is gone went with it, so a failure here is logged, not reported.
     pub(super) fn release_posix_locks(
         &self,
+        caller: &Caller,
         ino: u64,
         fh: u64,
         owner: u64,
@@ -150,7 +163,7 @@ impl Core {
             return then();
         }
         let make = |handle| Op::ReleaseLocks { handle, owner };
-        self.on_handle(fh, make, move |r| {
+        self.on_handle(fh, &caller.cred, make, move |r| {
             if let Err(e) = r {
                 log::debug!("releasing locks on close: {e}");
             }

@@ -1,6 +1,9 @@
-//! The filesystem's logic, without the kernel: plain methods that take inode
-//! numbers, names, offsets, flags and the caller, and finish with a
-//! `Result<T, Errno>` handed to a callback. The `fuser` adapter
+//! The filesystem's logic, without the kernel: plain methods that take the
+//! caller, inode numbers, names, offsets and flags, and finish with a
+//! `Result<T, Errno>` handed to a callback. Every request to the server goes on
+//! behalf of the caller whose operation caused it (its [`Caller::cred`]), so
+//! the server checks that user's permissions; a file opened again after a
+//! reconnect is opened for whoever opened it first. The `fuser` adapter
 //! ([`crate::adapter`]) only converts types and answers the kernel; tests drive
 //! the same methods against an in-process server, with no `/dev/fuse`.
 //!
@@ -8,8 +11,10 @@
 //! the server, answered on the connection's reader thread. Finishing there, in
 //! the callback, means a FUSE worker thread is never tied up waiting for the
 //! network, so the kernel can keep many requests in flight. Only a few
-//! operations block their caller: listing a directory (several round trips) and
-//! the waits write-behind imposes for ordering (see [`crate::writeback`]).
+//! operations block their caller: listing a directory (a round trip, more for a
+//! very long one, or none when it was fetched ahead: see
+//! [`crate::listing_ahead`]) and the waits write-behind imposes for ordering
+//! (see [`crate::writeback`]).
 //!
 //! The core is split by idea:
 //!
@@ -49,14 +54,19 @@ use crate::client::{OpResult, RemoteClient};
 use crate::files::OpenFiles;
 use crate::inode::{FileId, InodeTable};
 use crate::known::KnownDirs;
+use crate::listing_ahead::{changes_listings, Changes, ListingsAhead};
 use crate::locks::LockOwners;
+use crate::opened_data::OpenedData;
+use crate::stats::Stats;
+use crate::windows::KernelReadAhead;
 use crate::writeback::WriteBehind;
 use coherence::{Coherence, Touched};
 use dirs::DirSnapshots;
-use ferry_common::proto::{Op, Owner};
+use ferry_common::proto::{
+    Cred, Op, WELCOME_ACTS_AS_CALLERS, WELCOME_ALL_SQUASHED, WELCOME_ROOT_SQUASHED,
+};
 use ferry_common::sync::lock;
-use ferry_common::{Attr, Errno, FileKind};
-use std::collections::BTreeMap;
+use ferry_common::{Attr, Errno, FileKind, RelPath};
 use std::ffi::{OsStr, OsString};
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
@@ -92,23 +102,13 @@ impl Default for FsOptions {
     }
 }
 
-/// Who made a request: the calling process's ids, as the kernel reports them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Who made a request: the calling process's credential (its ids as the kernel
+/// reports them, with its groups; see [`crate::creds`]) and thread.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
     /// The calling thread (the kernel's "pid" of a request is its thread id).
     pub pid: u32,
-}
-
-impl Caller {
-    /// The owner the server gives a node this caller creates.
-    fn owner(&self) -> Option<Owner> {
-        Some(Owner {
-            uid: self.uid,
-            gid: self.gid,
-        })
-    }
+    pub cred: Cred,
 }
 
 /// A name the kernel may cache: the node's inode number and attributes, trusted
@@ -116,6 +116,9 @@ impl Caller {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub ino: u64,
+    /// Tells the kernel a number reused for a new file from the file it held
+    /// under that number (see [`crate::inode`]).
+    pub generation: u64,
     pub attr: Attr,
     pub ttl: Duration,
 }
@@ -183,24 +186,6 @@ impl KernelCache for NoKernel {
     }
 }
 
-/// Requests by operation: those sent, and those an application waited for (the
-/// rest were write-behind). What `FERRY_STATS` prints.
-#[derive(Debug, Default)]
-pub struct Stats {
-    waited: Mutex<BTreeMap<&'static str, u64>>,
-}
-
-impl Stats {
-    fn waited_for(&self, op: &'static str) {
-        *lock(&self.waited).entry(op).or_default() += 1;
-    }
-
-    /// Requests an application waited for, by operation.
-    pub fn waited(&self) -> Vec<(&'static str, u64)> {
-        lock(&self.waited).iter().map(|(k, v)| (*k, *v)).collect()
-    }
-}
-
 /// Everything the core knows, shared by every request in flight.
 pub struct Shared {
     client: RemoteClient,
@@ -208,9 +193,15 @@ pub struct Shared {
     inodes: Mutex<InodeTable>,
     files: Mutex<OpenFiles>,
     writes: WriteBehind,
+    /// The first bytes of files opened for reading, for their first reads.
+    opened: OpenedData,
     attrs: AttrCache,
     known: KnownDirs,
     dirs: DirSnapshots,
+    /// Changes through this mount under way and made lately, counted.
+    changes: Arc<Changes>,
+    /// Listings a walk will want next, fetched ahead.
+    ahead: ListingsAhead,
     /// POSIX lock owners that may hold locks on the server.
     lock_owners: LockOwners,
     /// Answers for `security.capability` (see [`xattr`]).
@@ -218,7 +209,11 @@ pub struct Shared {
     kernel: Arc<dyn KernelCache>,
     /// The lease and the server's notices.
     coherence: Coherence,
-    stats: Stats,
+    /// The client's counters, which the core adds to (what applications waited
+    /// for, cache hits).
+    stats: Arc<Stats>,
+    /// The mount's readahead, fitted to the path before every open.
+    read_ahead: KernelReadAhead,
 }
 
 /// The filesystem core; cheap to clone (clones share one [`Shared`]).
@@ -237,19 +232,27 @@ impl Core {
     /// it asks every connection for notices (see [`coherence`]).
     pub fn new(client: RemoteClient, opts: FsOptions, kernel: Arc<dyn KernelCache>) -> Core {
         let root = FileId::of(&client.welcome().root);
+        let stats = Arc::clone(client.stats());
+        let ttl = opts.attr_timeout;
+        let changes = Arc::new(Changes::default());
+        let ahead = ListingsAhead::new(client.clone(), Arc::clone(&changes), ttl);
         let shared = Arc::new(Shared {
             client,
             inodes: Mutex::new(InodeTable::new(root)),
             files: Mutex::new(OpenFiles::new()),
             writes: WriteBehind::new(),
+            opened: OpenedData::new(ttl),
             attrs: AttrCache::new(),
             known: KnownDirs::new(),
             dirs: DirSnapshots::default(),
+            changes,
+            ahead,
             lock_owners: LockOwners::new(),
             file_caps: xattr::FileCapCache::new(),
             kernel,
             coherence: Coherence::new(opts.lease),
-            stats: Stats::default(),
+            stats,
+            read_ahead: KernelReadAhead::default(),
             opts,
         });
         Core::listen(&shared);
@@ -264,16 +267,45 @@ impl Core {
         &self.client
     }
 
+    /// What the client and the core have counted.
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
 
-    /// Sends `op` for an answer an application waits for; `epoch` pins it to
-    /// the connection of a server handle it carries. Once `done` has stored
-    /// what the answer says and answered the kernel, a notice that crossed it
-    /// is applied again to what it named (see [`Core::settle`]).
-    fn ask(&self, epoch: Option<u64>, op: Op, done: impl Done<ferry_common::proto::Reply>) {
-        self.ask_about(None, epoch, op, done)
+    /// The mount's readahead (see [`crate::windows`]).
+    pub fn read_ahead(&self) -> &KernelReadAhead {
+        &self.read_ahead
+    }
+
+    /// Writes and attribute changes sent ahead and not yet answered, and the
+    /// bytes of data they carry.
+    pub fn queued_writes(&self) -> (usize, usize) {
+        self.writes.queued()
+    }
+
+    /// How many inodes the mount holds, the root included: no more than the
+    /// kernel holds (see [`crate::inode`]).
+    pub fn inodes_held(&self) -> usize {
+        lock(&self.inodes).len()
+    }
+
+    fn ttl(&self) -> Duration {
+        self.opts.attr_timeout
+    }
+
+    /// Sends `op` on behalf of `cred` for an answer an application waits for;
+    /// `epoch` pins it to the connection of a server handle it carries. Once
+    /// `done` has stored what the answer says and answered the kernel, a
+    /// notice that crossed it is applied again to what it named (see
+    /// [`Core::settle`]).
+    fn ask(
+        &self,
+        epoch: Option<u64>,
+        cred: &Cred,
+        op: Op,
+        done: impl Done<ferry_common::proto::Reply>,
+    ) {
+        self.ask_about(None, epoch, cred, op, done)
     }
 
     /// [`ask`](Self::ask) for an operation whose answer is about inode `ino`
@@ -282,30 +314,57 @@ impl Core {
         &self,
         ino: Option<u64>,
         epoch: Option<u64>,
+        cred: &Cred,
         op: Op,
         done: impl Done<ferry_common::proto::Reply>,
     ) {
-        self.stats.waited_for(op.name());
+        self.stats.waited_for(&op);
         let touched = Touched::of(&op).with_ino(ino);
         let mark = self.mark();
         let core = self.clone();
-        let done = move |r| {
+        let changes = changes_listings(&op).then(|| {
+            self.changes.begin();
+            Arc::clone(&self.changes)
+        });
+        let done = move |r: OpResult| {
+            if let Some(changes) = changes {
+                changes.end();
+            }
             done(r);
             core.settle(mark, touched);
         };
         match epoch {
-            Some(epoch) => self.client.submit_in(epoch, op, done),
-            None => self.client.submit(op, done),
+            Some(epoch) => self.client.submit_in(epoch, cred, op, done),
+            None => self.client.submit(cred, op, done),
         }
     }
 
     /// [`ask`](Self::ask), waiting here for the answer.
-    fn ask_now(&self, epoch: Option<u64>, op: Op) -> OpResult {
-        self.stats.waited_for(op.name());
-        match epoch {
-            Some(epoch) => self.client.call_in(epoch, op),
-            None => self.client.call(op),
+    fn ask_now(&self, epoch: Option<u64>, cred: &Cred, op: Op) -> OpResult {
+        self.stats.waited_for(&op);
+        let changes = changes_listings(&op);
+        if changes {
+            self.changes.begin();
         }
+        let answer = match epoch {
+            Some(epoch) => self.client.call_in(epoch, cred, op),
+            None => self.client.call(cred, op),
+        };
+        if changes {
+            self.changes.end();
+        }
+        answer
+    }
+
+    /// Whether the server checks `caller`'s requests as this machine's kernel
+    /// did before passing them on: not when the server acts as another user for
+    /// it (a squashed root, or anyone under `--all-squash`), whose requests may
+    /// then fail there although the kernel allowed them.
+    fn checked_alike(&self, caller: &Caller) -> bool {
+        let features = self.client.welcome().features;
+        let squashed = features & WELCOME_ALL_SQUASHED != 0
+            || (features & WELCOME_ROOT_SQUASHED != 0 && caller.cred.uid == 0);
+        features & WELCOME_ACTS_AS_CALLERS == 0 || !squashed
     }
 
     /// Keeps the directory attributes the server sent along with a change
@@ -332,6 +391,31 @@ impl Core {
             }
         }
         true
+    }
+
+    /// Counts one kernel lookup of `path`, which the server says is the file
+    /// `attr`: answers the inode number and generation to hand the kernel. A
+    /// number handed out for a new file (see [`crate::inode`]) keeps nothing
+    /// the caches learnt under it about the old one.
+    fn hand_out(&self, path: &RelPath, attr: &Attr) -> (u64, u64) {
+        let mut inodes = lock(&self.inodes);
+        let before = inodes
+            .number_of_file(attr)
+            .map(|ino| (ino, inodes.generation(ino)));
+        let ino = inodes.remember(path, attr);
+        let generation = inodes.generation(ino);
+        drop(inodes);
+        if before.is_some_and(|held| held != (ino, generation)) {
+            self.drop_cached(ino);
+        }
+        (ino, generation)
+    }
+
+    /// Forgets what the caches hold under the number `ino`.
+    fn drop_cached(&self, ino: u64) {
+        self.attrs.drop_ino(ino);
+        self.known.forget(ino);
+        self.file_caps.forget(ino);
     }
 
     /// The path `ino` names now.

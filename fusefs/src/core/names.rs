@@ -10,7 +10,7 @@ use super::{Caller, Core, Done, Entry, Lookup, Opened};
 use crate::client::OpResult;
 use crate::files::RemoteFile;
 use crate::inode::InodeTable;
-use ferry_common::proto::{Op, Reply};
+use ferry_common::proto::{Cred, Op, Reply};
 use ferry_common::sync::lock;
 use ferry_common::{Errno, RelPath};
 use std::ffi::OsStr;
@@ -35,8 +35,9 @@ pub(super) fn direct_io(flags: i32) -> bool {
 
 impl Core {
     /// The entry `name` in `parent`.
-    pub fn lookup(&self, parent: u64, name: &OsStr, done: impl Done<Lookup>) {
+    pub fn lookup(&self, caller: &Caller, parent: u64, name: &OsStr, done: impl Done<Lookup>) {
         if let Some(left) = self.known.absent(parent, name) {
+            self.stats.absent_names.hit();
             let ttl = self.negative(parent, name, Instant::now() + left);
             return done(Ok(Lookup::Missing(ttl)));
         }
@@ -44,87 +45,124 @@ impl Core {
             Ok(p) => p,
             Err(e) => return done(Err(e)),
         };
+        if let Some(entry) = self.listed_entry(caller, parent, &path, name) {
+            return done(Ok(Lookup::Found(entry)));
+        }
         let op = Op::Stat { path: path.clone() };
         let core = self.clone();
         let name = name.to_os_string();
         let asked = Instant::now();
-        self.entry_op(path.clone(), op, move |r| match r {
+        self.entry_op(&caller.cred, path.clone(), op, move |r| match r {
             Ok(entry) => done(Ok(Lookup::Found(entry))),
             // A name that does not exist is remembered by the kernel as a
             // negative entry for as long as a positive one would be: compilers,
             // git and shells look for the same missing files again and again.
             Err(Errno::ENOENT) => {
-                // The name is gone (another client removed it).
-                lock(&core.inodes).detach(&path);
+                core.stats.absent_names.miss();
+                // The name is gone (another client removed or moved it).
+                lock(&core.inodes).lose(&path);
                 done(Ok(core.missing(parent, &name, asked)))
             }
             Err(e) => done(Err(e)),
         });
     }
 
+    /// The entry for `name` in `parent` (whose path is `path`) that a recent
+    /// listing of `parent` gives, trusted for what is left of the attribute
+    /// timeout since it was asked for (see [`crate::listing_ahead`]).
+    fn listed_entry(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        path: &RelPath,
+        name: &OsStr,
+    ) -> Option<Entry> {
+        let (dir, _) = path.split_last()?;
+        let id = lock(&self.inodes).file_id(parent)?;
+        let (attr, asked) = self.ahead.lookup(&caller.cred, &dir, id, name.as_bytes())?;
+        let (ino, generation) = self.hand_out(path, &attr);
+        self.attrs.store(ino, attr, asked + self.ttl());
+        let attr = self.writes.overlay(ino, attr, None);
+        self.stats.listed_names.hit();
+        Some(Entry {
+            ino,
+            generation,
+            attr,
+            ttl: self.ttl().saturating_sub(asked.elapsed()),
+        })
+    }
+
     /// The kernel dropped `nlookup` references to `ino`.
     pub fn forget(&self, ino: u64, nlookup: u64) {
         log::trace!("forget inode {ino} by {nlookup}");
         if lock(&self.inodes).forget(ino, nlookup) {
-            self.attrs.drop_ino(ino);
+            self.drop_cached(ino);
         }
     }
 
     pub fn mknod(
         &self,
-        caller: Caller,
+        caller: &Caller,
         parent: u64,
         name: &OsStr,
         mode: u32,
         rdev: u32,
         done: impl Done<Entry>,
     ) {
-        self.new_entry(parent, name, done, |path| Op::Mknod {
+        self.new_entry(&caller.cred, parent, name, done, |path| Op::Mknod {
             path,
             mode,
             rdev: u64::from(rdev),
-            owner: caller.owner(),
         });
     }
 
     pub fn mkdir(
         &self,
-        caller: Caller,
+        caller: &Caller,
         parent: u64,
         name: &OsStr,
         mode: u32,
         done: impl Done<Entry>,
     ) {
-        self.new_entry(parent, name, done, |path| Op::Mkdir {
+        self.new_entry(&caller.cred, parent, name, done, |path| Op::Mkdir {
             path,
             mode,
-            owner: caller.owner(),
         });
     }
 
     pub fn symlink(
         &self,
-        caller: Caller,
+        caller: &Caller,
         parent: u64,
         name: &OsStr,
         target: &Path,
         done: impl Done<Entry>,
     ) {
         let target = target.as_os_str().as_bytes().to_vec();
-        self.new_entry(parent, name, done, |path| Op::Symlink {
+        self.new_entry(&caller.cred, parent, name, done, |path| Op::Symlink {
             path,
             target,
-            owner: caller.owner(),
         });
     }
 
     /// A hard link `newname` in `newparent` to `ino`.
-    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr, done: impl Done<Entry>) {
+    pub fn link(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+        done: impl Done<Entry>,
+    ) {
         match (self.path_of(ino), self.child(newparent, newname)) {
             (Ok(existing), Ok(path)) => {
                 self.known.add(newparent, newname);
                 let done = self.confirm_name(newparent, done);
-                self.entry_op(path.clone(), Op::Link { existing, path }, done)
+                let op = Op::Link {
+                    existing,
+                    path: path.clone(),
+                };
+                self.entry_op(&caller.cred, path, op, done)
             }
             (Err(e), _) | (_, Err(e)) => done(Err(e)),
         }
@@ -143,12 +181,12 @@ impl Core {
         }
     }
 
-    pub fn unlink(&self, parent: u64, name: &OsStr, done: impl Done<()>) {
-        self.remove(parent, name, done, |path| Op::Unlink { path });
+    pub fn unlink(&self, caller: &Caller, parent: u64, name: &OsStr, done: impl Done<()>) {
+        self.remove(&caller.cred, parent, name, done, |path| Op::Unlink { path });
     }
 
-    pub fn rmdir(&self, parent: u64, name: &OsStr, done: impl Done<()>) {
-        self.remove(parent, name, done, |path| Op::Rmdir { path });
+    pub fn rmdir(&self, caller: &Caller, parent: u64, name: &OsStr, done: impl Done<()>) {
+        self.remove(&caller.cred, parent, name, done, |path| Op::Rmdir { path });
     }
 
     /// `done`, after taking `name` out of the names known of `dir` once the
@@ -165,8 +203,10 @@ impl Core {
     }
 
     /// `renameat2` with its flags (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
+    #[allow(clippy::too_many_arguments)]
     pub fn rename(
         &self,
+        caller: &Caller,
         parent: u64,
         name: &OsStr,
         newparent: u64,
@@ -193,7 +233,7 @@ impl Core {
             flags,
         };
         let changed = vec![(from.clone(), false), (to.clone(), !exchange)];
-        self.name_op(op, changed, done, move |t| {
+        self.name_op(&caller.cred, op, changed, done, move |t| {
             if exchange {
                 t.exchange(&from, &to)
             } else {
@@ -203,22 +243,27 @@ impl Core {
     }
 
     /// The text of the symlink `ino`.
-    pub fn readlink(&self, ino: u64, done: impl Done<Vec<u8>>) {
+    pub fn readlink(&self, caller: &Caller, ino: u64, done: impl Done<Vec<u8>>) {
         let path = match self.path_of(ino) {
             Ok(p) => p,
             Err(e) => return done(Err(e)),
         };
-        self.ask(None, Op::ReadLink { path }, move |r| match r {
-            Ok(Reply::Target(t)) => done(Ok(t)),
-            Ok(_) => done(Err(Errno::EPROTO)),
-            Err(e) => done(Err(e)),
-        });
+        self.ask(
+            None,
+            &caller.cred,
+            Op::ReadLink { path },
+            move |r| match r {
+                Ok(Reply::Target(t)) => done(Ok(t)),
+                Ok(_) => done(Err(Errno::EPROTO)),
+                Err(e) => done(Err(e)),
+            },
+        );
     }
 
     /// Creates (or, without `O_EXCL`, opens) the file `name` in `parent`.
     pub fn create(
         &self,
-        caller: Caller,
+        caller: &Caller,
         parent: u64,
         name: &OsStr,
         mode: u32,
@@ -237,18 +282,20 @@ impl Core {
         let done = self.confirm_name(parent, done);
         // The name may be a file this mount is writing (O_CREAT of an existing
         // name, maybe with O_TRUNC): what was sent before comes first.
-        if let Some(ino) = lock(&self.inodes).ino_of(&path) {
+        let existing = lock(&self.inodes).ino_of(&path);
+        if let Some(ino) = existing {
             self.writes.wait_idle(ino);
+            self.opened.changed(ino);
         }
         let op = Op::Create {
             path: path.clone(),
             flags,
             mode,
-            owner: caller.owner(),
         };
         let core = self.clone();
         let asked = Instant::now();
-        self.ask(Some(epoch), op, move |r: OpResult| {
+        let opener = caller.cred.clone();
+        self.ask(Some(epoch), &caller.cred, op, move |r: OpResult| {
             let (handle, attr) = match r.as_ref().map(Reply::opened) {
                 Ok(Some(opened)) => opened,
                 Ok(None) => return done(Err(Errno::EPROTO)),
@@ -258,26 +305,30 @@ impl Core {
                 core.note_dirs(&[*dir], asked);
             }
             let until = core.until(asked);
-            let (ino, fh) = {
+            let (ino, generation) = core.hand_out(&path, &attr);
+            let fh = {
                 let mut inodes = lock(&core.inodes);
-                let ino = inodes.remember(&path, &attr);
                 core.attrs.store(ino, attr, until);
                 inodes.note_open(ino, &attr);
                 let fh = lock(&core.files).insert(RemoteFile {
                     ino,
                     flags,
+                    opener,
                     handle,
                     epoch,
                 });
                 inodes.add_handle(ino, fh);
-                (ino, fh)
+                fh
             };
             if writable(flags) {
                 core.writes.opened_for_writing(ino, fh, &attr);
             }
+            // An existing file opened this way may have been truncated.
+            core.opened.changed(ino);
             core.file_caps.note_new_file(ino, until);
             let entry = Entry {
                 ino,
+                generation,
                 attr,
                 ttl: core.ttl_since(asked),
             };
@@ -294,6 +345,7 @@ impl Core {
     /// from its path.
     fn new_entry(
         &self,
+        cred: &Cred,
         parent: u64,
         name: &OsStr,
         done: impl Done<Entry>,
@@ -305,7 +357,7 @@ impl Core {
                 self.known.add(parent, name);
                 let done = self.confirm_name(parent, done);
                 let op = make_op(path.clone());
-                self.entry_op(path, op, done)
+                self.entry_op(cred, path, op, done)
             }
             Err(e) => done(Err(e)),
         }
@@ -313,14 +365,14 @@ impl Core {
 
     /// Sends an operation whose answer is an entry for `path` (lookup, mkdir,
     /// symlink, ...): the inode is counted only once the answer is in.
-    fn entry_op(&self, path: RelPath, op: Op, done: impl Done<Entry>) {
+    fn entry_op(&self, cred: &Cred, path: RelPath, op: Op, done: impl Done<Entry>) {
         // A directory made here is known to be empty.
         let made_dir = matches!(op, Op::Mkdir { .. });
         let is_link = matches!(op, Op::Link { .. });
         let mark = self.writes.mark();
         let asked = Instant::now();
         let core = self.clone();
-        self.ask(None, op, move |r| {
+        self.ask(None, cred, op, move |r| {
             let reply = match r {
                 Ok(reply) => reply,
                 Err(e) => {
@@ -335,7 +387,7 @@ impl Core {
                 core.note_dirs(&[dir], asked);
             }
             let until = core.until(asked);
-            let ino = lock(&core.inodes).remember(&path, &attr);
+            let (ino, generation) = core.hand_out(&path, &attr);
             core.attrs.store(ino, attr, until);
             if is_link {
                 // A file being written has one more name.
@@ -348,6 +400,7 @@ impl Core {
             log::trace!("entry {path:?} is inode {ino}");
             done(Ok(Entry {
                 ino,
+                generation,
                 attr,
                 ttl: core.ttl_since(asked),
             }))
@@ -357,6 +410,7 @@ impl Core {
     /// Removes `name` from `parent` with the operation `make_op` builds.
     fn remove(
         &self,
+        cred: &Cred,
         parent: u64,
         name: &OsStr,
         done: impl Done<()>,
@@ -366,7 +420,7 @@ impl Core {
             Ok(path) => {
                 let op = make_op(path.clone());
                 let done = self.name_gone(parent, name, done);
-                self.name_op(op, vec![(path.clone(), true)], done, move |t| {
+                self.name_op(cred, op, vec![(path.clone(), true)], done, move |t| {
                     t.detach(&path)
                 })
             }
@@ -381,6 +435,7 @@ impl Core {
     /// the projection of a file being written is corrected.
     pub(super) fn name_op(
         &self,
+        cred: &Cred,
         op: Op,
         changed: Vec<(RelPath, bool)>,
         done: impl Done<()>,
@@ -388,7 +443,7 @@ impl Core {
     ) {
         let core = self.clone();
         let asked = Instant::now();
-        self.ask(None, op, move |r| match r {
+        self.ask(None, cred, op, move |r| match r {
             Ok(answer) => {
                 for (path, loses_link) in &changed {
                     let ino = lock(&core.inodes).ino_of(path);

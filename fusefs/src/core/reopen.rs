@@ -4,12 +4,12 @@
 //! A server handle lives as long as its connection (its *epoch*); the kernel's
 //! handle lives until release. After a reconnect the first request through a
 //! kernel handle opens the file again, without the flags that only make sense
-//! once (`O_CREAT`, `O_EXCL`, `O_TRUNC`), and every later request uses the new
-//! handle. A request carrying a server handle is only ever sent on that
+//! once (`O_CREAT`, `O_EXCL`, `O_TRUNC`), and for whoever opened it first (the
+//! permission to open it was theirs); every later request uses the new handle. A request carrying a server handle is only ever sent on that
 //! handle's connection, so an old number can never reach another file.
 
 use super::{Core, Done};
-use ferry_common::proto::{Op, Reply};
+use ferry_common::proto::{Cred, Op, Reply};
 use ferry_common::sync::lock;
 use ferry_common::{Errno, RelPath};
 
@@ -31,7 +31,7 @@ impl Core {
             path,
             flags: file.reopen_flags(),
         };
-        let handle = match self.ask_now(Some(epoch), op)? {
+        let handle = match self.ask_now(Some(epoch), &file.opener, op)? {
             Reply::Opened { handle, .. } => handle,
             _ => return Err(Errno::EPROTO),
         };
@@ -48,22 +48,24 @@ impl Core {
             None => Err(Errno::EBADF),
         };
         drop(files);
-        self.client.submit_in(epoch, Op::Close { handle }, |_| {});
+        self.client
+            .submit_in(epoch, &file.opener, Op::Close { handle }, |_| {});
         outcome
     }
 
     /// Sends the operation `make_op` builds for the server handle behind the
-    /// kernel's `fh`, on that handle's connection.
+    /// kernel's `fh`, on that handle's connection, on behalf of `cred`.
     pub(super) fn on_handle(
         &self,
         fh: u64,
+        cred: &Cred,
         make_op: impl FnOnce(u64) -> Op,
         done: impl Done<Reply>,
     ) {
         match self.server_handle(fh) {
             Ok((epoch, handle)) => {
                 let ino = lock(&self.files).get(fh).map(|f| f.ino);
-                self.ask_about(ino, Some(epoch), make_op(handle), done)
+                self.ask_about(ino, Some(epoch), cred, make_op(handle), done)
             }
             Err(e) => done(Err(e)),
         }

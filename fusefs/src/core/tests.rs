@@ -3,15 +3,18 @@
 //! and re-opening after a server restart.
 
 use super::*;
+use crate::client::ConnectOptions;
 use crate::inode::ROOT_INO;
 use ferry_common::proto::{AttrChanges, SetTime};
 use ferry_common::Timestamp;
-use ferry_server::{spawn_server, spawn_test_server, ServerConfig, ServerHandle};
+use ferry_server::{spawn_server, ServerHandle};
 use std::ffi::OsStr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
+
+mod round_trips;
 
 /// How long a test waits for an answer before calling it a hang.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -40,9 +43,14 @@ impl KernelCache for RecordingKernel {
 /// A server exporting a fresh directory, and a core connected to it.
 struct Harness {
     core: Core,
+    /// Who the tests' requests come from: this process's ids.
+    me: Caller,
     kernel: Arc<RecordingKernel>,
     server: Option<ServerHandle>,
     addr: std::net::SocketAddr,
+    /// How clients reach the server (which keeps its identity across restarts).
+    options: ConnectOptions,
+    security: ferry_server::Security,
     dir: tempfile::TempDir,
 }
 
@@ -55,26 +63,43 @@ impl Harness {
     }
 
     fn with(opts: FsOptions) -> Harness {
+        Harness::serving(opts, |_| {})
+    }
+
+    /// A harness whose server's configuration `tune` changes first (the tests'
+    /// default: root is not squashed).
+    fn serving(opts: FsOptions, tune: impl FnOnce(&mut ferry_server::ServerConfig)) -> Harness {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let server = spawn_test_server(dir.path(), false).expect("a server");
+        let security = ferry_server::test_security(dir.path()).expect("a server identity");
+        let mut config = ferry_server::test_config(dir.path(), security);
+        tune(&mut config);
+        let server = spawn_server(config).expect("a server");
         let addr = server.addr();
-        let client =
-            RemoteClient::connect_with_timeout(&addr.to_string(), PATIENCE).expect("connect");
+        let tls = server.tls().expect("a TLS server");
+        let options = ConnectOptions::pinned(
+            tls.fingerprint(),
+            Some(tls.token(None).cloned().expect("a token")),
+        )
+        .with_timeout(PATIENCE);
+        let security = server.security().clone();
+        let client = RemoteClient::connect(&addr.to_string(), &options).expect("connect");
         let kernel = Arc::new(RecordingKernel::default());
         let core = Core::new(client, opts, kernel.clone());
         Harness {
             core,
+            me: me(),
             kernel,
             server: Some(server),
             addr,
+            options,
+            security,
             dir,
         }
     }
 
     /// A second core (another client) on the same server.
     fn another_client(&self) -> Core {
-        let client =
-            RemoteClient::connect_with_timeout(&self.addr.to_string(), PATIENCE).expect("connect");
+        let client = RemoteClient::connect(&self.addr.to_string(), &self.options).expect("connect");
         Core::new(client, FsOptions::default(), Arc::new(NoKernel))
     }
 
@@ -85,17 +110,13 @@ impl Harness {
 
     fn restart_server(&mut self) {
         self.server = None;
-        let config = ServerConfig {
-            root: self.dir.path().to_path_buf(),
-            listen: self.addr,
-            read_only: false,
-            max_connections: 8,
-        };
+        let mut config = ferry_server::test_config(self.dir.path(), self.security.clone());
+        config.listen = self.addr;
         self.server = Some(spawn_server(config).expect("restart on the same port"));
     }
 
     fn lookup(&self, parent: u64, name: &str) -> Result<Lookup, Errno> {
-        wait(|d| self.core.lookup(parent, OsStr::new(name), d))
+        wait(|d| self.core.lookup(&self.me, parent, OsStr::new(name), d))
     }
 
     /// The inode of `name` in `parent`, which must exist.
@@ -107,47 +128,47 @@ impl Harness {
     }
 
     fn create(&self, parent: u64, name: &str, flags: i32) -> Result<(Entry, Opened), Errno> {
-        let caller = self.caller();
         wait(|d| {
             self.core
-                .create(caller, parent, OsStr::new(name), 0o644, flags, d)
+                .create(&self.me, parent, OsStr::new(name), 0o644, flags, d)
         })
     }
 
     fn mkdir(&self, parent: u64, name: &str) -> Result<Entry, Errno> {
-        let caller = self.caller();
-        wait(|d| self.core.mkdir(caller, parent, OsStr::new(name), 0o755, d))
+        wait(|d| {
+            self.core
+                .mkdir(&self.me, parent, OsStr::new(name), 0o755, d)
+        })
     }
 
     fn open(&self, ino: u64, flags: i32) -> Result<Opened, Errno> {
-        wait(|d| self.core.open(ino, flags, d))
+        wait(|d| self.core.open(&self.me, ino, flags, d))
     }
 
     fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
         wait(|d| {
             self.core
-                .write(ino, fh, offset, data, libc::O_RDWR, false, d)
+                .write(&self.me, ino, fh, offset, data, libc::O_RDWR, false, d)
         })
     }
 
     fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        wait(|d| self.core.read(ino, fh, offset, size, d))
+        wait(|d| self.core.read(&self.me, ino, fh, offset, size, d))
     }
 
     /// close(2) then the kernel's release.
     fn close(&self, ino: u64, fh: u64) -> Result<(), Errno> {
-        let flushed = wait(|d| self.core.flush(ino, fh, 1, d));
-        self.core.release(ino, fh);
+        let flushed = wait(|d| self.core.flush(&self.me, ino, fh, 1, d));
+        self.core.release(&self.me, ino, fh);
         flushed
     }
 
     fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
-        wait(|d| self.core.getattr(ino, None, d)).map(|a| a.attr)
+        wait(|d| self.core.getattr(&self.me, ino, None, d)).map(|a| a.attr)
     }
 
     fn setattr(&self, ino: u64, fh: Option<u64>, changes: AttrChanges) -> Result<Attr, Errno> {
-        let caller = self.caller();
-        wait(|d| self.core.setattr(caller, ino, fh, changes, d)).map(|a| a.attr)
+        wait(|d| self.core.setattr(&self.me, ino, fh, changes, d)).map(|a| a.attr)
     }
 
     /// Names listed by readdir of directory `ino`.
@@ -171,13 +192,20 @@ impl Harness {
 
     /// Requests an application waited for so far.
     fn waited(&self) -> u64 {
-        self.core.stats().waited().iter().map(|(_, n)| n).sum()
+        self.core
+            .stats()
+            .waited_by_kind()
+            .iter()
+            .map(|(_, n)| n)
+            .sum()
     }
+}
 
-    fn caller(&self) -> Caller {
-        // SAFETY: getuid and getgid cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        Caller { uid, gid, pid: 1 }
+/// This process's user as a caller (no thread: a lock wait is never interrupted).
+fn me() -> Caller {
+    Caller {
+        pid: 0,
+        cred: crate::creds::own(),
     }
 }
 
@@ -189,7 +217,7 @@ fn readdir(
     add: impl FnMut(DirItem<'_>) -> bool,
 ) -> Result<(), Errno> {
     let mut out = None;
-    core.readdir(ino, offset, add, |r| out = Some(r));
+    core.readdir(&me(), ino, offset, add, |r| out = Some(r));
     out.expect("readdir finishes before returning")
 }
 
@@ -201,7 +229,7 @@ fn readdirplus(
     add: impl FnMut(DirItemPlus<'_>) -> bool,
 ) -> Result<(), Errno> {
     let mut out = None;
-    core.readdirplus(ino, offset, add, |r| out = Some(r));
+    core.readdirplus(&me(), ino, offset, add, |r| out = Some(r));
     out.expect("readdirplus finishes before returning")
 }
 
@@ -355,7 +383,7 @@ fn fsync_reports_a_write_failure_and_every_writer_hears_of_it_once() {
     let far = i64::MAX as u64 - 10;
     h.write(entry.ino, first.fh, far, b"0123456789abcdef")
         .expect("answered at once");
-    let fsync = |fh| wait(|d| h.core.fsync(entry.ino, fh, false, d));
+    let fsync = |fh| wait(|d| h.core.fsync(&h.me, entry.ino, fh, false, d));
     assert!(fsync(first.fh).is_err());
     assert_eq!(fsync(first.fh), Ok(()), "told once");
     assert!(
@@ -476,10 +504,11 @@ fn mkdir_rmdir_and_their_errors() {
     assert_eq!(d.attr.kind, FileKind::Directory);
     assert_eq!(h.mkdir(ROOT_INO, "d"), Err(Errno::EEXIST));
     h.create(d.ino, "f", libc::O_WRONLY).expect("create");
-    let rmdir = |name: &str| wait(|done| h.core.rmdir(ROOT_INO, OsStr::new(name), done));
+    let rmdir = |name: &str| wait(|done| h.core.rmdir(&h.me, ROOT_INO, OsStr::new(name), done));
     assert_eq!(rmdir("d"), Err(Errno::ENOTEMPTY));
     assert_eq!(rmdir("nope"), Err(Errno::ENOENT));
-    let unlink = |parent, name: &str| wait(|done| h.core.unlink(parent, OsStr::new(name), done));
+    let unlink =
+        |parent, name: &str| wait(|done| h.core.unlink(&h.me, parent, OsStr::new(name), done));
     assert_eq!(unlink(ROOT_INO, "d"), Err(Errno::EISDIR));
     unlink(d.ino, "f").expect("unlink");
     assert_eq!(unlink(d.ino, "f"), Err(Errno::ENOENT));
@@ -497,6 +526,7 @@ fn rename_moves_the_inode_with_its_subtree() {
     let rename = |from: &str, to: &str, flags| {
         wait(|done| {
             h.core.rename(
+                &h.me,
                 ROOT_INO,
                 OsStr::new(from),
                 ROOT_INO,
@@ -524,20 +554,19 @@ fn links_symlinks_and_readlink() {
     let h = Harness::new();
     let (f, opened) = h.create(ROOT_INO, "f", libc::O_RDWR).expect("create");
     h.close(f.ino, opened.fh).expect("close");
-    let link = wait(|d| h.core.link(f.ino, ROOT_INO, OsStr::new("g"), d)).expect("link");
+    let link = wait(|d| h.core.link(&h.me, f.ino, ROOT_INO, OsStr::new("g"), d)).expect("link");
     assert_eq!(link.ino, f.ino, "hard links share a number");
     assert_eq!(link.attr.nlink, 2);
-    let caller = h.caller();
     let target = Path::new("/somewhere/absolute");
     let sym =
-        wait(|d| h.core.symlink(caller, ROOT_INO, OsStr::new("s"), target, d)).expect("symlink");
+        wait(|d| h.core.symlink(&h.me, ROOT_INO, OsStr::new("s"), target, d)).expect("symlink");
     assert_eq!(sym.attr.kind, FileKind::Symlink);
     assert_eq!(
-        wait(|d| h.core.readlink(sym.ino, d)),
+        wait(|d| h.core.readlink(&h.me, sym.ino, d)),
         Ok(b"/somewhere/absolute".to_vec())
     );
     assert_eq!(
-        wait(|d| h.core.readlink(f.ino, d)),
+        wait(|d| h.core.readlink(&h.me, f.ino, d)),
         Err(Errno::EINVAL),
         "not a symlink"
     );
@@ -546,10 +575,9 @@ fn links_symlinks_and_readlink() {
 #[test]
 fn mknod_makes_a_fifo_the_server_never_opens() {
     let h = Harness::new();
-    let caller = h.caller();
     let fifo = wait(|d| {
         h.core.mknod(
-            caller,
+            &h.me,
             ROOT_INO,
             OsStr::new("p"),
             libc::S_IFIFO | 0o644,
@@ -647,7 +675,7 @@ fn after_a_server_restart_open_files_are_opened_again_by_path() {
     let ino = h.ino(ROOT_INO, "kept");
     let writer = h.open(ino, libc::O_WRONLY | libc::O_TRUNC).expect("open");
     h.write(ino, writer.fh, 0, b"ab").expect("write");
-    wait(|d| h.core.fsync(ino, writer.fh, false, d)).expect("fsync");
+    wait(|d| h.core.fsync(&h.me, ino, writer.fh, false, d)).expect("fsync");
     h.restart_server();
     // The first request after the break notices it; later ones reconnect.
     let deadline = Instant::now() + PATIENCE;
@@ -664,7 +692,7 @@ fn after_a_server_restart_open_files_are_opened_again_by_path() {
 fn a_file_unlinked_while_open_cannot_be_opened_again_after_a_restart() {
     let mut h = Harness::new();
     let (f, opened) = h.create(ROOT_INO, "gone", libc::O_RDWR).expect("create");
-    wait(|d| h.core.unlink(ROOT_INO, OsStr::new("gone"), d)).expect("unlink");
+    wait(|d| h.core.unlink(&h.me, ROOT_INO, OsStr::new("gone"), d)).expect("unlink");
     // Still usable on its own connection.
     assert_eq!(h.write(f.ino, opened.fh, 0, b"x"), Ok(1));
     assert_eq!(h.read(f.ino, opened.fh, 0, 10), Ok(b"x".to_vec()));
@@ -689,18 +717,18 @@ fn fallocate_and_a_server_side_copy() {
     let src = h.ino(ROOT_INO, "src");
     let input = h.open(src, libc::O_RDONLY).expect("open");
     let (dst, output) = h.create(ROOT_INO, "dst", libc::O_RDWR).expect("create");
-    wait(|d| h.core.fallocate(dst.ino, output.fh, 0, 4096, 0, d)).expect("fallocate");
+    wait(|d| h.core.fallocate(&h.me, dst.ino, output.fh, 0, 4096, 0, d)).expect("fallocate");
     assert_eq!(h.getattr(dst.ino).map(|a| a.size), Ok(4096));
     let copied = wait(|d| {
         h.core
-            .copy_file_range(src, input.fh, 5, dst.ino, output.fh, 0, 100, d)
+            .copy_file_range(&h.me, src, input.fh, 5, dst.ino, output.fh, 0, 100, d)
     });
     assert_eq!(copied, Ok(9));
     h.close(dst.ino, output.fh).expect("close");
     let on_disk = std::fs::read(h.on_disk("dst")).expect("on disk");
     assert_eq!(&on_disk[..9], b"me please");
     assert_eq!(
-        wait(|d| h.core.fallocate(dst.ino, 999, 0, 1, 0, d)),
+        wait(|d| h.core.fallocate(&h.me, dst.ino, 999, 0, 1, 0, d)),
         Err(Errno::EBADF)
     );
 }
@@ -708,7 +736,7 @@ fn fallocate_and_a_server_side_copy() {
 #[test]
 fn statfs_describes_the_servers_file_system() {
     let h = Harness::new();
-    let s = wait(|d| h.core.statfs(d)).expect("statfs");
+    let s = wait(|d| h.core.statfs(&h.me, d)).expect("statfs");
     assert!(s.blocks > 0 && s.bsize > 0 && s.namelen >= 255);
 }
 
@@ -717,27 +745,27 @@ fn extended_attributes_and_the_size_protocol() {
     let h = Harness::new();
     let (f, opened) = h.create(ROOT_INO, "f", libc::O_RDWR).expect("create");
     let name = OsStr::new("user.colour");
-    let set = |value: &[u8], flags| wait(|d| h.core.setxattr(f.ino, name, value, flags, 0, d));
+    let set =
+        |value: &[u8], flags| wait(|d| h.core.setxattr(&h.me, f.ino, name, value, flags, 0, d));
     if let Err(e) = set(b"blue", 0) {
         // tmpfs before Linux 6.6 has no user xattrs; nothing else to check here.
         assert_eq!(e, Errno::ENOTSUP);
         return;
     }
     assert_eq!(set(b"red", libc::XATTR_CREATE), Err(Errno::EEXIST));
-    let get = |size| wait(|d| h.core.getxattr(f.ino, name, size, d));
+    let get = |size| wait(|d| h.core.getxattr(&h.me, f.ino, name, size, d));
     assert_eq!(get(0), Ok(XattrAnswer::Size(4)));
     assert_eq!(get(2), Err(Errno::ERANGE));
     assert_eq!(get(64), Ok(XattrAnswer::Data(b"blue".to_vec())));
-    let caller = h.caller();
-    let list = wait(|d| h.core.listxattr(caller, f.ino, 1024, d)).expect("list");
+    let list = wait(|d| h.core.listxattr(&h.me, f.ino, 1024, d)).expect("list");
     assert!(matches!(list, XattrAnswer::Data(ref l) if l.starts_with(b"user.colour\0")));
-    wait(|d| h.core.removexattr(f.ino, name, d)).expect("remove");
+    wait(|d| h.core.removexattr(&h.me, f.ino, name, d)).expect("remove");
     assert_eq!(get(64), Err(Errno::new(libc::ENODATA)));
     // SELinux labels and ACLs are answered here, never asked for.
     let before = h.waited();
     for refused in ["security.selinux", "system.posix_acl_access"] {
         assert_eq!(
-            wait(|d| h.core.getxattr(f.ino, OsStr::new(refused), 64, d)),
+            wait(|d| h.core.getxattr(&h.me, f.ino, OsStr::new(refused), 64, d)),
             Err(Errno::ENOTSUP)
         );
     }
@@ -745,12 +773,12 @@ fn extended_attributes_and_the_size_protocol() {
     // write costs no round trip.
     let cap = OsStr::new("security.capability");
     assert_eq!(
-        wait(|d| h.core.getxattr(f.ino, cap, 64, d)),
+        wait(|d| h.core.getxattr(&h.me, f.ino, cap, 64, d)),
         Err(Errno::new(libc::ENODATA))
     );
     assert_eq!(h.waited(), before);
     assert_eq!(
-        wait(|d| h.core.setxattr(f.ino, name, b"x", 0, 1, d)),
+        wait(|d| h.core.setxattr(&h.me, f.ino, name, b"x", 0, 1, d)),
         Err(Errno::EINVAL),
         "positions are for macOS resource forks"
     );
@@ -764,46 +792,71 @@ fn locks_exclude_another_client_and_taking_one_drops_cached_pages() {
     let ino = h.ino(ROOT_INO, "f");
     let mine = h.open(ino, libc::O_RDWR).expect("open");
     let other = h.another_client();
-    let their_ino = match wait(|d| other.lookup(ROOT_INO, OsStr::new("f"), d)) {
+    let their_ino = match wait(|d| other.lookup(&h.me, ROOT_INO, OsStr::new("f"), d)) {
         Ok(Lookup::Found(e)) => e.ino,
         x => panic!("{x:?}"),
     };
-    let theirs = wait(|d| other.open(their_ino, libc::O_RDWR, d)).expect("open");
+    let theirs = wait(|d| other.open(&h.me, their_ino, libc::O_RDWR, d)).expect("open");
     let whole = (0, ferry_common::proto::LOCK_TO_EOF);
     wait(|d| {
         h.core
-            .setlk(ino, mine.fh, 7, 0, 99, libc::F_WRLCK, 0, false, d)
+            .setlk(&h.me, ino, mine.fh, 7, 0, 99, libc::F_WRLCK, false, d)
     })
     .expect("lock");
     assert!(lock(&h.kernel.asked).contains(&("data", ino)));
     // The other client sees the conflict and cannot take it.
-    let seen = wait(|d| other.getlk(their_ino, theirs.fh, 8, whole.0, whole.1, libc::F_WRLCK, d))
-        .expect("getlk");
+    let seen = wait(|d| {
+        other.getlk(
+            &h.me,
+            their_ino,
+            theirs.fh,
+            8,
+            whole.0,
+            whole.1,
+            libc::F_WRLCK,
+            d,
+        )
+    })
+    .expect("getlk");
     assert_eq!((seen.start, seen.end, seen.typ), (0, 99, libc::F_WRLCK));
-    let taken = wait(|d| other.setlk(their_ino, theirs.fh, 8, 50, 60, libc::F_RDLCK, 0, false, d));
+    let taken = wait(|d| {
+        other.setlk(
+            &h.me,
+            their_ino,
+            theirs.fh,
+            8,
+            50,
+            60,
+            libc::F_RDLCK,
+            false,
+            d,
+        )
+    });
     assert_eq!(taken, Err(Errno::new(libc::EAGAIN)));
     // A waiting request is granted once the holder closes.
     let (tx, rx) = mpsc::channel();
     other.setlk(
+        &h.me,
         their_ino,
         theirs.fh,
         8,
         50,
         60,
         libc::F_RDLCK,
-        0,
         true,
         move |r| {
             let _ = tx.send(r);
         },
     );
     // close(2) by the holder (lock owner 7) drops its locks.
-    wait(|d| h.core.flush(ino, mine.fh, 7, d)).expect("close");
-    h.core.release(ino, mine.fh);
+    wait(|d| h.core.flush(&h.me, ino, mine.fh, 7, d)).expect("close");
+    h.core.release(&h.me, ino, mine.fh);
     assert_eq!(rx.recv_timeout(PATIENCE), Ok(Ok(())));
     // Not an open file of that inode: no locks.
     assert_eq!(
-        wait(|d| h.core.setlk(ino, 999, 7, 0, 1, libc::F_WRLCK, 0, false, d)),
+        wait(|d| h
+            .core
+            .setlk(&h.me, ino, 999, 7, 0, 1, libc::F_WRLCK, false, d)),
         Err(Errno::new(libc::ENOLCK))
     );
 }
@@ -819,7 +872,7 @@ fn a_write_that_drops_setuid_tells_the_kernel_its_mode_changed() {
     h.setattr(f.ino, Some(opened.fh), setuid).expect("chmod");
     let written = wait(|d| {
         h.core
-            .write(f.ino, opened.fh, 0, b"x", libc::O_RDWR, true, d)
+            .write(&h.me, f.ino, opened.fh, 0, b"x", libc::O_RDWR, true, d)
     });
     assert_eq!(written, Ok(1));
     assert!(lock(&h.kernel.asked).contains(&("attrs", f.ino)));
@@ -870,4 +923,60 @@ fn a_name_replaced_behind_an_inode_opens_the_new_file_uncached() {
     let again = h.ino(ROOT_INO, "f");
     assert_ne!(again, f);
     assert_eq!(h.getattr(again).map(|a| a.size), Ok(11));
+}
+
+#[test]
+fn a_squashed_roots_attribute_changes_wait_for_the_servers_verdict() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the server squashes only when it runs as root");
+        return;
+    }
+    let h = Harness::serving(FsOptions::default(), |c| {
+        c.identities.squash = ferry_server::Squash::Root;
+    });
+    std::fs::set_permissions(h.dir.path(), std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let root = Caller {
+        pid: 0,
+        cred: ferry_common::proto::Cred::default(),
+    };
+    let (f, opened) = wait(|d| {
+        h.core
+            .create(&root, ROOT_INO, OsStr::new("f"), 0o644, libc::O_RDWR, d)
+    })
+    .expect("create");
+    assert_eq!(f.attr.uid, 65_534, "made as nobody");
+    // Written, so that a chmod could go behind the write without waiting; but
+    // the server acts as nobody for this root, and strips the set-id bits.
+    let written = wait(|d| {
+        h.core
+            .write(&root, f.ino, opened.fh, 0, b"x", libc::O_RDWR, false, d)
+    });
+    assert_eq!(written, Ok(1));
+    let setuid = AttrChanges {
+        mode: Some(0o4755),
+        ..AttrChanges::default()
+    };
+    let attr = wait(|d| h.core.setattr(&root, f.ino, Some(opened.fh), setuid, d))
+        .expect("chmod")
+        .attr;
+    assert_eq!(attr.perm, 0o755, "the server's answer, not a projection");
+    // Someone the server checks as the kernel did still goes behind the write.
+    let user = Caller {
+        pid: 0,
+        cred: ferry_common::proto::Cred {
+            uid: 65_534,
+            gid: 65_534,
+            groups: Vec::new(),
+        },
+    };
+    let before = h.waited();
+    let times = AttrChanges {
+        mtime: Some(SetTime::Now),
+        ..AttrChanges::default()
+    };
+    wait(|d| h.core.setattr(&user, f.ino, Some(opened.fh), times, d)).expect("utimens");
+    assert_eq!(h.waited(), before, "not waited for");
+    wait(|d| h.core.flush(&root, f.ino, opened.fh, 1, d)).expect("close");
+    h.core.release(&root, f.ino, opened.fh);
 }

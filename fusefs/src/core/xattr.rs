@@ -112,7 +112,14 @@ fn visible(list: &[u8], privileged: bool) -> Vec<u8> {
 }
 
 impl Core {
-    pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32, done: impl Done<XattrAnswer>) {
+    pub fn getxattr(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+        done: impl Done<XattrAnswer>,
+    ) {
         if name.as_bytes() == SELINUX || name.as_bytes().starts_with(SYSTEM) {
             return done(Err(Errno::ENOTSUP));
         }
@@ -132,7 +139,7 @@ impl Core {
         };
         let core = self.clone();
         let asked = Instant::now();
-        self.ask_about(Some(ino), None, op, move |r| {
+        self.ask_about(Some(ino), None, &caller.cred, op, move |r| {
             let answer = match r {
                 Ok(Reply::Xattr(value)) => Ok(value),
                 Ok(_) => Err(Errno::EPROTO),
@@ -151,21 +158,28 @@ impl Core {
         });
     }
 
-    pub fn listxattr(&self, caller: Caller, ino: u64, size: u32, done: impl Done<XattrAnswer>) {
+    pub fn listxattr(&self, caller: &Caller, ino: u64, size: u32, done: impl Done<XattrAnswer>) {
         let path = match self.path_of(ino) {
             Ok(p) => p,
             Err(e) => return done(Err(e)),
         };
-        let privileged = caller.uid == 0;
-        self.ask(None, Op::ListXattr { path }, move |r| match r {
-            Ok(Reply::Xattr(list)) => done(sized(visible(&list, privileged), size)),
-            Ok(_) => done(Err(Errno::EPROTO)),
-            Err(e) => done(Err(e)),
-        });
+        let privileged = caller.cred.uid == 0;
+        self.ask(
+            None,
+            &caller.cred,
+            Op::ListXattr { path },
+            move |r| match r {
+                Ok(Reply::Xattr(list)) => done(sized(visible(&list, privileged), size)),
+                Ok(_) => done(Err(Errno::EPROTO)),
+                Err(e) => done(Err(e)),
+            },
+        );
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn setxattr(
         &self,
+        caller: &Caller,
         ino: u64,
         name: &OsStr,
         value: &[u8],
@@ -186,20 +200,21 @@ impl Core {
             value: value.to_vec(),
             flags,
         };
-        self.xattr_change(ino, name, done, op);
+        self.xattr_change(caller, ino, name, done, op);
     }
 
-    pub fn removexattr(&self, ino: u64, name: &OsStr, done: impl Done<()>) {
+    pub fn removexattr(&self, caller: &Caller, ino: u64, name: &OsStr, done: impl Done<()>) {
         let op = |path| Op::RemoveXattr {
             path,
             name: name.as_bytes().to_vec(),
         };
-        self.xattr_change(ino, name, done, op);
+        self.xattr_change(caller, ino, name, done, op);
     }
 
     /// Sends the change of attribute `name` of `ino` that `make_op` builds.
     fn xattr_change(
         &self,
+        caller: &Caller,
         ino: u64,
         name: &OsStr,
         done: impl Done<()>,
@@ -216,7 +231,8 @@ impl Core {
         // it would make the server's kernel drop a capability just set.
         self.writes.wait_idle(ino);
         // The ctime changes: cached attributes go.
-        self.name_op(make_op(path.clone()), vec![(path, false)], done, |_| {});
+        let changed = vec![(path.clone(), false)];
+        self.name_op(&caller.cred, make_op(path), changed, done, |_| {});
     }
 }
 

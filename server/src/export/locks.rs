@@ -32,7 +32,7 @@ use ferry_common::proto::{FileLock, LockKind, LockType, LOCK_TO_EOF};
 use ferry_common::sync;
 use ferry_common::Errno;
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 /// How many (file, owner) descriptors one connection may hold; beyond it locking
@@ -51,6 +51,11 @@ pub(crate) struct LockTable {
 impl LockTable {
     pub(crate) fn new() -> LockTable {
         LockTable::default()
+    }
+
+    /// No lock descriptor is held.
+    pub(crate) fn is_empty(&self) -> bool {
+        sync::lock(&self.owners).is_empty()
     }
 
     /// Takes, changes or drops a lock without waiting: EAGAIN on a conflict.
@@ -134,7 +139,6 @@ fn file_id(fd: BorrowedFd<'_>) -> Result<FileId, Errno> {
 /// through its `/proc/self/fd` link: reading and writing when the server may,
 /// else `fd`'s own access mode.
 fn reopen(fd: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
-    let path = sys::cstring(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes())?;
     let own_mode = sys::status_flags(fd)? & libc::O_ACCMODE;
     let st = sys::fstat(fd)?;
     let mut modes = vec![own_mode];
@@ -145,7 +149,7 @@ fn reopen(fd: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
     for mode in modes {
         // Only regular files and directories are ever handles, so opening cannot
         // block; O_NONBLOCK guards that anyway.
-        match sys::open(&path, mode | libc::O_NOCTTY | libc::O_NONBLOCK) {
+        match sys::reopen(fd, mode | libc::O_NOCTTY | libc::O_NONBLOCK) {
             Ok(fd) => return Ok(fd),
             Err(e) => last = e,
         }

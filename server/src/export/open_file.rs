@@ -6,7 +6,7 @@
 //! position, so many requests can use one file at once.
 
 use super::sys::{self, attr_from_stat};
-use super::{kill_suidgid, time};
+use super::{kill_suidgid, time, SetIdBits};
 use ferry_common::frame::MAX_CHUNK;
 use ferry_common::proto::AttrChanges;
 use ferry_common::{Attr, Errno};
@@ -184,12 +184,18 @@ impl OpenFile {
 
     /// [`ExportRoot::set_attr`](super::ExportRoot::set_attr) through the open
     /// file, which may be unlinked. Truncation needs the file open for writing.
-    pub fn set_attr(&self, changes: &AttrChanges) -> Result<Attr, Errno> {
+    pub fn set_attr(&self, changes: &AttrChanges, setid: SetIdBits) -> Result<Attr, Errno> {
         let fd = self.fd();
         if changes.uid.is_some() || changes.gid.is_some() {
             sys::chown_fd(fd, changes.uid, changes.gid)?;
         }
         if let Some(mode) = changes.mode {
+            let setid_asked = mode & (libc::S_ISUID | libc::S_ISGID) != 0;
+            let mode = if setid_asked && setid != SetIdBits::AsAsked {
+                setid.apply(mode, &sys::fstat(fd)?)
+            } else {
+                mode
+            };
             sys::fchmod(fd, mode)?;
         }
         if let Some(size) = changes.size {

@@ -5,9 +5,11 @@
 //! out-pointer filled only on success) and says so in a SAFETY comment. The
 //! path-taking wrappers take a directory descriptor and a single, already-checked
 //! name (or a descriptor alone) and never follow a symlink; the confinement rules
-//! themselves live in the parent module. Failures are the call's errno; the
-//! wrappers of calls that can take long (`openat2`, `pread`, `fallocate`,
-//! `copy_file_range`, `flock`, `F_OFD_SETLK`) retry when a signal interrupts them.
+//! themselves live in the parent module. The credential calls (file system ids,
+//! groups, capabilities) change the calling thread only; `credentials` decides
+//! when. Failures are the call's errno; the wrappers of calls that can take long
+//! (`openat2`, `reopen`, `pread`, `fallocate`, `copy_file_range`, `flock`, `F_OFD_SETLK`)
+//! retry when a signal interrupts them.
 
 use ferry_common::{Attr, Errno, FileKind, Timestamp};
 use std::ffi::{CStr, CString, OsStr};
@@ -237,6 +239,22 @@ pub(super) fn renameat2(
     Ok(())
 }
 
+/// Opens the inode behind `fd` (an `O_PATH` descriptor, say) anew with `flags`
+/// (`O_CLOEXEC` added, `O_CREAT` and `O_NOFOLLOW` dropped), through its
+/// `/proc/self/fd` link: the kernel follows that link straight to the inode the
+/// descriptor holds, never looking a name up, so what is opened is that node
+/// whatever has happened to its names since (even if it was unlinked). The open
+/// checks permissions as any open does.
+pub(super) fn reopen(fd: BorrowedFd<'_>, flags: i32) -> Result<OwnedFd, Errno> {
+    let path = proc_fd_path(fd)?;
+    loop {
+        match open(&path, flags & !(libc::O_CREAT | libc::O_NOFOLLOW)) {
+            Err(e) if e.code() == libc::EINTR => continue,
+            other => return other,
+        }
+    }
+}
+
 /// Changes the owner of exactly the node behind `fd` (an `O_PATH` descriptor is
 /// fine; a symlink's own owner changes). `None` leaves that id alone.
 pub(super) fn chown_fd(
@@ -354,13 +372,6 @@ pub(super) fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> Result<(), Errno> {
     let size = libc::off_t::try_from(size).map_err(|_| Errno::EINVAL)?;
     // SAFETY: plain integers.
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size) })?;
-    Ok(())
-}
-
-/// Sets the file status flags (`O_APPEND`, `O_NONBLOCK`, `O_NOATIME`, ...) of an open descriptor.
-pub(super) fn set_status_flags(fd: BorrowedFd<'_>, flags: i32) -> Result<(), Errno> {
-    // SAFETY: plain integers.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) })?;
     Ok(())
 }
 
@@ -576,6 +587,163 @@ pub(super) fn geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// The effective group id of the server.
+pub(super) fn getegid() -> u32 {
+    // SAFETY: getegid takes nothing and cannot fail.
+    unsafe { libc::getegid() }
+}
+
+// Per-thread credentials.
+//
+// Linux keeps credentials per thread; the raw system calls below change the
+// calling thread's only. (The C library's `setgroups` changes every thread of
+// the process, which is why it is not used.) 32-bit x86 and ARM have 32-bit id
+// variants of these calls under other numbers.
+
+#[cfg(any(target_arch = "x86", target_arch = "arm"))]
+mod nr {
+    pub(super) const SETFSUID: libc::c_long = libc::SYS_setfsuid32;
+    pub(super) const SETFSGID: libc::c_long = libc::SYS_setfsgid32;
+    pub(super) const SETGROUPS: libc::c_long = libc::SYS_setgroups32;
+}
+#[cfg(not(any(target_arch = "x86", target_arch = "arm")))]
+mod nr {
+    pub(super) const SETFSUID: libc::c_long = libc::SYS_setfsuid;
+    pub(super) const SETFSGID: libc::c_long = libc::SYS_setfsgid;
+    pub(super) const SETGROUPS: libc::c_long = libc::SYS_setgroups;
+}
+
+/// An id no user or group has; `setfsuid(NO_ID)` changes nothing and answers
+/// the current id.
+const NO_ID: u32 = u32::MAX;
+
+/// Sets the calling thread's file system user id (`setfsuid(2)`), which the
+/// kernel checks permissions and gives new nodes' owners by. The call reports no
+/// failure, only the id before it, so the id is read back to know it took.
+pub(super) fn set_thread_fsuid(uid: u32) -> Result<(), Errno> {
+    set_fs_id(nr::SETFSUID, uid)
+}
+
+/// [`set_thread_fsuid`] for the group id (`setfsgid(2)`).
+pub(super) fn set_thread_fsgid(gid: u32) -> Result<(), Errno> {
+    set_fs_id(nr::SETFSGID, gid)
+}
+
+fn set_fs_id(call: libc::c_long, id: u32) -> Result<(), Errno> {
+    if id == NO_ID {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: setfs[ug]id take one integer and change only the calling
+    // thread's credentials; they cannot fail in a way that needs handling here.
+    unsafe { libc::syscall(call, id) };
+    // SAFETY: as above; NO_ID changes nothing and answers the current id.
+    let now = unsafe { libc::syscall(call, NO_ID) };
+    if now as u32 == id {
+        Ok(())
+    } else {
+        Err(Errno::EPERM)
+    }
+}
+
+/// Sets the calling thread's supplementary groups (the raw `setgroups(2)`).
+pub(super) fn set_thread_groups(groups: &[u32]) -> Result<(), Errno> {
+    // SAFETY: the pointer and length describe `groups` (gid_t is a u32), which
+    // the kernel copies before returning; only the calling thread changes.
+    cvt_long(unsafe { libc::syscall(nr::SETGROUPS, groups.len(), groups.as_ptr()) })?;
+    Ok(())
+}
+
+/// The calling thread's supplementary groups (`getgroups(2)`).
+pub(super) fn thread_groups() -> Result<Vec<u32>, Errno> {
+    loop {
+        // SAFETY: a size of 0 asks for the count and writes nothing.
+        let n = cvt(unsafe { libc::getgroups(0, std::ptr::null_mut()) })?;
+        let mut groups = vec![0 as libc::gid_t; n as usize];
+        // SAFETY: the pointer and length describe `groups`.
+        match cvt(unsafe { libc::getgroups(n, groups.as_mut_ptr()) }) {
+            Ok(got) => {
+                groups.truncate(got as usize);
+                return Ok(groups);
+            }
+            // The list grew in between: ask again.
+            Err(e) if e.code() == libc::EINVAL => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: capability sets as two 32-bit words each.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    /// 0: the calling thread.
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`: one 32-bit word of each set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// A thread's capability sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Capabilities([CapData; 2]);
+
+impl Capabilities {
+    /// The same sets with nothing effective: what an ordinary user's process
+    /// has. Permitted capabilities stay, so the effective ones can come back.
+    pub(super) fn without_effective(self) -> Capabilities {
+        let mut sets = self.0;
+        for word in &mut sets {
+            word.effective = 0;
+        }
+        Capabilities(sets)
+    }
+}
+
+/// The calling thread's capability sets (`capget(2)`).
+pub(super) fn thread_capabilities() -> Result<Capabilities, Errno> {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: a version 3 header and the two data words that version reads and writes.
+    cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut CapHeader,
+            data.as_mut_ptr(),
+        )
+    })?;
+    Ok(Capabilities(data))
+}
+
+/// Sets the calling thread's capability sets (`capset(2)`, which changes only
+/// the calling thread).
+pub(super) fn set_thread_capabilities(caps: &Capabilities) -> Result<(), Errno> {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: a version 3 header and the two data words that version reads.
+    cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            caps.0.as_ptr(),
+        )
+    })?;
+    Ok(())
+}
+
 pub(super) fn fstatvfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs, Errno> {
     let mut st = MaybeUninit::<libc::statvfs>::uninit();
     // SAFETY: valid out-pointer.
@@ -586,6 +754,16 @@ pub(super) fn fstatvfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs, Errno> {
 
 /// An open directory stream (`fdopendir`), read entry by entry.
 pub(super) struct Dir(NonNull<libc::DIR>);
+
+// SAFETY: a `DIR` stream belongs to no thread; what it must not be is used by
+// two at once, which `&mut self` on every read rules out.
+unsafe impl Send for Dir {}
+
+impl std::fmt::Debug for Dir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Dir").field(&self.fd()).finish()
+    }
+}
 
 impl Dir {
     /// Takes ownership of `fd`, a directory opened for reading.

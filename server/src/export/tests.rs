@@ -2,7 +2,7 @@
 
 use super::*;
 use ferry_common::frame;
-use ferry_common::proto::{AttrChanges, Owner, SetTime};
+use ferry_common::proto::{AttrChanges, SetTime, LISTED_ENTRY_OVERHEAD};
 use ferry_common::{FileKind, Timestamp};
 use std::collections::BTreeMap;
 use std::fs;
@@ -12,13 +12,13 @@ use std::thread;
 use std::time::Duration;
 use tempfile::TempDir;
 
-struct Fixture {
-    tmp: TempDir,
-    export: ExportRoot,
+pub(super) struct Fixture {
+    pub(super) tmp: TempDir,
+    pub(super) export: ExportRoot,
 }
 
 impl Fixture {
-    fn export_dir(&self) -> PathBuf {
+    pub(super) fn export_dir(&self) -> PathBuf {
         self.tmp.path().join("export")
     }
 }
@@ -36,7 +36,7 @@ impl Fixture {
 /// outside/secret         "top secret", mode 0600
 /// outside/dir/
 /// ```
-fn fixture() -> Fixture {
+pub(super) fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let export = tmp.path().join("export");
     let outside = tmp.path().join("outside");
@@ -57,13 +57,13 @@ fn fixture() -> Fixture {
     Fixture { tmp, export: root }
 }
 
-fn p(s: &str) -> RelPath {
+pub(super) fn p(s: &str) -> RelPath {
     RelPath::parse(s).unwrap()
 }
 
 /// A `RelPath` holding any bytes at all, as a hostile peer could send it: serde
 /// decoding does not run the path checks.
-fn raw(bytes: &[u8]) -> RelPath {
+pub(super) fn raw(bytes: &[u8]) -> RelPath {
     let encoded = frame::encode(&bytes.to_vec()).unwrap();
     let path: RelPath = frame::decode(&encoded[4..]).unwrap();
     assert_eq!(path.as_bytes(), bytes);
@@ -109,7 +109,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Observed> {
 
 /// What lies outside the export and must not change: the sibling `outside/`, the
 /// temp dir's own listing, and a few system files the symlinks point at.
-fn outside_world(fx: &Fixture) -> Vec<String> {
+pub(super) fn outside_world(fx: &Fixture) -> Vec<String> {
     let mut seen = vec![format!("{:?}", snapshot(&fx.tmp.path().join("outside")))];
     let mut names: Vec<_> = fs::read_dir(fx.tmp.path())
         .unwrap()
@@ -157,12 +157,12 @@ fn all_changes() -> Vec<AttrChanges> {
 
 /// Runs every operation that names `path` (in each of its roles) and asserts
 /// that all of them fail.
-fn assert_every_op_fails(export: &ExportRoot, path: &RelPath) {
-    let owner = Some(Owner { uid: 0, gid: 0 });
+pub(super) fn assert_every_op_fails(export: &ExportRoot, path: &RelPath) {
     let file = p("file");
     let what = format!("{path:?}");
     assert!(export.stat(path).is_err(), "stat {what}");
     assert!(export.read_dir(path, 0, 100).is_err(), "readdir {what}");
+    assert!(export.open_dir_stream(path).is_err(), "list {what}");
     assert!(export.read_link(path).is_err(), "readlink {what}");
     for flags in [
         libc::O_RDONLY,
@@ -180,21 +180,21 @@ fn assert_every_op_fails(export: &ExportRoot, path: &RelPath) {
         libc::O_WRONLY | libc::O_TRUNC,
     ] {
         assert!(
-            export.create(path, flags, 0o666, owner).is_err(),
+            export.create(path, flags, 0o666).is_err(),
             "create {what} {flags:o}"
         );
     }
-    assert!(export.mkdir(path, 0o777, owner).is_err(), "mkdir {what}");
+    assert!(export.mkdir(path, 0o777).is_err(), "mkdir {what}");
     assert!(
-        export.mknod(path, libc::S_IFIFO | 0o666, 0, owner).is_err(),
+        export.mknod(path, libc::S_IFIFO | 0o666, 0).is_err(),
         "mknod {what}"
     );
     assert!(
-        export.mknod(path, libc::S_IFREG | 0o666, 0, owner).is_err(),
+        export.mknod(path, libc::S_IFREG | 0o666, 0).is_err(),
         "mknod {what}"
     );
     assert!(
-        export.symlink(path, b"/etc/passwd", owner).is_err(),
+        export.symlink(path, b"/etc/passwd").is_err(),
         "symlink {what}"
     );
     assert!(export.unlink(path).is_err(), "unlink {what}");
@@ -212,7 +212,7 @@ fn assert_every_op_fails(export: &ExportRoot, path: &RelPath) {
     assert!(export.link(&file, path).is_err(), "link to {what}");
     for changes in all_changes() {
         assert!(
-            export.set_attr(path, &changes).is_err(),
+            export.set_attr(path, &changes, SetIdBits::AsAsked).is_err(),
             "setattr {what} {changes:?}"
         );
     }
@@ -247,6 +247,56 @@ fn symlinks_in_any_component_are_never_followed() {
         let name = e.unwrap().file_name();
         name != "moved" && name != "linked"
     }));
+}
+
+#[test]
+fn a_subtree_is_confined_as_firmly_as_the_export() {
+    let fx = fixture();
+    let before = outside_world(&fx);
+    let inner = fx.export.subtree(&p("inner")).unwrap();
+    assert_eq!(inner.path(), fx.export_dir().join("inner"));
+    // Its root is `inner`, and paths are relative to it.
+    assert_eq!(
+        inner.root_attr().unwrap(),
+        fx.export.stat(&p("inner")).unwrap()
+    );
+    assert_eq!(inner.stat(&p("file")).unwrap().size, 5);
+    let names: Vec<_> = inner.read_dir(&RelPath::root(), 0, 100).unwrap().0;
+    let mut names: Vec<_> = names.into_iter().map(|e| e.name).collect();
+    names.sort();
+    assert_eq!(names, [b"file".to_vec(), b"up".to_vec()]);
+    // Nothing beside or above it: not the export's other files, not outside.
+    for escape in ["up/file", "up/outside/secret", "up/up/outside/new"] {
+        assert_every_op_fails(&inner, &p(escape));
+    }
+    for hostile in [
+        &b".."[..],
+        b"../file",
+        b"../../outside/secret",
+        b"/etc/passwd",
+    ] {
+        assert_every_op_fails(&inner, &raw(hostile));
+    }
+    assert_eq!(fs::read(fx.export_dir().join("file")).unwrap(), b"hello");
+    assert_eq!(outside_world(&fx), before);
+    // A subtree of a subtree, and what cannot be one.
+    fs::create_dir(fx.export_dir().join("inner/deeper")).unwrap();
+    let deeper = inner.subtree(&p("deeper")).unwrap();
+    assert!(deeper
+        .read_dir(&RelPath::root(), 0, 10)
+        .unwrap()
+        .0
+        .is_empty());
+    assert_eq!(fx.export.subtree(&p("file")).unwrap_err(), Errno::ENOTDIR);
+    assert_eq!(fx.export.subtree(&p("absent")).unwrap_err(), Errno::ENOENT);
+    for through_a_symlink in ["up", "out", "abs", "inner/up", "up/outside"] {
+        assert!(
+            fx.export.subtree(&p(through_a_symlink)).is_err(),
+            "{through_a_symlink}"
+        );
+    }
+    assert!(fx.export.subtree(&raw(b"..")).is_err());
+    assert!(fx.export.subtree(&raw(b"inner/../..")).is_err());
 }
 
 #[test]
@@ -293,18 +343,24 @@ fn a_symlink_as_the_last_name_is_the_link_itself() {
         assert!(export
             .open_file(&path, libc::O_RDWR | libc::O_TRUNC)
             .is_err());
-        assert!(export.create(&path, libc::O_RDWR, 0o666, None).is_err());
+        assert!(export.create(&path, libc::O_RDWR, 0o666).is_err());
         assert!(export.read_dir(&path, 0, 10).is_err());
         let chmod = AttrChanges {
             mode: Some(0o777),
             ..AttrChanges::default()
         };
-        assert_eq!(export.set_attr(&path, &chmod), Err(Errno::ENOTSUP));
+        assert_eq!(
+            export.set_attr(&path, &chmod, SetIdBits::AsAsked),
+            Err(Errno::ENOTSUP)
+        );
         let truncate = AttrChanges {
             size: Some(0),
             ..AttrChanges::default()
         };
-        assert_eq!(export.set_attr(&path, &truncate), Err(Errno::EINVAL));
+        assert_eq!(
+            export.set_attr(&path, &truncate, SetIdBits::AsAsked),
+            Err(Errno::EINVAL)
+        );
         // Owner and times change on the link, not on what it points at.
         let times = AttrChanges {
             atime: Some(SetTime::At(Timestamp { secs: 7, nanos: 0 })),
@@ -312,7 +368,7 @@ fn a_symlink_as_the_last_name_is_the_link_itself() {
             uid: Some(4321),
             ..AttrChanges::default()
         };
-        let attr = export.set_attr(&path, &times).unwrap();
+        let attr = export.set_attr(&path, &times, SetIdBits::AsAsked).unwrap();
         assert_eq!(
             (attr.kind, attr.mtime.secs, attr.uid),
             (FileKind::Symlink, 7, 4321)
@@ -333,9 +389,7 @@ fn a_symlink_created_through_the_export_is_stored_not_followed() {
     let fx = fixture();
     let before = outside_world(&fx);
     let export = &fx.export;
-    let attr = export
-        .symlink(&p("evil"), b"../outside/secret", None)
-        .unwrap();
+    let attr = export.symlink(&p("evil"), b"../outside/secret").unwrap();
     assert_eq!(attr.kind, FileKind::Symlink);
     assert_eq!(attr.size, b"../outside/secret".len() as u64);
     assert_eq!(export.read_link(&p("evil")).unwrap(), b"../outside/secret");
@@ -344,11 +398,11 @@ fn a_symlink_created_through_the_export_is_stored_not_followed() {
         Some(Errno::ELOOP)
     );
     assert!(export
-        .create(&p("evil"), libc::O_WRONLY | libc::O_TRUNC, 0o644, None)
+        .create(&p("evil"), libc::O_WRONLY | libc::O_TRUNC, 0o644)
         .is_err());
     // Text with a NUL cannot be a symlink; an empty one neither.
-    assert_eq!(export.symlink(&p("nul"), b"a\0b", None), Err(Errno::EINVAL));
-    assert!(export.symlink(&p("empty"), b"", None).is_err());
+    assert_eq!(export.symlink(&p("nul"), b"a\0b"), Err(Errno::EINVAL));
+    assert!(export.symlink(&p("empty"), b"").is_err());
     assert_eq!(outside_world(&fx), before);
 }
 
@@ -358,7 +412,7 @@ fn files_are_created_read_written_and_truncated() {
     let export = &fx.export;
     let path = p("inner/new.txt");
     let (file, attr) = export
-        .create(&path, libc::O_RDWR | libc::O_EXCL, 0o640, None)
+        .create(&path, libc::O_RDWR | libc::O_EXCL, 0o640)
         .unwrap();
     assert_eq!(
         (attr.kind, attr.perm, attr.size),
@@ -374,12 +428,12 @@ fn files_are_created_read_written_and_truncated() {
     assert_eq!(file.attr().unwrap().size, 21);
     assert_eq!(
         export
-            .create(&path, libc::O_RDWR | libc::O_EXCL, 0o640, None)
+            .create(&path, libc::O_RDWR | libc::O_EXCL, 0o640)
             .err(),
         Some(Errno::EEXIST)
     );
     // Without O_EXCL the existing file is opened and keeps its mode.
-    let (again, attr) = export.create(&path, libc::O_RDONLY, 0o600, None).unwrap();
+    let (again, attr) = export.create(&path, libc::O_RDONLY, 0o600).unwrap();
     assert_eq!((attr.perm, attr.size), (0o640, 21));
     assert_eq!(again.read_at(0, 5).unwrap(), b"hello");
     // O_CREAT on Open is dropped: a missing file stays missing.
@@ -394,16 +448,22 @@ fn files_are_created_read_written_and_truncated() {
         size: Some(5),
         ..AttrChanges::default()
     };
-    assert_eq!(export.set_attr(&path, &shrink).unwrap().size, 5);
+    assert_eq!(
+        export
+            .set_attr(&path, &shrink, SetIdBits::AsAsked)
+            .unwrap()
+            .size,
+        5
+    );
     let grow = AttrChanges {
         size: Some(4096),
         ..AttrChanges::default()
     };
-    assert_eq!(file.set_attr(&grow).unwrap().size, 4096);
+    assert_eq!(file.set_attr(&grow, SetIdBits::AsAsked).unwrap().size, 4096);
     // A handle outlives its name.
     export.unlink(&path).unwrap();
     assert_eq!(file.read_at(0, 5).unwrap(), b"hello");
-    assert_eq!(file.set_attr(&shrink).unwrap().size, 5);
+    assert_eq!(file.set_attr(&shrink, SetIdBits::AsAsked).unwrap().size, 5);
     assert_eq!(export.stat(&path), Err(Errno::ENOENT));
     // A read-only handle cannot write.
     assert!(again.write_at(0, b"x").is_err());
@@ -417,12 +477,10 @@ fn new_nodes_get_exactly_the_mode_asked_for() {
     let fx = fixture();
     let export = &fx.export;
     let (_, file) = export
-        .create(&p("f"), libc::O_WRONLY | libc::O_EXCL, 0o666, None)
+        .create(&p("f"), libc::O_WRONLY | libc::O_EXCL, 0o666)
         .unwrap();
-    let dir = export.mkdir(&p("d"), 0o777, None).unwrap();
-    let fifo = export
-        .mknod(&p("fifo"), libc::S_IFIFO | 0o666, 0, None)
-        .unwrap();
+    let dir = export.mkdir(&p("d"), 0o777).unwrap();
+    let fifo = export.mknod(&p("fifo"), libc::S_IFIFO | 0o666, 0).unwrap();
     assert_eq!(file.perm, 0o666);
     assert_eq!((dir.kind, dir.perm), (FileKind::Directory, 0o777));
     assert_eq!((fifo.kind, fifo.perm), (FileKind::Fifo, 0o666));
@@ -436,49 +494,274 @@ fn new_nodes_get_exactly_the_mode_asked_for() {
     );
 }
 
-#[test]
-fn a_server_running_as_root_gives_new_nodes_their_owner() {
-    // SAFETY: geteuid cannot fail.
-    if sys::geteuid() != 0 {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let fx = fixture();
-    let export = &fx.export;
-    let owner = Some(Owner {
+/// The calling thread's credentials as the kernel shows them: ids (real,
+/// effective, saved, file system), groups and effective capabilities.
+fn thread_credentials() -> Vec<String> {
+    fs::read_to_string("/proc/thread-self/status")
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            ["Uid:", "Gid:", "Groups:", "CapEff:"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// A `security.capability` value granting `cap_setuid+ep` (struct
+/// vfs_cap_data, revision 2).
+fn cap_setuid() -> Vec<u8> {
+    const REVISION_2: u32 = 0x0200_0000;
+    const EFFECTIVE: u32 = 1;
+    const CAP_SETUID: u32 = 7;
+    [REVISION_2 | EFFECTIVE, 1 << CAP_SETUID, 0, 0, 0]
+        .iter()
+        .flat_map(|w: &u32| w.to_le_bytes())
+        .collect()
+}
+
+/// A user (not squashed) with a supplementary group.
+fn user() -> Identity {
+    Identity {
         uid: 1234,
         gid: 5678,
+        groups: vec![5679],
+        squashed: false,
+    }
+}
+
+/// Whether this test can switch users; says so when it cannot.
+fn can_switch(fx: &Fixture) -> bool {
+    if !fx.export.acts_as_clients() {
+        eprintln!("skipped: the export acts as a client's user only when run as root");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn acting_as_a_user_makes_its_nodes_and_checks_its_permissions() {
+    let fx = fixture();
+    if !can_switch(&fx) {
+        return;
+    }
+    // Open to everyone, with a file only root may read.
+    fs::set_permissions(fx.export_dir(), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::write(fx.export_dir().join("secret"), "root only").unwrap();
+    fs::set_permissions(
+        fx.export_dir().join("secret"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let export = &fx.export;
+    // A thread of its own, so that nothing this test does can stick to the
+    // test's thread.
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let before = thread_credentials();
+                {
+                    let _acting = export.act_as(&user()).unwrap();
+                    assert_ne!(thread_credentials(), before);
+                    let (_, file) = export.create(&p("f"), libc::O_WRONLY, 0o4755).unwrap();
+                    // Its own file: set-user-id is the user's to set, and the
+                    // group is the user's own.
+                    assert_eq!((file.uid, file.gid, file.perm), (1234, 5678, 0o4755));
+                    assert_eq!(export.mkdir(&p("d"), 0o755).unwrap().uid, 1234);
+                    assert_eq!(export.symlink(&p("l"), b"f").unwrap().gid, 5678);
+                    let fifo = export.mknod(&p("n"), libc::S_IFIFO | 0o600, 0).unwrap();
+                    assert_eq!(fifo.uid, 1234);
+                    // The kernel checks as the user: no reading root's file,
+                    // no giving files away, no groups it is not in, no devices,
+                    // no privileged attributes.
+                    assert_eq!(
+                        export.open_file(&p("secret"), libc::O_RDONLY).err(),
+                        Some(Errno::EACCES)
+                    );
+                    let chown = |uid, gid| AttrChanges {
+                        uid,
+                        gid,
+                        ..AttrChanges::default()
+                    };
+                    let f = p("f");
+                    assert_eq!(
+                        export.set_attr(&f, &chown(Some(0), None), SetIdBits::AsAsked),
+                        Err(Errno::EPERM)
+                    );
+                    assert_eq!(
+                        export.set_attr(&f, &chown(None, Some(9999)), SetIdBits::AsAsked),
+                        Err(Errno::EPERM)
+                    );
+                    let regrouped = export
+                        .set_attr(&f, &chown(None, Some(5679)), SetIdBits::AsAsked)
+                        .unwrap();
+                    assert_eq!(regrouped.gid, 5679);
+                    assert_eq!(
+                        export.mknod(&p("disk"), libc::S_IFBLK | 0o666, libc::makedev(7, 0)),
+                        Err(Errno::EPERM)
+                    );
+                    for (name, value) in [
+                        (b"trusted.a".as_slice(), b"x".as_slice()),
+                        (b"security.capability", &cap_setuid()),
+                    ] {
+                        assert_eq!(
+                            export.set_xattr(&f, name, value, 0),
+                            Err(Errno::EPERM),
+                            "{}",
+                            String::from_utf8_lossy(name)
+                        );
+                    }
+                }
+                // Back to the server's own: root makes root's nodes, and may
+                // set what the user could not (so the value above was valid).
+                assert_eq!(thread_credentials(), before);
+                export
+                    .set_xattr(&p("f"), b"security.capability", &cap_setuid(), 0)
+                    .unwrap();
+                let (_, mine) = export.create(&p("mine"), libc::O_WRONLY, 0o644).unwrap();
+                assert_eq!((mine.uid, mine.gid), (0, 0));
+            })
+            .join()
+            .unwrap();
     });
-    let (_, file) = export
-        .create(&p("f"), libc::O_WRONLY, 0o4755, owner)
-        .unwrap();
-    // chown before chmod: the set-user-id bit survives.
-    assert_eq!((file.uid, file.gid, file.perm), (1234, 5678, 0o4755));
-    assert_eq!(export.mkdir(&p("d"), 0o755, owner).unwrap().uid, 1234);
-    assert_eq!(export.symlink(&p("l"), b"f", owner).unwrap().gid, 5678);
-    assert_eq!(
-        export
-            .mknod(&p("n"), libc::S_IFIFO | 0o600, 0, owner)
-            .unwrap()
-            .uid,
-        1234
-    );
-    // setattr: chown, then chmod keeps set-id bits.
-    let changes = AttrChanges {
-        uid: Some(42),
-        gid: Some(43),
-        mode: Some(0o6755),
+}
+
+#[test]
+fn acting_changes_only_the_calling_thread() {
+    let fx = fixture();
+    if !can_switch(&fx) {
+        return;
+    }
+    fs::set_permissions(fx.export_dir(), fs::Permissions::from_mode(0o777)).unwrap();
+    let export = &fx.export;
+    let mine = thread_credentials();
+    let (acting_tx, acting_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    thread::scope(|scope| {
+        scope.spawn(move || {
+            let _acting = export.act_as(&user()).unwrap();
+            acting_tx.send(thread_credentials()).unwrap();
+            // Holds the identity until the other thread has looked.
+            let _ = done_rx.recv_timeout(Duration::from_secs(20));
+        });
+        let theirs = acting_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_ne!(theirs, mine);
+        assert!(theirs
+            .iter()
+            .any(|l| l.starts_with("Groups:") && l.contains("5679")));
+        // Meanwhile this thread is still root, groups and all.
+        assert_eq!(thread_credentials(), mine);
+        let (_, attr) = export
+            .create(&p("made_by_root"), libc::O_WRONLY, 0o644)
+            .unwrap();
+        assert_eq!(attr.uid, 0);
+        done_tx.send(()).unwrap();
+    });
+}
+
+#[test]
+fn a_panic_while_acting_still_puts_the_servers_credentials_back() {
+    let fx = fixture();
+    if !can_switch(&fx) {
+        return;
+    }
+    let export = &fx.export;
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let before = thread_credentials();
+                let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let _acting = export.act_as(&user()).unwrap();
+                    panic!("a bug in some operation");
+                }));
+                assert!(unwound.is_err());
+                assert_eq!(thread_credentials(), before);
+            })
+            .join()
+            .unwrap();
+    });
+}
+
+#[test]
+fn root_acting_as_root_changes_at_most_its_group() {
+    let fx = fixture();
+    if !can_switch(&fx) {
+        return;
+    }
+    let export = &fx.export;
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let root = Identity {
+                    uid: 0,
+                    gid: 4321,
+                    groups: vec![1, 2, 3],
+                    squashed: false,
+                };
+                let before = thread_credentials();
+                {
+                    let _acting = export.act_as(&root).unwrap();
+                    let (_, file) = export.create(&p("f"), libc::O_WRONLY, 0o644).unwrap();
+                    assert_eq!((file.uid, file.gid), (0, 4321));
+                    // Still root: may give the file away.
+                    let changes = AttrChanges {
+                        uid: Some(42),
+                        ..AttrChanges::default()
+                    };
+                    let attr = export
+                        .set_attr(&p("f"), &changes, SetIdBits::AsAsked)
+                        .unwrap();
+                    assert_eq!(attr.uid, 42);
+                }
+                assert_eq!(thread_credentials(), before);
+            })
+            .join()
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_chmod_without_set_id_bits_keeps_only_a_directorys_group_bit() {
+    let fx = fixture();
+    let export = &fx.export;
+    let (file, _) = export.create(&p("f"), libc::O_RDWR, 0o755).unwrap();
+    export.mkdir(&p("d"), 0o775).unwrap();
+    let chmod = |mode| AttrChanges {
+        mode: Some(mode),
         ..AttrChanges::default()
     };
-    let attr = export.set_attr(&p("f"), &changes).unwrap();
-    assert_eq!((attr.uid, attr.gid, attr.perm), (42, 43, 0o6755));
+    let strict = SetIdBits::DirectoryGroupOnly;
+    assert_eq!(
+        export
+            .set_attr(&p("f"), &chmod(0o6755), strict)
+            .unwrap()
+            .perm,
+        0o755
+    );
+    assert_eq!(file.set_attr(&chmod(0o6711), strict).unwrap().perm, 0o711);
+    assert_eq!(
+        export
+            .set_attr(&p("d"), &chmod(0o6775), strict)
+            .unwrap()
+            .perm,
+        0o2775
+    );
+    // As asked: the kernel decides (the owner, in the file's group, may set both).
+    assert_eq!(
+        export
+            .set_attr(&p("f"), &chmod(0o6755), SetIdBits::AsAsked)
+            .unwrap()
+            .perm,
+        0o6755
+    );
 }
 
 #[test]
 fn directories_are_listed_in_stable_pages() {
     let fx = fixture();
     let export = &fx.export;
-    export.mkdir(&p("many"), 0o755, None).unwrap();
+    export.mkdir(&p("many"), 0o755).unwrap();
     for i in 0..25 {
         fs::write(fx.export_dir().join(format!("many/f{i:02}")), [b'x'; 3]).unwrap();
     }
@@ -520,10 +803,91 @@ fn directories_are_listed_in_stable_pages() {
 }
 
 #[test]
+fn a_listing_stream_goes_on_where_it_stopped() {
+    let fx = fixture();
+    let export = &fx.export;
+    let dir = fx.export_dir().join("many");
+    export.mkdir(&p("many"), 0o755).unwrap();
+    let names = |entries: Vec<DirEntry>| -> Vec<String> {
+        entries
+            .into_iter()
+            .map(|e| String::from_utf8(e.name).unwrap())
+            .collect()
+    };
+    for i in 0..60 {
+        fs::write(dir.join(format!("f{i:02}")), "x").unwrap();
+    }
+    let mut stream = export.open_dir_stream(&p("many")).unwrap();
+    // Room for seven entries with 3-byte names per reply.
+    let budget = 7 * (3 + LISTED_ENTRY_OVERHEAD);
+    let mut seen: Vec<String> = Vec::new();
+    let mut replies = 0;
+    loop {
+        let (entries, more) = stream.next_entries(budget, usize::MAX).unwrap();
+        assert!(entries.len() <= 7, "{} entries", entries.len());
+        assert!(entries.iter().all(|e| e.attr.kind == FileKind::File));
+        replies += 1;
+        seen.extend(names(entries));
+        if replies == 2 {
+            // Others change the directory in the middle of the listing.
+            fs::remove_file(dir.join(&seen[0])).unwrap();
+            fs::write(dir.join("new"), "n").unwrap();
+        }
+        if !more {
+            break;
+        }
+    }
+    assert!(replies >= 9, "{replies} replies");
+    // Every name there throughout the listing is listed exactly once (a new
+    // one may or may not be).
+    seen.retain(|n| n != "new");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        seen.len(),
+        "a name was listed twice: {seen:?}"
+    );
+    let all: Vec<String> = (0..60).map(|i| format!("f{i:02}")).collect();
+    assert_eq!(sorted, all);
+    // Past its end a stream stays ended.
+    assert_eq!(
+        stream.next_entries(budget, 10).unwrap(),
+        (Vec::new(), false)
+    );
+
+    // Every reply makes progress, however small the budget; `max` caps it too.
+    let mut small = export.open_dir_stream(&p("many")).unwrap();
+    let (one, more) = small.next_entries(0, usize::MAX).unwrap();
+    assert_eq!((one.len(), more), (1, true));
+    let (two, more) = small.next_entries(usize::MAX, 2).unwrap();
+    assert_eq!((two.len(), more), (2, true));
+    let (rest, more) = small.next_entries(usize::MAX, usize::MAX).unwrap();
+    assert!(!more);
+    let mut again = names(one);
+    again.extend(names(two));
+    again.extend(names(rest));
+    again.sort();
+    let mut expected = all.clone();
+    expected.push("new".to_string());
+    expected.retain(|n| *n != seen[0]);
+    expected.sort();
+    assert_eq!(again, expected);
+
+    assert_eq!(
+        export.open_dir_stream(&p("file")).err(),
+        Some(Errno::ENOTDIR)
+    );
+    // A symlink to a directory is not listed through.
+    assert!(export.open_dir_stream(&p("up")).is_err());
+}
+
+#[test]
 fn rename_link_unlink_and_rmdir_stay_inside() {
     let fx = fixture();
     let export = &fx.export;
-    export.mkdir(&p("a"), 0o755, None).unwrap();
+    export.mkdir(&p("a"), 0o755).unwrap();
     export.rename(&p("file"), &p("a/file"), 0).unwrap();
     assert_eq!(export.stat(&p("a/file")).unwrap().size, 5);
     assert_eq!(
@@ -548,7 +912,7 @@ fn rename_link_unlink_and_rmdir_stay_inside() {
     assert!(export.rename(&RelPath::root(), &p("x"), 0).is_err());
     assert!(export.rename(&p("inner"), &RelPath::root(), 0).is_err());
     assert!(export.unlink(&RelPath::root()).is_err());
-    assert!(export.mkdir(&RelPath::root(), 0o755, None).is_err());
+    assert!(export.mkdir(&RelPath::root(), 0o755).is_err());
     assert_eq!(
         export.stat(&RelPath::root()).unwrap().kind,
         FileKind::Directory
@@ -562,7 +926,10 @@ fn rename_link_unlink_and_rmdir_stay_inside() {
 
 /// Runs `f` on another thread and fails if it does not finish in time: an
 /// operation that opens a FIFO would block forever.
-fn within_seconds<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(super) fn within_seconds<T: Send + 'static>(
+    secs: u64,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let _ = tx.send(f());
@@ -577,13 +944,19 @@ fn fifos_are_changed_without_being_opened() {
         let fx = fixture();
         let export = &fx.export;
         let fifo = p("inner/fifo");
-        export.mknod(&fifo, libc::S_IFIFO | 0o644, 0, None).unwrap();
+        export.mknod(&fifo, libc::S_IFIFO | 0o644, 0).unwrap();
         assert_eq!(export.stat(&fifo).unwrap().kind, FileKind::Fifo);
         let chmod = AttrChanges {
             mode: Some(0o600),
             ..AttrChanges::default()
         };
-        assert_eq!(export.set_attr(&fifo, &chmod).unwrap().perm, 0o600);
+        assert_eq!(
+            export
+                .set_attr(&fifo, &chmod, SetIdBits::AsAsked)
+                .unwrap()
+                .perm,
+            0o600
+        );
         let times = AttrChanges {
             atime: Some(SetTime::At(Timestamp {
                 secs: 1000,
@@ -595,7 +968,7 @@ fn fifos_are_changed_without_being_opened() {
             })),
             ..AttrChanges::default()
         };
-        let attr = export.set_attr(&fifo, &times).unwrap();
+        let attr = export.set_attr(&fifo, &times, SetIdBits::AsAsked).unwrap();
         assert_eq!(
             (attr.atime.secs, attr.mtime),
             (
@@ -610,14 +983,17 @@ fn fifos_are_changed_without_being_opened() {
             size: Some(0),
             ..AttrChanges::default()
         };
-        assert_eq!(export.set_attr(&fifo, &truncate), Err(Errno::EINVAL));
+        assert_eq!(
+            export.set_attr(&fifo, &truncate, SetIdBits::AsAsked),
+            Err(Errno::EINVAL)
+        );
         for flags in [libc::O_RDONLY, libc::O_WRONLY, libc::O_RDWR] {
             assert_eq!(
                 export.open_file(&fifo, flags).err(),
                 Some(Errno::new(libc::ENXIO))
             );
             assert_eq!(
-                export.create(&fifo, flags, 0o644, None).err(),
+                export.create(&fifo, flags, 0o644).err(),
                 Some(Errno::new(libc::ENXIO))
             );
         }
@@ -638,7 +1014,7 @@ fn device_nodes_are_never_opened() {
         let export = &fx.export;
         // /dev/null's numbers: 1, 3. Creating it needs privilege.
         let rdev = libc::makedev(1, 3);
-        match export.mknod(&p("null"), libc::S_IFCHR | 0o666, rdev, None) {
+        match export.mknod(&p("null"), libc::S_IFCHR | 0o666, rdev) {
             Ok(attr) => assert_eq!(attr.kind, FileKind::CharDevice),
             Err(e) => {
                 eprintln!("skipped: cannot create a device node: {e}");
@@ -653,7 +1029,13 @@ fn device_nodes_are_never_opened() {
             mode: Some(0o600),
             ..AttrChanges::default()
         };
-        assert_eq!(export.set_attr(&p("null"), &chmod).unwrap().perm, 0o600);
+        assert_eq!(
+            export
+                .set_attr(&p("null"), &chmod, SetIdBits::AsAsked)
+                .unwrap()
+                .perm,
+            0o600
+        );
     });
 }
 
@@ -679,10 +1061,7 @@ fn opening_the_root_or_a_missing_root_fails_clearly() {
 #[test]
 fn fallocate_modes_and_copies_between_open_files() {
     let fx = fixture();
-    let (out, _) = fx
-        .export
-        .create(&p("copy"), libc::O_RDWR, 0o644, None)
-        .unwrap();
+    let (out, _) = fx.export.create(&p("copy"), libc::O_RDWR, 0o644).unwrap();
     out.allocate(0, 0, 8192).unwrap();
     assert_eq!(out.attr().unwrap().size, 8192);
     out.allocate(libc::FALLOC_FL_KEEP_SIZE, 8192, 4096).unwrap();

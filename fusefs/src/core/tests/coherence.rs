@@ -51,7 +51,7 @@ impl Harness {
     }
 
     fn caller_owner(&self) -> Caller {
-        self.caller()
+        self.me.clone()
     }
 }
 
@@ -69,12 +69,12 @@ fn under_a_lease_caches_live_long_and_a_change_elsewhere_ends_them() {
     assert!(about_a_minute(entry.ttl), "{:?}", entry.ttl);
     // Answered from the cache, for long.
     let before = h.waited();
-    let attrs = wait(|d| h.core.getattr(entry.ino, None, d)).expect("getattr");
+    let attrs = wait(|d| h.core.getattr(&h.me, entry.ino, None, d)).expect("getattr");
     assert!(about_a_minute(attrs.ttl), "{:?}", attrs.ttl);
     assert_eq!(h.waited(), before, "no round trip");
     // Another client changes the mode: the kernel and the core hear of it.
     let other = h.another_client();
-    let ino = match wait(|d| other.lookup(ROOT_INO, OsStr::new("f"), d)) {
+    let ino = match wait(|d| other.lookup(&h.me, ROOT_INO, OsStr::new("f"), d)) {
         Ok(Lookup::Found(e)) => e.ino,
         other => panic!("{other:?}"),
     };
@@ -83,7 +83,7 @@ fn under_a_lease_caches_live_long_and_a_change_elsewhere_ends_them() {
         ..AttrChanges::default()
     };
     let caller = h.caller_owner();
-    wait(|d| other.setattr(caller, ino, None, chmod, d)).expect("chmod elsewhere");
+    wait(|d| other.setattr(&caller, ino, None, chmod, d)).expect("chmod elsewhere");
     until(|| h.inode_dropped("attrs", entry.ino), "the notice");
     // A file's entry goes too (the kernel may be taking in an older answer).
     assert!(h.entry_dropped(ROOT_INO, "f"));
@@ -108,11 +108,11 @@ fn a_name_made_elsewhere_recalls_the_directory_lease_and_its_negative_entries() 
     assert_eq!(h.waited(), before);
     // Another client makes the name.
     let other = h.another_client();
-    let d = match wait(|r| other.lookup(ROOT_INO, OsStr::new("d"), r)) {
+    let d = match wait(|r| other.lookup(&h.me, ROOT_INO, OsStr::new("d"), r)) {
         Ok(Lookup::Found(e)) => e.ino,
         other => panic!("{other:?}"),
     };
-    wait(|r| other.mkdir(h.caller_owner(), d, OsStr::new("x"), 0o755, r)).expect("mkdir x");
+    wait(|r| other.mkdir(&h.caller_owner(), d, OsStr::new("x"), 0o755, r)).expect("mkdir x");
     until(
         || h.entry_dropped(dir.ino, "x"),
         "the negative entry taken back",
@@ -157,13 +157,23 @@ fn a_rename_elsewhere_keeps_inode_numbers() {
     let a = h.ino(ROOT_INO, "a");
     let f = h.ino(a, "f");
     let other = h.another_client();
-    let oa = match wait(|r| other.lookup(ROOT_INO, OsStr::new("a"), r)) {
+    let oa = match wait(|r| other.lookup(&h.me, ROOT_INO, OsStr::new("a"), r)) {
         Ok(Lookup::Found(e)) => e.ino,
         other => panic!("{other:?}"),
     };
     let _ = oa;
-    wait(|r| other.rename(ROOT_INO, OsStr::new("a"), ROOT_INO, OsStr::new("b"), 0, r))
-        .expect("rename elsewhere");
+    wait(|r| {
+        other.rename(
+            &h.me,
+            ROOT_INO,
+            OsStr::new("a"),
+            ROOT_INO,
+            OsStr::new("b"),
+            0,
+            r,
+        )
+    })
+    .expect("rename elsewhere");
     until(|| h.entry_dropped(ROOT_INO, "a"), "the old name dropped");
     assert!(h.entry_dropped(ROOT_INO, "b"));
     // The directory and what is below it keep their numbers, at the new path.
@@ -262,11 +272,10 @@ fn a_broken_connection_ends_the_lease_until_the_next_one() {
     );
     // Back: long-lived answers once the server answers the new subscription.
     h.server = Some(
-        spawn_server(ServerConfig {
-            root: h.dir.path().to_path_buf(),
-            listen: addr,
-            read_only: false,
-            max_connections: 8,
+        spawn_server({
+            let mut config = ferry_server::test_config(h.dir.path(), h.security.clone());
+            config.listen = addr;
+            config
         })
         .expect("the server again"),
     );
@@ -293,7 +302,14 @@ fn without_a_lease_everything_lives_the_attribute_timeout() {
     };
     assert!(entry.ttl <= Duration::from_secs(1));
     assert!(!h.core.leased());
-    let sent: Vec<&str> = h.core.client().sent().iter().map(|(op, _)| *op).collect();
+    let sent: Vec<&str> = h
+        .core
+        .client()
+        .stats()
+        .sent_by_kind()
+        .iter()
+        .map(|(op, _)| *op)
+        .collect();
     assert!(!sent.contains(&"subscribe"), "never asked for notices");
 }
 
