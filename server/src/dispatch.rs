@@ -13,9 +13,11 @@
 use crate::export::{ExportRoot, LockTable, SetIdBits};
 use crate::handles::HandleTable;
 use crate::identity::Identity;
+use crate::listings::Listings;
 use crate::policy::{self, Policy};
 use ferry_common::frame::{MAX_CHUNK, READDIR_PAGE};
-use ferry_common::proto::{Op, Reply, Request};
+use ferry_common::proto::{Op, Reply, Request, LISTING_BYTES, MAX_OPEN_DATA};
+use ferry_common::FileKind;
 use ferry_common::{Attr, Errno, RelPath};
 use std::sync::Arc;
 
@@ -32,6 +34,7 @@ fn is_mutation(op: &Op) -> bool {
     match op {
         Op::Stat { .. }
         | Op::ReadDir { .. }
+        | Op::List { .. }
         | Op::ReadLink { .. }
         | Op::Read { .. }
         | Op::Fsync { .. }
@@ -43,7 +46,7 @@ fn is_mutation(op: &Op) -> bool {
         | Op::SetLock { .. }
         | Op::GetLock { .. }
         | Op::ReleaseLocks { .. } => false,
-        Op::Open { flags, .. } => {
+        Op::Open { flags, .. } | Op::OpenRead { flags, .. } => {
             flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
         }
         Op::Create { .. }
@@ -66,6 +69,8 @@ fn is_mutation(op: &Op) -> bool {
 pub(crate) struct Session {
     export: Arc<ExportRoot>,
     handles: HandleTable,
+    /// Listings under way, each reading one open directory (`Op::List`).
+    listings: Listings,
     /// POSIX locks by file and lock owner (flocks live on the handles themselves).
     locks: LockTable,
     policy: Policy,
@@ -76,6 +81,7 @@ impl Session {
         Session {
             export,
             handles: HandleTable::new(),
+            listings: Listings::new(),
             locks: LockTable::new(),
             policy,
         }
@@ -114,6 +120,35 @@ impl Session {
         Reply::DirsChanged(dirs)
     }
 
+    /// The next entries of a listing: the first of a listing of `path` (cursor
+    /// 0), or those after what listing `cursor` has sent.
+    fn list(&self, path: &RelPath, cursor: u64, who: &Identity) -> Result<Reply, Errno> {
+        let mut stream = match cursor {
+            0 => self.export.open_dir_stream(path)?,
+            cursor => self.listings.take(cursor, who)?,
+        };
+        match stream.next_entries(LISTING_BYTES, usize::MAX) {
+            Ok((entries, true)) => {
+                let cursor = match cursor {
+                    0 => self.listings.keep(stream, who),
+                    cursor => {
+                        self.listings.put_back(cursor, stream);
+                        cursor
+                    }
+                };
+                Ok(Reply::Listing { entries, cursor })
+            }
+            Ok((entries, false)) => {
+                self.listings.end(cursor);
+                Ok(Reply::Listing { entries, cursor: 0 })
+            }
+            Err(e) => {
+                self.listings.end(cursor);
+                Err(e)
+            }
+        }
+    }
+
     /// Carries out one request, as the identity its credential maps to.
     pub(crate) fn handle(&self, request: Request) -> Result<Reply, Errno> {
         let Request { cred, mut op, .. } = request;
@@ -139,11 +174,27 @@ impl Session {
                 let (entries, more) = export.read_dir(&path, start, READDIR_PAGE)?;
                 Ok(Reply::Entries { entries, more })
             }
+            Op::List { path, cursor } => self.list(&path, cursor, who),
             Op::ReadLink { path } => export.read_link(&path).map(Reply::Target),
             Op::Open { path, flags } => {
                 let (file, attr) = export.open_file(&path, flags)?;
                 let handle = self.handles.insert(file)?;
                 Ok(Reply::Opened { handle, attr })
+            }
+            Op::OpenRead { path, flags, len } => {
+                let (file, attr) = export.open_file(&path, flags)?;
+                let len = len.min(MAX_OPEN_DATA) as usize;
+                // A read that fails leaves a plain open: the client's reads
+                // then meet the error themselves, as they would have.
+                let data = match attr.kind {
+                    FileKind::File => file.read_at(0, len).ok(),
+                    _ => None,
+                };
+                let handle = self.handles.insert(file)?;
+                Ok(match data {
+                    Some(data) => Reply::OpenedWithData { handle, attr, data },
+                    None => Reply::Opened { handle, attr },
+                })
             }
             Op::Create { path, flags, mode } => {
                 let (file, attr) = export.create(&path, flags, mode)?;
@@ -315,6 +366,15 @@ mod tests {
             Op::ReadLink { path: path.clone() },
             open(libc::O_RDONLY),
             open(libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOATIME),
+            Op::OpenRead {
+                path: path.clone(),
+                flags: libc::O_RDONLY,
+                len: 1,
+            },
+            Op::List {
+                path: path.clone(),
+                cursor: 0,
+            },
             Op::Read {
                 handle: 1,
                 offset: 0,
@@ -355,6 +415,11 @@ mod tests {
             open(libc::O_WRONLY),
             open(libc::O_RDWR),
             open(libc::O_RDONLY | libc::O_TRUNC),
+            Op::OpenRead {
+                path: path.clone(),
+                flags: libc::O_WRONLY,
+                len: 1,
+            },
             Op::Create {
                 path: path.clone(),
                 flags: libc::O_RDONLY,
@@ -424,6 +489,6 @@ mod tests {
         let mut kinds: Vec<&str> = reads.iter().chain(&changes).map(Op::name).collect();
         kinds.sort_unstable();
         kinds.dedup();
-        assert_eq!(kinds.len(), 28, "every kind of Op is classified: {kinds:?}");
+        assert_eq!(kinds.len(), 30, "every kind of Op is classified: {kinds:?}");
     }
 }

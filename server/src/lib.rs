@@ -18,6 +18,9 @@
 //!   set-id programs from squashed clients, `security.*` and `trusted.*`
 //!   attributes from anyone but root, changes to a read-only export).
 //! - `handles`: one connection's open files, by handle number.
+//! - `listings`: one connection's listings under way, each an open directory
+//!   stream (`export::DirStream`) the client goes on with by cursor, bounded in
+//!   number and idle time.
 //! - `dispatch`: turns each request into an export call, acting as its
 //!   identity, and its reply.
 //! - `schedule`: where each request runs (on the connection's reader, or on the
@@ -52,6 +55,7 @@ mod exports;
 pub mod fuzz;
 mod handles;
 mod identity;
+mod listings;
 mod metrics;
 mod policy;
 mod schedule;
@@ -59,8 +63,9 @@ mod security;
 mod sequencer;
 mod sys;
 
+pub use connection::CONNECTION_BUDGET;
 pub use dispatch::MAX_COPY;
-pub use export::{Acting, ExportRoot, OpenFile, SetIdBits};
+pub use export::{Acting, DirStream, ExportRoot, OpenFile, SetIdBits};
 pub use identity::{BadAnonymousId, Identity, IdentityMap, Squash, DEFAULT_ANON_ID};
 pub use metrics::{serve_http as serve_metrics, Metrics};
 pub use security::{Security, TlsServer};
