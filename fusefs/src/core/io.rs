@@ -73,6 +73,9 @@ impl Core {
         };
         let mark = self.writes.mark();
         let data_mark = self.opened.mark();
+        // What the kernel was last told of the file (its size above all: the
+        // kernel reads through its page cache no further).
+        let told = self.attrs.fresh(ino).map(|(attr, _)| attr);
         // The server's copy lacks this mount's writes in flight: no bytes then.
         let want = if reads_only && !self.writes.busy(ino) {
             self.first_bytes_of(ino)
@@ -104,10 +107,17 @@ impl Core {
             // as on a local disk — but the kernel's size and pages of this
             // inode are the old file's: the file is read uncached, and they go.
             let replaced = core.replaced(ino, &attr);
-            if replaced {
-                log::debug!("inode {ino} was replaced at its name; opened uncached");
+            // The same server file as far as its identity goes, but not as
+            // the kernel was told: changed, or another file that got the
+            // number the server's filesystem freed (a rename over it), before
+            // the server's notice has reached the kernel. Its size there is
+            // the old one, which a read through the cache would stop at.
+            let stale = !replaced && told.is_some_and(|told| !told.same_content(&attr));
+            if replaced || stale {
+                log::debug!("inode {ino} was replaced or changed at its name; opened uncached");
                 core.kernel.forget_inode(ino, true, Vec::new());
             }
+            let uncached = replaced || stale;
             let fh = lock(&core.files).insert(RemoteFile {
                 ino,
                 flags,
@@ -132,7 +142,7 @@ impl Core {
             let keep_cache = {
                 let mut inodes = lock(&core.inodes);
                 inodes.add_handle(ino, fh);
-                inodes.note_open(ino, &attr) && !replaced
+                inodes.note_open(ino, &attr) && !uncached
             };
             if keep_cache {
                 core.stats.page_cache.hit();
@@ -142,7 +152,7 @@ impl Core {
             done(Ok(Opened {
                 fh,
                 keep_cache,
-                direct_io: direct_io(flags) || replaced,
+                direct_io: direct_io(flags) || uncached,
             }))
         });
     }

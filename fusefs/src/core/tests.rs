@@ -888,6 +888,31 @@ fn a_write_that_drops_setuid_tells_the_kernel_its_mode_changed() {
 mod coherence;
 
 #[test]
+fn a_file_changed_since_the_kernel_was_told_its_size_opens_uncached() {
+    // No lease: nothing tells this core that the file grew.
+    let h = Harness::with(FsOptions {
+        attr_timeout: Duration::from_secs(60),
+        lease: Duration::ZERO,
+        ..FsOptions::default()
+    });
+    std::fs::write(h.on_disk("f"), b"12").expect("a file");
+    let f = h.ino(ROOT_INO, "f");
+    // The same inode on the server, longer now (as when the server's
+    // filesystem gives a freed inode number to the file renamed over it).
+    std::fs::write(h.on_disk("f"), b"123").expect("rewritten in place");
+    let opened = h.open(f, libc::O_RDONLY).expect("open");
+    // The kernel's size is the old one: reads bypass it, and it goes.
+    assert!(opened.direct_io && !opened.keep_cache);
+    assert!(lock(&h.kernel.asked).contains(&("data", f)));
+    assert_eq!(h.read(f, opened.fh, 0, 100), Ok(b"123".to_vec()));
+    h.close(f, opened.fh).expect("close");
+    // Told now: the next open is cached as usual.
+    let again = h.open(f, libc::O_RDONLY).expect("open");
+    assert!(!again.direct_io);
+    h.close(f, again.fh).expect("close");
+}
+
+#[test]
 fn a_name_replaced_behind_an_inode_opens_the_new_file_uncached() {
     // No lease: nothing tells this core that the name was replaced.
     let h = Harness::with(FsOptions {
