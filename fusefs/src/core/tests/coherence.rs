@@ -130,9 +130,15 @@ fn a_change_by_a_process_on_the_server_reaches_the_core() {
     std::fs::write(h.on_disk("f"), b"one").expect("a file");
     let f = h.ino(ROOT_INO, "f");
     assert!(matches!(h.lookup(ROOT_INO, "new"), Ok(Lookup::Missing(_))));
-    // Listed in full: the root's names are leased.
-    h.list(ROOT_INO);
-    assert!(h.core.dir_leased(ROOT_INO));
+    // Listed in full: the root's names are leased — once the watch's news
+    // of the setup (which may cross the listing, and recall it) is in.
+    until(
+        || {
+            h.list(ROOT_INO);
+            h.core.dir_leased(ROOT_INO)
+        },
+        "the root listed in full and leased",
+    );
     h.forget_kernel_asks();
     std::fs::write(h.on_disk("f"), b"changed, longer").expect("write on the server");
     until(|| h.inode_dropped("data", f), "the file's data dropped");
