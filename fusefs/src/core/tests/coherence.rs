@@ -63,6 +63,8 @@ fn about_a_minute(ttl: Duration) -> bool {
 fn under_a_lease_caches_live_long_and_a_change_elsewhere_ends_them() {
     let h = leased();
     std::fs::write(h.on_disk("f"), b"one").expect("a file");
+    // The watch's news of the setup first: it would end the caches below.
+    std::thread::sleep(Duration::from_millis(100));
     let Ok(Lookup::Found(entry)) = h.lookup(ROOT_INO, "f") else {
         panic!("lookup")
     };
@@ -237,6 +239,9 @@ fn an_answer_crossed_by_a_notice_is_invalidated_again() {
 fn a_reset_drops_everything_and_the_lease_goes_on() {
     let h = leased();
     std::fs::write(h.on_disk("f"), b"x").expect("a file");
+    // The watch's news of the setup first: it would drop the negative entry
+    // below before the reset does.
+    std::thread::sleep(Duration::from_millis(100));
     let f = h.ino(ROOT_INO, "f");
     assert!(matches!(
         h.lookup(ROOT_INO, "missing"),
