@@ -51,7 +51,7 @@ mod open_race_tests;
 mod tests;
 
 pub use credentials::Acting;
-pub(crate) use locks::LockTable;
+pub(crate) use locks::{Kept, LockKey, LockTable};
 pub use open_file::OpenFile;
 
 use crate::identity::Identity;
