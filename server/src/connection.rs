@@ -262,13 +262,16 @@ pub(crate) struct Serving {
 
 /// What the reader got next.
 enum Next {
-    Request {
-        request: Request,
-        budget: Budget,
-        /// No other request is buffered behind it.
-        alone: bool,
-    },
+    Request(Box<Incoming>),
     End(Outcome),
+}
+
+/// A request read, with its budget.
+struct Incoming {
+    request: Request,
+    budget: Budget,
+    /// No other request is buffered behind it.
+    alone: bool,
 }
 
 impl Serving {
@@ -402,11 +405,11 @@ impl Serving {
                 Err(_) => return Next::End(Ok(())),
             },
         };
-        Next::Request {
+        Next::Request(Box::new(Incoming {
             request,
             budget: (slot, share),
             alone: reader.buffer().is_empty(),
-        }
+        }))
     }
 
     /// Queues a reply for the writer (from outside the connection's runtime).
@@ -460,12 +463,12 @@ impl Serving {
 pub(crate) fn read_requests(serving: Arc<Serving>, mut reading: Reading) {
     loop {
         let next = serving.runtime.block_on(serving.next_request(&mut reading));
-        let (request, budget, alone) = match next {
-            Next::Request {
-                request,
-                budget,
-                alone,
-            } => (request, budget, alone),
+        let Incoming {
+            request,
+            budget,
+            alone,
+        } = match next {
+            Next::Request(incoming) => *incoming,
             Next::End(outcome) => return serving.finish(outcome),
         };
         let ctx = &serving.ctx;

@@ -194,7 +194,11 @@ impl Core {
     /// POSIX locks go, once what was written under them is on the server
     /// (through any handle: locks belong to the process).
     pub fn flush(&self, caller: &Caller, ino: u64, fh: u64, lock_owner: u64, done: impl Done<()>) {
-        let written = self.writes.settle(ino, fh);
+        let mut written = self.writes.settle(ino, fh);
+        // A file whose locks were lost says so when it is closed, too.
+        if written.is_ok() && self.held.is_lost(fh) {
+            written = Err(Errno::EIO);
+        }
         self.release_posix_locks(caller, ino, fh, lock_owner, move || done(written));
     }
 
@@ -204,6 +208,7 @@ impl Core {
     /// Close does: the server runs a handle's requests in order.
     pub fn release(&self, caller: &Caller, ino: u64, fh: u64) {
         lock(&self.inodes).remove_handle(ino, fh);
+        self.held.released(ino, fh);
         if self.writes.is_writer(ino, fh) {
             // What the server says now differs from what the kernel was last told.
             self.attrs.drop_ino(ino);

@@ -24,7 +24,9 @@
 //! - [`attrs`]: getattr, setattr, and setattr deferred behind writes;
 //! - [`reopen`]: finding the server handle behind a kernel handle, opening the
 //!   file again after a reconnect;
-//! - [`locking`] and [`xattr`]: file locks and extended attributes.
+//! - [`locking`] and [`xattr`]: file locks and extended attributes;
+//! - [`reclaim`]: after a reconnect, taking back the locks this mount held
+//!   (or failing the files whose locks are lost).
 //!
 //! All state lives in one [`Shared`], behind the cheap-to-clone [`Core`]; a
 //! callback that outlives the call holds a clone.
@@ -34,9 +36,12 @@ mod dirs;
 mod io;
 mod locking;
 mod names;
+mod reclaim;
 mod reopen;
 mod xattr;
 
+#[cfg(test)]
+mod reclaim_tests;
 #[cfg(test)]
 mod tests;
 
@@ -49,7 +54,7 @@ use crate::client::{OpResult, RemoteClient};
 use crate::files::OpenFiles;
 use crate::inode::{FileId, InodeTable};
 use crate::known::KnownDirs;
-use crate::locks::LockOwners;
+use crate::locks::HeldLocks;
 use crate::stats::Stats;
 use crate::writeback::WriteBehind;
 use dirs::DirSnapshots;
@@ -166,8 +171,11 @@ pub struct Shared {
     attrs: AttrCache,
     known: KnownDirs,
     dirs: DirSnapshots,
-    /// POSIX lock owners that may hold locks on the server.
-    lock_owners: LockOwners,
+    /// The locks this mount holds on the server, and the open files whose
+    /// locks were lost.
+    held: HeldLocks,
+    /// Taken while locks are taken back after a reconnect (see [`reclaim`]).
+    reclaiming: Mutex<()>,
     /// Answers for `security.capability` (see [`xattr`]).
     file_caps: xattr::FileCapCache,
     kernel: Arc<dyn KernelCache>,
@@ -192,7 +200,7 @@ impl Core {
         let root = FileId::of(&client.welcome().root);
         let stats = Arc::clone(client.stats());
         let ttl = opts.attr_timeout;
-        Core(Arc::new(Shared {
+        let core = Core(Arc::new(Shared {
             client,
             inodes: Mutex::new(InodeTable::new(root)),
             files: Mutex::new(OpenFiles::new()),
@@ -200,12 +208,15 @@ impl Core {
             attrs: AttrCache::new(ttl),
             known: KnownDirs::new(ttl),
             dirs: DirSnapshots::default(),
-            lock_owners: LockOwners::new(),
+            held: HeldLocks::new(),
+            reclaiming: Mutex::new(()),
             file_caps: xattr::FileCapCache::new(ttl),
             kernel,
             stats,
             opts,
-        }))
+        }));
+        core.take_back_locks_on_reconnect();
+        core
     }
 
     pub fn options(&self) -> &FsOptions {
