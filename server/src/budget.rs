@@ -240,13 +240,21 @@ pub(crate) struct MemoryShare {
 impl ConnectionMemory {
     /// `kib` for one request (at most [`CONNECTION_CAP_KIB`]): from the
     /// connection's own share if it has them, else from the shared pool,
-    /// waiting until there is room.
+    /// waiting until there is room in either. Waiting on the pool alone would
+    /// let greedy peers that hold it stall this connection for good, its own
+    /// share free again.
     pub(crate) async fn acquire(&self, kib: u32) -> Result<MemoryShare, AcquireError> {
         let kib = kib.min(CONNECTION_CAP_KIB);
         let cap = Arc::clone(&self.cap).acquire_many_owned(kib).await?;
         let from = match Arc::clone(&self.own).try_acquire_many_owned(kib) {
             Ok(own) => own,
-            Err(_) => Arc::clone(&self.shared).acquire_many_owned(kib).await?,
+            // A request larger than the own share can only come from the pool.
+            Err(_) if kib > OWN_KIB => Arc::clone(&self.shared).acquire_many_owned(kib).await?,
+            // Whichever frees first; the other wait is dropped, holding nothing.
+            Err(_) => tokio::select! {
+                own = Arc::clone(&self.own).acquire_many_owned(kib) => own?,
+                shared = Arc::clone(&self.shared).acquire_many_owned(kib) => shared?,
+            },
         };
         Ok(MemoryShare {
             _cap: cap,
@@ -338,6 +346,36 @@ mod tests {
             drop(shares);
             assert_eq!(pool.available_kib(), total);
             assert!(greedy.idle());
+        });
+    }
+
+    #[test]
+    fn a_connection_waiting_on_an_empty_pool_is_served_from_its_own_share_once_free() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let pool = ReplyMemory::new(MIN_POOL_KIB * 1024);
+            // Greedy peers hold the whole pool, and never give it back.
+            let hog = pool.connection();
+            let mut held = vec![hog.acquire(OWN_KIB).await.unwrap()];
+            while pool.available_kib() >= 1025 {
+                held.push(hog.acquire(1025).await.unwrap());
+            }
+            // A well-behaved connection: one read in flight on its own
+            // share, the next waiting (the pool is empty)...
+            let modest = Arc::new(pool.connection());
+            let first = modest.acquire(1025).await.unwrap();
+            let waiter = Arc::clone(&modest);
+            let next = tokio::spawn(async move { waiter.acquire(1025).await.map(drop) });
+            tokio::task::yield_now().await;
+            assert!(!next.is_finished());
+            // ...is served once the first reply is written.
+            drop(first);
+            let served = tokio::time::timeout(std::time::Duration::from_secs(5), next).await;
+            assert!(matches!(served, Ok(Ok(Ok(())))), "{served:?}");
+            drop(held);
         });
     }
 }

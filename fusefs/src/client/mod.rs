@@ -105,6 +105,13 @@ type Callback = Box<dyn FnOnce(OpResult) + Send>;
 /// block.
 pub type ReconnectHook = Box<dyn Fn(u64, &Welcome) + Send + Sync>;
 
+/// Whether the client must connect again at once when its connection is
+/// lost, rather than when a caller next needs it: while it holds something
+/// the server keeps for it only for a while (locks, to be taken back within
+/// the server's grace period). Runs on the client's runtime, holding none of
+/// the client's locks: it must not block.
+pub type KeepConnected = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// How often a quiet server is pinged, and after how much silence it is
 /// given up, for a client whose requests time out after `timeout`. A server
 /// that has said nothing for half the timeout (1 to 30 s) although something
@@ -215,6 +222,8 @@ struct Inner {
     stats: Arc<Stats>,
     /// Hears of every reconnection.
     on_reconnect: Mutex<Option<ReconnectHook>>,
+    /// Says whether a lost connection is made again at once.
+    keep_connected: Mutex<Option<KeepConnected>>,
 }
 
 /// A connection to a ferry server; cheap to clone (all clones share it).
@@ -282,6 +291,7 @@ impl RemoteClient {
             epochs: AtomicU64::new(0),
             stats: Arc::new(Stats::default()),
             on_reconnect: Mutex::new(None),
+            keep_connected: Mutex::new(None),
         });
         inner.install(transport);
         let weak = Arc::downgrade(&inner);
@@ -305,6 +315,13 @@ impl RemoteClient {
     /// from now on after a lost one (see [`ReconnectHook`]).
     pub fn on_reconnect(&self, hook: ReconnectHook) {
         *lock(&self.inner.on_reconnect) = Some(hook);
+    }
+
+    /// Makes a lost connection again at once, and keeps trying (one attempt
+    /// per [`RECONNECT_INTERVAL`]), while `wanted` says so — without waiting
+    /// for a caller to need it (see [`KeepConnected`]).
+    pub fn keep_connected_while(&self, wanted: KeepConnected) {
+        *lock(&self.inner.keep_connected) = Some(wanted);
     }
 
     pub fn addr(&self) -> &str {
@@ -693,6 +710,16 @@ impl Inner {
         if let Some(conn) = lost {
             conn.close();
             self.stats.connection_lost();
+            // Asked on the runtime: whoever lost the connection may hold the
+            // locks the question needs.
+            if let Some(keep) = lock(&self.keep_connected).clone() {
+                let want = Arc::clone(&self.want_connection);
+                self.handle.spawn(async move {
+                    if keep() {
+                        want.notify_one();
+                    }
+                });
+            }
             if failed.is_empty() {
                 log::info!("connection to {} closed: {why}", self.addr);
             } else {
@@ -992,6 +1019,11 @@ async fn reconnect_loop(
                     }
                     _ => false,
                 });
+                // Tried again after the interval, even with nobody asking.
+                let keep = lock(&inner.keep_connected).clone();
+                if keep.is_some_and(|keep| keep()) {
+                    wanted.notify_one();
+                }
             }
         }
     }

@@ -24,6 +24,11 @@ fn writes_through(flags: i32) -> bool {
     flags & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC) != 0
 }
 
+/// Whether a write failed because the export (or the user's quota) is full.
+fn out_of_space(e: Errno) -> bool {
+    matches!(e.code(), libc::ENOSPC | libc::EDQUOT)
+}
+
 impl Core {
     /// Opens `ino` with the `open(2)` flags `flags`.
     pub fn open(&self, caller: &Caller, ino: u64, flags: i32, done: impl Done<Opened>) {
@@ -128,7 +133,13 @@ impl Core {
         let len = data.len();
         // Dropped after the write and through the same handle.
         let kill = kill_suidgid && self.writes.must_kill_suidgid(ino, fh);
-        let through = writes_through(flags) || !self.writes.is_writer(ino, fh);
+        let space = self.space.before_write(len);
+        if space.ask {
+            self.ask_free_space(&caller.cred);
+        }
+        // On an export that may be full, the application hears ENOSPC from
+        // write(2) itself, as from a local disk (see `crate::space`).
+        let through = writes_through(flags) || !self.writes.is_writer(ino, fh) || space.through;
         if through {
             // An appending write lands at the server's end of file: every write
             // before it, through any handle, must be there first.
@@ -155,7 +166,11 @@ impl Core {
             self.client
                 .submit_write_in(epoch, &caller.cred, handle, offset, data, move |r| {
                     core.writes.finish(ticket, Ok(None));
-                    done(written(r))
+                    let r = written(r);
+                    if matches!(r, Err(e) if out_of_space(e)) {
+                        core.space.full();
+                    }
+                    done(r)
                 });
         } else {
             // Write-behind: the kernel hears of success now, of a failure at
@@ -168,6 +183,9 @@ impl Core {
                         Ok(_) => Err(Errno::ENOSPC),
                         Err(e) => Err(e),
                     };
+                    if matches!(result, Err(e) if out_of_space(e)) {
+                        core.space.full();
+                    }
                     core.writes.finish(ticket, result);
                 });
             done(Ok(u32::try_from(len).unwrap_or(u32::MAX)));
@@ -187,6 +205,31 @@ impl Core {
             // The kernel still holds the old mode.
             self.kernel.forget_attrs(ino);
         }
+    }
+
+    /// Learns how much room the export has, before the first write (so that
+    /// a mount of a full export refuses even its first write): one round
+    /// trip when the mount starts. Without an answer, writes go through
+    /// until one comes.
+    pub(super) fn learn_free_space(&self) {
+        if self.opts.write_through_below == 0 {
+            return;
+        }
+        match self.client.call(&crate::creds::own(), Op::StatFs) {
+            Ok(Reply::StatFs(s)) => self.space.told(&s),
+            Ok(_) => log::debug!("the server answered statfs with something else"),
+            Err(e) => log::debug!("cannot learn the export's free space: {e}"),
+        }
+    }
+
+    /// Asks the server how much room its export has left, for
+    /// [`crate::space`]; nothing waits for the answer.
+    fn ask_free_space(&self, cred: &ferry_common::proto::Cred) {
+        let core = self.clone();
+        self.client.submit(cred, Op::StatFs, move |r| match r {
+            Ok(Reply::StatFs(s)) => core.space.told(&s),
+            _ => core.space.not_told(),
+        });
     }
 
     /// close(2) of a descriptor of `ino` (one of possibly several per handle):

@@ -55,6 +55,7 @@ use crate::files::OpenFiles;
 use crate::inode::{FileId, InodeTable};
 use crate::known::KnownDirs;
 use crate::locks::HeldLocks;
+use crate::space::FreeSpace;
 use crate::stats::Stats;
 use crate::writeback::WriteBehind;
 use dirs::DirSnapshots;
@@ -76,6 +77,11 @@ pub struct FsOptions {
     /// Ask the kernel for readdirplus (names with attributes in one round trip).
     /// Off only to exercise the plain readdir path.
     pub readdirplus: bool,
+    /// While the export's free space (as last reported, less what was sent
+    /// since) is below this many bytes, writes go through, so that `write(2)`
+    /// itself meets ENOSPC (see [`crate::space`]); 0: write-behind whatever
+    /// the free space (a full export is then reported at close or fsync).
+    pub write_through_below: u64,
 }
 
 impl Default for FsOptions {
@@ -84,6 +90,7 @@ impl Default for FsOptions {
             attr_timeout: Duration::from_secs(1),
             read_only: false,
             readdirplus: true,
+            write_through_below: crate::space::LOW_WATER,
         }
     }
 }
@@ -168,6 +175,9 @@ pub struct Shared {
     inodes: Mutex<InodeTable>,
     files: Mutex<OpenFiles>,
     writes: WriteBehind,
+    /// The export's free space as last reported: writes go through when it
+    /// runs low (see [`crate::space`]).
+    space: FreeSpace,
     attrs: AttrCache,
     known: KnownDirs,
     dirs: DirSnapshots,
@@ -205,6 +215,7 @@ impl Core {
             inodes: Mutex::new(InodeTable::new(root)),
             files: Mutex::new(OpenFiles::new()),
             writes: WriteBehind::new(),
+            space: FreeSpace::new(opts.write_through_below),
             attrs: AttrCache::new(ttl),
             known: KnownDirs::new(ttl),
             dirs: DirSnapshots::default(),
@@ -216,6 +227,7 @@ impl Core {
             opts,
         }));
         core.take_back_locks_on_reconnect();
+        core.learn_free_space();
         core
     }
 

@@ -16,7 +16,9 @@
 //! - **at once**, on a thread of its own, for every file holding locks
 //!   ([`Core::take_back_locks_on_reconnect`]) — a process that only holds a
 //!   lock (a pid file, a database idle between transactions) gets it back
-//!   within the grace period without doing anything;
+//!   within the grace period without doing anything: while this mount holds
+//!   locks, the client connects again as soon as a connection is lost, and
+//!   keeps trying, without waiting for a request to need it;
 //! - **before the first request through a file** on the new connection
 //!   ([`Core::server_handle`] asks [`Core::take_back_locks`]): a read, a write
 //!   or a lock through a file whose locks are not back yet waits for them.
@@ -38,6 +40,14 @@ impl Core {
     /// Asks the client to tell this core of every new connection, and then
     /// takes back, on a thread of its own, the locks held.
     pub(super) fn take_back_locks_on_reconnect(&self) {
+        // A mount whose processes only hold locks (and ask nothing) must
+        // still be back within the server's grace period.
+        let holder = Arc::downgrade(&self.0);
+        self.client.keep_connected_while(Arc::new(move || {
+            holder
+                .upgrade()
+                .is_some_and(|shared| !shared.held.locked().is_empty())
+        }));
         let core = Arc::downgrade(&self.0);
         let instance = Mutex::new(self.client.welcome().instance);
         self.client.on_reconnect(Box::new(move |epoch, welcome| {

@@ -161,9 +161,14 @@ fn a_lock_taken_by_another_client_after_the_grace_period_fails_its_holder_with_e
     setlk(&h.core, ino, mine.fh, OWNER, libc::F_WRLCK, false).expect("lock");
     let other = h.another_client();
     let (their_ino, theirs) = open_elsewhere(&other, "f");
+    // The holder stays away (as a machine asleep would): it does not connect
+    // again by itself.
+    h.core
+        .client()
+        .keep_connected_while(std::sync::Arc::new(|| false));
     h.restart_server();
-    // The holder stays away; once the grace period is over the other client
-    // gets the lock (waiting meanwhile: the server grants nothing new).
+    // Once the grace period is over the other client gets the lock (waiting
+    // meanwhile: the server grants nothing new).
     let taken =
         once_connected(|| setlk(&other, their_ino, theirs, THEIR_OWNER, libc::F_WRLCK, true));
     assert_eq!(taken, Ok(()));
@@ -181,6 +186,40 @@ fn a_lock_taken_by_another_client_after_the_grace_period_fails_its_holder_with_e
     let again = h.open(ino, libc::O_RDWR).expect("open again");
     assert_eq!(h.read(ino, again.fh, 0, 4), Ok(b"data".to_vec()));
     h.close(ino, again.fh).expect("close");
+}
+
+#[test]
+fn a_holder_that_asks_nothing_is_back_within_the_grace_period() {
+    let state = tempfile::tempdir().expect("a state dir");
+    let mut h = serving(Duration::from_secs(3), &state);
+    std::fs::write(h.on_disk("f"), b"data").expect("a file");
+    let ino = h.ino(ROOT_INO, "f");
+    let mine = h.open(ino, libc::O_RDWR).expect("open");
+    setlk(&h.core, ino, mine.fh, OWNER, libc::F_WRLCK, false).expect("lock");
+    let other = h.another_client();
+    let (their_ino, theirs) = open_elsewhere(&other, "f");
+    h.restart_server();
+    // The holder makes no request at all; the other client waits for the
+    // lock past the grace period, and does not get it: the holder's mount
+    // connected again by itself and took its lock back.
+    let asked = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let waiter = other.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(once_connected(|| {
+            setlk(&waiter, their_ino, theirs, THEIR_OWNER, libc::F_WRLCK, true)
+        }));
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(6)).is_err(),
+        "the other client took the lock of a holder that asked nothing"
+    );
+    assert!(asked.elapsed() >= Duration::from_secs(6));
+    // The holder still has it, and lets go: the waiter gets it.
+    assert_eq!(h.write(ino, mine.fh, 0, b"x"), Ok(1));
+    close_as(&h, ino, mine.fh, OWNER).expect("close");
+    let taken = rx.recv_timeout(PATIENCE).expect("the waiter's answer");
+    assert_eq!(taken, Ok(()));
 }
 
 #[test]
