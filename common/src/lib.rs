@@ -16,7 +16,7 @@
 //!   straight to the kernel.
 //! - [`path`]: paths relative to the export root, and the checks every
 //!   component must pass before the server looks at it.
-//! - [`sync`]: the one mutex helper both sides use.
+//! - [`sync`]: the one mutex helper both sides use; [`socket`]: TCP keepalive.
 //! - [`lockset`]: the byte ranges one lock owner holds on one file, merged
 //!   and split as the kernel does.
 //! - [`counters`]: the lock-free counters and latency histograms behind `ferry
@@ -39,6 +39,7 @@ pub mod frame;
 pub mod lockset;
 pub mod path;
 pub mod proto;
+pub mod socket;
 pub mod state;
 pub mod sync;
 pub mod tls;

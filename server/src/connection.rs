@@ -60,7 +60,6 @@ use crate::schedule::{schedule, Schedule};
 use crate::security::{Security, TlsServer};
 use crate::sequencer::Sequencer;
 use crate::stalls::{Baton, Stalls};
-use crate::sys;
 use ferry_common::auth::{Fingerprint, EXPORTER_LABEL, SECRET_LEN};
 use ferry_common::counters::op_kind;
 use ferry_common::frame::{self, FrameError, RequestFrame, MAX_CHUNK};
@@ -192,7 +191,10 @@ async fn welcome_client(
     let metrics = &ctx.metrics;
     let stream = TcpStream::from_std(stream)?;
     stream.set_nodelay(true)?;
-    if let Err(e) = set_keepalive(&stream) {
+    // A client that vanished (a laptop put to sleep, a cable pulled) is
+    // noticed after a few minutes, and its open files and slot given back.
+    let (idle, interval) = (Duration::from_secs(60), Duration::from_secs(15));
+    if let Err(e) = ferry_common::socket::set_keepalive(stream.as_fd(), idle, interval, 4) {
         log::debug!("cannot enable TCP keepalive: {e}");
     }
     // The whole handshake, TLS and credentials included, has one deadline: a
@@ -968,20 +970,6 @@ async fn write_timed<W: AsyncWrite + Unpin>(sink: &mut W, bytes: &[u8]) -> io::R
             format!("the client took no data for {} s", WRITE_TIMEOUT.as_secs()),
         )),
     }
-}
-
-/// Lets the kernel notice a client that vanished (a laptop put to sleep, a cable
-/// pulled) after a few minutes, so its open files and its slot are given back.
-fn set_keepalive(stream: &TcpStream) -> io::Result<()> {
-    for (level, name, value) in [
-        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 60),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 15),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4),
-    ] {
-        sys::set_socket_option(stream.as_fd(), level, name, value)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

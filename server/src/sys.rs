@@ -1,9 +1,8 @@
 //! The server's system calls outside the export, as safe wrappers: the process's
-//! descriptor limit, socket options and the allocator's trimming. (The
-//! export's file system calls are in `export::sys`.)
+//! descriptor limit and the allocator's trimming. (The export's file system
+//! calls are in `export::sys`; socket options in `ferry_common::socket`.)
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// The soft and hard limits on open descriptors (`RLIMIT_NOFILE`).
 pub(crate) fn open_file_limit() -> io::Result<(u64, u64)> {
@@ -27,29 +26,6 @@ pub(crate) fn set_open_file_limit(soft: u64, hard: u64) -> io::Result<()> {
     };
     // SAFETY: a valid pointer to one rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// `setsockopt(2)` of an integer option.
-pub(crate) fn set_socket_option(
-    socket: BorrowedFd<'_>,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: a pointer to one c_int, with its size, valid for the call.
-    let ret = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if ret != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

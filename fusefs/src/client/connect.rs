@@ -10,7 +10,6 @@ use ferry_common::proto::{Auth, HandshakeReply, Hello, Welcome};
 use ferry_common::Address;
 use std::fmt;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -198,7 +197,11 @@ impl Connector {
             match timeout(bound, TcpStream::connect(sa)).await {
                 Ok(Ok(stream)) => {
                     stream.set_nodelay(true).map_err(unreachable)?;
-                    if let Err(e) = set_keepalive(&stream) {
+                    // Besides the client's own pings (which notice a frozen
+                    // server too), the kernel notices one that vanished.
+                    let (idle, interval) = (Duration::from_secs(30), Duration::from_secs(10));
+                    let socket = std::os::fd::AsFd::as_fd(&stream);
+                    if let Err(e) = ferry_common::socket::set_keepalive(socket, idle, interval, 3) {
                         log::debug!("cannot enable TCP keepalive: {e}");
                     }
                     return Ok(stream);
@@ -426,35 +429,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Sniff<S> {
 fn plaintext_reply(bytes: &[u8]) -> Option<HandshakeReply> {
     let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
     frame::decode(bytes.get(4..4 + len)?).ok()
-}
-
-/// Lets the kernel notice a server that vanished without a word, besides the
-/// client's own pings (which notice a frozen one, too).
-fn set_keepalive(stream: &TcpStream) -> io::Result<()> {
-    let fd = stream.as_raw_fd();
-    for (level, name, value) in [
-        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 30),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
-    ] {
-        let value: libc::c_int = value;
-        // SAFETY: fd is an open socket owned by `stream` for the duration of
-        // the call; the option value is a c_int whose size is passed with it.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
