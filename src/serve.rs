@@ -153,7 +153,8 @@ fn lock_record(args: &ServeArgs, listen: SocketAddr) -> Option<PathBuf> {
         Ok(dir) => dir,
         Err(e) => {
             eprintln!(
-                "ferry: {e}; without a record of clients holding locks, every start waits the                  whole grace period for them"
+                "ferry: {e}; without a record of clients holding locks, every start waits \
+                 the whole grace period for them"
             );
             return None;
         }

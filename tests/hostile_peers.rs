@@ -72,12 +72,13 @@ fn open(client: &RemoteClient, p: &str, flags: i32) -> Result<u64, Errno> {
 /// the test if it does not finish within [`DEADLINE`].
 fn within_deadline(what: &str, work: impl FnOnce() + Send + 'static) {
     let (tx, rx) = mpsc::channel();
+    let started = Instant::now();
     thread::spawn(move || {
         work();
         let _ = tx.send(());
     });
     match rx.recv_timeout(DEADLINE) {
-        Ok(()) => {}
+        Ok(()) => eprintln!("{what}: done in {:.2?}", started.elapsed()),
         Err(mpsc::RecvTimeoutError::Timeout) => {
             panic!("{what}: the well-behaved client was held up past {DEADLINE:?}")
         }
@@ -127,6 +128,10 @@ fn one_connection_at_its_descriptor_budget_gets_emfile_and_others_keep_opening()
             handles.len()
         );
     };
+    eprintln!(
+        "the greedy connection: {} handles, then {refused}",
+        handles.len()
+    );
     assert_eq!(
         refused.code(),
         libc::EMFILE,
@@ -428,6 +433,7 @@ fn peers_that_never_read_their_replies_leave_the_servers_memory_bounded() {
         );
         thread::sleep(Duration::from_millis(200));
     }
+    eprintln!("RSS {} MiB once the peers left", rss() >> 20);
     drop(other);
 }
 

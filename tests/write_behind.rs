@@ -148,6 +148,7 @@ fn write_2_meets_enospc_when_an_export_with_room_fills_up() {
     });
     let mut file = File::create(f.m("fill")).unwrap();
     let (written, refused) = write_until_refused(&mut file, 1 << 20, 128 << 20);
+    eprintln!("write(2) refused after {written} bytes: {refused}");
     assert_eq!(common::errno_of(&refused), libc::ENOSPC, "{refused}");
     assert!(
         written > 40 << 20 && written <= 48 << 20,
