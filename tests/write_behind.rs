@@ -141,18 +141,18 @@ fn write_2_meets_enospc_when_an_export_with_room_fills_up() {
     }
     // Room for write-behind at first (more than the mount's low-water mark
     // of free space), then not.
-    let disk = common::SmallDisk::of_mib(48);
+    let disk = common::SmallDisk::of_mib(96);
     let f = fixture!(Setup {
         export: Some(disk.path().to_path_buf()),
         ..Setup::default()
     });
     let mut file = File::create(f.m("fill")).unwrap();
-    let (written, refused) = write_until_refused(&mut file, 1 << 20, 128 << 20);
+    let (written, refused) = write_until_refused(&mut file, 1 << 20, 256 << 20);
     eprintln!("write(2) refused after {written} bytes: {refused}");
     assert_eq!(common::errno_of(&refused), libc::ENOSPC, "{refused}");
     assert!(
-        written > 40 << 20 && written <= 48 << 20,
-        "{written} bytes written to a 48 MiB disk"
+        written > 80 << 20 && written <= 96 << 20,
+        "{written} bytes written to a 96 MiB disk"
     );
     // Nothing answered early failed later: close has nothing to report.
     close(file).expect("close after write(2) reported the full disk");

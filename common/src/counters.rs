@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How many kinds of operation there are.
-pub const OP_KINDS: usize = 30;
+pub const OP_KINDS: usize = 32;
 
 /// The kind of `op` as an index below [`OP_KINDS`]; [`op_kind_name`] is its name.
 pub fn op_kind(op: &Op) -> usize {
@@ -46,6 +46,8 @@ pub fn op_kind(op: &Op) -> usize {
         Op::Ping => 27,
         Op::ReclaimLock { .. } => 28,
         Op::ReclaimComplete => 29,
+        Op::List { .. } => 30,
+        Op::OpenRead { .. } => 31,
     }
 }
 
@@ -82,6 +84,8 @@ pub fn op_kind_name(index: usize) -> &'static str {
         "ping",
         "reclaimlock",
         "reclaimcomplete",
+        "list",
+        "openread",
     ];
     NAMES.get(index).copied().unwrap_or("?")
 }
@@ -361,6 +365,15 @@ mod tests {
                 lock,
             },
             Op::ReclaimComplete,
+            Op::List {
+                path: p(),
+                cursor: 0,
+            },
+            Op::OpenRead {
+                path: p(),
+                flags: 0,
+                len: 0,
+            },
         ];
         assert_eq!(ops.len(), OP_KINDS);
         let mut seen = [false; OP_KINDS];

@@ -189,11 +189,22 @@ pub enum Op {
     /// One page of a directory's entries with their attributes, starting at entry
     /// number `start` (`.` and `..` are not listed) → [`Reply::Entries`].
     ReadDir { path: RelPath, start: u64 },
+    /// A directory's entries with their attributes, read through a stream the
+    /// server keeps open for this listing, so that a listing costs the server
+    /// time in proportion to its size however many replies it takes →
+    /// [`Reply::Listing`]. `cursor` 0 starts a listing of `path`; any other
+    /// continues the listing the server numbered so (by the same user; `path`
+    /// is then not used). `.` and `..` are not listed.
+    List { path: RelPath, cursor: u64 },
     /// → [`Reply::Target`].
     ReadLink { path: RelPath },
     /// Opens an existing file with `open(2)` flags (`O_CREAT` is refused; use
     /// `Create`) → [`Reply::Opened`].
     Open { path: RelPath, flags: i32 },
+    /// `Open`, then the file's first `len` bytes (at most [`MAX_OPEN_DATA`]) read
+    /// in the same step, so that a small file costs one round trip →
+    /// [`Reply::OpenedWithData`].
+    OpenRead { path: RelPath, flags: i32, len: u32 },
     /// Creates and opens a file, owned by the identity the request acts as →
     /// [`Reply::Created`] (or [`Reply::Opened`]).
     Create {
@@ -363,6 +374,18 @@ pub struct FileLock {
     pub end: u64,
 }
 
+/// The most data an [`Op::OpenRead`] asks for (a larger `len` is read as this).
+pub const MAX_OPEN_DATA: u32 = 1 << 20;
+
+/// The most bytes of entries one [`Reply::Listing`] carries: well inside a
+/// frame, yet the whole of nearly every directory (some 20,000 entries with
+/// 30-byte names).
+pub const LISTING_BYTES: usize = 3 << 20;
+
+/// What one listed entry adds to a [`Reply::Listing`] at most, beyond its
+/// name's bytes: the name's length and the encoded attributes.
+pub const LISTED_ENTRY_OVERHEAD: usize = 128;
+
 /// The kernel's `OFFSET_MAX`: a lock ending here covers the rest of the file.
 pub const LOCK_TO_EOF: u64 = i64::MAX as u64;
 
@@ -372,8 +395,10 @@ impl Op {
         match self {
             Op::Stat { .. } => "stat",
             Op::ReadDir { .. } => "readdir",
+            Op::List { .. } => "list",
             Op::ReadLink { .. } => "readlink",
             Op::Open { .. } => "open",
+            Op::OpenRead { .. } => "openread",
             Op::Create { .. } => "create",
             Op::Read { .. } => "read",
             Op::Write { .. } => "write",
@@ -428,6 +453,22 @@ pub enum Reply {
         attr: Attr,
     },
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The answer to [`Op::OpenRead`]: the open file, its attributes when it was
+    /// opened, and its first bytes: all that were asked for, or fewer when the
+    /// file ended first.
+    OpenedWithData {
+        handle: u64,
+        attr: Attr,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// The answer to [`Op::List`]: the next entries, and the cursor to ask for
+    /// the rest with, 0 when the listing is complete (the server has closed its
+    /// stream then).
+    Listing {
+        entries: Vec<DirEntry>,
+        cursor: u64,
+    },
     Written(u32),
     StatFs(StatFs),
     /// A new node, with the attributes of its directory after the change, which
@@ -456,9 +497,9 @@ impl Reply {
     /// The handle and attributes of an opened (or created) file.
     pub fn opened(&self) -> Option<(u64, Attr)> {
         match self {
-            Reply::Opened { handle, attr } | Reply::Created { handle, attr, .. } => {
-                Some((*handle, *attr))
-            }
+            Reply::Opened { handle, attr }
+            | Reply::Created { handle, attr, .. }
+            | Reply::OpenedWithData { handle, attr, .. } => Some((*handle, *attr)),
             _ => None,
         }
     }

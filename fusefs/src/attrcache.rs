@@ -37,10 +37,14 @@ impl AttrCache {
     /// Records what the server said `ino` looks like now. Answers to concurrent
     /// changes can arrive out of order: the older change is ignored.
     pub(crate) fn store(&self, ino: u64, attr: Attr) {
-        self.entries
-            .store_with(ino, Instant::now(), attr, |held, _, new| {
-                ((new.ctime, new.mtime) >= (held.ctime, held.mtime)).then_some(new)
-            });
+        self.store_asked(ino, attr, Instant::now());
+    }
+
+    /// [`store`](Self::store) of an answer to a question asked at `asked`.
+    pub(crate) fn store_asked(&self, ino: u64, attr: Attr, asked: Instant) {
+        self.entries.store_with(ino, asked, attr, |held, _, new| {
+            ((new.ctime, new.mtime) >= (held.ctime, held.mtime)).then_some(new)
+        });
     }
 
     /// The attributes of `ino` and how much longer they may be trusted, if they

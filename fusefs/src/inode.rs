@@ -218,6 +218,11 @@ impl InodeTable {
         self.nodes.get(&ino).and_then(|n| n.paths.last())
     }
 
+    /// The server file `ino` stands for.
+    pub(crate) fn file_id(&self, ino: u64) -> Option<FileId> {
+        self.nodes.get(&ino).map(|n| n.id)
+    }
+
     /// The inode at `path` without counting a lookup.
     pub(crate) fn ino_of(&self, path: &RelPath) -> Option<u64> {
         self.by_path.get(path).copied()
@@ -445,6 +450,15 @@ impl InodeTable {
         let unchanged = node.opened_as.is_some_and(|old| old.same_content(attr));
         node.opened_as = Some(*attr);
         unchanged
+    }
+
+    /// Whether `ino` was opened before and `attr` shows the same content as it
+    /// had then: the kernel may still hold its pages.
+    pub(crate) fn unchanged_since_opened(&self, ino: u64, attr: &Attr) -> bool {
+        self.nodes
+            .get(&ino)
+            .and_then(|n| n.opened_as)
+            .is_some_and(|old| old.same_content(attr))
     }
 
     /// A server handle was opened on `ino`.

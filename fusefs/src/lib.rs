@@ -12,7 +12,11 @@
 //! - State the core keeps: `inode` (`InodeTable`, the kernel's inode numbers ↔
 //!   remote paths), `files` (`OpenFiles`, the kernel's file handles ↔ server
 //!   handles), `writeback` (`WriteBehind`, writes and attribute changes answered
-//!   before the server has, with their order and errors), `attrcache` and
+//!   before the server has, with their order and errors), `opened_data`
+//!   (`OpenedData`, the first bytes of files opened for reading, sent with the
+//!   open, answering the kernel's first reads), `listing_ahead`
+//!   (`ListingsAhead`, the listings a walk will want next, fetched before the
+//!   kernel asks), `attrcache` and
 //!   `known` (attributes and absent names the server vouched for recently), all
 //!   timed by `cache` (`TimedCache`); `locks` (waiting for file locks, flock
 //!   detection); `space` (`FreeSpace`, the export's free space as last
@@ -29,6 +33,8 @@
 //! - [`stats`]: what the client counts (requests, round trips, bytes, cache
 //!   hits), and [`status`]: `ferry status`, served by the mount on a private
 //!   Unix socket.
+//! - [`windows`]: how much the mount keeps in flight (write-behind, the
+//!   kernel's readahead), sized from the path's measured round-trip time.
 
 #![warn(unreachable_pub)]
 
@@ -42,13 +48,16 @@ pub mod creds;
 mod files;
 mod inode;
 mod known;
+mod listing_ahead;
 mod locks;
 pub mod mount;
 pub mod notify;
+mod opened_data;
 pub mod space;
 pub mod stats;
 pub mod status;
 pub mod units;
+pub mod windows;
 mod writeback;
 
 pub use adapter::FerryFs;

@@ -34,9 +34,6 @@ impl Default for MountOptions {
     }
 }
 
-/// The readahead, in KiB, that lets sequential reads use 1 MiB requests.
-const READ_AHEAD_KB: u32 = 1024;
-
 /// Checks that `path` is an existing, empty directory with nothing mounted on
 /// it, and returns it made absolute. Each refusal says what to do instead.
 pub fn check_mountpoint(path: &Path) -> Result<PathBuf, String> {
@@ -194,7 +191,10 @@ pub fn mount(client: RemoteClient, mountpoint: &Path, opts: &MountOptions) -> io
     let core = Core::new(client, opts.fs.clone(), kernel);
     let session = fuser::spawn_mount(FerryFs::new(core.clone()), mountpoint, &config)?;
     let _ = slot.set(session.notifier());
-    raise_readahead(mountpoint);
+    if let Some(setting) = readahead_setting(mountpoint) {
+        let rtt = core.stats().path_rtt();
+        core.read_ahead().attach(setting, rtt);
+    }
     Ok(Mount {
         session: Some(session),
         mountpoint: mountpoint.to_path_buf(),
@@ -217,21 +217,16 @@ fn fsname(addr: &str) -> String {
     }
 }
 
-/// fuser cannot ask the kernel for more than its 128 KiB readahead offer, but the
-/// mount's backing device info can be raised afterwards (as root).
-fn raise_readahead(mountpoint: &Path) {
-    let Ok(meta) = fs::metadata(mountpoint) else {
-        return;
-    };
-    let dev = meta.dev();
-    let path = format!(
+/// Where the mount's readahead is set: fuser cannot ask the kernel for more
+/// than its 128 KiB offer, but the mount's backing device info can be raised
+/// afterwards (as root; see [`crate::windows::KernelReadAhead`]).
+fn readahead_setting(mountpoint: &Path) -> Option<PathBuf> {
+    let dev = fs::metadata(mountpoint).ok()?.dev();
+    Some(PathBuf::from(format!(
         "/sys/class/bdi/{}:{}/read_ahead_kb",
         libc::major(dev),
         libc::minor(dev)
-    );
-    if let Err(e) = fs::write(&path, READ_AHEAD_KB.to_string()) {
-        log::debug!("cannot raise readahead through {path}: {e}");
-    }
+    )))
 }
 
 impl Mount {

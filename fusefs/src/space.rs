@@ -8,9 +8,10 @@
 //! whenever the export might not have room for what write-behind may hold:
 //! when the space the server last reported, less what this mount has sent
 //! since, is below [`LOW_WATER`] plus the write. [`LOW_WATER`] is twice the
-//! write-behind window: one window for the data that may have been in flight,
-//! not yet counted, when the server made its report, one for the data that
-//! may be in flight after this write. So a write answered early always fits.
+//! largest write-behind window (see [`crate::windows`]): one window for the
+//! data that may have been in flight, not yet counted, when the server made
+//! its report, one for the data that may be in flight after this write. So a
+//! write answered early always fits.
 //!
 //! The report is the server's `statfs` (blocks available to unprivileged
 //! users): asked for when the mount starts, then alongside a write, never
@@ -25,7 +26,7 @@
 //! early that still finds the disk full is reported at close or fsync, as
 //! before.
 
-use crate::writeback::MAX_IN_FLIGHT_BYTES;
+use crate::windows::MAX_WRITE_WINDOW;
 use ferry_common::sync::lock;
 use ferry_common::StatFs;
 use std::sync::Mutex;
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 /// Below this much free space (less what was sent since the report), writes
 /// go through, unless the mount says otherwise
 /// ([`FsOptions::write_through_below`](crate::FsOptions::write_through_below)).
-pub const LOW_WATER: u64 = 2 * MAX_IN_FLIGHT_BYTES as u64;
+pub const LOW_WATER: u64 = 2 * MAX_WRITE_WINDOW as u64;
 /// How long a report of the free space is used before a new one is asked for.
 pub(crate) const FRESH_FOR: Duration = Duration::from_secs(1);
 

@@ -5,6 +5,7 @@
 //! lock; one [`Stats`] per [`RemoteClient`](crate::RemoteClient), shared with
 //! the core that uses it.
 
+use crate::windows::MinRtt;
 use ferry_common::counters::{Histogram, HistogramSnapshot, OpCounts, OP_KINDS};
 use ferry_common::proto::Op;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +44,8 @@ pub struct Stats {
     waited: OpCounts,
     /// From sending a request to its answer, for every answered request.
     round_trips: Histogram,
+    /// The shortest of those lately: the path's own delay.
+    path_rtt: MinRtt,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
     /// Requests that got no answer in time (ETIMEDOUT).
@@ -57,6 +60,8 @@ pub struct Stats {
     pub attrs: HitRate,
     /// Lookups of absent names answered here.
     pub absent_names: HitRate,
+    /// Lookups of names answered from a recent listing (hits only).
+    pub listed_names: HitRate,
     /// Opens that kept the kernel's cached pages (the file had not changed).
     pub page_cache: HitRate,
 }
@@ -68,6 +73,7 @@ impl Default for Stats {
             sent: OpCounts::default(),
             waited: OpCounts::default(),
             round_trips: Histogram::default(),
+            path_rtt: MinRtt::default(),
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
@@ -76,6 +82,7 @@ impl Default for Stats {
             connected_at_ms: AtomicU64::new(0),
             attrs: HitRate::default(),
             absent_names: HitRate::default(),
+            listed_names: HitRate::default(),
             page_cache: HitRate::default(),
         }
     }
@@ -102,6 +109,7 @@ impl Stats {
     /// An answer `bytes` long arrived, `took` after its request was sent.
     pub fn answered(&self, took: Duration, bytes: usize) {
         self.round_trips.record(took);
+        self.path_rtt.record(took);
         self.bytes_received
             .fetch_add(bytes as u64, Ordering::Relaxed);
     }
@@ -121,6 +129,12 @@ impl Stats {
         }
         let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.connected_at_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The path's round-trip time: the shortest round trip lately (see
+    /// [`crate::windows`]); `None` before any answer.
+    pub fn path_rtt(&self) -> Option<Duration> {
+        self.path_rtt.get()
     }
 
     /// Requests sent, by kind (those sent at least once).

@@ -19,9 +19,11 @@
 //!   application at its next `flush` (close) or `fsync` — once per open file, as
 //!   Linux reports writeback errors. fsync also waits, then asks the server to
 //!   sync.
-//! - **Bounded memory.** At most [`MAX_IN_FLIGHT_BYTES`] of data are in flight
-//!   for the whole mount; a writer beyond that waits, which slows the
-//!   application down to the server's pace instead of queueing without end.
+//! - **Bounded memory.** At most one write window of data is in flight for the
+//!   whole mount (see [`crate::windows`]: 16 MiB on a fast network, more as the
+//!   round trip grows, so that the window covers what the path holds); a writer
+//!   beyond that waits, which slows the application down to the server's pace
+//!   instead of queueing without end.
 //!
 //! Waits block the FUSE worker thread that asks; answers arrive on the
 //! connection's reader thread, so a wait always ends (every request has a
@@ -32,10 +34,6 @@ use ferry_common::{Attr, Errno, FileKind, Timestamp};
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
-
-/// File data in flight over the whole mount. Below the server's per-connection
-/// budget (32 MiB), so the server never stops reading because of write-behind.
-pub(crate) const MAX_IN_FLIGHT_BYTES: usize = 16 << 20;
 
 /// One change in flight; given back to [`WriteBehind::finish`].
 #[derive(Debug)]
@@ -292,12 +290,19 @@ impl WriteBehind {
 
     /// Registers a write of `len` bytes at `offset` through `fh`, once it can no
     /// longer conflict with another handle's write and the mount's data in flight
-    /// leaves room for it.
-    pub(crate) fn begin_write(&self, ino: u64, fh: u64, offset: u64, len: usize) -> Ticket {
+    /// leaves room for it within `window` bytes.
+    pub(crate) fn begin_write(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        len: usize,
+        window: usize,
+    ) -> Ticket {
         let end = offset.saturating_add(len as u64);
         let mut state = self.lock();
         loop {
-            let crowded = state.bytes > 0 && state.bytes + len > MAX_IN_FLIGHT_BYTES;
+            let crowded = state.bytes > 0 && state.bytes + len > window;
             let conflict = state
                 .files
                 .get(&ino)
@@ -409,6 +414,14 @@ impl WriteBehind {
         (changes, state.bytes)
     }
 
+    /// Whether anything is in flight for `ino`.
+    pub(crate) fn busy(&self, ino: u64) -> bool {
+        self.lock()
+            .files
+            .get(&ino)
+            .is_some_and(|f| !f.in_flight.is_empty())
+    }
+
     /// Waits until nothing is in flight for `ino`.
     pub(crate) fn wait_idle(&self, ino: u64) {
         let mut state = self.lock();
@@ -459,6 +472,8 @@ mod tests {
     use std::thread;
     use std::time::Duration;
 
+    const WINDOW: usize = crate::windows::MIN_WRITE_WINDOW;
+
     fn attr() -> Attr {
         Attr::blank(FileKind::File)
     }
@@ -476,8 +491,8 @@ mod tests {
     fn errors_wait_for_the_next_drain_and_are_told_once() {
         let wb = WriteBehind::new();
         wb.opened_for_writing(5, 1, &attr());
-        let a = wb.begin_write(5, 1, 0, 10);
-        let b = wb.begin_write(5, 1, 10, 10);
+        let a = wb.begin_write(5, 1, 0, 10, WINDOW);
+        let b = wb.begin_write(5, 1, 10, 10, WINDOW);
         wb.opened_for_writing(5, 2, &attr());
         wb.finish(a, Err(Errno::ENOSPC));
         wb.finish(b, Err(Errno::EIO));
@@ -496,7 +511,7 @@ mod tests {
     fn link_counts_follow_at_once_even_with_writes_in_flight() {
         let wb = WriteBehind::new();
         wb.opened_for_writing(5, 1, &attr());
-        let t = wb.begin_write(5, 1, 0, 10);
+        let t = wb.begin_write(5, 1, 0, 10, WINDOW);
         wb.links_changed(5, Some(3));
         assert_eq!(
             wb.projected(5, Duration::from_secs(60)).map(|a| a.nlink),
@@ -517,7 +532,7 @@ mod tests {
     fn writes_grow_the_projected_size() {
         let wb = WriteBehind::new();
         wb.opened_for_writing(5, 1, &attr());
-        let t = wb.begin_write(5, 1, 4096, 100);
+        let t = wb.begin_write(5, 1, 4096, 100, WINDOW);
         let (s, projected) = wb
             .begin_setattr(5, 1, |a| {
                 a.perm = 0o600;
@@ -539,7 +554,7 @@ mod tests {
         assert!(wb.projected(5, recent).is_none());
         wb.opened_for_writing(5, 1, &attr());
         assert_eq!(wb.projected(5, recent).map(|a| a.size), Some(0));
-        let t = wb.begin_write(5, 1, 0, 10);
+        let t = wb.begin_write(5, 1, 0, 10, WINDOW);
         // Old, but changes are in flight: the server knows less than we do.
         assert_eq!(wb.projected(5, old).map(|a| a.size), Some(10));
         wb.finish(t, Ok(None));
@@ -549,7 +564,7 @@ mod tests {
         );
         // Written since the server's answer: the times are guesses.
         wb.told(5, &attr(), wb.mark());
-        let t = wb.begin_write(5, 1, 0, 10);
+        let t = wb.begin_write(5, 1, 0, 10, WINDOW);
         assert!(wb.projected(5, recent).is_some(), "in flight");
         wb.finish(t, Ok(None));
         assert!(
@@ -580,7 +595,7 @@ mod tests {
         wb.opened_for_writing(5, 1, &attr());
         assert!(wb.is_writer(5, 1));
         assert_eq!(wb.any_writer(5), Some(1));
-        let t = wb.begin_write(5, 1, 0, 1);
+        let t = wb.begin_write(5, 1, 0, 1, WINDOW);
         let wb2 = Arc::clone(&wb);
         let releaser = thread::spawn(move || wb2.released(5, 1));
         until_waiting(&wb, 1);
@@ -597,12 +612,12 @@ mod tests {
     #[test]
     fn overlapping_writes_of_another_handle_wait() {
         let wb = Arc::new(WriteBehind::new());
-        let first = wb.begin_write(5, 1, 0, 100);
+        let first = wb.begin_write(5, 1, 0, 100, WINDOW);
         // Same handle, or no overlap: no wait.
-        let same = wb.begin_write(5, 1, 50, 100);
-        let apart = wb.begin_write(5, 2, 200, 100);
+        let same = wb.begin_write(5, 1, 50, 100, WINDOW);
+        let apart = wb.begin_write(5, 2, 200, 100, WINDOW);
         let wb2 = Arc::clone(&wb);
-        let waiter = thread::spawn(move || wb2.begin_write(5, 2, 90, 20));
+        let waiter = thread::spawn(move || wb2.begin_write(5, 2, 90, 20, WINDOW));
         until_waiting(&wb, 1);
         assert!(!waiter.is_finished());
         wb.finish(first, Ok(None));
@@ -619,9 +634,9 @@ mod tests {
     #[test]
     fn a_full_window_holds_the_next_write_back() {
         let wb = Arc::new(WriteBehind::new());
-        let big = wb.begin_write(1, 1, 0, MAX_IN_FLIGHT_BYTES);
+        let big = wb.begin_write(1, 1, 0, WINDOW, WINDOW);
         let wb2 = Arc::clone(&wb);
-        let waiter = thread::spawn(move || wb2.begin_write(2, 2, 0, 1));
+        let waiter = thread::spawn(move || wb2.begin_write(2, 2, 0, 1, WINDOW));
         until_waiting(&wb, 1);
         assert!(!waiter.is_finished());
         wb.finish(big, Ok(None));
@@ -631,10 +646,25 @@ mod tests {
     }
 
     #[test]
+    fn a_wider_window_lets_more_through() {
+        let wb = WriteBehind::new();
+        let full = wb.begin_write(1, 1, 0, WINDOW, WINDOW);
+        // A path with a longer round trip has a wider window: no wait.
+        let more = wb.begin_write(2, 2, 0, WINDOW, 2 * WINDOW);
+        assert_eq!(wb.lock().bytes, 2 * WINDOW);
+        wb.finish(full, Ok(None));
+        wb.finish(more, Ok(None));
+        // A single write larger than the window is never held back for ever.
+        let huge = wb.begin_write(1, 1, 0, 3 * WINDOW, WINDOW);
+        wb.finish(huge, Ok(None));
+        assert_eq!(wb.lock().bytes, 0);
+    }
+
+    #[test]
     fn drain_waits_for_everything_in_flight() {
         let wb = Arc::new(WriteBehind::new());
         wb.opened_for_writing(5, 1, &attr());
-        let t = wb.begin_write(5, 1, 0, 1);
+        let t = wb.begin_write(5, 1, 0, 1, WINDOW);
         let wb2 = Arc::clone(&wb);
         let drainer = thread::spawn(move || wb2.drain(5, 1));
         until_waiting(&wb, 1);

@@ -47,10 +47,11 @@ const OVERHEAD_FIXED: usize = 2048;
 /// some small requests, so that every connection makes progress however the
 /// shared pool is used.
 pub(crate) const OWN_KIB: u32 = 1280;
-/// The most one connection has in flight, in KiB: above the mount's
-/// write-behind window (16 MiB), so a single fast client is never stopped by
-/// its own cap.
-pub(crate) const CONNECTION_CAP_KIB: u32 = 32 * 1024;
+/// The most one connection has in flight, in KiB: what ferry's client keeps
+/// in flight itself at most (a write window and the kernel's readahead, 32 MiB
+/// each on a slow path), so that a client's own streams never make the reader
+/// stop and hold up its other requests.
+pub(crate) const CONNECTION_CAP_KIB: u32 = 64 * 1024;
 /// The smallest shared pool: room for the costliest request, a 4 MiB frame
 /// with a 1 MiB reply.
 const MIN_POOL_KIB: usize = 8 * 1024;

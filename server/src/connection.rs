@@ -64,8 +64,8 @@ use ferry_common::auth::{Fingerprint, EXPORTER_LABEL, SECRET_LEN};
 use ferry_common::counters::op_kind;
 use ferry_common::frame::{self, FrameError, RequestFrame, MAX_CHUNK};
 use ferry_common::proto::{
-    Auth, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, MAGIC, MAX_HELLO,
-    PROTOCOL_VERSION,
+    Auth, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, LISTING_BYTES, MAGIC,
+    MAX_HELLO, MAX_OPEN_DATA, PROTOCOL_VERSION,
 };
 use ferry_common::state::AUTHORIZED_CLIENTS;
 use ferry_common::sync::lock;
@@ -95,6 +95,9 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(120);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Requests of one connection being handled or waiting to be written.
 pub(crate) const MAX_IN_FLIGHT: usize = 64;
+/// The most bytes (requests plus expected replies) one connection has in
+/// flight (see [`CONNECTION_CAP_KIB`]).
+pub const CONNECTION_BUDGET: usize = CONNECTION_CAP_KIB as usize * 1024;
 /// What a directory page is charged before its size is known.
 const READDIR_COST: usize = 64 * 1024;
 /// Replies at least this big are written on their own rather than copied into the batch.
@@ -823,6 +826,8 @@ fn cost_kib(request_len: usize, op: &Op) -> u32 {
     let reply = match op {
         Op::Read { len, .. } => (*len).min(MAX_CHUNK) as usize,
         Op::ReadDir { .. } => READDIR_COST,
+        Op::List { .. } => LISTING_BYTES,
+        Op::OpenRead { len, .. } => (*len).min(MAX_OPEN_DATA) as usize,
         _ => 0,
     };
     let kib = (request_len + reply) / 1024 + 1;
@@ -1001,6 +1006,20 @@ mod tests {
             start: 0,
         };
         assert_eq!(cost_kib(10, &list), 65);
+        // A listing's reply may carry its whole budget of entries.
+        let list = Op::List {
+            path: RelPath::root(),
+            cursor: 0,
+        };
+        assert_eq!(cost_kib(10, &list), 3073);
+        // An open with data: what it may read.
+        let open_read = |len| Op::OpenRead {
+            path: RelPath::root(),
+            flags: libc::O_RDONLY,
+            len,
+        };
+        assert_eq!(cost_kib(30, &open_read(128 << 10)), 129);
+        assert_eq!(cost_kib(30, &open_read(u32::MAX)), 1025);
         assert_eq!(cost_kib(10, &Op::StatFs), 1);
         // Never more than the whole budget, or it could never be granted.
         assert_eq!(cost_kib(usize::MAX / 2, &Op::StatFs), CONNECTION_CAP_KIB);

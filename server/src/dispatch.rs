@@ -19,10 +19,12 @@ use crate::budget::Descriptors;
 use crate::export::{ExportRoot, LockKey, LockTable, SetIdBits};
 use crate::handles::HandleTable;
 use crate::identity::Identity;
+use crate::listings::Listings;
 use crate::policy::{self, Policy};
 use crate::recovery::{ClientId, Recovery};
 use ferry_common::frame::{MAX_CHUNK, READDIR_PAGE};
-use ferry_common::proto::{LockType, Op, Reply, Request};
+use ferry_common::proto::{LockType, Op, Reply, Request, LISTING_BYTES, MAX_OPEN_DATA};
+use ferry_common::FileKind;
 use ferry_common::{Attr, Errno, RelPath};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,6 +42,7 @@ fn is_mutation(op: &Op) -> bool {
     match op {
         Op::Stat { .. }
         | Op::ReadDir { .. }
+        | Op::List { .. }
         | Op::ReadLink { .. }
         | Op::Read { .. }
         | Op::Fsync { .. }
@@ -53,7 +56,7 @@ fn is_mutation(op: &Op) -> bool {
         | Op::ReleaseLocks { .. }
         | Op::ReclaimLock { .. }
         | Op::ReclaimComplete => false,
-        Op::Open { flags, .. } => {
+        Op::Open { flags, .. } | Op::OpenRead { flags, .. } => {
             flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
         }
         Op::Create { .. }
@@ -76,6 +79,8 @@ fn is_mutation(op: &Op) -> bool {
 pub(crate) struct Session {
     export: Arc<ExportRoot>,
     handles: HandleTable,
+    /// Listings under way, each reading one open directory (`Op::List`).
+    listings: Listings,
     /// Locks by file, kind and owner.
     locks: Arc<LockTable>,
     /// What handles and lock descriptors count against.
@@ -100,6 +105,7 @@ impl Session {
         Session {
             export,
             handles: HandleTable::new(),
+            listings: Listings::new(),
             locks: Arc::new(LockTable::new(Arc::clone(&descriptors))),
             descriptors,
             policy,
@@ -168,6 +174,35 @@ impl Session {
         Reply::DirsChanged(dirs)
     }
 
+    /// The next entries of a listing: the first of a listing of `path` (cursor
+    /// 0), or those after what listing `cursor` has sent.
+    fn list(&self, path: &RelPath, cursor: u64, who: &Identity) -> Result<Reply, Errno> {
+        let mut stream = match cursor {
+            0 => self.export.open_dir_stream(path)?,
+            cursor => self.listings.take(cursor, who)?,
+        };
+        match stream.next_entries(LISTING_BYTES, usize::MAX) {
+            Ok((entries, true)) => {
+                let cursor = match cursor {
+                    0 => self.listings.keep(stream, who),
+                    cursor => {
+                        self.listings.put_back(cursor, stream);
+                        cursor
+                    }
+                };
+                Ok(Reply::Listing { entries, cursor })
+            }
+            Ok((entries, false)) => {
+                self.listings.end(cursor);
+                Ok(Reply::Listing { entries, cursor: 0 })
+            }
+            Err(e) => {
+                self.listings.end(cursor);
+                Err(e)
+            }
+        }
+    }
+
     /// Carries out one request, as the identity its credential maps to.
     pub(crate) fn handle(&self, request: Request) -> Result<Reply, Errno> {
         let Request { cred, mut op, .. } = request;
@@ -197,12 +232,29 @@ impl Session {
                 let (entries, more) = export.read_dir(&path, start, READDIR_PAGE)?;
                 Ok(Reply::Entries { entries, more })
             }
+            Op::List { path, cursor } => self.list(&path, cursor, who),
             Op::ReadLink { path } => export.read_link(&path).map(Reply::Target),
             Op::Open { path, flags } => {
                 let descriptor = self.descriptors.take()?;
                 let (file, attr) = export.open_file(&path, flags)?;
                 let handle = self.handles.insert(file, descriptor);
                 Ok(Reply::Opened { handle, attr })
+            }
+            Op::OpenRead { path, flags, len } => {
+                let descriptor = self.descriptors.take()?;
+                let (file, attr) = export.open_file(&path, flags)?;
+                let len = len.min(MAX_OPEN_DATA) as usize;
+                // A read that fails leaves a plain open: the client's reads
+                // then meet the error themselves, as they would have.
+                let data = match attr.kind {
+                    FileKind::File => file.read_at(0, len).ok(),
+                    _ => None,
+                };
+                let handle = self.handles.insert(file, descriptor);
+                Ok(match data {
+                    Some(data) => Reply::OpenedWithData { handle, attr, data },
+                    None => Reply::Opened { handle, attr },
+                })
             }
             Op::Create { path, flags, mode } => {
                 let descriptor = self.descriptors.take()?;
@@ -404,6 +456,15 @@ mod tests {
             Op::ReadLink { path: path.clone() },
             open(libc::O_RDONLY),
             open(libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOATIME),
+            Op::OpenRead {
+                path: path.clone(),
+                flags: libc::O_RDONLY,
+                len: 1,
+            },
+            Op::List {
+                path: path.clone(),
+                cursor: 0,
+            },
             Op::Read {
                 handle: 1,
                 offset: 0,
@@ -451,6 +512,11 @@ mod tests {
             open(libc::O_WRONLY),
             open(libc::O_RDWR),
             open(libc::O_RDONLY | libc::O_TRUNC),
+            Op::OpenRead {
+                path: path.clone(),
+                flags: libc::O_WRONLY,
+                len: 1,
+            },
             Op::Create {
                 path: path.clone(),
                 flags: libc::O_RDONLY,

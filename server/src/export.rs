@@ -38,6 +38,7 @@
 //! that user's permissions and new nodes are that user's.
 
 mod credentials;
+mod dir_stream;
 mod locks;
 mod open_file;
 mod sys;
@@ -51,6 +52,7 @@ mod open_race_tests;
 mod tests;
 
 pub use credentials::Acting;
+pub use dir_stream::DirStream;
 pub(crate) use locks::{Kept, LockKey, LockTable};
 pub use open_file::OpenFile;
 
@@ -233,46 +235,23 @@ impl ExportRoot {
     /// Up to `max` entries of a directory, skipping the first `start` (`.` and `..`
     /// are never listed), in the file system's own order, which is stable while the
     /// directory does not change. The flag says whether entries follow this page.
+    /// (Each call reads the directory from its start: a listing in many pages
+    /// reads through a [`DirStream`] instead.)
     pub fn read_dir(
         &self,
         path: &RelPath,
         start: u64,
         max: usize,
     ) -> Result<(Vec<DirEntry>, bool), Errno> {
+        let mut stream = self.open_dir_stream(path)?;
+        stream.skip(start)?;
+        stream.next_entries(usize::MAX, max)
+    }
+
+    /// Opens directory `path` for a listing read in several steps.
+    pub fn open_dir_stream(&self, path: &RelPath) -> Result<DirStream, Errno> {
         let fd = self.open_beneath(path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW)?;
-        let mut dir = sys::Dir::from_fd(fd)?;
-        let start = usize::try_from(start).unwrap_or(usize::MAX);
-        let end = start.saturating_add(max);
-        let mut names = Vec::new();
-        let mut index = 0usize;
-        let mut more = false;
-        while let Some(name) = dir.next_name()? {
-            if name == b"." || name == b".." {
-                continue;
-            }
-            if index >= end {
-                more = true;
-                break;
-            }
-            if index >= start {
-                names.push(name);
-            }
-            index += 1;
-        }
-        let mut entries = Vec::with_capacity(names.len());
-        for name in names {
-            let c_name = sys::cstring(&name)?;
-            match sys::fstatat(dir.fd(), &c_name) {
-                Ok(st) => entries.push(DirEntry {
-                    name,
-                    attr: attr_from_stat(&st),
-                }),
-                // Removed since it was listed.
-                Err(e) if e == Errno::ENOENT => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok((entries, more))
+        Ok(DirStream::new(sys::Dir::from_fd(fd)?))
     }
 
     /// The text of a symlink, exactly as stored.

@@ -23,6 +23,9 @@
 //! - `recovery`: clients' locks across a lost connection and a server
 //!   restart — locks kept for a reconnecting client, the grace period after a
 //!   start, the record of clients that may hold locks.
+//! - `listings`: one connection's listings under way, each an open directory
+//!   stream (`export::DirStream`) the client goes on with by cursor, bounded in
+//!   number and idle time.
 //! - `dispatch`: turns each request into an export call, acting as its
 //!   identity, and its reply.
 //! - `schedule`: where each request runs (on the connection's reader, or on the
@@ -62,6 +65,7 @@ mod exports;
 pub mod fuzz;
 mod handles;
 mod identity;
+mod listings;
 mod metrics;
 mod policy;
 mod recovery;
@@ -72,8 +76,9 @@ mod stalls;
 mod sys;
 
 pub use budget::DEFAULT_REPLY_MEMORY;
+pub use connection::CONNECTION_BUDGET;
 pub use dispatch::MAX_COPY;
-pub use export::{Acting, ExportRoot, OpenFile, SetIdBits};
+pub use export::{Acting, DirStream, ExportRoot, OpenFile, SetIdBits};
 pub use identity::{BadAnonymousId, Identity, IdentityMap, Squash, DEFAULT_ANON_ID};
 pub use metrics::{serve_http as serve_metrics, Metrics};
 pub use recovery::DEFAULT_GRACE;

@@ -24,6 +24,11 @@ pub(crate) const INLINE_WRITE_MAX: usize = 128 * 1024;
 /// waiting behind it (see [`Cost::QuickAlone`]).
 pub(crate) const INLINE_READ_MAX: u32 = 64 * 1024;
 
+/// The largest first read an `OpenRead` may ask for and still be answered
+/// inline (when alone): a client asks for a small file whole, and most are far
+/// smaller than this.
+pub(crate) const INLINE_OPEN_READ_MAX: u32 = 256 * 1024;
+
 /// What the connection does with one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Schedule {
@@ -79,10 +84,14 @@ pub(crate) fn schedule(op: &Op, alone: bool, handle_idle: impl FnOnce(u64) -> bo
         | Op::ReleaseLocks { .. }
         | Op::ReclaimLock { .. }
         | Op::ReclaimComplete => (Cost::Quick, None),
-        Op::ReadDir { .. } => (Cost::Slow, None),
+        Op::ReadDir { .. } | Op::List { .. } => (Cost::Slow, None),
         // Opening with O_TRUNC may free gigabytes of blocks.
         Op::Open { flags, .. } if flags & libc::O_TRUNC != 0 => (Cost::Slow, None),
         Op::Open { .. } => (Cost::Quick, None),
+        // An open, then a read of what is usually a small file.
+        Op::OpenRead { flags, .. } if flags & libc::O_TRUNC != 0 => (Cost::Slow, None),
+        Op::OpenRead { len, .. } if *len <= INLINE_OPEN_READ_MAX => (Cost::QuickAlone, None),
+        Op::OpenRead { .. } => (Cost::Slow, None),
         Op::Read { len, .. } if *len <= INLINE_READ_MAX => (Cost::QuickAlone, None),
         Op::Read { .. } => (Cost::Slow, None),
         Op::Write { handle, data, .. } if data.len() <= INLINE_WRITE_MAX => {
@@ -134,6 +143,14 @@ mod tests {
         Op::Read {
             handle: H,
             offset: 0,
+            len,
+        }
+    }
+
+    fn open_read(flags: i32, len: u32) -> Op {
+        Op::OpenRead {
+            path: path(),
+            flags,
             len,
         }
     }
@@ -208,6 +225,16 @@ mod tests {
             ),
             (read(4096), [Inline, Pool, Inline]),
             (read(1 << 20), slow),
+            (
+                Op::List {
+                    path: path(),
+                    cursor: 0,
+                },
+                slow,
+            ),
+            (open_read(libc::O_RDONLY, 128 << 10), [Inline, Pool, Inline]),
+            (open_read(libc::O_RDONLY, INLINE_OPEN_READ_MAX + 1), slow),
+            (open_read(libc::O_RDONLY | libc::O_TRUNC, 0), slow),
             (write(4096), ordered_quick),
             (write(1 << 20), ordered_slow),
             (

@@ -10,6 +10,7 @@ use ferry_common::proto::{
     AttrChanges, Cred, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome,
     PROTOCOL_VERSION,
 };
+use ferry_common::proto::{LISTED_ENTRY_OVERHEAD, LISTING_BYTES, MAX_OPEN_DATA};
 use ferry_common::{Errno, FileKind, RelPath};
 use ferry_server::{spawn_server, spawn_test_server, Security, ServerHandle, MAX_COPY};
 use std::collections::HashMap;
@@ -617,6 +618,11 @@ fn a_read_only_export_refuses_every_change() {
             path: p("file"),
             flags: libc::O_RDONLY | libc::O_TRUNC,
         },
+        Op::OpenRead {
+            path: p("file"),
+            flags: libc::O_RDWR,
+            len: 100,
+        },
         Op::Mkdir {
             path: p("dir"),
             mode: 0o755,
@@ -696,6 +702,20 @@ fn a_read_only_export_refuses_every_change() {
         start: 0,
     });
     assert!(matches!(listing, Ok(Reply::Entries { .. })), "{listing:?}");
+    let listing = client.call(Op::List {
+        path: RelPath::root(),
+        cursor: 0,
+    });
+    assert!(matches!(listing, Ok(Reply::Listing { .. })), "{listing:?}");
+    let opened = client.call(Op::OpenRead {
+        path: p("file"),
+        flags: libc::O_RDONLY,
+        len: 100,
+    });
+    assert!(
+        matches!(&opened, Ok(Reply::OpenedWithData { data, .. }) if data == b"hello"),
+        "{opened:?}"
+    );
 }
 
 #[test]
@@ -730,6 +750,24 @@ fn requests_cannot_leave_the_export() {
         Op::ReadDir {
             path: raw(b".."),
             start: 0,
+        },
+        Op::List {
+            path: p("out"),
+            cursor: 0,
+        },
+        Op::List {
+            path: raw(b".."),
+            cursor: 0,
+        },
+        Op::OpenRead {
+            path: p("out/secret"),
+            flags: libc::O_RDONLY,
+            len: 100,
+        },
+        Op::OpenRead {
+            path: raw(b"../outside/secret"),
+            flags: libc::O_RDONLY,
+            len: 100,
         },
         Op::Create {
             path: raw(b"../outside/new"),
@@ -801,6 +839,171 @@ fn requests_cannot_leave_the_export() {
     outside.sort();
     assert_eq!(outside, ["secret"]);
     assert!(!tmp.path().join("export/stolen").exists());
+}
+
+/// Lists `path` through `Op::List` to its end: the names in the server's
+/// order, and the cursors of the replies after the first.
+fn list_all(client: &mut Client, path: &RelPath) -> (Vec<Vec<u8>>, Vec<u64>) {
+    let mut names = Vec::new();
+    let mut cursors = Vec::new();
+    let mut cursor = 0;
+    loop {
+        match client.call(Op::List {
+            path: path.clone(),
+            cursor,
+        }) {
+            Ok(Reply::Listing {
+                entries,
+                cursor: next,
+            }) => {
+                names.extend(entries.into_iter().map(|e| e.name));
+                if next == 0 {
+                    return (names, cursors);
+                }
+                assert!(cursor == 0 || next == cursor, "a listing keeps its cursor");
+                cursors.push(next);
+                cursor = next;
+            }
+            other => panic!("listing {path:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_listing_comes_in_one_reply_when_it_fits_and_by_cursor_when_not() {
+    let (tmp, server) = setup(false);
+    let (mut client, _) = Client::welcomed(server.addr());
+    // The export's root fits in one reply, with nothing left open.
+    let (names, cursors) = list_all(&mut client, &RelPath::root());
+    let mut names: Vec<String> = names
+        .into_iter()
+        .map(|n| String::from_utf8(n).unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["big", "file", "out", "up"]);
+    assert!(cursors.is_empty());
+    // Long names, so that the listing outgrows one reply.
+    let dir = tmp.path().join("export/many");
+    fs::create_dir(&dir).unwrap();
+    let name = |i: usize| format!("{i:0250}");
+    let count = 2 * LISTING_BYTES / (250 + LISTED_ENTRY_OVERHEAD) + 10;
+    for i in 0..count {
+        fs::File::create(dir.join(name(i))).unwrap();
+    }
+    let (mut names, cursors) = list_all(&mut client, &p("many"));
+    assert!(cursors.len() >= 2, "{} replies", cursors.len() + 1);
+    names.sort();
+    let expected: Vec<Vec<u8>> = (0..count).map(|i| name(i).into_bytes()).collect();
+    assert_eq!(names, expected, "every name once");
+    // A listing that ended, or never was, cannot be gone on with.
+    for cursor in [cursors[0], 999_999] {
+        assert_eq!(
+            client.call(Op::List {
+                path: p("many"),
+                cursor
+            }),
+            Err(Errno::EBADF)
+        );
+    }
+    // Nor can another user's.
+    let first = match client.call(Op::List {
+        path: p("many"),
+        cursor: 0,
+    }) {
+        Ok(Reply::Listing { cursor, .. }) => cursor,
+        other => panic!("{other:?}"),
+    };
+    assert_ne!(first, 0);
+    let stranger = Cred {
+        uid: me().uid + 1,
+        gid: me().gid + 1,
+        groups: Vec::new(),
+    };
+    let cursor = first;
+    assert_eq!(
+        client.call_as(
+            stranger,
+            Op::List {
+                path: p("many"),
+                cursor
+            }
+        ),
+        Err(Errno::EBADF)
+    );
+    assert!(matches!(
+        client.call(Op::List {
+            path: p("many"),
+            cursor
+        }),
+        Ok(Reply::Listing { .. })
+    ));
+    assert_eq!(
+        client.call(Op::List {
+            path: p("file"),
+            cursor: 0
+        }),
+        Err(Errno::ENOTDIR)
+    );
+}
+
+#[test]
+fn an_open_for_reading_brings_the_first_bytes() {
+    let (tmp, server) = setup(false);
+    let (mut client, _) = Client::welcomed(server.addr());
+    let open_read = |client: &mut Client, path: &str, len: u32| {
+        client.call(Op::OpenRead {
+            path: p(path),
+            flags: libc::O_RDONLY,
+            len,
+        })
+    };
+    // A small file comes whole, with the attributes it was opened with, and
+    // the handle reads like any other.
+    let handle = match open_read(&mut client, "file", 128 << 10) {
+        Ok(Reply::OpenedWithData { handle, attr, data }) => {
+            assert_eq!(
+                (attr.size, attr.kind, data.as_slice()),
+                (5, FileKind::File, &b"hello"[..])
+            );
+            handle
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        client.call(Op::Read {
+            handle,
+            offset: 1,
+            len: 100
+        }),
+        Ok(Reply::Data(b"ello".to_vec()))
+    );
+    assert_eq!(client.call(Op::Close { handle }), Ok(Reply::Done));
+    // A large one brings what was asked for, at most MAX_OPEN_DATA.
+    for (asked, got) in [
+        (0, 0),
+        (100_000, 100_000),
+        (u32::MAX, MAX_OPEN_DATA as usize),
+    ] {
+        match open_read(&mut client, "big", asked) {
+            Ok(Reply::OpenedWithData { attr, data, .. }) => {
+                assert_eq!(attr.size, 3 * u64::from(MAX_CHUNK));
+                assert_eq!(data.len(), got);
+                assert!(data
+                    .iter()
+                    .enumerate()
+                    .all(|(i, b)| *b == pattern(i as u64)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // A directory opens without data; what cannot be opened is refused as by Open.
+    fs::create_dir(tmp.path().join("export/dir")).unwrap();
+    assert!(matches!(
+        open_read(&mut client, "dir", 100),
+        Ok(Reply::Opened { .. })
+    ));
+    assert_eq!(open_read(&mut client, "missing", 100), Err(Errno::ENOENT));
+    assert_eq!(open_read(&mut client, "up", 100), Err(Errno::ELOOP));
 }
 
 /// Descriptors of this process (the test server runs in it) open on `path`.

@@ -306,6 +306,11 @@ impl Fixture {
     pub fn temp(&self) -> &Path {
         self.dir.path()
     }
+
+    /// What the first mount's client has counted (requests sent and waited for).
+    pub fn stats(&self) -> &ferry_fusefs::stats::Stats {
+        self.mounts[0].core().stats()
+    }
 }
 
 impl Drop for Fixture {

@@ -354,6 +354,15 @@ mod tests {
                 flags: 1,
             },
             Op::StatFs,
+            Op::List {
+                path: path.clone(),
+                cursor: u64::MAX,
+            },
+            Op::OpenRead {
+                path: path.clone(),
+                flags: libc::O_RDONLY,
+                len: 128 << 10,
+            },
         ] {
             round_trip(Request {
                 id: 9,
@@ -383,6 +392,89 @@ mod tests {
                 more: false,
             }),
         });
+        round_trip(Response {
+            id: 3,
+            result: Ok(Reply::Listing {
+                entries: vec![DirEntry {
+                    name: b"b".to_vec(),
+                    attr: attr(),
+                }],
+                cursor: 7,
+            }),
+        });
+        round_trip(Response {
+            id: 4,
+            result: Ok(Reply::OpenedWithData {
+                handle: 1,
+                attr: attr(),
+                data: vec![9; 1000],
+            }),
+        });
+    }
+
+    /// Attributes with every field as long as its encoding gets.
+    fn widest_attr() -> Attr {
+        let t = Timestamp {
+            secs: i64::MIN,
+            nanos: u32::MAX,
+        };
+        Attr {
+            kind: FileKind::BlockDevice,
+            perm: u16::MAX,
+            nlink: u32::MAX,
+            uid: u32::MAX,
+            gid: u32::MAX,
+            size: u64::MAX,
+            blocks: u64::MAX,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            rdev: u64::MAX,
+            blksize: u32::MAX,
+            ino: u64::MAX,
+            dev: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn the_fullest_listing_and_open_data_fit_in_a_frame() {
+        let widest = |name_len: usize| DirEntry {
+            name: vec![b'n'; name_len],
+            attr: widest_attr(),
+        };
+        // The per-entry allowance covers the widest entry of any name length.
+        for name_len in [1, 127, 128, 255, 16_383, 16_384] {
+            let alone = encode(&widest(name_len)).unwrap().len() - HEADER;
+            assert!(
+                alone <= name_len + LISTED_ENTRY_OVERHEAD,
+                "{alone} bytes for a {name_len}-byte name"
+            );
+        }
+        // A reply filled to the listing budget by the server's rule, in the
+        // worst case, is still a frame.
+        for name_len in [1, 255] {
+            let count = LISTING_BYTES / (name_len + LISTED_ENTRY_OVERHEAD);
+            let reply = Response {
+                id: u64::MAX,
+                result: Ok(Reply::Listing {
+                    entries: vec![widest(name_len); count],
+                    cursor: u64::MAX,
+                }),
+            };
+            assert!(
+                encode(&reply).is_ok(),
+                "{count} entries of {name_len} bytes"
+            );
+        }
+        let data = Response {
+            id: u64::MAX,
+            result: Ok(Reply::OpenedWithData {
+                handle: u64::MAX,
+                attr: widest_attr(),
+                data: vec![0; MAX_OPEN_DATA as usize],
+            }),
+        };
+        assert!(encode(&data).is_ok());
     }
 
     #[test]

@@ -68,10 +68,7 @@ fn a_listing_that_always_says_more_stops_at_its_limit() {
             answer(
                 &mut stream,
                 request.id,
-                Ok(Reply::Entries {
-                    entries,
-                    more: true,
-                }),
+                Ok(Reply::Listing { entries, cursor: 1 }),
             );
         }
     });
@@ -81,7 +78,7 @@ fn a_listing_that_always_says_more_stops_at_its_limit() {
         .stats()
         .sent_by_kind()
         .iter()
-        .find(|(op, _)| *op == "readdir")
+        .find(|(op, _)| *op == "list")
         .map_or(0, |x| x.1);
     assert_eq!(pages as usize, listing::MAX_ENTRIES / READDIR_PAGE + 1);
 }
@@ -93,9 +90,9 @@ fn a_listing_that_trickles_forever_ends_at_its_deadline() {
         while let Some(request) = read_request(&mut stream) {
             thread::sleep(Duration::from_millis(20));
             next += 1;
-            let page = Reply::Entries {
+            let page = Reply::Listing {
                 entries: vec![entry(&format!("n{next}"))],
-                more: true,
+                cursor: 1,
             };
             answer(&mut stream, request.id, Ok(page));
         }
@@ -123,10 +120,11 @@ fn repeated_and_impossible_names_never_reach_the_caller() {
                 return;
             };
             let entries = names.into_iter().map(entry).collect();
+            let cursor = u64::from(more);
             answer(
                 &mut stream,
                 request.id,
-                Ok(Reply::Entries { entries, more }),
+                Ok(Reply::Listing { entries, cursor }),
             );
         }
         let _ = read_request(&mut stream);
@@ -166,13 +164,13 @@ fn ferry_ls_prints_any_attributes_without_panicking() {
         while let Some(request) = read_request(&mut stream) {
             let reply = match request.op {
                 Op::Stat { .. } => Reply::Attr(Attr::blank(FileKind::Directory)),
-                Op::ReadDir { .. } => Reply::Entries {
+                Op::List { .. } => Reply::Listing {
                     entries: vec![
                         outlandish("ancient", i64::MIN),
                         outlandish("before-1970", -86_400 * 365 * 30),
                         outlandish("far-future", i64::MAX),
                     ],
-                    more: false,
+                    cursor: 0,
                 },
                 _ => return,
             };

@@ -22,8 +22,6 @@ pub const MAX_ENTRIES: usize = 1 << 20;
 /// The pages of one listing so far.
 pub(super) struct Listing {
     entries: Vec<DirEntry>,
-    /// Entries the server sent, kept or not: where the next page starts.
-    received: u64,
     /// Entries dropped as invalid or repeated (for one warning at the end).
     dropped: usize,
     max: usize,
@@ -37,22 +35,15 @@ impl Listing {
     fn with_limit(max: usize) -> Listing {
         Listing {
             entries: Vec::new(),
-            received: 0,
             dropped: 0,
             max,
         }
-    }
-
-    /// The offset to ask the next page from: counted in the server's entries.
-    pub(super) fn next_start(&self) -> u64 {
-        self.received
     }
 
     /// Adds one page; EFBIG once the listing would exceed its limit (repeated
     /// names count until [`finish`](Self::finish) drops them, so they cannot
     /// grow it either).
     pub(super) fn add_page(&mut self, page: Vec<DirEntry>) -> Result<(), Errno> {
-        self.received = self.received.saturating_add(page.len() as u64);
         for entry in page {
             if check_name(&entry.name).is_err() {
                 self.dropped += 1;
@@ -133,13 +124,7 @@ mod tests {
         listing
             .add_page(page.iter().map(|n| entry(n)).collect())
             .unwrap();
-        assert_eq!(
-            listing.next_start(),
-            9,
-            "offsets count what the server sent"
-        );
         listing.add_page(vec![entry(b"b"), entry(b"c")]).unwrap();
-        assert_eq!(listing.next_start(), 11);
         let entries = listing.finish(&"d");
         assert_eq!(names(&entries), [&b"a"[..], b"b", b"c"]);
     }

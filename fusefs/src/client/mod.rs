@@ -450,11 +450,12 @@ impl RemoteClient {
         rx.recv_timeout(limit).unwrap_or(Err(Errno::ETIMEDOUT))
     }
 
-    /// All entries of a remote directory, fetched page by page on behalf of
-    /// `cred`, within the bounds of [`listing`]: at most
-    /// [`listing::MAX_ENTRIES`] (EFBIG beyond), each name once and valid, and
-    /// done within the time the slowest calls get (ETIMEDOUT after it),
-    /// however the server answers.
+    /// All entries of a remote directory, on behalf of `cred`: in one reply
+    /// when they fit, else through the listing the server keeps open for it,
+    /// reply after reply (the caller waits for each) — within the bounds of
+    /// [`listing`]: at most [`listing::MAX_ENTRIES`] (EFBIG beyond), each name
+    /// once and valid, and done within the time the slowest calls get
+    /// (ETIMEDOUT after it), however the server answers.
     pub fn list_dir(
         &self,
         cred: &Cred,
@@ -462,21 +463,26 @@ impl RemoteClient {
     ) -> Result<Vec<DirEntry>, Errno> {
         let deadline = Instant::now() + self.inner.timeout * FSYNC_TIMEOUT_FACTOR;
         let mut listing = listing::Listing::new();
+        let mut cursor = 0;
         loop {
             if Instant::now() > deadline {
                 return Err(Errno::ETIMEDOUT);
             }
-            let op = Op::ReadDir {
+            let op = Op::List {
                 path: path.clone(),
-                start: listing.next_start(),
+                cursor,
             };
+            self.inner.stats.waited_for(&op);
             match self.call(cred, op)? {
-                Reply::Entries { entries, more } => {
-                    let got = entries.len();
+                Reply::Listing {
+                    entries,
+                    cursor: next,
+                } => {
                     listing.add_page(entries)?;
-                    if !more || got == 0 {
+                    if next == 0 {
                         return Ok(listing.finish(path));
                     }
+                    cursor = next;
                 }
                 _ => return Err(Errno::EPROTO),
             }

@@ -2,7 +2,9 @@
 //! says and when) and against a real server in this process.
 
 use super::*;
-use ferry_common::proto::{HandshakeReply, Welcome, PROTOCOL_VERSION};
+use ferry_common::proto::{
+    HandshakeReply, Welcome, LISTED_ENTRY_OVERHEAD, LISTING_BYTES, PROTOCOL_VERSION,
+};
 use ferry_common::{Attr, FileKind, RelPath};
 use ferry_server::{spawn_server, spawn_test_server, ServerConfig};
 use std::io::Write;
@@ -400,22 +402,46 @@ fn writes_sent_from_the_callers_buffer_arrive_whole() {
 }
 
 #[test]
-fn a_listing_longer_than_a_page_is_fetched_whole() {
+fn a_listing_comes_in_one_reply_when_it_fits_and_whole_when_not() {
     let served = Served::new();
-    let count = frame::READDIR_PAGE * 2 + 10;
-    for i in 0..count {
-        std::fs::write(served.dir.path().join(format!("n{i}")), b"").expect("a file");
+    let lists = |client: &RemoteClient| {
+        client
+            .stats()
+            .sent_by_kind()
+            .iter()
+            .find(|(op, _)| *op == "list")
+            .map_or(0, |x| x.1)
+    };
+    // Thousands of short names: one reply.
+    let small = served.dir.path().join("small");
+    std::fs::create_dir(&small).expect("a directory");
+    for i in 0..5000 {
+        std::fs::write(small.join(format!("n{i}")), b"").expect("a file");
     }
     let client = served.client();
+    let path = RelPath::parse("small").expect("a path");
+    let entries = client.list_dir(&me(), &path).expect("a listing");
+    assert_eq!(entries.len(), 5000);
+    assert_eq!(lists(&client), 1);
+    // Long names beyond one reply's budget: on by cursor, every name once.
+    let name = |i: usize| format!("{i:0250}");
+    let count = LISTING_BYTES / (250 + LISTED_ENTRY_OVERHEAD) + 10;
+    for i in 0..count {
+        std::fs::write(served.dir.path().join(name(i)), b"").expect("a file");
+    }
     let entries = client.list_dir(&me(), &RelPath::root()).expect("a listing");
-    assert_eq!(entries.len(), count);
-    let readdirs = client
-        .stats()
-        .sent_by_kind()
-        .iter()
-        .find(|(op, _)| *op == "readdir")
-        .map(|x| x.1);
-    assert_eq!(readdirs, Some(3));
+    let mut names: Vec<Vec<u8>> = entries.into_iter().map(|e| e.name).collect();
+    names.sort();
+    let mut expected: Vec<Vec<u8>> = (0..count).map(|i| name(i).into_bytes()).collect();
+    expected.push(b"small".to_vec());
+    expected.sort();
+    assert_eq!(names, expected);
+    assert_eq!(lists(&client), 3);
+    assert_eq!(
+        client.stats().waited_by_kind(),
+        client.stats().sent_by_kind(),
+        "an application waits for every reply of a listing"
+    );
 }
 
 /// A man in the middle: accepts TLS with a certificate of its own on a free

@@ -65,6 +65,17 @@ impl Core {
         // A truncation must not overtake a write; nor may any answer predate them.
         self.writes.wait_idle(ino);
         self.attrs.drop_ino(ino);
+        let truncates = changes.size.is_some();
+        if truncates {
+            self.opened.changed(ino);
+        }
+        let core = self.clone();
+        let done = move |r| {
+            if truncates {
+                core.opened.changed(ino);
+            }
+            done(r)
+        };
         // With a handle (given, or the only way left to a detached inode) every
         // change goes through the open file.
         match self.attr_target(ino, fh) {
@@ -132,7 +143,11 @@ impl Core {
             changes,
         };
         let core = self.clone();
-        let sent = move |r| core.writes.finish(ticket, expect_attr(r).map(Some));
+        self.changes.begin();
+        let sent = move |r| {
+            core.writes.finish(ticket, expect_attr(r).map(Some));
+            core.changes.end();
+        };
         // Not waited for: the kernel has its answer already.
         match self.server_handle(writer) {
             Ok((epoch, handle)) => self.client.submit_in(epoch, &caller.cred, op(handle), sent),

@@ -2,12 +2,15 @@
 //!
 //! A listing is taken when reading starts at offset 0 (opendir or rewinddir)
 //! and served from memory afterwards, so the kernel's offsets stay stable while
-//! the directory changes. A listing that fits in one page is also proof of
-//! which names are *not* there (see [`crate::known`]). Offsets name the *next*
-//! entry: 0 is `.`, 1 is `..`, then the listing.
+//! the directory changes. A listing is also proof of which names are *not*
+//! there (see [`crate::known`]): the server reads it in one pass. Offsets name
+//! the *next* entry: 0 is `.`, 1 is `..`, then the listing.
+//!
+//! A walk's next listings are fetched ahead (see [`crate::listing_ahead`]); one
+//! taken from there is as old as when it was asked for, and its entries are
+//! trusted only for what is left of the attribute timeout since then.
 
 use super::{Caller, Core, Done, Entry};
-use ferry_common::frame::READDIR_PAGE;
 use ferry_common::proto::{DirEntry, Op, Reply};
 use ferry_common::sync::lock;
 use ferry_common::{Attr, Errno, FileKind, RelPath, StatFs};
@@ -23,6 +26,8 @@ struct Snapshot {
     /// The directory's path when the listing was taken.
     path: RelPath,
     entries: Arc<Vec<DirEntry>>,
+    /// When the listing was asked for.
+    asked: Instant,
 }
 
 /// The snapshots of open directories, by the handle given to the kernel
@@ -63,6 +68,7 @@ impl Core {
         let snapshot = Snapshot {
             path,
             entries: Arc::default(),
+            asked: Instant::now(),
         };
         lock(&self.dirs.open).insert(fh, snapshot);
         done(Ok(fh))
@@ -82,7 +88,7 @@ impl Core {
         offset: u64,
         mut add: impl FnMut(DirItem<'_>) -> bool,
     ) -> Result<(), Errno> {
-        let (path, entries) = self.listing(caller, ino, fh, offset)?;
+        let (path, entries, _) = self.listing(caller, ino, fh, offset)?;
         let total = entries.len() as u64 + 2;
         for index in offset..total {
             let item = match index {
@@ -130,8 +136,9 @@ impl Core {
         offset: u64,
         mut add: impl FnMut(DirItemPlus<'_>) -> bool,
     ) -> Result<(), Errno> {
-        let (path, entries) = self.listing(caller, ino, fh, offset)?;
-        let ttl = self.ttl();
+        let (path, entries, asked) = self.listing(caller, ino, fh, offset)?;
+        // Trusted for as long as a listing asked for then may be.
+        let ttl = self.ttl().saturating_sub(asked.elapsed());
         // The kernel counts no lookup for `.` and `..`, nor reads their
         // generation.
         let dot = |ino| Entry {
@@ -158,7 +165,7 @@ impl Core {
                     let name = OsStr::from_bytes(&entry.name);
                     let Ok(child) = path.join(name) else { continue };
                     let (child_ino, generation) = self.hand_out(&child, &entry.attr);
-                    self.attrs.store(child_ino, entry.attr);
+                    self.attrs.store_asked(child_ino, entry.attr, asked);
                     let attr = self.writes.overlay(child_ino, entry.attr, None);
                     let full = add(DirItemPlus {
                         entry: Entry {
@@ -196,47 +203,58 @@ impl Core {
         });
     }
 
-    /// The listing of an open directory, fetched afresh when reading restarts.
+    /// The listing of an open directory, taken afresh when reading restarts:
+    /// its path, its entries and when they were asked for.
     fn listing(
         &self,
         caller: &Caller,
         ino: u64,
         fh: u64,
         offset: u64,
-    ) -> Result<(RelPath, Arc<Vec<DirEntry>>), Errno> {
+    ) -> Result<(RelPath, Arc<Vec<DirEntry>>, Instant), Errno> {
         let opened_as = {
             let open = lock(&self.dirs.open);
             let snapshot = open.get(&fh).ok_or(Errno::EBADF)?;
             if offset != 0 {
-                return Ok((snapshot.path.clone(), snapshot.entries.clone()));
+                let Snapshot {
+                    path,
+                    entries,
+                    asked,
+                } = snapshot;
+                return Ok((path.clone(), entries.clone(), *asked));
             }
             snapshot.path.clone()
         };
         // The directory's path now: it may have been renamed since opendir.
         let path = self.path_of(ino).unwrap_or(opened_as);
-        let asked = Instant::now();
-        let entries = Arc::new(self.client.list_dir(&caller.cred, &path)?);
-        // One request per page (of the server's READDIR_PAGE entries).
-        let page = Op::ReadDir {
-            path: RelPath::root(),
-            start: 0,
+        let id = lock(&self.inodes).file_id(ino);
+        let ahead = id.and_then(|id| self.ahead.take(&path, id));
+        let from_ahead = ahead.is_some();
+        let (entries, asked, mark) = match ahead {
+            Some(taken) => (taken.entries, taken.asked, Some(taken.mark)),
+            None => {
+                let asked = Instant::now();
+                let mark = self.changes.mark();
+                let entries = Arc::new(self.client.list_dir(&caller.cred, &path)?);
+                (entries, asked, mark)
+            }
         };
-        for _ in 0..=entries.len() / READDIR_PAGE {
-            self.stats.waited_for(&page);
-        }
-        // One page is one read of the directory on the server; between pages
-        // others may remove entries and shift the rest, so a longer listing is
-        // no proof of what is missing.
-        let whole = entries.len() < READDIR_PAGE;
-        if whole && lock(&self.inodes).ino_of(&path) == Some(ino) {
+        // A listing is one pass over the directory on the server, so it is
+        // proof of which names are missing, as of when it was asked for.
+        if lock(&self.inodes).ino_of(&path) == Some(ino) {
             self.known
                 .learn(ino, asked, entries.iter().map(|e| e.name.as_slice()));
         }
         if let Some(snapshot) = lock(&self.dirs.open).get_mut(&fh) {
             snapshot.path = path.clone();
             snapshot.entries = entries.clone();
+            snapshot.asked = asked;
         }
-        Ok((path, entries))
+        if let Some(id) = id {
+            self.ahead
+                .listed(&caller.cred, &path, id, &entries, asked, mark, from_ahead);
+        }
+        Ok((path, entries, asked))
     }
 
     /// The inode of the directory holding `path` (the root for the root).

@@ -11,6 +11,8 @@ use super::names::{direct_io, writable};
 use super::{Caller, Core, Done, Opened};
 use crate::client::OpResult;
 use crate::files::RemoteFile;
+use crate::opened_data::Served;
+use crate::windows;
 use ferry_common::frame::MAX_CHUNK;
 use ferry_common::proto::{AttrChanges, Op, Reply};
 use ferry_common::sync::lock;
@@ -29,13 +31,35 @@ fn out_of_space(e: Errno) -> bool {
     matches!(e.code(), libc::ENOSPC | libc::EDQUOT)
 }
 
+/// What an open for reading asks the server to send of the file: all of a
+/// file up to this size...
+pub(super) const WHOLE_FILE: u32 = 256 << 10;
+/// ...and of a larger one (or one of unknown size), its start: the kernel's
+/// first read of a file is rarely longer.
+pub(super) const FIRST_BYTES: u32 = 128 << 10;
+
+/// Whether an open with `flags` only reads, through the page cache: its first
+/// bytes may come with it (see [`crate::opened_data`]). Not with `O_DIRECT`,
+/// whose every read means to reach the file.
+fn reads_only(flags: i32) -> bool {
+    flags & libc::O_ACCMODE == libc::O_RDONLY && flags & (libc::O_TRUNC | libc::O_DIRECT) == 0
+}
+
 impl Core {
-    /// Opens `ino` with the `open(2)` flags `flags`.
+    /// Opens `ino` with the `open(2)` flags `flags`. An open for reading brings
+    /// the file's first bytes along, for the reads that follow.
     pub fn open(&self, caller: &Caller, ino: u64, flags: i32, done: impl Done<Opened>) {
         let path = match self.path_of(ino) {
             Ok(p) => p,
             Err(e) => return done(Err(e)),
         };
+        // The kernel gives the file the readahead its device has now.
+        self.read_ahead.fit(self.stats.path_rtt());
+        let reads_only = reads_only(flags);
+        if !reads_only {
+            // Writes (or a truncation) follow: bytes held for readers go stale.
+            self.opened.changed(ino);
+        }
         if flags & libc::O_TRUNC != 0 {
             // Truncating must not be overtaken by writes sent before it.
             self.writes.wait_idle(ino);
@@ -45,13 +69,24 @@ impl Core {
             Err(e) => return done(Err(e)),
         };
         let mark = self.writes.mark();
+        let data_mark = self.opened.mark();
+        // The server's copy lacks this mount's writes in flight: no bytes then.
+        let want = if reads_only && !self.writes.busy(ino) {
+            self.first_bytes_of(ino)
+        } else {
+            None
+        };
         let core = self.clone();
         let opener = caller.cred.clone();
-        let op = Op::Open { path, flags };
+        let op = match want {
+            Some(len) => Op::OpenRead { path, flags, len },
+            None => Op::Open { path, flags },
+        };
         self.ask(Some(epoch), &caller.cred, op, move |r| {
-            let (handle, attr) = match r.map(|reply| reply.opened()) {
-                Ok(Some(opened)) => opened,
-                Ok(None) => return done(Err(Errno::EPROTO)),
+            let (handle, attr, data) = match r {
+                Ok(Reply::OpenedWithData { handle, attr, data }) => (handle, attr, Some(data)),
+                Ok(Reply::Opened { handle, attr }) => (handle, attr, None),
+                Ok(_) => return done(Err(Errno::EPROTO)),
                 // The name was cached by the kernel but is gone on the server
                 // (another client removed it): ESTALE makes the kernel look the
                 // name up again and retry, as for NFS, so an O_CREAT open then
@@ -66,8 +101,15 @@ impl Core {
                 handle,
                 epoch,
             });
+            if let (Some(data), Some(asked)) = (data, want) {
+                let eof = data.len() < asked as usize || data.len() as u64 >= attr.size;
+                core.opened.keep(fh, ino, data_mark, data, eof);
+            }
             if writable(flags) {
                 core.writes.opened_for_writing_since(ino, fh, &attr, mark);
+            }
+            if !reads_only {
+                core.opened.changed(ino);
             }
             core.attrs.store(ino, attr);
             // Close-to-open consistency: keep cached pages only when the file is
@@ -90,7 +132,19 @@ impl Core {
         });
     }
 
-    /// Up to `size` bytes of `ino` at `offset`, through kernel handle `fh`.
+    /// How much of `ino` an open for reading asks for (see [`WHOLE_FILE`]):
+    /// nothing when the file looks unchanged since this mount last opened it,
+    /// as the kernel then keeps the pages it has (close-to-open).
+    fn first_bytes_of(&self, ino: u64) -> Option<u32> {
+        match self.attrs.fresh(ino) {
+            Some((attr, _)) if lock(&self.inodes).unchanged_since_opened(ino, &attr) => None,
+            Some((attr, _)) if attr.size <= u64::from(WHOLE_FILE) => Some(WHOLE_FILE),
+            _ => Some(FIRST_BYTES),
+        }
+    }
+
+    /// Up to `size` bytes of `ino` at `offset`, through kernel handle `fh`:
+    /// from the bytes its open brought, as far as they go, else from the server.
     pub fn read(
         &self,
         caller: &Caller,
@@ -100,16 +154,34 @@ impl Core {
         size: u32,
         done: impl Done<Vec<u8>>,
     ) {
+        let size = size.min(MAX_CHUNK);
+        // A file whose locks were lost answers nothing more, not even what
+        // came with its open (see `reclaim`).
+        if self.held.is_lost(fh) {
+            return done(Err(Errno::EIO));
+        }
+        let head = match self.opened.read(fh, offset, size) {
+            Served::Whole(data) => return done(Ok(data)),
+            Served::Head(head) => head,
+            Served::Nothing => Vec::new(),
+        };
         // The server must not be asked before it has this mount's writes.
         self.writes.wait_idle(ino);
-        let len = size.min(MAX_CHUNK);
+        // What the held bytes lack follows them.
+        let offset = offset + head.len() as u64;
+        let len = size - head.len() as u32;
         let read = |handle| Op::Read {
             handle,
             offset,
             len,
         };
         self.on_handle(fh, &caller.cred, read, move |r| match r {
-            Ok(Reply::Data(data)) => done(Ok(data)),
+            Ok(Reply::Data(data)) if head.is_empty() => done(Ok(data)),
+            Ok(Reply::Data(data)) => {
+                let mut whole = head;
+                whole.extend_from_slice(&data);
+                done(Ok(whole))
+            }
             Ok(_) => done(Err(Errno::EPROTO)),
             Err(e) => done(Err(e)),
         });
@@ -150,7 +222,12 @@ impl Core {
             Ok(h) => h,
             Err(e) => return done(Err(e)),
         };
-        let ticket = self.writes.begin_write(ino, fh, offset, len);
+        let window = windows::write_window(self.stats.path_rtt());
+        let ticket = self.writes.begin_write(ino, fh, offset, len, window);
+        // Registered first: an open for reading sent from now on either sees the
+        // write in flight or hears of it (see `crate::opened_data`).
+        self.opened.changed(ino);
+        self.changes.begin();
         let written = |r: OpResult| match r {
             Ok(Reply::Written(n)) => Ok(n),
             Ok(_) => Err(Errno::EPROTO),
@@ -170,6 +247,8 @@ impl Core {
                     if matches!(r, Err(e) if out_of_space(e)) {
                         core.space.full();
                     }
+                    core.opened.changed(ino);
+                    core.changes.end();
                     done(r)
                 });
         } else {
@@ -187,6 +266,8 @@ impl Core {
                         core.space.full();
                     }
                     core.writes.finish(ticket, result);
+                    core.opened.changed(ino);
+                    core.changes.end();
                 });
             done(Ok(u32::try_from(len).unwrap_or(u32::MAX)));
         }
@@ -250,6 +331,7 @@ impl Core {
     /// Changes still in flight through this handle reach the server before its
     /// Close does: the server runs a handle's requests in order.
     pub fn release(&self, caller: &Caller, ino: u64, fh: u64) {
+        self.opened.release(fh);
         lock(&self.inodes).remove_handle(ino, fh);
         self.held.released(ino, fh);
         if self.writes.is_writer(ino, fh) {
@@ -295,6 +377,7 @@ impl Core {
     ) {
         // Writes still in flight land first, as they would on a local disk.
         self.writes.wait_idle(ino);
+        self.opened.changed(ino);
         let fallocate = |handle| Op::Fallocate {
             handle,
             offset,
@@ -304,6 +387,7 @@ impl Core {
         let core = self.clone();
         self.on_handle(fh, &caller.cred, fallocate, move |r| {
             // The size (mode 0) and ctime changed on the server.
+            core.opened.changed(ino);
             core.writes.doubt(ino);
             core.attrs.drop_ino(ino);
             done(r.map(|_| ()))
@@ -347,6 +431,7 @@ impl Core {
             Ok(h) => h,
             Err(e) => return done(Err(e)),
         };
+        self.opened.changed(ino_out);
         let op = Op::CopyFileRange {
             handle_in,
             offset_in,
@@ -357,6 +442,7 @@ impl Core {
         let core = self.clone();
         self.ask(Some(epoch), &caller.cred, op, move |r| {
             // The output's data, size and times changed on the server.
+            core.opened.changed(ino_out);
             core.writes.doubt(ino_out);
             core.attrs.drop_ino(ino_out);
             match r {

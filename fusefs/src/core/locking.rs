@@ -129,6 +129,7 @@ impl Core {
                 }
                 core.writes.doubt(ino);
                 core.attrs.drop_ino(ino);
+                core.opened.changed(ino);
                 core.kernel
                     .forget_data_then(ino, Box::new(move || done(Ok(()))));
             }

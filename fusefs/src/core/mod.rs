@@ -11,8 +11,10 @@
 //! the server, answered on the connection's reader thread. Finishing there, in
 //! the callback, means a FUSE worker thread is never tied up waiting for the
 //! network, so the kernel can keep many requests in flight. Only a few
-//! operations block their caller: listing a directory (several round trips) and
-//! the waits write-behind imposes for ordering (see [`crate::writeback`]).
+//! operations block their caller: listing a directory (a round trip, more for a
+//! very long one, or none when it was fetched ahead: see
+//! [`crate::listing_ahead`]) and the waits write-behind imposes for ordering
+//! (see [`crate::writeback`]).
 //!
 //! The core is split by idea:
 //!
@@ -54,9 +56,12 @@ use crate::client::{OpResult, RemoteClient};
 use crate::files::OpenFiles;
 use crate::inode::{FileId, InodeTable};
 use crate::known::KnownDirs;
+use crate::listing_ahead::{changes_listings, Changes, ListingsAhead};
 use crate::locks::HeldLocks;
+use crate::opened_data::OpenedData;
 use crate::space::FreeSpace;
 use crate::stats::Stats;
+use crate::windows::KernelReadAhead;
 use crate::writeback::WriteBehind;
 use dirs::DirSnapshots;
 use ferry_common::proto::{
@@ -178,9 +183,15 @@ pub struct Shared {
     /// The export's free space as last reported: writes go through when it
     /// runs low (see [`crate::space`]).
     space: FreeSpace,
+    /// The first bytes of files opened for reading, for their first reads.
+    opened: OpenedData,
     attrs: AttrCache,
     known: KnownDirs,
     dirs: DirSnapshots,
+    /// Changes through this mount under way and made lately, counted.
+    changes: Arc<Changes>,
+    /// Listings a walk will want next, fetched ahead.
+    ahead: ListingsAhead,
     /// The locks this mount holds on the server, and the open files whose
     /// locks were lost.
     held: HeldLocks,
@@ -192,6 +203,8 @@ pub struct Shared {
     /// The client's counters, which the core adds to (what applications waited
     /// for, cache hits).
     stats: Arc<Stats>,
+    /// The mount's readahead, fitted to the path before every open.
+    read_ahead: KernelReadAhead,
 }
 
 /// The filesystem core; cheap to clone (clones share one [`Shared`]).
@@ -210,20 +223,26 @@ impl Core {
         let root = FileId::of(&client.welcome().root);
         let stats = Arc::clone(client.stats());
         let ttl = opts.attr_timeout;
+        let changes = Arc::new(Changes::default());
+        let ahead = ListingsAhead::new(client.clone(), Arc::clone(&changes), ttl);
         let core = Core(Arc::new(Shared {
             client,
             inodes: Mutex::new(InodeTable::new(root)),
             files: Mutex::new(OpenFiles::new()),
             writes: WriteBehind::new(),
             space: FreeSpace::new(opts.write_through_below),
+            opened: OpenedData::new(ttl),
             attrs: AttrCache::new(ttl),
             known: KnownDirs::new(ttl),
             dirs: DirSnapshots::default(),
+            changes,
+            ahead,
             held: HeldLocks::new(),
             reclaiming: Mutex::new(()),
             file_caps: xattr::FileCapCache::new(ttl),
             kernel,
             stats,
+            read_ahead: KernelReadAhead::default(),
             opts,
         }));
         core.take_back_locks_on_reconnect();
@@ -242,6 +261,11 @@ impl Core {
     /// What the client and the core have counted.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// The mount's readahead (see [`crate::windows`]).
+    pub fn read_ahead(&self) -> &KernelReadAhead {
+        &self.read_ahead
     }
 
     /// Writes and attribute changes sent ahead and not yet answered, and the
@@ -270,6 +294,16 @@ impl Core {
         done: impl Done<ferry_common::proto::Reply>,
     ) {
         self.stats.waited_for(&op);
+        let done: Box<dyn FnOnce(OpResult) + Send> = if changes_listings(&op) {
+            self.changes.begin();
+            let changes = Arc::clone(&self.changes);
+            Box::new(move |r| {
+                changes.end();
+                done(r)
+            })
+        } else {
+            Box::new(done)
+        };
         match epoch {
             Some(epoch) => self.client.submit_in(epoch, cred, op, done),
             None => self.client.submit(cred, op, done),
@@ -279,10 +313,18 @@ impl Core {
     /// [`ask`](Self::ask), waiting here for the answer.
     fn ask_now(&self, epoch: Option<u64>, cred: &Cred, op: Op) -> OpResult {
         self.stats.waited_for(&op);
-        match epoch {
+        let changes = changes_listings(&op);
+        if changes {
+            self.changes.begin();
+        }
+        let answer = match epoch {
             Some(epoch) => self.client.call_in(epoch, cred, op),
             None => self.client.call(cred, op),
+        };
+        if changes {
+            self.changes.end();
         }
+        answer
     }
 
     /// Whether the server checks `caller`'s requests as this machine's kernel

@@ -44,6 +44,9 @@ impl Core {
             Ok(p) => p,
             Err(e) => return done(Err(e)),
         };
+        if let Some(entry) = self.listed_entry(caller, parent, &path, name) {
+            return done(Ok(Lookup::Found(entry)));
+        }
         let op = Op::Stat { path: path.clone() };
         let core = self.clone();
         self.entry_op(&caller.cred, path.clone(), op, move |r| match r {
@@ -59,6 +62,31 @@ impl Core {
             }
             Err(e) => done(Err(e)),
         });
+    }
+
+    /// The entry for `name` in `parent` (whose path is `path`) that a recent
+    /// listing of `parent` gives, trusted for what is left of the attribute
+    /// timeout since it was asked for (see [`crate::listing_ahead`]).
+    fn listed_entry(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        path: &RelPath,
+        name: &OsStr,
+    ) -> Option<Entry> {
+        let (dir, _) = path.split_last()?;
+        let id = lock(&self.inodes).file_id(parent)?;
+        let (attr, asked) = self.ahead.lookup(&caller.cred, &dir, id, name.as_bytes())?;
+        let (ino, generation) = self.hand_out(path, &attr);
+        self.attrs.store_asked(ino, attr, asked);
+        let attr = self.writes.overlay(ino, attr, None);
+        self.stats.listed_names.hit();
+        Some(Entry {
+            ino,
+            generation,
+            attr,
+            ttl: self.ttl().saturating_sub(asked.elapsed()),
+        })
     }
 
     /// The kernel dropped `nlookup` references to `ino`.
@@ -216,8 +244,10 @@ impl Core {
         self.known.add(parent, name);
         // The name may be a file this mount is writing (O_CREAT of an existing
         // name, maybe with O_TRUNC): what was sent before comes first.
-        if let Some(ino) = lock(&self.inodes).ino_of(&path) {
+        let existing = lock(&self.inodes).ino_of(&path);
+        if let Some(ino) = existing {
             self.writes.wait_idle(ino);
+            self.opened.changed(ino);
         }
         let op = Op::Create {
             path: path.clone(),
@@ -253,6 +283,8 @@ impl Core {
             if writable(flags) {
                 core.writes.opened_for_writing(ino, fh, &attr);
             }
+            // An existing file opened this way may have been truncated.
+            core.opened.changed(ino);
             core.file_caps.note_new_file(ino);
             let entry = Entry {
                 ino,

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
 
+mod round_trips;
+
 /// How long a test waits for an answer before calling it a hang.
 pub(super) const PATIENCE: Duration = Duration::from_secs(20);
 

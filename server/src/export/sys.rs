@@ -755,6 +755,16 @@ pub(super) fn fstatvfs(fd: BorrowedFd<'_>) -> Result<libc::statvfs, Errno> {
 /// An open directory stream (`fdopendir`), read entry by entry.
 pub(super) struct Dir(NonNull<libc::DIR>);
 
+// SAFETY: a `DIR` stream belongs to no thread; what it must not be is used by
+// two at once, which `&mut self` on every read rules out.
+unsafe impl Send for Dir {}
+
+impl std::fmt::Debug for Dir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Dir").field(&self.fd()).finish()
+    }
+}
+
 impl Dir {
     /// Takes ownership of `fd`, a directory opened for reading.
     pub(super) fn from_fd(fd: OwnedFd) -> Result<Dir, Errno> {

@@ -2,7 +2,7 @@
 
 use super::*;
 use ferry_common::frame;
-use ferry_common::proto::{AttrChanges, SetTime};
+use ferry_common::proto::{AttrChanges, SetTime, LISTED_ENTRY_OVERHEAD};
 use ferry_common::{FileKind, Timestamp};
 use std::collections::BTreeMap;
 use std::fs;
@@ -162,6 +162,7 @@ pub(super) fn assert_every_op_fails(export: &ExportRoot, path: &RelPath) {
     let what = format!("{path:?}");
     assert!(export.stat(path).is_err(), "stat {what}");
     assert!(export.read_dir(path, 0, 100).is_err(), "readdir {what}");
+    assert!(export.open_dir_stream(path).is_err(), "list {what}");
     assert!(export.read_link(path).is_err(), "readlink {what}");
     for flags in [
         libc::O_RDONLY,
@@ -799,6 +800,87 @@ fn directories_are_listed_in_stable_pages() {
         export.read_dir(&p("file"), 0, 10).err(),
         Some(Errno::ENOTDIR)
     );
+}
+
+#[test]
+fn a_listing_stream_goes_on_where_it_stopped() {
+    let fx = fixture();
+    let export = &fx.export;
+    let dir = fx.export_dir().join("many");
+    export.mkdir(&p("many"), 0o755).unwrap();
+    let names = |entries: Vec<DirEntry>| -> Vec<String> {
+        entries
+            .into_iter()
+            .map(|e| String::from_utf8(e.name).unwrap())
+            .collect()
+    };
+    for i in 0..60 {
+        fs::write(dir.join(format!("f{i:02}")), "x").unwrap();
+    }
+    let mut stream = export.open_dir_stream(&p("many")).unwrap();
+    // Room for seven entries with 3-byte names per reply.
+    let budget = 7 * (3 + LISTED_ENTRY_OVERHEAD);
+    let mut seen: Vec<String> = Vec::new();
+    let mut replies = 0;
+    loop {
+        let (entries, more) = stream.next_entries(budget, usize::MAX).unwrap();
+        assert!(entries.len() <= 7, "{} entries", entries.len());
+        assert!(entries.iter().all(|e| e.attr.kind == FileKind::File));
+        replies += 1;
+        seen.extend(names(entries));
+        if replies == 2 {
+            // Others change the directory in the middle of the listing.
+            fs::remove_file(dir.join(&seen[0])).unwrap();
+            fs::write(dir.join("new"), "n").unwrap();
+        }
+        if !more {
+            break;
+        }
+    }
+    assert!(replies >= 9, "{replies} replies");
+    // Every name there throughout the listing is listed exactly once (a new
+    // one may or may not be).
+    seen.retain(|n| n != "new");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        seen.len(),
+        "a name was listed twice: {seen:?}"
+    );
+    let all: Vec<String> = (0..60).map(|i| format!("f{i:02}")).collect();
+    assert_eq!(sorted, all);
+    // Past its end a stream stays ended.
+    assert_eq!(
+        stream.next_entries(budget, 10).unwrap(),
+        (Vec::new(), false)
+    );
+
+    // Every reply makes progress, however small the budget; `max` caps it too.
+    let mut small = export.open_dir_stream(&p("many")).unwrap();
+    let (one, more) = small.next_entries(0, usize::MAX).unwrap();
+    assert_eq!((one.len(), more), (1, true));
+    let (two, more) = small.next_entries(usize::MAX, 2).unwrap();
+    assert_eq!((two.len(), more), (2, true));
+    let (rest, more) = small.next_entries(usize::MAX, usize::MAX).unwrap();
+    assert!(!more);
+    let mut again = names(one);
+    again.extend(names(two));
+    again.extend(names(rest));
+    again.sort();
+    let mut expected = all.clone();
+    expected.push("new".to_string());
+    expected.retain(|n| *n != seen[0]);
+    expected.sort();
+    assert_eq!(again, expected);
+
+    assert_eq!(
+        export.open_dir_stream(&p("file")).err(),
+        Some(Errno::ENOTDIR)
+    );
+    // A symlink to a directory is not listed through.
+    assert!(export.open_dir_stream(&p("up")).is_err());
 }
 
 #[test]

@@ -1,0 +1,121 @@
+//! Round trips saved, seen through a real mount: a small file read with its
+//! open, listings in one reply and fetched ahead for a walk — and what this
+//! mount writes is read back at once all the same.
+
+mod common;
+
+use common::Fixture;
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// How many requests of kind `op` the mount has waited for.
+fn waited(fx: &Fixture, op: &str) -> u64 {
+    fx.stats()
+        .waited_by_kind()
+        .iter()
+        .find(|(name, _)| *name == op)
+        .map_or(0, |(_, n)| *n)
+}
+
+/// Every path below `dir`, relative to it, sorted, with each file's size.
+fn walk(dir: &Path) -> Vec<(String, u64)> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in fs::read_dir(&d).expect("a listing") {
+            let entry = entry.expect("an entry");
+            let meta = entry.metadata().expect("its attributes");
+            let rel = entry
+                .path()
+                .strip_prefix(dir)
+                .unwrap()
+                .display()
+                .to_string();
+            if meta.is_dir() {
+                todo.push(entry.path());
+                found.push((rel, 0));
+            } else {
+                found.push((rel, meta.len()));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+fn a_small_file_is_read_with_its_open() {
+    let Some(fx) = Fixture::new() else { return };
+    let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+    fs::write(fx.e("small"), &data).unwrap();
+    assert!(fx.m("small").exists());
+    let reads = waited(&fx, "read");
+    assert_eq!(fs::read(fx.m("small")).unwrap(), data);
+    assert_eq!(waited(&fx, "openread"), 1);
+    assert_eq!(waited(&fx, "read"), reads, "no read asked of the server");
+    // A large file: its start with the open, the rest by reads, all of it right.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(fx.e("big"), &big).unwrap();
+    assert_eq!(fs::read(fx.m("big")).unwrap(), big);
+}
+
+fn a_reader_opened_before_a_write_here_reads_the_write() {
+    let Some(fx) = Fixture::new() else { return };
+    fs::write(fx.e("f"), b"0123456789abcdef").unwrap();
+    let mut reader = File::open(fx.m("f")).unwrap();
+    let writer = OpenOptions::new().write(true).open(fx.m("f")).unwrap();
+    // Part of a page: the kernel asks the mount for the rest of it.
+    writer.write_all_at(b"XYZ", 5).unwrap();
+    drop(writer);
+    let mut seen = Vec::new();
+    reader.read_to_end(&mut seen).unwrap();
+    assert_eq!(seen, b"01234XYZ89abcdef");
+    // And a truncation through another descriptor.
+    let mut reader = File::open(fx.m("f")).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(fx.m("f"))
+        .unwrap()
+        .set_len(4)
+        .unwrap();
+    let mut seen = Vec::new();
+    reader.read_to_end(&mut seen).unwrap();
+    assert_eq!(seen, b"0123");
+}
+
+fn a_walk_sees_the_whole_tree_and_what_this_mount_changes() {
+    let Some(fx) = Fixture::new() else { return };
+    for d in 0..6 {
+        for s in 0..4 {
+            let dir = fx.e(&format!("tree/d{d}/s{s}"));
+            fs::create_dir_all(&dir).unwrap();
+            for f in 0..5 {
+                fs::write(dir.join(format!("f{f}")), vec![b'x'; f]).unwrap();
+            }
+        }
+    }
+    // A directory far longer than a page of the old paged listing.
+    fs::create_dir(fx.e("tree/many")).unwrap();
+    for i in 0..5000 {
+        fs::write(fx.e(&format!("tree/many/n{i}")), b"").unwrap();
+    }
+    let expected = walk(&fx.e("tree"));
+    assert_eq!(walk(&fx.m("tree")), expected);
+    // Walked again at once (the listings fetched ahead the first time may be
+    // used now): a file made and one removed here show at once.
+    fs::write(fx.m("tree/d3/s2/new"), b"new!").unwrap();
+    fs::remove_file(fx.m("tree/d4/s1/f0")).unwrap();
+    let mut now = expected.clone();
+    now.push(("d3/s2/new".into(), 4));
+    now.retain(|(p, _)| p != "d4/s1/f0");
+    now.sort();
+    assert_eq!(walk(&fx.m("tree")), now);
+    assert_eq!(walk(&fx.e("tree")), now);
+}
+
+tests! {
+    a_small_file_is_read_with_its_open => [Fuse],
+    a_reader_opened_before_a_write_here_reads_the_write => [Fuse],
+    a_walk_sees_the_whole_tree_and_what_this_mount_changes => [Fuse],
+}
