@@ -385,22 +385,31 @@ fn peers_that_never_read_their_replies_leave_the_servers_memory_bounded() {
         ..Setup::default()
     });
     let other = f.second_mount("other", Setup::default());
+    // As `ferry serve` runs: few malloc arenas, each keeping its own peak.
+    ferry_server::limit_malloc_arenas(4);
     fs::write(f.e("big"), vec![7u8; frame::MAX_CHUNK as usize]).unwrap();
     fs::write(f.e("big4"), vec![9u8; 4 * frame::MAX_CHUNK as usize]).unwrap();
+    // What both mounts do: read 4 MiB, write and read back files. Done once
+    // before measuring, so that the mounts' own buffers (they run in this
+    // process too) are in the baseline.
+    let work = |tag: &'static str| {
+        let (mnt, other) = (f.mnt.clone(), other.clone());
+        move || {
+            for mnt in [&mnt, &other] {
+                let data = fs::read(mnt.join("big4")).expect("a 4 MiB read");
+                assert_eq!(data.len(), 4 * frame::MAX_CHUNK as usize);
+                ordinary_work(mnt, tag, 5);
+            }
+        }
+    };
+    within_deadline("mounts before the peers came", work("before"));
     let before = rss();
     // Unbounded, the replies asked for would take PEERS * READS MiB (960 MiB).
     let peers: Vec<Greedy> = (0..PEERS)
         .map(|_| Greedy::start(&f.addr(), "big", READS))
         .collect();
     // Both mounts keep reading and writing meanwhile.
-    let (mnt, other2) = (f.mnt.clone(), other.clone());
-    within_deadline("mounts beside peers that never read", move || {
-        for mnt in [&mnt, &other2] {
-            let data = fs::read(mnt.join("big4")).expect("a 4 MiB read");
-            assert_eq!(data.len(), 4 * frame::MAX_CHUNK as usize);
-            ordinary_work(mnt, "memory", 5);
-        }
-    });
+    within_deadline("mounts beside peers that never read", work("beside"));
     // The server has had all the time it wants to grow; it did not.
     let mut peak = 0;
     for _ in 0..20 {
@@ -413,7 +422,7 @@ fn peers_that_never_read_their_replies_leave_the_servers_memory_bounded() {
         before >> 20,
         peak >> 20
     );
-    // The pool, each connection's own share (1.25 MiB) and buffers, with room
+    // The pool, each connection's own share (3.1 MiB) and buffers, with room
     // to spare: a quarter of what unbounded replies would take.
     let bound = 256u64 << 20;
     assert!(
@@ -422,10 +431,11 @@ fn peers_that_never_read_their_replies_leave_the_servers_memory_bounded() {
         grown >> 20,
         bound >> 20
     );
-    // Once they leave, the memory goes back (the server trims its heap).
+    // Once they leave, most of the memory goes back (the server trims its
+    // heap): what stays is far from what was asked for.
     drop(peers);
     let left = Instant::now();
-    while rss().saturating_sub(before) > 64 << 20 {
+    while rss().saturating_sub(before) > 96 << 20 {
         assert!(
             left.elapsed() < DEADLINE,
             "the server kept {} MiB after the peers left",

@@ -16,7 +16,7 @@
 //!   greedy ones cannot take the descriptors a well-behaved one needs.
 //! - **Memory.** Each request is charged its frame and the reply it will make
 //!   (see `connection::cost_kib`) until the reply is written. A connection has
-//!   [`OWN_KIB`] of its own (room for a full read and more), and anything beyond
+//!   [`OWN_KIB`] of its own (room for a listing's reply and more), and anything beyond
 //!   comes from a pool shared by all connections ([`ServerConfig::reply_memory`]);
 //!   a connection also never has more than [`CONNECTION_CAP_KIB`] in flight.
 //!   A connection that cannot get its share stops being read: a client that
@@ -43,10 +43,11 @@ pub(crate) const SMALL_HOLDING: usize = 64;
 const OVERHEAD_PER_CONNECTION: usize = 6;
 const OVERHEAD_FIXED: usize = 2048;
 
-/// A connection's own share of reply memory, in KiB: a full 1 MiB read and
-/// some small requests, so that every connection makes progress however the
-/// shared pool is used.
-pub(crate) const OWN_KIB: u32 = 1280;
+/// A connection's own share of reply memory, in KiB: the costliest request a
+/// well-behaved client sends (a listing, whose reply may carry 3 MiB of
+/// entries) and some small ones, so that every connection makes progress
+/// however the shared pool is used.
+pub(crate) const OWN_KIB: u32 = 3200;
 /// The most one connection has in flight, in KiB: what ferry's client keeps
 /// in flight itself at most (a write window and the kernel's readahead, 32 MiB
 /// each on a slow path), so that a client's own streams never make the reader
@@ -364,10 +365,10 @@ mod tests {
             while pool.available_kib() >= 1025 {
                 held.push(hog.acquire(1025).await.unwrap());
             }
-            // A well-behaved connection: one read in flight on its own
-            // share, the next waiting (the pool is empty)...
+            // A well-behaved connection: its own share in use, the next
+            // request waiting (the pool is empty)...
             let modest = Arc::new(pool.connection());
-            let first = modest.acquire(1025).await.unwrap();
+            let first = modest.acquire(OWN_KIB).await.unwrap();
             let waiter = Arc::clone(&modest);
             let next = tokio::spawn(async move { waiter.acquire(1025).await.map(drop) });
             tokio::task::yield_now().await;

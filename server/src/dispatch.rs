@@ -177,15 +177,20 @@ impl Session {
     /// The next entries of a listing: the first of a listing of `path` (cursor
     /// 0), or those after what listing `cursor` has sent.
     fn list(&self, path: &RelPath, cursor: u64, who: &Identity) -> Result<Reply, Errno> {
-        let mut stream = match cursor {
-            0 => self.export.open_dir_stream(path)?,
-            cursor => self.listings.take(cursor, who)?,
+        // A new listing's directory is a descriptor in the budget.
+        let (mut stream, place) = match cursor {
+            0 => {
+                let place = self.descriptors.take()?;
+                (self.export.open_dir_stream(path)?, Some(place))
+            }
+            cursor => (self.listings.take(cursor, who)?, None),
         };
         match stream.next_entries(LISTING_BYTES, usize::MAX) {
             Ok((entries, true)) => {
-                let cursor = match cursor {
-                    0 => self.listings.keep(stream, who),
-                    cursor => {
+                // Only a new listing comes with a place of its own.
+                let cursor = match place {
+                    Some(place) => self.listings.keep(stream, place, who),
+                    None => {
                         self.listings.put_back(cursor, stream);
                         cursor
                     }
