@@ -5,16 +5,17 @@
 //! Each file sits behind an `Arc`: `Close` removes it from the table while a read
 //! already running keeps its own reference, and the descriptor is closed when the
 //! last user lets go. Dropping the table (the connection ended) closes them all.
+//!
+//! Each file holds its place in the connection's descriptor budget (see
+//! `crate::budget`), taken before it was opened and given back when it leaves
+//! the table.
 
+use crate::budget::Descriptor;
 use crate::export::OpenFile;
 use ferry_common::sync::lock;
 use ferry_common::Errno;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-
-/// How many files one connection may hold open; beyond it `Open` answers EMFILE,
-/// so one client cannot take all of the server's descriptors.
-pub(crate) const MAX_OPEN_FILES: usize = 16_384;
 
 #[derive(Debug, Default)]
 pub(crate) struct HandleTable {
@@ -26,7 +27,7 @@ pub(crate) struct HandleTable {
 #[derive(Debug, Default)]
 struct Inner {
     last: u64,
-    files: HashMap<u64, Arc<OpenFile>>,
+    files: HashMap<u64, (Arc<OpenFile>, Descriptor)>,
 }
 
 impl HandleTable {
@@ -34,16 +35,14 @@ impl HandleTable {
         HandleTable::default()
     }
 
-    /// Stores `file` and returns its new handle.
-    pub(crate) fn insert(&self, file: OpenFile) -> Result<u64, Errno> {
+    /// Stores `file`, which holds `descriptor` of the budget, and returns its
+    /// new handle.
+    pub(crate) fn insert(&self, file: OpenFile, descriptor: Descriptor) -> u64 {
         let mut inner = lock(&self.inner);
-        if inner.files.len() >= MAX_OPEN_FILES {
-            return Err(Errno::new(libc::EMFILE));
-        }
         inner.last += 1;
         let handle = inner.last;
-        inner.files.insert(handle, Arc::new(file));
-        Ok(handle)
+        inner.files.insert(handle, (Arc::new(file), descriptor));
+        handle
     }
 
     /// No file is open.
@@ -55,7 +54,7 @@ impl HandleTable {
         lock(&self.inner)
             .files
             .get(&handle)
-            .cloned()
+            .map(|(file, _)| Arc::clone(file))
             .ok_or(Errno::EBADF)
     }
 

@@ -361,7 +361,7 @@ pub fn dispatch(data: &[u8]) -> u64 {
         },
         allow_devices: settings & 8 != 0,
     };
-    let session = Session::new(export, policy);
+    let session = Session::standalone(export, policy);
     let mut opened = Vec::new();
     let mut seen = Fingerprint::default();
     seen.add(read_only);
