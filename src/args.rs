@@ -187,9 +187,15 @@ pub struct ServeArgs {
     /// Seconds a connection holding no open file or lock may stay idle.
     #[arg(long, env = "FERRY_IDLE_TIMEOUT", default_value_t = ferry_server::DEFAULT_IDLE_TIMEOUT.as_secs_f64())]
     pub idle_timeout: f64,
-    /// Where the server keeps its key, certificate, access tokens and
-    /// authorized_clients (default: ~/.local/state/ferry, or /var/lib/ferry
-    /// as root); never inside an export.
+    /// Seconds after a start during which clients reclaim the locks they held
+    /// (no new lock is granted meanwhile; ends early once every client that
+    /// held locks is back), and for which the locks of a client whose
+    /// connection ended are kept for it. 0: locks end with their connection.
+    #[arg(long, env = "FERRY_GRACE_PERIOD", default_value_t = ferry_server::DEFAULT_GRACE.as_secs_f64())]
+    pub grace_period: f64,
+    /// Where the server keeps its key, certificate, access tokens,
+    /// authorized_clients and its record of clients holding locks (default:
+    /// ~/.local/state/ferry, or /var/lib/ferry as root); never inside an export.
     #[arg(long, value_name = "DIR", env = "FERRY_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// No TLS and no authentication: anyone who reaches the port gets in.

@@ -60,6 +60,9 @@ pub fn run(base: &Path) -> Result<(), String> {
         Security::Tls(Arc::clone(&tls)),
     );
     config.max_connections = 64;
+    // The demo's one mount dies with its server, so there are never locks to
+    // reclaim after a start; the record says so and spares a grace period.
+    config.lock_record = Some(base.join("state").join("lock-clients-demo"));
     if as_root {
         config.identities.squash = Squash::All;
     }

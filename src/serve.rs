@@ -30,7 +30,17 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             args.idle_timeout
         ));
     }
+    if !(args.grace_period.is_finite() && args.grace_period >= 0.0) {
+        return Err(format!(
+            "--grace-period must be a number of seconds, 0 or more, not {}",
+            args.grace_period
+        ));
+    }
+    // A thread per connection, and the blocking pool's: without a limit glibc
+    // gives contended threads arenas of their own, each keeping its peak.
+    ferry_server::limit_malloc_arenas(MALLOC_ARENAS);
     let security = server_security(&args, listen)?;
+    let lock_record = lock_record(&args, listen);
     let squash = match (args.no_root_squash, args.all_squash) {
         (true, _) => Squash::None,
         (_, true) => Squash::All,
@@ -54,6 +64,10 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             security: security.clone(),
             identities,
             allow_devices: args.allow_devices,
+            grace: Duration::from_secs_f64(args.grace_period),
+            lock_record,
+            reply_memory: ferry_server::DEFAULT_REPLY_MEMORY,
+            max_descriptors: None,
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -123,6 +137,33 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("server failed: {e}"))
     })
+}
+
+/// How many malloc arenas the server's threads share.
+const MALLOC_ARENAS: i32 = 4;
+
+/// The file in the state directory that records the clients holding locks
+/// (see `ferry_common::state::lock_record`); `None`, with a warning, when
+/// there is no state directory to keep it in.
+fn lock_record(args: &ServeArgs, listen: SocketAddr) -> Option<PathBuf> {
+    if args.grace_period == 0.0 {
+        return None;
+    }
+    let dir = match state_dir_or_default(args.state_dir.clone()) {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!(
+                "ferry: {e}; without a record of clients holding locks, every start waits \
+                 the whole grace period for them"
+            );
+            return None;
+        }
+    };
+    if let Err(e) = ferry_common::state::ensure_dir(&dir) {
+        eprintln!("ferry: {e}; every start waits the whole grace period for lock holders");
+        return None;
+    }
+    Some(dir.join(ferry_common::state::lock_record(listen)))
 }
 
 /// TLS with the identity and each export's token in the state directory (made

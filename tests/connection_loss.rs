@@ -103,6 +103,8 @@ fn silent_server() -> (String, std::thread::JoinHandle<()>) {
                 read_only: false,
                 features: 0,
                 root: Attr::blank(FileKind::Directory),
+                instance: 1,
+                grace_ms: 0,
             });
             frame::write_frame(&mut stream, &welcome).unwrap();
             held.push(stream);

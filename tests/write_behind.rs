@@ -36,6 +36,9 @@ fn a_failed_write_is_reported_at_close_at_the_latest() {
     let disk = common::SmallDisk::new();
     let f = fixture!(Setup {
         export: Some(disk.path().to_path_buf()),
+        // Written behind although the disk is small, as when another
+        // client fills it after this mount last heard how much room it had.
+        write_through_below: 0,
         ..Setup::default()
     });
     let mut file = File::create(f.m("fill")).unwrap();
@@ -56,6 +59,9 @@ fn a_failed_write_is_reported_by_fsync() {
     let disk = common::SmallDisk::new();
     let f = fixture!(Setup {
         export: Some(disk.path().to_path_buf()),
+        // Written behind although the disk is small, as when another
+        // client fills it after this mount last heard how much room it had.
+        write_through_below: 0,
         ..Setup::default()
     });
     let mut file = File::create(f.m("fill")).unwrap();
@@ -67,6 +73,90 @@ fn a_failed_write_is_reported_by_fsync() {
     file.sync_all().unwrap();
     close(file).unwrap();
     assert_eq!(fs::read(f.e("fill")).unwrap(), b"again");
+}
+
+/// Writes `chunk`-sized pieces until write(2) fails (or `limit` bytes are
+/// written); answers how much was written and the failure.
+fn write_until_refused(file: &mut File, chunk: usize, limit: u64) -> (u64, std::io::Error) {
+    let data = vec![3u8; chunk];
+    let mut written = 0u64;
+    while written < limit {
+        match file.write(&data) {
+            Ok(n) => written += n as u64,
+            Err(e) => return (written, e),
+        }
+    }
+    panic!("{written} bytes written to a disk too small for them, with no error");
+}
+
+fn write_2_meets_enospc_on_a_full_export() {
+    if !common::require_root() {
+        return;
+    }
+    let disk = common::SmallDisk::of_mib(4);
+    let f = fixture!(Setup {
+        export: Some(disk.path().to_path_buf()),
+        ..Setup::default()
+    });
+    // A program's write(2) is refused, as on a local disk: dd reports the
+    // error writing, not closing.
+    let dd = std::process::Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", f.m("dd").display()))
+        .args(["bs=64k", "count=256"])
+        .output()
+        .expect("run dd");
+    let said = String::from_utf8_lossy(&dd.stderr);
+    assert!(
+        !dd.status.success(),
+        "dd filled a 4 MiB disk with 16 MiB: {said}"
+    );
+    assert!(
+        said.contains("error writing") && said.contains("No space left on device"),
+        "dd did not meet ENOSPC at write(2): {said}"
+    );
+    fs::remove_file(f.m("dd")).unwrap();
+    // The same through a file of this test's own: the refusal comes from
+    // write(2), once the disk is full, and close has nothing left to report.
+    let mut file = File::create(f.m("fill")).unwrap();
+    let (written, refused) = write_until_refused(&mut file, 64 << 10, 16 << 20);
+    assert_eq!(common::errno_of(&refused), libc::ENOSPC, "{refused}");
+    assert!(
+        written > 3 << 20 && written <= 4 << 20,
+        "{written} bytes written to a 4 MiB disk"
+    );
+    close(file).expect("close after write(2) reported the full disk");
+    assert_eq!(fs::metadata(f.e("fill")).unwrap().len(), written);
+    // Freed space is used again.
+    fs::remove_file(f.m("fill")).unwrap();
+    let mut file = File::create(f.m("small")).unwrap();
+    file.write_all(b"fits").unwrap();
+    close(file).unwrap();
+    assert_eq!(fs::read(f.e("small")).unwrap(), b"fits");
+}
+
+fn write_2_meets_enospc_when_an_export_with_room_fills_up() {
+    if !common::require_root() {
+        return;
+    }
+    // Room for write-behind at first (more than the mount's low-water mark
+    // of free space), then not.
+    let disk = common::SmallDisk::of_mib(96);
+    let f = fixture!(Setup {
+        export: Some(disk.path().to_path_buf()),
+        ..Setup::default()
+    });
+    let mut file = File::create(f.m("fill")).unwrap();
+    let (written, refused) = write_until_refused(&mut file, 1 << 20, 256 << 20);
+    eprintln!("write(2) refused after {written} bytes: {refused}");
+    assert_eq!(common::errno_of(&refused), libc::ENOSPC, "{refused}");
+    assert!(
+        written > 80 << 20 && written <= 96 << 20,
+        "{written} bytes written to a 96 MiB disk"
+    );
+    // Nothing answered early failed later: close has nothing to report.
+    close(file).expect("close after write(2) reported the full disk");
+    assert_eq!(fs::metadata(f.e("fill")).unwrap().len(), written);
 }
 
 fn a_lost_connection_fails_the_close_of_a_written_file() {
@@ -230,6 +320,9 @@ fn every_writing_handle_hears_of_a_failure_once() {
     let disk = common::SmallDisk::new();
     let f = fixture!(Setup {
         export: Some(disk.path().to_path_buf()),
+        // Written behind although the disk is small, as when another
+        // client fills it after this mount last heard how much room it had.
+        write_through_below: 0,
         ..Setup::default()
     });
     let mut writer = File::create(f.m("fill")).unwrap();
@@ -251,6 +344,9 @@ fn a_lock_is_released_even_after_a_failed_write() {
     let disk = common::SmallDisk::new();
     let f = fixture!(Setup {
         export: Some(disk.path().to_path_buf()),
+        // Written behind although the disk is small, as when another
+        // client fills it after this mount last heard how much room it had.
+        write_through_below: 0,
         ..Setup::default()
     });
     let mut writer = File::create(f.m("fill")).unwrap();
@@ -336,6 +432,8 @@ fn a_capability_set_after_writing_is_kept() {
 tests! {
     a_failed_write_is_reported_at_close_at_the_latest => [Fuse, Root],
     a_failed_write_is_reported_by_fsync => [Fuse, Root],
+    write_2_meets_enospc_on_a_full_export => [Fuse, Root],
+    write_2_meets_enospc_when_an_export_with_room_fills_up => [Fuse, Root],
     a_lost_connection_fails_the_close_of_a_written_file => [Fuse],
     attribute_changes_land_after_the_writes_before_them => [Fuse],
     overlapping_writes_land_in_program_order => [Fuse],

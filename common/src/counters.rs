@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How many kinds of operation there are.
-pub const OP_KINDS: usize = 31;
+pub const OP_KINDS: usize = 33;
 
 /// The kind of `op` as an index below [`OP_KINDS`]; [`op_kind_name`] is its name.
 pub fn op_kind(op: &Op) -> usize {
@@ -44,9 +44,11 @@ pub fn op_kind(op: &Op) -> usize {
         Op::Fallocate { .. } => 25,
         Op::CopyFileRange { .. } => 26,
         Op::Ping => 27,
-        Op::List { .. } => 28,
-        Op::OpenRead { .. } => 29,
-        Op::Subscribe { .. } => 30,
+        Op::ReclaimLock { .. } => 28,
+        Op::ReclaimComplete => 29,
+        Op::List { .. } => 30,
+        Op::OpenRead { .. } => 31,
+        Op::Subscribe { .. } => 32,
     }
 }
 
@@ -81,6 +83,8 @@ pub fn op_kind_name(index: usize) -> &'static str {
         "fallocate",
         "copy_file_range",
         "ping",
+        "reclaimlock",
+        "reclaimcomplete",
         "list",
         "openread",
         "subscribe",
@@ -356,6 +360,13 @@ mod tests {
                 len: 0,
             },
             Op::Ping,
+            Op::ReclaimLock {
+                handle: 0,
+                owner: 0,
+                kind: crate::proto::LockKind::Flock,
+                lock,
+            },
+            Op::ReclaimComplete,
             Op::List {
                 path: p(),
                 cursor: 0,

@@ -20,6 +20,8 @@
 //! - [`path`]: paths relative to the export root, and the checks every
 //!   component must pass before the server looks at it.
 //! - [`sync`]: the one mutex helper both sides use; [`socket`]: TCP keepalive.
+//! - [`lockset`]: the byte ranges one lock owner holds on one file, merged
+//!   and split as the kernel does.
 //! - [`counters`]: the lock-free counters and latency histograms behind `ferry
 //!   status` and the server's metrics.
 //! - [`address`]: how a person names a server, an export on it and a directory
@@ -37,6 +39,7 @@ pub mod auth;
 pub mod counters;
 pub mod errno;
 pub mod frame;
+pub mod lockset;
 pub mod path;
 pub mod proto;
 pub mod socket;

@@ -50,6 +50,11 @@ pub struct Hello {
     /// The directory inside that export to serve as this connection's root
     /// (every path of the connection is relative to it); the export's root if empty.
     pub subtree: RelPath,
+    /// Who this client is from one connection to the next: a random number a
+    /// mount draws once and sends on every connection it makes, so that the
+    /// server can tell its locks after a reconnect (see [`Op::ReclaimLock`]).
+    /// 0: a client that never takes locks back (`ferry ls|get|put`).
+    pub client: u128,
 }
 
 /// A client's credential in its [`Hello`].
@@ -73,6 +78,7 @@ impl Hello {
             auth: Auth::Session,
             export: None,
             subtree: RelPath::root(),
+            client: 0,
         }
     }
 }
@@ -96,6 +102,14 @@ pub struct Welcome {
     pub features: u64,
     /// Attributes of the connection's root (the export's, or its subtree's).
     pub root: Attr,
+    /// This run of the server, a random number drawn when it started: a client
+    /// that reconnects and meets another number knows the server restarted,
+    /// and that the locks it held are kept only if it reclaims them in time.
+    pub instance: u64,
+    /// How long the server's grace period still lasts, in milliseconds (0:
+    /// none): while it does, clients reclaim the locks they held before the
+    /// server restarted, and no other lock is granted.
+    pub grace_ms: u64,
 }
 
 /// [`Welcome::features`]: requests act as the (mapped) user of their [`Cred`],
@@ -276,9 +290,11 @@ pub enum Op {
         name: Vec<u8>,
     },
     /// Takes, changes or drops a lock on the file behind `handle`, never waiting:
-    /// EAGAIN when a conflicting lock is held elsewhere (the client waits and
-    /// asks again) → [`Reply::Done`]. `owner` is the client's lock owner: POSIX
-    /// locks of one owner never conflict with each other.
+    /// EAGAIN when a conflicting lock is held elsewhere, or while the server is
+    /// in its grace period (the client waits and asks again) → [`Reply::Done`].
+    /// `owner` is the client's lock owner: POSIX locks of one owner never
+    /// conflict with each other; an flock's owner is the open file it was
+    /// taken through. ENOLCK when the connection holds too many locks.
     SetLock {
         handle: u64,
         owner: u64,
@@ -319,6 +335,23 @@ pub enum Op {
     /// Answered at once with [`Reply::Done`], without touching the export: the
     /// client's keepalive, which tells a live server from one that stopped.
     Ping,
+    /// Takes back a lock this client (its [`Hello::client`]) held on an earlier
+    /// connection, through `handle`, a handle of the same file opened on this
+    /// one; `lock` is a read or write lock → [`Reply::Done`]. Granted when the
+    /// server kept the lock for the client (its connection ended less than a
+    /// grace period ago, or it is still open and now replaced by this one), or
+    /// when the server is in its grace period after a restart and nothing
+    /// conflicts; otherwise ENOLCK (or EAGAIN on a conflict): the lock is lost.
+    ReclaimLock {
+        handle: u64,
+        owner: u64,
+        kind: LockKind,
+        lock: FileLock,
+    },
+    /// The client has reclaimed every lock it holds → [`Reply::Done`]: what the
+    /// server still kept for it is let go, and a grace period after a restart
+    /// need not wait for it any more.
+    ReclaimComplete,
     /// Asks the server to tell this connection, with [`Notice`]s, of every change
     /// to what its requests from now on let it cache, for `lease_secs` after each
     /// answer → [`Reply::Subscribed`]. Sent once per connection, before the
@@ -327,7 +360,7 @@ pub enum Op {
 }
 
 /// Which family a lock belongs to. The two are independent, as on Linux.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum LockKind {
     /// `fcntl` byte-range locks, owned by the lock owner (a process).
     Posix,
@@ -400,6 +433,8 @@ impl Op {
             Op::Fallocate { .. } => "fallocate",
             Op::CopyFileRange { .. } => "copy_file_range",
             Op::Ping => "ping",
+            Op::ReclaimLock { .. } => "reclaimlock",
+            Op::ReclaimComplete => "reclaimcomplete",
             Op::Subscribe { .. } => "subscribe",
         }
     }

@@ -8,6 +8,7 @@
 //! | `authorized_clients` | server | client certificate fingerprints let in, one a line |
 //! | `client.crt`, `client.key` | client | its identity, made by `ferry keygen` |
 //! | `known_servers` | client | `ADDRESS SHA256:…`, one a line: the servers met before |
+//! | `lock-clients-IP-PORT` | server | the clients that may hold locks of the server listening there (see [`lock_record`]) |
 
 use std::path::PathBuf;
 
@@ -16,6 +17,15 @@ pub const CLIENT_IDENTITY: &str = "client";
 pub const AUTHORIZED_CLIENTS: &str = "authorized_clients";
 pub const KNOWN_SERVERS: &str = "known_servers";
 pub const TOKENS: &str = "tokens";
+/// The file, in the state directory, where the server listening on `listen`
+/// records the clients that may hold its locks, one id a line: after a restart
+/// its grace period waits for those clients to reclaim them, and for no one
+/// when there are none.
+pub fn lock_record(listen: std::net::SocketAddr) -> String {
+    let ip = listen.ip().to_string().replace(':', "_");
+    format!("lock-clients-{ip}-{}", listen.port())
+}
+
 /// The environment variable a client reads an access token from.
 pub const TOKEN_ENV: &str = "FERRY_TOKEN";
 

@@ -19,7 +19,8 @@
 //!   kernel asks), `attrcache` and
 //!   `known` (attributes and absent names the server vouched for recently), all
 //!   timed by `cache` (`TimedCache`); `locks` (waiting for file locks, flock
-//!   detection).
+//!   detection); `space` (`FreeSpace`, the export's free space as last
+//!   reported, which decides when writes go through so `write(2)` meets ENOSPC).
 //! - [`client`]: `RemoteClient`, one pipelined TLS connection to a server
 //!   (the server pinned, the client authenticated), with deadlines,
 //!   keepalive pings, reconnection off the request path and connection epochs.
@@ -52,6 +53,7 @@ mod locks;
 pub mod mount;
 pub mod notify;
 mod opened_data;
+pub mod space;
 pub mod stats;
 pub mod status;
 pub mod units;

@@ -146,6 +146,8 @@ pub(crate) fn changes_listings(op: &Op) -> bool {
         | Op::SetLock { .. }
         | Op::GetLock { .. }
         | Op::ReleaseLocks { .. }
+        | Op::ReclaimLock { .. }
+        | Op::ReclaimComplete
         | Op::Ping
         | Op::Subscribe { .. } => false,
     }

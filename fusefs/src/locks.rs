@@ -22,11 +22,12 @@
 //! the kernel's interrupt requests, so each poll looks at the thread's pending
 //! signals in `/proc/<tid>/status`.
 
-use crate::client::{OpResult, RemoteClient};
-use ferry_common::proto::{Cred, FileLock, LockKind, LockType, Op, Reply, LOCK_TO_EOF};
-use ferry_common::sync::lock;
+use crate::client::OpResult;
+use ferry_common::lockset::LockSet;
+use ferry_common::proto::{FileLock, LockKind, LockType, Reply, LOCK_TO_EOF};
+use ferry_common::sync::lock as lock_mutex;
 use ferry_common::Errno;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
@@ -105,16 +106,25 @@ fn pending_in_status(status: &str) -> bool {
     pending & !mask("SigBlk:") & !mask("SigIgn:") != 0
 }
 
-/// Sends the non-blocking `op` again and again (on a thread of its own) until it
-/// succeeds, fails otherwise than EAGAIN, the connection `epoch` is gone, or
-/// thread `tid` is signalled (EINTR); then calls `done`.
+/// One attempt of a waiting lock.
+pub(crate) enum Attempt {
+    /// Granted, on the connection of this epoch.
+    Granted(u64),
+    /// Held elsewhere, or the server cannot be asked right now (no
+    /// connection, or the server in its grace period): ask again later.
+    Busy,
+    Failed(Errno),
+}
+
+/// Makes `attempt` again and again (on a thread of its own), first after a
+/// millisecond and backing off to [`MAX_BACKOFF`], until it is granted or
+/// fails, or thread `tid` is signalled (EINTR); then calls `done` with the
+/// epoch it was granted on. A wait goes on across a lost connection: the
+/// attempt finds the file again on the next one.
 pub(crate) fn wait_for_lock(
-    client: RemoteClient,
-    epoch: u64,
-    cred: Cred,
-    op: Op,
     tid: u32,
-    done: impl FnOnce(Result<(), Errno>) + Send + 'static,
+    mut attempt: impl FnMut() -> Attempt + Send + 'static,
+    done: impl FnOnce(Result<u64, Errno>) + Send + 'static,
 ) {
     let spawned = thread::Builder::new()
         .name("ferry-lock-wait".into())
@@ -126,10 +136,10 @@ pub(crate) fn wait_for_lock(
                 }
                 thread::sleep(pause);
                 pause = (pause * 2).min(MAX_BACKOFF);
-                match client.call_in(epoch, &cred, op.clone()) {
-                    Ok(_) => break Ok(()),
-                    Err(e) if e.code() == libc::EAGAIN => continue,
-                    Err(e) => break Err(e),
+                match attempt() {
+                    Attempt::Granted(epoch) => break Ok(epoch),
+                    Attempt::Busy => continue,
+                    Attempt::Failed(e) => break Err(e),
                 }
             };
             done(outcome)
@@ -141,27 +151,227 @@ pub(crate) fn wait_for_lock(
     }
 }
 
-/// The POSIX lock owners that may hold locks on the server, by inode and owner,
-/// with the connection they were taken on: a flush sends `ReleaseLocks` only for
-/// these, so closing a file that was never locked costs no round trip.
+/// What this mount holds on the server, to take it back after a reconnect,
+/// and the open files whose locks could not be taken back.
+///
+/// - POSIX locks by (inode, owner): the ranges held (merged and split as the
+///   kernel does, see [`LockSet`]) and the kernel handles they were taken
+///   through;
+/// - flocks by kernel handle: the inode, the owner the kernel named and the type;
+/// - per inode with locks, the connection they are known to be held on;
+/// - the *lost* handles: their locks are gone (the server restarted and the
+///   grace period was over, another client took the lock meanwhile, the file
+///   is gone), so every operation through them fails with EIO, and no process
+///   goes on believing it holds a lock it does not.
 #[derive(Debug, Default)]
-pub(crate) struct LockOwners {
-    held: Mutex<HashMap<(u64, u64), u64>>,
+pub(crate) struct HeldLocks {
+    held: Mutex<Held>,
 }
 
-impl LockOwners {
-    pub(crate) fn new() -> LockOwners {
-        LockOwners::default()
+#[derive(Debug, Default)]
+struct Held {
+    posix: HashMap<(u64, u64), PosixHeld>,
+    flocks: HashMap<u64, FlockHeld>,
+    /// Per inode with locks: the epoch they are held on.
+    on: HashMap<u64, u64>,
+    lost: HashSet<u64>,
+}
+
+#[derive(Debug, Default)]
+struct PosixHeld {
+    ranges: LockSet,
+    via: Vec<u64>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct FlockHeld {
+    ino: u64,
+    owner: u64,
+    typ: LockType,
+}
+
+/// One lock to take back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ToReclaim {
+    pub(crate) kind: LockKind,
+    pub(crate) owner: u64,
+    pub(crate) lock: FileLock,
+    /// The kernel handle an flock belongs to (POSIX: none).
+    pub(crate) fh: Option<u64>,
+}
+
+impl Held {
+    fn has_locks(&self, ino: u64) -> bool {
+        self.posix.keys().any(|(i, _)| *i == ino) || self.flocks.values().any(|f| f.ino == ino)
     }
 
-    /// `owner` took a lock on `ino` on connection `epoch`.
-    pub(crate) fn note(&self, ino: u64, owner: u64, epoch: u64) {
-        lock(&self.held).insert((ino, owner), epoch);
+    /// Forgets the epoch of an inode that holds nothing any more.
+    fn tidy(&mut self, ino: u64) {
+        if !self.has_locks(ino) {
+            self.on.remove(&ino);
+        }
+    }
+}
+
+impl HeldLocks {
+    pub(crate) fn new() -> HeldLocks {
+        HeldLocks::default()
     }
 
-    /// Forgets (`ino`, `owner`) and says on which connection its locks were taken.
+    /// The server granted `lock` (of `kind`, for `owner`, through kernel
+    /// handle `fh` of `ino`) on connection `epoch`; an unlock drops it.
+    pub(crate) fn granted(
+        &self,
+        ino: u64,
+        fh: u64,
+        owner: u64,
+        kind: LockKind,
+        lock: FileLock,
+        epoch: u64,
+    ) {
+        let mut held = lock_mutex(&self.held);
+        match kind {
+            LockKind::Posix => {
+                let entry = held.posix.entry((ino, owner)).or_default();
+                entry.ranges.apply(&lock);
+                if !entry.via.contains(&fh) {
+                    entry.via.push(fh);
+                }
+                if entry.ranges.is_empty() {
+                    held.posix.remove(&(ino, owner));
+                }
+            }
+            LockKind::Flock if lock.typ == LockType::Unlock => {
+                held.flocks.remove(&fh);
+            }
+            LockKind::Flock => {
+                held.flocks.insert(
+                    fh,
+                    FlockHeld {
+                        ino,
+                        owner,
+                        typ: lock.typ,
+                    },
+                );
+            }
+        }
+        if held.has_locks(ino) {
+            let on = held.on.entry(ino).or_insert(epoch);
+            *on = (*on).max(epoch);
+        } else {
+            held.on.remove(&ino);
+        }
+    }
+
+    /// `owner` dropped its POSIX locks on `ino` (it closed a descriptor of
+    /// it): the epoch they were held on, if it held any.
     pub(crate) fn take(&self, ino: u64, owner: u64) -> Option<u64> {
-        lock(&self.held).remove(&(ino, owner))
+        let mut held = lock_mutex(&self.held);
+        held.posix.remove(&(ino, owner))?;
+        let epoch = held.on.get(&ino).copied();
+        held.tidy(ino);
+        epoch
+    }
+
+    /// Kernel handle `fh` of `ino` was released: its flock went with it, and
+    /// whether it had lost its locks no longer matters.
+    pub(crate) fn released(&self, ino: u64, fh: u64) {
+        let mut held = lock_mutex(&self.held);
+        held.flocks.remove(&fh);
+        held.lost.remove(&fh);
+        for entry in held.posix.values_mut() {
+            entry.via.retain(|&v| v != fh);
+        }
+        held.tidy(ino);
+    }
+
+    /// Whether the locks of kernel handle `fh` were lost.
+    pub(crate) fn is_lost(&self, fh: u64) -> bool {
+        lock_mutex(&self.held).lost.contains(&fh)
+    }
+
+    /// Whether `ino` holds locks not known to be held on connection `epoch`:
+    /// they must be taken back there before anything else is done with it.
+    pub(crate) fn needs_reclaim(&self, ino: u64, epoch: u64) -> bool {
+        lock_mutex(&self.held)
+            .on
+            .get(&ino)
+            .is_some_and(|&on| on != epoch)
+    }
+
+    /// The locks of `ino` to take back.
+    pub(crate) fn to_reclaim(&self, ino: u64) -> Vec<ToReclaim> {
+        let held = lock_mutex(&self.held);
+        let mut all: Vec<ToReclaim> = Vec::new();
+        for ((i, owner), entry) in &held.posix {
+            if *i == ino {
+                all.extend(entry.ranges.locks().map(|lock| ToReclaim {
+                    kind: LockKind::Posix,
+                    owner: *owner,
+                    lock,
+                    fh: None,
+                }));
+            }
+        }
+        for (fh, f) in &held.flocks {
+            if f.ino == ino {
+                all.push(ToReclaim {
+                    kind: LockKind::Flock,
+                    owner: f.owner,
+                    lock: FileLock {
+                        typ: f.typ,
+                        start: 0,
+                        end: LOCK_TO_EOF,
+                    },
+                    fh: Some(*fh),
+                });
+            }
+        }
+        all
+    }
+
+    /// Every lock of `ino` is held on connection `epoch` now.
+    pub(crate) fn settle(&self, ino: u64, epoch: u64) {
+        let mut held = lock_mutex(&self.held);
+        if held.has_locks(ino) {
+            held.on.insert(ino, epoch);
+        }
+    }
+
+    /// `lost` could not be taken back: the handles it was held through fail
+    /// from now on, and it is forgotten. Returns how many handles that is.
+    pub(crate) fn lose(&self, ino: u64, lost: &ToReclaim) -> usize {
+        let mut held = lock_mutex(&self.held);
+        let handles: Vec<u64> = match lost.kind {
+            LockKind::Posix => held
+                .posix
+                .remove(&(ino, lost.owner))
+                .map(|entry| entry.via)
+                .unwrap_or_default(),
+            LockKind::Flock => lost
+                .fh
+                .filter(|fh| held.flocks.remove(fh).is_some())
+                .into_iter()
+                .collect(),
+        };
+        held.lost.extend(&handles);
+        held.tidy(ino);
+        handles.len()
+    }
+
+    /// Every inode holding locks, with a kernel handle of it to reach it by.
+    pub(crate) fn locked(&self) -> Vec<(u64, u64)> {
+        let held = lock_mutex(&self.held);
+        let mut found: HashMap<u64, u64> = HashMap::new();
+        for ((ino, _), entry) in &held.posix {
+            if let Some(&fh) = entry.via.first() {
+                found.entry(*ino).or_insert(fh);
+            }
+        }
+        for (fh, f) in &held.flocks {
+            found.entry(f.ino).or_insert(*fh);
+        }
+        found.into_iter().collect()
     }
 }
 
@@ -201,13 +411,50 @@ mod tests {
         assert_eq!(syscall_number("running"), None);
     }
 
+    fn range(typ: LockType, start: u64, end: u64) -> FileLock {
+        FileLock { typ, start, end }
+    }
+
     #[test]
     fn owners_are_released_once() {
-        let owners = LockOwners::new();
-        owners.note(5, 9, 1);
-        owners.note(5, 8, 2);
-        assert_eq!(owners.take(5, 9), Some(1));
-        assert_eq!(owners.take(5, 9), None);
-        assert_eq!(owners.take(5, 8), Some(2));
+        let held = HeldLocks::new();
+        held.granted(5, 1, 9, LockKind::Posix, range(LockType::Read, 0, 0), 1);
+        held.granted(5, 1, 8, LockKind::Posix, range(LockType::Read, 1, 1), 1);
+        assert_eq!(held.take(5, 9), Some(1));
+        assert_eq!(held.take(5, 9), None);
+        assert_eq!(held.take(5, 8), Some(1));
+        assert!(held.locked().is_empty());
+    }
+
+    #[test]
+    fn what_is_held_is_what_is_taken_back_and_losing_it_fails_its_handles() {
+        let held = HeldLocks::new();
+        let all = LOCK_TO_EOF;
+        held.granted(5, 1, 9, LockKind::Posix, range(LockType::Write, 0, 99), 1);
+        held.granted(5, 2, 9, LockKind::Posix, range(LockType::Unlock, 10, 19), 1);
+        held.granted(5, 3, 3, LockKind::Flock, range(LockType::Read, 0, all), 1);
+        held.granted(6, 4, 9, LockKind::Posix, range(LockType::Read, 0, 0), 1);
+        assert!(!held.needs_reclaim(5, 1));
+        assert!(held.needs_reclaim(5, 2));
+        let mut back = held.to_reclaim(5);
+        back.sort_by_key(|r| (r.lock.start, r.fh));
+        assert_eq!(back.len(), 3);
+        assert_eq!((back[0].kind, back[0].fh), (LockKind::Posix, None));
+        assert_eq!((back[1].kind, back[1].fh), (LockKind::Flock, Some(3)));
+        assert_eq!((back[2].lock.start, back[2].lock.end), (20, 99));
+        held.settle(5, 2);
+        assert!(!held.needs_reclaim(5, 2));
+        // The POSIX owner's locks are lost: both handles it locked through fail.
+        assert_eq!(held.lose(5, &back[0]), 2);
+        assert!(held.is_lost(1) && held.is_lost(2) && !held.is_lost(3));
+        // A released handle is forgotten, lost or not.
+        held.released(5, 1);
+        assert!(!held.is_lost(1));
+        let mut locked = held.locked();
+        locked.sort_unstable();
+        assert_eq!(locked, [(5, 3), (6, 4)]);
+        held.released(5, 3);
+        assert_eq!(held.locked(), [(6, 4)]);
+        assert!(!held.needs_reclaim(5, 7));
     }
 }

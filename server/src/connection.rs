@@ -10,43 +10,61 @@
 //! and asks for nothing but pings for the idle timeout is closed.
 //!
 //! ```text
-//!  socket ─► reader (this task) ─┬─► inline: Session::handle, encode ───────────┐
-//!              │                 └─► blocking pool: Session::handle, encode ────┤ mpsc
-//!              │ waits for budget      (in its handle's queue, or at once)      ▼
+//!  socket ─► reader (this thread) ─┬─► inline: Session::handle, encode ─────────┐
+//!              │                   └─► blocking pool: Session::handle, encode ──┤ mpsc
+//!              │ waits for budget        (in its handle's queue, or at once)    ▼
 //!              └──────── budget comes back once the reply is written ◄─ writer task ─► socket
 //! ```
 //!
-//! The reader decodes each frame and runs its request where
+//! Each connection has a thread of its own, with a small runtime of its own
+//! for its socket: the reader waits for the socket there, and the writer is a
+//! task on it. The reader decodes each frame and runs its request where
 //! [`schedule`](crate::schedule) says: quick ones (metadata, small writes, a
-//! small read with nothing behind it) right on the reader, as a thread hand-off
-//! would cost more than the call; anything that may block for long (bulk data,
-//! fsync, listings, truncation) on tokio's blocking pool, so it never holds up a
-//! quick stat. Requests that change an open file run in arrival order per handle
-//! (see [`crate::sequencer`]). Replies go, in whatever order they finish, through
-//! a channel to a single writer task, which writes everything queued at that
-//! moment with one system call.
+//! small read with nothing behind it) right on the reader's thread, as a
+//! thread hand-off would cost more than the call; anything that may block for
+//! long (bulk data, fsync, listings, truncation) on the server's blocking pool,
+//! so it never holds up a quick stat. Requests that change an open file run in
+//! arrival order per handle (see [`crate::sequencer`]). Replies go, in
+//! whatever order they finish, through a channel to the writer task, which
+//! writes everything queued at that moment with one system call.
+//!
+//! **A quick request that is not quick** — a `stat` inside a hung mount within
+//! the export, a disk that stalls — holds up only itself: it runs outside the
+//! connection's runtime, with the reader's state set down beside it, and if
+//! it is still running after [`crate::stalls::STALL`] the server's watchdog
+//! hands that state to a new thread, which goes on reading the connection's
+//! requests (see [`crate::stalls`]). The stuck thread sends its reply if it
+//! ever gets one, and ends. Other connections never share a thread with this
+//! one, so they are not held up at all.
 //!
 //! A subscribed connection (see [`crate::effects`]) is also sent notices,
 //! unasked: the writer sends whatever its [`Subscriber`] has waiting each time
 //! it wakes, and it wakes for them too.
 //!
-//! Before reading the next request the reader takes a share of the connection's
-//! budget (a number of requests and of bytes in flight), which the writer gives
-//! back when the reply is on the wire; a client that sends faster than it reads
-//! therefore stalls itself and cannot make the server hoard memory.
+//! Before reading the next request the reader takes a share of the budget (a
+//! number of requests in flight, and memory for the request and its reply:
+//! the connection's own, then the server's shared pool; see
+//! [`crate::budget`]), which the writer gives back when the reply is on the
+//! wire; a client that sends faster than it reads therefore stalls itself and
+//! cannot make the server hoard memory.
 //!
 //! Anything malformed (a frame that does not decode, an oversized or truncated
 //! frame) ends this connection only; other clients never notice.
 
+use crate::budget::{
+    ConnectionMemory, DescriptorAccount, Descriptors, MemoryShare, ReplyMemory, CONNECTION_CAP_KIB,
+};
 use crate::dispatch::Session;
 use crate::export::ExportRoot;
 use crate::exports::Exports;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::recovery::{ClientId, Recovery, Registration};
 use crate::registry::{Registries, Registry, Subscriber};
 use crate::schedule::{schedule, Schedule};
 use crate::security::{Security, TlsServer};
 use crate::sequencer::Sequencer;
+use crate::stalls::{Baton, Stalls};
 use ferry_common::auth::{Fingerprint, EXPORTER_LABEL, SECRET_LEN};
 use ferry_common::counters::op_kind;
 use ferry_common::frame::{self, FrameError, RequestFrame, MAX_CHUNK};
@@ -55,19 +73,23 @@ use ferry_common::proto::{
     Welcome, LISTING_BYTES, MAGIC, MAX_HELLO, MAX_OPEN_DATA, PROTOCOL_VERSION,
 };
 use ferry_common::state::AUTHORIZED_CLIENTS;
+use ferry_common::sync::lock;
 use ferry_common::tls;
 use ferry_common::Errno;
 use std::io;
 use std::os::fd::AsFd;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 use tokio::io::{
     AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf,
     WriteHalf,
 };
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 /// How long a new connection may take to send its `Hello`.
@@ -78,13 +100,9 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(120);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Requests of one connection being handled or waiting to be written.
 pub(crate) const MAX_IN_FLIGHT: usize = 64;
-/// Bytes (requests plus expected replies) in flight on one connection, counted in
-/// KiB: what ferry's client keeps in flight itself at most (a write window and
-/// the kernel's readahead, 32 MiB each on a slow path), so that a client's own
-/// streams never make the reader stop and hold up its other requests.
-const IN_FLIGHT_KIB: u32 = 64 * 1024;
-/// [`IN_FLIGHT_KIB`] in bytes.
-pub const CONNECTION_BUDGET: usize = IN_FLIGHT_KIB as usize * 1024;
+/// The most bytes (requests plus expected replies) one connection has in
+/// flight (see [`CONNECTION_CAP_KIB`]).
+pub const CONNECTION_BUDGET: usize = CONNECTION_CAP_KIB as usize * 1024;
 /// What a directory page is charged before its size is known.
 const READDIR_COST: usize = 64 * 1024;
 /// Replies at least this big are written on their own rather than copied into the batch.
@@ -114,6 +132,15 @@ pub(crate) struct Context {
     /// A connection that holds nothing (no open file, no lock) and sends no
     /// request but pings for this long is closed.
     pub(crate) idle_timeout: Duration,
+    /// The server's runtime, whose blocking pool runs the requests that may
+    /// take long.
+    pub(crate) pool: Handle,
+    /// Clients' locks across reconnects and restarts.
+    pub(crate) recovery: Arc<Recovery>,
+    pub(crate) descriptors: Arc<Descriptors>,
+    pub(crate) memory: ReplyMemory,
+    /// Connections running a request on their reader's thread, for the watchdog.
+    pub(crate) stalls: Stalls,
     /// The coherent caches' registries, one per directory served.
     pub(crate) registries: Arc<Registries>,
 }
@@ -126,15 +153,60 @@ type Transport = Box<dyn Stream>;
 type Reader = BufReader<ReadHalf<Transport>>;
 type Writer = WriteHalf<Transport>;
 
-/// Serves one client until it leaves, breaks the protocol, idles out, or
-/// `stop` turns true. An `Err` says why the connection was closed early.
-pub(crate) async fn serve(
+/// How a connection ended: `Err` says why it was closed early.
+pub(crate) type Outcome = Result<(), FrameError>;
+
+/// Serves one client on a thread of its own until it leaves, breaks the
+/// protocol, idles out, is replaced by a newer connection of the same client,
+/// or `stop` turns true; the receiver gets how it ended.
+pub(crate) fn spawn(
     stream: TcpStream,
     ctx: Arc<Context>,
+    stop: watch::Receiver<bool>,
+) -> io::Result<oneshot::Receiver<Outcome>> {
+    let stream = stream.into_std()?;
+    let (done_tx, done_rx) = oneshot::channel();
+    thread::Builder::new()
+        .name("ferry-conn".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = done_tx.send(Err(FrameError::Io(e)));
+                    return;
+                }
+            };
+            let metrics = Arc::clone(&ctx.metrics);
+            let _open = metrics.accepted();
+            match runtime.block_on(welcome_client(stream, &ctx, stop)) {
+                Ok(Some((transport, session, stop))) => {
+                    let (serving, reading) =
+                        Serving::start(runtime, ctx, transport, session, stop, done_tx);
+                    read_requests(serving, reading);
+                }
+                Ok(None) => {
+                    let _ = done_tx.send(Ok(()));
+                }
+                Err(e) => {
+                    let _ = done_tx.send(Err(e));
+                }
+            }
+        })?;
+    Ok(done_rx)
+}
+
+/// The handshake, under its deadline: the client's transport and its
+/// session, or `None` when it left or was refused (and told why).
+async fn welcome_client(
+    stream: std::net::TcpStream,
+    ctx: &Arc<Context>,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), FrameError> {
-    let metrics = Arc::clone(&ctx.metrics);
-    let _open = metrics.accepted();
+) -> Result<Option<(Transport, Session, watch::Receiver<bool>)>, FrameError> {
+    let metrics = &ctx.metrics;
+    let stream = TcpStream::from_std(stream)?;
     stream.set_nodelay(true)?;
     // A client that vanished (a laptop put to sleep, a cable pulled) is
     // noticed after a few minutes, and its open files and slot given back.
@@ -146,10 +218,10 @@ pub(crate) async fn serve(
     // peer that connects and says nothing holds a slot for that long at most.
     let accepted = tokio::select! {
         biased;
-        _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
-        accepted = timeout(HANDSHAKE_TIMEOUT, accept(stream, &ctx)) => accepted,
+        _ = stop.wait_for(|stopped| *stopped) => return Ok(None),
+        accepted = timeout(HANDSHAKE_TIMEOUT, accept(stream, ctx)) => accepted,
     };
-    let (transport, (export, registry)) = match accepted {
+    let (transport, (export, registry), client) = match accepted {
         Err(_) => {
             metrics.refused();
             return Err(FrameError::Io(io::Error::new(
@@ -160,63 +232,165 @@ pub(crate) async fn serve(
         Ok(Ok(Some(welcomed))) => welcomed,
         Ok(Ok(None)) => {
             metrics.refused();
-            return Ok(());
+            return Ok(None);
         }
         Ok(Err(e)) => {
             metrics.refused();
             return Err(e);
         }
     };
-    let (read_half, write_half) = tokio::io::split(transport);
-    let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
+    let descriptors: Arc<DescriptorAccount> = ctx.descriptors.account();
+    let session = Session::new(
+        export,
+        registry,
+        ctx.policy,
+        Arc::clone(&ctx.recovery),
+        descriptors,
+        client,
+    );
+    Ok(Some((transport, session, stop)))
+}
 
-    let session = Arc::new(Session::new(export, registry, ctx.policy));
-    let sequencer = Arc::new(Sequencer::new());
-    let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
-    let writer = tokio::spawn(write_replies(
-        write_half,
-        rx,
-        Arc::clone(&metrics),
-        session.subscriber(),
-    ));
-    let requests = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let bytes = Arc::new(Semaphore::new(IN_FLIGHT_KIB as usize));
-    // When the client last asked for anything but a ping.
-    let mut active = Instant::now();
+/// What reads a connection's requests, passed from thread to thread when a
+/// request gets stuck (see [`crate::stalls`]).
+pub(crate) struct Reading {
+    reader: Reader,
+    /// When the client last asked for anything but a ping.
+    active: Instant,
+    stop: watch::Receiver<bool>,
+    replaced: Option<watch::Receiver<bool>>,
+}
 
-    let outcome = loop {
-        // Each wait below also ends when the server stops or the writer is gone.
+/// One welcomed connection, shared by the thread reading it now and any
+/// thread still finishing a request that got stuck.
+pub(crate) struct Serving {
+    /// The connection's own runtime: its socket, its writer task.
+    runtime: Runtime,
+    ctx: Arc<Context>,
+    session: Arc<Session>,
+    sequencer: Arc<Sequencer>,
+    /// Taken (and so closed) when the connection ends.
+    tx: Mutex<Option<mpsc::Sender<Outgoing>>>,
+    writer: Mutex<Option<JoinHandle<io::Result<()>>>>,
+    requests: Arc<Semaphore>,
+    memory: ConnectionMemory,
+    registration: Option<Registration>,
+    /// The reader's state while a request runs inline (see [`crate::stalls`]).
+    pub(crate) baton: Baton<Reading>,
+    done: Mutex<Option<oneshot::Sender<Outcome>>>,
+}
+
+/// What the reader got next.
+enum Next {
+    Request(Box<Incoming>),
+    End(Outcome),
+}
+
+/// A request read, with its budget.
+struct Incoming {
+    request: Request,
+    budget: Budget,
+    /// No other request is buffered behind it.
+    alone: bool,
+}
+
+impl Serving {
+    /// Sets a welcomed connection up: its writer, its budgets, its place
+    /// among its client's connections and in the watchdog's list.
+    fn start(
+        runtime: Runtime,
+        ctx: Arc<Context>,
+        transport: Transport,
+        session: Session,
+        stop: watch::Receiver<bool>,
+        done: oneshot::Sender<Outcome>,
+    ) -> (Arc<Serving>, Reading) {
+        let (read_half, write_half) = tokio::io::split(transport);
+        let reader = BufReader::with_capacity(READ_BUFFER, read_half);
+        let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
+        let writer = {
+            let _entered = runtime.enter();
+            tokio::spawn(write_replies(
+                write_half,
+                rx,
+                Arc::clone(&ctx.metrics),
+                session.subscriber(),
+            ))
+        };
+        let session = Arc::new(session);
+        let registration = ctx.recovery.connected(session.client(), session.locks());
+        let replaced = registration.as_ref().map(|r| r.replaced.clone());
+        let serving = Arc::new(Serving {
+            runtime,
+            memory: ctx.memory.connection(),
+            ctx: Arc::clone(&ctx),
+            session,
+            sequencer: Arc::new(Sequencer::new()),
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            requests: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            registration,
+            baton: Baton::new(),
+            done: Mutex::new(Some(done)),
+        });
+        ctx.stalls.watch(&serving);
+        let reading = Reading {
+            reader,
+            active: Instant::now(),
+            stop,
+            replaced,
+        };
+        (serving, reading)
+    }
+
+    /// Reads the next request and takes its budget, within the connection's
+    /// runtime; ends the connection when it closes, idles out, is replaced,
+    /// breaks the protocol or the server stops.
+    async fn next_request(&self, r: &mut Reading) -> Next {
+        let Some(tx) = lock(&self.tx).clone() else {
+            return Next::End(Ok(()));
+        };
+        let Reading {
+            reader,
+            active,
+            stop,
+            replaced,
+        } = r;
+        // Each wait below also ends when the server stops, a newer connection
+        // of the client replaces this one, or the writer is gone.
         let slot = tokio::select! {
             biased;
-            _ = stop.wait_for(|stopped| *stopped) => break Ok(()),
-            _ = tx.closed() => break Ok(()),
-            slot = requests.clone().acquire_owned() => match slot {
+            _ = closing(stop, replaced) => return Next::End(Ok(())),
+            _ = tx.closed() => return Next::End(Ok(())),
+            slot = Arc::clone(&self.requests).acquire_owned() => match slot {
                 Ok(slot) => slot,
-                Err(_) => break Ok(()),
+                Err(_) => return Next::End(Ok(())),
             },
         };
         // A client holding nothing, with nothing in flight, may be idle only
         // so long: connections are a shared budget.
-        let holds_nothing =
-            || session.holds_nothing() && requests.available_permits() == MAX_IN_FLIGHT - 1;
-        let idle_until = active + ctx.idle_timeout;
+        let holds_nothing = || {
+            self.session.holds_nothing() && self.requests.available_permits() == MAX_IN_FLIGHT - 1
+        };
+        let idle_timeout = self.ctx.idle_timeout;
+        let idle_until = *active + idle_timeout;
         let read = tokio::select! {
             biased;
-            _ = stop.wait_for(|stopped| *stopped) => break Ok(()),
-            _ = tx.closed() => break Ok(()),
-            read = next_frame(&mut reader, idle_until, ctx.idle_timeout, holds_nothing) => read,
+            _ = closing(stop, replaced) => return Next::End(Ok(())),
+            _ = tx.closed() => return Next::End(Ok(())),
+            read = next_frame(reader, idle_until, idle_timeout, holds_nothing) => read,
         };
         let incoming = match read {
             Ok(Some(incoming)) => incoming,
-            Ok(None) => break Ok(()),
+            Ok(None) => return Next::End(Ok(())),
             Err(NextFrame::Idle) => {
                 log::debug!(
                     "closing a connection idle for {} s that holds nothing",
-                    ctx.idle_timeout.as_secs()
+                    idle_timeout.as_secs()
                 );
-                break Ok(());
+                return Next::End(Ok(()));
             }
-            Err(NextFrame::Failed(e)) => break Err(e),
+            Err(NextFrame::Failed(e)) => return Next::End(Err(e)),
         };
         let size = incoming.len();
         let request: Request = match incoming {
@@ -239,55 +413,146 @@ pub(crate) async fn serve(
             },
             RequestFrame::Whole(payload) => match frame::decode(&payload) {
                 Ok(request) => request,
-                Err(e) => break Err(e),
+                Err(e) => return Next::End(Err(e)),
             },
         };
         if request.op != Op::Ping {
-            active = Instant::now();
+            *active = Instant::now();
         }
-        metrics.request(&request.op, size + 4);
+        self.ctx.metrics.request(&request.op, size + 4);
         let cost = cost_kib(size, &request.op);
         let share = tokio::select! {
             biased;
-            _ = stop.wait_for(|stopped| *stopped) => break Ok(()),
-            _ = tx.closed() => break Ok(()),
-            share = bytes.clone().acquire_many_owned(cost) => match share {
+            _ = closing(stop, replaced) => return Next::End(Ok(())),
+            _ = tx.closed() => return Next::End(Ok(())),
+            share = self.memory.acquire(cost) => match share {
                 Ok(share) => share,
-                Err(_) => break Ok(()),
+                Err(_) => return Next::End(Ok(())),
             },
         };
-        // Only this task adds work to the sequencer, so a handle found idle here
-        // stays idle while its request runs inline.
-        let alone = reader.buffer().is_empty();
-        let budget = (slot, share);
+        Next::Request(Box::new(Incoming {
+            request,
+            budget: (slot, share),
+            alone: reader.buffer().is_empty(),
+        }))
+    }
+
+    /// Queues a reply for the writer (from outside the connection's runtime).
+    fn send(&self, outgoing: Outgoing) {
+        let tx = lock(&self.tx).clone();
+        if let Some(tx) = tx {
+            // Never full: it holds as many replies as there are request slots.
+            // If the writer is gone the connection is closing; nobody reads it.
+            let _ = tx.blocking_send(outgoing);
+        }
+    }
+
+    /// Ends the connection: its locks are kept for its client (or let go),
+    /// the replies of requests already started are written, and whoever
+    /// waits for the connection hears how it ended.
+    fn finish(&self, outcome: Outcome) {
+        if let Some(registration) = &self.registration {
+            self.ctx
+                .recovery
+                .disconnected(registration, self.session.locks());
+        }
+        // The writer ends once the last request still running has sent its
+        // reply and dropped its sender.
+        drop(lock(&self.tx).take());
+        let writer = lock(&self.writer).take();
+        let written = match writer {
+            None => Ok(()),
+            Some(writer) => self.runtime.block_on(async {
+                match timeout(WRITE_TIMEOUT, writer).await {
+                    Ok(Ok(result)) => result.map_err(FrameError::from),
+                    Ok(Err(e)) => Err(FrameError::Io(io::Error::other(format!(
+                        "the reply writer failed: {e}"
+                    )))),
+                    Err(_) => Err(FrameError::Io(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "replies still unwritten when the connection closed",
+                    ))),
+                }
+            }),
+        };
+        self.ctx.memory.returned();
+        if let Some(done) = lock(&self.done).take() {
+            let _ = done.send(outcome.and(written));
+        }
+    }
+}
+
+/// Reads and runs `serving`'s requests on this thread until the connection
+/// ends, or until a request run here got stuck and another thread took over
+/// the reading.
+pub(crate) fn read_requests(serving: Arc<Serving>, mut reading: Reading) {
+    loop {
+        let next = serving.runtime.block_on(serving.next_request(&mut reading));
+        let Incoming {
+            request,
+            budget,
+            alone,
+        } = match next {
+            Next::Request(incoming) => *incoming,
+            Next::End(outcome) => return serving.finish(outcome),
+        };
+        let ctx = &serving.ctx;
+        let session = &serving.session;
+        let sequencer = &serving.sequencer;
+        // Only this thread adds work to the sequencer, so a handle found idle
+        // here stays idle while its request runs inline.
         match schedule(&request.op, alone, |handle| sequencer.is_idle(handle)) {
             Schedule::Inline => {
-                let frame = answer(&session, &metrics, request);
-                if tx.send(Outgoing { frame, budget }).await.is_err() {
-                    break Ok(());
+                // Outside the runtime, the reading set down beside it: should
+                // the call get stuck, another thread takes it up.
+                let ticket = serving.baton.set_down(reading);
+                let frame = answer(session, &ctx.metrics, request);
+                serving.send(Outgoing { frame, budget });
+                match serving.baton.take_back(ticket) {
+                    Some(back) => reading = back,
+                    None => return,
                 }
             }
             Schedule::Pool => {
-                drop(tokio::task::spawn_blocking(job(
-                    &session, &metrics, &tx, request, budget,
-                )));
+                let Some(tx) = lock(&serving.tx).clone() else {
+                    continue;
+                };
+                drop(
+                    ctx.pool
+                        .spawn_blocking(job(session, &ctx.metrics, tx, request, budget)),
+                );
             }
             Schedule::Ordered(handle) => {
-                sequencer.run(handle, job(&session, &metrics, &tx, request, budget));
+                let Some(tx) = lock(&serving.tx).clone() else {
+                    continue;
+                };
+                sequencer.run(
+                    &ctx.pool,
+                    handle,
+                    job(session, &ctx.metrics, tx, request, budget),
+                );
             }
         }
-    };
+    }
+}
 
-    // Requests already started still get their replies: the writer ends once the
-    // last of them has sent its reply and dropped its sender.
-    drop(tx);
-    let written = match writer.await {
-        Ok(result) => result.map_err(FrameError::from),
-        Err(e) => Err(FrameError::Io(io::Error::other(format!(
-            "the reply writer failed: {e}"
-        )))),
+/// Resolves when the server stops or a newer connection of the same client
+/// replaces this one.
+async fn closing(stop: &mut watch::Receiver<bool>, replaced: &mut Option<watch::Receiver<bool>>) {
+    let replaced = async {
+        match replaced {
+            Some(rx) => {
+                if rx.wait_for(|r| *r).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
     };
-    outcome.and(written)
+    tokio::select! {
+        _ = stop.wait_for(|stopped| *stopped) => {}
+        _ = replaced => {}
+    }
 }
 
 /// Settles how the client is carried and whether it is let in: TLS and its
@@ -297,7 +562,7 @@ pub(crate) async fn serve(
 async fn accept(
     stream: TcpStream,
     ctx: &Context,
-) -> Result<Option<(Transport, Served)>, FrameError> {
+) -> Result<Option<(Transport, Served, ClientId)>, FrameError> {
     // The first bytes tell TLS from plaintext; they may come in pieces.
     let mut first = [0u8; tls::TLS_SNIFF];
     let mut seen = stream.peek(&mut first).await?;
@@ -337,7 +602,7 @@ async fn accept(
             });
             Ok(welcome(&mut tls, ctx, &hello, verdict)
                 .await?
-                .map(|served| (Box::new(tls) as Transport, served)))
+                .map(|served| (Box::new(tls) as Transport, served, hello.client)))
         }
         (Security::Tls(_), false) => {
             let mut plain = buffered();
@@ -362,7 +627,7 @@ async fn accept(
             let verdict = check_hello(&hello);
             Ok(welcome(&mut plain, ctx, &hello, verdict)
                 .await?
-                .map(|served| (Box::new(plain) as Transport, served)))
+                .map(|served| (Box::new(plain) as Transport, served, hello.client)))
         }
     }
 }
@@ -460,17 +725,18 @@ async fn welcome<S: AsyncRead + AsyncWrite + Unpin>(
             let registries = Arc::clone(&ctx.registries);
             let (name, subtree) = (hello.export.clone(), hello.subtree.clone());
             // Opening a subtree is a system call: off the async workers.
-            let chosen = tokio::task::spawn_blocking(move || {
-                let chosen = exports.choose(name.as_deref(), &subtree)?;
-                let attr = chosen
-                    .root
-                    .root_attr()
-                    .map_err(|e| format!("the server cannot read its export directory: {e}"))?;
-                let registry = registries.for_root(&chosen.root, &attr);
-                Ok::<_, String>((chosen, registry, attr))
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("the server failed to open the export: {e}")));
+            let chosen =
+                ctx.pool
+                    .spawn_blocking(move || {
+                        let chosen = exports.choose(name.as_deref(), &subtree)?;
+                        let attr = chosen.root.root_attr().map_err(|e| {
+                            format!("the server cannot read its export directory: {e}")
+                        })?;
+                        let registry = registries.for_root(&chosen.root, &attr);
+                        Ok::<_, String>((chosen, registry, attr))
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the server failed to open the export: {e}")));
             match chosen {
                 Ok((chosen, registry, root)) => {
                     log::debug!(
@@ -486,6 +752,9 @@ async fn welcome<S: AsyncRead + AsyncWrite + Unpin>(
                         read_only: ctx.policy.read_only,
                         features: ctx.policy.welcome_features(acts_as_clients),
                         root,
+                        instance: ctx.recovery.instance(),
+                        grace_ms: u64::try_from(ctx.recovery.grace_left().as_millis())
+                            .unwrap_or(u64::MAX),
                     })
                 }
                 Err(message) => HandshakeReply::Refused { message },
@@ -584,20 +853,21 @@ fn cost_kib(request_len: usize, op: &Op) -> u32 {
         _ => 0,
     };
     let kib = (request_len + reply) / 1024 + 1;
-    u32::try_from(kib).unwrap_or(u32::MAX).min(IN_FLIGHT_KIB)
+    u32::try_from(kib)
+        .unwrap_or(u32::MAX)
+        .min(CONNECTION_CAP_KIB)
 }
 
 /// `request` as work for a blocking-pool thread: answer it, then queue the reply.
 fn job(
     session: &Arc<Session>,
     metrics: &Arc<Metrics>,
-    tx: &mpsc::Sender<Outgoing>,
+    tx: mpsc::Sender<Outgoing>,
     request: Request,
     budget: Budget,
 ) -> impl FnOnce() + Send + 'static {
     let session = Arc::clone(session);
     let metrics = Arc::clone(metrics);
-    let tx = tx.clone();
     move || {
         let frame = answer(&session, &metrics, request);
         // If the writer is gone the connection is closing; the reply has no reader.
@@ -654,8 +924,8 @@ struct Encoded {
 }
 
 /// A request's share of the connection's budget: one request slot and its
-/// cost in KiB. Given back (dropped) once its reply is written.
-type Budget = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+/// cost in KiB of memory. Given back (dropped) once its reply is written.
+type Budget = (OwnedSemaphorePermit, MemoryShare);
 
 /// An encoded reply, and the budget its request held.
 struct Outgoing {
@@ -815,6 +1085,6 @@ mod tests {
         assert_eq!(cost_kib(30, &open_read(u32::MAX)), 1025);
         assert_eq!(cost_kib(10, &Op::StatFs), 1);
         // Never more than the whole budget, or it could never be granted.
-        assert_eq!(cost_kib(usize::MAX / 2, &Op::StatFs), IN_FLIGHT_KIB);
+        assert_eq!(cost_kib(usize::MAX / 2, &Op::StatFs), CONNECTION_CAP_KIB);
     }
 }

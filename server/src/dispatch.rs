@@ -2,26 +2,36 @@
 //! export call answers which operation.
 //!
 //! A [`Session`] is the state one connection's requests share: the export, the
-//! connection's open files and locks, its side of coherent caches
-//! ([`crate::effects`], run around every operation), and the server's
-//! [`Policy`] (a read-only export answers every request that would change it
-//! with EROFS). `handle` maps the request's credential to the identity it acts
-//! as, lets the policy refuse or tone it down, and carries it out with the
-//! thread acting as that identity. It makes blocking file system calls;
-//! [`crate::schedule`] decides which thread each request makes them on, the
-//! connection's reader or the blocking pool.
+//! connection's open files and locks (and the budget of descriptors they
+//! count against), its side of coherent caches ([`crate::effects`], run
+//! around every operation), the server's memory of its clients' locks
+//! ([`Recovery`]: the grace period, locks kept for a reconnecting client)
+//! and the server's [`Policy`] (a read-only export answers every request that
+//! would change it with EROFS). `handle`
+//! maps the request's credential to the identity it acts as, lets the policy
+//! refuse or tone it down, and carries it out with the thread acting as that
+//! identity. It makes blocking file system calls; [`crate::schedule`] decides
+//! which thread each request makes them on, the connection's reader or the
+//! blocking pool.
 
+use crate::budget::DescriptorAccount;
+#[cfg(any(test, fuzzing))]
+use crate::budget::Descriptors;
 use crate::effects::Coherence;
-use crate::export::{ExportRoot, LockTable, SetIdBits};
+use crate::export::{ExportRoot, LockKey, LockTable, SetIdBits};
 use crate::handles::HandleTable;
 use crate::identity::Identity;
 use crate::listings::Listings;
 use crate::policy::{self, Policy};
+use crate::recovery::{ClientId, Recovery};
 use crate::registry::{Registry, Subscriber};
 use ferry_common::frame::{MAX_CHUNK, READDIR_PAGE};
-use ferry_common::proto::{AttrChanges, NodeId, Op, Reply, Request, LISTING_BYTES, MAX_OPEN_DATA};
+use ferry_common::proto::{
+    AttrChanges, LockType, NodeId, Op, Reply, Request, LISTING_BYTES, MAX_OPEN_DATA,
+};
 use ferry_common::FileKind;
 use ferry_common::{Attr, Errno, RelPath};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// The most one `CopyFileRange` copies: large enough that a copy takes few
@@ -49,6 +59,8 @@ fn is_mutation(op: &Op) -> bool {
         | Op::SetLock { .. }
         | Op::GetLock { .. }
         | Op::ReleaseLocks { .. }
+        | Op::ReclaimLock { .. }
+        | Op::ReclaimComplete
         | Op::Subscribe { .. } => false,
         Op::Open { flags, .. } | Op::OpenRead { flags, .. } => {
             flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
@@ -76,21 +88,41 @@ pub(crate) struct Session {
     handles: HandleTable,
     /// Listings under way, each reading one open directory (`Op::List`).
     listings: Listings,
-    /// POSIX locks by file and lock owner (flocks live on the handles themselves).
-    locks: LockTable,
+    /// Locks by file, kind and owner.
+    locks: Arc<LockTable>,
+    /// What handles and lock descriptors count against.
+    descriptors: Arc<DescriptorAccount>,
     coherence: Coherence,
     policy: Policy,
+    recovery: Arc<Recovery>,
+    /// The client's id from its `Hello` (0: it never reclaims locks).
+    client: ClientId,
+    /// This connection took a lock, and so its client is in the lock record.
+    recorded: AtomicBool,
 }
 
 impl Session {
-    pub(crate) fn new(export: Arc<ExportRoot>, registry: Arc<Registry>, policy: Policy) -> Session {
+    /// The session of a connection of `client` to `export` (whose coherent
+    /// caches' registry is `registry`).
+    pub(crate) fn new(
+        export: Arc<ExportRoot>,
+        registry: Arc<Registry>,
+        policy: Policy,
+        recovery: Arc<Recovery>,
+        descriptors: Arc<DescriptorAccount>,
+        client: ClientId,
+    ) -> Session {
         Session {
             export,
             handles: HandleTable::new(),
             listings: Listings::new(),
-            locks: LockTable::new(),
+            locks: Arc::new(LockTable::new(Arc::clone(&descriptors))),
+            descriptors,
             coherence: Coherence::new(registry),
             policy,
+            recovery,
+            client,
+            recorded: AtomicBool::new(false),
         }
     }
 
@@ -99,10 +131,38 @@ impl Session {
         self.coherence.subscriber()
     }
 
+    /// A session on its own (no grace periods, no other connections, a
+    /// generous budget), for the fuzz target.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn standalone(export: Arc<ExportRoot>, policy: Policy) -> Session {
+        let recovery = Arc::new(Recovery::start(std::time::Duration::ZERO, None));
+        let descriptors = Arc::new(Descriptors::new(1 << 16)).account();
+        // Unwatched: a watch thread per session would cost more than it runs.
+        let registry = Registry::new(Arc::clone(&export), false);
+        Session::new(export, registry, policy, recovery, descriptors, 0)
+    }
+
     /// Whether this client holds nothing here (no open file, no lock): then
     /// closing its connection loses it nothing but the connection.
     pub(crate) fn holds_nothing(&self) -> bool {
         self.handles.is_empty() && self.locks.is_empty()
+    }
+
+    /// The client's id from its `Hello` (0: it never reclaims locks).
+    pub(crate) fn client(&self) -> ClientId {
+        self.client
+    }
+
+    /// This connection's locks (kept for its client when it ends).
+    pub(crate) fn locks(&self) -> &Arc<LockTable> {
+        &self.locks
+    }
+
+    /// The connection took a lock: its client goes in the lock record, once.
+    fn took_lock(&self) {
+        if !self.recorded.swap(true, Ordering::Relaxed) {
+            self.recovery.holds_locks(self.client);
+        }
     }
 
     /// The attributes of the directory holding `path`, after a change to it; `None`
@@ -135,15 +195,20 @@ impl Session {
     /// The next entries of a listing: the first of a listing of `path` (cursor
     /// 0), or those after what listing `cursor` has sent.
     fn list(&self, path: &RelPath, cursor: u64, who: &Identity) -> Result<Reply, Errno> {
-        let mut stream = match cursor {
-            0 => self.export.open_dir_stream(path)?,
-            cursor => self.listings.take(cursor, who)?,
+        // A new listing's directory is a descriptor in the budget.
+        let (mut stream, place) = match cursor {
+            0 => {
+                let place = self.descriptors.take()?;
+                (self.export.open_dir_stream(path)?, Some(place))
+            }
+            cursor => (self.listings.take(cursor, who)?, None),
         };
         match stream.next_entries(LISTING_BYTES, usize::MAX) {
             Ok((entries, true)) => {
-                let cursor = match cursor {
-                    0 => self.listings.keep(stream, who),
-                    cursor => {
+                // Only a new listing comes with a place of its own.
+                let cursor = match place {
+                    Some(place) => self.listings.keep(stream, place, who),
+                    None => {
                         self.listings.put_back(cursor, stream);
                         cursor
                     }
@@ -170,6 +235,10 @@ impl Session {
         }
         if self.policy.read_only && is_mutation(&op) {
             return Err(Errno::EROFS);
+        }
+        // The handshake said how much one request may carry.
+        if matches!(&op, Op::Write { data, .. } if data.len() > MAX_CHUNK as usize) {
+            return Err(Errno::EINVAL);
         }
         let admitted = self.policy.admit(&cred, &mut op)?;
         // The hooks look as the server itself: what they see goes into the
@@ -198,11 +267,13 @@ impl Session {
             Op::List { path, cursor } => self.list(&path, cursor, who),
             Op::ReadLink { path } => export.read_link(&path).map(Reply::Target),
             Op::Open { path, flags } => {
+                let descriptor = self.descriptors.take()?;
                 let (file, attr) = export.open_file(&path, flags)?;
-                let handle = self.handles.insert(file, NodeId::of(&attr))?;
+                let handle = self.handles.insert(file, NodeId::of(&attr), descriptor);
                 Ok(Reply::Opened { handle, attr })
             }
             Op::OpenRead { path, flags, len } => {
+                let descriptor = self.descriptors.take()?;
                 let (file, attr) = export.open_file(&path, flags)?;
                 let len = len.min(MAX_OPEN_DATA) as usize;
                 // A read that fails leaves a plain open: the client's reads
@@ -211,15 +282,16 @@ impl Session {
                     FileKind::File => file.read_at(0, len).ok(),
                     _ => None,
                 };
-                let handle = self.handles.insert(file, NodeId::of(&attr))?;
+                let handle = self.handles.insert(file, NodeId::of(&attr), descriptor);
                 Ok(match data {
                     Some(data) => Reply::OpenedWithData { handle, attr, data },
                     None => Reply::Opened { handle, attr },
                 })
             }
             Op::Create { path, flags, mode } => {
+                let descriptor = self.descriptors.take()?;
                 let (file, attr) = export.create(&path, flags, mode)?;
-                let handle = self.handles.insert(file, NodeId::of(&attr))?;
+                let handle = self.handles.insert(file, NodeId::of(&attr), descriptor);
                 Ok(match self.dir_of(&path) {
                     Some(dir) => Reply::Created { handle, attr, dir },
                     None => Reply::Opened { handle, attr },
@@ -251,6 +323,7 @@ impl Session {
             }
             Op::Close { handle } => {
                 self.handles.remove(handle)?;
+                self.locks.closed(handle);
                 Ok(Reply::Done)
             }
             Op::SetAttr {
@@ -319,9 +392,37 @@ impl Session {
                 lock,
             } => {
                 let file = self.handles.get(handle)?;
-                self.locks
-                    .set(&file, owner, kind, lock)
-                    .map(|()| Reply::Done)
+                // In the grace period after a restart only reclaims are
+                // granted: the client waits and asks again.
+                if lock.typ != LockType::Unlock && self.recovery.in_grace() {
+                    return Err(Errno::new(libc::EAGAIN));
+                }
+                self.locks.set(&file, handle, owner, kind, lock)?;
+                if lock.typ != LockType::Unlock {
+                    self.took_lock();
+                }
+                Ok(Reply::Done)
+            }
+            Op::ReclaimLock {
+                handle,
+                owner,
+                kind,
+                lock,
+            } => {
+                if lock.typ == LockType::Unlock {
+                    return Err(Errno::EINVAL);
+                }
+                let file = self.handles.get(handle)?;
+                let key = LockKey::of(&file, kind, owner)?;
+                let take = || self.locks.set(&file, handle, owner, kind, lock);
+                self.recovery
+                    .reclaim(self.client, &self.locks, key, handle, take)?;
+                self.took_lock();
+                Ok(Reply::Done)
+            }
+            Op::ReclaimComplete => {
+                self.recovery.reclaim_complete(self.client);
+                Ok(Reply::Done)
             }
             Op::GetLock {
                 handle,
@@ -438,6 +539,13 @@ mod tests {
                 handle: Some(1),
                 changes: AttrChanges::default(),
             },
+            Op::ReclaimLock {
+                handle: 1,
+                owner: 1,
+                kind: LockKind::Posix,
+                lock,
+            },
+            Op::ReclaimComplete,
         ];
         for op in &reads {
             assert!(!is_mutation(op), "{op:?}");
@@ -523,6 +631,10 @@ mod tests {
         let mut kinds: Vec<&str> = reads.iter().chain(&changes).map(Op::name).collect();
         kinds.sort_unstable();
         kinds.dedup();
-        assert_eq!(kinds.len(), 31, "every kind of Op is classified: {kinds:?}");
+        assert_eq!(
+            kinds.len(),
+            ferry_common::counters::OP_KINDS,
+            "every kind of Op is classified: {kinds:?}"
+        );
     }
 }

@@ -268,6 +268,8 @@ impl Coherence {
             | Op::SetLock { .. }
             | Op::GetLock { .. }
             | Op::ReleaseLocks { .. }
+            | Op::ReclaimLock { .. }
+            | Op::ReclaimComplete
             | Op::Ping
             | Op::Subscribe { .. } => Plan::Nothing,
         };

@@ -53,7 +53,7 @@ mod tests;
 
 pub use credentials::Acting;
 pub use dir_stream::DirStream;
-pub(crate) use locks::LockTable;
+pub(crate) use locks::{Kept, LockKey, LockTable};
 pub use open_file::OpenFile;
 
 use crate::identity::Identity;

@@ -7,7 +7,12 @@
 //! last user lets go. Dropping the table (the connection ended) closes them all.
 //! Each handle also remembers which server file it is ([`NodeId`]): what a
 //! change through it is published as (see `effects`).
+//!
+//! Each file holds its place in the connection's descriptor budget (see
+//! `crate::budget`), taken before it was opened and given back when it leaves
+//! the table.
 
+use crate::budget::Descriptor;
 use crate::export::OpenFile;
 use ferry_common::proto::NodeId;
 use ferry_common::sync::lock;
@@ -15,9 +20,14 @@ use ferry_common::Errno;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// How many files one connection may hold open; beyond it `Open` answers EMFILE,
-/// so one client cannot take all of the server's descriptors.
-pub(crate) const MAX_OPEN_FILES: usize = 16_384;
+/// One open file: the file, which server file it is, and its place in the
+/// descriptor budget (given back when it leaves the table).
+#[derive(Debug)]
+struct Held {
+    file: Arc<OpenFile>,
+    id: NodeId,
+    _descriptor: Descriptor,
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct HandleTable {
@@ -29,7 +39,7 @@ pub(crate) struct HandleTable {
 #[derive(Debug, Default)]
 struct Inner {
     last: u64,
-    files: HashMap<u64, (Arc<OpenFile>, NodeId)>,
+    files: HashMap<u64, Held>,
 }
 
 impl HandleTable {
@@ -37,16 +47,21 @@ impl HandleTable {
         HandleTable::default()
     }
 
-    /// Stores `file`, which is the server file `id`, and returns its new handle.
-    pub(crate) fn insert(&self, file: OpenFile, id: NodeId) -> Result<u64, Errno> {
+    /// Stores `file`, which is the server file `id` and holds `descriptor` of
+    /// the budget, and returns its new handle.
+    pub(crate) fn insert(&self, file: OpenFile, id: NodeId, descriptor: Descriptor) -> u64 {
         let mut inner = lock(&self.inner);
-        if inner.files.len() >= MAX_OPEN_FILES {
-            return Err(Errno::new(libc::EMFILE));
-        }
         inner.last += 1;
         let handle = inner.last;
-        inner.files.insert(handle, (Arc::new(file), id));
-        Ok(handle)
+        inner.files.insert(
+            handle,
+            Held {
+                file: Arc::new(file),
+                id,
+                _descriptor: descriptor,
+            },
+        );
+        handle
     }
 
     /// No file is open.
@@ -58,13 +73,13 @@ impl HandleTable {
         lock(&self.inner)
             .files
             .get(&handle)
-            .map(|(file, _)| Arc::clone(file))
+            .map(|held| Arc::clone(&held.file))
             .ok_or(Errno::EBADF)
     }
 
     /// The server file behind `handle`, if it is open.
     pub(crate) fn id(&self, handle: u64) -> Option<NodeId> {
-        lock(&self.inner).files.get(&handle).map(|(_, id)| *id)
+        lock(&self.inner).files.get(&handle).map(|held| held.id)
     }
 
     /// Forgets `handle`; the file closes once no request still uses it.

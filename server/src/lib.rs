@@ -18,6 +18,11 @@
 //!   set-id programs from squashed clients, `security.*` and `trusted.*`
 //!   attributes from anyone but root, changes to a read-only export).
 //! - `handles`: one connection's open files, by handle number.
+//! - `budget`: what one connection, and all of them, may hold of the
+//!   server's descriptors and of its memory for replies in flight.
+//! - `recovery`: clients' locks across a lost connection and a server
+//!   restart — locks kept for a reconnecting client, the grace period after a
+//!   start, the record of clients that may hold locks.
 //! - `listings`: one connection's listings under way, each an open directory
 //!   stream (`export::DirStream`) the client goes on with by cursor, bounded in
 //!   number and idle time.
@@ -30,10 +35,13 @@
 //!   export's access token in its state directory, and the
 //!   `authorized_clients` it lets in; [`Security`] says whether a server uses
 //!   them or runs `--insecure`.
-//! - `connection`: one client: TLS and authentication, then a reader that runs
-//!   each request where `schedule` says, and a single writer that batches the
-//!   replies (and sends the notices of a subscribed connection); idle
-//!   connections that hold nothing are closed.
+//! - `connection`: one client, on a thread of its own: TLS and
+//!   authentication, then a reader that runs each request where `schedule`
+//!   says, and a single writer that batches the replies (and sends the
+//!   notices of a subscribed connection); idle connections that hold nothing
+//!   are closed.
+//! - `stalls`: a request stuck in the export holds up only itself — the
+//!   watchdog that hands a stuck connection's reading to a new thread.
 //! - Coherent caches: `interest` (`InterestTable`: what one connection may
 //!   have cached, and what to tell it when that changes), `registry`
 //!   (`Registry`: every subscribed connection served from one directory, and
@@ -49,13 +57,15 @@
 //!   the frame decoder, the handshake, the dispatch of operations — which run
 //!   as bounded tests on stable and coverage-guided under `fuzz/`.
 //! - this file: [`Server`], which accepts connections up to a limit (in all,
-//!   and per client address) and stops gracefully, and [`spawn_test_server`]
-//!   for tests.
+//!   and per client address), keeps house (the watchdog, the recovery
+//!   sweep, trimming the heap) and stops gracefully, and
+//!   [`spawn_test_server`] for tests.
 //!
 //! The wire format itself belongs to `ferry_common`.
 
 #![warn(unreachable_pub)]
 
+mod budget;
 mod connection;
 mod dispatch;
 mod effects;
@@ -69,23 +79,30 @@ mod interest;
 mod listings;
 mod metrics;
 mod policy;
+mod recovery;
 mod registry;
 mod schedule;
 mod security;
 mod sequencer;
+mod stalls;
 mod sys;
 mod watch;
 
+pub use budget::DEFAULT_REPLY_MEMORY;
 pub use connection::CONNECTION_BUDGET;
 pub use dispatch::MAX_COPY;
 pub use export::{Acting, DirStream, ExportRoot, OpenFile, SetIdBits};
 pub use identity::{BadAnonymousId, Identity, IdentityMap, Squash, DEFAULT_ANON_ID};
 pub use metrics::{serve_http as serve_metrics, Metrics};
+pub use recovery::DEFAULT_GRACE;
 pub use security::{Security, TlsServer};
+pub use sys::limit_malloc_arenas;
 
+use budget::{Descriptors, ReplyMemory};
 use connection::Context;
 use exports::Exports;
 use policy::Policy;
+use recovery::Recovery;
 use registry::Registries;
 use std::collections::HashMap;
 use std::future::Future;
@@ -93,10 +110,12 @@ use std::io;
 use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::Weak;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
@@ -140,6 +159,22 @@ pub struct ServerConfig {
     pub identities: IdentityMap,
     /// Clients may make device nodes (root only; refused with EPERM otherwise).
     pub allow_devices: bool,
+    /// How long, after the server starts, clients may reclaim the locks they
+    /// held before (no new lock is granted meanwhile), and how long the locks
+    /// of a client whose connection ended are kept for it to reclaim. Zero:
+    /// locks end with their connection, and none survive a restart.
+    pub grace: Duration,
+    /// Where the server records which clients may hold locks, so that the
+    /// grace period after a restart waits only for them (and is skipped when
+    /// none did). Without it the grace period lasts its whole length.
+    pub lock_record: Option<PathBuf>,
+    /// Memory for requests and replies in flight shared by all connections,
+    /// beyond each connection's own small share (see `budget`).
+    pub reply_memory: usize,
+    /// Descriptors (open files and lock descriptors) all clients together may
+    /// hold; `None`: what the open file limit leaves once the server's own
+    /// needs are set aside.
+    pub max_descriptors: Option<usize>,
 }
 
 impl ServerConfig {
@@ -157,6 +192,10 @@ impl ServerConfig {
             security,
             identities: IdentityMap::default(),
             allow_devices: false,
+            grace: DEFAULT_GRACE,
+            lock_record: None,
+            reply_memory: DEFAULT_REPLY_MEMORY,
+            max_descriptors: None,
         }
     }
 }
@@ -187,7 +226,16 @@ impl Server {
             .checked()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let exports = Exports::open(config.root.as_ref(), &config.exports)?;
-        raise_open_file_limit();
+        let limit = raise_open_file_limit();
+        let descriptors = match config.max_descriptors {
+            Some(total) => Descriptors::new(total),
+            None => Descriptors::for_limit(limit, config.max_connections),
+        };
+        log::debug!(
+            "descriptor budget: {} for all clients, {} per connection",
+            descriptors.total(),
+            descriptors.per_connection()
+        );
         let listener = TcpListener::bind(config.listen).await.map_err(|e| {
             io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
         })?;
@@ -223,6 +271,11 @@ impl Server {
                 security: config.security,
                 idle_timeout: config.idle_timeout,
                 registries: Arc::new(registries),
+                pool: tokio::runtime::Handle::current(),
+                recovery: Arc::new(Recovery::start(config.grace, config.lock_record)),
+                descriptors: Arc::new(descriptors),
+                memory: ReplyMemory::new(config.reply_memory),
+                stalls: stalls::Stalls::default(),
             }),
             listener,
             local_addr,
@@ -261,6 +314,7 @@ impl Server {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
+        let _housekeeping = Housekeeping::start(&context)?;
 
         loop {
             // A free slot first, then a client: at the limit, new clients wait in
@@ -298,14 +352,20 @@ impl Server {
                 continue;
             };
             log::debug!("{peer}: connected");
-            let context = Arc::clone(&context);
-            let stop = stop_rx.clone();
+            let served = match connection::spawn(stream, Arc::clone(&context), stop_rx.clone()) {
+                Ok(served) => served,
+                Err(e) => {
+                    log::warn!("{peer}: cannot serve the connection: {e}");
+                    continue;
+                }
+            };
             connections.spawn(async move {
                 let _slot = slot;
                 let _counted = counted;
-                match connection::serve(stream, context, stop).await {
-                    Ok(()) => log::debug!("{peer}: disconnected"),
-                    Err(e) => log::info!("{peer}: connection closed: {e}"),
+                match served.await {
+                    Ok(Ok(())) => log::debug!("{peer}: disconnected"),
+                    Ok(Err(e)) => log::info!("{peer}: connection closed: {e}"),
+                    Err(_) => log::warn!("{peer}: the connection's thread ended without a word"),
                 }
             });
         }
@@ -398,13 +458,65 @@ async fn accept_failed(e: io::Error) -> io::Result<()> {
 
 /// Each open file of each client is a descriptor; lift the soft limit to the
 /// hard one, as the default of 1024 is easily reached by a few busy clients.
-fn raise_open_file_limit() {
+/// Returns the soft limit in force afterwards.
+fn raise_open_file_limit() -> u64 {
     let Ok((soft, hard)) = sys::open_file_limit() else {
-        return;
+        return 1024;
     };
     if soft < hard {
         if let Err(e) = sys::set_open_file_limit(hard, hard) {
             log::debug!("cannot raise the open file limit: {e}");
+            return soft;
+        }
+    }
+    hard.max(soft)
+}
+
+/// The server's housekeeping, on a thread of its own while it runs: the
+/// watchdog of stuck requests (see `stalls`), and every second the sweep of
+/// kept locks and the trimming of memory given back.
+struct Housekeeping {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+/// How often the recovery sweep and the heap trimming run.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+impl Housekeeping {
+    fn start(context: &Arc<Context>) -> io::Result<Housekeeping> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let context: Weak<Context> = Arc::downgrade(context);
+        let stopped = Arc::clone(&stop);
+        let thread = thread::Builder::new()
+            .name("ferry-housekeeping".into())
+            .spawn(move || {
+                let mut swept = Instant::now();
+                while !stopped.load(Ordering::Relaxed) {
+                    thread::sleep(stalls::TICK);
+                    let Some(context) = context.upgrade() else {
+                        return;
+                    };
+                    context.stalls.check();
+                    if swept.elapsed() >= SWEEP_EVERY {
+                        swept = Instant::now();
+                        context.recovery.sweep();
+                        context.memory.trim_if_returned();
+                    }
+                }
+            })?;
+        Ok(Housekeeping {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Housekeeping {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
@@ -473,6 +585,9 @@ pub fn test_config(root: &Path, security: Security) -> ServerConfig {
     );
     config.max_connections = 64;
     config.identities.squash = Squash::None;
+    // Locks end with their connection, as most tests expect; the tests of
+    // lock recovery set a grace period (and a record) of their own.
+    config.grace = Duration::ZERO;
     config
 }
 

@@ -6,10 +6,13 @@
 //! last entry is sent, when it has not been used for [`LISTING_IDLE`], or when
 //! the connection goes (the table goes with the session); starting one more
 //! than [`MAX_LISTINGS`] ends the one used longest ago. A client that goes on
-//! with an ended listing gets EBADF, as for a closed handle. Cursors are never
+//! with an ended listing gets EBADF, as for a closed handle. Each listing's
+//! directory descriptor counts against the connection's descriptor budget
+//! (see `crate::budget`), as its open files do. Cursors are never
 //! reused on a connection, and only the user who started a listing may go on
 //! with it (the directory was opened with that user's permissions).
 
+use crate::budget::Descriptor;
 use crate::export::DirStream;
 use crate::identity::Identity;
 use ferry_common::sync::lock;
@@ -41,6 +44,8 @@ struct Listing {
     stream: Option<DirStream>,
     owner: Identity,
     used: Instant,
+    /// The stream's place in the descriptor budget.
+    _place: Descriptor,
 }
 
 impl Inner {
@@ -71,12 +76,13 @@ impl Listings {
     }
 
     /// Keeps `stream`, a listing `owner` started and that has more to send,
-    /// and returns the cursor to go on with it (never 0).
-    pub(crate) fn keep(&self, stream: DirStream, owner: &Identity) -> u64 {
-        self.keep_at(stream, owner, Instant::now())
+    /// with its `place` in the descriptor budget, and returns the cursor to go
+    /// on with it (never 0).
+    pub(crate) fn keep(&self, stream: DirStream, place: Descriptor, owner: &Identity) -> u64 {
+        self.keep_at(stream, place, owner, Instant::now())
     }
 
-    fn keep_at(&self, stream: DirStream, owner: &Identity, now: Instant) -> u64 {
+    fn keep_at(&self, stream: DirStream, place: Descriptor, owner: &Identity, now: Instant) -> u64 {
         let mut inner = lock(&self.inner);
         inner.make_room(now);
         inner.last += 1;
@@ -87,6 +93,7 @@ impl Listings {
                 stream: Some(stream),
                 owner: owner.clone(),
                 used: now,
+                _place: place,
             },
         );
         cursor
@@ -143,8 +150,10 @@ impl Listings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::Descriptors;
     use crate::export::ExportRoot;
     use ferry_common::RelPath;
+    use std::sync::Arc;
 
     fn user(uid: u32) -> Identity {
         Identity {
@@ -160,10 +169,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let export = ExportRoot::open(tmp.path()).unwrap();
         let stream = || export.open_dir_stream(&RelPath::root()).unwrap();
+        let account = Arc::new(Descriptors::new(1000)).account();
+        let place = || account.take().unwrap();
         let (alice, bob) = (user(1000), user(1001));
         let listings = Listings::new();
         let start = Instant::now();
-        let first = listings.keep_at(stream(), &alice, start);
+        let first = listings.keep_at(stream(), place(), &alice, start);
         assert_ne!(first, 0);
         // Only its owner goes on with it, and not twice at once.
         assert_eq!(
@@ -179,7 +190,7 @@ mod tests {
         // One more than the limit ends the one used longest ago.
         let later = |i: u32| start + Duration::from_millis(u64::from(i) + 1);
         let others: Vec<u64> = (0..MAX_LISTINGS as u32)
-            .map(|i| listings.keep_at(stream(), &alice, later(i)))
+            .map(|i| listings.keep_at(stream(), place(), &alice, later(i)))
             .collect();
         assert_eq!(listings.len(), MAX_LISTINGS);
         assert_eq!(
@@ -199,11 +210,13 @@ mod tests {
         );
         assert_eq!(listings.len(), MAX_LISTINGS - 1);
         // Starting another drops every idle one.
-        listings.keep_at(stream(), &bob, idle);
+        listings.keep_at(stream(), place(), &bob, idle);
         assert_eq!(listings.len(), 1);
         listings.end(others[0]);
         let survivor = *lock(&listings.inner).open.keys().next().unwrap();
         listings.end(survivor);
         assert_eq!(listings.len(), 0);
+        // Every listing's place in the budget came back with it.
+        assert_eq!(account.used(), 0);
     }
 }

@@ -82,7 +82,9 @@ pub(crate) fn schedule(op: &Op, alone: bool, handle_idle: impl FnOnce(u64) -> bo
         | Op::RemoveXattr { .. }
         | Op::SetLock { .. }
         | Op::GetLock { .. }
-        | Op::ReleaseLocks { .. } => (Cost::Quick, None),
+        | Op::ReleaseLocks { .. }
+        | Op::ReclaimLock { .. }
+        | Op::ReclaimComplete => (Cost::Quick, None),
         Op::ReadDir { .. } | Op::List { .. } => (Cost::Slow, None),
         // Opening with O_TRUNC may free gigabytes of blocks.
         Op::Open { flags, .. } if flags & libc::O_TRUNC != 0 => (Cost::Slow, None),
@@ -339,6 +341,16 @@ mod tests {
                 quick,
             ),
             (
+                Op::ReclaimLock {
+                    handle: H,
+                    owner: 1,
+                    kind: LockKind::Flock,
+                    lock: lock(),
+                },
+                quick,
+            ),
+            (Op::ReclaimComplete, quick),
+            (
                 Op::Fallocate {
                     handle: H,
                     offset: 0,
@@ -368,7 +380,7 @@ mod tests {
         kinds.dedup();
         assert_eq!(
             kinds.len(),
-            31,
+            ferry_common::counters::OP_KINDS,
             "one row (or more) per kind of Op: {kinds:?}"
         );
         for (op, [alone_idle, crowded_idle, alone_busy]) in ops {

@@ -34,9 +34,14 @@ impl Sequencer {
         !lock(&self.queues).contains_key(&key)
     }
 
-    /// Runs `job` after every job queued before it under `key`. Must be called
-    /// within a tokio runtime.
-    pub(crate) fn run(self: &Arc<Self>, key: u64, job: impl FnOnce() + Send + 'static) {
+    /// Runs `job` on `pool`'s blocking threads, after every job queued before
+    /// it under `key`.
+    pub(crate) fn run(
+        self: &Arc<Self>,
+        pool: &tokio::runtime::Handle,
+        key: u64,
+        job: impl FnOnce() + Send + 'static,
+    ) {
         let job: Job = Box::new(job);
         {
             let mut queues = lock(&self.queues);
@@ -48,7 +53,7 @@ impl Sequencer {
             queues.insert(key, VecDeque::new());
         }
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.drain(key, job));
+        drop(pool.spawn_blocking(move || this.drain(key, job)));
     }
 
     fn drain(&self, key: u64, first: Job) {
@@ -79,24 +84,24 @@ mod tests {
             .worker_threads(2)
             .build()
             .expect("a runtime");
-        let _guard = rt.enter();
+        let pool = rt.handle();
         let seq = Arc::new(Sequencer::new());
         let (tx, rx) = mpsc::channel();
         // Key 1's first job blocks until key 2 has run: keys do not wait for each other.
         let (gate_tx, gate_rx) = mpsc::channel::<()>();
         let t = tx.clone();
-        seq.run(1, move || {
+        seq.run(pool, 1, move || {
             let _ = gate_rx.recv_timeout(Duration::from_secs(10));
             let _ = t.send((1, 0));
         });
         for i in 1..50 {
             let t = tx.clone();
-            seq.run(1, move || {
+            seq.run(pool, 1, move || {
                 let _ = t.send((1, i));
             });
         }
         let t = tx.clone();
-        seq.run(2, move || {
+        seq.run(pool, 2, move || {
             let _ = t.send((2, 0));
             let _ = gate_tx.send(());
         });

@@ -1,7 +1,7 @@
 //! The server's system calls outside the export, as safe wrappers: the process's
-//! descriptor limit, and inotify (the watch on the export, see `watch`). (The
-//! export's file system calls are in `export::sys`; socket options in
-//! `ferry_common::socket`.)
+//! descriptor limit, the allocator's trimming, and inotify (the watch on the
+//! export, see `watch`). (The export's file system calls are in `export::sys`;
+//! socket options in `ferry_common::socket`.)
 
 use std::ffi::CString;
 use std::io;
@@ -32,6 +32,29 @@ pub(crate) fn set_open_file_limit(soft: u64, hard: u64) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Returns the allocator's free memory to the system (glibc keeps it in its
+/// arenas otherwise).
+pub(crate) fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// At most `arenas` malloc arenas: glibc gives threads that meet contention
+/// arenas of their own (up to eight per core), each keeping its own peak of
+/// freed memory; a server with a thread per connection would keep many.
+pub fn limit_malloc_arenas(arenas: i32) {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator settings; it takes plain integers.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, arenas);
+    }
+    #[cfg(not(target_env = "gnu"))]
+    let _ = arenas;
 }
 
 /// A new inotify instance, non-blocking and closed on exec.

@@ -54,6 +54,25 @@ pub struct Setup {
     pub squash: Squash,
     /// The server lets clients make device nodes (`--allow-devices`).
     pub allow_devices: bool,
+    /// The server's grace period for locks (none by default: locks end with
+    /// their connection, and a restart loses them).
+    pub grace: Duration,
+    /// The server records which clients may hold locks (in the fixture's
+    /// temporary directory), so its grace period after a restart ends once
+    /// they have all reclaimed.
+    pub lock_record: bool,
+    /// Descriptors all clients together may hold (`None`: the server's own
+    /// choice from its open file limit).
+    pub max_descriptors: Option<usize>,
+    /// Reply memory shared by all connections, in bytes.
+    pub reply_memory: usize,
+    /// The server runs `--insecure` (plaintext, no authentication), so that a
+    /// test can speak the protocol itself.
+    pub insecure: bool,
+    /// The mount writes through below this much free space on the export
+    /// (0: write-behind even on a full export, as when another client fills
+    /// it after the mount last heard how much room there was).
+    pub write_through_below: u64,
 }
 
 impl Default for Setup {
@@ -69,6 +88,12 @@ impl Default for Setup {
             timeout: ferry_fusefs::client::DEFAULT_TIMEOUT,
             squash: Squash::None,
             allow_devices: false,
+            grace: Duration::ZERO,
+            lock_record: false,
+            max_descriptors: None,
+            reply_memory: ferry_server::DEFAULT_REPLY_MEMORY,
+            insecure: false,
+            write_through_below: ferry_fusefs::space::LOW_WATER,
         }
     }
 }
@@ -162,11 +187,19 @@ impl Fixture {
         };
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("create mount dir");
-        let security = ferry_server::test_security(&export).expect("a server identity");
+        let security = if setup.insecure {
+            Security::Insecure
+        } else {
+            ferry_server::test_security(&export).expect("a server identity")
+        };
         let mut config = ferry_server::test_config(&export, security);
         config.read_only = setup.read_only_server;
         config.identities.squash = setup.squash;
         config.allow_devices = setup.allow_devices;
+        config.grace = setup.grace;
+        config.lock_record = setup.lock_record.then(|| dir.path().join("lock-clients"));
+        config.max_descriptors = setup.max_descriptors;
+        config.reply_memory = setup.reply_memory;
         let server = spawn_server(config.clone()).expect("start server");
         let addr = server.addr().to_string();
         config.listen = server.addr();
@@ -243,6 +276,7 @@ impl Fixture {
                 lease: setup.lease,
                 read_only: setup.read_only_mount,
                 readdirplus: setup.readdirplus,
+                write_through_below: setup.write_through_below,
             },
             allow_other: setup.allow_other,
             ..MountOptions::default()
@@ -363,17 +397,27 @@ pub fn run(cmd: &mut std::process::Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A 1 MiB tmpfs, unmounted when dropped.
+/// A small tmpfs (1 MiB unless told), unmounted when dropped.
 pub struct SmallDisk(tempfile::TempDir);
 
 impl SmallDisk {
     pub fn new() -> SmallDisk {
+        SmallDisk::of_mib(1)
+    }
+
+    pub fn of_mib(mib: u32) -> SmallDisk {
         let dir = tempfile::Builder::new()
             .prefix("ferry-small-")
             .tempdir()
             .unwrap();
         let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m", "ferry-test-tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m"),
+                "ferry-test-tmpfs",
+            ])
             .arg(dir.path())
             .status()
             .is_ok_and(|s| s.success());

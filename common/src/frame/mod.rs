@@ -322,6 +322,8 @@ mod tests {
             read_only: true,
             features: 0,
             root: attr(),
+            instance: u64::MAX,
+            grace_ms: 90_000,
         }));
         let path = RelPath::parse("dir/file").unwrap();
         for op in [

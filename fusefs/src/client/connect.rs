@@ -121,18 +121,30 @@ pub(super) struct Connector {
     /// The export and directory in it to ask for.
     target: Address,
     tls: Option<Trusted>,
+    /// This client's id in every `Hello` (see `Hello::client`).
+    client: u128,
 }
 
 impl Connector {
-    /// For `address` (`HOST[:PORT][/EXPORT][:/DIR]`).
-    pub(super) fn new(address: &str, security: &Security) -> Result<Connector, ConnectError> {
+    /// For `address` (`HOST[:PORT][/EXPORT][:/DIR]`), as client `client`
+    /// (see `Hello::client`).
+    pub(super) fn new(
+        address: &str,
+        security: &Security,
+        client: u128,
+    ) -> Result<Connector, ConnectError> {
         let target = Address::parse(address).map_err(ConnectError::Address)?;
         let addr = target.socket_addr();
         let tls = match security {
             Security::Tls(options) => Some(Trusted::new(&addr, options)?),
             Security::Insecure => None,
         };
-        Ok(Connector { addr, target, tls })
+        Ok(Connector {
+            addr,
+            target,
+            tls,
+            client,
+        })
     }
 
     /// The `HOST:PORT` connected to.
@@ -292,6 +304,7 @@ impl Connector {
             auth,
             export: self.target.export.clone(),
             subtree: self.target.subtree.clone(),
+            client: self.client,
             ..Hello::new()
         };
         frame::write_frame_async(stream, &hello)

@@ -44,7 +44,10 @@
 //! opened them, so a request carrying a handle is sent with
 //! [`RemoteClient::submit_in`] and fails (rather than reaching whatever file
 //! that number names on a new connection) when the epoch has changed; its
-//! owner re-opens the file by path.
+//! owner re-opens the file by path. The client names itself to the server
+//! with the same random id on every connection, and whoever registered with
+//! [`RemoteClient::on_reconnect`] hears of each new epoch, to take back the
+//! locks it held.
 //!
 //! A server may also send notices, unasked (see `ferry_common::proto::Notice`).
 //! The reader hands each to the one handler registered with
@@ -103,6 +106,17 @@ const TICK: Duration = Duration::from_millis(100);
 /// What a caller gets back: the reply or the errno to hand on.
 pub type OpResult = Result<Reply, Errno>;
 type Callback = Box<dyn FnOnce(OpResult) + Send>;
+/// Told of every new connection after the first: its epoch, and what the
+/// server said in its handshake. Runs on the client's runtime: it must not
+/// block.
+pub type ReconnectHook = Box<dyn Fn(u64, &Welcome) + Send + Sync>;
+
+/// Whether the client must connect again at once when its connection is
+/// lost, rather than when a caller next needs it: while it holds something
+/// the server keeps for it only for a while (locks, to be taken back within
+/// the server's grace period). Runs on the client's runtime, holding none of
+/// the client's locks: it must not block.
+pub type KeepConnected = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// What happens to the connection, for the handler registered with
 /// [`RemoteClient::on_event`].
@@ -234,6 +248,10 @@ struct Inner {
     stats: Arc<Stats>,
     /// Hears of notices and of connections made and lost.
     events: Mutex<Option<EventHandler>>,
+    /// Hears of every reconnection.
+    on_reconnect: Mutex<Option<ReconnectHook>>,
+    /// Says whether a lost connection is made again at once.
+    keep_connected: Mutex<Option<KeepConnected>>,
 }
 
 /// A connection to a ferry server; cheap to clone (all clones share it).
@@ -267,7 +285,8 @@ impl RemoteClient {
             .enable_all()
             .build()
             .map_err(local)?;
-        let connector = Arc::new(Connector::new(addr, &options.security)?);
+        let client_id = random_client_id().map_err(local)?;
+        let connector = Arc::new(Connector::new(addr, &options.security, client_id)?);
         let first = runtime.block_on(async {
             // Each step is bounded inside `open`; this bound only catches a bug there.
             let bound = CONNECT_TIMEOUT * 2 + Duration::from_secs(1);
@@ -300,6 +319,8 @@ impl RemoteClient {
             epochs: AtomicU64::new(0),
             stats: Arc::new(Stats::default()),
             events: Mutex::new(None),
+            on_reconnect: Mutex::new(None),
+            keep_connected: Mutex::new(None),
         });
         inner.install(transport);
         let weak = Arc::downgrade(&inner);
@@ -317,6 +338,19 @@ impl RemoteClient {
     /// What the server said about itself in the first handshake.
     pub fn welcome(&self) -> &Welcome {
         &self.inner.welcome
+    }
+
+    /// Calls `hook` with the epoch and the handshake of every connection made
+    /// from now on after a lost one (see [`ReconnectHook`]).
+    pub fn on_reconnect(&self, hook: ReconnectHook) {
+        *lock(&self.inner.on_reconnect) = Some(hook);
+    }
+
+    /// Makes a lost connection again at once, and keeps trying (one attempt
+    /// per [`RECONNECT_INTERVAL`]), while `wanted` says so — without waiting
+    /// for a caller to need it (see [`KeepConnected`]).
+    pub fn keep_connected_while(&self, wanted: KeepConnected) {
+        *lock(&self.inner.keep_connected) = Some(wanted);
     }
 
     pub fn addr(&self) -> &str {
@@ -501,6 +535,15 @@ impl RemoteClient {
     /// What this client has counted: requests, round trips, bytes, reconnects.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.inner.stats
+    }
+
+    /// Gives the live connection up as if it had broken (tests of what a
+    /// reconnect does).
+    #[cfg(test)]
+    pub(crate) fn break_connection(&self) {
+        if let Some(epoch) = self.current_epoch() {
+            self.inner.lose(epoch, "broken by a test");
+        }
     }
 
     /// Closes the connection for good; pending and later requests fail with EIO.
@@ -727,6 +770,16 @@ impl Inner {
             conn.close();
             self.tell(ConnEvent::Lost(epoch));
             self.stats.connection_lost();
+            // Asked on the runtime: whoever lost the connection may hold the
+            // locks the question needs.
+            if let Some(keep) = lock(&self.keep_connected).clone() {
+                let want = Arc::clone(&self.want_connection);
+                self.handle.spawn(async move {
+                    if keep() {
+                        want.notify_one();
+                    }
+                });
+            }
             if failed.is_empty() {
                 log::info!("connection to {} closed: {why}", self.addr);
             } else {
@@ -830,6 +883,27 @@ async fn write_parts(writer: &mut WriteHalf<Transport>, parts: &[&[u8]]) -> io::
         }
     }
     writer.flush().await
+}
+
+/// A random id for this client (see `Hello::client`), never 0.
+fn random_client_id() -> io::Result<u128> {
+    let mut bytes = [0u8; 16];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        // SAFETY: a valid buffer of the given length.
+        let n = unsafe {
+            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
+    Ok(u128::from_le_bytes(bytes).max(1))
 }
 
 fn fail(waiters: Vec<Waiter>) {
@@ -988,12 +1062,15 @@ async fn reconnect_loop(
             tokio::time::timeout(bound, connector.open(RECONNECT_TCP.min(bound), bound)).await;
         let Some(inner) = inner.upgrade() else { return };
         match opened {
-            Ok(Ok((transport, _))) => {
+            Ok(Ok((transport, welcome))) => {
                 if matches!(*inner.link.borrow(), Link::Closed) {
                     return;
                 }
-                inner.install(transport);
+                let conn = inner.install(transport);
                 log::warn!("reconnected to {}", inner.addr);
+                if let Some(hook) = &*lock(&inner.on_reconnect) {
+                    hook(conn.epoch, &welcome);
+                }
             }
             failed => {
                 match failed {
@@ -1014,6 +1091,11 @@ async fn reconnect_loop(
                     }
                     _ => false,
                 });
+                // Tried again after the interval, even with nobody asking.
+                let keep = lock(&inner.keep_connected).clone();
+                if keep.is_some_and(|keep| keep()) {
+                    wanted.notify_one();
+                }
             }
         }
     }

@@ -23,6 +23,8 @@ pub(super) fn welcome() -> Welcome {
         read_only: false,
         features: 0,
         root: Attr::blank(FileKind::Directory),
+        instance: 1,
+        grace_ms: 0,
     }
 }
 

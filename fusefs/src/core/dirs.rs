@@ -297,8 +297,12 @@ impl Core {
 
     /// Statistics of the server's file system.
     pub fn statfs(&self, caller: &Caller, done: impl Done<StatFs>) {
+        let core = self.clone();
         self.ask(None, &caller.cred, Op::StatFs, move |r| match r {
-            Ok(Reply::StatFs(s)) => done(Ok(s)),
+            Ok(Reply::StatFs(s)) => {
+                core.space.told(&s);
+                done(Ok(s))
+            }
             Ok(_) => done(Err(Errno::EPROTO)),
             Err(e) => done(Err(e)),
         });

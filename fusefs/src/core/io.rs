@@ -27,6 +27,11 @@ fn writes_through(flags: i32) -> bool {
     flags & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC) != 0
 }
 
+/// Whether a write failed because the export (or the user's quota) is full.
+fn out_of_space(e: Errno) -> bool {
+    matches!(e.code(), libc::ENOSPC | libc::EDQUOT)
+}
+
 /// What an open for reading asks the server to send of the file: all of a
 /// file up to this size...
 pub(super) const WHOLE_FILE: u32 = 256 << 10;
@@ -180,6 +185,11 @@ impl Core {
         done: impl Done<Vec<u8>>,
     ) {
         let size = size.min(MAX_CHUNK);
+        // A file whose locks were lost answers nothing more, not even what
+        // came with its open (see `reclaim`).
+        if self.held.is_lost(fh) {
+            return done(Err(Errno::EIO));
+        }
         let head = match self.opened.read(fh, offset, size) {
             Served::Whole(data) => return done(Ok(data)),
             Served::Head(head) => head,
@@ -225,7 +235,13 @@ impl Core {
         let len = data.len();
         // Dropped after the write and through the same handle.
         let kill = kill_suidgid && self.writes.must_kill_suidgid(ino, fh);
-        let through = writes_through(flags) || !self.writes.is_writer(ino, fh);
+        let space = self.space.before_write(len);
+        if space.ask {
+            self.ask_free_space(&caller.cred);
+        }
+        // On an export that may be full, the application hears ENOSPC from
+        // write(2) itself, as from a local disk (see `crate::space`).
+        let through = writes_through(flags) || !self.writes.is_writer(ino, fh) || space.through;
         if through {
             // An appending write lands at the server's end of file: every write
             // before it, through any handle, must be there first.
@@ -257,9 +273,13 @@ impl Core {
             self.client
                 .submit_write_in(epoch, &caller.cred, handle, offset, data, move |r| {
                     core.writes.finish(ticket, Ok(None));
+                    let r = written(r);
+                    if matches!(r, Err(e) if out_of_space(e)) {
+                        core.space.full();
+                    }
                     core.opened.changed(ino);
                     core.changes.end();
-                    done(written(r))
+                    done(r)
                 });
         } else {
             // Write-behind: the kernel hears of success now, of a failure at
@@ -272,6 +292,9 @@ impl Core {
                         Ok(_) => Err(Errno::ENOSPC),
                         Err(e) => Err(e),
                     };
+                    if matches!(result, Err(e) if out_of_space(e)) {
+                        core.space.full();
+                    }
                     core.writes.finish(ticket, result);
                     core.opened.changed(ino);
                     core.changes.end();
@@ -295,12 +318,41 @@ impl Core {
         }
     }
 
+    /// Learns how much room the export has, before the first write (so that
+    /// a mount of a full export refuses even its first write): one round
+    /// trip when the mount starts. Without an answer, writes go through
+    /// until one comes.
+    pub(super) fn learn_free_space(&self) {
+        if self.opts.write_through_below == 0 {
+            return;
+        }
+        match self.client.call(&crate::creds::own(), Op::StatFs) {
+            Ok(Reply::StatFs(s)) => self.space.told(&s),
+            Ok(_) => log::debug!("the server answered statfs with something else"),
+            Err(e) => log::debug!("cannot learn the export's free space: {e}"),
+        }
+    }
+
+    /// Asks the server how much room its export has left, for
+    /// [`crate::space`]; nothing waits for the answer.
+    fn ask_free_space(&self, cred: &ferry_common::proto::Cred) {
+        let core = self.clone();
+        self.client.submit(cred, Op::StatFs, move |r| match r {
+            Ok(Reply::StatFs(s)) => core.space.told(&s),
+            _ => core.space.not_told(),
+        });
+    }
+
     /// close(2) of a descriptor of `ino` (one of possibly several per handle):
     /// where write-behind owes the application its errors. Then the closer's
     /// POSIX locks go, once what was written under them is on the server
     /// (through any handle: locks belong to the process).
     pub fn flush(&self, caller: &Caller, ino: u64, fh: u64, lock_owner: u64, done: impl Done<()>) {
-        let written = self.writes.settle(ino, fh);
+        let mut written = self.writes.settle(ino, fh);
+        // A file whose locks were lost says so when it is closed, too.
+        if written.is_ok() && self.held.is_lost(fh) {
+            written = Err(Errno::EIO);
+        }
         self.release_posix_locks(caller, ino, fh, lock_owner, move || done(written));
     }
 
@@ -311,6 +363,7 @@ impl Core {
     pub fn release(&self, caller: &Caller, ino: u64, fh: u64) {
         self.opened.release(fh);
         lock(&self.inodes).remove_handle(ino, fh);
+        self.held.released(ino, fh);
         if self.writes.is_writer(ino, fh) {
             // What the server says now differs from what the kernel was last told.
             self.attrs.drop_ino(ino);

@@ -1,9 +1,11 @@
 //! `getlk`, `setlk` and the release of POSIX locks on close, over the server's
 //! locks (see [`crate::locks`] for how waiting and flock detection work).
+//! What is granted is recorded, so that it can be taken back after a
+//! reconnect (see [`super::reclaim`]).
 
 use super::{Caller, Core, Done};
-use crate::locks::{self, file_lock, lock_kind, lock_type_code};
-use ferry_common::proto::{FileLock, LockKind, LockType, Op};
+use crate::locks::{self, file_lock, lock_kind, lock_type_code, Attempt};
+use ferry_common::proto::{FileLock, LockType, Op};
 use ferry_common::sync::lock;
 use ferry_common::Errno;
 
@@ -108,22 +110,22 @@ impl Core {
             Ok(h) => h,
             Err(e) => return done(Err(e)),
         };
-        let op = Op::SetLock {
+        let make = move |handle| Op::SetLock {
             handle,
             owner,
             kind,
             lock,
         };
         let core = self.clone();
-        // Records a POSIX owner, and drops cached data before a lock is granted:
-        // another client may have changed the file while this one did not hold
-        // the lock, and a database reading stale pages under its lock would
-        // corrupt itself.
-        let finish = move |r: Result<(), Errno>| match r {
-            Ok(()) if lock.typ == LockType::Unlock => done(Ok(())),
-            Ok(()) => {
-                if kind == LockKind::Posix {
-                    core.lock_owners.note(ino, owner, epoch);
+        // Records what the server granted, and drops cached data before a lock
+        // is granted: another client may have changed the file while this one
+        // did not hold the lock, and a database reading stale pages under its
+        // lock would corrupt itself.
+        let finish = move |r: Result<u64, Errno>| match r {
+            Ok(epoch) => {
+                core.held.granted(ino, fh, owner, kind, lock, epoch);
+                if lock.typ == LockType::Unlock {
+                    return done(Ok(()));
                 }
                 core.writes.doubt(ino);
                 core.attrs.drop_ino(ino);
@@ -133,14 +135,55 @@ impl Core {
             }
             Err(e) => done(Err(e)),
         };
-        let client = self.client.clone();
+        let waiter = self.clone();
         let cred = caller.cred.clone();
-        self.ask(Some(epoch), &caller.cred, op.clone(), move |r| match r {
-            Err(e) if e.code() == libc::EAGAIN && sleep => {
-                locks::wait_for_lock(client, epoch, cred, op, tid, finish)
+        self.ask(Some(epoch), &caller.cred, make(handle), move |r| match r {
+            // Held elsewhere, or the connection went before the answer came:
+            // a waiting lock waits on.
+            Err(e)
+                if sleep
+                    && (e.code() == libc::EAGAIN
+                        || (matches!(e, Errno::EIO | Errno::ETIMEDOUT)
+                            && waiter.client.current_epoch() != Some(epoch))) =>
+            {
+                let attempt = move || waiter.try_lock(fh, &cred, make);
+                locks::wait_for_lock(tid, attempt, finish)
             }
-            other => finish(other.map(|_| ())),
+            other => finish(other.map(|_| epoch)),
         });
+    }
+
+    /// One attempt of a waiting lock through kernel handle `fh`: on whatever
+    /// connection is up, the file opened again there if need be. With no
+    /// connection, or a lost one, it waits on.
+    fn try_lock(
+        &self,
+        fh: u64,
+        cred: &ferry_common::proto::Cred,
+        make: impl Fn(u64) -> Op,
+    ) -> Attempt {
+        // A failure because the connection is down or went meanwhile says
+        // nothing about the lock; any other ends the wait.
+        let before = self.client.current_epoch();
+        let went = |e: Errno| {
+            matches!(e, Errno::EIO | Errno::ETIMEDOUT)
+                && !self.held.is_lost(fh)
+                && (before.is_none() || self.client.current_epoch() != before)
+        };
+        let (epoch, handle) = match self.server_handle(fh) {
+            Ok(h) => h,
+            Err(e) if went(e) => return Attempt::Busy,
+            Err(e) => return Attempt::Failed(e),
+        };
+        match self.client.call_in(epoch, cred, make(handle)) {
+            Ok(_) => Attempt::Granted(epoch),
+            Err(e) if e.code() == libc::EAGAIN => Attempt::Busy,
+            Err(e) if self.client.current_epoch() != Some(epoch) => {
+                log::debug!("a waiting lock's connection went ({e}); waiting on");
+                Attempt::Busy
+            }
+            Err(e) => Attempt::Failed(e),
+        }
     }
 
     /// Drops `owner`'s POSIX locks on `ino` if it may hold any (close(2) does, on
@@ -156,7 +199,7 @@ impl Core {
     ) {
         // Most closes come from owners that never locked: no round trip, and
         // not even a look at the connection.
-        let Some(epoch) = self.lock_owners.take(ino, owner) else {
+        let Some(epoch) = self.held.take(ino, owner) else {
             return then();
         };
         if self.client.current_epoch() != Some(epoch) {

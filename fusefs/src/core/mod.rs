@@ -29,6 +29,8 @@
 //! - [`locking`] and [`xattr`]: file locks and extended attributes;
 //! - [`coherence`]: the lease, the server's notices applied to the kernel and
 //!   to every cache here, and the rule for answers that cross a notice.
+//! - [`reclaim`]: after a reconnect, taking back the locks this mount held
+//!   (or failing the files whose locks are lost).
 //!
 //! All state lives in one [`Shared`], behind the cheap-to-clone [`Core`]; a
 //! callback that outlives the call holds a clone.
@@ -39,9 +41,12 @@ mod dirs;
 mod io;
 mod locking;
 mod names;
+mod reclaim;
 mod reopen;
 mod xattr;
 
+#[cfg(test)]
+mod reclaim_tests;
 #[cfg(test)]
 mod tests;
 
@@ -55,8 +60,9 @@ use crate::files::OpenFiles;
 use crate::inode::{FileId, InodeTable};
 use crate::known::KnownDirs;
 use crate::listing_ahead::{changes_listings, Changes, ListingsAhead};
-use crate::locks::LockOwners;
+use crate::locks::HeldLocks;
 use crate::opened_data::OpenedData;
+use crate::space::FreeSpace;
 use crate::stats::Stats;
 use crate::windows::KernelReadAhead;
 use crate::writeback::WriteBehind;
@@ -89,6 +95,11 @@ pub struct FsOptions {
     /// Ask the kernel for readdirplus (names with attributes in one round trip).
     /// Off only to exercise the plain readdir path.
     pub readdirplus: bool,
+    /// While the export's free space (as last reported, less what was sent
+    /// since) is below this many bytes, writes go through, so that `write(2)`
+    /// itself meets ENOSPC (see [`crate::space`]); 0: write-behind whatever
+    /// the free space (a full export is then reported at close or fsync).
+    pub write_through_below: u64,
 }
 
 impl Default for FsOptions {
@@ -98,6 +109,7 @@ impl Default for FsOptions {
             lease: DEFAULT_LEASE,
             read_only: false,
             readdirplus: true,
+            write_through_below: crate::space::LOW_WATER,
         }
     }
 }
@@ -193,6 +205,9 @@ pub struct Shared {
     inodes: Mutex<InodeTable>,
     files: Mutex<OpenFiles>,
     writes: WriteBehind,
+    /// The export's free space as last reported: writes go through when it
+    /// runs low (see [`crate::space`]).
+    space: FreeSpace,
     /// The first bytes of files opened for reading, for their first reads.
     opened: OpenedData,
     attrs: AttrCache,
@@ -202,8 +217,11 @@ pub struct Shared {
     changes: Arc<Changes>,
     /// Listings a walk will want next, fetched ahead.
     ahead: ListingsAhead,
-    /// POSIX lock owners that may hold locks on the server.
-    lock_owners: LockOwners,
+    /// The locks this mount holds on the server, and the open files whose
+    /// locks were lost.
+    held: HeldLocks,
+    /// Taken while locks are taken back after a reconnect (see [`reclaim`]).
+    reclaiming: Mutex<()>,
     /// Answers for `security.capability` (see [`xattr`]).
     file_caps: xattr::FileCapCache,
     kernel: Arc<dyn KernelCache>,
@@ -236,27 +254,31 @@ impl Core {
         let ttl = opts.attr_timeout;
         let changes = Arc::new(Changes::default());
         let ahead = ListingsAhead::new(client.clone(), Arc::clone(&changes), ttl);
-        let shared = Arc::new(Shared {
+        let core = Core(Arc::new(Shared {
             client,
             inodes: Mutex::new(InodeTable::new(root)),
             files: Mutex::new(OpenFiles::new()),
             writes: WriteBehind::new(),
+            space: FreeSpace::new(opts.write_through_below),
             opened: OpenedData::new(ttl),
             attrs: AttrCache::new(),
             known: KnownDirs::new(),
             dirs: DirSnapshots::default(),
             changes,
             ahead,
-            lock_owners: LockOwners::new(),
+            held: HeldLocks::new(),
+            reclaiming: Mutex::new(()),
             file_caps: xattr::FileCapCache::new(),
             kernel,
             coherence: Coherence::new(opts.lease),
             stats,
             read_ahead: KernelReadAhead::default(),
             opts,
-        });
-        Core::listen(&shared);
-        Core(shared)
+        }));
+        Core::listen(&core.0);
+        core.take_back_locks_on_reconnect();
+        core.learn_free_space();
+        core
     }
 
     pub fn options(&self) -> &FsOptions {

@@ -15,12 +15,33 @@ use ferry_common::{Errno, RelPath};
 
 impl Core {
     /// The server handle (and its connection epoch) behind the kernel's handle
-    /// `fh`. After a reconnect the file is first opened again by its path.
+    /// `fh`. After a reconnect the file is first opened again by its path, and
+    /// the locks held on it are taken back (see [`super::reclaim`]); EIO for a
+    /// handle whose locks were lost.
     pub(super) fn server_handle(&self, fh: u64) -> Result<(u64, u64), Errno> {
+        if self.held.is_lost(fh) {
+            return Err(Errno::EIO);
+        }
         let epoch = self.client.connected_epoch()?;
         let file = lock(&self.files).get(fh).ok_or(Errno::EBADF)?;
-        if file.epoch == epoch {
+        if !self.held.needs_reclaim(file.ino, epoch) && file.epoch == epoch {
             return Ok((epoch, file.handle));
+        }
+        let reached = self.handle_on(fh, epoch);
+        let handle = self.take_back_locks(file.ino, epoch, fh, &file.opener, reached)?;
+        if self.held.is_lost(fh) {
+            return Err(Errno::EIO);
+        }
+        Ok((epoch, handle))
+    }
+
+    /// The server handle of `fh` on connection `epoch`, opening the file
+    /// again by path if it was opened on an earlier one; with whether what
+    /// was opened is the same file (the path may name another one now).
+    pub(super) fn handle_on(&self, fh: u64, epoch: u64) -> Result<(u64, bool), Errno> {
+        let file = lock(&self.files).get(fh).ok_or(Errno::EBADF)?;
+        if file.epoch == epoch {
+            return Ok((file.handle, true));
         }
         // A file unlinked while open cannot be found again on a new connection.
         let path = lock(&self.inodes)
@@ -31,18 +52,21 @@ impl Core {
             path,
             flags: file.reopen_flags(),
         };
-        let handle = match self.ask_now(Some(epoch), &file.opener, op)? {
-            Reply::Opened { handle, .. } => handle,
+        let (handle, same) = match self.ask_now(Some(epoch), &file.opener, op)? {
+            Reply::Opened { handle, attr } => {
+                let same = lock(&self.inodes).ino_of_file(&attr) == Some(file.ino);
+                (handle, same)
+            }
             _ => return Err(Errno::EPROTO),
         };
         let mut files = lock(&self.files);
         let outcome = match files.get(fh) {
             // Another thread re-opened it meanwhile: keep theirs, close ours.
-            Some(theirs) if theirs.epoch == epoch => Ok((epoch, theirs.handle)),
+            Some(theirs) if theirs.epoch == epoch => Ok((theirs.handle, same)),
             Some(_) => {
                 log::info!("re-opened a file after reconnecting (handle {fh})");
                 files.reopened(fh, handle, epoch);
-                return Ok((epoch, handle));
+                return Ok((handle, same));
             }
             // Released meanwhile.
             None => Err(Errno::EBADF),

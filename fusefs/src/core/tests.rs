@@ -17,7 +17,7 @@ use std::time::Instant;
 mod round_trips;
 
 /// How long a test waits for an answer before calling it a hang.
-const PATIENCE: Duration = Duration::from_secs(20);
+pub(super) const PATIENCE: Duration = Duration::from_secs(20);
 
 /// What the core asked of the kernel's caches.
 #[derive(Default)]
@@ -41,21 +41,22 @@ impl KernelCache for RecordingKernel {
 }
 
 /// A server exporting a fresh directory, and a core connected to it.
-struct Harness {
-    core: Core,
+pub(super) struct Harness {
+    pub(super) core: Core,
     /// Who the tests' requests come from: this process's ids.
-    me: Caller,
+    pub(super) me: Caller,
     kernel: Arc<RecordingKernel>,
     server: Option<ServerHandle>,
     addr: std::net::SocketAddr,
     /// How clients reach the server (which keeps its identity across restarts).
     options: ConnectOptions,
-    security: ferry_server::Security,
+    /// How the server was started, to start it again the same way.
+    config: ferry_server::ServerConfig,
     dir: tempfile::TempDir,
 }
 
 impl Harness {
-    fn new() -> Harness {
+    pub(super) fn new() -> Harness {
         Harness::with(FsOptions {
             attr_timeout: Duration::from_secs(60),
             ..FsOptions::default()
@@ -68,20 +69,23 @@ impl Harness {
 
     /// A harness whose server's configuration `tune` changes first (the tests'
     /// default: root is not squashed).
-    fn serving(opts: FsOptions, tune: impl FnOnce(&mut ferry_server::ServerConfig)) -> Harness {
+    pub(super) fn serving(
+        opts: FsOptions,
+        tune: impl FnOnce(&mut ferry_server::ServerConfig),
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("a temp dir");
         let security = ferry_server::test_security(dir.path()).expect("a server identity");
         let mut config = ferry_server::test_config(dir.path(), security);
         tune(&mut config);
-        let server = spawn_server(config).expect("a server");
+        let server = spawn_server(config.clone()).expect("a server");
         let addr = server.addr();
+        config.listen = addr;
         let tls = server.tls().expect("a TLS server");
         let options = ConnectOptions::pinned(
             tls.fingerprint(),
             Some(tls.token(None).cloned().expect("a token")),
         )
         .with_timeout(PATIENCE);
-        let security = server.security().clone();
         let client = RemoteClient::connect(&addr.to_string(), &options).expect("connect");
         let kernel = Arc::new(RecordingKernel::default());
         let core = Core::new(client, opts, kernel.clone());
@@ -92,27 +96,34 @@ impl Harness {
             server: Some(server),
             addr,
             options,
-            security,
+            config,
             dir,
         }
     }
 
     /// A second core (another client) on the same server.
-    fn another_client(&self) -> Core {
+    pub(super) fn another_client(&self) -> Core {
         let client = RemoteClient::connect(&self.addr.to_string(), &self.options).expect("connect");
         Core::new(client, FsOptions::default(), Arc::new(NoKernel))
     }
 
     /// The file `name` on the server's disk.
-    fn on_disk(&self, name: &str) -> PathBuf {
+    pub(super) fn on_disk(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn restart_server(&mut self) {
+    /// Stops the server and starts it again, the same way, on the same port.
+    pub(super) fn restart_server(&mut self) {
+        self.stop_server();
+        self.start_server();
+    }
+
+    pub(super) fn stop_server(&mut self) {
         self.server = None;
-        let mut config = ferry_server::test_config(self.dir.path(), self.security.clone());
-        config.listen = self.addr;
-        self.server = Some(spawn_server(config).expect("restart on the same port"));
+    }
+
+    pub(super) fn start_server(&mut self) {
+        self.server = Some(spawn_server(self.config.clone()).expect("restart on the same port"));
     }
 
     fn lookup(&self, parent: u64, name: &str) -> Result<Lookup, Errno> {
@@ -120,14 +131,19 @@ impl Harness {
     }
 
     /// The inode of `name` in `parent`, which must exist.
-    fn ino(&self, parent: u64, name: &str) -> u64 {
+    pub(super) fn ino(&self, parent: u64, name: &str) -> u64 {
         match self.lookup(parent, name) {
             Ok(Lookup::Found(e)) => e.ino,
             other => panic!("lookup {name}: {other:?}"),
         }
     }
 
-    fn create(&self, parent: u64, name: &str, flags: i32) -> Result<(Entry, Opened), Errno> {
+    pub(super) fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        flags: i32,
+    ) -> Result<(Entry, Opened), Errno> {
         wait(|d| {
             self.core
                 .create(&self.me, parent, OsStr::new(name), 0o644, flags, d)
@@ -141,23 +157,23 @@ impl Harness {
         })
     }
 
-    fn open(&self, ino: u64, flags: i32) -> Result<Opened, Errno> {
+    pub(super) fn open(&self, ino: u64, flags: i32) -> Result<Opened, Errno> {
         wait(|d| self.core.open(&self.me, ino, flags, d))
     }
 
-    fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+    pub(super) fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Errno> {
         wait(|d| {
             self.core
                 .write(&self.me, ino, fh, offset, data, libc::O_RDWR, false, d)
         })
     }
 
-    fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    pub(super) fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
         wait(|d| self.core.read(&self.me, ino, fh, offset, size, d))
     }
 
     /// close(2) then the kernel's release.
-    fn close(&self, ino: u64, fh: u64) -> Result<(), Errno> {
+    pub(super) fn close(&self, ino: u64, fh: u64) -> Result<(), Errno> {
         let flushed = wait(|d| self.core.flush(&self.me, ino, fh, 1, d));
         self.core.release(&self.me, ino, fh);
         flushed
@@ -202,7 +218,7 @@ impl Harness {
 }
 
 /// This process's user as a caller (no thread: a lock wait is never interrupted).
-fn me() -> Caller {
+pub(super) fn me() -> Caller {
     Caller {
         pid: 0,
         cred: crate::creds::own(),
@@ -234,7 +250,7 @@ fn readdirplus(
 }
 
 /// Starts an operation with a callback and waits for its result.
-fn wait<T: Send + 'static>(
+pub(super) fn wait<T: Send + 'static>(
     start: impl FnOnce(Box<dyn FnOnce(Result<T, Errno>) + Send>),
 ) -> Result<T, Errno> {
     let (tx, rx) = mpsc::channel();

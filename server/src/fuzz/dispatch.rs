@@ -6,7 +6,6 @@ use crate::dispatch::Session;
 use crate::export::ExportRoot;
 use crate::identity::{IdentityMap, Squash};
 use crate::policy::Policy;
-use crate::registry::Registry;
 use ferry_common::frame;
 use ferry_common::proto::{
     AttrChanges, Cred, FileLock, LockKind, LockType, Op, Reply, Request, SetTime,
@@ -362,10 +361,9 @@ pub fn dispatch(data: &[u8]) -> u64 {
         },
         allow_devices: settings & 8 != 0,
     };
-    // Unwatched (a watch thread per input would cost more than the input),
-    // and subscribed, so the coherence hooks learn what every answer tells.
-    let registry = Registry::new(Arc::clone(&export), false);
-    let session = Session::new(export, registry, policy);
+    // Unwatched, and subscribed, so the coherence hooks learn what every
+    // answer tells.
+    let session = Session::standalone(export, policy);
     let subscribed = session.handle(Request {
         id: 0,
         cred: Cred::default(),

@@ -270,8 +270,7 @@ fn a_broken_connection_ends_the_lease_until_the_next_one() {
     std::fs::write(h.on_disk("f"), b"x").expect("a file");
     let f = h.ino(ROOT_INO, "f");
     h.forget_kernel_asks();
-    let addr = h.addr;
-    h.server = None;
+    h.stop_server();
     // The lease ends with the connection, and every cache goes.
     until(|| !h.core.leased(), "the lease to end");
     until(|| h.inode_dropped("data", f), "every cache dropped");
@@ -282,14 +281,7 @@ fn a_broken_connection_ends_the_lease_until_the_next_one() {
         "nothing answered from a cache"
     );
     // Back: long-lived answers once the server answers the new subscription.
-    h.server = Some(
-        spawn_server({
-            let mut config = ferry_server::test_config(h.dir.path(), h.security.clone());
-            config.listen = addr;
-            config
-        })
-        .expect("the server again"),
-    );
+    h.start_server();
     until(
         || h.getattr(f).is_ok() && h.core.leased(),
         "the next connection's lease",
