@@ -154,6 +154,9 @@ struct Node {
     /// The name it had until detached: what the kernel may still open it by,
     /// through an entry it has not dropped yet (see `Core::open`).
     last: Option<RelPath>,
+    /// Its names were only doubted, not known gone (see
+    /// [`InodeTable::detach_below`]): the last one still reaches it.
+    doubted: bool,
 }
 
 impl Node {
@@ -169,6 +172,7 @@ impl Node {
             opened_as: None,
             handles: Vec::new(),
             last: None,
+            doubted: false,
         }
     }
 
@@ -365,6 +369,7 @@ impl InodeTable {
         node.kind = attr.kind;
         node.generation += 1;
         node.retired = false;
+        node.doubted = false;
         node.opened_as = None;
         for path in stale {
             if self.by_path.get(&path) == Some(&ino) {
@@ -407,6 +412,7 @@ impl InodeTable {
             return;
         };
         node.paths.retain(|p| p != path);
+        node.doubted = false;
         if node.paths.is_empty() {
             node.last = Some(path.clone());
         }
@@ -480,7 +486,11 @@ impl InodeTable {
             .collect();
         let entries = below.iter().filter_map(|p| self.entry_of(p)).collect();
         for p in &below {
+            let ino = self.by_path.get(p).copied();
             self.unbind(p, false);
+            if let Some(node) = ino.and_then(|ino| self.nodes.get_mut(&ino)) {
+                node.doubted = node.paths.is_empty();
+            }
         }
         entries
     }
@@ -560,6 +570,19 @@ impl InodeTable {
         }
     }
 
+    /// The path to reach `ino` by on the server: its newest name, or, when
+    /// its names were only doubted (a notice said a name above it changed,
+    /// and the node there may be another with the same number), the last
+    /// one — the server checks on the way that it still leads to this file
+    /// (an open or stat by path compares the file's identity). `None` for an
+    /// unknown inode, or one whose names are known gone.
+    pub(crate) fn reach(&self, ino: u64) -> Option<&RelPath> {
+        let node = self.nodes.get(&ino)?;
+        node.paths
+            .last()
+            .or_else(|| node.doubted.then_some(node.last.as_ref()).flatten())
+    }
+
     /// The name `ino` had when it was detached, if it has none now.
     pub(crate) fn last_path(&self, ino: u64) -> Option<&RelPath> {
         let node = self.nodes.get(&ino)?;
@@ -588,7 +611,7 @@ impl InodeTable {
     /// `Err(ENOENT)` when neither exists.
     pub(crate) fn locate(&self, ino: u64) -> Result<(RelPath, Option<u64>), Errno> {
         let node = self.nodes.get(&ino).ok_or(Errno::ENOENT)?;
-        match (node.paths.last(), node.handles.first()) {
+        match (self.reach(ino), node.handles.first()) {
             (Some(path), _) => Ok((path.clone(), None)),
             (None, Some(&h)) => Ok((RelPath::root(), Some(h))),
             (None, None) => Err(Errno::ENOENT),
@@ -918,9 +941,16 @@ mod tests {
         assert_eq!(t.path(d), Some(&p("d")));
         assert_eq!(t.path(x), None);
         assert_eq!(t.ino_of(&p("d/x/y")), None);
+        // Not known gone either: the kernel may still reach it by inode (a
+        // process's current directory), by its last name.
+        assert_eq!(t.reach(x), Some(&p("d/x")));
+        assert_eq!(t.locate(x).map(|(path, _)| path), Ok(p("d/x")));
         // Not known to be gone: found again, it is the same inode, same generation.
         assert_eq!(t.remember(&p("d/x"), &sub), x);
         assert_eq!(t.generation(x), 0);
+        // Removed for real, it is reached no more.
+        t.detach(&p("d/x"));
+        assert_eq!(t.reach(x), None);
     }
 
     #[test]

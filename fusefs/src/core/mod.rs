@@ -442,7 +442,7 @@ impl Core {
 
     /// The path `ino` names now.
     fn path_of(&self, ino: u64) -> Result<ferry_common::RelPath, Errno> {
-        lock(&self.inodes).path(ino).cloned().ok_or(Errno::ENOENT)
+        lock(&self.inodes).reach(ino).cloned().ok_or(Errno::ENOENT)
     }
 
     /// The path of `name` in directory `parent`.

@@ -333,3 +333,35 @@ fn a_listing_changed_elsewhere_is_dropped_from_the_kernel() {
     );
     assert_eq!(names(h.list(ROOT_INO)), ["f", "g"]);
 }
+
+#[test]
+fn a_directory_below_a_doubted_name_is_still_reached_by_inode() {
+    let h = leased();
+    std::fs::create_dir_all(h.on_disk("a/b")).expect("directories");
+    std::fs::write(h.on_disk("a/b/f"), b"x").expect("a file");
+    // The watch's news of the setup first.
+    std::thread::sleep(Duration::from_millis(100));
+    let a = h.ino(ROOT_INO, "a");
+    let b = h.ino(a, "b");
+    // The server says the name `a` changed, and still leads to the same
+    // server file (which could be another with the same number): what is
+    // below it is doubted, and the kernel's entries there go...
+    let id = lock(&h.core.inodes).file_id(a).expect("a server file");
+    let epoch = h.core.client().current_epoch().expect("connected");
+    h.core.on_event(ConnEvent::Notice(
+        epoch,
+        Notice::Changed(vec![Change::Name {
+            path: RelPath::parse("a").expect("path"),
+            now: Some(ferry_common::proto::NodeId {
+                dev: id.dev,
+                ino: id.ino,
+            }),
+        }]),
+    ));
+    assert!(h.entry_dropped(a, "b"));
+    // ...but a process inside `a/b` (which the kernel reaches by inode) still
+    // lists it, looks names up in it, and stats it.
+    assert_eq!(names(h.list(b)), ["f"]);
+    assert!(matches!(h.lookup(b, "f"), Ok(Lookup::Found(_))));
+    assert!(h.getattr(b).is_ok());
+}
