@@ -92,6 +92,8 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
+/// How long the first bytes of a TLS record may take to follow the first.
+const SNIFF_WAIT: Duration = Duration::from_secs(1);
 /// How long a new connection may take to send its `Hello`.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Once the first byte of a frame has arrived, the rest must follow within this.
@@ -563,10 +565,18 @@ async fn accept(
     stream: TcpStream,
     ctx: &Context,
 ) -> Result<Option<(Transport, Served, ClientId)>, FrameError> {
-    // The first bytes tell TLS from plaintext; they may come in pieces.
+    // The first bytes tell TLS from plaintext; they may come in pieces. A
+    // peer that sends part of them and then nothing (or closes: a peek
+    // cannot tell) is waited for a moment only, then read as plaintext,
+    // whose reader sees the end or the garbage.
     let mut first = [0u8; tls::TLS_SNIFF];
     let mut seen = stream.peek(&mut first).await?;
-    while seen > 0 && seen < first.len() && first[0] == tls::TLS_HANDSHAKE_RECORD {
+    let sniff_until = Instant::now() + SNIFF_WAIT;
+    while seen > 0
+        && seen < first.len()
+        && first[0] == tls::TLS_HANDSHAKE_RECORD
+        && Instant::now() < sniff_until
+    {
         tokio::time::sleep(Duration::from_millis(1)).await;
         seen = stream.peek(&mut first).await?;
     }
