@@ -7,7 +7,9 @@
 //! trusted beyond what the server vouched for. It is fresh while younger than
 //! the cache's time to live, and dropped when found stale. A cache with a zero
 //! time to live keeps nothing. Past [`PRUNE_AT`] entries, a store first drops
-//! every stale one, so a long-lived mount does not accumulate what it cannot use.
+//! every stale one, so a long-lived mount does not accumulate what it cannot use;
+//! the next such sweep waits until the cache has doubled again, so that a cache
+//! full of fresh entries (a listing of 10,000 files) is not swept on every store.
 
 use ferry_common::sync::lock;
 use std::collections::HashMap;
@@ -19,6 +21,15 @@ use std::time::{Duration, Instant};
 pub(crate) const PRUNE_AT: usize = 4096;
 
 #[derive(Debug)]
+struct Entries<K, V> {
+    map: HashMap<K, Timed<V>>,
+    /// The size at which the next store sweeps out stale entries: at least
+    /// [`PRUNE_AT`], and twice what the last sweep kept, so sweeps cost
+    /// O(1) per store however many entries are fresh.
+    prune_at: usize,
+}
+
+#[derive(Debug)]
 struct Timed<V> {
     since: Instant,
     value: V,
@@ -27,14 +38,17 @@ struct Timed<V> {
 #[derive(Debug)]
 pub(crate) struct TimedCache<K, V> {
     ttl: Duration,
-    entries: Mutex<HashMap<K, Timed<V>>>,
+    entries: Mutex<Entries<K, V>>,
 }
 
 impl<K: Eq + Hash, V> TimedCache<K, V> {
     pub(crate) fn new(ttl: Duration) -> TimedCache<K, V> {
         TimedCache {
             ttl,
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries {
+                map: HashMap::new(),
+                prune_at: PRUNE_AT,
+            }),
         }
     }
 
@@ -59,10 +73,16 @@ impl<K: Eq + Hash, V> TimedCache<K, V> {
         if self.ttl.is_zero() {
             return;
         }
-        let mut entries = lock(&self.entries);
-        if entries.len() >= PRUNE_AT {
+        let mut guard = lock(&self.entries);
+        let Entries {
+            map: entries,
+            prune_at,
+        } = &mut *guard;
+        if entries.len() >= *prune_at {
+            let now = Instant::now();
             let ttl = self.ttl;
-            entries.retain(|_, t| t.since.elapsed() < ttl);
+            entries.retain(|_, t| now.saturating_duration_since(t.since) < ttl);
+            *prune_at = PRUNE_AT.max(2 * entries.len());
         }
         let value = match entries.get_mut(&key) {
             Some(held) if self.left(held.since).is_some() => {
@@ -84,7 +104,8 @@ impl<K: Eq + Hash, V> TimedCache<K, V> {
     /// Looks at the fresh value of `key` with `read`, which also learns how much
     /// longer it may be trusted.
     pub(crate) fn read<T>(&self, key: &K, read: impl FnOnce(&V, Duration) -> T) -> Option<T> {
-        let mut entries = lock(&self.entries);
+        let mut guard = lock(&self.entries);
+        let entries = &mut guard.map;
         let held = entries.get(key)?;
         match self.left(held.since) {
             Some(left) => Some(read(&held.value, left)),
@@ -97,8 +118,8 @@ impl<K: Eq + Hash, V> TimedCache<K, V> {
 
     /// Changes the fresh value of `key` in place, if there is one.
     pub(crate) fn update(&self, key: &K, change: impl FnOnce(&mut V)) {
-        let mut entries = lock(&self.entries);
-        if let Some(held) = entries.get_mut(key) {
+        let mut guard = lock(&self.entries);
+        if let Some(held) = guard.map.get_mut(key) {
             if self.left(held.since).is_some() {
                 change(&mut held.value);
             }
@@ -107,12 +128,12 @@ impl<K: Eq + Hash, V> TimedCache<K, V> {
 
     /// Forgets `key`.
     pub(crate) fn remove(&self, key: &K) {
-        lock(&self.entries).remove(key);
+        lock(&self.entries).map.remove(key);
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        lock(&self.entries).len()
+        lock(&self.entries).map.len()
     }
 }
 
@@ -171,7 +192,7 @@ mod tests {
         let long_ago = Instant::now() - Duration::from_secs(120);
         for key in 0..PRUNE_AT {
             // Stale from the start (stored bypassing freshness).
-            lock(&cache.entries).insert(
+            lock(&cache.entries).map.insert(
                 key,
                 Timed {
                     since: long_ago,
@@ -181,5 +202,24 @@ mod tests {
         }
         cache.store(PRUNE_AT, PRUNE_AT);
         assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn a_cache_of_fresh_entries_is_swept_only_each_time_it_doubles() {
+        let cache = TimedCache::new(Duration::from_secs(60));
+        for key in 0..=PRUNE_AT {
+            cache.store(key, key);
+        }
+        // The sweep at PRUNE_AT kept every (fresh) entry, and waits for twice
+        // as many before the next.
+        assert_eq!(cache.len(), PRUNE_AT + 1);
+        assert_eq!(lock(&cache.entries).prune_at, 2 * PRUNE_AT);
+        // Stale entries go at the next sweep all the same.
+        let long_ago = Instant::now() - Duration::from_secs(120);
+        for key in PRUNE_AT + 1..2 * PRUNE_AT {
+            cache.store_with(key, long_ago, key, |_, _, new| Some(new));
+        }
+        cache.store(2 * PRUNE_AT, 0);
+        assert_eq!(cache.len(), PRUNE_AT + 2);
     }
 }
