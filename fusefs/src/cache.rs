@@ -10,7 +10,9 @@
 //! for, and stores the value with it. A value is dropped when found stale; one
 //! that is stale already is not stored. Past [`PRUNE_AT`] entries, a store
 //! first drops every stale one, so a long-lived mount does not accumulate what
-//! it cannot use.
+//! it cannot use; the next such sweep waits until the cache has doubled again,
+//! so that a cache full of fresh entries (a listing of 10,000 files, or
+//! anything cached under a lease) is not swept on every store.
 
 use ferry_common::sync::lock;
 use std::collections::HashMap;
@@ -22,6 +24,15 @@ use std::time::{Duration, Instant};
 pub(crate) const PRUNE_AT: usize = 4096;
 
 #[derive(Debug)]
+struct Entries<K, V> {
+    map: HashMap<K, Timed<V>>,
+    /// The size at which the next store sweeps out stale entries: at least
+    /// [`PRUNE_AT`], and twice what the last sweep kept, so sweeps cost
+    /// O(1) per store however many entries are fresh.
+    prune_at: usize,
+}
+
+#[derive(Debug)]
 struct Timed<V> {
     until: Instant,
     value: V,
@@ -29,13 +40,16 @@ struct Timed<V> {
 
 #[derive(Debug)]
 pub(crate) struct TimedCache<K, V> {
-    entries: Mutex<HashMap<K, Timed<V>>>,
+    entries: Mutex<Entries<K, V>>,
 }
 
 impl<K, V> Default for TimedCache<K, V> {
     fn default() -> Self {
         TimedCache {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries {
+                map: HashMap::new(),
+                prune_at: PRUNE_AT,
+            }),
         }
     }
 }
@@ -67,10 +81,15 @@ impl<K: Eq + Hash, V> TimedCache<K, V> {
         if left(until).is_none() {
             return;
         }
-        let mut entries = lock(&self.entries);
-        if entries.len() >= PRUNE_AT {
+        let mut guard = lock(&self.entries);
+        let Entries {
+            map: entries,
+            prune_at,
+        } = &mut *guard;
+        if entries.len() >= *prune_at {
             let now = Instant::now();
             entries.retain(|_, t| t.until > now);
+            *prune_at = PRUNE_AT.max(2 * entries.len());
         }
         let value = match entries.get_mut(&key) {
             Some(held) if left(held.until).is_some() => {
@@ -92,7 +111,8 @@ impl<K: Eq + Hash, V> TimedCache<K, V> {
     /// Looks at the fresh value of `key` with `read`, which also learns how much
     /// longer it may be trusted.
     pub(crate) fn read<T>(&self, key: &K, read: impl FnOnce(&V, Duration) -> T) -> Option<T> {
-        let mut entries = lock(&self.entries);
+        let mut guard = lock(&self.entries);
+        let entries = &mut guard.map;
         let held = entries.get(key)?;
         match left(held.until) {
             Some(left) => Some(read(&held.value, left)),
@@ -105,8 +125,8 @@ impl<K: Eq + Hash, V> TimedCache<K, V> {
 
     /// Changes the fresh value of `key` in place, if there is one.
     pub(crate) fn update(&self, key: &K, change: impl FnOnce(&mut V)) {
-        let mut entries = lock(&self.entries);
-        if let Some(held) = entries.get_mut(key) {
+        let mut guard = lock(&self.entries);
+        if let Some(held) = guard.map.get_mut(key) {
             if left(held.until).is_some() {
                 change(&mut held.value);
             }
@@ -115,17 +135,17 @@ impl<K: Eq + Hash, V> TimedCache<K, V> {
 
     /// Forgets `key`.
     pub(crate) fn remove(&self, key: &K) {
-        lock(&self.entries).remove(key);
+        lock(&self.entries).map.remove(key);
     }
 
     /// Forgets everything.
     pub(crate) fn clear(&self) {
-        lock(&self.entries).clear();
+        lock(&self.entries).map.clear();
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        lock(&self.entries).len()
+        lock(&self.entries).map.len()
     }
 }
 
@@ -165,7 +185,7 @@ mod tests {
         assert!(cache.get(&1).is_none());
         assert_eq!(cache.len(), 0);
         // Stored fresh, found stale: dropped when found.
-        lock(&cache.entries).insert(
+        lock(&cache.entries).map.insert(
             2,
             Timed {
                 until: Instant::now(),
@@ -196,7 +216,7 @@ mod tests {
         let past = Instant::now();
         for key in 0..PRUNE_AT {
             // Stale from the start (stored bypassing freshness).
-            lock(&cache.entries).insert(
+            lock(&cache.entries).map.insert(
                 key,
                 Timed {
                     until: past,
@@ -206,5 +226,30 @@ mod tests {
         }
         cache.store(PRUNE_AT, PRUNE_AT, in_secs(60));
         assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn a_cache_of_fresh_entries_is_swept_only_each_time_it_doubles() {
+        let cache = TimedCache::new();
+        for key in 0..=PRUNE_AT {
+            cache.store(key, key, in_secs(60));
+        }
+        // The sweep at PRUNE_AT kept every (fresh) entry, and waits for twice
+        // as many before the next.
+        assert_eq!(cache.len(), PRUNE_AT + 1);
+        assert_eq!(lock(&cache.entries).prune_at, 2 * PRUNE_AT);
+        // Stale entries go at the next sweep all the same.
+        let past = Instant::now();
+        for key in PRUNE_AT + 1..2 * PRUNE_AT {
+            lock(&cache.entries).map.insert(
+                key,
+                Timed {
+                    until: past,
+                    value: key,
+                },
+            );
+        }
+        cache.store(2 * PRUNE_AT, 0, in_secs(60));
+        assert_eq!(cache.len(), PRUNE_AT + 2);
     }
 }
