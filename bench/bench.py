@@ -347,4 +347,8 @@ def cleanup(systems, sshd, procs, table, cfg):
 
 
 if __name__ == "__main__":
+    if "--coherence" in sys.argv[1:]:
+        # A mode of its own: coherent caches (issue 10), see bench/coherence.py.
+        import coherence
+        sys.exit(coherence.main())
     sys.exit(main())

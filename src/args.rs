@@ -18,7 +18,7 @@ mount(8) and /etc/fstab run ferry as mount.fuse.ferry (a link to this program):
 
     server:7070 /mnt/data fuse.ferry _netdev,nofail,x-systemd.automount,token_file=/etc/ferry/data.token 0 0
 
-Mount options: ro (--read-only), allow_other, attr_timeout=SECS, timeout=SECS, threads=N, \
+Mount options: ro (--read-only), allow_other, attr_timeout=SECS, lease=SECS, timeout=SECS, threads=N, \
 token_file=FILE, pin=SHA256:..., state_dir=DIR, insecure; \
 _netdev, nofail, auto, noauto, user, users, defaults, dev, suid, rw, nodev, nosuid and x-* are \
 accepted and left to mount(8) and systemd. The mount goes to the background once it is live.";
@@ -216,9 +216,14 @@ pub struct MountArgs {
     /// Go to the background once the mount is ready.
     #[arg(long)]
     pub daemon: bool,
-    /// Seconds the kernel may cache attributes and names.
+    /// Seconds the kernel may cache attributes and names when the server
+    /// does not tell this mount of changes (see --lease).
     #[arg(long, default_value_t = 1.0)]
     pub attr_timeout: f64,
+    /// Seconds caches live while the server tells this mount of every change
+    /// (0: never ask it to; then everything lives --attr-timeout).
+    #[arg(long, default_value_t = ferry_fusefs::core::DEFAULT_LEASE.as_secs())]
+    pub lease: u64,
     /// Mount read-only.
     #[arg(long)]
     pub read_only: bool,

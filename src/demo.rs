@@ -105,7 +105,7 @@ pub fn run(base: &Path) -> Result<(), String> {
         }
         println!("Press Ctrl-C to unmount and stop.");
         signals
-            .serve(mounted)
+            .serve(mounted, |_| {})
             .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()))
     })();
     let _ = stop_tx.send(());

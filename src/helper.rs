@@ -31,6 +31,7 @@ const OPTIONS: &[(&str, Maps)] = &[
     ("ro", Maps::Flag("--read-only")),
     ("allow_other", Maps::Flag("--allow-other")),
     ("attr_timeout", Maps::Value("--attr-timeout")),
+    ("lease", Maps::Value("--lease")),
     ("timeout", Maps::Value("--timeout")),
     ("threads", Maps::Value("--threads")),
     ("token_file", Maps::Value("--token-file")),

@@ -34,6 +34,7 @@ pub fn run(args: &MountArgs, fake: bool) -> Result<(), String> {
     let opts = MountOptions {
         fs: FsOptions {
             attr_timeout: Duration::from_secs_f64(args.attr_timeout),
+            lease: Duration::from_secs(args.lease),
             read_only: args.read_only,
             ..FsOptions::default()
         },
@@ -84,25 +85,41 @@ fn mount_foreground(
             mountpoint.display()
         );
     }
+    let stats = std::env::var_os("FERRY_STATS").is_some();
     let served = signals
-        .serve(mounted)
+        .serve(mounted, |core| {
+            if stats {
+                print_stats(core, "so far")
+            }
+        })
         .map_err(|e| format!("unmounting {}: {e}", mountpoint.display()));
     drop(status);
-    if std::env::var_os("FERRY_STATS").is_some() {
-        let line = |counts: Vec<(&str, u64)>| {
-            let counts: Vec<String> = counts.iter().map(|(op, n)| format!("{op} {n}")).collect();
-            counts.join(", ")
-        };
-        eprintln!(
-            "ferry: requests sent to the server: {}",
-            line(core.stats().sent_by_kind())
-        );
-        eprintln!(
-            "ferry: requests waited for: {}",
-            line(core.stats().waited_by_kind())
-        );
+    if stats {
+        print_stats(&core, "");
     }
     served
+}
+
+/// `FERRY_STATS`: the requests sent to the server and waited for, by
+/// operation — at unmount, and (`when` = "so far") on SIGUSR1.
+fn print_stats(core: &ferry_fusefs::Core, when: &str) {
+    let line = |counts: Vec<(&str, u64)>| {
+        let counts: Vec<String> = counts.iter().map(|(op, n)| format!("{op} {n}")).collect();
+        counts.join(", ")
+    };
+    let when = if when.is_empty() {
+        String::new()
+    } else {
+        format!(" {when}")
+    };
+    eprintln!(
+        "ferry: requests sent to the server{when}: {}",
+        line(core.stats().sent_by_kind())
+    );
+    eprintln!(
+        "ferry: requests waited for{when}: {}",
+        line(core.stats().waited_by_kind())
+    );
 }
 
 /// A mount lives long and its memory should follow the inodes the kernel
@@ -144,6 +161,8 @@ fn foreground_args(args: &MountArgs) -> Vec<OsString> {
         "mount".into(),
         "--attr-timeout".into(),
         args.attr_timeout.to_string().into(),
+        "--lease".into(),
+        args.lease.to_string().into(),
         "--timeout".into(),
         args.timeout.to_string().into(),
         "--threads".into(),

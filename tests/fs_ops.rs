@@ -541,6 +541,28 @@ fn read_only_server_refuses_writes_from_a_read_write_client() {
         },
     );
     assert_eq!(r, Err(ferry_common::Errno::EROFS));
+    // Reading is no change: nor is the stat of an open file (fstat).
+    fs::write(f.e("existing"), b"x").unwrap();
+    let path = ferry_common::RelPath::parse("existing").unwrap();
+    let opened = client
+        .call(
+            &me,
+            ferry_common::proto::Op::Open {
+                path: path.clone(),
+                flags: libc::O_RDONLY,
+            },
+        )
+        .unwrap();
+    let (handle, _) = opened.opened().unwrap();
+    let stat = client.call(
+        &me,
+        ferry_common::proto::Op::SetAttr {
+            path,
+            handle: Some(handle),
+            changes: ferry_common::proto::AttrChanges::default(),
+        },
+    );
+    assert_eq!(stat.ok().and_then(|r| r.attr()).map(|a| a.size), Some(1));
 }
 
 fn read_only_mount_refuses_changes() {

@@ -17,7 +17,7 @@ mod common;
 use common::{assert_errno, Setup};
 use ferry_common::frame;
 use ferry_common::proto::{
-    Cred, FileLock, HandshakeReply, Hello, LockKind, LockType, Op, Reply, Request, Response,
+    Cred, FileLock, HandshakeReply, Hello, LockKind, LockType, Op, Reply, Request, ServerMessage,
 };
 use ferry_common::{Errno, RelPath};
 use ferry_fusefs::RemoteClient;
@@ -351,9 +351,13 @@ impl Greedy {
             },
         );
         frame::write_frame(&mut stream, &open).expect("open");
-        let opened: Response =
+        // A connection that did not subscribe is sent answers only.
+        let ServerMessage::Response(opened) =
             frame::decode(&frame::read_frame(&mut stream).unwrap().expect("a response"))
-                .expect("a response");
+                .expect("a response")
+        else {
+            panic!("a notice on a connection that did not subscribe");
+        };
         let handle = opened
             .result
             .ok()

@@ -17,7 +17,7 @@ fn settles_to(f: &common::Fixture, most: usize) -> usize {
     let started = Instant::now();
     let mut asked = None;
     loop {
-        let held = f.core().inodes_held();
+        let held = f.core(0).inodes_held();
         if held <= most || started.elapsed() > Duration::from_secs(20) {
             eprintln!("{held} inodes held after {:?}", started.elapsed());
             return held;
@@ -37,7 +37,7 @@ fn the_mount_forgets_what_the_kernel_forgets() {
         return;
     }
     let f = fixture!();
-    let base = f.core().inodes_held();
+    let base = f.core(0).inodes_held();
     fs::create_dir(f.m("d")).unwrap();
     // Files created and removed: the kernel forgets each once it is gone.
     for round in 0..2 {
@@ -45,7 +45,7 @@ fn the_mount_forgets_what_the_kernel_forgets() {
             fs::write(f.m(&format!("d/{round}-{i}")), b"x").unwrap();
         }
         assert!(
-            f.core().inodes_held() >= base + FILES,
+            f.core(0).inodes_held() >= base + FILES,
             "the kernel holds them"
         );
         for i in 0..FILES {
@@ -66,7 +66,7 @@ fn the_mount_forgets_what_the_kernel_forgets() {
         fs::write(&path, b"y").unwrap();
         numbers.insert(i, fs::metadata(&path).unwrap().ino());
     }
-    assert!(f.core().inodes_held() >= base + FILES);
+    assert!(f.core(0).inodes_held() >= base + FILES);
     let held = settles_to(&f, base + 10);
     assert!(
         held <= base + 10,

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How many kinds of operation there are.
-pub const OP_KINDS: usize = 32;
+pub const OP_KINDS: usize = 33;
 
 /// The kind of `op` as an index below [`OP_KINDS`]; [`op_kind_name`] is its name.
 pub fn op_kind(op: &Op) -> usize {
@@ -48,6 +48,7 @@ pub fn op_kind(op: &Op) -> usize {
         Op::ReclaimComplete => 29,
         Op::List { .. } => 30,
         Op::OpenRead { .. } => 31,
+        Op::Subscribe { .. } => 32,
     }
 }
 
@@ -86,6 +87,7 @@ pub fn op_kind_name(index: usize) -> &'static str {
         "reclaimcomplete",
         "list",
         "openread",
+        "subscribe",
     ];
     NAMES.get(index).copied().unwrap_or("?")
 }
@@ -374,6 +376,7 @@ mod tests {
                 flags: 0,
                 len: 0,
             },
+            Op::Subscribe { lease_secs: 60 },
         ];
         assert_eq!(ops.len(), OP_KINDS);
         let mut seen = [false; OP_KINDS];

@@ -5,6 +5,9 @@
 //! - [`proto`]: the messages. A connection opens with [`proto::Hello`] /
 //!   [`proto::HandshakeReply`]; after that every [`proto::Request`] carries an id and
 //!   the server answers each with a [`proto::Response`] of the same id, in any order.
+//!   Everything the server sends is a [`proto::ServerMessage`]: an answer, or — to a
+//!   connection that subscribed — a [`proto::Notice`] that something it may have
+//!   cached has changed (coherent caches).
 //! - [`frame`]: how a message travels: a little-endian `u32` length, then a bincode
 //!   payload. The length is checked against [`frame::MAX_FRAME`] before anything is
 //!   allocated, and every decode runs under the same limit. File data (a read's

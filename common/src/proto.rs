@@ -16,6 +16,11 @@
 //! groups, as NFS's `AUTH_SYS` does). The server maps that to the identity it
 //! acts as (a client's root is squashed to an anonymous user by default) and
 //! checks permissions, and gives new nodes their owner, as that identity.
+//!
+//! Everything the server sends after the handshake is a [`ServerMessage`]: the
+//! answer to a request, or — only on a connection that asked for them with
+//! [`Op::Subscribe`] — a [`Notice`], sent unasked, that something the client
+//! may have cached has changed (see [`Notice`] for what the promise is).
 
 use crate::attr::{Attr, StatFs, Timestamp};
 use crate::errno::Errno;
@@ -25,7 +30,7 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of every [`Hello`]: tells a ferry peer from anything else.
 pub const MAGIC: [u8; 8] = *b"ferry\0\r\n";
 /// Bumped on every incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The largest `Hello` frame a server reads; anything longer ends the
 /// connection. Room for a deep subtree path, and no more.
 pub const MAX_HELLO: usize = 16 * 1024;
@@ -347,6 +352,11 @@ pub enum Op {
     /// server still kept for it is let go, and a grace period after a restart
     /// need not wait for it any more.
     ReclaimComplete,
+    /// Asks the server to tell this connection, with [`Notice`]s, of every change
+    /// to what its requests from now on let it cache, for `lease_secs` after each
+    /// answer → [`Reply::Subscribed`]. Sent once per connection, before the
+    /// requests whose answers the client means to cache for long.
+    Subscribe { lease_secs: u32 },
 }
 
 /// Which family a lock belongs to. The two are independent, as on Linux.
@@ -425,6 +435,7 @@ impl Op {
             Op::Ping => "ping",
             Op::ReclaimLock { .. } => "reclaimlock",
             Op::ReclaimComplete => "reclaimcomplete",
+            Op::Subscribe { .. } => "subscribe",
         }
     }
 }
@@ -491,6 +502,13 @@ pub enum Reply {
     Xattr(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The answer to [`Op::GetLock`]: the conflicting lock, or `None`.
     LockConflict(Option<FileLock>),
+    /// The answer to [`Op::Subscribe`]: notices will come, and for how long
+    /// after each answer what it says may be cached. 0: notices come for changes
+    /// made through other connections only (the server cannot watch its
+    /// export), so nothing may be cached for long.
+    Subscribed {
+        lease_secs: u32,
+    },
 }
 
 impl Reply {
@@ -518,4 +536,67 @@ impl Reply {
 pub struct Response {
     pub id: u64,
     pub result: Result<Reply, Errno>,
+}
+
+/// Everything the server sends after the handshake.
+// Answers are nearly every message: boxing them to shrink the rare notice
+// would cost an allocation per answer.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    Response(Response),
+    Notice(Notice),
+}
+
+/// A server file: the device and inode number of the server's filesystem, as
+/// in [`Attr::dev`] and [`Attr::ino`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NodeId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl NodeId {
+    pub fn of(attr: &Attr) -> NodeId {
+        NodeId {
+            dev: attr.dev,
+            ino: attr.ino,
+        }
+    }
+}
+
+/// Sent unasked to a subscribed connection (see [`Op::Subscribe`]).
+///
+/// The promise: whatever an answer to this connection said about a name, a
+/// node's attributes, a file's data or a directory's names, the server sends a
+/// notice once that changes — through another connection or by a process on the
+/// server — for as long as the lease after that answer lasts. A notice may cross
+/// an answer on the way (an answer computed before a change can arrive after the
+/// notice of it): the client treats an answer to a request sent before a notice
+/// arrived as possibly older than that notice. Changes the connection made
+/// itself are not announced to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Notice {
+    Changed(Vec<Change>),
+    /// Drop everything cached from this server: it can no longer say what
+    /// changed (its watch on the export overflowed, or it forgot this
+    /// connection's interests). From now on answers may be cached for
+    /// `lease_secs` (0: not for long).
+    Reset {
+        lease_secs: u32,
+    },
+}
+
+/// One change in a [`Notice`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// The name `path` was created or removed, or names another node now:
+    /// `now`, or nothing (`None` also when the server cannot say).
+    Name { path: RelPath, now: Option<NodeId> },
+    /// `from` was renamed to `to`, with everything below it; whatever `to`
+    /// named before is gone.
+    Moved { from: RelPath, to: RelPath },
+    /// The node's attributes changed; with `content`, also its data (a file)
+    /// or its names (a directory).
+    Node { id: NodeId, content: bool },
 }

@@ -127,6 +127,13 @@ fn reply_empty(reply: ReplyEmpty, r: Result<(), Errno>) {
     }
 }
 
+fn reply_empty_dir(reply: ReplyDirectory, r: Result<(), Errno>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
 fn reply_xattr(reply: ReplyXattr, r: Result<XattrAnswer, Errno>) {
     match r {
         Ok(XattrAnswer::Size(n)) => reply.size(n),
@@ -161,6 +168,9 @@ impl Filesystem for FerryFs {
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
             // Shared mappings of files opened uncached (O_APPEND).
             InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
+            // A symlink's text never changes in place (a new one is a new
+            // inode), so the kernel may keep it: `ls -l` needs no readlink.
+            InitFlags::FUSE_CACHE_SYMLINKS,
         ] {
             if let Err(missing) = config.add_capabilities(flag) {
                 log::info!("the kernel does not offer {missing:?}");
@@ -492,74 +502,90 @@ impl Filesystem for FerryFs {
         );
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.core.opendir(ino.0, move |r| match r {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno(e)),
-        });
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // The kernel opens directories itself from now on, caching and keeping
+        // every listing (`FUSE_NO_OPENDIR_SUPPORT`; see `core::dirs`).
+        reply.error(fuser::Errno::ENOSYS)
     }
 
     fn readdir(
         &self,
         req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let listed = self
-            .core
-            .readdir(&self.caller(req), ino.0, fh.0, offset, |item| {
+        let reply = std::cell::RefCell::new(Some(reply));
+        self.core.readdir(
+            &self.caller(req),
+            ino.0,
+            offset,
+            |item| {
                 let name = OsStr::from_bytes(item.name);
-                reply.add(
-                    INodeNo(item.ino),
-                    item.next_offset,
-                    file_type(item.kind),
-                    name,
-                )
-            });
-        match listed {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+                reply.borrow_mut().as_mut().is_none_or(|reply| {
+                    reply.add(
+                        INodeNo(item.ino),
+                        item.next_offset,
+                        file_type(item.kind),
+                        name,
+                    )
+                })
+            },
+            |r| {
+                if let Some(reply) = reply.borrow_mut().take() {
+                    reply_empty_dir(reply, r)
+                }
+            },
+        );
     }
 
     fn readdirplus(
         &self,
         req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
-        let listed = self
-            .core
-            .readdirplus(&self.caller(req), ino.0, fh.0, offset, |item| {
+        let reply = std::cell::RefCell::new(Some(reply));
+        self.core.readdirplus(
+            &self.caller(req),
+            ino.0,
+            offset,
+            |item| {
                 let e = item.entry;
-                reply.add(
-                    INodeNo(e.ino),
-                    item.next_offset,
-                    OsStr::from_bytes(item.name),
-                    &e.ttl,
-                    &file_attr(e.ino, &e.attr),
-                    Generation(e.generation),
-                )
-            });
-        match listed {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+                reply.borrow_mut().as_mut().is_none_or(|reply| {
+                    reply.add(
+                        INodeNo(e.ino),
+                        item.next_offset,
+                        OsStr::from_bytes(item.name),
+                        &e.ttl,
+                        &file_attr(e.ino, &e.attr),
+                        Generation(e.generation),
+                    )
+                })
+            },
+            |r| {
+                if let Some(reply) = reply.borrow_mut().take() {
+                    match r {
+                        Ok(()) => reply.ok(),
+                        Err(e) => reply.error(errno(e)),
+                    }
+                }
+            },
+        );
     }
 
     fn releasedir(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.core.releasedir(fh.0);
+        // Never sent: no directory is opened here (see `opendir`).
         reply.ok();
     }
 

@@ -1,5 +1,6 @@
-//! `AttrCache`: the attributes the server last reported for each inode, for the
-//! attribute timeout.
+//! `AttrCache`: the attributes the server last reported for each inode, for as
+//! long as they may be trusted (the attribute timeout, or the lease while the
+//! server tells this mount of every change; see [`crate::cache`]).
 //!
 //! The kernel keeps attributes for that long itself, but throws them away early
 //! in two common cases, and then asks again at once:
@@ -16,7 +17,8 @@
 //! have been. Where the kernel drops attributes because this mount changed the
 //! inode in a way the server's answer does not show (a write, an unlink of one
 //! of its names, a rename, an xattr change, a lock taken), the core drops the
-//! entry here too, so the next `getattr` reaches the server.
+//! entry here too, so the next `getattr` reaches the server; and so it does
+//! when the server says the inode changed elsewhere.
 
 use crate::cache::TimedCache;
 use ferry_common::Attr;
@@ -28,21 +30,17 @@ pub(crate) struct AttrCache {
 }
 
 impl AttrCache {
-    pub(crate) fn new(ttl: Duration) -> AttrCache {
+    pub(crate) fn new() -> AttrCache {
         AttrCache {
-            entries: TimedCache::new(ttl),
+            entries: TimedCache::new(),
         }
     }
 
-    /// Records what the server said `ino` looks like now. Answers to concurrent
-    /// changes can arrive out of order: the older change is ignored.
-    pub(crate) fn store(&self, ino: u64, attr: Attr) {
-        self.store_asked(ino, attr, Instant::now());
-    }
-
-    /// [`store`](Self::store) of an answer to a question asked at `asked`.
-    pub(crate) fn store_asked(&self, ino: u64, attr: Attr, asked: Instant) {
-        self.entries.store_with(ino, asked, attr, |held, _, new| {
+    /// Records what the server said `ino` looks like now, to be trusted until
+    /// `until`. Answers to concurrent changes can arrive out of order: the
+    /// older change is ignored.
+    pub(crate) fn store(&self, ino: u64, attr: Attr, until: Instant) {
+        self.entries.store_with(ino, until, attr, |held, _, new| {
             ((new.ctime, new.mtime) >= (held.ctime, held.mtime)).then_some(new)
         });
     }
@@ -57,6 +55,11 @@ impl AttrCache {
     /// or forgotten by the kernel).
     pub(crate) fn drop_ino(&self, ino: u64) {
         self.entries.remove(&ino);
+    }
+
+    /// Drops everything.
+    pub(crate) fn clear(&self) {
+        self.entries.clear();
     }
 }
 
@@ -74,25 +77,32 @@ mod tests {
         a
     }
 
+    fn minute() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
     #[test]
     fn the_newest_answer_wins_and_a_dropped_one_is_gone() {
-        let d = AttrCache::new(Duration::from_secs(60));
+        let d = AttrCache::new();
         assert!(d.fresh(2).is_none());
-        d.store(2, dir(5));
-        d.store(2, dir(4));
+        d.store(2, dir(5), minute());
+        d.store(2, dir(4), minute());
         let (a, left) = d.fresh(2).expect("just stored");
         assert_eq!(a.ctime.secs, 5);
         assert!(left <= Duration::from_secs(60));
-        d.store(2, dir(6));
+        d.store(2, dir(6), minute());
         assert_eq!(d.fresh(2).map(|(a, _)| a.ctime.secs), Some(6));
         d.drop_ino(2);
         assert!(d.fresh(2).is_none());
+        d.store(3, dir(1), minute());
+        d.clear();
+        assert!(d.fresh(3).is_none());
     }
 
     #[test]
     fn a_zero_timeout_keeps_nothing() {
-        let d = AttrCache::new(Duration::ZERO);
-        d.store(2, dir(5));
+        let d = AttrCache::new();
+        d.store(2, dir(5), Instant::now());
         assert!(d.fresh(2).is_none());
     }
 }

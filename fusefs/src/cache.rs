@@ -1,15 +1,18 @@
-//! `TimedCache`: values that may be trusted for a fixed time after they were
-//! learnt, the one shape of every cache in the mount (attributes, the names of
-//! known directories, `security.capability` answers).
+//! `TimedCache`: values that may be trusted until a moment fixed when they
+//! were learnt, the one shape of every cache in the mount (attributes, the
+//! names of known directories, `security.capability` answers).
 //!
-//! A value is stored with the moment it was learnt — the moment the question
-//! was *asked*, where that is earlier than the answer, so that a value is never
-//! trusted beyond what the server vouched for. It is fresh while younger than
-//! the cache's time to live, and dropped when found stale. A cache with a zero
-//! time to live keeps nothing. Past [`PRUNE_AT`] entries, a store first drops
-//! every stale one, so a long-lived mount does not accumulate what it cannot use;
-//! the next such sweep waits until the cache has doubled again, so that a cache
-//! full of fresh entries (a listing of 10,000 files) is not swept on every store.
+//! How long a value may be trusted depends on how it was learnt: for the
+//! attribute timeout, or — while the server tells this mount of every change
+//! (see [`crate::core`]'s coherence) — for the lease. The caller works that
+//! out from the moment the question was *asked*, where that is earlier than
+//! the answer, so that a value is never trusted beyond what the server vouched
+//! for, and stores the value with it. A value is dropped when found stale; one
+//! that is stale already is not stored. Past [`PRUNE_AT`] entries, a store
+//! first drops every stale one, so a long-lived mount does not accumulate what
+//! it cannot use; the next such sweep waits until the cache has doubled again,
+//! so that a cache full of fresh entries (a listing of 10,000 files, or
+//! anything cached under a lease) is not swept on every store.
 
 use ferry_common::sync::lock;
 use std::collections::HashMap;
@@ -31,46 +34,51 @@ struct Entries<K, V> {
 
 #[derive(Debug)]
 struct Timed<V> {
-    since: Instant,
+    until: Instant,
     value: V,
 }
 
 #[derive(Debug)]
 pub(crate) struct TimedCache<K, V> {
-    ttl: Duration,
     entries: Mutex<Entries<K, V>>,
 }
 
-impl<K: Eq + Hash, V> TimedCache<K, V> {
-    pub(crate) fn new(ttl: Duration) -> TimedCache<K, V> {
+impl<K, V> Default for TimedCache<K, V> {
+    fn default() -> Self {
         TimedCache {
-            ttl,
             entries: Mutex::new(Entries {
                 map: HashMap::new(),
                 prune_at: PRUNE_AT,
             }),
         }
     }
+}
 
-    /// How much longer something learnt at `since` may be trusted; `None` once stale.
-    fn left(&self, since: Instant) -> Option<Duration> {
-        self.ttl
-            .checked_sub(since.elapsed())
-            .filter(|left| !left.is_zero())
+/// How much longer something trusted until `until` may be trusted; `None`
+/// once stale.
+fn left(until: Instant) -> Option<Duration> {
+    until
+        .checked_duration_since(Instant::now())
+        .filter(|left| !left.is_zero())
+}
+
+impl<K: Eq + Hash, V> TimedCache<K, V> {
+    pub(crate) fn new() -> TimedCache<K, V> {
+        TimedCache::default()
     }
 
-    /// Stores `value` for `key`, learnt at `since`, unless `keep_held` says the
-    /// value already held (and still fresh) is to be kept, or changes it in place:
-    /// it is given the held value and the new one, and answers whether the held
-    /// one stays.
+    /// Stores `value` for `key`, to be trusted until `until`, unless
+    /// `keep_held` says the value already held (and still fresh) is to be
+    /// kept, or changes it in place: it is given the held value and its
+    /// horizon and the new one, and answers whether the held one stays.
     pub(crate) fn store_with(
         &self,
         key: K,
-        since: Instant,
+        until: Instant,
         value: V,
         keep_held: impl FnOnce(&mut V, &mut Instant, V) -> Option<V>,
     ) {
-        if self.ttl.is_zero() {
+        if left(until).is_none() {
             return;
         }
         let mut guard = lock(&self.entries);
@@ -80,25 +88,24 @@ impl<K: Eq + Hash, V> TimedCache<K, V> {
         } = &mut *guard;
         if entries.len() >= *prune_at {
             let now = Instant::now();
-            let ttl = self.ttl;
-            entries.retain(|_, t| now.saturating_duration_since(t.since) < ttl);
+            entries.retain(|_, t| t.until > now);
             *prune_at = PRUNE_AT.max(2 * entries.len());
         }
         let value = match entries.get_mut(&key) {
-            Some(held) if self.left(held.since).is_some() => {
-                match keep_held(&mut held.value, &mut held.since, value) {
+            Some(held) if left(held.until).is_some() => {
+                match keep_held(&mut held.value, &mut held.until, value) {
                     None => return,
                     Some(value) => value,
                 }
             }
             _ => value,
         };
-        entries.insert(key, Timed { since, value });
+        entries.insert(key, Timed { until, value });
     }
 
-    /// Stores `value` for `key`, learnt now.
-    pub(crate) fn store(&self, key: K, value: V) {
-        self.store_with(key, Instant::now(), value, |_, _, new| Some(new));
+    /// Stores `value` for `key`, to be trusted until `until`.
+    pub(crate) fn store(&self, key: K, value: V, until: Instant) {
+        self.store_with(key, until, value, |_, _, new| Some(new));
     }
 
     /// Looks at the fresh value of `key` with `read`, which also learns how much
@@ -107,7 +114,7 @@ impl<K: Eq + Hash, V> TimedCache<K, V> {
         let mut guard = lock(&self.entries);
         let entries = &mut guard.map;
         let held = entries.get(key)?;
-        match self.left(held.since) {
+        match left(held.until) {
             Some(left) => Some(read(&held.value, left)),
             None => {
                 entries.remove(key);
@@ -120,7 +127,7 @@ impl<K: Eq + Hash, V> TimedCache<K, V> {
     pub(crate) fn update(&self, key: &K, change: impl FnOnce(&mut V)) {
         let mut guard = lock(&self.entries);
         if let Some(held) = guard.map.get_mut(key) {
-            if self.left(held.since).is_some() {
+            if left(held.until).is_some() {
                 change(&mut held.value);
             }
         }
@@ -129,6 +136,11 @@ impl<K: Eq + Hash, V> TimedCache<K, V> {
     /// Forgets `key`.
     pub(crate) fn remove(&self, key: &K) {
         lock(&self.entries).map.remove(key);
+    }
+
+    /// Forgets everything.
+    pub(crate) fn clear(&self) {
+        lock(&self.entries).map.clear();
     }
 
     #[cfg(test)]
@@ -148,39 +160,51 @@ impl<K: Eq + Hash, V: Clone> TimedCache<K, V> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn values_are_fresh_for_the_time_to_live_from_when_they_were_learnt() {
-        let cache = TimedCache::new(Duration::from_secs(60));
-        cache.store(1, "a");
-        let (value, left) = cache.get(&1).expect("just stored");
-        assert_eq!(value, "a");
-        assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(50));
-        // Learnt long ago: never fresh.
-        let long_ago = Instant::now() - Duration::from_secs(120);
-        cache.store_with(2, long_ago, "b", |_, _, new| Some(new));
-        assert!(cache.get(&2).is_none());
-        assert_eq!(cache.len(), 1, "a stale value is dropped when found");
-        cache.remove(&1);
-        assert!(cache.get(&1).is_none());
+    fn in_secs(n: u64) -> Instant {
+        Instant::now() + Duration::from_secs(n)
     }
 
     #[test]
-    fn a_zero_time_to_live_keeps_nothing() {
-        let cache = TimedCache::new(Duration::ZERO);
-        cache.store(1, 1);
+    fn values_are_fresh_until_their_horizon() {
+        let cache = TimedCache::new();
+        cache.store(1, "a", in_secs(60));
+        let (value, left) = cache.get(&1).expect("just stored");
+        assert_eq!(value, "a");
+        assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(50));
+        cache.remove(&1);
         assert!(cache.get(&1).is_none());
+        cache.store(3, "c", in_secs(60));
+        cache.clear();
+        assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn a_stale_value_is_not_kept() {
+        let cache = TimedCache::new();
+        cache.store(1, 1, Instant::now());
+        assert!(cache.get(&1).is_none());
+        assert_eq!(cache.len(), 0);
+        // Stored fresh, found stale: dropped when found.
+        lock(&cache.entries).map.insert(
+            2,
+            Timed {
+                until: Instant::now(),
+                value: 2,
+            },
+        );
+        assert!(cache.get(&2).is_none());
         assert_eq!(cache.len(), 0);
     }
 
     #[test]
     fn the_held_value_decides_what_a_store_does() {
-        let cache = TimedCache::new(Duration::from_secs(60));
-        cache.store(1, 5);
+        let cache = TimedCache::new();
+        cache.store(1, 5, in_secs(60));
         // Keep the larger one.
         let keep_larger = |held: &mut i32, _: &mut Instant, new: i32| (new > *held).then_some(new);
-        cache.store_with(1, Instant::now(), 3, keep_larger);
+        cache.store_with(1, in_secs(60), 3, keep_larger);
         assert_eq!(cache.get(&1).map(|(v, _)| v), Some(5));
-        cache.store_with(1, Instant::now(), 7, keep_larger);
+        cache.store_with(1, in_secs(60), 7, keep_larger);
         assert_eq!(cache.get(&1).map(|(v, _)| v), Some(7));
         cache.update(&1, |v| *v += 1);
         assert_eq!(cache.get(&1).map(|(v, _)| v), Some(8));
@@ -188,38 +212,44 @@ mod tests {
 
     #[test]
     fn a_full_cache_drops_its_stale_entries() {
-        let cache = TimedCache::new(Duration::from_secs(60));
-        let long_ago = Instant::now() - Duration::from_secs(120);
+        let cache = TimedCache::new();
+        let past = Instant::now();
         for key in 0..PRUNE_AT {
             // Stale from the start (stored bypassing freshness).
             lock(&cache.entries).map.insert(
                 key,
                 Timed {
-                    since: long_ago,
+                    until: past,
                     value: key,
                 },
             );
         }
-        cache.store(PRUNE_AT, PRUNE_AT);
+        cache.store(PRUNE_AT, PRUNE_AT, in_secs(60));
         assert_eq!(cache.len(), 1);
     }
 
     #[test]
     fn a_cache_of_fresh_entries_is_swept_only_each_time_it_doubles() {
-        let cache = TimedCache::new(Duration::from_secs(60));
+        let cache = TimedCache::new();
         for key in 0..=PRUNE_AT {
-            cache.store(key, key);
+            cache.store(key, key, in_secs(60));
         }
         // The sweep at PRUNE_AT kept every (fresh) entry, and waits for twice
         // as many before the next.
         assert_eq!(cache.len(), PRUNE_AT + 1);
         assert_eq!(lock(&cache.entries).prune_at, 2 * PRUNE_AT);
         // Stale entries go at the next sweep all the same.
-        let long_ago = Instant::now() - Duration::from_secs(120);
+        let past = Instant::now();
         for key in PRUNE_AT + 1..2 * PRUNE_AT {
-            cache.store_with(key, long_ago, key, |_, _, new| Some(new));
+            lock(&cache.entries).map.insert(
+                key,
+                Timed {
+                    until: past,
+                    value: key,
+                },
+            );
         }
-        cache.store(2 * PRUNE_AT, 0);
+        cache.store(2 * PRUNE_AT, 0, in_secs(60));
         assert_eq!(cache.len(), PRUNE_AT + 2);
     }
 }

@@ -36,6 +36,7 @@
 
 use ferry_common::{Attr, Errno, FileKind, RelPath};
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
 
 pub(crate) const ROOT_INO: u64 = 1;
 
@@ -150,6 +151,12 @@ struct Node {
     opened_as: Option<Attr>,
     /// Server handles open on this inode: a detached inode is reached through one.
     handles: Vec<u64>,
+    /// The name it had until detached: what the kernel may still open it by,
+    /// through an entry it has not dropped yet (see `Core::open`).
+    last: Option<RelPath>,
+    /// Its names were only doubted, not known gone (see
+    /// [`InodeTable::detach_below`]): the last one still reaches it.
+    doubted: bool,
 }
 
 impl Node {
@@ -164,6 +171,8 @@ impl Node {
             lookups: 0,
             opened_as: None,
             handles: Vec::new(),
+            last: None,
+            doubted: false,
         }
     }
 
@@ -238,6 +247,64 @@ impl InodeTable {
         (node.id == FileId::of(attr) && !node.replaced_by(attr)).then_some(ino)
     }
 
+    /// Whether `ino` stands for the server file `attr` describes. A path can
+    /// lead to another file than the inode the kernel looked it up as, when
+    /// the name was replaced since (the kernel's entry not yet dropped).
+    pub(crate) fn is_file(&self, ino: u64, attr: &Attr) -> bool {
+        self.nodes
+            .get(&ino)
+            .is_none_or(|node| node.id == FileId::of(attr))
+    }
+
+    /// The number of the server file `id` if the kernel holds it (what a
+    /// server's notice about that file concerns).
+    pub(crate) fn ino_of_id(&self, id: FileId) -> Option<u64> {
+        let ino = if id == self.root {
+            ROOT_INO
+        } else {
+            self.numbers.peek(id)?
+        };
+        self.nodes
+            .get(&ino)
+            .is_some_and(|node| node.id == id)
+            .then_some(ino)
+    }
+
+    /// Every name the kernel may hold an entry for: the directory's inode and
+    /// the name in it (the root has none).
+    pub(crate) fn names(&self) -> Vec<(u64, OsString)> {
+        self.by_path
+            .keys()
+            .filter_map(|path| self.entry_of(path))
+            .collect()
+    }
+
+    /// The kernel's entry for `path`: its directory's inode and its name.
+    fn entry_of(&self, path: &RelPath) -> Option<(u64, OsString)> {
+        let (dir, name) = path.split_last()?;
+        Some((*self.by_path.get(&dir)?, name.to_os_string()))
+    }
+
+    /// Whether `ino` is a directory.
+    pub(crate) fn is_dir(&self, ino: u64) -> bool {
+        self.nodes
+            .get(&ino)
+            .is_some_and(|n| n.kind == FileKind::Directory)
+    }
+
+    /// The entries (directory, name) the kernel may reach `ino` by.
+    pub(crate) fn entries_of(&self, ino: u64) -> Vec<(u64, OsString)> {
+        let Some(node) = self.nodes.get(&ino) else {
+            return Vec::new();
+        };
+        node.paths.iter().filter_map(|p| self.entry_of(p)).collect()
+    }
+
+    /// Every inode the kernel may hold.
+    pub(crate) fn inos(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
     /// The number a server file would be handed out with, for listings that
     /// hand out no entries (plain readdir's `d_ino`); `None` for a file of a
     /// space not seen yet.
@@ -302,6 +369,7 @@ impl InodeTable {
         node.kind = attr.kind;
         node.generation += 1;
         node.retired = false;
+        node.doubted = false;
         node.opened_as = None;
         for path in stale {
             if self.by_path.get(&path) == Some(&ino) {
@@ -344,6 +412,10 @@ impl InodeTable {
             return;
         };
         node.paths.retain(|p| p != path);
+        node.doubted = false;
+        if node.paths.is_empty() {
+            node.last = Some(path.clone());
+        }
         if !removed || ino == ROOT_INO {
             return;
         }
@@ -399,6 +471,28 @@ impl InodeTable {
         for (p, _) in self.subtree(path) {
             self.unbind(&p, false);
         }
+    }
+
+    /// What was below `path` is no longer known to be there (the node at
+    /// `path` may be another file with the same number): detached, none
+    /// retired, and answered as the entries (directory, name) the kernel may
+    /// hold for them.
+    pub(crate) fn detach_below(&mut self, path: &RelPath) -> Vec<(u64, OsString)> {
+        let below: Vec<RelPath> = self
+            .subtree(path)
+            .into_iter()
+            .map(|(p, _)| p)
+            .filter(|p| p != path)
+            .collect();
+        let entries = below.iter().filter_map(|p| self.entry_of(p)).collect();
+        for p in &below {
+            let ino = self.by_path.get(p).copied();
+            self.unbind(p, false);
+            if let Some(node) = ino.and_then(|ino| self.nodes.get_mut(&ino)) {
+                node.doubted = node.paths.is_empty();
+            }
+        }
+        entries
     }
 
     /// Moves every entry of `moved` from its old path to the one `rebase` gives.
@@ -461,6 +555,43 @@ impl InodeTable {
             .is_some_and(|old| old.same_content(attr))
     }
 
+    /// `ino` changed since it was last opened: its cached pages are not to be
+    /// kept at the next open.
+    pub(crate) fn forget_opened(&mut self, ino: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.opened_as = None;
+        }
+    }
+
+    /// [`forget_opened`](Self::forget_opened) of every inode.
+    pub(crate) fn forget_all_opened(&mut self) {
+        for node in self.nodes.values_mut() {
+            node.opened_as = None;
+        }
+    }
+
+    /// The path to reach `ino` by on the server: its newest name, or, when
+    /// its names were only doubted (a notice said a name above it changed,
+    /// and the node there may be another with the same number), the last
+    /// one — the server checks on the way that it still leads to this file
+    /// (an open or stat by path compares the file's identity). `None` for an
+    /// unknown inode, or one whose names are known gone.
+    pub(crate) fn reach(&self, ino: u64) -> Option<&RelPath> {
+        let node = self.nodes.get(&ino)?;
+        node.paths
+            .last()
+            .or_else(|| node.doubted.then_some(node.last.as_ref()).flatten())
+    }
+
+    /// The name `ino` had when it was detached, if it has none now.
+    pub(crate) fn last_path(&self, ino: u64) -> Option<&RelPath> {
+        let node = self.nodes.get(&ino)?;
+        node.paths
+            .is_empty()
+            .then_some(node.last.as_ref())
+            .flatten()
+    }
+
     /// A server handle was opened on `ino`.
     pub(crate) fn add_handle(&mut self, ino: u64, handle: u64) {
         if let Some(node) = self.nodes.get_mut(&ino) {
@@ -480,7 +611,7 @@ impl InodeTable {
     /// `Err(ENOENT)` when neither exists.
     pub(crate) fn locate(&self, ino: u64) -> Result<(RelPath, Option<u64>), Errno> {
         let node = self.nodes.get(&ino).ok_or(Errno::ENOENT)?;
-        match (node.paths.last(), node.handles.first()) {
+        match (self.reach(ino), node.handles.first()) {
             (Some(path), _) => Ok((path.clone(), None)),
             (None, Some(&h)) => Ok((RelPath::root(), Some(h))),
             (None, None) => Err(Errno::ENOENT),
@@ -786,8 +917,65 @@ mod tests {
         assert_eq!(t.locate(x).unwrap(), (p("f"), None));
         t.detach(&p("f"));
         assert_eq!(t.locate(x).unwrap().1, Some(7));
+        assert_eq!(t.last_path(x), Some(&p("f")));
         t.remove_handle(x, 7);
         assert!(t.locate(x).is_err());
+    }
+
+    #[test]
+    fn what_is_below_a_name_can_be_let_go_of_alone() {
+        let mut t = table();
+        let mut dir = f(10);
+        dir.kind = FileKind::Directory;
+        let d = t.remember(&p("d"), &dir);
+        let mut sub = f(11);
+        sub.kind = FileKind::Directory;
+        let x = t.remember(&p("d/x"), &sub);
+        t.remember(&p("d/x/y"), &f(12));
+        let mut dropped = t.detach_below(&p("d"));
+        dropped.sort();
+        assert_eq!(
+            dropped,
+            vec![(d, OsString::from("x")), (x, OsString::from("y"))]
+        );
+        assert_eq!(t.path(d), Some(&p("d")));
+        assert_eq!(t.path(x), None);
+        assert_eq!(t.ino_of(&p("d/x/y")), None);
+        // Not known gone either: the kernel may still reach it by inode (a
+        // process's current directory), by its last name.
+        assert_eq!(t.reach(x), Some(&p("d/x")));
+        assert_eq!(t.locate(x).map(|(path, _)| path), Ok(p("d/x")));
+        // Not known to be gone: found again, it is the same inode, same generation.
+        assert_eq!(t.remember(&p("d/x"), &sub), x);
+        assert_eq!(t.generation(x), 0);
+        // Removed for real, it is reached no more.
+        t.detach(&p("d/x"));
+        assert_eq!(t.reach(x), None);
+    }
+
+    #[test]
+    fn every_name_and_inode_is_listed_for_a_full_drop() {
+        let mut t = table();
+        let mut dir = f(10);
+        dir.kind = FileKind::Directory;
+        let d = t.remember(&p("d"), &dir);
+        let x = t.remember(&p("d/x"), &f(11));
+        let mut names = t.names();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![(ROOT_INO, OsString::from("d")), (d, OsString::from("x"))]
+        );
+        let mut inos = t.inos();
+        inos.sort();
+        let mut expected = vec![ROOT_INO, d, x];
+        expected.sort();
+        assert_eq!(inos, expected);
+        assert_eq!(t.ino_of_id(FileId { dev: 1, ino: 11 }), Some(x));
+        assert_eq!(t.ino_of_id(FileId { dev: 1, ino: 2 }), Some(ROOT_INO));
+        assert_eq!(t.ino_of_id(FileId { dev: 1, ino: 99 }), None);
+        assert!(t.is_dir(d) && t.is_dir(ROOT_INO) && !t.is_dir(x));
+        assert_eq!(t.entries_of(x), vec![(d, OsString::from("x"))]);
     }
 
     #[test]
@@ -813,5 +1001,11 @@ mod tests {
         assert!(t.note_open(x, &attr));
         attr.mtime = Timestamp { secs: 2, nanos: 0 };
         assert!(!t.note_open(x, &attr), "changed on the server");
+        // The server said it changed: whatever the attributes say next.
+        assert!(t.note_open(x, &attr));
+        t.forget_opened(x);
+        assert!(!t.note_open(x, &attr), "told of a change");
+        t.forget_all_opened();
+        assert!(!t.note_open(x, &attr));
     }
 }

@@ -17,7 +17,8 @@
 //! - it was asked for within the attribute timeout, and its entries are handed
 //!   on with what is left of it (see `core::dirs`);
 //! - nothing was changed through this mount since it was asked for, nor was
-//!   anything changing then ([`Changes`]): it could show this mount's past;
+//!   anything changing then, nor did the server tell of a change since
+//!   ([`Changes`]): it could show the past;
 //! - the directory at that path is the one it was asked for.
 //!
 //! Otherwise the listing is fetched as always.
@@ -95,6 +96,12 @@ impl Changes {
         self.under_way.fetch_sub(1, Ordering::SeqCst);
     }
 
+    /// Something changed that this mount did not change (the server said
+    /// so): no listing asked for before is as new as that.
+    pub(crate) fn elsewhere(&self) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// A mark for a listing asked for now; `None` while changes are under way.
     pub(crate) fn mark(&self) -> Option<u64> {
         let seq = self.seq.load(Ordering::SeqCst);
@@ -141,7 +148,8 @@ pub(crate) fn changes_listings(op: &Op) -> bool {
         | Op::ReleaseLocks { .. }
         | Op::ReclaimLock { .. }
         | Op::ReclaimComplete
-        | Op::Ping => false,
+        | Op::Ping
+        | Op::Subscribe { .. } => false,
     }
 }
 

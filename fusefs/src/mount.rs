@@ -280,13 +280,15 @@ impl Drop for Mount {
     }
 }
 
-/// SIGINT and SIGTERM, caught from the moment this is made. Make it before
-/// mounting: a signal that arrived while mounting would otherwise kill the
-/// process with the mount still in place.
+/// SIGINT and SIGTERM, caught from the moment this is made (and SIGUSR1,
+/// which asks for a report). Make it before mounting: a signal that arrived
+/// while mounting would otherwise kill the process with the mount still in
+/// place.
 pub struct StopSignals {
     runtime: tokio::runtime::Runtime,
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
 }
 
 impl StopSignals {
@@ -295,25 +297,38 @@ impl StopSignals {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (int, term) = {
+        let (int, term, usr1) = {
             let _context = runtime.enter();
             (
                 signal(SignalKind::interrupt())?,
                 signal(SignalKind::terminate())?,
+                signal(SignalKind::user_defined1())?,
             )
         };
-        Ok(StopSignals { runtime, int, term })
+        Ok(StopSignals {
+            runtime,
+            int,
+            term,
+            usr1,
+        })
     }
 
-    /// Serves `mount` until a signal arrives or the mount goes away (someone ran
-    /// `fusermount3 -u`), then unmounts it.
-    pub fn serve(mut self, mount: Mount) -> io::Result<()> {
-        let StopSignals { runtime, int, term } = &mut self;
+    /// Serves `mount` until a stop signal arrives or the mount goes away
+    /// (someone ran `fusermount3 -u`), then unmounts it. SIGUSR1 calls
+    /// `report` meanwhile.
+    pub fn serve(mut self, mount: Mount, report: impl Fn(&Core)) -> io::Result<()> {
+        let StopSignals {
+            runtime,
+            int,
+            term,
+            usr1,
+        } = &mut self;
         runtime.block_on(async {
             loop {
                 tokio::select! {
                     _ = term.recv() => break,
                     _ = int.recv() => break,
+                    _ = usr1.recv() => report(mount.core()),
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {
                         if !mount.is_alive() { break; }
                     }

@@ -3,26 +3,34 @@
 //!
 //! The kernel carries out an invalidation before the notification's write
 //! returns, and may wait for a page whose read is still in flight — a read
-//! answered by the connection's reader thread, or by a FUSE worker. So no
-//! notification is ever sent from inside a FUSE request or from the reader:
-//! they queue here, and one thread sends them in order, then runs whatever was
-//! to happen afterwards (granting a lock once its file's pages are gone).
+//! answered by the connection's reader thread, or by a FUSE worker — or for a
+//! directory's lock held by a request in flight. So no notification is ever
+//! sent from inside a FUSE request or from the reader: they queue here, and one
+//! thread sends them in order, then runs whatever was to happen afterwards
+//! (granting a lock once its file's pages are gone). The queue is unbounded:
+//! what fills it (the server's notices, dropping every cache) is bounded by the
+//! names and inodes the kernel holds.
 
 use crate::core::KernelCache;
 use ferry_common::sync::lock;
 use fuser::{INodeNo, Notifier};
+use std::ffi::{OsStr, OsString};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread;
 
 /// Work for the notification thread.
 enum Job {
-    /// Drop the kernel's attributes of an inode, or with `data` its pages too,
-    /// then run `then`.
+    /// Drop the kernel's attributes of an inode, or with `data` its pages too
+    /// (or, when the kernel has no such inode, the entries `names`), then run
+    /// `then`.
     Inode {
         ino: u64,
         data: bool,
+        names: Vec<(u64, OsString)>,
         then: Option<Box<dyn FnOnce() + Send>>,
     },
+    /// Drop the kernel's entry `name` in directory `parent`.
+    Entry { parent: u64, name: OsString },
 }
 
 /// See the module documentation.
@@ -82,12 +90,33 @@ impl KernelNotifier {
 /// Tells the kernel what `job` says.
 fn send(notifier: &Notifier, job: &Job) {
     match job {
-        Job::Inode { ino, data, .. } => {
+        Job::Inode {
+            ino, data, names, ..
+        } => {
             // Offset -1: attributes only; 0 with length 0: every page too.
             let offset = if *data { 0 } else { -1 };
-            // The kernel may have forgotten the inode: nothing cached.
-            if let Err(e) = notifier.inval_inode(INodeNo(*ino), offset, 0) {
-                log::debug!("invalidating inode {ino}: {e}");
+            let result = notifier.inval_inode(INodeNo(*ino), offset, 0);
+            log::trace!("invalidated inode {ino}: {result:?}");
+            match result {
+                Ok(()) => {}
+                // The kernel has forgotten the inode (nothing cached), or a
+                // lookup is making it from an answer older than the change:
+                // its entry goes once in place.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    for (parent, name) in names {
+                        if let Err(e) = notifier.inval_entry(INodeNo(*parent), name) {
+                            log::debug!("invalidating {name:?} in inode {parent}: {e}");
+                        }
+                    }
+                }
+                Err(e) => log::debug!("invalidating inode {ino}: {e}"),
+            }
+        }
+        Job::Entry { parent, name } => {
+            log::trace!("invalidating {name:?} in inode {parent}");
+            // An unknown directory or name: nothing cached.
+            if let Err(e) = notifier.inval_entry(INodeNo(*parent), name) {
+                log::debug!("invalidating {name:?} in inode {parent}: {e}");
             }
         }
     }
@@ -101,14 +130,23 @@ fn finish(job: Job) {
                 then()
             }
         }
+        Job::Entry { .. } => {}
     }
 }
 
 impl KernelCache for KernelNotifier {
-    fn forget_attrs(&self, ino: u64) {
+    fn forget_entry(&self, parent: u64, name: &OsStr) {
+        self.queue(Job::Entry {
+            parent,
+            name: name.to_os_string(),
+        });
+    }
+
+    fn forget_inode(&self, ino: u64, data: bool, names: Vec<(u64, OsString)>) {
         self.queue(Job::Inode {
             ino,
-            data: false,
+            data,
+            names,
             then: None,
         });
     }
@@ -117,6 +155,7 @@ impl KernelCache for KernelNotifier {
         self.queue(Job::Inode {
             ino,
             data: true,
+            names: Vec::new(),
             then: Some(then),
         });
     }

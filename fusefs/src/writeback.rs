@@ -217,6 +217,13 @@ impl WriteBehind {
         }
     }
 
+    /// [`doubt`](Self::doubt) of every file (every cache is being dropped).
+    pub(crate) fn doubt_all(&self) {
+        for file in self.lock().files.values_mut() {
+            file.told_at = None;
+        }
+    }
+
     /// The link count of `ino` changed (link, unlink, rename over it): `nlink`
     /// when the server said it, else one fewer than projected. Unlike size and
     /// times, the count does not depend on the writes in flight, so the

@@ -37,6 +37,10 @@
 //! ever gets one, and ends. Other connections never share a thread with this
 //! one, so they are not held up at all.
 //!
+//! A subscribed connection (see [`crate::effects`]) is also sent notices,
+//! unasked: the writer sends whatever its [`Subscriber`] has waiting each time
+//! it wakes, and it wakes for them too.
+//!
 //! Before reading the next request the reader takes a share of the budget (a
 //! number of requests in flight, and memory for the request and its reply:
 //! the connection's own, then the server's shared pool; see
@@ -56,6 +60,7 @@ use crate::exports::Exports;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::recovery::{ClientId, Recovery, Registration};
+use crate::registry::{Registries, Registry, Subscriber};
 use crate::schedule::{schedule, Schedule};
 use crate::security::{Security, TlsServer};
 use crate::sequencer::Sequencer;
@@ -64,8 +69,8 @@ use ferry_common::auth::{Fingerprint, EXPORTER_LABEL, SECRET_LEN};
 use ferry_common::counters::op_kind;
 use ferry_common::frame::{self, FrameError, RequestFrame, MAX_CHUNK};
 use ferry_common::proto::{
-    Auth, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, LISTING_BYTES, MAGIC,
-    MAX_HELLO, MAX_OPEN_DATA, PROTOCOL_VERSION,
+    Auth, Change, HandshakeReply, Hello, Notice, Op, Reply, Request, Response, ServerMessage,
+    Welcome, LISTING_BYTES, MAGIC, MAX_HELLO, MAX_OPEN_DATA, PROTOCOL_VERSION,
 };
 use ferry_common::state::AUTHORIZED_CLIENTS;
 use ferry_common::sync::lock;
@@ -87,6 +92,8 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
+/// How long the first bytes of a TLS record may take to follow the first.
+const SNIFF_WAIT: Duration = Duration::from_secs(1);
 /// How long a new connection may take to send its `Hello`.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Once the first byte of a frame has arrived, the rest must follow within this.
@@ -105,8 +112,15 @@ const LARGE_FRAME: usize = 64 * 1024;
 /// The writer sends its batch once it holds this much.
 const BATCH_LIMIT: usize = 256 * 1024;
 const READ_BUFFER: usize = 64 * 1024;
+/// A notice frame holds about this many bytes of changes at most (well below
+/// the frame limit); more changes go in further frames.
+const NOTICE_FRAME: usize = 1 << 20;
 /// Bytes read from the socket at a time beneath TLS.
 const SOCKET_BUFFER: usize = 256 * 1024;
+
+/// What a connection is served: the directory its paths are relative to, and
+/// the coherent caches' registry of that directory.
+type Served = (Arc<ExportRoot>, Arc<Registry>);
 
 /// What every connection of a server shares.
 #[derive(Debug)]
@@ -129,6 +143,8 @@ pub(crate) struct Context {
     pub(crate) memory: ReplyMemory,
     /// Connections running a request on their reader's thread, for the watchdog.
     pub(crate) stalls: Stalls,
+    /// The coherent caches' registries, one per directory served.
+    pub(crate) registries: Arc<Registries>,
 }
 
 /// A connection's byte stream once the handshake has settled how it is
@@ -207,7 +223,7 @@ async fn welcome_client(
         _ = stop.wait_for(|stopped| *stopped) => return Ok(None),
         accepted = timeout(HANDSHAKE_TIMEOUT, accept(stream, ctx)) => accepted,
     };
-    let (transport, export, client) = match accepted {
+    let (transport, (export, registry), client) = match accepted {
         Err(_) => {
             metrics.refused();
             return Err(FrameError::Io(io::Error::new(
@@ -228,6 +244,7 @@ async fn welcome_client(
     let descriptors: Arc<DescriptorAccount> = ctx.descriptors.account();
     let session = Session::new(
         export,
+        registry,
         ctx.policy,
         Arc::clone(&ctx.recovery),
         descriptors,
@@ -295,7 +312,12 @@ impl Serving {
         let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
         let writer = {
             let _entered = runtime.enter();
-            tokio::spawn(write_replies(write_half, rx, Arc::clone(&ctx.metrics)))
+            tokio::spawn(write_replies(
+                write_half,
+                rx,
+                Arc::clone(&ctx.metrics),
+                session.subscriber(),
+            ))
         };
         let session = Arc::new(session);
         let registration = ctx.recovery.connected(session.client(), session.locks());
@@ -542,11 +564,19 @@ async fn closing(stop: &mut watch::Receiver<bool>, replaced: &mut Option<watch::
 async fn accept(
     stream: TcpStream,
     ctx: &Context,
-) -> Result<Option<(Transport, Arc<ExportRoot>, ClientId)>, FrameError> {
-    // The first bytes tell TLS from plaintext; they may come in pieces.
+) -> Result<Option<(Transport, Served, ClientId)>, FrameError> {
+    // The first bytes tell TLS from plaintext; they may come in pieces. A
+    // peer that sends part of them and then nothing (or closes: a peek
+    // cannot tell) is waited for a moment only, then read as plaintext,
+    // whose reader sees the end or the garbage.
     let mut first = [0u8; tls::TLS_SNIFF];
     let mut seen = stream.peek(&mut first).await?;
-    while seen > 0 && seen < first.len() && first[0] == tls::TLS_HANDSHAKE_RECORD {
+    let sniff_until = Instant::now() + SNIFF_WAIT;
+    while seen > 0
+        && seen < first.len()
+        && first[0] == tls::TLS_HANDSHAKE_RECORD
+        && Instant::now() < sniff_until
+    {
         tokio::time::sleep(Duration::from_millis(1)).await;
         seen = stream.peek(&mut first).await?;
     }
@@ -582,7 +612,7 @@ async fn accept(
             });
             Ok(welcome(&mut tls, ctx, &hello, verdict)
                 .await?
-                .map(|export| (Box::new(tls) as Transport, export, hello.client)))
+                .map(|served| (Box::new(tls) as Transport, served, hello.client)))
         }
         (Security::Tls(_), false) => {
             let mut plain = buffered();
@@ -607,7 +637,7 @@ async fn accept(
             let verdict = check_hello(&hello);
             Ok(welcome(&mut plain, ctx, &hello, verdict)
                 .await?
-                .map(|export| (Box::new(plain) as Transport, export, hello.client)))
+                .map(|served| (Box::new(plain) as Transport, served, hello.client)))
         }
     }
 }
@@ -696,12 +726,13 @@ async fn welcome<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Context,
     hello: &Hello,
     verdict: Result<(), String>,
-) -> Result<Option<Arc<ExportRoot>>, FrameError> {
+) -> Result<Option<Served>, FrameError> {
     let mut served = None;
     let reply = match verdict {
         Err(message) => HandshakeReply::Refused { message },
         Ok(()) => {
             let exports = Arc::clone(&ctx.exports);
+            let registries = Arc::clone(&ctx.registries);
             let (name, subtree) = (hello.export.clone(), hello.subtree.clone());
             // Opening a subtree is a system call: off the async workers.
             let chosen =
@@ -711,19 +742,20 @@ async fn welcome<S: AsyncRead + AsyncWrite + Unpin>(
                         let attr = chosen.root.root_attr().map_err(|e| {
                             format!("the server cannot read its export directory: {e}")
                         })?;
-                        Ok::<_, String>((chosen, attr))
+                        let registry = registries.for_root(&chosen.root, &attr);
+                        Ok::<_, String>((chosen, registry, attr))
                     })
                     .await
                     .unwrap_or_else(|e| Err(format!("the server failed to open the export: {e}")));
             match chosen {
-                Ok((chosen, root)) => {
+                Ok((chosen, registry, root)) => {
                     log::debug!(
                         "serving {} (export {}) to a client",
                         chosen.root.path().display(),
                         chosen.name.as_deref().unwrap_or("by default")
                     );
                     let acts_as_clients = chosen.root.acts_as_clients();
-                    served = Some(chosen.root);
+                    served = Some((chosen.root, registry));
                     HandshakeReply::Welcome(Welcome {
                         version: PROTOCOL_VERSION,
                         max_chunk: MAX_CHUNK,
@@ -877,14 +909,14 @@ fn answer(session: &Session, metrics: &Metrics, request: Request) -> Encoded {
         },
         other => other,
     };
-    let head = match frame::encode(&Response { id, result }) {
+    let head = match frame::encode(&ServerMessage::Response(Response { id, result })) {
         Ok(frame) => frame,
         Err(e) => {
             log::warn!("the reply to request {id} cannot be encoded ({e}); answering EIO");
-            frame::encode(&Response {
+            frame::encode(&ServerMessage::Response(Response {
                 id,
                 result: Err(Errno::EIO),
-            })
+            }))
             .unwrap_or_default()
         }
     };
@@ -911,17 +943,27 @@ struct Outgoing {
     budget: Budget,
 }
 
-/// Writes replies as they come. Whatever is queued when the writer wakes goes out
-/// in one batch, so a burst of small replies costs one system call, not one each.
+/// Writes replies as they come, and the notices waiting for this connection
+/// whenever it wakes. Whatever is queued when the writer wakes goes out in one
+/// batch, so a burst of small replies costs one system call, not one each.
 async fn write_replies(
     mut sink: Writer,
     mut replies: mpsc::Receiver<Outgoing>,
     metrics: Arc<Metrics>,
+    notices: Arc<Subscriber>,
 ) -> io::Result<()> {
     let mut batch = Vec::with_capacity(BATCH_LIMIT);
     let mut written = Vec::new();
-    while let Some(first) = replies.recv().await {
-        let mut next = Some(first);
+    loop {
+        let first = tokio::select! {
+            reply = replies.recv() => match reply {
+                Some(reply) => Some(reply),
+                None => break,
+            },
+            () = notices.ready() => None,
+        };
+        encode_notices(&notices, &mut batch);
+        let mut next = first;
         while let Some(Outgoing { frame, budget }) = next {
             let Encoded { head, data } = frame;
             metrics.sent(head.len() + data.len());
@@ -977,6 +1019,37 @@ async fn write_timed<W: AsyncWrite + Unpin>(sink: &mut W, bytes: &[u8]) -> io::R
     }
 }
 
+/// Appends the notices waiting in `notices` to `batch`, as frames of at most
+/// about [`NOTICE_FRAME`] bytes: first "drop everything" if that is due, then
+/// the changes.
+fn encode_notices(notices: &Subscriber, batch: &mut Vec<u8>) {
+    let (reset, changes) = notices.take();
+    let mut push = |notice: Notice| {
+        if let Err(e) = frame::encode_into(&ServerMessage::Notice(notice), batch) {
+            log::warn!("a notice cannot be encoded: {e}");
+        }
+    };
+    if let Some(lease_secs) = reset {
+        push(Notice::Reset { lease_secs });
+    }
+    let mut chunk: Vec<Change> = Vec::new();
+    let mut size = 0;
+    for change in changes {
+        size += match &change {
+            Change::Name { path, .. } => path.as_bytes().len() + 24,
+            Change::Moved { from, to } => from.as_bytes().len() + to.as_bytes().len() + 8,
+            Change::Node { .. } => 24,
+        };
+        chunk.push(change);
+        if size >= NOTICE_FRAME {
+            push(Notice::Changed(std::mem::take(&mut chunk)));
+            size = 0;
+        }
+    }
+    if !chunk.is_empty() {
+        push(Notice::Changed(chunk));
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

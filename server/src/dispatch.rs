@@ -3,7 +3,8 @@
 //!
 //! A [`Session`] is the state one connection's requests share: the export, the
 //! connection's open files and locks (and the budget of descriptors they
-//! count against), the server's memory of its clients' locks
+//! count against), its side of coherent caches ([`crate::effects`], run
+//! around every operation), the server's memory of its clients' locks
 //! ([`Recovery`]: the grace period, locks kept for a reconnecting client)
 //! and the server's [`Policy`] (a read-only export answers every request that
 //! would change it with EROFS). `handle`
@@ -16,14 +17,18 @@
 use crate::budget::DescriptorAccount;
 #[cfg(any(test, fuzzing))]
 use crate::budget::Descriptors;
+use crate::effects::Coherence;
 use crate::export::{ExportRoot, LockKey, LockTable, SetIdBits};
 use crate::handles::HandleTable;
 use crate::identity::Identity;
 use crate::listings::Listings;
 use crate::policy::{self, Policy};
 use crate::recovery::{ClientId, Recovery};
+use crate::registry::{Registry, Subscriber};
 use ferry_common::frame::{MAX_CHUNK, READDIR_PAGE};
-use ferry_common::proto::{LockType, Op, Reply, Request, LISTING_BYTES, MAX_OPEN_DATA};
+use ferry_common::proto::{
+    AttrChanges, LockType, NodeId, Op, Reply, Request, LISTING_BYTES, MAX_OPEN_DATA,
+};
 use ferry_common::FileKind;
 use ferry_common::{Attr, Errno, RelPath};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,13 +60,15 @@ fn is_mutation(op: &Op) -> bool {
         | Op::GetLock { .. }
         | Op::ReleaseLocks { .. }
         | Op::ReclaimLock { .. }
-        | Op::ReclaimComplete => false,
+        | Op::ReclaimComplete
+        | Op::Subscribe { .. } => false,
         Op::Open { flags, .. } | Op::OpenRead { flags, .. } => {
             flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
         }
+        // No changes: the attributes of an open file (fstat).
+        Op::SetAttr { changes, .. } => *changes != AttrChanges::default(),
         Op::Create { .. }
         | Op::Write { .. }
-        | Op::SetAttr { .. }
         | Op::Mkdir { .. }
         | Op::Mknod { .. }
         | Op::Symlink { .. }
@@ -85,6 +92,7 @@ pub(crate) struct Session {
     locks: Arc<LockTable>,
     /// What handles and lock descriptors count against.
     descriptors: Arc<DescriptorAccount>,
+    coherence: Coherence,
     policy: Policy,
     recovery: Arc<Recovery>,
     /// The client's id from its `Hello` (0: it never reclaims locks).
@@ -94,9 +102,11 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// The session of a connection of `client` to `export`.
+    /// The session of a connection of `client` to `export` (whose coherent
+    /// caches' registry is `registry`).
     pub(crate) fn new(
         export: Arc<ExportRoot>,
+        registry: Arc<Registry>,
         policy: Policy,
         recovery: Arc<Recovery>,
         descriptors: Arc<DescriptorAccount>,
@@ -108,11 +118,17 @@ impl Session {
             listings: Listings::new(),
             locks: Arc::new(LockTable::new(Arc::clone(&descriptors))),
             descriptors,
+            coherence: Coherence::new(registry),
             policy,
             recovery,
             client,
             recorded: AtomicBool::new(false),
         }
+    }
+
+    /// This connection's side of coherent caches: the notices its writer sends.
+    pub(crate) fn subscriber(&self) -> Arc<Subscriber> {
+        self.coherence.subscriber()
     }
 
     /// A session on its own (no grace periods, no other connections, a
@@ -121,7 +137,9 @@ impl Session {
     pub(crate) fn standalone(export: Arc<ExportRoot>, policy: Policy) -> Session {
         let recovery = Arc::new(Recovery::start(std::time::Duration::ZERO, None));
         let descriptors = Arc::new(Descriptors::new(1 << 16)).account();
-        Session::new(export, policy, recovery, descriptors, 0)
+        // Unwatched: a watch thread per session would cost more than it runs.
+        let registry = Registry::new(Arc::clone(&export), false);
+        Session::new(export, registry, policy, recovery, descriptors, 0)
     }
 
     /// Whether this client holds nothing here (no open file, no lock): then
@@ -223,9 +241,18 @@ impl Session {
             return Err(Errno::EINVAL);
         }
         let admitted = self.policy.admit(&cred, &mut op)?;
+        // The hooks look as the server itself: what they see goes into the
+        // notices of what changed, never into an answer.
+        let ticket = self.coherence.before(&op, &self.handles);
+        let result = self.act_and_carry_out(op, &admitted.who, admitted.setid);
+        self.coherence.after(ticket, &result, &self.handles);
+        result
+    }
+
+    fn act_and_carry_out(&self, op: Op, who: &Identity, setid: SetIdBits) -> Result<Reply, Errno> {
         // Until dropped, on every way out of here, unwinding included.
-        let _acting = self.export.act_as(&admitted.who)?;
-        self.carry_out(op, &admitted.who, admitted.setid)
+        let _acting = self.export.act_as(who)?;
+        self.carry_out(op, who, setid)
     }
 
     /// Carries out one operation, the thread acting as `who` already.
@@ -242,7 +269,7 @@ impl Session {
             Op::Open { path, flags } => {
                 let descriptor = self.descriptors.take()?;
                 let (file, attr) = export.open_file(&path, flags)?;
-                let handle = self.handles.insert(file, descriptor);
+                let handle = self.handles.insert(file, NodeId::of(&attr), descriptor);
                 Ok(Reply::Opened { handle, attr })
             }
             Op::OpenRead { path, flags, len } => {
@@ -255,7 +282,7 @@ impl Session {
                     FileKind::File => file.read_at(0, len).ok(),
                     _ => None,
                 };
-                let handle = self.handles.insert(file, descriptor);
+                let handle = self.handles.insert(file, NodeId::of(&attr), descriptor);
                 Ok(match data {
                     Some(data) => Reply::OpenedWithData { handle, attr, data },
                     None => Reply::Opened { handle, attr },
@@ -264,7 +291,7 @@ impl Session {
             Op::Create { path, flags, mode } => {
                 let descriptor = self.descriptors.take()?;
                 let (file, attr) = export.create(&path, flags, mode)?;
-                let handle = self.handles.insert(file, descriptor);
+                let handle = self.handles.insert(file, NodeId::of(&attr), descriptor);
                 Ok(match self.dir_of(&path) {
                     Some(dir) => Reply::Created { handle, attr, dir },
                     None => Reply::Opened { handle, attr },
@@ -431,6 +458,9 @@ impl Session {
                 // MAX_COPY is far below 4 GiB, so this never saturates.
                 Ok(Reply::Written(u32::try_from(copied).unwrap_or(u32::MAX)))
             }
+            Op::Subscribe { lease_secs } => Ok(Reply::Subscribed {
+                lease_secs: self.coherence.subscribe(lease_secs),
+            }),
         }
     }
 }
@@ -502,6 +532,13 @@ mod tests {
                 handle: 1,
                 owner: 1,
             },
+            Op::Subscribe { lease_secs: 60 },
+            // No changes: the attributes of an open file (fstat).
+            Op::SetAttr {
+                path: path.clone(),
+                handle: Some(1),
+                changes: AttrChanges::default(),
+            },
             Op::ReclaimLock {
                 handle: 1,
                 owner: 1,
@@ -535,7 +572,10 @@ mod tests {
             Op::SetAttr {
                 path: path.clone(),
                 handle: None,
-                changes: AttrChanges::default(),
+                changes: AttrChanges {
+                    mode: Some(0o644),
+                    ..AttrChanges::default()
+                },
             },
             Op::Mkdir {
                 path: path.clone(),

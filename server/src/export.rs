@@ -404,6 +404,15 @@ impl ExportRoot {
         Ok(attr_from_stat(&sys::fstat(fd)?))
     }
 
+    /// Opens the directory `path` as a reference only (`O_PATH`), beneath the
+    /// root and through no symlink, with its attributes: what the watch on the
+    /// export (see `watch`) holds a directory by.
+    pub(crate) fn open_dir_ref(&self, path: &RelPath) -> Result<(OwnedFd, Attr), Errno> {
+        let fd = self.open_beneath(path, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)?;
+        let st = sys::fstat(fd.as_fd())?;
+        Ok((fd, attr_from_stat(&st)))
+    }
+
     /// Statistics of the file system holding the export.
     pub fn statfs(&self) -> Result<StatFs, Errno> {
         let sv = sys::fstatvfs(self.root.as_fd())?;

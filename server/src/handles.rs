@@ -5,6 +5,8 @@
 //! Each file sits behind an `Arc`: `Close` removes it from the table while a read
 //! already running keeps its own reference, and the descriptor is closed when the
 //! last user lets go. Dropping the table (the connection ended) closes them all.
+//! Each handle also remembers which server file it is ([`NodeId`]): what a
+//! change through it is published as (see `effects`).
 //!
 //! Each file holds its place in the connection's descriptor budget (see
 //! `crate::budget`), taken before it was opened and given back when it leaves
@@ -12,10 +14,20 @@
 
 use crate::budget::Descriptor;
 use crate::export::OpenFile;
+use ferry_common::proto::NodeId;
 use ferry_common::sync::lock;
 use ferry_common::Errno;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+/// One open file: the file, which server file it is, and its place in the
+/// descriptor budget (given back when it leaves the table).
+#[derive(Debug)]
+struct Held {
+    file: Arc<OpenFile>,
+    id: NodeId,
+    _descriptor: Descriptor,
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct HandleTable {
@@ -27,7 +39,7 @@ pub(crate) struct HandleTable {
 #[derive(Debug, Default)]
 struct Inner {
     last: u64,
-    files: HashMap<u64, (Arc<OpenFile>, Descriptor)>,
+    files: HashMap<u64, Held>,
 }
 
 impl HandleTable {
@@ -35,13 +47,20 @@ impl HandleTable {
         HandleTable::default()
     }
 
-    /// Stores `file`, which holds `descriptor` of the budget, and returns its
-    /// new handle.
-    pub(crate) fn insert(&self, file: OpenFile, descriptor: Descriptor) -> u64 {
+    /// Stores `file`, which is the server file `id` and holds `descriptor` of
+    /// the budget, and returns its new handle.
+    pub(crate) fn insert(&self, file: OpenFile, id: NodeId, descriptor: Descriptor) -> u64 {
         let mut inner = lock(&self.inner);
         inner.last += 1;
         let handle = inner.last;
-        inner.files.insert(handle, (Arc::new(file), descriptor));
+        inner.files.insert(
+            handle,
+            Held {
+                file: Arc::new(file),
+                id,
+                _descriptor: descriptor,
+            },
+        );
         handle
     }
 
@@ -54,8 +73,13 @@ impl HandleTable {
         lock(&self.inner)
             .files
             .get(&handle)
-            .map(|(file, _)| Arc::clone(file))
+            .map(|held| Arc::clone(&held.file))
             .ok_or(Errno::EBADF)
+    }
+
+    /// The server file behind `handle`, if it is open.
+    pub(crate) fn id(&self, handle: u64) -> Option<NodeId> {
+        lock(&self.inner).files.get(&handle).map(|held| held.id)
     }
 
     /// Forgets `handle`; the file closes once no request still uses it.

@@ -37,13 +37,22 @@
 //!   them or runs `--insecure`.
 //! - `connection`: one client, on a thread of its own: TLS and
 //!   authentication, then a reader that runs each request where `schedule`
-//!   says, and a single writer that batches the replies; idle connections
-//!   that hold nothing are closed.
+//!   says, and a single writer that batches the replies (and sends the
+//!   notices of a subscribed connection); idle connections that hold nothing
+//!   are closed.
 //! - `stalls`: a request stuck in the export holds up only itself — the
 //!   watchdog that hands a stuck connection's reading to a new thread.
+//! - Coherent caches: `interest` (`InterestTable`: what one connection may
+//!   have cached, and what to tell it when that changes), `registry`
+//!   (`Registry`: every subscribed connection served from one directory, and
+//!   the routing of each change to the others; `Registries`: one per directory
+//!   served), `effects` (the hooks around every operation: what it lets its
+//!   client cache, what it changes), `watch` (the served directory watched
+//!   with inotify for changes made by processes on the server, or through
+//!   connections served from another directory).
 //! - `metrics`: what the server counts, and the `--metrics` HTTP responder.
 //! - `sys`: the few system calls outside the export (descriptor limit, socket
-//!   options).
+//!   options, inotify).
 //! - `fuzz` (in tests, and in builds with `--cfg fuzzing`): the fuzz targets —
 //!   the frame decoder, the handshake, the dispatch of operations — which run
 //!   as bounded tests on stable and coverage-guided under `fuzz/`.
@@ -59,21 +68,25 @@
 mod budget;
 mod connection;
 mod dispatch;
+mod effects;
 mod export;
 mod exports;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
 mod handles;
 mod identity;
+mod interest;
 mod listings;
 mod metrics;
 mod policy;
 mod recovery;
+mod registry;
 mod schedule;
 mod security;
 mod sequencer;
 mod stalls;
 mod sys;
+mod watch;
 
 pub use budget::DEFAULT_REPLY_MEMORY;
 pub use connection::CONNECTION_BUDGET;
@@ -90,6 +103,7 @@ use connection::Context;
 use exports::Exports;
 use policy::Policy;
 use recovery::Recovery;
+use registry::Registries;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
@@ -103,7 +117,7 @@ use std::sync::Weak;
 use std::thread;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinSet;
 
 /// How many clients a server serves at once unless told otherwise.
@@ -239,6 +253,12 @@ impl Server {
                 export.path().display()
             );
         }
+        let registries = Registries::new(
+            exports
+                .default_export()
+                .into_iter()
+                .chain(exports.named().map(|(_, root)| root)),
+        );
         Ok(Server {
             context: Arc::new(Context {
                 exports: Arc::new(exports),
@@ -250,6 +270,7 @@ impl Server {
                 metrics: Arc::new(Metrics::default()),
                 security: config.security,
                 idle_timeout: config.idle_timeout,
+                registries: Arc::new(registries),
                 pool: tokio::runtime::Handle::current(),
                 recovery: Arc::new(Recovery::start(config.grace, config.lock_record)),
                 descriptors: Arc::new(descriptors),
@@ -290,7 +311,7 @@ impl Server {
             ..
         } = self;
         let per_address = Arc::new(PerAddress::default());
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
         let _housekeeping = Housekeeping::start(&context)?;

@@ -75,6 +75,7 @@ pub(crate) fn schedule(op: &Op, alone: bool, handle_idle: impl FnOnce(u64) -> bo
         | Op::Rename { .. }
         | Op::StatFs
         | Op::Ping
+        | Op::Subscribe { .. }
         | Op::GetXattr { .. }
         | Op::ListXattr { .. }
         | Op::SetXattr { .. }
@@ -290,6 +291,7 @@ mod tests {
             ),
             (Op::StatFs, quick),
             (Op::Ping, quick),
+            (Op::Subscribe { lease_secs: 60 }, quick),
             (
                 Op::GetXattr {
                     path: path(),

@@ -1,8 +1,11 @@
 //! The server's system calls outside the export, as safe wrappers: the process's
-//! descriptor limit and the allocator's trimming. (The export's file system
-//! calls are in `export::sys`; socket options in `ferry_common::socket`.)
+//! descriptor limit, the allocator's trimming, and inotify (the watch on the
+//! export, see `watch`). (The export's file system calls are in `export::sys`;
+//! socket options in `ferry_common::socket`.)
 
+use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// The soft and hard limits on open descriptors (`RLIMIT_NOFILE`).
 pub(crate) fn open_file_limit() -> io::Result<(u64, u64)> {
@@ -52,4 +55,83 @@ pub fn limit_malloc_arenas(arenas: i32) {
     }
     #[cfg(not(target_env = "gnu"))]
     let _ = arenas;
+}
+
+/// A new inotify instance, non-blocking and closed on exec.
+pub(crate) fn inotify_init() -> io::Result<OwnedFd> {
+    // SAFETY: no pointers; the flags are valid for inotify_init1.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Watches the directory open as `dir` (any descriptor, `O_PATH` included)
+/// for the events in `mask`; returns the watch descriptor. The directory is
+/// named through `/proc/self/fd`, so the watch lands on exactly the directory
+/// that descriptor holds, whatever its path has become.
+pub(crate) fn inotify_watch_fd(
+    inotify: BorrowedFd<'_>,
+    dir: BorrowedFd<'_>,
+    mask: u32,
+) -> io::Result<i32> {
+    let path = CString::new(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `path` is NUL-terminated and outlives the call; `inotify` is an
+    // open descriptor borrowed for the call.
+    let wd = unsafe { libc::inotify_add_watch(inotify.as_raw_fd(), path.as_ptr(), mask) };
+    if wd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(wd)
+}
+
+/// Removes a watch; one the kernel already dropped (its directory is gone)
+/// answers EINVAL, which callers may ignore.
+pub(crate) fn inotify_unwatch(inotify: BorrowedFd<'_>, wd: i32) -> io::Result<()> {
+    // SAFETY: no pointers; `inotify` is an open descriptor borrowed for the call.
+    if unsafe { libc::inotify_rm_watch(inotify.as_raw_fd(), wd) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits up to `timeout_ms` for `fd` to become readable; whether it did. A
+/// signal ends the wait early (answered as not readable).
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, borrowed for the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(e);
+    }
+    Ok(n > 0 && pfd.revents & libc::POLLIN != 0)
+}
+
+/// `read(2)` into `buf` from a non-blocking descriptor: how many bytes came;
+/// 0 when nothing is waiting.
+pub(crate) fn read_nonblocking(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for writes of its length for the call.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(0),
+            _ => return Err(e),
+        }
+    }
 }

@@ -10,8 +10,8 @@
 
 use ferry_common::frame;
 use ferry_common::proto::{
-    AttrChanges, Cred, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome, MAX_GROUPS,
-    WELCOME_ACTS_AS_CALLERS, WELCOME_ALL_SQUASHED, WELCOME_ROOT_SQUASHED,
+    AttrChanges, Cred, HandshakeReply, Hello, Op, Reply, Request, ServerMessage, Welcome,
+    MAX_GROUPS, WELCOME_ACTS_AS_CALLERS, WELCOME_ALL_SQUASHED, WELCOME_ROOT_SQUASHED,
 };
 use ferry_common::{Errno, RelPath};
 use ferry_server::{spawn_server, test_config, Security, ServerConfig, ServerHandle, Squash};
@@ -61,7 +61,9 @@ impl Client {
         };
         frame::write_frame(&mut self.stream, &request).unwrap();
         let payload = frame::read_frame(&mut self.stream).unwrap().unwrap();
-        let response: Response = frame::decode(&payload).unwrap();
+        let ServerMessage::Response(response) = frame::decode(&payload).unwrap() else {
+            panic!("a notice on a connection that did not subscribe");
+        };
         assert_eq!(response.id, id);
         response.result
     }

@@ -7,8 +7,8 @@
 
 use ferry_common::frame::{self, MAX_CHUNK, MAX_FRAME};
 use ferry_common::proto::{
-    AttrChanges, Cred, HandshakeReply, Hello, Op, Reply, Request, Response, Welcome,
-    PROTOCOL_VERSION,
+    AttrChanges, Change, Cred, HandshakeReply, Hello, NodeId, Notice, Op, Reply, Request, Response,
+    ServerMessage, Welcome, PROTOCOL_VERSION,
 };
 use ferry_common::proto::{LISTED_ENTRY_OVERHEAD, LISTING_BYTES, MAX_OPEN_DATA};
 use ferry_common::{Errno, FileKind, RelPath};
@@ -28,6 +28,16 @@ use tempfile::TempDir;
 struct Client {
     stream: TcpStream,
     next_id: u64,
+    /// Notices that came while waiting for answers.
+    notices: Vec<Notice>,
+}
+
+/// The answer in a frame from the server, which must be one.
+fn response(payload: &[u8]) -> Response {
+    match frame::decode(payload).unwrap() {
+        ServerMessage::Response(response) => response,
+        other => panic!("not an answer: {other:?}"),
+    }
 }
 
 /// The credential of this test process: what a client run by it claims.
@@ -47,7 +57,11 @@ impl Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
-        Client { stream, next_id: 1 }
+        Client {
+            stream,
+            next_id: 1,
+            notices: Vec::new(),
+        }
     }
 
     fn hello(&mut self, hello: &Hello) -> HandshakeReply {
@@ -75,12 +89,40 @@ impl Client {
         let id = self.next_id;
         self.next_id += 1;
         frame::write_frame(&mut self.stream, &Request { id, cred, op }).unwrap();
-        let payload = frame::read_frame(&mut self.stream)
-            .unwrap()
-            .expect("a response");
-        let response: Response = frame::decode(&payload).unwrap();
-        assert_eq!(response.id, id);
-        response.result
+        loop {
+            let payload = frame::read_frame(&mut self.stream)
+                .unwrap()
+                .expect("a response");
+            match frame::decode(&payload).unwrap() {
+                ServerMessage::Response(response) => {
+                    assert_eq!(response.id, id);
+                    return response.result;
+                }
+                ServerMessage::Notice(notice) => self.notices.push(notice),
+            }
+        }
+    }
+
+    /// The changes of the next notices: those that came already, or the next
+    /// one to arrive (within the read timeout).
+    fn next_changes(&mut self) -> Vec<Change> {
+        if self.notices.is_empty() {
+            let payload = frame::read_frame(&mut self.stream)
+                .unwrap()
+                .expect("a notice");
+            match frame::decode(&payload).unwrap() {
+                ServerMessage::Notice(notice) => self.notices.push(notice),
+                other => panic!("not a notice: {other:?}"),
+            }
+        }
+        let mut changes = Vec::new();
+        for notice in self.notices.drain(..) {
+            match notice {
+                Notice::Changed(c) => changes.extend(c),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        changes
     }
 
     fn send_raw(&mut self, bytes: &[u8]) {
@@ -433,7 +475,7 @@ fn pipelined_requests_are_all_answered() {
         let payload = frame::read_frame(&mut client.stream)
             .unwrap()
             .expect("a response");
-        let response: Response = frame::decode(&payload).unwrap();
+        let response = response(&payload);
         order.push(response.id);
         assert!(
             answers.insert(response.id, response.result).is_none(),
@@ -1223,6 +1265,91 @@ fn changes_to_a_directory_come_with_its_new_attributes() {
     }
 }
 
+#[test]
+fn subscribed_connections_hear_of_changes_unasked() {
+    let (tmp, server) = setup(false);
+    let export = tmp.path().join("export");
+    let (mut reader, _) = Client::welcomed(server.addr());
+    let (mut writer, _) = Client::welcomed(server.addr());
+    match reader.call(Op::Subscribe { lease_secs: 60 }) {
+        Ok(Reply::Subscribed { lease_secs }) => assert_eq!(lease_secs, 60),
+        other => panic!("{other:?}"),
+    }
+    // What the reader may cache: an attribute, a missing name, a listing.
+    let Ok(Reply::Attr(file)) = reader.call(Op::Stat { path: p("file") }) else {
+        panic!("stat")
+    };
+    assert_eq!(reader.call(Op::Stat { path: p("new") }), Err(Errno::ENOENT));
+    // Another connection changes them.
+    let chmod = AttrChanges {
+        mode: Some(0o600),
+        ..AttrChanges::default()
+    };
+    writer
+        .call(Op::SetAttr {
+            path: p("file"),
+            handle: None,
+            changes: chmod,
+        })
+        .unwrap();
+    assert_eq!(
+        reader.next_changes(),
+        vec![Change::Node {
+            id: NodeId::of(&file),
+            content: false
+        }]
+    );
+    writer
+        .call(Op::Mkdir {
+            path: p("new"),
+            mode: 0o755,
+        })
+        .unwrap();
+    assert!(reader
+        .next_changes()
+        .iter()
+        .any(|c| matches!(c, Change::Name { path, now: Some(_) } if *path == p("new"))));
+    // The maker hears nothing of its own changes (it did not subscribe
+    // anyway), and a change told once is not told again until asked anew.
+    writer
+        .call(Op::SetAttr {
+            path: p("file"),
+            handle: None,
+            changes: chmod,
+        })
+        .unwrap();
+    // A process on the server: a file written in place, a name made.
+    let Ok(Reply::Attr(file)) = reader.call(Op::Stat { path: p("file") }) else {
+        panic!("stat")
+    };
+    reader.call(Op::Stat { path: p("local") }).unwrap_err();
+    fs::write(export.join("file"), "changed on the server").unwrap();
+    fs::write(export.join("local"), "made on the server").unwrap();
+    let mut changes = Vec::new();
+    while !(changes.contains(&Change::Node {
+        id: NodeId::of(&file),
+        content: true,
+    }) && changes
+        .iter()
+        .any(|c| matches!(c, Change::Name { path, .. } if *path == p("local"))))
+    {
+        changes.extend(reader.next_changes());
+    }
+}
+
+#[test]
+fn a_connection_that_does_not_subscribe_hears_nothing() {
+    let (tmp, server) = setup(false);
+    let (mut plain, _) = Client::welcomed(server.addr());
+    plain.call(Op::Stat { path: p("file") }).unwrap();
+    fs::write(tmp.path().join("export/file"), "changed").unwrap();
+    // Any frame now would be a notice; the next one must be this answer.
+    plain.call(Op::Stat { path: p("file") }).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    plain.call(Op::StatFs).unwrap();
+    assert!(plain.notices.is_empty());
+}
+
 /// A server with the given limits, exporting a directory holding `file`.
 fn limited(
     idle_timeout: Duration,
@@ -1257,7 +1384,11 @@ impl Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
-        Client { stream, next_id: 1 }
+        Client {
+            stream,
+            next_id: 1,
+            notices: Vec::new(),
+        }
     }
 
     /// The handshake, or `None` if the server closed the connection instead.
@@ -1274,7 +1405,9 @@ impl Client {
         let cred = me();
         frame::write_frame(&mut self.stream, &Request { id, cred, op }).ok()?;
         let payload = frame::read_frame(&mut self.stream).ok()??;
-        let response: Response = frame::decode(&payload).ok()?;
+        let ServerMessage::Response(response) = frame::decode(&payload).ok()? else {
+            return None;
+        };
         Some(response.result)
     }
 }

@@ -6,7 +6,7 @@
 
 use ferry_common::auth::{Fingerprint, Token, EXPORTER_LABEL, SECRET_LEN};
 use ferry_common::frame;
-use ferry_common::proto::{Auth, Cred, HandshakeReply, Hello, Op, Reply, Request, Response};
+use ferry_common::proto::{Auth, Cred, HandshakeReply, Hello, Op, Reply, Request, ServerMessage};
 use ferry_common::tls::{self, Identity, PinnedServer};
 use ferry_common::RelPath;
 use ferry_server::{spawn_server, spawn_test_server, Security, ServerConfig, ServerHandle};
@@ -99,7 +99,9 @@ impl TlsClient {
         let payload = frame::read_frame(&mut self.stream)
             .unwrap()
             .expect("an answer");
-        let response: Response = frame::decode(&payload).unwrap();
+        let ServerMessage::Response(response) = frame::decode(&payload).unwrap() else {
+            panic!("a notice on a connection that did not subscribe");
+        };
         assert_eq!(response.id, id);
         response.result
     }

@@ -38,6 +38,9 @@ pub struct Setup {
     pub read_only_server: bool,
     pub read_only_mount: bool,
     pub attr_timeout: Duration,
+    /// How long caches live while the server tells the mount of changes
+    /// (zero: the mount does not ask it to).
+    pub lease: Duration,
     pub readdirplus: bool,
     pub allow_other: bool,
     /// Export this directory instead of a fresh empty one.
@@ -78,6 +81,7 @@ impl Default for Setup {
             read_only_server: false,
             read_only_mount: false,
             attr_timeout: Duration::from_secs(1),
+            lease: ferry_fusefs::core::DEFAULT_LEASE,
             readdirplus: true,
             allow_other: false,
             export: None,
@@ -269,6 +273,7 @@ impl Fixture {
         let opts = MountOptions {
             fs: FsOptions {
                 attr_timeout: setup.attr_timeout,
+                lease: setup.lease,
                 read_only: setup.read_only_mount,
                 readdirplus: setup.readdirplus,
                 write_through_below: setup.write_through_below,
@@ -298,9 +303,10 @@ impl Fixture {
         self.export.join(rel)
     }
 
-    /// The filesystem core of the first mount (its inode table, its statistics).
-    pub fn core(&self) -> &ferry_fusefs::Core {
-        self.mounts[0].core()
+    /// The core serving mount `index` (0: the first), to look at its
+    /// statistics and lease.
+    pub fn core(&self, index: usize) -> &ferry_fusefs::Core {
+        self.mounts[index].core()
     }
 
     pub fn temp(&self) -> &Path {

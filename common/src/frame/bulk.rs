@@ -1,7 +1,8 @@
 //! Bulk frames: file data kept out of copies.
 //!
-//! A read's answer (`Response { id, result: Ok(Reply::Data(data)) }`) and a
-//! write's request (`Request { id, cred, op: Op::Write { handle, offset, data } }`)
+//! A read's answer (`ServerMessage::Response(Response { id, result:
+//! Ok(Reply::Data(data)) })`) and a write's request (`Request { id, cred, op:
+//! Op::Write { handle, offset, data } }`)
 //! end with the file's data. The sender writes the frame's head
 //! ([`encode_data_head`], [`encode_write_head`]) and then the data from the
 //! buffer it already has; the receiver reads the data straight into a buffer of
@@ -18,7 +19,7 @@ use super::{
     config, read_appending, read_appending_async, read_len, read_len_async, FrameError, HEADER,
     MAX_FRAME,
 };
-use crate::proto::{Cred, Op, Reply, Request, Response};
+use crate::proto::{Cred, Op, Reply, Request, Response, ServerMessage};
 use std::io::Read;
 use std::sync::OnceLock;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -30,9 +31,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// frame at the cost of one copy of its data.
 const PEEK: usize = 256;
 
-/// A frame from the server: a whole payload to [`decode`](super::decode), or —
-/// read apart from the rest, without copying it again — the bytes of a
-/// `Reply::Data` answer.
+/// A frame from the server: a whole payload to [`decode`](super::decode) as a
+/// [`ServerMessage`], or — read apart from the rest, without copying it again —
+/// the bytes of a `Reply::Data` answer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ResponseFrame {
     Whole(Vec<u8>),
@@ -70,8 +71,8 @@ impl RequestFrame {
     }
 }
 
-/// The frame of `Response { id, result: Ok(Reply::Data(data)) }` without the
-/// data: sent first, and the data after it as it is, the two make exactly the
+/// The frame of the answer `Response { id, result: Ok(Reply::Data(data)) }`
+/// without the data: sent first, and the data after it as it is, the two make exactly the
 /// frame [`encode`](super::encode) would have built by copying the data.
 pub fn encode_data_head(id: u64, data_len: usize) -> Result<Vec<u8>, FrameError> {
     with_length(data_prefix(id)?, data_len)
@@ -250,14 +251,15 @@ async fn read_bulk_async<F: Bulk, R: AsyncRead + Unpin>(
     Ok(Some(peeked.finish()))
 }
 
-/// The bincode prefix of `Response { id, result: Ok(Reply::Data(..)) }` before
-/// the data's length, found by encoding an empty one (so it follows the
-/// message types and the codec's configuration instead of copying them).
+/// The bincode prefix of the answer `Response { id, result:
+/// Ok(Reply::Data(..)) }` before the data's length, found by encoding an empty
+/// one (so it follows the message types and the codec's configuration instead
+/// of copying them).
 fn data_prefix(id: u64) -> Result<Vec<u8>, FrameError> {
-    let empty = Response {
+    let empty = ServerMessage::Response(Response {
         id,
         result: Ok(Reply::Data(Vec::new())),
-    };
+    });
     let mut prefix = bincode::serde::encode_to_vec(&empty, config())
         .map_err(|e| FrameError::Corrupt(e.to_string()))?;
     // The last byte is the empty length.
@@ -300,9 +302,11 @@ fn with_length(prefix: Vec<u8>, data_len: usize) -> Result<Vec<u8>, FrameError> 
 }
 
 /// Splits a data answer's prefix off `head` (the first bytes of a payload of
-/// `len` bytes): the request id and where the data starts.
+/// `len` bytes): the request id and where the data starts. The id follows the
+/// one byte of the message's variant (an answer, not a notice); the whole
+/// prefix is then compared with the one encoded for that id.
 fn split_data(head: &[u8], len: usize) -> Option<(u64, usize)> {
-    let (id, _) = varint(head)?;
+    let (id, _) = varint(head.get(1..)?)?;
     let prefix = data_prefix(id).ok()?;
     if head.get(..prefix.len())? != prefix.as_slice() {
         return None;
@@ -382,7 +386,12 @@ mod tests {
     use super::*;
     use crate::errno::Errno;
     use crate::frame::{decode, encode, MAX_CHUNK};
+    use crate::proto::{Change, NodeId, Notice};
     use std::io::Cursor;
+
+    fn answer(id: u64, result: Result<Reply, Errno>) -> ServerMessage {
+        ServerMessage::Response(Response { id, result })
+    }
 
     /// An ordinary user's credential.
     fn cred() -> Cred {
@@ -416,7 +425,7 @@ mod tests {
                 .unwrap()
                 .unwrap();
             assert!(matches!(request, RequestFrame::Whole(_)), "{request:?}");
-            assert!(decode::<Response>(head).is_err());
+            assert!(decode::<ServerMessage>(head).is_err());
         }
     }
 
@@ -560,11 +569,7 @@ mod tests {
                 let data = vec![0xab; n];
                 let mut split = encode_data_head(id, n).unwrap();
                 split.extend_from_slice(&data);
-                let whole = encode(&Response {
-                    id,
-                    result: Ok(Reply::Data(data)),
-                })
-                .unwrap();
+                let whole = encode(&answer(id, Ok(Reply::Data(data)))).unwrap();
                 assert_eq!(split, whole, "id {id}, {n} bytes");
             }
         }
@@ -580,10 +585,7 @@ mod tests {
         for id in [0u64, 250, 251, 70_000, u64::MAX] {
             for &n in &sizes {
                 let data: Vec<u8> = (0..n).map(|i| (i % 253) as u8).collect();
-                let resp = Response {
-                    id,
-                    result: Ok(Reply::Data(data.clone())),
-                };
+                let resp = answer(id, Ok(Reply::Data(data.clone())));
                 let frame = encode(&resp).unwrap();
                 let got = read_response(&mut Cursor::new(&frame)).unwrap().unwrap();
                 match got {
@@ -596,41 +598,60 @@ mod tests {
                     ResponseFrame::Whole(payload) => {
                         // Only frames no longer than the peek are read whole.
                         assert!(payload.len() <= PEEK, "id {id}, {n} bytes");
-                        assert_eq!(decode::<Response>(&payload).unwrap(), resp);
+                        assert_eq!(decode::<ServerMessage>(&payload).unwrap(), resp);
                     }
                 }
             }
         }
         // Other answers, errors included, come whole and decode as before.
         let others = [
-            Response {
-                id: 7,
-                result: Ok(Reply::Target(vec![1; 100])),
-            },
-            Response {
-                id: 8,
-                result: Err(Errno::ENOENT),
-            },
-            Response {
-                id: 9,
-                result: Ok(Reply::Written(1 << 20)),
-            },
+            answer(7, Ok(Reply::Target(vec![1; 100]))),
+            answer(8, Err(Errno::ENOENT)),
+            answer(9, Ok(Reply::Written(1 << 20))),
         ];
         for resp in others {
             let frame = encode(&resp).unwrap();
             match read_response(&mut Cursor::new(&frame)).unwrap().unwrap() {
                 ResponseFrame::Whole(payload) => {
-                    assert_eq!(decode::<Response>(&payload).unwrap(), resp)
+                    assert_eq!(decode::<ServerMessage>(&payload).unwrap(), resp)
                 }
                 other => panic!("{other:?}"),
             }
         }
+        // So do notices, even one whose bytes after its variant look like a
+        // data answer's.
+        let notices = [
+            ServerMessage::Notice(Notice::Reset { lease_secs: 60 }),
+            ServerMessage::Notice(Notice::Changed(vec![
+                Change::Name {
+                    path: crate::RelPath::parse("a/b").unwrap(),
+                    now: None,
+                },
+                Change::Node {
+                    id: NodeId { dev: 1, ino: 5 },
+                    content: true,
+                },
+            ])),
+        ];
+        for notice in notices {
+            let frame = encode(&notice).unwrap();
+            match read_response(&mut Cursor::new(&frame)).unwrap().unwrap() {
+                ResponseFrame::Whole(payload) => {
+                    assert_eq!(decode::<ServerMessage>(&payload).unwrap(), notice)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let mut look_alike = encode(&answer(3, Ok(Reply::Data(vec![9; 100])))).unwrap();
+        look_alike[HEADER] = 1; // the Notice variant
+        assert!(matches!(
+            read_response(&mut Cursor::new(&look_alike))
+                .unwrap()
+                .unwrap(),
+            ResponseFrame::Whole(_)
+        ));
         // A truncated data answer is an error, a clean end is none.
-        let frame = encode(&Response {
-            id: 1,
-            result: Ok(Reply::Data(vec![5; 1000])),
-        })
-        .unwrap();
+        let frame = encode(&answer(1, Ok(Reply::Data(vec![5; 1000])))).unwrap();
         assert!(matches!(
             read_response(&mut Cursor::new(&frame[..500])),
             Err(FrameError::Truncated)
@@ -662,11 +683,7 @@ mod tests {
             },
         })
         .unwrap();
-        let data = encode(&Response {
-            id: 9,
-            result: Ok(Reply::Data(vec![8; 5000])),
-        })
-        .unwrap();
+        let data = encode(&answer(9, Ok(Reply::Data(vec![8; 5000])))).unwrap();
         // Each kind through the other kind's reader: the same frames, the same split.
         let sync_write: RequestFrame = read_bulk(&mut write.as_slice()).unwrap().unwrap();
         let async_write = rt
@@ -722,19 +739,15 @@ mod tests {
             Err(FrameError::Corrupt(_))
         ));
         // A data answer whose length claims more than the frame holds.
-        let mut payload = encode(&Response {
-            id: 1,
-            result: Ok(Reply::Data(vec![1; 100])),
-        })
-        .unwrap()[HEADER..]
-            .to_vec();
+        let mut payload =
+            encode(&answer(1, Ok(Reply::Data(vec![1; 100])))).unwrap()[HEADER..].to_vec();
         payload.truncate(payload.len() - 1);
         let got = read_response(&mut framed(&payload).as_slice())
             .unwrap()
             .unwrap();
         assert_eq!(got, ResponseFrame::Whole(payload.clone()));
         assert!(matches!(
-            decode::<Response>(&payload),
+            decode::<ServerMessage>(&payload),
             Err(FrameError::Corrupt(_))
         ));
         // A varint tag no integer has, where the id should be.
@@ -761,11 +774,7 @@ mod tests {
             },
         })
         .unwrap();
-        let data = encode(&Response {
-            id: 1,
-            result: Ok(Reply::Data(vec![1; 1000])),
-        })
-        .unwrap();
+        let data = encode(&answer(1, Ok(Reply::Data(vec![1; 1000])))).unwrap();
         // Inside the header, inside the peek, inside the data.
         for cut in [2, HEADER + 10, 500] {
             assert!(

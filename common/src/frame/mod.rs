@@ -378,6 +378,26 @@ mod tests {
             id: 1,
             result: Err(Errno::ENOTEMPTY),
         });
+        round_trip(Request {
+            id: 3,
+            cred: Cred::default(),
+            op: Op::Subscribe { lease_secs: 60 },
+        });
+        round_trip(ServerMessage::Response(Response {
+            id: 3,
+            result: Ok(Reply::Subscribed { lease_secs: 60 }),
+        }));
+        round_trip(ServerMessage::Notice(Notice::Changed(vec![
+            Change::Moved {
+                from: path.clone(),
+                to: RelPath::parse("elsewhere").unwrap(),
+            },
+            Change::Node {
+                id: NodeId { dev: 2049, ino: 77 },
+                content: false,
+            },
+        ])));
+        round_trip(ServerMessage::Notice(Notice::Reset { lease_secs: 0 }));
         round_trip(Response {
             id: u64::MAX,
             result: Ok(Reply::Data(vec![1, 2, 3])),
@@ -581,6 +601,7 @@ mod tests {
             // Any outcome but a panic or a huge allocation is fine; most are errors.
             let _ = decode::<Request>(&payload);
             let _ = decode::<Response>(&payload);
+            let _ = decode::<ServerMessage>(&payload);
             let _ = decode::<Hello>(&payload);
         }
         assert!(matches!(

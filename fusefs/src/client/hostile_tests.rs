@@ -16,6 +16,13 @@ struct RawResponse {
     result: Result<Reply, i32>,
 }
 
+/// What a server sends, as a peer may encode it: the same variants as
+/// `ServerMessage`, an answer first.
+#[derive(Serialize)]
+enum RawMessage {
+    Response(RawResponse),
+}
+
 fn entry(name: &str) -> DirEntry {
     DirEntry {
         name: name.as_bytes().to_vec(),
@@ -35,10 +42,10 @@ fn an_errno_the_kernel_would_refuse_arrives_as_eio() {
             let Some(request) = read_request(&mut stream) else {
                 return;
             };
-            let raw = RawResponse {
+            let raw = RawMessage::Response(RawResponse {
                 id: request.id,
                 result: Err(errno),
-            };
+            });
             let _ = frame::write_frame(&mut stream, &raw);
         }
         let _ = read_request(&mut stream);

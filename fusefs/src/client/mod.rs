@@ -48,6 +48,12 @@
 //! with the same random id on every connection, and whoever registered with
 //! [`RemoteClient::on_reconnect`] hears of each new epoch, to take back the
 //! locks it held.
+//!
+//! A server may also send notices, unasked (see `ferry_common::proto::Notice`).
+//! The reader hands each to the one handler registered with
+//! [`RemoteClient::on_event`], in the order they arrive among the answers, and
+//! the handler also hears when a connection is established and when it breaks
+//! ([`ConnEvent`]): what a notice promises holds for its connection only.
 
 mod connect;
 mod known_servers;
@@ -61,7 +67,7 @@ pub use tls::{ClientFlags, ConnectOptions, Security, TlsOptions, Trust};
 use crate::stats::Stats;
 use connect::{Connector, Transport};
 use ferry_common::frame::{self, ResponseFrame};
-use ferry_common::proto::{Cred, DirEntry, Op, Reply, Request, Response, Welcome};
+use ferry_common::proto::{Cred, DirEntry, Notice, Op, Reply, Request, ServerMessage, Welcome};
 use ferry_common::sync::lock;
 use ferry_common::Errno;
 use std::cell::Cell;
@@ -111,6 +117,20 @@ pub type ReconnectHook = Box<dyn Fn(u64, &Welcome) + Send + Sync>;
 /// the server's grace period). Runs on the client's runtime, holding none of
 /// the client's locks: it must not block.
 pub type KeepConnected = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// What happens to the connection, for the handler registered with
+/// [`RemoteClient::on_event`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// Connection `epoch` is up (the first one, or a reconnect).
+    Established(u64),
+    /// The server sent a notice on connection `epoch`.
+    Notice(u64, Notice),
+    /// Connection `epoch` broke (or was shut down); its requests failed.
+    Lost(u64),
+}
+
+type EventHandler = Arc<dyn Fn(ConnEvent) + Send + Sync>;
 
 /// How often a quiet server is pinged, and after how much silence it is
 /// given up, for a client whose requests time out after `timeout`. A server
@@ -187,6 +207,12 @@ impl Conn {
         s.outstanding = s.outstanding.saturating_sub(1);
     }
 
+    /// The server sent something unasked (a notice): alive, and nothing it
+    /// was asked is answered by it.
+    fn heard_unasked(&self) {
+        lock(&self.silence).heard = Instant::now();
+    }
+
     fn close(&self) {
         self.closed.send_replace(true);
         if let Some(reader) = lock(&self.reader).take() {
@@ -220,6 +246,8 @@ struct Inner {
     epochs: AtomicU64,
     /// What `ferry status` and `FERRY_STATS` show.
     stats: Arc<Stats>,
+    /// Hears of notices and of connections made and lost.
+    events: Mutex<Option<EventHandler>>,
     /// Hears of every reconnection.
     on_reconnect: Mutex<Option<ReconnectHook>>,
     /// Says whether a lost connection is made again at once.
@@ -290,6 +318,7 @@ impl RemoteClient {
             next_id: AtomicU64::new(1),
             epochs: AtomicU64::new(0),
             stats: Arc::new(Stats::default()),
+            events: Mutex::new(None),
             on_reconnect: Mutex::new(None),
             keep_connected: Mutex::new(None),
         });
@@ -326,6 +355,20 @@ impl RemoteClient {
 
     pub fn addr(&self) -> &str {
         &self.inner.addr
+    }
+
+    /// Registers the one handler of [`ConnEvent`]s (a second call replaces the
+    /// first). It is told at once of the connection that is up, if one is. It
+    /// runs on the client's reader task for notices, on whichever thread
+    /// notices a break or makes a connection (a task of the client's runtime,
+    /// or a caller's), never with a lock of this client held, and must not
+    /// block for long: answers wait behind it.
+    pub fn on_event(&self, handler: impl Fn(ConnEvent) + Send + Sync + 'static) {
+        let handler: EventHandler = Arc::new(handler);
+        *lock(&self.inner.events) = Some(Arc::clone(&handler));
+        if let Some(epoch) = self.current_epoch() {
+            handler(ConnEvent::Established(epoch));
+        }
     }
 
     /// The number of the live connection, waiting (briefly, see the module
@@ -508,6 +551,7 @@ impl RemoteClient {
         let old = self.inner.link.send_replace(Link::Closed);
         if let Link::Up(conn) = old {
             conn.close();
+            self.inner.tell(ConnEvent::Lost(conn.epoch));
         }
         let failed: Vec<Waiter> = lock(&self.inner.pending).drain().map(|(_, w)| w).collect();
         fail(failed);
@@ -569,7 +613,16 @@ impl Inner {
         *lock(&conn.reader) = Some(reader.abort_handle());
         self.link.send_replace(Link::Up(Arc::clone(&conn)));
         self.stats.connected(epoch == 1);
+        self.tell(ConnEvent::Established(epoch));
         conn
+    }
+
+    /// Tells the event handler, if there is one, of `event`.
+    fn tell(&self, event: ConnEvent) {
+        let handler = lock(&self.events).clone();
+        if let Some(handler) = handler {
+            handler(event);
+        }
     }
 
     /// The connection a request may go on: the live one (which must be
@@ -715,6 +768,7 @@ impl Inner {
         };
         if let Some(conn) = lost {
             conn.close();
+            self.tell(ConnEvent::Lost(epoch));
             self.stats.connection_lost();
             // Asked on the runtime: whoever lost the connection may hold the
             // locks the question needs.
@@ -745,11 +799,7 @@ impl Inner {
         // A ping acts as nobody: the server answers it before looking at who asks.
         let ping = Request {
             id,
-            cred: Cred {
-                uid: NOBODY,
-                gid: NOBODY,
-                groups: Vec::new(),
-            },
+            cred: nobody(),
             op: Op::Ping,
         };
         let Ok(bytes) = frame::encode(&ping) else {
@@ -869,6 +919,16 @@ const DATA_HEAD: usize = 16;
 /// The id pings claim to come from (`nobody`): a ping acts as no one.
 const NOBODY: u32 = 65534;
 
+/// The credential of a request made for the mount itself rather than for a
+/// user (a ping, a subscription): `nobody`, which may touch nothing.
+pub fn nobody() -> Cred {
+    Cred {
+        uid: NOBODY,
+        gid: NOBODY,
+        groups: Vec::new(),
+    }
+}
+
 /// Reads answers on `conn` until it breaks, completing each request.
 async fn read_loop(mut reader: ReadHalf<Transport>, conn: Arc<Conn>, inner: Weak<Inner>) {
     loop {
@@ -886,9 +946,15 @@ async fn read_loop(mut reader: ReadHalf<Transport>, conn: Arc<Conn>, inner: Weak
             Ok(None) => return inner.lose(conn.epoch, "the server closed it"),
             Err(e) => return inner.lose(conn.epoch, &e.to_string()),
         };
-        conn.heard();
-        match frame::decode::<Response>(&payload) {
-            Ok(resp) => inner.complete(resp.id, resp.result, 4 + payload.len()),
+        match frame::decode::<ServerMessage>(&payload) {
+            Ok(ServerMessage::Response(resp)) => {
+                conn.heard();
+                inner.complete(resp.id, resp.result, 4 + payload.len());
+            }
+            Ok(ServerMessage::Notice(notice)) => {
+                conn.heard_unasked();
+                inner.tell(ConnEvent::Notice(conn.epoch, notice));
+            }
             Err(e) => {
                 let why = format!("an answer could not be decoded: {e}");
                 return inner.lose(conn.epoch, &why);

@@ -3,7 +3,8 @@
 
 use super::*;
 use ferry_common::proto::{
-    HandshakeReply, Welcome, LISTED_ENTRY_OVERHEAD, LISTING_BYTES, PROTOCOL_VERSION,
+    Change, HandshakeReply, Notice, Response, Welcome, LISTED_ENTRY_OVERHEAD, LISTING_BYTES,
+    PROTOCOL_VERSION,
 };
 use ferry_common::{Attr, FileKind, RelPath};
 use ferry_server::{spawn_server, spawn_test_server, ServerConfig};
@@ -82,7 +83,7 @@ pub(super) fn read_request(stream: &mut TcpStream) -> Option<Request> {
 }
 
 pub(super) fn answer(stream: &mut TcpStream, id: u64, result: OpResult) {
-    let _ = frame::write_frame(stream, &Response { id, result });
+    let _ = frame::write_frame(stream, &ServerMessage::Response(Response { id, result }));
 }
 
 fn stat(name: &str) -> Op {
@@ -710,4 +711,65 @@ fn reconnecting_to_a_server_that_accepts_but_never_answers_holds_up_nobody() {
     }
     assert!(started.elapsed() < timeout + Duration::from_secs(1));
     let _ = stop.send(());
+}
+
+#[test]
+fn notices_and_connections_reach_the_event_handler_in_order() {
+    let notice = Notice::Changed(vec![Change::Name {
+        now: None,
+        path: RelPath::parse("a").expect("a path"),
+    }]);
+    let sent = notice.clone();
+    let addr = ferry_peer(move |mut stream| {
+        // A notice, then the answer to the first request, then a break.
+        let request = read_request(&mut stream).expect("a request");
+        let _ = frame::write_frame(&mut stream, &ServerMessage::Notice(sent));
+        answer(&mut stream, request.id, Ok(Reply::Done));
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    });
+    let client = connect(addr, PATIENCE);
+    let (tx, rx) = mpsc::channel();
+    let events = tx.clone();
+    client.on_event(move |e| {
+        let _ = events.send(e);
+    });
+    // Told at once of the connection that is up.
+    assert_eq!(received(&rx), ConnEvent::Established(1));
+    client.submit(&me(), Op::StatFs, move |r| {
+        let _ = tx.send(ConnEvent::Notice(0, Notice::Reset { lease_secs: 0 }));
+        assert_eq!(r, Ok(Reply::Done));
+    });
+    // The notice before the answer it came before, then the break.
+    assert_eq!(received(&rx), ConnEvent::Notice(1, notice));
+    assert_eq!(
+        received(&rx),
+        ConnEvent::Notice(0, Notice::Reset { lease_secs: 0 }),
+        "the answer's callback"
+    );
+    assert_eq!(received(&rx), ConnEvent::Lost(1));
+}
+
+#[test]
+fn a_reconnect_is_told_to_the_event_handler() {
+    let mut served = Served::new();
+    let client = served.client();
+    let (tx, rx) = mpsc::channel();
+    client.on_event(move |e| {
+        let _ = tx.send(e);
+    });
+    assert_eq!(received(&rx), ConnEvent::Established(1));
+    served.restart();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let _ = client.call(&me(), stat("a"));
+        if client.current_epoch() == Some(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reconnect");
+        thread::sleep(RECONNECT_INTERVAL / 5);
+    }
+    assert_eq!(received(&rx), ConnEvent::Lost(1));
+    assert_eq!(received(&rx), ConnEvent::Established(2));
+    client.shutdown();
+    assert_eq!(received(&rx), ConnEvent::Lost(2));
 }

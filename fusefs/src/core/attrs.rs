@@ -7,29 +7,34 @@
 
 use super::{expect_attr, without_suidgid, Attrs, Caller, Core, Done};
 use ferry_common::proto::{AttrChanges, Cred, Op, SetTime};
-use ferry_common::{Attr, RelPath, Timestamp};
-use std::time::SystemTime;
+use ferry_common::{Attr, Errno, RelPath, Timestamp};
+use std::time::{Instant, SystemTime};
 
 impl Core {
     /// The attributes of `ino`; with `fh`, of the open file (which may be unlinked).
     pub fn getattr(&self, caller: &Caller, ino: u64, fh: Option<u64>, done: impl Done<Attrs>) {
-        let ttl = self.ttl();
+        let ttl = self.ttl_since(Instant::now());
         // A file this mount is writing: the server would only say what we know, or
         // less (the kernel asks while changing the owner, after every write).
         if let Some(attr) = self.writes.projected(ino, ttl) {
+            log::trace!("getattr {ino}: as written here");
             self.stats.attrs.hit();
             return done(Ok(Attrs { attr, ttl }));
         }
         // (What the server said before this mount's writes is no answer.)
         if self.writes.any_writer(ino).is_none() {
             if let Some((attr, ttl)) = self.attrs.fresh(ino) {
+                log::trace!("getattr {ino}: cached");
                 self.stats.attrs.hit();
                 return done(Ok(Attrs { attr, ttl }));
             }
         }
+        log::trace!("getattr {ino}: asking");
         self.stats.attrs.miss();
         self.writes.wait_idle(ino);
         // With a handle the server stats the open file, which may be unlinked.
+        // (A stat by a name that leads to another file now answers ESTALE: the
+        // kernel looks the name up again.)
         match self.attr_target(ino, fh) {
             Ok((path, Some((epoch, handle)))) => {
                 let op = Op::SetAttr {
@@ -40,7 +45,8 @@ impl Core {
                 self.attr_op(&caller.cred, ino, Some(epoch), op, done)
             }
             Ok((path, None)) => self.attr_op(&caller.cred, ino, None, Op::Stat { path }, done),
-            Err(e) => done(Err(e)),
+            // Nothing leads to it any more (see `open`).
+            Err(_) => done(Err(Errno::new(libc::ESTALE))),
         }
     }
 
@@ -59,7 +65,7 @@ impl Core {
         // truncation by anyone but root drops setuid/setgid, as locally.
         changes.kill_suidgid |= changes.size.is_some() && caller.cred.uid != 0;
         if let Some(attr) = self.defer_setattr(caller, ino, fh, changes) {
-            let ttl = self.ttl();
+            let ttl = self.ttl_since(Instant::now());
             return done(Ok(Attrs { attr, ttl }));
         }
         // A truncation must not overtake a write; nor may any answer predate them.
@@ -96,13 +102,17 @@ impl Core {
     fn attr_op(&self, cred: &Cred, ino: u64, epoch: Option<u64>, op: Op, done: impl Done<Attrs>) {
         let mark = self.writes.mark();
         let core = self.clone();
-        self.ask(epoch, cred, op, move |r| match expect_attr(r) {
+        let asked = Instant::now();
+        self.ask_about(Some(ino), epoch, cred, op, move |r| match expect_attr(r) {
+            Ok(attr) if epoch.is_none() && core.replaced(ino, &attr) => {
+                done(Err(Errno::new(libc::ESTALE)))
+            }
             Ok(attr) => {
                 core.writes.told(ino, &attr, mark);
-                core.attrs.store(ino, attr);
+                core.attrs.store(ino, attr, core.until(asked));
                 done(Ok(Attrs {
                     attr,
-                    ttl: core.ttl(),
+                    ttl: core.ttl_since(asked),
                 }))
             }
             Err(e) => done(Err(e)),
@@ -143,10 +153,14 @@ impl Core {
             changes,
         };
         let core = self.clone();
+        let crossing = self.mark();
         self.changes.begin();
         let sent = move |r| {
             core.writes.finish(ticket, expect_attr(r).map(Some));
             core.changes.end();
+            // The projection takes the server's answer: a notice that crossed
+            // it says the file changed since.
+            core.settle(crossing, super::Touched::default().with_ino(Some(ino)));
         };
         // Not waited for: the kernel has its answer already.
         match self.server_handle(writer) {

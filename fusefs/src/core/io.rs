@@ -17,6 +17,7 @@ use ferry_common::frame::MAX_CHUNK;
 use ferry_common::proto::{AttrChanges, Op, Reply};
 use ferry_common::sync::lock;
 use ferry_common::Errno;
+use std::time::Instant;
 
 /// Whether writes through a file opened with `flags` must reach the server before
 /// `write(2)` returns: an appending write lands wherever the server's end of file
@@ -49,9 +50,16 @@ impl Core {
     /// Opens `ino` with the `open(2)` flags `flags`. An open for reading brings
     /// the file's first bytes along, for the reads that follow.
     pub fn open(&self, caller: &Caller, ino: u64, flags: i32, done: impl Done<Opened>) {
-        let path = match self.path_of(ino) {
-            Ok(p) => p,
-            Err(e) => return done(Err(e)),
+        // A name the server said was replaced or removed may still lead the
+        // kernel here (its entry is being dropped): the name is opened for
+        // what it names now (see below); if nothing, the kernel is to look it
+        // up again.
+        let path = {
+            let inodes = lock(&self.inodes);
+            inodes.path(ino).or_else(|| inodes.last_path(ino)).cloned()
+        };
+        let Some(path) = path else {
+            return done(Err(Errno::new(libc::ESTALE)));
         };
         // The kernel gives the file the readahead its device has now.
         self.read_ahead.fit(self.stats.path_rtt());
@@ -70,6 +78,9 @@ impl Core {
         };
         let mark = self.writes.mark();
         let data_mark = self.opened.mark();
+        // What the kernel was last told of the file (its size above all: the
+        // kernel reads through its page cache no further).
+        let told = self.attrs.fresh(ino).map(|(attr, _)| attr);
         // The server's copy lacks this mount's writes in flight: no bytes then.
         let want = if reads_only && !self.writes.busy(ino) {
             self.first_bytes_of(ino)
@@ -77,12 +88,13 @@ impl Core {
             None
         };
         let core = self.clone();
+        let asked = Instant::now();
         let opener = caller.cred.clone();
         let op = match want {
             Some(len) => Op::OpenRead { path, flags, len },
             None => Op::Open { path, flags },
         };
-        self.ask(Some(epoch), &caller.cred, op, move |r| {
+        self.ask_about(Some(ino), Some(epoch), &caller.cred, op, move |r| {
             let (handle, attr, data) = match r {
                 Ok(Reply::OpenedWithData { handle, attr, data }) => (handle, attr, Some(data)),
                 Ok(Reply::Opened { handle, attr }) => (handle, attr, None),
@@ -94,6 +106,23 @@ impl Core {
                 Err(Errno::ENOENT) => return done(Err(Errno::new(libc::ESTALE))),
                 Err(e) => return done(Err(e)),
             };
+            // The path leads to another file than this inode now: the name
+            // was replaced since the kernel looked it up (its entry not yet
+            // dropped). The open stands — a name opens the file it names now,
+            // as on a local disk — but the kernel's size and pages of this
+            // inode are the old file's: the file is read uncached, and they go.
+            let replaced = core.replaced(ino, &attr);
+            // The same server file as far as its identity goes, but not as
+            // the kernel was told: changed, or another file that got the
+            // number the server's filesystem freed (a rename over it), before
+            // the server's notice has reached the kernel. Its size there is
+            // the old one, which a read through the cache would stop at.
+            let stale = !replaced && told.is_some_and(|told| !told.same_content(&attr));
+            if replaced || stale {
+                log::debug!("inode {ino} was replaced or changed at its name; opened uncached");
+                core.kernel.forget_inode(ino, true, Vec::new());
+            }
+            let uncached = replaced || stale;
             let fh = lock(&core.files).insert(RemoteFile {
                 ino,
                 flags,
@@ -101,8 +130,8 @@ impl Core {
                 handle,
                 epoch,
             });
-            if let (Some(data), Some(asked)) = (data, want) {
-                let eof = data.len() < asked as usize || data.len() as u64 >= attr.size;
+            if let (Some(data), Some(wanted)) = (data, want) {
+                let eof = data.len() < wanted as usize || data.len() as u64 >= attr.size;
                 core.opened.keep(fh, ino, data_mark, data, eof);
             }
             if writable(flags) {
@@ -111,13 +140,14 @@ impl Core {
             if !reads_only {
                 core.opened.changed(ino);
             }
-            core.attrs.store(ino, attr);
+            core.attrs.store(ino, attr, core.until(asked));
             // Close-to-open consistency: keep cached pages only when the file is
-            // unchanged since it was last opened.
+            // unchanged since it was last opened (or, under a lease, since the
+            // server last said it changed).
             let keep_cache = {
                 let mut inodes = lock(&core.inodes);
                 inodes.add_handle(ino, fh);
-                inodes.note_open(ino, &attr)
+                inodes.note_open(ino, &attr) && !uncached
             };
             if keep_cache {
                 core.stats.page_cache.hit();
@@ -127,7 +157,7 @@ impl Core {
             done(Ok(Opened {
                 fh,
                 keep_cache,
-                direct_io: direct_io(flags),
+                direct_io: direct_io(flags) || uncached,
             }))
         });
     }
@@ -284,7 +314,7 @@ impl Core {
                 log::warn!("could not drop setuid/setgid of inode {ino} after a write");
             }
             // The kernel still holds the old mode.
-            self.kernel.forget_attrs(ino);
+            self.kernel.forget_inode(ino, false, Vec::new());
         }
     }
 

@@ -27,6 +27,8 @@
 //! - [`reopen`]: finding the server handle behind a kernel handle, opening the
 //!   file again after a reconnect;
 //! - [`locking`] and [`xattr`]: file locks and extended attributes;
+//! - [`coherence`]: the lease, the server's notices applied to the kernel and
+//!   to every cache here, and the rule for answers that cross a notice.
 //! - [`reclaim`]: after a reconnect, taking back the locks this mount held
 //!   (or failing the files whose locks are lost).
 //!
@@ -34,6 +36,7 @@
 //! callback that outlives the call holds a clone.
 
 mod attrs;
+mod coherence;
 mod dirs;
 mod io;
 mod locking;
@@ -63,21 +66,31 @@ use crate::space::FreeSpace;
 use crate::stats::Stats;
 use crate::windows::KernelReadAhead;
 use crate::writeback::WriteBehind;
+use coherence::{Coherence, Touched};
 use dirs::DirSnapshots;
 use ferry_common::proto::{
     Cred, Op, WELCOME_ACTS_AS_CALLERS, WELCOME_ALL_SQUASHED, WELCOME_ROOT_SQUASHED,
 };
 use ferry_common::sync::lock;
 use ferry_common::{Attr, Errno, FileKind, RelPath};
+use std::ffi::{OsStr, OsString};
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long caches live, by default, while the server tells this mount of
+/// every change.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
 /// How the mount behaves; set from the command line.
 #[derive(Clone, Debug)]
 pub struct FsOptions {
-    /// How long the kernel may trust attributes and entries without asking again.
+    /// How long the kernel may trust attributes and entries without asking
+    /// again, when the server does not tell this mount of changes.
     pub attr_timeout: Duration,
+    /// How long caches live while the server tells this mount of every
+    /// change (see [`coherence`]); zero: never ask it to.
+    pub lease: Duration,
     pub read_only: bool,
     /// Ask the kernel for readdirplus (names with attributes in one round trip).
     /// Off only to exercise the plain readdir path.
@@ -93,6 +106,7 @@ impl Default for FsOptions {
     fn default() -> Self {
         FsOptions {
             attr_timeout: Duration::from_secs(1),
+            lease: DEFAULT_LEASE,
             read_only: false,
             readdirplus: true,
             write_through_below: crate::space::LOW_WATER,
@@ -152,11 +166,21 @@ pub trait Done<T>: FnOnce(Result<T, Errno>) + Send + 'static {}
 impl<T, F: FnOnce(Result<T, Errno>) + Send + 'static> Done<T> for F {}
 
 /// What the core asks of the kernel's own caches. An implementation carries
-/// the requests out on a thread of its own — never inside a FUSE request, as
-/// the kernel may wait, during an invalidation, for a request still in flight.
+/// the requests out on a thread of its own, in the order asked — never inside
+/// a FUSE request, as the kernel may wait, during an invalidation, for a
+/// request still in flight. An inode or name the kernel does not hold is no
+/// error.
 pub trait KernelCache: Send + Sync {
-    /// Drops the kernel's cached attributes of `ino` (its pages stay).
-    fn forget_attrs(&self, ino: u64);
+    /// Drops the kernel's entry `name` in directory `parent`, positive or negative.
+    fn forget_entry(&self, parent: u64, name: &OsStr);
+    /// Drops the kernel's cached attributes of `ino`; with `data`, its pages
+    /// too (a file's data, a directory's cached listing, a symlink's target).
+    /// When the kernel holds no such inode, it drops the entries `names`
+    /// (directory, name) instead: its lookup may be under way, answered
+    /// before the change, the inode not made yet — and a lookup holds its
+    /// directory's lock until the entry is in place, which dropping an entry
+    /// waits for.
+    fn forget_inode(&self, ino: u64, data: bool, names: Vec<(u64, OsString)>);
     /// Drops the kernel's cached attributes and pages of `ino`, then runs `then`.
     fn forget_data_then(&self, ino: u64, then: Box<dyn FnOnce() + Send>);
 }
@@ -167,7 +191,8 @@ pub trait KernelCache: Send + Sync {
 pub struct NoKernel;
 
 impl KernelCache for NoKernel {
-    fn forget_attrs(&self, _ino: u64) {}
+    fn forget_entry(&self, _parent: u64, _name: &OsStr) {}
+    fn forget_inode(&self, _ino: u64, _data: bool, _names: Vec<(u64, OsString)>) {}
     fn forget_data_then(&self, _ino: u64, then: Box<dyn FnOnce() + Send>) {
         then()
     }
@@ -200,6 +225,8 @@ pub struct Shared {
     /// Answers for `security.capability` (see [`xattr`]).
     file_caps: xattr::FileCapCache,
     kernel: Arc<dyn KernelCache>,
+    /// The lease and the server's notices.
+    coherence: Coherence,
     /// The client's counters, which the core adds to (what applications waited
     /// for, cache hits).
     stats: Arc<Stats>,
@@ -219,6 +246,8 @@ impl Deref for Core {
 }
 
 impl Core {
+    /// The core of a mount on `client`'s server. Unless `opts.lease` is zero,
+    /// it asks every connection for notices (see [`coherence`]).
     pub fn new(client: RemoteClient, opts: FsOptions, kernel: Arc<dyn KernelCache>) -> Core {
         let root = FileId::of(&client.welcome().root);
         let stats = Arc::clone(client.stats());
@@ -232,19 +261,21 @@ impl Core {
             writes: WriteBehind::new(),
             space: FreeSpace::new(opts.write_through_below),
             opened: OpenedData::new(ttl),
-            attrs: AttrCache::new(ttl),
-            known: KnownDirs::new(ttl),
+            attrs: AttrCache::new(),
+            known: KnownDirs::new(),
             dirs: DirSnapshots::default(),
             changes,
             ahead,
             held: HeldLocks::new(),
             reclaiming: Mutex::new(()),
-            file_caps: xattr::FileCapCache::new(ttl),
+            file_caps: xattr::FileCapCache::new(),
             kernel,
+            coherence: Coherence::new(opts.lease),
             stats,
             read_ahead: KernelReadAhead::default(),
             opts,
         }));
+        Core::listen(&core.0);
         core.take_back_locks_on_reconnect();
         core.learn_free_space();
         core
@@ -285,7 +316,10 @@ impl Core {
     }
 
     /// Sends `op` on behalf of `cred` for an answer an application waits for;
-    /// `epoch` pins it to the connection of a server handle it carries.
+    /// `epoch` pins it to the connection of a server handle it carries. Once
+    /// `done` has stored what the answer says and answered the kernel, a
+    /// notice that crossed it is applied again to what it named (see
+    /// [`Core::settle`]).
     fn ask(
         &self,
         epoch: Option<u64>,
@@ -293,16 +327,33 @@ impl Core {
         op: Op,
         done: impl Done<ferry_common::proto::Reply>,
     ) {
+        self.ask_about(None, epoch, cred, op, done)
+    }
+
+    /// [`ask`](Self::ask) for an operation whose answer is about inode `ino`
+    /// (besides the paths it names): its data or attributes through a handle.
+    fn ask_about(
+        &self,
+        ino: Option<u64>,
+        epoch: Option<u64>,
+        cred: &Cred,
+        op: Op,
+        done: impl Done<ferry_common::proto::Reply>,
+    ) {
         self.stats.waited_for(&op);
-        let done: Box<dyn FnOnce(OpResult) + Send> = if changes_listings(&op) {
+        let touched = Touched::of(&op).with_ino(ino);
+        let mark = self.mark();
+        let core = self.clone();
+        let changes = changes_listings(&op).then(|| {
             self.changes.begin();
-            let changes = Arc::clone(&self.changes);
-            Box::new(move |r| {
+            Arc::clone(&self.changes)
+        });
+        let done = move |r: OpResult| {
+            if let Some(changes) = changes {
                 changes.end();
-                done(r)
-            })
-        } else {
-            Box::new(done)
+            }
+            done(r);
+            core.settle(mark, touched);
         };
         match epoch {
             Some(epoch) => self.client.submit_in(epoch, cred, op, done),
@@ -338,14 +389,30 @@ impl Core {
         features & WELCOME_ACTS_AS_CALLERS == 0 || !squashed
     }
 
-    /// Keeps the directory attributes the server sent along with a change, for
-    /// the directories this mount has numbers for.
-    fn note_dirs(&self, dirs: &[Attr]) {
+    /// Keeps the directory attributes the server sent along with a change
+    /// asked for at `asked`, for the directories this mount has numbers for.
+    fn note_dirs(&self, dirs: &[Attr], asked: Instant) {
         for dir in dirs {
             if let Some(ino) = lock(&self.inodes).ino_of_file(dir) {
-                self.attrs.store(ino, *dir);
+                self.attrs.store(ino, *dir, self.until(asked));
             }
         }
+    }
+
+    /// Whether the server file `attr` describes, reached through the path of
+    /// `ino`, is another file than `ino` (the name was replaced since the
+    /// kernel looked it up): if so, the path is taken from `ino`.
+    fn replaced(&self, ino: u64, attr: &Attr) -> bool {
+        let mut inodes = lock(&self.inodes);
+        if inodes.is_file(ino, attr) {
+            return false;
+        }
+        if let Some(path) = inodes.path(ino).cloned() {
+            if inodes.ino_of(&path) == Some(ino) {
+                inodes.detach(&path);
+            }
+        }
+        true
     }
 
     /// Counts one kernel lookup of `path`, which the server says is the file
@@ -375,7 +442,7 @@ impl Core {
 
     /// The path `ino` names now.
     fn path_of(&self, ino: u64) -> Result<ferry_common::RelPath, Errno> {
-        lock(&self.inodes).path(ino).cloned().ok_or(Errno::ENOENT)
+        lock(&self.inodes).reach(ino).cloned().ok_or(Errno::ENOENT)
     }
 
     /// The path of `name` in directory `parent`.
@@ -383,9 +450,10 @@ impl Core {
         self.path_of(parent)?.join(name)
     }
 
-    /// A negative entry: "no such name" for `ttl`.
-    fn missing(&self) -> Lookup {
-        Lookup::Missing(self.ttl())
+    /// A negative entry for `name` in `dir`: "no such name", as the server
+    /// answered a request sent at `asked`.
+    fn missing(&self, dir: u64, name: &OsStr, asked: Instant) -> Lookup {
+        Lookup::Missing(self.negative(dir, name, self.until(asked)))
     }
 }
 

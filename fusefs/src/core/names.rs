@@ -38,7 +38,8 @@ impl Core {
     pub fn lookup(&self, caller: &Caller, parent: u64, name: &OsStr, done: impl Done<Lookup>) {
         if let Some(left) = self.known.absent(parent, name) {
             self.stats.absent_names.hit();
-            return done(Ok(Lookup::Missing(left)));
+            let ttl = self.negative(parent, name, Instant::now() + left);
+            return done(Ok(Lookup::Missing(ttl)));
         }
         let path = match self.child(parent, name) {
             Ok(p) => p,
@@ -49,6 +50,8 @@ impl Core {
         }
         let op = Op::Stat { path: path.clone() };
         let core = self.clone();
+        let name = name.to_os_string();
+        let asked = Instant::now();
         self.entry_op(&caller.cred, path.clone(), op, move |r| match r {
             Ok(entry) => done(Ok(Lookup::Found(entry))),
             // A name that does not exist is remembered by the kernel as a
@@ -58,7 +61,7 @@ impl Core {
                 core.stats.absent_names.miss();
                 // The name is gone (another client removed or moved it).
                 lock(&core.inodes).lose(&path);
-                done(Ok(core.missing()))
+                done(Ok(core.missing(parent, &name, asked)))
             }
             Err(e) => done(Err(e)),
         });
@@ -78,7 +81,7 @@ impl Core {
         let id = lock(&self.inodes).file_id(parent)?;
         let (attr, asked) = self.ahead.lookup(&caller.cred, &dir, id, name.as_bytes())?;
         let (ino, generation) = self.hand_out(path, &attr);
-        self.attrs.store_asked(ino, attr, asked);
+        self.attrs.store(ino, attr, asked + self.ttl());
         let attr = self.writes.overlay(ino, attr, None);
         self.stats.listed_names.hit();
         Some(Entry {
@@ -154,6 +157,7 @@ impl Core {
         match (self.path_of(ino), self.child(newparent, newname)) {
             (Ok(existing), Ok(path)) => {
                 self.known.add(newparent, newname);
+                let done = self.confirm_name(newparent, done);
                 let op = Op::Link {
                     existing,
                     path: path.clone(),
@@ -164,12 +168,38 @@ impl Core {
         }
     }
 
+    /// `done`, after forgetting the names of `dir` when a name added there
+    /// before asking the server may not exist after all (the request failed
+    /// for any reason but "it exists").
+    fn confirm_name<T: Send + 'static>(&self, dir: u64, done: impl Done<T>) -> impl Done<T> {
+        let core = self.clone();
+        move |r: Result<T, Errno>| {
+            if r.as_ref().is_err_and(|e| *e != Errno::EEXIST) {
+                core.known.forget(dir);
+            }
+            done(r)
+        }
+    }
+
     pub fn unlink(&self, caller: &Caller, parent: u64, name: &OsStr, done: impl Done<()>) {
         self.remove(&caller.cred, parent, name, done, |path| Op::Unlink { path });
     }
 
     pub fn rmdir(&self, caller: &Caller, parent: u64, name: &OsStr, done: impl Done<()>) {
         self.remove(&caller.cred, parent, name, done, |path| Op::Rmdir { path });
+    }
+
+    /// `done`, after taking `name` out of the names known of `dir` once the
+    /// server confirmed it is gone.
+    fn name_gone(&self, dir: u64, name: &OsStr, done: impl Done<()>) -> impl Done<()> {
+        let core = self.clone();
+        let name = name.to_os_string();
+        move |r: Result<(), Errno>| {
+            if r.is_ok() {
+                core.known.remove(dir, &name);
+            }
+            done(r)
+        }
     }
 
     /// `renameat2` with its flags (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
@@ -190,6 +220,13 @@ impl Core {
         };
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         self.known.add(newparent, newname);
+        let done = self.confirm_name(newparent, done);
+        let done = if exchange {
+            // Both names stay.
+            Box::new(done) as Box<dyn FnOnce(Result<(), Errno>) + Send>
+        } else {
+            Box::new(self.name_gone(parent, name, done))
+        };
         let op = Op::Rename {
             from: from.clone(),
             to: to.clone(),
@@ -242,6 +279,7 @@ impl Core {
             Err(e) => return done(Err(e)),
         };
         self.known.add(parent, name);
+        let done = self.confirm_name(parent, done);
         // The name may be a file this mount is writing (O_CREAT of an existing
         // name, maybe with O_TRUNC): what was sent before comes first.
         let existing = lock(&self.inodes).ino_of(&path);
@@ -255,6 +293,7 @@ impl Core {
             mode,
         };
         let core = self.clone();
+        let asked = Instant::now();
         let opener = caller.cred.clone();
         self.ask(Some(epoch), &caller.cred, op, move |r: OpResult| {
             let (handle, attr) = match r.as_ref().map(Reply::opened) {
@@ -263,12 +302,13 @@ impl Core {
                 Err(e) => return done(Err(*e)),
             };
             if let Ok(Reply::Created { dir, .. }) = &r {
-                core.note_dirs(&[*dir]);
+                core.note_dirs(&[*dir], asked);
             }
+            let until = core.until(asked);
             let (ino, generation) = core.hand_out(&path, &attr);
             let fh = {
                 let mut inodes = lock(&core.inodes);
-                core.attrs.store(ino, attr);
+                core.attrs.store(ino, attr, until);
                 inodes.note_open(ino, &attr);
                 let fh = lock(&core.files).insert(RemoteFile {
                     ino,
@@ -285,12 +325,12 @@ impl Core {
             }
             // An existing file opened this way may have been truncated.
             core.opened.changed(ino);
-            core.file_caps.note_new_file(ino);
+            core.file_caps.note_new_file(ino, until);
             let entry = Entry {
                 ino,
                 generation,
                 attr,
-                ttl: core.ttl(),
+                ttl: core.ttl_since(asked),
             };
             let opened = Opened {
                 fh,
@@ -315,6 +355,7 @@ impl Core {
             Ok(path) => {
                 // Before the server has it, so no lookup can miss it.
                 self.known.add(parent, name);
+                let done = self.confirm_name(parent, done);
                 let op = make_op(path.clone());
                 self.entry_op(cred, path, op, done)
             }
@@ -343,24 +384,25 @@ impl Core {
                 return done(Err(Errno::EPROTO));
             };
             if let Reply::Entry { dir, .. } = reply {
-                core.note_dirs(&[dir]);
+                core.note_dirs(&[dir], asked);
             }
+            let until = core.until(asked);
             let (ino, generation) = core.hand_out(&path, &attr);
-            core.attrs.store(ino, attr);
+            core.attrs.store(ino, attr, until);
             if is_link {
                 // A file being written has one more name.
                 core.writes.links_changed(ino, Some(attr.nlink));
             }
             let attr = core.writes.overlay(ino, attr, Some(mark));
             if made_dir {
-                core.known.learn(ino, asked, []);
+                core.known.learn(ino, until, []);
             }
             log::trace!("entry {path:?} is inode {ino}");
             done(Ok(Entry {
                 ino,
                 generation,
                 attr,
-                ttl: core.ttl(),
+                ttl: core.ttl_since(asked),
             }))
         });
     }
@@ -377,6 +419,7 @@ impl Core {
         match self.child(parent, name) {
             Ok(path) => {
                 let op = make_op(path.clone());
+                let done = self.name_gone(parent, name, done);
                 self.name_op(cred, op, vec![(path.clone(), true)], done, move |t| {
                     t.detach(&path)
                 })
@@ -399,6 +442,7 @@ impl Core {
         on_success: impl FnOnce(&mut InodeTable) + Send + 'static,
     ) {
         let core = self.clone();
+        let asked = Instant::now();
         self.ask(None, cred, op, move |r| match r {
             Ok(answer) => {
                 for (path, loses_link) in &changed {
@@ -414,7 +458,7 @@ impl Core {
                 }
                 on_success(&mut lock(&core.inodes));
                 if let Reply::DirsChanged(dirs) = answer {
-                    core.note_dirs(&dirs);
+                    core.note_dirs(&dirs, asked);
                 }
                 done(Ok(()))
             }

@@ -87,7 +87,10 @@ impl Core {
         done: impl Done<Reply>,
     ) {
         match self.server_handle(fh) {
-            Ok((epoch, handle)) => self.ask(Some(epoch), cred, make_op(handle), done),
+            Ok((epoch, handle)) => {
+                let ino = lock(&self.files).get(fh).map(|f| f.ino);
+                self.ask_about(ino, Some(epoch), cred, make_op(handle), done)
+            }
             Err(e) => done(Err(e)),
         }
     }

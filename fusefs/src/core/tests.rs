@@ -23,11 +23,16 @@ pub(super) const PATIENCE: Duration = Duration::from_secs(20);
 #[derive(Default)]
 struct RecordingKernel {
     asked: Mutex<Vec<(&'static str, u64)>>,
+    /// Entries dropped: directory and name.
+    entries: Mutex<Vec<(u64, std::ffi::OsString)>>,
 }
 
 impl KernelCache for RecordingKernel {
-    fn forget_attrs(&self, ino: u64) {
-        lock(&self.asked).push(("attrs", ino));
+    fn forget_entry(&self, parent: u64, name: &OsStr) {
+        lock(&self.entries).push((parent, name.to_os_string()));
+    }
+    fn forget_inode(&self, ino: u64, data: bool, _names: Vec<(u64, std::ffi::OsString)>) {
+        lock(&self.asked).push((if data { "data" } else { "attrs" }, ino));
     }
     fn forget_data_then(&self, ino: u64, then: Box<dyn FnOnce() + Send>) {
         lock(&self.asked).push(("data", ino));
@@ -184,16 +189,21 @@ impl Harness {
 
     /// Names listed by readdir of directory `ino`.
     fn list(&self, ino: u64) -> Vec<String> {
-        let fh = wait(|d| self.core.opendir(ino, d)).expect("opendir");
         let mut names = Vec::new();
-        self.core
-            .readdir(&self.me, ino, fh, 0, |item| {
+        let mut offset = 0;
+        // As the kernel reads: until a read hands nothing.
+        loop {
+            let before = names.len();
+            readdir(&self.core, ino, offset, |item| {
                 names.push(String::from_utf8_lossy(item.name).into_owned());
+                offset = item.next_offset;
                 false
             })
             .expect("readdir");
-        self.core.releasedir(fh);
-        names
+            if names.len() == before {
+                return names;
+            }
+        }
     }
 
     /// Requests an application waited for so far.
@@ -213,6 +223,30 @@ pub(super) fn me() -> Caller {
         pid: 0,
         cred: crate::creds::own(),
     }
+}
+
+/// `Core::readdir`, finished before it returns.
+fn readdir(
+    core: &Core,
+    ino: u64,
+    offset: u64,
+    add: impl FnMut(DirItem<'_>) -> bool,
+) -> Result<(), Errno> {
+    let mut out = None;
+    core.readdir(&me(), ino, offset, add, |r| out = Some(r));
+    out.expect("readdir finishes before returning")
+}
+
+/// `Core::readdirplus`, finished before it returns.
+fn readdirplus(
+    core: &Core,
+    ino: u64,
+    offset: u64,
+    add: impl FnMut(DirItemPlus<'_>) -> bool,
+) -> Result<(), Errno> {
+    let mut out = None;
+    core.readdirplus(&me(), ino, offset, add, |r| out = Some(r));
+    out.expect("readdirplus finishes before returning")
 }
 
 /// Starts an operation with a callback and waits for its result.
@@ -240,14 +274,17 @@ fn lookup_finds_files_and_remembers_missing_names() {
         panic!("not found")
     };
     assert_eq!(entry.attr.size, 1);
-    assert_eq!(entry.ttl, Duration::from_secs(60));
+    // Trusted for the timeout, counted from when the question was asked.
+    let about_a_minute =
+        |ttl: Duration| ttl <= Duration::from_secs(60) && ttl > Duration::from_secs(55);
+    assert!(about_a_minute(entry.ttl), "{:?}", entry.ttl);
     assert_ne!(entry.ino, ROOT_INO);
     // The same file keeps its number.
     assert_eq!(h.ino(ROOT_INO, "there"), entry.ino);
-    assert_eq!(
-        h.lookup(ROOT_INO, "missing"),
-        Ok(Lookup::Missing(Duration::from_secs(60)))
-    );
+    match h.lookup(ROOT_INO, "missing") {
+        Ok(Lookup::Missing(ttl)) => assert!(about_a_minute(ttl), "{ttl:?}"),
+        other => panic!("{other:?}"),
+    }
     // Invalid names are refused before the server is asked.
     assert_eq!(h.lookup(ROOT_INO, ".."), Err(Errno::EINVAL));
     let long = "x".repeat(256);
@@ -420,15 +457,13 @@ fn stat_of_a_file_being_written_shows_what_was_written() {
     assert_eq!(h.getattr(entry.ino).map(|a| a.size), Ok(4096));
     // A listing answered from before the write must not shrink it either.
     let mut sizes = Vec::new();
-    let dir_fh = wait(|d| h.core.opendir(ROOT_INO, d)).expect("opendir");
-    h.core
-        .readdirplus(&h.me, ROOT_INO, dir_fh, 0, |item| {
-            if item.name == b"f" {
-                sizes.push(item.entry.attr.size);
-            }
-            false
-        })
-        .expect("readdirplus");
+    readdirplus(&h.core, ROOT_INO, 0, |item| {
+        if item.name == b"f" {
+            sizes.push(item.entry.attr.size);
+        }
+        false
+    })
+    .expect("readdirplus");
     assert_eq!(sizes, [4096]);
     h.close(entry.ino, opened.fh).expect("close");
 }
@@ -580,42 +615,73 @@ fn readdir_and_readdirplus_stop_when_the_kernels_buffer_is_full() {
     for name in ["a", "b", "c"] {
         std::fs::write(h.on_disk(name), b"").expect("a file");
     }
-    let fh = wait(|d| h.core.opendir(ROOT_INO, d)).expect("opendir");
     // Take three items (., .., one name), refuse the fourth.
     let mut taken = Vec::new();
-    h.core
-        .readdirplus(&h.me, ROOT_INO, fh, 0, |item| {
-            if taken.len() == 3 {
-                return true;
-            }
-            taken.push((item.entry.ino, item.next_offset));
-            false
-        })
-        .expect("readdirplus");
+    readdirplus(&h.core, ROOT_INO, 0, |item| {
+        if taken.len() == 3 {
+            return true;
+        }
+        taken.push((item.entry.ino, item.next_offset));
+        false
+    })
+    .expect("readdirplus");
     assert_eq!(taken.len(), 3);
     // Go on from the offset of the last one taken: the rest, no repeats.
     let mut rest = Vec::new();
-    h.core
-        .readdirplus(&h.me, ROOT_INO, fh, taken[2].1, |item| {
-            rest.push(String::from_utf8_lossy(item.name).into_owned());
-            false
-        })
-        .expect("readdirplus");
+    readdirplus(&h.core, ROOT_INO, taken[2].1, |item| {
+        rest.push(String::from_utf8_lossy(item.name).into_owned());
+        false
+    })
+    .expect("readdirplus");
     assert_eq!(rest.len(), 2);
-    h.core.releasedir(fh);
     // The one entry refused was uncounted again: a forget of what was counted
     // drops every inode but the root.
     let inodes = lock(&h.core.inodes);
     assert_eq!(inodes.lookups(taken[2].0), Some(1));
 }
 
+/// Reads directory `ino` from `offset`, taking `n` items: their names, and
+/// the offset to go on from.
+fn take(h: &Harness, ino: u64, offset: u64, n: usize) -> (Vec<String>, u64) {
+    let (mut names, mut next) = (Vec::new(), offset);
+    readdir(&h.core, ino, offset, |item| {
+        if names.len() == n {
+            return true;
+        }
+        names.push(String::from_utf8_lossy(item.name).into_owned());
+        next = item.next_offset;
+        false
+    })
+    .expect("readdir");
+    (names, next)
+}
+
 #[test]
-fn readdir_of_a_handle_never_opened_is_ebadf() {
+fn two_listings_of_one_directory_read_at_once_keep_their_own_snapshots() {
     let h = Harness::new();
-    assert_eq!(
-        h.core.readdir(&h.me, ROOT_INO, 42, 0, |_| false),
-        Err(Errno::EBADF)
-    );
+    for name in ["a", "b", "c"] {
+        std::fs::write(h.on_disk(name), b"").expect("a file");
+    }
+    let (first, at) = take(&h, ROOT_INO, 0, 3);
+    assert_eq!(first.len(), 3);
+    // Meanwhile a name goes and another comes, and a second listing starts.
+    let gone = first[2].clone();
+    std::fs::remove_file(h.on_disk(&gone)).expect("unlink");
+    std::fs::write(h.on_disk("d"), b"").expect("a file");
+    let mut second = h.list(ROOT_INO);
+    second.sort();
+    assert!(second.contains(&"d".to_string()) && !second.contains(&gone));
+    // The first goes on where it was, in its own snapshot: every name it had
+    // not handed yet, once each.
+    let (rest, at) = take(&h, ROOT_INO, at, 10);
+    let mut all: Vec<String> = first.into_iter().chain(rest).collect();
+    all.sort();
+    assert_eq!(all, [".", "..", "a", "b", "c"]);
+    // Read to its end, the snapshot went: that offset lists afresh.
+    let (again, _) = take(&h, ROOT_INO, at, 10);
+    assert!(again.is_empty());
+    let (afresh, _) = take(&h, ROOT_INO, at & !0xffff_ffff | 2, 10);
+    assert!(afresh.contains(&"d".to_string()), "{afresh:?}");
 }
 
 #[test]
@@ -711,13 +777,14 @@ fn extended_attributes_and_the_size_protocol() {
     assert!(matches!(list, XattrAnswer::Data(ref l) if l.starts_with(b"user.colour\0")));
     wait(|d| h.core.removexattr(&h.me, f.ino, name, d)).expect("remove");
     assert_eq!(get(64), Err(Errno::new(libc::ENODATA)));
-    // SELinux labels are answered here, never asked for.
+    // SELinux labels and ACLs are answered here, never asked for.
     let before = h.waited();
-    let selinux = OsStr::new("security.selinux");
-    assert_eq!(
-        wait(|d| h.core.getxattr(&h.me, f.ino, selinux, 64, d)),
-        Err(Errno::ENOTSUP)
-    );
+    for refused in ["security.selinux", "system.posix_acl_access"] {
+        assert_eq!(
+            wait(|d| h.core.getxattr(&h.me, f.ino, OsStr::new(refused), 64, d)),
+            Err(Errno::ENOTSUP)
+        );
+    }
     // A file made here has no capability: the kernel's question before each
     // write costs no round trip.
     let cap = OsStr::new("security.capability");
@@ -831,6 +898,72 @@ fn a_write_that_drops_setuid_tells_the_kernel_its_mode_changed() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o7777, 0o755);
+}
+
+/// The lease and the server's notices (see [`super::coherence`]).
+mod coherence;
+
+#[test]
+fn a_file_changed_since_the_kernel_was_told_its_size_opens_uncached() {
+    // No lease: nothing tells this core that the file grew.
+    let h = Harness::with(FsOptions {
+        attr_timeout: Duration::from_secs(60),
+        lease: Duration::ZERO,
+        ..FsOptions::default()
+    });
+    std::fs::write(h.on_disk("f"), b"12").expect("a file");
+    let f = h.ino(ROOT_INO, "f");
+    // The same inode on the server, longer now (as when the server's
+    // filesystem gives a freed inode number to the file renamed over it).
+    std::fs::write(h.on_disk("f"), b"123").expect("rewritten in place");
+    let opened = h.open(f, libc::O_RDONLY).expect("open");
+    // The kernel's size is the old one: reads bypass it, and it goes.
+    assert!(opened.direct_io && !opened.keep_cache);
+    assert!(lock(&h.kernel.asked).contains(&("data", f)));
+    assert_eq!(h.read(f, opened.fh, 0, 100), Ok(b"123".to_vec()));
+    h.close(f, opened.fh).expect("close");
+    // Told now: the next open is cached as usual.
+    let again = h.open(f, libc::O_RDONLY).expect("open");
+    assert!(!again.direct_io);
+    h.close(f, again.fh).expect("close");
+}
+
+#[test]
+fn a_name_replaced_behind_an_inode_opens_the_new_file_uncached() {
+    // No lease: nothing tells this core that the name was replaced.
+    let h = Harness::with(FsOptions {
+        attr_timeout: Duration::from_secs(60),
+        lease: Duration::ZERO,
+        ..FsOptions::default()
+    });
+    let replace = |name: &str| {
+        std::fs::write(h.on_disk("new"), b"new, longer").expect("another file");
+        std::fs::rename(h.on_disk("new"), h.on_disk(name)).expect("replace");
+    };
+    // Opening the old inode reaches the new file by its name: it opens, but
+    // bypasses the kernel's size and pages of the old one, which go.
+    std::fs::write(h.on_disk("g"), b"old").expect("a file");
+    let g = h.ino(ROOT_INO, "g");
+    replace("g");
+    let opened = h.open(g, libc::O_RDONLY).expect("open");
+    assert!(opened.direct_io && !opened.keep_cache);
+    assert!(lock(&h.kernel.asked).contains(&("data", g)));
+    assert_eq!(h.read(g, opened.fh, 0, 100), Ok(b"new, longer".to_vec()));
+    // Its attributes are the open file's.
+    h.core.attrs.drop_ino(g);
+    assert_eq!(h.getattr(g).map(|a| a.size), Ok(11));
+    h.close(g, opened.fh).expect("close");
+    // Asking for the attributes of an old inode by its name: ESTALE (the
+    // kernel looks the name up again and retries), never another file's.
+    std::fs::write(h.on_disk("f"), b"old").expect("a file");
+    let f = h.ino(ROOT_INO, "f");
+    replace("f");
+    h.core.attrs.drop_ino(f);
+    assert_eq!(h.getattr(f).map(|a| a.size), Err(Errno::new(libc::ESTALE)));
+    // Looked up again: the new file, under another number.
+    let again = h.ino(ROOT_INO, "f");
+    assert_ne!(again, f);
+    assert_eq!(h.getattr(again).map(|a| a.size), Ok(11));
 }
 
 #[test]

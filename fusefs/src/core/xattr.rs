@@ -10,8 +10,10 @@
 //!
 //! The kernel asks for `security.capability` before every `write(2)` (to drop
 //! file capabilities from a changed file), which would cost each write a round
-//! trip. Its answers are therefore kept for the attribute timeout, like
-//! attributes, and a file this mount has just created is known to have none.
+//! trip. Its answers are therefore kept as long as attributes (the attribute
+//! timeout, or the lease: a change of the file's attributes, which an xattr
+//! change is, drops them), and a file this mount has just created is known to
+//! have none.
 //! Nothing is lost by the shortcut: the server's own kernel drops the
 //! capability when the server writes the file, and this mount is `nosuid`, so
 //! its kernel never reads capabilities to run a program.
@@ -23,6 +25,13 @@
 //! SELinux-aware tools (`ls -l` among them) ask for it once per file unless told
 //! it is unsupported — a round trip for every name listed. It is also left out
 //! of listings and cannot be set through the mount.
+//!
+//! # `system.*`
+//!
+//! POSIX ACLs are refused by the server (see its `export::xattr`: the client's
+//! kernel checks permissions from the mode bits, so an ACL would not be
+//! enforced here), so reading one is answered "not supported" here, without
+//! asking: `ls -l` asks for `system.posix_acl_access` every time it runs.
 
 use super::{Caller, Core, Done};
 use crate::cache::TimedCache;
@@ -30,12 +39,14 @@ use ferry_common::proto::{Op, Reply};
 use ferry_common::Errno;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::time::Duration;
+use std::time::Instant;
 
 /// The attribute whose answers are kept; see the module documentation.
 const CAPABILITY: &[u8] = b"security.capability";
 /// The SELinux label; see the module documentation.
 const SELINUX: &[u8] = b"security.selinux";
+/// POSIX ACLs and other system attributes; see the module documentation.
+const SYSTEM: &[u8] = b"system.";
 
 /// Recent answers for `security.capability`, by inode.
 #[derive(Debug)]
@@ -44,20 +55,27 @@ pub(crate) struct FileCapCache {
 }
 
 impl FileCapCache {
-    pub(crate) fn new(ttl: Duration) -> FileCapCache {
+    pub(crate) fn new() -> FileCapCache {
         FileCapCache {
-            answers: TimedCache::new(ttl),
+            answers: TimedCache::new(),
         }
     }
 
-    /// The number is no longer that file's (see [`crate::inode`]).
+    /// `ino` was just created by this mount: it has no capability (which may
+    /// be trusted until `until`).
+    pub(crate) fn note_new_file(&self, ino: u64, until: Instant) {
+        self.answers
+            .store(ino, Err(Errno::new(libc::ENODATA)), until);
+    }
+
+    /// What is known of `ino` no longer holds.
     pub(crate) fn forget(&self, ino: u64) {
         self.answers.remove(&ino);
     }
 
-    /// `ino` was just created by this mount: it has no capability.
-    pub(crate) fn note_new_file(&self, ino: u64) {
-        self.answers.store(ino, Err(Errno::new(libc::ENODATA)));
+    /// Nothing is known any more.
+    pub(crate) fn clear(&self) {
+        self.answers.clear();
     }
 }
 
@@ -102,7 +120,7 @@ impl Core {
         size: u32,
         done: impl Done<XattrAnswer>,
     ) {
-        if name.as_bytes() == SELINUX {
+        if name.as_bytes() == SELINUX || name.as_bytes().starts_with(SYSTEM) {
             return done(Err(Errno::ENOTSUP));
         }
         let capability = name.as_bytes() == CAPABILITY;
@@ -120,7 +138,8 @@ impl Core {
             name: name.as_bytes().to_vec(),
         };
         let core = self.clone();
-        self.ask(None, &caller.cred, op, move |r| {
+        let asked = Instant::now();
+        self.ask_about(Some(ino), None, &caller.cred, op, move |r| {
             let answer = match r {
                 Ok(Reply::Xattr(value)) => Ok(value),
                 Ok(_) => Err(Errno::EPROTO),
@@ -131,7 +150,9 @@ impl Core {
                 Err(e) => matches!(e.code(), libc::ENODATA | libc::ENOTSUP),
             };
             if capability && lasting {
-                core.file_caps.answers.store(ino, answer.clone());
+                core.file_caps
+                    .answers
+                    .store(ino, answer.clone(), core.until(asked));
             }
             done(answer.and_then(|value| sized(value, size)))
         });

@@ -361,7 +361,18 @@ pub fn dispatch(data: &[u8]) -> u64 {
         },
         allow_devices: settings & 8 != 0,
     };
+    // Unwatched, and subscribed, so the coherence hooks learn what every
+    // answer tells.
     let session = Session::standalone(export, policy);
+    let subscribed = session.handle(Request {
+        id: 0,
+        cred: Cred::default(),
+        op: Op::Subscribe { lease_secs: 60 },
+    });
+    assert!(
+        matches!(subscribed, Ok(Reply::Subscribed { .. })),
+        "{subscribed:?}"
+    );
     let mut opened = Vec::new();
     let mut seen = Fingerprint::default();
     seen.add(read_only);

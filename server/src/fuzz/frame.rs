@@ -3,7 +3,7 @@
 
 use super::Fingerprint;
 use ferry_common::frame::{self, FrameError, RequestFrame, ResponseFrame, MAX_FRAME};
-use ferry_common::proto::{HandshakeReply, Hello, Op, Reply, Request, Response};
+use ferry_common::proto::{HandshakeReply, Hello, Op, Reply, Request, Response, ServerMessage};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt::Debug;
@@ -75,11 +75,14 @@ pub fn frame(data: &[u8]) -> u64 {
         match response.expect("the plain reader read this frame") {
             Some(ResponseFrame::Whole(p)) => assert_eq!(p, payload),
             Some(ResponseFrame::Data { id, data }) => {
-                let expected = Response {
+                let expected = ServerMessage::Response(Response {
                     id,
                     result: Ok(Reply::Data(data)),
-                };
-                assert_eq!(frame::decode::<Response>(&payload).ok(), Some(expected));
+                });
+                assert_eq!(
+                    frame::decode::<ServerMessage>(&payload).ok(),
+                    Some(expected)
+                );
                 seen.add("data");
             }
             None => panic!("the client's reader saw an end the plain reader did not"),
@@ -111,7 +114,7 @@ pub fn frame(data: &[u8]) -> u64 {
         }
         seen.add((
             round_trip::<Request>(&payload),
-            round_trip::<Response>(&payload),
+            round_trip::<ServerMessage>(&payload),
             round_trip::<Hello>(&payload),
             round_trip::<HandshakeReply>(&payload),
         ));

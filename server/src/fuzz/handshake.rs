@@ -4,7 +4,7 @@
 use super::Fingerprint;
 use crate::{spawn_server, test_config, Security, ServerHandle};
 use ferry_common::frame;
-use ferry_common::proto::{HandshakeReply, Hello, Response};
+use ferry_common::proto::{HandshakeReply, Hello, ServerMessage};
 use std::io::{Cursor, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -87,8 +87,17 @@ pub(super) fn handshake_in(export: &Path, data: &[u8]) -> u64 {
             let mut answers = 0usize;
             while let Some(payload) = frame::read_frame(&mut reader).expect("whole frames") {
                 assert!(welcomed, "a refused peer got more than the refusal");
-                let response: Response = frame::decode(&payload).expect("responses");
-                seen.add(response.result.as_ref().map(std::mem::discriminant).err());
+                // Notices come only to a connection that subscribed (a fuzzed
+                // peer may), and are no answers.
+                match frame::decode(&payload).expect("answers and notices") {
+                    ServerMessage::Response(response) => {
+                        seen.add(response.result.as_ref().map(std::mem::discriminant).err());
+                    }
+                    ServerMessage::Notice(_) => {
+                        seen.add("notice");
+                        continue;
+                    }
+                }
                 answers += 1;
             }
             seen.add(answers.min(8));
