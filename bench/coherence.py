@@ -233,7 +233,8 @@ class SecondMount:
         self.ferry, self.procs, self.table = ferry, procs, table
         self.root = os.path.join(base, "ferry-mnt2")
         os.makedirs(self.root, exist_ok=True)
-        self.proc = procs.start("ferry-mount2", [ferry.binary, "mount", f"127.0.0.1:{ferry.port}", self.root])
+        self.proc = procs.start("ferry-mount2", [ferry.binary, "mount", f"127.0.0.1:{ferry.port}", self.root]
+                                 + ferry.security() + ferry.credentials())
         deadline = time.monotonic() + 30
         while not is_mounted(self.root):
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -385,7 +385,9 @@ class Ferry(FuseSystem):
                                                                "--no-root-squash"] + self.security())
 
     def security(self):
-        return ["--insecure"] if self.insecure else ["--state-dir", self.state]
+        # A state directory of the run's own in both cases: an --insecure server
+        # still keeps its record of lock holders there.
+        return (["--insecure"] if self.insecure else []) + ["--state-dir", self.state]
         wait_port(self.port, self.server, "ferry serve")
 
     def credentials(self):

@@ -226,7 +226,9 @@ impl Separate {
             .unwrap()
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let server = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        // With the test's state directory: even --insecure keeps its record
+        // of lock holders there.
+        let server = common::binary::ferry()
             // Plaintext on loopback: what is tested is the watch, not TLS.
             // Root on the mount writes as root (the tests make files).
             .args(["serve", export.to_str().unwrap(), "--listen", &addr])
