@@ -472,7 +472,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// A random number from the kernel (a server's run; a client's id).
 pub(crate) fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
-    if let Err(e) = getrandom(&mut bytes) {
+    if let Err(e) = getrandom::getrandom(&mut bytes) {
         log::warn!("cannot read random bytes: {e}; using the clock");
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -481,24 +481,6 @@ pub(crate) fn random_u64() -> u64 {
         return nanos ^ u64::from(std::process::id());
     }
     u64::from_le_bytes(bytes)
-}
-
-fn getrandom(buf: &mut [u8]) -> io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        // SAFETY: a valid buffer of the given length.
-        let n =
-            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        filled += n as usize;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -888,21 +888,7 @@ async fn write_parts(writer: &mut WriteHalf<Transport>, parts: &[&[u8]]) -> io::
 /// A random id for this client (see `Hello::client`), never 0.
 fn random_client_id() -> io::Result<u128> {
     let mut bytes = [0u8; 16];
-    let mut filled = 0;
-    while filled < bytes.len() {
-        // SAFETY: a valid buffer of the given length.
-        let n = unsafe {
-            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        filled += n as usize;
-    }
+    getrandom::getrandom(&mut bytes).map_err(io::Error::from)?;
     Ok(u128::from_le_bytes(bytes).max(1))
 }
 
