@@ -20,7 +20,7 @@ import time
 import rtt
 import rtt_report
 from report import machine_info, markdown, print_table, write_svg
-from systems import Ferry, Local, MountTable, Processes, SetupError, Sshd, Sshfs, free_port, is_mounted
+from systems import Ferry, Local, MountTable, Processes, SetupError, Sshd, Sshfs, clean_up, free_port
 from workloads import WORKLOADS, Context, Measurement
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -234,7 +234,7 @@ def main():
         print(f"\nbench: {e}", file=sys.stderr)
         status = 1
     finally:
-        left = cleanup(systems, sshd, procs, table, cfg)
+        left = clean_up(systems, sshd, procs, table, cfg.tmp, keep=cfg.keep)
         if left:
             status = status or 1
     info["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -316,34 +316,6 @@ def describe(m):
     if m.errors:
         text += " — " + "; ".join(m.errors)
     return text
-
-
-def cleanup(systems, sshd, procs, table, cfg):
-    """Unmount and stop everything this run started; returns what could not be cleaned."""
-    # A second Ctrl-C must not cut the cleanup short (every step in it has a timeout).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    for s in systems:
-        try:
-            s.end()
-        except SetupError as e:
-            print(f"bench: {e}", file=sys.stderr)
-    left = table.unmount_all()
-    if sshd:
-        sshd.stop(procs)
-    procs.stop_all()
-    for p in left:
-        print(f"bench: could not unmount {p}; run: umount -l {p}", file=sys.stderr)
-    logs = os.path.join(cfg.tmp, "logs")
-    if os.path.isdir(logs):
-        keep = os.path.join(HERE, "out", "logs-" + os.path.basename(cfg.tmp))
-        shutil.copytree(logs, keep, dirs_exist_ok=True)
-    mounted_inside = [s.root for s in systems if is_mounted(s.root)]
-    if cfg.keep or mounted_inside:
-        print(f"bench: kept {cfg.tmp}", file=sys.stderr)
-    else:
-        shutil.rmtree(cfg.tmp, ignore_errors=True)
-    return left + mounted_inside
 
 
 if __name__ == "__main__":

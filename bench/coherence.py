@@ -25,7 +25,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -34,7 +33,7 @@ import tempfile
 import time
 
 from report import machine_info
-from systems import Ferry, Local, MountTable, Processes, SetupError, Sshd, Sshfs, free_port, is_mounted
+from systems import Ferry, Local, MountTable, Processes, SetupError, Sshd, Sshfs, clean_up, free_port, is_mounted
 from workloads import GIT_ENV, ls_entries
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -492,7 +491,6 @@ def main(argv=None):
     procs, table = Processes(logs), MountTable()
     systems, sshd, runs, errors = [], None, [], []
     started = datetime.datetime.now(datetime.timezone.utc)
-    cfg.note, cfg.quick = cfg.note, cfg.quick
     info = machine_info(cfg)
     status = 0
     try:
@@ -523,23 +521,7 @@ def main(argv=None):
         errors.append(f"{type(e).__name__}: {e}")
         status = 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for s in systems:
-            try:
-                s.end()
-            except SetupError as e:
-                print(f"bench: {e}", file=sys.stderr)
-        left = table.unmount_all()
-        if sshd:
-            sshd.stop(procs)
-        procs.stop_all()
-        for p in left:
-            print(f"bench: could not unmount {p}; run: umount -l {p}", file=sys.stderr)
-        keep = os.path.join(HERE, "out", "logs-" + os.path.basename(cfg.tmp))
-        shutil.copytree(logs, keep, dirs_exist_ok=True)
-        if not left:
-            shutil.rmtree(cfg.tmp, ignore_errors=True)
+        left = clean_up(systems, sshd, procs, table, cfg.tmp)
         status = status or (1 if left else 0)
     info["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     info["load_end"] = os.getloadavg()

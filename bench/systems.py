@@ -6,9 +6,11 @@ cleanup can unmount it, and a hung one can be aborted through fusectl.
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 
@@ -535,3 +537,32 @@ class DelayProxy:
 
     def stop(self, procs):
         procs.stop(self.proc)
+
+
+def clean_up(systems, sshd, procs, table, tmp, keep=False):
+    """Unmounts and stops everything a run started, keeps its logs in bench/out/, and removes its temp dir `tmp`
+    unless asked to `keep` it or something is still mounted there; returns what could not be cleaned."""
+    # A second Ctrl-C must not cut the cleanup short (every step in it has a timeout).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for s in systems:
+        try:
+            s.end()
+        except SetupError as e:
+            print(f"bench: {e}", file=sys.stderr)
+    left = table.unmount_all()
+    if sshd:
+        sshd.stop(procs)
+    procs.stop_all()
+    for p in left:
+        print(f"bench: could not unmount {p}; run: umount -l {p}", file=sys.stderr)
+    logs = os.path.join(tmp, "logs")
+    if os.path.isdir(logs):
+        here = os.path.dirname(os.path.abspath(__file__))
+        shutil.copytree(logs, os.path.join(here, "out", "logs-" + os.path.basename(tmp)), dirs_exist_ok=True)
+    mounted_inside = [s.root for s in systems if is_mounted(s.root)]
+    if keep or mounted_inside:
+        print(f"bench: kept {tmp}", file=sys.stderr)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return left + mounted_inside

@@ -8,25 +8,13 @@
 
 mod common;
 
-use common::binary::{state_dir, wait_mounted, MountGuard, Served};
+use common::binary::{lock_mount_helper, run_ok, state_dir, wait_mounted, MountGuard, Served};
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const UNIT: &str = "/lib/systemd/system/ferry-serve@.service";
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The package installed while this lives (purged on drop), under the lock
 /// the mount helper tests take too, as both touch `/sbin/mount.fuse.ferry`.
@@ -39,17 +27,7 @@ struct Installed {
 
 impl Installed {
     fn install(deb: &Path) -> Installed {
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open("/run/lock/ferry-test-mount-helper.lock")
-            .expect("open the helper lock");
-        // SAFETY: flock on a descriptor we own.
-        assert_eq!(
-            unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
-            0
-        );
+        let lock = lock_mount_helper();
         let installed = Command::new("dpkg-query")
             .args(["-W", "-f", "${Status}", "ferry"])
             .output()

@@ -5,7 +5,8 @@
 mod common;
 
 use common::binary::{
-    ferry, is_mounted, state_dir, wait_mounted, wait_timeout, MountGuard, Served,
+    ferry, is_mounted, lock_mount_helper, run_ok, state_dir, wait_mounted, wait_timeout,
+    MountGuard, Served,
 };
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -75,17 +76,7 @@ impl HelperLinks {
     }
 
     fn to(binary: &Path) -> HelperLinks {
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open("/run/lock/ferry-test-mount-helper.lock")
-            .expect("open the helper lock");
-        // SAFETY: flock on a descriptor we own.
-        assert_eq!(
-            unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
-            0
-        );
+        let lock = lock_mount_helper();
         let mut saved = Vec::new();
         for name in ["mount.fuse.ferry", "mount.ferry"] {
             let link = Path::new("/sbin").join(name);
@@ -107,18 +98,6 @@ impl Drop for HelperLinks {
             }
         }
     }
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The mounts at `mnt` in /proc/mounts, as (source, type).

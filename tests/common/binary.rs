@@ -169,3 +169,35 @@ impl Drop for MountGuard {
         }
     }
 }
+
+/// Runs `cmd` and returns its output; fails the test, with what it printed, if it fails.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Holds the lock under which a test may change `/sbin/mount.fuse.ferry` and
+/// `/sbin/mount.ferry` (tests/system.rs links them, tests/package.rs installs
+/// them), so that test processes running at once do not swap them under each
+/// other; released when the file is dropped.
+pub fn lock_mount_helper() -> fs::File {
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/lock/ferry-test-mount-helper.lock")
+        .expect("open the helper lock");
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+        0
+    );
+    lock
+}
