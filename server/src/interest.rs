@@ -212,6 +212,14 @@ impl InterestTable {
             }
         }
         let until = since + self.lease;
+        let (fp, since) = match self.nodes.get(&id) {
+            // The connection learnt another state than it held, and was not
+            // told of the change between: its client may keep both (the
+            // kernel the old attributes, a listing fetched ahead the new
+            // ones), so the next change is news whatever it looks like.
+            Some(held) if held.until > since && held.fp != fp => (None, held.since.min(since)),
+            _ => (fp, since),
+        };
         self.nodes.insert(id, NodeInterest { fp, since, until });
         Ok(())
     }
@@ -804,6 +812,33 @@ mod tests {
         assert!(t
             .notices_for(&[name("d", Target::Node(id(3)))], seen)
             .is_empty());
+    }
+
+    /// A listing fetched ahead may show a node changed (read after a chmod
+    /// the watch has not published yet) while the kernel keeps the attributes
+    /// an earlier answer gave it: the chmod, published next, must be told.
+    #[test]
+    fn a_node_learnt_anew_without_a_notice_between_hears_of_the_next_change() {
+        let now = Instant::now();
+        let later = now + Duration::from_millis(1);
+        let mut t = table();
+        t.learn_node(id(5), Some(fp(1, 1, 10)), now).unwrap();
+        t.learn_node(id(5), Some(fp(2, 1, 10)), later).unwrap();
+        let chmod = [Event::Node {
+            id: id(5),
+            now: Some(fp(2, 1, 10)),
+        }];
+        assert_eq!(
+            t.notices_for(&chmod, later),
+            vec![Change::Node {
+                id: id(5),
+                content: true
+            }]
+        );
+        // The same state learnt again is no news.
+        t.learn_node(id(5), Some(fp(2, 1, 10)), later).unwrap();
+        t.learn_node(id(5), Some(fp(2, 1, 10)), later).unwrap();
+        assert!(t.notices_for(&chmod, later).is_empty());
     }
 
     #[test]
