@@ -13,10 +13,20 @@ use ferry_common::RelPath;
 /// A harness whose caches live one second without a lease, a minute with one,
 /// once its first connection is subscribed.
 fn leased() -> Harness {
-    let h = Harness::with(FsOptions {
+    leased_with(|_| {})
+}
+
+/// [`leased`], serving an export `setup` fills before the server starts: the
+/// server's watch then has no news of the setup that could arrive in the
+/// middle of a test.
+fn leased_with(setup: impl FnOnce(&std::path::Path)) -> Harness {
+    let opts = FsOptions {
         attr_timeout: Duration::from_secs(1),
         lease: Duration::from_secs(60),
         ..FsOptions::default()
+    };
+    let h = Harness::serving(opts, |config| {
+        setup(config.root.as_deref().expect("the default export"))
     });
     until(|| h.core.leased(), "the lease");
     h
@@ -61,10 +71,7 @@ fn about_a_minute(ttl: Duration) -> bool {
 
 #[test]
 fn under_a_lease_caches_live_long_and_a_change_elsewhere_ends_them() {
-    let h = leased();
-    std::fs::write(h.on_disk("f"), b"one").expect("a file");
-    // The watch's news of the setup first: it would end the caches below.
-    std::thread::sleep(Duration::from_millis(100));
+    let h = leased_with(|export| std::fs::write(export.join("f"), b"one").expect("a file"));
     let Ok(Lookup::Found(entry)) = h.lookup(ROOT_INO, "f") else {
         panic!("lookup")
     };
@@ -156,12 +163,10 @@ fn a_change_by_a_process_on_the_server_reaches_the_core() {
 
 #[test]
 fn a_rename_elsewhere_keeps_inode_numbers() {
-    let h = leased();
-    std::fs::create_dir(h.on_disk("a")).expect("a dir");
-    std::fs::write(h.on_disk("a/f"), b"x").expect("a file");
-    // (The watch's news of these may come after the lookups below, and make
-    // the core look again below `a`: the numbers stay all the same.)
-    std::thread::sleep(Duration::from_millis(100));
+    let h = leased_with(|export| {
+        std::fs::create_dir(export.join("a")).expect("a dir");
+        std::fs::write(export.join("a/f"), b"x").expect("a file");
+    });
     let a = h.ino(ROOT_INO, "a");
     let f = h.ino(a, "f");
     let other = h.another_client();
@@ -237,11 +242,7 @@ fn an_answer_crossed_by_a_notice_is_invalidated_again() {
 
 #[test]
 fn a_reset_drops_everything_and_the_lease_goes_on() {
-    let h = leased();
-    std::fs::write(h.on_disk("f"), b"x").expect("a file");
-    // The watch's news of the setup first: it would drop the negative entry
-    // below before the reset does.
-    std::thread::sleep(Duration::from_millis(100));
+    let h = leased_with(|export| std::fs::write(export.join("f"), b"x").expect("a file"));
     let f = h.ino(ROOT_INO, "f");
     assert!(matches!(
         h.lookup(ROOT_INO, "missing"),
@@ -318,9 +319,7 @@ fn without_a_lease_everything_lives_the_attribute_timeout() {
 
 #[test]
 fn a_listing_changed_elsewhere_is_dropped_from_the_kernel() {
-    let h = leased();
-    std::fs::write(h.on_disk("f"), b"x").expect("a file");
-    std::thread::sleep(Duration::from_millis(100));
+    let h = leased_with(|export| std::fs::write(export.join("f"), b"x").expect("a file"));
     assert_eq!(names(h.list(ROOT_INO)), ["f"]);
     assert!(h.core.dir_leased(ROOT_INO), "listed in full, leased");
     h.forget_kernel_asks();
@@ -336,11 +335,10 @@ fn a_listing_changed_elsewhere_is_dropped_from_the_kernel() {
 
 #[test]
 fn a_directory_below_a_doubted_name_is_still_reached_by_inode() {
-    let h = leased();
-    std::fs::create_dir_all(h.on_disk("a/b")).expect("directories");
-    std::fs::write(h.on_disk("a/b/f"), b"x").expect("a file");
-    // The watch's news of the setup first.
-    std::thread::sleep(Duration::from_millis(100));
+    let h = leased_with(|export| {
+        std::fs::create_dir_all(export.join("a/b")).expect("directories");
+        std::fs::write(export.join("a/b/f"), b"x").expect("a file");
+    });
     let a = h.ino(ROOT_INO, "a");
     let b = h.ino(a, "b");
     // The server says the name `a` changed, and still leads to the same
