@@ -108,7 +108,7 @@ impl Changes {
         (self.under_way.load(Ordering::SeqCst) == 0).then_some(seq)
     }
 
-    fn unchanged_since(&self, mark: u64) -> bool {
+    pub(crate) fn unchanged_since(&self, mark: u64) -> bool {
         self.seq.load(Ordering::SeqCst) == mark
     }
 }
@@ -149,7 +149,8 @@ pub(crate) fn changes_listings(op: &Op) -> bool {
         | Op::ReclaimLock { .. }
         | Op::ReclaimComplete
         | Op::Ping
-        | Op::Subscribe { .. } => false,
+        | Op::Subscribe { .. }
+        | Op::ReadFiles { .. } => false,
     }
 }
 
@@ -422,6 +423,32 @@ impl ListingsAhead {
             for_names: true,
         }));
         None
+    }
+
+    /// The regular files of directory `dir` no larger than `largest`, with
+    /// their attributes, as its latest listing shows them, if that listing is
+    /// as fresh as the kernel's caches may be (see [`lookup`](Self::lookup)).
+    pub(crate) fn files_of(&self, dir: &RelPath, largest: u64) -> Option<Vec<(Vec<u8>, Attr)>> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let state = lock(&self.shared.state);
+        let names = state.names.get(dir)?;
+        let unchanged = names
+            .mark
+            .is_some_and(|mark| self.changes.unchanged_since(mark));
+        if names.asked.elapsed() >= self.ttl || !unchanged {
+            return None;
+        }
+        let mut files: Vec<(Vec<u8>, Attr)> = names
+            .attrs
+            .iter()
+            .filter(|(_, a)| a.kind == FileKind::File && a.size <= largest)
+            .map(|(n, a)| (n.clone(), *a))
+            .collect();
+        // In name order, as `tar --sort=name` and most walks that sort read them.
+        files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Some(files)
     }
 
     /// The kernel listed `path` (directory `id`) for `cred`, and got `entries`;

@@ -164,6 +164,11 @@ impl OpenedData {
             return Served::Nothing;
         };
         let have = held.data.len();
+        if have == 0 && held.eof && held.at.elapsed() < self.max_age {
+            // An empty file: nothing to read, and nothing to ask.
+            state.drop_fh(fh);
+            return Served::Whole(Vec::new());
+        }
         let start = match usize::try_from(offset) {
             Ok(start) if start < have && held.at.elapsed() < self.max_age => start,
             // Too old, or beyond the held bytes: the server knows more.
@@ -224,6 +229,20 @@ mod tests {
         assert_eq!(held.read(1, 4, 4096), Served::Whole(b"456789".to_vec()));
         assert_eq!(held.read(1, 0, 3), Served::Nothing);
         assert_eq!(held.bytes(), 0);
+    }
+
+    #[test]
+    fn an_empty_file_reads_empty_without_asking() {
+        let held = OpenedData::new(LONG);
+        held.keep(1, 5, held.mark(), Vec::new(), true);
+        assert_eq!(held.read(1, 0, 4096), Served::Whole(Vec::new()));
+        assert_eq!(held.read(1, 0, 4096), Served::Nothing, "then let go");
+        held.keep(2, 6, held.mark(), Vec::new(), false);
+        assert_eq!(
+            held.read(2, 0, 4096),
+            Served::Nothing,
+            "not known to be empty"
+        );
     }
 
     #[test]

@@ -38,6 +38,7 @@
 mod attrs;
 mod coherence;
 mod dirs;
+mod files_ahead;
 mod io;
 mod locking;
 mod names;
@@ -57,6 +58,7 @@ pub use xattr::XattrAnswer;
 use crate::attrcache::AttrCache;
 use crate::client::{OpResult, RemoteClient};
 use crate::files::OpenFiles;
+use crate::files_ahead::FilesAhead;
 use crate::inode::{FileId, InodeTable};
 use crate::known::KnownDirs;
 use crate::listing_ahead::{changes_listings, Changes, ListingsAhead};
@@ -210,6 +212,8 @@ pub struct Shared {
     space: FreeSpace,
     /// The first bytes of files opened for reading, for their first reads.
     opened: OpenedData,
+    /// The contents of small files a walk is about to open, fetched ahead.
+    files_ahead: FilesAhead,
     attrs: AttrCache,
     known: KnownDirs,
     dirs: DirSnapshots,
@@ -261,6 +265,7 @@ impl Core {
             writes: WriteBehind::new(),
             space: FreeSpace::new(opts.write_through_below),
             opened: OpenedData::new(ttl),
+            files_ahead: FilesAhead::new(),
             attrs: AttrCache::new(),
             known: KnownDirs::new(),
             dirs: DirSnapshots::default(),
