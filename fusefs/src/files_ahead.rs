@@ -37,8 +37,8 @@ use ferry_common::proto::{ByteBuf, Cred, FileRead, READ_FILES_BYTES, READ_FILES_
 use ferry_common::sync::lock;
 use ferry_common::{Attr, RelPath};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// Files larger than this (as the listing shows them) are left to their opens.
 pub(crate) const LARGEST: u64 = 128 << 10;
@@ -48,6 +48,9 @@ pub(crate) const HELD_BYTES: usize = 16 << 20;
 pub(crate) const IN_FLIGHT: usize = 4;
 /// Directories whose asked-for names are remembered, at most.
 const DIRECTORIES: usize = 256;
+/// The longest an open waits for a file on its way (its request has a
+/// deadline of its own): then it opens the file itself.
+const LONGEST_WAIT: Duration = Duration::from_secs(10);
 
 /// The contents of one file, fetched ahead.
 #[derive(Debug)]
@@ -80,6 +83,8 @@ pub(crate) struct Batch {
     pub(crate) dir: RelPath,
     pub(crate) names: Vec<ByteBuf>,
     pub(crate) expected: usize,
+    /// The files asked for, as the listing showed them.
+    ids: Vec<FileId>,
     /// [`Changes`] when it was made.
     pub(crate) mark: u64,
 }
@@ -93,6 +98,9 @@ struct State {
     bytes: usize,
     /// Bytes asked for and not answered yet.
     coming: usize,
+    /// Files asked for and not answered yet, with how many requests ask
+    /// for each.
+    on_way: HashMap<FileId, usize>,
     in_flight: usize,
     /// Per directory: the names asked for (held, coming or refused) and when
     /// it was last asked about.
@@ -131,25 +139,46 @@ impl State {
 #[derive(Debug)]
 pub(crate) struct FilesAhead {
     state: Mutex<State>,
+    /// Signalled at every answer.
+    answered: Condvar,
 }
 
 impl FilesAhead {
     pub(crate) fn new() -> FilesAhead {
         FilesAhead {
             state: Mutex::new(State::default()),
+            answered: Condvar::new(),
         }
     }
 
     /// The contents of file `id` for an open by `cred` on connection `epoch`,
-    /// if held and still trustworthy; taken either way.
+    /// if held and still trustworthy; taken either way. A file on its way is
+    /// waited for (it is the sooner answer), and `waiting` is called first.
     pub(crate) fn take(
         &self,
         cred: &Cred,
         id: FileId,
         epoch: u64,
         changes: &Changes,
+        waiting: impl FnOnce(),
     ) -> Option<Taken> {
         let mut state = lock(&self.state);
+        let started = Instant::now();
+        let mut waiting = Some(waiting);
+        while !state.held.contains_key(&id)
+            && state.on_way.contains_key(&id)
+            && started.elapsed() < LONGEST_WAIT
+        {
+            if let Some(waiting) = waiting.take() {
+                waiting();
+            }
+            // Bounded by the request's own deadline, and by LONGEST_WAIT.
+            state = self
+                .answered
+                .wait_timeout(state, LONGEST_WAIT)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
         let held = state.drop_file(&id)?;
         let fresh = held.until > Instant::now()
             && changes.unchanged_since(held.mark)
@@ -197,6 +226,7 @@ impl FilesAhead {
             .unwrap_or_default();
         let mut batches = Vec::new();
         let mut batch = Vec::new();
+        let mut ids = Vec::new();
         let mut expected = 0;
         for (name, attr) in files {
             if attr.size > LARGEST || asked.contains(&name) {
@@ -208,6 +238,7 @@ impl FilesAhead {
                     dir: dir.clone(),
                     names: std::mem::take(&mut batch),
                     expected: std::mem::take(&mut expected),
+                    ids: std::mem::take(&mut ids),
                     mark,
                 });
             }
@@ -224,6 +255,9 @@ impl FilesAhead {
             }
             state.coming += size;
             expected += size;
+            let id = FileId::of(&attr);
+            *state.on_way.entry(id).or_default() += 1;
+            ids.push(id);
             asked.insert(name.clone());
             batch.push(ByteBuf::from(name));
         }
@@ -232,6 +266,7 @@ impl FilesAhead {
                 dir: dir.clone(),
                 names: batch,
                 expected,
+                ids,
                 mark,
             });
         }
@@ -257,6 +292,31 @@ impl FilesAhead {
         let mut state = lock(&self.state);
         state.in_flight -= 1;
         state.coming -= batch.expected;
+        for id in &batch.ids {
+            if let Some(n) = state.on_way.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    state.on_way.remove(id);
+                }
+            }
+        }
+        self.keep(&mut state, batch, cred, epoch, asked, until, files, changes);
+        drop(state);
+        self.answered.notify_all();
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn keep(
+        &self,
+        state: &mut State,
+        batch: &Batch,
+        cred: &Cred,
+        epoch: u64,
+        asked: Instant,
+        until: Instant,
+        files: Vec<FileRead>,
+        changes: &Changes,
+    ) {
         if !changes.unchanged_since(batch.mark) {
             return;
         }
@@ -379,12 +439,15 @@ mod tests {
         let id = |ino| FileId { dev: 0, ino };
         let other = Cred { uid: 0, ..me() };
         assert!(
-            ahead.take(&other, id(1), 1, &changes).is_none(),
+            ahead.take(&other, id(1), 1, &changes, || {}).is_none(),
             "another user"
         );
-        assert!(ahead.take(&me(), id(1), 1, &changes).is_none(), "taken");
         assert!(
-            ahead.take(&me(), id(2), 2, &changes).is_none(),
+            ahead.take(&me(), id(1), 1, &changes, || {}).is_none(),
+            "taken"
+        );
+        assert!(
+            ahead.take(&me(), id(2), 2, &changes, || {}).is_none(),
             "another connection"
         );
         // Anything changed: nothing answers.
@@ -405,7 +468,7 @@ mod tests {
             &changes,
         );
         changes.elsewhere();
-        assert!(ahead.take(&me(), id(3), 1, &changes).is_none());
+        assert!(ahead.take(&me(), id(3), 1, &changes, || {}).is_none());
         // Nor what was past its time.
         let batch = ahead
             .wanted(
@@ -423,7 +486,7 @@ mod tests {
             vec![read(b"g", file(4, 2))],
             &changes,
         );
-        assert!(ahead.take(&me(), id(4), 1, &changes).is_none());
+        assert!(ahead.take(&me(), id(4), 1, &changes, || {}).is_none());
         // A fresh one does.
         let batch = ahead
             .wanted(
@@ -441,8 +504,50 @@ mod tests {
             vec![read(b"i", file(5, 2))],
             &changes,
         );
-        let taken = ahead.take(&me(), id(5), 1, &changes).expect("held");
+        let taken = ahead.take(&me(), id(5), 1, &changes, || {}).expect("held");
         assert_eq!(taken.data, vec![7; 2]);
+        assert_eq!(ahead.held(), (0, 0));
+    }
+
+    #[test]
+    fn an_open_waits_for_its_file_on_the_way_and_not_for_others() {
+        let ahead = std::sync::Arc::new(FilesAhead::new());
+        let changes = std::sync::Arc::new(Changes::default());
+        let dir = RelPath::parse("d").unwrap();
+        let batch = ahead
+            .wanted(&dir, vec![(b"a".to_vec(), file(1, 3))], &changes)
+            .remove(0);
+        let id = |ino| FileId { dev: 0, ino };
+        let mut waited = false;
+        assert!(ahead
+            .take(&me(), id(2), 1, &changes, || waited = true)
+            .is_none());
+        assert!(!waited, "not on its way");
+        let answering = {
+            let (ahead, changes) = (ahead.clone(), changes.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                let now = Instant::now();
+                let until = now + Duration::from_secs(60);
+                let answer = vec![read(b"a", file(1, 3))];
+                ahead.answered(&batch, &me(), 1, now, until, answer, &changes);
+            })
+        };
+        let taken = ahead.take(&me(), id(1), 1, &changes, || waited = true);
+        assert!(waited);
+        assert_eq!(taken.map(|t| t.data), Some(vec![7; 3]));
+        answering.join().unwrap();
+        // A failed request: the open waits no longer, and opens it itself.
+        let batch = ahead
+            .wanted(
+                &RelPath::parse("e").unwrap(),
+                vec![(b"b".to_vec(), file(3, 1))],
+                &changes,
+            )
+            .remove(0);
+        let now = Instant::now();
+        ahead.answered(&batch, &me(), 1, now, now, Vec::new(), &changes);
+        assert!(ahead.take(&me(), id(3), 1, &changes, || {}).is_none());
         assert_eq!(ahead.held(), (0, 0));
     }
 

@@ -31,9 +31,18 @@ impl Core {
     ) -> Option<Opened> {
         let id = lock(&self.inodes).file_id(ino)?;
         let epoch = self.client.current_epoch()?;
+        let path = lock(&self.inodes).path(ino).cloned()?;
+        let waiting = || {
+            // The open waits for the request fetching it.
+            self.stats.waited_for(&Op::ReadFiles {
+                dir: path,
+                names: Vec::new(),
+                max_each: 0,
+            })
+        };
         let taken = self
             .files_ahead
-            .take(&caller.cred, id, epoch, &self.changes)?;
+            .take(&caller.cred, id, epoch, &self.changes, waiting)?;
         if told.is_some_and(|told| !told.same_content(&taken.attr)) {
             return None;
         }
