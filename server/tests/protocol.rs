@@ -1055,6 +1055,9 @@ fn names(names: &[&[u8]]) -> Vec<ByteBuf> {
     names.iter().map(|n| ByteBuf::from(n.to_vec())).collect()
 }
 
+/// A name asked for, and its bytes or its error.
+type Outcome<'a> = (&'a [u8], Result<&'a [u8], Errno>);
+
 fn files_read(reply: Result<Reply, Errno>) -> Vec<FileRead> {
     match reply {
         Ok(Reply::Files(files)) => files,
@@ -1079,7 +1082,7 @@ fn files_read_together_stay_in_the_export_and_in_bounds() {
         names: names(asked),
         max_each: 100,
     }));
-    let got: Vec<(&[u8], Result<&[u8], Errno>)> = files
+    let got: Vec<Outcome<'_>> = files
         .iter()
         .map(|f| {
             (
