@@ -55,7 +55,9 @@ impl Core {
             handle: 0,
             epoch: NO_CONNECTION,
         });
-        self.opened.keep(fh, ino, data_mark, taken.data, true);
+        // Held until release: without a server handle, the file could not be
+        // read any more once its name is gone.
+        self.opened.keep_whole(fh, ino, data_mark, taken.data);
         self.attrs.store(ino, attr, self.until(taken.asked));
         let keep_cache = {
             let mut inodes = lock(&self.inodes);

@@ -100,7 +100,7 @@ fn a_walk_opens_and_reads_a_directorys_files_without_waiting() {
 }
 
 #[test]
-fn a_file_opened_from_ahead_reads_again_and_locks_through_a_handle_opened_on_demand() {
+fn a_file_opened_from_ahead_is_read_from_memory_and_locked_through_a_handle_opened_on_demand() {
     let h = harness(Duration::from_secs(60), Duration::ZERO);
     let (_, inos, _) = walked_dir(&h, 4);
     let first = h.open(inos[0], libc::O_RDONLY).expect("open");
@@ -110,18 +110,26 @@ fn a_file_opened_from_ahead_reads_again_and_locks_through_a_handle_opened_on_dem
     let opened = h.open(inos[3], libc::O_RDONLY).expect("open");
     assert_eq!(h.sent_of("open") + h.sent_of("openread"), opens);
     assert_eq!(h.read_all(inos[3], opened.fh), contents(3));
-    // Read through: the held bytes are gone, and the server answers, through
-    // the file opened by path now.
+    // Read again: the bytes are held until release.
     assert_eq!(
         h.read(inos[3], opened.fh, 10, 5),
         Ok(contents(3)[10..15].to_vec())
     );
-    assert_eq!(h.sent_of("open"), 1 + opens - h.sent_of("openread"));
+    assert_eq!(h.sent_of("open") + h.sent_of("openread"), opens);
+    // A lock needs a server handle: the file is opened by its path for it,
+    // and reads go to the server from then on, through that handle.
     wait(|d| {
         h.core
             .setlk(&h.me, inos[3], opened.fh, 7, 0, 99, libc::F_RDLCK, false, d)
     })
     .expect("lock");
+    assert_eq!(h.sent_of("open") + h.sent_of("openread"), opens + 1);
+    let reads = h.sent_of("read");
+    assert_eq!(
+        h.read(inos[3], opened.fh, 10, 5),
+        Ok(contents(3)[10..15].to_vec())
+    );
+    assert_eq!(h.sent_of("read"), reads + 1);
     wait(|d| h.core.flush(&h.me, inos[3], opened.fh, 7, d)).expect("close");
     let closes = h.sent_of("close");
     h.core.release(&h.me, inos[3], opened.fh);
@@ -238,4 +246,43 @@ fn a_walk_that_opens_nothing_fetches_nothing_and_what_is_held_stays_bounded() {
     h.core.files_ahead.settle();
     assert!(h.core.files_ahead.held().0 <= HELD_BYTES);
     let _ = inos;
+}
+
+#[test]
+fn a_file_opened_from_ahead_reads_on_once_unlinked_here_or_elsewhere() {
+    let h = harness(Duration::from_secs(1), Duration::from_secs(60));
+    let deadline = Instant::now() + PATIENCE;
+    while !h.core.leased() {
+        assert!(Instant::now() < deadline, "no lease");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (d, inos, _) = walked_dir(&h, 4);
+    let first = h.open(inos[0], libc::O_RDONLY).expect("open");
+    h.close(inos[0], first.fh).expect("close");
+    h.core.files_ahead.settle();
+    let opens = h.sent_of("open") + h.sent_of("openread");
+    let here = h.open(inos[2], libc::O_RDONLY).expect("open");
+    let there = h.open(inos[3], libc::O_RDONLY).expect("open");
+    assert_eq!(
+        h.sent_of("open") + h.sent_of("openread"),
+        opens,
+        "from ahead"
+    );
+    assert_eq!(h.read_all(inos[2], here.fh), contents(2));
+    // Unlinked through this mount, and on the server.
+    wait(|done| h.core.unlink(&h.me, d, OsStr::new("f02"), done)).expect("unlink");
+    std::fs::remove_file(h.on_disk("d/f03")).expect("unlink on the server");
+    let deadline = Instant::now() + PATIENCE;
+    while !lock(&h.kernel.entries).contains(&(d, "f03".into())) {
+        assert!(Instant::now() < deadline, "no notice");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Read again (the kernel dropped its pages), past the attribute timeout:
+    // as a server handle would, they read the file as it was opened.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(h.read_all(inos[2], here.fh), contents(2));
+    assert_eq!(h.read_all(inos[3], there.fh), contents(3));
+    h.close(inos[2], here.fh).expect("close");
+    h.close(inos[3], there.fh).expect("close");
+    assert_eq!(h.core.opened.bytes(), 0, "let go at release");
 }
