@@ -45,7 +45,7 @@ pub(crate) const LARGEST: u64 = 128 << 10;
 /// Bytes held and asked for, at most.
 pub(crate) const HELD_BYTES: usize = 16 << 20;
 /// Requests on their way, at most.
-pub(crate) const IN_FLIGHT: usize = 4;
+pub(crate) const IN_FLIGHT: usize = 8;
 /// Directories whose asked-for names are remembered, at most.
 const DIRECTORIES: usize = 256;
 /// The longest an open waits for a file on its way (its request has a
@@ -106,6 +106,8 @@ struct State {
     /// it was last asked about.
     asked: HashMap<RelPath, (Instant, HashSet<Vec<u8>>)>,
     seq: u64,
+    /// When a walk was last seen opening a file to read it.
+    reading: Option<Instant>,
     /// [`Changes`] when stale files were last let go.
     swept: u64,
 }
@@ -189,6 +191,22 @@ impl FilesAhead {
             data: held.data,
             asked: held.asked,
         })
+    }
+
+    /// A walk opens files to read them: the listings it will reach next are
+    /// worth their files' contents too. Whether none was seen within `within`.
+    pub(crate) fn walk_opens_files(&self, within: Duration) -> bool {
+        let mut state = lock(&self.state);
+        let new = !state.reading.is_some_and(|at| at.elapsed() < within);
+        state.reading = Some(Instant::now());
+        new
+    }
+
+    /// Whether a walk was seen opening files within `within`.
+    pub(crate) fn walk_reads(&self, within: Duration) -> bool {
+        lock(&self.state)
+            .reading
+            .is_some_and(|at| at.elapsed() < within)
     }
 
     /// A file of `dir` was opened for reading by `cred`, and the directory's

@@ -5,9 +5,9 @@ use super::names::direct_io;
 use super::{Caller, Core, Opened};
 use crate::files::RemoteFile;
 use crate::files_ahead::LARGEST;
-use ferry_common::proto::{Cred, Op, Reply};
+use ferry_common::proto::{Cred, DirEntry, Op, Reply};
 use ferry_common::sync::lock;
-use ferry_common::{Attr, RelPath};
+use ferry_common::{Attr, FileKind, RelPath};
 use std::os::unix::ffi::OsStrExt;
 use std::time::Instant;
 
@@ -86,11 +86,47 @@ impl Core {
         let Some(mut files) = self.ahead.files_of(&dir, LARGEST) else {
             return;
         };
+        let started = self.files_ahead.walk_opens_files(self.ttl());
         files.retain(|(n, _)| n.as_slice() != name.as_bytes());
+        self.fetch_files(cred, &dir, files);
+        if started {
+            // The listings fetched ahead so far came before the walk was
+            // seen reading: their files are fetched now (later ones', as
+            // they come).
+            for (dir, entries) in self.ahead.fetched() {
+                self.fetch_files_listed_ahead(cred, &dir, &entries);
+            }
+        }
+    }
+
+    /// A listing of `dir` was fetched ahead for `cred`, with `entries`: if a
+    /// walk is reading files, the small ones of this directory are fetched
+    /// too, before the walk gets there.
+    pub(super) fn fetch_files_listed_ahead(
+        &self,
+        cred: &Cred,
+        dir: &RelPath,
+        entries: &[DirEntry],
+    ) {
+        if !self.files_ahead.walk_reads(self.ttl()) {
+            return;
+        }
+        let mut files: Vec<(Vec<u8>, Attr)> = entries
+            .iter()
+            .filter(|e| e.attr.kind == FileKind::File && e.attr.size <= LARGEST)
+            .map(|e| (e.name.clone(), e.attr))
+            .collect();
+        files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.fetch_files(cred, dir, files);
+    }
+
+    /// Asks for the contents of `files` of `dir` not asked for yet, as far
+    /// as there is room.
+    fn fetch_files(&self, cred: &Cred, dir: &RelPath, files: Vec<(Vec<u8>, Attr)>) {
         let Some(epoch) = self.client.current_epoch() else {
             return;
         };
-        for batch in self.files_ahead.wanted(&dir, files, &self.changes) {
+        for batch in self.files_ahead.wanted(dir, files, &self.changes) {
             let op = Op::ReadFiles {
                 dir: batch.dir.clone(),
                 names: batch.names.clone(),

@@ -280,6 +280,14 @@ impl Core {
             read_ahead: KernelReadAhead::default(),
             opts,
         }));
+        // A walk that reads files gets the files of the listings it will
+        // reach next fetched too (on the listings' own thread).
+        let weak = Arc::downgrade(&core.0);
+        core.ahead.on_fetched(Box::new(move |cred, path, entries| {
+            if let Some(shared) = weak.upgrade() {
+                Core(shared).fetch_files_listed_ahead(cred, path, entries);
+            }
+        }));
         Core::listen(&core.0);
         core.take_back_locks_on_reconnect();
         core.learn_free_space();

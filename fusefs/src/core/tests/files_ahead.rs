@@ -286,3 +286,42 @@ fn a_file_opened_from_ahead_reads_on_once_unlinked_here_or_elsewhere() {
     h.close(inos[3], there.fh).expect("close");
     assert_eq!(h.core.opened.bytes(), 0, "let go at release");
 }
+
+#[test]
+fn a_walk_reading_files_gets_the_files_of_the_listings_fetched_ahead_too() {
+    let h = harness(Duration::from_secs(60), Duration::ZERO);
+    for dir in ["top", "top/a", "top/b", "top/a/x"] {
+        std::fs::create_dir_all(h.on_disk(dir)).expect("a directory");
+        for i in 0..5 {
+            std::fs::write(h.on_disk(&format!("{dir}/f{i}")), contents(i + 1)).expect("a file");
+        }
+    }
+    let top = h.ino(ROOT_INO, "top");
+    h.list(ROOT_INO);
+    h.list(top);
+    h.core.ahead.settle();
+    // The walk opens a file: the files of its directory, and of the
+    // listings fetched ahead, are fetched.
+    let f0 = h.ino(top, "f0");
+    let opened = h.open(f0, libc::O_RDONLY).expect("open");
+    h.close(f0, opened.fh).expect("close");
+    h.core.files_ahead.settle();
+    let waited = h.waited();
+    let a = h.ino(top, "a");
+    h.list(a);
+    h.core.ahead.settle();
+    h.core.files_ahead.settle();
+    let x = h.ino(a, "x");
+    let b = h.ino(top, "b");
+    h.list(x);
+    h.list(b);
+    for dir in [a, x, b] {
+        for i in 0..5 {
+            let ino = h.ino(dir, &format!("f{i}"));
+            let opened = h.open(ino, libc::O_RDONLY).expect("open");
+            assert_eq!(h.read_all(ino, opened.fh), contents(i + 1));
+            h.close(ino, opened.fh).expect("close");
+        }
+    }
+    assert_eq!(h.waited(), waited, "{:?}", h.core.stats().waited_by_kind());
+}
