@@ -197,7 +197,7 @@ impl FilesAhead {
     /// worth their files' contents too. Whether none was seen within `within`.
     pub(crate) fn walk_opens_files(&self, within: Duration) -> bool {
         let mut state = lock(&self.state);
-        let new = !state.reading.is_some_and(|at| at.elapsed() < within);
+        let new = state.reading.is_none_or(|at| at.elapsed() >= within);
         state.reading = Some(Instant::now());
         new
     }
