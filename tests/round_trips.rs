@@ -4,11 +4,20 @@
 
 mod common;
 
-use common::Fixture;
+use common::{run, Fixture};
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::process::Command;
+
+/// `tar c | md5sum` of `tree` under `root`, as a walk reads it.
+fn tar_md5(root: &Path, tree: &str) -> String {
+    run(Command::new("sh").arg("-c").arg(format!(
+        "cd '{}' && tar --sort=name --mtime=@0 --owner=0 --group=0 -cf - '{tree}' | md5sum",
+        root.display()
+    )))
+}
 
 /// How many requests of kind `op` the mount has waited for.
 fn waited(fx: &Fixture, op: &str) -> u64 {
@@ -118,8 +127,51 @@ fn a_walk_sees_the_whole_tree_and_what_this_mount_changes() {
     assert_eq!(walk(&fx.e("tree")), now);
 }
 
+fn tar_of_a_tree_reads_every_file_right_and_few_opens_wait() {
+    let Some(fx) = Fixture::new() else { return };
+    let mut files = 0u64;
+    for d in 0..4 {
+        let dir = fx.e(&format!("tree/d{d}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..40usize {
+            // Empty, small, and a few above what is fetched ahead (128 KiB).
+            let len = match f % 10 {
+                0 => 0,
+                9 => 200_000 + f,
+                _ => f * 331 + d,
+            };
+            let data: Vec<u8> = (0..len).map(|i| ((i * 7 + f + d) % 251) as u8).collect();
+            fs::write(dir.join(format!("f{f:02}")), data).unwrap();
+            files += 1;
+        }
+    }
+    // The server's news of the files made on it first.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let local = tar_md5(&fx.e(""), "tree");
+    let opens = waited(&fx, "openread") + waited(&fx, "open");
+    assert_eq!(tar_md5(&fx.m(""), "tree"), local);
+    let waited_opens = waited(&fx, "openread") + waited(&fx, "open") - opens;
+    // One per directory (the one that sets the fetching off) and one per
+    // large file, give or take a few that arrive while it is on its way.
+    assert!(
+        waited_opens < files / 3,
+        "{waited_opens} of {files} opens waited for"
+    );
+    // Changed on the server between two walks: read new.
+    fs::write(fx.e("tree/d2/f03"), b"changed on the server").unwrap();
+    fs::write(fx.e("tree/d1/f05"), vec![9u8; 5000]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let local = tar_md5(&fx.e(""), "tree");
+    assert_eq!(tar_md5(&fx.m(""), "tree"), local);
+    assert_eq!(
+        fs::read(fx.m("tree/d2/f03")).unwrap(),
+        b"changed on the server"
+    );
+}
+
 tests! {
     a_small_file_is_read_with_its_open => [Fuse],
     a_reader_opened_before_a_write_here_reads_the_write => [Fuse],
     a_walk_sees_the_whole_tree_and_what_this_mount_changes => [Fuse],
+    tar_of_a_tree_reads_every_file_right_and_few_opens_wait => [Fuse],
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How many kinds of operation there are.
-pub const OP_KINDS: usize = 33;
+pub const OP_KINDS: usize = 34;
 
 /// The kind of `op` as an index below [`OP_KINDS`]; [`op_kind_name`] is its name.
 pub fn op_kind(op: &Op) -> usize {
@@ -49,6 +49,7 @@ pub fn op_kind(op: &Op) -> usize {
         Op::List { .. } => 30,
         Op::OpenRead { .. } => 31,
         Op::Subscribe { .. } => 32,
+        Op::ReadFiles { .. } => 33,
     }
 }
 
@@ -88,6 +89,7 @@ pub fn op_kind_name(index: usize) -> &'static str {
         "list",
         "openread",
         "subscribe",
+        "readfiles",
     ];
     NAMES.get(index).copied().unwrap_or("?")
 }
@@ -377,6 +379,11 @@ mod tests {
                 len: 0,
             },
             Op::Subscribe { lease_secs: 60 },
+            Op::ReadFiles {
+                dir: p(),
+                names: Vec::new(),
+                max_each: 0,
+            },
         ];
         assert_eq!(ops.len(), OP_KINDS);
         let mut seen = [false; OP_KINDS];

@@ -26,11 +26,12 @@ use crate::attr::{Attr, StatFs, Timestamp};
 use crate::errno::Errno;
 use crate::path::RelPath;
 use serde::{Deserialize, Serialize};
+pub use serde_bytes::ByteBuf;
 
 /// The first bytes of every [`Hello`]: tells a ferry peer from anything else.
 pub const MAGIC: [u8; 8] = *b"ferry\0\r\n";
 /// Bumped on every incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// The largest `Hello` frame a server reads; anything longer ends the
 /// connection. Room for a deep subtree path, and no more.
 pub const MAX_HELLO: usize = 16 * 1024;
@@ -357,6 +358,44 @@ pub enum Op {
     /// answer → [`Reply::Subscribed`]. Sent once per connection, before the
     /// requests whose answers the client means to cache for long.
     Subscribe { lease_secs: u32 },
+    /// The attributes and contents of regular files of the directory `dir`,
+    /// each named in `names` and read as an `OpenRead` of it for reading would
+    /// (as the caller, never following a symlink), then closed: up to
+    /// `max_each` bytes of each (at most [`READ_FILES_EACH`]), in order, until
+    /// the answer holds [`READ_FILES_BYTES`] → [`Reply::Files`]. At most
+    /// [`READ_FILES_NAMES`] names. What a walk reads, fetched ahead in a few
+    /// round trips for a whole directory.
+    ReadFiles {
+        dir: RelPath,
+        names: Vec<ByteBuf>,
+        max_each: u32,
+    },
+}
+
+/// The most bytes of one file an [`Op::ReadFiles`] reads.
+pub const READ_FILES_EACH: u32 = 256 << 10;
+/// The most bytes of files one [`Reply::Files`] carries (the last file read
+/// may take it up to [`READ_FILES_EACH`] beyond).
+pub const READ_FILES_BYTES: usize = 1 << 20;
+/// The most names one [`Op::ReadFiles`] may ask for.
+pub const READ_FILES_NAMES: usize = 1024;
+
+/// One file of a [`Reply::Files`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRead {
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    /// Its attributes and first bytes (all of it when shorter than asked),
+    /// or why it could not be read (EACCES, ENOENT, EISDIR for what is not a
+    /// regular file...).
+    pub result: Result<FileContents, Errno>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileContents {
+    pub attr: Attr,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
 }
 
 /// Which family a lock belongs to. The two are independent, as on Linux.
@@ -436,6 +475,7 @@ impl Op {
             Op::ReclaimLock { .. } => "reclaimlock",
             Op::ReclaimComplete => "reclaimcomplete",
             Op::Subscribe { .. } => "subscribe",
+            Op::ReadFiles { .. } => "readfiles",
         }
     }
 }
@@ -509,6 +549,9 @@ pub enum Reply {
     Subscribed {
         lease_secs: u32,
     },
+    /// The answer to [`Op::ReadFiles`]: the files read, in the order asked,
+    /// possibly fewer than asked (the answer was full).
+    Files(Vec<FileRead>),
 }
 
 impl Reply {

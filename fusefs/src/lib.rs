@@ -46,6 +46,7 @@ pub mod client;
 pub mod core;
 pub mod creds;
 mod files;
+mod files_ahead;
 mod inode;
 mod known;
 mod listing_ahead;

@@ -108,7 +108,7 @@ impl Changes {
         (self.under_way.load(Ordering::SeqCst) == 0).then_some(seq)
     }
 
-    fn unchanged_since(&self, mark: u64) -> bool {
+    pub(crate) fn unchanged_since(&self, mark: u64) -> bool {
         self.seq.load(Ordering::SeqCst) == mark
     }
 }
@@ -149,7 +149,8 @@ pub(crate) fn changes_listings(op: &Op) -> bool {
         | Op::ReclaimLock { .. }
         | Op::ReclaimComplete
         | Op::Ping
-        | Op::Subscribe { .. } => false,
+        | Op::Subscribe { .. }
+        | Op::ReadFiles { .. } => false,
     }
 }
 
@@ -205,10 +206,23 @@ struct Listed {
 }
 
 /// The state, and a signal for each answer.
-#[derive(Debug, Default)]
+/// Told of each listing fetched ahead: who asked, the directory, its entries.
+pub(crate) type OnFetched = Box<dyn Fn(&Cred, &RelPath, &[DirEntry]) + Send + Sync>;
+
+#[derive(Default)]
 struct Shared {
     state: Mutex<State>,
     answered: Condvar,
+    /// Told of each listing fetched ahead (on the sending thread).
+    on_fetched: std::sync::OnceLock<OnFetched>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("state", &self.state)
+            .finish()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -424,6 +438,52 @@ impl ListingsAhead {
         None
     }
 
+    /// The listings fetched ahead and not taken yet that may still answer:
+    /// each directory and its entries.
+    pub(crate) fn fetched(&self) -> Vec<(RelPath, Arc<Vec<DirEntry>>)> {
+        let state = lock(&self.shared.state);
+        let mut fetched: Vec<(RelPath, Arc<Vec<DirEntry>>)> = state
+            .ready
+            .iter()
+            .filter(|(_, f)| f.asked.elapsed() < self.ttl && self.changes.unchanged_since(f.mark))
+            .map(|(p, f)| (p.clone(), Arc::clone(&f.entries)))
+            .collect();
+        fetched.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        fetched
+    }
+
+    /// `hook` is told of every listing fetched ahead from now on (once set,
+    /// for good).
+    pub(crate) fn on_fetched(&self, hook: OnFetched) {
+        let _ = self.shared.on_fetched.set(hook);
+    }
+
+    /// The regular files of directory `dir` no larger than `largest`, with
+    /// their attributes, as its latest listing shows them, if that listing is
+    /// as fresh as the kernel's caches may be (see [`lookup`](Self::lookup)).
+    pub(crate) fn files_of(&self, dir: &RelPath, largest: u64) -> Option<Vec<(Vec<u8>, Attr)>> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let state = lock(&self.shared.state);
+        let names = state.names.get(dir)?;
+        let unchanged = names
+            .mark
+            .is_some_and(|mark| self.changes.unchanged_since(mark));
+        if names.asked.elapsed() >= self.ttl || !unchanged {
+            return None;
+        }
+        let mut files: Vec<(Vec<u8>, Attr)> = names
+            .attrs
+            .iter()
+            .filter(|(_, a)| a.kind == FileKind::File && a.size <= largest)
+            .map(|(n, a)| (n.clone(), *a))
+            .collect();
+        // In name order, as `tar --sort=name` and most walks that sort read them.
+        files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Some(files)
+    }
+
     /// The kernel listed `path` (directory `id`) for `cred`, and got `entries`;
     /// `ahead`: from a listing fetched ahead. If that is a step of a walk, the
     /// listings it will want next are asked for.
@@ -606,15 +666,20 @@ impl Sender {
                     }
                 } else if cursor == 0 && state.room_for(entries.len()) {
                     state.held_entries += entries.len();
+                    let entries = Arc::new(entries);
                     state.ready.insert(
-                        want.path,
+                        want.path.clone(),
                         Fetched {
                             id: want.id,
-                            entries: Arc::new(entries),
+                            entries: Arc::clone(&entries),
                             asked,
                             mark,
                         },
                     );
+                    drop(state);
+                    if let Some(hook) = self.shared.on_fetched.get() {
+                        hook(&want.cred, &want.path, &entries);
+                    }
                 }
             }
             Ok(_) | Err(_) => {

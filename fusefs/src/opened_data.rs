@@ -21,6 +21,13 @@
 //!   bytes back;
 //! - at release, and when the mount holds more than [`BUDGET`] of them (the
 //!   oldest go first).
+//!
+//! A file opened without a server handle, from the whole contents fetched
+//! ahead for a walk (`crate::files_ahead`), keeps its bytes until release
+//! instead ([`keep_whole`](OpenedData::keep_whole)): whatever the kernel
+//! reads again, however late, comes from them — the file as it was opened,
+//! even once its name is gone, as a server handle would read it. Only a
+//! change through this mount, a lock or the budget lets them go.
 
 use ferry_common::sync::lock;
 use std::collections::{BTreeMap, HashMap};
@@ -41,6 +48,10 @@ struct Held {
     data: Vec<u8>,
     /// The file ended where the bytes do.
     eof: bool,
+    /// Kept until release: the handle has no server handle behind it, and
+    /// the file may not be found by its path again (see
+    /// [`keep_whole`](OpenedData::keep_whole)).
+    pinned: bool,
     at: Instant,
     /// Order of arrival, for giving up the oldest first.
     order: u64,
@@ -123,10 +134,46 @@ impl OpenedData {
         }
     }
 
+    /// The server said `ino`'s data changed, or its name went: bytes held for
+    /// reads go, but for those of handles without a server handle (see
+    /// [`keep_whole`](Self::keep_whole)), which read the file as it was
+    /// opened until closed — what close-to-open promises a reader, and all
+    /// that is left to read of a file whose name went.
+    pub(crate) fn changed_elsewhere(&self, ino: u64) {
+        let mut state = lock(&self.state);
+        state.seq += 1;
+        let seq = state.seq;
+        if state.changed.len() >= REMEMBERED_CHANGES && !state.changed.contains_key(&ino) {
+            state.changed.clear();
+            state.floor = seq;
+        }
+        state.changed.insert(ino, seq);
+        for fh in state.by_ino.get(&ino).cloned().unwrap_or_default() {
+            if !state.held.get(&fh).is_some_and(|h| h.pinned) {
+                state.drop_fh(fh);
+            }
+        }
+    }
+
     /// Holds `data`, the first bytes of `ino` that the open of kernel handle
     /// `fh` brought, unless the file changed here since `mark`. `eof`: the file
     /// ended there.
     pub(crate) fn keep(&self, fh: u64, ino: u64, mark: u64, data: Vec<u8>, eof: bool) {
+        self.hold(fh, ino, mark, data, eof, false)
+    }
+
+    /// Holds `data`, the whole of `ino` as the kernel handle `fh` opened it
+    /// without a server handle (from files fetched ahead), until release:
+    /// reads through it are answered from these bytes however often the
+    /// kernel asks and however long the file stays open — as a server handle
+    /// would go on reading the file even once it is unlinked. Only a change
+    /// through this mount, a lock or the budget lets them go; reads then
+    /// open the file by its path.
+    pub(crate) fn keep_whole(&self, fh: u64, ino: u64, mark: u64, data: Vec<u8>) {
+        self.hold(fh, ino, mark, data, true, true)
+    }
+
+    fn hold(&self, fh: u64, ino: u64, mark: u64, data: Vec<u8>, eof: bool, pinned: bool) {
         let mut state = lock(&self.state);
         let changed_since = state.changed.get(&ino).is_some_and(|&at| at > mark);
         if mark < state.floor || changed_since || data.len() > BUDGET {
@@ -150,6 +197,7 @@ impl OpenedData {
                 ino,
                 data,
                 eof,
+                pinned,
                 at: Instant::now(),
                 order,
             },
@@ -164,11 +212,21 @@ impl OpenedData {
             return Served::Nothing;
         };
         let have = held.data.len();
+        let pinned = held.pinned;
+        let fresh = pinned || held.at.elapsed() < self.max_age;
+        if have == 0 && held.eof && fresh {
+            // An empty file: nothing to read, and nothing to ask.
+            if !pinned {
+                state.drop_fh(fh);
+            }
+            return Served::Whole(Vec::new());
+        }
         let start = match usize::try_from(offset) {
-            Ok(start) if start < have && held.at.elapsed() < self.max_age => start,
-            // Too old, or beyond the held bytes: the server knows more.
+            Ok(start) if start < have && fresh => start,
+            // Too old, or beyond the held bytes (the file grew since, as
+            // the kernel has heard): the server knows more.
             _ => {
-                if held.at.elapsed() >= self.max_age {
+                if !fresh {
                     state.drop_fh(fh);
                 }
                 return Served::Nothing;
@@ -181,7 +239,9 @@ impl OpenedData {
         let eof = held.eof;
         let bytes = held.data[start..].to_vec();
         // Read through to their end: the kernel has them now.
-        state.drop_fh(fh);
+        if !pinned {
+            state.drop_fh(fh);
+        }
         if eof || end == have {
             Served::Whole(bytes)
         } else {
@@ -224,6 +284,44 @@ mod tests {
         assert_eq!(held.read(1, 4, 4096), Served::Whole(b"456789".to_vec()));
         assert_eq!(held.read(1, 0, 3), Served::Nothing);
         assert_eq!(held.bytes(), 0);
+    }
+
+    #[test]
+    fn a_whole_file_without_a_server_handle_is_held_until_release() {
+        let held = OpenedData::new(Duration::ZERO);
+        held.keep_whole(1, 5, held.mark(), b"0123".to_vec());
+        for _ in 0..2 {
+            assert_eq!(held.read(1, 0, 100), Served::Whole(b"0123".to_vec()));
+            assert_eq!(held.read(1, 2, 100), Served::Whole(b"23".to_vec()));
+            assert_eq!(held.read(1, 4, 100), Served::Nothing, "grown since?");
+        }
+        held.release(1);
+        assert_eq!(held.read(1, 0, 1), Served::Nothing);
+        // A change here lets them go (reads then ask the server).
+        held.keep_whole(2, 5, held.mark(), b"0123".to_vec());
+        held.changed_elsewhere(5);
+        assert_eq!(
+            held.read(2, 0, 4),
+            Served::Whole(b"0123".to_vec()),
+            "as opened"
+        );
+        held.changed(5);
+        assert_eq!(held.read(2, 0, 1), Served::Nothing);
+        assert_eq!(held.bytes(), 0);
+    }
+
+    #[test]
+    fn an_empty_file_reads_empty_without_asking() {
+        let held = OpenedData::new(LONG);
+        held.keep(1, 5, held.mark(), Vec::new(), true);
+        assert_eq!(held.read(1, 0, 4096), Served::Whole(Vec::new()));
+        assert_eq!(held.read(1, 0, 4096), Served::Nothing, "then let go");
+        held.keep(2, 6, held.mark(), Vec::new(), false);
+        assert_eq!(
+            held.read(2, 0, 4096),
+            Served::Nothing,
+            "not known to be empty"
+        );
     }
 
     #[test]

@@ -70,7 +70,8 @@ use ferry_common::counters::op_kind;
 use ferry_common::frame::{self, FrameError, RequestFrame, MAX_CHUNK};
 use ferry_common::proto::{
     Auth, Change, HandshakeReply, Hello, Notice, Op, Reply, Request, Response, ServerMessage,
-    Welcome, LISTING_BYTES, MAGIC, MAX_HELLO, MAX_OPEN_DATA, PROTOCOL_VERSION,
+    Welcome, LISTING_BYTES, MAGIC, MAX_HELLO, MAX_OPEN_DATA, PROTOCOL_VERSION, READ_FILES_BYTES,
+    READ_FILES_EACH,
 };
 use ferry_common::state::AUTHORIZED_CLIENTS;
 use ferry_common::sync::lock;
@@ -860,6 +861,7 @@ fn cost_kib(request_len: usize, op: &Op) -> u32 {
         Op::ReadDir { .. } => READDIR_COST,
         Op::List { .. } => LISTING_BYTES,
         Op::OpenRead { len, .. } => (*len).min(MAX_OPEN_DATA) as usize,
+        Op::ReadFiles { .. } => READ_FILES_BYTES + READ_FILES_EACH as usize,
         _ => 0,
     };
     let kib = (request_len + reply) / 1024 + 1;

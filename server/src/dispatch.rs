@@ -27,10 +27,13 @@ use crate::recovery::{ClientId, Recovery};
 use crate::registry::{Registry, Subscriber};
 use ferry_common::frame::{MAX_CHUNK, READDIR_PAGE};
 use ferry_common::proto::{
-    AttrChanges, LockType, NodeId, Op, Reply, Request, LISTING_BYTES, MAX_OPEN_DATA,
+    AttrChanges, FileContents, FileRead, LockType, NodeId, Op, Reply, Request, LISTING_BYTES,
+    MAX_OPEN_DATA, READ_FILES_BYTES, READ_FILES_EACH, READ_FILES_NAMES,
 };
 use ferry_common::FileKind;
 use ferry_common::{Attr, Errno, RelPath};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -61,7 +64,8 @@ fn is_mutation(op: &Op) -> bool {
         | Op::ReleaseLocks { .. }
         | Op::ReclaimLock { .. }
         | Op::ReclaimComplete
-        | Op::Subscribe { .. } => false,
+        | Op::Subscribe { .. }
+        | Op::ReadFiles { .. } => false,
         Op::Open { flags, .. } | Op::OpenRead { flags, .. } => {
             flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
         }
@@ -226,6 +230,52 @@ impl Session {
         }
     }
 
+    /// The files `names` of `dir`, each opened for reading (as the identity
+    /// acting already), read up to `max_each` bytes and closed, until the
+    /// answer is full (see [`Op::ReadFiles`]). What cannot be read answers
+    /// with its error, never with its bytes.
+    fn read_files(
+        &self,
+        dir: &RelPath,
+        names: &[ferry_common::proto::ByteBuf],
+        max_each: u32,
+    ) -> Result<Reply, Errno> {
+        if names.len() > READ_FILES_NAMES {
+            return Err(Errno::EINVAL);
+        }
+        let max_each = max_each.min(READ_FILES_EACH) as usize;
+        let mut files = Vec::with_capacity(names.len());
+        let mut bytes = 0;
+        for name in names {
+            if bytes >= READ_FILES_BYTES {
+                break;
+            }
+            let result = dir
+                .join(OsStr::from_bytes(name))
+                .and_then(|path| self.read_whole(&path, max_each));
+            if let Ok(contents) = &result {
+                bytes += contents.data.len();
+            }
+            files.push(FileRead {
+                name: name.to_vec(),
+                result,
+            });
+        }
+        Ok(Reply::Files(files))
+    }
+
+    /// Up to `max` bytes of the regular file at `path`, with its attributes
+    /// when it was opened. The descriptor counts against the budget while open.
+    fn read_whole(&self, path: &RelPath, max: usize) -> Result<FileContents, Errno> {
+        let _descriptor = self.descriptors.take()?;
+        let (file, attr) = self.export.open_file(path, libc::O_RDONLY)?;
+        if attr.kind != FileKind::File {
+            return Err(Errno::EISDIR);
+        }
+        let data = file.read_at(0, max)?;
+        Ok(FileContents { attr, data })
+    }
+
     /// Carries out one request, as the identity its credential maps to.
     pub(crate) fn handle(&self, request: Request) -> Result<Reply, Errno> {
         let Request { cred, mut op, .. } = request;
@@ -272,6 +322,11 @@ impl Session {
                 let handle = self.handles.insert(file, NodeId::of(&attr), descriptor);
                 Ok(Reply::Opened { handle, attr })
             }
+            Op::ReadFiles {
+                dir,
+                names,
+                max_each,
+            } => self.read_files(&dir, &names, max_each),
             Op::OpenRead { path, flags, len } => {
                 let descriptor = self.descriptors.take()?;
                 let (file, attr) = export.open_file(&path, flags)?;
@@ -546,6 +601,11 @@ mod tests {
                 lock,
             },
             Op::ReclaimComplete,
+            Op::ReadFiles {
+                dir: path.clone(),
+                names: Vec::new(),
+                max_each: 1,
+            },
         ];
         for op in &reads {
             assert!(!is_mutation(op), "{op:?}");

@@ -66,6 +66,8 @@ enum Plan {
     Read(Option<NodeId>),
     /// `Write`, `Fallocate`, `CopyFileRange`: the data of the file behind `handle`.
     Data { handle: u64, id: Option<NodeId> },
+    /// `ReadFiles`: the names, nodes and data of the files read.
+    ReadFiles(RelPath),
     /// `GetXattr`, `ListXattr`: the node as it was before it was read.
     Xattr(Option<Attr>),
 }
@@ -261,6 +263,12 @@ impl Coherence {
                     id,
                 }
             }
+            Op::ReadFiles { dir, .. } => {
+                if learning {
+                    self.watch(Some(dir.clone()));
+                }
+                Plan::ReadFiles(dir.clone())
+            }
             Op::ReadLink { .. }
             | Op::Fsync { .. }
             | Op::Close { .. }
@@ -342,6 +350,19 @@ impl Coherence {
                     if matches!(reply, Reply::OpenedWithData { .. }) {
                         learned.push(Learned::Touch(NodeId::of(&attr)));
                     }
+                }
+            }
+            (Plan::ReadFiles(dir), Ok(Reply::Files(files))) => {
+                for file in files {
+                    let (Ok(path), Ok(contents)) =
+                        (dir.join(OsStr::from_bytes(&file.name)), &file.result)
+                    else {
+                        continue;
+                    };
+                    let id = NodeId::of(&contents.attr);
+                    learned.push(Learned::Name(path, Target::Node(id)));
+                    learned.push(node_learned(&contents.attr));
+                    learned.push(Learned::Touch(id));
                 }
             }
             (Plan::Make { path, existed }, Ok(reply)) => {

@@ -85,7 +85,7 @@ pub(crate) fn schedule(op: &Op, alone: bool, handle_idle: impl FnOnce(u64) -> bo
         | Op::ReleaseLocks { .. }
         | Op::ReclaimLock { .. }
         | Op::ReclaimComplete => (Cost::Quick, None),
-        Op::ReadDir { .. } | Op::List { .. } => (Cost::Slow, None),
+        Op::ReadDir { .. } | Op::List { .. } | Op::ReadFiles { .. } => (Cost::Slow, None),
         // Opening with O_TRUNC may free gigabytes of blocks.
         Op::Open { flags, .. } if flags & libc::O_TRUNC != 0 => (Cost::Slow, None),
         Op::Open { .. } => (Cost::Quick, None),
@@ -230,6 +230,14 @@ mod tests {
                 Op::List {
                     path: path(),
                     cursor: 0,
+                },
+                slow,
+            ),
+            (
+                Op::ReadFiles {
+                    dir: path(),
+                    names: Vec::new(),
+                    max_each: 1,
                 },
                 slow,
             ),

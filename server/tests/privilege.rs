@@ -10,7 +10,7 @@
 
 use ferry_common::frame;
 use ferry_common::proto::{
-    AttrChanges, Cred, HandshakeReply, Hello, Op, Reply, Request, ServerMessage, Welcome,
+    AttrChanges, ByteBuf, Cred, HandshakeReply, Hello, Op, Reply, Request, ServerMessage, Welcome,
     MAX_GROUPS, WELCOME_ACTS_AS_CALLERS, WELCOME_ALL_SQUASHED, WELCOME_ROOT_SQUASHED,
 };
 use ferry_common::{Errno, RelPath};
@@ -579,6 +579,68 @@ fn permissions_are_checked_as_the_mapped_user() {
     assert_eq!(
         client.call(&root(), read),
         Ok(Reply::Data(b"root only".to_vec()))
+    );
+}
+
+#[test]
+fn files_read_together_are_read_as_the_mapped_user() {
+    if !needs_root() {
+        return;
+    }
+    let site = Site::new();
+    fs::write(site.e("group-only"), "for group 4242").unwrap();
+    chown(site.e("group-only"), Some(0), Some(4242)).unwrap();
+    fs::set_permissions(site.e("group-only"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::write(site.e("open"), "for all").unwrap();
+    fs::set_permissions(site.e("open"), fs::Permissions::from_mode(0o644)).unwrap();
+    let read = || Op::ReadFiles {
+        dir: RelPath::root(),
+        names: ["secret", "group-only", "open"]
+            .iter()
+            .map(|n| ByteBuf::from(n.as_bytes().to_vec()))
+            .collect(),
+        max_each: 1 << 10,
+    };
+    // What each name answered: its bytes, or its error.
+    let outcome = |reply: Result<Reply, Errno>| -> Vec<Result<Vec<u8>, Errno>> {
+        match reply {
+            Ok(Reply::Files(files)) => files
+                .into_iter()
+                .map(|f| f.result.map(|c| c.data))
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let squashing = site.serve(|_| {});
+    let mut client = Client::connect(squashing.addr());
+    // Root's 0600 file is refused to nobody and to a squashed root, each
+    // file on its own, and the rest is read.
+    for who in [cred(NOBODY, NOBODY, &[]), root()] {
+        assert_eq!(
+            outcome(client.call(&who, read())),
+            [
+                Err(Errno::EACCES),
+                Err(Errno::EACCES),
+                Ok(b"for all".to_vec())
+            ],
+            "uid {}",
+            who.uid
+        );
+    }
+    assert_eq!(
+        outcome(client.call(&cred(1000, 1000, &[4242]), read())),
+        [
+            Err(Errno::EACCES),
+            Ok(b"for group 4242".to_vec()),
+            Ok(b"for all".to_vec())
+        ]
+    );
+    // --no-root-squash: root reads root's file.
+    let trusting = site.serve(|c| c.identities.squash = Squash::None);
+    let mut client = Client::connect(trusting.addr());
+    assert_eq!(
+        outcome(client.call(&root(), read()))[0],
+        Ok(b"root only".to_vec())
     );
 }
 

@@ -10,7 +10,10 @@ use ferry_common::proto::{
     AttrChanges, Change, Cred, HandshakeReply, Hello, NodeId, Notice, Op, Reply, Request, Response,
     ServerMessage, Welcome, PROTOCOL_VERSION,
 };
-use ferry_common::proto::{LISTED_ENTRY_OVERHEAD, LISTING_BYTES, MAX_OPEN_DATA};
+use ferry_common::proto::{
+    ByteBuf, FileRead, LISTED_ENTRY_OVERHEAD, LISTING_BYTES, MAX_OPEN_DATA, READ_FILES_BYTES,
+    READ_FILES_EACH, READ_FILES_NAMES,
+};
 use ferry_common::{Errno, FileKind, RelPath};
 use ferry_server::{spawn_server, spawn_test_server, Security, ServerHandle, MAX_COPY};
 use std::collections::HashMap;
@@ -1046,6 +1049,132 @@ fn an_open_for_reading_brings_the_first_bytes() {
     ));
     assert_eq!(open_read(&mut client, "missing", 100), Err(Errno::ENOENT));
     assert_eq!(open_read(&mut client, "up", 100), Err(Errno::ELOOP));
+}
+
+fn names(names: &[&[u8]]) -> Vec<ByteBuf> {
+    names.iter().map(|n| ByteBuf::from(n.to_vec())).collect()
+}
+
+/// A name asked for, and its bytes or its error.
+type Outcome<'a> = (&'a [u8], Result<&'a [u8], Errno>);
+
+fn files_read(reply: Result<Reply, Errno>) -> Vec<FileRead> {
+    match reply {
+        Ok(Reply::Files(files)) => files,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn files_read_together_stay_in_the_export_and_in_bounds() {
+    let (tmp, server) = setup(false);
+    let export = tmp.path().join("export");
+    fs::create_dir(export.join("dir")).unwrap();
+    fs::write(export.join("dir/inner"), "inner").unwrap();
+    symlink("../file", export.join("dir/link")).unwrap();
+    let (mut client, _) = Client::welcomed(server.addr());
+    // Each name on its own: a file comes whole with its attributes; a
+    // symlink (leading out or not), a directory, a path of several
+    // components, `..` and a missing name come as errors, in order.
+    let asked: &[&[u8]] = &[b"file", b"up", b"out", b"dir", b"..", b"dir/inner", b"none"];
+    let files = files_read(client.call(Op::ReadFiles {
+        dir: RelPath::root(),
+        names: names(asked),
+        max_each: 100,
+    }));
+    let got: Vec<Outcome<'_>> = files
+        .iter()
+        .map(|f| {
+            (
+                f.name.as_slice(),
+                f.result.as_ref().map(|c| c.data.as_slice()).map_err(|e| *e),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (&b"file"[..], Ok(&b"hello"[..])),
+            (b"up", Err(Errno::ELOOP)),
+            (b"out", Err(Errno::ELOOP)),
+            (b"dir", Err(Errno::EISDIR)),
+            (b"..", Err(Errno::EINVAL)),
+            (b"dir/inner", Err(Errno::EINVAL)),
+            (b"none", Err(Errno::ENOENT)),
+        ]
+    );
+    match &files[0].result {
+        Ok(c) => assert_eq!((c.attr.size, c.attr.kind), (5, FileKind::File)),
+        other => panic!("{other:?}"),
+    }
+    // A directory that leads out is not read from.
+    for dir in [p("out"), p("up/outside"), raw(b"../outside")] {
+        match client.call(Op::ReadFiles {
+            dir,
+            names: names(&[b"secret"]),
+            max_each: 100,
+        }) {
+            Ok(Reply::Files(files)) => {
+                assert!(files.iter().all(|f| f.result.is_err()), "{files:?}")
+            }
+            Err(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    // Not through a symlink within the export either.
+    let files = files_read(client.call(Op::ReadFiles {
+        dir: p("dir"),
+        names: names(&[b"inner", b"link"]),
+        max_each: 100,
+    }));
+    assert!(files[0].result.is_ok());
+    assert_eq!(files[1].result, Err(Errno::ELOOP));
+    // Bounds: each file to max_each, and READ_FILES_EACH at most...
+    for (asked, got) in [(10, 10), (u32::MAX, READ_FILES_EACH as usize)] {
+        let files = files_read(client.call(Op::ReadFiles {
+            dir: RelPath::root(),
+            names: names(&[b"big"]),
+            max_each: asked,
+        }));
+        match &files[0].result {
+            Ok(c) => {
+                assert_eq!(c.data.len(), got);
+                assert!(c
+                    .data
+                    .iter()
+                    .enumerate()
+                    .all(|(i, b)| *b == pattern(i as u64)));
+                assert_eq!(c.attr.size, 3 * u64::from(MAX_CHUNK));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // ...the answer stops once it holds READ_FILES_BYTES...
+    let many = vec![&b"big"[..]; 2 * READ_FILES_BYTES / READ_FILES_EACH as usize];
+    let files = files_read(client.call(Op::ReadFiles {
+        dir: RelPath::root(),
+        names: names(&many),
+        max_each: READ_FILES_EACH,
+    }));
+    let bytes: usize = files
+        .iter()
+        .map(|f| f.result.as_ref().map_or(0, |c| c.data.len()))
+        .sum();
+    assert!(files.len() < many.len(), "{} files", files.len());
+    assert!(bytes >= READ_FILES_BYTES && bytes < READ_FILES_BYTES + READ_FILES_EACH as usize);
+    // ...and too many names are refused.
+    let too_many = vec![&b"file"[..]; READ_FILES_NAMES + 1];
+    assert_eq!(
+        client.call(Op::ReadFiles {
+            dir: RelPath::root(),
+            names: names(&too_many),
+            max_each: 1,
+        }),
+        Err(Errno::EINVAL)
+    );
+    // Nothing stays open.
+    assert_eq!(descriptors_on(&export.join("big")), 0);
+    assert_eq!(descriptors_on(&export.join("file")), 0);
 }
 
 /// Descriptors of this process (the test server runs in it) open on `path`.

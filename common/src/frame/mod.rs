@@ -363,6 +363,11 @@ mod tests {
                 flags: libc::O_RDONLY,
                 len: 128 << 10,
             },
+            Op::ReadFiles {
+                dir: path.clone(),
+                names: vec![crate::proto::ByteBuf::from(b"a".to_vec())],
+                max_each: 128 << 10,
+            },
         ] {
             round_trip(Request {
                 id: 9,
@@ -398,6 +403,22 @@ mod tests {
             },
         ])));
         round_trip(ServerMessage::Notice(Notice::Reset { lease_secs: 0 }));
+        round_trip(ServerMessage::Response(Response {
+            id: 4,
+            result: Ok(Reply::Files(vec![
+                crate::proto::FileRead {
+                    name: b"a".to_vec(),
+                    result: Ok(crate::proto::FileContents {
+                        attr: crate::Attr::blank(crate::FileKind::File),
+                        data: b"abc".to_vec(),
+                    }),
+                },
+                crate::proto::FileRead {
+                    name: b"b".to_vec(),
+                    result: Err(Errno::EACCES),
+                },
+            ])),
+        }));
         round_trip(Response {
             id: u64::MAX,
             result: Ok(Reply::Data(vec![1, 2, 3])),

@@ -354,7 +354,7 @@ impl Core {
         if content {
             lock(&self.inodes).forget_opened(ino);
             // The first bytes an open brought are the old data now.
-            self.opened.changed(ino);
+            self.opened.changed_elsewhere(ino);
             self.known.forget(ino);
             let names = lock(&self.coherence.negatives).take_dir(ino);
             for name in names {

@@ -82,11 +82,20 @@ impl Core {
         // kernel reads through its page cache no further).
         let told = self.attrs.fresh(ino).map(|(attr, _)| attr);
         // The server's copy lacks this mount's writes in flight: no bytes then.
-        let want = if reads_only && !self.writes.busy(ino) {
+        let quiet = reads_only && !self.writes.busy(ino);
+        if quiet {
+            if let Some(opened) = self.open_from_ahead(caller, ino, flags, told) {
+                // A walk reads on: what it will open next is fetched.
+                self.fetch_files_near(&caller.cred, &path);
+                return done(Ok(opened));
+            }
+        }
+        let want = if quiet {
             self.first_bytes_of(ino)
         } else {
             None
         };
+        let walk = quiet.then(|| path.clone());
         let core = self.clone();
         let asked = Instant::now();
         let opener = caller.cred.clone();
@@ -160,6 +169,11 @@ impl Core {
                 direct_io: direct_io(flags) || uncached,
             }))
         });
+        if let Some(path) = walk {
+            // Sent behind the open: if a walk is reading this directory, its
+            // next files are on their way.
+            self.fetch_files_near(&caller.cred, &path);
+        }
     }
 
     /// How much of `ino` an open for reading asks for (see [`WHOLE_FILE`]):

@@ -38,6 +38,7 @@
 mod attrs;
 mod coherence;
 mod dirs;
+mod files_ahead;
 mod io;
 mod locking;
 mod names;
@@ -57,6 +58,7 @@ pub use xattr::XattrAnswer;
 use crate::attrcache::AttrCache;
 use crate::client::{OpResult, RemoteClient};
 use crate::files::OpenFiles;
+use crate::files_ahead::FilesAhead;
 use crate::inode::{FileId, InodeTable};
 use crate::known::KnownDirs;
 use crate::listing_ahead::{changes_listings, Changes, ListingsAhead};
@@ -210,6 +212,8 @@ pub struct Shared {
     space: FreeSpace,
     /// The first bytes of files opened for reading, for their first reads.
     opened: OpenedData,
+    /// The contents of small files a walk is about to open, fetched ahead.
+    files_ahead: FilesAhead,
     attrs: AttrCache,
     known: KnownDirs,
     dirs: DirSnapshots,
@@ -261,6 +265,7 @@ impl Core {
             writes: WriteBehind::new(),
             space: FreeSpace::new(opts.write_through_below),
             opened: OpenedData::new(ttl),
+            files_ahead: FilesAhead::new(),
             attrs: AttrCache::new(),
             known: KnownDirs::new(),
             dirs: DirSnapshots::default(),
@@ -274,6 +279,14 @@ impl Core {
             stats,
             read_ahead: KernelReadAhead::default(),
             opts,
+        }));
+        // A walk that reads files gets the files of the listings it will
+        // reach next fetched too (on the listings' own thread).
+        let weak = Arc::downgrade(&core.0);
+        core.ahead.on_fetched(Box::new(move |cred, path, entries| {
+            if let Some(shared) = weak.upgrade() {
+                Core(shared).fetch_files_listed_ahead(cred, path, entries);
+            }
         }));
         Core::listen(&core.0);
         core.take_back_locks_on_reconnect();

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
 
+mod files_ahead;
 mod round_trips;
 
 /// How long a test waits for an answer before calling it a hang.

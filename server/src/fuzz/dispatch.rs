@@ -205,7 +205,7 @@ fn small(input: &mut Bytes<'_>) -> u64 {
 
 /// The next operation of the program.
 fn op(input: &mut Bytes<'_>, opened: &[u64]) -> Op {
-    match input.byte() % 27 {
+    match input.byte() % 28 {
         0 => Op::Stat { path: path(input) },
         1 => Op::ReadDir {
             path: path(input),
@@ -327,6 +327,16 @@ fn op(input: &mut Bytes<'_>, opened: &[u64]) -> Op {
                 libc::FALLOC_FL_COLLAPSE_RANGE,
                 -1,
             ]),
+        },
+        26 => Op::ReadFiles {
+            dir: path(input),
+            names: (0..input.byte() % 4)
+                .map(|_| {
+                    let name = input.pick(&["a", "x", "e", "fifo", "link", "secret", "..", "a/b"]);
+                    ferry_common::proto::ByteBuf::from(name.as_bytes().to_vec())
+                })
+                .collect(),
+            max_each: small(input) as u32,
         },
         _ => Op::CopyFileRange {
             handle_in: handle(input, opened),
