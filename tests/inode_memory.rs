@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
@@ -41,13 +42,20 @@ fn the_mount_forgets_what_the_kernel_forgets() {
     fs::create_dir(f.m("d")).unwrap();
     // Files created and removed: the kernel forgets each once it is gone.
     for round in 0..2 {
-        for i in 0..FILES {
-            fs::write(f.m(&format!("d/{round}-{i}")), b"x").unwrap();
-        }
+        // Kept open while counted: another test asking the kernel to free
+        // unused inodes (as `settles_to` does) cannot take them meanwhile.
+        let open: Vec<fs::File> = (0..FILES)
+            .map(|i| {
+                let mut file = fs::File::create(f.m(&format!("d/{round}-{i}"))).unwrap();
+                file.write_all(b"x").unwrap();
+                file
+            })
+            .collect();
         assert!(
             f.core(0).inodes_held() >= base + FILES,
             "the kernel holds them"
         );
+        drop(open);
         for i in 0..FILES {
             fs::remove_file(f.m(&format!("d/{round}-{i}"))).unwrap();
         }

@@ -205,13 +205,6 @@ impl InterestTable {
         fp: Option<Fingerprint>,
         since: Instant,
     ) -> Result<(), Full> {
-        if !self.nodes.contains_key(&id) && self.nodes.len() >= MAX_NODES {
-            self.expire(since);
-            if self.nodes.len() >= MAX_NODES {
-                return Err(Full);
-            }
-        }
-        let until = since + self.lease;
         let (fp, since) = match self.nodes.get(&id) {
             // The connection learnt another state than it held, and was not
             // told of the change between: its client may keep both (the
@@ -220,6 +213,23 @@ impl InterestTable {
             Some(held) if held.until > since && held.fp != fp => (None, held.since.min(since)),
             _ => (fp, since),
         };
+        self.hold_node(id, fp, since)
+    }
+
+    /// The connection holds node `id` as `fp` from `since` on.
+    fn hold_node(
+        &mut self,
+        id: NodeId,
+        fp: Option<Fingerprint>,
+        since: Instant,
+    ) -> Result<(), Full> {
+        if !self.nodes.contains_key(&id) && self.nodes.len() >= MAX_NODES {
+            self.expire(since);
+            if self.nodes.len() >= MAX_NODES {
+                return Err(Full);
+            }
+        }
+        let until = since + self.lease;
         self.nodes.insert(id, NodeInterest { fp, since, until });
         Ok(())
     }
@@ -249,7 +259,8 @@ impl InterestTable {
                     self.drop_below(path, None);
                     self.learn_name(path, *target, now)?;
                 }
-                Event::Node { id, now: fp } => self.learn_node(*id, *fp, now)?,
+                // Its own change: the client knows the state it made.
+                Event::Node { id, now: fp } => self.hold_node(*id, *fp, now)?,
                 Event::Moved {
                     from,
                     to,
@@ -721,6 +732,7 @@ mod tests {
         t.learn_name(&p("f"), Target::Absent, now).unwrap();
         t.learn_name(&p("d"), Target::Node(id(1)), now).unwrap();
         t.learn_name(&p("d/x"), Target::Node(id(2)), now).unwrap();
+        t.learn_node(id(8), Some(fp(1, 1, 0)), now).unwrap();
         let own = [
             name("f", Target::Node(id(8))),
             Event::Node {
