@@ -358,8 +358,16 @@ fn create_write_close_and_read_back() {
 
 #[test]
 fn reopening_an_unchanged_file_keeps_the_kernels_pages() {
-    let h = Harness::new();
-    std::fs::write(h.on_disk("f"), b"data").expect("a file");
+    // Made before the server starts: news of it from the server's watch,
+    // arriving between the opens below, would rightly drop the pages.
+    let opts = FsOptions {
+        attr_timeout: Duration::from_secs(60),
+        ..FsOptions::default()
+    };
+    let h = Harness::serving(opts, |config| {
+        let export = config.root.as_deref().expect("the default export");
+        std::fs::write(export.join("f"), b"data").expect("a file");
+    });
     let ino = h.ino(ROOT_INO, "f");
     let first = h.open(ino, libc::O_RDONLY).expect("open");
     assert!(!first.keep_cache, "nothing cached yet");
