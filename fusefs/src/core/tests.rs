@@ -916,6 +916,9 @@ fn a_write_that_drops_setuid_tells_the_kernel_its_mode_changed() {
 /// The lease and the server's notices (see [`super::coherence`]).
 mod coherence;
 
+/// Removals sent behind (see [`super::behind`]).
+mod behind;
+
 #[test]
 fn a_file_changed_since_the_kernel_was_told_its_size_opens_uncached() {
     // No lease: nothing tells this core that the file grew.
