@@ -791,6 +791,8 @@ fn missing_names_and_directory_changes_are_seen_correctly() {
         );
     }
     fs::remove_file(f.m("d/y")).unwrap();
+    // Sent behind (d is leased): once it has landed, the server's times show.
+    common::fsync_dir(&f.m("d"));
     let here = fs::metadata(f.m("d")).unwrap();
     let there = fs::metadata(f.e("d")).unwrap();
     assert_eq!(

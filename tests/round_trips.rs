@@ -166,8 +166,12 @@ fn an_untarred_tree_removed_by_rm_lands_exactly_on_the_server() {
     // rm -rf: every unlink and rmdir below the tree is answered at once.
     let unlinks = waited(&fx, "unlink");
     let rmdirs = waited(&fx, "rmdir");
+    let stats = waited(&fx, "stat");
     run(Command::new("rm").arg("-rf").arg(fx.m("tree")));
     assert_eq!(waited(&fx, "unlink"), unlinks, "no unlink waited for");
+    // Nor the kernel's permission checks between them (a directory's
+    // attributes are projected past the removals until the server answers).
+    assert_eq!(waited(&fx, "stat"), stats, "no stat waited for");
     assert!(
         waited(&fx, "rmdir") <= rmdirs + 1,
         "at most the top directory's rmdir waited for (the root's names may not be leased)"

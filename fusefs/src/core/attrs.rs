@@ -8,7 +8,7 @@
 use super::{expect_attr, without_suidgid, Attrs, Caller, Core, Done};
 use ferry_common::proto::{AttrChanges, Cred, Op, SetTime};
 use ferry_common::{Attr, Errno, RelPath, Timestamp};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 impl Core {
     /// The attributes of `ino`; with `fh`, of the open file (which may be unlinked).
@@ -25,6 +25,13 @@ impl Core {
         if self.writes.any_writer(ino).is_none() {
             if let Some((attr, ttl)) = self.attrs.fresh(ino) {
                 log::trace!("getattr {ino}: cached");
+                // A directory's attributes projected past removals sent
+                // behind, until the server answers them (see `behind`).
+                let ttl = if self.behind.busy(ino) {
+                    Duration::ZERO
+                } else {
+                    ttl
+                };
                 self.stats.attrs.hit();
                 return done(Ok(Attrs { attr, ttl }));
             }

@@ -39,11 +39,11 @@
 use super::{Caller, Core, Done};
 use ferry_common::proto::{Op, Reply};
 use ferry_common::sync::lock;
-use ferry_common::{Errno, RelPath};
+use ferry_common::{Errno, RelPath, Timestamp};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Operations sent behind and not answered yet, and the failures not reported yet.
 #[derive(Default)]
@@ -84,6 +84,13 @@ impl Behind {
         }
         drop(state);
         self.answered.notify_all();
+    }
+
+    /// Whether removals sent behind in `dir` are unanswered: its cached
+    /// attributes are a projection (see `project_removal`), which the
+    /// kernel is told to ask for again rather than keep.
+    pub(super) fn busy(&self, dir: u64) -> bool {
+        lock(&self.state).in_flight.contains_key(&dir)
     }
 
     /// How many operations are behind, in all.
@@ -209,9 +216,7 @@ impl Core {
         }
         lock(&self.inodes).detach(&path);
         self.known.remove(parent, name);
-        // Its times change: the kernel's next stat of it is asked of the server,
-        // which has the removal by then.
-        self.attrs.drop_ino(parent);
+        self.project_removal(parent, dir);
         self.behind.begin(parent);
         self.changes.begin();
         let core = self.clone();
@@ -224,7 +229,10 @@ impl Core {
                     core.note_dirs(&dirs, asked);
                     Ok(())
                 }
-                Ok(_) => Ok(()),
+                Ok(_) => {
+                    core.attrs.drop_ino(parent);
+                    Ok(())
+                }
                 Err(e) => Err(reported(e)),
             };
             if let Err(e) = result {
@@ -240,6 +248,26 @@ impl Core {
             core.behind.end(parent, ino, result);
         });
         done(Ok(()))
+    }
+
+    /// Keeps the attributes of `parent` as the removal of a name (of a
+    /// directory: `dir`) leaves them, until the server's answer says: its
+    /// times are now, a directory removed takes a link with it. The kernel
+    /// drops its copy of a directory's attributes after each removal and
+    /// asks again for its permission check before the next: without this,
+    /// that would wait for the server. Owner and mode, which the check reads,
+    /// are unchanged. The kernel keeps none of this (see [`Behind::busy`]).
+    fn project_removal(&self, parent: u64, dir: bool) {
+        let Some((mut attr, left)) = self.attrs.fresh(parent) else {
+            return;
+        };
+        let now = Timestamp::from_system_time(SystemTime::now());
+        attr.mtime = now;
+        attr.ctime = now;
+        if dir {
+            attr.nlink = attr.nlink.saturating_sub(1);
+        }
+        self.attrs.store(parent, attr, Instant::now() + left);
     }
 
     /// fsync(2) of directory `ino`: every removal sent behind in it has been

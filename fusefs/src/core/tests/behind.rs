@@ -120,6 +120,12 @@ fn removals_in_a_leased_directory_are_answered_without_waiting() {
     let sent = h.sent_of("unlink") + h.sent_of("rmdir");
     for name in ["a", "b", "c"] {
         h.unlink(d, name).expect("unlink");
+        // The kernel's permission check before the next removal asks for
+        // the directory's attributes: answered here, projected if the
+        // server has not answered yet (then not to be kept by the kernel).
+        let attrs = wait(|r| h.core.getattr(&h.me, d, None, r)).expect("getattr");
+        assert_eq!(attrs.attr.perm & 0o777, 0o755);
+        assert!(attrs.ttl.is_zero() || !h.core.behind.busy(d));
     }
     h.rmdir(top, "d")
         .expect("rmdir of a directory emptied behind");
@@ -130,6 +136,13 @@ fn removals_in_a_leased_directory_are_answered_without_waiting() {
     assert_eq!(h.fsyncdir(top), Ok(()));
     assert_eq!(h.fsyncdir(d), Ok(()));
     assert!(!h.on_disk("top/d").exists(), "applied on the server");
+    // Once answered, the directory's attributes are the server's.
+    let on_disk = std::fs::metadata(h.on_disk("top")).expect("top");
+    let here = h.getattr(top).expect("getattr");
+    assert_eq!(
+        (here.mtime.secs, here.mtime.nanos, here.nlink),
+        (on_disk.mtime(), on_disk.mtime_nsec() as u32, 2)
+    );
     assert!(h.core.finish_behind(PATIENCE));
     assert_eq!(h.core.behind.pending(), 0);
 }
