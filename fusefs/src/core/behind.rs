@@ -218,12 +218,10 @@ impl Core {
         self.known.remove(parent, name);
         self.project_removal(parent, dir);
         self.behind.begin(parent);
-        self.changes.begin();
         let core = self.clone();
         let name = name.to_os_string();
         let asked = Instant::now();
         self.client.submit_in(epoch, &caller.cred, op, move |r| {
-            core.changes.end();
             let result = match r {
                 Ok(Reply::DirsChanged(dirs)) => {
                     core.note_dirs(&dirs, asked);
@@ -247,6 +245,9 @@ impl Core {
             }
             core.behind.end(parent, ino, result);
         });
+        // Not a change under way that every listing must wait out: one asked
+        // for from now on goes after it and shows it.
+        self.changes.sent_in_order();
         done(Ok(()))
     }
 
