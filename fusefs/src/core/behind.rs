@@ -132,11 +132,10 @@ impl Behind {
     }
 
     /// The kernel no longer holds `ino`: nobody is left to hear of its
-    /// failures as a file (its directory still does).
+    /// failures as a file (its directory still does). A directory's stay for
+    /// the next fsync of it, which may come through a new open.
     pub(super) fn forget(&self, ino: u64) {
-        let mut state = lock(&self.state);
-        state.file_errors.remove(&ino);
-        state.dir_errors.remove(&ino);
+        lock(&self.state).file_errors.remove(&ino);
     }
 }
 

@@ -295,3 +295,17 @@ fn a_removal_behind_a_lost_connection_is_reported_as_eio() {
         "never sent on another connection"
     );
 }
+
+#[test]
+fn a_failure_outlives_the_kernels_memory_of_the_directory() {
+    let h = leased();
+    let (dir, _immutable) = h.leased_dir_with("d", &["f"], &["f"]);
+    h.unlink(dir, "f").expect("answered before the server");
+    assert!(h.core.finish_behind(PATIENCE));
+    // The kernel lets go of the directory before anyone fsyncs it; the next
+    // fsync, through a new open, still hears of the failure.
+    h.core.forget(dir, u64::MAX);
+    assert_eq!(h.ino(ROOT_INO, "d"), dir, "the same number again");
+    assert_eq!(h.fsyncdir(dir), Err(Errno::EPERM));
+    assert_eq!(h.fsyncdir(dir), Ok(()));
+}
