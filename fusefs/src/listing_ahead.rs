@@ -116,7 +116,7 @@ impl Changes {
         (self.under_way.load(Ordering::SeqCst) == 0).then_some(seq)
     }
 
-    fn unchanged_since(&self, mark: u64) -> bool {
+    pub(crate) fn unchanged_since(&self, mark: u64) -> bool {
         self.seq.load(Ordering::SeqCst) == mark
     }
 }
