@@ -23,11 +23,14 @@ impl Core {
         }
         // (What the server said before this mount's writes is no answer.)
         if self.writes.any_writer(ino).is_none() {
+            // A directory's attributes may be projected past removals sent
+            // behind until the server answers them (see `behind`): not for
+            // the kernel to keep. Asked on both sides of the read, so that
+            // a removal begun or answered meanwhile is seen too.
+            let before = self.behind.busy(ino);
             if let Some((attr, ttl)) = self.attrs.fresh(ino) {
                 log::trace!("getattr {ino}: cached");
-                // A directory's attributes projected past removals sent
-                // behind, until the server answers them (see `behind`).
-                let ttl = if self.behind.busy(ino) {
+                let ttl = if before.0 || self.behind.busy(ino) != before {
                     Duration::ZERO
                 } else {
                     ttl

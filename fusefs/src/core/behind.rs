@@ -37,13 +37,14 @@
 //! Unmounting waits (for a bounded time) for every operation still behind.
 
 use super::{Caller, Core, Done};
+use crate::inode::FileId;
 use ferry_common::proto::{Op, Reply};
 use ferry_common::sync::lock;
-use ferry_common::{Errno, RelPath, Timestamp};
+use ferry_common::{Errno, RelPath};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Operations sent behind and not answered yet, and the failures not reported yet.
 #[derive(Default)]
@@ -56,6 +57,8 @@ pub(super) struct Behind {
 struct State {
     /// In flight, by directory.
     in_flight: HashMap<u64, usize>,
+    /// Removals started and answered, counted.
+    moves: u64,
     /// The first failure not yet reported, by directory...
     dir_errors: HashMap<u64, Errno>,
     /// ...and by the inode the operation removed a name of.
@@ -64,12 +67,15 @@ struct State {
 
 impl Behind {
     fn begin(&self, dir: u64) {
-        *lock(&self.state).in_flight.entry(dir).or_default() += 1;
+        let mut state = lock(&self.state);
+        *state.in_flight.entry(dir).or_default() += 1;
+        state.moves += 1;
     }
 
     /// The operation in `dir` (about inode `ino`, when known) was answered.
     fn end(&self, dir: u64, ino: Option<u64>, result: Result<(), Errno>) {
         let mut state = lock(&self.state);
+        state.moves += 1;
         if let Some(n) = state.in_flight.get_mut(&dir) {
             *n -= 1;
             if *n == 0 {
@@ -86,11 +92,13 @@ impl Behind {
         self.answered.notify_all();
     }
 
-    /// Whether removals sent behind in `dir` are unanswered: its cached
-    /// attributes are a projection (see `project_removal`), which the
-    /// kernel is told to ask for again rather than keep.
-    pub(super) fn busy(&self, dir: u64) -> bool {
-        lock(&self.state).in_flight.contains_key(&dir)
+    /// Whether removals sent behind in `dir` are unanswered (its cached
+    /// attributes may be a projection, see `project_removal`, which the
+    /// kernel is told to ask for again rather than keep), and a stamp that
+    /// moves whenever a removal starts or is answered.
+    pub(super) fn busy(&self, dir: u64) -> (bool, u64) {
+        let state = lock(&self.state);
+        (state.in_flight.contains_key(&dir), state.moves)
     }
 
     /// How many operations are behind, in all.
@@ -215,14 +223,20 @@ impl Core {
         }
         lock(&self.inodes).detach(&path);
         self.known.remove(parent, name);
-        self.project_removal(parent, dir);
+        // Counted first: whoever reads the projection sees it counted.
         self.behind.begin(parent);
+        self.project_removal(parent, dir);
         let core = self.clone();
         let name = name.to_os_string();
         let asked = Instant::now();
         self.client.submit_in(epoch, &caller.cred, op, move |r| {
+            // The projection is replaced by what the server sent, or goes.
+            let parent_id = lock(&core.inodes).file_id(parent);
             let result = match r {
                 Ok(Reply::DirsChanged(dirs)) => {
+                    if !dirs.iter().any(|d| Some(FileId::of(d)) == parent_id) {
+                        core.attrs.drop_ino(parent);
+                    }
                     core.note_dirs(&dirs, asked);
                     Ok(())
                 }
@@ -251,22 +265,23 @@ impl Core {
     }
 
     /// Keeps the attributes of `parent` as the removal of a name (of a
-    /// directory: `dir`) leaves them, until the server's answer says: its
-    /// times are now, a directory removed takes a link with it. The kernel
-    /// drops its copy of a directory's attributes after each removal and
-    /// asks again for its permission check before the next: without this,
-    /// that would wait for the server. Owner and mode, which the check reads,
-    /// are unchanged. The kernel keeps none of this (see [`Behind::busy`]).
+    /// directory: `dir`) leaves them, until the server's answer says: a
+    /// directory removed takes a link with it. The kernel drops its copy of
+    /// a directory's attributes after each removal and asks again for its
+    /// permission check before the next: without this, that would wait for
+    /// the server. Owner and mode, which the check reads, are unchanged; the
+    /// times are left as they were (this machine's clock is not the
+    /// server's, and the server's newer times must win when they come, see
+    /// [`crate::attrcache`]). The kernel keeps none of this (see
+    /// [`Behind::busy`]).
     fn project_removal(&self, parent: u64, dir: bool) {
+        if !dir {
+            return;
+        }
         let Some((mut attr, left)) = self.attrs.fresh(parent) else {
             return;
         };
-        let now = Timestamp::from_system_time(SystemTime::now());
-        attr.mtime = now;
-        attr.ctime = now;
-        if dir {
-            attr.nlink = attr.nlink.saturating_sub(1);
-        }
+        attr.nlink = attr.nlink.saturating_sub(1);
         self.attrs.store(parent, attr, Instant::now() + left);
     }
 
