@@ -40,11 +40,11 @@ use super::{Caller, Core, Done};
 use crate::inode::FileId;
 use ferry_common::proto::{Op, Reply};
 use ferry_common::sync::lock;
-use ferry_common::{Errno, RelPath};
+use ferry_common::{Errno, RelPath, Timestamp};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Operations sent behind and not answered yet, and the failures not reported yet.
 #[derive(Default)]
@@ -234,8 +234,11 @@ impl Core {
             let parent_id = lock(&core.inodes).file_id(parent);
             let result = match r {
                 Ok(Reply::DirsChanged(dirs)) => {
-                    if !dirs.iter().any(|d| Some(FileId::of(d)) == parent_id) {
-                        core.attrs.drop_ino(parent);
+                    // The server's times replace the projection's, even
+                    // where this machine's clock ran ahead of them.
+                    match dirs.iter().find(|d| Some(FileId::of(d)) == parent_id) {
+                        Some(attr) => core.attrs.replace(parent, *attr, core.until(asked)),
+                        None => core.attrs.drop_ino(parent),
                     }
                     core.note_dirs(&dirs, asked);
                     Ok(())
@@ -265,23 +268,23 @@ impl Core {
     }
 
     /// Keeps the attributes of `parent` as the removal of a name (of a
-    /// directory: `dir`) leaves them, until the server's answer says: a
-    /// directory removed takes a link with it. The kernel drops its copy of
-    /// a directory's attributes after each removal and asks again for its
+    /// directory: `dir`) leaves them, until the server's answer replaces
+    /// them: its times are now (by this machine's clock), a directory
+    /// removed takes a link with it. The kernel drops its copy of a
+    /// directory's attributes after each removal and asks again for its
     /// permission check before the next: without this, that would wait for
-    /// the server. Owner and mode, which the check reads, are unchanged; the
-    /// times are left as they were (this machine's clock is not the
-    /// server's, and the server's newer times must win when they come, see
-    /// [`crate::attrcache`]). The kernel keeps none of this (see
-    /// [`Behind::busy`]).
+    /// the server. Owner and mode, which the check reads, are unchanged. The
+    /// kernel keeps none of this (see [`Behind::busy`]).
     fn project_removal(&self, parent: u64, dir: bool) {
-        if !dir {
-            return;
-        }
         let Some((mut attr, left)) = self.attrs.fresh(parent) else {
             return;
         };
-        attr.nlink = attr.nlink.saturating_sub(1);
+        let now = Timestamp::from_system_time(SystemTime::now());
+        attr.mtime = now;
+        attr.ctime = now;
+        if dir {
+            attr.nlink = attr.nlink.saturating_sub(1);
+        }
         self.attrs.store(parent, attr, Instant::now() + left);
     }
 
