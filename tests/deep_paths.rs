@@ -219,15 +219,24 @@ fn deep_tree_at(f: &common::Fixture, total: usize) {
     )
     .unwrap();
 
-    // unlink and rmdir, all the way up.
+    // unlink and rmdir, all the way up. In a directory this mount made they
+    // are sent behind: fsync of the directory is what says they have landed.
     unlinkat(deep, c"file", 0).unwrap();
     unlinkat(deep, c"sub", libc::AT_REMOVEDIR).unwrap();
     assert!(list(deep).is_empty());
+    fsync_dir(deep);
     assert!(list(server_deep).is_empty());
     for (i, dir) in dirs.iter().enumerate().rev().skip(1) {
         unlinkat(dir, &component(i), libc::AT_REMOVEDIR).unwrap();
     }
+    fsync_dir(&dirs[0]);
     assert!(fs::read_dir(f.e(&base)).unwrap().next().is_none());
+}
+
+/// fsync(2) of a directory on the mount, which must succeed.
+fn fsync_dir(dir: &OwnedFd) {
+    // SAFETY: a descriptor `dir` keeps open.
+    cvt(unsafe { libc::fsync(dir.as_raw_fd()) }).unwrap();
 }
 
 fn deep_trees_work_through_the_mount() {

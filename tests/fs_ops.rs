@@ -129,8 +129,10 @@ fn mkdir_readdir_rmdir() {
     assert_errno(fs::remove_dir(f.m("d")), libc::ENOTEMPTY);
     assert_errno(fs::create_dir(f.m("d")), libc::EEXIST);
     fs::remove_dir(f.m("d/sub")).unwrap();
+    common::fsync_dir(&f.m("d"));
     assert!(!f.e("d/sub").exists());
     fs::remove_dir_all(f.m("d")).unwrap();
+    common::fsync_dir(&f.m(""));
     assert!(!f.e("d").exists());
 }
 
@@ -302,6 +304,7 @@ fn unlinked_open_file_stays_usable() {
         .open(f.m("tmp"))
         .unwrap();
     fs::remove_file(f.m("tmp")).unwrap();
+    common::fsync_dir(&f.m(""));
     assert!(!f.e("tmp").exists());
     file.write_all(b"still here").unwrap();
     file.seek(SeekFrom::Start(0)).unwrap();
@@ -788,6 +791,8 @@ fn missing_names_and_directory_changes_are_seen_correctly() {
         );
     }
     fs::remove_file(f.m("d/y")).unwrap();
+    // Sent behind (d is leased): once it has landed, the server's times show.
+    common::fsync_dir(&f.m("d"));
     let here = fs::metadata(f.m("d")).unwrap();
     let there = fs::metadata(f.e("d")).unwrap();
     assert_eq!(

@@ -277,6 +277,7 @@ fn an_unlinked_file_stays_usable_while_open() {
         .unwrap();
     file.write_all(b"before").unwrap();
     fs::remove_file(f.m("scratch")).unwrap();
+    common::fsync_dir(&f.m(""));
     assert!(!f.e("scratch").exists());
     // A new file under the old name is another file.
     fs::write(f.m("scratch"), b"the new one").unwrap();

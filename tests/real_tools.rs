@@ -46,6 +46,7 @@ fn copy_a_real_tree_in_and_out_byte_for_byte() {
         .arg(src)
         .arg(&out));
     run(Command::new("rm").arg("-rf").arg(f.m("include")));
+    common::fsync_dir(&f.m(""));
     assert!(!f.e("include").exists());
 }
 

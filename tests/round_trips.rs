@@ -124,6 +124,7 @@ fn a_walk_sees_the_whole_tree_and_what_this_mount_changes() {
     now.retain(|(p, _)| p != "d4/s1/f0");
     now.sort();
     assert_eq!(walk(&fx.m("tree")), now);
+    common::fsync_dir(&fx.m("tree/d4/s1"));
     assert_eq!(walk(&fx.e("tree")), now);
 }
 
@@ -169,7 +170,98 @@ fn tar_of_a_tree_reads_every_file_right_and_few_opens_wait() {
     );
 }
 
+/// fsync(2) of directory `dir` on the mount: what was removed in it behind
+/// has reached the server, and a failure is reported.
+fn try_fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn an_untarred_tree_removed_by_rm_lands_exactly_on_the_server() {
+    let Some(fx) = Fixture::new() else { return };
+    // A tarball made outside the mount, extracted into a directory made on it
+    // (so this mount knows its every name, under the lease).
+    let source = fx.temp().join("source");
+    for d in 0..3 {
+        for s in 0..3 {
+            let dir = source.join(format!("d{d}/s{s}"));
+            fs::create_dir_all(&dir).unwrap();
+            for f in 0..6 {
+                fs::write(dir.join(format!("f{f}")), vec![b'a' + f as u8; f * 100]).unwrap();
+            }
+        }
+    }
+    let tarball = fx.temp().join("tree.tar");
+    run(Command::new("tar")
+        .arg("cf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&source)
+        .arg("."));
+    fs::create_dir(fx.m("tree")).unwrap();
+    run(Command::new("tar")
+        .arg("xf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(fx.m("tree")));
+    let expected = walk(&source);
+    assert_eq!(walk(&fx.m("tree")), expected);
+    assert_eq!(walk(&fx.e("tree")), expected);
+    for (rel, _) in expected.iter().filter(|(_, size)| *size > 0) {
+        assert_eq!(
+            fs::read(fx.e(&format!("tree/{rel}"))).unwrap(),
+            fs::read(source.join(rel)).unwrap(),
+            "{rel}"
+        );
+    }
+    // rm -rf: every unlink and rmdir below the tree is answered at once.
+    let unlinks = waited(&fx, "unlink");
+    let rmdirs = waited(&fx, "rmdir");
+    let stats = waited(&fx, "stat");
+    run(Command::new("rm").arg("-rf").arg(fx.m("tree")));
+    assert_eq!(waited(&fx, "unlink"), unlinks, "no unlink waited for");
+    // Nor the kernel's permission checks between them (a directory's
+    // attributes are projected past the removals until the server answers).
+    assert_eq!(waited(&fx, "stat"), stats, "no stat waited for");
+    assert!(
+        waited(&fx, "rmdir") <= rmdirs + 1,
+        "at most the top directory's rmdir waited for (the root's names may not be leased)"
+    );
+    assert!(!fx.m("tree").exists());
+    // The server applies them in order: once the last is answered, all are.
+    common::fsync_dir(&fx.m(""));
+    assert!(!fx.e("tree").exists(), "removed on the server");
+}
+
+fn a_removal_the_server_refuses_is_reported_by_fsync_of_its_directory() {
+    let Some(fx) = Fixture::new() else { return };
+    fs::create_dir(fx.m("d")).unwrap();
+    fs::write(fx.m("d/f"), b"keep").unwrap();
+    fs::write(fx.m("d/g"), b"go").unwrap();
+    // Made immutable on the server's disk: its unlink fails there, which
+    // nothing on this machine can foresee.
+    let immutable = fx.e("d/f");
+    run(Command::new("chattr").arg("+i").arg(&immutable));
+    struct Mutable(std::path::PathBuf);
+    impl Drop for Mutable {
+        fn drop(&mut self) {
+            let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+        }
+    }
+    let _mutable = Mutable(immutable);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    fs::remove_file(fx.m("d/f")).expect("answered before the server refuses");
+    fs::remove_file(fx.m("d/g")).unwrap();
+    let failed = try_fsync_dir(&fx.m("d")).expect_err("the refusal, reported");
+    assert_eq!(failed.raw_os_error(), Some(libc::EPERM), "{failed}");
+    try_fsync_dir(&fx.m("d")).expect("reported once");
+    // The file is still there, on the server and seen through the mount.
+    assert_eq!(fs::read(fx.m("d/f")).unwrap(), b"keep");
+    assert!(!fx.e("d/g").exists());
+}
+
 tests! {
+    an_untarred_tree_removed_by_rm_lands_exactly_on_the_server => [Fuse],
+    a_removal_the_server_refuses_is_reported_by_fsync_of_its_directory => [Fuse, Root],
     a_small_file_is_read_with_its_open => [Fuse],
     a_reader_opened_before_a_write_here_reads_the_write => [Fuse],
     a_walk_sees_the_whole_tree_and_what_this_mount_changes => [Fuse],

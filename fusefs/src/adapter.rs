@@ -187,6 +187,12 @@ impl Filesystem for FerryFs {
         Ok(())
     }
 
+    fn destroy(&mut self) {
+        // What was answered before the server had it reaches the server
+        // before the mount goes (see `core::behind`).
+        self.core.finish_behind(self.core.client().timeout());
+    }
+
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.core
             .lookup(&self.caller(req), parent.0, name, move |r| match r {
@@ -592,14 +598,13 @@ impl Filesystem for FerryFs {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Directory operations are synchronous on the server: each has completed
-        // (and reached the server's filesystem) before the kernel heard of it.
-        reply.ok();
+        // Waits for the removals sent behind in it, and reports their failure.
+        self.core.fsyncdir(ino.0, move |r| reply_empty(reply, r));
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -45,6 +45,13 @@ impl AttrCache {
         });
     }
 
+    /// Records what the server said `ino` looks like, whatever is held: its
+    /// answer to a change this mount had projected (see `core::behind`),
+    /// whose times, by this machine's clock, may look newer.
+    pub(crate) fn replace(&self, ino: u64, attr: Attr, until: Instant) {
+        self.entries.store(ino, attr, until);
+    }
+
     /// The attributes of `ino` and how much longer they may be trusted, if they
     /// arrived within the attribute timeout.
     pub(crate) fn fresh(&self, ino: u64) -> Option<(Attr, Duration)> {

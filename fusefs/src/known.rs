@@ -76,6 +76,20 @@ impl KnownDirs {
             .flatten()
     }
 
+    /// Whether `name` is known to be in `dir` right now.
+    pub(crate) fn has(&self, dir: u64, name: &OsStr) -> bool {
+        self.dirs
+            .read(&dir, |names, _| names.contains(name.as_bytes()))
+            .unwrap_or(false)
+    }
+
+    /// Whether `dir` is known to hold no names right now.
+    pub(crate) fn empty(&self, dir: u64) -> bool {
+        self.dirs
+            .read(&dir, |names, _| names.is_empty())
+            .unwrap_or(false)
+    }
+
     /// Whether every name of `dir` is known right now (the directory is leased).
     pub(crate) fn holds(&self, dir: u64) -> bool {
         self.dirs.read(&dir, |_, _| ()).is_some()
@@ -112,12 +126,17 @@ mod tests {
         assert!(!k.holds(7));
         k.learn(7, in_secs(60), [b"a".as_slice()]);
         assert!(k.holds(7));
+        assert!(k.has(7, n("a")) && !k.has(7, n("b")) && !k.empty(7));
         assert!(k.absent(7, n("a")).is_none(), "listed");
         assert!(k.absent(7, n("b")).is_some());
         k.add(7, n("b"));
         assert!(k.absent(7, n("b")).is_none(), "created here");
         k.remove(7, n("a"));
         assert!(k.absent(7, n("a")).is_some(), "removed here");
+        k.remove(7, n("b"));
+        assert!(k.empty(7));
+        assert!(!k.empty(8) && !k.has(8, n("a")), "nothing known of 8");
+        k.add(7, n("b"));
         // A new listing is the whole truth.
         k.learn(7, in_secs(60), [b"c".as_slice()]);
         assert!(k.absent(7, n("b")).is_some());

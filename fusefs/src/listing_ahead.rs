@@ -102,6 +102,14 @@ impl Changes {
         self.seq.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// A change was sent without waiting for its answer (see
+    /// `core::behind`), which the server applies before anything sent after
+    /// it on the connection: a listing asked for from now on shows it, one
+    /// asked for before may not. Called once the change is on its way.
+    pub(crate) fn sent_in_order(&self) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// A mark for a listing asked for now; `None` while changes are under way.
     pub(crate) fn mark(&self) -> Option<u64> {
         let seq = self.seq.load(Ordering::SeqCst);

@@ -15,6 +15,15 @@
 //! them. Such a request runs inline only when nothing of its handle is queued, or
 //! it would overtake what came before it; otherwise it waits in its handle's
 //! queue (see [`crate::sequencer`]).
+//!
+//! Operations on names (create, mkdir, mknod, symlink, link, unlink, rmdir,
+//! rename) always run inline, whatever is queued: each has taken effect
+//! before the next request of the connection is even read. A client relies on
+//! that to send them without waiting for the answer (the mount's removals
+//! under a directory lease): whatever it sends next on the same connection —
+//! a stat, a listing, a create of the same name, an rmdir of the directory
+//! just emptied — sees them applied, in the order sent. Moving one of them to
+//! the pool would break that promise.
 
 use ferry_common::proto::Op;
 
@@ -181,6 +190,54 @@ mod tests {
             typ: LockType::Write,
             start: 0,
             end: 9,
+        }
+    }
+
+    /// Name operations are applied before the next request is read, whatever
+    /// waits behind them and however busy any handle is (see the module docs).
+    #[test]
+    fn name_operations_always_run_inline_in_the_order_they_arrive() {
+        let names = [
+            Op::Create {
+                path: path(),
+                flags: libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                mode: 0o644,
+            },
+            Op::Mkdir {
+                path: path(),
+                mode: 0o755,
+            },
+            Op::Mknod {
+                path: path(),
+                mode: libc::S_IFIFO | 0o644,
+                rdev: 0,
+            },
+            Op::Symlink {
+                path: path(),
+                target: b"t".to_vec(),
+            },
+            Op::Link {
+                existing: path(),
+                path: path(),
+            },
+            Op::Unlink { path: path() },
+            Op::Rmdir { path: path() },
+            Op::Rename {
+                from: path(),
+                to: path(),
+                flags: 0,
+            },
+        ];
+        for op in &names {
+            for alone in [true, false] {
+                let mut asked = false;
+                let got = schedule(op, alone, |_| {
+                    asked = true;
+                    false
+                });
+                assert_eq!(got, Schedule::Inline, "{op:?}, alone: {alone}");
+                assert!(!asked, "{op:?} waits for no handle");
+            }
         }
     }
 

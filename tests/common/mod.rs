@@ -381,6 +381,17 @@ pub fn assert_errno<T: std::fmt::Debug>(r: std::io::Result<T>, errno: i32) {
     }
 }
 
+/// fsync(2) of the directory `dir` on a mount, which must succeed: the
+/// removals the mount sent behind in it (without waiting, under a directory
+/// lease) have reached the server.
+#[track_caller]
+pub fn fsync_dir(dir: &std::path::Path) {
+    let synced = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    if let Err(e) = synced {
+        panic!("fsync of directory {}: {e}", dir.display());
+    }
+}
+
 /// Runs a command and returns its stdout; panics with its stderr on failure.
 #[track_caller]
 pub fn run(cmd: &mut std::process::Command) -> String {

@@ -335,6 +335,11 @@ impl RemoteClient {
         Ok(RemoteClient { inner })
     }
 
+    /// How long a request may wait for its answer.
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
     /// What the server said about itself in the first handshake.
     pub fn welcome(&self) -> &Welcome {
         &self.inner.welcome

@@ -8,7 +8,7 @@
 use super::{expect_attr, without_suidgid, Attrs, Caller, Core, Done};
 use ferry_common::proto::{AttrChanges, Cred, Op, SetTime};
 use ferry_common::{Attr, Errno, RelPath, Timestamp};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 impl Core {
     /// The attributes of `ino`; with `fh`, of the open file (which may be unlinked).
@@ -23,8 +23,18 @@ impl Core {
         }
         // (What the server said before this mount's writes is no answer.)
         if self.writes.any_writer(ino).is_none() {
+            // A directory's attributes may be projected past removals sent
+            // behind until the server answers them (see `behind`): not for
+            // the kernel to keep. Asked on both sides of the read, so that
+            // a removal begun or answered meanwhile is seen too.
+            let before = self.behind.busy(ino);
             if let Some((attr, ttl)) = self.attrs.fresh(ino) {
                 log::trace!("getattr {ino}: cached");
+                let ttl = if before.0 || self.behind.busy(ino) != before {
+                    Duration::ZERO
+                } else {
+                    ttl
+                };
                 self.stats.attrs.hit();
                 return done(Ok(Attrs { attr, ttl }));
             }

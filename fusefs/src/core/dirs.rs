@@ -352,8 +352,12 @@ impl Core {
             }
         };
         // A listing is one pass over the directory on the server, so it is
-        // proof of which names are missing, as of when it was asked for.
-        if lock(&self.inodes).ino_of(&path) == Some(ino) {
+        // proof of which names are missing, as of when it was asked for —
+        // unless this mount changed names meanwhile: a name made then may be
+        // missing from it, and one removed then (behind, see `behind`) still
+        // in it; an rmdir sent behind relies on the names being exact.
+        let unchanged = changes.is_some_and(|mark| self.changes.unchanged_since(mark));
+        if unchanged && lock(&self.inodes).ino_of(&path) == Some(ino) {
             self.known
                 .learn(ino, until, entries.iter().map(|e| e.name.as_slice()));
         }

@@ -363,6 +363,12 @@ impl Core {
     /// (through any handle: locks belong to the process).
     pub fn flush(&self, caller: &Caller, ino: u64, fh: u64, lock_owner: u64, done: impl Done<()>) {
         let mut written = self.writes.settle(ino, fh);
+        // A removal of one of its names, sent behind, failed (see `behind`).
+        if written.is_ok() {
+            if let Some(e) = self.behind.take_file_error(ino) {
+                written = Err(e);
+            }
+        }
         // A file whose locks were lost says so when it is closed, too.
         if written.is_ok() && self.held.is_lost(fh) {
             written = Err(Errno::EIO);
@@ -401,6 +407,9 @@ impl Core {
     pub fn fsync(&self, caller: &Caller, ino: u64, fh: u64, datasync: bool, done: impl Done<()>) {
         // Errors go to the handles that were writing; a read-only one only waits.
         if let Err(e) = self.writes.settle(ino, fh) {
+            return done(Err(e));
+        }
+        if let Some(e) = self.behind.take_file_error(ino) {
             return done(Err(e));
         }
         let fsync = |handle| Op::Fsync { handle, datasync };

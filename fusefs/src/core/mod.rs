@@ -13,8 +13,9 @@
 //! network, so the kernel can keep many requests in flight. Only a few
 //! operations block their caller: listing a directory (a round trip, more for a
 //! very long one, or none when it was fetched ahead: see
-//! [`crate::listing_ahead`]) and the waits write-behind imposes for ordering
-//! (see [`crate::writeback`]).
+//! [`crate::listing_ahead`]), fsync of a directory (until the removals sent
+//! behind in it are answered: see [`behind`]) and the waits write-behind
+//! imposes for ordering (see [`crate::writeback`]).
 //!
 //! The core is split by idea:
 //!
@@ -29,6 +30,8 @@
 //! - [`locking`] and [`xattr`]: file locks and extended attributes;
 //! - [`coherence`]: the lease, the server's notices applied to the kernel and
 //!   to every cache here, and the rule for answers that cross a notice.
+//! - [`behind`]: unlink and rmdir answered at once under a directory lease,
+//!   sent behind, their failures reported by fsync and close;
 //! - [`reclaim`]: after a reconnect, taking back the locks this mount held
 //!   (or failing the files whose locks are lost).
 //!
@@ -36,6 +39,7 @@
 //! callback that outlives the call holds a clone.
 
 mod attrs;
+mod behind;
 mod coherence;
 mod dirs;
 mod files_ahead;
@@ -231,6 +235,8 @@ pub struct Shared {
     kernel: Arc<dyn KernelCache>,
     /// The lease and the server's notices.
     coherence: Coherence,
+    /// Removals answered before the server had them (see [`behind`]).
+    behind: behind::Behind,
     /// The client's counters, which the core adds to (what applications waited
     /// for, cache hits).
     stats: Arc<Stats>,
@@ -276,6 +282,7 @@ impl Core {
             file_caps: xattr::FileCapCache::new(),
             kernel,
             coherence: Coherence::new(opts.lease),
+            behind: behind::Behind::default(),
             stats,
             read_ahead: KernelReadAhead::default(),
             opts,
@@ -451,6 +458,7 @@ impl Core {
         self.attrs.drop_ino(ino);
         self.known.forget(ino);
         self.file_caps.forget(ino);
+        self.behind.forget(ino);
     }
 
     /// The path `ino` names now.

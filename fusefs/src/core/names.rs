@@ -181,11 +181,20 @@ impl Core {
         }
     }
 
+    /// Under a directory lease, answered at once and sent behind (see
+    /// [`super::behind`]).
     pub fn unlink(&self, caller: &Caller, parent: u64, name: &OsStr, done: impl Done<()>) {
+        if let Some(removal) = self.may_remove_behind(caller, parent, name, false) {
+            return self.remove_behind(caller, parent, name, removal, done);
+        }
         self.remove(&caller.cred, parent, name, done, |path| Op::Unlink { path });
     }
 
+    /// Like [`unlink`](Self::unlink), for an empty directory.
     pub fn rmdir(&self, caller: &Caller, parent: u64, name: &OsStr, done: impl Done<()>) {
+        if let Some(removal) = self.may_remove_behind(caller, parent, name, true) {
+            return self.remove_behind(caller, parent, name, removal, done);
+        }
         self.remove(&caller.cred, parent, name, done, |path| Op::Rmdir { path });
     }
 

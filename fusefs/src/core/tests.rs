@@ -216,6 +216,16 @@ impl Harness {
             .map(|(_, n)| n)
             .sum()
     }
+
+    /// How many requests named `op` were sent so far.
+    pub(super) fn sent_of(&self, op: &str) -> u64 {
+        self.core
+            .stats()
+            .sent_by_kind()
+            .iter()
+            .find(|(name, _)| *name == op)
+            .map_or(0, |(_, n)| *n)
+    }
 }
 
 /// This process's user as a caller (no thread: a lock wait is never interrupted).
@@ -924,6 +934,9 @@ fn a_write_that_drops_setuid_tells_the_kernel_its_mode_changed() {
 
 /// The lease and the server's notices (see [`super::coherence`]).
 mod coherence;
+
+/// Removals sent behind (see [`super::behind`]).
+mod behind;
 
 #[test]
 fn a_file_changed_since_the_kernel_was_told_its_size_opens_uncached() {

@@ -14,15 +14,6 @@ fn harness(attr_timeout: Duration, lease: Duration) -> Harness {
 }
 
 impl Harness {
-    fn sent_of(&self, op: &str) -> u64 {
-        self.core
-            .stats()
-            .sent_by_kind()
-            .iter()
-            .find(|(name, _)| *name == op)
-            .map_or(0, |(_, n)| *n)
-    }
-
     /// Reads all of `ino` through `fh` as the kernel does, a readahead
     /// window at a time, until a read comes short (the kernel knows the size
     /// and asks for no more).
