@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How many kinds of operation there are.
-pub const OP_KINDS: usize = 34;
+pub const OP_KINDS: usize = 35;
 
 /// The kind of `op` as an index below [`OP_KINDS`]; [`op_kind_name`] is its name.
 pub fn op_kind(op: &Op) -> usize {
@@ -50,6 +50,7 @@ pub fn op_kind(op: &Op) -> usize {
         Op::OpenRead { .. } => 31,
         Op::Subscribe { .. } => 32,
         Op::ReadFiles { .. } => 33,
+        Op::CreateAs { .. } => 34,
     }
 }
 
@@ -90,6 +91,7 @@ pub fn op_kind_name(index: usize) -> &'static str {
         "openread",
         "subscribe",
         "readfiles",
+        "createas",
     ];
     NAMES.get(index).copied().unwrap_or("?")
 }
@@ -383,6 +385,12 @@ mod tests {
                 dir: p(),
                 names: Vec::new(),
                 max_each: 0,
+            },
+            Op::CreateAs {
+                path: p(),
+                flags: 0,
+                mode: 0,
+                handle: 0,
             },
         ];
         assert_eq!(ops.len(), OP_KINDS);

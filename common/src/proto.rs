@@ -31,7 +31,7 @@ pub use serde_bytes::ByteBuf;
 /// The first bytes of every [`Hello`]: tells a ferry peer from anything else.
 pub const MAGIC: [u8; 8] = *b"ferry\0\r\n";
 /// Bumped on every incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 /// The largest `Hello` frame a server reads; anything longer ends the
 /// connection. Room for a deep subtree path, and no more.
 pub const MAX_HELLO: usize = 16 * 1024;
@@ -370,7 +370,24 @@ pub enum Op {
         names: Vec<ByteBuf>,
         max_each: u32,
     },
+    /// `Create`, with the file registered under `handle`, which the client
+    /// chose so that it can write through the file before the answer comes
+    /// back: it must carry [`CLIENT_HANDLE`] (server-assigned handles never
+    /// do, EINVAL otherwise) and be above every handle the client chose
+    /// before on this connection (EEXIST while that handle is open, EBADF
+    /// once it was closed), so that a handle is never reused on a connection
+    /// → [`Reply::Created`] (or [`Reply::Opened`]), with `handle`.
+    CreateAs {
+        path: RelPath,
+        flags: i32,
+        mode: u32,
+        handle: u64,
+    },
 }
+
+/// The bit every handle a client chooses (see [`Op::CreateAs`]) carries and
+/// no handle the server assigns does.
+pub const CLIENT_HANDLE: u64 = 1 << 63;
 
 /// The most bytes of one file an [`Op::ReadFiles`] reads.
 pub const READ_FILES_EACH: u32 = 256 << 10;
@@ -476,6 +493,7 @@ impl Op {
             Op::ReclaimComplete => "reclaimcomplete",
             Op::Subscribe { .. } => "subscribe",
             Op::ReadFiles { .. } => "readfiles",
+            Op::CreateAs { .. } => "createas",
         }
     }
 }

@@ -126,6 +126,7 @@ impl Changes {
 pub(crate) fn changes_listings(op: &Op) -> bool {
     match op {
         Op::Create { .. }
+        | Op::CreateAs { .. }
         | Op::Write { .. }
         | Op::Mkdir { .. }
         | Op::Mknod { .. }

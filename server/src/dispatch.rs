@@ -72,6 +72,7 @@ fn is_mutation(op: &Op) -> bool {
         // No changes: the attributes of an open file (fstat).
         Op::SetAttr { changes, .. } => *changes != AttrChanges::default(),
         Op::Create { .. }
+        | Op::CreateAs { .. }
         | Op::Write { .. }
         | Op::Mkdir { .. }
         | Op::Mknod { .. }
@@ -352,6 +353,24 @@ impl Session {
                     None => Reply::Opened { handle, attr },
                 })
             }
+            Op::CreateAs {
+                path,
+                flags,
+                mode,
+                handle,
+            } => {
+                // The handle is checked before anything is made: a refused
+                // one leaves no file behind.
+                self.handles.claim(handle)?;
+                let descriptor = self.descriptors.take()?;
+                let (file, attr) = export.create(&path, flags, mode)?;
+                self.handles
+                    .insert_as(handle, file, NodeId::of(&attr), descriptor);
+                Ok(match self.dir_of(&path) {
+                    Some(dir) => Reply::Created { handle, attr, dir },
+                    None => Reply::Opened { handle, attr },
+                })
+            }
             Op::Read {
                 handle,
                 offset,
@@ -623,6 +642,12 @@ mod tests {
                 path: path.clone(),
                 flags: libc::O_RDONLY,
                 mode: 0o644,
+            },
+            Op::CreateAs {
+                path: path.clone(),
+                flags: libc::O_RDONLY,
+                mode: 0o644,
+                handle: ferry_common::proto::CLIENT_HANDLE | 1,
             },
             Op::Write {
                 handle: 1,

@@ -174,7 +174,7 @@ impl Coherence {
                     trunc,
                 }
             }
-            Op::Create { path, .. } => {
+            Op::Create { path, .. } | Op::CreateAs { path, .. } => {
                 if learning {
                     self.watch(parent(path));
                 }

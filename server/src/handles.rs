@@ -2,6 +2,10 @@
 //!
 //! Handles are numbered from 1 and never reused on a connection, so a late
 //! request with a closed handle gets EBADF instead of reaching another file.
+//! A client may also choose the number of a file it creates (`CreateAs`, so
+//! that it can write through it before the answer is back): such a number
+//! carries [`CLIENT_HANDLE`], which the server's own never reach, and must be
+//! above every number that client chose before, which keeps the rule.
 //! Each file sits behind an `Arc`: `Close` removes it from the table while a read
 //! already running keeps its own reference, and the descriptor is closed when the
 //! last user lets go. Dropping the table (the connection ended) closes them all.
@@ -14,7 +18,7 @@
 
 use crate::budget::Descriptor;
 use crate::export::OpenFile;
-use ferry_common::proto::NodeId;
+use ferry_common::proto::{NodeId, CLIENT_HANDLE};
 use ferry_common::sync::lock;
 use ferry_common::Errno;
 use std::collections::HashMap;
@@ -39,12 +43,53 @@ pub(crate) struct HandleTable {
 #[derive(Debug, Default)]
 struct Inner {
     last: u64,
+    /// The highest handle the client chose (0 when none).
+    last_chosen: u64,
     files: HashMap<u64, Held>,
 }
 
 impl HandleTable {
     pub(crate) fn new() -> HandleTable {
         HandleTable::default()
+    }
+
+    /// Claims `handle`, which the client chose for a file it is about to
+    /// create: EINVAL without [`CLIENT_HANDLE`], EEXIST while it is open,
+    /// EBADF if it was chosen before, even by a create that failed (handles
+    /// are never reused on a connection, so no late request through the
+    /// failed one can reach a later file). Then [`insert_as`](Self::insert_as).
+    pub(crate) fn claim(&self, handle: u64) -> Result<(), Errno> {
+        let mut inner = lock(&self.inner);
+        if handle & CLIENT_HANDLE == 0 || handle == CLIENT_HANDLE {
+            return Err(Errno::EINVAL);
+        }
+        if inner.files.contains_key(&handle) {
+            return Err(Errno::EEXIST);
+        }
+        if handle <= inner.last_chosen {
+            return Err(Errno::EBADF);
+        }
+        inner.last_chosen = handle;
+        Ok(())
+    }
+
+    /// Stores `file` (as [`insert`](Self::insert)) under `handle`, which the
+    /// client chose and [`claim`](Self::claim) granted.
+    pub(crate) fn insert_as(
+        &self,
+        handle: u64,
+        file: OpenFile,
+        id: NodeId,
+        descriptor: Descriptor,
+    ) {
+        lock(&self.inner).files.insert(
+            handle,
+            Held {
+                file: Arc::new(file),
+                id,
+                _descriptor: descriptor,
+            },
+        );
     }
 
     /// Stores `file`, which is the server file `id` and holds `descriptor` of

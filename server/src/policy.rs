@@ -109,7 +109,9 @@ impl Policy {
 fn strip_setid_on_creation(op: &mut Op) {
     const SETID: u32 = libc::S_ISUID | libc::S_ISGID;
     match op {
-        Op::Create { mode, .. } | Op::Mknod { mode, .. } => *mode &= !SETID,
+        Op::Create { mode, .. } | Op::CreateAs { mode, .. } | Op::Mknod { mode, .. } => {
+            *mode &= !SETID
+        }
         Op::Mkdir { mode, .. } => *mode &= !libc::S_ISUID,
         _ => {}
     }
@@ -134,7 +136,7 @@ pub(crate) fn visible_xattrs(list: Vec<u8>, who: &Identity) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::identity::Squash;
-    use ferry_common::proto::AttrChanges;
+    use ferry_common::proto::{AttrChanges, CLIENT_HANDLE};
     use ferry_common::RelPath;
 
     fn path() -> RelPath {
@@ -208,6 +210,12 @@ mod tests {
                 path: path(),
                 mode: 0o6775,
             },
+            Op::CreateAs {
+                path: path(),
+                flags: libc::O_WRONLY,
+                mode: 0o6755,
+                handle: CLIENT_HANDLE | 1,
+            },
         ];
         for op in &mut ops {
             let admitted = squashing.admit(&cred(0), op).unwrap();
@@ -217,11 +225,14 @@ mod tests {
         let modes: Vec<u32> = ops
             .iter()
             .map(|op| match op {
-                Op::Create { mode, .. } | Op::Mknod { mode, .. } | Op::Mkdir { mode, .. } => *mode,
+                Op::Create { mode, .. }
+                | Op::CreateAs { mode, .. }
+                | Op::Mknod { mode, .. }
+                | Op::Mkdir { mode, .. } => *mode,
                 _ => unreachable!(),
             })
             .collect();
-        assert_eq!(modes, [0o755, libc::S_IFREG | 0o755, 0o2775]);
+        assert_eq!(modes, [0o755, libc::S_IFREG | 0o755, 0o2775, 0o755]);
         // Someone not squashed keeps them (the kernel decides, as locally).
         let mut create = Op::Create {
             path: path(),

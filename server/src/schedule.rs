@@ -75,6 +75,7 @@ pub(crate) fn schedule(op: &Op, alone: bool, handle_idle: impl FnOnce(u64) -> bo
         Op::Stat { .. }
         | Op::ReadLink { .. }
         | Op::Create { .. }
+        | Op::CreateAs { .. }
         | Op::Mkdir { .. }
         | Op::Mknod { .. }
         | Op::Symlink { .. }
@@ -202,6 +203,12 @@ mod tests {
                 path: path(),
                 flags: libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
                 mode: 0o644,
+            },
+            Op::CreateAs {
+                path: path(),
+                flags: libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                mode: 0o644,
+                handle: ferry_common::proto::CLIENT_HANDLE | 1,
             },
             Op::Mkdir {
                 path: path(),

@@ -8,7 +8,7 @@
 use ferry_common::frame::{self, MAX_CHUNK, MAX_FRAME};
 use ferry_common::proto::{
     AttrChanges, Change, Cred, HandshakeReply, Hello, NodeId, Notice, Op, Reply, Request, Response,
-    ServerMessage, Welcome, PROTOCOL_VERSION,
+    ServerMessage, Welcome, CLIENT_HANDLE, PROTOCOL_VERSION,
 };
 use ferry_common::proto::{
     ByteBuf, FileRead, LISTED_ENTRY_OVERHEAD, LISTING_BYTES, MAX_OPEN_DATA, READ_FILES_BYTES,
@@ -104,6 +104,33 @@ impl Client {
                 ServerMessage::Notice(notice) => self.notices.push(notice),
             }
         }
+    }
+
+    /// Sends `ops` all at once, then reads their answers (in whatever order
+    /// they come), returned in the order of `ops`.
+    fn pipeline(&mut self, ops: Vec<Op>) -> Vec<Result<Reply, Errno>> {
+        let first = self.next_id;
+        for op in ops {
+            let id = self.next_id;
+            self.next_id += 1;
+            let cred = me();
+            frame::write_frame(&mut self.stream, &Request { id, cred, op }).unwrap();
+        }
+        let mut answers = HashMap::new();
+        while answers.len() < (self.next_id - first) as usize {
+            let payload = frame::read_frame(&mut self.stream)
+                .unwrap()
+                .expect("a response");
+            match frame::decode(&payload).unwrap() {
+                ServerMessage::Response(response) => {
+                    answers.insert(response.id, response.result);
+                }
+                ServerMessage::Notice(notice) => self.notices.push(notice),
+            }
+        }
+        (first..self.next_id)
+            .map(|id| answers.remove(&id).expect("an answer to every request"))
+            .collect()
     }
 
     /// The changes of the next notices: those that came already, or the next
@@ -637,6 +664,136 @@ fn a_full_chunk_travels_both_ways() {
         fs::read(tmp.path().join("export/chunk")).unwrap(),
         vec![0; 3]
     );
+}
+
+/// `CreateAs`: the file is registered under the handle the client chose,
+/// which must carry the client bit and never be chosen twice on a
+/// connection, within the same descriptor budget as `Create`.
+#[test]
+fn a_file_created_as_a_chosen_handle_is_reached_by_it() {
+    let (tmp, server) = setup(false);
+    let (mut client, _) = Client::welcomed(server.addr());
+    let create_as = |name: &str, handle: u64| Op::CreateAs {
+        path: p(name),
+        flags: libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+        mode: 0o640,
+        handle,
+    };
+    let chosen = CLIENT_HANDLE | 5;
+    // Writes sent right behind the create, before its answer is read, go
+    // through the chosen handle: name operations run in arrival order.
+    let answers = client.pipeline(vec![
+        create_as("mine", chosen),
+        Op::Write {
+            handle: chosen,
+            offset: 0,
+            data: b"written at once".to_vec(),
+        },
+        Op::Close { handle: chosen },
+    ]);
+    match &answers[0] {
+        Ok(Reply::Created { handle, attr, .. }) => {
+            assert_eq!(*handle, chosen);
+            assert_eq!(attr.perm & 0o7777, 0o640);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(answers[1], Ok(Reply::Written(15)));
+    assert_eq!(answers[2], Ok(Reply::Done));
+    assert_eq!(
+        fs::read(tmp.path().join("export/mine")).unwrap(),
+        b"written at once"
+    );
+    // Without the client bit (a number the server could hand out), or the
+    // bit alone: refused, and nothing is made.
+    for handle in [5, 1 << 62, CLIENT_HANDLE] {
+        assert_eq!(client.call(create_as("bad", handle)), Err(Errno::EINVAL));
+    }
+    assert!(!tmp.path().join("export/bad").exists());
+    // Taken while open; once closed, or below the last one chosen, never
+    // again on this connection.
+    let open = CLIENT_HANDLE | 10;
+    assert!(matches!(
+        client.call(create_as("ten", open)),
+        Ok(Reply::Created { .. })
+    ));
+    assert_eq!(client.call(create_as("again", open)), Err(Errno::EEXIST));
+    assert_eq!(client.call(create_as("again", chosen)), Err(Errno::EBADF));
+    assert_eq!(
+        client.call(create_as("again", CLIENT_HANDLE | 7)),
+        Err(Errno::EBADF)
+    );
+    assert!(!tmp.path().join("export/again").exists());
+    // A create that fails still uses its number up.
+    assert_eq!(
+        client.call(create_as("ten", CLIENT_HANDLE | 11)),
+        Err(Errno::EEXIST)
+    );
+    assert_eq!(
+        client.call(create_as("eleven", CLIENT_HANDLE | 11)),
+        Err(Errno::EBADF)
+    );
+    // The server's own handles never carry the bit, and both kinds work
+    // side by side.
+    match client.call(Op::Create {
+        path: p("theirs"),
+        flags: libc::O_RDWR,
+        mode: 0o600,
+    }) {
+        Ok(Reply::Created { handle, .. }) => assert_eq!(handle & CLIENT_HANDLE, 0),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        client.call(Op::Write {
+            handle: open,
+            offset: 0,
+            data: b"ten".to_vec(),
+        }),
+        Ok(Reply::Written(3))
+    );
+}
+
+/// A handle the client chooses holds a descriptor of the same budget as
+/// any other.
+#[test]
+fn files_created_as_chosen_handles_count_in_the_descriptor_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = ferry_server::test_config(tmp.path(), Security::Insecure);
+    config.max_descriptors = Some(4);
+    let server = spawn_server(config).unwrap();
+    let (mut client, _) = Client::welcomed(server.addr());
+    let mut refused = None;
+    for i in 1..=10u64 {
+        let answer = client.call(Op::CreateAs {
+            path: p(&format!("f{i}")),
+            flags: libc::O_CREAT | libc::O_WRONLY,
+            mode: 0o644,
+            handle: CLIENT_HANDLE | i,
+        });
+        if let Err(e) = answer {
+            assert_eq!(e, Errno::new(libc::EMFILE));
+            assert!(!tmp.path().join(format!("f{i}")).exists());
+            refused = Some(i);
+            break;
+        }
+    }
+    let refused = refused.expect("a budget of 4 descriptors refuses a tenth open file");
+    // Closing one makes room again.
+    assert_eq!(
+        client.call(Op::Close {
+            handle: CLIENT_HANDLE | 1
+        }),
+        Ok(Reply::Done)
+    );
+    assert!(matches!(
+        client.call(Op::CreateAs {
+            path: p("after"),
+            flags: libc::O_CREAT | libc::O_WRONLY,
+            mode: 0o644,
+            handle: CLIENT_HANDLE | (refused + 1),
+        }),
+        Ok(Reply::Created { .. })
+    ));
 }
 
 #[test]

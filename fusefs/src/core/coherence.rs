@@ -216,6 +216,7 @@ impl Touched {
             | Op::ReadLink { path }
             | Op::Open { path, .. }
             | Op::Create { path, .. }
+            | Op::CreateAs { path, .. }
             | Op::SetAttr {
                 path, handle: None, ..
             }

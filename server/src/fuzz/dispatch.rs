@@ -8,7 +8,7 @@ use crate::identity::{IdentityMap, Squash};
 use crate::policy::Policy;
 use ferry_common::frame;
 use ferry_common::proto::{
-    AttrChanges, Cred, FileLock, LockKind, LockType, Op, Reply, Request, SetTime,
+    AttrChanges, Cred, FileLock, LockKind, LockType, Op, Reply, Request, SetTime, CLIENT_HANDLE,
 };
 use ferry_common::{RelPath, Timestamp};
 use std::collections::BTreeMap;
@@ -205,7 +205,7 @@ fn small(input: &mut Bytes<'_>) -> u64 {
 
 /// The next operation of the program.
 fn op(input: &mut Bytes<'_>, opened: &[u64]) -> Op {
-    match input.byte() % 28 {
+    match input.byte() % 29 {
         0 => Op::Stat { path: path(input) },
         1 => Op::ReadDir {
             path: path(input),
@@ -337,6 +337,18 @@ fn op(input: &mut Bytes<'_>, opened: &[u64]) -> Op {
                 })
                 .collect(),
             max_each: small(input) as u32,
+        },
+        // Sometimes a number with the client bit (which may be taken, or
+        // below one chosen before), sometimes one without.
+        27 => Op::CreateAs {
+            path: path(input),
+            flags: flags(input),
+            mode: input.u32() & 0o177777,
+            handle: if input.bool() {
+                CLIENT_HANDLE | small(input)
+            } else {
+                small(input)
+            },
         },
         _ => Op::CopyFileRange {
             handle_in: handle(input, opened),
