@@ -288,6 +288,15 @@ mod tests {
                 },
                 quick,
             ),
+            (
+                Op::CreateAs {
+                    path: path(),
+                    flags: libc::O_RDWR | libc::O_TRUNC,
+                    mode: 0o644,
+                    handle: ferry_common::proto::CLIENT_HANDLE | 1,
+                },
+                quick,
+            ),
             (read(4096), [Inline, Pool, Inline]),
             (read(1 << 20), slow),
             (
