@@ -76,11 +76,18 @@ const MAX_SPACES: u64 = (1 << (64 - INO_BITS)) - 1;
 /// hashes its inode numbers over all 64 bits) does a file get a number of its
 /// own from a counter below 2^48, remembered for the life of the mount — the
 /// one case where memory grows with the files seen.
+///
+/// A file this mount creates without waiting for the server (see
+/// `core::behind`) is numbered before its identity is known: from the same
+/// counter, and bound to its identity once the server's answer comes, for
+/// the life of the mount, so its number never changes while the mount lives.
 #[derive(Debug)]
 struct Numbering {
     spaces: HashMap<(u64, u64), u64>,
     spilled: HashMap<FileId, u64>,
     next_spilled: u64,
+    /// Files numbered before their identity was known, by identity.
+    bound: HashMap<FileId, u64>,
 }
 
 impl Numbering {
@@ -91,6 +98,7 @@ impl Numbering {
             spaces: HashMap::from([(Self::space_of(root), 1)]),
             spilled: HashMap::new(),
             next_spilled: ROOT_INO + 1,
+            bound: HashMap::new(),
         }
     }
 
@@ -120,8 +128,18 @@ impl Numbering {
         n
     }
 
+    /// A number for a file whose identity is not known yet.
+    fn unbound(&mut self) -> u64 {
+        let n = self.next_spilled;
+        self.next_spilled += 1;
+        n
+    }
+
     /// The number of `id` if it has one already.
     fn peek(&self, id: FileId) -> Option<u64> {
+        if let Some(&n) = self.bound.get(&id) {
+            return Some(n);
+        }
         match self.spaces.get(&Self::space_of(id)) {
             Some(&index) => Some(Self::derive(index, id)),
             None => self.spilled.get(&id).copied(),
@@ -355,6 +373,38 @@ impl InodeTable {
         }
         self.by_path.insert(path.clone(), ino);
         ino
+    }
+
+    /// Hands the kernel an entry for `path`, a file this mount is creating
+    /// whose identity on the server is not known yet (`attr` is this mount's
+    /// guess): a number of its own, which [`bind`](Self::bind) ties to the
+    /// identity once the server answers.
+    pub(crate) fn remember_unbound(&mut self, path: &RelPath, attr: &Attr) -> u64 {
+        let ino = self.numbers.unbound();
+        if self.by_path.contains_key(path) {
+            self.unbind(path, false);
+        }
+        let mut node = Node::new(attr);
+        // No server file has this identity (numbers below 2^48 are this
+        // mount's own), until bound.
+        node.id = FileId { dev: u64::MAX, ino };
+        node.lookups = 1;
+        node.paths.push(path.clone());
+        self.nodes.insert(ino, node);
+        self.by_path.insert(path.clone(), ino);
+        ino
+    }
+
+    /// The server says the file numbered `ino` by
+    /// [`remember_unbound`](Self::remember_unbound) is `attr`: that identity
+    /// has this number from now on, even after the kernel forgets it.
+    pub(crate) fn bind(&mut self, ino: u64, attr: &Attr) {
+        let id = FileId::of(attr);
+        self.numbers.bound.insert(id, ino);
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.id = id;
+            node.nlink = attr.nlink;
+        }
     }
 
     /// The number `ino` comes back for a new file (`attr`) while the kernel

@@ -38,11 +38,12 @@
 
 use super::{Caller, Core, Done};
 use crate::inode::FileId;
-use ferry_common::proto::{Op, Reply};
+use ferry_common::proto::{Op, Reply, CLIENT_HANDLE};
 use ferry_common::sync::lock;
 use ferry_common::{Errno, RelPath, Timestamp};
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -51,6 +52,8 @@ use std::time::{Duration, Instant, SystemTime};
 pub(super) struct Behind {
     state: Mutex<State>,
     answered: Condvar,
+    /// The last handle number chosen, without the client bit.
+    chosen: AtomicU64,
 }
 
 #[derive(Default)]
@@ -66,14 +69,21 @@ struct State {
 }
 
 impl Behind {
-    fn begin(&self, dir: u64) {
+    /// A handle number for a file this mount creates (see
+    /// [`super::create_behind`]): with the client bit, and above every one
+    /// chosen before, on whatever connection, as the server requires.
+    pub(super) fn choose_handle(&self) -> u64 {
+        CLIENT_HANDLE | (self.chosen.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    pub(super) fn begin(&self, dir: u64) {
         let mut state = lock(&self.state);
         *state.in_flight.entry(dir).or_default() += 1;
         state.moves += 1;
     }
 
     /// The operation in `dir` (about inode `ino`, when known) was answered.
-    fn end(&self, dir: u64, ino: Option<u64>, result: Result<(), Errno>) {
+    pub(super) fn end(&self, dir: u64, ino: Option<u64>, result: Result<(), Errno>) {
         let mut state = lock(&self.state);
         state.moves += 1;
         if let Some(n) = state.in_flight.get_mut(&dir) {
@@ -93,7 +103,7 @@ impl Behind {
     }
 
     /// Whether removals sent behind in `dir` are unanswered (its cached
-    /// attributes may be a projection, see `project_removal`, which the
+    /// attributes may be a projection, see `project_name_change`, which the
     /// kernel is told to ask for again rather than keep), and a stamp that
     /// moves whenever a removal starts or is answered.
     pub(super) fn busy(&self, dir: u64) -> (bool, u64) {
@@ -150,7 +160,7 @@ impl Behind {
 /// What an operation behind that failed with `e` tells the application: a
 /// request whose connection broke or that timed out may or may not have been
 /// applied.
-fn reported(e: Errno) -> Errno {
+pub(super) fn reported(e: Errno) -> Errno {
     if e == Errno::ETIMEDOUT {
         Errno::EIO
     } else {
@@ -225,7 +235,7 @@ impl Core {
         self.known.remove(parent, name);
         // Counted first: whoever reads the projection sees it counted.
         self.behind.begin(parent);
-        self.project_removal(parent, dir);
+        self.project_name_change(parent, if dir { -1 } else { 0 });
         let core = self.clone();
         let name = name.to_os_string();
         let asked = Instant::now();
@@ -267,24 +277,22 @@ impl Core {
         done(Ok(()))
     }
 
-    /// Keeps the attributes of `parent` as the removal of a name (of a
-    /// directory: `dir`) leaves them, until the server's answer replaces
-    /// them: its times are now (by this machine's clock), a directory
-    /// removed takes a link with it. The kernel drops its copy of a
+    /// Keeps the attributes of `parent` as the removal or creation of a name
+    /// leaves them, until the server's answer replaces them: its times are
+    /// now (by this machine's clock), its link count moves by `links` (a
+    /// directory removed takes one with it). The kernel drops its copy of a
     /// directory's attributes after each removal and asks again for its
     /// permission check before the next: without this, that would wait for
     /// the server. Owner and mode, which the check reads, are unchanged. The
     /// kernel keeps none of this (see [`Behind::busy`]).
-    fn project_removal(&self, parent: u64, dir: bool) {
+    pub(super) fn project_name_change(&self, parent: u64, links: i32) {
         let Some((mut attr, left)) = self.attrs.fresh(parent) else {
             return;
         };
         let now = Timestamp::from_system_time(SystemTime::now());
         attr.mtime = now;
         attr.ctime = now;
-        if dir {
-            attr.nlink = attr.nlink.saturating_sub(1);
-        }
+        attr.nlink = attr.nlink.saturating_add_signed(links);
         self.attrs.store(parent, attr, Instant::now() + left);
     }
 

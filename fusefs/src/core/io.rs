@@ -362,13 +362,14 @@ impl Core {
     /// POSIX locks go, once what was written under them is on the server
     /// (through any handle: locks belong to the process).
     pub fn flush(&self, caller: &Caller, ino: u64, fh: u64, lock_owner: u64, done: impl Done<()>) {
-        let mut written = self.writes.settle(ino, fh);
-        // A removal of one of its names, sent behind, failed (see `behind`).
-        if written.is_ok() {
-            if let Some(e) = self.behind.take_file_error(ino) {
-                written = Err(e);
-            }
-        }
+        let settled = self.writes.settle(ino, fh);
+        // Its creation, or a removal of one of its names, sent behind, failed
+        // (see `behind`): that comes first (writes through the handle of a
+        // file never created failed for that reason).
+        let mut written = match self.behind.take_file_error(ino) {
+            Some(e) => Err(e),
+            None => settled,
+        };
         // A file whose locks were lost says so when it is closed, too.
         if written.is_ok() && self.held.is_lost(fh) {
             written = Err(Errno::EIO);
@@ -405,11 +406,13 @@ impl Core {
 
     /// fsync(2) or fdatasync(2) through `fh`: the data reaches the server's disk.
     pub fn fsync(&self, caller: &Caller, ino: u64, fh: u64, datasync: bool, done: impl Done<()>) {
-        // Errors go to the handles that were writing; a read-only one only waits.
-        if let Err(e) = self.writes.settle(ino, fh) {
+        // Errors go to the handles that were writing; a read-only one only
+        // waits. A failure behind comes first (see `flush`).
+        let settled = self.writes.settle(ino, fh);
+        if let Some(e) = self.behind.take_file_error(ino) {
             return done(Err(e));
         }
-        if let Some(e) = self.behind.take_file_error(ino) {
+        if let Err(e) = settled {
             return done(Err(e));
         }
         let fsync = |handle| Op::Fsync { handle, datasync };

@@ -41,6 +41,7 @@
 mod attrs;
 mod behind;
 mod coherence;
+mod create_behind;
 mod dirs;
 mod files_ahead;
 mod io;

@@ -269,7 +269,8 @@ impl Core {
         );
     }
 
-    /// Creates (or, without `O_EXCL`, opens) the file `name` in `parent`.
+    /// Creates (or, without `O_EXCL`, opens) the file `name` in `parent`;
+    /// under a directory lease, without waiting (see [`super::create_behind`]).
     pub fn create(
         &self,
         caller: &Caller,
@@ -279,6 +280,14 @@ impl Core {
         flags: i32,
         done: impl Done<(Entry, Opened)>,
     ) {
+        // Under a lease, an exclusive create of a name the directory holds
+        // fails here, as the server would fail it.
+        if flags & libc::O_EXCL != 0 && self.dir_leased(parent) && self.known.has(parent, name) {
+            return done(Err(Errno::EEXIST));
+        }
+        if let Some(creation) = self.may_create_behind(caller, parent, name) {
+            return self.create_behind(caller, parent, name, mode, flags, creation, done);
+        }
         let path = match self.child(parent, name) {
             Ok(p) => p,
             Err(e) => return done(Err(e)),

@@ -938,6 +938,9 @@ mod coherence;
 /// Removals sent behind (see [`super::behind`]).
 mod behind;
 
+/// Creates sent behind (see [`super::create_behind`]).
+mod create_behind;
+
 #[test]
 fn a_file_changed_since_the_kernel_was_told_its_size_opens_uncached() {
     // No lease: nothing tells this core that the file grew.

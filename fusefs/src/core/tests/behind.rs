@@ -6,7 +6,7 @@
 use super::*;
 
 /// A harness with a lease, once its connection is subscribed.
-fn leased() -> Harness {
+pub(super) fn leased() -> Harness {
     let h = Harness::with(FsOptions {
         attr_timeout: Duration::from_secs(1),
         lease: Duration::from_secs(60),
@@ -29,7 +29,7 @@ impl Harness {
         wait(|d| self.core.rmdir(&self.me, parent, OsStr::new(name), d))
     }
 
-    fn fsyncdir(&self, ino: u64) -> Result<(), Errno> {
+    pub(super) fn fsyncdir(&self, ino: u64) -> Result<(), Errno> {
         wait(|d| self.core.fsyncdir(ino, d))
     }
 
@@ -78,7 +78,7 @@ impl Harness {
 /// Files made immutable on the server's disk (the server's unlink of them
 /// fails with EPERM, which the kernel's checks here cannot foresee), made
 /// mutable again when the test ends so the temporary export can go.
-struct Immutable(Vec<PathBuf>);
+pub(super) struct Immutable(pub(super) Vec<PathBuf>);
 
 impl Drop for Immutable {
     fn drop(&mut self) {
@@ -88,7 +88,7 @@ impl Drop for Immutable {
     }
 }
 
-fn chattr(flag: &str, path: &Path) {
+pub(super) fn chattr(flag: &str, path: &Path) {
     let ok = std::process::Command::new("chattr")
         .arg(flag)
         .arg(path)
