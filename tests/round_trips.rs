@@ -7,7 +7,7 @@ mod common;
 use common::{run, Fixture};
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
@@ -259,7 +259,96 @@ fn a_removal_the_server_refuses_is_reported_by_fsync_of_its_directory() {
     assert!(!fx.e("d/g").exists());
 }
 
+/// Untar into a directory made on the mount: every file is created without
+/// waiting (see `core::create_behind`), and the tree lands exactly.
+fn an_untarred_tree_lands_exactly_and_no_create_waits() {
+    let Some(fx) = Fixture::new() else { return };
+    let source = fx.temp().join("source");
+    for d in 0..3 {
+        let dir = source.join(format!("tree/d{d}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..20 {
+            let file = dir.join(format!("f{f}"));
+            fs::write(&file, vec![b'a' + (f % 26) as u8; f * 333]).unwrap();
+            let mode = if f % 3 == 0 { 0o755 } else { 0o640 };
+            fs::set_permissions(&file, fs::Permissions::from_mode(mode)).unwrap();
+        }
+    }
+    let tarball = fx.temp().join("tree.tar");
+    run(Command::new("tar")
+        .arg("cf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&source)
+        .arg("tree"));
+    fs::create_dir(fx.m("x")).unwrap();
+    let creates = waited(&fx, "create") + waited(&fx, "createas");
+    run(Command::new("tar")
+        .arg("xpf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(fx.m("x")));
+    assert_eq!(
+        waited(&fx, "create") + waited(&fx, "createas"),
+        creates,
+        "no create waited for"
+    );
+    assert!(fx
+        .stats()
+        .sent_by_kind()
+        .iter()
+        .any(|(name, n)| *name == "createas" && *n >= 60));
+    common::fsync_dir(&fx.m("x"));
+    let expected = tar_md5(&source, "tree");
+    assert_eq!(
+        tar_md5(&fx.m("x"), "tree"),
+        expected,
+        "seen through the mount"
+    );
+    assert_eq!(tar_md5(&fx.e("x"), "tree"), expected, "on the server");
+    assert_eq!(walk(&fx.e("x/tree")), walk(&source.join("tree")));
+}
+
+/// A thousand exclusive creates of empty files, none waited for.
+fn a_thousand_exclusive_creates_land_without_waiting() {
+    let Some(fx) = Fixture::new() else { return };
+    fs::create_dir(fx.m("many")).unwrap();
+    let creates = waited(&fx, "create") + waited(&fx, "createas");
+    for i in 0..1000 {
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(fx.m(&format!("many/f{i}")))
+            .unwrap();
+        drop(f);
+    }
+    assert_eq!(
+        waited(&fx, "create") + waited(&fx, "createas"),
+        creates,
+        "no create waited for"
+    );
+    // O_EXCL of a name made behind fails at once.
+    let again = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(fx.m("many/f7"))
+        .expect_err("exists");
+    assert_eq!(again.raw_os_error(), Some(libc::EEXIST));
+    common::fsync_dir(&fx.m("many"));
+    assert_eq!(fs::read_dir(fx.e("many")).unwrap().count(), 1000);
+    assert_eq!(fs::read_dir(fx.m("many")).unwrap().count(), 1000);
+    let meta = fs::metadata(fx.m("many/f999")).unwrap();
+    let on_server = fs::metadata(fx.e("many/f999")).unwrap();
+    assert_eq!(
+        (meta.len(), meta.mode(), meta.uid(), meta.gid()),
+        (0, on_server.mode(), on_server.uid(), on_server.gid())
+    );
+}
+
 tests! {
+    an_untarred_tree_lands_exactly_and_no_create_waits => [Fuse],
+    a_thousand_exclusive_creates_land_without_waiting => [Fuse],
     an_untarred_tree_removed_by_rm_lands_exactly_on_the_server => [Fuse],
     a_removal_the_server_refuses_is_reported_by_fsync_of_its_directory => [Fuse, Root],
     a_small_file_is_read_with_its_open => [Fuse],
