@@ -373,10 +373,9 @@ pub enum Op {
     /// `Create`, with the file registered under `handle`, which the client
     /// chose so that it can write through the file before the answer comes
     /// back: it must carry [`CLIENT_HANDLE`] (server-assigned handles never
-    /// do, EINVAL otherwise) and be above every handle the client chose
-    /// before on this connection (EEXIST while that handle is open, EBADF
-    /// once it was closed), so that a handle is never reused on a connection
-    /// → [`Reply::Created`] (or [`Reply::Opened`]), with `handle`.
+    /// do, EINVAL otherwise) and not be open (EEXIST); never reusing a number
+    /// is the client's part → [`Reply::Created`] (or [`Reply::Opened`]), with
+    /// `handle`.
     CreateAs {
         path: RelPath,
         flags: i32,

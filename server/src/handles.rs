@@ -4,8 +4,10 @@
 //! request with a closed handle gets EBADF instead of reaching another file.
 //! A client may also choose the number of a file it creates (`CreateAs`, so
 //! that it can write through it before the answer is back): such a number
-//! carries [`CLIENT_HANDLE`], which the server's own never reach, and must be
-//! above every number that client chose before, which keeps the rule.
+//! carries [`CLIENT_HANDLE`], which the server's own never reach, and must
+//! not be open. Not reusing its own numbers is then the client's part (ferry
+//! counts them up): a client that does harms only its own files. Increasing
+//! order is not required: a mount's threads choose and send concurrently.
 //! Each file sits behind an `Arc`: `Close` removes it from the table while a read
 //! already running keeps its own reference, and the descriptor is closed when the
 //! last user lets go. Dropping the table (the connection ended) closes them all.
@@ -43,8 +45,6 @@ pub(crate) struct HandleTable {
 #[derive(Debug, Default)]
 struct Inner {
     last: u64,
-    /// The highest handle the client chose (0 when none).
-    last_chosen: u64,
     files: HashMap<u64, Held>,
 }
 
@@ -53,23 +53,18 @@ impl HandleTable {
         HandleTable::default()
     }
 
-    /// Claims `handle`, which the client chose for a file it is about to
-    /// create: EINVAL without [`CLIENT_HANDLE`], EEXIST while it is open,
-    /// EBADF if it was chosen before, even by a create that failed (handles
-    /// are never reused on a connection, so no late request through the
-    /// failed one can reach a later file). Then [`insert_as`](Self::insert_as).
+    /// Whether the client may choose `handle` for a file it is about to
+    /// create: EINVAL without [`CLIENT_HANDLE`], EEXIST while it is open.
+    /// Then [`insert_as`](Self::insert_as) (the connection's name operations
+    /// run one at a time, in order, so nothing takes it in between).
     pub(crate) fn claim(&self, handle: u64) -> Result<(), Errno> {
-        let mut inner = lock(&self.inner);
+        let inner = lock(&self.inner);
         if handle & CLIENT_HANDLE == 0 || handle == CLIENT_HANDLE {
             return Err(Errno::EINVAL);
         }
         if inner.files.contains_key(&handle) {
             return Err(Errno::EEXIST);
         }
-        if handle <= inner.last_chosen {
-            return Err(Errno::EBADF);
-        }
-        inner.last_chosen = handle;
         Ok(())
     }
 

@@ -667,8 +667,7 @@ fn a_full_chunk_travels_both_ways() {
 }
 
 /// `CreateAs`: the file is registered under the handle the client chose,
-/// which must carry the client bit and never be chosen twice on a
-/// connection, within the same descriptor budget as `Create`.
+/// which must carry the client bit and not be open.
 #[test]
 fn a_file_created_as_a_chosen_handle_is_reached_by_it() {
     let (tmp, server) = setup(false);
@@ -710,29 +709,19 @@ fn a_file_created_as_a_chosen_handle_is_reached_by_it() {
         assert_eq!(client.call(create_as("bad", handle)), Err(Errno::EINVAL));
     }
     assert!(!tmp.path().join("export/bad").exists());
-    // Taken while open; once closed, or below the last one chosen, never
-    // again on this connection.
+    // Taken while open: refused before anything is made. Numbers need not
+    // come in order (a mount's threads send them concurrently).
     let open = CLIENT_HANDLE | 10;
     assert!(matches!(
         client.call(create_as("ten", open)),
         Ok(Reply::Created { .. })
     ));
     assert_eq!(client.call(create_as("again", open)), Err(Errno::EEXIST));
-    assert_eq!(client.call(create_as("again", chosen)), Err(Errno::EBADF));
-    assert_eq!(
-        client.call(create_as("again", CLIENT_HANDLE | 7)),
-        Err(Errno::EBADF)
-    );
     assert!(!tmp.path().join("export/again").exists());
-    // A create that fails still uses its number up.
-    assert_eq!(
-        client.call(create_as("ten", CLIENT_HANDLE | 11)),
-        Err(Errno::EEXIST)
-    );
-    assert_eq!(
-        client.call(create_as("eleven", CLIENT_HANDLE | 11)),
-        Err(Errno::EBADF)
-    );
+    assert!(matches!(
+        client.call(create_as("seven", CLIENT_HANDLE | 7)),
+        Ok(Reply::Created { .. })
+    ));
     // The server's own handles never carry the bit, and both kinds work
     // side by side.
     match client.call(Op::Create {

@@ -70,8 +70,8 @@ struct State {
 
 impl Behind {
     /// A handle number for a file this mount creates (see
-    /// [`super::create_behind`]): with the client bit, and above every one
-    /// chosen before, on whatever connection, as the server requires.
+    /// [`super::create_behind`]): with the client bit, and never one chosen
+    /// before, on whatever connection.
     pub(super) fn choose_handle(&self) -> u64 {
         CLIENT_HANDLE | (self.chosen.fetch_add(1, Ordering::Relaxed) + 1)
     }
@@ -315,7 +315,7 @@ impl Core {
         let all = self.behind.wait(None, Instant::now() + limit);
         if !all {
             log::warn!(
-                "{} removals sent behind were not answered before unmounting",
+                "{} operations sent behind were not answered before unmounting",
                 self.behind.pending()
             );
         }
