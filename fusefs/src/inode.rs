@@ -13,7 +13,10 @@
 //!   number ([`FileId`]; see [`Numbering`]), so it needs no memory to stay
 //!   stable: a file looked up again after the kernel forgot it gets the same
 //!   number, hard links share one, and even a new mount numbers the export's
-//!   files the same way. The number is what `stat` shows as `st_ino` (fuser
+//!   files the same way — except a file this mount created without waiting
+//!   for the server (see `core::create_behind`), numbered before its identity
+//!   was known and bound to it for the life of the mount ([`Numbering`]).
+//!   The number is what `stat` shows as `st_ino` (fuser
 //!   ties the two), and tools rely on it staying put: tar refuses to finish a
 //!   directory whose `st_ino` changed while it was extracting into it;
 //! - numbers are reused exactly when the server's filesystem reuses an inode
@@ -694,6 +697,30 @@ mod tests {
 
     fn table() -> InodeTable {
         InodeTable::new(FileId { dev: 1, ino: 2 })
+    }
+
+    /// A file created behind keeps the number it was given before the
+    /// server said which file it is, after the kernel forgets it too.
+    #[test]
+    fn a_number_given_before_the_identity_is_bound_to_it_for_good() {
+        let mut t = table();
+        let ino = t.remember_unbound(&p("new"), &Attr::blank(FileKind::File));
+        assert!(ino < 1 << INO_BITS, "the mount's own");
+        assert_eq!(t.ino_of(&p("new")), Some(ino));
+        assert_eq!(t.ino_of_file(&f(77)), None, "not bound yet");
+        t.bind(ino, &f(77));
+        assert_eq!(t.ino_of_file(&f(77)), Some(ino));
+        assert!(t.forget(ino, 1));
+        assert_eq!(
+            t.remember(&p("new"), &f(77)),
+            ino,
+            "the same after a forget"
+        );
+        // Another one gets another number; files made on the server are
+        // numbered as always.
+        let other = t.remember_unbound(&p("other"), &Attr::blank(FileKind::File));
+        assert_ne!(other, ino);
+        assert_eq!(t.remember(&p("server"), &f(78)) & INO_MASK, 78);
     }
 
     #[test]
