@@ -274,6 +274,8 @@ fn a_removal_behind_a_lost_connection_is_reported_as_eio() {
     let mut h = leased();
     let top = h.mkdir(ROOT_INO, "top").expect("mkdir").ino;
     h.make_file(top, "f");
+    // Its create went behind too: landed before the server stops.
+    assert_eq!(h.fsyncdir(top), Ok(()));
     // Decided under the lease; the connection breaks before it is sent.
     let removal = h
         .core
