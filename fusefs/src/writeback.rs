@@ -451,6 +451,15 @@ impl WriteBehind {
         error.map_or(Ok(()), Err)
     }
 
+    /// The first error handle `fh` of `ino` has not passed on yet, handed over
+    /// now, without waiting for what is in flight.
+    pub(crate) fn take_error(&self, ino: u64, fh: u64) -> Result<(), Errno> {
+        let mut state = self.lock();
+        let error = state.files.get_mut(&ino).and_then(|f| f.errors.remove(&fh));
+        Self::tidy(&mut state, ino);
+        error.map_or(Ok(()), Err)
+    }
+
     /// What close and fsync through `fh` owe the application: for a handle that
     /// writes, the wait for everything in flight and then its error, if any; for
     /// any other, only the wait.

@@ -66,6 +66,9 @@ struct State {
     dir_errors: HashMap<u64, Errno>,
     /// ...and by the inode the operation removed a name of.
     file_errors: HashMap<u64, Errno>,
+    /// Kernel handles of files created behind, not released yet, with the
+    /// directory each was made in.
+    made: HashMap<u64, u64>,
 }
 
 impl Behind {
@@ -137,6 +140,29 @@ impl Behind {
                 Err(poisoned) => poisoned.into_inner().0,
             };
         }
+    }
+
+    /// Kernel handle `fh` is that of a file created behind in `dir`.
+    pub(super) fn made(&self, fh: u64, dir: u64) {
+        lock(&self.state).made.insert(fh, dir);
+    }
+
+    /// The directory `fh` was created behind in, if it was.
+    pub(super) fn made_in(&self, fh: u64) -> Option<u64> {
+        lock(&self.state).made.get(&fh).copied()
+    }
+
+    /// `fh` was released: the directory it was created behind in, if it was.
+    pub(super) fn unmade(&self, fh: u64) -> Option<u64> {
+        lock(&self.state).made.remove(&fh)
+    }
+
+    /// A failure through a file created behind in `dir` that came after its
+    /// close: for the next fsync of the file or of the directory.
+    pub(super) fn record(&self, dir: u64, ino: u64, e: Errno) {
+        let mut state = lock(&self.state);
+        state.dir_errors.entry(dir).or_insert(e);
+        state.file_errors.entry(ino).or_insert(e);
     }
 
     /// The failure behind not yet reported for directory `dir`, reported now.
@@ -309,10 +335,20 @@ impl Core {
         }
     }
 
-    /// Waits, at most `limit`, until every operation sent behind has been
-    /// answered (when unmounting); whether all were.
+    /// Waits, at most `limit`, until every operation sent behind, and every
+    /// write, has been answered (when unmounting); whether all were.
     pub fn finish_behind(&self, limit: Duration) -> bool {
-        let all = self.behind.wait(None, Instant::now() + limit);
+        let deadline = Instant::now() + limit;
+        let mut all = self.behind.wait(None, deadline);
+        // Writes through files created behind, whose close did not wait.
+        while all && self.writes.queued().0 > 0 {
+            if Instant::now() >= deadline {
+                log::warn!("writes were still in flight when unmounting");
+                all = false;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         if !all {
             log::warn!(
                 "{} operations sent behind were not answered before unmounting",

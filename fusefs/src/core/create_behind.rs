@@ -26,6 +26,13 @@
 //! file or of its directory, once; a request whose connection broke is EIO.
 //! The name is then forgotten, so it is asked of the server again.
 //!
+//! Nor does the close of such a file wait for its writes to be answered (an
+//! untar would wait a round trip per file): it returns a failure already
+//! known; one that comes later is kept, once the kernel releases the file
+//! (its release waits for them), for the next `fsync` of the file or of its
+//! directory. Other clients may therefore open the file before its data has
+//! landed — as they may before the create itself has.
+//!
 //! [`CLIENT_HANDLE`]: ferry_common::proto::CLIENT_HANDLE
 //! [`InodeTable::remember_unbound`]: crate::inode::InodeTable::remember_unbound
 
@@ -102,6 +109,7 @@ impl Core {
         if writable(flags) {
             self.writes.opened_for_writing(ino, fh, &guess);
         }
+        self.behind.made(fh, parent);
         self.file_caps
             .note_new_file(ino, self.until(Instant::now()));
         // Counted first: whoever reads the projection sees it counted.

@@ -362,7 +362,12 @@ impl Core {
     /// POSIX locks go, once what was written under them is on the server
     /// (through any handle: locks belong to the process).
     pub fn flush(&self, caller: &Caller, ino: u64, fh: u64, lock_owner: u64, done: impl Done<()>) {
-        let settled = self.writes.settle(ino, fh);
+        let settled = match self.behind.made_in(fh) {
+            // Created behind: its close does not wait for its writes (see
+            // `create_behind`); a failure they meet later is kept at release.
+            Some(_) => self.writes.take_error(ino, fh),
+            None => self.writes.settle(ino, fh),
+        };
         // Its creation, or a removal of one of its names, sent behind, failed
         // (see `behind`): that comes first (writes through the handle of a
         // file never created failed for that reason).
@@ -385,6 +390,19 @@ impl Core {
         self.opened.release(fh);
         lock(&self.inodes).remove_handle(ino, fh);
         self.held.released(ino, fh);
+        if let Some(dir) = self.behind.unmade(fh) {
+            // Its close did not wait for its writes: this does, and keeps
+            // what failed for the next fsync of the file or the directory.
+            if self.writes.is_writer(ino, fh) {
+                if let Err(e) = self.writes.drain(ino, fh) {
+                    log::warn!(
+                        "a write to a file created behind failed after its close ({e}); \
+                         reported by the next fsync of the file or its directory"
+                    );
+                    self.behind.record(dir, ino, e);
+                }
+            }
+        }
         if self.writes.is_writer(ino, fh) {
             // What the server says now differs from what the kernel was last told.
             self.attrs.drop_ino(ino);

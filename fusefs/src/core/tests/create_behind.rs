@@ -199,3 +199,50 @@ fn without_a_lease_a_create_waits_for_the_server() {
     h.close(entry.ino, opened.fh).expect("close");
     assert_eq!(h.sent_of("createas"), 0);
 }
+
+#[test]
+fn a_write_that_fails_after_the_close_of_a_file_created_behind_is_reported_once() {
+    let h = leased();
+    let top = h.mkdir(ROOT_INO, "top").expect("mkdir").ino;
+    let (entry, opened) = h.create(top, "f", EXCL).expect("create");
+    // The create has landed; the file then refuses writes on the server.
+    assert_eq!(h.fsyncdir(top), Ok(()));
+    chattr("+i", &h.on_disk("top/f"));
+    let _mutable_again = Immutable(vec![h.on_disk("top/f")]);
+    h.write(entry.ino, opened.fh, 0, b"refused")
+        .expect("answered before the server");
+    // The close does not wait for the write: it returns the failure if it
+    // is known by then; if not, the release keeps it for the directory's
+    // fsync. Either way it is told once.
+    let closed = h.close(entry.ino, opened.fh);
+    let synced = h.fsyncdir(top);
+    assert!(
+        matches!(
+            (closed, synced),
+            (Err(Errno::EPERM), Ok(())) | (Ok(()), Err(Errno::EPERM))
+        ),
+        "{closed:?} {synced:?}"
+    );
+    assert_eq!(h.fsyncdir(top), Ok(()));
+    assert_eq!(std::fs::read(h.on_disk("top/f")).expect("f"), b"");
+}
+
+#[test]
+fn the_close_of_a_file_created_behind_does_not_wait_for_its_writes() {
+    let h = leased();
+    let top = h.mkdir(ROOT_INO, "top").expect("mkdir").ino;
+    let waited = h.waited();
+    for i in 0..10 {
+        let (entry, opened) = h.create(top, &format!("f{i}"), EXCL).expect("create");
+        h.write(entry.ino, opened.fh, 0, &vec![b'x'; 1000 * i])
+            .expect("write");
+        h.close(entry.ino, opened.fh).expect("close");
+    }
+    assert_eq!(h.waited(), waited, "nothing waited for");
+    assert!(h.core.finish_behind(PATIENCE), "everything lands");
+    assert_eq!(h.core.writes.queued(), (0, 0));
+    for i in 0..10 {
+        let on_disk = std::fs::read(h.on_disk(&format!("top/f{i}"))).expect("f");
+        assert_eq!(on_disk, vec![b'x'; 1000 * i]);
+    }
+}
