@@ -19,6 +19,18 @@ fn tar_md5(root: &Path, tree: &str) -> String {
     )))
 }
 
+/// A tarball of `what` in `source`, in the fixture's temporary directory.
+fn tar_of(fx: &Fixture, source: &Path, what: &str) -> std::path::PathBuf {
+    let tarball = fx.temp().join("tree.tar");
+    run(Command::new("tar")
+        .arg("cf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(source)
+        .arg(what));
+    tarball
+}
+
 /// How many requests of kind `op` the mount has waited for.
 fn waited(fx: &Fixture, op: &str) -> u64 {
     fx.stats()
@@ -190,13 +202,7 @@ fn an_untarred_tree_removed_by_rm_lands_exactly_on_the_server() {
             }
         }
     }
-    let tarball = fx.temp().join("tree.tar");
-    run(Command::new("tar")
-        .arg("cf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&source)
-        .arg("."));
+    let tarball = tar_of(&fx, &source, ".");
     fs::create_dir(fx.m("tree")).unwrap();
     run(Command::new("tar")
         .arg("xf")
@@ -237,6 +243,11 @@ fn a_removal_the_server_refuses_is_reported_by_fsync_of_its_directory() {
     fs::create_dir(fx.m("d")).unwrap();
     fs::write(fx.m("d/f"), b"keep").unwrap();
     fs::write(fx.m("d/g"), b"go").unwrap();
+    // Both were created behind: on the server's disk, with their contents,
+    // before anything is done to them there.
+    for name in ["d/f", "d/g"] {
+        File::open(fx.m(name)).unwrap().sync_all().unwrap();
+    }
     // Made immutable on the server's disk: its unlink fails there, which
     // nothing on this machine can foresee.
     let immutable = fx.e("d/f");
@@ -274,13 +285,7 @@ fn an_untarred_tree_lands_exactly_and_no_create_waits() {
             fs::set_permissions(&file, fs::Permissions::from_mode(mode)).unwrap();
         }
     }
-    let tarball = fx.temp().join("tree.tar");
-    run(Command::new("tar")
-        .arg("cf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&source)
-        .arg("tree"));
+    let tarball = tar_of(&fx, &source, "tree");
     fs::create_dir(fx.m("x")).unwrap();
     let creates = waited(&fx, "create") + waited(&fx, "createas");
     run(Command::new("tar")

@@ -415,6 +415,28 @@ mod tests {
         }
     }
 
+    /// `ahead` asked for file `name` of directory `dir` and was answered
+    /// (asked at `asked` by connection 1, trusted until `until`).
+    fn fetched(
+        ahead: &FilesAhead,
+        dir: &str,
+        name: &[u8],
+        attr: Attr,
+        asked: Instant,
+        until: Instant,
+        changes: &Changes,
+    ) {
+        let batch = ahead
+            .wanted(
+                &RelPath::parse(dir).unwrap(),
+                vec![(name.to_vec(), attr)],
+                changes,
+            )
+            .remove(0);
+        let answer = vec![read(name, attr)];
+        ahead.answered(&batch, &me(), 1, asked, until, answer, changes);
+    }
+
     fn me() -> Cred {
         Cred {
             uid: 1000,
@@ -469,59 +491,14 @@ mod tests {
             "another connection"
         );
         // Anything changed: nothing answers.
-        let batch = ahead
-            .wanted(
-                &RelPath::parse("e").unwrap(),
-                vec![(b"c".to_vec(), file(3, 1))],
-                &changes,
-            )
-            .remove(0);
-        ahead.answered(
-            &batch,
-            &me(),
-            1,
-            now,
-            until,
-            vec![read(b"c", file(3, 1))],
-            &changes,
-        );
+        fetched(&ahead, "e", b"c", file(3, 1), now, until, &changes);
         changes.elsewhere();
         assert!(ahead.take(&me(), id(3), 1, &changes, || {}).is_none());
         // Nor what was past its time.
-        let batch = ahead
-            .wanted(
-                &RelPath::parse("f").unwrap(),
-                vec![(b"g".to_vec(), file(4, 2))],
-                &changes,
-            )
-            .remove(0);
-        ahead.answered(
-            &batch,
-            &me(),
-            1,
-            now,
-            now,
-            vec![read(b"g", file(4, 2))],
-            &changes,
-        );
+        fetched(&ahead, "f", b"g", file(4, 2), now, now, &changes);
         assert!(ahead.take(&me(), id(4), 1, &changes, || {}).is_none());
         // A fresh one does.
-        let batch = ahead
-            .wanted(
-                &RelPath::parse("h").unwrap(),
-                vec![(b"i".to_vec(), file(5, 2))],
-                &changes,
-            )
-            .remove(0);
-        ahead.answered(
-            &batch,
-            &me(),
-            1,
-            now,
-            until,
-            vec![read(b"i", file(5, 2))],
-            &changes,
-        );
+        fetched(&ahead, "h", b"i", file(5, 2), now, until, &changes);
         let taken = ahead.take(&me(), id(5), 1, &changes, || {}).expect("held");
         assert_eq!(taken.data, vec![7; 2]);
         assert_eq!(ahead.held(), (0, 0));

@@ -74,6 +74,18 @@ struct State {
 }
 
 impl State {
+    /// Counts a change to `ino`; the kernel handles holding its bytes.
+    fn note_change(&mut self, ino: u64) -> Vec<u64> {
+        self.seq += 1;
+        let seq = self.seq;
+        if self.changed.len() >= REMEMBERED_CHANGES && !self.changed.contains_key(&ino) {
+            self.changed.clear();
+            self.floor = seq;
+        }
+        self.changed.insert(ino, seq);
+        self.by_ino.get(&ino).cloned().unwrap_or_default()
+    }
+
     fn drop_fh(&mut self, fh: u64) {
         if let Some(held) = self.held.remove(&fh) {
             self.by_age.remove(&held.order);
@@ -122,14 +134,7 @@ impl OpenedData {
     /// `ino`'s data or size is changing, or has just changed, through this mount.
     pub(crate) fn changed(&self, ino: u64) {
         let mut state = lock(&self.state);
-        state.seq += 1;
-        let seq = state.seq;
-        if state.changed.len() >= REMEMBERED_CHANGES && !state.changed.contains_key(&ino) {
-            state.changed.clear();
-            state.floor = seq;
-        }
-        state.changed.insert(ino, seq);
-        for fh in state.by_ino.get(&ino).cloned().unwrap_or_default() {
+        for fh in state.note_change(ino) {
             state.drop_fh(fh);
         }
     }
@@ -141,14 +146,7 @@ impl OpenedData {
     /// that is left to read of a file whose name went.
     pub(crate) fn changed_elsewhere(&self, ino: u64) {
         let mut state = lock(&self.state);
-        state.seq += 1;
-        let seq = state.seq;
-        if state.changed.len() >= REMEMBERED_CHANGES && !state.changed.contains_key(&ino) {
-            state.changed.clear();
-            state.floor = seq;
-        }
-        state.changed.insert(ino, seq);
-        for fh in state.by_ino.get(&ino).cloned().unwrap_or_default() {
+        for fh in state.note_change(ino) {
             if !state.held.get(&fh).is_some_and(|h| h.pinned) {
                 state.drop_fh(fh);
             }
