@@ -116,6 +116,13 @@ fn is_root() -> bool {
 }
 
 /// Whether this test can run: it needs root. Skips locally, fails under CI.
+/// `group-only` in the export: root's, readable by group 4242 alone (0640).
+fn group_only_file(site: &Site) {
+    fs::write(site.e("group-only"), "for group 4242").unwrap();
+    chown(site.e("group-only"), Some(0), Some(4242)).unwrap();
+    fs::set_permissions(site.e("group-only"), fs::Permissions::from_mode(0o640)).unwrap();
+}
+
 fn needs_root() -> bool {
     if is_root() {
         return true;
@@ -523,9 +530,7 @@ fn permissions_are_checked_as_the_mapped_user() {
         return;
     }
     let site = Site::new();
-    fs::write(site.e("group-only"), "for group 4242").unwrap();
-    chown(site.e("group-only"), Some(0), Some(4242)).unwrap();
-    fs::set_permissions(site.e("group-only"), fs::Permissions::from_mode(0o640)).unwrap();
+    group_only_file(&site);
     let open = |path: &str| Op::Open {
         path: p(path),
         flags: libc::O_RDONLY,
@@ -588,9 +593,7 @@ fn files_read_together_are_read_as_the_mapped_user() {
         return;
     }
     let site = Site::new();
-    fs::write(site.e("group-only"), "for group 4242").unwrap();
-    chown(site.e("group-only"), Some(0), Some(4242)).unwrap();
-    fs::set_permissions(site.e("group-only"), fs::Permissions::from_mode(0o640)).unwrap();
+    group_only_file(&site);
     fs::write(site.e("open"), "for all").unwrap();
     fs::set_permissions(site.e("open"), fs::Permissions::from_mode(0o644)).unwrap();
     let read = || Op::ReadFiles {

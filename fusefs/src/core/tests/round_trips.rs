@@ -17,16 +17,6 @@ fn unleased(attr_timeout: Duration) -> Harness {
 }
 
 impl Harness {
-    /// How many requests of kind `op` were sent so far.
-    fn sent(&self, op: &str) -> u64 {
-        self.core
-            .stats()
-            .sent_by_kind()
-            .iter()
-            .find(|(name, _)| *name == op)
-            .map_or(0, |(_, n)| *n)
-    }
-
     /// The other client's inode and a handle of `name`, opened with `flags`.
     fn open_elsewhere(&self, other: &Core, name: &str, flags: i32) -> (u64, u64) {
         let ino = match wait(|d| other.lookup(&self.me, ROOT_INO, OsStr::new(name), d)) {
@@ -53,15 +43,15 @@ fn a_small_file_is_read_with_its_open_in_one_round_trip() {
     // The kernel reads whole pages; the file ends before the last one does.
     assert_eq!(h.read(ino, opened.fh, 0, 12_288), Ok(pattern(10_000)));
     assert_eq!(h.waited() - before, 1, "one round trip: the open");
-    assert_eq!((h.sent("openread"), h.sent("read")), (1, 0));
+    assert_eq!((h.sent_of("openread"), h.sent_of("read")), (1, 0));
     // The kernel has those bytes now: read again, they come from the server.
     assert_eq!(
         h.read(ino, opened.fh, 4096, 10),
         Ok(pattern(4106)[4096..].to_vec())
     );
-    assert_eq!(h.sent("read"), 1);
+    assert_eq!(h.sent_of("read"), 1);
     h.close(ino, opened.fh).expect("close");
-    assert_eq!(h.sent("close"), 1);
+    assert_eq!(h.sent_of("close"), 1);
     assert_eq!(h.core.opened.bytes(), 0);
 }
 
@@ -75,7 +65,7 @@ fn reopening_an_unchanged_file_brings_no_bytes_as_the_kernel_keeps_its_pages() {
     h.close(ino, first.fh).expect("close");
     let again = h.open(ino, libc::O_RDONLY).expect("open");
     assert!(again.keep_cache);
-    assert_eq!((h.sent("openread"), h.sent("open")), (1, 1));
+    assert_eq!((h.sent_of("openread"), h.sent_of("open")), (1, 1));
     h.close(ino, again.fh).expect("close");
     // Changed, as a lookup shows: its bytes come with the open again.
     std::fs::write(h.on_disk("f"), b"version 22").expect("rewrite");
@@ -83,7 +73,7 @@ fn reopening_an_unchanged_file_brings_no_bytes_as_the_kernel_keeps_its_pages() {
     let changed = h.open(ino, libc::O_RDONLY).expect("open");
     assert!(!changed.keep_cache);
     assert_eq!(h.read(ino, changed.fh, 0, 4096), Ok(b"version 22".to_vec()));
-    assert_eq!((h.sent("openread"), h.sent("read")), (2, 0));
+    assert_eq!((h.sent_of("openread"), h.sent_of("read")), (2, 0));
     h.close(ino, changed.fh).expect("close");
 }
 
@@ -97,13 +87,13 @@ fn a_large_file_brings_its_start_and_the_rest_follows_from_the_server() {
     // A read within the bytes the open brought, then one that runs past them:
     // the held head and the server's rest, in one answer.
     assert_eq!(h.read(ino, opened.fh, 0, 4096), Ok(pattern(4096)));
-    assert_eq!(h.sent("read"), 0);
+    assert_eq!(h.sent_of("read"), 0);
     let long = h.read(ino, opened.fh, 4096, 2 * io::FIRST_BYTES);
     assert_eq!(
         long,
         Ok(pattern(4096 + 2 * io::FIRST_BYTES as usize)[4096..].to_vec())
     );
-    assert_eq!(h.sent("read"), 1);
+    assert_eq!(h.sent_of("read"), 1);
     h.close(ino, opened.fh).expect("close");
 }
 
@@ -121,7 +111,7 @@ fn opens_that_write_truncate_or_bypass_the_cache_bring_no_bytes() {
         let opened = h.open(ino, flags).expect("open");
         h.close(ino, opened.fh).expect("close");
     }
-    assert_eq!((h.sent("open"), h.sent("openread")), (4, 0));
+    assert_eq!((h.sent_of("open"), h.sent_of("openread")), (4, 0));
 }
 
 #[test]
@@ -240,14 +230,14 @@ fn a_walk_finds_its_next_listings_fetched_ahead() {
     h.list(ROOT_INO);
     // Not a walk yet: nothing asked for ahead.
     h.core.ahead.settle();
-    assert_eq!(h.sent("list"), 1);
+    assert_eq!(h.sent_of("list"), 1);
     // The root, then a directory in it: a walk. Its subdirectories' listings
     // are fetched ahead, and not waited for.
     let before = h.waited();
     assert_eq!(names(h.list(top)), ["a", "b", "c", "f"]);
     assert_eq!(h.waited() - before, 1);
     h.core.ahead.settle();
-    assert_eq!(h.sent("list"), 5);
+    assert_eq!(h.sent_of("list"), 5);
     assert_eq!(names(h.list(a)), ["f", "x"]);
     assert_eq!(names(h.list(b)), ["f"]);
     assert_eq!(names(h.list(c)), ["f"]);
@@ -256,7 +246,7 @@ fn a_walk_finds_its_next_listings_fetched_ahead() {
     h.core.ahead.settle();
     assert_eq!(names(h.list(x)), ["f"]);
     assert_eq!(h.waited() - before, 1, "no other listing was waited for");
-    assert_eq!(h.sent("list"), 6);
+    assert_eq!(h.sent_of("list"), 6);
     // They answer for missing names as any listing does.
     assert!(matches!(h.lookup(b, "nope"), Ok(Lookup::Missing(_))));
     assert_eq!(h.waited() - before, 1);
@@ -305,7 +295,7 @@ fn listings_fetched_ahead_go_stale_with_the_attribute_timeout() {
     h.list(ROOT_INO);
     h.list(top);
     h.core.ahead.settle();
-    assert_eq!(h.sent("list"), 5);
+    assert_eq!(h.sent_of("list"), 5);
     std::thread::sleep(Duration::from_millis(1100));
     let before = h.waited();
     h.list(b);
@@ -337,7 +327,7 @@ fn a_walks_lookups_are_answered_by_the_listing_asked_again_once_stale() {
     assert!(matches!(h.lookup(d, "f4"), Ok(Lookup::Found(_))));
     assert_eq!(h.waited() - before, 1);
     h.core.ahead.settle();
-    assert_eq!(h.sent("list"), 2);
+    assert_eq!(h.sent_of("list"), 2);
     // ...which answers the next ones, as the server has them now.
     match h.lookup(d, "f5") {
         Ok(Lookup::Found(e)) => assert_eq!(e.attr.size, 50),
