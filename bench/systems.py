@@ -385,12 +385,12 @@ class Ferry(FuseSystem):
         self.server = self.procs.start(f"{self.name}-serve", [self.binary, "serve", self.export, "--listen",
                                                                f"127.0.0.1:{self.port}",
                                                                "--no-root-squash"] + self.security())
+        wait_port(self.port, self.server, "ferry serve")
 
     def security(self):
         # A state directory of the run's own in both cases: an --insecure server
         # still keeps its record of lock holders there.
         return (["--insecure"] if self.insecure else []) + ["--state-dir", self.state]
-        wait_port(self.port, self.server, "ferry serve")
 
     def credentials(self):
         if self.insecure:

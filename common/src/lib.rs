@@ -42,6 +42,7 @@ pub mod frame;
 pub mod lockset;
 pub mod path;
 pub mod proto;
+pub mod records;
 pub mod socket;
 pub mod state;
 pub mod sync;

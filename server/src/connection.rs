@@ -73,6 +73,7 @@ use ferry_common::proto::{
     Welcome, LISTING_BYTES, MAGIC, MAX_HELLO, MAX_OPEN_DATA, PROTOCOL_VERSION, READ_FILES_BYTES,
     READ_FILES_EACH,
 };
+use ferry_common::records;
 use ferry_common::state::AUTHORIZED_CLIENTS;
 use ferry_common::sync::lock;
 use ferry_common::tls;
@@ -590,7 +591,8 @@ async fn accept(
     let buffered = || BufReader::with_capacity(SOCKET_BUFFER, stream);
     match (&ctx.security, speaks_tls) {
         (Security::Tls(server), true) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(server.config());
+            let capture = records::SecretCapture::new();
+            let acceptor = tokio_rustls::TlsAcceptor::from(server.config_capturing(&capture));
             let mut tls = match acceptor.accept(buffered()).await {
                 Ok(tls) => tls,
                 Err(e) => {
@@ -611,9 +613,17 @@ async fn accept(
                     hello.export.as_deref(),
                 )
             });
-            Ok(welcome(&mut tls, ctx, &hello, verdict)
-                .await?
-                .map(|served| (Box::new(tls) as Transport, served, hello.client)))
+            let Some(served) = welcome(&mut tls, ctx, &hello, verdict).await? else {
+                return Ok(None);
+            };
+            // From here on the records are ferry's to seal and open (see
+            // `ferry_common::records`). The client sent nothing after its
+            // hello, so rustls holds nothing unread.
+            let (buffered, conn) = tls.into_inner();
+            let unread = buffered.buffer().to_vec();
+            let records = records::take_over(buffered.into_inner(), unread, conn, &capture)
+                .map_err(|e| FrameError::Io(io::Error::other(e)))?;
+            Ok(Some((Box::new(records) as Transport, served, hello.client)))
         }
         (Security::Tls(_), false) => {
             let mut plain = buffered();
@@ -956,13 +966,24 @@ async fn write_replies(
 ) -> io::Result<()> {
     let mut batch = Vec::with_capacity(BATCH_LIMIT);
     let mut written = Vec::new();
+    // Nothing goes out before the first reply: the client's TLS hands over
+    // to ferry's record layer right after the welcome, and what rustls would
+    // read behind it would be lost (see `ferry_common::records::take_over`).
+    let mut before_notices = replies.recv().await;
+    if before_notices.is_none() {
+        let _ = timeout(WRITE_TIMEOUT, sink.shutdown()).await;
+        return Ok(());
+    }
     loop {
-        let first = tokio::select! {
-            reply = replies.recv() => match reply {
-                Some(reply) => Some(reply),
-                None => break,
+        let first = match before_notices.take() {
+            Some(reply) => Some(reply),
+            None => tokio::select! {
+                reply = replies.recv() => match reply {
+                    Some(reply) => Some(reply),
+                    None => break,
+                },
+                () = notices.ready() => None,
             },
-            () = notices.ready() => None,
         };
         encode_notices(&notices, &mut batch);
         let mut next = first;
@@ -974,11 +995,13 @@ async fn write_replies(
                 // (file data after its small head, which goes with the batch).
                 if data.is_empty() {
                     flush(&mut sink, &mut batch).await?;
-                    write_timed(&mut sink, &head).await?;
+                    write_timed(&mut sink, &[&head]).await?;
                 } else {
+                    // File data after its head (and what else waits), in one
+                    // system call: a vectored write, or one flush of records.
                     batch.extend_from_slice(&head);
-                    flush(&mut sink, &mut batch).await?;
-                    write_timed(&mut sink, &data).await?;
+                    write_timed(&mut sink, &[&batch, &data]).await?;
+                    batch.clear();
                 }
             } else {
                 batch.extend_from_slice(&head);
@@ -1000,16 +1023,26 @@ async fn write_replies(
 
 async fn flush(sink: &mut Writer, batch: &mut Vec<u8>) -> io::Result<()> {
     if !batch.is_empty() {
-        write_timed(sink, batch).await?;
+        write_timed(sink, &[batch]).await?;
         batch.clear();
     }
     Ok(())
 }
 
-async fn write_timed<W: AsyncWrite + Unpin>(sink: &mut W, bytes: &[u8]) -> io::Result<()> {
-    // Through TLS, what was written may wait in the session until flushed.
+/// Writes `parts` in order, with as few writes as the stream allows, and
+/// flushes (TLS records wait until then), within [`WRITE_TIMEOUT`].
+async fn write_timed<W: AsyncWrite + Unpin>(sink: &mut W, parts: &[&[u8]]) -> io::Result<()> {
     let written = async {
-        sink.write_all(bytes).await?;
+        let mut slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+        let mut bufs = slices.as_mut_slice();
+        while !bufs.is_empty() {
+            match sink.write_vectored(bufs).await {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
         sink.flush().await
     };
     match timeout(WRITE_TIMEOUT, written).await {

@@ -12,6 +12,7 @@
 //! key and the token.
 
 use ferry_common::auth::{Fingerprint, Token};
+use ferry_common::records;
 use ferry_common::state;
 use ferry_common::tls::{self, AnyClientCertificate, Identity};
 use std::fmt;
@@ -133,6 +134,11 @@ impl TlsServer {
             .with_client_cert_verifier(verifier)
             .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())
             .map_err(|e| format!("cannot use the server's key: {e}"))?;
+        // Nothing is resumed (clients never ask), and after the handshake
+        // ferry runs the records itself (see `config_capturing`).
+        let mut config = config;
+        config.send_tls13_tickets = 0;
+        config.enable_secret_extraction = true;
         Ok(TlsServer {
             config: Arc::new(config),
             fingerprint,
@@ -193,8 +199,15 @@ impl TlsServer {
         &self.made
     }
 
-    pub(crate) fn config(&self) -> Arc<rustls::ServerConfig> {
-        Arc::clone(&self.config)
+    /// The config for one connection, whose traffic secrets go to `capture`
+    /// (for ferry's record layer, which takes over after the handshake).
+    pub(crate) fn config_capturing(
+        &self,
+        capture: &Arc<records::SecretCapture>,
+    ) -> Arc<rustls::ServerConfig> {
+        let mut config = (*self.config).clone();
+        config.key_log = capture.clone();
+        Arc::new(config)
     }
 
     /// Whether the client certificate `fingerprint` is authorised now.

@@ -7,10 +7,12 @@ use super::tls::{Security, Trusted};
 use ferry_common::auth::{Fingerprint, EXPORTER_LABEL, SECRET_LEN};
 use ferry_common::frame::{self, FrameError};
 use ferry_common::proto::{Auth, HandshakeReply, Hello, Welcome};
+use ferry_common::records;
 use ferry_common::Address;
 use std::fmt;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
@@ -219,6 +221,7 @@ impl Connector {
         trusted: &Trusted,
     ) -> Result<(Transport, Welcome), ConnectError> {
         let attempt = trusted.attempt()?;
+        let capture = Arc::clone(&attempt.capture);
         let connector = tokio_rustls::TlsConnector::from(attempt.config);
         let sniffed = Sniff::new(BufReader::with_capacity(SOCKET_BUFFER, tcp));
         let handshake = connector.connect(server_name(&self.addr), sniffed);
@@ -253,15 +256,27 @@ impl Connector {
             }
             None => Auth::Session,
         };
-        let mut transport: Transport = Box::new(tls);
-        let answered = self.hello(&mut transport, auth).await;
+        let answered = self.hello(&mut tls, auth).await;
         // A server that answered as a ferry server is recorded on first
         // contact even when it refused the credentials (as ssh records a host
         // before authenticating): the next attempt must meet the same one.
         if matches!(answered, Ok(_) | Err(ConnectError::Refused { .. })) {
             trusted.confirm(presented)?;
         }
-        Ok((transport, answered?))
+        let welcome = answered?;
+        // From here on the records are ferry's to seal and open (see
+        // `ferry_common::records`); the server sends nothing after its welcome
+        // until asked, so rustls holds nothing unread.
+        let (sniffed, conn) = tls.into_inner();
+        let unread = sniffed.inner.buffer().to_vec();
+        let tcp = sniffed.inner.into_inner();
+        let records = records::take_over(tcp, unread, conn, &capture).map_err(|detail| {
+            ConnectError::Protocol {
+                addr: self.addr.clone(),
+                detail,
+            }
+        })?;
+        Ok((Box::new(records), welcome))
     }
 
     /// What a failed TLS handshake means: a plaintext ferry server refusing
@@ -295,7 +310,11 @@ impl Connector {
     }
 
     /// Sends `Hello` with `auth` and reads the server's answer.
-    async fn hello(&self, stream: &mut Transport, auth: Auth) -> Result<Welcome, ConnectError> {
+    async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        auth: Auth,
+    ) -> Result<Welcome, ConnectError> {
         let protocol = |detail: String| ConnectError::Protocol {
             addr: self.addr.clone(),
             detail,

@@ -14,6 +14,7 @@
 use super::known_servers::{Known, KnownServers};
 use super::ConnectError;
 use ferry_common::auth::{Fingerprint, Token};
+use ferry_common::records::SecretCapture;
 use ferry_common::state;
 use ferry_common::sync::lock;
 use ferry_common::tls::{self, Identity, PinnedServer};
@@ -195,6 +196,8 @@ pub(super) struct Trusted {
 pub(super) struct Attempt {
     pub(super) config: Arc<rustls::ClientConfig>,
     pub(super) verifier: Arc<PinnedServer>,
+    /// The session's traffic secrets, for ferry's record layer.
+    pub(super) capture: Arc<SecretCapture>,
 }
 
 impl Trusted {
@@ -249,9 +252,14 @@ impl Trusted {
         };
         // Every connection is a full handshake: nothing is resumed.
         config.resumption = rustls::client::Resumption::disabled();
+        // After the handshake ferry runs the records itself.
+        let capture = SecretCapture::new();
+        config.key_log = capture.clone();
+        config.enable_secret_extraction = true;
         Ok(Attempt {
             config: Arc::new(config),
             verifier,
+            capture,
         })
     }
 
