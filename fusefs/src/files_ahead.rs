@@ -102,9 +102,8 @@ struct State {
     /// for each.
     on_way: HashMap<FileId, usize>,
     in_flight: usize,
-    /// Per directory: the names asked for (held, coming or refused) and when
-    /// it was last asked about.
-    asked: HashMap<RelPath, (Instant, HashSet<Vec<u8>>)>,
+    /// Per directory: what was asked for.
+    asked: HashMap<RelPath, Asked>,
     seq: u64,
     /// When a walk was last seen opening a file to read it.
     reading: Option<Instant>,
@@ -136,6 +135,17 @@ impl State {
             self.swept = seq;
         }
     }
+}
+
+/// What was asked for of one directory.
+#[derive(Debug, Default)]
+struct Asked {
+    /// When it was last asked about.
+    at: Option<Instant>,
+    /// The names asked for (held, coming or refused).
+    names: HashSet<Vec<u8>>,
+    /// Every file of the listing asked for at this time is among `names`.
+    complete: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -209,14 +219,26 @@ impl FilesAhead {
             .is_some_and(|at| at.elapsed() < within)
     }
 
+    /// Whether every file of `dir`'s listing asked for at `listing` has
+    /// been asked for.
+    pub(crate) fn all_asked(&self, dir: &RelPath, listing: Instant) -> bool {
+        lock(&self.state)
+            .asked
+            .get(dir)
+            .is_some_and(|asked| asked.complete == Some(listing))
+    }
+
     /// A file of `dir` was opened for reading by `cred`, and the directory's
     /// listing shows `files` (name and attributes): the requests to send for
     /// those of them not asked for yet, as far as there is room. Each batch
-    /// sent must be [`answered`](Self::answered).
+    /// sent must be [`answered`](Self::answered). `listing`: when the listing
+    /// `files` are all of was asked for, if they are (see
+    /// [`all_asked`](Self::all_asked)).
     pub(crate) fn wanted(
         &self,
         dir: &RelPath,
         files: Vec<(Vec<u8>, Attr)>,
+        listing: Option<Instant>,
         changes: &Changes,
     ) -> Vec<Batch> {
         let Some(mark) = changes.mark() else {
@@ -231,23 +253,20 @@ impl FilesAhead {
             let oldest = state
                 .asked
                 .iter()
-                .min_by_key(|(_, (at, _))| *at)
+                .min_by_key(|(_, asked)| asked.at)
                 .map(|(p, _)| p.clone());
             if let Some(oldest) = oldest {
                 state.asked.remove(&oldest);
             }
         }
-        let mut asked = state
-            .asked
-            .remove(dir)
-            .map(|(_, names)| names)
-            .unwrap_or_default();
+        let mut asked = state.asked.remove(dir).unwrap_or_default();
+        let mut complete = true;
         let mut batches = Vec::new();
         let mut batch = Vec::new();
         let mut ids = Vec::new();
         let mut expected = 0;
         for (name, attr) in files {
-            if attr.size > LARGEST || asked.contains(&name) {
+            if attr.size > LARGEST || asked.names.contains(&name) {
                 continue;
             }
             let size = attr.size as usize;
@@ -262,6 +281,7 @@ impl FilesAhead {
             }
             if state.in_flight + batches.len() >= IN_FLIGHT || state.coming + size > HELD_BYTES / 2
             {
+                complete = false;
                 break;
             }
             // The walk has moved on: what it passed by goes first.
@@ -276,7 +296,7 @@ impl FilesAhead {
             let id = FileId::of(&attr);
             *state.on_way.entry(id).or_default() += 1;
             ids.push(id);
-            asked.insert(name.clone());
+            asked.names.insert(name.clone());
             batch.push(ByteBuf::from(name));
         }
         if !batch.is_empty() {
@@ -289,7 +309,13 @@ impl FilesAhead {
             });
         }
         state.in_flight += batches.len();
-        state.asked.insert(dir.clone(), (Instant::now(), asked));
+        asked.at = Some(Instant::now());
+        if !complete {
+            asked.complete = None;
+        } else if listing.is_some() {
+            asked.complete = listing;
+        }
+        state.asked.insert(dir.clone(), asked);
         batches
     }
 
@@ -430,6 +456,7 @@ mod tests {
             .wanted(
                 &RelPath::parse(dir).unwrap(),
                 vec![(name.to_vec(), attr)],
+                None,
                 changes,
             )
             .remove(0);
@@ -455,13 +482,57 @@ mod tests {
             .map(|i| (format!("f{i}").into_bytes(), file(i, big)))
             .collect();
         files.push((b"huge".to_vec(), file(99, LARGEST + 1)));
-        let batches = ahead.wanted(&dir, files.clone(), &changes);
+        let batches = ahead.wanted(&dir, files.clone(), None, &changes);
         let names: usize = batches.iter().map(|b| b.names.len()).sum();
         assert_eq!(names, 10, "not the file above LARGEST");
         assert!(batches.len() <= IN_FLIGHT);
         assert!(batches.iter().all(|b| b.expected <= READ_FILES_BYTES));
-        assert!(ahead.wanted(&dir, files, &changes).is_empty(), "asked once");
+        assert!(
+            ahead.wanted(&dir, files, None, &changes).is_empty(),
+            "asked once"
+        );
         assert_eq!(ahead.held(), (0, batches.len()));
+    }
+
+    #[test]
+    fn a_listing_is_all_asked_for_only_once_every_file_of_it_was() {
+        let ahead = FilesAhead::new();
+        let changes = Changes::default();
+        let dir = RelPath::parse("d").unwrap();
+        let listing = Instant::now();
+        // More than may be on its way at once.
+        let files: Vec<(Vec<u8>, Attr)> = (0..100)
+            .map(|i| (format!("f{i:03}").into_bytes(), file(i, LARGEST)))
+            .collect();
+        let attrs: HashMap<Vec<u8>, Attr> = files.iter().cloned().collect();
+        let mut rounds = 0;
+        loop {
+            let batches = ahead.wanted(&dir, files.clone(), Some(listing), &changes);
+            if batches.is_empty() {
+                break;
+            }
+            rounds += 1;
+            let done = ahead.all_asked(&dir, listing);
+            for batch in &batches {
+                let now = Instant::now();
+                let answer = batch
+                    .names
+                    .iter()
+                    .map(|n| read(n, attrs[&n.to_vec()]))
+                    .collect();
+                ahead.answered(batch, &me(), 1, now, now, answer, &changes);
+            }
+            if done {
+                break;
+            }
+        }
+        assert!(rounds > 1, "the room ran out before the last file");
+        assert!(ahead.all_asked(&dir, listing));
+        assert!(
+            !ahead.all_asked(&dir, Instant::now()),
+            "a later listing may show more"
+        );
+        assert!(!ahead.all_asked(&RelPath::parse("e").unwrap(), listing));
     }
 
     #[test]
@@ -470,7 +541,7 @@ mod tests {
         let changes = Changes::default();
         let dir = RelPath::parse("d").unwrap();
         let files = vec![(b"a".to_vec(), file(1, 3)), (b"b".to_vec(), file(2, 4))];
-        let batch = ahead.wanted(&dir, files, &changes).remove(0);
+        let batch = ahead.wanted(&dir, files, None, &changes).remove(0);
         let now = Instant::now();
         let until = now + Duration::from_secs(60);
         let answer = vec![read(b"a", file(1, 3)), read(b"b", file(2, 4))];
@@ -510,7 +581,7 @@ mod tests {
         let changes = std::sync::Arc::new(Changes::default());
         let dir = RelPath::parse("d").unwrap();
         let batch = ahead
-            .wanted(&dir, vec![(b"a".to_vec(), file(1, 3))], &changes)
+            .wanted(&dir, vec![(b"a".to_vec(), file(1, 3))], None, &changes)
             .remove(0);
         let id = |ino| FileId { dev: 0, ino };
         let mut waited = false;
@@ -537,6 +608,7 @@ mod tests {
             .wanted(
                 &RelPath::parse("e").unwrap(),
                 vec![(b"b".to_vec(), file(3, 1))],
+                None,
                 &changes,
             )
             .remove(0);
@@ -552,7 +624,7 @@ mod tests {
         let changes = Changes::default();
         let dir = RelPath::parse("d").unwrap();
         let batch = ahead
-            .wanted(&dir, vec![(b"a".to_vec(), file(1, 3))], &changes)
+            .wanted(&dir, vec![(b"a".to_vec(), file(1, 3))], None, &changes)
             .remove(0);
         changes.begin();
         assert!(
@@ -560,6 +632,7 @@ mod tests {
                 .wanted(
                     &RelPath::parse("e").unwrap(),
                     vec![(b"b".to_vec(), file(2, 1))],
+                    None,
                     &changes
                 )
                 .is_empty(),
@@ -600,7 +673,7 @@ mod tests {
             let attrs: HashMap<Vec<u8>, Attr> = files.iter().cloned().collect();
             // Answered as asked, as long as anything is asked.
             loop {
-                let batches = ahead.wanted(&dir, files.clone(), &changes);
+                let batches = ahead.wanted(&dir, files.clone(), None, &changes);
                 if batches.is_empty() {
                     break;
                 }

@@ -206,6 +206,9 @@ struct Names {
     refreshing: bool,
 }
 
+/// Regular files of a directory, by name, with their attributes.
+pub(crate) type FilesListed = Vec<(Vec<u8>, Attr)>;
+
 /// A listing the kernel made (or took from here) lately.
 #[derive(Debug)]
 struct Listed {
@@ -470,18 +473,15 @@ impl ListingsAhead {
     /// The regular files of directory `dir` no larger than `largest`, with
     /// their attributes, as its latest listing shows them, if that listing is
     /// as fresh as the kernel's caches may be (see [`lookup`](Self::lookup)).
-    pub(crate) fn files_of(&self, dir: &RelPath, largest: u64) -> Option<Vec<(Vec<u8>, Attr)>> {
-        if self.ttl.is_zero() {
-            return None;
-        }
+    /// Returns when that listing was asked for too, which tells it from a
+    /// later one.
+    pub(crate) fn files_of(
+        &self,
+        dir: &RelPath,
+        largest: u64,
+    ) -> Option<(Instant, FilesListed)> {
         let state = lock(&self.shared.state);
-        let names = state.names.get(dir)?;
-        let unchanged = names
-            .mark
-            .is_some_and(|mark| self.changes.unchanged_since(mark));
-        if names.asked.elapsed() >= self.ttl || !unchanged {
-            return None;
-        }
+        let names = self.fresh_names(&state, dir)?;
         let mut files: Vec<(Vec<u8>, Attr)> = names
             .attrs
             .iter()
@@ -490,7 +490,25 @@ impl ListingsAhead {
             .collect();
         // In name order, as `tar --sort=name` and most walks that sort read them.
         files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        Some(files)
+        Some((names.asked, files))
+    }
+
+    /// When the latest listing of `dir` was asked for, if it is as fresh as
+    /// [`files_of`](Self::files_of) needs: a cheap look before the copy.
+    pub(crate) fn listing_asked(&self, dir: &RelPath) -> Option<Instant> {
+        let state = lock(&self.shared.state);
+        self.fresh_names(&state, dir).map(|names| names.asked)
+    }
+
+    fn fresh_names<'a>(&self, state: &'a State, dir: &RelPath) -> Option<&'a Names> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let names = state.names.get(dir)?;
+        let unchanged = names
+            .mark
+            .is_some_and(|mark| self.changes.unchanged_since(mark));
+        (names.asked.elapsed() < self.ttl && unchanged).then_some(names)
     }
 
     /// The kernel listed `path` (directory `id`) for `cred`, and got `entries`;

@@ -375,7 +375,15 @@ fn the_end_of_the_stream_is_close_notify_or_a_record_boundary_never_a_records_mi
 fn headers_that_are_not_tls_1_3_application_data_are_refused() {
     let wire = records_of(&[b"abc"], false);
     // Another outer type, another version, a length too long or too short.
-    for (at, value) in [(0, 22u8), (0, 21), (1, 2), (2, 1), (3, 0x48), (4, 0), (4, 16)] {
+    for (at, value) in [
+        (0, 22u8),
+        (0, 21),
+        (1, 2),
+        (2, 1),
+        (3, 0x48),
+        (4, 0),
+        (4, 16),
+    ] {
         let mut bad = wire.clone();
         bad[at] = value;
         let read = read_wire(&bad);

@@ -83,12 +83,19 @@ impl Core {
         let Some((dir, name)) = path.split_last() else {
             return;
         };
-        let Some(mut files) = self.ahead.files_of(&dir, LARGEST) else {
+        let Some(listing) = self.ahead.listing_asked(&dir) else {
             return;
         };
         let started = self.files_ahead.walk_opens_files(self.ttl());
-        files.retain(|(n, _)| n.as_slice() != name.as_bytes());
-        self.fetch_files(cred, &dir, files);
+        // Once every file of this listing was asked for, the walk's later
+        // opens in the directory skip the copy of its list (a walk reading
+        // n files would otherwise copy it n times).
+        if !self.files_ahead.all_asked(&dir, listing) {
+            if let Some((listing, mut files)) = self.ahead.files_of(&dir, LARGEST) {
+                files.retain(|(n, _)| n.as_slice() != name.as_bytes());
+                self.fetch_files(cred, &dir, files, Some(listing));
+            }
+        }
         if started {
             // The listings fetched ahead so far came before the walk was
             // seen reading: their files are fetched now (later ones', as
@@ -117,16 +124,23 @@ impl Core {
             .map(|e| (e.name.clone(), e.attr))
             .collect();
         files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        self.fetch_files(cred, dir, files);
+        self.fetch_files(cred, dir, files, None);
     }
 
     /// Asks for the contents of `files` of `dir` not asked for yet, as far
-    /// as there is room.
-    fn fetch_files(&self, cred: &Cred, dir: &RelPath, files: Vec<(Vec<u8>, Attr)>) {
+    /// as there is room; `listing`: when the listing they are all of was
+    /// asked for.
+    fn fetch_files(
+        &self,
+        cred: &Cred,
+        dir: &RelPath,
+        files: Vec<(Vec<u8>, Attr)>,
+        listing: Option<Instant>,
+    ) {
         let Some(epoch) = self.client.current_epoch() else {
             return;
         };
-        for batch in self.files_ahead.wanted(dir, files, &self.changes) {
+        for batch in self.files_ahead.wanted(dir, files, listing, &self.changes) {
             let op = Op::ReadFiles {
                 dir: batch.dir.clone(),
                 names: batch.names.clone(),
