@@ -475,11 +475,7 @@ impl ListingsAhead {
     /// as fresh as the kernel's caches may be (see [`lookup`](Self::lookup)).
     /// Returns when that listing was asked for too, which tells it from a
     /// later one.
-    pub(crate) fn files_of(
-        &self,
-        dir: &RelPath,
-        largest: u64,
-    ) -> Option<(Instant, FilesListed)> {
+    pub(crate) fn files_of(&self, dir: &RelPath, largest: u64) -> Option<(Instant, FilesListed)> {
         let state = lock(&self.shared.state);
         let names = self.fresh_names(&state, dir)?;
         let mut files: Vec<(Vec<u8>, Attr)> = names

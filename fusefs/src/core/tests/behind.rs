@@ -5,19 +5,63 @@
 
 use super::*;
 
-/// A harness with a lease, once its connection is subscribed.
-pub(super) fn leased() -> Harness {
-    let h = Harness::with(FsOptions {
+/// The options of a harness with a lease.
+fn lease_options() -> FsOptions {
+    FsOptions {
         attr_timeout: Duration::from_secs(1),
         lease: Duration::from_secs(60),
         ..FsOptions::default()
-    });
+    }
+}
+
+/// A harness with a lease, once its connection is subscribed.
+pub(super) fn leased() -> Harness {
+    subscribed(Harness::with(lease_options()))
+}
+
+fn subscribed(h: Harness) -> Harness {
     let deadline = Instant::now() + PATIENCE;
     while !h.core.leased() {
         assert!(Instant::now() < deadline, "waited in vain for the lease");
         std::thread::sleep(Duration::from_millis(5));
     }
     h
+}
+
+/// [`leased`], with directory `name` of the files `files` made in the export
+/// before the server starts (its watch then has no news of them that could
+/// recall the directory's lease in the middle of a test), those in
+/// `immutable` made immutable; and the directory, listed in full here so
+/// that its names are leased.
+fn leased_with_dir(name: &str, files: &[&str], immutable: &[&str]) -> (Harness, u64, Immutable) {
+    let mut guard = Immutable(Vec::new());
+    let h = subscribed(Harness::serving(lease_options(), |config| {
+        let dir = config
+            .root
+            .as_deref()
+            .expect("the default export")
+            .join(name);
+        std::fs::create_dir(&dir).expect("a dir");
+        for f in files {
+            std::fs::write(dir.join(f), b"x").expect("a file");
+        }
+        for f in immutable {
+            let path = dir.join(f);
+            chattr("+i", &path);
+            guard.0.push(path);
+        }
+    }));
+    let dir = h.ino(ROOT_INO, name);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        h.list(dir);
+        if h.core.dir_leased(dir) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "waited in vain for the lease");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (h, dir, guard)
 }
 
 impl Harness {
@@ -40,38 +84,6 @@ impl Harness {
             .expect("create");
         self.close(entry.ino, opened.fh).expect("close");
         entry.ino
-    }
-
-    /// Directory `name`, made on the server's disk with the files `files`
-    /// (already made immutable where `immutable` says so), then listed in
-    /// full here, so that its names are leased.
-    fn leased_dir_with(&self, name: &str, files: &[&str], immutable: &[&str]) -> (u64, Immutable) {
-        std::fs::create_dir(self.on_disk(name)).expect("a dir");
-        for f in files {
-            std::fs::write(self.on_disk(&format!("{name}/{f}")), b"x").expect("a file");
-        }
-        let guard = Immutable(
-            immutable
-                .iter()
-                .map(|f| self.on_disk(&format!("{name}/{f}")))
-                .collect(),
-        );
-        for path in &guard.0 {
-            chattr("+i", path);
-        }
-        let dir = self.ino(ROOT_INO, name);
-        std::thread::sleep(Duration::from_millis(100));
-        // The watch's news of the setup may cross the listing and recall it.
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            self.list(dir);
-            if self.core.dir_leased(dir) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "waited in vain for the lease");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        (dir, guard)
     }
 }
 
@@ -189,8 +201,7 @@ fn the_server_applies_removals_sent_behind_in_order() {
 
 #[test]
 fn a_failure_behind_is_reported_once_by_fsync_of_the_directory_and_close_of_the_file() {
-    let h = leased();
-    let (dir, _immutable) = h.leased_dir_with("d", &["f", "g"], &["f"]);
+    let (h, dir, _immutable) = leased_with_dir("d", &["f", "g"], &["f"]);
     let f = h.ino(dir, "f");
     let opened = h.open(f, libc::O_RDONLY).expect("open");
     lock(&h.kernel.entries).clear();
@@ -215,8 +226,7 @@ fn a_failure_behind_is_reported_once_by_fsync_of_the_directory_and_close_of_the_
 
 #[test]
 fn an_operation_that_depends_on_a_failed_one_fails_too() {
-    let h = leased();
-    let (dir, _immutable) = h.leased_dir_with("d", &["f"], &["f"]);
+    let (h, dir, _immutable) = leased_with_dir("d", &["f"], &["f"]);
     let root_leased = {
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -298,8 +308,7 @@ fn a_removal_behind_a_lost_connection_is_reported_as_eio() {
 
 #[test]
 fn a_failure_outlives_the_kernels_memory_of_the_directory() {
-    let h = leased();
-    let (dir, _immutable) = h.leased_dir_with("d", &["f"], &["f"]);
+    let (h, dir, _immutable) = leased_with_dir("d", &["f"], &["f"]);
     h.unlink(dir, "f").expect("answered before the server");
     assert!(h.core.finish_behind(PATIENCE));
     // The kernel lets go of the directory before anyone fsyncs it; the next
