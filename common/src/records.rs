@@ -34,6 +34,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use zeroize::Zeroizing;
 
 /// A record's header: type, legacy version (2 bytes), length (2 bytes).
 const HEADER: usize = 5;
@@ -100,7 +101,7 @@ impl Suite {
 }
 
 /// HKDF-Expand-Label(secret, label, "", len) (RFC 8446 §7.1).
-fn expand_label(suite: Suite, secret: &[u8], label: &[u8], len: usize) -> Vec<u8> {
+fn expand_label(suite: Suite, secret: &[u8], label: &[u8], len: usize) -> Zeroizing<Vec<u8>> {
     struct Len(usize);
     impl hkdf::KeyType for Len {
         fn len(&self) -> usize {
@@ -112,7 +113,7 @@ fn expand_label(suite: Suite, secret: &[u8], label: &[u8], len: usize) -> Vec<u8
     let length = (len as u16).to_be_bytes();
     let label_len = [(b"tls13 ".len() + label.len()) as u8];
     let info: [&[u8]; 5] = [&length, &label_len, b"tls13 ", label, &[0]];
-    let mut out = vec![0u8; len];
+    let mut out = Zeroizing::new(vec![0u8; len]);
     // Only a length past 255 hashes could fail; ferry asks for at most one hash.
     if let Ok(okm) = prk.expand(&info, Len(len)) {
         let _ = okm.fill(&mut out);
@@ -124,14 +125,15 @@ fn expand_label(suite: Suite, secret: &[u8], label: &[u8], len: usize) -> Vec<u8
 /// AEAD key and IV derived from it, and the records sealed or opened with it.
 struct TrafficKey {
     suite: Suite,
-    secret: Vec<u8>,
+    /// Wiped when dropped, as the key is by aws-lc.
+    secret: Zeroizing<Vec<u8>>,
     key: LessSafeKey,
     iv: [u8; NONCE_LEN],
     seq: u64,
 }
 
 impl TrafficKey {
-    fn new(suite: Suite, secret: Vec<u8>, seq: u64) -> Result<TrafficKey, String> {
+    fn new(suite: Suite, secret: Zeroizing<Vec<u8>>, seq: u64) -> Result<TrafficKey, String> {
         let aead = suite.aead();
         let key_bytes = expand_label(suite, &secret, b"key", aead.key_len());
         let iv_bytes = expand_label(suite, &secret, b"iv", NONCE_LEN);
@@ -149,7 +151,7 @@ impl TrafficKey {
     }
 
     /// The key and IV this key was derived as, to check against rustls's.
-    fn derived(&self) -> (Vec<u8>, [u8; NONCE_LEN]) {
+    fn derived(&self) -> (Zeroizing<Vec<u8>>, [u8; NONCE_LEN]) {
         let key = expand_label(
             self.suite,
             &self.secret,
@@ -199,8 +201,8 @@ pub struct SecretCapture {
 
 #[derive(Debug, Default)]
 struct Captured {
-    client: Option<Vec<u8>>,
-    server: Option<Vec<u8>>,
+    client: Option<Zeroizing<Vec<u8>>>,
+    server: Option<Zeroizing<Vec<u8>>>,
 }
 
 const CLIENT_SECRET: &str = "CLIENT_TRAFFIC_SECRET_0";
@@ -210,8 +212,8 @@ impl KeyLog for SecretCapture {
     fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
         let mut captured = crate::sync::lock(&self.secrets);
         match label {
-            CLIENT_SECRET => captured.client = Some(secret.to_vec()),
-            SERVER_SECRET => captured.server = Some(secret.to_vec()),
+            CLIENT_SECRET => captured.client = Some(Zeroizing::new(secret.to_vec())),
+            SERVER_SECRET => captured.server = Some(Zeroizing::new(secret.to_vec())),
             _ => {}
         }
     }
@@ -283,7 +285,7 @@ pub fn take_over<S>(
             _ => return Err("the negotiated cipher suite is not one ferry offers".into()),
         };
         let (ours, our_iv) = key.derived();
-        if ours != k.as_ref() || our_iv[..] != *iv.as_ref() {
+        if ours.as_slice() != k.as_ref() || our_iv[..] != *iv.as_ref() {
             return Err("the TLS session's keys do not match its logged secrets".into());
         }
     }

@@ -274,9 +274,8 @@ fn both_ends_ours_carry_big_and_small_reads_across_key_updates() {
 /// `reader` reads. For wire-level tests.
 fn keyed_pair<W, R>(writer: W, reader: R) -> (RecordStream<W>, RecordStream<R>) {
     let suite = Suite::Aes128Gcm;
-    let secret = || vec![0x42u8; 32];
-    let key = || TrafficKey::new(suite, secret(), 0).expect("a key");
-    let other = || TrafficKey::new(suite, vec![0x24u8; 32], 0).expect("a key");
+    let key = || TrafficKey::new(suite, Zeroizing::new(vec![0x42u8; 32]), 0).expect("a key");
+    let other = || TrafficKey::new(suite, Zeroizing::new(vec![0x24u8; 32]), 0).expect("a key");
     (
         RecordStream::new(writer, Vec::new(), key(), other(), u64::MAX),
         RecordStream::new(reader, Vec::new(), other(), key(), u64::MAX),
@@ -396,9 +395,9 @@ fn keys_are_derived_as_rfc_8446_says() {
     // RFC 8448 §3 (simple 1-RTT handshake): the server's application traffic
     // secret, and the key and IV derived from it.
     let secret = hex("a11af9f05531f856ad47116b45a950328204b4f44bfb6b3a4b4f1f3fcb631643");
-    let key = TrafficKey::new(Suite::Aes128Gcm, secret, 0).expect("a key");
+    let key = TrafficKey::new(Suite::Aes128Gcm, Zeroizing::new(secret), 0).expect("a key");
     let (k, iv) = key.derived();
-    assert_eq!(k, hex("9f02283b6c9c07efc26bb9f2ac92e356"));
+    assert_eq!(*k, hex("9f02283b6c9c07efc26bb9f2ac92e356"));
     assert_eq!(iv.to_vec(), hex("cf782b88dd83549aadf1e984"));
 }
 
