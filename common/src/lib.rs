@@ -28,7 +28,9 @@
 //!   in that (`HOST[:PORT][/EXPORT][:/DIR]`).
 //! - [`auth`]: fingerprints, access tokens and the session-bound proof of a
 //!   token; [`tls`]: TLS 1.3 on aws-lc-rs with pinned self-signed
-//!   certificates. Every cryptographic choice lives in these two.
+//!   certificates; [`records`]: TLS 1.3's record layer, which ferry runs
+//!   itself once rustls has made the handshake. Every cryptographic choice
+//!   lives in these three.
 //! - [`state`]: the state directory and the names of the files in it.
 
 #![warn(unreachable_pub)]

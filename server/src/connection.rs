@@ -117,7 +117,8 @@ const READ_BUFFER: usize = 64 * 1024;
 /// A notice frame holds about this many bytes of changes at most (well below
 /// the frame limit); more changes go in further frames.
 const NOTICE_FRAME: usize = 1 << 20;
-/// Bytes read from the socket at a time beneath TLS.
+/// Bytes read from the socket at a time beneath rustls (during the handshake;
+/// after it ferry's record layer reads for itself) and in plaintext.
 const SOCKET_BUFFER: usize = 256 * 1024;
 
 /// What a connection is served: the directory its paths are relative to, and

@@ -21,10 +21,11 @@ use tokio::time::timeout;
 
 /// The largest handshake reply a client reads.
 const MAX_REPLY: usize = 64 * 1024;
-/// Bytes read from the socket at a time: rustls, and the frame reader's
-/// headers, ask for a few bytes or KiB at a time, and a system call per few
-/// KiB costs more than a copy. (Above TLS nothing more is buffered: rustls
-/// keeps the plaintext, and file data is read from it straight into the
+/// Bytes read from the socket at a time in plaintext, and beneath rustls
+/// during the handshake: the frame reader's headers and rustls ask for a few
+/// bytes or KiB at a time, and a system call per few KiB costs more than a
+/// copy. (After the handshake ferry's record layer reads for itself, see
+/// `ferry_common::records`; file data is opened from it straight into the
 /// answer's buffer.)
 const SOCKET_BUFFER: usize = 256 * 1024;
 /// How much of what the server sent first is kept, to recognise a plaintext
