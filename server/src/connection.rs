@@ -970,13 +970,13 @@ async fn write_replies(
     // Nothing goes out before the first reply: the client's TLS hands over
     // to ferry's record layer right after the welcome, and what rustls would
     // read behind it would be lost (see `ferry_common::records::take_over`).
-    let mut before_notices = replies.recv().await;
-    if before_notices.is_none() {
+    let mut first_reply = replies.recv().await;
+    if first_reply.is_none() {
         let _ = timeout(WRITE_TIMEOUT, sink.shutdown()).await;
         return Ok(());
     }
     loop {
-        let first = match before_notices.take() {
+        let first = match first_reply.take() {
             Some(reply) => Some(reply),
             None => tokio::select! {
                 reply = replies.recv() => match reply {
@@ -1033,20 +1033,7 @@ async fn flush(sink: &mut Writer, batch: &mut Vec<u8>) -> io::Result<()> {
 /// Writes `parts` in order, with as few writes as the stream allows, and
 /// flushes (TLS records wait until then), within [`WRITE_TIMEOUT`].
 async fn write_timed<W: AsyncWrite + Unpin>(sink: &mut W, parts: &[&[u8]]) -> io::Result<()> {
-    let written = async {
-        let mut slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
-        let mut bufs = slices.as_mut_slice();
-        while !bufs.is_empty() {
-            match sink.write_vectored(bufs).await {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        sink.flush().await
-    };
-    match timeout(WRITE_TIMEOUT, written).await {
+    match timeout(WRITE_TIMEOUT, frame::write_parts_async(sink, parts)).await {
         Ok(result) => result,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,

@@ -267,6 +267,27 @@ pub async fn write_frame_async<W: tokio::io::AsyncWrite + Unpin, T: Serialize>(
     Ok(())
 }
 
+/// Writes every byte of `parts`, in order, with as few writes as `writer`
+/// allows (one vectored write where it takes them all), and flushes: a TLS
+/// stream holds its last record back until then.
+pub async fn write_parts_async<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    parts: &[&[u8]],
+) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+    let mut bufs = slices.as_mut_slice();
+    while !bufs.is_empty() {
+        match writer.write_vectored(bufs).await {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    writer.flush().await
+}
+
 /// Writes one message as a frame to a blocking stream.
 pub fn write_frame<W: Write, T: Serialize>(writer: &mut W, msg: &T) -> Result<(), FrameError> {
     writer.write_all(&encode(msg)?)?;

@@ -76,7 +76,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
@@ -877,17 +877,7 @@ async fn write_frame(conn: &Conn, parts: &[&[u8]], deadline: Instant) -> Result<
 /// Writes every byte of `parts`, in order, with as few writes as the stream
 /// allows, and flushes (TLS may hold the last record back otherwise).
 async fn write_parts(writer: &mut WriteHalf<Transport>, parts: &[&[u8]]) -> io::Result<()> {
-    let mut slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
-    let mut bufs = slices.as_mut_slice();
-    while !bufs.is_empty() {
-        match writer.write_vectored(bufs).await {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    writer.flush().await
+    frame::write_parts_async(writer, parts).await
 }
 
 /// A random id for this client (see `Hello::client`), never 0.
