@@ -15,7 +15,7 @@ use std::time::Instant;
 /// server: no connection has it (the first is 1), so its first request
 /// through the handle opens the file by path (see `core::reopen`), and its
 /// release sends nothing.
-const NO_CONNECTION: u64 = 0;
+pub(super) const NO_CONNECTION: u64 = 0;
 
 impl Core {
     /// `ino` opened for reading with `flags` by `caller`, at once, if its

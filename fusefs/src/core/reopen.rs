@@ -64,7 +64,13 @@ impl Core {
             // Another thread re-opened it meanwhile: keep theirs, close ours.
             Some(theirs) if theirs.epoch == epoch => Ok((theirs.handle, same)),
             Some(_) => {
-                log::info!("re-opened a file after reconnecting (handle {fh})");
+                // A file opened from bytes fetched ahead has had no server
+                // handle yet: opening it now is routine, not a reconnection.
+                if file.epoch == super::files_ahead::NO_CONNECTION {
+                    log::debug!("opened a file fetched ahead on the server (handle {fh})");
+                } else {
+                    log::info!("re-opened a file after reconnecting (handle {fh})");
+                }
                 files.reopened(fh, handle, epoch);
                 return Ok((handle, same));
             }
