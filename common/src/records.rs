@@ -65,6 +65,11 @@ const READ_BUFFER: usize = 256 * 1024;
 /// Sealed records kept before the writer waits for the socket to take them:
 /// a 1 MiB data answer and its head go out in one system call.
 const WRITE_BUFFER: usize = 1024 * 1024 + 64 * OVERHEAD + MAX_PLAINTEXT;
+/// What the write buffer shrinks back to once [`SHRINK_AFTER`] flushes in a
+/// row needed no more: a connection that read a large file once does not keep
+/// a MiB for the rest of its life (a server has hundreds).
+const SMALL_WRITES: usize = 64 * 1024;
+const SHRINK_AFTER: u32 = 64;
 
 /// A suite ferry can run records for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -325,6 +330,8 @@ pub struct RecordStream<S> {
     sent: usize,
     end_out: usize,
     close_sent: bool,
+    /// Flushes in a row that needed no more than [`SMALL_WRITES`].
+    small_flushes: u32,
 }
 
 impl<S> RecordStream<S> {
@@ -348,6 +355,7 @@ impl<S> RecordStream<S> {
             sent: 0,
             end_out: 0,
             close_sent: false,
+            small_flushes: 0,
         }
     }
 
@@ -604,6 +612,15 @@ impl<S: AsyncWrite + Unpin> RecordStream<S> {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.sent += n;
+        }
+        if self.end_out > SMALL_WRITES {
+            self.small_flushes = 0;
+        } else if self.output.len() > SMALL_WRITES {
+            self.small_flushes += 1;
+            if self.small_flushes >= SHRINK_AFTER {
+                self.output.truncate(SMALL_WRITES);
+                self.output.shrink_to_fit();
+            }
         }
         self.sent = 0;
         self.end_out = 0;

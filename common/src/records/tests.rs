@@ -307,6 +307,37 @@ fn read_wire(wire: &[u8]) -> io::Result<Vec<u8>> {
 }
 
 #[test]
+fn the_write_buffer_shrinks_back_after_a_large_write() {
+    runtime().block_on(async {
+        let (mut writer, _) = keyed_pair(Vec::new(), &[0u8; 0][..]);
+        writer.write_all(&pattern(1 << 20)).await.expect("sealed");
+        writer.flush().await.expect("flushed");
+        assert!(writer.output.len() > 1 << 20, "a MiB sealed at once");
+        for _ in 0..SHRINK_AFTER - 1 {
+            writer.write_all(b"small").await.expect("sealed");
+            writer.flush().await.expect("flushed");
+        }
+        assert!(
+            writer.output.len() > 1 << 20,
+            "kept while writes may be large again"
+        );
+        writer.write_all(b"small").await.expect("sealed");
+        writer.flush().await.expect("flushed");
+        assert!(writer.output.capacity() <= SMALL_WRITES);
+        // And it still seals and grows as needed.
+        writer.write_all(&pattern(200_000)).await.expect("sealed");
+        writer.flush().await.expect("flushed");
+        let wire = writer.io;
+        let (_, mut reader) = keyed_pair(Vec::<u8>::new(), &wire[..]);
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).await.expect("read");
+        let small = SHRINK_AFTER as usize * 5;
+        assert_eq!(got.len(), (1 << 20) + small + 200_000);
+        assert!(got[(1 << 20) + small..] == pattern(200_000)[..]);
+    });
+}
+
+#[test]
 fn the_wire_format_is_tls_1_3_records() {
     let wire = records_of(&[b"abc"], false);
     // One record: application_data, 3.3, length 3 + 1 + 16, then ciphertext.
