@@ -52,19 +52,25 @@ fn leased_with_dir(name: &str, files: &[&str], immutable: &[&str]) -> (Harness, 
         }
     }));
     let dir = h.ino(ROOT_INO, name);
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        h.list(dir);
-        if h.core.dir_leased(dir) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "waited in vain for the lease");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    h.list_until_leased(dir);
     (h, dir, guard)
 }
 
 impl Harness {
+    /// Lists `dir` until its names are leased (news of a change crossing a
+    /// listing recalls the lease it would have brought).
+    fn list_until_leased(&self, dir: u64) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            self.list(dir);
+            if self.core.dir_leased(dir) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "waited in vain for the lease");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn unlink(&self, parent: u64, name: &str) -> Result<(), Errno> {
         wait(|d| self.core.unlink(&self.me, parent, OsStr::new(name), d))
     }
@@ -334,13 +340,5 @@ fn a_listing_crossed_by_a_change_here_is_no_proof_of_the_names() {
     h.core.changes.end();
     assert!(!h.core.dir_leased(d));
     // Listed with nothing crossing it: proof again.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        h.list(d);
-        if h.core.dir_leased(d) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "waited in vain for the lease");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    h.list_until_leased(d);
 }
