@@ -222,6 +222,8 @@ fn permissions_are_checked_against_the_remote_owner_and_mode() {
     let theirs = f.m("drop/theirs");
     let (ok, err) = as_nobody(&["touch", theirs.to_str().unwrap()]);
     assert!(ok, "{err}");
+    // Created behind (the mount made "drop"): fsync says it has landed.
+    File::open(&theirs).unwrap().sync_all().unwrap();
     assert_eq!(fs::metadata(f.e("drop/theirs")).unwrap().uid(), 65534);
 }
 

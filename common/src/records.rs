@@ -17,8 +17,10 @@
 //! nonces, the inner content type, alerts (close_notify) and key updates
 //! (RFC 8446 §4.6.3), which are due before a key has sealed its suite's
 //! confidentiality limit of records. Our records are TLS 1.3's to the byte,
-//! which tests check against rustls itself, so either end could be swapped
-//! for another TLS 1.3 implementation.
+//! which tests check against rustls itself (it reads ours, key updates
+//! included, and we read its). After the handshake only key updates are
+//! taken: ferry's server sends no session tickets, and any other
+//! post-handshake message ends the connection.
 //!
 //! The traffic secrets a key update needs are not in what
 //! `dangerous_extract_secrets` gives (a key and an IV), so [`SecretCapture`]
@@ -260,6 +262,9 @@ pub fn take_over<S>(
     if state.plaintext_bytes_to_read() > 0 {
         return Err("the peer sent more than the handshake before ferry took over TLS".into());
     }
+    if state.peer_has_closed() {
+        return Err("the peer closed the TLS session right after the handshake".into());
+    }
     let is_client = matches!(conn, rustls::Connection::Client(_));
     let extracted = conn
         .dangerous_extract_secrets()
@@ -330,6 +335,8 @@ pub struct RecordStream<S> {
     sent: usize,
     end_out: usize,
     close_sent: bool,
+    /// Why sealing failed: every later write fails the same way.
+    write_failed: Option<(io::ErrorKind, String)>,
     /// Flushes in a row that needed no more than [`SMALL_WRITES`].
     small_flushes: u32,
 }
@@ -355,14 +362,18 @@ impl<S> RecordStream<S> {
             sent: 0,
             end_out: 0,
             close_sent: false,
+            write_failed: None,
             small_flushes: 0,
         }
     }
 
-    /// Seals `payload` as one record of content type `kind` onto the output.
+    /// Seals `payload` as one record of content type `kind` onto the output;
+    /// first a key update, if one is due (the key has sealed all but one of
+    /// the records its limit allows, or the peer asked for one).
     fn seal(&mut self, kind: u8, payload: &[u8]) -> io::Result<()> {
         debug_assert!(payload.len() <= MAX_PLAINTEXT);
-        if kind != HANDSHAKE && (self.tx.seq >= self.tx_limit || self.update_requested) {
+        let limit_reached = self.tx.seq.saturating_add(1) >= self.tx_limit;
+        if kind != HANDSHAKE && (limit_reached || self.update_requested) {
             self.update_requested = false;
             self.seal(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, UPDATE_NOT_REQUESTED])?;
             self.tx.update()?;
@@ -377,14 +388,31 @@ impl<S> RecordStream<S> {
         self.output[at..at + HEADER].copy_from_slice(&header);
         let record = &mut self.output[at + HEADER..self.end_out];
         let (body, extra) = record.split_at_mut(payload.len());
-        let nonce = self.tx.next_nonce()?;
-        self.tx
-            .key
-            .seal_out_of_place_scatter(nonce, Aad::from(header), payload, body, &[kind], extra)
-            .map_err(|_| broken("cannot seal a TLS record"))
+        let sealed = self.tx.next_nonce().and_then(|nonce| {
+            self.tx
+                .key
+                .seal_out_of_place_scatter(nonce, Aad::from(header), payload, body, &[kind], extra)
+                .map_err(|_| broken("cannot seal a TLS record"))
+        });
+        if sealed.is_err() {
+            // Nothing half-made goes out.
+            self.end_out = at;
+        }
+        sealed
     }
 
-    /// Seals as much of `data` as the output has room for; how much.
+    /// Why writing cannot go on, if it cannot: an earlier failure, or the
+    /// close_notify already sealed.
+    fn write_refused(&self) -> Option<io::Error> {
+        if let Some((kind, why)) = &self.write_failed {
+            return Some(io::Error::new(*kind, why.clone()));
+        }
+        self.close_sent
+            .then(|| io::Error::new(io::ErrorKind::BrokenPipe, "the TLS session was closed"))
+    }
+
+    /// Seals as much of `data` as the output has room for; how much. A
+    /// failure after some was sealed is kept for the next write.
     fn seal_data(&mut self, data: &[u8]) -> io::Result<usize> {
         let mut taken = 0;
         while taken < data.len() {
@@ -393,7 +421,13 @@ impl<S> RecordStream<S> {
             if n == 0 {
                 break;
             }
-            self.seal(APPLICATION_DATA, &data[taken..taken + n])?;
+            if let Err(e) = self.seal(APPLICATION_DATA, &data[taken..taken + n]) {
+                self.write_failed = Some((e.kind(), e.to_string()));
+                if taken == 0 {
+                    return Err(e);
+                }
+                break;
+            }
             taken += n;
         }
         Ok(taken)
@@ -419,16 +453,20 @@ impl<S> RecordStream<S> {
         }
     }
 
+    /// Acts on an alert: close_notify ends the stream (whatever level it
+    /// claims, which RFC 8446 §6 says to ignore); any other ends it in error.
     fn alert(&mut self, alert: &[u8]) -> io::Result<()> {
-        if alert == CLOSE_NOTIFY {
-            self.eof = true;
-            return Ok(());
+        match alert {
+            [_, description] if *description == CLOSE_NOTIFY[1] => {
+                self.eof = true;
+                Ok(())
+            }
+            [_, description] => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("the peer ended TLS with alert {description}"),
+            )),
+            _ => Err(broken("a malformed TLS alert")),
         }
-        let description = alert.get(1).copied().unwrap_or(0);
-        Err(io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            format!("the peer ended TLS with alert {description}"),
-        ))
     }
 
     /// The whole record at the front of the input, if there is one: its
@@ -447,7 +485,9 @@ impl<S> RecordStream<S> {
                 header[0], header[1], header[2]
             )));
         }
-        if !(TAG + 1..=MAX_CIPHERTEXT).contains(&len) {
+        // An inner plaintext (content, type, padding) is at most 2^14 + 1
+        // bytes (RFC 8446 §5.4: record_overflow otherwise).
+        if !(TAG + 1..=MAX_PLAINTEXT + 1 + TAG).contains(&len) {
             return Err(broken(format!("a TLS record of impossible length {len}")));
         }
         Ok((buffered.len() >= HEADER + len).then_some((header, len)))
@@ -470,10 +510,16 @@ impl<S> RecordStream<S> {
         if out.remaining() >= inner_len {
             let dest = &mut out.initialize_unfilled_to(inner_len)[..inner_len];
             let (ciphertext, tag) = self.input[body].split_at(inner_len);
-            self.rx
-                .key
-                .open_separate_gather(nonce, Aad::from(header), ciphertext, tag, dest)
-                .map_err(bad)?;
+            let opened =
+                self.rx
+                    .key
+                    .open_separate_gather(nonce, Aad::from(header), ciphertext, tag, dest);
+            if let Err(e) = opened {
+                // Whatever was written there is not the caller's (aws-lc
+                // clears it too).
+                dest.fill(0);
+                return Err(bad(e));
+            }
             let (kind, content) = inner_content(dest)?;
             if kind == APPLICATION_DATA {
                 out.advance(content);
@@ -635,6 +681,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for RecordStream<S> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(refused) = this.write_refused() {
+            return Poll::Ready(Err(refused));
+        }
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -650,6 +699,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for RecordStream<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(refused) = this.write_refused() {
+            return Poll::Ready(Err(refused));
+        }
         if bufs.iter().all(|b| b.is_empty()) {
             return Poll::Ready(Ok(0));
         }
@@ -658,7 +710,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for RecordStream<S> {
         }
         let mut taken = 0;
         for buf in bufs {
-            let n = this.seal_data(buf)?;
+            let n = match this.seal_data(buf) {
+                Ok(n) => n,
+                // Kept for the next write; what was sealed is reported.
+                Err(_) if taken > 0 => break,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
             taken += n;
             if n < buf.len() {
                 break;
@@ -679,9 +736,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for RecordStream<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.close_sent {
-            this.close_sent = true;
+        if !this.close_sent && this.write_failed.is_none() {
             this.seal(ALERT, &CLOSE_NOTIFY)?;
+            this.close_sent = true;
         }
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.io).poll_shutdown(cx)

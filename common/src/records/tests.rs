@@ -438,3 +438,202 @@ fn hex(text: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
         .collect()
 }
+
+/// A tiny deterministic PRNG (xorshift64*), so the test needs no crate.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// One record whose inner plaintext (content, type, padding) is exactly
+/// `inner`, sealed under `key` as a peer would: lets a test send what our
+/// writer never would (padding, odd types, oversize inner plaintexts).
+fn raw_record(key: &mut TrafficKey, inner: &[u8]) -> Vec<u8> {
+    let len = inner.len() + TAG;
+    let header = [APPLICATION_DATA, 3, 3, (len >> 8) as u8, len as u8];
+    let mut body = inner.to_vec();
+    let nonce = key.next_nonce().expect("a nonce");
+    let tag = key
+        .key
+        .seal_in_place_separate_tag(nonce, Aad::from(header), &mut body)
+        .expect("sealed");
+    [&header[..], &body, tag.as_ref()].concat()
+}
+
+/// The key `keyed_pair`'s reader opens with.
+fn peer_key() -> TrafficKey {
+    TrafficKey::new(Suite::Aes128Gcm, Zeroizing::new(vec![0x42u8; 32]), 0).expect("a key")
+}
+
+/// Reads `wire` with reads of random sizes (both the direct and the in-place
+/// path): the bytes read before the end or the first error.
+fn read_wire_in_pieces(wire: &[u8], rng: &mut Rng) -> (Vec<u8>, io::Result<()>) {
+    runtime().block_on(async {
+        let (_, mut reader) = keyed_pair(Vec::<u8>::new(), wire);
+        let mut got = Vec::new();
+        loop {
+            let mut chunk = vec![0u8; 1 + rng.below(40_000)];
+            match reader.read(&mut chunk).await {
+                Ok(0) => return (got, Ok(())),
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+                Err(e) => return (got, Err(e)),
+            }
+        }
+    })
+}
+
+#[test]
+fn arbitrary_wire_bytes_and_authenticated_garbage_never_panic() {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    // Raw random bytes, and valid records with bytes changed or cut off:
+    // refused or read, never a panic.
+    let valid = records_of(&[b"abc", &pattern(40_000), b""], true);
+    for _ in 0..300 {
+        let wire: Vec<u8> = match rng.below(3) {
+            0 => (0..rng.below(70_000)).map(|_| rng.next() as u8).collect(),
+            1 => {
+                let mut w = valid.clone();
+                for _ in 0..1 + rng.below(4) {
+                    let at = rng.below(w.len());
+                    w[at] = rng.next() as u8;
+                }
+                w
+            }
+            _ => valid[..rng.below(valid.len() + 1)].to_vec(),
+        };
+        let _ = read_wire_in_pieces(&wire, &mut rng);
+    }
+    // Records that authenticate (sealed with the reader's key) but whose
+    // inner plaintext is anything: any content type, padding and length up to
+    // what the header allows, handshake messages and alerts of any shape.
+    // Only what was sealed as application data is read.
+    for _ in 0..300 {
+        let mut key = peer_key();
+        let mut wire = Vec::new();
+        let mut expected = Vec::new();
+        let mut clean = true;
+        for _ in 0..1 + rng.below(6) {
+            let inner: Vec<u8> = match rng.below(6) {
+                0 => {
+                    // Application data with zero padding, within 2^14 + 1.
+                    let d = rng.below(MAX_PLAINTEXT + 1);
+                    let mut v: Vec<u8> = (0..d).map(|_| rng.next() as u8).collect();
+                    if clean {
+                        expected.extend_from_slice(&v);
+                    }
+                    v.push(APPLICATION_DATA);
+                    v.resize(v.len() + rng.below(MAX_PLAINTEXT + 1 - d), 0);
+                    v
+                }
+                1 => vec![0u8; rng.below(50)],
+                2 => {
+                    // A handshake message, well-formed or not.
+                    let mut v: Vec<u8> = (0..rng.below(8)).map(|_| rng.next() as u8).collect();
+                    if rng.below(2) == 0 {
+                        v = vec![KEY_UPDATE, 0, 0, 1, rng.below(3) as u8];
+                    }
+                    v.push(HANDSHAKE);
+                    v
+                }
+                3 => {
+                    let mut v: Vec<u8> = (0..rng.below(4)).map(|_| rng.next() as u8).collect();
+                    v.push(ALERT);
+                    v
+                }
+                4 => {
+                    let mut v: Vec<u8> = (0..rng.below(100)).map(|_| rng.next() as u8).collect();
+                    v.push([1u8, 20, 24, 255][rng.below(4)]);
+                    v
+                }
+                _ => {
+                    // Longer than RFC 8446 lets an inner plaintext be.
+                    let over = rng.below(MAX_CIPHERTEXT - TAG - MAX_PLAINTEXT - 1);
+                    vec![1u8; MAX_PLAINTEXT + 2 + over]
+                }
+            };
+            let is_key_update =
+                inner.len() == 6 && inner[0] == KEY_UPDATE && inner[5] == HANDSHAKE && inner[4] < 2;
+            let kind = inner.iter().rev().find(|&&b| b != 0).copied();
+            let stop = !(kind == Some(APPLICATION_DATA) || is_key_update);
+            wire.extend_from_slice(&raw_record(&mut key, &inner));
+            if is_key_update {
+                key.update().expect("the next key");
+            }
+            if stop {
+                clean = false;
+            }
+        }
+        let (got, _) = read_wire_in_pieces(&wire, &mut rng);
+        // Never more than, nor other than, the application data sealed
+        // before the first record that is neither data nor a key update; all
+        // of it when there is none.
+        assert!(expected.starts_with(&got), "bytes read that were not sent");
+        if clean {
+            assert!(got == expected, "application data lost");
+        }
+    }
+}
+
+#[test]
+fn an_inner_plaintext_longer_than_2_14_plus_1_is_refused() {
+    // RFC 8446 §5.2 and §5.4: record_overflow.
+    let mut key = peer_key();
+    let mut inner = vec![7u8; MAX_PLAINTEXT + 100];
+    inner.push(APPLICATION_DATA);
+    assert!(read_wire(&raw_record(&mut key, &inner)).is_err());
+    // The largest allowed is read.
+    let mut key = peer_key();
+    let mut inner = vec![7u8; MAX_PLAINTEXT];
+    inner.push(APPLICATION_DATA);
+    assert_eq!(
+        read_wire(&raw_record(&mut key, &inner))
+            .expect("read")
+            .len(),
+        MAX_PLAINTEXT
+    );
+}
+
+#[test]
+fn close_notify_ends_the_stream_whatever_its_level_and_other_alerts_are_errors() {
+    for (alert, ends_cleanly) in [
+        ([1u8, 0u8], true),
+        ([2, 0], true),
+        ([2, 40], false),
+        ([1, 90], false),
+    ] {
+        let mut key = peer_key();
+        let wire = [
+            raw_record(&mut key, b"data\x17"),
+            raw_record(&mut key, &[alert[0], alert[1], ALERT]),
+        ]
+        .concat();
+        let read = read_wire(&wire);
+        assert_eq!(read.is_ok(), ends_cleanly, "alert {alert:?}: {read:?}");
+    }
+}
+
+#[test]
+fn nothing_is_written_after_close_notify() {
+    let wire = runtime().block_on(async {
+        let (mut writer, _) = keyed_pair(Vec::new(), &[0u8; 0][..]);
+        writer.write_all(b"last").await.expect("sealed");
+        writer.shutdown().await.expect("closed");
+        let after = writer.write_all(b"more").await;
+        assert!(
+            matches!(&after, Err(e) if e.kind() == io::ErrorKind::BrokenPipe),
+            "{after:?}"
+        );
+        writer.io
+    });
+    assert_eq!(read_wire(&wire).expect("read"), b"last");
+}
