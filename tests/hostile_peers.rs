@@ -514,12 +514,14 @@ impl Drop for HungMount {
             .unwrap_or_default()
             .lines()
             .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/fuse/connections"));
-        if !mounted {
-            let _ = std::process::Command::new("mount")
+        // Mounted here only for the abort, and detached after it: a test
+        // leaves no mount behind.
+        let mounted_here = !mounted
+            && std::process::Command::new("mount")
                 .args(["-t", "fusectl", "none"])
                 .arg(connections)
-                .status();
-        }
+                .status()
+                .is_ok_and(|s| s.success());
         let abort = connections.join(&self.connection).join("abort");
         if let Err(e) = fs::write(&abort, b"1") {
             eprintln!("cannot abort {}: {e}", abort.display());
@@ -529,6 +531,11 @@ impl Drop for HungMount {
         let target = CString::new(self.at.as_os_str().as_bytes()).expect("no NUL");
         // SAFETY: a NUL-terminated path.
         unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        if mounted_here {
+            let control = CString::new(connections.as_os_str().as_bytes()).expect("no NUL");
+            // SAFETY: a NUL-terminated path.
+            unsafe { libc::umount2(control.as_ptr(), libc::MNT_DETACH) };
+        }
     }
 }
 
