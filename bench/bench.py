@@ -19,7 +19,7 @@ import time
 
 import rtt
 import rtt_report
-from report import machine_info, markdown, print_table, write_svg
+from report import combine, machine_info, markdown, print_table, write_svg
 from systems import Ferry, Local, MountTable, Processes, SetupError, Sshd, Sshfs, clean_up, free_port
 from workloads import WORKLOADS, Context, Measurement
 
@@ -61,6 +61,10 @@ def parse_args():
     p.add_argument("--note", default="", help="a line for the caption, e.g. 'machine shared with other jobs'")
     p.add_argument("--out", help="write results.md / results.svg here (default: bench/ for a full run of "
                    "everything, bench/out/ otherwise)")
+    p.add_argument("--runs", type=int, default=1,
+                   help="full runs in a row (each as its own `bench/run`); the table is then of each system's "
+                        "median per workload, with each run's ratios below it (default 1; not with --rtt)")
+    p.add_argument("--raw-to", help=argparse.SUPPRESS)  # where a run of --runs writes its raw result
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, trees) for inspection")
     p.add_argument("--render", metavar="JSON",
                    help="only redraw results.md and results.svg from a raw result file of bench/out/")
@@ -103,6 +107,10 @@ def parse_args():
         p.error(f"--only: unknown workloads {sorted(set(a.only) - keys)}; known: {sorted(keys)}")
     if a.only and a.rtts is not None:
         a.only = [k for k in rtt.RTT_KEYS if k in a.only]  # in the run's order
+    if a.runs < 1:
+        p.error("--runs: at least 1")
+    if a.runs > 1 and (a.rtts is not None or a.render):
+        p.error("--runs: only for the loopback run")
     a.full = full
     a.out = a.out or (HERE if full else os.path.join(HERE, "out"))
     return a
@@ -166,10 +174,54 @@ def render(cfg):
     return 0
 
 
+def several_runs(cfg):
+    """`cfg.runs` full runs in a row, each a child `bench.py` with the same options, then one report of
+    their medians (see `report.combine`)."""
+    forwarded = []
+    skip = False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--runs", "--out"):
+            skip = True
+            continue
+        if arg.startswith(("--runs=", "--out=")):
+            continue
+        forwarded.append(arg)
+    reports = []
+    scratch = tempfile.mkdtemp(prefix="ferry-bench-runs-")
+    try:
+        for i in range(cfg.runs):
+            print(f"bench: run {i + 1} of {cfg.runs}", flush=True)
+            raw = os.path.join(scratch, f"run-{i + 1}.json")
+            status = subprocess.run([sys.executable, "-B", os.path.abspath(__file__)] + forwarded
+                                    + ["--out", os.path.join(scratch, f"run-{i + 1}"), "--raw-to", raw]).returncode
+            if status != 0 or not os.path.exists(raw):
+                print(f"bench: run {i + 1} did not finish (status {status}); no combined results", file=sys.stderr)
+                return status or 1
+            with open(raw, encoding="utf-8") as f:
+                reports.append(json.load(f))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    report = combine(reports, WORKLOADS)
+    os.makedirs(os.path.join(HERE, "out"), exist_ok=True)
+    stamp = reports[0]["machine"]["date"][:19].replace("-", "").replace(":", "")
+    raw = os.path.join(HERE, "out", f"results-{stamp}Z-median-of-{cfg.runs}.json")
+    with open(raw, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)
+    print()
+    md, svg = write_outputs(report, cfg.out)
+    print(f"\nbench: wrote {md}, {svg} and {raw}")
+    return 0
+
+
 def main():
     cfg = parse_args()
     if cfg.render:
         return render(cfg)
+    if cfg.runs > 1:
+        return several_runs(cfg)
     if os.geteuid() != 0:
         sys.exit("bench: needs root (mounts, drop_caches, sshd, untar with owners)")
     if not stat.S_ISCHR(os.stat("/dev/null").st_mode):
@@ -261,6 +313,8 @@ def main():
         raw = os.path.join(HERE, "out", f"{name}-{stamp}.json")
         with open(raw, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)
+        if cfg.raw_to and not status:
+            shutil.copyfile(raw, cfg.raw_to)
         print()
         if status:
             cfg.out = os.path.join(HERE, "out")  # an unfinished run never replaces the published results

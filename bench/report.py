@@ -1,6 +1,7 @@
 """The table (terminal and Markdown) and the chart (SVG drawn by hand) of one run."""
 
 import datetime
+import json
 import math
 import os
 import platform
@@ -198,10 +199,71 @@ def tls_rows(report, workloads):
     return out
 
 
+def combine(reports, workloads):
+    """One report from several full runs: each system's median measurement per workload (by value; a
+    failed or missing one counts as the worst), and under "runs" each run's ratios, so that a target can
+    be judged on the median of the per-run ratios as well as on the ratio of the medians."""
+    last = reports[-1]
+    out = json.loads(json.dumps(last))
+    by_key = {w.key: w for w in workloads}
+    results, runs = {}, {}
+    for key, last_res in last["results"].items():
+        w = by_key.get(key)
+        row = {}
+        for system in last_res:
+            found = [r["results"][key][system] for r in reports if system in r["results"].get(key, {})]
+            worst_first = sorted(found, key=lambda m: (m.get("value") is not None,
+                                                       (m.get("value") or 0) * (1 if w is None or w.higher_better
+                                                                                else -1)))
+            row[system] = worst_first[len(worst_first) // 2]
+        results[key] = row
+        if w is not None:
+            per_run = [r["results"].get(key, {}) for r in reports]
+            runs[key] = {
+                "sshfs": [ratio(w, res.get("ferry"), res.get("sshfs")) for res in per_run],
+                "local": [ratio(w, res.get("ferry"), res.get("local")) for res in per_run],
+                "insecure": [ratio(w, res.get("ferry"), res.get("ferry-insecure")) for res in per_run],
+            }
+    out["results"], out["runs"] = results, runs
+    m = out["machine"]
+    m["date"], m["load_start"] = reports[0]["machine"]["date"], reports[0]["machine"]["load_start"]
+    times = ", ".join(r["machine"]["date"][11:16] for r in reports)
+    m["note"] = (f"medians of {len(reports)} full runs in a row ({times} UTC), each system's median per "
+                 "workload; per-run ratios below the tables" + (f"; {m['note']}" if m.get("note") else ""))
+    return out
+
+
+def median_of(xs):
+    """The median of the figures in `xs` that exist (None when none does)."""
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+RUNS_HEADER = ["ferry ÷", "workload", "each run", "median"]
+
+
+def runs_rows(report, workloads):
+    """Each run's ratios of a combined report (see `combine`), per workload and reference."""
+    out = []
+    runs = report.get("runs") or {}
+    for other, name in (("sshfs", "sshfs"), ("local", "local"), ("insecure", "ferry --insecure")):
+        for w, title, _ in rows(report, workloads):
+            ratios = (runs.get(w.key) or {}).get(other) or []
+            if not any(r is not None for r in ratios):
+                continue
+            med = median_of(ratios)
+            out.append([name, title, ", ".join("—" if r is None else f"{r:.2f}×" for r in ratios),
+                        "—" if med is None else f"{med:.2f}×"])
+    return out
+
+
 def print_table(report, workloads):
     cells = table_cells(report, workloads, plain=True)
     for header, body in ((HEADER, cells), (CPU_HEADER, cpu_rows(report)),
-                         (TLS_HEADER, tls_rows(report, workloads))):
+                         (TLS_HEADER, tls_rows(report, workloads)), (RUNS_HEADER, runs_rows(report, workloads))):
         if not body:
             continue
         widths = [max(len(str(r[i])) for r in [header] + body) for i in range(len(header))]
@@ -245,6 +307,11 @@ def markdown(report, workloads):
     if tls:
         out += ["", "| " + " | ".join(TLS_HEADER) + " |", "|" + "---|" * len(TLS_HEADER)]
         out += ["| " + " | ".join(md_escape(x) for x in r) + " |" for r in tls]
+    per_run = runs_rows(report, workloads)
+    if per_run:
+        out += ["", "Each run's ratios (the tables above are of each system's median):", "",
+                "| " + " | ".join(RUNS_HEADER) + " |", "|" + "---|" * len(RUNS_HEADER)]
+        out += ["| " + " | ".join(md_escape(x) for x in r) + " |" for r in per_run]
     out += ["", "Systems:", ""]
     out += [f"- {name}: `{md_escape(d)}`" for name, d in m.get("systems", {}).items()]
     out += ["", f"Sizes: big file {c['big_mib']} MiB, tree {c['tree']} ({c.get('tree_entries', '?')} entries), "

@@ -122,6 +122,45 @@ class TlsCost(unittest.TestCase):
         self.assertIn("0.90×", md)
 
 
+class SeveralRuns(unittest.TestCase):
+    def run_of(self, date, ferry_read, sshfs_read, ferry_tar_s, sshfs_tar_s, insecure_read):
+        r = sample_report({
+            "seq_read": {"local": m(900, "MB/s"), "ferry": m(ferry_read, "MB/s"), "sshfs": m(sshfs_read, "MB/s"),
+                         "ferry-insecure": m(insecure_read, "MB/s")},
+            "tar_md5": {"local": m(1.0, "s"), "ferry": m(ferry_tar_s, "s"), "sshfs": m(sshfs_tar_s, "s")},
+        })
+        r["machine"]["date"] = date
+        return r
+
+    def test_medians_per_system_and_each_runs_ratios(self):
+        runs = [self.run_of("2026-11-28T17:02:00+00:00", 1000, 225, 2.0, 4.0, 1132),
+                self.run_of("2026-11-28T17:06:00+00:00", 1115, 220, 3.0, 4.2, 1225),
+                self.run_of("2026-11-28T17:09:00+00:00", 1114, 232, 2.5, 4.1, 1097)]
+        c = report.combine(runs, WORKLOADS)
+        self.assertEqual(c["results"]["seq_read"]["ferry"]["value"], 1114)
+        self.assertEqual(c["results"]["seq_read"]["sshfs"]["value"], 225)
+        # Times: the median time, not the median "speed" of a lower-is-better figure.
+        self.assertEqual(c["results"]["tar_md5"]["ferry"]["value"], 2.5)
+        per_run = c["runs"]["seq_read"]["sshfs"]
+        self.assertAlmostEqual(per_run[0], 1000 / 225)
+        self.assertAlmostEqual(report.median_of(per_run), 1114 / 232)
+        self.assertAlmostEqual(report.median_of(c["runs"]["tar_md5"]["sshfs"]), 4.1 / 2.5)
+        self.assertAlmostEqual(report.median_of(c["runs"]["seq_read"]["insecure"]), 1115 / 1225)
+        self.assertEqual(c["machine"]["date"], "2026-11-28T17:02:00+00:00")
+        self.assertIn("medians of 3 full runs", c["machine"]["note"])
+        md = report.markdown(c, WORKLOADS)
+        self.assertIn("| sshfs | sequential read {big} (dd bs=1M, caches dropped) | 4.44×, 5.07×, 4.80× | 4.80× |", md)
+
+    def test_a_failed_run_is_the_worst_and_its_ratio_is_missing(self):
+        runs = [self.run_of("2026-11-28T17:02:00+00:00", 1000, 225, 2.0, 4.0, 1132) for _ in range(3)]
+        runs[1]["results"]["seq_read"]["ferry"] = m(None, "MB/s", ok=False)
+        c = report.combine(runs, WORKLOADS)
+        self.assertTrue(c["results"]["seq_read"]["ferry"]["ok"], "the median of two good runs and a failure")
+        self.assertIsNone(c["runs"]["seq_read"]["sshfs"][1])
+        self.assertIsNone(report.median_of([None, None]))
+        self.assertEqual(report.median_of([3.0, None, 1.0, 2.0]), 2.0)
+
+
 class Checks(unittest.TestCase):
     def test_problems(self):
         self.assertEqual(Run(0, "", "", 1.0, False).problems(), [])
