@@ -32,8 +32,8 @@
 //! stale goes as soon as anything changes.
 
 use crate::inode::FileId;
-use crate::listing_ahead::Changes;
-use ferry_common::proto::{ByteBuf, Cred, FileRead, READ_FILES_BYTES, READ_FILES_NAMES};
+use crate::listing_ahead::{Changes, FilesListed};
+use ferry_common::proto::{ByteBuf, Cred, FileRead, Op, READ_FILES_BYTES, READ_FILES_NAMES};
 use ferry_common::sync::lock;
 use ferry_common::{Attr, RelPath};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -87,6 +87,18 @@ pub(crate) struct Batch {
     ids: Vec<FileId>,
     /// [`Changes`] when it was made.
     pub(crate) mark: u64,
+}
+
+impl Batch {
+    /// The request to send for this batch: its directory and names go into
+    /// it, and the batch keeps what [`FilesAhead::answered`] needs.
+    pub(crate) fn take_request(&mut self) -> Op {
+        Op::ReadFiles {
+            dir: std::mem::take(&mut self.dir),
+            names: std::mem::take(&mut self.names),
+            max_each: LARGEST as u32,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -237,7 +249,7 @@ impl FilesAhead {
     pub(crate) fn wanted(
         &self,
         dir: &RelPath,
-        files: Vec<(Vec<u8>, Attr)>,
+        files: FilesListed,
         listing: Option<Instant>,
         changes: &Changes,
     ) -> Vec<Batch> {

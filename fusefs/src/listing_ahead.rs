@@ -217,10 +217,10 @@ struct Listed {
     subdirs: Vec<(RelPath, FileId)>,
 }
 
-/// The state, and a signal for each answer.
 /// Told of each listing fetched ahead: who asked, the directory, its entries.
 pub(crate) type OnFetched = Box<dyn Fn(&Cred, &RelPath, &[DirEntry]) + Send + Sync>;
 
+/// The state, and a signal for each answer.
 #[derive(Default)]
 struct Shared {
     state: Mutex<State>,
@@ -478,7 +478,7 @@ impl ListingsAhead {
     pub(crate) fn files_of(&self, dir: &RelPath, largest: u64) -> Option<(Instant, FilesListed)> {
         let state = lock(&self.shared.state);
         let names = self.fresh_names(&state, dir)?;
-        let mut files: Vec<(Vec<u8>, Attr)> = names
+        let mut files: FilesListed = names
             .attrs
             .iter()
             .filter(|(_, a)| a.kind == FileKind::File && a.size <= largest)

@@ -277,6 +277,35 @@ impl Session {
         Ok(FileContents { attr, data })
     }
 
+    /// Creates (or opens) the file at `path` and opens a handle on it: the
+    /// next of the connection's, or `chosen` by the client (`CreateAs`).
+    fn create(
+        &self,
+        path: &RelPath,
+        flags: i32,
+        mode: u32,
+        chosen: Option<u64>,
+    ) -> Result<Reply, Errno> {
+        if let Some(handle) = chosen {
+            // Checked before anything is made: a refused one leaves no file behind.
+            self.handles.claim(handle)?;
+        }
+        let descriptor = self.descriptors.take()?;
+        let (file, attr) = self.export.create(path, flags, mode)?;
+        let id = NodeId::of(&attr);
+        let handle = match chosen {
+            Some(handle) => {
+                self.handles.insert_as(handle, file, id, descriptor);
+                handle
+            }
+            None => self.handles.insert(file, id, descriptor),
+        };
+        Ok(match self.dir_of(path) {
+            Some(dir) => Reply::Created { handle, attr, dir },
+            None => Reply::Opened { handle, attr },
+        })
+    }
+
     /// Carries out one request, as the identity its credential maps to.
     pub(crate) fn handle(&self, request: Request) -> Result<Reply, Errno> {
         let Request { cred, mut op, .. } = request;
@@ -344,33 +373,13 @@ impl Session {
                     None => Reply::Opened { handle, attr },
                 })
             }
-            Op::Create { path, flags, mode } => {
-                let descriptor = self.descriptors.take()?;
-                let (file, attr) = export.create(&path, flags, mode)?;
-                let handle = self.handles.insert(file, NodeId::of(&attr), descriptor);
-                Ok(match self.dir_of(&path) {
-                    Some(dir) => Reply::Created { handle, attr, dir },
-                    None => Reply::Opened { handle, attr },
-                })
-            }
+            Op::Create { path, flags, mode } => self.create(&path, flags, mode, None),
             Op::CreateAs {
                 path,
                 flags,
                 mode,
                 handle,
-            } => {
-                // The handle is checked before anything is made: a refused
-                // one leaves no file behind.
-                self.handles.claim(handle)?;
-                let descriptor = self.descriptors.take()?;
-                let (file, attr) = export.create(&path, flags, mode)?;
-                self.handles
-                    .insert_as(handle, file, NodeId::of(&attr), descriptor);
-                Ok(match self.dir_of(&path) {
-                    Some(dir) => Reply::Created { handle, attr, dir },
-                    None => Reply::Opened { handle, attr },
-                })
-            }
+            } => self.create(&path, flags, mode, Some(handle)),
             Op::Read {
                 handle,
                 offset,

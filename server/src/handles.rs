@@ -35,6 +35,16 @@ struct Held {
     _descriptor: Descriptor,
 }
 
+impl Held {
+    fn new(file: OpenFile, id: NodeId, descriptor: Descriptor) -> Held {
+        Held {
+            file: Arc::new(file),
+            id,
+            _descriptor: descriptor,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct HandleTable {
     // A std mutex, not tokio's: it is held for a map operation only, never across
@@ -77,14 +87,9 @@ impl HandleTable {
         id: NodeId,
         descriptor: Descriptor,
     ) {
-        lock(&self.inner).files.insert(
-            handle,
-            Held {
-                file: Arc::new(file),
-                id,
-                _descriptor: descriptor,
-            },
-        );
+        lock(&self.inner)
+            .files
+            .insert(handle, Held::new(file, id, descriptor));
     }
 
     /// Stores `file`, which is the server file `id` and holds `descriptor` of
@@ -93,14 +98,7 @@ impl HandleTable {
         let mut inner = lock(&self.inner);
         inner.last += 1;
         let handle = inner.last;
-        inner.files.insert(
-            handle,
-            Held {
-                file: Arc::new(file),
-                id,
-                _descriptor: descriptor,
-            },
-        );
+        inner.files.insert(handle, Held::new(file, id, descriptor));
         handle
     }
 

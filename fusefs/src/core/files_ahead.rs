@@ -5,6 +5,7 @@ use super::names::direct_io;
 use super::{Caller, Core, Opened};
 use crate::files::RemoteFile;
 use crate::files_ahead::LARGEST;
+use crate::listing_ahead::FilesListed;
 use ferry_common::proto::{Cred, DirEntry, Op, Reply};
 use ferry_common::sync::lock;
 use ferry_common::{Attr, FileKind, RelPath};
@@ -31,11 +32,10 @@ impl Core {
     ) -> Option<Opened> {
         let id = lock(&self.inodes).file_id(ino)?;
         let epoch = self.client.current_epoch()?;
-        let path = lock(&self.inodes).path(ino).cloned()?;
         let waiting = || {
-            // The open waits for the request fetching it.
+            // The open waits for the request fetching it (counted by kind).
             self.stats.waited_for(&Op::ReadFiles {
-                dir: path,
+                dir: RelPath::root(),
                 names: Vec::new(),
                 max_each: 0,
             })
@@ -118,7 +118,7 @@ impl Core {
         if !self.files_ahead.walk_reads(self.ttl()) {
             return;
         }
-        let mut files: Vec<(Vec<u8>, Attr)> = entries
+        let mut files: FilesListed = entries
             .iter()
             .filter(|e| e.attr.kind == FileKind::File && e.attr.size <= LARGEST)
             .map(|e| (e.name.clone(), e.attr))
@@ -134,18 +134,14 @@ impl Core {
         &self,
         cred: &Cred,
         dir: &RelPath,
-        files: Vec<(Vec<u8>, Attr)>,
+        files: FilesListed,
         listing: Option<Instant>,
     ) {
         let Some(epoch) = self.client.current_epoch() else {
             return;
         };
-        for batch in self.files_ahead.wanted(dir, files, listing, &self.changes) {
-            let op = Op::ReadFiles {
-                dir: batch.dir.clone(),
-                names: batch.names.clone(),
-                max_each: LARGEST as u32,
-            };
+        for mut batch in self.files_ahead.wanted(dir, files, listing, &self.changes) {
+            let op = batch.take_request();
             let core = self.clone();
             let who = cred.clone();
             let asked = Instant::now();
