@@ -40,7 +40,7 @@ use super::{Caller, Core, Done};
 use crate::inode::FileId;
 use ferry_common::proto::{Op, Reply, CLIENT_HANDLE};
 use ferry_common::sync::lock;
-use ferry_common::{Errno, RelPath, Timestamp};
+use ferry_common::{Attr, Errno, RelPath, Timestamp};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +71,17 @@ struct State {
     made: HashMap<u64, u64>,
 }
 
+impl State {
+    /// An operation in `dir` (about inode `ino`, when known) failed with `e`:
+    /// kept unless a failure not reported yet is there already.
+    fn failed(&mut self, dir: u64, ino: Option<u64>, e: Errno) {
+        self.dir_errors.entry(dir).or_insert(e);
+        if let Some(ino) = ino {
+            self.file_errors.entry(ino).or_insert(e);
+        }
+    }
+}
+
 impl Behind {
     /// A handle number for a file this mount creates (see
     /// [`super::create_behind`]): with the client bit, and never one chosen
@@ -96,10 +107,7 @@ impl Behind {
             }
         }
         if let Err(e) = result {
-            state.dir_errors.entry(dir).or_insert(e);
-            if let Some(ino) = ino {
-                state.file_errors.entry(ino).or_insert(e);
-            }
+            state.failed(dir, ino, e);
         }
         drop(state);
         self.answered.notify_all();
@@ -160,9 +168,7 @@ impl Behind {
     /// A failure through a file created behind in `dir` that came after its
     /// close: for the next fsync of the file or of the directory.
     pub(super) fn record(&self, dir: u64, ino: u64, e: Errno) {
-        let mut state = lock(&self.state);
-        state.dir_errors.entry(dir).or_insert(e);
-        state.file_errors.entry(ino).or_insert(e);
+        lock(&self.state).failed(dir, Some(ino), e);
     }
 
     /// The failure behind not yet reported for directory `dir`, reported now.
@@ -205,6 +211,27 @@ pub(super) struct Removal {
 }
 
 impl Core {
+    /// An operation sent behind in `parent` was answered, with the server's
+    /// attributes of the directories it changed (`dirs`): they replace the
+    /// projection of `parent` (see `project_name_change`), even where this
+    /// machine's clock ran ahead of them; without them the projection goes.
+    pub(super) fn settle_projection(&self, parent: u64, dirs: &[Attr], asked: Instant) {
+        let parent_id = lock(&self.inodes).file_id(parent);
+        match dirs.iter().find(|d| Some(FileId::of(d)) == parent_id) {
+            Some(attr) => self.attrs.replace(parent, *attr, self.until(asked)),
+            None => self.attrs.drop_ino(parent),
+        }
+        self.note_dirs(dirs, asked);
+    }
+
+    /// An operation sent behind on `name` in `parent` failed: whatever the
+    /// server has now is asked of it again.
+    pub(super) fn forget_name_behind(&self, parent: u64, name: &OsStr) {
+        self.known.forget(parent);
+        self.attrs.drop_ino(parent);
+        self.kernel.forget_entry(parent, name);
+    }
+
     /// The removal of `name` from `parent`, if it may go behind (see the
     /// module docs); `dir`: the name is a directory (rmdir), which must be
     /// known empty.
@@ -266,21 +293,13 @@ impl Core {
         let name = name.to_os_string();
         let asked = Instant::now();
         self.client.submit_in(epoch, &caller.cred, op, move |r| {
-            // The projection is replaced by what the server sent, or goes.
-            let parent_id = lock(&core.inodes).file_id(parent);
             let result = match r {
                 Ok(Reply::DirsChanged(dirs)) => {
-                    // The server's times replace the projection's, even
-                    // where this machine's clock ran ahead of them.
-                    match dirs.iter().find(|d| Some(FileId::of(d)) == parent_id) {
-                        Some(attr) => core.attrs.replace(parent, *attr, core.until(asked)),
-                        None => core.attrs.drop_ino(parent),
-                    }
-                    core.note_dirs(&dirs, asked);
+                    core.settle_projection(parent, &dirs, asked);
                     Ok(())
                 }
                 Ok(_) => {
-                    core.attrs.drop_ino(parent);
+                    core.settle_projection(parent, &[], asked);
                     Ok(())
                 }
                 Err(e) => Err(reported(e)),
@@ -290,10 +309,7 @@ impl Core {
                     "removing {path:?} failed on the server after it was answered ({e}); \
                      reported by the next fsync of its directory"
                 );
-                // Whatever the server has now is asked of it again.
-                core.known.forget(parent);
-                core.attrs.drop_ino(parent);
-                core.kernel.forget_entry(parent, &name);
+                core.forget_name_behind(parent, &name);
             }
             core.behind.end(parent, ino, result);
         });

@@ -40,7 +40,6 @@ use super::behind::reported;
 use super::names::{direct_io, writable};
 use super::{Caller, Core, Done, Entry, Opened};
 use crate::files::RemoteFile;
-use crate::inode::FileId;
 use ferry_common::proto::{Op, Reply};
 use ferry_common::sync::lock;
 use ferry_common::{Attr, Errno, FileKind, RelPath, Timestamp};
@@ -128,18 +127,12 @@ impl Core {
             let result = match r {
                 Ok(Reply::Created { attr, dir, .. }) => {
                     core.bind_created(ino, attr, asked);
-                    let parent_id = lock(&core.inodes).file_id(parent);
-                    if Some(FileId::of(&dir)) == parent_id {
-                        core.attrs.replace(parent, dir, core.until(asked));
-                    } else {
-                        core.attrs.drop_ino(parent);
-                    }
-                    core.note_dirs(&[dir], asked);
+                    core.settle_projection(parent, &[dir], asked);
                     Ok(())
                 }
                 Ok(Reply::Opened { attr, .. }) => {
                     core.bind_created(ino, attr, asked);
-                    core.attrs.drop_ino(parent);
+                    core.settle_projection(parent, &[], asked);
                     Ok(())
                 }
                 Ok(_) => Err(Errno::EPROTO),
@@ -152,10 +145,8 @@ impl Core {
                 );
                 // Whatever the server has now is asked of it again.
                 lock(&core.inodes).lose(&path);
-                core.known.forget(parent);
-                core.attrs.drop_ino(parent);
                 core.attrs.drop_ino(ino);
-                core.kernel.forget_entry(parent, &name);
+                core.forget_name_behind(parent, &name);
             }
             core.behind.end(parent, Some(ino), result);
         });
