@@ -81,7 +81,7 @@ const MAX_SPACES: u64 = (1 << (64 - INO_BITS)) - 1;
 /// one case where memory grows with the files seen.
 ///
 /// A file this mount creates without waiting for the server (see
-/// `core::behind`) is numbered before its identity is known: from the same
+/// `core::create_behind`) is numbered before its identity is known: from the same
 /// counter, and bound to its identity once the server's answer comes, for
 /// the life of the mount, so its number never changes while the mount lives.
 #[derive(Debug)]
