@@ -918,7 +918,46 @@ fn setuid_and_setgid_are_dropped_as_on_a_local_disk() {
     assert_eq!((mode_here("s"), mode_there("s")), (0o755, 0o755));
 }
 
+/// Truncating a program while it runs is refused (ETXTBSY), as on a local
+/// disk, and leaves it whole on the server. With FUSE's atomic O_TRUNC the
+/// server truncated the file at the open, before the kernel refused it.
+fn a_running_program_is_not_truncated_by_an_open() {
+    let f = fixture!();
+    fs::create_dir(f.m("bin")).unwrap();
+    let program = f.m("bin/sleep");
+    fs::copy("/bin/sleep", &program).unwrap();
+    fs::set_permissions(&program, fs::Permissions::from_mode(0o755)).unwrap();
+    // Created behind (the mount made "bin"): fsync says it has landed.
+    File::open(&program).unwrap().sync_all().unwrap();
+    let size = fs::metadata("/bin/sleep").unwrap().len();
+    assert_eq!(fs::metadata(f.e("bin/sleep")).unwrap().len(), size);
+    let mut running = std::process::Command::new(&program)
+        .arg("10")
+        .spawn()
+        .unwrap();
+    for (flags, what) in [
+        (libc::O_WRONLY, "O_WRONLY"),
+        (libc::O_RDWR, "O_RDWR"),
+        (libc::O_RDONLY | libc::O_TRUNC, "O_RDONLY|O_TRUNC"),
+    ] {
+        let opened = OpenOptions::new()
+            .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
+            .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
+            .custom_flags(flags & libc::O_TRUNC)
+            .open(&program);
+        assert_errno(opened.map(drop), libc::ETXTBSY);
+        assert_eq!(
+            fs::metadata(f.e("bin/sleep")).unwrap().len(),
+            size,
+            "{what} changed the program on the server"
+        );
+    }
+    running.kill().unwrap();
+    running.wait().unwrap();
+}
+
 tests! {
+    a_running_program_is_not_truncated_by_an_open => [Fuse],
     create_write_read_at_offsets => [Fuse],
     large_sequential_write_and_read_back => [Fuse],
     sparse_file_beyond_4_gib => [Fuse],

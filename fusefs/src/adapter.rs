@@ -154,7 +154,11 @@ impl Filesystem for FerryFs {
         for flag in [
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_AUTO_INVAL_DATA,
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            // Not FUSE_ATOMIC_O_TRUNC: with it the server truncates at the
+            // open, before the kernel's own checks, so an O_TRUNC open of a
+            // running program truncated it on the server and then failed with
+            // ETXTBSY (pjdfstest open::etxtbsy, some runs). Without it the
+            // kernel truncates (a setattr) only once the open is allowed.
             InitFlags::FUSE_BIG_WRITES,
             InitFlags::FUSE_ASYNC_READ,
             InitFlags::FUSE_ASYNC_DIO,
