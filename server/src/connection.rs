@@ -61,7 +61,7 @@ use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::recovery::{ClientId, Recovery, Registration};
 use crate::registry::{Registries, Registry, Subscriber};
-use crate::schedule::{schedule, Schedule};
+use crate::schedule::{schedule, Company, Schedule};
 use crate::security::{Security, TlsServer};
 use crate::sequencer::Sequencer;
 use crate::stalls::{Baton, Stalls};
@@ -295,8 +295,8 @@ enum Next {
 struct Incoming {
     request: Request,
     budget: Budget,
-    /// No other request is buffered behind it.
-    alone: bool,
+    /// What else the connection had going when it was read.
+    company: Company,
 }
 
 impl Serving {
@@ -435,10 +435,15 @@ impl Serving {
                 Err(_) => return Next::End(Ok(())),
             },
         };
+        let company = Company {
+            behind: !reader.buffer().is_empty(),
+            // A request's slot is given back once its reply is written.
+            in_flight: self.requests.available_permits() < MAX_IN_FLIGHT - 1,
+        };
         Next::Request(Box::new(Incoming {
             request,
             budget: (slot, share),
-            alone: reader.buffer().is_empty(),
+            company,
         }))
     }
 
@@ -450,6 +455,15 @@ impl Serving {
             // If the writer is gone the connection is closing; nobody reads it.
             let _ = tx.blocking_send(outgoing);
         }
+    }
+
+    /// Starts `request` on the blocking pool; its reply goes to the writer.
+    fn to_pool(&self, request: Request, budget: Budget) {
+        let Some(tx) = lock(&self.tx).clone() else {
+            return;
+        };
+        let job = job(&self.session, &self.ctx.metrics, tx, request, budget);
+        drop(self.ctx.pool.spawn_blocking(job));
     }
 
     /// Ends the connection: its locks are kept for its client (or let go),
@@ -496,7 +510,7 @@ pub(crate) fn read_requests(serving: Arc<Serving>, mut reading: Reading) {
         let Incoming {
             request,
             budget,
-            alone,
+            company,
         } = match next {
             Next::Request(incoming) => *incoming,
             Next::End(outcome) => return serving.finish(outcome),
@@ -506,7 +520,7 @@ pub(crate) fn read_requests(serving: Arc<Serving>, mut reading: Reading) {
         let sequencer = &serving.sequencer;
         // Only this thread adds work to the sequencer, so a handle found idle
         // here stays idle while its request runs inline.
-        match schedule(&request.op, alone, |handle| sequencer.is_idle(handle)) {
+        match schedule(&request.op, company, |handle| sequencer.is_idle(handle)) {
             Schedule::Inline => {
                 // Outside the runtime, the reading set down beside it: should
                 // the call get stuck, another thread takes it up.
@@ -518,15 +532,18 @@ pub(crate) fn read_requests(serving: Arc<Serving>, mut reading: Reading) {
                     None => return,
                 }
             }
-            Schedule::Pool => {
-                let Some(tx) = lock(&serving.tx).clone() else {
-                    continue;
-                };
-                drop(
-                    ctx.pool
-                        .spawn_blocking(job(session, &ctx.metrics, tx, request, budget)),
-                );
+            Schedule::InlineIfCached => {
+                let ticket = serving.baton.set_down(reading);
+                match answer_from_cache(session, &ctx.metrics, &request) {
+                    Some(frame) => serving.send(Outgoing { frame, budget }),
+                    None => serving.to_pool(request, budget),
+                }
+                match serving.baton.take_back(ticket) {
+                    Some(back) => reading = back,
+                    None => return,
+                }
             }
+            Schedule::Pool => serving.to_pool(request, budget),
             Schedule::Ordered(handle) => {
                 let Some(tx) = lock(&serving.tx).clone() else {
                     continue;
@@ -911,6 +928,25 @@ fn answer(session: &Session, metrics: &Metrics, request: Request) -> Encoded {
             Err(Errno::EIO)
         });
     metrics.handled(kind, started.elapsed(), result.is_err());
+    encode_reply(id, result)
+}
+
+/// [`answer`] of a read the page cache holds all of; `None`, having done
+/// nothing, when it would have to wait for the disk.
+fn answer_from_cache(session: &Session, metrics: &Metrics, request: &Request) -> Option<Encoded> {
+    let id = request.id;
+    let started = Instant::now();
+    let result = panic::catch_unwind(AssertUnwindSafe(|| session.read_cached(request)))
+        .unwrap_or_else(|_| {
+            log::error!("request {id} panicked; answering EIO");
+            Some(Err(Errno::EIO))
+        })?;
+    metrics.handled(op_kind(&request.op), started.elapsed(), result.is_err());
+    Some(encode_reply(id, result))
+}
+
+/// The reply frame of request `id`.
+fn encode_reply(id: u64, result: Result<Reply, Errno>) -> Encoded {
     // File data is sent from its own buffer, after a head, not copied into a frame.
     let result = match result {
         Ok(Reply::Data(data)) => match frame::encode_data_head(id, data.len()) {

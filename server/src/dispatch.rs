@@ -329,6 +329,36 @@ impl Session {
         result
     }
 
+    /// [`handle`](Self::handle) of a `Read`, but only if the page cache holds
+    /// all it asks for: `None`, having done nothing, when it would have to wait
+    /// for the disk (see [`crate::schedule::Schedule::InlineIfCached`]).
+    pub(crate) fn read_cached(&self, request: &Request) -> Option<Result<Reply, Errno>> {
+        let Op::Read {
+            handle,
+            offset,
+            len,
+        } = request.op
+        else {
+            return None;
+        };
+        let mut op = request.op.clone();
+        // Admitted as `handle` would, though reading an open descriptor acts
+        // as no one: its permissions were checked when it was opened.
+        if let Err(e) = self.policy.admit(&request.cred, &mut op) {
+            return Some(Err(e));
+        }
+        let file = match self.handles.get(handle) {
+            Ok(file) => file,
+            Err(e) => return Some(Err(e)),
+        };
+        let ticket = self.coherence.before(&op, &self.handles);
+        let len = len.min(MAX_CHUNK) as usize;
+        // A read that would wait drops its ticket unused: a read changes nothing.
+        let result = file.read_cached(offset, len)?.map(Reply::Data);
+        self.coherence.after(ticket, &result, &self.handles);
+        Some(result)
+    }
+
     fn act_and_carry_out(&self, op: Op, who: &Identity, setid: SetIdBits) -> Result<Reply, Errno> {
         // Until dropped, on every way out of here, unwinding included.
         let _acting = self.export.act_as(who)?;

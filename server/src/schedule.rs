@@ -8,6 +8,14 @@
 //! anything that may wait for the disk (data, fsync, listings, truncation) goes
 //! to the pool.
 //!
+//! A small read is the exception: it may wait for the disk, but is usually
+//! answered from the page cache in microseconds. When nothing else of the
+//! connection waits (queue depth 1) it runs inline, waiting for the disk if
+//! it must, as nobody waits behind it. Otherwise it is answered inline only if
+//! the page cache holds all of it (`RWF_NOWAIT`), and goes to the pool when it
+//! would wait: a disk read on the reader would hold up the replies and
+//! requests of the others, and would read the disk one request at a time.
+//!
 //! Requests that change an open file also carry an order key, their handle: a
 //! client that does not wait for each write before sending the next
 //! (write-behind) relies on the writes, and the setattr that follows them (tar
@@ -29,8 +37,8 @@ use ferry_common::proto::Op;
 
 /// The largest write carried out inline: it only copies into the page cache.
 pub(crate) const INLINE_WRITE_MAX: usize = 128 * 1024;
-/// The largest read answered inline, and then only when no other request is
-/// waiting behind it (see [`Cost::QuickAlone`]).
+/// The largest read answered inline: from the page cache, or from the disk
+/// when nothing else of the connection waits (see [`Cost::SmallRead`]).
 pub(crate) const INLINE_READ_MAX: u32 = 64 * 1024;
 
 /// The largest first read an `OpenRead` may ask for and still be answered
@@ -45,9 +53,29 @@ pub(crate) enum Schedule {
     Inline,
     /// Started on the blocking pool at once, beside whatever else runs.
     Pool,
+    /// Answered on the reader task if the page cache holds all it asks for
+    /// (`Session::read_cached`), else started on the blocking pool.
+    InlineIfCached,
     /// Run on the blocking pool after everything queued before it under this
     /// handle.
     Ordered(u64),
+}
+
+/// What else the connection has going when a request is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Company {
+    /// Other requests are already buffered behind this one.
+    pub(crate) behind: bool,
+    /// Requests read before this one are not answered yet.
+    pub(crate) in_flight: bool,
+}
+
+impl Company {
+    /// No other request of the connection is read or waiting: queue depth 1.
+    pub(crate) const ALONE: Company = Company {
+        behind: false,
+        in_flight: false,
+    };
 }
 
 /// How long a request may take, as far as the request itself tells.
@@ -55,11 +83,13 @@ pub(crate) enum Schedule {
 enum Cost {
     /// Microseconds: metadata on a local disk, a small write into the page cache.
     Quick,
-    /// Quick from the page cache but may wait for the disk: a small read. It runs
-    /// inline only when no request is waiting behind it (one read at a time, as
-    /// at queue depth 1), so that reads sent together still reach the disk
-    /// together.
+    /// Quick from the page cache but may wait for the disk: an open with a
+    /// small first read. It runs inline only when no request is waiting behind
+    /// it, so that opens sent together still reach the disk together.
     QuickAlone,
+    /// A small read: inline at queue depth 1, else inline only from the page
+    /// cache (see the module docs).
+    SmallRead,
     /// May take long: bulk data, fsync, listings (thousands of stats), truncation
     /// or allocation (gigabytes of blocks).
     Slow,
@@ -67,10 +97,14 @@ enum Cost {
 
 /// Decides where `op` runs and in which handle's order.
 ///
-/// `alone`: no other request is already buffered behind this one.
+/// `company`: what else the connection has going.
 /// `handle_idle(handle)`: nothing is queued or running under `handle`; asked
 /// only of a request that would otherwise run inline.
-pub(crate) fn schedule(op: &Op, alone: bool, handle_idle: impl FnOnce(u64) -> bool) -> Schedule {
+pub(crate) fn schedule(
+    op: &Op,
+    company: Company,
+    handle_idle: impl FnOnce(u64) -> bool,
+) -> Schedule {
     let (cost, key) = match op {
         Op::Stat { .. }
         | Op::ReadLink { .. }
@@ -103,7 +137,7 @@ pub(crate) fn schedule(op: &Op, alone: bool, handle_idle: impl FnOnce(u64) -> bo
         Op::OpenRead { flags, .. } if flags & libc::O_TRUNC != 0 => (Cost::Slow, None),
         Op::OpenRead { len, .. } if *len <= INLINE_OPEN_READ_MAX => (Cost::QuickAlone, None),
         Op::OpenRead { .. } => (Cost::Slow, None),
-        Op::Read { len, .. } if *len <= INLINE_READ_MAX => (Cost::QuickAlone, None),
+        Op::Read { len, .. } if *len <= INLINE_READ_MAX => (Cost::SmallRead, None),
         Op::Read { .. } => (Cost::Slow, None),
         Op::Write { handle, data, .. } if data.len() <= INLINE_WRITE_MAX => {
             (Cost::Quick, Some(*handle))
@@ -127,7 +161,10 @@ pub(crate) fn schedule(op: &Op, alone: bool, handle_idle: impl FnOnce(u64) -> bo
     };
     let inline = match cost {
         Cost::Quick => true,
-        Cost::QuickAlone => alone,
+        Cost::QuickAlone => !company.behind,
+        Cost::SmallRead if company == Company::ALONE => true,
+        // Reads carry no order key.
+        Cost::SmallRead => return Schedule::InlineIfCached,
         Cost::Slow => false,
     };
     match key {
@@ -236,26 +273,38 @@ mod tests {
             },
         ];
         for op in &names {
-            for alone in [true, false] {
+            for company in [Company::ALONE, CROWDED, IN_FLIGHT] {
                 let mut asked = false;
-                let got = schedule(op, alone, |_| {
+                let got = schedule(op, company, |_| {
                     asked = true;
                     false
                 });
-                assert_eq!(got, Schedule::Inline, "{op:?}, alone: {alone}");
+                assert_eq!(got, Schedule::Inline, "{op:?}, {company:?}");
                 assert!(!asked, "{op:?} waits for no handle");
             }
         }
     }
 
+    /// Requests wait behind this one, and others before it are unanswered.
+    const CROWDED: Company = Company {
+        behind: true,
+        in_flight: true,
+    };
+    /// Nothing waits behind this one, but others before it are unanswered.
+    const IN_FLIGHT: Company = Company {
+        behind: false,
+        in_flight: true,
+    };
+
     /// Every kind of operation, with its schedule when it is alone and its
-    /// handle idle, when requests wait behind it, and when its handle is busy.
-    fn every_op() -> Vec<(Op, [Schedule; 3])> {
-        use Schedule::{Inline, Ordered, Pool};
-        let quick = [Inline; 3];
-        let slow = [Pool; 3];
-        let ordered_quick = [Inline, Inline, Ordered(H)];
-        let ordered_slow = [Ordered(H); 3];
+    /// handle idle, when requests wait behind it, when only requests before it
+    /// are unanswered, and when it is alone but its handle is busy.
+    fn every_op() -> Vec<(Op, [Schedule; 4])> {
+        use Schedule::{Inline, InlineIfCached, Ordered, Pool};
+        let quick = [Inline; 4];
+        let slow = [Pool; 4];
+        let ordered_quick = [Inline, Inline, Inline, Ordered(H)];
+        let ordered_slow = [Ordered(H); 4];
         vec![
             (Op::Stat { path: path() }, quick),
             (
@@ -297,7 +346,7 @@ mod tests {
                 },
                 quick,
             ),
-            (read(4096), [Inline, Pool, Inline]),
+            (read(4096), [Inline, InlineIfCached, InlineIfCached, Inline]),
             (read(1 << 20), slow),
             (
                 Op::List {
@@ -314,7 +363,10 @@ mod tests {
                 },
                 slow,
             ),
-            (open_read(libc::O_RDONLY, 128 << 10), [Inline, Pool, Inline]),
+            (
+                open_read(libc::O_RDONLY, 128 << 10),
+                [Inline, Pool, Inline, Inline],
+            ),
             (open_read(libc::O_RDONLY, INLINE_OPEN_READ_MAX + 1), slow),
             (open_read(libc::O_RDONLY | libc::O_TRUNC, 0), slow),
             (write(4096), ordered_quick),
@@ -464,49 +516,77 @@ mod tests {
             ferry_common::counters::OP_KINDS,
             "one row (or more) per kind of Op: {kinds:?}"
         );
-        for (op, [alone_idle, crowded_idle, alone_busy]) in ops {
+        for (op, [alone_idle, crowded_idle, in_flight_idle, alone_busy]) in ops {
             let name = op.name();
-            assert_eq!(schedule(&op, true, |h| h == H), alone_idle, "{name} alone");
+            let idle = |h| h == H;
             assert_eq!(
-                schedule(&op, false, |h| h == H),
-                crowded_idle,
-                "{name} crowded"
+                schedule(&op, Company::ALONE, idle),
+                alone_idle,
+                "{name} alone"
             );
-            assert_eq!(schedule(&op, true, |_| false), alone_busy, "{name} busy");
+            assert_eq!(schedule(&op, CROWDED, idle), crowded_idle, "{name} crowded");
+            assert_eq!(
+                schedule(&op, IN_FLIGHT, idle),
+                in_flight_idle,
+                "{name} in flight"
+            );
+            assert_eq!(
+                schedule(&op, Company::ALONE, |_| false),
+                alone_busy,
+                "{name} busy"
+            );
         }
     }
 
     #[test]
     fn small_reads_and_writes_end_at_their_thresholds() {
         let idle = |_| true;
+        let alone = Company::ALONE;
         assert_eq!(
-            schedule(&read(INLINE_READ_MAX), true, idle),
+            schedule(&read(INLINE_READ_MAX), alone, idle),
             Schedule::Inline
         );
         assert_eq!(
-            schedule(&read(INLINE_READ_MAX + 1), true, idle),
+            schedule(&read(INLINE_READ_MAX), IN_FLIGHT, idle),
+            Schedule::InlineIfCached
+        );
+        assert_eq!(
+            schedule(&read(INLINE_READ_MAX + 1), alone, idle),
             Schedule::Pool
         );
-        assert_eq!(schedule(&read(0), false, idle), Schedule::Pool);
         assert_eq!(
-            schedule(&write(INLINE_WRITE_MAX), false, idle),
+            schedule(&read(INLINE_READ_MAX + 1), IN_FLIGHT, idle),
+            Schedule::Pool
+        );
+        assert_eq!(schedule(&read(0), CROWDED, idle), Schedule::InlineIfCached);
+        assert_eq!(
+            schedule(&write(INLINE_WRITE_MAX), CROWDED, idle),
             Schedule::Inline
         );
         assert_eq!(
-            schedule(&write(INLINE_WRITE_MAX + 1), true, idle),
+            schedule(&write(INLINE_WRITE_MAX + 1), alone, idle),
             Schedule::Ordered(H)
         );
-        assert_eq!(schedule(&write(0), true, idle), Schedule::Inline);
+        assert_eq!(schedule(&write(0), alone, idle), Schedule::Inline);
     }
 
     #[test]
     fn the_handle_queue_is_asked_only_about_what_could_run_inline() {
         let never = |_| -> bool { panic!("the queue was asked about a request for the pool") };
-        assert_eq!(schedule(&write(1 << 20), true, never), Schedule::Ordered(H));
-        assert_eq!(schedule(&read(4096), false, never), Schedule::Pool);
-        assert_eq!(schedule(&Op::StatFs, true, never), Schedule::Inline);
+        assert_eq!(
+            schedule(&write(1 << 20), Company::ALONE, never),
+            Schedule::Ordered(H)
+        );
+        assert_eq!(
+            schedule(&read(4096), CROWDED, never),
+            Schedule::InlineIfCached
+        );
+        assert_eq!(
+            schedule(&Op::StatFs, Company::ALONE, never),
+            Schedule::Inline
+        );
         let mut asked = None;
-        let got = schedule(&Op::Close { handle: 9 }, false, |h| {
+        let got = schedule(&Op::Close { handle: 9 }, CROWDED, |h| {
             asked = Some(h);
             true
         });

@@ -71,6 +71,29 @@ impl OpenFile {
         Ok(buf)
     }
 
+    /// [`read_at`](Self::read_at), but only if the page cache holds all of it:
+    /// `None`, having waited for nothing, when some of it is still on the disk
+    /// (whose reading the kernel has then started) or the file system cannot
+    /// tell without waiting.
+    pub fn read_cached(&self, offset: u64, len: usize) -> Option<Result<Vec<u8>, Errno>> {
+        self.read_ahead(offset, len);
+        let mut buf: Vec<u8> = Vec::with_capacity(len);
+        while buf.len() < len {
+            let Some(at) = offset.checked_add(buf.len() as u64) else {
+                return Some(Err(Errno::EINVAL));
+            };
+            let want = len - buf.len();
+            match sys::pread_append_cached(self.fd(), &mut buf, want, at) {
+                // Never a wait: 0 is the end of the file.
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.code() == libc::EAGAIN || e.code() == libc::EOPNOTSUPP => return None,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Some(Ok(buf))
+    }
+
     /// Writes all of `data` at `offset` and returns its length; if the disk fails
     /// part way, the count written so far (as `pwrite` would), or the error if
     /// nothing was written.

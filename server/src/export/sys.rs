@@ -430,17 +430,45 @@ pub(super) fn pread_append(
     max: usize,
     offset: u64,
 ) -> Result<usize, Errno> {
+    read_append(fd, buf, max, offset, 0)
+}
+
+/// [`pread_append`] of only what the page cache holds (`preadv2` with
+/// `RWF_NOWAIT`): EAGAIN rather than waiting for the disk, after the kernel
+/// has started reading what was missing. Fewer than `max` bytes when only
+/// part was cached; EOPNOTSUPP where the file system cannot say.
+pub(super) fn pread_append_cached(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    max: usize,
+    offset: u64,
+) -> Result<usize, Errno> {
+    read_append(fd, buf, max, offset, libc::RWF_NOWAIT)
+}
+
+fn read_append(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    max: usize,
+    offset: u64,
+    flags: libc::c_int,
+) -> Result<usize, Errno> {
     let offset = libc::off_t::try_from(offset).map_err(|_| Errno::EINVAL)?;
     buf.reserve(max);
     let filled = buf.len();
     loop {
         let spare = buf.spare_capacity_mut();
-        // SAFETY: `spare` is writable memory owned by `buf`, at least `max` bytes
-        // long after the reserve; pread writes at most `max` bytes into it.
-        let n = unsafe { libc::pread(fd.as_raw_fd(), spare.as_mut_ptr().cast(), max, offset) };
+        let iov = libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: max,
+        };
+        // SAFETY: `iov` points into writable memory owned by `buf`, at least
+        // `max` bytes long after the reserve; preadv2 writes at most `max`
+        // bytes into it.
+        let n = unsafe { libc::preadv2(fd.as_raw_fd(), &iov, 1, offset, flags) };
         if n >= 0 {
             let n = n as usize;
-            // SAFETY: pread initialised `n` (at most `max`) bytes after `filled`.
+            // SAFETY: preadv2 initialised `n` (at most `max`) bytes after `filled`.
             unsafe { buf.set_len(filled + n) };
             return Ok(n);
         }

@@ -6,6 +6,7 @@ use ferry_common::proto::{AttrChanges, SetTime, LISTED_ENTRY_OVERHEAD};
 use ferry_common::{FileKind, Timestamp};
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::sync::mpsc;
 use std::thread;
@@ -467,6 +468,49 @@ fn files_are_created_read_written_and_truncated() {
     assert_eq!(export.stat(&path), Err(Errno::ENOENT));
     // A read-only handle cannot write.
     assert!(again.write_at(0, b"x").is_err());
+}
+
+/// A read of only what the page cache holds gives exactly the bytes a plain
+/// read does, or nothing at all when it would have to wait for the disk.
+#[test]
+fn a_read_from_the_page_cache_is_whole_or_nothing() {
+    let fx = fixture();
+    let path = p("cached");
+    let (file, _) = fx
+        .export
+        .create(&path, libc::O_RDWR | libc::O_EXCL, 0o600)
+        .unwrap();
+    let data: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i % 251) as u8).collect();
+    assert_eq!(file.write_at(0, &data).unwrap(), data.len());
+    // Just written: in the page cache.
+    assert_eq!(file.read_cached(0, data.len()).unwrap().unwrap(), data);
+    assert_eq!(
+        file.read_cached(4000, 200).unwrap().unwrap(),
+        &data[4000..4200]
+    );
+    // At and past the end of the file a read is short or empty, never a wait.
+    assert_eq!(
+        file.read_cached(3 * 4096, 4096).unwrap().unwrap(),
+        &data[3 * 4096..]
+    );
+    // Once out of the page cache, a read of it is nothing: it would wait for
+    // the disk. (Only where the test can tell: ext4, as here, drops clean
+    // pages when told to; a file system in memory keeps them.)
+    file.sync(false).unwrap();
+    let fd = file.fd().as_raw_fd();
+    // SAFETY: fadvise only drops clean cached pages of this descriptor's file;
+    // fstatfs writes into the zeroed struct it is given.
+    let on_ext4 = unsafe {
+        libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED);
+        let mut fs: libc::statfs = std::mem::zeroed();
+        libc::fstatfs(fd, &mut fs) == 0 && fs.f_type == libc::EXT4_SUPER_MAGIC
+    };
+    match file.read_cached(4096, 4096) {
+        None => {}
+        Some(got) if !on_ext4 => assert_eq!(got.unwrap(), &data[4096..8192]),
+        Some(_) => panic!("a read of what is on the disk only did not stop short"),
+    }
+    assert_eq!(file.read_at(4096, 4096).unwrap(), &data[4096..8192]);
 }
 
 #[test]
