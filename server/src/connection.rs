@@ -20,10 +20,10 @@
 //! for its socket: the reader waits for the socket there, and the writer is a
 //! task on it. The reader decodes each frame and runs its request where
 //! [`schedule`](crate::schedule) says: quick ones (metadata, small writes, a
-//! small read with nothing behind it) right on the reader's thread, as a
-//! thread hand-off would cost more than the call; anything that may block for
-//! long (bulk data, fsync, listings, truncation) on the server's blocking pool,
-//! so it never holds up a quick stat. Requests that change an open file run in
+//! small read when it is the only request or the page cache holds it) right
+//! on the reader's thread, as a thread hand-off would cost more than the call;
+//! anything that may block for long (bulk data, fsync, listings, truncation)
+//! on the server's blocking pool, so it never holds up a quick stat. Requests that change an open file run in
 //! arrival order per handle (see [`crate::sequencer`]). Replies go, in
 //! whatever order they finish, through a channel to the writer task, which
 //! writes everything queued at that moment with one system call.
