@@ -329,6 +329,12 @@ fn a_subtree_mount_sees_only_its_directory() {
         .collect();
     assert_eq!(names, ["inner"]);
     fs::write(s.mnt.join("made-here"), "x").unwrap();
+    // Created behind (the mount listed its root just now): fsync says it has
+    // landed.
+    fs::File::open(s.mnt.join("made-here"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
     assert!(s.export.join("sub/made-here").exists());
     // A symlink that points up is stored, and the kernel resolves it on the
     // client, never the server: it cannot lead the server out.
