@@ -39,6 +39,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     // A thread per connection, and the blocking pool's: without a limit glibc
     // gives contended threads arenas of their own, each keeping its peak.
     ferry_server::limit_malloc_arenas(MALLOC_ARENAS);
+    ferry_server::keep_request_buffers();
     let security = server_security(&args, listen)?;
     let lock_record = lock_record(&args, listen);
     let squash = match (args.no_root_squash, args.all_squash) {

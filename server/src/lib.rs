@@ -96,7 +96,7 @@ pub use identity::{BadAnonymousId, Identity, IdentityMap, Squash, DEFAULT_ANON_I
 pub use metrics::{serve_http as serve_metrics, Metrics};
 pub use recovery::DEFAULT_GRACE;
 pub use security::{Security, TlsServer};
-pub use sys::limit_malloc_arenas;
+pub use sys::{keep_request_buffers, limit_malloc_arenas};
 
 use budget::{Descriptors, ReplyMemory};
 use connection::Context;
