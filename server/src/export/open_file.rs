@@ -5,7 +5,7 @@
 //! an explicit offset (`pread`/`pwrite`), never through the descriptor's own
 //! position, so many requests can use one file at once.
 
-use super::sys::{self, attr_from_stat};
+use super::sys::{self, attr_from_stat, Wait};
 use super::{kill_suidgid, time, SetIdBits};
 use ferry_common::frame::MAX_CHUNK;
 use ferry_common::proto::AttrChanges;
@@ -57,18 +57,7 @@ impl OpenFile {
 
     /// Up to `len` bytes at `offset`; fewer only at the end of the file.
     pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, Errno> {
-        self.read_ahead(offset, len);
-        // Filled straight from the page cache: zeroing the buffer first would
-        // cost as much as the copy.
-        let mut buf: Vec<u8> = Vec::with_capacity(len);
-        while buf.len() < len {
-            let at = offset.checked_add(buf.len() as u64).ok_or(Errno::EINVAL)?;
-            let want = len - buf.len();
-            if sys::pread_append(self.fd(), &mut buf, want, at)? == 0 {
-                break;
-            }
-        }
-        Ok(buf)
+        self.read(offset, len, Wait::ForDisk)
     }
 
     /// [`read_at`](Self::read_at), but only if the page cache holds all of it:
@@ -76,22 +65,26 @@ impl OpenFile {
     /// (whose reading the kernel has then started) or the file system cannot
     /// tell without waiting.
     pub fn read_cached(&self, offset: u64, len: usize) -> Option<Result<Vec<u8>, Errno>> {
+        match self.read(offset, len, Wait::Never) {
+            Err(e) if e.code() == libc::EAGAIN || e.code() == libc::EOPNOTSUPP => None,
+            read => Some(read),
+        }
+    }
+
+    fn read(&self, offset: u64, len: usize, wait: Wait) -> Result<Vec<u8>, Errno> {
         self.read_ahead(offset, len);
+        // Filled straight from the page cache: zeroing the buffer first would
+        // cost as much as the copy.
         let mut buf: Vec<u8> = Vec::with_capacity(len);
         while buf.len() < len {
-            let Some(at) = offset.checked_add(buf.len() as u64) else {
-                return Some(Err(Errno::EINVAL));
-            };
+            let at = offset.checked_add(buf.len() as u64).ok_or(Errno::EINVAL)?;
             let want = len - buf.len();
-            match sys::pread_append_cached(self.fd(), &mut buf, want, at) {
-                // Never a wait: 0 is the end of the file.
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.code() == libc::EAGAIN || e.code() == libc::EOPNOTSUPP => return None,
-                Err(e) => return Some(Err(e)),
+            // 0 is the end of the file, never a wait.
+            if sys::pread_append(self.fd(), &mut buf, want, at, wait)? == 0 {
+                break;
             }
         }
-        Some(Ok(buf))
+        Ok(buf)
     }
 
     /// Writes all of `data` at `offset` and returns its length; if the disk fails

@@ -422,6 +422,18 @@ pub(super) fn copy_file_range(
     }
 }
 
+/// Whether a read may wait for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// A plain `pread(2)`.
+    ForDisk,
+    /// Only what the page cache holds (`preadv2` with `RWF_NOWAIT`): EAGAIN
+    /// rather than waiting, after the kernel has started reading what was
+    /// missing; fewer bytes than asked when only part was cached; EOPNOTSUPP
+    /// where the file system cannot say.
+    Never,
+}
+
 /// `pread(2)` of up to `max` bytes at `offset`, appended to `buf` without
 /// zeroing its spare capacity first: the count read, 0 at the end of the file.
 pub(super) fn pread_append(
@@ -429,30 +441,12 @@ pub(super) fn pread_append(
     buf: &mut Vec<u8>,
     max: usize,
     offset: u64,
+    wait: Wait,
 ) -> Result<usize, Errno> {
-    read_append(fd, buf, max, offset, 0)
-}
-
-/// [`pread_append`] of only what the page cache holds (`preadv2` with
-/// `RWF_NOWAIT`): EAGAIN rather than waiting for the disk, after the kernel
-/// has started reading what was missing. Fewer than `max` bytes when only
-/// part was cached; EOPNOTSUPP where the file system cannot say.
-pub(super) fn pread_append_cached(
-    fd: BorrowedFd<'_>,
-    buf: &mut Vec<u8>,
-    max: usize,
-    offset: u64,
-) -> Result<usize, Errno> {
-    read_append(fd, buf, max, offset, libc::RWF_NOWAIT)
-}
-
-fn read_append(
-    fd: BorrowedFd<'_>,
-    buf: &mut Vec<u8>,
-    max: usize,
-    offset: u64,
-    flags: libc::c_int,
-) -> Result<usize, Errno> {
+    let flags = match wait {
+        Wait::ForDisk => 0,
+        Wait::Never => libc::RWF_NOWAIT,
+    };
     let offset = libc::off_t::try_from(offset).map_err(|_| Errno::EINVAL)?;
     buf.reserve(max);
     let filled = buf.len();
