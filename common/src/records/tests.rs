@@ -439,22 +439,6 @@ fn hex(text: &str) -> Vec<u8> {
         .collect()
 }
 
-/// A tiny deterministic PRNG (xorshift64*), so the test needs no crate.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// One record whose inner plaintext (content, type, padding) is exactly
 /// `inner`, sealed under `key` as a peer would: lets a test send what our
 /// writer never would (padding, odd types, oversize inner plaintexts).
@@ -477,12 +461,12 @@ fn peer_key() -> TrafficKey {
 
 /// Reads `wire` with reads of random sizes (both the direct and the in-place
 /// path): the bytes read before the end or the first error.
-fn read_wire_in_pieces(wire: &[u8], rng: &mut Rng) -> (Vec<u8>, io::Result<()>) {
+fn read_wire_in_pieces(wire: &[u8], rng: &mut fastrand::Rng) -> (Vec<u8>, io::Result<()>) {
     runtime().block_on(async {
         let (_, mut reader) = keyed_pair(Vec::<u8>::new(), wire);
         let mut got = Vec::new();
         loop {
-            let mut chunk = vec![0u8; 1 + rng.below(40_000)];
+            let mut chunk = vec![0u8; 1 + rng.usize(..40_000)];
             match reader.read(&mut chunk).await {
                 Ok(0) => return (got, Ok(())),
                 Ok(n) => got.extend_from_slice(&chunk[..n]),
@@ -494,22 +478,22 @@ fn read_wire_in_pieces(wire: &[u8], rng: &mut Rng) -> (Vec<u8>, io::Result<()>) 
 
 #[test]
 fn arbitrary_wire_bytes_and_authenticated_garbage_never_panic() {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15);
     // Raw random bytes, and valid records with bytes changed or cut off:
     // refused or read, never a panic.
     let valid = records_of(&[b"abc", &pattern(40_000), b""], true);
     for _ in 0..300 {
-        let wire: Vec<u8> = match rng.below(3) {
-            0 => (0..rng.below(70_000)).map(|_| rng.next() as u8).collect(),
+        let wire: Vec<u8> = match rng.usize(..3) {
+            0 => (0..rng.usize(..70_000)).map(|_| rng.u8(..)).collect(),
             1 => {
                 let mut w = valid.clone();
-                for _ in 0..1 + rng.below(4) {
-                    let at = rng.below(w.len());
-                    w[at] = rng.next() as u8;
+                for _ in 0..1 + rng.usize(..4) {
+                    let at = rng.usize(..w.len());
+                    w[at] = rng.u8(..);
                 }
                 w
             }
-            _ => valid[..rng.below(valid.len() + 1)].to_vec(),
+            _ => valid[..rng.usize(..valid.len() + 1)].to_vec(),
         };
         let _ = read_wire_in_pieces(&wire, &mut rng);
     }
@@ -522,42 +506,42 @@ fn arbitrary_wire_bytes_and_authenticated_garbage_never_panic() {
         let mut wire = Vec::new();
         let mut expected = Vec::new();
         let mut clean = true;
-        for _ in 0..1 + rng.below(6) {
-            let inner: Vec<u8> = match rng.below(6) {
+        for _ in 0..1 + rng.usize(..6) {
+            let inner: Vec<u8> = match rng.usize(..6) {
                 0 => {
                     // Application data with zero padding, within 2^14 + 1.
-                    let d = rng.below(MAX_PLAINTEXT + 1);
-                    let mut v: Vec<u8> = (0..d).map(|_| rng.next() as u8).collect();
+                    let d = rng.usize(..MAX_PLAINTEXT + 1);
+                    let mut v: Vec<u8> = (0..d).map(|_| rng.u8(..)).collect();
                     if clean {
                         expected.extend_from_slice(&v);
                     }
                     v.push(APPLICATION_DATA);
-                    v.resize(v.len() + rng.below(MAX_PLAINTEXT + 1 - d), 0);
+                    v.resize(v.len() + rng.usize(..MAX_PLAINTEXT + 1 - d), 0);
                     v
                 }
-                1 => vec![0u8; rng.below(50)],
+                1 => vec![0u8; rng.usize(..50)],
                 2 => {
                     // A handshake message, well-formed or not.
-                    let mut v: Vec<u8> = (0..rng.below(8)).map(|_| rng.next() as u8).collect();
-                    if rng.below(2) == 0 {
-                        v = vec![KEY_UPDATE, 0, 0, 1, rng.below(3) as u8];
+                    let mut v: Vec<u8> = (0..rng.usize(..8)).map(|_| rng.u8(..)).collect();
+                    if rng.usize(..2) == 0 {
+                        v = vec![KEY_UPDATE, 0, 0, 1, rng.usize(..3) as u8];
                     }
                     v.push(HANDSHAKE);
                     v
                 }
                 3 => {
-                    let mut v: Vec<u8> = (0..rng.below(4)).map(|_| rng.next() as u8).collect();
+                    let mut v: Vec<u8> = (0..rng.usize(..4)).map(|_| rng.u8(..)).collect();
                     v.push(ALERT);
                     v
                 }
                 4 => {
-                    let mut v: Vec<u8> = (0..rng.below(100)).map(|_| rng.next() as u8).collect();
-                    v.push([1u8, 20, 24, 255][rng.below(4)]);
+                    let mut v: Vec<u8> = (0..rng.usize(..100)).map(|_| rng.u8(..)).collect();
+                    v.push([1u8, 20, 24, 255][rng.usize(..4)]);
                     v
                 }
                 _ => {
                     // Longer than RFC 8446 lets an inner plaintext be.
-                    let over = rng.below(MAX_CIPHERTEXT - TAG - MAX_PLAINTEXT - 1);
+                    let over = rng.usize(..MAX_CIPHERTEXT - TAG - MAX_PLAINTEXT - 1);
                     vec![1u8; MAX_PLAINTEXT + 2 + over]
                 }
             };

@@ -26,23 +26,6 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A small, fast, seedable generator (xorshift64*): reproducible runs without
-/// a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 /// Values that sit on the edges of what decoders and checks compare against.
 const INTERESTING: &[u64] = &[
     0,
@@ -71,53 +54,53 @@ const INTERESTING: &[u64] = &[
 ];
 
 /// One to eight random changes to `input`, sometimes spliced with `other`.
-fn mutate(rng: &mut Rng, input: &mut Vec<u8>, other: &[u8]) {
-    for _ in 0..=rng.below(8) {
+fn mutate(rng: &mut fastrand::Rng, input: &mut Vec<u8>, other: &[u8]) {
+    for _ in 0..=rng.usize(..8) {
         let len = input.len();
-        match rng.below(8) {
+        match rng.usize(..8) {
             0 if len > 0 => {
-                let at = rng.below(len);
-                input[at] ^= 1 << rng.below(8);
+                let at = rng.usize(..len);
+                input[at] ^= 1 << rng.usize(..8);
             }
             1 if len > 0 => {
-                let at = rng.below(len);
-                input[at] = rng.next() as u8;
+                let at = rng.usize(..len);
+                input[at] = rng.u8(..);
             }
             2 => {
-                let at = rng.below(len + 1);
-                let n = 1 + rng.below(16);
-                let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+                let at = rng.usize(..len + 1);
+                let n = 1 + rng.usize(..16);
+                let bytes: Vec<u8> = (0..n).map(|_| rng.u8(..)).collect();
                 input.splice(at..at, bytes);
             }
             3 if len > 0 => {
-                let at = rng.below(len);
-                let n = 1 + rng.below((len - at).min(64));
+                let at = rng.usize(..len);
+                let n = 1 + rng.usize(..(len - at).min(64));
                 input.drain(at..at + n);
             }
             4 if len > 0 => {
-                let at = rng.below(len);
-                let n = 1 + rng.below((len - at).min(64));
+                let at = rng.usize(..len);
+                let n = 1 + rng.usize(..(len - at).min(64));
                 let copy = input[at..at + n].to_vec();
-                let to = rng.below(len + 1);
+                let to = rng.usize(..len + 1);
                 input.splice(to..to, copy);
             }
             5 => {
-                let value = INTERESTING[rng.below(INTERESTING.len())].to_le_bytes();
-                let width = [1, 2, 4, 8][rng.below(4)];
-                let at = rng.below(len + 1);
+                let value = INTERESTING[rng.usize(..INTERESTING.len())].to_le_bytes();
+                let width = [1, 2, 4, 8][rng.usize(..4)];
+                let at = rng.usize(..len + 1);
                 let end = (at + width).min(len);
                 input.splice(at..end, value[..width].iter().copied());
             }
             6 if !other.is_empty() => {
-                let from = rng.below(other.len());
-                let n = 1 + rng.below((other.len() - from).min(256));
-                let at = rng.below(len + 1);
+                let from = rng.usize(..other.len());
+                let n = 1 + rng.usize(..(other.len() - from).min(256));
+                let at = rng.usize(..len + 1);
                 input.splice(at..at, other[from..from + n].iter().copied());
             }
             _ => {
                 // A frame's length header, where a frame may start.
-                let at = rng.below(len + 1);
-                let value = INTERESTING[rng.below(INTERESTING.len())] as u32;
+                let at = rng.usize(..len + 1);
+                let value = INTERESTING[rng.usize(..INTERESTING.len())] as u32;
                 input.splice(at..at, value.to_le_bytes());
             }
         }
@@ -181,12 +164,11 @@ pub(super) fn fuzz(name: &str, seeds: Vec<Vec<u8>>, target: &dyn Fn(&[u8]) -> u6
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
-        })
-        | 1;
+        });
     eprintln!("fuzz {name}: seed {seed} (FERRY_FUZZ_SEED={seed} repeats this run), {secs} s");
     // The corpus always runs whole; mutations fill what is left of the time.
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut rng = Rng(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut pool = corpus(name, seeds);
     let mut fingerprints = HashSet::new();
     let mut runs = 0;
@@ -196,8 +178,8 @@ pub(super) fn fuzz(name: &str, seeds: Vec<Vec<u8>>, target: &dyn Fn(&[u8]) -> u6
     }
     let corpus_len = pool.len();
     while Instant::now() < deadline {
-        let mut input = pool[rng.below(pool.len())].clone();
-        let other = pool[rng.below(pool.len())].clone();
+        let mut input = pool[rng.usize(..pool.len())].clone();
+        let other = pool[rng.usize(..pool.len())].clone();
         mutate(&mut rng, &mut input, &other);
         let fingerprint = run_one(name, target, &input, seed);
         runs += 1;
