@@ -453,6 +453,16 @@ mod tests {
         }
     }
 
+    /// The server's answer to `batch`: every name read whole, with its
+    /// attributes from `attrs`.
+    fn answer_to(batch: &Batch, attrs: &HashMap<Vec<u8>, Attr>) -> Vec<FileRead> {
+        batch
+            .names
+            .iter()
+            .map(|n| read(n, attrs[&n.to_vec()]))
+            .collect()
+    }
+
     /// `ahead` asked for file `name` of directory `dir` and was answered
     /// (asked at `asked` by connection 1, trusted until `until`).
     fn fetched(
@@ -527,11 +537,7 @@ mod tests {
             let done = ahead.all_asked(&dir, listing);
             for batch in &batches {
                 let now = Instant::now();
-                let answer = batch
-                    .names
-                    .iter()
-                    .map(|n| read(n, attrs[&n.to_vec()]))
-                    .collect();
+                let answer = answer_to(batch, &attrs);
                 ahead.answered(batch, &me(), 1, now, now, answer, &changes);
             }
             if done {
@@ -694,11 +700,7 @@ mod tests {
                 let coming: usize = batches.iter().map(|b| b.expected).sum();
                 assert!(bytes + coming <= HELD_BYTES);
                 for batch in &batches {
-                    let answer = batch
-                        .names
-                        .iter()
-                        .map(|n| read(n, attrs[&n.to_vec()]))
-                        .collect();
+                    let answer = answer_to(batch, &attrs);
                     ahead.answered(batch, &me(), 1, now, until, answer, &changes);
                 }
                 assert!(ahead.held().0 <= HELD_BYTES);
