@@ -5,7 +5,7 @@
 
 use crate::core::{Attrs, Caller, Core, Entry, Lookup, Opened, XattrAnswer};
 use crate::creds::CallerCreds;
-use ferry_common::frame::MAX_CHUNK;
+use ferry_common::frame::{self, MAX_CHUNK};
 use ferry_common::proto::{AttrChanges, SetTime};
 use ferry_common::{Attr, Errno, FileKind, Timestamp};
 use fuser::{
@@ -386,7 +386,11 @@ impl Filesystem for FerryFs {
             offset,
             size,
             move |r| match r {
-                Ok(data) => reply.data(&data),
+                Ok(data) => {
+                    reply.data(&data);
+                    // Delivered: the buffer may take the next chunk read.
+                    frame::give_back(data);
+                }
                 Err(e) => reply.error(errno(e)),
             },
         );

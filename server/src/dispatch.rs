@@ -25,7 +25,7 @@ use crate::listings::Listings;
 use crate::policy::{self, Policy};
 use crate::recovery::{ClientId, Recovery};
 use crate::registry::{Registry, Subscriber};
-use ferry_common::frame::{MAX_CHUNK, READDIR_PAGE};
+use ferry_common::frame::{self, MAX_CHUNK, READDIR_PAGE};
 use ferry_common::proto::{
     AttrChanges, FileContents, FileRead, LockType, NodeId, Op, Reply, Request, LISTING_BYTES,
     MAX_OPEN_DATA, READ_FILES_BYTES, READ_FILES_EACH, READ_FILES_NAMES,
@@ -432,7 +432,10 @@ impl Session {
                 offset,
                 data,
             } => {
-                let written = self.handles.get(handle)?.write_at(offset, &data)?;
+                let written = self.handles.get(handle)?.write_at(offset, &data);
+                // Written: the buffer may take the next chunk read.
+                frame::give_back(data);
+                let written = written?;
                 // A frame is far below 4 GiB, so this never saturates.
                 Ok(Reply::Written(u32::try_from(written).unwrap_or(u32::MAX)))
             }

@@ -16,8 +16,8 @@
 //! [`decode`](super::decode) to judge.
 
 use super::{
-    config, read_appending, read_appending_async, read_len, read_len_async, FrameError, HEADER,
-    MAX_FRAME,
+    buffers, config, read_appending, read_appending_async, read_exactly, read_exactly_async,
+    read_len, read_len_async, FrameError, HEADER, MAX_FRAME,
 };
 use crate::proto::{Cred, Op, Reply, Request, Response, ServerMessage};
 use std::io::Read;
@@ -179,6 +179,10 @@ struct Peeked<F: Bulk> {
     len: usize,
     /// How many of its bytes are still to be read into `buf`.
     rest: usize,
+    /// A bulk frame's data buffer has its full length already (see
+    /// [`super::buffers`]): the rest is read into it from here on, rather
+    /// than appended.
+    at: Option<usize>,
 }
 
 impl<F: Bulk> Peeked<F> {
@@ -193,16 +197,17 @@ impl<F: Bulk> Peeked<F> {
         };
         // Each buffer gets the capacity for the whole of what it will hold, so
         // the rest is read into it without a reallocation.
-        let (prefix, buf) = match split {
+        let (prefix, buf, at) = match split {
             Some((prefix, start)) => {
-                let mut data = Vec::with_capacity(len - start);
-                data.extend_from_slice(&head[start..]);
-                (Some(prefix), data)
+                let mut data = buffers::take(len - start);
+                let peeked = &head[start..];
+                data[..peeked.len()].copy_from_slice(peeked);
+                (Some(prefix), data, Some(peeked.len()))
             }
             None => {
                 let mut whole = Vec::with_capacity(len);
                 whole.extend_from_slice(head);
-                (None, whole)
+                (None, whole, None)
             }
         };
         Peeked {
@@ -210,6 +215,26 @@ impl<F: Bulk> Peeked<F> {
             buf,
             len,
             rest: len - head.len(),
+            at,
+        }
+    }
+
+    /// Reads the rest of the frame from a blocking stream.
+    fn read_rest<R: Read>(&mut self, reader: &mut R) -> Result<(), FrameError> {
+        match self.at {
+            Some(at) => read_exactly(reader, &mut self.buf[at..]),
+            None => read_appending(reader, &mut self.buf, self.rest),
+        }
+    }
+
+    /// Reads the rest of the frame from an async stream.
+    async fn read_rest_async<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+    ) -> Result<(), FrameError> {
+        match self.at {
+            Some(at) => read_exactly_async(reader, &mut self.buf[at..]).await,
+            None => read_appending_async(reader, &mut self.buf, self.rest).await,
         }
     }
 
@@ -232,7 +257,7 @@ fn read_bulk<F: Bulk, R: Read>(reader: &mut R) -> Result<Option<F>, FrameError> 
     let head = &mut head[..len.min(PEEK)];
     reader.read_exact(head)?;
     let mut peeked = Peeked::<F>::new(head, len);
-    read_appending(reader, &mut peeked.buf, peeked.rest)?;
+    peeked.read_rest(reader)?;
     Ok(Some(peeked.finish()))
 }
 
@@ -247,7 +272,7 @@ async fn read_bulk_async<F: Bulk, R: AsyncRead + Unpin>(
     let head = &mut head[..len.min(PEEK)];
     reader.read_exact(head).await?;
     let mut peeked = Peeked::<F>::new(head, len);
-    read_appending_async(reader, &mut peeked.buf, peeked.rest).await?;
+    peeked.read_rest_async(reader).await?;
     Ok(Some(peeked.finish()))
 }
 
@@ -385,7 +410,7 @@ fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
 mod tests {
     use super::*;
     use crate::errno::Errno;
-    use crate::frame::{decode, encode, MAX_CHUNK};
+    use crate::frame::{decode, encode, give_back, MAX_CHUNK};
     use crate::proto::{Change, NodeId, Notice};
     use std::io::Cursor;
 
@@ -577,6 +602,47 @@ mod tests {
             encode_data_head(1, MAX_FRAME),
             Err(FrameError::TooLarge(_))
         ));
+    }
+
+    /// A chunk is read into a buffer an earlier one was given back in (see
+    /// `buffers`): nothing of the earlier chunk shows, whatever the lengths.
+    #[test]
+    fn a_chunk_read_into_a_buffer_given_back_is_only_itself() {
+        let full = MAX_CHUNK as usize;
+        let lengths = [full, full - 4096, full / 2 + 1, full, full / 2 + 1];
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for (round, &n) in lengths.iter().enumerate() {
+            let data: Vec<u8> = (0..n).map(|i| (i + round * 7) as u8).collect();
+            let frame = encode(&answer(9, Ok(Reply::Data(data.clone())))).unwrap();
+            let got = read_response(&mut Cursor::new(&frame)).unwrap().unwrap();
+            let ResponseFrame::Data { data: got, .. } = got else {
+                panic!("a {n}-byte answer was not read apart");
+            };
+            assert!(got == data, "round {round}: {n} bytes");
+            give_back(got);
+            // Async too, and for writes.
+            let write = Request {
+                id: 3,
+                cred: cred(),
+                op: Op::Write {
+                    handle: 1,
+                    offset: 0,
+                    data: data.clone(),
+                },
+            };
+            let frame = encode(&write).unwrap();
+            let got = runtime
+                .block_on(read_request_async(&mut Cursor::new(&frame)))
+                .unwrap()
+                .unwrap();
+            let RequestFrame::Write { data: got, .. } = got else {
+                panic!("a {n}-byte write was not read apart");
+            };
+            assert!(got == data, "round {round}: a write of {n} bytes");
+            give_back(got);
+        }
     }
 
     #[test]

@@ -19,8 +19,10 @@
 //! ([`read_response`], [`read_request_async`]). On the wire they are ordinary
 //! frames.
 
+mod buffers;
 mod bulk;
 
+pub use buffers::give_back;
 pub use bulk::{
     encode_data_head, encode_write_head, read_request_async, read_response, read_response_async,
     RequestFrame, ResponseFrame,
@@ -187,6 +189,31 @@ fn read_appending<R: Read>(reader: &mut R, buf: &mut Vec<u8>, n: usize) -> Resul
         return Err(FrameError::Truncated);
     }
     Ok(())
+}
+
+/// Fills `buf` from `reader`; `Truncated` if the stream ends first.
+fn read_exactly<R: Read>(reader: &mut R, buf: &mut [u8]) -> Result<(), FrameError> {
+    reader.read_exact(buf).map_err(truncated)
+}
+
+/// [`read_exactly`] for an async stream.
+async fn read_exactly_async<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut [u8],
+) -> Result<(), FrameError> {
+    match reader.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(truncated(e)),
+    }
+}
+
+/// An end of stream inside a frame is `Truncated`; any other failure is itself.
+fn truncated(e: io::Error) -> FrameError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        FrameError::Truncated
+    } else {
+        FrameError::Io(e)
+    }
 }
 
 /// [`read_appending`] for an async stream.

@@ -1,0 +1,131 @@
+//! Data buffers used again: a chunk of file data read off the wire goes into a
+//! buffer that already held one.
+//!
+//! A data answer (on the mount) or a write (on the server) is read into a
+//! buffer of its own, which then travels on as the answer's or the request's
+//! data. Opening TLS records into a fresh buffer means zeroing it first (the
+//! cipher writes only into initialised memory): 7 % of the mount's CPU in a
+//! sequential read, 3 % of the server's in a sequential write (`perf`). A
+//! buffer given back once its data has been delivered ([`give_back`]) is
+//! initialised already, and the next chunk is read into it as it is; being
+//! warm in the caches helps too.
+//!
+//! Only chunks of the size sequential transfers use are kept (more than half of
+//! [`MAX_CHUNK`], at most [`MAX_CHUNK`]), a few of them: a smaller frame reads
+//! into a fresh buffer, as before.
+
+use super::MAX_CHUNK;
+use crate::sync::lock;
+use std::sync::Mutex;
+
+/// The size of a kept buffer: the largest chunk.
+const SIZE: usize = MAX_CHUNK as usize;
+/// How many buffers are kept, at most: a sequential reader or writer has a
+/// few chunks in flight (16 MiB of write-behind is 16).
+const KEEP: usize = 16;
+
+/// Buffers given back, each of length (and capacity) [`SIZE`], initialised.
+struct Spare {
+    kept: Mutex<Vec<Vec<u8>>>,
+}
+
+/// The process's buffers: the mount's answers, or the server's writes.
+static SPARE: Spare = Spare::new();
+
+/// Whether a chunk of `len` bytes is read into a kept buffer.
+fn kept_size(len: usize) -> bool {
+    len > SIZE / 2 && len <= SIZE
+}
+
+/// A buffer of `len` initialised bytes to read a chunk into: one given back if
+/// `len` is a kept size and one is there (its bytes are what it held before,
+/// all to be overwritten), else a fresh one of zeros.
+pub(super) fn take(len: usize) -> Vec<u8> {
+    SPARE.take(len)
+}
+
+/// Gives `buf` back once its data has been delivered, to be read into again:
+/// kept if it is of the kept size and there is room, else freed.
+pub fn give_back(buf: Vec<u8>) {
+    SPARE.give_back(buf)
+}
+
+impl Spare {
+    const fn new() -> Spare {
+        Spare {
+            kept: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take(&self, len: usize) -> Vec<u8> {
+        if !kept_size(len) {
+            return vec![0; len];
+        }
+        let mut buf = lock(&self.kept).pop().unwrap_or_else(|| vec![0; SIZE]);
+        buf.truncate(len);
+        buf
+    }
+
+    fn give_back(&self, mut buf: Vec<u8>) {
+        if buf.capacity() != SIZE || !kept_size(buf.len()) {
+            return;
+        }
+        // What a shorter chunk left past its end was initialised by an earlier
+        // one, but the vector no longer counts it: zeroed again (at most half).
+        buf.resize(SIZE, 0);
+        let mut kept = lock(&self.kept);
+        if kept.len() < KEEP {
+            kept.push(buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl Spare {
+        fn len(&self) -> usize {
+            lock(&self.kept).len()
+        }
+    }
+
+    #[test]
+    fn a_chunk_buffer_given_back_is_taken_again_with_the_length_asked() {
+        let spare = Spare::new();
+        let mut buf = spare.take(SIZE);
+        assert_eq!(buf.len(), SIZE);
+        buf[0] = 7;
+        let at = buf.as_ptr();
+        spare.give_back(buf);
+        assert_eq!(spare.len(), 1);
+        let again = spare.take(SIZE - 100);
+        assert_eq!(again.as_ptr(), at, "the same allocation");
+        assert_eq!(again.len(), SIZE - 100);
+        assert_eq!(spare.len(), 0);
+        // Shorter: its tail is counted again before it is kept.
+        spare.give_back(again);
+        assert_eq!(lock(&spare.kept)[0].len(), SIZE);
+    }
+
+    #[test]
+    fn small_or_foreign_buffers_are_not_kept() {
+        let spare = Spare::new();
+        let small = spare.take(4096);
+        assert_eq!(small, vec![0; 4096]);
+        spare.give_back(small);
+        // Data buffers of another origin (a cache's, a joined answer's).
+        spare.give_back(Vec::with_capacity(SIZE));
+        spare.give_back(vec![1; SIZE + 1]);
+        assert_eq!(spare.len(), 0);
+    }
+
+    #[test]
+    fn only_a_few_are_kept() {
+        let spare = Spare::new();
+        for _ in 0..KEEP + 3 {
+            spare.give_back(vec![0; SIZE]);
+        }
+        assert_eq!(spare.len(), KEEP);
+    }
+}
