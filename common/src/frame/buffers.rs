@@ -11,8 +11,9 @@
 //! warm in the caches helps too.
 //!
 //! Only chunks of the size sequential transfers use are kept (more than half of
-//! [`MAX_CHUNK`], at most [`MAX_CHUNK`]), a few of them: a smaller frame reads
-//! into a fresh buffer, as before.
+//! [`MAX_CHUNK`], at most [`MAX_CHUNK`]), a few of them: a smaller frame is
+//! read into a fresh buffer's spare capacity, which costs no zeroing as long
+//! as the stream is plaintext, and little for small frames when it is not.
 
 use super::MAX_CHUNK;
 use crate::sync::lock;
@@ -37,10 +38,11 @@ fn kept_size(len: usize) -> bool {
     len > SIZE / 2 && len <= SIZE
 }
 
-/// A buffer of `len` initialised bytes to read a chunk into: one given back if
-/// `len` is a kept size and one is there (its bytes are what it held before,
-/// all to be overwritten), else a fresh one of zeros.
-pub(super) fn take(len: usize) -> Vec<u8> {
+/// For a chunk of a kept size, a buffer of `len` initialised bytes to read it
+/// into: one given back if there is one (its bytes are what it held before,
+/// all to be overwritten), else a fresh one. `None` for any other size: that
+/// is read into a buffer's spare capacity, as it needs no zeroing either.
+pub(super) fn take(len: usize) -> Option<Vec<u8>> {
     SPARE.take(len)
 }
 
@@ -57,13 +59,13 @@ impl Spare {
         }
     }
 
-    fn take(&self, len: usize) -> Vec<u8> {
+    fn take(&self, len: usize) -> Option<Vec<u8>> {
         if !kept_size(len) {
-            return vec![0; len];
+            return None;
         }
         let mut buf = lock(&self.kept).pop().unwrap_or_else(|| vec![0; SIZE]);
         buf.truncate(len);
-        buf
+        Some(buf)
     }
 
     fn give_back(&self, mut buf: Vec<u8>) {
@@ -93,13 +95,13 @@ mod tests {
     #[test]
     fn a_chunk_buffer_given_back_is_taken_again_with_the_length_asked() {
         let spare = Spare::new();
-        let mut buf = spare.take(SIZE);
+        let mut buf = spare.take(SIZE).unwrap();
         assert_eq!(buf.len(), SIZE);
         buf[0] = 7;
         let at = buf.as_ptr();
         spare.give_back(buf);
         assert_eq!(spare.len(), 1);
-        let again = spare.take(SIZE - 100);
+        let again = spare.take(SIZE - 100).unwrap();
         assert_eq!(again.as_ptr(), at, "the same allocation");
         assert_eq!(again.len(), SIZE - 100);
         assert_eq!(spare.len(), 0);
@@ -111,9 +113,9 @@ mod tests {
     #[test]
     fn small_or_foreign_buffers_are_not_kept() {
         let spare = Spare::new();
-        let small = spare.take(4096);
-        assert_eq!(small, vec![0; 4096]);
-        spare.give_back(small);
+        assert_eq!(spare.take(4096), None);
+        assert_eq!(spare.take(SIZE + 1), None);
+        spare.give_back(vec![0; 4096]);
         // Data buffers of another origin (a cache's, a joined answer's).
         spare.give_back(Vec::with_capacity(SIZE));
         spare.give_back(vec![1; SIZE + 1]);

@@ -179,9 +179,8 @@ struct Peeked<F: Bulk> {
     len: usize,
     /// How many of its bytes are still to be read into `buf`.
     rest: usize,
-    /// A bulk frame's data buffer has its full length already (see
-    /// [`super::buffers`]): the rest is read into it from here on, rather
-    /// than appended.
+    /// Where the rest goes when `buf` has its full length already (a data
+    /// buffer given back, see [`super::buffers`]); else it is appended.
     at: Option<usize>,
 }
 
@@ -199,10 +198,18 @@ impl<F: Bulk> Peeked<F> {
         // the rest is read into it without a reallocation.
         let (prefix, buf, at) = match split {
             Some((prefix, start)) => {
-                let mut data = buffers::take(len - start);
                 let peeked = &head[start..];
-                data[..peeked.len()].copy_from_slice(peeked);
-                (Some(prefix), data, Some(peeked.len()))
+                match buffers::take(len - start) {
+                    Some(mut data) => {
+                        data[..peeked.len()].copy_from_slice(peeked);
+                        (Some(prefix), data, Some(peeked.len()))
+                    }
+                    None => {
+                        let mut data = Vec::with_capacity(len - start);
+                        data.extend_from_slice(peeked);
+                        (Some(prefix), data, None)
+                    }
+                }
             }
             None => {
                 let mut whole = Vec::with_capacity(len);
