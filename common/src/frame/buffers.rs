@@ -21,8 +21,8 @@ use std::sync::Mutex;
 
 /// The size of a kept buffer: the largest chunk.
 const SIZE: usize = MAX_CHUNK as usize;
-/// How many buffers are kept, at most: a sequential reader or writer has a
-/// few chunks in flight (16 MiB of write-behind is 16).
+/// How many buffers are kept, at most (16 MiB for the process): a sequential
+/// reader or writer has a few chunks in flight (16 MiB of write-behind is 16).
 const KEEP: usize = 16;
 
 /// Buffers given back, each of length (and capacity) [`SIZE`], initialised.
