@@ -23,10 +23,11 @@
 //! small read when it is the only request or the page cache holds it) right
 //! on the reader's thread, as a thread hand-off would cost more than the call;
 //! anything that may block for long (bulk data, fsync, listings, truncation)
-//! on the server's blocking pool, so it never holds up a quick stat. Requests that change an open file run in
-//! arrival order per handle (see [`crate::sequencer`]). Replies go, in
-//! whatever order they finish, through a channel to the writer task, which
-//! writes everything queued at that moment with one system call.
+//! on the server's blocking pool, so it never holds up a quick stat. Requests
+//! that change an open file run in arrival order per handle (see
+//! [`crate::sequencer`]). Replies go, in whatever order they finish, through a
+//! channel to the writer task, which writes everything queued at that moment
+//! with one system call.
 //!
 //! **A quick request that is not quick** — a `stat` inside a hung mount within
 //! the export, a disk that stalls — holds up only itself: it runs outside the

@@ -62,8 +62,8 @@ pub fn limit_malloc_arenas(arenas: i32) {
 /// mmap of its own (until a free raises that threshold) and gives back the
 /// free top of a heap beyond 128 KiB: a server reading 1 MiB per request on
 /// several threads then got fresh pages, which the kernel zeroes, for about a
-/// fifth of its reads (45,000 page faults per GiB read; 6,000 with these
-/// settings). Blocks up to the largest frame now come from the heaps, and each
+/// fifth of its reads (62,000–71,000 page faults per GiB read; 6,000–7,000
+/// with these settings). Blocks up to the largest frame now come from the heaps, and each
 /// heap keeps up to 16 MiB free at its top. What ended connections leave is
 /// still given back (see `ReplyMemory::trim_if_returned`).
 pub fn keep_request_buffers() {

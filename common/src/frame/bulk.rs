@@ -177,11 +177,17 @@ struct Peeked<F: Bulk> {
     buf: Vec<u8>,
     /// The payload's length.
     len: usize,
-    /// How many of its bytes are still to be read into `buf`.
-    rest: usize,
-    /// Where the rest goes when `buf` has its full length already (a data
-    /// buffer given back, see [`super::buffers`]); else it is appended.
-    at: Option<usize>,
+    /// Where the rest of the payload goes in `buf`.
+    rest: Rest,
+}
+
+/// Where the unread part of a frame goes.
+enum Rest {
+    /// Appended to the buffer, so many bytes.
+    Append(usize),
+    /// Into the buffer from this offset to its end: it has its full length
+    /// already (a data buffer given back, see [`super::buffers`]).
+    Fill(usize),
 }
 
 impl<F: Bulk> Peeked<F> {
@@ -196,41 +202,41 @@ impl<F: Bulk> Peeked<F> {
         };
         // Each buffer gets the capacity for the whole of what it will hold, so
         // the rest is read into it without a reallocation.
-        let (prefix, buf, at) = match split {
+        let unread = len - head.len();
+        let (prefix, buf, rest) = match split {
             Some((prefix, start)) => {
                 let peeked = &head[start..];
                 match buffers::take(len - start) {
                     Some(mut data) => {
                         data[..peeked.len()].copy_from_slice(peeked);
-                        (Some(prefix), data, Some(peeked.len()))
+                        (Some(prefix), data, Rest::Fill(peeked.len()))
                     }
                     None => {
                         let mut data = Vec::with_capacity(len - start);
                         data.extend_from_slice(peeked);
-                        (Some(prefix), data, None)
+                        (Some(prefix), data, Rest::Append(unread))
                     }
                 }
             }
             None => {
                 let mut whole = Vec::with_capacity(len);
                 whole.extend_from_slice(head);
-                (None, whole, None)
+                (None, whole, Rest::Append(unread))
             }
         };
         Peeked {
             prefix,
             buf,
             len,
-            rest: len - head.len(),
-            at,
+            rest,
         }
     }
 
     /// Reads the rest of the frame from a blocking stream.
     fn read_rest<R: Read>(&mut self, reader: &mut R) -> Result<(), FrameError> {
-        match self.at {
-            Some(at) => read_exactly(reader, &mut self.buf[at..]),
-            None => read_appending(reader, &mut self.buf, self.rest),
+        match self.rest {
+            Rest::Fill(at) => read_exactly(reader, &mut self.buf[at..]),
+            Rest::Append(n) => read_appending(reader, &mut self.buf, n),
         }
     }
 
@@ -239,9 +245,9 @@ impl<F: Bulk> Peeked<F> {
         &mut self,
         reader: &mut R,
     ) -> Result<(), FrameError> {
-        match self.at {
-            Some(at) => read_exactly_async(reader, &mut self.buf[at..]).await,
-            None => read_appending_async(reader, &mut self.buf, self.rest).await,
+        match self.rest {
+            Rest::Fill(at) => read_exactly_async(reader, &mut self.buf[at..]).await,
+            Rest::Append(n) => read_appending_async(reader, &mut self.buf, n).await,
         }
     }
 
